@@ -1,0 +1,31 @@
+"""timpy: a decentralized peer-to-peer cluster instant-messaging engine.
+
+Embed a node: ``async with timpy.open_node(config) as node:``; connect a
+client: ``async with timpy.connect(url, user, password) as client:``.
+"""
+
+from timpy.client import Ack, Client, HistoryPage, connect, register
+from timpy.config import Limits, NodeConfig, SecurityConfig, load_config
+from timpy.errors import Code, RemoteError, TimpyError
+from timpy.im.messages import ChatMessage
+from timpy.node import Node, open_node
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Ack",
+    "ChatMessage",
+    "Client",
+    "Code",
+    "HistoryPage",
+    "Limits",
+    "Node",
+    "NodeConfig",
+    "RemoteError",
+    "SecurityConfig",
+    "TimpyError",
+    "connect",
+    "load_config",
+    "open_node",
+    "register",
+]

@@ -1,0 +1,374 @@
+"""The Python client library.
+
+``async with timpy.connect(url, user, password) as client:`` opens a
+connection (``tcp://HOST:PORT`` or ``ws://HOST:PORT/``), logs in, receives
+the messages that arrived while this device was away, and then yields live
+ones from ``client.events()``. Every message handed to the program is
+acknowledged to the node, so it is not delivered to this device again;
+deliveries are deduplicated by inbox position, so none is handed over twice.
+"""
+
+from __future__ import annotations
+
+import itertools
+import math
+import uuid
+from collections import deque
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlparse
+
+import trio
+import trio_websocket
+from thriftpy2.thrift import TPayload
+
+from timpy.errors import Code, RemoteError, TimpyError
+from timpy.im.messages import KIND_NORMAL, ChatMessage
+from timpy.wire import protocol as wp
+from timpy.wire.framing import FrameDecoder, frame_bytes
+
+CLIENT_MAX_FRAME = 64 * 1024 * 1024
+ACK_INTERVAL = 0.05
+
+
+@dataclass(frozen=True)
+class Ack:
+    client_id: str
+    conversation: str
+    seq: int
+    server_time: int
+    duplicate: bool
+
+
+@dataclass(frozen=True)
+class HistoryPage:
+    conversation: str
+    messages: list[ChatMessage]
+    more: bool
+
+
+def message_from_wire(m: TPayload) -> ChatMessage:
+    return ChatMessage(
+        conversation=m.conversation or "",
+        seq=m.seq or 0,
+        client_id=m.client_id or "",
+        sender=m.sender or "",
+        recipient=m.recipient or "",
+        kind=m.kind or 0,
+        body=m.body or b"",
+        server_time=m.server_time or 0,
+        ext=dict(m.ext or {}),
+    )
+
+
+class _TcpChannel:
+    def __init__(self, stream: trio.SocketStream) -> None:
+        self._stream = stream
+        self._decoder = FrameDecoder(CLIENT_MAX_FRAME)
+        self._ready: deque[bytes] = deque()
+        self._lock = trio.Lock()
+
+    async def send(self, frame: TPayload) -> None:
+        async with self._lock:
+            await self._stream.send_all(frame_bytes(wp.encode(frame)))
+
+    async def send_raw(self, data: bytes) -> None:
+        async with self._lock:
+            await self._stream.send_all(data)
+
+    async def receive(self) -> TPayload | None:
+        while not self._ready:
+            data = await self._stream.receive_some(65536)
+            if not data:
+                return None
+            self._ready.extend(self._decoder.feed(data))
+        return wp.decode(self._ready.popleft())
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+
+class _WsChannel:
+    def __init__(self, ws: trio_websocket.WebSocketConnection) -> None:
+        self._ws = ws
+
+    async def send(self, frame: TPayload) -> None:
+        await self._ws.send_message(wp.encode(frame))
+
+    async def send_raw(self, data: bytes) -> None:
+        await self._ws.send_message(data)
+
+    async def receive(self) -> TPayload | None:
+        try:
+            data = await self._ws.get_message()
+        except trio_websocket.ConnectionClosed:
+            return None
+        if isinstance(data, str):
+            from timpy.wire.jsonmap import decode_json
+
+            return decode_json(data)
+        return wp.decode(data)
+
+    async def aclose(self) -> None:
+        await self._ws.aclose()
+
+
+class Client:
+    """A logged-in connection to a node. Create it with ``connect``."""
+
+    def __init__(self, channel: Any, nursery: trio.Nursery) -> None:
+        self._channel = channel
+        self._nursery = nursery
+        self._rids = itertools.count(1)
+        self._waiting: dict[int, tuple[trio.Event, list[TPayload]]] = {}
+        self._events_send, self._events_recv = trio.open_memory_channel[tuple[int, ChatMessage]](math.inf)
+        self._sent_ids: deque[str] = deque(maxlen=10_000)
+        self._sent_set: set[str] = set()
+        self._last_pos = 0
+        self._ack_pos = 0
+        self._acked_pos = 0
+        self._synced = trio.Event()
+        self.closed_reason: str | None = None
+        self.user = ""
+        self.token = ""
+        self.device = ""
+        self.node_id = ""
+        self.max_body = 0
+
+    # --- plumbing -------------------------------------------------------
+
+    async def _reader(self) -> None:
+        try:
+            while True:
+                frame = await self._channel.receive()
+                if frame is None:
+                    break
+                self._dispatch(frame)
+        except (trio.BrokenResourceError, trio.ClosedResourceError, TimpyError) as exc:
+            self.closed_reason = str(exc)
+        finally:
+            self.closed_reason = self.closed_reason or "the node closed the connection"
+            for event, _ in self._waiting.values():
+                event.set()
+            self._events_send.close()
+            self._synced.set()
+
+    def _dispatch(self, frame: TPayload) -> None:
+        rid = frame.rid or 0
+        op, body = wp.operation_of(frame)
+        if op == "delivery":
+            self._on_delivery(body)
+            return
+        if op == "sync_done":
+            self._synced.set()
+        if rid in self._waiting:
+            event, box = self._waiting.pop(rid)
+            box.append(frame)
+            event.set()
+        elif op == "error":
+            self.closed_reason = f"{body.text} (code {body.code})"
+
+    def _on_delivery(self, body: TPayload) -> None:
+        pos = body.pos or 0
+        if pos <= self._last_pos:
+            return  # seen already (a resync after unflushed acks)
+        self._last_pos = pos
+        message = message_from_wire(body.message)
+        if message.sender == self.user and message.client_id in self._sent_set:
+            self._ack_pos = max(self._ack_pos, pos)  # our own send, echoed to this terminal
+            return
+        self._events_send.send_nowait((pos, message))
+
+    async def _acker(self) -> None:
+        while True:
+            await trio.sleep(ACK_INTERVAL)
+            await self._flush_acks()
+
+    async def _flush_acks(self) -> None:
+        if self._ack_pos > self._acked_pos and self.closed_reason is None:
+            pos = self._ack_pos
+            try:
+                await self._channel.send(wp.make_frame("delivery_ack", pos=pos))
+                self._acked_pos = pos
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+
+    async def request(self, op: str, **fields: Any) -> tuple[str, TPayload]:
+        """Send one request and wait for its reply; an Error reply raises RemoteError."""
+        rid = next(self._rids)
+        event, box = trio.Event(), []
+        self._waiting[rid] = (event, box)
+        if self.closed_reason is not None:
+            raise RemoteError(f"connection closed: {self.closed_reason}", Code.UNAVAILABLE)
+        await self._channel.send(wp.make_frame(op, rid=rid, **fields))
+        await event.wait()
+        if not box:
+            raise RemoteError(f"connection closed: {self.closed_reason}", Code.UNAVAILABLE)
+        reply_op, body = wp.operation_of(box[0])
+        if reply_op == "error":
+            code = Code(body.code) if body.code in Code._value2member_map_ else Code.INTERNAL
+            raise RemoteError(body.text or "", code)
+        return reply_op, body
+
+    # --- the API ----------------------------------------------------------
+
+    async def send(
+        self,
+        to: str,
+        body: bytes | str,
+        *,
+        kind: int = KIND_NORMAL,
+        ext: dict[str, str] | None = None,
+        client_id: str | None = None,
+    ) -> Ack:
+        """Send a 1:1 message; returns once it is stored. Retrying with the same
+        ``client_id`` never stores it twice."""
+        client_id = client_id or uuid.uuid4().hex
+        if client_id not in self._sent_set:
+            if len(self._sent_ids) == self._sent_ids.maxlen:
+                self._sent_set.discard(self._sent_ids[0])
+            self._sent_ids.append(client_id)
+            self._sent_set.add(client_id)
+        data = body.encode() if isinstance(body, str) else body
+        message = wp.Message(client_id=client_id, recipient=to, kind=kind, body=data, ext=ext or {})
+        _, ack = await self.request("send", message=message)
+        return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+
+    async def history(
+        self,
+        peer: str | None = None,
+        *,
+        conversation: str | None = None,
+        before: int = 0,
+        after: int = 0,
+        limit: int = 50,
+    ) -> HistoryPage:
+        """One page of a conversation, oldest first: the newest before ``before``
+        (0 = latest), or, with ``after``, the oldest after it."""
+        _, page = await self.request(
+            "history", peer=peer or "", conversation=conversation or "", before_seq=before, after_seq=after, limit=limit
+        )
+        return HistoryPage(page.conversation, [message_from_wire(m) for m in page.messages or []], bool(page.more))
+
+    async def events(self) -> AsyncIterator[ChatMessage]:
+        """Incoming messages, offline ones first, in order, each once."""
+        async for pos, message in self._events_recv:
+            self._ack_pos = max(self._ack_pos, pos)
+            yield message
+
+    async def next_message(self, timeout: float | None = None) -> ChatMessage:
+        """The next incoming message (raises TooSlowError after ``timeout`` seconds)."""
+        with trio.fail_after(timeout) if timeout else _null():
+            try:
+                pos, message = await self._events_recv.receive()
+            except trio.EndOfChannel:
+                raise RemoteError(f"connection closed: {self.closed_reason}", Code.UNAVAILABLE) from None
+        self._ack_pos = max(self._ack_pos, pos)
+        return message
+
+    async def wait_synced(self) -> None:
+        """Wait until the offline messages of the login have all arrived."""
+        await self._synced.wait()
+
+    async def ping(self) -> None:
+        await self.request("ping", nonce=1)
+
+    async def logout(self) -> None:
+        """Revoke this session's token; the connection stays open but logged out."""
+        await self._flush_acks()
+        await self.request("logout")
+
+    async def aclose(self) -> None:
+        with trio.CancelScope(shield=True):
+            await self._flush_acks()
+            self._nursery.cancel_scope.cancel()
+            try:
+                await self._channel.aclose()
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
+                pass
+
+
+class _null:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+@asynccontextmanager
+async def _open_channel(url: str) -> AsyncIterator[Any]:
+    parts = urlparse(url)
+    if parts.scheme == "tcp":
+        if not parts.hostname or not parts.port:
+            raise ValueError(f"expected tcp://HOST:PORT, got {url!r}")
+        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
+        channel = _TcpChannel(stream)
+        try:
+            yield channel
+        finally:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+    elif parts.scheme in ("ws", "wss"):
+        async with trio_websocket.open_websocket_url(url, max_message_size=CLIENT_MAX_FRAME) as ws:
+            yield _WsChannel(ws)
+    else:
+        raise ValueError(f"unsupported URL {url!r}: use tcp://HOST:PORT or ws://HOST:PORT/")
+
+
+@asynccontextmanager
+async def _session(url: str) -> AsyncIterator[Client]:
+    async with _open_channel(url) as channel, trio.open_nursery() as nursery:
+        client = Client(channel, nursery)
+        nursery.start_soon(client._reader)
+        try:
+            _, welcome = await client.request("hello", version=wp.PROTOCOL_VERSION, agent="timpy-python")
+            client.node_id, client.max_body = welcome.node_id, welcome.max_body
+            yield client
+        finally:
+            await client.aclose()
+
+
+async def register(url: str, user: str, password: str) -> None:
+    """Create an account on the cluster at ``url``."""
+    async with _session(url) as client:
+        await client.request("register_", name=user, password=password)
+
+
+@asynccontextmanager
+async def connect(
+    url: str,
+    user: str | None = None,
+    password: str | None = None,
+    *,
+    token: str | None = None,
+    device: str = "default",
+    create: bool = False,
+    sync: bool = True,
+) -> AsyncIterator[Client]:
+    """Connect and log in with a password or a token.
+
+    ``device`` names this terminal: the node remembers per device what it has
+    delivered, so use a stable name per installation. ``create=True``
+    registers the account first if it does not exist.
+    """
+    async with _session(url) as client:
+        if create and user and password:
+            try:
+                await client.request("register_", name=user, password=password)
+            except RemoteError as exc:
+                if exc.code != Code.USER_EXISTS:
+                    raise
+        if token:
+            _, ok = await client.request("token_login", token=token, device=device, no_sync=not sync)
+        elif user and password is not None:
+            _, ok = await client.request("login", name=user, password=password, device=device, no_sync=not sync)
+        else:
+            raise ValueError("connect needs user and password, or token")
+        client.user, client.token, client.device = ok.user, ok.token, ok.device
+        client._nursery.start_soon(client._acker)
+        if not sync:
+            client._synced.set()
+        yield client

@@ -1,0 +1,103 @@
+"""The one configuration object of a node, loaded from TOML with defaults.
+
+Every option has a default, so ``NodeConfig()`` is a working single node that
+keeps its data in ``./timpy-data``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from timpy.errors import ConfigError
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Per-node limits on what clients may do; all enforced with clear errors."""
+
+    max_frame: int = 256 * 1024  # bytes of one client frame, checked before reading it
+    max_body: int = 64 * 1024  # bytes of one message body
+    max_connections: int = 10_000
+    rate_per_connection: float = 200.0  # frames per second, sustained
+    burst_per_connection: int = 400  # frames allowed at once
+    rate_violations_before_close: int = 50  # a flood past this closes the connection
+    handshake_timeout: float = 10.0  # seconds to complete Hello + login
+    history_page_max: int = 200
+    sync_page: int = 200
+    push_queue: int = 1024  # frames queued for one slow client before it is dropped
+    min_password_length: int = 8
+
+
+@dataclass(frozen=True)
+class SecurityConfig:
+    token_ttl: float = 7 * 24 * 3600.0  # seconds a session token lives
+    # argon2id cost; the defaults are libsodium's "interactive" profile.
+    password_opslimit: int = 2
+    password_memlimit: int = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class NodeConfig:
+    data_dir: Path = Path("timpy-data")
+    memory: bool = False  # no database file at all
+    listen: str | None = "127.0.0.1:7070"  # TCP client listener, None = off
+    ws: str | None = "127.0.0.1:7071"  # WebSocket client listener, None = off
+    database_url: str | None = None  # overrides the embedded SQLite file
+    sqlite_synchronous: str = "FULL"  # FULL survives power loss; NORMAL a process crash
+    cluster_key_file: Path | None = None  # default: data_dir / "cluster.key"
+    ready_file: Path | None = None  # JSON with bound addresses, written once listening
+    limits: Limits = field(default_factory=Limits)
+    security: SecurityConfig = field(default_factory=SecurityConfig)
+
+    def replace(self, **changes: Any) -> NodeConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def key_file(self) -> Path:
+        return self.cluster_key_file or self.data_dir / "cluster.key"
+
+
+_SECTIONS = {"limits": Limits, "security": SecurityConfig}
+
+
+def _build(cls: type, values: dict[str, Any], where: str) -> Any:
+    known = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        name = key.replace("-", "_")
+        if name not in known:
+            raise ConfigError(f"unknown option {where}{key!r}; known: {', '.join(sorted(known))}")
+        if name in _SECTIONS:
+            if not isinstance(value, dict):
+                raise ConfigError(f"[{name}] must be a table")
+            value = _build(_SECTIONS[name], value, f"{name}.")
+        elif name in ("data_dir", "cluster_key_file", "ready_file") and value is not None:
+            value = Path(value)
+        kwargs[name] = value
+    try:
+        return cls(**kwargs)
+    except TypeError as exc:  # pragma: no cover - dataclass rejects a value
+        raise ConfigError(f"bad configuration: {exc}") from exc
+
+
+def load_config(path: Path | str) -> NodeConfig:
+    """Read a node configuration file (TOML). Relative paths are relative to the file."""
+    path = Path(path)
+    try:
+        values = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise ConfigError(f"configuration file {path} does not exist") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"configuration file {path} is not valid TOML: {exc}") from exc
+    values = values.get("node", values)
+    config: NodeConfig = _build(NodeConfig, values, "")
+    base = path.parent
+    for name in ("data_dir", "cluster_key_file", "ready_file"):
+        value = getattr(config, name)
+        if value is not None and not value.is_absolute():
+            config = config.replace(**{name: base / value})
+    return config

@@ -1,0 +1,1 @@
+"""The gateway: client listeners (TCP, WebSocket) and per-connection sessions."""

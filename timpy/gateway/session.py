@@ -1,0 +1,316 @@
+"""One client connection's protocol session, independent of the transport.
+
+The transport feeds decoded frames to ``handle`` and sends what ``outbound``
+yields. Errors go to this client alone, as Error frames; where the stream
+cannot be trusted any more the session asks the transport to close.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import trio
+from thriftpy2.thrift import TPayload
+
+from timpy.crypto.tokens import TokenClaims
+from timpy.errors import Code, ProtocolError, RequestError, TimpyError
+from timpy.im import ids
+from timpy.im.accounts import Identity
+from timpy.im.messages import ChatMessage, Delivery
+from timpy.im.ratelimit import TokenBucket
+from timpy.im.terminals import LiveTerminal
+from timpy.wire import protocol as wp
+
+if TYPE_CHECKING:
+    from timpy.node.node import Node
+
+log = logging.getLogger("timpy.gateway")
+
+_CLIENT_OPS = frozenset(
+    {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping"}
+)
+_NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
+
+
+@dataclass(frozen=True)
+class CloseAfter:
+    """Outbound marker: flush what is queued, then close the connection."""
+
+    reason: str
+
+
+def message_to_wire(m: ChatMessage) -> TPayload:
+    return wp.Message(
+        client_id=m.client_id,
+        conversation=m.conversation,
+        sender=m.sender,
+        recipient=m.recipient,
+        kind=m.kind,
+        body=m.body,
+        server_time=m.server_time,
+        seq=m.seq,
+        ext=m.ext,
+    )
+
+
+def error_frame(rid: int, exc: TimpyError) -> TPayload:
+    return wp.make_frame("error", rid=rid, code=int(exc.code), text=exc.text)
+
+
+class ClientSession:
+    def __init__(self, node: Node, peer: str, clock: Callable[[], float] = trio.current_time) -> None:
+        self.node = node
+        self.peer = peer
+        limits = node.config.limits
+        self._limits = limits
+        self._clock = clock
+        self._bucket = TokenBucket(limits.rate_per_connection, limits.burst_per_connection, clock())
+        self._violations = 0
+        self.outbound_send, self.outbound = trio.open_memory_channel[TPayload | CloseAfter](limits.push_queue)
+        self.greeted = False
+        self.identity: Identity | None = None
+        self.claims: TokenClaims | None = None
+        self.terminal: LiveTerminal | None = None
+        self._max_pushed = 0
+        self._closing = False
+        self.cancel_scope = trio.CancelScope()
+
+    # --- TerminalLink ---------------------------------------------------
+
+    def push_nowait(self, delivery: Delivery) -> bool:
+        try:
+            self.outbound_send.send_nowait(self._delivery_frame(delivery))
+            return True
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            return False
+
+    async def push(self, delivery: Delivery) -> None:
+        try:
+            await self.outbound_send.send(self._delivery_frame(delivery))
+        except trio.ClosedResourceError:
+            pass
+
+    def _delivery_frame(self, delivery: Delivery) -> TPayload:
+        self._max_pushed = max(self._max_pushed, delivery.pos)
+        return wp.make_frame("delivery", pos=delivery.pos, message=message_to_wire(delivery.message))
+
+    def close(self, reason: str) -> None:
+        """Close after what is queued; at once if the queue is full."""
+        if self._closing:
+            return
+        self._closing = True
+        log.info("closing client %s: %s", self.peer, reason)
+        try:
+            self.outbound_send.send_nowait(CloseAfter(reason))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            self.cancel_scope.cancel()
+
+    def fail(self, exc: TimpyError, rid: int = 0) -> None:
+        """Send an error, then close: for a stream that cannot be trusted any more."""
+        try:
+            self.outbound_send.send_nowait(error_frame(rid, exc))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass
+        self.close(exc.text)
+
+    async def reply(self, frame: TPayload) -> None:
+        try:
+            await self.outbound_send.send(frame)
+        except trio.ClosedResourceError:
+            pass
+
+    # --- lifecycle ------------------------------------------------------
+
+    async def watch_handshake(self) -> None:
+        """Close a connection that has not logged in within the handshake timeout."""
+        await trio.sleep(self._limits.handshake_timeout)
+        if self.identity is None:
+            self.fail(ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED))
+
+    def finish(self) -> None:
+        """The connection is gone: leave the registry."""
+        if self.terminal is not None:
+            self.node.terminals.detach(self.terminal)
+            self.terminal = None
+        self.outbound_send.close()
+
+    # --- frames ---------------------------------------------------------
+
+    async def handle_bad_frame(self, exc: ProtocolError) -> None:
+        """A frame that did not decode: its boundary was sound, so answer and go on."""
+        await self.reply(error_frame(0, exc))
+        self._count_violation()
+
+    def _count_violation(self) -> None:
+        self._violations += 1
+        if self._violations > self._limits.rate_violations_before_close:
+            self.fail(ProtocolError("too many bad or excess frames", Code.RATE_LIMITED))
+
+    async def handle(self, frame: TPayload) -> None:
+        rid = frame.rid or 0
+        if not self._bucket.take(self._clock()):
+            await self.reply(
+                error_frame(rid, ProtocolError("too many frames; slow down", Code.RATE_LIMITED))
+            )
+            self._count_violation()
+            return
+        try:
+            op, body = wp.operation_of(frame)
+            if op not in _CLIENT_OPS:
+                raise ProtocolError(f"{op!r} is not an operation a client sends", Code.UNKNOWN_OPERATION)
+            if not self.greeted and op != "hello":
+                self.fail(ProtocolError("the first frame must be hello", Code.HANDSHAKE_REQUIRED), rid)
+                return
+            if self.identity is None and op not in _NO_AUTH_OPS:
+                raise ProtocolError("log in first", Code.AUTH_REQUIRED)
+            await getattr(self, f"_op_{op.rstrip('_')}")(rid, body)
+        except TimpyError as exc:
+            if isinstance(exc, ProtocolError):
+                self._count_violation()
+            await self.reply(error_frame(rid, exc))
+        except Exception:
+            log.exception("internal error serving %s", self.peer)
+            await self.reply(error_frame(rid, TimpyError("internal error; it was logged", Code.INTERNAL)))
+
+    # --- operations -----------------------------------------------------
+
+    async def _op_hello(self, rid: int, body: TPayload) -> None:
+        if self.greeted:
+            raise ProtocolError("hello was sent already", Code.BAD_REQUEST)
+        if body.version != wp.PROTOCOL_VERSION:
+            self.fail(
+                ProtocolError(
+                    f"protocol version {body.version} is not supported; this node speaks {wp.PROTOCOL_VERSION}",
+                    Code.VERSION_UNSUPPORTED,
+                ),
+                rid,
+            )
+            return
+        self.greeted = True
+        await self.reply(
+            wp.make_frame(
+                "welcome",
+                rid=rid,
+                version=wp.PROTOCOL_VERSION,
+                node_id=self.node.node_id,
+                max_frame=self._limits.max_frame,
+                max_body=self._limits.max_body,
+            )
+        )
+
+    async def _op_ping(self, rid: int, body: TPayload) -> None:
+        await self.reply(wp.make_frame("pong", rid=rid, nonce=body.nonce or 0))
+
+    async def _op_register(self, rid: int, body: TPayload) -> None:
+        await self.node.accounts.register(body.name or "", body.password or "")
+        await self.reply(wp.make_frame("ok", rid=rid))
+
+    def _check_not_logged_in(self) -> None:
+        if self.identity is not None:
+            raise RequestError("this connection is logged in already; log out first", Code.ALREADY_LOGGED_IN)
+
+    @staticmethod
+    def _device(device: str | None) -> str:
+        device = device or f"anon-{uuid.uuid4().hex[:12]}"
+        if len(device) > ids.MAX_DEVICE:
+            raise RequestError(f"a device name has at most {ids.MAX_DEVICE} characters", Code.BAD_REQUEST)
+        return device
+
+    async def _op_login(self, rid: int, body: TPayload) -> None:
+        self._check_not_logged_in()
+        device = self._device(body.device)
+        who = await self.node.accounts.login_password(body.name or "", body.password or "")
+        token, claims = self.node.accounts.issue_token(who, device)
+        await self._attach(rid, who, claims, token, no_sync=bool(body.no_sync))
+
+    async def _op_token_login(self, rid: int, body: TPayload) -> None:
+        self._check_not_logged_in()
+        who, claims = self.node.accounts.login_token(body.token or "")
+        device = self._device(body.device or claims.device)
+        await self._attach(rid, who, claims, body.token, no_sync=bool(body.no_sync))
+
+    async def _attach(self, rid: int, who: Identity, claims: TokenClaims, token: str, no_sync: bool) -> None:
+        device = claims.device
+        terminal = LiveTerminal(who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self)
+        cursor = await self.node.messenger.open_terminal(terminal)
+        self.identity, self.claims, self.terminal = who, claims, terminal
+        old = self.node.terminals.attach(terminal)
+        if old is not None:
+            old.link.close("logged in again from the same device elsewhere")
+        log.info("user logged in from %s", self.peer)
+        await self.reply(
+            wp.make_frame("login_ok", rid=rid, user=who.name, token=token, expires_at=claims.expires_ms, device=device)
+        )
+        if not no_sync:
+            await self._sync(rid, cursor)
+
+    async def _sync(self, rid: int, cursor: int) -> None:
+        assert self.terminal is not None
+        last, count = await self.node.messenger.sync(self.terminal, cursor)
+        await self.reply(wp.make_frame("sync_done", rid=rid, pos=last, count=count))
+
+    async def _op_sync(self, rid: int, body: TPayload) -> None:
+        assert self.terminal is not None
+        cursor = await self.node.messenger.open_terminal(self.terminal)
+        await self._sync(rid, cursor)
+
+    async def _op_logout(self, rid: int, body: TPayload) -> None:
+        assert self.claims is not None
+        await self.node.accounts.logout(self.claims)
+        if self.terminal is not None:
+            self.node.terminals.detach(self.terminal)
+        self.identity = self.claims = self.terminal = None
+        await self.reply(wp.make_frame("ok", rid=rid))
+
+    async def _op_send(self, rid: int, body: TPayload) -> None:
+        m = body.message
+        if m is None:
+            raise RequestError("send carries no message", Code.INVALID_MESSAGE)
+        assert self.identity is not None
+        result = await self.node.messenger.send(
+            self.identity,
+            m.recipient or "",
+            m.client_id or "",
+            m.kind or 0,
+            m.body or b"",
+            m.ext or {},
+        )
+        msg = result.message
+        await self.reply(
+            wp.make_frame(
+                "ack",
+                rid=rid,
+                client_id=msg.client_id,
+                conversation=msg.conversation,
+                seq=msg.seq,
+                server_time=msg.server_time,
+                duplicate=result.duplicate,
+            )
+        )
+
+    async def _op_history(self, rid: int, body: TPayload) -> None:
+        assert self.identity is not None
+        conv, messages, more = await self.node.messenger.history(
+            self.identity,
+            body.conversation or "",
+            body.peer or "",
+            body.before_seq or 0,
+            body.after_seq or 0,
+            body.limit or 0,
+        )
+        await self.reply(
+            wp.make_frame(
+                "history_page", rid=rid, conversation=conv, messages=[message_to_wire(m) for m in messages], more=more
+            )
+        )
+
+    async def _op_delivery_ack(self, rid: int, body: TPayload) -> None:
+        assert self.terminal is not None
+        # A terminal cannot acknowledge what it was never sent.
+        pos = min(body.pos or 0, self._max_pushed)
+        if pos > 0:
+            await self.node.messenger.acknowledge(self.terminal, pos)

@@ -1,0 +1,196 @@
+"""Client transports: length-prefixed thrift over TCP, and WebSocket
+(binary messages: thrift; text messages: the JSON mapping)."""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+import trio
+from thriftpy2.thrift import TPayload
+from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+
+from timpy.errors import Code, ProtocolError
+from timpy.gateway.session import CloseAfter, ClientSession, error_frame
+from timpy.wire import jsonmap
+from timpy.wire import protocol as wp
+from timpy.wire.framing import FrameDecoder, frame_bytes
+
+if TYPE_CHECKING:
+    from timpy.node.node import Node
+
+log = logging.getLogger("timpy.gateway")
+_WRITE_BATCH = 128
+
+
+def parse_hostport(text: str) -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port)."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not host:
+        raise ValueError(f"expected HOST:PORT, got {text!r}")
+    return host.strip("[]"), int(port)
+
+
+class ConnectionGate:
+    """Counts open client connections against the configured limit."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.open = 0
+
+    def admit(self) -> bool:
+        if self.open >= self.limit:
+            return False
+        self.open += 1
+        return True
+
+    def leave(self) -> None:
+        self.open -= 1
+
+
+_FULL = ProtocolError("the node has too many connections; try another node or later", Code.TOO_MANY_CONNECTIONS)
+
+
+async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
+    try:
+        peer = "%s:%s" % stream.socket.getpeername()[:2]
+    except OSError:
+        peer = "?"
+    if not node.gate.admit():
+        try:
+            await stream.send_all(frame_bytes(wp.encode(error_frame(0, _FULL))))
+        except (trio.BrokenResourceError, trio.ClosedResourceError):
+            pass
+        await stream.aclose()
+        return
+    session = ClientSession(node, peer)
+    try:
+        with session.cancel_scope:
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    decoder = FrameDecoder(node.config.limits.max_frame)
+                    while True:
+                        data = await stream.receive_some(65536)
+                        if not data:
+                            break
+                        try:
+                            bodies = decoder.feed(data)
+                        except ProtocolError as exc:
+                            session.fail(exc)  # the stream is out of step now
+                            return
+                        for body in bodies:
+                            try:
+                                frame = wp.decode(body)
+                            except ProtocolError as exc:
+                                await session.handle_bad_frame(exc)
+                                continue
+                            await session.handle(frame)
+                    nursery.cancel_scope.cancel()
+
+                async def write() -> None:
+                    async for item in session.outbound:
+                        batch = [item]
+                        while len(batch) < _WRITE_BATCH and not isinstance(batch[-1], CloseAfter):
+                            try:
+                                batch.append(session.outbound.receive_nowait())
+                            except trio.WouldBlock:
+                                break
+                        data = b"".join(frame_bytes(wp.encode(f)) for f in batch if not isinstance(f, CloseAfter))
+                        if data:
+                            await stream.send_all(data)
+                        if isinstance(batch[-1], CloseAfter):
+                            break
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(read)
+                nursery.start_soon(write)
+                nursery.start_soon(session.watch_handshake)
+    except (trio.BrokenResourceError, trio.ClosedResourceError):
+        pass
+    finally:
+        session.finish()
+        node.gate.leave()
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
+
+
+async def run_tcp_listener(node: Node, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+    async def handler(stream: trio.SocketStream) -> None:
+        await serve_tcp_stream(node, stream)
+
+    await trio.serve_tcp(handler, port, host=host, task_status=task_status)
+
+
+def _encode_ws(frame: TPayload, json_mode: bool) -> bytes | str:
+    return jsonmap.encode_json(frame) if json_mode else wp.encode(frame)
+
+
+async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None:
+    if not node.gate.admit():
+        ws = await request.accept()
+        try:
+            await ws.send_message(wp.encode(error_frame(0, _FULL)))
+            await ws.aclose(code=1013, reason="too many connections")
+        except ConnectionClosed:
+            pass
+        return
+    ws = await request.accept()
+    remote = ws.remote
+    peer = f"{getattr(remote, 'address', '?')}:{getattr(remote, 'port', '?')}"
+    session = ClientSession(node, peer)
+    json_mode = False
+    try:
+        with session.cancel_scope:
+            async with trio.open_nursery() as nursery:
+
+                async def read() -> None:
+                    nonlocal json_mode
+                    while True:
+                        message = await ws.get_message()
+                        try:
+                            if isinstance(message, str):
+                                json_mode = True
+                                frame = jsonmap.decode_json(message)
+                            else:
+                                json_mode = False
+                                frame = wp.decode(message)
+                        except ProtocolError as exc:
+                            await session.handle_bad_frame(exc)
+                            continue
+                        await session.handle(frame)
+
+                async def write() -> None:
+                    async for item in session.outbound:
+                        if isinstance(item, CloseAfter):
+                            await ws.aclose(code=1008, reason=item.reason[:120])
+                            break
+                        await ws.send_message(_encode_ws(item, json_mode))
+                    nursery.cancel_scope.cancel()
+
+                nursery.start_soon(read)
+                nursery.start_soon(write)
+                nursery.start_soon(session.watch_handshake)
+    except ConnectionClosed:
+        pass
+    finally:
+        session.finish()
+        node.gate.leave()
+        with trio.CancelScope(shield=True):
+            await ws.aclose()
+
+
+async def run_ws_listener(node: Node, host: str, port: int, task_status: trio.TaskStatus[object]) -> None:
+    async def handler(request: WebSocketRequest) -> None:
+        await serve_websocket_request(node, request)
+
+    async with trio.open_nursery() as handlers:
+        await serve_websocket(
+            handler,
+            host,
+            port,
+            ssl_context=None,
+            handler_nursery=handlers,
+            max_message_size=node.config.limits.max_frame,
+            task_status=task_status,
+        )

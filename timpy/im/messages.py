@@ -1,0 +1,45 @@
+"""Message values of the domain, and their sealed-content encoding."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import msgpack
+
+KIND_NORMAL = 0
+KIND_CUSTOM_MIN = 100  # kinds from 100 on carry application-defined data
+KNOWN_KINDS = frozenset({KIND_NORMAL})
+
+
+@dataclass(frozen=True)
+class ChatMessage:
+    conversation: str
+    seq: int
+    client_id: str
+    sender: str
+    recipient: str
+    kind: int
+    body: bytes
+    server_time: int
+    ext: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Delivery:
+    pos: int  # position in the receiving user's inbox
+    message: ChatMessage
+
+
+@dataclass(frozen=True)
+class SendResult:
+    message: ChatMessage
+    duplicate: bool
+
+
+def pack_content(client_id: str, sender: str, recipient: str, kind: int, body: bytes, ext: dict[str, str]) -> bytes:
+    return msgpack.packb([1, client_id, sender, recipient, kind, body, ext], use_bin_type=True)
+
+
+def unpack_content(conversation: str, seq: int, server_time: int, content: bytes) -> ChatMessage:
+    _version, client_id, sender, recipient, kind, body, ext = msgpack.unpackb(content, raw=False)
+    return ChatMessage(conversation, seq, client_id, sender, recipient, kind, bytes(body), server_time, dict(ext))

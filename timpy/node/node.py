@@ -1,0 +1,176 @@
+"""The node object and the embedding API ``open_node``.
+
+Start-up order: keys, storage (schema and key check), domain services, the
+writer, then listeners. Shutdown runs the other way: listeners and client
+connections close first, the writer stores and acknowledges what was queued,
+and storage closes last, so nothing acknowledged is lost.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import trio
+
+from timpy.config import NodeConfig
+from timpy.crypto.blind import BlindIndexer
+from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key
+from timpy.crypto.seal import Sealer
+from timpy.crypto.tokens import TokenAuthority
+from timpy.gateway.transports import ConnectionGate, parse_hostport, run_tcp_listener, run_ws_listener
+from timpy.im.accounts import Accounts
+from timpy.im.messaging import Messenger
+from timpy.im.terminals import TerminalRegistry
+from timpy.node.identity import load_or_create_identity, node_id_of
+from timpy.store.engine import sqlite_engine, url_engine
+from timpy.store.repository import Repository, Store
+
+log = logging.getLogger("timpy.node")
+
+
+def now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+class Node:
+    """A running timpy node. Create it with ``open_node``."""
+
+    def __init__(self, config: NodeConfig, keys: ClusterKeys | None = None) -> None:
+        self.config = config
+        self._keys = keys
+        self.tcp_address: tuple[str, int] | None = None
+        self.ws_address: tuple[str, int] | None = None
+        self.node_id = ""
+        self.terminals = TerminalRegistry()
+        self.gate = ConnectionGate(config.limits.max_connections)
+        self._gateway_scope = trio.CancelScope()
+        self._gateway_done = trio.Event()
+        self._writer_done = trio.Event()
+
+    # --- wiring ---------------------------------------------------------
+
+    def _open_keys(self) -> tuple[ClusterKeys, str]:
+        if self._keys is not None:
+            return self._keys, "given"
+        if self.config.memory and self.config.cluster_key_file is None and not self.config.key_file.exists():
+            if not os.environ.get("TIMPY_CLUSTER_KEY"):
+                return ClusterKeys.generate(), "memory (ephemeral)"
+        return load_or_create_cluster_key(self.config.key_file)
+
+    def _open_store(self, keys: ClusterKeys) -> tuple[Store, str]:
+        c = self.config
+        if c.database_url:
+            engine, where, threads = url_engine(c.database_url), "database (url)", 8
+        elif c.memory:
+            engine, where, threads = sqlite_engine(None), "memory", 1
+        else:
+            path = c.data_dir / "timpy.sqlite3"
+            engine, where, threads = sqlite_engine(path, c.sqlite_synchronous), str(path), 1
+        return Store(Repository(engine, Sealer(keys.storage)), threads), where
+
+    async def _start(self, nursery: trio.Nursery) -> None:
+        c = self.config
+        keys, key_source = self._open_keys()
+        identity = load_or_create_identity(None if c.memory else c.data_dir / "node.key")
+        self.node_id = node_id_of(identity)
+        self.store, store_where = self._open_store(keys)
+        await self.store.run(self.store.repo.create_schema)
+        self.indexer = BlindIndexer(keys.index)
+        self.accounts = Accounts(self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, now_ms)
+        await self.accounts.start()
+        self.messenger = Messenger(self.store, self.indexer, self.terminals, c.limits, now_ms)
+        nursery.start_soon(self._run_writer)
+        await nursery.start(self._run_gateway)
+        log.info(
+            "node %s ready: storage %s, cluster key %s (fingerprint %s)%s%s",
+            self.node_id,
+            store_where,
+            key_source,
+            keys.fingerprint,
+            f", tcp://{self.tcp_address[0]}:{self.tcp_address[1]}" if self.tcp_address else "",
+            f", ws://{self.ws_address[0]}:{self.ws_address[1]}" if self.ws_address else "",
+        )
+        if c.ready_file is not None:
+            self._write_ready_file(c.ready_file)
+
+    def _write_ready_file(self, path: Path) -> None:
+        info = {
+            "node_id": self.node_id,
+            "pid": os.getpid(),
+            "tcp": f"{self.tcp_address[0]}:{self.tcp_address[1]}" if self.tcp_address else None,
+            "ws": f"{self.ws_address[0]}:{self.ws_address[1]}" if self.ws_address else None,
+        }
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(info))
+        tmp.replace(path)
+
+    async def _run_writer(self) -> None:
+        try:
+            await self.messenger.run_writer()
+        finally:
+            self._writer_done.set()
+
+    async def _run_gateway(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        try:
+            with self._gateway_scope:
+                async with trio.open_nursery() as gw:
+                    if self.config.listen:
+                        host, port = parse_hostport(self.config.listen)
+                        listeners = await gw.start(run_tcp_listener, self, host, port)
+                        self.tcp_address = listeners[0].socket.getsockname()[:2]
+                    if self.config.ws:
+                        host, port = parse_hostport(self.config.ws)
+                        server = await gw.start(run_ws_listener, self, host, port)
+                        self.ws_address = (host, server.port)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._gateway_done.set()
+
+    async def _stop(self) -> None:
+        with trio.CancelScope(shield=True):
+            self._gateway_scope.cancel()
+            await self._gateway_done.wait()
+            self.messenger.close()
+            await self._writer_done.wait()
+            self.store.close()
+            log.info("node %s stopped", self.node_id)
+
+    # --- for embedding programs -----------------------------------------
+
+    @property
+    def tcp_url(self) -> str:
+        if self.tcp_address is None:
+            raise RuntimeError("this node has no TCP listener")
+        return f"tcp://{self.tcp_address[0]}:{self.tcp_address[1]}"
+
+    @property
+    def ws_url(self) -> str:
+        if self.ws_address is None:
+            raise RuntimeError("this node has no WebSocket listener")
+        return f"ws://{self.ws_address[0]}:{self.ws_address[1]}/"
+
+
+@asynccontextmanager
+async def open_node(config: NodeConfig | None = None, *, keys: ClusterKeys | None = None) -> AsyncIterator[Node]:
+    """Run a node inside the caller's trio program for the duration of the block.
+
+    >>> async with timpy.open_node(NodeConfig(memory=True, listen="127.0.0.1:0")) as node:
+    ...     print(node.tcp_url)
+    """
+    node = Node(config or NodeConfig(), keys)
+    async with trio.open_nursery() as nursery:
+        try:
+            await node._start(nursery)
+            yield node
+        finally:
+            if hasattr(node, "messenger"):
+                await node._stop()
+            else:
+                nursery.cancel_scope.cancel()

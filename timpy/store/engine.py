@@ -1,0 +1,43 @@
+"""Creating engines: embedded SQLite (file or memory) or any SQLAlchemy URL."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from sqlalchemy import Engine, create_engine, event
+from sqlalchemy.pool import StaticPool
+
+_SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
+
+
+def sqlite_engine(path: Path | None, synchronous: str = "FULL") -> Engine:
+    """An engine on a SQLite file in WAL mode, or on memory when ``path`` is None."""
+    if synchronous.upper() not in _SYNC_MODES:
+        raise ValueError(f"sqlite_synchronous must be one of {sorted(_SYNC_MODES)}")
+    if path is None:
+        # One shared connection: an in-memory database lives and dies with it.
+        engine = create_engine(
+            "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
+        )
+    else:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            f"sqlite:///{path}",
+            connect_args={"check_same_thread": False, "timeout": 30},
+        )
+
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_conn, _record):  # type: ignore[no-untyped-def]
+        cur = dbapi_conn.cursor()
+        if path is not None:
+            cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
+        cur.execute("PRAGMA foreign_keys=ON")
+        cur.close()
+
+    return engine
+
+
+def url_engine(url: str) -> Engine:
+    """An engine for any SQLAlchemy URL (PostgreSQL via psycopg, MySQL via PyMySQL)."""
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=4)

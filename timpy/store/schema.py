@@ -1,0 +1,101 @@
+"""The schema, one for SQLite, PostgreSQL and MySQL/MariaDB.
+
+Lookup columns hold opaque ids (keyed BLAKE2b, 16 bytes); everything a
+person could read lives in sealed ``LargeBinary`` payloads.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    LargeBinary,
+    MetaData,
+    PrimaryKeyConstraint,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mysql
+
+SCHEMA_VERSION = 1
+
+# MySQL cannot index a BLOB: opaque ids are VARBINARY there.
+Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
+Sealed = LargeBinary().with_variant(mysql.LONGBLOB(), "mysql", "mariadb")
+
+metadata = MetaData()
+
+meta = Table(
+    "timpy_meta",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", Sealed, nullable=False),
+)
+
+accounts = Table(
+    "accounts",
+    metadata,
+    Column("user_id", Id, primary_key=True),  # blind index of the user name
+    Column("secret", Sealed, nullable=False),  # sealed argon2id hash
+    Column("profile", Sealed, nullable=False),  # sealed: name, created time, fields
+    Column("disabled", Boolean, nullable=False, default=False),
+    Column("inbox_head", BigInteger, nullable=False, default=0),
+)
+
+conversations = Table(
+    "conversations",
+    metadata,
+    Column("conv_id", Id, primary_key=True),
+    Column("last_seq", BigInteger, nullable=False, default=0),
+)
+
+conv_members = Table(
+    "conv_members",
+    metadata,
+    Column("conv_id", Id, nullable=False),
+    Column("user_id", Id, nullable=False),
+    PrimaryKeyConstraint("conv_id", "user_id"),
+)
+
+messages = Table(
+    "messages",
+    metadata,
+    Column("conv_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("dedup", Id, nullable=False),  # blind index of (sender, client message id)
+    Column("created_ms", BigInteger, nullable=False),
+    Column("content", Sealed, nullable=False),  # sealed; AD binds (conv_id, seq)
+    PrimaryKeyConstraint("conv_id", "seq"),
+    UniqueConstraint("conv_id", "dedup", name="uq_messages_dedup"),
+)
+
+# A user's inbox: every message for the user, numbered per user, so each
+# terminal needs one cursor to know what it has not yet received.
+inbox = Table(
+    "inbox",
+    metadata,
+    Column("user_id", Id, nullable=False),
+    Column("pos", BigInteger, nullable=False),
+    Column("conv_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "pos"),
+)
+
+terminals = Table(
+    "terminals",
+    metadata,
+    Column("user_id", Id, nullable=False),
+    Column("device_id", Id, nullable=False),  # blind index of the device name
+    Column("cursor", BigInteger, nullable=False, default=0),
+    Column("last_seen_ms", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "device_id"),
+)
+
+revoked_tokens = Table(
+    "revoked_tokens",
+    metadata,
+    Column("token_id", Id, primary_key=True),
+    Column("expires_ms", BigInteger, nullable=False),
+)

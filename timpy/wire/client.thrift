@@ -1,0 +1,180 @@
+// The timpy client protocol. This file is the single definition of every
+// struct a client and a node exchange; docs/protocol.md describes it.
+// Encoding: thrift binary protocol; over TCP each frame is a 4-byte big-endian
+// length then the encoded Frame; over WebSocket one binary message is one
+// encoded Frame, or one text message is the same Frame mapped to JSON.
+
+namespace py timpy
+
+const i32 PROTOCOL_VERSION = 1
+
+enum ErrorCode {
+  BAD_FRAME = 1000,
+  FRAME_TOO_LARGE = 1001,
+  UNKNOWN_OPERATION = 1002,
+  VERSION_UNSUPPORTED = 1003,
+  HANDSHAKE_REQUIRED = 1004,
+  RATE_LIMITED = 1005,
+  TOO_MANY_CONNECTIONS = 1006,
+  BAD_REQUEST = 1007,
+  AUTH_REQUIRED = 2000,
+  BAD_CREDENTIALS = 2001,
+  USER_EXISTS = 2002,
+  TOKEN_EXPIRED = 2003,
+  TOKEN_INVALID = 2004,
+  ACCOUNT_DISABLED = 2005,
+  INVALID_NAME = 2006,
+  WEAK_PASSWORD = 2007,
+  ALREADY_LOGGED_IN = 2008,
+  NO_SUCH_USER = 3000,
+  BODY_TOO_LARGE = 3001,
+  INVALID_MESSAGE = 3002,
+  NOT_A_MEMBER = 3003,
+  INTERNAL = 5000,
+  UNAVAILABLE = 5001,
+}
+
+enum MessageKind {
+  NORMAL = 0,
+  CUSTOM = 100,
+}
+
+// First frame from the client; the node answers with Welcome or an Error.
+struct Hello {
+  1: i32 version,
+  2: string agent,
+}
+
+struct Welcome {
+  1: i32 version,
+  2: string node_id,
+  3: i32 max_frame,
+  4: i32 max_body,
+}
+
+struct Register {
+  1: string name,
+  2: string password,
+}
+
+struct Login {
+  1: string name,
+  2: string password,
+  3: string device,        // terminal id chosen by the client, stable per device
+  4: bool no_sync,         // true: do not stream offline messages now
+}
+
+struct TokenLogin {
+  1: string token,
+  2: string device,
+  3: bool no_sync,
+}
+
+struct LoginOk {
+  1: string user,
+  2: string token,
+  3: i64 expires_at,       // ms since the epoch
+  4: string device,
+}
+
+struct Logout {}
+
+struct Message {
+  1: string client_id,     // chosen by the sender; deduplicates retries
+  2: string conversation,  // set by the node
+  3: string sender,        // set by the node
+  4: string recipient,     // user name
+  5: i32 kind,
+  6: binary body,
+  7: i64 server_time,      // ms since the epoch, set by the node
+  8: i64 seq,              // per-conversation sequence, set by the node
+  9: map<string, string> ext,
+}
+
+struct Send {
+  1: Message message,
+}
+
+struct Ack {
+  1: string client_id,
+  2: string conversation,
+  3: i64 seq,
+  4: i64 server_time,
+  5: bool duplicate,       // true: this client_id was stored before
+}
+
+struct Error {
+  1: i32 code,
+  2: string text,
+}
+
+// Either conversation or peer (a user name, for the 1:1 conversation) names it.
+// after_seq > 0: messages after it, oldest first; otherwise the newest before
+// before_seq (0 = the latest). Messages always come oldest first.
+struct HistoryRequest {
+  1: string conversation,
+  2: string peer,
+  3: i64 before_seq,
+  4: i64 after_seq,
+  5: i32 limit,
+}
+
+struct HistoryPage {
+  1: string conversation,
+  2: list<Message> messages,
+  3: bool more,
+}
+
+// A message for this terminal, at position pos of the user's inbox.
+struct Delivery {
+  1: i64 pos,
+  2: Message message,
+}
+
+struct SyncRequest {}
+
+// Sent after the offline messages of a sync; later deliveries are live.
+struct SyncDone {
+  1: i64 pos,
+  2: i32 count,
+}
+
+// The terminal has every delivery up to pos; they are not sent again.
+struct DeliveryAck {
+  1: i64 pos,
+}
+
+struct Ping {
+  1: i64 nonce,
+}
+
+struct Pong {
+  1: i64 nonce,
+}
+
+struct Ok {}
+
+// Every frame is exactly one of these operations. rid is chosen by the
+// client for a request and echoed in its reply; pushes carry rid 0.
+struct Frame {
+  1: i64 rid,
+  2: optional Hello hello,
+  3: optional Welcome welcome,
+  4: optional Register register_,
+  5: optional Login login,
+  6: optional TokenLogin token_login,
+  7: optional LoginOk login_ok,
+  8: optional Logout logout,
+  9: optional Send send,
+  10: optional Ack ack,
+  11: optional Error error,
+  12: optional HistoryRequest history,
+  13: optional HistoryPage history_page,
+  14: optional Delivery delivery,
+  15: optional SyncRequest sync,
+  16: optional SyncDone sync_done,
+  17: optional DeliveryAck delivery_ack,
+  18: optional Ping ping,
+  19: optional Pong pong,
+  20: optional Ok ok,
+}
