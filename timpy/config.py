@@ -53,12 +53,28 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     security: SecurityConfig = field(default_factory=SecurityConfig)
 
+    def __post_init__(self) -> None:
+        for name in ("listen", "ws"):
+            value = getattr(self, name)
+            if value in ("off", "", False):
+                object.__setattr__(self, name, None)
+            elif value is not None:
+                parse_hostport(value, name)
+
     def replace(self, **changes: Any) -> NodeConfig:
         return dataclasses.replace(self, **changes)
 
     @property
     def key_file(self) -> Path:
         return self.cluster_key_file or self.data_dir / "cluster.key"
+
+
+def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
+    """'HOST:PORT' or '[V6]:PORT' -> (host, port)."""
+    host, sep, port = str(text).rpartition(":")
+    if not sep or not port.isdigit() or not host or int(port) > 65535:
+        raise ConfigError(f"{what}: expected HOST:PORT (or 'off'), got {text!r}")
+    return host.strip("[]"), int(port)
 
 
 _SECTIONS = {"limits": Limits, "security": SecurityConfig}

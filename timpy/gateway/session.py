@@ -313,4 +313,4 @@ class ClientSession:
         # A terminal cannot acknowledge what it was never sent.
         pos = min(body.pos or 0, self._max_pushed)
         if pos > 0:
-            await self.node.messenger.acknowledge(self.terminal, pos)
+            self.node.messenger.acknowledge(self.terminal, pos)

@@ -23,14 +23,6 @@ log = logging.getLogger("timpy.gateway")
 _WRITE_BATCH = 128
 
 
-def parse_hostport(text: str) -> tuple[str, int]:
-    """'HOST:PORT' or '[V6]:PORT' -> (host, port)."""
-    host, sep, port = text.rpartition(":")
-    if not sep or not port.isdigit() or not host:
-        raise ValueError(f"expected HOST:PORT, got {text!r}")
-    return host.strip("[]"), int(port)
-
-
 class ConnectionGate:
     """Counts open client connections against the configured limit."""
 

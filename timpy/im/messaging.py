@@ -36,6 +36,9 @@ MAX_EXT_BYTES = 4096
 MAX_BATCH = 512
 
 
+_FLUSH_CURSORS = None  # queue marker: store acknowledged cursors, nothing to append
+
+
 @dataclass(eq=False)
 class _Pending:
     new: NewMessage
@@ -59,8 +62,11 @@ class Messenger:
         self._registry = registry
         self._limits = limits
         self._now = clock_ms
-        self._send_q, self._recv_q = trio.open_memory_channel[_Pending](math.inf)
+        self._send_q, self._recv_q = trio.open_memory_channel[_Pending | None](math.inf)
         self._known_users: set[bytes] = set()
+        # Acknowledged positions not yet stored; written with the next batch.
+        self._cursors: dict[tuple[bytes, bytes], int] = {}
+        self._cursor_flush_queued = False
         self.stored_count = 0  # messages stored by this node since it started
 
     # --- the writer -----------------------------------------------------
@@ -77,13 +83,20 @@ class Messenger:
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
                 await self._write(batch)
+        if self._cursors:
+            await self._write([])
 
-    async def _write(self, batch: list[_Pending]) -> None:
+    async def _write(self, queued: list[_Pending | None]) -> None:
+        batch = [p for p in queued if p is not _FLUSH_CURSORS]
+        cursors, self._cursors = self._cursors, {}
+        self._cursor_flush_queued = False
         try:
             results: list[Appended] = await self._store.run(
-                self._store.repo.append_messages, [p.new for p in batch]
+                self._store.repo.append_messages, [p.new for p in batch], cursors
             )
         except TimpyError as exc:
+            for key, pos in cursors.items():  # keep them for the next try
+                self._cursors[key] = max(pos, self._cursors.get(key, 0))
             for p in batch:
                 p.error = exc
                 p.done.set()
@@ -219,8 +232,17 @@ class Messenger:
             if len(entries) < page and terminal.finish_sync(last):
                 return last, count
 
-    async def acknowledge(self, terminal: LiveTerminal, pos: int) -> None:
-        await self._store.run(self._store.repo.advance_cursor, terminal.user_id, terminal.device_id, pos)
+    def acknowledge(self, terminal: LiveTerminal, pos: int) -> None:
+        """The terminal has everything up to ``pos``; stored with the next write batch."""
+        key = (terminal.user_id, terminal.device_id)
+        if pos > self._cursors.get(key, 0):
+            self._cursors[key] = pos
+        if not self._cursor_flush_queued:
+            try:
+                self._send_q.send_nowait(_FLUSH_CURSORS)
+                self._cursor_flush_queued = True
+            except trio.ClosedResourceError:
+                pass  # shutting down: the writer stores pending cursors before it stops
 
 
 def _message(row: StoredMessage) -> ChatMessage:

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import trio
 
-from timpy.config import NodeConfig
+from timpy.config import NodeConfig, parse_hostport
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key
 from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
-from timpy.gateway.transports import ConnectionGate, parse_hostport, run_tcp_listener, run_ws_listener
+from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im.accounts import Accounts
 from timpy.im.messaging import Messenger
 from timpy.im.terminals import TerminalRegistry

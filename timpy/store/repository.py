@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 import trio
-from sqlalchemy import Engine, and_, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from timpy.crypto.seal import Sealer, row_ad
@@ -134,32 +134,57 @@ class Repository:
 
     # --- messages -------------------------------------------------------
 
-    def append_messages(self, batch: Sequence[NewMessage]) -> list[Appended]:
-        """Append a batch in one transaction: sequence numbers, rows, inbox entries.
+    def append_messages(
+        self, batch: Sequence[NewMessage], cursors: dict[tuple[bytes, bytes], int] | None = None
+    ) -> list[Appended]:
+        """Append a batch in one transaction: sequence numbers, rows, inbox entries,
+        and any terminal cursors (user id, device id) -> position to advance.
 
         Duplicates (same conversation and dedup index) return the stored
         message instead of a new one, also within the batch. Either the whole
         batch is stored or none of it is.
         """
         results: list[Appended] = []
+        m, c, a = s.messages, s.conversations, s.accounts
         with self.engine.begin() as conn:
-            last_seq: dict[bytes, int] = {}
-            heads: dict[bytes, int] = {}
+            if cursors:
+                self._advance_cursors(conn, cursors)
+            if not batch:
+                return results
+            # One statement per kind of lookup for the whole batch.
+            dedups = list({item.dedup for item in batch})
+            stored = {
+                (bytes(r.conv_id), bytes(r.dedup)): r
+                for r in conn.execute(
+                    select(m.c.conv_id, m.c.dedup, m.c.seq, m.c.created_ms, m.c.content).where(m.c.dedup.in_(dedups))
+                )
+            }
+            conv_ids = list({item.conv_id for item in batch})
+            last_seq = {
+                bytes(r.conv_id): int(r.last_seq)
+                for r in conn.execute(select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id.in_(conv_ids)).with_for_update())
+            }
+            existing_convs = set(last_seq)
+            user_ids = list({u for item in batch for u in item.members})
+            heads = {
+                bytes(r.user_id): int(r.inbox_head)
+                for r in conn.execute(select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(user_ids)).with_for_update())
+            }
+            missing = set(user_ids) - set(heads)
+            if missing:
+                raise RequestError("no such user", Code.NO_SUCH_USER)
             seen: dict[tuple[bytes, bytes], Appended] = {}
-            new_convs: list[NewMessage] = []
+            new_convs: dict[bytes, NewMessage] = {}
             msg_rows: list[dict[str, Any]] = []
             inbox_rows: list[dict[str, Any]] = []
+            touched_users: set[bytes] = set()
             for item in batch:
                 key = (item.conv_id, item.dedup)
                 if key in seen:
                     first = seen[key]
                     results.append(Appended(first.seq, first.created_ms, True, first.content, {}))
                     continue
-                old = conn.execute(
-                    select(s.messages.c.seq, s.messages.c.created_ms, s.messages.c.content).where(
-                        and_(s.messages.c.conv_id == item.conv_id, s.messages.c.dedup == item.dedup)
-                    )
-                ).first()
+                old = stored.get(key)
                 if old is not None:
                     content = self._open_message(item.conv_id, old.seq, old.content)
                     dup = Appended(old.seq, old.created_ms, True, content, {})
@@ -167,16 +192,8 @@ class Repository:
                     results.append(dup)
                     continue
                 if item.conv_id not in last_seq:
-                    row = conn.execute(
-                        select(s.conversations.c.last_seq)
-                        .where(s.conversations.c.conv_id == item.conv_id)
-                        .with_for_update()
-                    ).first()
-                    if row is None:
-                        new_convs.append(item)
-                        last_seq[item.conv_id] = 0
-                    else:
-                        last_seq[item.conv_id] = row.last_seq
+                    new_convs[item.conv_id] = item
+                    last_seq[item.conv_id] = 0
                 seq = last_seq[item.conv_id] + 1
                 last_seq[item.conv_id] = seq
                 msg_rows.append(
@@ -190,32 +207,31 @@ class Repository:
                 )
                 positions: dict[bytes, int] = {}
                 for user_id in item.members:
-                    if user_id not in heads:
-                        head = conn.execute(
-                            select(s.accounts.c.inbox_head)
-                            .where(s.accounts.c.user_id == user_id)
-                            .with_for_update()
-                        ).scalar_one()
-                        heads[user_id] = head
                     heads[user_id] += 1
+                    touched_users.add(user_id)
                     positions[user_id] = heads[user_id]
                     inbox_rows.append(dict(user_id=user_id, pos=heads[user_id], conv_id=item.conv_id, seq=seq))
                 appended = Appended(seq, item.created_ms, False, item.content, positions)
                 seen[key] = appended
                 results.append(appended)
-            for item in new_convs:
-                conn.execute(insert(s.conversations).values(conv_id=item.conv_id, last_seq=0))
+            if not msg_rows:
+                return results
+            if new_convs:
+                conn.execute(insert(c), [dict(conv_id=k, last_seq=0) for k in new_convs])
                 conn.execute(
                     insert(s.conv_members),
-                    [dict(conv_id=item.conv_id, user_id=u) for u in sorted(set(item.members))],
+                    [dict(conv_id=k, user_id=u) for k, item in new_convs.items() for u in sorted(set(item.members))],
                 )
-            if msg_rows:
-                conn.execute(insert(s.messages), msg_rows)
-                conn.execute(insert(s.inbox), inbox_rows)
-            for conv_id, seq in last_seq.items():
-                conn.execute(update(s.conversations).where(s.conversations.c.conv_id == conv_id).values(last_seq=seq))
-            for user_id, head in heads.items():
-                conn.execute(update(s.accounts).where(s.accounts.c.user_id == user_id).values(inbox_head=head))
+            conn.execute(insert(m), msg_rows)
+            conn.execute(insert(s.inbox), inbox_rows)
+            conn.execute(
+                update(c).where(c.c.conv_id == bindparam("k")).values(last_seq=bindparam("v")),
+                [dict(k=k, v=v) for k, v in last_seq.items() if k in new_convs or k in existing_convs],
+            )
+            conn.execute(
+                update(a).where(a.c.user_id == bindparam("k")).values(inbox_head=bindparam("v")),
+                [dict(k=u, v=heads[u]) for u in touched_users],
+            )
         return results
 
     def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
@@ -299,14 +315,15 @@ class Repository:
             conn.execute(insert(t).values(user_id=user_id, device_id=device_id, cursor=start, last_seen_ms=now_ms))
             return start
 
-    def advance_cursor(self, user_id: bytes, device_id: bytes, pos: int) -> None:
+    @staticmethod
+    def _advance_cursors(conn: Any, cursors: dict[tuple[bytes, bytes], int]) -> None:
         t = s.terminals
-        with self.engine.begin() as conn:
-            conn.execute(
-                update(t)
-                .where(and_(t.c.user_id == user_id, t.c.device_id == device_id, t.c.cursor < pos))
-                .values(cursor=pos)
-            )
+        conn.execute(
+            update(t)
+            .where(and_(t.c.user_id == bindparam("u"), t.c.device_id == bindparam("d"), t.c.cursor < bindparam("p")))
+            .values(cursor=bindparam("p")),
+            [dict(u=u, d=d, p=p) for (u, d), p in cursors.items()],
+        )
 
     def count_terminals(self, user_id: bytes) -> int:
         with self.engine.connect() as conn:

@@ -1,0 +1,3 @@
+from timpy.cli.main import main
+
+main()

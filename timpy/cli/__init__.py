@@ -1,0 +1,1 @@
+"""The ``timpy`` command."""

@@ -1,0 +1,166 @@
+"""``timpy bench``: measured throughput and latency against a real node process."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import trio
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+import timpy
+
+console = Console(stderr=True)
+_STAMP = struct.Struct(">d")
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = min(len(ordered) - 1, max(0, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+async def start_node_process(workdir: Path, memory: bool, extra: str = "") -> tuple[trio.Process, dict]:
+    """Start ``timpy node`` in a child process; return it and its ready-file contents."""
+    config = workdir / "node.toml"
+    config.write_text(
+        f'data_dir = "data"\nmemory = {"true" if memory else "false"}\nlisten = "127.0.0.1:0"\nws = "off"\n'
+        f'ready_file = "ready.json"\n{extra}\n'
+        "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n"
+    )
+    ready = workdir / "ready.json"
+    log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed with the process
+    proc = await trio.lowlevel.open_process(
+        [sys.executable, "-m", "timpy", "node", "--config", str(config)], stdout=log, stderr=log
+    )
+    with trio.fail_after(30):
+        while not ready.exists():
+            if proc.poll() is not None:
+                raise click.ClickException(f"the node exited; see {workdir / 'node.log'}")
+            await trio.sleep(0.05)
+    return proc, json.loads(ready.read_text())
+
+
+async def stop_node_process(proc: trio.Process) -> None:
+    proc.terminate()
+    with trio.move_on_after(20):
+        await proc.wait()
+        return
+    proc.kill()
+
+
+async def one_node(clients: int, messages: int, memory: bool) -> dict:
+    if clients < 2 or clients % 2:
+        raise click.UsageError("--clients must be an even number of at least 2")
+    with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
+        proc, info = await start_node_process(Path(tmp), memory)
+        url = f"tcp://{info['tcp']}"
+        latencies: list[float] = []
+        total = clients * messages
+        try:
+            names = [f"bench{i}" for i in range(clients)]
+            for n in names:
+                await timpy.register(url, n, "bench-password")
+            with Progress(
+                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                console=console, transient=True,
+            ) as progress:
+                task = progress.add_task("messages delivered", total=total)
+                received = 0
+                all_done = trio.Event()
+                start = 0.0
+
+                async def run_client(i: int, ready: trio.Event, go: trio.Event) -> None:
+                    nonlocal received
+                    peer = names[i ^ 1]
+                    async with timpy.connect(url, names[i], "bench-password", device="bench") as c:
+                        ready.set()
+                        await go.wait()
+                        async with trio.open_nursery() as n:
+
+                            async def receive() -> None:
+                                nonlocal received
+                                got = 0
+                                async for m in c.events():
+                                    latencies.append(time.perf_counter() - _STAMP.unpack_from(m.body)[0])
+                                    got += 1
+                                    received += 1
+                                    progress.advance(task)
+                                    if received == total:
+                                        all_done.set()
+                                    if got == messages:
+                                        break
+
+                            n.start_soon(receive)
+                            for k in range(messages):
+                                body = _STAMP.pack(time.perf_counter()) + b"x" * 92
+                                await c.send(peer, body, client_id=f"{i}-{k}")
+                        await all_done.wait()
+
+                async with trio.open_nursery() as nursery:
+                    go = trio.Event()
+                    for i in range(clients):
+                        ready = trio.Event()
+                        nursery.start_soon(run_client, i, ready, go)
+                        await ready.wait()
+                    start = time.perf_counter()
+                    go.set()
+                    with trio.fail_after(600):
+                        await all_done.wait()
+                    elapsed = time.perf_counter() - start
+        finally:
+            await stop_node_process(proc)
+    return {
+        "scenario": "one-node 1:1",
+        "storage": "memory" if memory else "sqlite (synchronous=FULL)",
+        "clients": clients,
+        "messages": total,
+        "seconds": round(elapsed, 3),
+        "messages_per_s": round(total / elapsed, 1),
+        "p50_ms": round(percentile(latencies, 50) * 1000, 2),
+        "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+
+
+def show(result: dict, as_json: bool) -> None:
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    table = Table(title=f"timpy bench: {result['scenario']}")
+    table.add_column("figure")
+    table.add_column("value", justify="right")
+    for k, v in result.items():
+        if k != "scenario":
+            table.add_row(k, str(v))
+    Console().print(table)
+
+
+@click.group(invoke_without_command=True)
+@click.pass_context
+def bench(ctx: click.Context) -> None:
+    """Benchmarks against real node processes (default: one-node)."""
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(one_node_cmd)
+
+
+@bench.command("one-node")
+@click.option("--clients", default=20, show_default=True, help="Clients (even), paired to talk 1:1.")
+@click.option("--messages", default=200, show_default=True, help="Messages each client sends.")
+@click.option("--memory", is_flag=True, help="Run the node with --memory instead of SQLite.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def one_node_cmd(clients: int = 20, messages: int = 200, memory: bool = False, as_json: bool = False) -> None:
+    """N clients on one node exchanging 1:1 messages: messages/s, p50/p99 latency."""
+    show(trio.run(one_node, clients, messages, memory), as_json)

@@ -1,0 +1,114 @@
+"""``timpy chat``: register, log in, send and read from a terminal.
+
+Lines typed are sent to the current peer; commands start with '/':
+/to NAME, /history [N], /quit. With --send the command sends one message
+and exits; with --history it prints the conversation and exits.
+"""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+
+import click
+import trio
+
+import timpy
+from timpy.errors import RemoteError
+from timpy.im.messages import ChatMessage
+
+
+def _line(m: ChatMessage) -> str:
+    when = datetime.fromtimestamp(m.server_time / 1000).strftime("%H:%M:%S")
+    return f"[{when}] #{m.seq} {m.sender} -> {m.recipient}: {m.body.decode(errors='replace')}"
+
+
+@click.command()
+@click.option("--url", default="tcp://127.0.0.1:7070", show_default=True, help="Node to connect to.")
+@click.option("--user", required=True, help="Your user name.")
+@click.option("--password", prompt=True, hide_input=True, help="Your password (prompted if not given).")
+@click.option("--register", "do_register", is_flag=True, help="Create the account first.")
+@click.option("--device", default="terminal", show_default=True, help="This terminal's device name.")
+@click.option("--to", "peer", help="Who to talk to.")
+@click.option("--send", "text", help="Send this one message to --to and exit.")
+@click.option("--history", "history", type=int, help="Print the last N messages with --to and exit.")
+@click.option("--listen", "listen_for", type=float, help="Print incoming messages for this many seconds and exit.")
+def chat(url: str, user: str, password: str, do_register: bool, device: str, peer: str | None,
+         text: str | None, history: int | None, listen_for: float | None) -> None:
+    """Chat from the terminal."""
+    try:
+        trio.run(_chat, url, user, password, do_register, device, peer, text, history, listen_for)
+    except RemoteError as exc:
+        raise click.ClickException(exc.text) from None
+    except OSError as exc:
+        raise click.ClickException(f"cannot reach {url}: {exc}; is the node running?") from None
+
+
+async def _chat(url: str, user: str, password: str, do_register: bool, device: str, peer: str | None,
+                text: str | None, history: int | None, listen_for: float | None) -> None:
+    if do_register:
+        await timpy.register(url, user, password)
+        click.echo(f"registered {user}")
+    async with timpy.connect(url, user, password, device=device) as client:
+        if text is not None or history is not None or listen_for is not None:
+            if text is not None:
+                if not peer:
+                    raise click.UsageError("--send needs --to")
+                ack = await client.send(peer, text)
+                click.echo(f"sent #{ack.seq}")
+            if history is not None:
+                if not peer:
+                    raise click.UsageError("--history needs --to")
+                page = await client.history(peer, limit=history)
+                for m in page.messages:
+                    click.echo(_line(m))
+            if listen_for is not None:
+                with trio.move_on_after(listen_for):
+                    async for m in client.events():
+                        click.echo(_line(m))
+            return
+        await _interactive(client, peer)
+
+
+async def _interactive(client: timpy.Client, peer: str | None) -> None:
+    click.echo(f"logged in as {client.user}. Type a message, or /to NAME, /history [N], /quit")
+    state = {"peer": peer}
+
+    async with trio.open_nursery() as nursery:
+
+        async def show() -> None:
+            async for m in client.events():
+                click.echo("\r" + _line(m))
+
+        nursery.start_soon(show)
+        stdin = trio.wrap_file(sys.stdin)
+        while True:
+            line = await stdin.readline()
+            if not line:
+                break
+            line = line.strip()
+            if not line:
+                continue
+            try:
+                if line == "/quit":
+                    break
+                if line.startswith("/to "):
+                    state["peer"] = line[4:].strip()
+                    click.echo(f"talking to {state['peer']}")
+                elif line.startswith("/history"):
+                    if not state["peer"]:
+                        click.echo("first: /to NAME")
+                        continue
+                    n = int(line.split()[1]) if len(line.split()) > 1 else 20
+                    for m in (await client.history(state["peer"], limit=n)).messages:
+                        click.echo(_line(m))
+                elif line.startswith("/"):
+                    click.echo("commands: /to NAME, /history [N], /quit")
+                elif not state["peer"]:
+                    click.echo("first: /to NAME")
+                else:
+                    ack = await client.send(state["peer"], line)
+                    click.echo(f"  (sent #{ack.seq})")
+            except RemoteError as exc:
+                click.echo(f"error: {exc.text}")
+        nursery.cancel_scope.cancel()

@@ -1,0 +1,116 @@
+"""``timpy``: run a node, chat from a terminal, benchmark, manage keys."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from pathlib import Path
+
+import click
+import trio
+
+from timpy.config import NodeConfig, load_config
+from timpy.errors import TimpyError
+
+log = logging.getLogger("timpy")
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@click.group()
+@click.version_option(package_name="timpy")
+def cli() -> None:
+    """timpy: a decentralized peer-to-peer instant-messaging engine."""
+
+
+@cli.command()
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), help="TOML configuration file.")
+@click.option("--data", "data_dir", type=click.Path(file_okay=False, path_type=Path), help="Data directory (default ./timpy-data).")
+@click.option("--memory", is_flag=True, default=None, help="Keep everything in memory: no database file.")
+@click.option("--listen", help="TCP client listener HOST:PORT (default 127.0.0.1:7070); 'off' disables it.")
+@click.option("--ws", help="WebSocket listener HOST:PORT (default 127.0.0.1:7071); 'off' disables it.")
+@click.option("--database-url", help="SQLAlchemy URL of a database to use instead of the embedded SQLite file.")
+@click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), help="Write bound addresses here as JSON once listening.")
+@click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
+def node(
+    config_file: Path | None,
+    data_dir: Path | None,
+    memory: bool | None,
+    listen: str | None,
+    ws: str | None,
+    database_url: str | None,
+    ready_file: Path | None,
+    verbose: bool,
+) -> None:
+    """Run a node until SIGINT or SIGTERM."""
+    _setup_logging(verbose)
+    try:
+        config = load_config(config_file) if config_file else NodeConfig()
+    except TimpyError as exc:
+        raise click.ClickException(exc.text) from None
+    changes: dict[str, object] = {}
+    if data_dir is not None:
+        changes["data_dir"] = data_dir
+    if memory:
+        changes["memory"] = True
+    if listen is not None:
+        changes["listen"] = None if listen == "off" else listen
+    if ws is not None:
+        changes["ws"] = None if ws == "off" else ws
+    if database_url is not None:
+        changes["database_url"] = database_url
+    if ready_file is not None:
+        changes["ready_file"] = ready_file
+    try:
+        config = config.replace(**changes)
+        trio.run(_run_node, config)
+    except TimpyError as exc:
+        raise click.ClickException(exc.text) from None
+    except OSError as exc:
+        raise click.ClickException(f"{exc}; is another node using that address or directory?") from None
+
+
+async def _run_node(config: NodeConfig) -> None:
+    from timpy.node import open_node
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+        async with open_node(config):
+            async for signum in signals:
+                log.info("received %s: shutting down", signal.Signals(signum).name)
+                break
+
+
+@cli.group()
+def keys() -> None:
+    """Cluster key management."""
+
+
+@keys.command("new")
+@click.argument("path", type=click.Path(dir_okay=False, path_type=Path))
+def keys_new(path: Path) -> None:
+    """Write a new cluster key to PATH (mode 0600)."""
+    from timpy.crypto.keys import ClusterKeys, encode_key, write_secret_file
+
+    if path.exists():
+        raise click.ClickException(f"{path} exists; refusing to overwrite a key")
+    k = ClusterKeys.generate()
+    write_secret_file(path, encode_key(k.root))
+    click.echo(f"wrote cluster key {k.fingerprint} to {path}")
+
+
+from timpy.cli.bench import bench  # noqa: E402
+from timpy.cli.chat import chat  # noqa: E402
+
+cli.add_command(chat)
+cli.add_command(bench)
+
+
+def main() -> None:
+    cli()
