@@ -242,11 +242,11 @@ class Client:
         *,
         conversation: str | None = None,
         before: int = 0,
-        after: int = 0,
+        after: int | None = None,
         limit: int = 50,
     ) -> HistoryPage:
         """One page of a conversation, oldest first: the newest before ``before``
-        (0 = latest), or, with ``after``, the oldest after it."""
+        (0 = latest), or, with ``after`` (0 = from the start), the oldest after it."""
         _, page = await self.request(
             "history", peer=peer or "", conversation=conversation or "", before_seq=before, after_seq=after, limit=limit
         )

@@ -299,7 +299,7 @@ class ClientSession:
             body.conversation or "",
             body.peer or "",
             body.before_seq or 0,
-            body.after_seq or 0,
+            body.after_seq,
             body.limit or 0,
         )
         await self.reply(

@@ -189,7 +189,7 @@ class Messenger:
         conversation: str,
         peer: str,
         before_seq: int,
-        after_seq: int,
+        after_seq: int | None,
         limit: int,
     ) -> tuple[str, list[ChatMessage], bool]:
         if peer:
@@ -207,7 +207,7 @@ class Messenger:
                 return text, [], False
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
         rows, more = await self._store.run(
-            self._store.repo.read_history, conv, max(0, before_seq), max(0, after_seq), limit
+            self._store.repo.read_history, conv, max(0, before_seq), None if after_seq is None else max(0, after_seq), limit
         )
         return text, [_message(r) for r in rows], more
 

@@ -249,12 +249,17 @@ class Repository:
             )
 
     def read_history(
-        self, conv_id: bytes, before_seq: int, after_seq: int, limit: int
+        self, conv_id: bytes, before_seq: int, after_seq: int | None, limit: int
     ) -> tuple[list[StoredMessage], bool]:
-        """A page of a conversation, oldest first, and whether more lie beyond it."""
+        """A page of a conversation, oldest first, and whether more lie beyond it.
+
+        With ``after_seq`` (0 = from the start) the oldest after it; otherwise
+        the newest before ``before_seq`` (0 = the latest).
+        """
         m = s.messages
         q = select(m.c.seq, m.c.created_ms, m.c.content).where(m.c.conv_id == conv_id)
-        if after_seq > 0:
+        forward = after_seq is not None
+        if forward:
             q = q.where(m.c.seq > after_seq).order_by(m.c.seq.asc())
         else:
             if before_seq > 0:
@@ -264,7 +269,7 @@ class Repository:
             rows = list(conn.execute(q.limit(limit + 1)))
         more = len(rows) > limit
         rows = rows[:limit]
-        if after_seq <= 0:
+        if not forward:
             rows.reverse()
         return [
             StoredMessage(conv_id, r.seq, r.created_ms, self._open_message(conv_id, r.seq, r.content))

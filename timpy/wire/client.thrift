@@ -109,13 +109,13 @@ struct Error {
 }
 
 // Either conversation or peer (a user name, for the 1:1 conversation) names it.
-// after_seq > 0: messages after it, oldest first; otherwise the newest before
-// before_seq (0 = the latest). Messages always come oldest first.
+// after_seq set (0 = from the start): the oldest messages after it; unset: the
+// newest before before_seq (0 = the latest). Messages always come oldest first.
 struct HistoryRequest {
   1: string conversation,
   2: string peer,
   3: i64 before_seq,
-  4: i64 after_seq,
+  4: optional i64 after_seq,
   5: i32 limit,
 }
 

@@ -17,6 +17,7 @@ from thriftpy2.transport import TMemoryBuffer
 from thriftpy2.utils import serialize
 
 from timpy.errors import Code, ProtocolError
+from timpy.wire.guard import check_binary_struct
 
 IDL_PATH = Path(__file__).with_name("client.thrift")
 thrift = thriftpy2.load(str(IDL_PATH), module_name="timpy_client_thrift")
@@ -64,6 +65,7 @@ def encode(frame: TPayload) -> bytes:
 
 def decode(data: bytes) -> TPayload:
     """Decode one frame body; any malformed input raises ProtocolError(BAD_FRAME)."""
+    check_binary_struct(data)
     frame = thrift.Frame()
     try:
         buf = TMemoryBuffer(data)

@@ -1,0 +1,107 @@
+"""Shared fixtures: fast password hashing, in-process nodes, node processes."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+import trio
+
+import timpy
+from timpy.config import NodeConfig, SecurityConfig
+
+# argon2id at its minimum cost: tests check behaviour, not hash strength.
+FAST_SECURITY = SecurityConfig(password_opslimit=1, password_memlimit=8192)
+FAST_SECURITY_TOML = "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n"
+PASSWORD = "correct-horse"
+
+
+def node_config(**changes: object) -> NodeConfig:
+    base = NodeConfig(memory=True, listen="127.0.0.1:0", ws="127.0.0.1:0", security=FAST_SECURITY)
+    return base.replace(**changes)
+
+
+@pytest.fixture
+async def node() -> AsyncIterator[timpy.Node]:
+    async with timpy.open_node(node_config()) as n:
+        yield n
+
+
+async def users(url: str, *names: str) -> None:
+    for name in names:
+        await timpy.register(url, name, PASSWORD)
+
+
+class NodeProcess:
+    """A real ``timpy node`` process on loopback, driven as an operator would."""
+
+    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
+        self.workdir = workdir
+        self.extra_args = extra_args
+        self.proc: subprocess.Popen[bytes] | None = None
+        self.info: dict[str, object] = {}
+
+    def start(self) -> NodeProcess:
+        config = self.workdir / "node.toml"
+        config.write_text(
+            'data_dir = "data"\nlisten = "127.0.0.1:0"\nws = "127.0.0.1:0"\nready_file = "ready.json"\n'
+            + FAST_SECURITY_TOML
+        )
+        ready = self.workdir / "ready.json"
+        ready.unlink(missing_ok=True)
+        self.log = open(self.workdir / "node.log", "ab")  # noqa: SIM115
+        env = {k: v for k, v in os.environ.items() if k != "TIMPY_CLUSTER_KEY"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "timpy", "node", "--config", str(config), *self.extra_args],
+            stdout=self.log,
+            stderr=self.log,
+            env=env,
+        )
+        deadline = time.monotonic() + 30
+        while not ready.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"node did not start:\n{self.log_text()}")
+            time.sleep(0.05)
+        self.info = json.loads(ready.read_text())
+        return self
+
+    @property
+    def tcp_url(self) -> str:
+        return f"tcp://{self.info['tcp']}"
+
+    @property
+    def ws_url(self) -> str:
+        return f"ws://{self.info['ws']}/"
+
+    def stop(self, sig: int = signal.SIGTERM) -> int:
+        assert self.proc is not None
+        self.proc.send_signal(sig)
+        try:
+            code = self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            code = self.proc.wait(timeout=10)
+        self.log.close()
+        return code
+
+    def log_text(self) -> str:
+        return (self.workdir / "node.log").read_text(errors="replace")
+
+
+@pytest.fixture
+def node_process(tmp_path: Path) -> Iterator[NodeProcess]:
+    p = NodeProcess(tmp_path).start()
+    yield p
+    if p.proc is not None and p.proc.poll() is None:
+        p.stop()
+
+
+def run_sync(fn, *args):  # noqa: ANN001, ANN201 - helper for sync tests
+    return trio.run(fn, *args)

@@ -1,0 +1,116 @@
+import os
+import stat
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from timpy.crypto.blind import BlindIndexer
+from timpy.crypto.keys import ClusterKeys, derive_key, encode_key, load_or_create_cluster_key
+from timpy.crypto.passwords import hash_password, verify_password
+from timpy.crypto.seal import Sealer, row_ad
+from timpy.crypto.tokens import TokenAuthority
+from timpy.errors import AuthError, Code, ConfigError, StorageError
+
+KEY = bytes(range(32))
+
+
+@given(st.binary(max_size=500), st.binary(max_size=50))
+def test_seal_round_trip(plain, ad):
+    s = Sealer(KEY)
+    assert s.open(s.seal(plain, ad), ad) == plain
+
+
+def test_sealed_value_moved_to_another_row_fails():
+    s = Sealer(KEY)
+    sealed = s.seal(b"hello", row_ad("messages", b"c" * 16, 1))
+    with pytest.raises(StorageError):
+        s.open(sealed, row_ad("messages", b"c" * 16, 2))
+    with pytest.raises(StorageError):
+        s.open(sealed, row_ad("accounts", b"c" * 16, 1))
+
+
+@given(st.integers(0, 40))
+def test_tampering_fails(i):
+    s = Sealer(KEY)
+    sealed = bytearray(s.seal(b"hello world", b"ad"))
+    sealed[i % len(sealed)] ^= 1
+    with pytest.raises(StorageError):
+        s.open(bytes(sealed), b"ad")
+
+
+def test_other_key_fails():
+    sealed = Sealer(KEY).seal(b"x", b"ad")
+    with pytest.raises(StorageError):
+        Sealer(bytes(32)).open(sealed, b"ad")
+
+
+def test_row_ad_is_unambiguous():
+    assert row_ad("t", b"ab", b"c") != row_ad("t", b"a", b"bc")
+
+
+def test_derived_keys_differ_by_purpose_and_root():
+    k = ClusterKeys(KEY)
+    assert len({k.storage, k.index, k.token_seed}) == 3
+    assert derive_key(KEY, "x") != derive_key(bytes(32), "x")
+
+
+def test_blind_index_is_keyed_and_deterministic():
+    a, b = BlindIndexer(KEY), BlindIndexer(bytes(32))
+    assert a.index("user", "alice") == a.index("user", "alice")
+    assert a.index("user", "alice") != b.index("user", "alice")
+    assert a.index("user", "ab", "c") != a.index("user", "a", "bc")
+
+
+def test_passwords():
+    h = hash_password("s3cret-pass", 1, 8192)
+    assert b"s3cret" not in h
+    assert verify_password(h, "s3cret-pass")
+    assert not verify_password(h, "s3cret-pasS")
+
+
+def test_tokens():
+    auth = TokenAuthority(derive_key(KEY, "token-sign"))
+    token, claims = auth.issue("alice", "phone", now_ms=1000, ttl_ms=5000)
+    got = auth.verify(token, now_ms=2000)
+    assert (got.user, got.device, got.token_id) == ("alice", "phone", claims.token_id)
+    with pytest.raises(AuthError) as e:
+        auth.verify(token, now_ms=6000)
+    assert e.value.code == Code.TOKEN_EXPIRED
+    other = TokenAuthority(derive_key(bytes(32), "token-sign"))
+    with pytest.raises(AuthError) as e:
+        other.verify(token, now_ms=2000)
+    assert e.value.code == Code.TOKEN_INVALID
+    body, sig = token.split(".")
+    forged_body, _ = auth.issue("mallory", "phone", 1000, 5000)[0].split(".")
+    with pytest.raises(AuthError):
+        auth.verify(f"{forged_body}.{sig}", 2000)
+
+
+@given(st.text(max_size=80))
+def test_garbage_tokens_are_invalid(t):
+    auth = TokenAuthority(derive_key(KEY, "token-sign"))
+    with pytest.raises(AuthError):
+        auth.verify(t, 0)
+
+
+def test_key_file_created_private_and_reused(tmp_path, monkeypatch):
+    monkeypatch.delenv("TIMPY_CLUSTER_KEY", raising=False)
+    path = tmp_path / "d" / "cluster.key"
+    k1, where = load_or_create_cluster_key(path)
+    assert "new" in where
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    k2, _ = load_or_create_cluster_key(path)
+    assert k1 == k2
+    os.chmod(path, 0o644)
+    with pytest.raises(ConfigError, match="chmod 600"):
+        load_or_create_cluster_key(path)
+
+
+def test_key_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("TIMPY_CLUSTER_KEY", encode_key(KEY))
+    k, where = load_or_create_cluster_key(tmp_path / "none.key")
+    assert k.root == KEY and not (tmp_path / "none.key").exists()
+    monkeypatch.setenv("TIMPY_CLUSTER_KEY", "too-short")
+    with pytest.raises(ConfigError):
+        load_or_create_cluster_key(tmp_path / "none.key")

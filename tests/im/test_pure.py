@@ -1,0 +1,114 @@
+"""Pure parts of the domain: names, rate limiting, sync merging."""
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from timpy.crypto.blind import BlindIndexer
+from timpy.errors import Code, RequestError
+from timpy.im import ids
+from timpy.im.messages import ChatMessage, Delivery
+from timpy.im.ratelimit import TokenBucket
+from timpy.im.terminals import LiveTerminal
+
+
+@given(st.text(min_size=1, max_size=80))
+def test_normalize_is_idempotent_or_refuses(name):
+    try:
+        n = ids.normalize_name(name)
+    except RequestError as e:
+        assert e.code == Code.INVALID_NAME
+        return
+    assert ids.normalize_name(n) == n
+    assert 0 < len(n) <= ids.MAX_NAME
+
+
+def test_names_fold_case_and_width():
+    assert ids.normalize_name("Alice") == ids.normalize_name("ＡＬＩＣＥ") == "alice"
+    for bad in ("", "a b", "a/b", "x" * 65, "drop;table"):
+        with pytest.raises(RequestError):
+            ids.normalize_name(bad)
+
+
+def test_direct_conversation_is_symmetric():
+    ix = BlindIndexer(bytes(32))
+    a, b = ids.user_id(ix, "a"), ids.user_id(ix, "b")
+    assert ids.direct_conversation(ix, a, b) == ids.direct_conversation(ix, b, a)
+    assert ids.direct_conversation(ix, a, a) != ids.direct_conversation(ix, a, b)
+
+
+def test_token_bucket():
+    b = TokenBucket(rate=10, burst=5, now=0.0)
+    assert all(b.take(0.0) for _ in range(5))
+    assert not b.take(0.0)
+    assert b.take(0.1)  # one token refilled after 100 ms
+    assert not b.take(0.1)
+
+
+@given(st.floats(0, 100), st.lists(st.floats(0, 1), max_size=50))
+def test_token_bucket_never_exceeds_rate(rate, gaps):
+    b = TokenBucket(rate=rate, burst=3, now=0.0)
+    t, allowed = 0.0, 0
+    for g in gaps:
+        t += g
+        allowed += b.take(t)
+    assert allowed <= 3 + rate * t + 1e-6
+
+
+class FakeLink:
+    def __init__(self, room: int = 10_000) -> None:
+        self.got: list[int] = []
+        self.room = room
+        self.closed: str | None = None
+
+    def push_nowait(self, d: Delivery) -> bool:
+        if len(self.got) >= self.room:
+            return False
+        self.got.append(d.pos)
+        return True
+
+    async def push(self, d: Delivery) -> None:
+        self.got.append(d.pos)
+
+    def close(self, reason: str) -> None:
+        self.closed = reason
+
+
+def _d(pos: int) -> Delivery:
+    return Delivery(pos, ChatMessage("c", pos, "id", "a", "b", 0, b"", 0))
+
+
+@given(st.integers(0, 30), st.integers(0, 30), st.integers(0, 30))
+def test_sync_merge_delivers_each_position_once_in_order(stored, held_from, extra):
+    """Storage holds 1..stored when the sync reads it; live pushes held during
+    the sync cover (h, stored+extra] with h <= stored, overlapping the read.
+    The terminal must see 1..stored+extra, each once, ascending."""
+    h = min(held_from, stored)
+    link = FakeLink()
+    t = LiveTerminal(b"u", b"d", "dev", link)
+    t.begin_sync()
+    for pos in range(h + 1, stored + extra + 1):
+        t.deliver(_d(pos))
+    assert link.got == []  # held back while syncing
+    link.got.extend(range(1, stored + 1))  # the sync's read
+    assert t.finish_sync(stored)
+    assert link.got == list(range(1, stored + extra + 1))
+
+
+def test_sync_overflow_asks_for_another_read():
+    link = FakeLink()
+    t = LiveTerminal(b"u", b"d", "dev", link, max_held=3)
+    t.begin_sync()
+    for pos in range(1, 6):
+        t.deliver(_d(pos))
+    assert not t.finish_sync(0)  # held ones were dropped: read again
+    assert t.finish_sync(5)
+    assert not t.syncing
+
+
+def test_slow_terminal_is_closed_not_blocking():
+    link = FakeLink(room=2)
+    t = LiveTerminal(b"u", b"d", "dev", link)
+    for pos in range(1, 4):
+        t.deliver(_d(pos))
+    assert link.got == [1, 2] and link.closed

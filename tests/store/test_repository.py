@@ -1,0 +1,154 @@
+import os
+import sqlite3
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from timpy.crypto.seal import Sealer
+from timpy.errors import Code, KeyMismatchError, RequestError, StorageError
+from timpy.store.engine import sqlite_engine
+from timpy.store.repository import NewMessage, Repository
+
+KEY = bytes(range(32))
+A, B, C = b"a" * 16, b"b" * 16, b"c" * 16
+CONV = b"x" * 16
+
+
+def repo(path=None, key=KEY) -> Repository:
+    r = Repository(sqlite_engine(path), Sealer(key))
+    r.create_schema()
+    return r
+
+
+def accounts(r: Repository, *ids: bytes) -> None:
+    for u in ids:
+        r.create_account(u, b"secret", b"profile")
+
+
+def msg(dedup: int, conv: bytes = CONV, members=(A, B), body: bytes = b"hi") -> NewMessage:
+    return NewMessage(conv, members, members[0], dedup.to_bytes(16, "big"), 1000 + dedup, body)
+
+
+@settings(max_examples=40, deadline=None)
+@given(st.lists(st.lists(st.integers(0, 15), min_size=1, max_size=8), min_size=1, max_size=8))
+def test_sequences_are_gap_free_and_retries_are_idempotent(batches):
+    r = repo()
+    accounts(r, A, B)
+    first_seq: dict[int, int] = {}
+    for batch in batches:
+        results = r.append_messages([msg(d) for d in batch])
+        for d, res in zip(batch, results, strict=True):
+            if d in first_seq:
+                assert res.duplicate and res.seq == first_seq[d] and not res.inbox
+            else:
+                assert not res.duplicate
+                first_seq[d] = res.seq
+    seqs = sorted(first_seq.values())
+    assert seqs == list(range(1, len(seqs) + 1))
+    rows, more = r.read_history(CONV, 0, None, 1000)
+    assert [m.seq for m in rows] == seqs and not more
+    # every member's inbox holds each message once, in sequence order
+    for user in (A, B):
+        inbox = r.read_inbox(user, 0, 1000)
+        assert [e.pos for e in inbox] == list(range(1, len(seqs) + 1))
+        assert [e.message.seq for e in inbox] == seqs
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 40), st.integers(1, 12), st.data())
+def test_history_pages_cover_everything_in_both_directions(n, limit, data):
+    r = repo()
+    accounts(r, A, B)
+    if n:
+        r.append_messages([msg(i) for i in range(n)])
+    # backwards from the latest
+    got, before = [], 0
+    for _ in range(n + 2):
+        rows, more = r.read_history(CONV, before, None, limit)
+        got = [m.seq for m in rows] + got
+        if not more:
+            break
+        before = rows[0].seq
+    assert got == list(range(1, n + 1))
+    # forwards from a point
+    start = data.draw(st.integers(0, n))
+    got, after = [], start
+    for _ in range(n + 2):
+        rows, more = r.read_history(CONV, 0, after, limit)
+        got += [m.seq for m in rows]
+        if not more:
+            break
+        after = rows[-1].seq
+    assert got == list(range(start + 1, n + 1))
+
+
+def test_unknown_member_aborts_the_whole_batch():
+    r = repo()
+    accounts(r, A, B)
+    with pytest.raises(RequestError) as e:
+        r.append_messages([msg(1), msg(2, members=(A, C))])
+    assert e.value.code == Code.NO_SUCH_USER
+    assert r.read_history(CONV, 0, None, 10) == ([], False)
+
+
+def test_duplicate_account_is_refused():
+    r = repo()
+    accounts(r, A)
+    with pytest.raises(RequestError) as e:
+        accounts(r, A)
+    assert e.value.code == Code.USER_EXISTS
+
+
+def test_terminal_cursors():
+    r = repo()
+    accounts(r, A, B)
+    r.append_messages([msg(i) for i in range(5)])
+    assert r.open_terminal(B, b"phone".ljust(16), 1) == 0
+    r.append_messages([], {(B, b"phone".ljust(16)): 3})
+    r.append_messages([], {(B, b"phone".ljust(16)): 2})  # never moves back
+    assert r.open_terminal(B, b"phone".ljust(16), 2) == 3
+    # a new device starts where the furthest-behind device is
+    assert r.open_terminal(B, b"laptop".ljust(16), 3) == 3
+    assert [e.pos for e in r.read_inbox(B, 3, 10)] == [4, 5]
+
+
+def test_wrong_key_is_refused_clearly(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    repo(path)
+    with pytest.raises(KeyMismatchError, match="cluster key"):
+        repo(path, key=bytes(32))
+
+
+def test_swapped_rows_fail_to_open(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    r = repo(path)
+    accounts(r, A, B)
+    r.append_messages([msg(1, body=b"one"), msg(2, body=b"two")])
+    db = sqlite3.connect(path)
+    c1, c2 = (row[0] for row in db.execute("select content from messages order by seq"))
+    db.execute("update messages set content = ? where seq = 1", (c2,))
+    db.commit()
+    db.close()
+    with pytest.raises(StorageError):
+        r.read_history(CONV, 0, None, 10)
+
+
+def test_revocations_expire():
+    r = repo()
+    r.revoke_token(b"t" * 16, 100)
+    r.revoke_token(b"t" * 16, 100)
+    r.revoke_token(b"u" * 16, 300)
+    assert r.live_revocations(50) == {b"t" * 16: 100, b"u" * 16: 300}
+    assert r.live_revocations(200) == {b"u" * 16: 300}
+
+
+def test_nothing_readable_at_rest(tmp_path):
+    path = tmp_path / "db.sqlite3"
+    r = repo(path)
+    accounts(r, A, B)
+    r.append_messages([msg(1, body=b"the-secret-plan-zebra")])
+    r.engine.dispose()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"the-secret-plan-zebra" not in raw
+    assert os.path.getsize(path) > 0
