@@ -70,7 +70,7 @@ class FakeLink:
     async def push(self, d: Delivery) -> None:
         self.got.append(d.pos)
 
-    def close(self, reason: str) -> None:
+    def close(self, reason: str, code: object = None) -> None:
         self.closed = reason
 
 

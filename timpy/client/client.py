@@ -24,6 +24,7 @@ import trio
 import trio_websocket
 from thriftpy2.thrift import TPayload
 
+from timpy.concurrency import unwrap_single_error
 from timpy.errors import Code, RemoteError, TimpyError
 from timpy.im.messages import KIND_NORMAL, ChatMessage
 from timpy.wire import protocol as wp
@@ -146,7 +147,7 @@ class Client:
                 if frame is None:
                     break
                 self._dispatch(frame)
-        except (trio.BrokenResourceError, trio.ClosedResourceError, TimpyError) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, TimpyError) as exc:
             self.closed_reason = str(exc)
         finally:
             self.closed_reason = self.closed_reason or "the node closed the connection"
@@ -192,7 +193,7 @@ class Client:
             try:
                 await self._channel.send(wp.make_frame("delivery_ack", pos=pos))
                 self._acked_pos = pos
-            except (trio.BrokenResourceError, trio.ClosedResourceError):
+            except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
                 pass
 
     async def request(self, op: str, **fields: Any) -> tuple[str, TPayload]:
@@ -202,7 +203,11 @@ class Client:
         self._waiting[rid] = (event, box)
         if self.closed_reason is not None:
             raise RemoteError(f"connection closed: {self.closed_reason}", Code.UNAVAILABLE)
-        await self._channel.send(wp.make_frame(op, rid=rid, **fields))
+        try:
+            await self._channel.send(wp.make_frame(op, rid=rid, **fields))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed) as exc:
+            self._waiting.pop(rid, None)
+            raise RemoteError(f"connection closed: {exc}", Code.UNAVAILABLE) from None
         await event.wait()
         if not box:
             raise RemoteError(f"connection closed: {self.closed_reason}", Code.UNAVAILABLE)
@@ -320,15 +325,22 @@ async def _open_channel(url: str) -> AsyncIterator[Any]:
 
 @asynccontextmanager
 async def _session(url: str) -> AsyncIterator[Client]:
-    async with _open_channel(url) as channel, trio.open_nursery() as nursery:
-        client = Client(channel, nursery)
-        nursery.start_soon(client._reader)
-        try:
-            _, welcome = await client.request("hello", version=wp.PROTOCOL_VERSION, agent="timpy-python")
-            client.node_id, client.max_body = welcome.node_id, welcome.max_body
-            yield client
-        finally:
-            await client.aclose()
+    with unwrap_single_error():
+        async with _open_channel(url) as channel, trio.open_nursery() as nursery:
+            async with _client(channel, nursery) as client:
+                yield client
+
+
+@asynccontextmanager
+async def _client(channel: Any, nursery: trio.Nursery) -> AsyncIterator[Client]:
+    client = Client(channel, nursery)
+    nursery.start_soon(client._reader)
+    try:
+        _, welcome = await client.request("hello", version=wp.PROTOCOL_VERSION, agent="timpy-python")
+        client.node_id, client.max_body = welcome.node_id, welcome.max_body
+        yield client
+    finally:
+        await client.aclose()
 
 
 async def register(url: str, user: str, password: str) -> None:

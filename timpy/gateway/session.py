@@ -98,8 +98,14 @@ class ClientSession:
         self._max_pushed = max(self._max_pushed, delivery.pos)
         return wp.make_frame("delivery", pos=delivery.pos, message=message_to_wire(delivery.message))
 
-    def close(self, reason: str) -> None:
-        """Close after what is queued; at once if the queue is full."""
+    def close(self, reason: str, code: Code | None = None) -> None:
+        """Close after what is queued (with an error frame first when ``code``
+        is given); at once if the queue is full."""
+        if code is not None and not self._closing:
+            try:
+                self.outbound_send.send_nowait(error_frame(0, TimpyError(reason, code)))
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                pass
         if self._closing:
             return
         self._closing = True
@@ -240,7 +246,7 @@ class ClientSession:
         self.identity, self.claims, self.terminal = who, claims, terminal
         old = self.node.terminals.attach(terminal)
         if old is not None:
-            old.link.close("logged in again from the same device elsewhere")
+            old.link.close("logged in again from the same device elsewhere", Code.KICKED)
         log.info("user logged in from %s", self.peer)
         await self.reply(
             wp.make_frame("login_ok", rid=rid, user=who.name, token=token, expires_at=claims.expires_ms, device=device)

@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import trio
@@ -40,6 +42,16 @@ class ConnectionGate:
         self.open -= 1
 
 
+@contextmanager
+def _ends_connection(nursery: trio.Nursery) -> Iterator[None]:
+    """A peer that went away ends its connection's tasks, and nothing else."""
+    try:
+        yield
+    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
+        pass
+    nursery.cancel_scope.cancel()
+
+
 _FULL = ProtocolError("the node has too many connections; try another node or later", Code.TOO_MANY_CONNECTIONS)
 
 
@@ -61,6 +73,10 @@ async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
             async with trio.open_nursery() as nursery:
 
                 async def read() -> None:
+                    with _ends_connection(nursery):
+                        await read_frames()
+
+                async def read_frames() -> None:
                     decoder = FrameDecoder(node.config.limits.max_frame)
                     while True:
                         data = await stream.receive_some(65536)
@@ -81,6 +97,10 @@ async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
                     nursery.cancel_scope.cancel()
 
                 async def write() -> None:
+                    with _ends_connection(nursery):
+                        await write_frames()
+
+                async def write_frames() -> None:
                     async for item in session.outbound:
                         batch = [item]
                         while len(batch) < _WRITE_BATCH and not isinstance(batch[-1], CloseAfter):
@@ -98,8 +118,6 @@ async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
                 nursery.start_soon(read)
                 nursery.start_soon(write)
                 nursery.start_soon(session.watch_handshake)
-    except (trio.BrokenResourceError, trio.ClosedResourceError):
-        pass
     finally:
         session.finish()
         node.gate.leave()
@@ -137,6 +155,10 @@ async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None
             async with trio.open_nursery() as nursery:
 
                 async def read() -> None:
+                    with _ends_connection(nursery):
+                        await read_messages()
+
+                async def read_messages() -> None:
                     nonlocal json_mode
                     while True:
                         message = await ws.get_message()
@@ -153,6 +175,10 @@ async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None
                         await session.handle(frame)
 
                 async def write() -> None:
+                    with _ends_connection(nursery):
+                        await write_messages()
+
+                async def write_messages() -> None:
                     async for item in session.outbound:
                         if isinstance(item, CloseAfter):
                             await ws.aclose(code=1008, reason=item.reason[:120])
@@ -163,8 +189,6 @@ async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None
                 nursery.start_soon(read)
                 nursery.start_soon(write)
                 nursery.start_soon(session.watch_handshake)
-    except ConnectionClosed:
-        pass
     finally:
         session.finish()
         node.gate.leave()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from timpy.errors import Code
 from timpy.im.messages import Delivery
 
 
@@ -22,8 +23,9 @@ class TerminalLink(Protocol):
     async def push(self, delivery: Delivery) -> None:
         """Queue a delivery, waiting for room (used while syncing)."""
 
-    def close(self, reason: str) -> None:
-        """Drop the connection; the terminal will sync again when it returns."""
+    def close(self, reason: str, code: Code) -> None:
+        """Tell the terminal why (an error with ``code``), then drop the connection;
+        the terminal syncs again when it returns."""
 
 
 @dataclass(eq=False)
@@ -46,7 +48,7 @@ class LiveTerminal:
                 self._held.append(delivery)
             return
         if not self.link.push_nowait(delivery):
-            self.link.close("too slow to receive messages; reconnect to sync")
+            self.link.close("too slow to receive messages; reconnect to sync", Code.TOO_SLOW)
 
     def begin_sync(self) -> None:
         self.syncing = True

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import trio
 
+from timpy.concurrency import unwrap_single_error
 from timpy.config import NodeConfig, parse_hostport
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key
@@ -165,6 +166,13 @@ async def open_node(config: NodeConfig | None = None, *, keys: ClusterKeys | Non
     ...     print(node.tcp_url)
     """
     node = Node(config or NodeConfig(), keys)
+    with unwrap_single_error():
+        async with _node_nursery(node) as running:
+            yield running
+
+
+@asynccontextmanager
+async def _node_nursery(node: Node) -> AsyncIterator[Node]:
     async with trio.open_nursery() as nursery:
         try:
             await node._start(nursery)
