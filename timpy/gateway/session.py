@@ -157,6 +157,8 @@ class ClientSession:
             self.fail(ProtocolError("too many bad or excess frames", Code.RATE_LIMITED))
 
     async def handle(self, frame: TPayload) -> None:
+        if self._closing:
+            return  # the connection is being closed: nothing more is served
         rid = frame.rid or 0
         if not self._bucket.take(self._clock()):
             await self.reply(

@@ -42,6 +42,15 @@ class ConnectionGate:
         self.open -= 1
 
 
+CLOSE_GRACE = 5.0  # seconds the writer gets to flush a final error to a peer
+
+
+async def _let_writer_close() -> None:
+    """After ``fail``: the writer sends the error and ends the connection;
+    wait for that, but not forever on a peer that does not read."""
+    await trio.sleep(CLOSE_GRACE)
+
+
 @contextmanager
 def _ends_connection(nursery: trio.Nursery) -> Iterator[None]:
     """A peer that went away ends its connection's tasks, and nothing else."""
@@ -86,6 +95,7 @@ async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
                             bodies = decoder.feed(data)
                         except ProtocolError as exc:
                             session.fail(exc)  # the stream is out of step now
+                            await _let_writer_close()
                             return
                         for body in bodies:
                             try:
