@@ -105,3 +105,10 @@ def node_process(tmp_path: Path) -> Iterator[NodeProcess]:
 
 def run_sync(fn, *args):  # noqa: ANN001, ANN201 - helper for sync tests
     return trio.run(fn, *args)
+
+
+from hypothesis import settings as _settings  # noqa: E402
+
+# Timing varies on a shared 2-core CI machine; correctness, not speed, is tested.
+_settings.register_profile("timpy", deadline=None, print_blob=True)
+_settings.load_profile("timpy")

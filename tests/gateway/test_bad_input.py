@@ -10,11 +10,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 import timpy
+from tests.conftest import PASSWORD, node_config, users
 from timpy.config import Limits
 from timpy.errors import Code
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
-from tests.conftest import PASSWORD, node_config, users
 
 
 class Raw:

@@ -4,8 +4,8 @@ import pytest
 import trio
 
 import timpy
-from timpy.errors import Code, RemoteError
 from tests.conftest import PASSWORD, node_config, users
+from timpy.errors import Code, RemoteError
 
 
 async def test_send_ack_push_and_history(node):

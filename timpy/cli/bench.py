@@ -6,7 +6,6 @@ import json
 import os
 import platform
 import struct
-import subprocess
 import sys
 import tempfile
 import time

@@ -49,6 +49,8 @@ async def _chat(url: str, user: str, password: str, do_register: bool, device: s
     if do_register:
         await timpy.register(url, user, password)
         click.echo(f"registered {user}")
+        if peer is None and text is None and history is None and listen_for is None:
+            return
     async with timpy.connect(url, user, password, device=device) as client:
         if text is not None or history is not None or listen_for is not None:
             if text is not None:

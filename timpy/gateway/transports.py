@@ -13,7 +13,7 @@ from thriftpy2.thrift import TPayload
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from timpy.errors import Code, ProtocolError
-from timpy.gateway.session import CloseAfter, ClientSession, error_frame
+from timpy.gateway.session import ClientSession, CloseAfter, error_frame
 from timpy.wire import jsonmap
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
