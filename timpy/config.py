@@ -86,7 +86,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
     for key, value in values.items():
         name = key.replace("-", "_")
         if name not in known:
-            raise ConfigError(f"unknown option {where}{key!r}; known: {', '.join(sorted(known))}")
+            raise ConfigError(f"unknown option '{where}{key}'; known: {', '.join(sorted(known))}")
         if name in _SECTIONS:
             if not isinstance(value, dict):
                 raise ConfigError(f"[{name}] must be a table")

@@ -114,6 +114,10 @@ async def test_token_login_and_logout_revokes(node):
     await users(node.tcp_url, "alice")
     async with timpy.connect(node.tcp_url, "alice", PASSWORD) as a:
         token = a.token
+    with pytest.raises(RemoteError) as e:
+        async with timpy.connect(node.ws_url, token=token, device="someone-elses"):
+            pass
+    assert e.value.code == Code.BAD_REQUEST
     async with timpy.connect(node.ws_url, token=token) as t:
         assert t.user == "alice"
         await t.logout()

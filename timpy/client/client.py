@@ -356,14 +356,15 @@ async def connect(
     password: str | None = None,
     *,
     token: str | None = None,
-    device: str = "default",
+    device: str | None = None,
     create: bool = False,
     sync: bool = True,
 ) -> AsyncIterator[Client]:
     """Connect and log in with a password or a token.
 
     ``device`` names this terminal: the node remembers per device what it has
-    delivered, so use a stable name per installation. ``create=True``
+    delivered, so use a stable name per installation (default "default"; with a
+    token, the device the token was issued to). ``create=True``
     registers the account first if it does not exist.
     """
     async with _session(url) as client:
@@ -374,9 +375,11 @@ async def connect(
                 if exc.code != Code.USER_EXISTS:
                     raise
         if token:
-            _, ok = await client.request("token_login", token=token, device=device, no_sync=not sync)
+            _, ok = await client.request("token_login", token=token, device=device or "", no_sync=not sync)
         elif user and password is not None:
-            _, ok = await client.request("login", name=user, password=password, device=device, no_sync=not sync)
+            _, ok = await client.request(
+                "login", name=user, password=password, device=device or "default", no_sync=not sync
+            )
         else:
             raise ValueError("connect needs user and password, or token")
         client.user, client.token, client.device = ok.user, ok.token, ok.device

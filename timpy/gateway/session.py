@@ -238,7 +238,10 @@ class ClientSession:
     async def _op_token_login(self, rid: int, body: TPayload) -> None:
         self._check_not_logged_in()
         who, claims = self.node.accounts.login_token(body.token or "")
-        device = self._device(body.device or claims.device)
+        if body.device and body.device != claims.device:
+            raise RequestError(
+                "this token was issued to another device; log in with a password on this one", Code.BAD_REQUEST
+            )
         await self._attach(rid, who, claims, body.token, no_sync=bool(body.no_sync))
 
     async def _attach(self, rid: int, who: Identity, claims: TokenClaims, token: str, no_sync: bool) -> None:

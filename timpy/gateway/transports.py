@@ -66,7 +66,8 @@ _FULL = ProtocolError("the node has too many connections; try another node or la
 
 async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
     try:
-        peer = "%s:%s" % stream.socket.getpeername()[:2]
+        host, port = stream.socket.getpeername()[:2]
+        peer = f"{host}:{port}"
     except OSError:
         peer = "?"
     if not node.gate.admit():
