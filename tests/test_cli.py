@@ -1,0 +1,33 @@
+"""The timpy command's small subcommands (node, chat: tests/e2e)."""
+
+import json
+import stat
+
+from click.testing import CliRunner
+
+from timpy.cli.main import cli
+from timpy.crypto.keys import decode_key
+
+
+def test_keys_new(tmp_path):
+    path = tmp_path / "cluster.key"
+    r = CliRunner().invoke(cli, ["keys", "new", str(path)])
+    assert r.exit_code == 0 and "wrote cluster key" in r.output
+    assert len(decode_key(path.read_text(), "test")) == 32
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    again = CliRunner().invoke(cli, ["keys", "new", str(path)])
+    assert again.exit_code != 0 and "refusing to overwrite" in again.output
+
+
+def test_bench_codec_reports_rates():
+    r = CliRunner().invoke(cli, ["bench", "codec", "--iterations", "200", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["binary_bytes"] > 0 and result["decode_binary_per_s"] > 0
+
+
+def test_bench_one_node_runs_end_to_end():
+    r = CliRunner().invoke(cli, ["bench", "one-node", "--clients", "2", "--messages", "5", "--memory", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["messages"] == 10 and result["p99_ms"] >= result["p50_ms"] > 0
