@@ -1,0 +1,57 @@
+"""The SQL backends the store tests run against.
+
+PostgreSQL and MariaDB are the servers the CI machine runs (127.0.0.1, database
+``test``). On a laptop without them those cases skip, saying why; with CI=true
+they must run, so an unreachable server fails the run instead.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from timpy.store import schema
+from timpy.store.engine import sqlite_engine, url_engine
+
+SERVERS = {
+    "postgresql": os.environ.get("TIMPY_TEST_POSTGRES", "postgresql+psycopg://postgres@127.0.0.1:5432/test"),
+    "mariadb": os.environ.get("TIMPY_TEST_MARIADB", "mysql+pymysql://root@127.0.0.1:3306/test"),
+}
+BACKENDS = ["sqlite-memory", "sqlite-file", *SERVERS]
+
+
+def _reachable(url: str) -> str | None:
+    try:
+        probe = create_engine(url)
+        with probe.connect() as conn:
+            conn.execute(text("select 1"))
+        probe.dispose()
+        return None
+    except Exception as exc:  # any driver error means: not usable here
+        return f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"
+
+
+def make_engine(backend: str, tmp_path: Path) -> Engine:
+    if backend == "sqlite-memory":
+        return sqlite_engine(None)
+    if backend == "sqlite-file":
+        return sqlite_engine(tmp_path / "db.sqlite3")
+    url = SERVERS[backend]
+    problem = _reachable(url)
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{backend} at {url} is required in CI but unreachable: {problem}")
+        pytest.skip(f"{backend} is not reachable at {url} ({problem}); set TIMPY_TEST_{backend.upper()} to test it")
+    engine = url_engine(url)
+    schema.metadata.drop_all(engine)  # a clean database for every test
+    return engine
+
+
+def clear(engine: Engine) -> None:
+    """Empty every table (cheaper than dropping them, for hypothesis examples)."""
+    with engine.begin() as conn:
+        for table in reversed(schema.metadata.sorted_tables):
+            conn.execute(table.delete())
