@@ -5,11 +5,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from tests.store.backends import BACKENDS, clear, make_engine
 from timpy.crypto.seal import Sealer
 from timpy.errors import Code, KeyMismatchError, RequestError, StorageError
 from timpy.store.engine import sqlite_engine
 from timpy.store.repository import NewMessage, Repository
-from tests.store.backends import BACKENDS, clear, make_engine
 
 KEY = bytes(range(32))
 A, B, C = b"a" * 16, b"b" * 16, b"c" * 16

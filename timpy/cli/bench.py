@@ -228,3 +228,34 @@ def ring_figures(vnodes: int, keys: int) -> dict:
 def ring_cmd(vnodes: int, keys: int, as_json: bool) -> None:
     """Spread of keys over 3, 10 and 50 members, and what moves when one joins."""
     show(ring_figures(vnodes, keys), as_json)
+
+
+def membership_figures(sizes: list[int], loss: float, seed: int) -> dict:
+    from timpy.cluster.simulation import SimNetwork
+
+    result: dict = {"scenario": f"SWIM membership in the simulator, {loss:.0%} loss, 1 s probe rounds"}
+    for n in sizes:
+        net = SimNetwork(seed=seed, loss=loss)
+        net.add("n0")
+        for i in range(1, n):
+            net.add(f"n{i}", seeds=["n0"])
+        start = time.perf_counter()
+        took = net.run_until(net.converged, limit=120)
+        wall = time.perf_counter() - start
+        result[f"converge_{n}_nodes_s"] = None if took is None else round(took, 2)
+        result[f"messages_{n}_nodes"] = net.sent
+        result[f"wall_{n}_nodes_s"] = round(wall, 2)
+        net.crash("n1")
+        died = net.run_until(lambda net=net: all(net.nodes[x].state_of("n1") == "dead" for x in net.live()), 180)
+        result[f"crash_detected_by_all_{n}_nodes_s"] = None if died is None else round(died, 2)
+    return result
+
+
+@bench.command("membership")
+@click.option("--sizes", default="10,50,200", show_default=True, help="Cluster sizes, comma-separated.")
+@click.option("--loss", default=0.0, show_default=True, help="Packet loss probability.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def membership_cmd(sizes: str, loss: float, seed: int, as_json: bool) -> None:
+    """Simulated convergence time and crash detection time against cluster size."""
+    show(membership_figures([int(s) for s in sizes.split(",")], loss, seed), as_json)
