@@ -1,0 +1,100 @@
+"""The trio shell around the membership state machine.
+
+Feeds it the clock (every ``tick_interval``) and what the transport receives,
+and carries out what it returns: messages go to the transport, state changes
+to the log and to whoever listens.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+from collections.abc import Callable
+from typing import Protocol
+
+import trio
+
+from timpy.cluster import codec
+from timpy.cluster.membership import Action, Changed, Membership, MembershipConfig, Send, State
+
+log = logging.getLogger("timpy.cluster")
+
+
+class Transport(Protocol):
+    address: str
+    incoming: trio.MemoryReceiveChannel[bytes]
+
+    def send(self, address: str, payload: bytes) -> None: ...
+
+    async def run(self, task_status: trio.TaskStatus[None] = ...) -> None: ...
+
+
+class ClusterService:
+    def __init__(
+        self,
+        name: str,
+        transport: Transport,
+        config: MembershipConfig | None = None,
+        seeds: list[str] | None = None,
+        tick_interval: float = 0.05,
+        on_change: Callable[[Changed], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.transport = transport
+        self.config = config or MembershipConfig()
+        self.seeds = seeds or []
+        self.tick_interval = tick_interval
+        self.on_change = on_change
+        self.membership: Membership | None = None
+        self.bad_messages = 0
+
+    def _act(self, actions: list[Action]) -> None:
+        for action in actions:
+            if isinstance(action, Send):
+                self.transport.send(action.address, codec.encode(action.message))
+            elif isinstance(action, Changed):
+                level = logging.WARNING if action.state == State.DEAD else logging.INFO
+                log.log(level, "member %s at %s is %s (incarnation %d)", action.name, action.address, action.state.value, action.incarnation)
+                if self.on_change is not None:
+                    self.on_change(action)
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        async with trio.open_nursery() as nursery:
+            await nursery.start(self.transport.run)
+            now = trio.current_time()
+            self.membership = Membership(self.name, self.transport.address, self.config, random.Random(), now)
+            self._act(self.membership.join(now, self.seeds))
+            nursery.start_soon(self._ticker)
+            nursery.start_soon(self._receiver)
+            task_status.started()
+
+    async def _ticker(self) -> None:
+        assert self.membership is not None
+        while True:
+            self._act(self.membership.tick(trio.current_time()))
+            await trio.sleep(self.tick_interval)
+
+    async def _receiver(self) -> None:
+        assert self.membership is not None
+        async for payload in self.transport.incoming:
+            try:
+                message = codec.decode(payload)
+            except codec.CodecError:
+                self.bad_messages += 1
+                continue
+            self._act(self.membership.receive(trio.current_time(), message))
+
+    async def leave(self, grace: float = 0.3) -> None:
+        """Announce a graceful leave and give the announcement time to go out."""
+        if self.membership is not None:
+            self._act(self.membership.leave(trio.current_time()))
+            await trio.sleep(grace)
+
+    def status(self) -> list[dict[str, object]]:
+        """Members as this node sees them: name, address, state, incarnation."""
+        if self.membership is None:
+            return []
+        return [
+            {"name": m.name, "address": m.address, "state": m.state.value, "incarnation": m.incarnation}
+            for m in sorted(self.membership.members.values(), key=lambda m: m.name)
+        ]
