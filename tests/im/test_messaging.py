@@ -180,3 +180,19 @@ async def test_custom_kind_and_extension_data(node):
         await a.send("bob", b"\x00\x01", kind=150, ext={"mime": "application/x-game"})
         m = await b.next_message(timeout=5)
         assert (m.kind, m.body, m.ext) == (150, b"\x00\x01", {"mime": "application/x-game"})
+
+
+async def test_one_bad_send_in_a_group_commit_does_not_fail_the_others(node):
+    """Sends that share a write batch are isolated: a request error in one
+    (here a recipient that vanished after the check) fails only that one."""
+    from timpy.im import ids
+    from timpy.im.accounts import Identity
+
+    await users(node.tcp_url, "alice", "bob")
+    alice = Identity(ids.user_id(node.indexer, "alice"), "alice")
+    ghost = node.messenger._prepare(alice, "ghost", "id-1", 0, b"x", {})
+    good = node.messenger._prepare(alice, "bob", "id-2", 0, b"x", {})
+    await node.messenger._write([ghost, good])  # one batch, as the writer would take it
+    assert good.error is None and good.result.message.seq == 1
+    assert ghost.result is None and ghost.error.code == Code.NO_SUCH_USER
+    assert [m.seq for m in (await node.messenger.history(alice, "", "bob", 0, None, 10))[1]] == [1]

@@ -242,7 +242,7 @@ class Membership:
             if now >= probe.round_end:
                 del self._probe[seq]
                 self._adjust_awareness(+1)
-                actions += self._suspect(now, Update(target.name, target.address, target.incarnation, State.SUSPECT, self.name))
+                actions += self._apply(now, Update(target.name, target.address, target.incarnation, State.SUSPECT, self.name))
         for seq, relay in list(self._relays.items()):
             if now >= relay.expires:
                 del self._relays[seq]
@@ -351,9 +351,6 @@ class Membership:
         self._adjust_awareness(+1)  # being suspected hints our own health is poor
         self._enqueue(self._self_update())
         return []
-
-    def _suspect(self, now: float, update: Update) -> list[Action]:
-        return self._apply(now, update)
 
     def _apply(self, now: float, u: Update) -> list[Action]:
         if u.name == self.name:

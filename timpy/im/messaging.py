@@ -97,6 +97,11 @@ class Messenger:
         except TimpyError as exc:
             for key, pos in cursors.items():  # keep them for the next try
                 self._cursors[key] = max(pos, self._cursors.get(key, 0))
+            if isinstance(exc, RequestError) and len(batch) > 1:
+                # One send's bad request must not fail the others: store them one by one.
+                for p in batch:
+                    await self._write([p])
+                return
             for p in batch:
                 p.error = exc
                 p.done.set()
@@ -155,11 +160,26 @@ class Messenger:
         ext = dict(ext or {})
         self._validate(client_id, kind, body, ext)
         recipient = ids.normalize_name(recipient)
+        await self._require_user(ids.user_id(self._indexer, recipient))
+        pending = self._prepare(sender, recipient, client_id, kind, body, ext)
+        try:
+            self._send_q.send_nowait(pending)
+        except trio.ClosedResourceError:
+            raise TimpyError("the node is shutting down; send again to another node", Code.UNAVAILABLE) from None
+        await pending.done.wait()
+        if pending.error is not None:
+            raise pending.error
+        assert pending.result is not None
+        return pending.result
+
+    def _prepare(
+        self, sender: Identity, recipient: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
+    ) -> _Pending:
+        """A validated send, ready for the writer (``recipient`` normalized)."""
         rid = ids.user_id(self._indexer, recipient)
-        await self._require_user(rid)
         conv = ids.direct_conversation(self._indexer, sender.user_id, rid)
         members = (sender.user_id,) if rid == sender.user_id else (sender.user_id, rid)
-        pending = _Pending(
+        return _Pending(
             NewMessage(
                 conv_id=conv,
                 members=members,
@@ -171,15 +191,6 @@ class Messenger:
             ids.conversation_text(conv),
             trio.Event(),
         )
-        try:
-            self._send_q.send_nowait(pending)
-        except trio.ClosedResourceError:
-            raise TimpyError("the node is shutting down; send again to another node", Code.UNAVAILABLE) from None
-        await pending.done.wait()
-        if pending.error is not None:
-            raise pending.error
-        assert pending.result is not None
-        return pending.result
 
     # --- reading --------------------------------------------------------
 
