@@ -19,20 +19,23 @@ def test_defaults_are_a_working_node():
     assert c.listen == "127.0.0.1:7070" and not c.memory and c.limits.max_body <= c.limits.max_frame
 
 
-def test_errors_name_the_problem(tmp_path):
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("lisen = '1:2'\n", "unknown option 'lisen'"),
+        ("[limits]\nmax_bodyy = 3\n", "limits.max_bodyy"),
+        ("listen = 'off'\nws = 'localhost:99999'\n", "HOST:PORT"),
+        ("not toml [", "not valid TOML"),
+    ],
+)
+def test_errors_name_the_problem(tmp_path, text, message):
     bad = tmp_path / "c.toml"
-    bad.write_text("lisen = '1:2'\n")
-    with pytest.raises(ConfigError, match="unknown option 'lisen'"):
+    bad.write_text(text)
+    with pytest.raises(ConfigError, match=message):
         load_config(bad)
-    bad.write_text("[limits]\nmax_bodyy = 3\n")
-    with pytest.raises(ConfigError, match="limits.max_bodyy"):
-        load_config(bad)
-    bad.write_text("listen = 'off'\nws = 'localhost:99999'\n")
-    with pytest.raises(ConfigError, match="HOST:PORT"):
-        load_config(bad)
-    bad.write_text("not toml [")
-    with pytest.raises(ConfigError, match="not valid TOML"):
-        load_config(bad)
+
+
+def test_missing_file_is_named(tmp_path):
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(tmp_path / "missing.toml")
 
