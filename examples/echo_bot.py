@@ -22,7 +22,7 @@ async def run_bot(url: str, task_status: trio.TaskStatus[None] = trio.TASK_STATU
 
 
 async def demo() -> None:
-    async with timpy.open_node(timpy.NodeConfig(memory=True, listen="127.0.0.1:0", ws=None)) as node:
+    async with timpy.open_node(timpy.NodeConfig(memory=True, listen="127.0.0.1:0", ws=None, cluster=timpy.ClusterConfig(listen="127.0.0.1:0"))) as node:
         async with trio.open_nursery() as nursery:
             await nursery.start(run_bot, node.tcp_url)
             async with timpy.connect(node.tcp_url, "carol", "carol-password", create=True) as carol:

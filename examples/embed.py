@@ -9,7 +9,7 @@ import timpy
 
 
 async def main() -> None:
-    config = timpy.NodeConfig(memory=True, listen="127.0.0.1:0", ws="127.0.0.1:0")
+    config = timpy.NodeConfig(memory=True, listen="127.0.0.1:0", ws="127.0.0.1:0", cluster=timpy.ClusterConfig(listen="127.0.0.1:0"))
     async with timpy.open_node(config) as node:
         print("node", node.node_id, "listening on", node.tcp_url, "and", node.ws_url)
         await timpy.register(node.tcp_url, "alice", "alice-password")

@@ -5,7 +5,7 @@ client: ``async with timpy.connect(url, user, password) as client:``.
 """
 
 from timpy.client import Ack, Client, HistoryPage, connect, register
-from timpy.config import Limits, NodeConfig, SecurityConfig, load_config
+from timpy.config import ClusterConfig, Limits, NodeConfig, SecurityConfig, load_config
 from timpy.errors import Code, RemoteError, TimpyError
 from timpy.im.messages import ChatMessage
 from timpy.node import Node, open_node
@@ -16,6 +16,7 @@ __all__ = [
     "Ack",
     "ChatMessage",
     "Client",
+    "ClusterConfig",
     "Code",
     "HistoryPage",
     "Limits",

@@ -41,6 +41,41 @@ class SecurityConfig:
 
 
 @dataclass(frozen=True)
+class ClusterConfig:
+    """How a node joins and serves the cluster (the ``[cluster]`` table)."""
+
+    listen: str | None = "127.0.0.1:7072"  # peer listener (authenticated, encrypted); None = standalone
+    advertise: str | None = None  # the address peers dial, when it differs from listen (0.0.0.0, NAT)
+    join: tuple[str, ...] = ()  # seed peers HOST:PORT; any member will do
+    replicas: int = 3  # R: copies of each user and conversation, capped by the cluster size
+    write_quorum: int = 2  # W: copies stored before a send is acknowledged
+    vnodes: int = 128  # points per node on the ring
+    probe_interval: float = 1.0  # SWIM: seconds between probes (memberlist LAN profile)
+    probe_timeout: float = 0.5
+    suspicion_mult: int = 4  # suspicion timeout = mult * log10(n) * probe_interval
+    push_pull_interval: float = 30.0
+    anti_entropy_interval: float = 60.0  # seconds between full replica comparisons
+
+    def __post_init__(self) -> None:
+        for name in ("listen", "advertise"):
+            value = getattr(self, name)
+            if value in ("off", "", False):
+                object.__setattr__(self, name, None)
+            elif value is not None:
+                parse_hostport(value, f"cluster.{name}")
+        if isinstance(self.join, str):
+            object.__setattr__(self, "join", (self.join,))
+        object.__setattr__(self, "join", tuple(self.join))
+        for seed in self.join:
+            parse_hostport(seed, "cluster.join")
+        if self.replicas < 1 or not 1 <= self.write_quorum <= self.replicas:
+            raise ConfigError(
+                f"cluster: need 1 <= write_quorum <= replicas, got write_quorum={self.write_quorum}, "
+                f"replicas={self.replicas}"
+            )
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     data_dir: Path = Path("timpy-data")
     memory: bool = False  # no database file at all
@@ -52,6 +87,7 @@ class NodeConfig:
     ready_file: Path | None = None  # JSON with bound addresses, written once listening
     limits: Limits = field(default_factory=Limits)
     security: SecurityConfig = field(default_factory=SecurityConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
         for name in ("listen", "ws"):
@@ -77,7 +113,7 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-_SECTIONS = {"limits": Limits, "security": SecurityConfig}
+_SECTIONS = {"limits": Limits, "security": SecurityConfig, "cluster": ClusterConfig}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -38,6 +38,7 @@ async def start_node_process(workdir: Path, memory: bool, extra: str = "") -> tu
         f'data_dir = "data"\nmemory = {"true" if memory else "false"}\nlisten = "127.0.0.1:0"\nws = "off"\n'
         f'ready_file = "ready.json"\n{extra}\n'
         "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n"
+        '[cluster]\nlisten = "127.0.0.1:0"\n'
     )
     ready = workdir / "ready.json"
     log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed with the process

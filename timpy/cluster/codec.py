@@ -42,9 +42,20 @@ def encode(m: Message) -> bytes:
     return msgpack.packb(body, use_bin_type=True)
 
 
-def decode(data: bytes) -> Message:
+def unpack(data: bytes) -> Any:
+    """The msgpack value of a peer frame (membership message or RPC)."""
     try:
-        raw = msgpack.unpackb(data, raw=False, max_array_len=100_000, max_map_len=0)
+        return msgpack.unpackb(data, raw=False, max_array_len=100_000, max_map_len=100_000)
+    except Exception as exc:
+        raise CodecError(f"malformed peer frame: {type(exc).__name__}") from None
+
+
+def decode(data: bytes) -> Message:
+    return from_raw(unpack(data))
+
+
+def from_raw(raw: Any) -> Message:
+    try:
         tag = raw[0]
         if tag == 1:
             _, seq, source, target, gossip = raw

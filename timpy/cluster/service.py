@@ -16,6 +16,7 @@ import trio
 
 from timpy.cluster import codec
 from timpy.cluster.membership import Action, Changed, Membership, MembershipConfig, Send, State
+from timpy.cluster.rpc import Rpc, is_rpc
 
 log = logging.getLogger("timpy.cluster")
 
@@ -47,6 +48,7 @@ class ClusterService:
         self.on_change = on_change
         self.membership: Membership | None = None
         self.bad_messages = 0
+        self.rpc = Rpc(transport)
 
     def _act(self, actions: list[Action]) -> None:
         for action in actions:
@@ -61,6 +63,7 @@ class ClusterService:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         async with trio.open_nursery() as nursery:
             await nursery.start(self.transport.run)
+            await nursery.start(self.rpc.run)
             now = trio.current_time()
             self.membership = Membership(self.name, self.transport.address, self.config, random.Random(), now)
             self._act(self.membership.join(now, self.seeds))
@@ -78,7 +81,11 @@ class ClusterService:
         assert self.membership is not None
         async for payload in self.transport.incoming:
             try:
-                message = codec.decode(payload)
+                raw = codec.unpack(payload)
+                if is_rpc(raw):
+                    self.rpc.receive(raw)
+                    continue
+                message = codec.from_raw(raw)
             except codec.CodecError:
                 self.bad_messages += 1
                 continue

@@ -106,7 +106,8 @@ class TcpPeerTransport:
     identity: nacl.signing.SigningKey
     listen: str = "127.0.0.1:0"
     queue: int = 256
-    address: str = ""
+    address: str = ""  # what peers dial: ``advertise`` if given, else the bound listen address
+    advertise: str | None = None
     stats: TransportStats = field(default_factory=TransportStats)
 
     def __post_init__(self) -> None:
@@ -121,7 +122,7 @@ class TcpPeerTransport:
             self._nursery = nursery
             listeners = await nursery.start(partial(trio.serve_tcp, self._accept, port, host=host))
             bound = listeners[0].socket.getsockname()
-            self.address = f"{host}:{bound[1]}"
+            self.address = self.advertise or f"{host}:{bound[1]}"
             task_status.started()
 
     # --- sending ----------------------------------------------------------

@@ -140,7 +140,7 @@ class ClientSession:
     def finish(self) -> None:
         """The connection is gone: leave the registry."""
         if self.terminal is not None:
-            self.node.terminals.detach(self.terminal)
+            self.node.messenger.close_terminal(self.terminal)
             self.terminal = None
         self.outbound_send.close()
 
@@ -249,6 +249,8 @@ class ClientSession:
         terminal = LiveTerminal(who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self)
         cursor = await self.node.messenger.open_terminal(terminal)
         self.identity, self.claims, self.terminal = who, claims, terminal
+        if not no_sync:
+            terminal.begin_sync()  # hold live pushes until the sync has sent what came before
         old = self.node.terminals.attach(terminal)
         if old is not None:
             old.link.close("logged in again from the same device elsewhere", Code.KICKED)
@@ -273,7 +275,7 @@ class ClientSession:
         assert self.claims is not None
         await self.node.accounts.logout(self.claims)
         if self.terminal is not None:
-            self.node.terminals.detach(self.terminal)
+            self.node.messenger.close_terminal(self.terminal)
         self.identity = self.claims = self.terminal = None
         await self.reply(wp.make_frame("ok", rid=rid))
 

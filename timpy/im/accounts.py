@@ -1,4 +1,10 @@
-"""Accounts: registration, password and token login, logout (revocation)."""
+"""Accounts: registration, password and token login, logout (revocation).
+
+An account lives with its user's owner node (and its replicas). Passwords are
+hashed and checked on the node the client is connected to; the owner only
+stores and returns the hash. Tokens are checked anywhere without a lookup; a
+logout is told to every node.
+"""
 
 from __future__ import annotations
 
@@ -14,7 +20,9 @@ from timpy.crypto.passwords import hash_password, verify_password
 from timpy.crypto.tokens import TokenAuthority, TokenClaims
 from timpy.errors import AuthError, Code, RequestError
 from timpy.im import ids
-from timpy.store.repository import Store
+from timpy.im.peers import Peers
+from timpy.im.replication import Replicator
+from timpy.store.repository import AccountRow, Store
 
 MAX_PASSWORD = 1024
 
@@ -34,7 +42,11 @@ class Accounts:
         security: SecurityConfig,
         limits: Limits,
         clock_ms: Callable[[], int],
+        peers: Peers | None = None,
+        replicator: Replicator | None = None,
     ) -> None:
+        self._peers = peers or Peers.standalone("local")
+        self._replicator = replicator or Replicator(store, self._peers)
         self._store = store
         self._indexer = indexer
         self._tokens = tokens
@@ -43,6 +55,11 @@ class Accounts:
         self._now = clock_ms
         self._revoked: dict[bytes, int] = {}
         self._dummy_hash: bytes | None = None
+        rpc = self._peers.rpc
+        if rpc is not None:
+            rpc.register("acct.create", self._on_create)
+            rpc.register("acct.get", self._on_get)
+            rpc.register("token.revoke", self._on_revoke)
 
     async def start(self) -> None:
         self._revoked = await self._store.run(self._store.repo.live_revocations, self._now())
@@ -65,8 +82,45 @@ class Accounts:
         uid = ids.user_id(self._indexer, norm)
         secret = await trio.to_thread.run_sync(self._hash, password)
         profile = msgpack.packb({"name": norm, "created": self._now()})
-        await self._store.run(self._store.repo.create_account, uid, secret, profile)
+        owner = self._peers.owner(uid)
+        if owner == self._peers.self_id or self._peers.rpc is None:
+            await self._create_here(uid, secret, profile)
+        else:
+            await self._peers.call(owner, "acct.create", uid, secret, profile)
         return Identity(uid, norm)
+
+    async def _create_here(self, uid: bytes, secret: bytes, profile: bytes) -> None:
+        await self._replicator.ensure("user", uid)
+        await self._store.run(self._store.repo.create_account, uid, secret, profile)
+        if self._peers.rpc is not None:
+            copies = await self._store.run(self._store.repo.user_copies, uid, 0, 0)
+            placement = self._peers.placement
+            nodes = frozenset(placement.replicas(uid)) - {self._peers.self_id}
+            await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(uid))])
+
+    async def _on_create(self, uid: bytes, secret: bytes, profile: bytes) -> None:
+        self._require_owner(bytes(uid))
+        await self._create_here(bytes(uid), bytes(secret), bytes(profile))
+
+    def _require_owner(self, uid: bytes) -> None:
+        if not self._peers.is_local(uid):
+            raise RequestError("this node does not own that user (the cluster is changing); retry", Code.UNAVAILABLE)
+
+    async def _get_here(self, uid: bytes) -> AccountRow | None:
+        await self._replicator.ensure("user", uid)
+        return await self._store.run(self._store.repo.get_account, uid)
+
+    async def _on_get(self, uid: bytes) -> list | None:
+        self._require_owner(bytes(uid))
+        account = await self._get_here(bytes(uid))
+        return None if account is None else [account.secret, account.disabled]
+
+    async def _get(self, uid: bytes) -> AccountRow | None:
+        owner = self._peers.owner(uid)
+        if owner == self._peers.self_id or self._peers.rpc is None:
+            return await self._get_here(uid)
+        raw = await self._peers.call(owner, "acct.get", uid)
+        return None if raw is None else AccountRow(uid, bytes(raw[0]), b"", bool(raw[1]))
 
     async def login_password(self, name: str, password: str) -> Identity:
         try:
@@ -74,7 +128,7 @@ class Accounts:
         except RequestError:
             raise AuthError("wrong user name or password", Code.BAD_CREDENTIALS) from None
         uid = ids.user_id(self._indexer, norm)
-        account = await self._store.run(self._store.repo.get_account, uid)
+        account = await self._get(uid)
         if account is None:
             # Spend the same time as a real check, so timing does not tell who exists.
             if self._dummy_hash is None:
@@ -99,8 +153,12 @@ class Accounts:
         return Identity(ids.user_id(self._indexer, claims.user), claims.user), claims
 
     async def logout(self, claims: TokenClaims) -> None:
-        self._revoked[claims.token_id] = claims.expires_ms
-        await self._store.run(self._store.repo.revoke_token, claims.token_id, claims.expires_ms)
+        await self._on_revoke(claims.token_id, claims.expires_ms)
+        for node in self._peers.others():
+            # Best effort: a node that misses it learns nothing of this token
+            # until it expires (noted in docs/cluster.md).
+            self._peers.notify(node, "token.revoke", claims.token_id, claims.expires_ms)
 
-    async def exists(self, uid: bytes) -> bool:
-        return uid in await self._store.run(self._store.repo.existing_accounts, [uid])
+    async def _on_revoke(self, token_id: bytes, expires_ms: int) -> None:
+        self._revoked[bytes(token_id)] = int(expires_ms)
+        await self._store.run(self._store.repo.revoke_token, bytes(token_id), int(expires_ms))

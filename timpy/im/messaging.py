@@ -1,10 +1,18 @@
 """1:1 messaging: send, history, offline sync and delivery acknowledgements.
 
-All appends on a node go through one writer task. It takes every send that
-is waiting, stores the lot in one transaction (group commit), and only then
-pushes to live terminals and acknowledges, in commit order. So sequences are
-gap-free, an acknowledged message is durable, and pushes reach each terminal
-in sequence order.
+Every conversation and every user has an owner node (``Peers``). A send goes
+to its conversation's owner; all appends an owner makes go through its one
+writer task. The writer takes every send that is waiting, stores the lot in
+one transaction (group commit), copies the rows to the keys' other replicas
+and waits for the write quorum, and only then pushes to live terminals and
+acknowledges, in commit order. So sequences are gap-free, an acknowledged
+message is durable, and pushes reach each terminal in sequence order.
+
+A member whose user another node owns gets the message through that node's
+writer (``inbox.append``), which numbers it in the user's inbox, replicates
+it, and pushes it to the user's terminals wherever they are (``Routes``).
+The sender is acknowledged once every member's inbox has it. On a standalone
+node every key is local and all of this is one transaction.
 """
 
 from __future__ import annotations
@@ -15,6 +23,7 @@ from dataclasses import dataclass
 
 import trio
 
+from timpy.cluster.rpc import Call
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
@@ -29,8 +38,18 @@ from timpy.im.messages import (
     pack_content,
     unpack_content,
 )
+from timpy.im.peers import Peers
+from timpy.im.replication import Replicator
+from timpy.im.routes import Routes
 from timpy.im.terminals import LiveTerminal, TerminalRegistry
-from timpy.store.repository import Appended, NewMessage, Store, StoredMessage
+from timpy.store.repository import (
+    Copies,
+    InboxItem,
+    NewMessage,
+    Store,
+    StoredMessage,
+    Written,
+)
 
 MAX_EXT_BYTES = 4096
 MAX_BATCH = 512
@@ -39,12 +58,29 @@ MAX_BATCH = 512
 _FLUSH_CURSORS = None  # queue marker: store acknowledged cursors, nothing to append
 
 
+SEND_ATTEMPTS = 3  # tries at a conversation's owner while the ring is changing
+
+
 @dataclass(eq=False)
 class _Pending:
+    """A new message, at its conversation's owner."""
+
     new: NewMessage
     conversation: str
     done: trio.Event
     result: SendResult | None = None
+    error: TimpyError | None = None
+    fanout: list[Call] | None = None  # inbox appends at other owners, awaited before the ack
+
+
+@dataclass(eq=False)
+class _PendingInbox:
+    """An inbox entry at the user's owner, for a message numbered elsewhere."""
+
+    item: InboxItem
+    conversation: str
+    done: trio.Event
+    pos: int = 0
     error: TimpyError | None = None
 
 
@@ -56,23 +92,32 @@ class Messenger:
         registry: TerminalRegistry,
         limits: Limits,
         clock_ms: Callable[[], int],
+        peers: Peers | None = None,
+        replicator: Replicator | None = None,
+        routes: Routes | None = None,
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._registry = registry
         self._limits = limits
         self._now = clock_ms
-        self._send_q, self._recv_q = trio.open_memory_channel[_Pending | None](math.inf)
+        self._peers = peers or Peers.standalone("local")
+        self._cluster = self._peers.rpc is not None
+        self._replicator = replicator or Replicator(store, self._peers)
+        self.routes = routes or Routes(self._peers, registry)
+        self._send_q, self._recv_q = trio.open_memory_channel[_Pending | _PendingInbox | None](math.inf)
         self._known_users: set[bytes] = set()
         # Acknowledged positions not yet stored; written with the next batch.
         self._cursors: dict[tuple[bytes, bytes], int] = {}
         self._cursor_flush_queued = False
+        self._background: trio.Nursery | None = None
         self.stored_count = 0  # messages stored by this node since it started
+        self._register()
 
     # --- the writer -----------------------------------------------------
 
     async def run_writer(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        """Store and deliver queued sends until ``close`` is called and the queue is empty."""
+        """Store and deliver queued work until ``close`` is called and the queue is empty."""
         task_status.started()
         async with self._recv_q:
             async for first in self._recv_q:
@@ -86,38 +131,131 @@ class Messenger:
         if self._cursors:
             await self._write([])
 
-    async def _write(self, queued: list[_Pending | None]) -> None:
-        batch = [p for p in queued if p is not _FLUSH_CURSORS]
+    async def run_background(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Host the resyncs of terminals that missed a push, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            self._background = nursery
+            task_status.started()
+            await trio.sleep_forever()
+
+    async def _write(self, queued: list[_Pending | _PendingInbox | None]) -> None:
+        news = [p for p in queued if isinstance(p, _Pending)]
+        inbox = [p for p in queued if isinstance(p, _PendingInbox)]
         cursors, self._cursors = self._cursors, {}
         self._cursor_flush_queued = False
+        local_users: frozenset[bytes] | None = None
         try:
-            results: list[Appended] = await self._store.run(
-                self._store.repo.append_messages, [p.new for p in batch], cursors
+            if self._cluster:
+                await self._catch_up(news, inbox)
+                local_users = frozenset(
+                    u for p in news for u in p.new.members if self._peers.is_local(u)
+                )
+            written: Written = await self._store.run(
+                self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users
             )
         except TimpyError as exc:
             for key, pos in cursors.items():  # keep them for the next try
                 self._cursors[key] = max(pos, self._cursors.get(key, 0))
-            if isinstance(exc, RequestError) and len(batch) > 1:
-                # One send's bad request must not fail the others: store them one by one.
-                for p in batch:
+            if isinstance(exc, RequestError) and len(news) + len(inbox) > 1:
+                # One request's error must not fail the others: store them one by one.
+                for p in [*news, *inbox]:
                     await self._write([p])
                 return
-            for p in batch:
-                p.error = exc
-                p.done.set()
+            self._fail([*news, *inbox], exc)
             return
-        for p, appended in zip(batch, results, strict=True):
+        if self._cluster:
+            try:
+                await self._replicate(news, inbox, written)
+            except TimpyError as exc:
+                self._fail([*news, *inbox], exc)
+                return
+        for p, appended in zip(news, written.appended, strict=True):
             message = unpack_content(p.conversation, appended.seq, appended.created_ms, appended.content)
             if not appended.duplicate:
                 self.stored_count += 1
-                for user_id, pos in appended.inbox.items():
-                    self._registry.deliver(user_id, Delivery(pos, message))
+            for user_id, pos in appended.inbox.items():
+                self.routes.push(user_id, Delivery(pos, message), appended.content, appended.created_ms)
+            if self._cluster:
+                p.fanout = self._fan_out(p.new, appended.seq, appended.sealed)
             p.result = SendResult(message, appended.duplicate)
             p.done.set()
+        for p, placed in zip(inbox, written.placed, strict=True):
+            if placed.new:
+                it = p.item
+                content = self._store.repo.open_sealed_message(it.conv_id, it.seq, it.sealed)
+                message = unpack_content(p.conversation, it.seq, it.created_ms, content)
+                self.routes.push(it.user_id, Delivery(placed.pos, message), content, it.created_ms)
+            p.pos = placed.pos
+            p.done.set()
+
+    @staticmethod
+    def _fail(pendings: list[_Pending | _PendingInbox], exc: TimpyError) -> None:
+        for p in pendings:
+            p.error = exc
+            p.done.set()
+
+    async def _catch_up(self, news: list[_Pending], inbox: list[_PendingInbox]) -> None:
+        """Before writing keys this node took over, pull what their replicas have."""
+        keys = {("conv", p.new.conv_id) for p in news}
+        keys |= {("user", u) for p in news for u in p.new.members if self._peers.is_local(u)}
+        keys |= {("user", p.item.user_id) for p in inbox}
+        async with trio.open_nursery() as nursery:
+            for kind, key in keys:
+                nursery.start_soon(self._replicator.ensure, kind, key)
+
+    async def _replicate(self, news: list[_Pending], inbox: list[_PendingInbox], written: Written) -> None:
+        """Copy the batch's rows to each key's other replicas; wait for the write quorum."""
+        placement = self._peers.placement
+        me = self._peers.self_id
+        copies: dict[str, Copies] = {}
+        groups: dict[bytes, tuple[frozenset[str], int]] = {}
+
+        def add(key: bytes, fill: Callable[[Copies], None]) -> None:
+            nodes = frozenset(placement.replicas(key)) - {me}
+            groups[key] = (nodes, placement.acks_needed(key))
+            for node in nodes:
+                fill(copies.setdefault(node, Copies()))
+
+        for p, a in zip(news, written.appended, strict=True):
+            n = p.new
+            row = (n.conv_id, a.seq, n.dedup, a.created_ms, a.sealed)
+            add(n.conv_id, lambda c, row=row: c.messages.append(row))
+            if a.seq == 1 or a.duplicate:
+                members = (n.conv_id, sorted(set(n.members)))
+                add(n.conv_id, lambda c, members=members: c.conversations.append(members))
+            for user_id, pos in a.inbox.items():
+                entry = (user_id, pos, n.conv_id, a.seq)
+                add(user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
+        for p, placed in zip(inbox, written.placed, strict=True):
+            it = p.item
+            row = (it.conv_id, it.seq, it.dedup, it.created_ms, it.sealed)
+            entry = (it.user_id, placed.pos, it.conv_id, it.seq)
+            add(it.user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
+        await self._replicator.replicate(copies, groups.values())
+
+    def _fan_out(self, new: NewMessage, seq: int, sealed: bytes) -> list[Call]:
+        """Ask the owners of the members' users (other nodes) to put the
+        message in their inboxes; sent now, in commit order."""
+        calls = []
+        for user_id in sorted(set(new.members)):
+            owner = self._peers.owner(user_id)
+            if owner != self._peers.self_id:
+                calls.append(
+                    self._peers.start_call(
+                        owner, "inbox.append", user_id, new.conv_id, seq, new.dedup, new.created_ms, sealed
+                    )
+                )
+        return calls
 
     def close(self) -> None:
         """No new sends; the writer finishes what is queued, then returns."""
         self._send_q.close()
+
+    def _enqueue(self, pending: _Pending | _PendingInbox) -> None:
+        try:
+            self._send_q.send_nowait(pending)
+        except trio.ClosedResourceError:
+            raise TimpyError("the node is shutting down; send again to another node", Code.UNAVAILABLE) from None
 
     # --- sending --------------------------------------------------------
 
@@ -142,10 +280,19 @@ class Messenger:
     async def _require_user(self, uid: bytes) -> None:
         if uid in self._known_users:
             return
-        found = await self._store.run(self._store.repo.existing_accounts, [uid])
-        if uid not in found:
+        if not await self.user_exists(uid):
             raise RequestError("no such user", Code.NO_SUCH_USER)
         self._known_users.add(uid)
+
+    async def user_exists(self, uid: bytes) -> bool:
+        owner = self._peers.owner(uid)
+        if owner == self._peers.self_id or not self._cluster:
+            return await self._exists_here(uid)
+        return bool(await self._peers.call(owner, "acct.exists", uid))
+
+    async def _exists_here(self, uid: bytes) -> bool:
+        await self._replicator.ensure("user", uid)
+        return uid in await self._store.run(self._store.repo.existing_accounts, [uid])
 
     async def send(
         self,
@@ -161,25 +308,50 @@ class Messenger:
         self._validate(client_id, kind, body, ext)
         recipient = ids.normalize_name(recipient)
         await self._require_user(ids.user_id(self._indexer, recipient))
-        pending = self._prepare(sender, recipient, client_id, kind, body, ext)
-        try:
-            self._send_q.send_nowait(pending)
-        except trio.ClosedResourceError:
-            raise TimpyError("the node is shutting down; send again to another node", Code.UNAVAILABLE) from None
+        new, conversation = self._prepare(sender, recipient, client_id, kind, body, ext)
+        for attempt in range(SEND_ATTEMPTS):
+            owner = self._peers.owner(new.conv_id)
+            try:
+                if owner == self._peers.self_id or not self._cluster:
+                    return await self._append_here(new, conversation)
+                raw = await self._peers.call(owner, "conv.append", *_pack_new(new))
+                seq, created_ms, duplicate, content = raw
+                return SendResult(unpack_content(conversation, seq, created_ms, bytes(content)), bool(duplicate))
+            except TimpyError as exc:
+                # The ring may be changing under us: the same client id makes a retry safe.
+                if exc.code != Code.UNAVAILABLE or attempt == SEND_ATTEMPTS - 1:
+                    raise
+                await trio.sleep(0.3 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _append_here(self, new: NewMessage, conversation: str) -> SendResult:
+        pending = _Pending(new, conversation, trio.Event())
+        self._enqueue(pending)
+        return await self._finish_append(pending)
+
+    async def _finish_append(self, pending: _Pending) -> SendResult:
         await pending.done.wait()
         if pending.error is not None:
             raise pending.error
+        for call in pending.fanout or ():
+            try:
+                await call.result()
+            except TimpyError as exc:
+                raise TimpyError(
+                    f"the message is stored but a recipient's inbox did not confirm it ({exc.text}); send it again",
+                    Code.UNAVAILABLE,
+                ) from None
         assert pending.result is not None
         return pending.result
 
     def _prepare(
         self, sender: Identity, recipient: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
-    ) -> _Pending:
-        """A validated send, ready for the writer (``recipient`` normalized)."""
+    ) -> tuple[NewMessage, str]:
+        """A validated send (``recipient`` normalized) and its conversation's text id."""
         rid = ids.user_id(self._indexer, recipient)
         conv = ids.direct_conversation(self._indexer, sender.user_id, rid)
         members = (sender.user_id,) if rid == sender.user_id else (sender.user_id, rid)
-        return _Pending(
+        return (
             NewMessage(
                 conv_id=conv,
                 members=members,
@@ -189,7 +361,6 @@ class Messenger:
                 content=pack_content(client_id, sender.name, recipient, kind, body, ext),
             ),
             ids.conversation_text(conv),
-            trio.Event(),
         )
 
     # --- reading --------------------------------------------------------
@@ -213,19 +384,88 @@ class Messenger:
         if limit <= 0 or limit > self._limits.history_page_max:
             limit = self._limits.history_page_max
         text = ids.conversation_text(conv)
-        if not await self._store.run(self._store.repo.is_member, conv, who.user_id):
+        args = (conv, who.user_id, max(0, before_seq), -1 if after_seq is None else max(0, after_seq), limit)
+        owner = self._peers.owner(conv)
+        if owner == self._peers.self_id or not self._cluster:
+            member, rows, more = await self._history_here(*args)
+        else:
+            member, rows, more = await self._peers.call(owner, "conv.history", *args)
+        if not member:
             if peer:  # a conversation that has no message yet
                 return text, [], False
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
+        return text, [unpack_content(text, seq, ms, bytes(content)) for seq, ms, content in rows], bool(more)
+
+    async def _history_here(
+        self, conv: bytes, user_id: bytes, before_seq: int, after_seq: int, limit: int
+    ) -> tuple[bool, list[tuple[int, int, bytes]], bool]:
+        await self._replicator.ensure("conv", conv)
+        if not await self._store.run(self._store.repo.is_member, conv, user_id):
+            return False, [], False
         rows, more = await self._store.run(
-            self._store.repo.read_history, conv, max(0, before_seq), None if after_seq is None else max(0, after_seq), limit
+            self._store.repo.read_history, conv, before_seq, None if after_seq < 0 else after_seq, limit
         )
-        return text, [_message(r) for r in rows], more
+        return True, [(r.seq, r.created_ms, r.content) for r in rows], more
 
     async def open_terminal(self, terminal: LiveTerminal) -> int:
-        return await self._store.run(
-            self._store.repo.open_terminal, terminal.user_id, terminal.device_id, self._now()
+        """Record the terminal with its user's owner; returns its delivery cursor."""
+        terminal.on_gap = self._resync
+        owner = self._peers.owner(terminal.user_id)
+        if owner == self._peers.self_id or not self._cluster:
+            return await self._open_terminal_here(terminal.user_id, terminal.device_id, self._peers.self_id)
+        return int(
+            await self._peers.call(owner, "term.open", terminal.user_id, terminal.device_id, self._peers.self_id)
         )
+
+    async def _open_terminal_here(self, user_id: bytes, device_id: bytes, node_id: str) -> int:
+        await self._replicator.ensure("user", user_id)
+        self.routes.attach(user_id, device_id, node_id)
+        return await self._store.run(self._store.repo.open_terminal, user_id, device_id, self._now())
+
+    def close_terminal(self, terminal: LiveTerminal) -> None:
+        self._registry.detach(terminal)
+        if self._registry.find(terminal.user_id, terminal.device_id) is None:
+            self.routes.detach(terminal.user_id, terminal.device_id)
+
+    def reattach_terminals(self) -> None:
+        """The ring changed: record every terminal here with its user's
+        (possibly new) owner, and sync each from where it is, in case a push
+        was sent while the owner had no record of it."""
+        if self._background is None:
+            return
+        for terminal in self._registry.all():
+            self._background.start_soon(self._reattach, terminal)
+
+    async def _reattach(self, terminal: LiveTerminal) -> None:
+        try:
+            await self.open_terminal(terminal)
+        except TimpyError:
+            return  # the next ring change tries again
+        if not terminal.syncing:
+            terminal.begin_sync()
+            self._resync(terminal)
+
+    def _resync(self, terminal: LiveTerminal) -> None:
+        if self._background is not None:
+            self._background.start_soon(self._run_resync, terminal)
+
+    async def _run_resync(self, terminal: LiveTerminal) -> None:
+        try:
+            await self.sync(terminal, terminal.last_pos)
+        except TimpyError as exc:
+            terminal.link.close(f"could not catch up on missed messages ({exc.text}); reconnect", exc.code)
+
+    async def _read_inbox(self, user_id: bytes, after: int, limit: int) -> list[tuple[int, bytes, int, int, bytes]]:
+        owner = self._peers.owner(user_id)
+        if owner == self._peers.self_id or not self._cluster:
+            return await self._inbox_here(user_id, after, limit)
+        return await self._peers.call(owner, "inbox.read", user_id, after, limit)
+
+    async def _inbox_here(self, user_id: bytes, after: int, limit: int) -> list[tuple[int, bytes, int, int, bytes]]:
+        await self._replicator.ensure("user", user_id)
+        entries = await self._store.run(self._store.repo.read_inbox, user_id, int(after), int(limit))
+        m: StoredMessage
+        return [(e.pos, (m := e.message).conv_id, m.seq, m.created_ms, m.content) for e in entries]
 
     async def sync(self, terminal: LiveTerminal, cursor: int) -> tuple[int, int]:
         """Send the terminal everything after ``cursor``, then make it live.
@@ -234,18 +474,27 @@ class Messenger:
         """
         terminal.begin_sync()
         last, count, page = cursor, 0, self._limits.sync_page
-        while True:
-            entries = await self._store.run(self._store.repo.read_inbox, terminal.user_id, last, page)
-            for entry in entries:
-                await terminal.link.push(Delivery(entry.pos, _message(entry.message)))
-                last = entry.pos
+        for _ in range(100_000):  # bounded: each round reads a page or goes live
+            entries = await self._read_inbox(terminal.user_id, last, page)
+            for pos, conv_id, seq, created_ms, content in entries:
+                message = unpack_content(ids.conversation_text(bytes(conv_id)), seq, created_ms, bytes(content))
+                await terminal.link.push(Delivery(pos, message))
+                last = pos
                 count += 1
             if len(entries) < page and terminal.finish_sync(last):
-                return last, count
+                break
+        return last, count
 
     def acknowledge(self, terminal: LiveTerminal, pos: int) -> None:
-        """The terminal has everything up to ``pos``; stored with the next write batch."""
-        key = (terminal.user_id, terminal.device_id)
+        """The terminal has everything up to ``pos``; stored with the owner's next write batch."""
+        owner = self._peers.owner(terminal.user_id)
+        if owner == self._peers.self_id or not self._cluster:
+            self._acknowledge_here(terminal.user_id, terminal.device_id, pos)
+        else:
+            self._peers.notify(owner, "term.ack", terminal.user_id, terminal.device_id, pos)
+
+    def _acknowledge_here(self, user_id: bytes, device_id: bytes, pos: int) -> None:
+        key = (user_id, device_id)
         if pos > self._cursors.get(key, 0):
             self._cursors[key] = pos
         if not self._cursor_flush_queued:
@@ -254,6 +503,76 @@ class Messenger:
                 self._cursor_flush_queued = True
             except trio.ClosedResourceError:
                 pass  # shutting down: the writer stores pending cursors before it stops
+
+    # --- what other nodes ask of this one ----------------------------------
+
+    def _require_owner(self, key: bytes, what: str) -> None:
+        if not self._peers.is_local(key):
+            raise TimpyError(f"this node does not own that {what} (the cluster is changing); retry", Code.UNAVAILABLE)
+
+    def _register(self) -> None:
+        rpc = self._peers.rpc
+        if rpc is None:
+            return
+
+        def conv_append(conv_id, members, sender_id, dedup, created_ms, content):  # noqa: ANN001, ANN202
+            new = NewMessage(bytes(conv_id), tuple(bytes(m) for m in members), bytes(sender_id), bytes(dedup),
+                             int(created_ms), bytes(content))
+            self._require_owner(new.conv_id, "conversation")
+            pending = _Pending(new, ids.conversation_text(new.conv_id), trio.Event())
+            self._enqueue(pending)  # now, so one sender's requests keep their order
+
+            async def answer() -> list:
+                r = await self._finish_append(pending)
+                m = r.message
+                return [m.seq, m.server_time, r.duplicate, pack_content(m.client_id, m.sender, m.recipient, m.kind, m.body, m.ext)]
+
+            return answer()
+
+        def inbox_append(user_id, conv_id, seq, dedup, created_ms, sealed):  # noqa: ANN001, ANN202
+            item = InboxItem(bytes(user_id), bytes(conv_id), int(seq), bytes(dedup), int(created_ms), bytes(sealed))
+            self._require_owner(item.user_id, "user")
+            pending = _PendingInbox(item, ids.conversation_text(item.conv_id), trio.Event())
+            self._enqueue(pending)
+
+            async def answer() -> int:
+                await pending.done.wait()
+                if pending.error is not None:
+                    raise pending.error
+                return pending.pos
+
+            return answer()
+
+        async def history(conv_id, user_id, before, after, limit):  # noqa: ANN001, ANN202
+            self._require_owner(bytes(conv_id), "conversation")
+            return list(await self._history_here(bytes(conv_id), bytes(user_id), int(before), int(after), int(limit)))
+
+        async def inbox_read(user_id, after, limit):  # noqa: ANN001, ANN202
+            self._require_owner(bytes(user_id), "user")
+            return [list(e) for e in await self._inbox_here(bytes(user_id), int(after), int(limit))]
+
+        async def term_open(user_id, device_id, node_id):  # noqa: ANN001, ANN202
+            self._require_owner(bytes(user_id), "user")
+            return await self._open_terminal_here(bytes(user_id), bytes(device_id), str(node_id))
+
+        def term_ack(user_id, device_id, pos):  # noqa: ANN001, ANN202
+            self._acknowledge_here(bytes(user_id), bytes(device_id), int(pos))
+
+        async def exists(user_id):  # noqa: ANN001, ANN202
+            self._require_owner(bytes(user_id), "user")
+            return await self._exists_here(bytes(user_id))
+
+        rpc.register("conv.append", conv_append)
+        rpc.register("inbox.append", inbox_append)
+        rpc.register("conv.history", history)
+        rpc.register("inbox.read", inbox_read)
+        rpc.register("term.open", term_open)
+        rpc.register("term.ack", term_ack)
+        rpc.register("acct.exists", exists)
+
+
+def _pack_new(n: NewMessage) -> list:
+    return [n.conv_id, list(n.members), n.sender_id, n.dedup, n.created_ms, n.content]
 
 
 def _message(row: StoredMessage) -> ChatMessage:

@@ -7,6 +7,7 @@ message exactly once and in order.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -36,6 +37,10 @@ class LiveTerminal:
     link: TerminalLink
     max_held: int = 10_000
     syncing: bool = False
+    last_pos: int = 0  # the highest inbox position given to the link
+    # Called when a delivery skips positions (a push from another node was
+    # lost): the caller syncs the terminal from ``last_pos``.
+    on_gap: Callable[[LiveTerminal], None] | None = None
     _held: list[Delivery] = field(default_factory=list)
     _overflowed: bool = False
 
@@ -47,8 +52,16 @@ class LiveTerminal:
             elif not self._overflowed:
                 self._held.append(delivery)
             return
+        if delivery.pos <= self.last_pos:
+            return  # given already (a sync and a push overlapped)
+        if self.last_pos and delivery.pos > self.last_pos + 1 and self.on_gap is not None:
+            self.begin_sync()
+            self.on_gap(self)
+            return
         if not self.link.push_nowait(delivery):
             self.link.close("too slow to receive messages; reconnect to sync", Code.TOO_SLOW)
+            return
+        self.last_pos = delivery.pos
 
     def begin_sync(self) -> None:
         self.syncing = True
@@ -66,7 +79,8 @@ class LiveTerminal:
             return False
         held, self._held = self._held, []
         self.syncing = False
-        for delivery in held:
+        self.last_pos = max(self.last_pos, last_pos)
+        for delivery in sorted(held, key=lambda d: d.pos):
             if delivery.pos > last_pos:
                 self.deliver(delivery)
         return True
@@ -98,6 +112,12 @@ class TerminalRegistry:
     def deliver(self, user_id: bytes, delivery: Delivery) -> None:
         for terminal in self.terminals(user_id):
             terminal.deliver(delivery)
+
+    def find(self, user_id: bytes, device_id: bytes) -> LiveTerminal | None:
+        return self._by_user.get(user_id, {}).get(device_id)
+
+    def all(self) -> list[LiveTerminal]:
+        return [t for devices in self._by_user.values() for t in devices.values()]
 
     def __len__(self) -> int:
         return sum(len(d) for d in self._by_user.values())

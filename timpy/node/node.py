@@ -18,6 +18,10 @@ from pathlib import Path
 
 import trio
 
+from timpy.cluster.membership import Changed, MembershipConfig
+from timpy.cluster.placement import Placement, ReplicationConfig
+from timpy.cluster.service import ClusterService
+from timpy.cluster.transport import TcpPeerTransport
 from timpy.concurrency import unwrap_single_error
 from timpy.config import NodeConfig, parse_hostport
 from timpy.crypto.blind import BlindIndexer
@@ -27,6 +31,9 @@ from timpy.crypto.tokens import TokenAuthority
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im.accounts import Accounts
 from timpy.im.messaging import Messenger
+from timpy.im.peers import Peers
+from timpy.im.replication import Replicator
+from timpy.im.routes import Routes
 from timpy.im.terminals import TerminalRegistry
 from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.store.engine import sqlite_engine, url_engine
@@ -47,12 +54,17 @@ class Node:
         self._keys = keys
         self.tcp_address: tuple[str, int] | None = None
         self.ws_address: tuple[str, int] | None = None
+        self.peer_address: str | None = None
+        self.cluster: ClusterService | None = None
         self.node_id = ""
         self.terminals = TerminalRegistry()
         self.gate = ConnectionGate(config.limits.max_connections)
         self._gateway_scope = trio.CancelScope()
         self._gateway_done = trio.Event()
         self._writer_done = trio.Event()
+        self._cluster_scope = trio.CancelScope()
+        self._cluster_done = trio.Event()
+        self._cluster_started = self._gateway_started = self._stopped = False
 
     # --- wiring ---------------------------------------------------------
 
@@ -83,22 +95,96 @@ class Node:
         self.store, store_where = self._open_store(keys)
         await self.store.run(self.store.repo.create_schema)
         self.indexer = BlindIndexer(keys.index)
-        self.accounts = Accounts(self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, now_ms)
+        if c.cluster.listen:
+            cc = c.cluster
+            transport = TcpPeerTransport(keys, identity, listen=cc.listen, queue=4096, advertise=cc.advertise)
+            membership = MembershipConfig(
+                probe_interval=cc.probe_interval,
+                probe_timeout=cc.probe_timeout,
+                suspicion_mult=cc.suspicion_mult,
+                push_pull_interval=cc.push_pull_interval,
+            )
+            self.cluster = ClusterService(
+                self.node_id, transport, membership, seeds=list(cc.join), on_change=self._membership_changed
+            )
+            placement = Placement(self.node_id, "", ReplicationConfig(cc.replicas, cc.write_quorum, cc.vnodes))
+            self.peers = Peers(placement, self.cluster.rpc)
+            self.cluster.rpc.register("cluster.status", self.cluster_status)
+        else:
+            self.peers = Peers.standalone(self.node_id)
+        self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval)
+        self.routes = Routes(self.peers, self.terminals)
+        self.accounts = Accounts(
+            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, now_ms,
+            self.peers, self.replicator,
+        )
         await self.accounts.start()
-        self.messenger = Messenger(self.store, self.indexer, self.terminals, c.limits, now_ms)
+        self.messenger = Messenger(
+            self.store, self.indexer, self.terminals, c.limits, now_ms, self.peers, self.replicator, self.routes
+        )
         nursery.start_soon(self._run_writer)
+        await nursery.start(self._run_cluster)
         await nursery.start(self._run_gateway)
         log.info(
-            "node %s ready: storage %s, cluster key %s (fingerprint %s)%s%s",
+            "node %s ready: storage %s, cluster key %s (fingerprint %s)%s%s%s",
             self.node_id,
             store_where,
             key_source,
             keys.fingerprint,
             f", tcp://{self.tcp_address[0]}:{self.tcp_address[1]}" if self.tcp_address else "",
             f", ws://{self.ws_address[0]}:{self.ws_address[1]}" if self.ws_address else "",
+            f", peers at {self.peer_address}" + (f" joining {', '.join(c.cluster.join)}" if c.cluster.join else "")
+            if self.peer_address else ", standalone (no peer listener)",
         )
         if c.ready_file is not None:
             self._write_ready_file(c.ready_file)
+
+    async def _run_cluster(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._cluster_started = True
+        try:
+            with self._cluster_scope:
+                async with trio.open_nursery() as cl:
+                    if self.cluster is not None:
+                        await cl.start(self.cluster.run)
+                        self.peer_address = self.cluster.transport.address
+                        self.peers.placement.addresses[self.node_id] = self.peer_address
+                    await cl.start(self.replicator.run)
+                    await cl.start(self.messenger.run_background)
+                    task_status.started()
+                    await trio.sleep_forever()
+        finally:
+            self._cluster_done.set()
+
+    def _membership_changed(self, change: Changed) -> None:
+        assert self.cluster is not None and self.cluster.membership is not None
+        placement = self.peers.placement
+        if not placement.update(self.cluster.membership.members.values()):
+            return
+        log.info("ring changed (version %d): %d nodes", placement.version, len(placement.members))
+        self.routes.keep_only(placement.members)
+        self.messenger.reattach_terminals()
+        self.replicator.trigger()
+
+    def cluster_status(self) -> dict[str, object]:
+        """What ``timpy cluster status`` shows: members as this node sees them, ring shares, repair progress."""
+        placement = self.peers.placement
+        shares = placement.ring.shares()
+        members = self.cluster.status() if self.cluster is not None else [
+            {"name": self.node_id, "address": "", "state": "alive", "incarnation": 0}
+        ]
+        for m in members:
+            m["share"] = round(shares.get(str(m["name"]), 0.0), 4)
+        return {
+            "node": self.node_id,
+            "members": members,
+            "ring_version": placement.version,
+            "replicas": placement.config.replicas,
+            "write_quorum": placement.config.write_quorum,
+            "repair": self.replicator.progress.as_dict(),
+            "terminals": len(self.terminals),
+            "routes": self.routes.record_count(),
+            "stored": self.messenger.stored_count,
+        }
 
     def _write_ready_file(self, path: Path) -> None:
         info = {
@@ -106,6 +192,7 @@ class Node:
             "pid": os.getpid(),
             "tcp": f"{self.tcp_address[0]}:{self.tcp_address[1]}" if self.tcp_address else None,
             "ws": f"{self.ws_address[0]}:{self.ws_address[1]}" if self.ws_address else None,
+            "peer": self.peer_address,
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
@@ -118,6 +205,7 @@ class Node:
             self._writer_done.set()
 
     async def _run_gateway(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        self._gateway_started = True
         try:
             with self._gateway_scope:
                 async with trio.open_nursery() as gw:
@@ -135,11 +223,20 @@ class Node:
             self._gateway_done.set()
 
     async def _stop(self) -> None:
+        if self._stopped:
+            return
+        self._stopped = True
         with trio.CancelScope(shield=True):
             self._gateway_scope.cancel()
-            await self._gateway_done.wait()
+            if self._gateway_started:
+                await self._gateway_done.wait()
             self.messenger.close()
             await self._writer_done.wait()
+            if self.cluster is not None:
+                await self.cluster.leave()
+            self._cluster_scope.cancel()
+            if self._cluster_started:
+                await self._cluster_done.wait()
             self.store.close()
             log.info("node %s stopped", self.node_id)
 

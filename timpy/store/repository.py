@@ -8,7 +8,7 @@ associated data that binds each sealed value to its table, key and sequence.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import trio
@@ -50,6 +50,66 @@ class Appended:
     duplicate: bool
     content: bytes  # for a duplicate, the content stored the first time
     inbox: dict[bytes, int]  # user_id -> inbox position (empty for a duplicate)
+    sealed: bytes = b""  # the content as stored
+
+
+@dataclass(frozen=True)
+class InboxItem:
+    """An inbox entry for a message stored (and numbered) by its conversation's owner."""
+
+    user_id: bytes
+    conv_id: bytes
+    seq: int
+    dedup: bytes
+    created_ms: int
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class InboxPlaced:
+    pos: int
+    new: bool  # False: it was in the inbox already
+
+
+@dataclass(frozen=True)
+class Written:
+    appended: list[Appended]
+    placed: list[InboxPlaced]
+
+
+@dataclass
+class Copies:
+    """Rows copied between nodes, sealed as stored; msgpack-friendly tuples."""
+
+    accounts: list[tuple[bytes, bytes, bytes, bool]] = field(default_factory=list)  # user, secret, profile, disabled
+    conversations: list[tuple[bytes, list[bytes]]] = field(default_factory=list)  # conv, members
+    messages: list[tuple[bytes, int, bytes, int, bytes]] = field(default_factory=list)  # conv, seq, dedup, ms, content
+    inbox: list[tuple[bytes, int, bytes, int]] = field(default_factory=list)  # user, pos, conv, seq
+    terminals: list[tuple[bytes, bytes, int, int]] = field(default_factory=list)  # user, device, cursor, seen
+
+    def __bool__(self) -> bool:
+        return bool(self.accounts or self.conversations or self.messages or self.inbox or self.terminals)
+
+    def pack(self) -> list[Any]:
+        return [self.accounts, self.conversations, self.messages, self.inbox, self.terminals]
+
+    @classmethod
+    def unpack(cls, raw: Any) -> Copies:
+        accounts, conversations, messages, inbox, terminals = raw
+        return cls(
+            [(bytes(u), bytes(x), bytes(p), bool(d)) for u, x, p, d in accounts],
+            [(bytes(cv), [bytes(u) for u in ms]) for cv, ms in conversations],
+            [(bytes(cv), int(q), bytes(d), int(t), bytes(b)) for cv, q, d, t, b in messages],
+            [(bytes(u), int(p), bytes(cv), int(q)) for u, p, cv, q in inbox],
+            [(bytes(u), bytes(d), int(cu), int(t)) for u, d, cu, t in terminals],
+        )
+
+    def merge(self, other: Copies) -> None:
+        self.accounts += other.accounts
+        self.conversations += other.conversations
+        self.messages += other.messages
+        self.inbox += other.inbox
+        self.terminals += other.terminals
 
 
 @dataclass(frozen=True)
@@ -137,20 +197,34 @@ class Repository:
     def append_messages(
         self, batch: Sequence[NewMessage], cursors: dict[tuple[bytes, bytes], int] | None = None
     ) -> list[Appended]:
-        """Append a batch in one transaction: sequence numbers, rows, inbox entries,
-        and any terminal cursors (user id, device id) -> position to advance.
+        """``write_batch`` with sends only, every member's inbox kept here."""
+        return self.write_batch(batch, (), cursors).appended
+
+    def write_batch(
+        self,
+        batch: Sequence[NewMessage],
+        inbox_items: Sequence[InboxItem] = (),
+        cursors: dict[tuple[bytes, bytes], int] | None = None,
+        local_users: frozenset[bytes] | None = None,
+    ) -> Written:
+        """One writer batch in one transaction: new messages (sequence numbers,
+        rows, inbox entries of the members in ``local_users``, all when None),
+        inbox entries for messages stored elsewhere (``inbox_items``), and
+        terminal cursors (user id, device id) -> position to advance.
 
         Duplicates (same conversation and dedup index) return the stored
-        message instead of a new one, also within the batch. Either the whole
-        batch is stored or none of it is.
+        message instead of a new one, also within the batch; an inbox item
+        already in the inbox returns its position. Either the whole batch is
+        stored or none of it is.
         """
         results: list[Appended] = []
+        placed: list[InboxPlaced] = []
         m, c, a = s.messages, s.conversations, s.accounts
         with self.engine.begin() as conn:
             if cursors:
                 self._advance_cursors(conn, cursors)
-            if not batch:
-                return results
+            if not batch and not inbox_items:
+                return Written(results, placed)
             # One statement per kind of lookup for the whole batch.
             dedups = list({item.dedup for item in batch})
             stored = {
@@ -158,22 +232,39 @@ class Repository:
                 for r in conn.execute(
                     select(m.c.conv_id, m.c.dedup, m.c.seq, m.c.created_ms, m.c.content).where(m.c.dedup.in_(dedups))
                 )
-            }
+            } if dedups else {}
             conv_ids = list({item.conv_id for item in batch})
-            last_seq = {
-                bytes(r.conv_id): int(r.last_seq)
-                for r in conn.execute(select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id.in_(conv_ids)).with_for_update())
-            }
-            existing_convs = set(last_seq)
-            user_ids = list({u for item in batch for u in item.members})
+            last_seq: dict[bytes, int] = {}
+            existing_convs: set[bytes] = set()
+            if conv_ids:
+                last_seq = {
+                    bytes(r.conv_id): int(r.last_seq)
+                    for r in conn.execute(
+                        select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id.in_(conv_ids)).with_for_update()
+                    )
+                }
+                existing_convs = set(last_seq)
+                # Rows that reached this node as another node's copies count too,
+                # so a sequence number is never given twice.
+                for r in conn.execute(
+                    select(m.c.conv_id, func.max(m.c.seq).label("top")).where(m.c.conv_id.in_(conv_ids)).group_by(m.c.conv_id)
+                ):
+                    key = bytes(r.conv_id)
+                    if key in last_seq and int(r.top) > last_seq[key]:
+                        last_seq[key] = int(r.top)
+            inbox_users = {
+                u for item in batch for u in item.members if local_users is None or u in local_users
+            } | {item.user_id for item in inbox_items}
             heads = {
                 bytes(r.user_id): int(r.inbox_head)
-                for r in conn.execute(select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(user_ids)).with_for_update())
-            }
-            missing = set(user_ids) - set(heads)
-            if missing:
+                for r in conn.execute(
+                    select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(list(inbox_users))).with_for_update()
+                )
+            } if inbox_users else {}
+            if inbox_users - set(heads):
                 raise RequestError("no such user", Code.NO_SUCH_USER)
             seen: dict[tuple[bytes, bytes], Appended] = {}
+            redo: list[tuple[int, InboxItem]] = []
             new_convs: dict[bytes, NewMessage] = {}
             msg_rows: list[dict[str, Any]] = []
             inbox_rows: list[dict[str, Any]] = []
@@ -182,57 +273,323 @@ class Repository:
                 key = (item.conv_id, item.dedup)
                 if key in seen:
                     first = seen[key]
-                    results.append(Appended(first.seq, first.created_ms, True, first.content, {}))
+                    results.append(replace(first, duplicate=True, inbox={}))
                     continue
                 old = stored.get(key)
                 if old is not None:
                     content = self._open_message(item.conv_id, old.seq, old.content)
-                    dup = Appended(old.seq, old.created_ms, True, content, {})
+                    dup = Appended(old.seq, old.created_ms, True, content, {}, bytes(old.content))
                     seen[key] = dup
                     results.append(dup)
+                    if local_users is not None:
+                        # In a cluster a member's user may have moved here since the
+                        # first attempt: make sure its inbox has the message.
+                        for user_id in item.members:
+                            if user_id in local_users:
+                                redo.append((len(results) - 1, InboxItem(
+                                    user_id, item.conv_id, old.seq, item.dedup, old.created_ms, bytes(old.content)
+                                )))
                     continue
                 if item.conv_id not in last_seq:
                     new_convs[item.conv_id] = item
                     last_seq[item.conv_id] = 0
                 seq = last_seq[item.conv_id] + 1
                 last_seq[item.conv_id] = seq
+                sealed = self._sealer.seal(item.content, row_ad("messages", item.conv_id, seq))
                 msg_rows.append(
-                    dict(
-                        conv_id=item.conv_id,
-                        seq=seq,
-                        dedup=item.dedup,
-                        created_ms=item.created_ms,
-                        content=self._sealer.seal(item.content, row_ad("messages", item.conv_id, seq)),
-                    )
+                    dict(conv_id=item.conv_id, seq=seq, dedup=item.dedup, created_ms=item.created_ms, content=sealed)
                 )
                 positions: dict[bytes, int] = {}
                 for user_id in item.members:
+                    if local_users is not None and user_id not in local_users:
+                        continue
                     heads[user_id] += 1
                     touched_users.add(user_id)
                     positions[user_id] = heads[user_id]
                     inbox_rows.append(dict(user_id=user_id, pos=heads[user_id], conv_id=item.conv_id, seq=seq))
-                appended = Appended(seq, item.created_ms, False, item.content, positions)
+                appended = Appended(seq, item.created_ms, False, item.content, positions, sealed)
                 seen[key] = appended
                 results.append(appended)
-            if not msg_rows:
-                return results
+            if inbox_items:
+                placed = self._place_inbox_items(conn, inbox_items, heads, inbox_rows, touched_users, msg_rows)
+            if redo:
+                again = self._place_inbox_items(conn, [it for _, it in redo], heads, inbox_rows, touched_users, msg_rows)
+                for (index, it), where in zip(redo, again, strict=True):
+                    if where.new:
+                        results[index] = replace(results[index], inbox={**results[index].inbox, it.user_id: where.pos})
             if new_convs:
                 conn.execute(insert(c), [dict(conv_id=k, last_seq=0) for k in new_convs])
                 conn.execute(
                     insert(s.conv_members),
                     [dict(conv_id=k, user_id=u) for k, item in new_convs.items() for u in sorted(set(item.members))],
                 )
-            conn.execute(insert(m), msg_rows)
-            conn.execute(insert(s.inbox), inbox_rows)
-            conn.execute(
-                update(c).where(c.c.conv_id == bindparam("k")).values(last_seq=bindparam("v")),
-                [dict(k=k, v=v) for k, v in last_seq.items() if k in new_convs or k in existing_convs],
+            if msg_rows:
+                conn.execute(insert(m), msg_rows)
+            if inbox_rows:
+                conn.execute(insert(s.inbox), inbox_rows)
+            changed = [dict(k=k, v=v) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
+            if changed:
+                conn.execute(update(c).where(c.c.conv_id == bindparam("k")).values(last_seq=bindparam("v")), changed)
+            if touched_users:
+                conn.execute(
+                    update(a).where(a.c.user_id == bindparam("k")).values(inbox_head=bindparam("v")),
+                    [dict(k=u, v=heads[u]) for u in touched_users],
+                )
+        return Written(results, placed)
+
+    def _place_inbox_items(
+        self,
+        conn: Any,
+        items: Sequence[InboxItem],
+        heads: dict[bytes, int],
+        inbox_rows: list[dict[str, Any]],
+        touched_users: set[bytes],
+        msg_rows: list[dict[str, Any]],
+    ) -> list[InboxPlaced]:
+        """Inbox entries for messages whose conversation another node owns; the
+        message row is kept here too (if absent) so the inbox reads locally."""
+        i, m = s.inbox, s.messages
+        users = list({it.user_id for it in items})
+        convs = list({it.conv_id for it in items})
+        already = {
+            (bytes(r.user_id), bytes(r.conv_id), int(r.seq)): int(r.pos)
+            for r in conn.execute(
+                select(i.c.user_id, i.c.conv_id, i.c.seq, i.c.pos).where(
+                    and_(i.c.user_id.in_(users), i.c.conv_id.in_(convs), i.c.seq.in_(list({it.seq for it in items})))
+                )
             )
-            conn.execute(
-                update(a).where(a.c.user_id == bindparam("k")).values(inbox_head=bindparam("v")),
-                [dict(k=u, v=heads[u]) for u in touched_users],
+        }
+        have_msgs = {
+            (bytes(r.conv_id), int(r.seq))
+            for r in conn.execute(
+                select(m.c.conv_id, m.c.seq).where(
+                    and_(m.c.conv_id.in_(convs), m.c.seq.in_(list({it.seq for it in items})))
+                )
             )
-        return results
+        } | {(r["conv_id"], r["seq"]) for r in msg_rows}
+        placed: list[InboxPlaced] = []
+        for it in items:
+            key = (it.user_id, it.conv_id, it.seq)
+            if key in already:
+                placed.append(InboxPlaced(already[key], False))
+                continue
+            if (it.conv_id, it.seq) not in have_msgs:
+                msg_rows.append(
+                    dict(conv_id=it.conv_id, seq=it.seq, dedup=it.dedup, created_ms=it.created_ms, content=it.sealed)
+                )
+                have_msgs.add((it.conv_id, it.seq))
+            heads[it.user_id] += 1
+            touched_users.add(it.user_id)
+            already[key] = heads[it.user_id]
+            inbox_rows.append(dict(user_id=it.user_id, pos=heads[it.user_id], conv_id=it.conv_id, seq=it.seq))
+            placed.append(InboxPlaced(heads[it.user_id], True))
+        return placed
+
+    # --- copies between nodes (replication, catch-up, anti-entropy) -------
+    #
+    # Rows travel sealed, exactly as stored: every node holds the same key and
+    # the associated data names the row, so a copy opens wherever it lands.
+
+    def apply_copies(self, bundle: Copies) -> int:
+        """Store rows copied from another node, keeping what is here already;
+        counters only move forward. Returns the number of rows added."""
+        added = 0
+        m, c, a, i, t = s.messages, s.conversations, s.accounts, s.inbox, s.terminals
+        with self.engine.begin() as conn:
+            if bundle.accounts:
+                have = {
+                    bytes(r.user_id)
+                    for r in conn.execute(select(a.c.user_id).where(a.c.user_id.in_([r[0] for r in bundle.accounts])))
+                }
+                rows = [
+                    dict(user_id=u, secret=sec, profile=prof, disabled=bool(dis), inbox_head=0)
+                    for u, sec, prof, dis in bundle.accounts
+                    if u not in have
+                ]
+                if rows:
+                    conn.execute(insert(a), rows)
+                    added += len(rows)
+            if bundle.messages:
+                convs = list({r[0] for r in bundle.messages})
+                have_rows = list(conn.execute(select(m.c.conv_id, m.c.seq, m.c.dedup).where(m.c.conv_id.in_(convs))
+                    .where(m.c.seq >= min(r[1] for r in bundle.messages))))
+                have_seq = {(bytes(r.conv_id), int(r.seq)) for r in have_rows}
+                have_dedup = {(bytes(r.conv_id), bytes(r.dedup)) for r in have_rows}
+                rows = []
+                for conv, seq, dedup, created, sealed in bundle.messages:
+                    if (conv, seq) in have_seq or (conv, dedup) in have_dedup:
+                        continue
+                    have_seq.add((conv, seq))
+                    have_dedup.add((conv, dedup))
+                    rows.append(dict(conv_id=conv, seq=seq, dedup=dedup, created_ms=created, content=sealed))
+                if rows:
+                    conn.execute(insert(m), rows)
+                    added += len(rows)
+                tops: dict[bytes, int] = {}
+                for conv, seq, *_ in bundle.messages:
+                    tops[conv] = max(tops.get(conv, 0), seq)
+                conn.execute(
+                    update(c)
+                    .where(and_(c.c.conv_id == bindparam("k"), c.c.last_seq < bindparam("v")))
+                    .values(last_seq=bindparam("v")),
+                    [dict(k=k, v=v) for k, v in tops.items()],
+                )
+            for conv, members in bundle.conversations:
+                top = conn.execute(select(func.max(m.c.seq)).where(m.c.conv_id == conv)).scalar() or 0
+                row = conn.execute(select(c.c.last_seq).where(c.c.conv_id == conv).with_for_update()).first()
+                if row is None:
+                    conn.execute(insert(c).values(conv_id=conv, last_seq=int(top)))
+                    added += 1
+                elif int(top) > int(row.last_seq):
+                    conn.execute(update(c).where(c.c.conv_id == conv).values(last_seq=int(top)))
+                have = {
+                    bytes(r.user_id)
+                    for r in conn.execute(select(s.conv_members.c.user_id).where(s.conv_members.c.conv_id == conv))
+                }
+                missing = [dict(conv_id=conv, user_id=u) for u in sorted(set(members)) if u not in have]
+                if missing:
+                    conn.execute(insert(s.conv_members), missing)
+            if bundle.inbox:
+                users = list({r[0] for r in bundle.inbox})
+                have_rows = list(conn.execute(select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq).where(i.c.user_id.in_(users))
+                    .where(i.c.pos >= min(r[1] for r in bundle.inbox))))
+                have_pos = {(bytes(r.user_id), int(r.pos)) for r in have_rows}
+                have_msg = {(bytes(r.user_id), bytes(r.conv_id), int(r.seq)) for r in have_rows}
+                rows = []
+                tops: dict[bytes, int] = {}
+                for user, pos, conv, seq in bundle.inbox:
+                    tops[user] = max(tops.get(user, 0), pos)
+                    if (user, pos) in have_pos or (user, conv, seq) in have_msg:
+                        continue
+                    have_pos.add((user, pos))
+                    have_msg.add((user, conv, seq))
+                    rows.append(dict(user_id=user, pos=pos, conv_id=conv, seq=seq))
+                if rows:
+                    conn.execute(insert(i), rows)
+                    added += len(rows)
+                conn.execute(
+                    update(a)
+                    .where(and_(a.c.user_id == bindparam("k"), a.c.inbox_head < bindparam("v")))
+                    .values(inbox_head=bindparam("v")),
+                    [dict(k=u, v=v) for u, v in tops.items()],
+                )
+            for user, device, cursor, seen in bundle.terminals:
+                row = conn.execute(
+                    select(t.c.cursor).where(and_(t.c.user_id == user, t.c.device_id == device))
+                ).first()
+                if row is None:
+                    conn.execute(insert(t).values(user_id=user, device_id=device, cursor=cursor, last_seen_ms=seen))
+                    added += 1
+                elif int(row.cursor) < cursor:
+                    conn.execute(
+                        update(t).where(and_(t.c.user_id == user, t.c.device_id == device)).values(cursor=cursor)
+                    )
+        return added
+
+    def conversation_copies(self, conv_id: bytes, after_seq: int, limit: int) -> Copies:
+        """A conversation's members and its messages after ``after_seq`` (``limit`` at most)."""
+        m = s.messages
+        with self.engine.connect() as conn:
+            members = [
+                bytes(r.user_id)
+                for r in conn.execute(select(s.conv_members.c.user_id).where(s.conv_members.c.conv_id == conv_id))
+            ]
+            rows = conn.execute(
+                select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                .where(and_(m.c.conv_id == conv_id, m.c.seq > after_seq))
+                .order_by(m.c.seq.asc())
+                .limit(limit)
+            )
+            messages = [(conv_id, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows]
+        return Copies(conversations=[(conv_id, members)] if members else [], messages=messages)
+
+    def user_copies(self, user_id: bytes, after_pos: int, limit: int) -> Copies:
+        """A user's account, terminals, and inbox after ``after_pos`` with its messages."""
+        a, i, m, t = s.accounts, s.inbox, s.messages, s.terminals
+        with self.engine.connect() as conn:
+            acc = conn.execute(select(a).where(a.c.user_id == user_id)).first()
+            if acc is None:
+                return Copies()
+            inbox = list(
+                conn.execute(
+                    select(i.c.pos, i.c.conv_id, i.c.seq)
+                    .where(and_(i.c.user_id == user_id, i.c.pos > after_pos))
+                    .order_by(i.c.pos.asc())
+                    .limit(limit)
+                )
+            )
+            messages = []
+            if inbox:
+                rows = conn.execute(
+                    select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                    .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
+                    .where(and_(i.c.user_id == user_id, i.c.pos > after_pos, i.c.pos <= inbox[-1].pos))
+                )
+                messages = [
+                    (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                ]
+            terms = [
+                (user_id, bytes(r.device_id), int(r.cursor), int(r.last_seen_ms))
+                for r in conn.execute(select(t).where(t.c.user_id == user_id))
+            ]
+        return Copies(
+            accounts=[(user_id, bytes(acc.secret), bytes(acc.profile), bool(acc.disabled))],
+            messages=messages,
+            inbox=[(user_id, int(r.pos), bytes(r.conv_id), int(r.seq)) for r in inbox],
+            terminals=terms,
+        )
+
+    def conversation_digest(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
+        """(conv id, last seq) of the conversations here, in id order, after ``after``."""
+        c = s.conversations
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id > after).order_by(c.c.conv_id.asc()).limit(limit)
+            )
+            return [(bytes(r.conv_id), int(r.last_seq)) for r in rows]
+
+    def user_digest(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
+        """(user id, inbox head) of the accounts here, in id order, after ``after``."""
+        a = s.accounts
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(a.c.user_id, a.c.inbox_head).where(a.c.user_id > after).order_by(a.c.user_id.asc()).limit(limit)
+            )
+            return [(bytes(r.user_id), int(r.inbox_head)) for r in rows]
+
+    def behind(self, kind: str, digest: Sequence[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+        """Of a peer's digest, the keys where this node has less: (key, what it has; -1 = nothing)."""
+        if not digest:
+            return []
+        with self.engine.connect() as conn:
+            keys = [k for k, _ in digest]
+            if kind == "conv":
+                c = s.conversations
+                mine = {
+                    bytes(r.conv_id): int(r.last_seq)
+                    for r in conn.execute(select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id.in_(keys)))
+                }
+            else:
+                a = s.accounts
+                mine = {
+                    bytes(r.user_id): int(r.inbox_head)
+                    for r in conn.execute(select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(keys)))
+                }
+        return [(k, mine.get(k, -1)) for k, v in digest if mine.get(k, -1) < v]
+
+    def conversation_head(self, conv_id: bytes) -> int:
+        with self.engine.connect() as conn:
+            top = conn.execute(select(func.max(s.messages.c.seq)).where(s.messages.c.conv_id == conv_id)).scalar()
+            return int(top or 0)
+
+    def inbox_head(self, user_id: bytes) -> int:
+        """Where this node's copy of the user's inbox ends; -1 without the account."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.accounts.c.inbox_head).where(s.accounts.c.user_id == user_id)).first()
+            return -1 if row is None else int(row.inbox_head)
+
+    def open_sealed_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
+        return self._open_message(conv_id, seq, sealed)
 
     def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
         return self._sealer.open(sealed, row_ad("messages", conv_id, seq))

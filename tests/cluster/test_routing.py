@@ -1,0 +1,147 @@
+"""Several real nodes in one trio program, over real TCP peer channels:
+routing to owners, replication, catch-up after ownership moves, anti-entropy."""
+
+from __future__ import annotations
+
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+import trio
+
+import timpy
+from tests.conftest import PASSWORD, node_config
+from timpy.config import ClusterConfig
+from timpy.crypto.keys import ClusterKeys
+from timpy.im import ids
+
+FAST_CLUSTER = dict(listen="127.0.0.1:0", probe_interval=0.2, probe_timeout=0.1, push_pull_interval=2.0,
+                    anti_entropy_interval=5.0)
+
+
+def cluster_config(join: tuple[str, ...] = (), **extra: object) -> timpy.NodeConfig:
+    return node_config(cluster=ClusterConfig(join=join, **{**FAST_CLUSTER, **extra}))
+
+
+async def wait_for_ring(nodes: list[timpy.Node], timeout: float = 20.0) -> None:
+    ids_ = {n.node_id for n in nodes}
+    with trio.fail_after(timeout):
+        while not all(n.peers.placement.members == ids_ for n in nodes):
+            await trio.sleep(0.05)
+
+
+@asynccontextmanager
+async def cluster(count: int, **extra: object):
+    keys = ClusterKeys.generate()
+    async with AsyncExitStack() as stack:
+        nodes: list[timpy.Node] = []
+        for _ in range(count):
+            join = (nodes[0].peer_address,) if nodes else ()
+            nodes.append(await stack.enter_async_context(timpy.open_node(cluster_config(join, **extra), keys=keys)))
+        await wait_for_ring(nodes)
+        yield nodes, keys, stack
+
+
+def owner_of(nodes: list[timpy.Node], key: bytes) -> timpy.Node:
+    owner_id = nodes[0].peers.placement.owner(key)
+    return next(n for n in nodes if n.node_id == owner_id)
+
+
+async def test_users_on_different_nodes_chat_with_offline_delivery_and_history():
+    async with cluster(3) as (nodes, _, _):
+        await timpy.register(nodes[0].tcp_url, "alice", PASSWORD)
+        await timpy.register(nodes[1].tcp_url, "bob", PASSWORD)
+        with pytest.raises(timpy.RemoteError) as e:  # the name is taken cluster-wide
+            await timpy.register(nodes[2].tcp_url, "bob", PASSWORD)
+        assert e.value.code == timpy.Code.USER_EXISTS
+        async with timpy.connect(nodes[1].tcp_url, "alice", PASSWORD) as a:
+            async with timpy.connect(nodes[2].tcp_url, "bob", PASSWORD) as b:
+                await b.wait_synced()
+                for i in range(20):
+                    ack = await a.send("bob", f"m{i}")
+                    assert ack.seq == i + 1
+                got = [await b.next_message(timeout=10) for _ in range(20)]
+                assert [m.body for m in got] == [f"m{i}".encode() for i in range(20)]
+                await b.send("alice", "back")
+                assert (await a.next_message(timeout=10)).body == b"back"
+            for i in range(20, 30):  # bob is offline now
+                await a.send("bob", f"m{i}")
+        async with timpy.connect(nodes[0].tcp_url, "bob", PASSWORD) as b:
+            await b.wait_synced()
+            got = [await b.next_message(timeout=10) for _ in range(10)]
+            assert [m.body for m in got] == [f"m{i}".encode() for i in range(20, 30)]
+            page = await b.history("alice", limit=100)
+            assert [m.seq for m in page.messages] == list(range(1, 32))
+
+
+async def test_every_message_reaches_its_replicas():
+    async with cluster(3) as (nodes, _, _):
+        await timpy.register(nodes[0].tcp_url, "carol", PASSWORD)
+        await timpy.register(nodes[0].tcp_url, "dave", PASSWORD)
+        async with timpy.connect(nodes[2].tcp_url, "carol", PASSWORD) as c:
+            for i in range(10):
+                await c.send("dave", f"x{i}")
+        carol = ids.user_id(nodes[0].indexer, "carol")
+        dave = ids.user_id(nodes[0].indexer, "dave")
+        conv = ids.direct_conversation(nodes[0].indexer, carol, dave)
+        # R = 3 on three nodes: each holds the conversation and both accounts.
+        with trio.fail_after(10):
+            while True:
+                heads = [await n.store.run(n.store.repo.conversation_head, conv) for n in nodes]
+                inboxes = [await n.store.run(n.store.repo.inbox_head, dave) for n in nodes]
+                if heads == [10] * 3 and inboxes == [10] * 3:
+                    break
+                await trio.sleep(0.05)
+
+
+async def test_the_next_owner_continues_the_sequence_with_no_gap_or_reuse():
+    async with cluster(4) as (nodes, keys, stack):
+        await timpy.register(nodes[0].tcp_url, "erin", PASSWORD)
+        await timpy.register(nodes[0].tcp_url, "frank", PASSWORD)
+        erin = ids.user_id(nodes[0].indexer, "erin")
+        frank = ids.user_id(nodes[0].indexer, "frank")
+        conv = ids.direct_conversation(nodes[0].indexer, erin, frank)
+        owner = owner_of(nodes, conv)
+        gateway = next(n for n in nodes if n is not owner and n.node_id != nodes[0].peers.placement.owner(erin))
+        async with timpy.connect(gateway.tcp_url, "erin", PASSWORD) as e:
+            for i in range(15):
+                await e.send("frank", f"before {i}")
+            # The owner leaves: its keys move to the next node clockwise.
+            rest = [n for n in nodes if n is not owner]
+            await owner._stop()
+            await wait_for_ring(rest)
+            new_owner = owner_of(rest, conv)
+            assert new_owner is not owner
+            for i in range(15):
+                ack = await e.send("frank", f"after {i}")
+                assert ack.seq == 16 + i
+            page = await e.history("frank", limit=100)
+        assert [m.seq for m in page.messages] == list(range(1, 31))
+        assert [m.body for m in page.messages] == [f"before {i}".encode() for i in range(15)] + [
+            f"after {i}".encode() for i in range(15)
+        ]
+
+
+async def test_a_node_that_joins_receives_its_ranges_by_anti_entropy():
+    async with cluster(2, replicas=3, write_quorum=2) as (nodes, keys, stack):
+        for name in ("gina", "hank"):
+            await timpy.register(nodes[0].tcp_url, name, PASSWORD)
+        async with timpy.connect(nodes[1].tcp_url, "gina", PASSWORD) as g:
+            for i in range(25):
+                await g.send("hank", f"early {i}")
+        late = await stack.enter_async_context(
+            timpy.open_node(cluster_config((nodes[0].peer_address,), replicas=3, write_quorum=2), keys=keys)
+        )
+        await wait_for_ring([*nodes, late])
+        gina = ids.user_id(late.indexer, "gina")
+        hank = ids.user_id(late.indexer, "hank")
+        conv = ids.direct_conversation(late.indexer, gina, hank)
+        with trio.fail_after(20):  # three nodes, three replicas: the newcomer holds everything
+            while (
+                await late.store.run(late.store.repo.conversation_head, conv) != 25
+                or await late.store.run(late.store.repo.inbox_head, hank) != 25
+            ):
+                await trio.sleep(0.1)
+        assert sum(n.replicator.progress.keys_repaired for n in nodes) >= 1
+        status = late.cluster_status()
+        assert {m["name"] for m in status["members"]} == {n.node_id for n in [*nodes, late]}
+        assert abs(sum(m["share"] for m in status["members"]) - 1.0) < 0.01

@@ -1,0 +1,78 @@
+"""Where keys live: the ring over the members that are alive (or only
+suspected), their peer addresses, and the replica sets derived from them.
+
+Keys move only when a member is declared dead or leaves, never on a mere
+suspicion, so a slow node does not make data change place. Each change makes
+a new immutable ring and bumps ``version``; callers that cache decisions
+(which keys they have caught up) compare versions.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from timpy.cluster.membership import Member, State
+from timpy.cluster.ring import DEFAULT_VNODES, HashRing
+
+
+@dataclass(frozen=True)
+class ReplicationConfig:
+    replicas: int = 3  # R: copies of each key, capped by the number of nodes
+    write_quorum: int = 2  # W: copies stored before a write is acknowledged
+    vnodes: int = DEFAULT_VNODES
+
+    def __post_init__(self) -> None:
+        if self.replicas < 1 or not 1 <= self.write_quorum <= self.replicas:
+            raise ValueError(
+                f"replication needs 1 <= write_quorum <= replicas, got W={self.write_quorum}, R={self.replicas}"
+            )
+
+
+class Placement:
+    def __init__(self, self_id: str, self_address: str, config: ReplicationConfig) -> None:
+        self.self_id = self_id
+        self.config = config
+        self.addresses: dict[str, str] = {self_id: self_address}
+        self.ring = HashRing.of([self_id], config.vnodes)
+        self.version = 0
+
+    def update(self, members: Iterable[Member]) -> bool:
+        """Take the membership's current view; True when the ring changed."""
+        live = {m.name: m.address for m in members if m.state in (State.ALIVE, State.SUSPECT)}
+        live.setdefault(self.self_id, self.addresses[self.self_id])
+        self.addresses.update(live)
+        if frozenset(live) == self.ring.members:
+            return False
+        self.ring = HashRing.of(live, self.config.vnodes)
+        self.version += 1
+        return True
+
+    @property
+    def members(self) -> frozenset[str]:
+        return self.ring.members
+
+    def owner(self, key: bytes) -> str:
+        return self.ring.owner(key)
+
+    def replicas(self, key: bytes) -> list[str]:
+        """Owner first, then the next distinct nodes clockwise (R at most)."""
+        return self.ring.replicas(key, self.config.replicas)
+
+    def is_local(self, key: bytes) -> bool:
+        return self.ring.owner(key) == self.self_id
+
+    def holds(self, key: bytes) -> bool:
+        """Whether this node is one of the key's replicas."""
+        return self.self_id in self.replicas(key)
+
+    def acks_needed(self, key: bytes) -> int:
+        """Copies besides the owner's that a write must reach before it is acknowledged."""
+        return min(self.config.write_quorum, len(self.replicas(key))) - 1
+
+    def address(self, node_id: str) -> str:
+        return self.addresses[node_id]
+
+    @property
+    def single(self) -> bool:
+        return len(self.ring) == 1

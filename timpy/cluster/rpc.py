@@ -1,0 +1,177 @@
+"""Requests between nodes over the peer transport.
+
+A request is ``[REQUEST, rid, reply_to, method, args]`` and its reply
+``[REPLY, rid, code, result]`` (code 0) or ``[REPLY, rid, code, text]``; a
+request with rid 0 is a notification and gets no reply. Both travel in the
+same encrypted, authenticated channels as membership messages.
+
+Handlers are plain functions called in arrival order, so a handler that
+queues work (the writer's queue, say) keeps the order in which one peer sent
+the requests. A handler that has to wait returns a coroutine; the RPC layer
+awaits it in its own task and sends the reply. The transport may drop a
+frame, so every call has a timeout and callers treat a timeout as "unknown
+outcome": the operations they call are idempotent.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Awaitable, Callable
+from typing import Any, Protocol
+
+import msgpack
+import trio
+
+from timpy.errors import Code, TimpyError
+
+log = logging.getLogger("timpy.cluster")
+
+REQUEST = 10
+REPLY = 11
+DEFAULT_TIMEOUT = 5.0
+MAX_HANDLER_TASKS = 4096
+
+Handler = Callable[..., Any]
+
+
+class _Sender(Protocol):
+    address: str
+
+    def send(self, address: str, payload: bytes) -> None: ...
+
+
+class PeerUnavailable(TimpyError):
+    """The peer did not answer in time; the outcome of the request is unknown."""
+
+    code = Code.UNAVAILABLE
+
+
+class Call:
+    """A request on its way; ``result`` waits for the answer."""
+
+    def __init__(self, rpc: Rpc, rid: int, address: str, method: str) -> None:
+        self._rpc, self._rid, self.address, self.method = rpc, rid, address, method
+        self._event = trio.Event()
+        self._box: list[Any] = []
+
+    async def result(self, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        try:
+            with trio.move_on_after(timeout):
+                await self._event.wait()
+        finally:
+            self._rpc._waiting.pop(self._rid, None)
+        if not self._box:
+            raise PeerUnavailable(f"node {self.address} did not answer {self.method} within {timeout:g} s")
+        code, result = self._box
+        if code:
+            raise TimpyError(str(result), Code(code) if code in Code._value2member_map_ else Code.INTERNAL)
+        return result
+
+
+def is_rpc(raw: Any) -> bool:
+    return isinstance(raw, list) and bool(raw) and raw[0] in (REQUEST, REPLY)
+
+
+class Rpc:
+    def __init__(self, transport: _Sender) -> None:
+        self._transport = transport
+        self._handlers: dict[str, Handler] = {}
+        self._waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._next_rid = 1
+        self._tasks_send, self._tasks = trio.open_memory_channel[Awaitable[None]](math.inf)
+        self._running = 0
+        self.bad_frames = 0
+
+    def register(self, method: str, handler: Handler) -> None:
+        self._handlers[method] = handler
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """Run the handlers that wait, each in its own task, until cancelled."""
+        async with trio.open_nursery() as nursery:
+            task_status.started()
+            async for job in self._tasks:
+                nursery.start_soon(self._run_job, job)
+
+    async def _run_job(self, job: Awaitable[None]) -> None:
+        self._running += 1
+        try:
+            await job
+        finally:
+            self._running -= 1
+
+    # --- calling ------------------------------------------------------------
+
+    async def call(self, address: str, method: str, *args: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
+        """Ask the node at ``address``; its ``TimpyError`` is raised here as itself."""
+        return await self.start_call(address, method, *args).result(timeout)
+
+    def start_call(self, address: str, method: str, *args: Any) -> Call:
+        """Send a request now (so requests leave in the order they are
+        started) and return a handle to await its answer later."""
+        rid = self._next_rid
+        self._next_rid += 1
+        call = Call(self, rid, address, method)
+        self._waiting[rid] = (call._event, call._box)
+        self._transport.send(address, _pack([REQUEST, rid, self._transport.address, method, list(args)]))
+        return call
+
+    def notify(self, address: str, method: str, *args: Any) -> None:
+        """Send without waiting for an answer (best effort)."""
+        self._transport.send(address, _pack([REQUEST, 0, self._transport.address, method, list(args)]))
+
+    # --- receiving ----------------------------------------------------------
+
+    def receive(self, raw: list[Any]) -> None:
+        """A decoded request or reply from the transport."""
+        try:
+            if raw[0] == REPLY:
+                _, rid, code, result = raw
+                waiting = self._waiting.get(rid)
+                if waiting is not None:
+                    waiting[1].extend((int(code), result))
+                    waiting[0].set()
+                return
+            _, rid, reply_to, method, args = raw
+            handler = self._handlers.get(method)
+            if handler is None or not isinstance(args, list):
+                raise TimpyError(f"unknown cluster method {method!r}", Code.UNKNOWN_OPERATION)
+            if self._running >= MAX_HANDLER_TASKS:
+                raise TimpyError("this node is overloaded; retry", Code.UNAVAILABLE)
+            result = handler(*args)
+        except TimpyError as exc:
+            self._answer(raw, exc.code, exc.text)
+            return
+        except Exception as exc:
+            self.bad_frames += 1
+            log.exception("cluster request failed: %s", type(exc).__name__)
+            self._answer(raw, Code.INTERNAL, "internal error on the peer; it was logged")
+            return
+        if hasattr(result, "__await__"):
+            self._tasks_send.send_nowait(self._finish(raw, result))
+        else:
+            self._answer(raw, 0, result)
+
+    async def _finish(self, raw: list[Any], pending: Awaitable[Any]) -> None:
+        try:
+            result = await pending
+        except TimpyError as exc:
+            self._answer(raw, exc.code, exc.text)
+            return
+        except Exception:
+            log.exception("cluster request %r failed", raw[3] if len(raw) > 3 else "?")
+            self._answer(raw, Code.INTERNAL, "internal error on the peer; it was logged")
+            return
+        self._answer(raw, 0, result)
+
+    def _answer(self, raw: list[Any], code: int, result: Any) -> None:
+        if not isinstance(raw, list) or len(raw) != 5 or raw[0] != REQUEST or not raw[1]:
+            return  # a notification, or too malformed to answer
+        try:
+            self._transport.send(str(raw[2]), _pack([REPLY, raw[1], int(code), result]))
+        except Exception:  # pragma: no cover - unpackable result is a bug in a handler
+            log.exception("could not send the reply to %r", raw[3])
+
+
+def _pack(value: Any) -> bytes:
+    return msgpack.packb(value, use_bin_type=True)

@@ -1,0 +1,270 @@
+"""Copies of every key on its R replicas (embedded mode).
+
+Three mechanisms keep the copies whole:
+
+* **Write quorum.** An owner sends the rows of each write to the key's other
+  replicas and acknowledges the write once W copies (its own included) are
+  stored. A copy that fails is left to the next two.
+* **Catch-up on takeover.** Before a node first writes or reads a key after
+  the ring changed, it pulls what the key's other replicas have beyond its own
+  copy. An acknowledged write is on W of the old replicas, and removing a node
+  from the ring keeps the survivors in the new replica set, so the new owner
+  continues the sequence with no gap and no reuse.
+* **Anti-entropy.** After every ring change (and every ``interval`` seconds),
+  each node walks the keys it holds and compares digests (a conversation's
+  last sequence number, a user's inbox head) with the key's other replicas;
+  whatever they lack is streamed to them. This also moves ranges to nodes that
+  became replicas, and repairs a node that was down.
+
+Rows travel sealed, exactly as stored.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import trio
+
+from timpy.errors import Code, TimpyError
+from timpy.im.peers import Peers
+from timpy.store.repository import Copies, Store
+
+log = logging.getLogger("timpy.replication")
+
+QUORUM_TIMEOUT = 3.0
+CATCH_UP_TIMEOUT = 2.0
+DIGEST_PAGE = 500
+COPY_PAGE = 2000
+
+
+@dataclass
+class RepairProgress:
+    passes: int = 0
+    running: bool = False
+    keys_checked: int = 0
+    keys_repaired: int = 0
+    rows_sent: int = 0
+    last_pass_s: float = 0.0
+    copy_failures: int = 0  # copies that missed the write quorum's wait
+
+    def as_dict(self) -> dict[str, object]:
+        return dict(self.__dict__)
+
+
+class Replicator:
+    def __init__(self, store: Store, peers: Peers, interval: float = 60.0) -> None:
+        self._store = store
+        self._peers = peers
+        self.interval = interval
+        self.progress = RepairProgress()
+        self._warm_version = -1
+        self._warm: set[tuple[str, bytes]] = set()
+        self._locks: dict[tuple[str, bytes], trio.Lock] = {}
+        self._wake_send, self._wake = trio.open_memory_channel[None](1)
+        self._register()
+
+    # --- write quorum -------------------------------------------------------
+
+    async def replicate(self, copies: dict[str, Copies], groups: Iterable[tuple[frozenset[str], int]]) -> None:
+        """Send each node its copies; return once every group of nodes has
+        acknowledged as many as it needs."""
+        needs = [(nodes, n) for nodes, n in groups if n > 0]
+        copies = {node: c for node, c in copies.items() if c and node != self._peers.self_id}
+        if not copies:
+            if needs:
+                raise TimpyError("not enough replicas to store this write; retry", Code.UNAVAILABLE)
+            return
+        calls = {node: self._peers.start_call(node, "copies.apply", c.pack()) for node, c in copies.items()}
+        acked: set[str] = set()
+        done = trio.Event()
+
+        def satisfied() -> bool:
+            return all(len(acked & nodes) >= n for nodes, n in needs)
+
+        async def wait(node: str) -> None:
+            try:
+                await calls[node].result(QUORUM_TIMEOUT)
+            except TimpyError as exc:
+                self.progress.copy_failures += 1
+                log.debug("copy to %s failed: %s", node, exc)
+                return
+            acked.add(node)
+            if satisfied():
+                done.set()
+
+        if satisfied():
+            return
+        async with trio.open_nursery() as nursery:
+            for node in calls:
+                nursery.start_soon(wait, node)
+
+            async def stop_when_done() -> None:
+                await done.wait()
+                nursery.cancel_scope.cancel()
+
+            nursery.start_soon(stop_when_done)
+            with trio.move_on_after(QUORUM_TIMEOUT + 0.5):
+                await done.wait()
+            nursery.cancel_scope.cancel()
+        if not satisfied():
+            raise TimpyError(
+                "the write reached fewer replicas than the write quorum; it may be stored: send it again",
+                Code.UNAVAILABLE,
+            )
+
+    # --- catch-up on takeover ----------------------------------------------
+
+    def _is_warm(self, kind: str, key: bytes) -> bool:
+        if self._warm_version != self._peers.placement.version:
+            self._warm.clear()
+            self._warm_version = self._peers.placement.version
+        return (kind, key) in self._warm
+
+    async def ensure(self, kind: str, key: bytes) -> None:
+        """Pull what the key's other replicas hold beyond this node's copy,
+        once per ring version ("conv" or "user")."""
+        if self._peers.rpc is None or self._is_warm(kind, key):
+            return
+        lock = self._locks.setdefault((kind, key), trio.Lock())
+        async with lock:
+            if self._is_warm(kind, key):
+                return
+            version = self._peers.placement.version
+            others = [n for n in self._peers.placement.replicas(key) if n != self._peers.self_id]
+            if others:
+                await self._pull(kind, key, others)
+            if self._peers.placement.version == version:
+                self._warm.add((kind, key))
+        if not lock.locked():
+            self._locks.pop((kind, key), None)
+
+    async def _pull(self, kind: str, key: bytes, others: list[str]) -> None:
+        repo = self._store.repo
+        head_fn = repo.conversation_head if kind == "conv" else repo.inbox_head
+        mine = await self._store.run(head_fn, key)
+
+        async def from_node(node: str) -> None:
+            after = max(mine, 0)
+            try:
+                for _ in range(1000):  # bounded: COPY_PAGE rows a round
+                    raw = await self._peers.call(node, f"copies.{kind}", key, after, COPY_PAGE, timeout=CATCH_UP_TIMEOUT)
+                    copies = Copies.unpack(raw)
+                    if copies:
+                        await self._store.run(repo.apply_copies, copies)
+                    rows = copies.messages if kind == "conv" else copies.inbox
+                    if len(rows) < COPY_PAGE:
+                        return
+                    after = rows[-1][1]
+            except TimpyError as exc:
+                log.info("catching up %s from %s: %s", kind, node, exc.text)
+
+        async with trio.open_nursery() as nursery:
+            for node in others:
+                nursery.start_soon(from_node, node)
+
+    # --- anti-entropy -------------------------------------------------------
+
+    def trigger(self) -> None:
+        try:
+            self._wake_send.send_nowait(None)
+        except trio.WouldBlock:
+            pass  # a pass is due already
+
+    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        task_status.started()
+        while True:
+            with trio.move_on_after(self.interval):
+                await self._wake.receive()
+            await trio.sleep(1.0)  # let a burst of membership changes settle
+            try:
+                await self.repair_pass()
+            except TimpyError as exc:
+                log.warning("anti-entropy pass stopped: %s", exc.text)
+
+    async def repair_pass(self) -> None:
+        """Compare every key held here with its other replicas and send what they lack."""
+        if self._peers.rpc is None or self._peers.placement.single:
+            return
+        p = self.progress
+        p.running, started = True, time.monotonic()
+        checked = repaired = sent = 0
+        try:
+            for kind in ("conv", "user"):
+                digest_fn = self._store.repo.conversation_digest if kind == "conv" else self._store.repo.user_digest
+                after = b""
+                for _ in range(10_000_000 // DIGEST_PAGE):  # bounded walk over the keys held here
+                    page = await self._store.run(digest_fn, after, DIGEST_PAGE)
+                    if not page:
+                        break
+                    after = page[-1][0]
+                    by_node: dict[str, list[tuple[bytes, int]]] = {}
+                    for key, value in page:
+                        for node in self._peers.placement.replicas(key):
+                            if node != self._peers.self_id:
+                                by_node.setdefault(node, []).append((key, value))
+                    checked += len(page)
+                    for node, digest in by_node.items():
+                        r, s = await self._repair_node(kind, node, digest)
+                        repaired += r
+                        sent += s
+                    p.keys_checked, p.keys_repaired, p.rows_sent = checked, repaired, sent
+                    if len(page) < DIGEST_PAGE:
+                        break
+        finally:
+            p.running = False
+            p.passes += 1
+            p.last_pass_s = round(time.monotonic() - started, 3)
+        if repaired:
+            log.info(
+                "anti-entropy: %d keys checked, %d repaired, %d rows sent in %.2f s", checked, repaired, sent, p.last_pass_s
+            )
+
+    async def _repair_node(self, kind: str, node: str, digest: list[tuple[bytes, int]]) -> tuple[int, int]:
+        try:
+            behind = await self._peers.call(node, "copies.behind", kind, digest, timeout=CATCH_UP_TIMEOUT)
+        except TimpyError as exc:
+            log.debug("anti-entropy with %s: %s", node, exc.text)
+            return 0, 0
+        fn = self._store.repo.conversation_copies if kind == "conv" else self._store.repo.user_copies
+        repaired = sent = 0
+        for key, theirs in behind:
+            copies = await self._store.run(fn, bytes(key), max(int(theirs), 0), 1_000_000)
+            if not copies:
+                continue
+            try:
+                await self._peers.call(node, "copies.apply", copies.pack(), timeout=10.0)
+            except TimpyError as exc:
+                log.debug("anti-entropy copy to %s: %s", node, exc.text)
+                return repaired, sent
+            repaired += 1
+            sent += len(copies.messages) + len(copies.inbox) + len(copies.accounts)
+        return repaired, sent
+
+    # --- what peers ask of this node ---------------------------------------
+
+    def _register(self) -> None:
+        rpc = self._peers.rpc
+        if rpc is None:
+            return
+        repo = self._store.repo
+
+        async def apply(raw: list) -> int:
+            return await self._store.run(repo.apply_copies, Copies.unpack(raw))
+
+        async def conv(key: bytes, after: int, limit: int) -> list:
+            return (await self._store.run(repo.conversation_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
+
+        async def user(key: bytes, after: int, limit: int) -> list:
+            return (await self._store.run(repo.user_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
+
+        async def behind(kind: str, digest: list) -> list:
+            pairs = [(bytes(k), int(v)) for k, v in digest]
+            return [list(x) for x in await self._store.run(repo.behind, str(kind), pairs)]
+
+        rpc.register("copies.apply", apply)
+        rpc.register("copies.conv", conv)
+        rpc.register("copies.user", user)
+        rpc.register("copies.behind", behind)
