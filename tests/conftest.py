@@ -45,9 +45,13 @@ async def users(url: str, *names: str) -> None:
 class NodeProcess:
     """A real ``timpy node`` process on loopback, driven as an operator would."""
 
-    def __init__(self, workdir: Path, extra_args: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, workdir: Path, extra_args: tuple[str, ...] = (), top_toml: str = "", cluster_toml: str = ""
+    ) -> None:
         self.workdir = workdir
         self.extra_args = extra_args
+        self.top_toml = top_toml
+        self.cluster_toml = cluster_toml
         self.proc: subprocess.Popen[bytes] | None = None
         self.info: dict[str, object] = {}
 
@@ -55,7 +59,9 @@ class NodeProcess:
         config = self.workdir / "node.toml"
         config.write_text(
             'data_dir = "data"\nlisten = "127.0.0.1:0"\nws = "127.0.0.1:0"\nready_file = "ready.json"\n'
+            + self.top_toml
             + FAST_SECURITY_TOML
+            + self.cluster_toml
         )
         ready = self.workdir / "ready.json"
         ready.unlink(missing_ok=True)

@@ -31,14 +31,17 @@ def percentile(values: list[float], p: float) -> float:
     return ordered[k]
 
 
-async def start_node_process(workdir: Path, memory: bool, extra: str = "") -> tuple[trio.Process, dict]:
+async def start_node_process(
+    workdir: Path, memory: bool, extra: str = "", cluster: str = ""
+) -> tuple[trio.Process, dict]:
     """Start ``timpy node`` in a child process; return it and its ready-file contents."""
+    workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "node.toml"
     config.write_text(
         f'data_dir = "data"\nmemory = {"true" if memory else "false"}\nlisten = "127.0.0.1:0"\nws = "off"\n'
         f'ready_file = "ready.json"\n{extra}\n'
         "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n"
-        '[cluster]\nlisten = "127.0.0.1:0"\n'
+        f'[cluster]\nlisten = "127.0.0.1:0"\n{cluster}\n'
     )
     ready = workdir / "ready.json"
     log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed with the process
@@ -66,71 +69,115 @@ async def one_node(clients: int, messages: int, memory: bool) -> dict:
         raise click.UsageError("--clients must be an even number of at least 2")
     with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
         proc, info = await start_node_process(Path(tmp), memory)
-        url = f"tcp://{info['tcp']}"
-        latencies: list[float] = []
-        total = clients * messages
         try:
-            names = [f"bench{i}" for i in range(clients)]
-            for n in names:
-                await timpy.register(url, n, "bench-password")
-            with Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, transient=True,
-            ) as progress:
-                task = progress.add_task("messages delivered", total=total)
-                received = 0
-                all_done = trio.Event()
-                start = 0.0
-
-                async def run_client(i: int, ready: trio.Event, go: trio.Event) -> None:
-                    nonlocal received
-                    peer = names[i ^ 1]
-                    async with timpy.connect(url, names[i], "bench-password", device="bench") as c:
-                        ready.set()
-                        await go.wait()
-                        async with trio.open_nursery() as n:
-
-                            async def receive() -> None:
-                                nonlocal received
-                                got = 0
-                                async for m in c.events():
-                                    latencies.append(time.perf_counter() - _STAMP.unpack_from(m.body)[0])
-                                    got += 1
-                                    received += 1
-                                    progress.advance(task)
-                                    if received == total:
-                                        all_done.set()
-                                    if got == messages:
-                                        break
-
-                            n.start_soon(receive)
-                            for k in range(messages):
-                                body = _STAMP.pack(time.perf_counter()) + b"x" * 92
-                                await c.send(peer, body, client_id=f"{i}-{k}")
-                        await all_done.wait()
-
-                async with trio.open_nursery() as nursery:
-                    go = trio.Event()
-                    for i in range(clients):
-                        ready = trio.Event()
-                        nursery.start_soon(run_client, i, ready, go)
-                        await ready.wait()
-                    start = time.perf_counter()
-                    go.set()
-                    with trio.fail_after(600):
-                        await all_done.wait()
-                    elapsed = time.perf_counter() - start
+            figures = await run_pairs([f"tcp://{info['tcp']}"], clients, messages)
         finally:
             await stop_node_process(proc)
     return {
         "scenario": "one-node 1:1",
         "storage": "memory" if memory else "sqlite (synchronous=FULL)",
         "clients": clients,
+        **figures,
+        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
+    }
+
+
+async def run_pairs(urls: list[str], clients: int, messages: int) -> dict:
+    """Clients in pairs exchanging 1:1 messages; client i connects to
+    ``urls[i % len(urls)]``, so with several nodes each pair spans two."""
+    names = [f"bench{i}" for i in range(clients)]
+    latencies: list[float] = []
+    total = clients * messages
+    for n in names:
+        await timpy.register(urls[0], n, "bench-password")
+    with Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+        console=console, transient=True,
+    ) as progress:
+        task = progress.add_task("messages delivered", total=total)
+        received = 0
+        all_done = trio.Event()
+
+        async def run_client(i: int, ready: trio.Event, go: trio.Event) -> None:
+            nonlocal received
+            peer = names[i ^ 1]
+            async with timpy.connect(urls[i % len(urls)], names[i], "bench-password", device="bench") as c:
+                ready.set()
+                await go.wait()
+                async with trio.open_nursery() as n:
+
+                    async def receive() -> None:
+                        nonlocal received
+                        got = 0
+                        async for m in c.events():
+                            latencies.append(time.perf_counter() - _STAMP.unpack_from(m.body)[0])
+                            got += 1
+                            received += 1
+                            progress.advance(task)
+                            if received == total:
+                                all_done.set()
+                            if got == messages:
+                                break
+
+                    n.start_soon(receive)
+                    for k in range(messages):
+                        body = _STAMP.pack(time.perf_counter()) + b"x" * 92
+                        await c.send(peer, body, client_id=f"{i}-{k}")
+                await all_done.wait()
+
+        async with trio.open_nursery() as nursery:
+            go = trio.Event()
+            for i in range(clients):
+                ready = trio.Event()
+                nursery.start_soon(run_client, i, ready, go)
+                await ready.wait()
+            start = time.perf_counter()
+            go.set()
+            with trio.fail_after(600):
+                await all_done.wait()
+            elapsed = time.perf_counter() - start
+    return {
         "messages": total,
         "seconds": round(elapsed, 3),
         "messages_per_s": round(total / elapsed, 1),
         "p50_ms": round(percentile(latencies, 50) * 1000, 2),
         "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+    }
+
+
+async def three_nodes(clients: int, messages: int, memory: bool) -> dict:
+    """Cross-node 1:1 traffic through three real node processes (R=3, W=2)."""
+    from timpy.cli.cluster import ask_node
+    from timpy.crypto.keys import ClusterKeys, encode_key, write_secret_file
+
+    if clients < 2 or clients % 2:
+        raise click.UsageError("--clients must be an even number of at least 2")
+    with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
+        key = Path(tmp) / "cluster.key"
+        write_secret_file(key, encode_key(ClusterKeys.generate().root))
+        procs: list[trio.Process] = []
+        infos: list[dict] = []
+        try:
+            for i in range(3):
+                join = f'join = ["{infos[0]["peer"]}"]' if infos else ""
+                proc, info = await start_node_process(
+                    Path(tmp) / f"n{i}", memory, f'cluster_key_file = "{key}"', f"probe_interval = 0.5\n{join}"
+                )
+                procs.append(proc)
+                infos.append(info)
+            with trio.fail_after(30):
+                while sum(m["state"] == "alive" for m in (await ask_node(infos[2]["peer"], key))["members"]) < 3:
+                    await trio.sleep(0.1)
+            await trio.sleep(1.0)  # every node has seen the full ring
+            figures = await run_pairs([f"tcp://{info['tcp']}" for info in infos], clients, messages)
+        finally:
+            for proc in procs:
+                await stop_node_process(proc)
+    return {
+        "scenario": "three nodes, cross-node 1:1 (R=3, W=2)",
+        "storage": "memory" if memory else "sqlite (synchronous=FULL)",
+        "clients": clients,
+        **figures,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
     }
 
@@ -260,3 +307,16 @@ def membership_figures(sizes: list[int], loss: float, seed: int) -> dict:
 def membership_cmd(sizes: str, loss: float, seed: int, as_json: bool) -> None:
     """Simulated convergence time and crash detection time against cluster size."""
     show(membership_figures([int(s) for s in sizes.split(",")], loss, seed), as_json)
+
+
+@bench.command("cluster")
+@click.option("--clients", default=20, show_default=True, help="Clients (even), paired across nodes.")
+@click.option("--messages", default=100, show_default=True, help="Messages each client sends.")
+@click.option("--memory", is_flag=True, help="Run the nodes with --memory instead of SQLite.")
+@click.option("--sizes", default="10,50,200", show_default=True, help="Simulated cluster sizes for convergence.")
+@click.option("--json", "as_json", is_flag=True, help="Print the results as JSON.")
+def cluster_cmd(clients: int, messages: int, memory: bool, sizes: str, as_json: bool) -> None:
+    """Convergence against cluster size (simulator), then cross-node 1:1
+    throughput and latency through three real node processes."""
+    show(membership_figures([int(x) for x in sizes.split(",") if x], 0.0, 1), as_json)
+    show(trio.run(three_nodes, clients, messages, memory), as_json)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import signal
 import sys
@@ -38,6 +39,10 @@ def cli() -> None:
 @click.option("--ws", help="WebSocket listener HOST:PORT (default 127.0.0.1:7071); 'off' disables it.")
 @click.option("--database-url", help="SQLAlchemy URL of a database to use instead of the embedded SQLite file.")
 @click.option("--ready-file", type=click.Path(dir_okay=False, path_type=Path), help="Write bound addresses here as JSON once listening.")
+@click.option("--join", "join", multiple=True, metavar="HOST:PORT", help="Join the cluster through this member's peer address (repeatable).")
+@click.option("--peer", help="Peer listener HOST:PORT for other nodes (default 127.0.0.1:7072); 'off' runs standalone.")
+@click.option("--advertise", metavar="HOST:PORT", help="The peer address other nodes should dial, if not --peer.")
+@click.option("--cluster-key", "cluster_key", type=click.Path(dir_okay=False, path_type=Path), help="Cluster key file (default DATA/cluster.key).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def node(
     config_file: Path | None,
@@ -47,9 +52,17 @@ def node(
     ws: str | None,
     database_url: str | None,
     ready_file: Path | None,
+    join: tuple[str, ...],
+    peer: str | None,
+    advertise: str | None,
+    cluster_key: Path | None,
     verbose: bool,
 ) -> None:
-    """Run a node until SIGINT or SIGTERM."""
+    """Run a node until SIGINT or SIGTERM.
+
+    The first node of a cluster needs no flags; every other one joins with
+    --join HOST:PORT (any member's peer address) and the same cluster key.
+    """
     _setup_logging(verbose)
     try:
         config = load_config(config_file) if config_file else NodeConfig()
@@ -68,7 +81,18 @@ def node(
         changes["database_url"] = database_url
     if ready_file is not None:
         changes["ready_file"] = ready_file
+    if cluster_key is not None:
+        changes["cluster_key_file"] = cluster_key
+    cluster_changes: dict[str, object] = {}
+    if join:
+        cluster_changes["join"] = tuple(join)
+    if peer is not None:
+        cluster_changes["listen"] = None if peer == "off" else peer
+    if advertise is not None:
+        cluster_changes["advertise"] = advertise
     try:
+        if cluster_changes:
+            changes["cluster"] = dataclasses.replace(config.cluster, **cluster_changes)
         config = config.replace(**changes)
         trio.run(_run_node, config)
     except TimpyError as exc:
@@ -107,8 +131,10 @@ def keys_new(path: Path) -> None:
 
 from timpy.cli.bench import bench  # noqa: E402
 from timpy.cli.chat import chat  # noqa: E402
+from timpy.cli.cluster import cluster  # noqa: E402
 
 cli.add_command(chat)
+cli.add_command(cluster)
 cli.add_command(bench)
 
 

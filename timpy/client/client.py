@@ -273,6 +273,12 @@ class Client:
         self._ack_pos = max(self._ack_pos, pos)
         return message
 
+    @property
+    def position(self) -> int:
+        """The inbox position of the last message taken from this client; pass it
+        as ``resume_after`` when reconnecting."""
+        return self._ack_pos
+
     async def wait_synced(self) -> None:
         """Wait until the offline messages of the login have all arrived."""
         await self._synced.wait()
@@ -359,15 +365,21 @@ async def connect(
     device: str | None = None,
     create: bool = False,
     sync: bool = True,
+    resume_after: int = 0,
 ) -> AsyncIterator[Client]:
     """Connect and log in with a password or a token.
 
     ``device`` names this terminal: the node remembers per device what it has
     delivered, so use a stable name per installation (default "default"; with a
     token, the device the token was issued to). ``create=True``
-    registers the account first if it does not exist.
+    registers the account first if it does not exist. ``resume_after`` is the
+    ``position`` of an earlier connection of this device (to this node or any
+    other): deliveries at or before it are dropped, so a reconnecting
+    program sees each message once even when its last acknowledgements were
+    lost with the old connection.
     """
     async with _session(url) as client:
+        client._last_pos = client._ack_pos = client._acked_pos = max(0, resume_after)
         if create and user and password:
             try:
                 await client.request("register_", name=user, password=password)

@@ -28,6 +28,7 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key
 from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
+from timpy.errors import ConfigError
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im.accounts import Accounts
 from timpy.im.messaging import Messenger
@@ -71,6 +72,12 @@ class Node:
     def _open_keys(self) -> tuple[ClusterKeys, str]:
         if self._keys is not None:
             return self._keys, "given"
+        joining = bool(self.config.cluster.join)
+        if joining and not os.environ.get("TIMPY_CLUSTER_KEY") and not self.config.key_file.exists():
+            raise ConfigError(
+                f"joining a cluster needs its key, and there is none at {self.config.key_file}: copy cluster.key "
+                "from a member there (mode 0600), pass --cluster-key FILE, or set $TIMPY_CLUSTER_KEY"
+            )
         if self.config.memory and self.config.cluster_key_file is None and not self.config.key_file.exists():
             if not os.environ.get("TIMPY_CLUSTER_KEY"):
                 return ClusterKeys.generate(), "memory (ephemeral)"

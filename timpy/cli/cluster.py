@@ -1,0 +1,110 @@
+"""``timpy cluster status``: ask any node how it sees the cluster.
+
+The command speaks to the node's peer port like a node would, through the
+same handshake: only a holder of the cluster key gets an answer. It takes a
+throwaway identity and never becomes a member.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import click
+import nacl.signing
+import trio
+from rich.console import Console
+from rich.table import Table
+
+from timpy.cluster import codec
+from timpy.cluster.rpc import Rpc, is_rpc
+from timpy.cluster.transport import TcpPeerTransport
+from timpy.concurrency import unwrap_single_error
+from timpy.config import parse_hostport
+from timpy.crypto.keys import load_or_create_cluster_key
+from timpy.errors import TimpyError
+
+
+async def ask_node(address: str, key_file: Path, method: str = "cluster.status", timeout: float = 5.0) -> Any:
+    keys, _ = load_or_create_cluster_key(key_file, create=False)
+    transport = TcpPeerTransport(keys, nacl.signing.SigningKey.generate(), listen="127.0.0.1:0")
+    rpc = Rpc(transport)
+    async with trio.open_nursery() as nursery:
+        await nursery.start(transport.run)
+
+        async def receive() -> None:
+            async for payload in transport.incoming:
+                try:
+                    raw = codec.unpack(payload)
+                except codec.CodecError:
+                    continue
+                if is_rpc(raw):
+                    rpc.receive(raw)
+
+        nursery.start_soon(receive)
+        call = rpc.start_call(address, method)
+        answer: list[Any] = []
+        with trio.move_on_after(timeout):
+            async with trio.open_nursery() as waiting:
+
+                async def wait_answer() -> None:
+                    answer.append(await call.result(timeout + 1))
+                    waiting.cancel_scope.cancel()
+
+                async def watch_refusal() -> None:
+                    while not transport.stats.refused:
+                        await trio.sleep(0.05)
+                    waiting.cancel_scope.cancel()
+
+                waiting.start_soon(wait_answer)
+                waiting.start_soon(watch_refusal)
+        nursery.cancel_scope.cancel()
+    if answer:
+        return answer[0]
+    if transport.stats.refused:
+        raise TimpyError(
+            f"the node at {address} refused the handshake: this cluster key ({keys.fingerprint}) is not its key"
+        )
+    raise TimpyError(
+        f"no answer from a timpy node at {address} within {timeout:g} s; "
+        "check the address (the node's peer port, 7072 by default) and that it runs"
+    )
+
+
+@click.group()
+def cluster() -> None:
+    """Look at a running cluster."""
+
+
+@cluster.command()
+@click.option("--peer", "address", default="127.0.0.1:7072", show_default=True, help="Any member's peer address.")
+@click.option("--cluster-key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("timpy-data/cluster.key"), show_default=True, help="The cluster key file ($TIMPY_CLUSTER_KEY wins).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def status(address: str, key_file: Path, as_json: bool) -> None:
+    """Members as a node sees them: state, address, incarnation, ring share."""
+    try:
+        parse_hostport(address, "--peer")
+        with unwrap_single_error():
+            info = trio.run(ask_node, address, key_file)
+    except TimpyError as exc:
+        raise click.ClickException(exc.text) from None
+    if as_json:
+        click.echo(json.dumps(info, indent=2, sort_keys=True))
+        return
+    table = Table(title=f"cluster seen by {info['node']} (ring version {info['ring_version']})")
+    for col in ("node", "address", "state", "incarnation", "ring share"):
+        table.add_column(col)
+    for m in info["members"]:
+        name = str(m["name"]) + (" (this)" if m["name"] == info["node"] else "")
+        table.add_row(name, str(m["address"]), str(m["state"]), str(m["incarnation"]), f"{m['share'] * 100:.1f}%")
+    console = Console()
+    console.print(table)
+    repair = info["repair"]
+    console.print(
+        f"replicas R={info['replicas']}, write quorum W={info['write_quorum']}; "
+        f"live terminals {info['terminals']}, routing records {info['routes']}; "
+        f"anti-entropy: {repair['passes']} passes, {repair['keys_repaired']} keys repaired"
+        f"{' (running)' if repair['running'] else ''}"
+    )
