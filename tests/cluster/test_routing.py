@@ -145,3 +145,24 @@ async def test_a_node_that_joins_receives_its_ranges_by_anti_entropy():
         status = late.cluster_status()
         assert {m["name"] for m in status["members"]} == {n.node_id for n in [*nodes, late]}
         assert abs(sum(m["share"] for m in status["members"]) - 1.0) < 0.01
+
+
+async def test_history_is_read_from_another_replica_when_the_owner_does_not_answer():
+    async with cluster(3) as (nodes, _, _):
+        await timpy.register(nodes[0].tcp_url, "ivy", PASSWORD)
+        await timpy.register(nodes[0].tcp_url, "jon", PASSWORD)
+        ivy = ids.user_id(nodes[0].indexer, "ivy")
+        jon = ids.user_id(nodes[0].indexer, "jon")
+        owner = owner_of(nodes, ids.direct_conversation(nodes[0].indexer, ivy, jon))
+        gateway = next(n for n in nodes if n is not owner)
+        async with timpy.connect(gateway.tcp_url, "ivy", PASSWORD) as i:
+            for k in range(5):
+                await i.send("jon", f"h{k}")
+
+            async def hang(*args):  # noqa: ANN002, ANN202 - the owner stops answering reads
+                await trio.sleep_forever()
+
+            owner.cluster.rpc.register("conv.history", lambda *args: hang())
+            with trio.fail_after(20):
+                page = await i.history("jon")
+        assert [m.body for m in page.messages] == [f"h{k}".encode() for k in range(5)]

@@ -385,21 +385,35 @@ class Messenger:
             limit = self._limits.history_page_max
         text = ids.conversation_text(conv)
         args = (conv, who.user_id, max(0, before_seq), -1 if after_seq is None else max(0, after_seq), limit)
-        owner = self._peers.owner(conv)
-        if owner == self._peers.self_id or not self._cluster:
-            member, rows, more = await self._history_here(*args)
-        else:
-            member, rows, more = await self._peers.call(owner, "conv.history", *args)
+        member, rows, more = await self._read_history(conv, args)
         if not member:
             if peer:  # a conversation that has no message yet
                 return text, [], False
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
         return text, [unpack_content(text, seq, ms, bytes(content)) for seq, ms, content in rows], bool(more)
 
+    async def _read_history(self, conv: bytes, args: tuple) -> tuple[bool, list, bool]:
+        """From the conversation's owner; if it does not answer, from another
+        replica that has the conversation (which may lack the newest messages)."""
+        replicas = [self._peers.owner(conv)] if not self._cluster else self._peers.placement.replicas(conv)
+        last: TimpyError | None = None
+        for i, node in enumerate(replicas):
+            try:
+                if node == self._peers.self_id or not self._cluster:
+                    return await self._history_here(*args, owner=i == 0)
+                return tuple(await self._peers.call(node, "conv.history", *args, i == 0))  # type: ignore[return-value]
+            except TimpyError as exc:
+                if exc.code != Code.UNAVAILABLE:
+                    raise
+                last = exc
+        assert last is not None
+        raise last
+
     async def _history_here(
-        self, conv: bytes, user_id: bytes, before_seq: int, after_seq: int, limit: int
+        self, conv: bytes, user_id: bytes, before_seq: int, after_seq: int, limit: int, owner: bool = True
     ) -> tuple[bool, list[tuple[int, int, bytes]], bool]:
-        await self._replicator.ensure("conv", conv)
+        if owner:
+            await self._replicator.ensure("conv", conv)
         if not await self._store.run(self._store.repo.is_member, conv, user_id):
             return False, [], False
         rows, more = await self._store.run(
@@ -543,9 +557,16 @@ class Messenger:
 
             return answer()
 
-        async def history(conv_id, user_id, before, after, limit):  # noqa: ANN001, ANN202
-            self._require_owner(bytes(conv_id), "conversation")
-            return list(await self._history_here(bytes(conv_id), bytes(user_id), int(before), int(after), int(limit)))
+        async def history(conv_id, user_id, before, after, limit, as_owner=True):  # noqa: ANN001, ANN202
+            if as_owner:
+                self._require_owner(bytes(conv_id), "conversation")
+            elif not self._peers.placement.holds(bytes(conv_id)):
+                raise TimpyError("this node holds no copy of that conversation", Code.UNAVAILABLE)
+            return list(
+                await self._history_here(
+                    bytes(conv_id), bytes(user_id), int(before), int(after), int(limit), bool(as_owner)
+                )
+            )
 
         async def inbox_read(user_id, after, limit):  # noqa: ANN001, ANN202
             self._require_owner(bytes(user_id), "user")
