@@ -40,6 +40,16 @@ class SecurityConfig:
     password_memlimit: int = 64 * 1024 * 1024
 
 
+def _addresses_or_off(config: object, names: tuple[str, ...], prefix: str) -> None:
+    """Check HOST:PORT options of a frozen config; 'off' (or empty) becomes None."""
+    for name in names:
+        value = getattr(config, name)
+        if value in ("off", "", False):
+            object.__setattr__(config, name, None)
+        elif value is not None:
+            parse_hostport(value, f"{prefix}{name}")
+
+
 @dataclass(frozen=True)
 class ClusterConfig:
     """How a node joins and serves the cluster (the ``[cluster]`` table)."""
@@ -57,12 +67,7 @@ class ClusterConfig:
     anti_entropy_interval: float = 60.0  # seconds between full replica comparisons
 
     def __post_init__(self) -> None:
-        for name in ("listen", "advertise"):
-            value = getattr(self, name)
-            if value in ("off", "", False):
-                object.__setattr__(self, name, None)
-            elif value is not None:
-                parse_hostport(value, f"cluster.{name}")
+        _addresses_or_off(self, ("listen", "advertise"), "cluster.")
         if isinstance(self.join, str):
             object.__setattr__(self, "join", (self.join,))
         object.__setattr__(self, "join", tuple(self.join))
@@ -90,12 +95,7 @@ class NodeConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def __post_init__(self) -> None:
-        for name in ("listen", "ws"):
-            value = getattr(self, name)
-            if value in ("off", "", False):
-                object.__setattr__(self, name, None)
-            elif value is not None:
-                parse_hostport(value, name)
+        _addresses_or_off(self, ("listen", "ws"), "")
 
     def replace(self, **changes: Any) -> NodeConfig:
         return dataclasses.replace(self, **changes)

@@ -65,21 +65,29 @@ async def stop_node_process(proc: trio.Process) -> None:
 
 
 async def one_node(clients: int, messages: int, memory: bool) -> dict:
-    if clients < 2 or clients % 2:
-        raise click.UsageError("--clients must be an even number of at least 2")
+    _check_pairs(clients)
     with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
         proc, info = await start_node_process(Path(tmp), memory)
         try:
             figures = await run_pairs([f"tcp://{info['tcp']}"], clients, messages)
         finally:
             await stop_node_process(proc)
+    return _pairs_result("one-node 1:1", memory, clients, figures)
+
+
+def _pairs_result(scenario: str, memory: bool, clients: int, figures: dict) -> dict:
     return {
-        "scenario": "one-node 1:1",
+        "scenario": scenario,
         "storage": "memory" if memory else "sqlite (synchronous=FULL)",
         "clients": clients,
         **figures,
         "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
     }
+
+
+def _check_pairs(clients: int) -> None:
+    if clients < 2 or clients % 2:
+        raise click.UsageError("--clients must be an even number of at least 2")
 
 
 async def run_pairs(urls: list[str], clients: int, messages: int) -> dict:
@@ -150,8 +158,7 @@ async def three_nodes(clients: int, messages: int, memory: bool) -> dict:
     from timpy.cli.cluster import ask_node
     from timpy.crypto.keys import ClusterKeys, encode_key, write_secret_file
 
-    if clients < 2 or clients % 2:
-        raise click.UsageError("--clients must be an even number of at least 2")
+    _check_pairs(clients)
     with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
         key = Path(tmp) / "cluster.key"
         write_secret_file(key, encode_key(ClusterKeys.generate().root))
@@ -173,13 +180,7 @@ async def three_nodes(clients: int, messages: int, memory: bool) -> dict:
         finally:
             for proc in procs:
                 await stop_node_process(proc)
-    return {
-        "scenario": "three nodes, cross-node 1:1 (R=3, W=2)",
-        "storage": "memory" if memory else "sqlite (synchronous=FULL)",
-        "clients": clients,
-        **figures,
-        "machine": f"{platform.machine()} {os.cpu_count()} cores, Python {platform.python_version()}",
-    }
+    return _pairs_result("three nodes, cross-node 1:1 (R=3, W=2)", memory, clients, figures)
 
 
 def show(result: dict, as_json: bool) -> None:
