@@ -166,3 +166,42 @@ async def test_history_is_read_from_another_replica_when_the_owner_does_not_answ
             with trio.fail_after(20):
                 page = await i.history("jon")
         assert [m.body for m in page.messages] == [f"h{k}".encode() for k in range(5)]
+
+
+async def test_a_new_owner_missing_the_latest_rows_catches_up_before_numbering():
+    """The next owner lost its copies of the newest messages (as if their
+    replication had not reached it); it must pull them from the third replica
+    before it numbers the next send, or it would reuse sequence numbers."""
+    from sqlalchemy import delete, update
+
+    from timpy.store import schema as s
+
+    async with cluster(3) as (nodes, _, _):
+        for name in ("kim", "lee"):
+            await timpy.register(nodes[0].tcp_url, name, PASSWORD)
+        kim = ids.user_id(nodes[0].indexer, "kim")
+        lee = ids.user_id(nodes[0].indexer, "lee")
+        conv = ids.direct_conversation(nodes[0].indexer, kim, lee)
+        replicas = nodes[0].peers.placement.replicas(conv)
+        owner, heir = (next(n for n in nodes if n.node_id == r) for r in replicas[:2])
+        gateway = next(n for n in nodes if n is not owner)
+        async with timpy.connect(gateway.tcp_url, "kim", PASSWORD, sync=False) as k:
+            for i in range(10):
+                await k.send("lee", f"m{i}")
+            with trio.fail_after(10):
+                while await heir.store.run(heir.store.repo.conversation_head, conv) != 10:
+                    await trio.sleep(0.05)
+
+            def forget() -> None:
+                with heir.store.repo.engine.begin() as c:
+                    c.execute(delete(s.messages).where(s.messages.c.conv_id == conv).where(s.messages.c.seq > 6))
+                    c.execute(update(s.conversations).where(s.conversations.c.conv_id == conv).values(last_seq=6))
+
+            await heir.store.run(forget)
+            await owner._stop()
+            await wait_for_ring([n for n in nodes if n is not owner])
+            assert owner_of([n for n in nodes if n is not owner], conv) is heir
+            ack = await k.send("lee", "m10")
+            assert ack.seq == 11
+            page = await k.history("lee", limit=50)
+        assert [m.body for m in page.messages] == [f"m{i}".encode() for i in range(11)]
