@@ -5,15 +5,24 @@ client: ``async with timpy.connect(url, user, password) as client:``.
 """
 
 from timpy.client import Ack, Client, HistoryPage, connect, register
-from timpy.config import ClusterConfig, Limits, NodeConfig, SecurityConfig, load_config
+from timpy.config import (
+    ClusterConfig,
+    Limits,
+    NodeConfig,
+    SecurityConfig,
+    StorageConfig,
+    load_config,
+)
 from timpy.errors import Code, RemoteError, TimpyError
 from timpy.im.messages import ChatMessage
 from timpy.node import Node, open_node
+from timpy.store.backends import BackendSpec
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Ack",
+    "BackendSpec",
     "ChatMessage",
     "Client",
     "ClusterConfig",
@@ -24,6 +33,7 @@ __all__ = [
     "NodeConfig",
     "RemoteError",
     "SecurityConfig",
+    "StorageConfig",
     "TimpyError",
     "connect",
     "load_config",

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from timpy.errors import ConfigError
+from timpy.store.backends import BackendSpec
 
 
 @dataclass(frozen=True)
@@ -81,6 +82,45 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class StorageConfig:
+    """Shared-backend mode (the ``[storage]`` table): SQL backends that every
+    node of the cluster shares. Empty: embedded mode (each node its own store).
+
+    ``backends`` seeds the cluster's backend map the first time; after that
+    the map stored in the backends wins, and it changes only with
+    ``timpy backend add/remove``.
+    """
+
+    backends: tuple[BackendSpec, ...] = ()  # [[storage.backends]] name, url, weight
+    threads: int = 8  # worker threads for storage calls
+
+    def __post_init__(self) -> None:
+        specs = []
+        for raw in self.backends:
+            if isinstance(raw, BackendSpec):
+                specs.append(raw)
+            elif isinstance(raw, dict):
+                unknown = set(raw) - {"name", "url", "weight"}
+                if unknown or "name" not in raw or "url" not in raw:
+                    raise ConfigError(
+                        f"storage.backends: each backend is {{name, url, weight?}}, got {sorted(raw)}"
+                    )
+                specs.append(BackendSpec(str(raw["name"]), str(raw["url"]), float(raw.get("weight", 1.0))))
+            else:
+                raise ConfigError("storage.backends: a list of tables with name, url and weight")
+        names = [b.name for b in specs]
+        if len(set(names)) != len(names):
+            raise ConfigError(f"storage.backends: names must be unique, got {names}")
+        if self.threads < 1:
+            raise ConfigError("storage.threads must be at least 1")
+        object.__setattr__(self, "backends", tuple(specs))
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.backends)
+
+
+@dataclass(frozen=True)
 class NodeConfig:
     data_dir: Path = Path("timpy-data")
     memory: bool = False  # no database file at all
@@ -93,9 +133,12 @@ class NodeConfig:
     limits: Limits = field(default_factory=Limits)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
 
     def __post_init__(self) -> None:
         _addresses_or_off(self, ("listen", "ws"), "")
+        if self.storage.shared and (self.memory or self.database_url):
+            raise ConfigError("[storage] backends (shared mode) cannot be combined with --memory or database_url")
 
     def replace(self, **changes: Any) -> NodeConfig:
         return dataclasses.replace(self, **changes)
@@ -113,7 +156,7 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-_SECTIONS = {"limits": Limits, "security": SecurityConfig, "cluster": ClusterConfig}
+_SECTIONS = {"limits": Limits, "security": SecurityConfig, "cluster": ClusterConfig, "storage": StorageConfig}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:

@@ -55,3 +55,33 @@ def clear(engine: Engine) -> None:
     with engine.begin() as conn:
         for table in reversed(schema.metadata.sorted_tables):
             conn.execute(table.delete())
+
+
+def require_server(kind: str) -> str:
+    """The server's URL, or skip (fail in CI) when it is not reachable."""
+    url = SERVERS[kind]
+    problem = _reachable(url)
+    if problem:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"{kind} at {url} is required in CI but unreachable: {problem}")
+        pytest.skip(f"{kind} is not reachable at {url} ({problem}); set TIMPY_TEST_{kind.upper()} to test it")
+    return url
+
+
+def fresh_database(kind: str, name: str, tmp_path: Path) -> str:
+    """The URL of an empty database called ``name`` (a new file for SQLite)."""
+    if kind.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / (name + '.sqlite3')}"
+    base = require_server(kind)
+    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            if kind == "postgresql":
+                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                conn.execute(text(f'CREATE DATABASE "{name}"'))
+            else:
+                conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+                conn.execute(text(f"CREATE DATABASE `{name}`"))
+    finally:
+        admin.dispose()
+    return base.rsplit("/", 1)[0] + "/" + name

@@ -26,7 +26,9 @@ from timpy.crypto.keys import load_or_create_cluster_key
 from timpy.errors import TimpyError
 
 
-async def ask_node(address: str, key_file: Path, method: str = "cluster.status", timeout: float = 5.0) -> Any:
+async def ask_node(
+    address: str, key_file: Path, method: str = "cluster.status", *args: Any, timeout: float = 5.0
+) -> Any:
     keys, _ = load_or_create_cluster_key(key_file, create=False)
     transport = TcpPeerTransport(keys, nacl.signing.SigningKey.generate(), listen="127.0.0.1:0")
     rpc = Rpc(transport)
@@ -43,7 +45,7 @@ async def ask_node(address: str, key_file: Path, method: str = "cluster.status",
                     rpc.receive(raw)
 
         nursery.start_soon(receive)
-        call = rpc.start_call(address, method)
+        call = rpc.start_call(address, method, *args)
         answer: list[Any] = []
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as waiting:

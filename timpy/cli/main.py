@@ -11,8 +11,9 @@ from pathlib import Path
 import click
 import trio
 
-from timpy.config import NodeConfig, load_config
-from timpy.errors import TimpyError
+from timpy.config import NodeConfig, StorageConfig, load_config
+from timpy.errors import ConfigError, TimpyError
+from timpy.store.backends import BackendSpec
 
 log = logging.getLogger("timpy")
 
@@ -43,6 +44,8 @@ def cli() -> None:
 @click.option("--peer", help="Peer listener HOST:PORT for other nodes (default 127.0.0.1:7072); 'off' runs standalone.")
 @click.option("--advertise", metavar="HOST:PORT", help="The peer address other nodes should dial, if not --peer.")
 @click.option("--cluster-key", "cluster_key", type=click.Path(dir_okay=False, path_type=Path), help="Cluster key file (default DATA/cluster.key).")
+@click.option("--backend", "backends", multiple=True, metavar="NAME=URL",
+              help="Shared-backend mode: a SQL backend every node shares (repeatable; seeds the backend map).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def node(
     config_file: Path | None,
@@ -56,6 +59,7 @@ def node(
     peer: str | None,
     advertise: str | None,
     cluster_key: Path | None,
+    backends: tuple[str, ...],
     verbose: bool,
 ) -> None:
     """Run a node until SIGINT or SIGTERM.
@@ -91,6 +95,14 @@ def node(
     if advertise is not None:
         cluster_changes["advertise"] = advertise
     try:
+        if backends:
+            specs = []
+            for item in backends:
+                name, sep, url = item.partition("=")
+                if not sep:
+                    raise ConfigError(f"--backend: expected NAME=URL, got {item!r}")
+                specs.append(BackendSpec(name, url))
+            changes["storage"] = StorageConfig(backends=tuple(specs), threads=config.storage.threads)
         if cluster_changes:
             changes["cluster"] = dataclasses.replace(config.cluster, **cluster_changes)
         config = config.replace(**changes)
@@ -129,12 +141,14 @@ def keys_new(path: Path) -> None:
     click.echo(f"wrote cluster key {k.fingerprint} to {path}")
 
 
+from timpy.cli.backend import backend  # noqa: E402
 from timpy.cli.bench import bench  # noqa: E402
 from timpy.cli.chat import chat  # noqa: E402
 from timpy.cli.cluster import cluster  # noqa: E402
 
 cli.add_command(chat)
 cli.add_command(cluster)
+cli.add_command(backend)
 cli.add_command(bench)
 
 

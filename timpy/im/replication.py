@@ -55,7 +55,10 @@ class RepairProgress:
 
 
 class Replicator:
-    def __init__(self, store: Store, peers: Peers, interval: float = 60.0) -> None:
+    def __init__(self, store: Store, peers: Peers, interval: float = 60.0, shared: bool = False) -> None:
+        # With shared backends every node reads and writes the same databases,
+        # whose own replication keeps the data: there is nothing to copy.
+        self.shared = shared
         self._store = store
         self._peers = peers
         self.interval = interval
@@ -126,7 +129,7 @@ class Replicator:
     async def ensure(self, kind: str, key: bytes) -> None:
         """Pull what the key's other replicas hold beyond this node's copy,
         once per ring version ("conv" or "user")."""
-        if self._peers.rpc is None or self._is_warm(kind, key):
+        if self._peers.rpc is None or self.shared or self._is_warm(kind, key):
             return
         lock = self._locks.setdefault((kind, key), trio.Lock())
         async with lock:
@@ -186,7 +189,7 @@ class Replicator:
 
     async def repair_pass(self) -> None:
         """Compare every key held here with its other replicas and send what they lack."""
-        if self._peers.rpc is None or self._peers.placement.single:
+        if self._peers.rpc is None or self.shared or self._peers.placement.single:
             return
         p = self.progress
         p.running, started = True, time.monotonic()

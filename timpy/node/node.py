@@ -36,9 +36,12 @@ from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.routes import Routes
 from timpy.im.terminals import TerminalRegistry
+from timpy.node.backends import BackendCoordinator
 from timpy.node.identity import load_or_create_identity, node_id_of
+from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
 from timpy.store.repository import Repository, Store
+from timpy.store.sharded import ShardedRepository
 
 log = logging.getLogger("timpy.node")
 
@@ -85,6 +88,10 @@ class Node:
 
     def _open_store(self, keys: ClusterKeys) -> tuple[Store, str]:
         c = self.config
+        if c.storage.shared:
+            initial = BackendMap(1, c.storage.backends)
+            repo = ShardedRepository(initial, Sealer(keys.storage), lambda spec: url_engine(spec.url, c.sqlite_synchronous))
+            return Store(repo, c.storage.threads), "shared backends"
         if c.database_url:
             engine, where, threads = url_engine(c.database_url), "database (url)", 8
         elif c.memory:
@@ -100,7 +107,9 @@ class Node:
         identity = load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
         self.store, store_where = self._open_store(keys)
-        await self.store.run(self.store.repo.create_schema)
+        shared = c.storage.shared
+        if not shared:
+            await self.store.run(self.store.repo.create_schema)
         self.indexer = BlindIndexer(keys.index)
         if c.cluster.listen:
             cc = c.cluster
@@ -114,12 +123,21 @@ class Node:
             self.cluster = ClusterService(
                 self.node_id, transport, membership, seeds=list(cc.join), on_change=self._membership_changed
             )
-            placement = Placement(self.node_id, "", ReplicationConfig(cc.replicas, cc.write_quorum, cc.vnodes))
+            # Shared backends keep the data durable themselves: one owner per key, no node copies.
+            replication = ReplicationConfig(1, 1, cc.vnodes) if shared else ReplicationConfig(
+                cc.replicas, cc.write_quorum, cc.vnodes
+            )
+            placement = Placement(self.node_id, "", replication)
             self.peers = Peers(placement, self.cluster.rpc)
             self.cluster.rpc.register("cluster.status", self.cluster_status)
         else:
             self.peers = Peers.standalone(self.node_id)
-        self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval)
+        self.backends: BackendCoordinator | None = None
+        if shared:
+            self.backends = BackendCoordinator(self.store, self.peers, self.node_id, c.storage.backends)
+            await self.backends.load()
+            store_where = "shared backends " + ", ".join(b.name for b in self.store.repo.map.backends)
+        self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
         self.routes = Routes(self.peers, self.terminals)
         self.accounts = Accounts(
             self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, now_ms,
@@ -156,6 +174,8 @@ class Node:
                         self.peer_address = self.cluster.transport.address
                         self.peers.placement.addresses[self.node_id] = self.peer_address
                     await cl.start(self.replicator.run)
+                    if self.backends is not None:
+                        await cl.start(self.backends.run)
                     await cl.start(self.messenger.run_background)
                     task_status.started()
                     await trio.sleep_forever()
@@ -191,6 +211,7 @@ class Node:
             "terminals": len(self.terminals),
             "routes": self.routes.record_count(),
             "stored": self.messenger.stored_count,
+            "storage": self.backends.status() if self.backends is not None else {"mode": "embedded"},
         }
 
     def _write_ready_file(self, path: Path) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.pool import StaticPool
 
 _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
+CONNECT_TIMEOUT = 3  # seconds
 
 
 def sqlite_engine(path: Path | None, synchronous: str = "FULL") -> Engine:
@@ -38,6 +39,20 @@ def sqlite_engine(path: Path | None, synchronous: str = "FULL") -> Engine:
     return engine
 
 
-def url_engine(url: str) -> Engine:
-    """An engine for any SQLAlchemy URL (PostgreSQL via psycopg, MySQL via PyMySQL)."""
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=4)
+def url_engine(url: str, synchronous: str = "FULL") -> Engine:
+    """An engine for any SQLAlchemy URL: PostgreSQL via psycopg, MySQL/MariaDB
+    via PyMySQL, or a SQLite file (``sqlite:///path``) set up as the embedded one.
+
+    Connecting gives up after a few seconds, so a backend that is down fails
+    its requests quickly instead of holding a worker thread.
+    """
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite":
+        database = parsed.database
+        return sqlite_engine(None if database in (None, "", ":memory:") else Path(database), synchronous)
+    connect_args: dict[str, object] = {}
+    if parsed.get_backend_name() == "postgresql":
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT}
+    elif parsed.get_backend_name() in ("mysql", "mariadb"):
+        connect_args = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": 60, "write_timeout": 60}
+    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=4, connect_args=connect_args)

@@ -7,6 +7,7 @@ associated data that binds each sealed value to its table, key and sequence.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -16,8 +17,11 @@ from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from timpy.crypto.seal import Sealer, row_ad
-from timpy.errors import Code, KeyMismatchError, RequestError, StorageError
+from timpy.errors import Code, ConfigError, KeyMismatchError, RequestError, StorageError
 from timpy.store import schema as s
+from timpy.store.migrations import steps_after
+
+log = logging.getLogger("timpy.store")
 
 T = TypeVar("T")
 _CANARY = b"timpy cluster key check"
@@ -134,19 +138,15 @@ class Repository:
     # --- schema and key -------------------------------------------------
 
     def create_schema(self) -> None:
-        """Create missing tables and check that the cluster key opens this data."""
+        """Create missing tables, check that the cluster key opens this data,
+        and bring an older schema up to date (``migrations``)."""
         s.metadata.create_all(self.engine)
         ad = row_ad("timpy_meta", "canary")
         with self.engine.begin() as conn:
             row = conn.execute(select(s.meta.c.value).where(s.meta.c.name == "canary")).first()
             if row is None:
                 conn.execute(insert(s.meta).values(name="canary", value=self._sealer.seal(_CANARY, ad)))
-                conn.execute(
-                    insert(s.meta).values(
-                        name="schema_version",
-                        value=self._sealer.seal(str(s.SCHEMA_VERSION).encode(), row_ad("timpy_meta", "schema_version")),
-                    )
-                )
+                self._set_meta(conn, "schema_version", str(s.SCHEMA_VERSION).encode())
                 return
         try:
             self._sealer.open(row.value, ad)
@@ -155,6 +155,47 @@ class Repository:
                 "the cluster key does not open the data in this database: "
                 "start with the key this data was created with (cluster.key or $TIMPY_CLUSTER_KEY)"
             ) from None
+        self._migrate()
+
+    def schema_version(self) -> int:
+        with self.engine.connect() as conn:
+            raw = self._get_meta(conn, "schema_version")
+        return 1 if raw is None else int(raw.decode())
+
+    def _migrate(self) -> None:
+        version = self.schema_version()
+        if version > s.SCHEMA_VERSION:
+            raise ConfigError(
+                f"this database has schema version {version}, newer than this timpy knows "
+                f"({s.SCHEMA_VERSION}): upgrade timpy on this node"
+            )
+        for target, what, step in steps_after(version):
+            log.info("migrating the database to schema %d: %s", target, what)
+            with self.engine.begin() as conn:
+                step(conn)
+                self._set_meta(conn, "schema_version", str(target).encode())
+
+    def _get_meta(self, conn: Any, name: str) -> bytes | None:
+        row = conn.execute(select(s.meta.c.value).where(s.meta.c.name == name)).first()
+        return None if row is None else self._sealer.open(row.value, row_ad("timpy_meta", name))
+
+    def _set_meta(self, conn: Any, name: str, value: bytes) -> None:
+        sealed = self._sealer.seal(value, row_ad("timpy_meta", name))
+        done = conn.execute(update(s.meta).where(s.meta.c.name == name).values(value=sealed)).rowcount
+        if not done:
+            conn.execute(insert(s.meta).values(name=name, value=sealed))
+
+    def get_meta(self, name: str) -> bytes | None:
+        """A sealed value of ``timpy_meta`` (the backend map), opened."""
+        with self.engine.connect() as conn:
+            return self._get_meta(conn, name)
+
+    def set_meta(self, name: str, value: bytes) -> None:
+        with self.engine.begin() as conn:
+            self._set_meta(conn, name, value)
+
+    def close(self) -> None:
+        self.engine.dispose()
 
     # --- accounts -------------------------------------------------------
 
@@ -577,6 +618,72 @@ class Repository:
                 }
         return [(k, mine.get(k, -1)) for k, v in digest if mine.get(k, -1) < v]
 
+    # --- moving keys between backends (shared-backend mode) ----------------
+
+    def key_count(self) -> tuple[int, int]:
+        """(conversations, accounts) stored here."""
+        with self.engine.connect() as conn:
+            convs = conn.execute(select(func.count()).select_from(s.conversations)).scalar_one()
+            users = conn.execute(select(func.count()).select_from(s.accounts)).scalar_one()
+        return int(convs), int(users)
+
+    def key_stats(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, tuple[int, ...]]:
+        """What a backend holds of each key, to verify a copy: for a
+        conversation (last seq, messages, members); for a user (inbox head,
+        inbox entries, terminals). Keys it does not hold are absent."""
+        out: dict[bytes, tuple[int, ...]] = {}
+        if not keys:
+            return out
+        keys = list(keys)
+        with self.engine.connect() as conn:
+            if kind == "conv":
+                c, m, cm = s.conversations, s.messages, s.conv_members
+                heads = {bytes(r[0]): int(r[1]) for r in conn.execute(select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id.in_(keys)))}
+                counts = dict(self._counts(conn, m.c.conv_id, keys))
+                members = dict(self._counts(conn, cm.c.conv_id, keys))
+                for k, head in heads.items():
+                    out[k] = (head, counts.get(k, 0), members.get(k, 0))
+            else:
+                a, i, t = s.accounts, s.inbox, s.terminals
+                heads = {bytes(r[0]): int(r[1]) for r in conn.execute(select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(keys)))}
+                counts = dict(self._counts(conn, i.c.user_id, keys))
+                terms = dict(self._counts(conn, t.c.user_id, keys))
+                for k, head in heads.items():
+                    out[k] = (head, counts.get(k, 0), terms.get(k, 0))
+        return out
+
+    @staticmethod
+    def _counts(conn: Any, column: Any, keys: list[bytes]) -> list[tuple[bytes, int]]:
+        rows = conn.execute(select(column, func.count()).where(column.in_(keys)).group_by(column))
+        return [(bytes(r[0]), int(r[1])) for r in rows]
+
+    def forget(self, conv_ids: Sequence[bytes], user_ids: Sequence[bytes], homed: Callable[[bytes], bool]) -> int:
+        """Delete the copies of keys that moved to another backend, in one
+        transaction: the users' accounts, terminals and inboxes, the
+        conversations and their members, and every message row that neither
+        a conversation homed here (``homed``) nor a remaining inbox entry
+        needs. Returns the number of rows deleted."""
+        a, c, cm, i, m, t = s.accounts, s.conversations, s.conv_members, s.inbox, s.messages, s.terminals
+        deleted = 0
+        users, convs = list(user_ids), list(conv_ids)
+        with self.engine.begin() as conn:
+            candidates = set(convs)
+            if users:
+                candidates |= {
+                    bytes(r[0]) for r in conn.execute(select(i.c.conv_id).where(i.c.user_id.in_(users)).distinct())
+                }
+                for table in (i, t, a):
+                    deleted += conn.execute(table.delete().where(table.c.user_id.in_(users))).rowcount
+            if convs:
+                for table in (cm, c):
+                    deleted += conn.execute(table.delete().where(table.c.conv_id.in_(convs))).rowcount
+            stale = [k for k in candidates if k in set(convs) or not homed(k)]
+            referenced = select(i.c.pos).where(and_(i.c.conv_id == m.c.conv_id, i.c.seq == m.c.seq)).exists()
+            for start in range(0, len(stale), 500):
+                chunk = stale[start : start + 500]
+                deleted += conn.execute(m.delete().where(and_(m.c.conv_id.in_(chunk), ~referenced))).rowcount
+        return deleted
+
     def conversation_head(self, conv_id: bytes) -> int:
         with self.engine.connect() as conn:
             top = conn.execute(select(func.max(s.messages.c.seq)).where(s.messages.c.conv_id == conv_id)).scalar()
@@ -725,4 +832,4 @@ class Store:
             ) from exc
 
     def close(self) -> None:
-        self.repo.engine.dispose()
+        self.repo.close()

@@ -10,6 +10,7 @@ from sqlalchemy import (
     BigInteger,
     Boolean,
     Column,
+    Index,
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
@@ -19,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -81,6 +82,8 @@ inbox = Table(
     Column("conv_id", Id, nullable=False),
     Column("seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("user_id", "pos"),
+    # schema 2: finds the inbox entries of a message (deleting moved copies)
+    Index("ix_inbox_message", "conv_id", "seq"),
 )
 
 terminals = Table(

@@ -1,0 +1,39 @@
+"""Versioned schema migrations: a numbered list of steps and a version in ``timpy_meta``.
+
+A database created now gets the whole schema at once and the current version.
+A database at an older version gets each missing step in order, each in its
+own transaction, and its version recorded after each; every step is written
+so that running it twice is harmless (two nodes starting at once against one
+shared backend may both try it). A database newer than this code is refused.
+
+Why not Alembic: its environment, script directory and autogeneration serve
+schemas that change often and are edited by hand; ours changes rarely, must
+migrate on every backend of a cluster from whichever node opens it first, and
+keeps its version sealed beside the key canary. A list of idempotent steps in
+code does that with nothing to install or configure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from sqlalchemy import Connection
+
+from timpy.store import schema as s
+
+
+def _add_inbox_message_index(conn: Connection) -> None:
+    index = next(i for i in s.inbox.indexes if i.name == "ix_inbox_message")
+    index.create(conn, checkfirst=True)
+
+
+# (version reached, what it does, the step)
+MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
+    (2, "index inbox entries by message", _add_inbox_message_index),
+]
+
+assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"
+
+
+def steps_after(version: int) -> list[tuple[int, str, Callable[[Connection], None]]]:
+    return [m for m in MIGRATIONS if m[0] > version]
