@@ -8,6 +8,7 @@ servers run (always in CI)."""
 from __future__ import annotations
 
 import itertools
+from contextlib import AsyncExitStack
 
 import pytest
 import trio
@@ -23,11 +24,17 @@ from timpy.store.repository import Repository
 PAIRS = 6
 
 
-def shared_config(*specs: BackendSpec, cluster: ClusterConfig | None = None) -> timpy.NodeConfig:
-    return node_config(memory=False, storage=StorageConfig(backends=specs), **({"cluster": cluster} if cluster else {}))
+def shared_config(data_dir, *specs: BackendSpec, cluster: ClusterConfig | None = None) -> timpy.NodeConfig:  # noqa: ANN001
+    """A node on shared backends; ``data_dir`` holds only its identity."""
+    return node_config(
+        memory=False, data_dir=data_dir, storage=StorageConfig(backends=specs), **({"cluster": cluster} if cluster else {})
+    )
 
 
-async def traffic(url: str, stop: trio.Event, acked: dict[tuple[str, str], list[str]], count: itertools.count) -> None:
+async def traffic(
+    url: str, stop: trio.Event, acked: dict[tuple[str, str], list[str]], count: itertools.count,
+    senders: range = range(PAIRS),
+) -> None:
     """PAIRS senders writing to their peers until ``stop``; every acked body recorded in order."""
 
     async def sender(i: int) -> None:
@@ -49,7 +56,7 @@ async def traffic(url: str, stop: trio.Event, acked: dict[tuple[str, str], list[
                 await trio.sleep(0.005)
 
     async with trio.open_nursery() as nursery:
-        for i in range(PAIRS):
+        for i in senders:
             nursery.start_soon(sender, i)
 
 
@@ -100,7 +107,7 @@ async def test_add_then_remove_a_backend_under_continuous_traffic(tmp_path, serv
     b1, b2, b3 = (BackendSpec(f"b{i + 1}", u) for i, u in enumerate(urls))
     keys = ClusterKeys.generate()
     acked: dict[tuple[str, str], list[str]] = {(f"s{i}", f"r{i}"): [] for i in range(PAIRS)}
-    async with timpy.open_node(shared_config(b1, b2, cluster=ClusterConfig(listen=None)), keys=keys) as node:
+    async with timpy.open_node(shared_config(tmp_path / "node", b1, b2, cluster=ClusterConfig(listen=None)), keys=keys) as node:
         url = node.tcp_url
         await make_users(url)
         stop = trio.Event()
@@ -129,6 +136,201 @@ async def test_add_then_remove_a_backend_under_continuous_traffic(tmp_path, serv
     # b1 left the map: every user and conversation moved off it.
     assert held_keys(b1.url, keys.storage) == {"conversations": 0, "accounts": 0}
     # The map survives a restart from a configuration that still lists only b1 and b2.
-    async with timpy.open_node(shared_config(b1, b2, cluster=ClusterConfig(listen=None)), keys=keys) as node:
+    async with timpy.open_node(shared_config(tmp_path / "node", b1, b2, cluster=ClusterConfig(listen=None)), keys=keys) as node:
         assert [b.name for b in node.store.repo.map.backends] == ["b2", "b3"]
         await check_every_message_once(node.tcp_url, acked, sync=False)
+
+
+class Proxy:
+    """A TCP forwarder in front of a database server, to take a backend down and back."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target = target
+        self.port = 0
+        self._scope: trio.CancelScope | None = None
+
+    async def serve(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        with trio.CancelScope() as scope:
+            self._scope = scope
+            listeners = await trio.open_tcp_listeners(self.port, host="127.0.0.1")
+            self.port = listeners[0].socket.getsockname()[1]
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                await trio.serve_listeners(self._handle, listeners, handler_nursery=nursery)
+
+    async def _handle(self, client: trio.SocketStream) -> None:
+        async with client, await trio.open_tcp_stream(*self.target) as server:
+
+            async def pump(a: trio.SocketStream, b: trio.SocketStream) -> None:
+                try:
+                    while data := await a.receive_some(65536):
+                        await b.send_all(data)
+                except trio.BrokenResourceError:
+                    pass
+                await b.aclose()
+
+            async with trio.open_nursery() as n:
+                n.start_soon(pump, client, server)
+                n.start_soon(pump, server, client)
+
+    def stop(self) -> None:
+        assert self._scope is not None
+        self._scope.cancel()
+
+
+async def test_a_backend_that_is_down_fails_only_its_own_keys_and_service_resumes(tmp_path):
+    from tests.store.backends import require_server
+    from timpy.im import ids
+
+    base = require_server("postgresql")
+    fresh_database("postgresql", "timpy_down", tmp_path)
+    proxy = Proxy(("127.0.0.1", 5432))
+    names = [f"u{i}" for i in range(16)]
+    async with trio.open_nursery() as outer:
+        await outer.start(proxy.serve)
+        pg_url = base.replace("@127.0.0.1:5432/test", f"@127.0.0.1:{proxy.port}/timpy_down")
+        b1 = BackendSpec("lite", fresh_database("sqlite", "lite", tmp_path))
+        b2 = BackendSpec("pg", pg_url)
+        async with timpy.open_node(shared_config(tmp_path / "node", b1, b2, cluster=ClusterConfig(listen=None))) as node:
+            url = node.tcp_url
+            for name in names:
+                await timpy.register(url, name, PASSWORD)
+            place = node.store.repo.map.place
+            uid = {n: ids.user_id(node.indexer, n) for n in names}
+
+            def backends_of(a: str, b: str) -> set[str]:
+                return {place(uid[a]), place(uid[b]), place(ids.direct_conversation(node.indexer, uid[a], uid[b]))}
+
+            pairs = [(a, b) for a in names for b in names if a < b]
+            on_lite = next(p for p in pairs if backends_of(*p) == {"lite"})
+            on_pg = next(p for p in pairs if backends_of(*p) == {"pg"})
+            async with timpy.connect(url, on_lite[0], PASSWORD) as lite, timpy.connect(url, on_pg[0], PASSWORD) as pg:
+                await lite.send(on_lite[1], "before", client_id="before")
+                await pg.send(on_pg[1], "before", client_id="before")
+                proxy.stop()
+                await trio.sleep(0.2)
+                # Keys on the other backend carry on; keys on the dead one fail, naming it.
+                with pytest.raises(timpy.RemoteError) as err:
+                    await pg.send(on_pg[1], "while down", client_id="down-1")
+                assert err.value.code == timpy.Code.UNAVAILABLE and "'pg'" in err.value.text
+                for i in range(5):
+                    await lite.send(on_lite[1], f"lite {i}", client_id=f"lite-{i}")
+                with pytest.raises(timpy.RemoteError):
+                    await pg.history(on_pg[1])
+                # The server comes back: the same client id completes the send, once.
+                await outer.start(proxy.serve)
+                with trio.fail_after(30):
+                    while True:
+                        try:
+                            ack = await pg.send(on_pg[1], "while down", client_id="down-1")
+                            break
+                        except timpy.RemoteError as exc:
+                            assert exc.code == timpy.Code.UNAVAILABLE
+                            await trio.sleep(0.5)
+                assert ack.seq == 2
+                page = await pg.history(on_pg[1])
+                assert [m.body for m in page.messages] == [b"before", b"while down"]
+                page = await lite.history(on_lite[1])
+                assert len(page.messages) == 6
+        proxy.stop()
+
+
+async def test_a_move_interrupted_by_a_crash_resumes_when_the_node_restarts(tmp_path):
+    from timpy.crypto.seal import Sealer  # noqa: F401 - the node seals; the test only counts
+    from timpy.store.repository import NewMessage
+
+    keys = ClusterKeys.generate()
+    b1, b2, b3 = (BackendSpec(f"b{i}", fresh_database("sqlite", f"crash{i}", tmp_path)) for i in (1, 2, 3))
+    config = shared_config(tmp_path / "node", b1, b2, cluster=ClusterConfig(listen=None))
+    users = [bytes([i]) * 16 for i in range(1, 41)]
+    async with timpy.open_node(config, keys=keys) as node:
+        repo = node.store.repo
+        for u in users:
+            await node.store.run(repo.create_account, u, b"secret", b"profile")
+        batch = [
+            NewMessage(bytes([c]) * 15 + b"c", (users[c % 40], users[(c + 1) % 40]), users[c % 40], bytes([c, j]) * 8, 1, b"m")
+            for c in range(120) for j in range(20)
+        ]
+        for start in range(0, len(batch), 400):
+            await node.store.run(repo.write_batch, batch[start : start + 400])
+        assert node.backends is not None
+        # Slow each copy step down so the "crash" lands in the copy phase.
+        original = node.backends.rebalancer._copy_key
+
+        async def slow_copy(*args):  # type: ignore[no-untyped-def]
+            await trio.sleep(0.01)
+            await original(*args)
+
+        node.backends.rebalancer._copy_key = slow_copy  # type: ignore[method-assign]
+        await node.backends.add("b3", b3.url)
+        with trio.fail_after(30):
+            while node.backends.rebalancer.progress.rows_copied == 0:
+                await trio.sleep(0.01)
+        assert node.store.repo.map.move is not None and node.store.repo.map.move.phase == "copy"
+    # The node is gone mid-copy; its successor (same data, same map) resumes the move.
+    async with timpy.open_node(config, keys=keys) as node:
+        assert node.backends is not None
+        with trio.fail_after(60):
+            while node.store.repo.map.move is not None:
+                await trio.sleep(0.05)
+        repo = node.store.repo
+        assert [b.name for b in repo.map.backends] == ["b1", "b2", "b3"]
+        for c in range(120):
+            conv = bytes([c]) * 15 + b"c"
+            rows, more = await node.store.run(repo.read_history, conv, 0, 0, 100)
+            assert [r.seq for r in rows] == list(range(1, 21)) and not more
+        for u in users:
+            entries = await node.store.run(repo.read_inbox, u, 0, 1000)
+            assert [e.pos for e in entries] == list(range(1, 121))  # 6 conversations of 20
+        # Nothing stays behind where it no longer belongs.
+        for name in ("b1", "b2", "b3"):
+            stats = await node.store.run(repo.backend(name).key_stats, "conv", [bytes([c]) * 15 + b"c" for c in range(120)])
+            assert all(repo.map.place(k) == name for k in stats)
+
+
+async def test_two_nodes_share_the_backends_and_a_move_driven_from_the_cli_path_reaches_both(tmp_path):
+    from tests.cluster.test_routing import FAST_CLUSTER, wait_for_ring
+    from timpy.cli.cluster import ask_node
+    from timpy.crypto.keys import load_or_create_cluster_key
+
+    key_file = tmp_path / "cluster.key"
+    keys, _ = load_or_create_cluster_key(key_file)
+    b1, b2, b3 = (BackendSpec(f"b{i}", fresh_database("sqlite", f"two{i}", tmp_path)) for i in (1, 2, 3))
+    acked: dict[tuple[str, str], list[str]] = {(f"s{i}", f"r{i}"): [] for i in range(PAIRS)}
+    async with AsyncExitStack() as stack:
+        first = await stack.enter_async_context(
+            timpy.open_node(shared_config(tmp_path / "n1", b1, b2, cluster=ClusterConfig(**FAST_CLUSTER)), keys=keys)
+        )
+        second = await stack.enter_async_context(timpy.open_node(
+            shared_config(tmp_path / "n2", b1, b2, cluster=ClusterConfig(join=(first.peer_address,), **FAST_CLUSTER)), keys=keys
+        ))
+        await wait_for_ring([first, second])
+        assert first.peers.placement.config.replicas == 1  # the backends keep the copies
+        await make_users(first.tcp_url)
+        stop = trio.Event()
+        count = itertools.count()
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(traffic, first.tcp_url, stop, acked, count, range(0, PAIRS, 2))
+            nursery.start_soon(traffic, second.tcp_url, stop, acked, count, range(1, PAIRS, 2))
+            await trio.sleep(1.0)
+            # What `timpy backend add` sends, through the peer port, with the key file.
+            info = await ask_node(second.peer_address, key_file, "backend.add", "b3", b3.url, 1.0, timeout=60)
+            assert info["move"]["phase"] in ("copy", "freeze", "cleanup")
+            with trio.fail_after(60):
+                while True:
+                    status = await ask_node(second.peer_address, key_file, "backend.status")
+                    if status["move"] is None and status["progress"]["done"]:
+                        break
+                    await trio.sleep(0.1)
+            await trio.sleep(0.5)
+            stop.set()
+        assert first.store.repo.map == second.store.repo.map
+        assert [b["name"] for b in status["backends"]] == ["b1", "b2", "b3"]
+        assert status["progress"]["keys_moving"] > 0
+        await check_every_message_once(first.tcp_url, acked)
+        # A bad request changes nothing.
+        with pytest.raises(timpy.TimpyError, match="already"):
+            await ask_node(first.peer_address, key_file, "backend.add", "b4", b3.url, 1.0, timeout=30)
+        with pytest.raises(timpy.TimpyError, match="no backend named"):
+            await ask_node(first.peer_address, key_file, "backend.remove", "nope", timeout=30)
+        assert first.store.repo.map == second.store.repo.map and first.store.repo.map.move is None

@@ -47,11 +47,15 @@ async def ask_node(
         nursery.start_soon(receive)
         call = rpc.start_call(address, method, *args)
         answer: list[Any] = []
+        failure: list[TimpyError] = []
         with trio.move_on_after(timeout):
             async with trio.open_nursery() as waiting:
 
                 async def wait_answer() -> None:
-                    answer.append(await call.result(timeout + 1))
+                    try:
+                        answer.append(await call.result(timeout + 1))
+                    except TimpyError as exc:  # the node's answer was an error
+                        failure.append(exc)
                     waiting.cancel_scope.cancel()
 
                 async def watch_refusal() -> None:
@@ -62,6 +66,8 @@ async def ask_node(
                 waiting.start_soon(wait_answer)
                 waiting.start_soon(watch_refusal)
         nursery.cancel_scope.cancel()
+    if failure:
+        raise failure[0]
     if answer:
         return answer[0]
     if transport.stats.refused:

@@ -92,7 +92,7 @@ class Accounts:
     async def _create_here(self, uid: bytes, secret: bytes, profile: bytes) -> None:
         await self._replicator.ensure("user", uid)
         await self._store.run(self._store.repo.create_account, uid, secret, profile)
-        if self._peers.rpc is not None:
+        if self._peers.rpc is not None and not self._replicator.shared:
             copies = await self._store.run(self._store.repo.user_copies, uid, 0, 0)
             placement = self._peers.placement
             nodes = frozenset(placement.replicas(uid)) - {self._peers.self_id}

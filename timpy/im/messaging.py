@@ -26,7 +26,7 @@ import trio
 from timpy.cluster.rpc import Call
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
-from timpy.errors import Code, RequestError, TimpyError
+from timpy.errors import Code, RequestError, StorageError, TimpyError
 from timpy.im import ids
 from timpy.im.accounts import Identity
 from timpy.im.messages import (
@@ -138,11 +138,13 @@ class Messenger:
             task_status.started()
             await trio.sleep_forever()
 
-    async def _write(self, queued: list[_Pending | _PendingInbox | None]) -> None:
+    async def _write(self, queued: list[_Pending | _PendingInbox | None], with_cursors: bool = True) -> None:
         news = [p for p in queued if isinstance(p, _Pending)]
         inbox = [p for p in queued if isinstance(p, _PendingInbox)]
-        cursors, self._cursors = self._cursors, {}
-        self._cursor_flush_queued = False
+        cursors: dict[tuple[bytes, bytes], int] = {}
+        if with_cursors:
+            cursors, self._cursors = self._cursors, {}
+            self._cursor_flush_queued = False
         local_users: frozenset[bytes] | None = None
         try:
             if self._cluster:
@@ -156,12 +158,17 @@ class Messenger:
         except TimpyError as exc:
             for key, pos in cursors.items():  # keep them for the next try
                 self._cursors[key] = max(pos, self._cursors.get(key, 0))
-            if isinstance(exc, RequestError) and len(news) + len(inbox) > 1:
-                # One request's error must not fail the others: store them one by one.
-                for p in [*news, *inbox]:
-                    await self._write([p])
+            items = [*news, *inbox]
+            # One request's error must not fail the others, and a storage
+            # backend that is down must fail only the requests that need it:
+            # store them one by one, cursors apart.
+            if (isinstance(exc, RequestError) and len(items) > 1) or (
+                isinstance(exc, StorageError) and (len(items) > 1 or cursors)
+            ):
+                for p in items:
+                    await self._write([p], with_cursors=False)
                 return
-            self._fail([*news, *inbox], exc)
+            self._fail(items, exc)
             return
         if self._cluster:
             try:

@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 
 import trio
 from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from timpy.crypto.seal import Sealer, row_ad
@@ -308,6 +309,7 @@ class Repository:
             redo: list[tuple[int, InboxItem]] = []
             new_convs: dict[bytes, NewMessage] = {}
             msg_rows: list[dict[str, Any]] = []
+            copy_rows: list[dict[str, Any]] = []  # message rows kept beside an inbox entry
             inbox_rows: list[dict[str, Any]] = []
             touched_users: set[bytes] = set()
             for item in batch:
@@ -352,9 +354,11 @@ class Repository:
                 seen[key] = appended
                 results.append(appended)
             if inbox_items:
-                placed = self._place_inbox_items(conn, inbox_items, heads, inbox_rows, touched_users, msg_rows)
+                placed = self._place_inbox_items(conn, inbox_items, heads, inbox_rows, touched_users, msg_rows, copy_rows)
             if redo:
-                again = self._place_inbox_items(conn, [it for _, it in redo], heads, inbox_rows, touched_users, msg_rows)
+                again = self._place_inbox_items(
+                    conn, [it for _, it in redo], heads, inbox_rows, touched_users, msg_rows, copy_rows
+                )
                 for (index, it), where in zip(redo, again, strict=True):
                     if where.new:
                         results[index] = replace(results[index], inbox={**results[index].inbox, it.user_id: where.pos})
@@ -366,6 +370,9 @@ class Repository:
                 )
             if msg_rows:
                 conn.execute(insert(m), msg_rows)
+            if copy_rows:
+                # A move between backends may be copying the same rows right now.
+                _insert_missing(conn, m, copy_rows)
             if inbox_rows:
                 conn.execute(insert(s.inbox), inbox_rows)
             changed = [dict(k=k, v=v) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
@@ -386,6 +393,7 @@ class Repository:
         inbox_rows: list[dict[str, Any]],
         touched_users: set[bytes],
         msg_rows: list[dict[str, Any]],
+        copy_rows: list[dict[str, Any]],
     ) -> list[InboxPlaced]:
         """Inbox entries for messages whose conversation another node owns; the
         message row is kept here too (if absent) so the inbox reads locally."""
@@ -407,7 +415,7 @@ class Repository:
                     and_(m.c.conv_id.in_(convs), m.c.seq.in_(list({it.seq for it in items})))
                 )
             )
-        } | {(r["conv_id"], r["seq"]) for r in msg_rows}
+        } | {(r["conv_id"], r["seq"]) for r in (*msg_rows, *copy_rows)}
         placed: list[InboxPlaced] = []
         for it in items:
             key = (it.user_id, it.conv_id, it.seq)
@@ -415,7 +423,7 @@ class Repository:
                 placed.append(InboxPlaced(already[key], False))
                 continue
             if (it.conv_id, it.seq) not in have_msgs:
-                msg_rows.append(
+                copy_rows.append(
                     dict(conv_id=it.conv_id, seq=it.seq, dedup=it.dedup, created_ms=it.created_ms, content=it.sealed)
                 )
                 have_msgs.add((it.conv_id, it.seq))
@@ -448,7 +456,7 @@ class Repository:
                     if u not in have
                 ]
                 if rows:
-                    conn.execute(insert(a), rows)
+                    _insert_missing(conn, a, rows)
                     added += len(rows)
             if bundle.messages:
                 convs = list({r[0] for r in bundle.messages})
@@ -464,7 +472,7 @@ class Repository:
                     have_dedup.add((conv, dedup))
                     rows.append(dict(conv_id=conv, seq=seq, dedup=dedup, created_ms=created, content=sealed))
                 if rows:
-                    conn.execute(insert(m), rows)
+                    _insert_missing(conn, m, rows)
                     added += len(rows)
                 tops: dict[bytes, int] = {}
                 for conv, seq, *_ in bundle.messages:
@@ -489,7 +497,7 @@ class Repository:
                 }
                 missing = [dict(conv_id=conv, user_id=u) for u in sorted(set(members)) if u not in have]
                 if missing:
-                    conn.execute(insert(s.conv_members), missing)
+                    _insert_missing(conn, s.conv_members, missing)
             if bundle.inbox:
                 users = list({r[0] for r in bundle.inbox})
                 have_rows = list(conn.execute(select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq).where(i.c.user_id.in_(users))
@@ -506,7 +514,7 @@ class Repository:
                     have_msg.add((user, conv, seq))
                     rows.append(dict(user_id=user, pos=pos, conv_id=conv, seq=seq))
                 if rows:
-                    conn.execute(insert(i), rows)
+                    _insert_missing(conn, i, rows)
                     added += len(rows)
                 conn.execute(
                     update(a)
@@ -767,6 +775,12 @@ class Repository:
         A new terminal starts at the lowest cursor of the account's other
         terminals, so it receives what some terminal has not yet received.
         """
+        try:
+            return self._open_terminal(user_id, device_id, now_ms)
+        except IntegrityError:  # the same terminal opened at the same moment elsewhere: it exists now
+            return self._open_terminal(user_id, device_id, now_ms)
+
+    def _open_terminal(self, user_id: bytes, device_id: bytes, now_ms: int) -> int:
         t = s.terminals
         with self.engine.begin() as conn:
             row = conn.execute(
@@ -812,6 +826,21 @@ class Repository:
             conn.execute(s.revoked_tokens.delete().where(s.revoked_tokens.c.expires_ms <= now_ms))
             rows = conn.execute(select(s.revoked_tokens))
             return {bytes(r.token_id): r.expires_ms for r in rows}
+
+
+def _insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert rows, skipping any whose key is there already (copies that race
+    with another copy of the same rows)."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt = pg_insert(table).on_conflict_do_nothing()
+    elif dialect in ("mysql", "mariadb"):
+        stmt = insert(table).prefix_with("IGNORE")
+    elif dialect == "sqlite":
+        stmt = insert(table).prefix_with("OR IGNORE")
+    else:  # pragma: no cover - the three dialects above are the supported ones
+        stmt = insert(table)
+    conn.execute(stmt, rows)
 
 
 class Store:
