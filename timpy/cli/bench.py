@@ -321,3 +321,12 @@ def cluster_cmd(clients: int, messages: int, memory: bool, sizes: str, as_json: 
     throughput and latency through three real node processes."""
     show(membership_figures([int(x) for x in sizes.split(",") if x], 0.0, 1), as_json)
     show(trio.run(three_nodes, clients, messages, memory), as_json)
+
+
+def _register_storage_benches() -> None:
+    from timpy.cli.bench_storage import register
+
+    register(bench)
+
+
+_register_storage_benches()

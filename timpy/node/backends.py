@@ -235,6 +235,15 @@ class BackendCoordinator:
         self._start_driver()
         return self.status()
 
+    async def wait_moved(self, timeout: float = 600.0) -> dict[str, object]:
+        """Wait until no move is in progress (or the move this node drives stopped); return the status."""
+        with trio.fail_after(timeout):
+            while self.repo.map.move is not None and (self._driving or self._peers.rpc is not None):
+                await trio.sleep(0.05)
+        if self.repo.map.move is not None:
+            raise StorageError(f"the backend move stopped: {self.rebalancer.progress.error}")
+        return self.status()
+
     def status(self) -> dict[str, object]:
         info = self.repo.describe()
         info["driving"] = self._driving
