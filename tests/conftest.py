@@ -15,18 +15,21 @@ import pytest
 import trio
 
 import timpy
-from timpy.config import ClusterConfig, NodeConfig, SecurityConfig
+from timpy.config import AdminConfig, ClusterConfig, NodeConfig, SecurityConfig
 
 # argon2id at its minimum cost: tests check behaviour, not hash strength.
 FAST_SECURITY = SecurityConfig(password_opslimit=1, password_memlimit=8192)
-FAST_SECURITY_TOML = "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n[cluster]\nlisten = \"127.0.0.1:0\"\n"
+FAST_SECURITY_TOML = (
+    "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n[admin]\nlisten = \"127.0.0.1:0\"\n"
+    "[cluster]\nlisten = \"127.0.0.1:0\"\n"
+)
 PASSWORD = "correct-horse"
 
 
 def node_config(**changes: object) -> NodeConfig:
     base = NodeConfig(
         memory=True, listen="127.0.0.1:0", ws="127.0.0.1:0", security=FAST_SECURITY,
-        cluster=ClusterConfig(listen="127.0.0.1:0"),
+        cluster=ClusterConfig(listen="127.0.0.1:0"), admin=AdminConfig(listen="127.0.0.1:0"),
     )
     return base.replace(**changes)
 

@@ -7,6 +7,7 @@ keeps its data in ``./timpy-data``.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -82,6 +83,38 @@ class ClusterConfig:
 
 
 @dataclass(frozen=True)
+class AdminConfig:
+    """The admin HTTP listener (the ``[admin]`` table): API, metrics, health.
+
+    Off public interfaces by default: binding anything but loopback needs
+    ``allow_public = true`` (put a TLS reverse proxy in front; docs/operations.md).
+    """
+
+    listen: str | None = "127.0.0.1:7073"  # None/'off' = no admin listener
+    token_file: Path | None = None  # default DATA/admin.token, created 0600; $TIMPY_ADMIN_TOKEN wins
+    allow_public: bool = False
+
+    def __post_init__(self) -> None:
+        _addresses_or_off(self, ("listen",), "admin.")
+        if self.listen and not self.allow_public:
+            host, _ = parse_hostport(self.listen, "admin.listen")
+            if not _is_loopback(host):
+                raise ConfigError(
+                    f"admin.listen {self.listen} is not a loopback address: the admin API is meant for "
+                    "operators; set admin.allow_public = true and put it behind a TLS reverse proxy"
+                )
+
+
+def _is_loopback(host: str) -> bool:
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@dataclass(frozen=True)
 class StorageConfig:
     """Shared-backend mode (the ``[storage]`` table): SQL backends that every
     node of the cluster shares. Empty: embedded mode (each node its own store).
@@ -134,6 +167,7 @@ class NodeConfig:
     security: SecurityConfig = field(default_factory=SecurityConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     storage: StorageConfig = field(default_factory=StorageConfig)
+    admin: AdminConfig = field(default_factory=AdminConfig)
 
     def __post_init__(self) -> None:
         _addresses_or_off(self, ("listen", "ws"), "")
@@ -156,7 +190,7 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-_SECTIONS = {"limits": Limits, "security": SecurityConfig, "cluster": ClusterConfig, "storage": StorageConfig}
+_SECTIONS = {"limits": Limits, "security": SecurityConfig, "cluster": ClusterConfig, "storage": StorageConfig, "admin": AdminConfig}
 
 
 def _build(cls: type, values: dict[str, Any], where: str) -> Any:
@@ -170,7 +204,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"[{name}] must be a table")
             value = _build(_SECTIONS[name], value, f"{name}.")
-        elif name in ("data_dir", "cluster_key_file", "ready_file") and value is not None:
+        elif name in ("data_dir", "cluster_key_file", "ready_file", "token_file") and value is not None:
             value = Path(value)
         kwargs[name] = value
     try:
@@ -195,4 +229,7 @@ def load_config(path: Path | str) -> NodeConfig:
         value = getattr(config, name)
         if value is not None and not value.is_absolute():
             config = config.replace(**{name: base / value})
+    token_file = config.admin.token_file
+    if token_file is not None and not token_file.is_absolute():
+        config = config.replace(admin=dataclasses.replace(config.admin, token_file=base / token_file))
     return config

@@ -1,5 +1,6 @@
 """End to end: real ``timpy node`` processes, driven as a user would."""
 
+import json
 import signal
 import sqlite3
 import subprocess
@@ -164,3 +165,33 @@ def test_bad_configuration_says_what_to_do(tmp_path):
     r = subprocess.run([sys.executable, "-m", "timpy", "node", "--config", str(tmp_path / "k.toml"), "--data", str(tmp_path / "d")],
                        capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "cluster key" in r.stderr
+
+
+async def test_json_logs_carry_the_node_id_and_no_secret_and_the_admin_api_answers(tmp_path):
+    import urllib.request
+
+    node = NodeProcess(tmp_path, ("--log-json",)).start()
+    try:
+        await timpy.register(node.tcp_url, "alice", "a-very-secret-password")
+        async with timpy.connect(node.tcp_url, "alice", "a-very-secret-password") as alice:
+            await alice.send("alice", "the body nobody may log")
+        token = (tmp_path / "data" / "admin.token").read_text().strip()
+        assert oct((tmp_path / "data" / "admin.token").stat().st_mode & 0o777) == "0o600"
+        admin = f"http://{node.info['admin']}"
+
+        def get(path: str, auth: bool = True) -> bytes:
+            headers = {"Authorization": f"Bearer {token}"} if auth else {}
+            with urllib.request.urlopen(urllib.request.Request(admin + path, headers=headers), timeout=10) as r:
+                return r.read()
+
+        assert json.loads(await trio.to_thread.run_sync(get, "/health", False))["node"] == node.info["node_id"]
+        assert b"timpy_messages_in_total 1.0" in await trio.to_thread.run_sync(get, "/metrics")
+    finally:
+        assert node.stop() == 0
+    lines = [line for line in node.log_text().splitlines() if line.strip()]
+    records = [json.loads(line) for line in lines]  # every line is one JSON object
+    assert {r["node"] for r in records if "ready" in r["msg"]} == {node.info["node_id"]}
+    assert any("user logged in" in r["msg"] for r in records)
+    text = node.log_text()
+    for secret in ("a-very-secret-password", "the body nobody may log", token):
+        assert secret not in text

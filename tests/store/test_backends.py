@@ -183,10 +183,12 @@ def test_a_schema_1_database_is_migrated_once_and_a_newer_one_refused(kind, tmp_
     old.create_schema()
     with engine.begin() as conn:  # make it look like schema 1: no inbox index, version 1
         conn.execute(text("DROP INDEX ix_inbox_message" + (" ON inbox" if kind == "mariadb" else "")))
+        conn.execute(text("ALTER TABLE accounts DROP COLUMN version"))
         old._set_meta(conn, "schema_version", b"1")
     assert "ix_inbox_message" not in {i["name"] for i in inspect(engine).get_indexes("inbox")}
     Repository(engine, Sealer(KEY)).create_schema()
     assert "ix_inbox_message" in {i["name"] for i in inspect(engine).get_indexes("inbox")}
+    assert "version" in {c["name"] for c in inspect(engine).get_columns("accounts")}
     assert old.schema_version() == schema.SCHEMA_VERSION
     Repository(engine, Sealer(KEY)).create_schema()  # nothing left to do
     old.set_meta("schema_version", str(schema.SCHEMA_VERSION + 1).encode())

@@ -40,7 +40,7 @@ async def start_node_process(
     config.write_text(
         f'data_dir = "data"\nmemory = {"true" if memory else "false"}\nlisten = "127.0.0.1:0"\nws = "off"\n'
         f'ready_file = "ready.json"\n{extra}\n'
-        "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n"
+        "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n[admin]\nlisten = \"127.0.0.1:0\"\n"
         f'[cluster]\nlisten = "127.0.0.1:0"\n{cluster}\n'
     )
     ready = workdir / "ready.json"

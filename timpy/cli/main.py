@@ -5,7 +5,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import signal
-import sys
 from pathlib import Path
 
 import click
@@ -13,17 +12,14 @@ import trio
 
 from timpy.config import NodeConfig, StorageConfig, load_config
 from timpy.errors import ConfigError, TimpyError
+from timpy.logs import setup_logging
 from timpy.store.backends import BackendSpec
 
 log = logging.getLogger("timpy")
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
+def _setup_logging(verbose: bool, as_json: bool = False) -> None:
+    setup_logging(verbose, as_json)
 
 
 @click.group()
@@ -46,6 +42,8 @@ def cli() -> None:
 @click.option("--cluster-key", "cluster_key", type=click.Path(dir_okay=False, path_type=Path), help="Cluster key file (default DATA/cluster.key).")
 @click.option("--backend", "backends", multiple=True, metavar="NAME=URL",
               help="Shared-backend mode: a SQL backend every node shares (repeatable; seeds the backend map).")
+@click.option("--admin", metavar="HOST:PORT", help="Admin HTTP listener (default 127.0.0.1:7073); 'off' disables it.")
+@click.option("--log-json", is_flag=True, help="Log one JSON object per line (with the node id).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def node(
     config_file: Path | None,
@@ -60,6 +58,8 @@ def node(
     advertise: str | None,
     cluster_key: Path | None,
     backends: tuple[str, ...],
+    admin: str | None,
+    log_json: bool,
     verbose: bool,
 ) -> None:
     """Run a node until SIGINT or SIGTERM.
@@ -67,7 +67,7 @@ def node(
     The first node of a cluster needs no flags; every other one joins with
     --join HOST:PORT (any member's peer address) and the same cluster key.
     """
-    _setup_logging(verbose)
+    _setup_logging(verbose, log_json)
     try:
         config = load_config(config_file) if config_file else NodeConfig()
     except TimpyError as exc:
@@ -103,6 +103,8 @@ def node(
                     raise ConfigError(f"--backend: expected NAME=URL, got {item!r}")
                 specs.append(BackendSpec(name, url))
             changes["storage"] = StorageConfig(backends=tuple(specs), threads=config.storage.threads)
+        if admin is not None:
+            changes["admin"] = dataclasses.replace(config.admin, listen=None if admin == "off" else admin)
         if cluster_changes:
             changes["cluster"] = dataclasses.replace(config.cluster, **cluster_changes)
         config = config.replace(**changes)

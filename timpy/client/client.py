@@ -132,6 +132,7 @@ class Client:
         self._acked_pos = 0
         self._synced = trio.Event()
         self.closed_reason: str | None = None
+        self.closed_code = Code.UNAVAILABLE  # the node's reason for closing, when it gave one (KICKED, ...)
         self.user = ""
         self.token = ""
         self.device = ""
@@ -170,6 +171,8 @@ class Client:
             event.set()
         elif op == "error":
             self.closed_reason = f"{body.text} (code {body.code})"
+            if body.code in Code._value2member_map_:
+                self.closed_code = Code(body.code)
 
     def _on_delivery(self, body: TPayload) -> None:
         pos = body.pos or 0
@@ -202,7 +205,7 @@ class Client:
         event, box = trio.Event(), []
         self._waiting[rid] = (event, box)
         if self.closed_reason is not None:
-            raise RemoteError(f"connection closed: {self.closed_reason}", Code.UNAVAILABLE)
+            raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code)
         try:
             await self._channel.send(wp.make_frame(op, rid=rid, **fields))
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed) as exc:
@@ -210,7 +213,7 @@ class Client:
             raise RemoteError(f"connection closed: {exc}", Code.UNAVAILABLE) from None
         await event.wait()
         if not box:
-            raise RemoteError(f"connection closed: {self.closed_reason}", Code.UNAVAILABLE)
+            raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code)
         reply_op, body = wp.operation_of(box[0])
         if reply_op == "error":
             code = Code(body.code) if body.code in Code._value2member_map_ else Code.INTERNAL
@@ -269,7 +272,7 @@ class Client:
             try:
                 pos, message = await self._events_recv.receive()
             except trio.EndOfChannel:
-                raise RemoteError(f"connection closed: {self.closed_reason}", Code.UNAVAILABLE) from None
+                raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code) from None
         self._ack_pos = max(self._ack_pos, pos)
         return message
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import random
+from collections import Counter
 from collections.abc import Callable
 from typing import Protocol
 
@@ -48,11 +49,13 @@ class ClusterService:
         self.on_change = on_change
         self.membership: Membership | None = None
         self.bad_messages = 0
+        self.sent: Counter[str] = Counter()  # membership messages sent, by kind (Ping = a probe round)
         self.rpc = Rpc(transport)
 
     def _act(self, actions: list[Action]) -> None:
         for action in actions:
             if isinstance(action, Send):
+                self.sent[type(action.message).__name__] += 1
                 self.transport.send(action.address, codec.encode(action.message))
             elif isinstance(action, Changed):
                 level = logging.WARNING if action.state == State.DEAD else logging.INFO

@@ -8,6 +8,7 @@ cannot be trusted any more the session asks the transport to close.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -17,7 +18,7 @@ import trio
 from thriftpy2.thrift import TPayload
 
 from timpy.crypto.tokens import TokenClaims
-from timpy.errors import Code, ProtocolError, RequestError, TimpyError
+from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyError
 from timpy.im import ids
 from timpy.im.accounts import Identity
 from timpy.im.messages import ChatMessage, Delivery
@@ -179,8 +180,12 @@ class ClientSession:
         except TimpyError as exc:
             if isinstance(exc, ProtocolError):
                 self._count_violation()
+            self.node.metrics.errors.labels(exc.code.name).inc()
+            if isinstance(exc, AuthError):
+                self.node.metrics.login_failures.inc()
             await self.reply(error_frame(rid, exc))
         except Exception:
+            self.node.metrics.errors.labels(Code.INTERNAL.name).inc()
             log.exception("internal error serving %s", self.peer)
             await self.reply(error_frame(rid, TimpyError("internal error; it was logged", Code.INTERNAL)))
 
@@ -234,15 +239,18 @@ class ClientSession:
         who = await self.node.accounts.login_password(body.name or "", body.password or "")
         token, claims = self.node.accounts.issue_token(who, device)
         await self._attach(rid, who, claims, token, no_sync=bool(body.no_sync))
+        self.node.metrics.logins.labels("password").inc()
 
     async def _op_token_login(self, rid: int, body: TPayload) -> None:
         self._check_not_logged_in()
         who, claims = self.node.accounts.login_token(body.token or "")
+        await self.node.accounts.require_enabled(who)
         if body.device and body.device != claims.device:
             raise RequestError(
                 "this token was issued to another device; log in with a password on this one", Code.BAD_REQUEST
             )
         await self._attach(rid, who, claims, body.token, no_sync=bool(body.no_sync))
+        self.node.metrics.logins.labels("token").inc()
 
     async def _attach(self, rid: int, who: Identity, claims: TokenClaims, token: str, no_sync: bool) -> None:
         device = claims.device
@@ -284,6 +292,7 @@ class ClientSession:
         if m is None:
             raise RequestError("send carries no message", Code.INVALID_MESSAGE)
         assert self.identity is not None
+        started = time.perf_counter()
         result = await self.node.messenger.send(
             self.identity,
             m.recipient or "",
@@ -293,6 +302,8 @@ class ClientSession:
             m.ext or {},
         )
         msg = result.message
+        self.node.metrics.messages_in.inc()
+        self.node.metrics.delivery_latency.observe(time.perf_counter() - started)
         await self.reply(
             wp.make_frame(
                 "ack",

@@ -8,6 +8,7 @@ logout is told to every node.
 
 from __future__ import annotations
 
+import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,6 +26,8 @@ from timpy.im.replication import Replicator
 from timpy.store.repository import AccountRow, Store
 
 MAX_PASSWORD = 1024
+SYSTEM_USER = "system"  # the sender of operators' messages; nobody can log in as it
+RESERVED_NAMES = frozenset({SYSTEM_USER})
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,7 @@ class Accounts:
         if rpc is not None:
             rpc.register("acct.create", self._on_create)
             rpc.register("acct.get", self._on_get)
+            rpc.register("acct.update", self._on_update)
             rpc.register("token.revoke", self._on_revoke)
 
     async def start(self) -> None:
@@ -78,6 +82,8 @@ class Accounts:
 
     async def register(self, name: str, password: str) -> Identity:
         norm = ids.normalize_name(name)
+        if norm in RESERVED_NAMES:
+            raise RequestError(f"the name {norm!r} is reserved", Code.INVALID_NAME)
         self._check_password_shape(password)
         uid = ids.user_id(self._indexer, norm)
         secret = await trio.to_thread.run_sync(self._hash, password)
@@ -110,17 +116,22 @@ class Accounts:
         await self._replicator.ensure("user", uid)
         return await self._store.run(self._store.repo.get_account, uid)
 
-    async def _on_get(self, uid: bytes) -> list | None:
+    async def _on_get(self, uid: bytes, full: bool = False) -> list | None:
         self._require_owner(bytes(uid))
         account = await self._get_here(bytes(uid))
-        return None if account is None else [account.secret, account.disabled]
+        if account is None:
+            return None
+        return [account.secret, account.disabled, account.profile if full else b"", account.version]
 
-    async def _get(self, uid: bytes) -> AccountRow | None:
+    async def _get(self, uid: bytes, full: bool = False) -> AccountRow | None:
         owner = self._peers.owner(uid)
         if owner == self._peers.self_id or self._peers.rpc is None:
             return await self._get_here(uid)
-        raw = await self._peers.call(owner, "acct.get", uid)
-        return None if raw is None else AccountRow(uid, bytes(raw[0]), b"", bool(raw[1]))
+        raw = await self._peers.call(owner, "acct.get", uid, full)
+        if raw is None:
+            return None
+        return AccountRow(uid, bytes(raw[0]), bytes(raw[2]) if len(raw) > 2 else b"", bool(raw[1]),
+                          int(raw[3]) if len(raw) > 3 else 0)
 
     async def login_password(self, name: str, password: str) -> Identity:
         try:
@@ -141,6 +152,80 @@ class Accounts:
         if account.disabled:
             raise AuthError("this account is disabled; ask the operator", Code.ACCOUNT_DISABLED)
         return Identity(uid, norm)
+
+    async def require_enabled(self, who: Identity) -> None:
+        """A token login of a disabled account is refused. (A token is valid by
+        its signature alone; this is the one lookup a token login makes.)"""
+        account = await self._get(who.user_id)
+        if account is not None and account.disabled:
+            raise AuthError("this account is disabled; ask the operator", Code.ACCOUNT_DISABLED)
+
+    # --- operator actions (the admin API) --------------------------------------
+
+    async def ensure_system_account(self) -> Identity:
+        """The disabled account that sends operators' messages, created on first use."""
+        uid = ids.user_id(self._indexer, SYSTEM_USER)
+        if await self._get(uid) is None:
+            secret = await trio.to_thread.run_sync(self._hash, secrets.token_urlsafe(32))
+            profile = msgpack.packb({"name": SYSTEM_USER, "created": self._now()})
+            try:
+                owner = self._peers.owner(uid)
+                if owner == self._peers.self_id or self._peers.rpc is None:
+                    await self._create_here(uid, secret, profile)
+                else:
+                    await self._peers.call(owner, "acct.create", uid, secret, profile)
+            except RequestError as exc:
+                if exc.code != Code.USER_EXISTS:  # another node created it just now
+                    raise
+            await self._update(uid, None, True)
+        return Identity(uid, SYSTEM_USER)
+
+    async def lookup(self, name: str) -> dict[str, object] | None:
+        """What an operator may see of an account: never the password hash."""
+        norm = ids.normalize_name(name)
+        uid = ids.user_id(self._indexer, norm)
+        account = await self._get(uid, full=True)
+        if account is None:
+            return None
+        profile = msgpack.unpackb(account.profile) if account.profile else {}
+        return {
+            "name": norm,
+            "disabled": account.disabled,
+            "created_ms": profile.get("created"),
+            "version": account.version,
+            "owner": self._peers.owner(uid),
+        }
+
+    async def set_disabled(self, name: str, disabled: bool) -> bool:
+        """Disable or enable an account; False if there is no such account."""
+        uid = ids.user_id(self._indexer, ids.normalize_name(name))
+        return await self._update(uid, None, bool(disabled))
+
+    async def reset_password(self, name: str, password: str) -> bool:
+        self._check_password_shape(password)
+        uid = ids.user_id(self._indexer, ids.normalize_name(name))
+        secret = await trio.to_thread.run_sync(self._hash, password)
+        return await self._update(uid, secret, None)
+
+    async def _update(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:
+        owner = self._peers.owner(uid)
+        if owner == self._peers.self_id or self._peers.rpc is None:
+            return await self._update_here(uid, secret, disabled)
+        return bool(await self._peers.call(owner, "acct.update", uid, secret, disabled))
+
+    async def _update_here(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:
+        await self._replicator.ensure("user", uid)
+        version = await self._store.run(self._store.repo.update_account, uid, secret, None, disabled)
+        if version and self._peers.rpc is not None and not self._replicator.shared:
+            copies = await self._store.run(self._store.repo.user_copies, uid, 0, 0)
+            placement = self._peers.placement
+            nodes = frozenset(placement.replicas(uid)) - {self._peers.self_id}
+            await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(uid))])
+        return bool(version)
+
+    async def _on_update(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:
+        self._require_owner(bytes(uid))
+        return await self._update_here(bytes(uid), None if secret is None else bytes(secret), disabled)
 
     def issue_token(self, who: Identity, device: str) -> tuple[str, TokenClaims]:
         return self._tokens.issue(who.name, device, self._now(), int(self._security.token_ttl * 1000))

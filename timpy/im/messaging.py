@@ -254,6 +254,10 @@ class Messenger:
                 )
         return calls
 
+    def queue_depth(self) -> int:
+        """Appends waiting for the writer."""
+        return self._send_q.statistics().current_buffer_used
+
     def close(self) -> None:
         """No new sends; the writer finishes what is queued, then returns."""
         self._send_q.close()

@@ -24,6 +24,7 @@ class Routes:
         if rpc is not None:
             rpc.register("route.detach", self._on_detach)
             rpc.register("route.kick", self._on_kick)
+            rpc.register("route.kick_user", self._on_kick_user)
             rpc.register("push", self._on_push)
 
     # --- at the owner -------------------------------------------------------
@@ -74,6 +75,25 @@ class Routes:
         for node in nodes:
             self._peers.notify(node, "push", *wire)
 
+    def kick_user(self, user_id: bytes, reason: str) -> None:
+        """Close every terminal of the user, wherever it is (the operator's kick)."""
+        owner = self._peers.owner(user_id)
+        if owner != self._peers.self_id and self._peers.rpc is not None:
+            self._peers.notify(owner, "route.kick_user", user_id, reason)
+            return
+        self._on_kick_user(user_id, reason)
+
+    def _on_kick_user(self, user_id: bytes, reason: str) -> None:
+        user_id, reason = bytes(user_id), str(reason)
+        self._kick_all_local(user_id, reason)
+        for node in set(self._records.get(user_id, {}).values()) - {self._peers.self_id}:
+            self._peers.notify(node, "route.kick", user_id, b"", reason)
+
+    def _kick_all_local(self, user_id: bytes, reason: str) -> None:
+        for terminal in list(self._registry.terminals(user_id)):
+            self._registry.detach(terminal)
+            terminal.link.close(reason, Code.KICKED)
+
     def record_count(self) -> int:
         return sum(len(d) for d in self._records.values())
 
@@ -83,7 +103,10 @@ class Routes:
         message = unpack_content(str(conversation), int(seq), int(created_ms), bytes(content))
         self._registry.deliver(bytes(user_id), Delivery(int(pos), message))
 
-    def _on_kick(self, user_id: bytes, device_id: bytes) -> None:
+    def _on_kick(self, user_id: bytes, device_id: bytes, reason: str = "") -> None:
+        if not device_id:  # every terminal of the user on this node
+            self._kick_all_local(bytes(user_id), str(reason) or "closed by the operator")
+            return
         self._kick_local(bytes(user_id), bytes(device_id))
 
     def _kick_local(self, user_id: bytes, device_id: bytes) -> None:

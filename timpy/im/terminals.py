@@ -91,6 +91,7 @@ class TerminalRegistry:
 
     def __init__(self) -> None:
         self._by_user: dict[bytes, dict[bytes, LiveTerminal]] = {}
+        self.delivered = 0  # deliveries handed to live terminals here (metrics)
 
     def attach(self, terminal: LiveTerminal) -> LiveTerminal | None:
         """Register a terminal; returns the one it replaces (same device), if any."""
@@ -112,6 +113,7 @@ class TerminalRegistry:
     def deliver(self, user_id: bytes, delivery: Delivery) -> None:
         for terminal in self.terminals(user_id):
             terminal.deliver(delivery)
+            self.delivered += 1
 
     def find(self, user_id: bytes, device_id: bytes) -> LiveTerminal | None:
         return self._by_user.get(user_id, {}).get(device_id)

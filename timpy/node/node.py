@@ -8,11 +8,14 @@ and storage closes last, so nothing acknowledged is lost.
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
+import secrets
 import time
-from collections.abc import AsyncIterator
+import uuid
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -23,21 +26,25 @@ from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.service import ClusterService
 from timpy.cluster.transport import TcpPeerTransport
 from timpy.concurrency import unwrap_single_error
-from timpy.config import NodeConfig, parse_hostport
+from timpy.config import Limits, NodeConfig, parse_hostport
 from timpy.crypto.blind import BlindIndexer
-from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key
+from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key, write_secret_file
 from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import ConfigError
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
+from timpy.im import ids
 from timpy.im.accounts import Accounts
+from timpy.im.messages import KIND_NORMAL, SendResult
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.routes import Routes
 from timpy.im.terminals import TerminalRegistry
+from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
 from timpy.node.identity import load_or_create_identity, node_id_of
+from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
 from timpy.store.repository import Repository, Store
@@ -63,6 +70,11 @@ class Node:
         self.node_id = ""
         self.terminals = TerminalRegistry()
         self.gate = ConnectionGate(config.limits.max_connections)
+        self.metrics = NodeMetrics()
+        self.metrics.watch(self._live_metrics)
+        self.ready = False  # listeners up and, in a cluster, membership running
+        self.admin_address: tuple[str, int] | None = None
+        self.admin_token = ""
         self._gateway_scope = trio.CancelScope()
         self._gateway_done = trio.Event()
         self._writer_done = trio.Event()
@@ -106,7 +118,11 @@ class Node:
         keys, key_source = self._open_keys()
         identity = load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
+        set_node_id(self.node_id)
         self.store, store_where = self._open_store(keys)
+        if c.admin.listen:
+            self.admin_token = self._load_admin_token()
+        self.store.observe = lambda op, seconds: self.metrics.storage_latency.labels(op).observe(seconds)
         shared = c.storage.shared
         if not shared:
             await self.store.run(self.store.repo.create_schema)
@@ -151,16 +167,18 @@ class Node:
         await nursery.start(self._run_cluster)
         await nursery.start(self._run_gateway)
         log.info(
-            "node %s ready: storage %s, cluster key %s (fingerprint %s)%s%s%s",
+            "node %s ready: storage %s, cluster key %s (fingerprint %s)%s%s%s%s",
             self.node_id,
             store_where,
             key_source,
             keys.fingerprint,
             f", tcp://{self.tcp_address[0]}:{self.tcp_address[1]}" if self.tcp_address else "",
             f", ws://{self.ws_address[0]}:{self.ws_address[1]}" if self.ws_address else "",
+            f", admin http://{self.admin_address[0]}:{self.admin_address[1]}" if self.admin_address else "",
             f", peers at {self.peer_address}" + (f" joining {', '.join(c.cluster.join)}" if c.cluster.join else "")
             if self.peer_address else ", standalone (no peer listener)",
         )
+        self.ready = True
         if c.ready_file is not None:
             self._write_ready_file(c.ready_file)
 
@@ -192,6 +210,32 @@ class Node:
         self.messenger.reattach_terminals()
         self.replicator.trigger()
 
+    def _live_metrics(self) -> Iterator[object]:
+        """Values Prometheus reads at scrape time."""
+        yield gauge("timpy_connections", "Open client connections", self.gate.open)
+        yield gauge("timpy_terminals", "Live terminals (logged-in connections) on this node", len(self.terminals))
+        yield counters("timpy_deliveries", "Messages pushed to live terminals on this node", "node",
+                       {self.node_id: self.terminals.delivered})
+        if not hasattr(self, "messenger"):
+            return
+        yield gauges("timpy_queue_depth", "Work waiting, by queue", "queue", {
+            "writer": self.messenger.queue_depth(),
+            "storage": self.store.queued(),
+            "peer_requests": self.cluster.rpc._running if self.cluster is not None else 0,
+        })
+        states: dict[str, float] = {"alive": 1.0, "suspect": 0.0, "dead": 0.0, "left": 0.0}
+        if self.cluster is not None and self.cluster.membership is not None:
+            states = dict.fromkeys(states, 0.0)
+            for m in self.cluster.membership.members.values():
+                states[m.state.value] = states.get(m.state.value, 0.0) + 1
+        yield gauges("timpy_members", "Cluster members as this node sees them, by state", "state", states)
+        if self.cluster is not None:
+            yield counters("timpy_gossip_messages", "Membership messages sent, by kind (Ping: one probe round)",
+                           "kind", dict(self.cluster.sent))
+        yield gauge("timpy_ring_version", "Changes of the node ring seen", self.peers.placement.version)
+        yield counters("timpy_messages_stored", "Messages this node's writer stored", "node",
+                       {self.node_id: self.messenger.stored_count})
+
     def cluster_status(self) -> dict[str, object]:
         """What ``timpy cluster status`` shows: members as this node sees them, ring shares, repair progress."""
         placement = self.peers.placement
@@ -221,6 +265,7 @@ class Node:
             "tcp": f"{self.tcp_address[0]}:{self.tcp_address[1]}" if self.tcp_address else None,
             "ws": f"{self.ws_address[0]}:{self.ws_address[1]}" if self.ws_address else None,
             "peer": self.peer_address,
+            "admin": f"{self.admin_address[0]}:{self.admin_address[1]}" if self.admin_address else None,
         }
         tmp = path.with_suffix(".tmp")
         tmp.write_text(json.dumps(info))
@@ -245,10 +290,66 @@ class Node:
                         host, port = parse_hostport(self.config.ws)
                         server = await gw.start(run_ws_listener, self, host, port)
                         self.ws_address = (host, server.port)
+                    if self.config.admin.listen:
+                        self.admin_address = await gw.start(self._run_admin)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
             self._gateway_done.set()
+
+    async def _run_admin(self, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
+        from hypercorn.config import Config as HypercornConfig
+        from hypercorn.trio import serve
+
+        from timpy.gateway.admin import build_app
+
+        host, port = parse_hostport(self.config.admin.listen or "")
+        hc = HypercornConfig()
+        hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+        hc.accesslog = None
+        hc.errorlog = logging.getLogger("timpy.admin.http")
+        hc.graceful_timeout = 1.0
+        app = build_app(self, self.admin_token)
+        async with trio.open_nursery() as nursery:
+            binds = await nursery.start(functools.partial(serve, app, hc, shutdown_trigger=trio.sleep_forever))
+            bound = str(binds[0]).rsplit("//", 1)[-1]  # "http://127.0.0.1:PORT"
+            bhost, _, bport = bound.rpartition(":")
+            task_status.started((bhost.strip("[]"), int(bport)))
+
+    def _load_admin_token(self) -> str:
+        """$TIMPY_ADMIN_TOKEN, else the token file, else a new one written there (0600)."""
+        from_env = os.environ.get("TIMPY_ADMIN_TOKEN")
+        if from_env:
+            return from_env.strip()
+        path = self.config.admin.token_file or self.config.data_dir / "admin.token"
+        if self.config.memory and self.config.admin.token_file is None:
+            return secrets.token_urlsafe(32)  # no data directory: ask the node object for it
+        if path.exists():
+            return path.read_text().strip()
+        token = secrets.token_urlsafe(32)
+        write_secret_file(path, token)
+        return token
+
+    # --- operator actions (the admin API) ----------------------------------
+
+    def user_id_of(self, name: str) -> bytes:
+        return ids.user_id(self.indexer, ids.normalize_name(name))
+
+    async def send_system_message(self, to: str, body: bytes) -> SendResult:
+        """A message from the reserved user 'system', stored and delivered like any other."""
+        system = await self.accounts.ensure_system_account()
+        return await self.messenger.send(system, to, uuid.uuid4().hex, KIND_NORMAL, body)
+
+    def set_limits(self, **changes: object) -> Limits:
+        """Change limits at run time on this node; new connections get them."""
+        from timpy.gateway.admin import checked_limits
+
+        limits = checked_limits(self.config.limits, changes)
+        self.config = self.config.replace(limits=limits)
+        self.messenger._limits = limits
+        self.accounts._limits = limits
+        log.info("limits changed: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
+        return limits
 
     async def _stop(self) -> None:
         if self._stopped:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sqlalchemy import Connection
+from sqlalchemy import Connection, inspect, text
 
 from timpy.store import schema as s
 
@@ -27,9 +27,16 @@ def _add_inbox_message_index(conn: Connection) -> None:
     index.create(conn, checkfirst=True)
 
 
+def _add_account_version(conn: Connection) -> None:
+    columns = {c["name"] for c in inspect(conn).get_columns("accounts")}
+    if "version" not in columns:
+        conn.execute(text("ALTER TABLE accounts ADD COLUMN version BIGINT NOT NULL DEFAULT 0"))
+
+
 # (version reached, what it does, the step)
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "index inbox entries by message", _add_inbox_message_index),
+    (3, "account versions", _add_account_version),
 ]
 
 assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"

@@ -8,6 +8,7 @@ associated data that binds each sealed value to its table, key and sequence.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
@@ -34,6 +35,7 @@ class AccountRow:
     secret: bytes  # opened: the argon2id hash
     profile: bytes  # opened: msgpack, owned by the im layer
     disabled: bool
+    version: int = 0
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,7 @@ class Written:
 class Copies:
     """Rows copied between nodes, sealed as stored; msgpack-friendly tuples."""
 
-    accounts: list[tuple[bytes, bytes, bytes, bool]] = field(default_factory=list)  # user, secret, profile, disabled
+    accounts: list[tuple[bytes, bytes, bytes, bool, int]] = field(default_factory=list)  # user, secret, profile, disabled, version
     conversations: list[tuple[bytes, list[bytes]]] = field(default_factory=list)  # conv, members
     messages: list[tuple[bytes, int, bytes, int, bytes]] = field(default_factory=list)  # conv, seq, dedup, ms, content
     inbox: list[tuple[bytes, int, bytes, int]] = field(default_factory=list)  # user, pos, conv, seq
@@ -102,7 +104,7 @@ class Copies:
     def unpack(cls, raw: Any) -> Copies:
         accounts, conversations, messages, inbox, terminals = raw
         return cls(
-            [(bytes(u), bytes(x), bytes(p), bool(d)) for u, x, p, d in accounts],
+            [(bytes(u), bytes(x), bytes(p), bool(d), int(v)) for u, x, p, d, v in accounts],
             [(bytes(cv), [bytes(u) for u in ms]) for cv, ms in conversations],
             [(bytes(cv), int(q), bytes(d), int(t), bytes(b)) for cv, q, d, t, b in messages],
             [(bytes(u), int(p), bytes(cv), int(q)) for u, p, cv, q in inbox],
@@ -225,7 +227,26 @@ class Repository:
             secret=self._sealer.open(row.secret, row_ad("accounts", user_id, "secret")),
             profile=self._sealer.open(row.profile, row_ad("accounts", user_id, "profile")),
             disabled=bool(row.disabled),
+            version=int(row.version),
         )
+
+    def update_account(
+        self, user_id: bytes, secret: bytes | None = None, profile: bytes | None = None, disabled: bool | None = None
+    ) -> int:
+        """Change an account's secret, profile or disabled flag; returns its new
+        version (0 = no such account)."""
+        a = s.accounts
+        values: dict[str, Any] = {"version": a.c.version + 1}
+        if secret is not None:
+            values["secret"] = self._sealer.seal(secret, row_ad("accounts", user_id, "secret"))
+        if profile is not None:
+            values["profile"] = self._sealer.seal(profile, row_ad("accounts", user_id, "profile"))
+        if disabled is not None:
+            values["disabled"] = bool(disabled)
+        with self.engine.begin() as conn:
+            if not conn.execute(update(a).where(a.c.user_id == user_id).values(**values)).rowcount:
+                return 0
+            return int(conn.execute(select(a.c.version).where(a.c.user_id == user_id)).scalar_one())
 
     def existing_accounts(self, user_ids: Sequence[bytes]) -> set[bytes]:
         with self.engine.connect() as conn:
@@ -447,17 +468,26 @@ class Repository:
         with self.engine.begin() as conn:
             if bundle.accounts:
                 have = {
-                    bytes(r.user_id)
-                    for r in conn.execute(select(a.c.user_id).where(a.c.user_id.in_([r[0] for r in bundle.accounts])))
+                    bytes(r.user_id): int(r.version)
+                    for r in conn.execute(
+                        select(a.c.user_id, a.c.version).where(a.c.user_id.in_([r[0] for r in bundle.accounts]))
+                    )
                 }
                 rows = [
-                    dict(user_id=u, secret=sec, profile=prof, disabled=bool(dis), inbox_head=0)
-                    for u, sec, prof, dis in bundle.accounts
+                    dict(user_id=u, secret=sec, profile=prof, disabled=bool(dis), inbox_head=0, version=ver)
+                    for u, sec, prof, dis, ver in bundle.accounts
                     if u not in have
                 ]
                 if rows:
                     _insert_missing(conn, a, rows)
                     added += len(rows)
+                for u, sec, prof, dis, ver in bundle.accounts:
+                    if u in have and ver > have[u]:  # a newer account: the copy wins
+                        conn.execute(
+                            update(a).where(and_(a.c.user_id == u, a.c.version < ver))
+                            .values(secret=sec, profile=prof, disabled=bool(dis), version=ver)
+                        )
+                        added += 1
             if bundle.messages:
                 convs = list({r[0] for r in bundle.messages})
                 have_rows = list(conn.execute(select(m.c.conv_id, m.c.seq, m.c.dedup).where(m.c.conv_id.in_(convs))
@@ -582,7 +612,7 @@ class Repository:
                 for r in conn.execute(select(t).where(t.c.user_id == user_id))
             ]
         return Copies(
-            accounts=[(user_id, bytes(acc.secret), bytes(acc.profile), bool(acc.disabled))],
+            accounts=[(user_id, bytes(acc.secret), bytes(acc.profile), bool(acc.disabled), int(acc.version))],
             messages=messages,
             inbox=[(user_id, int(r.pos), bytes(r.conv_id), int(r.seq)) for r in inbox],
             terminals=terms,
@@ -638,7 +668,7 @@ class Repository:
     def key_stats(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, tuple[int, ...]]:
         """What a backend holds of each key, to verify a copy: for a
         conversation (last seq, messages, members); for a user (inbox head,
-        inbox entries, terminals). Keys it does not hold are absent."""
+        inbox entries, terminals, account version). Keys it does not hold are absent."""
         out: dict[bytes, tuple[int, ...]] = {}
         if not keys:
             return out
@@ -653,11 +683,14 @@ class Repository:
                     out[k] = (head, counts.get(k, 0), members.get(k, 0))
             else:
                 a, i, t = s.accounts, s.inbox, s.terminals
-                heads = {bytes(r[0]): int(r[1]) for r in conn.execute(select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(keys)))}
+                heads = {
+                    bytes(r[0]): (int(r[1]), int(r[2]))
+                    for r in conn.execute(select(a.c.user_id, a.c.inbox_head, a.c.version).where(a.c.user_id.in_(keys)))
+                }
                 counts = dict(self._counts(conn, i.c.user_id, keys))
                 terms = dict(self._counts(conn, t.c.user_id, keys))
-                for k, head in heads.items():
-                    out[k] = (head, counts.get(k, 0), terms.get(k, 0))
+                for k, (head, version) in heads.items():
+                    out[k] = (head, counts.get(k, 0), terms.get(k, 0), version)
         return out
 
     @staticmethod
@@ -847,11 +880,17 @@ class Store:
     """The repository behind a capacity limiter: storage work runs in worker
     threads and never blocks the trio loop."""
 
-    def __init__(self, repo: Repository, threads: int) -> None:
+    def __init__(self, repo: Any, threads: int) -> None:
         self.repo = repo
         self._limiter = trio.CapacityLimiter(threads)
+        self.observe: Callable[[str, float], None] | None = None  # (operation, seconds), for metrics
+
+    def queued(self) -> int:
+        """Storage calls waiting for a worker thread."""
+        return self._limiter.statistics().tasks_waiting
 
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
+        started = time.perf_counter()
         try:
             return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
         except (OperationalError, SQLAlchemyError) as exc:
@@ -859,6 +898,9 @@ class Store:
             raise StorageError(
                 f"storage failed ({type(exc).__name__}); the operation had no effect, retry later"
             ) from exc
+        finally:
+            if self.observe is not None:
+                self.observe(getattr(fn, "__name__", "call"), time.perf_counter() - started)
 
     def close(self) -> None:
         self.repo.close()

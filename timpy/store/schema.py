@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 2  # bump with a step in migrations.py
+SCHEMA_VERSION = 3  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -43,6 +43,9 @@ accounts = Table(
     Column("profile", Sealed, nullable=False),  # sealed: name, created time, fields
     Column("disabled", Boolean, nullable=False, default=False),
     Column("inbox_head", BigInteger, nullable=False, default=0),
+    # schema 3: bumped by every change of secret, profile or disabled, so a
+    # copy of a newer account replaces an older one (replication, moves)
+    Column("version", BigInteger, nullable=False, default=0, server_default="0"),
 )
 
 conversations = Table(

@@ -215,6 +215,12 @@ class ShardedRepository:
         with self._writing([user_id]) as m:
             self._on(m.place(user_id), Repository.create_account, user_id, secret, profile)
 
+    def update_account(
+        self, user_id: bytes, secret: bytes | None = None, profile: bytes | None = None, disabled: bool | None = None
+    ) -> int:
+        with self._writing([user_id]) as m:
+            return self._on(m.place(user_id), Repository.update_account, user_id, secret, profile, disabled)
+
     def get_account(self, user_id: bytes) -> AccountRow | None:
         return self._on(self.map.place(user_id), Repository.get_account, user_id)
 

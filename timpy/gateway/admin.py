@@ -1,0 +1,213 @@
+"""The admin HTTP API: health, readiness, status, accounts, system messages,
+limits, Prometheus metrics, and the OpenAPI document that describes them.
+
+A starlette app served by hypercorn inside the node's trio nursery, on its
+own listener (loopback by default). Everything but ``/health``, ``/ready``
+and ``/openapi.json`` needs ``Authorization: Bearer <admin token>``. Request
+bodies are JSON; errors are ``{"error": text, "code": name}`` with a 4xx or
+5xx status, and a bad request changes nothing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hmac
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import TYPE_CHECKING, Any
+
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from timpy.config import Limits
+from timpy.errors import AuthError, Code, RequestError, TimpyError
+
+if TYPE_CHECKING:
+    from timpy.node.node import Node
+
+log = logging.getLogger("timpy.admin")
+
+_STATUS = {
+    Code.BAD_REQUEST: 400, Code.INVALID_NAME: 400, Code.WEAK_PASSWORD: 400, Code.BODY_TOO_LARGE: 413,
+    Code.INVALID_MESSAGE: 400, Code.NO_SUCH_USER: 404, Code.UNAVAILABLE: 503, Code.AUTH_REQUIRED: 401,
+}
+MAX_BODY = 256 * 1024
+
+Handler = Callable[[Request], Awaitable[Any]]
+
+# (method, path, summary, needs token, request body fields)
+API: list[tuple[str, str, str, bool, dict[str, str]]] = [
+    ("GET", "/health", "The process is up (no token)", False, {}),
+    ("GET", "/ready", "The node serves clients: 200, or 503 while starting or stopping (no token)", False, {}),
+    ("GET", "/metrics", "Prometheus metrics (text format)", True, {}),
+    ("GET", "/openapi.json", "This document (no token)", False, {}),
+    ("GET", "/api/v1/node", "This node and the cluster as it sees them: members, ring, storage, repair", True, {}),
+    ("GET", "/api/v1/users/{name}", "An account: disabled or not, created, owner node (never the password hash)", True, {}),
+    ("POST", "/api/v1/users/{name}/disable", "Disable an account and close its terminals everywhere", True, {}),
+    ("POST", "/api/v1/users/{name}/enable", "Enable an account again", True, {}),
+    ("POST", "/api/v1/users/{name}/kick", "Close every terminal of the user, on every node", True, {}),
+    ("POST", "/api/v1/users/{name}/password", "Set a new password (sessions stay valid; kick them too if needed)", True,
+     {"password": "string"}),
+    ("POST", "/api/v1/messages", "Send a system message (from the user 'system') to a user; stored and delivered "
+     "like any message", True, {"to": "string", "body": "string"}),
+    ("GET", "/api/v1/limits", "The limits this node enforces", True, {}),
+    ("PUT", "/api/v1/limits", "Change limits at run time (new connections get them; this node only)", True,
+     {"<limit name>": "number"}),
+]
+
+
+def openapi() -> dict[str, Any]:
+    paths: dict[str, Any] = {}
+    for method, path, summary, secured, fields in API:
+        op: dict[str, Any] = {
+            "summary": summary,
+            "responses": {"200": {"description": "OK"}, "4XX": {"description": "{error, code}"}},
+        }
+        params = [p.strip("{}") for p in path.split("/") if p.startswith("{")]
+        if params:
+            op["parameters"] = [{"name": p, "in": "path", "required": True, "schema": {"type": "string"}} for p in params]
+        if secured:
+            op["security"] = [{"adminToken": []}]
+        if fields:
+            op["requestBody"] = {"required": True, "content": {"application/json": {"schema": {
+                "type": "object", "properties": {k: {"type": v} for k, v in fields.items()}}}}}
+        paths.setdefault(path, {})[method.lower()] = op
+    return {
+        "openapi": "3.1.0",
+        "info": {"title": "timpy admin API", "version": "1"},
+        "components": {"securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}},
+        "paths": paths,
+    }
+
+
+def build_app(node: Node, token: str) -> Starlette:
+    expected = f"Bearer {token}".encode()
+
+    def guarded(handler: Handler, secured: bool = True) -> Callable[[Request], Awaitable[Response]]:
+        async def endpoint(request: Request) -> Response:
+            try:
+                if secured:
+                    given = request.headers.get("authorization", "").encode()
+                    if not hmac.compare_digest(given, expected):
+                        raise AuthError("send the admin token: Authorization: Bearer <token> "
+                                        "(DATA/admin.token, or $TIMPY_ADMIN_TOKEN)", Code.AUTH_REQUIRED)
+                result = await handler(request)
+            except TimpyError as exc:
+                status = 401 if isinstance(exc, AuthError) else _STATUS.get(exc.code, 400)
+                return JSONResponse({"error": exc.text, "code": exc.code.name}, status_code=status)
+            if isinstance(result, Response):
+                return result
+            return JSONResponse(result)
+
+        return endpoint
+
+    async def body_of(request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        if len(raw) > MAX_BODY:
+            raise RequestError(f"request body over {MAX_BODY} bytes", Code.BAD_REQUEST)
+        try:
+            value = json.loads(raw or b"{}")
+        except ValueError:
+            raise RequestError("the request body is not JSON", Code.BAD_REQUEST) from None
+        if not isinstance(value, dict):
+            raise RequestError("the request body must be a JSON object", Code.BAD_REQUEST)
+        return value
+
+    async def health(_: Request) -> Any:
+        return {"status": "ok", "node": node.node_id}
+
+    async def ready(_: Request) -> Any:
+        if node.ready:
+            return {"ready": True, "node": node.node_id}
+        return JSONResponse({"ready": False, "node": node.node_id}, status_code=503)
+
+    async def metrics(_: Request) -> Any:
+        return Response(node.metrics.render(), media_type="text/plain; version=0.0.4; charset=utf-8")
+
+    async def spec(_: Request) -> Any:
+        return openapi()
+
+    async def node_status(_: Request) -> Any:
+        return node.cluster_status()
+
+    async def user(request: Request) -> Any:
+        found = await node.accounts.lookup(request.path_params["name"])
+        if found is None:
+            raise RequestError("no such user", Code.NO_SUCH_USER)
+        found["live_terminals_here"] = len(node.terminals.terminals(node.user_id_of(found["name"])))
+        return found
+
+    async def disable(request: Request) -> Any:
+        name = request.path_params["name"]
+        if not await node.accounts.set_disabled(name, True):
+            raise RequestError("no such user", Code.NO_SUCH_USER)
+        node.routes.kick_user(node.user_id_of(name), "this account was disabled by the operator")
+        log.info("admin: an account was disabled")
+        return {"disabled": True}
+
+    async def enable(request: Request) -> Any:
+        if not await node.accounts.set_disabled(request.path_params["name"], False):
+            raise RequestError("no such user", Code.NO_SUCH_USER)
+        return {"disabled": False}
+
+    async def kick(request: Request) -> Any:
+        name = request.path_params["name"]
+        if await node.accounts.lookup(name) is None:
+            raise RequestError("no such user", Code.NO_SUCH_USER)
+        node.routes.kick_user(node.user_id_of(name), "closed by the operator")
+        return {"kicked": True}
+
+    async def password(request: Request) -> Any:
+        body = await body_of(request)
+        new = body.get("password")
+        if not isinstance(new, str):
+            raise RequestError("give the new password as {\"password\": \"...\"}", Code.BAD_REQUEST)
+        if not await node.accounts.reset_password(request.path_params["name"], new):
+            raise RequestError("no such user", Code.NO_SUCH_USER)
+        return {"changed": True}
+
+    async def message(request: Request) -> Any:
+        body = await body_of(request)
+        to, text = body.get("to"), body.get("body")
+        if not isinstance(to, str) or not isinstance(text, str):
+            raise RequestError("give {\"to\": user name, \"body\": text}", Code.BAD_REQUEST)
+        result = await node.send_system_message(to, text.encode())
+        return {"conversation": result.message.conversation, "seq": result.message.seq}
+
+    async def limits(request: Request) -> Any:
+        if request.method == "PUT":
+            node.set_limits(**(await body_of(request)))
+        return dataclasses.asdict(node.config.limits)
+
+    routes = [
+        Route("/health", guarded(health, False)),
+        Route("/ready", guarded(ready, False)),
+        Route("/openapi.json", guarded(spec, False)),
+        Route("/metrics", guarded(metrics)),
+        Route("/api/v1/node", guarded(node_status)),
+        Route("/api/v1/users/{name}", guarded(user)),
+        Route("/api/v1/users/{name}/disable", guarded(disable), methods=["POST"]),
+        Route("/api/v1/users/{name}/enable", guarded(enable), methods=["POST"]),
+        Route("/api/v1/users/{name}/kick", guarded(kick), methods=["POST"]),
+        Route("/api/v1/users/{name}/password", guarded(password), methods=["POST"]),
+        Route("/api/v1/messages", guarded(message), methods=["POST"]),
+        Route("/api/v1/limits", guarded(limits), methods=["GET", "PUT"]),
+    ]
+    return Starlette(routes=routes)
+
+
+def checked_limits(current: Limits, changes: dict[str, Any]) -> Limits:
+    """``current`` with ``changes``, each a known limit with a positive number of its type."""
+    fields = {f.name: f for f in dataclasses.fields(Limits)}
+    clean: dict[str, Any] = {}
+    for name, value in changes.items():
+        if name not in fields:
+            raise RequestError(f"unknown limit {name!r}; known: {', '.join(sorted(fields))}", Code.BAD_REQUEST)
+        kind = type(getattr(current, name))
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (kind is int and value != int(value)):
+            raise RequestError(f"limit {name} must be a positive {kind.__name__}, got {value!r}", Code.BAD_REQUEST)
+        clean[name] = kind(value)
+    return dataclasses.replace(current, **clean)
