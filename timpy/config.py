@@ -93,9 +93,12 @@ class AdminConfig:
     listen: str | None = "127.0.0.1:7073"  # None/'off' = no admin listener
     token_file: Path | None = None  # default DATA/admin.token, created 0600; $TIMPY_ADMIN_TOKEN wins
     allow_public: bool = False
+    chat_ws_url: str | None = None  # the WebSocket URL the web chat page uses (behind a proxy: wss://...)
 
     def __post_init__(self) -> None:
         _addresses_or_off(self, ("listen",), "admin.")
+        if self.chat_ws_url is not None and not self.chat_ws_url.startswith(("ws://", "wss://")):
+            raise ConfigError(f"admin.chat_ws_url must start with ws:// or wss://, got {self.chat_ws_url!r}")
         if self.listen and not self.allow_public:
             host, _ = parse_hostport(self.listen, "admin.listen")
             if not _is_loopback(host):

@@ -2,7 +2,7 @@
 
 import random
 
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from timpy.cluster.membership import (
@@ -74,10 +74,14 @@ def joined_cluster(n: int, seed: int, loss: float) -> SimNetwork:
 
 @settings(max_examples=6)
 @given(n=st.integers(3, 50), seed=st.integers(0, 10**6), loss=st.floats(0, 0.05))
+@example(n=17, seed=1066, loss=0.041015625)
 def test_joiners_converge_on_one_view(n, seed, loss):
+    # With loss, a joiner can miss every piggybacked copy of some member's
+    # news; the push-pull exchange (every 30 s) is the backstop, so the bound
+    # is two push-pull periods (found: 17 nodes, 4.1% loss, seed 1066: 37.5 s).
     net = joined_cluster(n, seed, loss)
-    took = net.run_until(net.converged, limit=30)
-    assert took is not None, f"{n} nodes did not converge in 30 s"
+    took = net.run_until(net.converged, limit=60)
+    assert took is not None, f"{n} nodes did not converge in 60 s"
 
 
 def test_fifty_nodes_converge_within_a_few_rounds():

@@ -15,12 +15,14 @@ import hmac
 import json
 import logging
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
-from starlette.routing import Route
+from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
 
 from timpy.config import Limits
 from timpy.errors import AuthError, Code, RequestError, TimpyError
@@ -35,6 +37,7 @@ _STATUS = {
     Code.INVALID_MESSAGE: 400, Code.NO_SUCH_USER: 404, Code.UNAVAILABLE: 503, Code.AUTH_REQUIRED: 401,
 }
 MAX_BODY = 256 * 1024
+WEB = Path(__file__).parent / "web"  # the dashboard and the web chat client
 
 Handler = Callable[[Request], Awaitable[Any]]
 
@@ -44,6 +47,9 @@ API: list[tuple[str, str, str, bool, dict[str, str]]] = [
     ("GET", "/ready", "The node serves clients: 200, or 503 while starting or stopping (no token)", False, {}),
     ("GET", "/metrics", "Prometheus metrics (text format)", True, {}),
     ("GET", "/openapi.json", "This document (no token)", False, {}),
+    ("GET", "/", "The dashboard (a web page; it asks for the token)", False, {}),
+    ("GET", "/chat/", "The web chat client (a web page speaking the JSON protocol over WebSocket)", False, {}),
+    ("GET", "/api/v1/stats", "Traffic counters for the dashboard: messages in, deliveries, connections", True, {}),
     ("GET", "/api/v1/node", "This node and the cluster as it sees them: members, ring, storage, repair", True, {}),
     ("GET", "/api/v1/users/{name}", "An account: disabled or not, created, owner node (never the password hash)", True, {}),
     ("POST", "/api/v1/users/{name}/disable", "Disable an account and close its terminals everywhere", True, {}),
@@ -182,7 +188,31 @@ def build_app(node: Node, token: str) -> Starlette:
             node.set_limits(**(await body_of(request)))
         return dataclasses.asdict(node.config.limits)
 
+    async def stats(_: Request) -> Any:
+        return node.traffic()
+
+    async def chat_config(request: Request) -> Any:
+        if node.config.admin.chat_ws_url:
+            return {"ws": node.config.admin.chat_ws_url}
+        if node.ws_address is None:
+            raise RequestError("this node has no WebSocket listener (ws = off)", Code.UNAVAILABLE)
+        host, port = node.ws_address
+        if host in ("0.0.0.0", "::", ""):
+            host = request.url.hostname or "127.0.0.1"
+        return {"ws": f"ws://{host}:{port}/"}
+
+    def page(name: str) -> Callable[[Request], Awaitable[Response]]:
+        async def serve(_: Request) -> Response:
+            return FileResponse(WEB / name, media_type="text/html")
+
+        return serve
+
     routes = [
+        Route("/", page("dashboard.html")),
+        Route("/chat/", page("chat.html")),
+        Route("/chat/config.json", guarded(chat_config, False)),
+        Mount("/static", StaticFiles(directory=WEB), name="static"),
+        Route("/api/v1/stats", guarded(stats)),
         Route("/health", guarded(health, False)),
         Route("/ready", guarded(ready, False)),
         Route("/openapi.json", guarded(spec, False)),

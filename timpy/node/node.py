@@ -236,6 +236,16 @@ class Node:
         yield counters("timpy_messages_stored", "Messages this node's writer stored", "node",
                        {self.node_id: self.messenger.stored_count})
 
+    def traffic(self) -> dict[str, int]:
+        """Counters the dashboard turns into rates."""
+        return {
+            "messages_in": int(self.metrics.messages_in._value.get()),
+            "deliveries": self.terminals.delivered,
+            "connections": self.gate.open,
+            "terminals": len(self.terminals),
+            "stored": self.messenger.stored_count,
+        }
+
     def cluster_status(self) -> dict[str, object]:
         """What ``timpy cluster status`` shows: members as this node sees them, ring shares, repair progress."""
         placement = self.peers.placement

@@ -1,0 +1,143 @@
+"""The web pages in a real browser: Debian's Chromium driven by Playwright.
+
+Two browser users chat through a real node process; the dashboard shows a
+three-node cluster. Screenshots go to ``artifacts/screenshots/`` (kept by CI).
+Without Chromium at /usr/bin/chromium these tests skip, saying so; with
+CI=true they must run.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import trio
+
+import timpy
+from tests.conftest import PASSWORD, NodeProcess
+
+CHROMIUM = Path(os.environ.get("TIMPY_CHROMIUM", "/usr/bin/chromium"))
+SHOTS = Path(__file__).resolve().parents[2] / "artifacts" / "screenshots"
+
+
+@pytest.fixture
+def browser():
+    if not CHROMIUM.exists():
+        reason = f"no Chromium at {CHROMIUM} (apt-get install chromium, or set TIMPY_CHROMIUM)"
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"browser tests must run in CI: {reason}")
+        pytest.skip(reason)
+    from playwright.sync_api import sync_playwright
+
+    SHOTS.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])
+        try:
+            yield b
+        finally:
+            b.close()
+
+
+def test_two_browser_users_chat_through_a_real_node(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    node = NodeProcess(tmp_path).start()
+    try:
+        # Carol sent bob 30 messages, which his phone received: the browser
+        # (a new device) gets them from history, scrolling back.
+        async def history_for_bob() -> None:
+            await timpy.register(node.tcp_url, "carol", PASSWORD)
+            await timpy.register(node.tcp_url, "bob", PASSWORD)
+            async with timpy.connect(node.tcp_url, "carol", PASSWORD) as carol:
+                for i in range(30):
+                    await carol.send("bob", f"old {i}")
+            async with timpy.connect(node.tcp_url, "bob", PASSWORD, device="phone") as phone:
+                for _ in range(30):
+                    await phone.next_message(timeout=5)
+                await trio.sleep(0.5)  # its acknowledgements reach the node
+
+        trio.run(history_for_bob)
+        chat = f"http://{node.info['admin']}/chat/"
+        alice, bob = browser.new_page(), browser.new_page()
+        for page in (alice, bob):
+            page.goto(chat)
+            expect(page.locator("#status")).to_contain_text("connected to node")
+        alice.fill("#name", "alice")
+        alice.fill("#password", PASSWORD)
+        alice.click("button[data-op=register]")
+        expect(alice.locator("#me")).to_have_text("as alice")
+        bob.fill("#name", "bob")
+        bob.fill("#password", "wrong-password")
+        bob.click("button[data-op=login]")
+        expect(bob.locator("#auth-error")).to_contain_text("wrong user name or password")
+        bob.fill("#password", PASSWORD)
+        bob.click("button[data-op=login]")
+        expect(bob.locator("#me")).to_have_text("as bob")
+
+        alice.fill("#new-peer", "bob")
+        alice.click("#new-chat button")
+        alice.fill("#text", "hello bob, from a browser")
+        alice.click("#send")
+        expect(alice.locator("#messages .msg.mine")).to_have_text(["alice #1hello bob, from a browser"])
+        # Bob gets it live; the conversation appears in his list.
+        bob.locator("#contacts li", has_text="alice").click()
+        expect(bob.locator("#messages")).to_contain_text("hello bob, from a browser")
+        bob.fill("#text", "hi alice!")
+        bob.click("#send")
+        expect(alice.locator("#messages")).to_contain_text("hi alice!")
+        alice.screenshot(path=str(SHOTS / "chat-alice.png"))
+
+        # Scroll-back: 20 newest first, then the older ones on request.
+        bob.fill("#new-peer", "carol")
+        bob.click("#new-chat button")
+        expect(bob.locator("#messages .msg")).to_have_count(20)
+        bob.click("#older")
+        expect(bob.locator("#messages .msg")).to_have_count(30)
+        expect(bob.locator("#messages .msg").first).to_contain_text("old 0")
+        bob.screenshot(path=str(SHOTS / "chat-bob-history.png"))
+        # A message to nobody: a clear error on the page, nothing sent.
+        bob.fill("#new-peer", "nobody")
+        bob.click("#new-chat button")
+        bob.fill("#text", "anyone?")
+        bob.click("#send")
+        expect(bob.locator("#chat-error")).to_contain_text("no such user")
+    finally:
+        node.stop()
+
+
+def test_the_dashboard_shows_a_three_node_cluster_and_runs_operations(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    from tests.e2e.test_cluster_processes import start_cluster, wait_members
+
+    nodes, _ = start_cluster(tmp_path)
+    try:
+        for n in nodes:
+            trio.run(wait_members, n.info["peer"], tmp_path / "cluster.key", 3)
+        trio.run(timpy.register, nodes[1].tcp_url, "dave", PASSWORD)
+        token = (tmp_path / "n0" / "data" / "admin.token").read_text().strip()
+        page = browser.new_page(viewport={"width": 1100, "height": 900})
+        page.goto(f"http://{nodes[0].info['admin']}/")
+        page.fill("#token", "not-the-token")
+        page.click("#token-form button")
+        expect(page.locator("#token-error")).to_contain_text("admin token")
+        page.fill("#token", token)
+        page.click("#token-form button")
+        rows = page.locator("#members tbody tr")
+        expect(rows).to_have_count(3)
+        expect(page.locator("#members tbody tr[data-state=alive]")).to_have_count(3)
+        for n in nodes:
+            expect(page.locator("#members")).to_contain_text(n.info["node_id"])
+        expect(page.locator("#storage")).to_contain_text("embedded")
+        page.fill("#user-name", "dave")
+        page.click("#user-form button[data-op=disable]")
+        expect(page.locator("#op-result")).to_contain_text('"disabled": true')
+        page.click("#user-form button[data-op=lookup]")
+        expect(page.locator("#op-result")).to_contain_text('"name": "dave"')
+        page.wait_for_timeout(2500)  # a few refreshes: the chart has points
+        page.screenshot(path=str(SHOTS / "dashboard-three-nodes.png"), full_page=True)
+    finally:
+        for n in nodes:
+            if n.proc is not None and n.proc.poll() is None:
+                n.stop()
