@@ -180,3 +180,38 @@ def test_the_admin_listener_stays_off_public_interfaces_unless_asked():
         node_config(admin=AdminConfig(listen="0.0.0.0:7073"))
     assert AdminConfig(listen="0.0.0.0:7073", allow_public=True).listen == "0.0.0.0:7073"
     assert AdminConfig(listen="off").listen is None
+
+
+async def test_a_broadcast_reaches_every_user_of_the_cluster_once():
+    from tests.cluster.test_routing import cluster
+
+    async with cluster(3) as (nodes, _, _):
+        names = [f"user{i}" for i in range(12)]
+        await users(nodes[0].tcp_url, *names)
+        status, result = await http(nodes[2], "POST", "/api/v1/messages", {"to": "*", "body": "we are upgrading"})
+        assert status == 200 and result["sent"] == len(names)
+        assert len(result["by_node"]) == 3 and sum(result["by_node"].values()) == len(names)
+        # Run again on the same broadcast id (as a retry would): nobody gets it twice.
+        again = await nodes[0]._broadcast_here(result["broadcast"], b"we are upgrading")
+        again += sum([await n._broadcast_here(result["broadcast"], b"we are upgrading") for n in nodes[1:]])
+        assert again == len(names)
+        for i, name in enumerate(names):
+            async with timpy.connect(nodes[i % 3].tcp_url, name, PASSWORD, sync=False) as c:
+                page = await c.history("system")
+                assert [m.body for m in page.messages] == [b"we are upgrading"]
+
+
+async def test_a_broadcast_on_shared_backends_reaches_each_user_once(tmp_path):
+    from tests.store.backends import fresh_database
+    from tests.store.test_shared_node import shared_config
+    from timpy.config import ClusterConfig
+    from timpy.store.backends import BackendSpec
+
+    specs = [BackendSpec(f"b{i}", fresh_database("sqlite", f"bc{i}", tmp_path)) for i in range(2)]
+    config = shared_config(tmp_path / "n", *specs, cluster=ClusterConfig(listen=None))
+    async with timpy.open_node(config) as node:
+        await users(node.tcp_url, *[f"u{i}" for i in range(10)])
+        status, result = await http(node, "POST", "/api/v1/messages", {"to": "*", "body": "hello all"})
+        assert status == 200 and result["sent"] == 10
+        async with timpy.connect(node.tcp_url, "u3", PASSWORD, sync=False) as c:
+            assert [m.body for m in (await c.history("system")).messages] == [b"hello all"]

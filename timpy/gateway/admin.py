@@ -57,8 +57,8 @@ API: list[tuple[str, str, str, bool, dict[str, str]]] = [
     ("POST", "/api/v1/users/{name}/kick", "Close every terminal of the user, on every node", True, {}),
     ("POST", "/api/v1/users/{name}/password", "Set a new password (sessions stay valid; kick them too if needed)", True,
      {"password": "string"}),
-    ("POST", "/api/v1/messages", "Send a system message (from the user 'system') to a user; stored and delivered "
-     "like any message", True, {"to": "string", "body": "string"}),
+    ("POST", "/api/v1/messages", "Send a system message (from the user 'system') to a user, or to everyone with "
+     "\"to\": \"*\"; stored and delivered like any message", True, {"to": "string", "body": "string"}),
     ("GET", "/api/v1/limits", "The limits this node enforces", True, {}),
     ("PUT", "/api/v1/limits", "Change limits at run time (new connections get them; this node only)", True,
      {"<limit name>": "number"}),
@@ -179,7 +179,11 @@ def build_app(node: Node, token: str) -> Starlette:
         body = await body_of(request)
         to, text = body.get("to"), body.get("body")
         if not isinstance(to, str) or not isinstance(text, str):
-            raise RequestError("give {\"to\": user name, \"body\": text}", Code.BAD_REQUEST)
+            raise RequestError("give {\"to\": user name or \"*\" for everyone, \"body\": text}", Code.BAD_REQUEST)
+        if len(text.encode()) > node.config.limits.max_body:
+            raise RequestError(f"body over the limit of {node.config.limits.max_body} bytes", Code.BODY_TOO_LARGE)
+        if to == "*":
+            return await node.broadcast(text.encode())
         result = await node.send_system_message(to, text.encode())
         return {"conversation": result.message.conversation, "seq": result.message.seq}
 

@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import msgpack
 import trio
 
 from timpy.cluster.membership import Changed, MembershipConfig
@@ -34,7 +35,7 @@ from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import ConfigError
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids
-from timpy.im.accounts import Accounts
+from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
 from timpy.im.messages import KIND_NORMAL, SendResult
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
@@ -146,6 +147,9 @@ class Node:
             placement = Placement(self.node_id, "", replication)
             self.peers = Peers(placement, self.cluster.rpc)
             self.cluster.rpc.register("cluster.status", self.cluster_status)
+            self.cluster.rpc.register(
+                "admin.broadcast", lambda bid, body: self._broadcast_here(str(bid), bytes(body))
+            )
         else:
             self.peers = Peers.standalone(self.node_id)
         self.backends: BackendCoordinator | None = None
@@ -349,6 +353,50 @@ class Node:
         """A message from the reserved user 'system', stored and delivered like any other."""
         system = await self.accounts.ensure_system_account()
         return await self.messenger.send(system, to, uuid.uuid4().hex, KIND_NORMAL, body)
+
+    async def broadcast(self, body: bytes, timeout: float = 300.0) -> dict[str, object]:
+        """A system message to every user: each node sends it to the users it
+        owns. The same client id everywhere makes it idempotent per user, so a
+        user whose owner changes during the walk still gets it once."""
+        system = await self.accounts.ensure_system_account()
+        broadcast_id = uuid.uuid4().hex
+        counts: dict[str, int] = {}
+
+        async def at(node_id: str) -> None:
+            if node_id == self.node_id:
+                counts[node_id] = await self._broadcast_here(broadcast_id, body, system.user_id)
+            else:
+                counts[node_id] = int(await self.peers.call(node_id, "admin.broadcast", broadcast_id, body, timeout=timeout))
+
+        async with trio.open_nursery() as nursery:
+            for node_id in sorted(self.peers.placement.members | {self.node_id}):
+                nursery.start_soon(at, node_id)
+        log.info("broadcast %s sent to %d users", broadcast_id, sum(counts.values()))
+        return {"broadcast": broadcast_id, "sent": sum(counts.values()), "by_node": counts}
+
+    async def _broadcast_here(self, broadcast_id: str, body: bytes, system_id: bytes | None = None) -> int:
+        """Send the broadcast to every user this node owns; returns how many."""
+        if system_id is None:
+            system_id = (await self.accounts.ensure_system_account()).user_id
+        system = Identity(system_id, SYSTEM_USER)
+        digest = self.store.repo.user_digest
+        sent, after = 0, b""
+        for _ in range(10_000_000 // 500):  # bounded walk over the users stored here
+            page = await self.store.run(digest, after, 500)
+            if not page:
+                break
+            after = page[-1][0]
+            for user_id, _ in page:
+                if user_id == system_id or not self.peers.is_local(user_id):
+                    continue
+                account = await self.store.run(self.store.repo.get_account, user_id)
+                if account is None:
+                    continue
+                name = msgpack.unpackb(account.profile).get("name", "")
+                if name:
+                    await self.messenger.send(system, name, f"broadcast-{broadcast_id}", KIND_NORMAL, body)
+                    sent += 1
+        return sent
 
     def set_limits(self, **changes: object) -> Limits:
         """Change limits at run time on this node; new connections get them."""

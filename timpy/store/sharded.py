@@ -283,6 +283,16 @@ class ShardedRepository:
         out = [replace(a, inbox=inbox_of[i]) for i, a in enumerate(appended) if a is not None]
         return Written(out, [p for p in placed if p is not None])
 
+    def user_digest(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
+        """(user id, inbox head) of every user, in id order across the backends,
+        each from the backend that holds it now."""
+        m = self.map
+        merged: list[tuple[bytes, int]] = []
+        for b in m.backends:
+            merged += [(u, h) for u, h in self._on(b.name, Repository.user_digest, after, limit) if m.place(u) == b.name]
+        merged.sort()
+        return merged[:limit]
+
     def conversation_head(self, conv_id: bytes) -> int:
         return self._on(self.map.place(conv_id), Repository.conversation_head, conv_id)
 
