@@ -4,7 +4,7 @@ Embed a node: ``async with timpy.open_node(config) as node:``; connect a
 client: ``async with timpy.connect(url, user, password) as client:``.
 """
 
-from timpy.client import Ack, Client, HistoryPage, connect, register
+from timpy.client import Ack, Client, GroupInfo, HistoryPage, connect, register
 from timpy.config import (
     ClusterConfig,
     Limits,
@@ -27,6 +27,7 @@ __all__ = [
     "Client",
     "ClusterConfig",
     "Code",
+    "GroupInfo",
     "HistoryPage",
     "Limits",
     "Node",

@@ -32,6 +32,7 @@ class Limits:
     sync_page: int = 200
     push_queue: int = 1024  # frames queued for one slow client before it is dropped
     min_password_length: int = 8
+    max_group_size: int = 10_000  # members of one group
 
 
 @dataclass(frozen=True)

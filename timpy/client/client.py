@@ -50,6 +50,21 @@ class HistoryPage:
     more: bool
 
 
+@dataclass(frozen=True)
+class GroupInfo:
+    group: str  # the group's id, also its conversation's
+    name: str
+    owner: str
+    admins: list[str]
+    members: list[str]
+    policy: str
+    requests: list[str]  # seen by the owner and admins
+    muted: list[str]
+    all_muted: bool
+    dissolved: bool
+    max_size: int
+
+
 def message_from_wire(m: TPayload) -> ChatMessage:
     return ChatMessage(
         conversation=m.conversation or "",
@@ -199,7 +214,7 @@ class Client:
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
                 pass
 
-    async def request(self, op: str, **fields: Any) -> tuple[str, TPayload]:
+    async def request(self, op: str, payload: TPayload | None = None, **fields: Any) -> tuple[str, TPayload]:
         """Send one request and wait for its reply; an Error reply raises RemoteError."""
         rid = next(self._rids)
         event, box = trio.Event(), []
@@ -207,7 +222,7 @@ class Client:
         if self.closed_reason is not None:
             raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code)
         try:
-            await self._channel.send(wp.make_frame(op, rid=rid, **fields))
+            await self._channel.send(wp.make_frame(op, payload, rid=rid, **fields))
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed) as exc:
             self._waiting.pop(rid, None)
             raise RemoteError(f"connection closed: {exc}", Code.UNAVAILABLE) from None
@@ -243,6 +258,35 @@ class Client:
         message = wp.Message(client_id=client_id, recipient=to, kind=kind, body=data, ext=ext or {})
         _, ack = await self.request("send", message=message)
         return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+
+    async def send_group(
+        self, group: str, body: bytes | str, *, kind: int = KIND_NORMAL, ext: dict[str, str] | None = None,
+        client_id: str | None = None,
+    ) -> Ack:
+        """Send to a group (its id from ``GroupInfo.group``); stored once, delivered to every member."""
+        client_id = client_id or uuid.uuid4().hex
+        data = body.encode() if isinstance(body, str) else body
+        message = wp.Message(client_id=client_id, conversation=group, kind=kind, body=data, ext=ext or {})
+        _, ack = await self.request("send", message=message)
+        return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+
+    async def group(
+        self, op: str, group: str = "", *, users: list[str] | tuple[str, ...] = (), name: str = "",
+        policy: str = "", flag: bool = False,
+    ) -> GroupInfo:
+        """Any group operation (see docs/features.md); returns the group as it is after it."""
+        _, info = await self.request(
+            "group_request",
+            wp.GroupRequest(group=group, op=op, users=list(users), name=name, policy=policy, flag=flag),
+        )
+        return GroupInfo(
+            info.group, info.name, info.owner, list(info.admins or []), list(info.members or []), info.policy,
+            list(info.requests or []), list(info.muted or []), bool(info.all_muted), bool(info.dissolved),
+            info.max_size or 0,
+        )
+
+    async def create_group(self, name: str, members: list[str] | tuple[str, ...] = (), policy: str = "approval") -> GroupInfo:
+        return await self.group("create", users=members, name=name, policy=policy)
 
     async def history(
         self,

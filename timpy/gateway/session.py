@@ -32,7 +32,8 @@ if TYPE_CHECKING:
 log = logging.getLogger("timpy.gateway")
 
 _CLIENT_OPS = frozenset(
-    {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping"}
+    {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping",
+     "group_request"}
 )
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
 
@@ -287,20 +288,33 @@ class ClientSession:
         self.identity = self.claims = self.terminal = None
         await self.reply(wp.make_frame("ok", rid=rid))
 
+    async def _op_group_request(self, rid: int, body: TPayload) -> None:
+        assert self.identity is not None
+        info = await self.node.groups.request(
+            self.identity, body.group or "", body.op or "", list(body.users or []), body.name or "",
+            body.policy or "", bool(body.flag),
+        )
+        await self.reply(wp.make_frame("group_info", rid=rid, **info))
+
     async def _op_send(self, rid: int, body: TPayload) -> None:
         m = body.message
         if m is None:
             raise RequestError("send carries no message", Code.INVALID_MESSAGE)
         assert self.identity is not None
         started = time.perf_counter()
-        result = await self.node.messenger.send(
-            self.identity,
-            m.recipient or "",
-            m.client_id or "",
-            m.kind or 0,
-            m.body or b"",
-            m.ext or {},
-        )
+        if m.conversation and not m.recipient:  # to a group
+            result = await self.node.groups.send(
+                self.identity, m.conversation, m.client_id or "", m.kind or 0, m.body or b"", m.ext or {}
+            )
+        else:
+            result = await self.node.messenger.send(
+                self.identity,
+                m.recipient or "",
+                m.client_id or "",
+                m.kind or 0,
+                m.body or b"",
+                m.ext or {},
+            )
         msg = result.message
         self.node.metrics.messages_in.inc()
         self.node.metrics.delivery_latency.observe(time.perf_counter() - started)

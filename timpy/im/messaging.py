@@ -52,6 +52,7 @@ from timpy.store.repository import (
 )
 
 MAX_EXT_BYTES = 4096
+GROUP_PREFIX = "#"  # a group message's recipient: "#" and the group id (no user name starts with "#")
 MAX_BATCH = 512
 
 
@@ -112,6 +113,7 @@ class Messenger:
         self._cursor_flush_queued = False
         self._background: trio.Nursery | None = None
         self.stored_count = 0  # messages stored by this node since it started
+        self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
         self._register()
 
     # --- the writer -----------------------------------------------------
@@ -242,17 +244,18 @@ class Messenger:
 
     def _fan_out(self, new: NewMessage, seq: int, sealed: bytes) -> list[Call]:
         """Ask the owners of the members' users (other nodes) to put the
-        message in their inboxes; sent now, in commit order."""
-        calls = []
+        message in their inboxes: one request per node, however many of the
+        members it owns; sent now, in commit order."""
+        by_node: dict[str, list[bytes]] = {}
         for user_id in sorted(set(new.members)):
             owner = self._peers.owner(user_id)
             if owner != self._peers.self_id:
-                calls.append(
-                    self._peers.start_call(
-                        owner, "inbox.append", user_id, new.conv_id, seq, new.dedup, new.created_ms, sealed
-                    )
-                )
-        return calls
+                by_node.setdefault(owner, []).append(user_id)
+        self.fanout_requests += len(by_node)
+        return [
+            self._peers.start_call(node, "inbox.append", users, new.conv_id, seq, new.dedup, new.created_ms, sealed)
+            for node, users in by_node.items()
+        ]
 
     def queue_depth(self) -> int:
         """Appends waiting for the writer."""
@@ -334,6 +337,34 @@ class Messenger:
                     raise
                 await trio.sleep(0.3 * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def append_group(
+        self, sender: Identity, gid: bytes, members: tuple[bytes, ...], client_id: str, kind: int, body: bytes,
+        ext: dict[str, str],
+    ) -> SendResult:
+        """Store a message to a group (at the group's owner, its rules checked):
+        once, numbered in the group's conversation, into every member's inbox."""
+        self._validate(client_id, kind, body, ext)
+        text = ids.conversation_text(gid)
+        new = NewMessage(
+            conv_id=gid,
+            members=members,
+            sender_id=sender.user_id,
+            dedup=ids.dedup_index(self._indexer, sender.user_id, client_id),
+            created_ms=self._now(),
+            content=pack_content(client_id, sender.name, GROUP_PREFIX + text, kind, body, ext),
+        )
+        return await self._append_here(new, text)
+
+    @staticmethod
+    def result_to_wire(r: SendResult) -> list:
+        m = r.message
+        return [m.seq, m.server_time, r.duplicate, pack_content(m.client_id, m.sender, m.recipient, m.kind, m.body, m.ext)]
+
+    @staticmethod
+    def result_from_wire(conversation: str, raw: list) -> SendResult:
+        seq, created_ms, duplicate, content = raw
+        return SendResult(unpack_content(conversation, seq, created_ms, bytes(content)), bool(duplicate))
 
     async def _append_here(self, new: NewMessage, conversation: str) -> SendResult:
         pending = _Pending(new, conversation, trio.Event())
@@ -554,17 +585,21 @@ class Messenger:
 
             return answer()
 
-        def inbox_append(user_id, conv_id, seq, dedup, created_ms, sealed):  # noqa: ANN001, ANN202
-            item = InboxItem(bytes(user_id), bytes(conv_id), int(seq), bytes(dedup), int(created_ms), bytes(sealed))
-            self._require_owner(item.user_id, "user")
-            pending = _PendingInbox(item, ids.conversation_text(item.conv_id), trio.Event())
-            self._enqueue(pending)
+        def inbox_append(user_ids, conv_id, seq, dedup, created_ms, sealed):  # noqa: ANN001, ANN202
+            pendings = []
+            for user_id in user_ids:
+                item = InboxItem(bytes(user_id), bytes(conv_id), int(seq), bytes(dedup), int(created_ms), bytes(sealed))
+                self._require_owner(item.user_id, "user")
+                pendings.append(_PendingInbox(item, ids.conversation_text(item.conv_id), trio.Event()))
+            for pending in pendings:
+                self._enqueue(pending)  # now, together: one writer batch, in order
 
-            async def answer() -> int:
-                await pending.done.wait()
-                if pending.error is not None:
-                    raise pending.error
-                return pending.pos
+            async def answer() -> list[int]:
+                for pending in pendings:
+                    await pending.done.wait()
+                    if pending.error is not None:
+                        raise pending.error
+                return [p.pos for p in pendings]
 
             return answer()
 

@@ -36,6 +36,7 @@ from timpy.errors import ConfigError
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
+from timpy.im.groups import Groups
 from timpy.im.messages import KIND_NORMAL, SendResult
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
@@ -167,6 +168,7 @@ class Node:
         self.messenger = Messenger(
             self.store, self.indexer, self.terminals, c.limits, now_ms, self.peers, self.replicator, self.routes
         )
+        self.groups = Groups(self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger)
         nursery.start_soon(self._run_writer)
         await nursery.start(self._run_cluster)
         await nursery.start(self._run_gateway)
@@ -406,6 +408,7 @@ class Node:
         self.config = self.config.replace(limits=limits)
         self.messenger._limits = limits
         self.accounts._limits = limits
+        self.groups._limits = limits
         log.info("limits changed: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
         return limits
 

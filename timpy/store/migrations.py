@@ -33,10 +33,15 @@ def _add_account_version(conn: Connection) -> None:
         conn.execute(text("ALTER TABLE accounts ADD COLUMN version BIGINT NOT NULL DEFAULT 0"))
 
 
+def _add_groups(conn: Connection) -> None:
+    s.groups.create(conn, checkfirst=True)
+
+
 # (version reached, what it does, the step)
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "index inbox entries by message", _add_inbox_message_index),
     (3, "account versions", _add_account_version),
+    (4, "groups", _add_groups),
 ]
 
 assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"

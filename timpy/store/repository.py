@@ -93,25 +93,29 @@ class Copies:
     messages: list[tuple[bytes, int, bytes, int, bytes]] = field(default_factory=list)  # conv, seq, dedup, ms, content
     inbox: list[tuple[bytes, int, bytes, int]] = field(default_factory=list)  # user, pos, conv, seq
     terminals: list[tuple[bytes, bytes, int, int]] = field(default_factory=list)  # user, device, cursor, seen
+    groups: list[tuple[bytes, bytes, int, list[bytes]]] = field(default_factory=list)  # group, sealed state, version, members
 
     def __bool__(self) -> bool:
-        return bool(self.accounts or self.conversations or self.messages or self.inbox or self.terminals)
+        return bool(self.accounts or self.conversations or self.messages or self.inbox or self.terminals or self.groups)
 
     def pack(self) -> list[Any]:
-        return [self.accounts, self.conversations, self.messages, self.inbox, self.terminals]
+        return [self.accounts, self.conversations, self.messages, self.inbox, self.terminals, self.groups]
 
     @classmethod
     def unpack(cls, raw: Any) -> Copies:
-        accounts, conversations, messages, inbox, terminals = raw
-        return cls(
+        accounts, conversations, messages, inbox, terminals, groups = raw
+        copies = cls(
             [(bytes(u), bytes(x), bytes(p), bool(d), int(v)) for u, x, p, d, v in accounts],
             [(bytes(cv), [bytes(u) for u in ms]) for cv, ms in conversations],
             [(bytes(cv), int(q), bytes(d), int(t), bytes(b)) for cv, q, d, t, b in messages],
             [(bytes(u), int(p), bytes(cv), int(q)) for u, p, cv, q in inbox],
             [(bytes(u), bytes(d), int(cu), int(t)) for u, d, cu, t in terminals],
         )
+        copies.groups = [(bytes(g), bytes(st), int(v), [bytes(u) for u in ms]) for g, st, v, ms in groups]
+        return copies
 
     def merge(self, other: Copies) -> None:
+        self.groups += other.groups
         self.accounts += other.accounts
         self.conversations += other.conversations
         self.messages += other.messages
@@ -254,6 +258,52 @@ class Repository:
                 select(s.accounts.c.user_id).where(s.accounts.c.user_id.in_(list(user_ids)))
             )
             return {bytes(r.user_id) for r in rows}
+
+    # --- groups ---------------------------------------------------------
+
+    def get_group(self, group_id: bytes) -> tuple[bytes, int] | None:
+        """A group's state (opened) and version."""
+        with self.engine.connect() as conn:
+            row = conn.execute(select(s.groups).where(s.groups.c.group_id == group_id)).first()
+        if row is None:
+            return None
+        return self._sealer.open(row.state, row_ad("groups", group_id, "state")), int(row.version)
+
+    def put_group(self, group_id: bytes, state: bytes, members: Sequence[bytes], expected: int) -> int:
+        """Store a group's new state if its version is still ``expected`` (0: a
+        new group), and make ``members`` the conversation's members. Returns
+        the new version; raises if another write came first."""
+        g, c = s.groups, s.conversations
+        sealed = self._sealer.seal(state, row_ad("groups", group_id, "state"))
+        try:
+            with self.engine.begin() as conn:
+                if expected == 0:
+                    if conn.execute(select(g.c.version).where(g.c.group_id == group_id)).first() is not None:
+                        raise RequestError("that group exists already", Code.BAD_REQUEST)
+                    conn.execute(insert(g).values(group_id=group_id, state=sealed, version=1))
+                    if conn.execute(select(c.c.conv_id).where(c.c.conv_id == group_id)).first() is None:
+                        conn.execute(insert(c).values(conv_id=group_id, last_seq=0))
+                else:
+                    done = conn.execute(
+                        update(g).where(and_(g.c.group_id == group_id, g.c.version == expected))
+                        .values(state=sealed, version=expected + 1)
+                    ).rowcount
+                    if not done:
+                        raise RequestError("the group changed at the same time; retry", Code.UNAVAILABLE)
+                self._set_members(conn, group_id, members)
+        except IntegrityError:
+            raise RequestError("that group exists already", Code.BAD_REQUEST) from None
+        return expected + 1
+
+    @staticmethod
+    def _set_members(conn: Any, conv_id: bytes, members: Sequence[bytes]) -> None:
+        cm = s.conv_members
+        have = {bytes(r.user_id) for r in conn.execute(select(cm.c.user_id).where(cm.c.conv_id == conv_id))}
+        want = set(members)
+        if have - want:
+            conn.execute(cm.delete().where(and_(cm.c.conv_id == conv_id, cm.c.user_id.in_(list(have - want)))))
+        if want - have:
+            conn.execute(insert(cm), [dict(conv_id=conv_id, user_id=u) for u in sorted(want - have)])
 
     # --- messages -------------------------------------------------------
 
@@ -488,6 +538,19 @@ class Repository:
                             .values(secret=sec, profile=prof, disabled=bool(dis), version=ver)
                         )
                         added += 1
+            for group_id, sealed, version, members in bundle.groups:
+                row = conn.execute(select(s.groups.c.version).where(s.groups.c.group_id == group_id)).first()
+                if row is None:
+                    _insert_missing(conn, s.groups, [dict(group_id=group_id, state=sealed, version=version)])
+                elif int(row.version) < version:
+                    conn.execute(update(s.groups).where(s.groups.c.group_id == group_id)
+                                 .values(state=sealed, version=version))
+                else:
+                    continue
+                if conn.execute(select(c.c.conv_id).where(c.c.conv_id == group_id)).first() is None:
+                    _insert_missing(conn, c, [dict(conv_id=group_id, last_seq=0)])
+                self._set_members(conn, group_id, members)
+                added += 1
             if bundle.messages:
                 convs = list({r[0] for r in bundle.messages})
                 have_rows = list(conn.execute(select(m.c.conv_id, m.c.seq, m.c.dedup).where(m.c.conv_id.in_(convs))
@@ -580,6 +643,12 @@ class Repository:
                 .limit(limit)
             )
             messages = [(conv_id, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows]
+            group = conn.execute(select(s.groups).where(s.groups.c.group_id == conv_id)).first()
+        if group is not None:  # a group's members travel with its state (a copy may be older: no re-adding)
+            return Copies(
+                conversations=[(conv_id, [])], messages=messages,
+                groups=[(conv_id, bytes(group.state), int(group.version), members)],
+            )
         return Copies(conversations=[(conv_id, members)] if members else [], messages=messages)
 
     def user_copies(self, user_id: bytes, after_pos: int, limit: int) -> Copies:
@@ -667,7 +736,7 @@ class Repository:
 
     def key_stats(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, tuple[int, ...]]:
         """What a backend holds of each key, to verify a copy: for a
-        conversation (last seq, messages, members); for a user (inbox head,
+        conversation (last seq, messages, members, group version); for a user (inbox head,
         inbox entries, terminals, account version). Keys it does not hold are absent."""
         out: dict[bytes, tuple[int, ...]] = {}
         if not keys:
@@ -679,8 +748,10 @@ class Repository:
                 heads = {bytes(r[0]): int(r[1]) for r in conn.execute(select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id.in_(keys)))}
                 counts = dict(self._counts(conn, m.c.conv_id, keys))
                 members = dict(self._counts(conn, cm.c.conv_id, keys))
+                g = s.groups
+                versions = {bytes(r[0]): int(r[1]) for r in conn.execute(select(g.c.group_id, g.c.version).where(g.c.group_id.in_(keys)))}
                 for k, head in heads.items():
-                    out[k] = (head, counts.get(k, 0), members.get(k, 0))
+                    out[k] = (head, counts.get(k, 0), members.get(k, 0), versions.get(k, 0))
             else:
                 a, i, t = s.accounts, s.inbox, s.terminals
                 heads = {
@@ -718,6 +789,7 @@ class Repository:
             if convs:
                 for table in (cm, c):
                     deleted += conn.execute(table.delete().where(table.c.conv_id.in_(convs))).rowcount
+                deleted += conn.execute(s.groups.delete().where(s.groups.c.group_id.in_(convs))).rowcount
             stale = [k for k in candidates if k in set(convs) or not homed(k)]
             referenced = select(i.c.pos).where(and_(i.c.conv_id == m.c.conv_id, i.c.seq == m.c.seq)).exists()
             for start in range(0, len(stale), 500):

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 3  # bump with a step in migrations.py
+SCHEMA_VERSION = 4  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -97,6 +97,17 @@ terminals = Table(
     Column("cursor", BigInteger, nullable=False, default=0),
     Column("last_seen_ms", BigInteger, nullable=False),
     PrimaryKeyConstraint("user_id", "device_id"),
+)
+
+# schema 4: a group's state (name, members and roles, policy, requests,
+# mutes) sealed as one value; its messages are the conversation with the same
+# id, and conv_members mirrors its members (history checks membership there).
+groups = Table(
+    "groups",
+    metadata,
+    Column("group_id", Id, primary_key=True),
+    Column("state", Sealed, nullable=False),  # sealed; AD binds (groups, group_id, "state")
+    Column("version", BigInteger, nullable=False),
 )
 
 revoked_tokens = Table(

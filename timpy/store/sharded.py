@@ -231,6 +231,15 @@ class ShardedRepository:
             out |= self._on(name, Repository.existing_accounts, keys)
         return out
 
+    # --- groups -------------------------------------------------------------------
+
+    def get_group(self, group_id: bytes) -> tuple[bytes, int] | None:
+        return self._on(self.map.place(group_id), Repository.get_group, group_id)
+
+    def put_group(self, group_id: bytes, state: bytes, members: Sequence[bytes], expected: int) -> int:
+        with self._writing([group_id]) as m:
+            return self._on(m.place(group_id), Repository.put_group, group_id, state, members, expected)
+
     # --- messages ---------------------------------------------------------------
 
     def append_messages(self, batch: Sequence[NewMessage], cursors: dict[tuple[bytes, bytes], int] | None = None) -> list[Appended]:

@@ -160,6 +160,35 @@ struct Pong {
 }
 
 struct Ok {}
+// Groups (issue 6). A group request names the group (its id from group_info;
+// empty for "create"), an operation, and what that operation needs:
+//   create (name, policy, users = first members), get, join, leave, approve (users),
+//   reject (users), invite (users), kick (users), set_admin (users, flag),
+//   transfer (users = [new owner]), mute (users, flag), mute_all (flag),
+//   rename (name), set_policy (policy), dissolve.
+// Policies: "open", "approval" (the default), "invite". A message to a group
+// is a send whose message has conversation = the group id and no recipient.
+struct GroupRequest {
+  1: string group,
+  2: string op,
+  3: list<string> users,
+  4: string name,
+  5: string policy,
+  6: bool flag,
+}
+struct GroupInfo {
+  1: string group,
+  2: string name,
+  3: string owner,
+  4: list<string> admins,
+  5: list<string> members,   // every member, owner and admins included
+  6: string policy,
+  7: list<string> requests,  // shown to the owner and admins only
+  8: list<string> muted,
+  9: bool all_muted,
+  10: bool dissolved,
+  11: i32 max_size,
+}
 
 // Every frame is exactly one of these operations. rid is chosen by the
 // client for a request and echoed in its reply; pushes carry rid 0.
@@ -184,4 +213,6 @@ struct Frame {
   18: optional Ping ping,
   19: optional Pong pong,
   20: optional Ok ok,
+  21: optional GroupRequest group_request,
+  22: optional GroupInfo group_info,
 }

@@ -27,6 +27,7 @@ _FACTORY = TCyBinaryProtocolFactory()
 
 Frame = thrift.Frame
 Message = thrift.Message
+GroupRequest = thrift.GroupRequest
 
 #: The operation fields of Frame, in field-id order (everything but rid).
 OPERATIONS: tuple[str, ...] = tuple(

@@ -1,0 +1,214 @@
+"""Groups: their state at the group's owner node, and messages to them.
+
+A group's id is also its conversation's id, so the group and its messages
+live on the same owner node (or backend) and are numbered by the same
+writer. The owner applies every operation (``group_rules``) under a lock per
+group, stores the new state (sealed, with a version) and mirrors the member
+list into the conversation's members, then copies it to the replicas in
+embedded mode. A message to a group is checked against the state at the
+owner and stored once; its fan-out asks each node that owns members' users
+for their inbox entries once per node (``Messenger._fan_out``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import msgpack
+import trio
+
+from timpy.config import Limits
+from timpy.crypto.blind import BlindIndexer
+from timpy.errors import Code, RequestError
+from timpy.im import group_rules as rules
+from timpy.im import ids
+from timpy.im.accounts import RESERVED_NAMES, Identity
+from timpy.im.group_rules import Group, JoinPolicy, Role
+from timpy.im.messages import SendResult
+from timpy.im.messaging import Messenger
+from timpy.im.peers import Peers
+from timpy.im.replication import Replicator
+from timpy.store.repository import Store
+
+OPS = frozenset({
+    "create", "get", "join", "leave", "approve", "reject", "invite", "kick", "set_admin", "transfer",
+    "mute", "mute_all", "rename", "set_policy", "dissolve",
+})
+
+
+def pack_group(group: Group) -> bytes:
+    return msgpack.packb({
+        "name": group.name, "members": {u: int(r) for u, r in group.members.items()},
+        "policy": str(group.policy), "max": group.max_size, "requests": sorted(group.requests),
+        "muted": sorted(group.muted), "all_muted": group.all_muted, "dissolved": group.dissolved,
+    })
+
+
+def unpack_group(group_id: str, raw: bytes) -> Group:
+    d = msgpack.unpackb(raw)
+    return Group(
+        group_id, d["name"], {u: Role(r) for u, r in d["members"].items()}, JoinPolicy(d["policy"]), int(d["max"]),
+        frozenset(d["requests"]), frozenset(d["muted"]), bool(d["all_muted"]), bool(d["dissolved"]),
+    )
+
+
+def group_view(group: Group, viewer: str) -> dict[str, Any]:
+    """What a member (or a user asking to join) sees of a group."""
+    admin = group.is_admin(viewer)
+    return {
+        "group": group.group_id, "name": group.name, "owner": group.owner,
+        "admins": sorted(u for u, r in group.members.items() if r == Role.ADMIN),
+        "members": sorted(group.members), "policy": str(group.policy),
+        "requests": sorted(group.requests) if admin else [], "muted": sorted(group.muted),
+        "all_muted": group.all_muted, "dissolved": group.dissolved, "max_size": group.max_size,
+    }
+
+
+class Groups:
+    def __init__(
+        self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
+        replicator: Replicator, messenger: Messenger,
+    ) -> None:
+        self._store = store
+        self._indexer = indexer
+        self._limits = limits
+        self._peers = peers
+        self._replicator = replicator
+        self._messenger = messenger
+        self._locks: dict[bytes, trio.Lock] = {}
+        if peers.rpc is not None:
+            peers.rpc.register("group.request", self._on_request)
+            peers.rpc.register("group.send", self._on_send)
+
+    # --- requests from clients ---------------------------------------------------
+
+    async def request(
+        self, who: Identity, group: str, op: str, users: list[str], name: str, policy: str, flag: bool
+    ) -> dict[str, Any]:
+        if op not in OPS:
+            raise RequestError(f"unknown group operation {op!r}; known: {', '.join(sorted(OPS))}", Code.BAD_REQUEST)
+        users = [ids.normalize_name(u) for u in users]
+        if op == "create":
+            gid = os.urandom(16)
+        else:
+            gid = ids.parse_conversation(group)
+        for u in users:
+            if u in RESERVED_NAMES or not await self._messenger.user_exists(ids.user_id(self._indexer, u)):
+                raise RequestError(f"no such user: {u}", Code.NO_SUCH_USER)
+        args = [who.name, op, users, str(name), str(policy), bool(flag)]
+        owner = self._peers.owner(gid)
+        if owner == self._peers.self_id or self._peers.rpc is None:
+            return await self._apply_here(gid, *args)
+        return dict(await self._peers.call(owner, "group.request", gid, *args, timeout=10.0))
+
+    async def _on_request(self, gid: bytes, actor: str, op: str, users: list, name: str, policy: str, flag: bool):  # noqa: ANN201
+        if not self._peers.is_local(bytes(gid)):
+            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        return await self._apply_here(bytes(gid), str(actor), str(op), [str(u) for u in users], str(name), str(policy), bool(flag))
+
+    async def _load(self, gid: bytes) -> tuple[Group, int]:
+        await self._replicator.ensure("conv", gid)
+        found = await self._store.run(self._store.repo.get_group, gid)
+        if found is None:
+            raise RequestError("no such group", Code.NO_SUCH_GROUP)
+        raw, version = found
+        return unpack_group(ids.conversation_text(gid), raw), version
+
+    async def _apply_here(
+        self, gid: bytes, actor: str, op: str, users: list[str], name: str, policy: str, flag: bool
+    ) -> dict[str, Any]:
+        lock = self._locks.setdefault(gid, trio.Lock())
+        async with lock:
+            if op == "create":
+                try:
+                    chosen = JoinPolicy(policy or JoinPolicy.APPROVAL)
+                except ValueError:
+                    raise RequestError(f"unknown join policy {policy!r}: open, approval or invite", Code.BAD_REQUEST) from None
+                group = rules.create(ids.conversation_text(gid), actor, name, chosen, users, self._limits.max_group_size)
+                version = 0
+            else:
+                group, version = await self._load(gid)
+                if op == "get":
+                    if actor not in group.members and actor not in group.requests:
+                        raise RequestError("you are not a member of that group", Code.NOT_A_MEMBER)
+                    return group_view(group, actor)
+                group = self._run(group, actor, op, users, name, policy, flag)
+            await self._save(gid, group, version)
+        return group_view(group, actor)
+
+    @staticmethod
+    def _run(group: Group, actor: str, op: str, users: list[str], name: str, policy: str, flag: bool) -> Group:
+        def one() -> str:
+            if len(users) != 1:
+                raise RequestError(f"group operation {op} names one user", Code.BAD_REQUEST)
+            return users[0]
+
+        if op == "join":
+            return rules.join(group, actor)
+        if op == "leave":
+            return rules.leave(group, actor)
+        if op in ("approve", "reject", "kick"):
+            fn = {"approve": rules.approve, "reject": rules.reject, "kick": rules.kick}[op]
+            for user in users or [""]:
+                group = fn(group, actor, user)
+            return group
+        if op == "invite":
+            return rules.invite(group, actor, users)
+        if op == "set_admin":
+            return rules.set_admin(group, actor, one(), flag)
+        if op == "transfer":
+            return rules.transfer(group, actor, one())
+        if op == "mute":
+            return rules.mute(group, actor, one(), flag)
+        if op == "mute_all":
+            return rules.mute_all(group, actor, flag)
+        if op == "rename":
+            return rules.rename(group, actor, name)
+        if op == "set_policy":
+            try:
+                return rules.set_policy(group, actor, JoinPolicy(policy))
+            except ValueError:
+                raise RequestError(f"unknown join policy {policy!r}: open, approval or invite", Code.BAD_REQUEST) from None
+        return rules.dissolve(group, actor)
+
+    async def _save(self, gid: bytes, group: Group, version: int) -> None:
+        members = [] if group.dissolved else [ids.user_id(self._indexer, u) for u in group.members]
+        await self._store.run(self._store.repo.put_group, gid, pack_group(group), members, version)
+        if self._peers.rpc is not None and not self._replicator.shared:
+            copies = await self._store.run(self._store.repo.conversation_copies, gid, 1 << 62, 1)
+            placement = self._peers.placement
+            nodes = frozenset(placement.replicas(gid)) - {self._peers.self_id}
+            await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(gid))])
+
+    # --- messages to groups ----------------------------------------------------------
+
+    async def send(
+        self, sender: Identity, group: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
+    ) -> SendResult:
+        gid = ids.parse_conversation(group)
+        owner = self._peers.owner(gid)
+        if owner == self._peers.self_id or self._peers.rpc is None:
+            return await self._send_here(gid, sender.user_id, sender.name, client_id, kind, body, ext)
+        raw = await self._peers.call(
+            owner, "group.send", gid, sender.user_id, sender.name, client_id, kind, body, ext, timeout=15.0
+        )
+        return self._messenger.result_from_wire(group, raw)
+
+    async def _on_send(self, gid, sender_id, sender, client_id, kind, body, ext):  # noqa: ANN001, ANN202
+        if not self._peers.is_local(bytes(gid)):
+            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        result = await self._send_here(
+            bytes(gid), bytes(sender_id), str(sender), str(client_id), int(kind), bytes(body), dict(ext)
+        )
+        return self._messenger.result_to_wire(result)
+
+    async def _send_here(
+        self, gid: bytes, sender_id: bytes, sender: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
+    ) -> SendResult:
+        group, _ = await self._load(gid)
+        rules.check_send(group, sender)
+        members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
+        return await self._messenger.append_group(
+            Identity(sender_id, sender), gid, members, client_id, kind, body, ext
+        )
