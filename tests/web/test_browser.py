@@ -88,6 +88,22 @@ def test_two_browser_users_chat_through_a_real_node(browser, tmp_path):
         expect(alice.locator("#messages")).to_contain_text("hi alice!")
         alice.screenshot(path=str(SHOTS / "chat-alice.png"))
 
+        # A group: alice creates it with bob; both talk in it.
+        alice.fill("#group-name", "Weekend trip")
+        alice.fill("#group-members", "bob")
+        alice.click("#new-group button")
+        expect(alice.locator("#peer-title")).to_have_text("# Weekend trip")
+        expect(alice.locator("#group-line")).to_contain_text("alice, bob")
+        alice.fill("#text", "group hello")
+        alice.click("#send")
+        expect(alice.locator("#messages .msg.mine")).to_have_count(1)
+        bob.locator("#contacts li", has_text="Weekend trip").click()
+        expect(bob.locator("#messages")).to_contain_text("group hello")
+        bob.fill("#text", "count me in")
+        bob.click("#send")
+        expect(alice.locator("#messages")).to_contain_text("count me in")
+        alice.screenshot(path=str(SHOTS / "chat-group.png"))
+
         # Scroll-back: 20 newest first, then the older ones on request.
         bob.fill("#new-peer", "carol")
         bob.click("#new-chat button")

@@ -330,3 +330,12 @@ def _register_storage_benches() -> None:
 
 
 _register_storage_benches()
+
+
+def _register_group_bench() -> None:
+    from timpy.cli.bench_group import register
+
+    register(bench)
+
+
+_register_group_bench()

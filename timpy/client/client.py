@@ -144,6 +144,7 @@ class Client:
         self._sent_set: set[str] = set()
         self._last_pos = 0
         self._ack_pos = 0
+        self._ack_wanted = trio.Event()  # set when a delivery waits to be acknowledged
         self._acked_pos = 0
         self._synced = trio.Event()
         self.closed_reason: str | None = None
@@ -197,12 +198,17 @@ class Client:
         message = message_from_wire(body.message)
         if message.sender == self.user and message.client_id in self._sent_set:
             self._ack_pos = max(self._ack_pos, pos)  # our own send, echoed to this terminal
+            self._ack_wanted.set()
             return
         self._events_send.send_nowait((pos, message))
 
     async def _acker(self) -> None:
+        # Idle until something needs acknowledging, then batch for ACK_INTERVAL:
+        # thousands of idle clients in one program cost nothing.
         while True:
+            await self._ack_wanted.wait()
             await trio.sleep(ACK_INTERVAL)
+            self._ack_wanted = trio.Event()
             await self._flush_acks()
 
     async def _flush_acks(self) -> None:
@@ -308,6 +314,7 @@ class Client:
         """Incoming messages, offline ones first, in order, each once."""
         async for pos, message in self._events_recv:
             self._ack_pos = max(self._ack_pos, pos)
+            self._ack_wanted.set()
             yield message
 
     async def next_message(self, timeout: float | None = None) -> ChatMessage:
@@ -318,6 +325,7 @@ class Client:
             except trio.EndOfChannel:
                 raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code) from None
         self._ack_pos = max(self._ack_pos, pos)
+        self._ack_wanted.set()
         return message
 
     @property

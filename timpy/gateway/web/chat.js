@@ -1,6 +1,7 @@
 // A small chat client speaking the JSON mapping of the client protocol over
-// WebSocket (docs/protocol.md): register, log in, 1:1 chat with live delivery,
-// history scroll-back, delivery acknowledgements.
+// WebSocket (docs/protocol.md): register, log in, 1:1 and group chat with live
+// delivery, history scroll-back, delivery acknowledgements.
+// A conversation is keyed by the peer's name, or by "#" + group id.
 "use strict";
 const enc = new TextEncoder(), dec = new TextDecoder();
 const b64 = bytes => btoa(String.fromCharCode(...bytes));
@@ -9,6 +10,7 @@ let ws, rid = 0, me = null, peer = null, oldest = 0;
 const waiting = new Map();          // rid -> {resolve, reject}
 const conversations = new Map();    // peer name -> [messages]
 const seen = new Set();             // conversation:seq shown already
+const groups = new Map();           // group id -> GroupInfo
 
 function request(op, body) {
   const id = ++rid;
@@ -16,13 +18,28 @@ function request(op, body) {
   return new Promise((resolve, reject) => waiting.set(id, {resolve, reject}));
 }
 
-function peerOf(m) { return m.sender === me ? m.recipient : m.sender; }
+function peerOf(m) {
+  if ((m.recipient || "").startsWith("#")) return m.recipient;   // a group: "#" + its id
+  return m.sender === me ? m.recipient : m.sender;
+}
+const isGroup = key => key.startsWith("#");
+function label(key) {
+  if (!isGroup(key)) return key;
+  const g = groups.get(key.slice(1));
+  return "# " + (g ? g.name : key.slice(1, 9));
+}
+
+async function learnGroup(id) {
+  if (groups.has(id)) return;
+  try { groups.set(id, await request("group_request", {group: id, op: "get"})); showContacts(); } catch (e) { /* left or dissolved */ }
+}
 
 function remember(m, prepend) {
   const key = m.conversation + ":" + m.seq;
   if (seen.has(key)) return false;
   seen.add(key);
   const name = peerOf(m);
+  if (isGroup(name)) learnGroup(name.slice(1));
   const list = conversations.get(name) || [];
   prepend ? list.unshift(m) : list.push(m);
   list.sort((a, b) => a.seq - b.seq);
@@ -37,7 +54,7 @@ function showContacts() {
   ul.replaceChildren();
   for (const name of conversations.keys()) {
     const li = document.createElement("li");
-    li.textContent = name; li.className = name === peer ? "active" : "";
+    li.textContent = label(name); li.className = name === peer ? "active" : "";
     li.onclick = () => openPeer(name);
     ul.appendChild(li);
   }
@@ -59,7 +76,8 @@ function showMessages(scrollDown) {
 }
 
 async function loadPage(before) {
-  const page = await request("history", {peer, before_seq: before, limit: 20});
+  const where = isGroup(peer) ? {conversation: peer.slice(1)} : {peer};
+  const page = await request("history", {...where, before_seq: before, limit: 20});
   const messages = page.messages || [];
   for (const m of messages) remember(m, true);
   oldest = messages.length ? messages[0].seq : oldest;
@@ -70,7 +88,13 @@ async function loadPage(before) {
 async function openPeer(name) {
   peer = name; oldest = 0;
   if (!conversations.has(name)) conversations.set(name, []);
-  document.getElementById("peer-title").textContent = "with " + name;
+  document.getElementById("peer-title").textContent = isGroup(name) ? label(name) : "with " + name;
+  const line = document.getElementById("group-line");
+  line.hidden = !isGroup(name);
+  if (isGroup(name)) {
+    const g = groups.get(name.slice(1));
+    line.textContent = g ? `group ${g.group}: ${g.members.join(", ")} (owner ${g.owner})` : "";
+  }
   document.getElementById("text").disabled = document.getElementById("send").disabled = false;
   showContacts();
   try { await loadPage(0); } catch (e) { document.getElementById("chat-error").textContent = e.message; }
@@ -130,6 +154,24 @@ document.getElementById("auth-form").addEventListener("submit", async e => {
 document.getElementById("new-chat").addEventListener("submit", e => {
   e.preventDefault(); openPeer(document.getElementById("new-peer").value.trim().toLowerCase());
 });
+document.getElementById("new-group").addEventListener("submit", async e => {
+  e.preventDefault();
+  const members = document.getElementById("group-members").value.split(",").map(x => x.trim().toLowerCase()).filter(Boolean);
+  try {
+    const g = await request("group_request", {op: "create", name: document.getElementById("group-name").value, users: members, policy: "open"});
+    groups.set(g.group, g);
+    openPeer("#" + g.group);
+  } catch (err) { document.getElementById("chat-error").textContent = err.message; }
+});
+document.getElementById("join-group").addEventListener("submit", async e => {
+  e.preventDefault();
+  const id = document.getElementById("group-id").value.trim();
+  try {
+    const g = await request("group_request", {group: id, op: "join"});
+    if (g.members.includes(me)) { groups.set(id, g); openPeer("#" + id); }
+    else document.getElementById("chat-error").textContent = "asked to join; an admin must approve";
+  } catch (err) { document.getElementById("chat-error").textContent = err.message; }
+});
 document.getElementById("older").addEventListener("click", () => loadPage(oldest));
 document.getElementById("send-form").addEventListener("submit", async e => {
   e.preventDefault();
@@ -138,7 +180,10 @@ document.getElementById("send-form").addEventListener("submit", async e => {
   input.value = "";
   const clientId = "web-" + Date.now() + "-" + Math.random().toString(36).slice(2, 8);
   try {
-    const ack = await request("send", {message: {recipient: peer, client_id: clientId, body: b64(enc.encode(text))}});
+    const message = isGroup(peer)
+      ? {conversation: peer.slice(1), client_id: clientId, body: b64(enc.encode(text))}
+      : {recipient: peer, client_id: clientId, body: b64(enc.encode(text))};
+    const ack = await request("send", {message});
     remember({sender: me, recipient: peer, conversation: ack.conversation, seq: ack.seq, body: b64(enc.encode(text)),
               server_time: ack.server_time}, false);
     document.getElementById("chat-error").textContent = "";
