@@ -215,3 +215,27 @@ async def test_a_broadcast_on_shared_backends_reaches_each_user_once(tmp_path):
         assert status == 200 and result["sent"] == 10
         async with timpy.connect(node.tcp_url, "u3", PASSWORD, sync=False) as c:
             assert [m.body for m in (await c.history("system")).messages] == [b"hello all"]
+
+
+async def test_group_lookup_and_a_system_message_to_a_group_across_nodes():
+    from tests.cluster.test_routing import cluster
+
+    async with cluster(3) as (nodes, _, _):
+        await users(nodes[0].tcp_url, "gus", "hal", "ida")
+        async with timpy.connect(nodes[1].tcp_url, "gus", PASSWORD) as gus, \
+                timpy.connect(nodes[2].tcp_url, "hal", PASSWORD) as hal:
+            g = await gus.create_group("ops watchers", ["hal"])
+            await timpy.register(nodes[0].tcp_url, "jo", PASSWORD)
+            async with timpy.connect(nodes[0].tcp_url, "jo", PASSWORD) as jo:
+                await jo.group("join", g.group)  # a request, seen by the operator
+            status, info = await http(nodes[0], "GET", f"/api/v1/groups/{g.group}")
+            assert status == 200 and info["name"] == "ops watchers" and info["owner"] == "gus"
+            assert info["members"] == ["gus", "hal"] and info["requests"] == ["jo"] and info["version"] == 2
+            status, sent = await http(nodes[2], "POST", "/api/v1/messages", {"group": g.group, "body": "heads up"})
+            assert status == 200 and sent["seq"] == 1
+            for member in (gus, hal):
+                m = await member.next_message(timeout=5)
+                assert m.sender == "system" and m.body == b"heads up" and m.conversation == g.group
+            assert (await http(nodes[0], "GET", "/api/v1/groups/" + "00" * 16))[0] == 404
+            assert (await http(nodes[0], "GET", "/api/v1/groups/nonsense"))[0] == 400
+            assert (await http(nodes[0], "POST", "/api/v1/messages", {"group": "00" * 16, "body": "x"}))[0] == 404

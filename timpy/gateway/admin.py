@@ -34,7 +34,7 @@ log = logging.getLogger("timpy.admin")
 
 _STATUS = {
     Code.BAD_REQUEST: 400, Code.INVALID_NAME: 400, Code.WEAK_PASSWORD: 400, Code.BODY_TOO_LARGE: 413,
-    Code.INVALID_MESSAGE: 400, Code.NO_SUCH_USER: 404, Code.UNAVAILABLE: 503, Code.AUTH_REQUIRED: 401,
+    Code.INVALID_MESSAGE: 400, Code.NO_SUCH_USER: 404, Code.NO_SUCH_GROUP: 404, Code.UNAVAILABLE: 503, Code.AUTH_REQUIRED: 401,
 }
 MAX_BODY = 256 * 1024
 WEB = Path(__file__).parent / "web"  # the dashboard and the web chat client
@@ -57,8 +57,10 @@ API: list[tuple[str, str, str, bool, dict[str, str]]] = [
     ("POST", "/api/v1/users/{name}/kick", "Close every terminal of the user, on every node", True, {}),
     ("POST", "/api/v1/users/{name}/password", "Set a new password (sessions stay valid; kick them too if needed)", True,
      {"password": "string"}),
-    ("POST", "/api/v1/messages", "Send a system message (from the user 'system') to a user, or to everyone with "
-     "\"to\": \"*\"; stored and delivered like any message", True, {"to": "string", "body": "string"}),
+    ("POST", "/api/v1/messages", "Send a system message (from the user 'system') to a user, to everyone with "
+     "\"to\": \"*\", or to a group's members with \"group\": id; stored and delivered like any message", True,
+     {"to": "string", "group": "string", "body": "string"}),
+    ("GET", "/api/v1/groups/{group}", "A group: name, owner, admins, members, policy, requests, mutes, version", True, {}),
     ("GET", "/api/v1/limits", "The limits this node enforces", True, {}),
     ("PUT", "/api/v1/limits", "Change limits at run time (new connections get them; this node only)", True,
      {"<limit name>": "number"}),
@@ -177,15 +179,26 @@ def build_app(node: Node, token: str) -> Starlette:
 
     async def message(request: Request) -> Any:
         body = await body_of(request)
-        to, text = body.get("to"), body.get("body")
-        if not isinstance(to, str) or not isinstance(text, str):
-            raise RequestError("give {\"to\": user name or \"*\" for everyone, \"body\": text}", Code.BAD_REQUEST)
+        to, group, text = body.get("to"), body.get("group"), body.get("body")
+        if not isinstance(text, str) or not (isinstance(to, str) or isinstance(group, str)):
+            raise RequestError(
+                "give {\"to\": user name or \"*\" for everyone, or \"group\": group id; \"body\": text}",
+                Code.BAD_REQUEST,
+            )
         if len(text.encode()) > node.config.limits.max_body:
             raise RequestError(f"body over the limit of {node.config.limits.max_body} bytes", Code.BODY_TOO_LARGE)
+        if isinstance(group, str):
+            system = await node.accounts.ensure_system_account()
+            result = await node.groups.system_send(system, group, text.encode())
+            return {"conversation": result.message.conversation, "seq": result.message.seq}
+        assert isinstance(to, str)
         if to == "*":
             return await node.broadcast(text.encode())
         result = await node.send_system_message(to, text.encode())
         return {"conversation": result.message.conversation, "seq": result.message.seq}
+
+    async def group(request: Request) -> Any:
+        return await node.groups.inspect(request.path_params["group"])
 
     async def limits(request: Request) -> Any:
         if request.method == "PUT":
@@ -228,6 +241,7 @@ def build_app(node: Node, token: str) -> Starlette:
         Route("/api/v1/users/{name}/kick", guarded(kick), methods=["POST"]),
         Route("/api/v1/users/{name}/password", guarded(password), methods=["POST"]),
         Route("/api/v1/messages", guarded(message), methods=["POST"]),
+        Route("/api/v1/groups/{group}", guarded(group)),
         Route("/api/v1/limits", guarded(limits), methods=["GET", "PUT"]),
     ]
     return Starlette(routes=routes)

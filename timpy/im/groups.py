@@ -23,7 +23,7 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import group_rules as rules
 from timpy.im import ids
-from timpy.im.accounts import RESERVED_NAMES, Identity
+from timpy.im.accounts import RESERVED_NAMES, SYSTEM_USER, Identity
 from timpy.im.group_rules import Group, JoinPolicy, Role
 from timpy.im.messages import SendResult
 from timpy.im.messaging import Messenger
@@ -80,6 +80,8 @@ class Groups:
         if peers.rpc is not None:
             peers.rpc.register("group.request", self._on_request)
             peers.rpc.register("group.send", self._on_send)
+            peers.rpc.register("group.inspect", self._on_inspect)
+            peers.rpc.register("group.system_send", self._on_system_send)
 
     # --- requests from clients ---------------------------------------------------
 
@@ -180,6 +182,48 @@ class Groups:
             placement = self._peers.placement
             nodes = frozenset(placement.replicas(gid)) - {self._peers.self_id}
             await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(gid))])
+
+    # --- for operators (the admin API) ---------------------------------------------------
+
+    async def inspect(self, group: str) -> dict[str, Any]:
+        """Everything about a group, as its owner sees it."""
+        gid = ids.parse_conversation(group)
+        owner = self._peers.owner(gid)
+        if owner == self._peers.self_id or self._peers.rpc is None:
+            return await self._inspect_here(gid)
+        return dict(await self._peers.call(owner, "group.inspect", gid))
+
+    async def _inspect_here(self, gid: bytes) -> dict[str, Any]:
+        group, version = await self._load(gid)
+        return {**group_view(group, group.owner), "version": version}
+
+    async def _on_inspect(self, gid: bytes) -> dict[str, Any]:
+        if not self._peers.is_local(bytes(gid)):
+            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        return await self._inspect_here(bytes(gid))
+
+    async def system_send(self, system: Identity, group: str, body: bytes) -> SendResult:
+        """An operator's message to every member (the sender, 'system', is not one)."""
+        gid = ids.parse_conversation(group)
+        client_id = os.urandom(16).hex()
+        owner = self._peers.owner(gid)
+        if owner == self._peers.self_id or self._peers.rpc is None:
+            return await self._system_send_here(gid, system.user_id, client_id, body)
+        raw = await self._peers.call(owner, "group.system_send", gid, system.user_id, client_id, body, timeout=15.0)
+        return self._messenger.result_from_wire(group, raw)
+
+    async def _system_send_here(self, gid: bytes, system_id: bytes, client_id: str, body: bytes) -> SendResult:
+        group, _ = await self._load(gid)
+        if group.dissolved:
+            raise RequestError("that group was dissolved", Code.NO_SUCH_GROUP)
+        members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
+        return await self._messenger.append_group(Identity(system_id, SYSTEM_USER), gid, members, client_id, 0, body, {})
+
+    async def _on_system_send(self, gid, system_id, client_id, body):  # noqa: ANN001, ANN202
+        if not self._peers.is_local(bytes(gid)):
+            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        result = await self._system_send_here(bytes(gid), bytes(system_id), str(client_id), bytes(body))
+        return self._messenger.result_to_wire(result)
 
     # --- messages to groups ----------------------------------------------------------
 
