@@ -83,6 +83,10 @@ class Groups:
             peers.rpc.register("group.inspect", self._on_inspect)
             peers.rpc.register("group.system_send", self._on_system_send)
 
+    def _require_owner(self, gid: bytes) -> None:
+        if not self._peers.is_local(gid):
+            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+
     # --- requests from clients ---------------------------------------------------
 
     async def request(
@@ -105,8 +109,7 @@ class Groups:
         return dict(await self._peers.call(owner, "group.request", gid, *args, timeout=10.0))
 
     async def _on_request(self, gid: bytes, actor: str, op: str, users: list, name: str, policy: str, flag: bool):  # noqa: ANN201
-        if not self._peers.is_local(bytes(gid)):
-            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        self._require_owner(bytes(gid))
         return await self._apply_here(bytes(gid), str(actor), str(op), [str(u) for u in users], str(name), str(policy), bool(flag))
 
     async def _load(self, gid: bytes) -> tuple[Group, int]:
@@ -198,8 +201,7 @@ class Groups:
         return {**group_view(group, group.owner), "version": version}
 
     async def _on_inspect(self, gid: bytes) -> dict[str, Any]:
-        if not self._peers.is_local(bytes(gid)):
-            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        self._require_owner(bytes(gid))
         return await self._inspect_here(bytes(gid))
 
     async def system_send(self, system: Identity, group: str, body: bytes) -> SendResult:
@@ -220,8 +222,7 @@ class Groups:
         return await self._messenger.append_group(Identity(system_id, SYSTEM_USER), gid, members, client_id, 0, body, {})
 
     async def _on_system_send(self, gid, system_id, client_id, body):  # noqa: ANN001, ANN202
-        if not self._peers.is_local(bytes(gid)):
-            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        self._require_owner(bytes(gid))
         result = await self._system_send_here(bytes(gid), bytes(system_id), str(client_id), bytes(body))
         return self._messenger.result_to_wire(result)
 
@@ -240,8 +241,7 @@ class Groups:
         return self._messenger.result_from_wire(group, raw)
 
     async def _on_send(self, gid, sender_id, sender, client_id, kind, body, ext):  # noqa: ANN001, ANN202
-        if not self._peers.is_local(bytes(gid)):
-            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        self._require_owner(bytes(gid))
         result = await self._send_here(
             bytes(gid), bytes(sender_id), str(sender), str(client_id), int(kind), bytes(body), dict(ext)
         )
