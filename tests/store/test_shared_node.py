@@ -334,3 +334,35 @@ async def test_two_nodes_share_the_backends_and_a_move_driven_from_the_cli_path_
         with pytest.raises(timpy.TimpyError, match="no backend named"):
             await ask_node(first.peer_address, key_file, "backend.remove", "nope", timeout=30)
         assert first.store.repo.map == second.store.repo.map and first.store.repo.map.move is None
+
+
+async def test_a_group_changed_during_a_move_arrives_changed(tmp_path):
+    b1, b2, b3 = (BackendSpec(f"b{i}", fresh_database("sqlite", f"grp{i}", tmp_path)) for i in (1, 2, 3))
+    async with timpy.open_node(shared_config(tmp_path / "node", b1, b2, cluster=ClusterConfig(listen=None))) as node:
+        names = [f"p{i}" for i in range(4)]
+        for name in names:
+            await timpy.register(node.tcp_url, name, PASSWORD)
+        async with timpy.connect(node.tcp_url, "p0", PASSWORD) as p0:
+            groups = [await p0.create_group(f"g{i}", names[1:]) for i in range(12)]
+            for g in groups:
+                await p0.send_group(g.group, "before")
+            assert node.backends is not None
+            original = node.backends.rebalancer._copy_pass
+            renamed = trio.Event()
+
+            async def copy_then_rename(m, final):  # noqa: ANN001, ANN202
+                await original(m, final)
+                if not final:  # between the copy pass and the freeze: change every group
+                    for g in groups:
+                        await p0.group("rename", g.group, name=g.name + " (renamed)")
+                        await p0.group("kick", g.group, users=["p3"])
+                    renamed.set()
+
+            node.backends.rebalancer._copy_pass = copy_then_rename  # type: ignore[method-assign]
+            await node.backends.add("b3", b3.url)
+            status = await node.backends.wait_moved(60)
+            assert renamed.is_set() and status["move"] is None and status["progress"]["keys_moving"] > 0
+            for g in groups:
+                info = await p0.group("get", g.group)
+                assert info.name.endswith("(renamed)") and info.members == ["p0", "p1", "p2"]
+                assert [m.body for m in (await p0.history(conversation=g.group)).messages] == [b"before"]

@@ -151,8 +151,9 @@ class Rebalancer:
                     for key, _head in keys:
                         if key in behind:
                             await self._copy_key(source, dest, kind, key, behind[key])
-                        elif final and kind == "user":
-                            # Same inbox head, but terminal cursors may have moved since.
+                        elif final:
+                            # Same head, but terminal cursors, an account or a
+                            # group's state may have changed since.
                             await self._copy_key(source, dest, kind, key, _head)
         p.keys_moving = moving
 
