@@ -4,7 +4,23 @@ Embed a node: ``async with timpy.open_node(config) as node:``; connect a
 client: ``async with timpy.connect(url, user, password) as client:``.
 """
 
-from timpy.client import Ack, Client, GroupInfo, HistoryPage, connect, register
+from timpy.client import (
+    Ack,
+    Client,
+    GroupInfo,
+    HistoryPage,
+    Notice,
+    Presence,
+    Profile,
+    Receipt,
+    RoomInfo,
+    Roster,
+    Signal,
+    StreamData,
+    Unread,
+    connect,
+    register,
+)
 from timpy.config import (
     ClusterConfig,
     Limits,
@@ -14,7 +30,16 @@ from timpy.config import (
     load_config,
 )
 from timpy.errors import Code, RemoteError, TimpyError
-from timpy.im.messages import ChatMessage
+from timpy.im.messages import (
+    KIND_BURN,
+    KIND_BURNED,
+    KIND_CUSTOM_MIN,
+    KIND_DELETED,
+    KIND_EDIT,
+    KIND_NORMAL,
+    KIND_RECALL,
+    ChatMessage,
+)
 from timpy.node import Node, open_node
 from timpy.store.backends import BackendSpec
 
@@ -29,13 +54,29 @@ __all__ = [
     "Code",
     "GroupInfo",
     "HistoryPage",
+    "KIND_BURN",
+    "KIND_BURNED",
+    "KIND_CUSTOM_MIN",
+    "KIND_DELETED",
+    "KIND_EDIT",
+    "KIND_NORMAL",
+    "KIND_RECALL",
     "Limits",
     "Node",
     "NodeConfig",
+    "Notice",
+    "Presence",
+    "Profile",
+    "Receipt",
     "RemoteError",
+    "RoomInfo",
+    "Roster",
     "SecurityConfig",
+    "Signal",
     "StorageConfig",
+    "StreamData",
     "TimpyError",
+    "Unread",
     "connect",
     "load_config",
     "open_node",

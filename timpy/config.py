@@ -33,6 +33,30 @@ class Limits:
     push_queue: int = 1024  # frames queued for one slow client before it is dropped
     min_password_length: int = 8
     max_group_size: int = 10_000  # members of one group
+    max_terminals: int = 10  # terminals logged in at once per account
+    # per device kind (the login's device_kind), e.g. {"mobile" = 1, "desktop" = 2}; kinds not named: max_terminals
+    terminals_per_kind: dict[str, int] = field(default_factory=dict)
+    terminal_overflow: str = "kick_oldest"  # past a terminal limit: "kick_oldest" or "refuse" the new login
+    recall_window: float = 120.0  # seconds after sending during which a sender may recall a message
+    user_message_rate: float = 200.0  # messages per second per user on one node, sustained (all its terminals)
+    user_message_burst: int = 1000
+    max_rooms_per_user: int = 20  # rooms one user is in at once, over all terminals
+    room_stream_rate: float = 200.0  # stream frames per second per room
+    room_stream_burst: int = 400
+    receipt_push_max_members: int = 500  # above this group size, receipts are stored but not pushed
+
+    def __post_init__(self) -> None:
+        if self.terminal_overflow not in ("kick_oldest", "refuse"):
+            raise ConfigError(
+                f"limits.terminal_overflow must be \"kick_oldest\" or \"refuse\", got {self.terminal_overflow!r}"
+            )
+        if not isinstance(self.terminals_per_kind, dict) or not all(
+            isinstance(k, str) and isinstance(v, int) and not isinstance(v, bool) and v > 0
+            for k, v in self.terminals_per_kind.items()
+        ):
+            raise ConfigError(
+                f"limits.terminals_per_kind maps device kinds to positive whole numbers, got {self.terminals_per_kind!r}"
+            )
 
 
 @dataclass(frozen=True)

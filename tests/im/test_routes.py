@@ -54,13 +54,13 @@ def test_a_device_on_a_second_node_kicks_the_first():
     routes, notes, registry, _ = setup()
     routes.attach(b"u", b"phone", "b")
     routes.attach(b"u", b"phone", "c")
-    assert notes.sent == [("10.0.0.2:1", "route.kick", (b"u", b"phone"))]
+    assert notes.sent == [("10.0.0.2:1", "route.kick", (b"u", b"phone", "logged in again from the same device elsewhere"))]
     routes.attach(b"u", b"phone", "c")  # the same node again (a ring change): no kick
     assert len(notes.sent) == 1
     link = Link()
     registry.attach(LiveTerminal(b"u", b"phone", "phone", link))
     routes.attach(b"u", b"phone", "me")  # now here: the remote one is told to close
-    assert notes.sent[-1] == ("10.0.0.3:1", "route.kick", (b"u", b"phone"))
+    assert notes.sent[-1] == ("10.0.0.3:1", "route.kick", (b"u", b"phone", "logged in again from the same device elsewhere"))
     routes.attach(b"u", b"phone", "b")  # and from here to b: the local one closes
     assert link.closed is not None and link.closed[1] == Code.KICKED
 

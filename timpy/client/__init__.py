@@ -1,5 +1,21 @@
 """The Python client library: ``timpy.connect`` and ``timpy.register``."""
 
-from timpy.client.client import Ack, Client, GroupInfo, HistoryPage, connect, register
+from timpy.client.client import (
+    Ack,
+    Client,
+    GroupInfo,
+    HistoryPage,
+    Notice,
+    Presence,
+    Profile,
+    Receipt,
+    RoomInfo,
+    Roster,
+    Signal,
+    StreamData,
+    Unread,
+    connect,
+    register,
+)
 
-__all__ = ["Ack", "Client", "GroupInfo", "HistoryPage", "connect", "register"]
+__all__ = ["Ack", "Client", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "Unread", "connect", "register"]

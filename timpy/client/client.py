@@ -26,7 +26,7 @@ from thriftpy2.thrift import TPayload
 
 from timpy.concurrency import unwrap_single_error
 from timpy.errors import Code, RemoteError, TimpyError
-from timpy.im.messages import KIND_NORMAL, ChatMessage
+from timpy.im.messages import KIND_DELETED, KIND_EDIT, KIND_NORMAL, KIND_RECALL, ChatMessage
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
 
@@ -63,6 +63,93 @@ class GroupInfo:
     all_muted: bool
     dissolved: bool
     max_size: int
+
+
+@dataclass(frozen=True)
+class Roster:
+    friends: list[str]
+    incoming: list[str]  # friend requests waiting for this user's answer
+    outgoing: list[str]  # this user's requests waiting for an answer
+    blocked: list[str]
+
+
+@dataclass(frozen=True)
+class Presence:
+    user: str
+    online: bool
+    status: str  # online, busy, away; "offline" when not online
+    text: str
+    since: int  # ms since the epoch of the last change
+
+
+@dataclass(frozen=True)
+class Receipt:
+    conversation: str
+    seq: int
+    read: bool  # False: delivered
+    user: str  # who received or read it
+
+
+@dataclass(frozen=True)
+class Signal:
+    kind: str  # "typing", or an application's own
+    sender: str
+    data: bytes
+    to: str  # set for a signal to a user
+    conversation: str  # set for a signal to a conversation
+
+
+@dataclass(frozen=True)
+class StreamData:
+    room: str
+    sender: str
+    data: bytes
+
+
+@dataclass(frozen=True)
+class RoomInfo:
+    room: str
+    members: list[str]  # one name per terminal in the room
+
+
+@dataclass(frozen=True)
+class Unread:
+    counts: dict[str, int]  # conversation -> unread messages (others' messages after the read mark)
+    read: dict[str, int]  # conversation -> read up to this seq
+
+
+@dataclass(frozen=True)
+class Profile:
+    user: str
+    nickname: str
+    avatar: str
+    fields: dict[str, str]
+
+
+#: What ``Client.notices()`` yields: pushes that are not stored messages.
+Notice = Roster | Presence | Receipt | Signal | StreamData
+
+
+def _roster(r: TPayload) -> Roster:
+    return Roster(list(r.friends or []), list(r.incoming or []), list(r.outgoing or []), list(r.blocked or []))
+
+
+def _presence(p: TPayload) -> Presence:
+    return Presence(p.user or "", bool(p.online), p.status or "", p.text or "", p.since or 0)
+
+
+def _notices_of(op: str, body: TPayload) -> list[Notice]:
+    if op == "roster":
+        return [_roster(body)]
+    if op == "presence_list":
+        return [_presence(p) for p in body.users or []]
+    if op == "receipt":
+        return [Receipt(body.conversation or "", body.seq or 0, bool(body.read), body.user or "")]
+    if op == "signal":
+        return [Signal(body.kind or "", body.sender or "", body.data or b"", body.to or "", body.conversation or "")]
+    if op == "stream":
+        return [StreamData(body.room or "", body.sender or "", body.data or b"")]
+    return []
 
 
 def message_from_wire(m: TPayload) -> ChatMessage:
@@ -140,6 +227,8 @@ class Client:
         self._rids = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[TPayload]]] = {}
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[int, ChatMessage]](math.inf)
+        self._notices_send, self._notices_recv = trio.open_memory_channel[Notice](10_000)
+        self._notices_dropped = 0
         self._sent_ids: deque[str] = deque(maxlen=10_000)
         self._sent_set: set[str] = set()
         self._last_pos = 0
@@ -171,6 +260,7 @@ class Client:
             for event, _ in self._waiting.values():
                 event.set()
             self._events_send.close()
+            self._notices_send.close()
             self._synced.set()
 
     def _dispatch(self, frame: TPayload) -> None:
@@ -181,6 +271,13 @@ class Client:
             return
         if op == "sync_done":
             self._synced.set()
+        if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream"):
+            for notice in _notices_of(op, body):
+                try:
+                    self._notices_send.send_nowait(notice)
+                except trio.WouldBlock:
+                    self._notices_dropped += 1  # nobody reads them: keep memory bounded
+            return
         if rid in self._waiting:
             event, box = self._waiting.pop(rid)
             box.append(frame)
@@ -196,6 +293,10 @@ class Client:
             return  # seen already (a resync after unflushed acks)
         self._last_pos = pos
         message = message_from_wire(body.message)
+        if message.kind == KIND_DELETED:  # recalled or burned before this terminal got it: nothing to show
+            self._ack_pos = max(self._ack_pos, pos)
+            self._ack_wanted.set()
+            return
         if message.sender == self.user and message.client_id in self._sent_set:
             self._ack_pos = max(self._ack_pos, pos)  # our own send, echoed to this terminal
             self._ack_wanted.set()
@@ -328,6 +429,118 @@ class Client:
         self._ack_wanted.set()
         return message
 
+    # --- notices: presence, receipts, signals, stream data, roster changes -------
+
+    async def notices(self) -> AsyncIterator[Notice]:
+        """Pushes that are not stored messages, as they come (not replayed later)."""
+        async for notice in self._notices_recv:
+            yield notice
+
+    async def next_notice(self, of: type | tuple[type, ...] | None = None, timeout: float | None = None) -> Notice:
+        """The next notice (of the given type(s), others skipped); TooSlowError after ``timeout``."""
+        with trio.fail_after(timeout) if timeout else _null():
+            while True:
+                try:
+                    notice = await self._notices_recv.receive()
+                except trio.EndOfChannel:
+                    raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code) from None
+                if of is None or isinstance(notice, of):
+                    return notice
+
+    # --- roster --------------------------------------------------------------
+
+    async def roster(self, op: str = "list", user: str = "") -> Roster:
+        """Any roster operation (list, request, accept, reject, remove, block,
+        unblock); returns this user's roster after it."""
+        _, r = await self.request("roster_request", wp.thrift.RosterRequest(op=op, user=user))
+        return _roster(r)
+
+    async def add_friend(self, user: str) -> Roster:
+        return await self.roster("request", user)
+
+    async def accept_friend(self, user: str) -> Roster:
+        return await self.roster("accept", user)
+
+    async def block(self, user: str) -> Roster:
+        return await self.roster("block", user)
+
+    # --- presence ------------------------------------------------------------
+
+    async def set_presence(self, status: str = "online", text: str = "", invisible: bool = False) -> None:
+        await self.request("presence_set", status=status, text=text, invisible=invisible)
+
+    async def presence(self, users: list[str] | tuple[str, ...], *, subscribe: bool = False,
+                       unsubscribe: bool = False) -> list[Presence]:
+        _, found = await self.request("presence_query", users=list(users), subscribe=subscribe, unsubscribe=unsubscribe)
+        return [_presence(p) for p in found.users or []]
+
+    # --- signals, receipts, unread -----------------------------------------------
+
+    async def signal(self, *, to: str = "", conversation: str = "", kind: str = "typing", data: bytes = b"") -> None:
+        """A signal that is never stored (typing, ...) to a user or a conversation's members."""
+        await self.request("signal", to=to, conversation=conversation, kind=kind, data=data)
+
+    async def typing(self, to: str = "", conversation: str = "") -> None:
+        await self.signal(to=to, conversation=conversation, kind="typing")
+
+    async def receipt(self, conversation: str, seq: int, *, read: bool = True) -> None:
+        """Tell the other members this user has read (or received) the conversation up to ``seq``."""
+        await self.request("receipt", conversation=conversation, seq=seq, read=read)
+
+    async def unread(self) -> Unread:
+        _, u = await self.request("unread_request")
+        return Unread(dict(u.counts or {}), dict(u.read or {}))
+
+    # --- message kinds -----------------------------------------------------------
+
+    async def recall(self, seq: int, *, to: str = "", group: str = "") -> Ack:
+        """Recall message ``seq`` of the 1:1 conversation with ``to`` (or of ``group``)."""
+        return await self._acting(KIND_RECALL, seq, b"", to, group)
+
+    async def edit(self, seq: int, body: bytes | str, *, to: str = "", group: str = "") -> Ack:
+        """Replace the body of one's own message ``seq``."""
+        return await self._acting(KIND_EDIT, seq, body, to, group)
+
+    async def _acting(self, kind: int, seq: int, body: bytes | str, to: str, group: str) -> Ack:
+        ext = {"target": str(seq)}
+        if group:
+            return await self.send_group(group, body, kind=kind, ext=ext)
+        return await self.send(to, body, kind=kind, ext=ext)
+
+    # --- rooms and streams -------------------------------------------------------
+
+    async def room(self, op: str, room: str) -> RoomInfo:
+        """enter, leave or members of a room."""
+        _, info = await self.request("room_request", wp.thrift.RoomRequest(room=room, op=op))
+        return RoomInfo(info.room or "", list(info.members or []))
+
+    async def enter_room(self, room: str) -> RoomInfo:
+        return await self.room("enter", room)
+
+    async def leave_room(self, room: str) -> RoomInfo:
+        return await self.room("leave", room)
+
+    async def stream(self, room: str, data: bytes, *, confirm: bool = False) -> None:
+        """Stream data to everyone else in the room; not stored. Without
+        ``confirm`` it is sent without waiting (errors arrive as the connection's
+        last error); with it, the node's answer is awaited."""
+        if confirm:
+            await self.request("stream", room=room, data=data)
+            return
+        await self._channel.send(wp.make_frame("stream", rid=0, room=room, data=data))
+
+    # --- profiles ------------------------------------------------------------------
+
+    async def profile(self, user: str = "") -> Profile:
+        """A user's profile (one's own by default)."""
+        _, p = await self.request("profile_request", user=user)
+        return Profile(p.user or "", p.nickname or "", p.avatar or "", dict(p.fields or {}))
+
+    async def set_profile(self, **changes: str) -> Profile:
+        """Change one's own profile: nickname=..., avatar=..., any other field (custom); "" removes it."""
+        _, p = await self.request("profile_request", changes=changes)
+        return Profile(p.user or "", p.nickname or "", p.avatar or "", dict(p.fields or {}))
+
     @property
     def position(self) -> int:
         """The inbox position of the last message taken from this client; pass it
@@ -421,6 +634,7 @@ async def connect(
     create: bool = False,
     sync: bool = True,
     resume_after: int = 0,
+    device_kind: str = "",
 ) -> AsyncIterator[Client]:
     """Connect and log in with a password or a token.
 
@@ -431,7 +645,8 @@ async def connect(
     ``position`` of an earlier connection of this device (to this node or any
     other): deliveries at or before it are dropped, so a reconnecting
     program sees each message once even when its last acknowledgements were
-    lost with the old connection.
+    lost with the old connection. ``device_kind`` ("mobile", "desktop",
+    "web", ...) is what terminal limits per kind count.
     """
     async with _session(url) as client:
         client._last_pos = client._ack_pos = client._acked_pos = max(0, resume_after)
@@ -442,10 +657,13 @@ async def connect(
                 if exc.code != Code.USER_EXISTS:
                     raise
         if token:
-            _, ok = await client.request("token_login", token=token, device=device or "", no_sync=not sync)
+            _, ok = await client.request(
+                "token_login", token=token, device=device or "", no_sync=not sync, device_kind=device_kind
+            )
         elif user and password is not None:
             _, ok = await client.request(
-                "login", name=user, password=password, device=device or "default", no_sync=not sync
+                "login", name=user, password=password, device=device or "default", no_sync=not sync,
+                device_kind=device_kind,
             )
         else:
             raise ValueError("connect needs user and password, or token")

@@ -25,7 +25,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from timpy.config import Limits
-from timpy.errors import AuthError, Code, RequestError, TimpyError
+from timpy.errors import AuthError, Code, ConfigError, RequestError, TimpyError
 
 if TYPE_CHECKING:
     from timpy.node.node import Node
@@ -255,7 +255,13 @@ def checked_limits(current: Limits, changes: dict[str, Any]) -> Limits:
         if name not in fields:
             raise RequestError(f"unknown limit {name!r}; known: {', '.join(sorted(fields))}", Code.BAD_REQUEST)
         kind = type(getattr(current, name))
+        if kind in (str, dict):  # checked by Limits itself
+            clean[name] = value
+            continue
         if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0 or (kind is int and value != int(value)):
             raise RequestError(f"limit {name} must be a positive {kind.__name__}, got {value!r}", Code.BAD_REQUEST)
         clean[name] = kind(value)
-    return dataclasses.replace(current, **clean)
+    try:
+        return dataclasses.replace(current, **clean)
+    except ConfigError as exc:
+        raise RequestError(str(exc), Code.BAD_REQUEST) from None

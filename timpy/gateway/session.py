@@ -8,6 +8,7 @@ cannot be trusted any more the session asks the transport to close.
 from __future__ import annotations
 
 import logging
+import re
 import time
 import uuid
 from collections.abc import Callable
@@ -33,8 +34,10 @@ log = logging.getLogger("timpy.gateway")
 
 _CLIENT_OPS = frozenset(
     {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping",
-     "group_request"}
+     "group_request", "roster_request", "presence_set", "presence_query", "signal", "receipt", "unread_request",
+     "room_request", "stream", "profile_request"}
 )
+_DEVICE_KIND = re.compile(r"^[a-z0-9_\-]{1,16}$")
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
 
 
@@ -96,6 +99,18 @@ class ClientSession:
         except trio.ClosedResourceError:
             pass
 
+    def push_signal(self, op: str, fields: dict) -> None:
+        try:
+            self.outbound_send.send_nowait(self._signal_frame(op, fields))
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            pass  # not stored, not retried: a slow terminal misses it
+
+    @staticmethod
+    def _signal_frame(op: str, fields: dict) -> TPayload:
+        if op == "presence_list":
+            return wp.make_frame(op, users=[wp.thrift.Presence(**u) for u in fields["users"]])
+        return wp.make_frame(op, **fields)
+
     def _delivery_frame(self, delivery: Delivery) -> TPayload:
         self._max_pushed = max(self._max_pushed, delivery.pos)
         return wp.make_frame("delivery", pos=delivery.pos, message=message_to_wire(delivery.message))
@@ -142,6 +157,7 @@ class ClientSession:
     def finish(self) -> None:
         """The connection is gone: leave the registry."""
         if self.terminal is not None:
+            self.node.rooms.terminal_closed(self.terminal)
             self.node.messenger.close_terminal(self.terminal)
             self.terminal = None
         self.outbound_send.close()
@@ -239,7 +255,7 @@ class ClientSession:
         device = self._device(body.device)
         who = await self.node.accounts.login_password(body.name or "", body.password or "")
         token, claims = self.node.accounts.issue_token(who, device)
-        await self._attach(rid, who, claims, token, no_sync=bool(body.no_sync))
+        await self._attach(rid, who, claims, token, no_sync=bool(body.no_sync), kind=self._kind(body.device_kind))
         self.node.metrics.logins.labels("password").inc()
 
     async def _op_token_login(self, rid: int, body: TPayload) -> None:
@@ -250,12 +266,25 @@ class ClientSession:
             raise RequestError(
                 "this token was issued to another device; log in with a password on this one", Code.BAD_REQUEST
             )
-        await self._attach(rid, who, claims, body.token, no_sync=bool(body.no_sync))
+        await self._attach(
+            rid, who, claims, body.token, no_sync=bool(body.no_sync), kind=self._kind(body.device_kind)
+        )
         self.node.metrics.logins.labels("token").inc()
 
-    async def _attach(self, rid: int, who: Identity, claims: TokenClaims, token: str, no_sync: bool) -> None:
+    @staticmethod
+    def _kind(kind: str | None) -> str:
+        kind = kind or "other"
+        if not _DEVICE_KIND.match(kind):
+            raise RequestError("a device kind has 1 to 16 of a-z, 0-9, '_', '-' (e.g. mobile)", Code.BAD_REQUEST)
+        return kind
+
+    async def _attach(
+        self, rid: int, who: Identity, claims: TokenClaims, token: str, no_sync: bool, kind: str = "other"
+    ) -> None:
         device = claims.device
-        terminal = LiveTerminal(who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self)
+        terminal = LiveTerminal(
+            who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self, kind=kind
+        )
         cursor = await self.node.messenger.open_terminal(terminal)
         self.identity, self.claims, self.terminal = who, claims, terminal
         if not no_sync:
@@ -284,6 +313,7 @@ class ClientSession:
         assert self.claims is not None
         await self.node.accounts.logout(self.claims)
         if self.terminal is not None:
+            self.node.rooms.terminal_closed(self.terminal)
             self.node.messenger.close_terminal(self.terminal)
         self.identity = self.claims = self.terminal = None
         await self.reply(wp.make_frame("ok", rid=rid))
@@ -301,6 +331,7 @@ class ClientSession:
         if m is None:
             raise RequestError("send carries no message", Code.INVALID_MESSAGE)
         assert self.identity is not None
+        self.node.messenger.check_user_rate(self.identity.user_id, self._clock())
         started = time.perf_counter()
         if m.conversation and not m.recipient:  # to a group
             result = await self.node.groups.send(
@@ -352,3 +383,68 @@ class ClientSession:
         pos = min(body.pos or 0, self._max_pushed)
         if pos > 0:
             self.node.messenger.acknowledge(self.terminal, pos)
+
+    # --- roster, presence, signals, receipts, rooms, profiles ----------------------
+
+    def _who(self) -> tuple[Identity, LiveTerminal]:
+        assert self.identity is not None and self.terminal is not None
+        return self.identity, self.terminal
+
+    async def _op_roster_request(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        view = await self.node.roster.request(who, body.op or "", body.user or "")
+        await self.reply(wp.make_frame("roster", rid=rid, **view))
+
+    async def _op_presence_set(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        await self.node.presence.set(who, body.status or "", body.text or "", bool(body.invisible))
+        await self.reply(wp.make_frame("ok", rid=rid))
+
+    async def _op_presence_query(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        found = await self.node.presence.query(
+            who, list(body.users or []), bool(body.subscribe), bool(body.unsubscribe)
+        )
+        frame = self._signal_frame("presence_list", {"users": found})
+        frame.rid = rid
+        await self.reply(frame)
+
+    async def _op_signal(self, rid: int, body: TPayload) -> None:
+        who, terminal = self._who()
+        await self.node.signalling.send(
+            who, terminal.device_id, body.to or "", body.conversation or "", body.kind or "", body.data or b""
+        )
+        if rid:
+            await self.reply(wp.make_frame("ok", rid=rid))
+
+    async def _op_receipt(self, rid: int, body: TPayload) -> None:
+        who, terminal = self._who()
+        await self.node.receipts.receipt(who, terminal.device_id, body.conversation or "", body.seq or 0, bool(body.read))
+        if rid:
+            await self.reply(wp.make_frame("ok", rid=rid))
+
+    async def _op_unread_request(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        counts, marks = await self.node.receipts.unread(who)
+        await self.reply(wp.make_frame("unread", rid=rid, counts=counts, read=marks))
+
+    async def _op_room_request(self, rid: int, body: TPayload) -> None:
+        who, terminal = self._who()
+        info = await self.node.rooms.request(who, terminal, body.room or "", body.op or "")
+        await self.reply(wp.make_frame("room_info", rid=rid, **info))
+
+    async def _op_stream(self, rid: int, body: TPayload) -> None:
+        who, terminal = self._who()
+        await self.node.rooms.stream(who, terminal, body.room or "", body.data or b"")
+        if rid:
+            await self.reply(wp.make_frame("ok", rid=rid))
+
+    async def _op_profile_request(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        if body.changes:
+            if body.user and ids.normalize_name(body.user) != who.name:
+                raise RequestError("you can change your own profile only", Code.NOT_ALLOWED)
+            view = await self.node.accounts.set_profile(who, dict(body.changes))
+        else:
+            view = await self.node.accounts.profile(body.user or who.name)
+        await self.reply(wp.make_frame("profile", rid=rid, **view))

@@ -11,6 +11,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import msgpack
 import trio
@@ -64,6 +65,8 @@ class Accounts:
             rpc.register("acct.get", self._on_get)
             rpc.register("acct.update", self._on_update)
             rpc.register("token.revoke", self._on_revoke)
+        self._profile_locks: dict[bytes, trio.Lock] = {}
+        self._peers.expose("acct.profile", self._set_profile_here, "user")
 
     async def start(self) -> None:
         self._revoked = await self._store.run(self._store.repo.live_revocations, self._now())
@@ -227,6 +230,38 @@ class Accounts:
         self._require_owner(bytes(uid))
         return await self._update_here(bytes(uid), None if secret is None else bytes(secret), disabled)
 
+    # --- profiles (sealed with the account) ------------------------------------
+
+    async def profile(self, name: str) -> dict[str, Any]:
+        """A user's public profile: nickname, avatar URL, custom fields."""
+        norm = ids.normalize_name(name)
+        account = await self._get(ids.user_id(self._indexer, norm), full=True)
+        if account is None or norm in RESERVED_NAMES:
+            raise RequestError(f"no such user: {norm}", Code.NO_SUCH_USER)
+        return profile_view(norm, msgpack.unpackb(account.profile) if account.profile else {})
+
+    async def set_profile(self, who: Identity, changes: dict[str, str]) -> dict[str, Any]:
+        check_profile_changes(changes)
+        await self._peers.at_owner(who.user_id, "acct.profile", self._set_profile_here, dict(changes))
+        return await self.profile(who.name)
+
+    async def _set_profile_here(self, uid: bytes, changes: dict[str, str]) -> None:
+        lock = self._profile_locks.setdefault(uid, trio.Lock())
+        async with lock:
+            account = await self._get_here(uid)
+            if account is None:
+                raise RequestError("no such user", Code.NO_SUCH_USER)
+            profile = msgpack.unpackb(account.profile) if account.profile else {}
+            profile = apply_profile_changes(profile, {str(k): str(v) for k, v in changes.items()})
+            version = await self._store.run(self._store.repo.update_account, uid, None, msgpack.packb(profile), None)
+            if version and self._peers.rpc is not None and not self._replicator.shared:
+                copies = await self._store.run(self._store.repo.user_copies, uid, 0, 0)
+                placement = self._peers.placement
+                nodes = frozenset(placement.replicas(uid)) - {self._peers.self_id}
+                await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(uid))])
+        if not lock.locked():
+            self._profile_locks.pop(uid, None)
+
     def issue_token(self, who: Identity, device: str) -> tuple[str, TokenClaims]:
         return self._tokens.issue(who.name, device, self._now(), int(self._security.token_ttl * 1000))
 
@@ -247,3 +282,51 @@ class Accounts:
     async def _on_revoke(self, token_id: bytes, expires_ms: int) -> None:
         self._revoked[bytes(token_id)] = int(expires_ms)
         await self._store.run(self._store.repo.revoke_token, bytes(token_id), int(expires_ms))
+
+
+MAX_PROFILE_FIELDS = 32
+MAX_FIELD_KEY = 64
+MAX_FIELD_VALUE = 1024
+MAX_NICKNAME = 64
+MAX_AVATAR = 512
+
+
+def check_profile_changes(changes: dict[str, str]) -> None:
+    """Refuse a bad profile change with a clear error (pure)."""
+    if not isinstance(changes, dict) or not changes:
+        raise RequestError("a profile change names at least one field", Code.BAD_REQUEST)
+    for key, value in changes.items():
+        if not isinstance(key, str) or not isinstance(value, str) or not key or len(key) > MAX_FIELD_KEY:
+            raise RequestError(f"profile field names have 1 to {MAX_FIELD_KEY} characters", Code.BAD_REQUEST)
+        if len(value) > MAX_FIELD_VALUE:
+            raise RequestError(f"profile field {key!r} is longer than {MAX_FIELD_VALUE} characters", Code.BAD_REQUEST)
+    nickname = changes.get("nickname", "")
+    if len(nickname) > MAX_NICKNAME:
+        raise RequestError(f"a nickname has at most {MAX_NICKNAME} characters", Code.BAD_REQUEST)
+    avatar = changes.get("avatar", "")
+    if avatar and (len(avatar) > MAX_AVATAR or not avatar.startswith(("https://", "http://"))):
+        raise RequestError(f"an avatar is an http(s) URL of at most {MAX_AVATAR} characters", Code.BAD_REQUEST)
+
+
+def apply_profile_changes(profile: dict[str, Any], changes: dict[str, str]) -> dict[str, Any]:
+    """The stored profile after ``changes`` ("" removes a field); raises past the field limit."""
+    out = dict(profile)
+    fields = dict(out.get("fields", {}))
+    for key, value in changes.items():
+        if key in ("nickname", "avatar"):
+            out[key] = value
+        elif value:
+            fields[key] = value
+        else:
+            fields.pop(key, None)
+    if len(fields) > MAX_PROFILE_FIELDS:
+        raise RequestError(f"a profile has at most {MAX_PROFILE_FIELDS} custom fields", Code.BAD_REQUEST)
+    out["fields"] = fields
+    return out
+
+
+def profile_view(name: str, profile: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "user": name, "nickname": profile.get("nickname", ""), "avatar": profile.get("avatar", ""),
+        "fields": dict(profile.get("fields", {})),
+    }

@@ -25,7 +25,7 @@ from timpy.im import group_rules as rules
 from timpy.im import ids
 from timpy.im.accounts import RESERVED_NAMES, SYSTEM_USER, Identity
 from timpy.im.group_rules import Group, JoinPolicy, Role
-from timpy.im.messages import SendResult
+from timpy.im.messages import KIND_BURN, SendResult
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
@@ -252,7 +252,14 @@ class Groups:
     ) -> SendResult:
         group, _ = await self._load(gid)
         rules.check_send(group, sender)
+        if kind == KIND_BURN:
+            raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
         return await self._messenger.append_group(
-            Identity(sender_id, sender), gid, members, client_id, kind, body, ext
+            Identity(sender_id, sender), gid, members, client_id, kind, body, ext, admin=group.is_admin(sender)
         )
+
+    async def members_of(self, gid: bytes) -> list[str]:
+        """At the group's owner: its members' names."""
+        group, _ = await self._load(gid)
+        return sorted(group.members)

@@ -7,8 +7,13 @@ from dataclasses import dataclass, field
 import msgpack
 
 KIND_NORMAL = 0
+KIND_RECALL = 1  # ext["target"]: the seq of the message it recalls
+KIND_EDIT = 2  # ext["target"]: the seq of the message whose body it replaces
+KIND_BURN = 3  # burn-after-reading (1:1): deleted once the recipient has read it
+KIND_BURNED = 4  # made by the node when a BURN message was read; ext["target"]
+KIND_DELETED = 5  # a delivery placeholder: the message at this inbox position is gone
 KIND_CUSTOM_MIN = 100  # kinds from 100 on carry application-defined data
-KNOWN_KINDS = frozenset({KIND_NORMAL})
+KNOWN_KINDS = frozenset({KIND_NORMAL, KIND_RECALL, KIND_EDIT, KIND_BURN})  # what a client may send
 
 
 @dataclass(frozen=True)

@@ -18,19 +18,27 @@ node every key is local and all of this is one transaction.
 from __future__ import annotations
 
 import math
+from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
+import msgpack
 import trio
 
 from timpy.cluster.rpc import Call
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, StorageError, TimpyError
-from timpy.im import ids
+from timpy.im import ids, kinds
 from timpy.im.accounts import Identity
 from timpy.im.messages import (
+    KIND_BURNED,
     KIND_CUSTOM_MIN,
+    KIND_DELETED,
+    KIND_EDIT,
+    KIND_NORMAL,
+    KIND_RECALL,
     KNOWN_KINDS,
     ChatMessage,
     Delivery,
@@ -39,6 +47,7 @@ from timpy.im.messages import (
     unpack_content,
 )
 from timpy.im.peers import Peers
+from timpy.im.ratelimit import TokenBucket
 from timpy.im.replication import Replicator
 from timpy.im.routes import Routes
 from timpy.im.terminals import LiveTerminal, TerminalRegistry
@@ -72,6 +81,15 @@ class _Pending:
     result: SendResult | None = None
     error: TimpyError | None = None
     fanout: list[Call] | None = None  # inbox appends at other owners, awaited before the ack
+    admin: bool = False  # the sender is an admin of the group (may recall others' messages)
+    kind: int = KIND_NORMAL
+    ext: dict[str, str] | None = None
+    sender: str = ""
+    direct: bool = False  # a 1:1 message (the roster's blocks apply)
+
+    def __post_init__(self) -> None:
+        _v, _cid, self.sender, recipient, self.kind, _body, self.ext = msgpack.unpackb(self.new.content, raw=False)
+        self.direct = not recipient.startswith(GROUP_PREFIX)
 
 
 @dataclass(eq=False)
@@ -114,7 +132,29 @@ class Messenger:
         self._background: trio.Nursery | None = None
         self.stored_count = 0  # messages stored by this node since it started
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
+        self.records: Any = None  # the node's Records (roster blocks), set when it is built
+        self._user_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
         self._register()
+
+    def check_user_rate(self, user_id: bytes, now: float) -> None:
+        """Messages per user on this node (``user_message_rate``); raises RATE_LIMITED."""
+        bucket = self._user_buckets.get(user_id)
+        if bucket is None:
+            bucket = TokenBucket(self._limits.user_message_rate, self._limits.user_message_burst, now)
+            self._user_buckets[user_id] = bucket
+            while len(self._user_buckets) > 100_000:
+                self._user_buckets.popitem(last=False)
+        self._user_buckets.move_to_end(user_id)
+        if not bucket.take(now):
+            raise RequestError(
+                f"more than {self._limits.user_message_rate:g} messages per second from this user; slow down",
+                Code.RATE_LIMITED,
+            )
+
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
+        """Run ``fn(*args)`` in the background (notifications); dropped while the node starts or stops."""
+        if self._background is not None:
+            self._background.start_soon(fn, *args)
 
     # --- the writer -----------------------------------------------------
 
@@ -143,6 +183,8 @@ class Messenger:
     async def _write(self, queued: list[_Pending | _PendingInbox | None], with_cursors: bool = True) -> None:
         news = [p for p in queued if isinstance(p, _Pending)]
         inbox = [p for p in queued if isinstance(p, _PendingInbox)]
+        if news:
+            news = await self._screen(news)
         cursors: dict[tuple[bytes, bytes], int] = {}
         if with_cursors:
             cursors, self._cursors = self._cursors, {}
@@ -196,6 +238,47 @@ class Messenger:
                 self.routes.push(it.user_id, Delivery(placed.pos, message), content, it.created_ms)
             p.pos = placed.pos
             p.done.set()
+
+    async def _screen(self, news: list[_Pending]) -> list[_Pending]:
+        """Refuse, in queue order, what the rules that need stored state refuse:
+        1:1 messages to a user who blocked the sender, and recalls and edits
+        that may not act on their target."""
+        refused: set[int] = set()
+        direct = [p for p in news if p.direct and len(p.new.members) == 2]
+        if direct and self.records is not None:
+            try:
+                pairs = await self.records.get_many(list({p.new.conv_id for p in direct}), "pair")
+            except TimpyError as exc:
+                self._fail(direct, exc)
+                refused |= {id(p) for p in direct}
+                pairs = {}
+            for p in direct:
+                pair = pairs.get(p.new.conv_id)
+                if pair and any(bytes(blocked) == p.new.sender_id for _, blocked in pair["blocked_ids"]):
+                    self._fail([p], RequestError("this user does not accept your messages", Code.BLOCKED))
+                    refused.add(id(p))
+        for p in news:
+            if p.kind in (KIND_RECALL, KIND_EDIT) and id(p) not in refused:
+                try:
+                    target_seq = kinds.target_of(p.kind, p.ext or {})
+                    row = await self._store.run(self._store.repo.get_message, p.new.conv_id, target_seq)
+                    target = None
+                    if row is not None:
+                        target = self._message(p.conversation, row.seq, row.created_ms, row.content)
+                    kinds.check_acting(
+                        p.kind, p.sender, target, self._now(), int(self._limits.recall_window * 1000), p.admin
+                    )
+                except TimpyError as exc:
+                    self._fail([p], exc)
+                    refused.add(id(p))
+        return [p for p in news if id(p) not in refused] if refused else news
+
+    @staticmethod
+    def _message(conversation: str, seq: int, created_ms: int, content: bytes) -> ChatMessage:
+        """A stored message for a reader: a placeholder when it was recalled or burned."""
+        if not content:
+            return kinds.deleted_placeholder(conversation, seq, created_ms)
+        return unpack_content(conversation, seq, created_ms, content)
 
     @staticmethod
     def _fail(pendings: list[_Pending | _PendingInbox], exc: TimpyError) -> None:
@@ -279,7 +362,11 @@ class Messenger:
                 f"a message needs a client_id of 1 to {ids.MAX_CLIENT_ID} characters", Code.INVALID_MESSAGE
             )
         if not isinstance(kind, int) or (kind not in KNOWN_KINDS and kind < KIND_CUSTOM_MIN):
+            if kind in (KIND_BURNED, KIND_DELETED):
+                raise RequestError(f"message kind {kind} is made by the node, not sent", Code.INVALID_MESSAGE)
             raise RequestError(f"unknown message kind {kind}", Code.INVALID_MESSAGE)
+        if kind in (KIND_RECALL, KIND_EDIT):
+            kinds.target_of(kind, ext)
         if not isinstance(body, bytes):
             raise RequestError("a message body is bytes", Code.INVALID_MESSAGE)
         if len(body) > self._limits.max_body:
@@ -320,6 +407,8 @@ class Messenger:
         """Store a 1:1 message and deliver it; a retry with the same client_id is a no-op."""
         ext = dict(ext or {})
         self._validate(client_id, kind, body, ext)
+        if kind == KIND_EDIT:
+            ext["at"] = str(self._now())
         recipient = ids.normalize_name(recipient)
         await self._require_user(ids.user_id(self._indexer, recipient))
         new, conversation = self._prepare(sender, recipient, client_id, kind, body, ext)
@@ -340,11 +429,14 @@ class Messenger:
 
     async def append_group(
         self, sender: Identity, gid: bytes, members: tuple[bytes, ...], client_id: str, kind: int, body: bytes,
-        ext: dict[str, str],
+        ext: dict[str, str], admin: bool = False,
     ) -> SendResult:
         """Store a message to a group (at the group's owner, its rules checked):
         once, numbered in the group's conversation, into every member's inbox."""
+        ext = dict(ext)
         self._validate(client_id, kind, body, ext)
+        if kind == KIND_EDIT:
+            ext["at"] = str(self._now())
         text = ids.conversation_text(gid)
         new = NewMessage(
             conv_id=gid,
@@ -354,7 +446,7 @@ class Messenger:
             created_ms=self._now(),
             content=pack_content(client_id, sender.name, GROUP_PREFIX + text, kind, body, ext),
         )
-        return await self._append_here(new, text)
+        return await self._append_here(new, text, admin)
 
     @staticmethod
     def result_to_wire(r: SendResult) -> list:
@@ -366,8 +458,12 @@ class Messenger:
         seq, created_ms, duplicate, content = raw
         return SendResult(unpack_content(conversation, seq, created_ms, bytes(content)), bool(duplicate))
 
-    async def _append_here(self, new: NewMessage, conversation: str) -> SendResult:
-        pending = _Pending(new, conversation, trio.Event())
+    async def append_here(self, new: NewMessage, conversation: str) -> SendResult:
+        """At the conversation's owner: store a message the node makes (BURNED)."""
+        return await self._append_here(new, conversation)
+
+    async def _append_here(self, new: NewMessage, conversation: str, admin: bool = False) -> SendResult:
+        pending = _Pending(new, conversation, trio.Event(), admin=admin)
         self._enqueue(pending)
         return await self._finish_append(pending)
 
@@ -432,7 +528,10 @@ class Messenger:
             if peer:  # a conversation that has no message yet
                 return text, [], False
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
-        return text, [unpack_content(text, seq, ms, bytes(content)) for seq, ms, content in rows], bool(more)
+        shown = [
+            unpack_content(text, seq, ms, bytes(content)) for seq, ms, content in rows if content  # not recalled or burned
+        ]
+        return text, [m for m in shown if m.kind not in kinds.ACTING], bool(more)
 
     async def _read_history(self, conv: bytes, args: tuple) -> tuple[bool, list, bool]:
         """From the conversation's owner; if it does not answer, from another
@@ -468,15 +567,21 @@ class Messenger:
         terminal.on_gap = self._resync
         owner = self._peers.owner(terminal.user_id)
         if owner == self._peers.self_id or not self._cluster:
-            return await self._open_terminal_here(terminal.user_id, terminal.device_id, self._peers.self_id)
+            return await self._open_terminal_here(
+                terminal.user_id, terminal.device_id, self._peers.self_id, terminal.kind
+            )
         return int(
-            await self._peers.call(owner, "term.open", terminal.user_id, terminal.device_id, self._peers.self_id)
+            await self._peers.call(
+                owner, "term.open", terminal.user_id, terminal.device_id, self._peers.self_id, terminal.kind
+            )
         )
 
-    async def _open_terminal_here(self, user_id: bytes, device_id: bytes, node_id: str) -> int:
+    async def _open_terminal_here(self, user_id: bytes, device_id: bytes, node_id: str, kind: str = "other") -> int:
         await self._replicator.ensure("user", user_id)
-        self.routes.attach(user_id, device_id, node_id)
-        return await self._store.run(self._store.repo.open_terminal, user_id, device_id, self._now())
+        self.routes.check(user_id, device_id, kind)  # a refused login changes nothing
+        cursor = await self._store.run(self._store.repo.open_terminal, user_id, device_id, self._now())
+        self.routes.attach(user_id, device_id, node_id, kind)
+        return cursor
 
     def close_terminal(self, terminal: LiveTerminal) -> None:
         self._registry.detach(terminal)
@@ -533,7 +638,7 @@ class Messenger:
         for _ in range(100_000):  # bounded: each round reads a page or goes live
             entries = await self._read_inbox(terminal.user_id, last, page)
             for pos, conv_id, seq, created_ms, content in entries:
-                message = unpack_content(ids.conversation_text(bytes(conv_id)), seq, created_ms, bytes(content))
+                message = self._message(ids.conversation_text(bytes(conv_id)), seq, created_ms, bytes(content))
                 await terminal.link.push(Delivery(pos, message))
                 last = pos
                 count += 1
@@ -618,9 +723,9 @@ class Messenger:
             self._require_owner(bytes(user_id), "user")
             return [list(e) for e in await self._inbox_here(bytes(user_id), int(after), int(limit))]
 
-        async def term_open(user_id, device_id, node_id):  # noqa: ANN001, ANN202
+        async def term_open(user_id, device_id, node_id, kind="other"):  # noqa: ANN001, ANN202
             self._require_owner(bytes(user_id), "user")
-            return await self._open_terminal_here(bytes(user_id), bytes(device_id), str(node_id))
+            return await self._open_terminal_here(bytes(user_id), bytes(device_id), str(node_id), str(kind))
 
         def term_ack(user_id, device_id, pos):  # noqa: ANN001, ANN202
             self._acknowledge_here(bytes(user_id), bytes(device_id), int(pos))

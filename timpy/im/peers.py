@@ -8,6 +8,7 @@ from typing import Any
 
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.rpc import Call, Rpc
+from timpy.errors import Code, TimpyError
 
 
 class Peers:
@@ -45,3 +46,34 @@ class Peers:
 
     def others(self) -> list[str]:
         return sorted(self.placement.members - {self.self_id})
+
+    # --- serving a key at its owner -------------------------------------------
+
+    def expose(self, method: str, here: Any, what: str = "key") -> None:
+        """Serve ``method`` to other nodes as ``here(key, *args)``, at the key's
+        owner only (a node that is not the owner any more says so: retry)."""
+        if self.rpc is None:
+            return
+
+        def handler(key: bytes, *args: Any) -> Any:
+            key = bytes(key)
+            if not self.is_local(key):
+                raise TimpyError(f"this node does not own that {what} (the cluster is changing); retry", Code.UNAVAILABLE)
+            return here(key, *args)
+
+        self.rpc.register(method, handler)
+
+    async def at_owner(self, key: bytes, method: str, here: Any, *args: Any, timeout: float = 5.0) -> Any:
+        """Run ``here(key, *args)`` on the key's owner: directly when that is
+        this node, else through ``method`` (see ``expose``)."""
+        owner = self.owner(key)
+        if owner == self.self_id or self.rpc is None:
+            return await here(key, *args)
+        return await self.call(owner, method, key, *args, timeout=timeout)
+
+    def by_owner(self, keys: Any) -> dict[str, list[bytes]]:
+        """Keys grouped by their owner node."""
+        out: dict[str, list[bytes]] = {}
+        for key in keys:
+            out.setdefault(self.owner(key), []).append(key)
+        return out

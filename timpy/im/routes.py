@@ -9,17 +9,55 @@ to close (``route.kick``).
 
 from __future__ import annotations
 
-from timpy.errors import Code
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from timpy.config import Limits
+from timpy.errors import Code, RequestError
 from timpy.im.messages import Delivery, unpack_content
 from timpy.im.peers import Peers
 from timpy.im.terminals import TerminalRegistry
 
 
+@dataclass(frozen=True)
+class Route:
+    node: str
+    kind: str  # the device kind given at login
+    since: float  # when it attached (monotonic order of logins)
+
+
+def over_limit(devices: dict[bytes, Route], device_id: bytes, kind: str, limits: Limits) -> list[bytes]:
+    """The terminals that must go for ``device_id`` (of ``kind``) to join
+    ``devices``, oldest first; raises LIMIT_REACHED when the limits say to
+    refuse the new login instead (pure)."""
+    others = {d: r for d, r in devices.items() if d != device_id}
+    oldest = sorted(others, key=lambda d: others[d].since)
+    kick: list[bytes] = []
+    per_kind = limits.terminals_per_kind.get(kind)
+    same = [d for d in oldest if others[d].kind == kind]
+    if per_kind is not None and len(same) >= per_kind:
+        kick += same[: len(same) - per_kind + 1]
+    left = [d for d in oldest if d not in kick]
+    if len(left) >= limits.max_terminals:
+        kick += left[: len(left) - limits.max_terminals + 1]
+    if kick and limits.terminal_overflow == "refuse":
+        what = f"{per_kind} {kind} terminal(s)" if per_kind is not None and len(same) >= per_kind else (
+            f"{limits.max_terminals} terminals")
+        raise RequestError(
+            f"this account has {what} logged in already, the limit; log out of one first", Code.LIMIT_REACHED
+        )
+    return kick
+
+
 class Routes:
-    def __init__(self, peers: Peers, registry: TerminalRegistry) -> None:
+    def __init__(self, peers: Peers, registry: TerminalRegistry, limits: Callable[[], Limits] = Limits) -> None:
         self._peers = peers
         self._registry = registry
-        self._records: dict[bytes, dict[bytes, str]] = {}
+        self._limits = limits
+        self._records: dict[bytes, dict[bytes, Route]] = {}
+        self._clock = 0.0
+        # Called at the owner when a user's first terminal arrives (True) or its last goes (False).
+        self.on_presence: Callable[[bytes, bool], None] | None = None
         rpc = peers.rpc
         if rpc is not None:
             rpc.register("route.detach", self._on_detach)
@@ -29,22 +67,40 @@ class Routes:
 
     # --- at the owner -------------------------------------------------------
 
-    def attach(self, user_id: bytes, device_id: bytes, node_id: str) -> None:
+    def check(self, user_id: bytes, device_id: bytes, kind: str) -> list[bytes]:
+        """The terminals this login would push out (raises if it is refused)."""
+        return over_limit(self._records.get(user_id, {}), device_id, kind, self._limits())
+
+    def attach(self, user_id: bytes, device_id: bytes, node_id: str, kind: str = "other") -> None:
+        kick = self.check(user_id, device_id, kind)
+        first = user_id not in self._records
         devices = self._records.setdefault(user_id, {})
         old = devices.get(device_id)
-        devices[device_id] = node_id
-        if old is not None and old != node_id:
-            if old == self._peers.self_id:
-                self._kick_local(user_id, device_id)
-            else:
-                self._peers.notify(old, "route.kick", user_id, device_id)
+        self._clock += 1
+        devices[device_id] = Route(node_id, kind, self._clock if old is None else old.since)
+        if old is not None and old.node != node_id:
+            self._kick_device(user_id, device_id, old.node, "logged in again from the same device elsewhere")
+        for gone in kick:
+            route = devices.pop(gone)
+            self._kick_device(user_id, gone, route.node,
+                              f"too many terminals of this account: this one ({route.kind}) was the oldest")
+        if first and self.on_presence is not None:
+            self.on_presence(user_id, True)
+
+    def _kick_device(self, user_id: bytes, device_id: bytes, node: str, reason: str) -> None:
+        if node == self._peers.self_id:
+            self._kick_local(user_id, device_id, reason)
+        else:
+            self._peers.notify(node, "route.kick", user_id, device_id, reason)
 
     def _on_detach(self, user_id: bytes, device_id: bytes, node_id: str) -> None:
         devices = self._records.get(user_id)
-        if devices is not None and devices.get(device_id) == node_id:
+        if devices is not None and device_id in devices and devices[device_id].node == node_id:
             del devices[device_id]
             if not devices:
                 del self._records[user_id]
+                if self.on_presence is not None:
+                    self.on_presence(user_id, False)
 
     def detach(self, user_id: bytes, device_id: bytes) -> None:
         """A terminal on this node went away: tell the user's owner."""
@@ -58,16 +114,26 @@ class Routes:
         """Drop the records of nodes that left the ring (dead or gone)."""
         for user_id in list(self._records):
             devices = self._records[user_id]
-            for device_id, node in list(devices.items()):
-                if node not in nodes:
+            for device_id, route in list(devices.items()):
+                if route.node not in nodes:
                     del devices[device_id]
             if not devices:
                 del self._records[user_id]
+                if self.on_presence is not None:
+                    self.on_presence(user_id, False)
+
+    def online(self, user_id: bytes) -> bool:
+        """At the owner: has the user a live terminal?"""
+        return user_id in self._records
+
+    def nodes_of(self, user_id: bytes) -> set[str]:
+        """At the owner: the nodes holding the user's live terminals."""
+        return {r.node for r in self._records.get(user_id, {}).values()}
 
     def push(self, user_id: bytes, delivery: Delivery, content: bytes, created_ms: int) -> None:
         """Deliver to the user's terminals here and on the nodes that hold others."""
         self._registry.deliver(user_id, delivery)
-        nodes = {n for n in self._records.get(user_id, {}).values() if n != self._peers.self_id}
+        nodes = self.nodes_of(user_id) - {self._peers.self_id}
         if not nodes:
             return
         m = delivery.message
@@ -86,7 +152,7 @@ class Routes:
     def _on_kick_user(self, user_id: bytes, reason: str) -> None:
         user_id, reason = bytes(user_id), str(reason)
         self._kick_all_local(user_id, reason)
-        for node in set(self._records.get(user_id, {}).values()) - {self._peers.self_id}:
+        for node in self.nodes_of(user_id) - {self._peers.self_id}:
             self._peers.notify(node, "route.kick", user_id, b"", reason)
 
     def _kick_all_local(self, user_id: bytes, reason: str) -> None:
@@ -107,10 +173,10 @@ class Routes:
         if not device_id:  # every terminal of the user on this node
             self._kick_all_local(bytes(user_id), str(reason) or "closed by the operator")
             return
-        self._kick_local(bytes(user_id), bytes(device_id))
+        self._kick_local(bytes(user_id), bytes(device_id), str(reason) or "logged in again from the same device elsewhere")
 
-    def _kick_local(self, user_id: bytes, device_id: bytes) -> None:
+    def _kick_local(self, user_id: bytes, device_id: bytes, reason: str) -> None:
         terminal = self._registry.find(user_id, device_id)
         if terminal is not None:
             self._registry.detach(terminal)
-            terminal.link.close("logged in again from the same device elsewhere", Code.KICKED)
+            terminal.link.close(reason, Code.KICKED)

@@ -28,6 +28,10 @@ class TerminalLink(Protocol):
         """Tell the terminal why (an error with ``code``), then drop the connection;
         the terminal syncs again when it returns."""
 
+    def push_signal(self, op: str, fields: dict) -> None:
+        """Queue a push that is not a stored message (presence, receipt, signal,
+        stream data, roster); dropped if the terminal cannot keep up."""
+
 
 @dataclass(eq=False)
 class LiveTerminal:
@@ -35,6 +39,7 @@ class LiveTerminal:
     device_id: bytes
     device: str
     link: TerminalLink
+    kind: str = "other"  # the device kind given at login (terminal limits per kind)
     max_held: int = 10_000
     syncing: bool = False
     last_pos: int = 0  # the highest inbox position given to the link

@@ -196,7 +196,7 @@ class BackendCoordinator:
         def check() -> tuple[int, int]:
             engine = self.repo._engine_for(spec)
             try:
-                repo = Repository(engine, self.repo._sealer)
+                repo = Repository(engine, self.repo._sealer, self.repo._effect_of)
                 repo.create_schema()
                 return repo.key_count()
             finally:

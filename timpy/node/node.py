@@ -34,14 +34,21 @@ from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import ConfigError
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
-from timpy.im import ids
+from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
 from timpy.im.groups import Groups
 from timpy.im.messages import KIND_NORMAL, SendResult
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
+from timpy.im.presence import Presence
+from timpy.im.receipts import Receipts
+from timpy.im.records import Records
 from timpy.im.replication import Replicator
+from timpy.im.rooms import Rooms
+from timpy.im.roster import Roster
 from timpy.im.routes import Routes
+from timpy.im.signalling import Signalling
+from timpy.im.signals import Signals
 from timpy.im.terminals import TerminalRegistry
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
@@ -104,7 +111,9 @@ class Node:
         c = self.config
         if c.storage.shared:
             initial = BackendMap(1, c.storage.backends)
-            repo = ShardedRepository(initial, Sealer(keys.storage), lambda spec: url_engine(spec.url, c.sqlite_synchronous))
+            repo = ShardedRepository(
+                initial, Sealer(keys.storage), lambda spec: url_engine(spec.url, c.sqlite_synchronous), kinds.effect_of
+            )
             return Store(repo, c.storage.threads), "shared backends"
         if c.database_url:
             engine, where, threads = url_engine(c.database_url), "database (url)", 8
@@ -113,7 +122,7 @@ class Node:
         else:
             path = c.data_dir / "timpy.sqlite3"
             engine, where, threads = sqlite_engine(path, c.sqlite_synchronous), str(path), 1
-        return Store(Repository(engine, Sealer(keys.storage)), threads), where
+        return Store(Repository(engine, Sealer(keys.storage), kinds.effect_of), threads), where
 
     async def _start(self, nursery: trio.Nursery) -> None:
         c = self.config
@@ -159,7 +168,7 @@ class Node:
             await self.backends.load()
             store_where = "shared backends " + ", ".join(b.name for b in self.store.repo.map.backends)
         self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
-        self.routes = Routes(self.peers, self.terminals)
+        self.routes = Routes(self.peers, self.terminals, lambda: self.config.limits)
         self.accounts = Accounts(
             self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, now_ms,
             self.peers, self.replicator,
@@ -169,6 +178,23 @@ class Node:
             self.store, self.indexer, self.terminals, c.limits, now_ms, self.peers, self.replicator, self.routes
         )
         self.groups = Groups(self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger)
+        self.records = Records(self.store, self.peers, self.replicator)
+        self.messenger.records = self.records
+        self.signals = Signals(self.peers, self.terminals, self.routes)
+        self.roster = Roster(self.indexer, self.peers, self.records, self.messenger, self.signals)
+        self.presence = Presence(
+            self.store, self.indexer, self.peers, self.records, self.routes, self.roster, self.signals, now_ms,
+            self.messenger.spawn,
+        )
+        self.receipts = Receipts(
+            self.store, self.indexer, self.peers, self.replicator, self.messenger, self.signals, c.limits
+        )
+        self.signalling = Signalling(
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits
+        )
+        self.rooms = Rooms(
+            self.indexer, self.peers, self.signals, lambda: self.config.limits, trio.current_time, self.messenger.spawn
+        )
         nursery.start_soon(self._run_writer)
         await nursery.start(self._run_cluster)
         await nursery.start(self._run_gateway)
@@ -213,6 +239,8 @@ class Node:
             return
         log.info("ring changed (version %d): %d nodes", placement.version, len(placement.members))
         self.routes.keep_only(placement.members)
+        self.records.forget_cache()
+        self.rooms.ring_changed(frozenset(placement.members))
         self.messenger.reattach_terminals()
         self.replicator.trigger()
 
@@ -409,6 +437,8 @@ class Node:
         self.messenger._limits = limits
         self.accounts._limits = limits
         self.groups._limits = limits
+        self.receipts._limits = limits
+        self.signalling._limits = limits
         log.info("limits changed: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
         return limits
 

@@ -37,11 +37,17 @@ def _add_groups(conn: Connection) -> None:
     s.groups.create(conn, checkfirst=True)
 
 
+def _add_records_and_read_marks(conn: Connection) -> None:
+    s.records.create(conn, checkfirst=True)
+    s.read_marks.create(conn, checkfirst=True)
+
+
 # (version reached, what it does, the step)
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "index inbox entries by message", _add_inbox_message_index),
     (3, "account versions", _add_account_version),
     (4, "groups", _add_groups),
+    (5, "records and read marks", _add_records_and_read_marks),
 ]
 
 assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"

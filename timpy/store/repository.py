@@ -94,16 +94,22 @@ class Copies:
     inbox: list[tuple[bytes, int, bytes, int]] = field(default_factory=list)  # user, pos, conv, seq
     terminals: list[tuple[bytes, bytes, int, int]] = field(default_factory=list)  # user, device, cursor, seen
     groups: list[tuple[bytes, bytes, int, list[bytes]]] = field(default_factory=list)  # group, sealed state, version, members
+    records: list[tuple[bytes, str, bytes, int]] = field(default_factory=list)  # key, kind, sealed state, version
+    reads: list[tuple[bytes, bytes, int]] = field(default_factory=list)  # user, conv, seq read
 
     def __bool__(self) -> bool:
-        return bool(self.accounts or self.conversations or self.messages or self.inbox or self.terminals or self.groups)
+        return bool(
+            self.accounts or self.conversations or self.messages or self.inbox or self.terminals or self.groups
+            or self.records or self.reads
+        )
 
     def pack(self) -> list[Any]:
-        return [self.accounts, self.conversations, self.messages, self.inbox, self.terminals, self.groups]
+        return [self.accounts, self.conversations, self.messages, self.inbox, self.terminals, self.groups,
+                self.records, self.reads]
 
     @classmethod
     def unpack(cls, raw: Any) -> Copies:
-        accounts, conversations, messages, inbox, terminals, groups = raw
+        accounts, conversations, messages, inbox, terminals, groups, records, reads = raw
         copies = cls(
             [(bytes(u), bytes(x), bytes(p), bool(d), int(v)) for u, x, p, d, v in accounts],
             [(bytes(cv), [bytes(u) for u in ms]) for cv, ms in conversations],
@@ -112,10 +118,14 @@ class Copies:
             [(bytes(u), bytes(d), int(cu), int(t)) for u, d, cu, t in terminals],
         )
         copies.groups = [(bytes(g), bytes(st), int(v), [bytes(u) for u in ms]) for g, st, v, ms in groups]
+        copies.records = [(bytes(k), str(kind), bytes(st), int(v)) for k, kind, st, v in records]
+        copies.reads = [(bytes(u), bytes(cv), int(q)) for u, cv, q in reads]
         return copies
 
     def merge(self, other: Copies) -> None:
         self.groups += other.groups
+        self.records += other.records
+        self.reads += other.reads
         self.accounts += other.accounts
         self.conversations += other.conversations
         self.messages += other.messages
@@ -128,7 +138,20 @@ class StoredMessage:
     conv_id: bytes
     seq: int
     created_ms: int
-    content: bytes
+    content: bytes  # opened; empty for a message that was recalled or burned
+
+    @property
+    def deleted(self) -> bool:
+        return not self.content
+
+
+#: What a stored message does to an earlier one of its conversation, given its
+#: plaintext content: None (nothing), or (target seq, transform) where the
+#: transform maps the target's content to its new content, or to None to
+#: delete it. The messaging layer supplies it (``timpy.im.kinds``); the store
+#: applies it wherever the row lands: on the conversation's owner, in a copy
+#: beside an inbox, on a replica, on another backend.
+EffectOf = Callable[[bytes], "tuple[int, Callable[[bytes], bytes | None]] | None"]
 
 
 @dataclass(frozen=True)
@@ -138,9 +161,10 @@ class InboxEntry:
 
 
 class Repository:
-    def __init__(self, engine: Engine, sealer: Sealer) -> None:
+    def __init__(self, engine: Engine, sealer: Sealer, effect_of: EffectOf | None = None) -> None:
         self.engine = engine
         self._sealer = sealer
+        self._effect_of = effect_of
 
     # --- schema and key -------------------------------------------------
 
@@ -380,6 +404,7 @@ class Repository:
             redo: list[tuple[int, InboxItem]] = []
             new_convs: dict[bytes, NewMessage] = {}
             msg_rows: list[dict[str, Any]] = []
+            plain: dict[tuple[bytes, int], bytes] = {}  # the new rows' contents, not sealed
             copy_rows: list[dict[str, Any]] = []  # message rows kept beside an inbox entry
             inbox_rows: list[dict[str, Any]] = []
             touched_users: set[bytes] = set()
@@ -410,6 +435,7 @@ class Repository:
                 seq = last_seq[item.conv_id] + 1
                 last_seq[item.conv_id] = seq
                 sealed = self._sealer.seal(item.content, row_ad("messages", item.conv_id, seq))
+                plain[(item.conv_id, seq)] = item.content
                 msg_rows.append(
                     dict(conv_id=item.conv_id, seq=seq, dedup=item.dedup, created_ms=item.created_ms, content=sealed)
                 )
@@ -444,6 +470,7 @@ class Repository:
             if copy_rows:
                 # A move between backends may be copying the same rows right now.
                 _insert_missing(conn, m, copy_rows)
+            self._apply_effects(conn, [*msg_rows, *copy_rows], plain)
             if inbox_rows:
                 conn.execute(insert(s.inbox), inbox_rows)
             changed = [dict(k=k, v=v) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
@@ -567,6 +594,7 @@ class Repository:
                 if rows:
                     _insert_missing(conn, m, rows)
                     added += len(rows)
+                    self._apply_effects(conn, rows, {})
                 tops: dict[bytes, int] = {}
                 for conv, seq, *_ in bundle.messages:
                     tops[conv] = max(tops.get(conv, 0), seq)
@@ -626,6 +654,18 @@ class Repository:
                     conn.execute(
                         update(t).where(and_(t.c.user_id == user, t.c.device_id == device)).values(cursor=cursor)
                     )
+            r = s.records
+            for key, kind, sealed, version in bundle.records:
+                have = conn.execute(select(r.c.version).where(and_(r.c.key_id == key, r.c.kind == kind))).first()
+                if have is None:
+                    _insert_missing(conn, r, [dict(key_id=key, kind=kind, state=sealed, version=version)])
+                    added += 1
+                elif int(have.version) < version:
+                    conn.execute(update(r).where(and_(r.c.key_id == key, r.c.kind == kind, r.c.version < version))
+                                 .values(state=sealed, version=version))
+                    added += 1
+            if bundle.reads:
+                self._advance_reads(conn, {(u, cv): q for u, cv, q in bundle.reads})
         return added
 
     def conversation_copies(self, conv_id: bytes, after_seq: int, limit: int) -> Copies:
@@ -644,12 +684,21 @@ class Repository:
             )
             messages = [(conv_id, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows]
             group = conn.execute(select(s.groups).where(s.groups.c.group_id == conv_id)).first()
+            records = self._records_of(conn, [conv_id])
         if group is not None:  # a group's members travel with its state (a copy may be older: no re-adding)
             return Copies(
                 conversations=[(conv_id, [])], messages=messages,
-                groups=[(conv_id, bytes(group.state), int(group.version), members)],
+                groups=[(conv_id, bytes(group.state), int(group.version), members)], records=records,
             )
-        return Copies(conversations=[(conv_id, members)] if members else [], messages=messages)
+        return Copies(conversations=[(conv_id, members)] if members else [], messages=messages, records=records)
+
+    @staticmethod
+    def _records_of(conn: Any, keys: list[bytes]) -> list[tuple[bytes, str, bytes, int]]:
+        r = s.records
+        return [
+            (bytes(row.key_id), str(row.kind), bytes(row.state), int(row.version))
+            for row in conn.execute(select(r).where(r.c.key_id.in_(keys)))
+        ]
 
     def user_copies(self, user_id: bytes, after_pos: int, limit: int) -> Copies:
         """A user's account, terminals, and inbox after ``after_pos`` with its messages."""
@@ -680,11 +729,19 @@ class Repository:
                 (user_id, bytes(r.device_id), int(r.cursor), int(r.last_seen_ms))
                 for r in conn.execute(select(t).where(t.c.user_id == user_id))
             ]
+            records = self._records_of(conn, [user_id])
+            rm = s.read_marks
+            reads = [
+                (user_id, bytes(r.conv_id), int(r.seq))
+                for r in conn.execute(select(rm.c.conv_id, rm.c.seq).where(rm.c.user_id == user_id))
+            ]
         return Copies(
             accounts=[(user_id, bytes(acc.secret), bytes(acc.profile), bool(acc.disabled), int(acc.version))],
             messages=messages,
             inbox=[(user_id, int(r.pos), bytes(r.conv_id), int(r.seq)) for r in inbox],
             terminals=terms,
+            records=records,
+            reads=reads,
         )
 
     def conversation_digest(self, after: bytes, limit: int) -> list[tuple[bytes, int]]:
@@ -750,8 +807,9 @@ class Repository:
                 members = dict(self._counts(conn, cm.c.conv_id, keys))
                 g = s.groups
                 versions = {bytes(r[0]): int(r[1]) for r in conn.execute(select(g.c.group_id, g.c.version).where(g.c.group_id.in_(keys)))}
+                recs = self._record_versions(conn, keys)
                 for k, head in heads.items():
-                    out[k] = (head, counts.get(k, 0), members.get(k, 0), versions.get(k, 0))
+                    out[k] = (head, counts.get(k, 0), members.get(k, 0), versions.get(k, 0), recs.get(k, 0))
             else:
                 a, i, t = s.accounts, s.inbox, s.terminals
                 heads = {
@@ -760,9 +818,16 @@ class Repository:
                 }
                 counts = dict(self._counts(conn, i.c.user_id, keys))
                 terms = dict(self._counts(conn, t.c.user_id, keys))
+                recs = self._record_versions(conn, keys)
                 for k, (head, version) in heads.items():
-                    out[k] = (head, counts.get(k, 0), terms.get(k, 0), version)
+                    out[k] = (head, counts.get(k, 0), terms.get(k, 0), version, recs.get(k, 0))
         return out
+
+    @staticmethod
+    def _record_versions(conn: Any, keys: list[bytes]) -> dict[bytes, int]:
+        r = s.records
+        rows = conn.execute(select(r.c.key_id, func.sum(r.c.version)).where(r.c.key_id.in_(keys)).group_by(r.c.key_id))
+        return {bytes(row[0]): int(row[1]) for row in rows}
 
     @staticmethod
     def _counts(conn: Any, column: Any, keys: list[bytes]) -> list[tuple[bytes, int]]:
@@ -784,12 +849,14 @@ class Repository:
                 candidates |= {
                     bytes(r[0]) for r in conn.execute(select(i.c.conv_id).where(i.c.user_id.in_(users)).distinct())
                 }
-                for table in (i, t, a):
+                for table in (i, t, a, s.read_marks):
                     deleted += conn.execute(table.delete().where(table.c.user_id.in_(users))).rowcount
+                deleted += conn.execute(s.records.delete().where(s.records.c.key_id.in_(users))).rowcount
             if convs:
                 for table in (cm, c):
                     deleted += conn.execute(table.delete().where(table.c.conv_id.in_(convs))).rowcount
                 deleted += conn.execute(s.groups.delete().where(s.groups.c.group_id.in_(convs))).rowcount
+                deleted += conn.execute(s.records.delete().where(s.records.c.key_id.in_(convs))).rowcount
             stale = [k for k in candidates if k in set(convs) or not homed(k)]
             referenced = select(i.c.pos).where(and_(i.c.conv_id == m.c.conv_id, i.c.seq == m.c.seq)).exists()
             for start in range(0, len(stale), 500):
@@ -812,7 +879,14 @@ class Repository:
         return self._open_message(conv_id, seq, sealed)
 
     def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
+        if not sealed:
+            return b""  # recalled or burned: nothing is left of it
         return self._sealer.open(sealed, row_ad("messages", conv_id, seq))
+
+    def conversation_members(self, conv_id: bytes) -> list[bytes]:
+        cm = s.conv_members
+        with self.engine.connect() as conn:
+            return [bytes(r.user_id) for r in conn.execute(select(cm.c.user_id).where(cm.c.conv_id == conv_id))]
 
     def is_member(self, conv_id: bytes, user_id: bytes) -> bool:
         with self.engine.connect() as conn:
@@ -871,6 +945,154 @@ class Repository:
             )
             for r in rows
         ]
+
+    # --- what a message does to an earlier one (recall, burn, edit) --------
+
+    def _apply_effects(
+        self, conn: Any, rows: Sequence[dict[str, Any]], plain: dict[tuple[bytes, int], bytes]
+    ) -> None:
+        """Apply the effects of message rows just inserted (in order); ``plain``
+        has the contents of rows that are not sealed yet at hand."""
+        if self._effect_of is None:
+            return
+        m = s.messages
+        for row in sorted(rows, key=lambda r: (r["conv_id"], r["seq"])):
+            conv, seq = row["conv_id"], row["seq"]
+            content = plain.get((conv, seq))
+            if content is None:
+                content = self._open_message(conv, seq, row["content"])
+            if not content:
+                continue
+            effect = self._effect_of(content)
+            if effect is None:
+                continue
+            target, transform = effect
+            if not 0 < target < seq:
+                continue
+            old = conn.execute(select(m.c.content).where(and_(m.c.conv_id == conv, m.c.seq == target))).first()
+            if old is None or not old.content:
+                continue  # not here (an inbox copy of a message this user never had), or gone already
+            changed = transform(self._open_message(conv, target, bytes(old.content)))
+            sealed = b"" if changed is None else self._sealer.seal(changed, row_ad("messages", conv, target))
+            conn.execute(update(m).where(and_(m.c.conv_id == conv, m.c.seq == target)).values(content=sealed))
+
+    def get_message(self, conv_id: bytes, seq: int) -> StoredMessage | None:
+        """One message (opened; empty content when recalled or burned), or None."""
+        m = s.messages
+        with self.engine.connect() as conn:
+            row = conn.execute(
+                select(m.c.created_ms, m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq == seq))
+            ).first()
+        if row is None:
+            return None
+        return StoredMessage(conv_id, seq, int(row.created_ms), self._open_message(conv_id, seq, bytes(row.content)))
+
+    # --- records: small sealed values per key, with versions ---------------
+
+    def get_record(self, key_id: bytes, kind: str) -> tuple[bytes, int] | None:
+        """A record's value (opened) and version."""
+        r = s.records
+        with self.engine.connect() as conn:
+            row = conn.execute(select(r.c.state, r.c.version).where(and_(r.c.key_id == key_id, r.c.kind == kind))).first()
+        if row is None:
+            return None
+        return self._sealer.open(bytes(row.state), row_ad("records", key_id, kind)), int(row.version)
+
+    def get_records(self, key_ids: Sequence[bytes], kind: str) -> dict[bytes, bytes]:
+        """The values (opened) of one kind of record for many keys; absent keys are left out."""
+        r = s.records
+        keys = list(key_ids)
+        if not keys:
+            return {}
+        with self.engine.connect() as conn:
+            rows = list(conn.execute(select(r.c.key_id, r.c.state).where(and_(r.c.key_id.in_(keys), r.c.kind == kind))))
+        return {bytes(row.key_id): self._sealer.open(bytes(row.state), row_ad("records", bytes(row.key_id), kind))
+                for row in rows}
+
+    def put_record(self, key_id: bytes, kind: str, state: bytes, expected: int) -> int:
+        """Store a record's new value if its version is still ``expected`` (0:
+        none yet); returns the new version, or raises if another write came first."""
+        r = s.records
+        sealed = self._sealer.seal(state, row_ad("records", key_id, kind))
+        try:
+            with self.engine.begin() as conn:
+                if expected == 0:
+                    conn.execute(insert(r).values(key_id=key_id, kind=kind, state=sealed, version=1))
+                else:
+                    done = conn.execute(
+                        update(r).where(and_(r.c.key_id == key_id, r.c.kind == kind, r.c.version == expected))
+                        .values(state=sealed, version=expected + 1)
+                    ).rowcount
+                    if not done:
+                        raise RequestError("it changed at the same time; retry", Code.UNAVAILABLE)
+        except IntegrityError:
+            raise RequestError("it changed at the same time; retry", Code.UNAVAILABLE) from None
+        return expected + 1
+
+    def record_copies(self, key_id: bytes, kind: str) -> Copies:
+        with self.engine.connect() as conn:
+            return Copies(records=[rec for rec in self._records_of(conn, [key_id]) if rec[1] == kind])
+
+    # --- read marks and unread counts ------------------------------------
+
+    @staticmethod
+    def _advance_reads(conn: Any, marks: dict[tuple[bytes, bytes], int]) -> None:
+        rm = s.read_marks
+        keys = list(marks)
+        have: dict[tuple[bytes, bytes], int] = {}
+        for start in range(0, len(keys), 200):
+            chunk = keys[start : start + 200]
+            users = list({u for u, _ in chunk})
+            convs = list({cv for _, cv in chunk})
+            for r in conn.execute(select(rm).where(and_(rm.c.user_id.in_(users), rm.c.conv_id.in_(convs)))):
+                have[(bytes(r.user_id), bytes(r.conv_id))] = int(r.seq)
+        fresh = [dict(user_id=u, conv_id=cv, seq=q) for (u, cv), q in marks.items() if (u, cv) not in have]
+        if fresh:
+            _insert_missing(conn, rm, fresh)
+        later = [dict(u=u, c=cv, q=q) for (u, cv), q in marks.items() if (u, cv) in have and have[(u, cv)] < q]
+        if later:
+            conn.execute(
+                update(rm).where(and_(rm.c.user_id == bindparam("u"), rm.c.conv_id == bindparam("c"),
+                                      rm.c.seq < bindparam("q"))).values(seq=bindparam("q")),
+                later,
+            )
+
+    def mark_read(self, user_id: bytes, conv_id: bytes, seq: int) -> int:
+        """Move the user's read mark of a conversation forward to ``seq``; returns
+        the mark before (marks never move back)."""
+        rm = s.read_marks
+        with self.engine.begin() as conn:
+            before = conn.execute(
+                select(rm.c.seq).where(and_(rm.c.user_id == user_id, rm.c.conv_id == conv_id))
+            ).scalar()
+            self._advance_reads(conn, {(user_id, conv_id): seq})
+        return int(before or 0)
+
+    def unread(self, user_id: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], dict[bytes, int]]:
+        """The user's inbox messages after each conversation's read mark, as
+        (conv id, opened content), at most ``limit`` of the newest, recalled
+        and burned ones left out; and the read marks."""
+        i, rm, m = s.inbox, s.read_marks, s.messages
+        with self.engine.connect() as conn:
+            marks = {
+                bytes(r.conv_id): int(r.seq)
+                for r in conn.execute(select(rm.c.conv_id, rm.c.seq).where(rm.c.user_id == user_id))
+            }
+            rows = list(conn.execute(
+                select(i.c.conv_id, i.c.seq, m.c.content)
+                .select_from(
+                    i.outerjoin(rm, and_(rm.c.user_id == i.c.user_id, rm.c.conv_id == i.c.conv_id))
+                    .join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq))
+                )
+                .where(and_(i.c.user_id == user_id, i.c.seq > func.coalesce(rm.c.seq, 0)))
+                .order_by(i.c.pos.desc())
+                .limit(limit)
+            ))
+        out = [
+            (bytes(r.conv_id), self._open_message(bytes(r.conv_id), int(r.seq), bytes(r.content)))
+            for r in rows if r.content
+        ]
+        return out, marks
 
     # --- terminals ------------------------------------------------------
 

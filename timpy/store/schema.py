@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 4  # bump with a step in migrations.py
+SCHEMA_VERSION = 5  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -108,6 +108,29 @@ groups = Table(
     Column("group_id", Id, primary_key=True),
     Column("state", Sealed, nullable=False),  # sealed; AD binds (groups, group_id, "state")
     Column("version", BigInteger, nullable=False),
+)
+
+# schema 5: small sealed values kept per key, each with a version: a user's
+# roster and presence status, the relation of two users (at the key of their
+# 1:1 conversation), a conversation's unread burn-after-reading messages.
+records = Table(
+    "records",
+    metadata,
+    Column("key_id", Id, nullable=False),  # a user id or a conversation id: placed with it
+    Column("kind", String(16), nullable=False),
+    Column("state", Sealed, nullable=False),  # sealed; AD binds (records, key_id, kind)
+    Column("version", BigInteger, nullable=False),
+    PrimaryKeyConstraint("key_id", "kind"),
+)
+
+# schema 5: how far a user has read each conversation (read receipts, unread counts).
+read_marks = Table(
+    "read_marks",
+    metadata,
+    Column("user_id", Id, nullable=False),
+    Column("conv_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("user_id", "conv_id"),
 )
 
 revoked_tokens = Table(

@@ -40,6 +40,8 @@ from timpy.store.engine import url_engine
 from timpy.store.repository import (
     AccountRow,
     Appended,
+    Copies,
+    EffectOf,
     InboxEntry,
     InboxItem,
     InboxPlaced,
@@ -62,8 +64,10 @@ class ShardedRepository:
         backend_map: BackendMap,
         sealer: Sealer,
         engine_for: Callable[[BackendSpec], Any] | None = None,
+        effect_of: EffectOf | None = None,
     ) -> None:
         self._sealer = sealer
+        self._effect_of = effect_of
         self._engine_for = engine_for or (lambda spec: url_engine(spec.url))
         self._repos: dict[str, Repository] = {}
         self._down_until: dict[str, float] = {}
@@ -79,7 +83,7 @@ class ShardedRepository:
         opened = []
         for name, spec in backend_map.all_specs().items():
             if name not in self._repos:
-                self._repos[name] = Repository(self._engine_for(spec), self._sealer)
+                self._repos[name] = Repository(self._engine_for(spec), self._sealer, self._effect_of)
                 opened.append(name)
         return opened
 
@@ -240,6 +244,34 @@ class ShardedRepository:
         with self._writing([group_id]) as m:
             return self._on(m.place(group_id), Repository.put_group, group_id, state, members, expected)
 
+    # --- records and read marks ----------------------------------------------------
+
+    def get_record(self, key_id: bytes, kind: str) -> tuple[bytes, int] | None:
+        return self._on(self.map.place(key_id), Repository.get_record, key_id, kind)
+
+    def get_records(self, key_ids: Sequence[bytes], kind: str) -> dict[bytes, bytes]:
+        out: dict[bytes, bytes] = {}
+        for name, keys in _group(key_ids, self.map.place).items():
+            out.update(self._on(name, Repository.get_records, keys, kind))
+        return out
+
+    def put_record(self, key_id: bytes, kind: str, state: bytes, expected: int) -> int:
+        with self._writing([key_id]) as m:
+            return self._on(m.place(key_id), Repository.put_record, key_id, kind, state, expected)
+
+    def record_copies(self, key_id: bytes, kind: str) -> Copies:
+        return self._on(self.map.place(key_id), Repository.record_copies, key_id, kind)
+
+    def mark_read(self, user_id: bytes, conv_id: bytes, seq: int) -> int:
+        with self._writing([user_id]) as m:
+            return self._on(m.place(user_id), Repository.mark_read, user_id, conv_id, seq)
+
+    def unread(self, user_id: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], dict[bytes, int]]:
+        return self._on(self.map.place(user_id), Repository.unread, user_id, limit)
+
+    def get_message(self, conv_id: bytes, seq: int) -> StoredMessage | None:
+        return self._on(self.map.place(conv_id), Repository.get_message, conv_id, seq)
+
     # --- messages ---------------------------------------------------------------
 
     def append_messages(self, batch: Sequence[NewMessage], cursors: dict[tuple[bytes, bytes], int] | None = None) -> list[Appended]:
@@ -310,6 +342,9 @@ class ShardedRepository:
 
     def open_sealed_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
         return next(iter(self._repos.values())).open_sealed_message(conv_id, seq, sealed)
+
+    def conversation_members(self, conv_id: bytes) -> list[bytes]:
+        return self._on(self.map.place(conv_id), Repository.conversation_members, conv_id)
 
     def is_member(self, conv_id: bytes, user_id: bytes) -> bool:
         return self._on(self.map.place(conv_id), Repository.is_member, conv_id, user_id)

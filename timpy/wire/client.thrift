@@ -37,13 +37,23 @@ enum ErrorCode {
   GROUP_FULL = 3006,
   MUTED = 3007,
   BLOCKED = 3008,
+  LIMIT_REACHED = 3009,
+  NO_SUCH_MESSAGE = 3010,
   INTERNAL = 5000,
   UNAVAILABLE = 5001,
 }
 
+// A RECALL, EDIT or BURNED message acts on an earlier message of the same
+// conversation, named by ext["target"] (its seq, in decimal). They are stored
+// and delivered like others (so every terminal, online or later, learns of
+// them); history leaves them out and shows their effect instead.
 enum MessageKind {
   NORMAL = 0,
-  CUSTOM = 100,
+  RECALL = 1,    // the target disappears (by its sender, or a group admin; within the recall window)
+  EDIT = 2,      // the target's body becomes this body (by its sender)
+  BURN = 3,      // burn-after-reading (1:1): deleted once the recipient reads it
+  BURNED = 4,    // sent by the node when a BURN message was read: the target is gone
+  CUSTOM = 100,  // 100 and up: application kinds, with opaque body and ext
 }
 
 // First frame from the client; the node answers with Welcome or an Error.
@@ -69,12 +79,14 @@ struct Login {
   2: string password,
   3: string device,        // terminal id chosen by the client, stable per device
   4: bool no_sync,         // true: do not stream offline messages now
+  5: string device_kind,   // "mobile", "desktop", "web", ... (limits per kind); default "other"
 }
 
 struct TokenLogin {
   1: string token,
   2: string device,
   3: bool no_sync,
+  4: string device_kind,
 }
 
 struct LoginOk {
@@ -190,6 +202,108 @@ struct GroupInfo {
   11: i32 max_size,
 }
 
+// Roster (friends and blocks). ops: list, request, accept, reject, remove,
+// block, unblock; user names the other user (not for list). The reply is the
+// asker's roster after the operation; a change is also pushed (rid 0) to the
+// other user's terminals as their Roster.
+struct RosterRequest {
+  1: string op,
+  2: string user,
+}
+struct Roster {
+  1: list<string> friends,
+  2: list<string> incoming,   // requests waiting for this user's answer
+  3: list<string> outgoing,   // this user's requests waiting for an answer
+  4: list<string> blocked,    // users this user blocked
+}
+
+// Presence. A user is online while a terminal is logged in, unless invisible.
+// status: "online" (default), "busy", "away"; text is free (at most 200 chars).
+struct PresenceSet {
+  1: string status,
+  2: string text,
+  3: bool invisible,
+}
+// Ask for users' presence; subscribe: also be told of their changes (friends
+// are told without asking) until unsubscribe; subscriptions are kept in the
+// memory of the watched user's owner node: subscribe again after reconnecting.
+struct PresenceQuery {
+  1: list<string> users,
+  2: bool subscribe,
+  3: bool unsubscribe,
+}
+struct Presence {
+  1: string user,
+  2: bool online,
+  3: string status,
+  4: string text,
+  5: i64 since,             // ms since the epoch of the last change
+}
+// The reply to a query, and pushed (rid 0) when a watched user changes.
+struct PresenceList {
+  1: list<Presence> users,
+}
+
+// A signal is never stored: delivered to the live terminals of a user (to) or
+// of a conversation's members (conversation), else dropped. kind: "typing",
+// or an application's own; data is opaque (at most 4 KiB).
+struct Signal {
+  1: string to,
+  2: string conversation,
+  3: string kind,
+  4: binary data,
+  5: string sender,         // set by the node
+}
+
+// A member has received (read = false) or read (read = true) a conversation
+// up to seq. Pushed (rid 0, user set) to the other members' terminals and to
+// the member's own other terminals. A read receipt also burns the BURN
+// messages it covers.
+struct Receipt {
+  1: string conversation,
+  2: i64 seq,
+  3: bool read,
+  4: string user,           // set by the node on a push
+}
+struct UnreadRequest {}
+// Per conversation with unread messages: how many; and how far this user read.
+struct Unread {
+  1: map<string, i64> counts,
+  2: map<string, i64> read,
+}
+
+// Rooms (N:N, never stored): ops enter, leave, members. A room exists while
+// someone is in it; its name is chosen by the users (1 to 64 characters).
+struct RoomRequest {
+  1: string room,
+  2: string op,
+}
+struct RoomInfo {
+  1: string room,
+  2: list<string> members,  // user names, one per terminal in the room
+}
+// Stream data for everyone else in a room (audio/video chunks, game state);
+// not stored, not acknowledged (rid 0), limited per room per second. Pushed
+// with sender set.
+struct StreamData {
+  1: string room,
+  2: binary data,
+  3: string sender,
+}
+
+// A user's profile: read any user's (user set) or one's own; set changes one's
+// own fields with changes ("nickname", "avatar", any other key: custom; "" removes a key).
+struct ProfileRequest {
+  1: string user,
+  2: map<string, string> changes,
+}
+struct Profile {
+  1: string user,
+  2: string nickname,
+  3: string avatar,
+  4: map<string, string> fields,   // the custom ones
+}
+
 // Every frame is exactly one of these operations. rid is chosen by the
 // client for a request and echoed in its reply; pushes carry rid 0.
 struct Frame {
@@ -215,4 +329,18 @@ struct Frame {
   20: optional Ok ok,
   21: optional GroupRequest group_request,
   22: optional GroupInfo group_info,
+  23: optional RosterRequest roster_request,
+  24: optional Roster roster,
+  25: optional PresenceSet presence_set,
+  26: optional PresenceQuery presence_query,
+  27: optional PresenceList presence_list,
+  28: optional Signal signal,
+  29: optional Receipt receipt,
+  30: optional UnreadRequest unread_request,
+  31: optional Unread unread,
+  32: optional RoomRequest room_request,
+  33: optional RoomInfo room_info,
+  34: optional StreamData stream,
+  35: optional ProfileRequest profile_request,
+  36: optional Profile profile,
 }

@@ -1,6 +1,7 @@
 // A small chat client speaking the JSON mapping of the client protocol over
 // WebSocket (docs/protocol.md): register, log in, 1:1 and group chat with live
-// delivery, history scroll-back, delivery acknowledgements.
+// delivery, history scroll-back, delivery acknowledgements, friends with
+// presence, read receipts, typing, recalled and edited messages.
 // A conversation is keyed by the peer's name, or by "#" + group id.
 "use strict";
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -11,6 +12,11 @@ const waiting = new Map();          // rid -> {resolve, reject}
 const conversations = new Map();    // peer name -> [messages]
 const seen = new Set();             // conversation:seq shown already
 const groups = new Map();           // group id -> GroupInfo
+let roster = {friends: [], incoming: [], outgoing: [], blocked: []};
+const presence = new Map();         // user -> Presence
+const readUpTo = new Map();         // conversation id -> seq the other side has read
+const RECALL = 1, EDIT = 2, BURNED = 4, DELETED = 5;
+let typingTimer = null, lastTyping = 0;
 
 function request(op, body) {
   const id = ++rid;
@@ -34,10 +40,23 @@ async function learnGroup(id) {
   try { groups.set(id, await request("group_request", {group: id, op: "get"})); showContacts(); } catch (e) { /* left or dissolved */ }
 }
 
+function applyActing(m) {
+  // A recall, burn or edit changes an earlier message of the conversation.
+  const list = conversations.get(peerOf(m)) || [];
+  const target = Number((m.ext || {}).target);
+  const i = list.findIndex(x => x.seq === target);
+  if (i < 0) return;
+  if (m.kind === EDIT) list[i] = {...list[i], body: m.body, ext: {...(list[i].ext || {}), edited: "1"}};
+  else list.splice(i, 1);
+  if (peerOf(m) === peer) showMessages(false);
+}
+
 function remember(m, prepend) {
   const key = m.conversation + ":" + m.seq;
   if (seen.has(key)) return false;
   seen.add(key);
+  if (m.kind === DELETED) return false;
+  if (m.kind === RECALL || m.kind === EDIT || m.kind === BURNED) { applyActing(m); return false; }
   const name = peerOf(m);
   if (isGroup(name)) learnGroup(name.slice(1));
   const list = conversations.get(name) || [];
@@ -70,9 +89,65 @@ function showMessages(scrollDown) {
     const who = document.createElement("div"); who.className = "who"; who.textContent = `${m.sender} #${m.seq}`;
     const text = document.createElement("span"); text.className = "text"; text.textContent = dec.decode(unb64(m.body));
     div.append(who, text);
+    if ((m.ext || {}).edited) { const e = document.createElement("span"); e.className = "muted"; e.textContent = " (edited)"; div.append(e); }
+    if (m.sender === me && !isGroup(peer) && (readUpTo.get(m.conversation) || 0) >= m.seq) {
+      const r = document.createElement("span"); r.className = "read muted"; r.textContent = " ✓ read"; div.append(r);
+    }
     box.appendChild(div);
   }
   if (scrollDown) box.scrollTop = box.scrollHeight;
+  markRead();
+}
+
+function markRead() {
+  // Tell the other side how far this user has read the open conversation.
+  const list = conversations.get(peer) || [];
+  const last = list.filter(m => m.sender !== me).pop();
+  if (!last || document.hidden) return;
+  const key = "read:" + last.conversation;
+  if ((readUpTo.get(key) || 0) >= last.seq) return;
+  readUpTo.set(key, last.seq);
+  request("receipt", {conversation: last.conversation, seq: last.seq, read: true}).catch(() => {});
+}
+
+function dot(name) {
+  const p = presence.get(name);
+  const span = document.createElement("span");
+  span.className = "dot " + (p && p.online ? p.status : "offline");
+  span.title = p && p.online ? p.status + (p.text ? ": " + p.text : "") : "offline";
+  return span;
+}
+
+function showRoster() {
+  const friends = document.getElementById("friends");
+  friends.replaceChildren();
+  for (const name of roster.friends || []) {
+    const li = document.createElement("li");
+    li.dataset.user = name;
+    const p = presence.get(name);
+    li.append(dot(name), " " + name + (p && p.online && p.text ? " — " + p.text : ""));
+    li.onclick = () => openPeer(name);
+    friends.appendChild(li);
+  }
+  const requests = document.getElementById("requests");
+  requests.replaceChildren();
+  for (const name of roster.incoming || []) {
+    const li = document.createElement("li");
+    li.textContent = name + " asks to be your friend ";
+    const yes = document.createElement("button"); yes.textContent = "Accept"; yes.dataset.user = name;
+    yes.onclick = async () => { roster = await request("roster_request", {op: "accept", user: name}); await loadPresence(); };
+    li.appendChild(yes);
+    requests.appendChild(li);
+  }
+}
+
+async function loadPresence() {
+  const users = roster.friends || [];
+  if (users.length) {
+    const found = await request("presence_query", {users});
+    for (const p of found.users || []) presence.set(p.user, p);
+  }
+  showRoster();
 }
 
 async function loadPage(before) {
@@ -108,6 +183,27 @@ function onFrame(frame) {
     ws.send(JSON.stringify({rid: 0, delivery_ack: {pos: body.pos}}));
     return;
   }
+  if (!frame.rid && op === "roster") { roster = body; loadPresence().catch(() => {}); return; }
+  if (!frame.rid && op === "presence_list") {
+    for (const p of body.users || []) presence.set(p.user, p);
+    showRoster(); return;
+  }
+  if (!frame.rid && op === "receipt") {
+    if (body.read && body.user !== me) {
+      readUpTo.set(body.conversation, Math.max(readUpTo.get(body.conversation) || 0, body.seq));
+      showMessages(false);
+    }
+    return;
+  }
+  if (!frame.rid && op === "signal") {
+    if (body.kind === "typing" && (body.sender === peer || ("#" + (body.conversation || "")) === peer)) {
+      const t = document.getElementById("typing");
+      t.textContent = body.sender + " is typing…";
+      clearTimeout(typingTimer);
+      typingTimer = setTimeout(() => { t.textContent = ""; }, 3000);
+    }
+    return;
+  }
   const w = waiting.get(frame.rid);
   if (w) {
     waiting.delete(frame.rid);
@@ -134,6 +230,8 @@ async function login(name, password, register) {
   document.getElementById("me").textContent = "as " + me;
   document.getElementById("auth").hidden = true;
   document.getElementById("chat").hidden = false;
+  roster = await request("roster_request", {op: "list"});
+  await loadPresence();
 }
 
 function newDevice() {
@@ -173,6 +271,27 @@ document.getElementById("join-group").addEventListener("submit", async e => {
   } catch (err) { document.getElementById("chat-error").textContent = err.message; }
 });
 document.getElementById("older").addEventListener("click", () => loadPage(oldest));
+document.getElementById("add-friend").addEventListener("submit", async e => {
+  e.preventDefault();
+  try {
+    roster = await request("roster_request", {op: "request", user: document.getElementById("friend-name").value.trim().toLowerCase()});
+    await loadPresence();
+    document.getElementById("chat-error").textContent = "";
+  } catch (err) { document.getElementById("chat-error").textContent = err.message; }
+});
+document.getElementById("status-form").addEventListener("submit", async e => {
+  e.preventDefault();
+  try {
+    await request("presence_set", {status: document.getElementById("my-status").value, text: document.getElementById("my-text").value});
+  } catch (err) { document.getElementById("chat-error").textContent = err.message; }
+});
+document.getElementById("text").addEventListener("input", () => {
+  if (!peer || Date.now() - lastTyping < 2000) return;
+  lastTyping = Date.now();
+  const to = isGroup(peer) ? {conversation: peer.slice(1)} : {to: peer};
+  ws.send(JSON.stringify({rid: 0, signal: {...to, kind: "typing"}}));
+});
+document.addEventListener("visibilitychange", markRead);
 document.getElementById("send-form").addEventListener("submit", async e => {
   e.preventDefault();
   const input = document.getElementById("text"), text = input.value;

@@ -1,0 +1,150 @@
+"""Presence: online while a terminal is logged in, a custom status (online,
+busy, away, free text), invisible; friends and subscribers are told of
+changes.
+
+Everything about a user's presence is at the user's owner: its routing
+records say whether a terminal is live (``Routes.on_presence``), its
+"presence" record keeps the status the user set (sealed, replicated; it
+survives restarts), and it keeps in memory who subscribed. On a change it
+pushes the new presence to the live terminals of the user's friends and
+subscribers (``Signals``). An invisible user looks offline to everyone but
+their own terminals. Subscriptions live at the owner's memory: they end
+when the subscriber unsubscribes, and are lost when the owner changes (a
+client subscribes again when it reconnects).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import msgpack
+
+from timpy.crypto.blind import BlindIndexer
+from timpy.errors import Code, RequestError
+from timpy.im import ids
+from timpy.im.accounts import Identity
+from timpy.im.peers import Peers
+from timpy.im.records import Records
+from timpy.im.roster import Roster
+from timpy.im.routes import Routes
+from timpy.im.signals import Signals
+from timpy.store.repository import Store
+
+STATUSES = ("online", "busy", "away")
+MAX_TEXT = 200
+MAX_QUERY = 500  # users in one query
+MAX_SUBSCRIBERS = 1000  # per watched user
+
+
+class Presence:
+    def __init__(
+        self, store: Store, indexer: BlindIndexer, peers: Peers, records: Records, routes: Routes,
+        roster: Roster, signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., None],
+    ) -> None:
+        self._store = store
+        self._indexer = indexer
+        self._peers = peers
+        self._records = records
+        self._routes = routes
+        self._roster = roster
+        self._signals = signals
+        self._now = clock_ms
+        self._spawn = spawn
+        self._since: dict[bytes, int] = {}
+        self._names: dict[bytes, str] = {}
+        self._subscribers: dict[bytes, set[bytes]] = {}
+        routes.on_presence = self._on_terminals
+        peers.expose("presence.set", self._set_here, "user")
+        peers.expose("presence.get", self._get_here, "user")
+
+    # --- from clients ---------------------------------------------------------
+
+    async def set(self, who: Identity, status: str, text: str, invisible: bool) -> None:
+        status = status or "online"
+        if status not in STATUSES:
+            raise RequestError(f"unknown status {status!r}: one of {', '.join(STATUSES)}", Code.BAD_REQUEST)
+        if len(text) > MAX_TEXT:
+            raise RequestError(f"a status text has at most {MAX_TEXT} characters", Code.BAD_REQUEST)
+        await self._peers.at_owner(who.user_id, "presence.set", self._set_here, who.name, status, text, invisible)
+
+    async def query(self, who: Identity, users: list[str], subscribe: bool, unsubscribe: bool) -> list[dict[str, Any]]:
+        if len(users) > MAX_QUERY:
+            raise RequestError(f"ask for at most {MAX_QUERY} users at once", Code.BAD_REQUEST)
+        names = list(dict.fromkeys(ids.normalize_name(u) for u in users))
+        by_id = {ids.user_id(self._indexer, n): n for n in names}
+        out: dict[str, dict[str, Any]] = {}
+        for owner, uids in self._peers.by_owner(by_id).items():
+            args = ([by_id[u] for u in uids], who.user_id, bool(subscribe), bool(unsubscribe))
+            if owner == self._peers.self_id or self._peers.rpc is None:
+                found = await self._get_here(uids[0], uids, *args)
+            else:
+                found = await self._peers.call(owner, "presence.get", uids[0], uids, *args)
+            for p in found:
+                out[p["user"]] = dict(p)
+        return [out[n] for n in names if n in out]
+
+    # --- at the user's owner ------------------------------------------------------
+
+    async def _status(self, user_id: bytes) -> dict[str, Any]:
+        return await self._records.get(user_id, "presence", "user") or {
+            "status": "online", "text": "", "invisible": False,
+        }
+
+    async def _view(self, user_id: bytes, name: str, for_self: bool = False) -> dict[str, Any]:
+        st = await self._status(user_id)
+        online = self._routes.online(user_id) and (for_self or not st["invisible"])
+        return {
+            "user": name, "online": online, "status": st["status"] if online else "offline",
+            "text": st["text"] if online else "", "since": self._since.get(user_id, 0),
+        }
+
+    async def _set_here(self, user_id: bytes, name: str, status: str, text: str, invisible: bool) -> None:
+        self._names[user_id] = name
+        new = {"status": str(status), "text": str(text), "invisible": bool(invisible)}
+        await self._records.update(user_id, "presence", "user", lambda _old: new)
+        self._since[user_id] = self._now()
+        await self._announce(user_id, name, to_self=True)
+
+    async def _get_here(
+        self, _key: bytes, user_ids: list, names: list, asker: bytes, subscribe: bool, unsubscribe: bool
+    ) -> list[dict[str, Any]]:
+        out = []
+        for uid, name in zip(user_ids, names, strict=True):
+            uid = bytes(uid)
+            if not self._peers.is_local(uid):
+                raise RequestError("this node does not own that user (the cluster is changing); retry", Code.UNAVAILABLE)
+            self._names[uid] = str(name)
+            if subscribe:
+                subs = self._subscribers.setdefault(uid, set())
+                if len(subs) < MAX_SUBSCRIBERS:
+                    subs.add(bytes(asker))
+            if unsubscribe:
+                self._subscribers.get(uid, set()).discard(bytes(asker))
+            out.append(await self._view(uid, str(name), for_self=bytes(asker) == uid))
+        return out
+
+    def _on_terminals(self, user_id: bytes, online: bool) -> None:
+        """A user's first terminal came or last one went (the owner's routing records)."""
+        self._since[user_id] = self._now()
+        self._spawn(self._announce, user_id, None)
+
+    async def _name_of(self, user_id: bytes) -> str | None:
+        if user_id not in self._names:
+            account = await self._store.run(self._store.repo.get_account, user_id)
+            if account is None:
+                return None
+            self._names[user_id] = str(msgpack.unpackb(account.profile).get("name", ""))
+        return self._names[user_id]
+
+    async def _announce(self, user_id: bytes, name: str | None, to_self: bool = False) -> None:
+        name = name or await self._name_of(user_id)
+        if not name:
+            return
+        friends = await self._roster.friends_of(user_id)
+        watchers = {ids.user_id(self._indexer, f) for f in friends} | self._subscribers.get(user_id, set())
+        view = await self._view(user_id, name)
+        if watchers:
+            self._signals.push(watchers, "presence_list", {"users": [view]})
+        if to_self:  # the user's other terminals see the status set
+            self._signals.push([user_id], "presence_list", {"users": [await self._view(user_id, name, for_self=True)]})

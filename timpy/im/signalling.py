@@ -1,0 +1,85 @@
+"""Signalling messages (typing, and an application's own kinds): never stored,
+delivered to the live terminals of a user or of a conversation's members.
+
+A signal to a user is checked at the owner of the two users' 1:1
+conversation, where their roster relation lives, so a blocked sender is
+refused (BLOCKED) as for messages. A signal to a conversation is checked at
+the conversation's owner: only members may send one, and it is pushed to
+the other members (the sender's other terminals too), for conversations of
+at most ``receipt_push_max_members`` members.
+"""
+
+from __future__ import annotations
+
+import re
+
+from timpy.config import Limits
+from timpy.crypto.blind import BlindIndexer
+from timpy.errors import Code, RequestError
+from timpy.im import ids
+from timpy.im.accounts import Identity
+from timpy.im.messaging import Messenger
+from timpy.im.peers import Peers
+from timpy.im.records import Records
+from timpy.im.replication import Replicator
+from timpy.im.signals import Signals
+from timpy.store.repository import Store
+
+MAX_SIGNAL_DATA = 4096
+_KIND_RE = re.compile(r"^[a-z0-9_.\-]{1,32}$")
+
+
+class Signalling:
+    def __init__(
+        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, records: Records,
+        messenger: Messenger, signals: Signals, limits: Limits,
+    ) -> None:
+        self._store = store
+        self._indexer = indexer
+        self._peers = peers
+        self._replicator = replicator
+        self._records = records
+        self._messenger = messenger
+        self._signals = signals
+        self._limits = limits
+        peers.expose("signal.direct", self._direct_here, "conversation")
+        peers.expose("signal.conv", self._conv_here, "conversation")
+
+    async def send(self, who: Identity, device_id: bytes, to: str, conversation: str, kind: str, data: bytes) -> None:
+        if not _KIND_RE.match(kind or ""):
+            raise RequestError("a signal kind has 1 to 32 of a-z, 0-9, '_', '.', '-' (e.g. typing)", Code.BAD_REQUEST)
+        if len(data) > MAX_SIGNAL_DATA:
+            raise RequestError(f"signal data of {len(data)} bytes exceeds {MAX_SIGNAL_DATA}", Code.BODY_TOO_LARGE)
+        fields = {"kind": kind, "data": data, "sender": who.name}
+        if to:
+            peer = ids.normalize_name(to)
+            pid = ids.user_id(self._indexer, peer)
+            if not await self._messenger.user_exists(pid):
+                raise RequestError("no such user", Code.NO_SUCH_USER)
+            pair = ids.direct_conversation(self._indexer, who.user_id, pid)
+            await self._peers.at_owner(
+                pair, "signal.direct", self._direct_here, who.user_id, device_id, pid, {**fields, "to": peer}
+            )
+        elif conversation:
+            conv = ids.parse_conversation(conversation)
+            await self._peers.at_owner(
+                conv, "signal.conv", self._conv_here, who.user_id, device_id, {**fields, "conversation": conversation}
+            )
+        else:
+            raise RequestError("a signal names a user (to) or a conversation", Code.BAD_REQUEST)
+
+    async def _direct_here(self, pair: bytes, sender_id: bytes, device_id: bytes, peer_id: bytes, fields: dict) -> None:
+        sender_id, peer_id = bytes(sender_id), bytes(peer_id)
+        relation = await self._records.get(pair, "pair", "conv")
+        if relation and any(bytes(b) == sender_id for _, b in relation["blocked_ids"]):
+            raise RequestError("this user does not accept your messages", Code.BLOCKED)
+        self._signals.push({sender_id, peer_id}, "signal", dict(fields), skip=(sender_id, bytes(device_id)))
+
+    async def _conv_here(self, conv: bytes, sender_id: bytes, device_id: bytes, fields: dict) -> None:
+        sender_id = bytes(sender_id)
+        await self._replicator.ensure("conv", conv)
+        members = await self._store.run(self._store.repo.conversation_members, conv)
+        if sender_id not in members:
+            raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
+        if len(members) <= self._limits.receipt_push_max_members:
+            self._signals.push(members, "signal", dict(fields), skip=(sender_id, bytes(device_id)))
