@@ -122,6 +122,52 @@ def test_two_browser_users_chat_through_a_real_node(browser, tmp_path):
         node.stop()
 
 
+def test_browser_users_make_friends_see_presence_typing_and_read_receipts(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    node = NodeProcess(tmp_path).start()
+    try:
+        chat = f"http://{node.info['admin']}/chat/"
+        pages = {}
+        for name in ("dora", "ezra"):
+            page = browser.new_page()
+            page.goto(chat)
+            expect(page.locator("#status")).to_contain_text("connected to node")
+            page.fill("#name", name)
+            page.fill("#password", PASSWORD)
+            page.click("button[data-op=register]")
+            expect(page.locator("#me")).to_have_text(f"as {name}")
+            pages[name] = page
+        dora, ezra = pages["dora"], pages["ezra"]
+        # A friend request, accepted: each sees the other online.
+        dora.fill("#friend-name", "ezra")
+        dora.click("#add-friend button")
+        expect(ezra.locator("#requests")).to_contain_text("dora asks to be your friend")
+        ezra.click("#requests button[data-user=dora]")
+        expect(ezra.locator("#friends li[data-user=dora] .dot.online")).to_have_count(1)
+        expect(dora.locator("#friends li[data-user=ezra] .dot.online")).to_have_count(1)
+        # A status change reaches the friend live.
+        ezra.select_option("#my-status", "busy")
+        ezra.fill("#my-text", "on a call")
+        ezra.click("#status-form button")
+        expect(dora.locator("#friends li[data-user=ezra] .dot.busy")).to_have_count(1)
+        expect(dora.locator("#friends")).to_contain_text("on a call")
+        # Typing, then a message that ezra reads: dora sees it marked read.
+        dora.locator("#friends li[data-user=ezra]").click()
+        ezra.locator("#friends li[data-user=dora]").click()
+        dora.type("#text", "are you free")
+        expect(ezra.locator("#typing")).to_contain_text("dora is typing")
+        dora.click("#send")
+        expect(ezra.locator("#messages")).to_contain_text("are you free")
+        expect(dora.locator("#messages .msg.mine .read")).to_have_count(1)
+        dora.screenshot(path=str(SHOTS / "chat-friends-read.png"))
+        # Ezra goes away: dora sees him offline.
+        ezra.close()
+        expect(dora.locator("#friends li[data-user=ezra] .dot.offline")).to_have_count(1)
+    finally:
+        node.stop()
+
+
 def test_the_dashboard_shows_a_three_node_cluster_and_runs_operations(browser, tmp_path):
     from playwright.sync_api import expect
 
