@@ -127,3 +127,23 @@ async def test_a_group_across_three_nodes_fans_out_once_per_node():
                     _, version = await n.store.run(n.store.repo.get_group, gid)
                     assert version == 2
                     assert not await n.store.run(n.store.repo.is_member, gid, n.user_id_of("m8"))
+
+
+async def test_a_group_profile_is_set_by_admins_and_seen_by_members(node):
+    await users(node.tcp_url, "gil", "hue")
+    async with timpy.connect(node.tcp_url, "gil", PASSWORD) as gil, timpy.connect(node.tcp_url, "hue", PASSWORD) as hue:
+        g = await gil.create_group("Choir", ["hue"], policy="invite")
+        g = await gil.group("set_profile", g.group, profile={"notice": "practice at 7", "avatar": "https://x.invalid/c"})
+        assert g.profile == {"notice": "practice at 7", "avatar": "https://x.invalid/c"}
+        assert (await hue.group("get", g.group)).profile == g.profile
+        with pytest.raises(timpy.RemoteError) as denied:
+            await hue.group("set_profile", g.group, profile={"notice": "no practice"})
+        assert denied.value.code == timpy.Code.NOT_ALLOWED
+        with pytest.raises(timpy.RemoteError) as empty:
+            await gil.group("set_profile", g.group, profile={})
+        assert empty.value.code == timpy.Code.BAD_REQUEST
+        g = await gil.group("set_profile", g.group, profile={"avatar": ""})
+        assert g.profile == {"notice": "practice at 7"}
+        # Sealed at rest: the notice is not in the database in the clear.
+        from tests.store.backends import dump_tables
+        assert b"practice at 7" not in dump_tables(node.store.repo.engine)

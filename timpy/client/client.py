@@ -16,7 +16,7 @@ import uuid
 from collections import deque
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlparse
 
@@ -63,6 +63,7 @@ class GroupInfo:
     all_muted: bool
     dissolved: bool
     max_size: int
+    profile: dict[str, str] = field(default_factory=dict)  # avatar, notice, description, ...
 
 
 @dataclass(frozen=True)
@@ -379,17 +380,18 @@ class Client:
 
     async def group(
         self, op: str, group: str = "", *, users: list[str] | tuple[str, ...] = (), name: str = "",
-        policy: str = "", flag: bool = False,
+        policy: str = "", flag: bool = False, profile: dict[str, str] | None = None,
     ) -> GroupInfo:
         """Any group operation (see docs/features.md); returns the group as it is after it."""
         _, info = await self.request(
             "group_request",
-            wp.GroupRequest(group=group, op=op, users=list(users), name=name, policy=policy, flag=flag),
+            wp.GroupRequest(group=group, op=op, users=list(users), name=name, policy=policy, flag=flag,
+                            profile=profile or {}),
         )
         return GroupInfo(
             info.group, info.name, info.owner, list(info.admins or []), list(info.members or []), info.policy,
             list(info.requests or []), list(info.muted or []), bool(info.all_muted), bool(info.dissolved),
-            info.max_size or 0,
+            info.max_size or 0, dict(info.profile or {}),
         )
 
     async def create_group(self, name: str, members: list[str] | tuple[str, ...] = (), policy: str = "approval") -> GroupInfo:

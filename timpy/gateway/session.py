@@ -322,7 +322,7 @@ class ClientSession:
         assert self.identity is not None
         info = await self.node.groups.request(
             self.identity, body.group or "", body.op or "", list(body.users or []), body.name or "",
-            body.policy or "", bool(body.flag),
+            body.policy or "", bool(body.flag), dict(body.profile or {}),
         )
         await self.reply(wp.make_frame("group_info", rid=rid, **info))
 

@@ -15,7 +15,7 @@ otherwise). Names are normalized user names.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from enum import IntEnum, StrEnum
 from types import MappingProxyType
 
@@ -47,9 +47,11 @@ class Group:
     muted: frozenset[str] = frozenset()
     all_muted: bool = False
     dissolved: bool = False
+    profile: Mapping[str, str] = field(default_factory=dict)  # avatar, notice, description, or an application's keys
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "members", MappingProxyType(dict(self.members)))
+        object.__setattr__(self, "profile", MappingProxyType(dict(self.profile)))
 
     @property
     def owner(self) -> str:
@@ -217,6 +219,30 @@ def mute_all(group: Group, actor: str, muted: bool) -> Group:
 def rename(group: Group, actor: str, name: str) -> Group:
     _admin(group, actor)
     return replace(group, name=check_name(name))
+
+
+MAX_GROUP_PROFILE_FIELDS = 16
+MAX_GROUP_PROFILE_VALUE = 2048
+
+
+def set_profile(group: Group, actor: str, changes: Mapping[str, str]) -> Group:
+    """An admin changes the group's profile fields ("" removes one)."""
+    _admin(group, actor)
+    if not changes:
+        raise _refuse("a group profile change names at least one field", Code.BAD_REQUEST)
+    profile = dict(group.profile)
+    for key, value in changes.items():
+        if not isinstance(key, str) or not 0 < len(key) <= 64 or not isinstance(value, str):
+            raise _refuse("group profile fields are named by 1 to 64 characters", Code.BAD_REQUEST)
+        if len(value) > MAX_GROUP_PROFILE_VALUE:
+            raise _refuse(f"group profile field {key!r} is longer than {MAX_GROUP_PROFILE_VALUE}", Code.BAD_REQUEST)
+        if value:
+            profile[key] = value
+        else:
+            profile.pop(key, None)
+    if len(profile) > MAX_GROUP_PROFILE_FIELDS:
+        raise _refuse(f"a group profile has at most {MAX_GROUP_PROFILE_FIELDS} fields", Code.BAD_REQUEST)
+    return replace(group, profile=profile)
 
 
 def set_policy(group: Group, actor: str, policy: JoinPolicy) -> Group:

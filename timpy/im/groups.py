@@ -33,7 +33,7 @@ from timpy.store.repository import Store
 
 OPS = frozenset({
     "create", "get", "join", "leave", "approve", "reject", "invite", "kick", "set_admin", "transfer",
-    "mute", "mute_all", "rename", "set_policy", "dissolve",
+    "mute", "mute_all", "rename", "set_policy", "set_profile", "dissolve",
 })
 
 
@@ -42,6 +42,7 @@ def pack_group(group: Group) -> bytes:
         "name": group.name, "members": {u: int(r) for u, r in group.members.items()},
         "policy": str(group.policy), "max": group.max_size, "requests": sorted(group.requests),
         "muted": sorted(group.muted), "all_muted": group.all_muted, "dissolved": group.dissolved,
+        "profile": dict(group.profile),
     })
 
 
@@ -50,6 +51,7 @@ def unpack_group(group_id: str, raw: bytes) -> Group:
     return Group(
         group_id, d["name"], {u: Role(r) for u, r in d["members"].items()}, JoinPolicy(d["policy"]), int(d["max"]),
         frozenset(d["requests"]), frozenset(d["muted"]), bool(d["all_muted"]), bool(d["dissolved"]),
+        dict(d.get("profile", {})),
     )
 
 
@@ -62,6 +64,7 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
         "members": sorted(group.members), "policy": str(group.policy),
         "requests": sorted(group.requests) if admin else [], "muted": sorted(group.muted),
         "all_muted": group.all_muted, "dissolved": group.dissolved, "max_size": group.max_size,
+        "profile": dict(group.profile),
     }
 
 
@@ -90,7 +93,8 @@ class Groups:
     # --- requests from clients ---------------------------------------------------
 
     async def request(
-        self, who: Identity, group: str, op: str, users: list[str], name: str, policy: str, flag: bool
+        self, who: Identity, group: str, op: str, users: list[str], name: str, policy: str, flag: bool,
+        profile: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         if op not in OPS:
             raise RequestError(f"unknown group operation {op!r}; known: {', '.join(sorted(OPS))}", Code.BAD_REQUEST)
@@ -102,15 +106,17 @@ class Groups:
         for u in users:
             if u in RESERVED_NAMES or not await self._messenger.user_exists(ids.user_id(self._indexer, u)):
                 raise RequestError(f"no such user: {u}", Code.NO_SUCH_USER)
-        args = [who.name, op, users, str(name), str(policy), bool(flag)]
+        args = [who.name, op, users, str(name), str(policy), bool(flag), dict(profile or {})]
         owner = self._peers.owner(gid)
         if owner == self._peers.self_id or self._peers.rpc is None:
             return await self._apply_here(gid, *args)
         return dict(await self._peers.call(owner, "group.request", gid, *args, timeout=10.0))
 
-    async def _on_request(self, gid: bytes, actor: str, op: str, users: list, name: str, policy: str, flag: bool):  # noqa: ANN201
+    async def _on_request(self, gid: bytes, actor: str, op: str, users: list, name: str, policy: str, flag: bool,  # noqa: ANN201
+                          profile: dict | None = None):
         self._require_owner(bytes(gid))
-        return await self._apply_here(bytes(gid), str(actor), str(op), [str(u) for u in users], str(name), str(policy), bool(flag))
+        return await self._apply_here(bytes(gid), str(actor), str(op), [str(u) for u in users], str(name), str(policy),
+                                      bool(flag), dict(profile or {}))
 
     async def _load(self, gid: bytes) -> tuple[Group, int]:
         await self._replicator.ensure("conv", gid)
@@ -121,7 +127,8 @@ class Groups:
         return unpack_group(ids.conversation_text(gid), raw), version
 
     async def _apply_here(
-        self, gid: bytes, actor: str, op: str, users: list[str], name: str, policy: str, flag: bool
+        self, gid: bytes, actor: str, op: str, users: list[str], name: str, policy: str, flag: bool,
+        profile: dict[str, str] | None = None,
     ) -> dict[str, Any]:
         lock = self._locks.setdefault(gid, trio.Lock())
         async with lock:
@@ -138,12 +145,15 @@ class Groups:
                     if actor not in group.members and actor not in group.requests:
                         raise RequestError("you are not a member of that group", Code.NOT_A_MEMBER)
                     return group_view(group, actor)
-                group = self._run(group, actor, op, users, name, policy, flag)
+                group = self._run(group, actor, op, users, name, policy, flag, profile or {})
             await self._save(gid, group, version)
         return group_view(group, actor)
 
     @staticmethod
-    def _run(group: Group, actor: str, op: str, users: list[str], name: str, policy: str, flag: bool) -> Group:
+    def _run(
+        group: Group, actor: str, op: str, users: list[str], name: str, policy: str, flag: bool,
+        profile: dict[str, str],
+    ) -> Group:
         def one() -> str:
             if len(users) != 1:
                 raise RequestError(f"group operation {op} names one user", Code.BAD_REQUEST)
@@ -170,6 +180,8 @@ class Groups:
             return rules.mute_all(group, actor, flag)
         if op == "rename":
             return rules.rename(group, actor, name)
+        if op == "set_profile":
+            return rules.set_profile(group, actor, profile)
         if op == "set_policy":
             try:
                 return rules.set_policy(group, actor, JoinPolicy(policy))

@@ -177,7 +177,8 @@ struct Ok {}
 //   create (name, policy, users = first members), get, join, leave, approve (users),
 //   reject (users), invite (users), kick (users), set_admin (users, flag),
 //   transfer (users = [new owner]), mute (users, flag), mute_all (flag),
-//   rename (name), set_policy (policy), dissolve.
+//   rename (name), set_policy (policy), set_profile (profile: avatar, notice,
+//   description or any key; "" removes one; admins), dissolve.
 // Policies: "open", "approval" (the default), "invite". A message to a group
 // is a send whose message has conversation = the group id and no recipient.
 struct GroupRequest {
@@ -187,6 +188,7 @@ struct GroupRequest {
   4: string name,
   5: string policy,
   6: bool flag,
+  7: map<string, string> profile,
 }
 struct GroupInfo {
   1: string group,
@@ -200,6 +202,7 @@ struct GroupInfo {
   9: bool all_muted,
   10: bool dissolved,
   11: i32 max_size,
+  12: map<string, string> profile,
 }
 
 // Roster (friends and blocks). ops: list, request, accept, reject, remove,
