@@ -101,11 +101,10 @@ class Accounts:
     async def _create_here(self, uid: bytes, secret: bytes, profile: bytes) -> None:
         await self._replicator.ensure("user", uid)
         await self._store.run(self._store.repo.create_account, uid, secret, profile)
-        if self._peers.rpc is not None and not self._replicator.shared:
-            copies = await self._store.run(self._store.repo.user_copies, uid, 0, 0)
-            placement = self._peers.placement
-            nodes = frozenset(placement.replicas(uid)) - {self._peers.self_id}
-            await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(uid))])
+        await self._replicate_account(uid)
+
+    async def _replicate_account(self, uid: bytes) -> None:
+        await self._replicator.to_replicas(uid, lambda: self._store.run(self._store.repo.user_copies, uid, 0, 0))
 
     async def _on_create(self, uid: bytes, secret: bytes, profile: bytes) -> None:
         self._require_owner(bytes(uid))
@@ -219,11 +218,8 @@ class Accounts:
     async def _update_here(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:
         await self._replicator.ensure("user", uid)
         version = await self._store.run(self._store.repo.update_account, uid, secret, None, disabled)
-        if version and self._peers.rpc is not None and not self._replicator.shared:
-            copies = await self._store.run(self._store.repo.user_copies, uid, 0, 0)
-            placement = self._peers.placement
-            nodes = frozenset(placement.replicas(uid)) - {self._peers.self_id}
-            await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(uid))])
+        if version:
+            await self._replicate_account(uid)
         return bool(version)
 
     async def _on_update(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:
@@ -254,11 +250,8 @@ class Accounts:
             profile = msgpack.unpackb(account.profile) if account.profile else {}
             profile = apply_profile_changes(profile, {str(k): str(v) for k, v in changes.items()})
             version = await self._store.run(self._store.repo.update_account, uid, None, msgpack.packb(profile), None)
-            if version and self._peers.rpc is not None and not self._replicator.shared:
-                copies = await self._store.run(self._store.repo.user_copies, uid, 0, 0)
-                placement = self._peers.placement
-                nodes = frozenset(placement.replicas(uid)) - {self._peers.self_id}
-                await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(uid))])
+            if version:
+                await self._replicate_account(uid)
         if not lock.locked():
             self._profile_locks.pop(uid, None)
 

@@ -192,11 +192,9 @@ class Groups:
     async def _save(self, gid: bytes, group: Group, version: int) -> None:
         members = [] if group.dissolved else [ids.user_id(self._indexer, u) for u in group.members]
         await self._store.run(self._store.repo.put_group, gid, pack_group(group), members, version)
-        if self._peers.rpc is not None and not self._replicator.shared:
-            copies = await self._store.run(self._store.repo.conversation_copies, gid, 1 << 62, 1)
-            placement = self._peers.placement
-            nodes = frozenset(placement.replicas(gid)) - {self._peers.self_id}
-            await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(gid))])
+        await self._replicator.to_replicas(
+            gid, lambda: self._store.run(self._store.repo.conversation_copies, gid, 1 << 62, 1)
+        )
 
     # --- for operators (the admin API) ---------------------------------------------------
 

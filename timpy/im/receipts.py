@@ -112,12 +112,11 @@ class Receipts:
     async def _mark_here(self, user_id: bytes, conv: bytes, seq: int) -> int:
         await self._replicator.ensure("user", user_id)
         before = await self._store.run(self._store.repo.mark_read, user_id, bytes(conv), int(seq))
-        if self._peers.rpc is not None and not self._replicator.shared:
-            placement = self._peers.placement
-            nodes = frozenset(placement.replicas(user_id)) - {self._peers.self_id}
-            if nodes:
-                copies = Copies(reads=[(user_id, bytes(conv), int(seq))])
-                await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(user_id))])
+
+        async def mark() -> Copies:
+            return Copies(reads=[(user_id, bytes(conv), int(seq))])
+
+        await self._replicator.to_replicas(user_id, mark)
         return before
 
     async def _unread_rows(self, user_id: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], dict[bytes, int]]:

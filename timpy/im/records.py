@@ -85,11 +85,4 @@ class Records:
         return new
 
     async def _replicate(self, key: bytes, kind: str) -> None:
-        if self._peers.rpc is None or self._replicator.shared:
-            return
-        placement = self._peers.placement
-        nodes = frozenset(placement.replicas(key)) - {self._peers.self_id}
-        if not nodes:
-            return
-        copies = await self._store.run(self._store.repo.record_copies, key, kind)
-        await self._replicator.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(key))])
+        await self._replicator.to_replicas(key, lambda: self._store.run(self._store.repo.record_copies, key, kind))

@@ -23,7 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 
 import trio
@@ -70,6 +70,19 @@ class Replicator:
         self._register()
 
     # --- write quorum -------------------------------------------------------
+
+    async def to_replicas(self, key: bytes, fetch: Callable[[], Awaitable[Copies]]) -> None:
+        """After a change of one key at its owner: copy what ``fetch`` reads to
+        the key's other replicas and wait for the write quorum (embedded
+        cluster mode only; a standalone node or shared backends have nothing to do)."""
+        if self._peers.rpc is None or self.shared:
+            return
+        placement = self._peers.placement
+        nodes = frozenset(placement.replicas(key)) - {self._peers.self_id}
+        if not nodes:
+            return
+        copies = await fetch()
+        await self.replicate({n: copies for n in nodes}, [(nodes, placement.acks_needed(key))])
 
     async def replicate(self, copies: dict[str, Copies], groups: Iterable[tuple[frozenset[str], int]]) -> None:
         """Send each node its copies; return once every group of nodes has
