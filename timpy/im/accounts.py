@@ -21,7 +21,7 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.passwords import hash_password, verify_password
 from timpy.crypto.tokens import TokenAuthority, TokenClaims
 from timpy.errors import AuthError, Code, RequestError
-from timpy.im import ids
+from timpy.im import fields, ids
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.store.repository import AccountRow, Store
@@ -286,15 +286,8 @@ MAX_AVATAR = 512
 
 def check_profile_changes(changes: dict[str, str]) -> None:
     """Refuse a bad profile change with a clear error (pure)."""
-    if not isinstance(changes, dict) or not changes:
-        raise RequestError("a profile change names at least one field", Code.BAD_REQUEST)
-    for key, value in changes.items():
-        if not isinstance(key, str) or not isinstance(value, str) or not key or len(key) > MAX_FIELD_KEY:
-            raise RequestError(f"profile field names have 1 to {MAX_FIELD_KEY} characters", Code.BAD_REQUEST)
-        if len(value) > MAX_FIELD_VALUE:
-            raise RequestError(f"profile field {key!r} is longer than {MAX_FIELD_VALUE} characters", Code.BAD_REQUEST)
-    nickname = changes.get("nickname", "")
-    if len(nickname) > MAX_NICKNAME:
+    fields.check_changes(changes, MAX_FIELD_VALUE, "profile")
+    if len(changes.get("nickname", "")) > MAX_NICKNAME:
         raise RequestError(f"a nickname has at most {MAX_NICKNAME} characters", Code.BAD_REQUEST)
     avatar = changes.get("avatar", "")
     if avatar and (len(avatar) > MAX_AVATAR or not avatar.startswith(("https://", "http://"))):
@@ -304,17 +297,9 @@ def check_profile_changes(changes: dict[str, str]) -> None:
 def apply_profile_changes(profile: dict[str, Any], changes: dict[str, str]) -> dict[str, Any]:
     """The stored profile after ``changes`` ("" removes a field); raises past the field limit."""
     out = dict(profile)
-    fields = dict(out.get("fields", {}))
-    for key, value in changes.items():
-        if key in ("nickname", "avatar"):
-            out[key] = value
-        elif value:
-            fields[key] = value
-        else:
-            fields.pop(key, None)
-    if len(fields) > MAX_PROFILE_FIELDS:
-        raise RequestError(f"a profile has at most {MAX_PROFILE_FIELDS} custom fields", Code.BAD_REQUEST)
-    out["fields"] = fields
+    out.update({k: v for k, v in changes.items() if k in ("nickname", "avatar")})
+    custom = {k: v for k, v in changes.items() if k not in ("nickname", "avatar")}
+    out["fields"] = fields.merge(out.get("fields", {}), custom, MAX_PROFILE_FIELDS, "profile")
     return out
 
 

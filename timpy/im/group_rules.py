@@ -20,6 +20,7 @@ from enum import IntEnum, StrEnum
 from types import MappingProxyType
 
 from timpy.errors import Code, RequestError
+from timpy.im import fields
 
 MAX_GROUP_NAME = 100
 
@@ -228,21 +229,8 @@ MAX_GROUP_PROFILE_VALUE = 2048
 def set_profile(group: Group, actor: str, changes: Mapping[str, str]) -> Group:
     """An admin changes the group's profile fields ("" removes one)."""
     _admin(group, actor)
-    if not changes:
-        raise _refuse("a group profile change names at least one field", Code.BAD_REQUEST)
-    profile = dict(group.profile)
-    for key, value in changes.items():
-        if not isinstance(key, str) or not 0 < len(key) <= 64 or not isinstance(value, str):
-            raise _refuse("group profile fields are named by 1 to 64 characters", Code.BAD_REQUEST)
-        if len(value) > MAX_GROUP_PROFILE_VALUE:
-            raise _refuse(f"group profile field {key!r} is longer than {MAX_GROUP_PROFILE_VALUE}", Code.BAD_REQUEST)
-        if value:
-            profile[key] = value
-        else:
-            profile.pop(key, None)
-    if len(profile) > MAX_GROUP_PROFILE_FIELDS:
-        raise _refuse(f"a group profile has at most {MAX_GROUP_PROFILE_FIELDS} fields", Code.BAD_REQUEST)
-    return replace(group, profile=profile)
+    fields.check_changes(changes, MAX_GROUP_PROFILE_VALUE, "group profile")
+    return replace(group, profile=fields.merge(group.profile, changes, MAX_GROUP_PROFILE_FIELDS, "group profile"))
 
 
 def set_policy(group: Group, actor: str, policy: JoinPolicy) -> Group:

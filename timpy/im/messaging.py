@@ -31,7 +31,7 @@ from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, StorageError, TimpyError
 from timpy.im import ids, kinds
-from timpy.im.accounts import Identity
+from timpy.im.accounts import RESERVED_NAMES, Identity
 from timpy.im.messages import (
     KIND_BURNED,
     KIND_CUSTOM_MIN,
@@ -384,6 +384,15 @@ class Messenger:
         if not await self.user_exists(uid):
             raise RequestError("no such user", Code.NO_SUCH_USER)
         self._known_users.add(uid)
+
+    async def peer_of(self, who: Identity, name: str) -> tuple[str, bytes, bytes]:
+        """Another user, for a 1:1 operation: (normalized name, user id, the
+        key of the two users' conversation and relation); NO_SUCH_USER if absent."""
+        peer = ids.normalize_name(name)
+        pid = ids.user_id(self._indexer, peer)
+        if peer in RESERVED_NAMES or not await self.user_exists(pid):
+            raise RequestError(f"no such user: {peer}", Code.NO_SUCH_USER)
+        return peer, pid, ids.direct_conversation(self._indexer, who.user_id, pid)
 
     async def user_exists(self, uid: bytes) -> bool:
         owner = self._peers.owner(uid)

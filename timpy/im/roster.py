@@ -16,9 +16,8 @@ from typing import Any
 
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
-from timpy.im import ids
 from timpy.im import roster_rules as rules
-from timpy.im.accounts import RESERVED_NAMES, Identity
+from timpy.im.accounts import Identity
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.records import Records
@@ -74,13 +73,9 @@ class Roster:
             raise RequestError(f"unknown roster operation {op!r}; known: {', '.join(OPS)}", Code.BAD_REQUEST)
         if op == "list":
             return await self.get(who.user_id)
-        peer = ids.normalize_name(user)
-        pid = ids.user_id(self._indexer, peer)
-        if peer in RESERVED_NAMES or not await self._messenger.user_exists(pid):
-            raise RequestError(f"no such user: {peer}", Code.NO_SUCH_USER)
+        peer, pid, pair = await self._messenger.peer_of(who, user)
         if pid == who.user_id:
             raise RequestError("that is you", Code.BAD_REQUEST)
-        pair = ids.direct_conversation(self._indexer, who.user_id, pid)
         await self._peers.at_owner(pair, "roster.op", self._op_here, who.name, who.user_id, op, peer, pid, timeout=10.0)
         return await self.get(who.user_id)
 

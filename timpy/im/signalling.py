@@ -52,11 +52,7 @@ class Signalling:
             raise RequestError(f"signal data of {len(data)} bytes exceeds {MAX_SIGNAL_DATA}", Code.BODY_TOO_LARGE)
         fields = {"kind": kind, "data": data, "sender": who.name}
         if to:
-            peer = ids.normalize_name(to)
-            pid = ids.user_id(self._indexer, peer)
-            if not await self._messenger.user_exists(pid):
-                raise RequestError("no such user", Code.NO_SUCH_USER)
-            pair = ids.direct_conversation(self._indexer, who.user_id, pid)
+            peer, pid, pair = await self._messenger.peer_of(who, to)
             await self._peers.at_owner(
                 pair, "signal.direct", self._direct_here, who.user_id, device_id, pid, {**fields, "to": peer}
             )
