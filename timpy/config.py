@@ -92,9 +92,26 @@ class ClusterConfig:
     suspicion_mult: int = 4  # suspicion timeout = mult * log10(n) * probe_interval
     push_pull_interval: float = 30.0
     anti_entropy_interval: float = 60.0  # seconds between full replica comparisons
+    # NAT traversal (docs/nat.md): relay through a peer, then ICE to a direct UDP path
+    nat: bool = True
+    ice: bool = True  # with nat: try ICE to move a relayed peer to a direct UDP path
+    stun: str | None = None  # HOST:PORT of a STUN server; default: ask a peer we reached directly
+    turn: str | None = None  # HOST:PORT of a TURN server, for relayed ICE candidates
+    turn_username: str | None = None
+    turn_password: str | None = None
+    turn_transport: str = "udp"  # udp | tcp
+    ice_timeout: float = 10.0  # seconds for one ICE negotiation
+    upgrade_interval: float = 60.0  # seconds between ICE attempts while a peer is relayed
 
     def __post_init__(self) -> None:
         _addresses_or_off(self, ("listen", "advertise"), "cluster.")
+        for name in ("stun", "turn"):
+            if getattr(self, name) is not None:
+                parse_hostport(getattr(self, name), f"cluster.{name}")
+        if self.turn_transport not in ("udp", "tcp"):
+            raise ConfigError(f"cluster.turn_transport must be udp or tcp, got {self.turn_transport!r}")
+        if self.ice_timeout <= 0 or self.upgrade_interval <= 0:
+            raise ConfigError("cluster.ice_timeout and cluster.upgrade_interval must be positive")
         if isinstance(self.join, str):
             object.__setattr__(self, "join", (self.join,))
         object.__setattr__(self, "join", tuple(self.join))

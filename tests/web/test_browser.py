@@ -192,6 +192,8 @@ def test_the_dashboard_shows_a_three_node_cluster_and_runs_operations(browser, t
         for n in nodes:
             expect(page.locator("#members")).to_contain_text(n.info["node_id"])
         expect(page.locator("#storage")).to_contain_text("embedded")
+        # the path column: loopback peers reach each other over direct TCP (NAT paths: tests/e2e/test_nat.py)
+        expect(page.locator("#members")).to_contain_text("direct TCP")
         page.fill("#user-name", "dave")
         page.click("#user-form button[data-op=disable]")
         expect(page.locator("#op-result")).to_contain_text('"disabled": true')

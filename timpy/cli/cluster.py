@@ -91,7 +91,8 @@ def cluster() -> None:
               default=Path("timpy-data/cluster.key"), show_default=True, help="The cluster key file ($TIMPY_CLUSTER_KEY wins).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
 def status(address: str, key_file: Path, as_json: bool) -> None:
-    """Members as a node sees them: state, address, incarnation, ring share."""
+    """Members as a node sees them: state, address, incarnation, ring share, and the
+    path its channel to each takes (direct TCP, ICE with candidate types, or relayed via whom)."""
     try:
         parse_hostport(address, "--peer")
         with unwrap_single_error():
@@ -102,11 +103,13 @@ def status(address: str, key_file: Path, as_json: bool) -> None:
         click.echo(json.dumps(info, indent=2, sort_keys=True))
         return
     table = Table(title=f"cluster seen by {info['node']} (ring version {info['ring_version']})")
-    for col in ("node", "address", "state", "incarnation", "ring share"):
+    for col in ("node", "address", "state", "incarnation", "ring share", "path"):
         table.add_column(col)
     for m in info["members"]:
-        name = str(m["name"]) + (" (this)" if m["name"] == info["node"] else "")
-        table.add_row(name, str(m["address"]), str(m["state"]), str(m["incarnation"]), f"{m['share'] * 100:.1f}%")
+        this = m["name"] == info["node"]
+        name = str(m["name"]) + (" (this)" if this else "")
+        path = "-" if this else (m.get("path") or {}).get("text", "no channel now")
+        table.add_row(name, str(m["address"]), str(m["state"]), str(m["incarnation"]), f"{m['share'] * 100:.1f}%", path)
     console = Console()
     console.print(table)
     repair = info["repair"]

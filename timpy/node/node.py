@@ -25,7 +25,7 @@ import trio
 from timpy.cluster.membership import Changed, MembershipConfig
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.service import ClusterService
-from timpy.cluster.transport import TcpPeerTransport
+from timpy.cluster.transport import TcpPeerTransport, nat_settings
 from timpy.concurrency import unwrap_single_error
 from timpy.config import Limits, NodeConfig, parse_hostport
 from timpy.crypto.blind import BlindIndexer
@@ -140,7 +140,9 @@ class Node:
         self.indexer = BlindIndexer(keys.index)
         if c.cluster.listen:
             cc = c.cluster
-            transport = TcpPeerTransport(keys, identity, listen=cc.listen, queue=4096, advertise=cc.advertise)
+            transport = TcpPeerTransport(
+                keys, identity, listen=cc.listen, queue=4096, advertise=cc.advertise, nat=nat_settings(cc)
+            )
             membership = MembershipConfig(
                 probe_interval=cc.probe_interval,
                 probe_timeout=cc.probe_timeout,
@@ -287,8 +289,12 @@ class Node:
         members = self.cluster.status() if self.cluster is not None else [
             {"name": self.node_id, "address": "", "state": "alive", "incarnation": 0}
         ]
+        paths = self.cluster.transport.paths() if self.cluster is not None else {}
+        names = {str(m["address"]): str(m["name"]) for m in members}
         for m in members:
             m["share"] = round(shares.get(str(m["name"]), 0.0), 4)
+            path = paths.get(str(m["address"]))
+            m["path"] = path.as_dict(names) if path is not None else None
         return {
             "node": self.node_id,
             "members": members,

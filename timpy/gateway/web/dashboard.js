@@ -30,7 +30,7 @@ function showCluster(info) {
     cell(row, m.state);
     cell(row, m.incarnation);
     cell(row, (m.share * 100).toFixed(1) + "%");
-    cell(row, m.name === info.node ? "-" : (m.path || "direct TCP"));
+    cell(row, m.name === info.node ? "-" : (m.path ? m.path.text : "no channel now"));
     body.appendChild(row);
   }
   const s = info.storage;

@@ -1,0 +1,115 @@
+"""Network namespaces with NAT, for tests of NAT traversal.
+
+One "internet" segment (a bridge in its own namespace, 198.18.0.0/24) joins a
+public host and three NAT routers; behind each router is one private host on
+its own 198.19.N.0/24. Only 198.18.0.0/15 addresses are used, nothing is
+routed anywhere else, and ``teardown`` deletes every namespace (their veths
+go with them).
+
+- full cone: MASQUERADE keeps the source port, and a DNAT rule sends every new
+  inbound flow on the WAN to the private host (endpoint-independent mapping
+  and filtering);
+- symmetric: MASQUERADE --random picks a new port for every destination, and
+  only replies come back (endpoint-dependent mapping and filtering).
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass, field
+
+PUBLIC = "198.18.0.1"
+
+
+def why_not_available() -> str | None:
+    """None when namespaces with NAT can be built here, else why not."""
+    if os.geteuid() != 0:
+        return "network namespace tests need root"
+    for tool in ("ip", "iptables"):
+        if shutil.which(tool) is None:
+            return f"network namespace tests need {tool} (apt-get install iproute2 iptables)"
+    probe = f"tpprobe{os.getpid()}"
+    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    if made.returncode != 0:
+        return f"cannot create a network namespace: {made.stderr.strip()}"
+    try:
+        nat = subprocess.run(["ip", "netns", "exec", probe, "iptables", "-t", "nat", "-L", "-n"],
+                             capture_output=True, text=True)
+        if nat.returncode != 0:
+            return f"iptables NAT does not work in a namespace: {nat.stderr.strip()}"
+    finally:
+        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+    return None
+
+
+@dataclass
+class Host:
+    ns: str
+    ip: str
+
+
+@dataclass
+class Internet:
+    prefix: str = field(default_factory=lambda: f"tp{os.getpid() % 100000}")
+    made: list[str] = field(default_factory=list)
+    hosts: dict[str, Host] = field(default_factory=dict)
+
+    def _ns(self, name: str) -> str:
+        ns = f"{self.prefix}{name}"
+        _run("ip", "netns", "add", ns)
+        self.made.append(ns)
+        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        return ns
+
+    def _wire(self, ns: str, ifname: str, cidr: str) -> None:
+        """A veth from ``ns`` (named ifname) to the internet bridge."""
+        outer = f"{ns[-6:]}{ifname}"[-15:]
+        _run("ip", "link", "add", outer, "type", "veth", "peer", "name", ifname, "netns", ns)
+        _run("ip", "link", "set", outer, "netns", self.inet)
+        _run("ip", "-n", self.inet, "link", "set", outer, "master", "br0", "up")
+        _run("ip", "-n", ns, "addr", "add", cidr, "dev", ifname)
+        _run("ip", "-n", ns, "link", "set", ifname, "up")
+
+    def build(self, routers: dict[str, str]) -> Internet:
+        """``routers``: name -> "fullcone" | "symmetric"; plus one public host "pub"."""
+        self.inet = self._ns("inet")
+        _run("ip", "-n", self.inet, "link", "add", "br0", "type", "bridge")
+        _run("ip", "-n", self.inet, "link", "set", "br0", "up")
+        pub = self._ns("pub")
+        self._wire(pub, "eth0", f"{PUBLIC}/24")
+        self.hosts["pub"] = Host(pub, PUBLIC)
+        for i, (name, kind) in enumerate(routers.items(), start=1):
+            wan, lan_net, host_ip = f"198.18.0.{i + 1}", f"198.19.{i}", f"198.19.{i}.2"
+            router = self._ns(f"r{name}")
+            self._wire(router, "wan", f"{wan}/24")
+            inner = self._ns(name)
+            _run("ip", "link", "add", "lan", "netns", router, "type", "veth", "peer", "name", "eth0", "netns", inner)
+            _run("ip", "-n", router, "addr", "add", f"{lan_net}.1/24", "dev", "lan")
+            _run("ip", "-n", router, "link", "set", "lan", "up")
+            _run("ip", "-n", inner, "addr", "add", f"{host_ip}/24", "dev", "eth0")
+            _run("ip", "-n", inner, "link", "set", "eth0", "up")
+            _run("ip", "-n", inner, "route", "add", "default", "via", f"{lan_net}.1")
+            _run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
+            ipt = ["ip", "netns", "exec", router, "iptables", "-t", "nat"]
+            if kind == "fullcone":
+                _run(*ipt, "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE")
+                _run(*ipt, "-A", "PREROUTING", "-i", "wan", "-j", "DNAT", "--to-destination", host_ip)
+            elif kind == "symmetric":
+                _run(*ipt, "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE", "--random")
+            else:
+                raise ValueError(kind)
+            self.hosts[name] = Host(inner, host_ip)
+        return self
+
+    def teardown(self) -> None:
+        for ns in reversed(self.made):
+            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        self.made.clear()
+
+
+def _run(*cmd: str) -> None:
+    done = subprocess.run(list(cmd), capture_output=True, text=True, timeout=30)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {done.stderr.strip()}")
