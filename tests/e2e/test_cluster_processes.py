@@ -56,7 +56,7 @@ async def test_sigkill_in_the_middle_of_traffic_loses_and_duplicates_nothing(tmp
             capture_output=True, text=True, timeout=30,
         )
         assert status.returncode == 0, status.stderr
-        assert all(n.info["node_id"] in status.stdout for n in nodes) and status.stdout.count("alive") == 3
+        assert all(n.info["node_id"] in status.stdout for n in nodes) and status.stdout.count("alive") == 3, status.stdout
         subprocess.run([sys.executable, "-m", "timpy", "keys", "new", str(tmp_path / "other.key")], check=True)
         refused = subprocess.run(
             [sys.executable, "-m", "timpy", "cluster", "status", "--peer", nodes[1].info["peer"],

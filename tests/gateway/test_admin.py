@@ -66,6 +66,7 @@ async def test_metrics_count_logins_messages_storage_and_members(node):
     assert lines[f'timpy_deliveries_total{{node="{node.node_id}"}}'] >= 3
     assert lines['timpy_storage_seconds_count{operation="write_batch"}'] >= 1
     assert lines['timpy_members{state="alive"}'] == 1
+    assert lines['timpy_peer_paths{path="relay"}'] == 0 and lines['timpy_nat_events_total{event="ice_failed"}'] == 0
     assert 'timpy_queue_depth{queue="writer"}' in lines and "timpy_connections" in lines
 
 

@@ -8,6 +8,7 @@ CI=true they must run.
 
 from __future__ import annotations
 
+import asyncio
 import os
 from pathlib import Path
 
@@ -30,6 +31,9 @@ def browser():
         pytest.skip(reason)
     from playwright.sync_api import sync_playwright
 
+    # trio-asyncio (which hosts ICE in the nodes tested in this process) makes asyncio's
+    # new_event_loop give its own loop unless a policy was set; Playwright's sync API needs a plain one
+    asyncio.set_event_loop_policy(asyncio.DefaultEventLoopPolicy())
     SHOTS.mkdir(parents=True, exist_ok=True)
     with sync_playwright() as p:
         b = p.chromium.launch(executable_path=str(CHROMIUM), args=["--no-sandbox", "--disable-gpu"])

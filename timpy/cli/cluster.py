@@ -8,6 +8,7 @@ throwaway identity and never becomes a member.
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +111,10 @@ def status(address: str, key_file: Path, as_json: bool) -> None:
         name = str(m["name"]) + (" (this)" if this else "")
         path = "-" if this else (m.get("path") or {}).get("text", "no channel now")
         table.add_row(name, str(m["address"]), str(m["state"]), str(m["incarnation"]), f"{m['share'] * 100:.1f}%", path)
+    # piped output keeps whole node ids and paths rather than wrapping at 80 columns
     console = Console()
+    if not sys.stdout.isatty():
+        console = Console(width=max(console.width, 160))
     console.print(table)
     repair = info["repair"]
     console.print(

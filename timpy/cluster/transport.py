@@ -365,7 +365,9 @@ class TcpPeerTransport:
                 if stream is not None:
                     await stream.aclose()
                 why = f"{type(exc).__name__}: {exc}"
-                if self.nat is not None and stream is None:  # no TCP at all: try a relay for a while
+                if self.nat is not None and stream is None and not _refused_only(exc):
+                    # no route, or no answer: behind NAT or a firewall; go to a relay for a while.
+                    # (Refused means the host is there, maybe restarting: TCP is tried again next time.)
                     self._unreachable[peer.address] = trio.current_time() + self.nat.unreachable_for
             else:
                 self._outbound.add(peer.address)
@@ -670,6 +672,13 @@ class _FrameReader:
                 raise EOFError("connection closed")
             self._ready.extend(self._decoder.feed(data))
         return self._ready.popleft()
+
+
+def _refused_only(exc: BaseException) -> bool:
+    """True when every connection attempt was actively refused (the host answered)."""
+    cause = exc.__cause__ if isinstance(exc.__cause__, BaseExceptionGroup) else None
+    errors = list(cause.exceptions) if cause is not None else [exc]
+    return all(isinstance(e, ConnectionRefusedError) for e in errors)
 
 
 def _refusal(frame: bytes) -> str | None:

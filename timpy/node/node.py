@@ -265,6 +265,15 @@ class Node:
             for m in self.cluster.membership.members.values():
                 states[m.state.value] = states.get(m.state.value, 0.0) + 1
         yield gauges("timpy_members", "Cluster members as this node sees them, by state", "state", states)
+        transport = self.cluster.transport if self.cluster is not None else None
+        if isinstance(transport, TcpPeerTransport):
+            paths = dict.fromkeys(("tcp", "ice", "relay"), 0.0)
+            for path in transport.paths().values():
+                paths[path.kind] += 1
+            yield gauges("timpy_peer_paths", "Peers with a live channel, by path (docs/nat.md)", "path", paths)
+            yield counters("timpy_nat_events", "NAT traversal: frames relayed for others, ICE upgrades, ICE failures",
+                           "event", {"relayed": transport.stats.relayed, "ice_upgrades": transport.stats.ice,
+                                     "ice_failed": transport.stats.ice_failed})
         if self.cluster is not None:
             yield counters("timpy_gossip_messages", "Membership messages sent, by kind (Ping: one probe round)",
                            "kind", dict(self.cluster.sent))
