@@ -21,6 +21,10 @@ import subprocess
 from dataclasses import dataclass, field
 
 PUBLIC = "198.18.0.1"
+_SEARCH = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/sbin", "/usr/bin", "/bin"])
+IP = shutil.which("ip", path=_SEARCH) or "ip"
+IPTABLES = shutil.which("iptables", path=_SEARCH) or "iptables"
+SYSCTL = shutil.which("sysctl", path=_SEARCH) or "sysctl"
 
 
 def why_not_available() -> str | None:
@@ -28,19 +32,19 @@ def why_not_available() -> str | None:
     if os.geteuid() != 0:
         return "network namespace tests need root"
     for tool in ("ip", "iptables"):
-        if shutil.which(tool) is None:
+        if shutil.which(tool, path=_SEARCH) is None:
             return f"network namespace tests need {tool} (apt-get install iproute2 iptables)"
     probe = f"tpprobe{os.getpid()}"
-    made = subprocess.run(["ip", "netns", "add", probe], capture_output=True, text=True)
+    made = subprocess.run([IP, "netns", "add", probe], capture_output=True, text=True)
     if made.returncode != 0:
         return f"cannot create a network namespace: {made.stderr.strip()}"
     try:
-        nat = subprocess.run(["ip", "netns", "exec", probe, "iptables", "-t", "nat", "-L", "-n"],
+        nat = subprocess.run([IP, "netns", "exec", probe, IPTABLES, "-t", "nat", "-L", "-n"],
                              capture_output=True, text=True)
         if nat.returncode != 0:
             return f"iptables NAT does not work in a namespace: {nat.stderr.strip()}"
     finally:
-        subprocess.run(["ip", "netns", "del", probe], capture_output=True)
+        subprocess.run([IP, "netns", "del", probe], capture_output=True)
     return None
 
 
@@ -58,25 +62,25 @@ class Internet:
 
     def _ns(self, name: str) -> str:
         ns = f"{self.prefix}{name}"
-        _run("ip", "netns", "add", ns)
+        _run(IP, "netns", "add", ns)
         self.made.append(ns)
-        _run("ip", "-n", ns, "link", "set", "lo", "up")
+        _run(IP, "-n", ns, "link", "set", "lo", "up")
         return ns
 
     def _wire(self, ns: str, ifname: str, cidr: str) -> None:
         """A veth from ``ns`` (named ifname) to the internet bridge."""
         outer = f"{ns[-6:]}{ifname}"[-15:]
-        _run("ip", "link", "add", outer, "type", "veth", "peer", "name", ifname, "netns", ns)
-        _run("ip", "link", "set", outer, "netns", self.inet)
-        _run("ip", "-n", self.inet, "link", "set", outer, "master", "br0", "up")
-        _run("ip", "-n", ns, "addr", "add", cidr, "dev", ifname)
-        _run("ip", "-n", ns, "link", "set", ifname, "up")
+        _run(IP, "link", "add", outer, "type", "veth", "peer", "name", ifname, "netns", ns)
+        _run(IP, "link", "set", outer, "netns", self.inet)
+        _run(IP, "-n", self.inet, "link", "set", outer, "master", "br0", "up")
+        _run(IP, "-n", ns, "addr", "add", cidr, "dev", ifname)
+        _run(IP, "-n", ns, "link", "set", ifname, "up")
 
     def build(self, routers: dict[str, str]) -> Internet:
         """``routers``: name -> "fullcone" | "symmetric"; plus one public host "pub"."""
         self.inet = self._ns("inet")
-        _run("ip", "-n", self.inet, "link", "add", "br0", "type", "bridge")
-        _run("ip", "-n", self.inet, "link", "set", "br0", "up")
+        _run(IP, "-n", self.inet, "link", "add", "br0", "type", "bridge")
+        _run(IP, "-n", self.inet, "link", "set", "br0", "up")
         pub = self._ns("pub")
         self._wire(pub, "eth0", f"{PUBLIC}/24")
         self.hosts["pub"] = Host(pub, PUBLIC)
@@ -85,14 +89,14 @@ class Internet:
             router = self._ns(f"r{name}")
             self._wire(router, "wan", f"{wan}/24")
             inner = self._ns(name)
-            _run("ip", "link", "add", "lan", "netns", router, "type", "veth", "peer", "name", "eth0", "netns", inner)
-            _run("ip", "-n", router, "addr", "add", f"{lan_net}.1/24", "dev", "lan")
-            _run("ip", "-n", router, "link", "set", "lan", "up")
-            _run("ip", "-n", inner, "addr", "add", f"{host_ip}/24", "dev", "eth0")
-            _run("ip", "-n", inner, "link", "set", "eth0", "up")
-            _run("ip", "-n", inner, "route", "add", "default", "via", f"{lan_net}.1")
-            _run("ip", "netns", "exec", router, "sysctl", "-qw", "net.ipv4.ip_forward=1")
-            ipt = ["ip", "netns", "exec", router, "iptables", "-t", "nat"]
+            _run(IP, "link", "add", "lan", "netns", router, "type", "veth", "peer", "name", "eth0", "netns", inner)
+            _run(IP, "-n", router, "addr", "add", f"{lan_net}.1/24", "dev", "lan")
+            _run(IP, "-n", router, "link", "set", "lan", "up")
+            _run(IP, "-n", inner, "addr", "add", f"{host_ip}/24", "dev", "eth0")
+            _run(IP, "-n", inner, "link", "set", "eth0", "up")
+            _run(IP, "-n", inner, "route", "add", "default", "via", f"{lan_net}.1")
+            _run(IP, "netns", "exec", router, SYSCTL, "-qw", "net.ipv4.ip_forward=1")
+            ipt = [IP, "netns", "exec", router, IPTABLES, "-t", "nat"]
             if kind == "fullcone":
                 _run(*ipt, "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE")
                 _run(*ipt, "-A", "PREROUTING", "-i", "wan", "-j", "DNAT", "--to-destination", host_ip)
@@ -105,7 +109,7 @@ class Internet:
 
     def teardown(self) -> None:
         for ns in reversed(self.made):
-            subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+            subprocess.run([IP, "netns", "del", ns], capture_output=True)
         self.made.clear()
 
 

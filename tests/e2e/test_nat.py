@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import FAST_SECURITY
-from tests.e2e.netns import PUBLIC, Internet, why_not_available
+from tests.e2e.netns import IP, PUBLIC, Internet, why_not_available
 
 pytestmark = pytest.mark.e2e
 
@@ -50,7 +50,7 @@ def internet():
 
 
 def _in(ns: str, *cmd: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(["ip", "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
+    return subprocess.run([IP, "netns", "exec", ns, *cmd], capture_output=True, text=True, timeout=timeout)
 
 
 def _start(net: Internet, name: str, work: Path, key: Path) -> tuple[subprocess.Popen[bytes], dict]:
@@ -69,7 +69,7 @@ def _start(net: Internet, name: str, work: Path, key: Path) -> tuple[subprocess.
     )
     log = open(work / "node.log", "ab")  # noqa: SIM115
     proc = subprocess.Popen(
-        ["ip", "netns", "exec", host.ns, sys.executable, "-m", "timpy", "node", "--config", str(work / "node.toml"),
+        [IP, "netns", "exec", host.ns, sys.executable, "-m", "timpy", "node", "--config", str(work / "node.toml"),
          "-v"],
         stdout=log, stderr=log,
     )
