@@ -31,3 +31,11 @@ def test_bench_one_node_runs_end_to_end():
     assert r.exit_code == 0, r.output
     result = json.loads(r.output.strip().splitlines()[-1])
     assert result["messages"] == 10 and result["p99_ms"] >= result["p50_ms"] > 0
+
+
+def test_bench_paths_measures_direct_and_relayed_channels():
+    r = CliRunner().invoke(cli, ["bench", "paths", "--calls", "40", "--window", "8", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["relayed round trip p99 ms"] >= result["relayed round trip p50 ms"] > 0
+    assert result["direct TCP MB/s each way"] > 0 and result["relayed MB/s each way"] > 0

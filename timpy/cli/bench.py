@@ -339,3 +339,12 @@ def _register_group_bench() -> None:
 
 
 _register_group_bench()
+
+
+def _register_paths_bench() -> None:
+    from timpy.cli.bench_paths import register
+
+    register(bench)
+
+
+_register_paths_bench()

@@ -42,7 +42,8 @@ log = logging.getLogger("timpy.cluster")
 ALPN = "timpy-peer/1"
 _ADDR = ("198.18.0.0", 0)  # QUIC wants a peer address; the ICE pair is the only path, so any constant does
 SEND_BUFFER = 1024 * 1024  # bytes written but not yet acknowledged before send_all waits
-IDLE_TIMEOUT = 20.0
+IDLE_TIMEOUT = 20.0  # a pair silent this long (pings unanswered) is closed
+KEEPALIVE = 5.0  # seconds between QUIC pings on a quiet pair
 
 
 @dataclass
@@ -200,13 +201,19 @@ class QuicStream:
             self._end()
 
     async def _pump(self, datagrams: trio.MemoryReceiveChannel[bytes]) -> None:
+        next_ping = trio.current_time() + KEEPALIVE
         while not self._closed:
             timer = self._quic.get_timer() if self._quic is not None else None
-            with trio.move_on_at(timer if timer is not None else math.inf) as scope:
+            with trio.move_on_at(min(timer if timer is not None else math.inf, next_ping)) as scope:
                 data = await datagrams.receive()
             now = trio.current_time()
             if scope.cancelled_caught:
-                self._quic.handle_timer(now)
+                if now >= next_ping:  # keep a quiet pair (and its NAT mappings) alive
+                    next_ping = now + KEEPALIVE
+                    if self._quic is not None:
+                        self._quic.send_ping(0)
+                if self._quic is not None and timer is not None and now >= timer:
+                    self._quic.handle_timer(now)
             else:
                 if self._quic is None:
                     header = pull_quic_header(Buffer(data=data), host_cid_length=self._config.connection_id_length)
@@ -220,7 +227,8 @@ class QuicStream:
             await self._transmit()
 
     def _events(self) -> None:
-        assert self._quic is not None
+        if self._quic is None:
+            return
         while (event := self._quic.next_event()) is not None:
             if isinstance(event, StreamDataReceived):
                 if self._stream_id is None:
