@@ -59,6 +59,7 @@ class Internet:
     prefix: str = field(default_factory=lambda: f"tp{os.getpid() % 100000}")
     made: list[str] = field(default_factory=list)
     hosts: dict[str, Host] = field(default_factory=dict)
+    routers: dict[str, str] = field(default_factory=dict)
 
     def _ns(self, name: str) -> str:
         ns = f"{self.prefix}{name}"
@@ -96,16 +97,22 @@ class Internet:
             _run(IP, "-n", inner, "link", "set", "eth0", "up")
             _run(IP, "-n", inner, "route", "add", "default", "via", f"{lan_net}.1")
             _run(IP, "netns", "exec", router, SYSCTL, "-qw", "net.ipv4.ip_forward=1")
-            ipt = [IP, "netns", "exec", router, IPTABLES, "-t", "nat"]
-            if kind == "fullcone":
-                _run(*ipt, "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE")
-                _run(*ipt, "-A", "PREROUTING", "-i", "wan", "-j", "DNAT", "--to-destination", host_ip)
-            elif kind == "symmetric":
-                _run(*ipt, "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE", "--random")
-            else:
-                raise ValueError(kind)
             self.hosts[name] = Host(inner, host_ip)
+            self.routers[name] = router
+            self.set_nat(name, kind)
         return self
+
+    def set_nat(self, name: str, kind: str) -> None:
+        """Make the NAT in front of ``name`` full cone or symmetric (flows already open keep theirs)."""
+        ipt = [IP, "netns", "exec", self.routers[name], IPTABLES, "-t", "nat"]
+        _run(*ipt, "-F")
+        if kind == "fullcone":
+            _run(*ipt, "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE")
+            _run(*ipt, "-A", "PREROUTING", "-i", "wan", "-j", "DNAT", "--to-destination", self.hosts[name].ip)
+        elif kind == "symmetric":
+            _run(*ipt, "-A", "POSTROUTING", "-o", "wan", "-j", "MASQUERADE", "--random")
+        else:
+            raise ValueError(kind)
 
     def teardown(self) -> None:
         for ns in reversed(self.made):

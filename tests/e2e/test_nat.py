@@ -7,7 +7,8 @@ the path each pair took:
 - public <-> anyone: direct TCP (the NATed nodes dial out);
 - full cone <-> symmetric: ICE (the symmetric side's checks reach the full
   cone's server-reflexive address, learned from the public peer);
-- symmetric <-> symmetric: relayed through the public node.
+- symmetric <-> symmetric: relayed through the public node, until one of
+  the two NATs turns full cone, when the pair moves to ICE by itself.
 
 Skips with the reason when namespaces cannot be built; with CI=true that is a
 failure instead.
@@ -167,6 +168,18 @@ def test_nodes_behind_full_cone_and_symmetric_nat_form_one_cluster_and_talk(inte
                    f"tcp://{infos['sym2']['tcp']}", "--user", "usym2", "--password", PASSWORD,
                    "--to", "usym1", "--history", "10")
         assert "after the paths settled" in done.stdout, done.stdout
+
+        # the second symmetric NAT turns full cone: the relayed pair moves to ICE on its next try
+        net.set_nat("sym2", "fullcone")
+        deadline = time.monotonic() + 60
+        while True:
+            now = {name: _paths(_status(net, name, key)) for name in ("sym1", "sym2")}
+            kinds = {(now["sym1"].get(address["sym2"]) or {}).get("kind"),
+                     (now["sym2"].get(address["sym1"]) or {}).get("kind")}
+            if kinds == {"ice"} or time.monotonic() > deadline:
+                break
+            time.sleep(1)
+        assert kinds == {"ice"}, json.dumps(now, indent=1)
     finally:
         for proc in procs.values():
             if proc.poll() is None:
