@@ -524,8 +524,11 @@ class TcpPeerTransport:
             tunnel = self._tunnels.get((msg[1], msg[2]))
             if tunnel is not None:
                 tunnel.feed(b"")
-        elif kind == nat.ICE_OFFER and self.nat is not None and self.nat.ice:
-            self._spawn_ice(self._ice_in, remote, msg[1], IceOffer(msg[2], msg[3], msg[4]))
+        elif kind == nat.ICE_OFFER:
+            if self.nat is not None and self.nat.ice:
+                self._spawn_ice(self._ice_in, remote, msg[1], IceOffer(msg[2], msg[3], msg[4]))
+            else:
+                self._send_control(remote, nat.control(nat.ICE_FAIL, msg[1], "ICE is off on this node"))
         elif kind in (nat.ICE_ANSWER, nat.ICE_FAIL):
             waiting = self._answers.get((remote, msg[1]))
             if waiting is not None:
