@@ -164,9 +164,10 @@ class ClientSession:
 
     # --- frames ---------------------------------------------------------
 
-    async def handle_bad_frame(self, exc: ProtocolError) -> None:
-        """A frame that did not decode: its boundary was sound, so answer and go on."""
-        await self.reply(error_frame(0, exc))
+    async def handle_bad_frame(self, exc: ProtocolError, rid: int = 0) -> None:
+        """A frame that did not decode: its boundary was sound, so answer and go
+        on (under its request id when the transport could read it)."""
+        await self.reply(error_frame(rid, exc))
         self._count_violation()
 
     def _count_violation(self) -> None:
@@ -184,6 +185,7 @@ class ClientSession:
             )
             self._count_violation()
             return
+        op = "an undecodable request"
         try:
             op, body = wp.operation_of(frame)
             if op not in _CLIENT_OPS:
@@ -203,7 +205,8 @@ class ClientSession:
             await self.reply(error_frame(rid, exc))
         except Exception:
             self.node.metrics.errors.labels(Code.INTERNAL.name).inc()
-            log.exception("internal error serving %s", self.peer)
+            log.exception("internal error serving %s (%s) for %s", self.peer,
+                          self.identity.name if self.identity is not None else "not logged in", op)
             await self.reply(error_frame(rid, TimpyError("internal error; it was logged", Code.INTERNAL)))
 
     # --- operations -----------------------------------------------------
