@@ -129,16 +129,22 @@ class AdminConfig:
     """The admin HTTP listener (the ``[admin]`` table): API, metrics, health.
 
     Off public interfaces by default: binding anything but loopback needs
-    ``allow_public = true`` (put a TLS reverse proxy in front; docs/operations.md).
+    ``allow_public = true`` (with TLS: ``tls_cert``/``tls_key``, or a TLS reverse proxy; docs/operations.md).
     """
 
     listen: str | None = "127.0.0.1:7073"  # None/'off' = no admin listener
     token_file: Path | None = None  # default DATA/admin.token, created 0600; $TIMPY_ADMIN_TOKEN wins
     allow_public: bool = False
     chat_ws_url: str | None = None  # the WebSocket URL the web chat page uses (behind a proxy: wss://...)
+    tls_cert: Path | None = None  # PEM certificate (chain): serve the admin API over HTTPS
+    tls_key: Path | None = None  # its private key (PEM)
+    tls_client_ca: Path | None = None  # PEM CA file: require client certificates it signed (mTLS)
 
     def __post_init__(self) -> None:
         _addresses_or_off(self, ("listen",), "admin.")
+        _tls_pair(self, "admin.")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("admin.tls_client_ca needs admin.tls_cert and admin.tls_key (client certificates need TLS)")
         if self.chat_ws_url is not None and not self.chat_ws_url.startswith(("ws://", "wss://")):
             raise ConfigError(f"admin.chat_ws_url must start with ws:// or wss://, got {self.chat_ws_url!r}")
         if self.listen and not self.allow_public:
@@ -146,8 +152,15 @@ class AdminConfig:
             if not _is_loopback(host):
                 raise ConfigError(
                     f"admin.listen {self.listen} is not a loopback address: the admin API is meant for "
-                    "operators; set admin.allow_public = true and put it behind a TLS reverse proxy"
+                    "operators; set admin.allow_public = true and serve it with TLS (admin.tls_cert, admin.tls_key) "
+                    "or behind a TLS reverse proxy"
                 )
+
+
+def _tls_pair(config: NodeConfig | AdminConfig, prefix: str) -> None:
+    """A TLS certificate and its key come together."""
+    if (config.tls_cert is None) != (config.tls_key is None):
+        raise ConfigError(f"{prefix}tls_cert and {prefix}tls_key must be set together (PEM certificate and its key)")
 
 
 def _is_loopback(host: str) -> bool:
@@ -208,6 +221,9 @@ class NodeConfig:
     sqlite_synchronous: str = "FULL"  # FULL survives power loss; NORMAL a process crash
     cluster_key_file: Path | None = None  # default: data_dir / "cluster.key"
     ready_file: Path | None = None  # JSON with bound addresses, written once listening
+    # TLS on the TCP and WebSocket client listeners (clients use tcps:// and wss://)
+    tls_cert: Path | None = None  # PEM certificate (chain)
+    tls_key: Path | None = None  # its private key (PEM)
     limits: Limits = field(default_factory=Limits)
     security: SecurityConfig = field(default_factory=SecurityConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
@@ -216,6 +232,7 @@ class NodeConfig:
 
     def __post_init__(self) -> None:
         _addresses_or_off(self, ("listen", "ws"), "")
+        _tls_pair(self, "")
         if self.storage.shared and (self.memory or self.database_url):
             raise ConfigError("[storage] backends (shared mode) cannot be combined with --memory or database_url")
 
@@ -235,6 +252,7 @@ def parse_hostport(text: str, what: str = "address") -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
+_PATHS = ("data_dir", "cluster_key_file", "ready_file", "token_file", "tls_cert", "tls_key", "tls_client_ca")
 _SECTIONS = {"limits": Limits, "security": SecurityConfig, "cluster": ClusterConfig, "storage": StorageConfig, "admin": AdminConfig}
 
 
@@ -249,7 +267,7 @@ def _build(cls: type, values: dict[str, Any], where: str) -> Any:
             if not isinstance(value, dict):
                 raise ConfigError(f"[{name}] must be a table")
             value = _build(_SECTIONS[name], value, f"{name}.")
-        elif name in ("data_dir", "cluster_key_file", "ready_file", "token_file") and value is not None:
+        elif name in _PATHS and value is not None:
             value = Path(value)
         kwargs[name] = value
     try:
@@ -270,11 +288,12 @@ def load_config(path: Path | str) -> NodeConfig:
     values = values.get("node", values)
     config: NodeConfig = _build(NodeConfig, values, "")
     base = path.parent
-    for name in ("data_dir", "cluster_key_file", "ready_file"):
+    for name in ("data_dir", "cluster_key_file", "ready_file", "tls_cert", "tls_key"):
         value = getattr(config, name)
         if value is not None and not value.is_absolute():
             config = config.replace(**{name: base / value})
-    token_file = config.admin.token_file
-    if token_file is not None and not token_file.is_absolute():
-        config = config.replace(admin=dataclasses.replace(config.admin, token_file=base / token_file))
+    for name in ("token_file", "tls_cert", "tls_key", "tls_client_ca"):
+        value = getattr(config.admin, name)
+        if value is not None and not value.is_absolute():
+            config = config.replace(admin=dataclasses.replace(config.admin, **{name: base / value}))
     return config

@@ -13,9 +13,11 @@ from timpy.client.client import (
     Roster,
     Signal,
     StreamData,
+    TlsError,
     Unread,
+    UrlError,
     connect,
     register,
 )
 
-__all__ = ["Ack", "Client", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "Unread", "connect", "register"]
+__all__ = ["Ack", "Client", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]

@@ -1,10 +1,15 @@
 """Client transports: length-prefixed thrift over TCP, and WebSocket
-(binary messages: thrift; text messages: the JSON mapping)."""
+(binary messages: thrift; text messages: the JSON mapping), each optionally
+in TLS (``tls_cert``/``tls_key``: clients use ``tcps://`` and ``wss://``).
+
+Every connection runs in its own tasks; a fault in them ends that connection
+alone, logged with the peer and user, never the listener or the node."""
 
 from __future__ import annotations
 
 import json
 import logging
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
@@ -15,6 +20,7 @@ from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketReque
 
 from timpy.errors import Code, ProtocolError, TimpyError
 from timpy.gateway.session import ClientSession, CloseAfter, error_frame
+from timpy.gateway.tls import server_context
 from timpy.wire import jsonmap
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
@@ -133,18 +139,34 @@ async def _close_with_error(send: object) -> None:
 _FULL = ProtocolError("the node has too many connections; try another node or later", Code.TOO_MANY_CONNECTIONS)
 
 
-async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
+def client_tls(node: Node) -> ssl.SSLContext | None:
+    """The TLS context of the client listeners, or None without TLS."""
+    c = node.config
+    if c.tls_cert is None or c.tls_key is None:
+        return None
+    return server_context(c.tls_cert, c.tls_key)
+
+
+def _peer_of(stream: trio.abc.Stream) -> str:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     try:
-        host, port = stream.socket.getpeername()[:2]
-        peer = f"{host}:{port}"
-    except OSError:
-        peer = "?"
+        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+        return f"{host}:{port}"
+    except (OSError, AttributeError):
+        return "?"
+
+
+async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
+    peer = _peer_of(stream)
     if not node.gate.admit():
-        try:
-            await stream.send_all(frame_bytes(wp.encode(error_frame(0, _FULL))))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        await stream.aclose()
+        with trio.move_on_after(CLOSE_GRACE):
+            try:
+                await stream.send_all(frame_bytes(wp.encode(error_frame(0, _FULL))))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
         return
     session: ClientSession | None = None
     with _one_connection(node, lambda: describe(session) if session else peer):
@@ -160,7 +182,7 @@ async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
                 await stream.aclose()
 
 
-async def _serve_tcp_session(node: Node, stream: trio.SocketStream, session: ClientSession) -> None:
+async def _serve_tcp_session(node: Node, stream: trio.abc.Stream, session: ClientSession) -> None:
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
@@ -217,10 +239,18 @@ async def _serve_tcp_session(node: Node, stream: trio.SocketStream, session: Cli
 
 
 async def run_tcp_listener(node: Node, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-    async def handler(stream: trio.SocketStream) -> None:
+    tls = client_tls(node)
+
+    async def handler(stream: trio.abc.Stream) -> None:
         await serve_tcp_stream(node, stream)
 
-    await trio.serve_tcp(handler, port, host=host, task_status=task_status)
+    if tls is None:
+        await trio.serve_tcp(handler, port, host=host, task_status=task_status)
+        return
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    tls_listeners = [trio.SSLListener(listener, tls, https_compatible=False) for listener in listeners]
+    task_status.started(listeners)
+    await trio.serve_listeners(handler, tls_listeners)
 
 
 def _encode_ws(frame: TPayload, json_mode: bool) -> bytes | str:
@@ -311,7 +341,7 @@ async def run_ws_listener(node: Node, host: str, port: int, task_status: trio.Ta
             handler,
             host,
             port,
-            ssl_context=None,
+            ssl_context=client_tls(node),
             handler_nursery=handlers,
             max_message_size=node.config.limits.max_frame,
             task_status=task_status,

@@ -357,17 +357,12 @@ class Node:
             self._gateway_done.set()
 
     async def _run_admin(self, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
-        from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
 
-        from timpy.gateway.admin import build_app
+        from timpy.gateway.admin import build_app, hypercorn_config
 
         host, port = parse_hostport(self.config.admin.listen or "")
-        hc = HypercornConfig()
-        hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        hc.accesslog = None
-        hc.errorlog = logging.getLogger("timpy.admin.http")
-        hc.graceful_timeout = 1.0
+        hc = hypercorn_config(self.config.admin, host, port)
         app = build_app(self, self.admin_token)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(functools.partial(serve, app, hc, shutdown_trigger=trio.sleep_forever))
@@ -481,13 +476,15 @@ class Node:
     def tcp_url(self) -> str:
         if self.tcp_address is None:
             raise RuntimeError("this node has no TCP listener")
-        return f"tcp://{self.tcp_address[0]}:{self.tcp_address[1]}"
+        scheme = "tcps" if self.config.tls_cert is not None else "tcp"
+        return f"{scheme}://{self.tcp_address[0]}:{self.tcp_address[1]}"
 
     @property
     def ws_url(self) -> str:
         if self.ws_address is None:
             raise RuntimeError("this node has no WebSocket listener")
-        return f"ws://{self.ws_address[0]}:{self.ws_address[1]}/"
+        scheme = "wss" if self.config.tls_cert is not None else "ws"
+        return f"{scheme}://{self.ws_address[0]}:{self.ws_address[1]}/"
 
 
 @asynccontextmanager
