@@ -348,3 +348,8 @@ def _register_paths_bench() -> None:
 
 
 _register_paths_bench()
+
+
+from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands
+
+bench.add_command(failover_cmd)

@@ -837,10 +837,19 @@ def _reason(exc: BaseException) -> str:
 async def _open_channel(url: str, ca: str | Path | None = None) -> AsyncIterator[Any]:
     scheme, host, port = parse_url(url)
     if scheme == "ws":
-        async with trio_websocket.open_websocket_url(
-            url, max_message_size=CLIENT_MAX_FRAME, connect_timeout=CONNECT_TIMEOUT, disconnect_timeout=CLOSE_TIMEOUT
-        ) as ws:
-            yield _WsChannel(ws)
+        opened = False
+        try:
+            async with trio_websocket.open_websocket_url(
+                url, max_message_size=CLIENT_MAX_FRAME, connect_timeout=CONNECT_TIMEOUT,
+                disconnect_timeout=CLOSE_TIMEOUT,
+            ) as ws:
+                opened = True
+                yield _WsChannel(ws)
+        except trio_websocket.HandshakeError as exc:
+            if opened:
+                raise
+            cause = exc.__cause__ or exc.__context__
+            raise ConnectionError(f"{url}: {cause or 'the WebSocket handshake failed'}") from None
         return
     default_port = 443 if scheme == "wss" else 0
     if scheme in ("tcps", "wss"):
