@@ -11,31 +11,22 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
 from timpy.cluster import codec
 from timpy.cluster.membership import Action, Changed, Membership, MembershipConfig, Send, State
 from timpy.cluster.rpc import Rpc, is_rpc
+from timpy.cluster.transport.base import PeerTransport
 
 log = logging.getLogger("timpy.cluster")
-
-
-class Transport(Protocol):
-    address: str
-    incoming: trio.MemoryReceiveChannel[bytes]
-
-    def send(self, address: str, payload: bytes) -> None: ...
-
-    async def run(self, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
 
 class ClusterService:
     def __init__(
         self,
         name: str,
-        transport: Transport,
+        transport: PeerTransport,
         config: MembershipConfig | None = None,
         seeds: list[str] | None = None,
         tick_interval: float = 0.05,
