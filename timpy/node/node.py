@@ -25,7 +25,7 @@ import trio
 from timpy.cluster.membership import Changed, MembershipConfig
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.service import ClusterService
-from timpy.cluster.transport import TcpPeerTransport, nat_settings
+from timpy.cluster.transport import PeerTransport, TcpPeerTransport, nat_settings
 from timpy.concurrency import unwrap_single_error
 from timpy.config import Limits, NodeConfig, parse_hostport
 from timpy.crypto.blind import BlindIndexer
@@ -69,9 +69,12 @@ def now_ms() -> int:
 class Node:
     """A running timpy node. Create it with ``open_node``."""
 
-    def __init__(self, config: NodeConfig, keys: ClusterKeys | None = None) -> None:
+    def __init__(
+        self, config: NodeConfig, keys: ClusterKeys | None = None, transport: PeerTransport | None = None
+    ) -> None:
         self.config = config
         self._keys = keys
+        self._transport = transport  # None: TCP on [cluster] listen
         self.tcp_address: tuple[str, int] | None = None
         self.ws_address: tuple[str, int] | None = None
         self.peer_address: str | None = None
@@ -138,10 +141,10 @@ class Node:
         if not shared:
             await self.store.run(self.store.repo.create_schema)
         self.indexer = BlindIndexer(keys.index)
-        if c.cluster.listen:
+        if c.cluster.listen or self._transport is not None:
             cc = c.cluster
-            transport = TcpPeerTransport(
-                keys, identity, listen=cc.listen, queue=4096, advertise=cc.advertise, nat=nat_settings(cc)
+            transport = self._transport or TcpPeerTransport(
+                keys, identity, listen=cc.listen or "", queue=4096, advertise=cc.advertise, nat=nat_settings(cc)
             )
             membership = MembershipConfig(
                 probe_interval=cc.probe_interval,
@@ -491,13 +494,19 @@ class Node:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None, *, keys: ClusterKeys | None = None) -> AsyncIterator[Node]:
+async def open_node(
+    config: NodeConfig | None = None, *, keys: ClusterKeys | None = None, transport: PeerTransport | None = None
+) -> AsyncIterator[Node]:
     """Run a node inside the caller's trio program for the duration of the block.
+
+    ``transport`` carries the node's cluster traffic instead of TCP on
+    ``[cluster] listen`` (``timpy.testing`` passes an in-memory one); peers
+    to join are still ``[cluster] join``, in that transport's addresses.
 
     >>> async with timpy.open_node(NodeConfig(memory=True, listen="127.0.0.1:0")) as node:
     ...     print(node.tcp_url)
     """
-    node = Node(config or NodeConfig(), keys)
+    node = Node(config or NodeConfig(), keys, transport)
     with unwrap_single_error():
         async with _node_nursery(node) as running:
             yield running
