@@ -35,10 +35,14 @@ file in ``data_dir/node-<i>`` (and its identity beside it), so ``kill`` and
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import random
 from collections.abc import AsyncIterator, Iterable
 from contextlib import asynccontextmanager
+from functools import partial
 from pathlib import Path
 
+import nacl.signing
 import trio
 import trio.testing
 
@@ -49,6 +53,7 @@ from timpy.concurrency import inline_workers, unwrap_single_error
 from timpy.config import NodeConfig, SecurityConfig
 from timpy.crypto.keys import ClusterKeys
 from timpy.gateway.transports import serve_tcp_stream
+from timpy.node.identity import node_id_of
 from timpy.node.node import Node
 
 __all__ = ["Cluster", "MemoryNetwork", "NodeDown", "open_cluster"]
@@ -57,7 +62,12 @@ __all__ = ["Cluster", "MemoryNetwork", "NodeDown", "open_cluster"]
 FAST_SECURITY = SecurityConfig(password_opslimit=1, password_memlimit=8192)
 
 
+WALL_EPOCH = 1_767_225_600.0  # 2026-01-01T00:00:00Z: where the nodes' wall clocks start
 STOP_WITHIN = 60.0  # seconds the nodes get to stop gracefully when the cluster block ends
+
+
+def _derive(seed: int, what: str) -> bytes:
+    return hashlib.blake2b(f"timpy.testing {seed} {what}".encode(), digest_size=32).digest()
 
 
 class NodeDown(ConnectionRefusedError):
@@ -77,16 +87,23 @@ class Cluster:
     """What ``open_cluster`` yields. Nodes are named by index, 0 to n-1."""
 
     def __init__(
-        self, n: int, config: NodeConfig, network: MemoryNetwork, data_dir: Path | None, nursery: trio.Nursery
+        self, n: int, config: NodeConfig, network: MemoryNetwork, data_dir: Path | None, seed: int,
+        nursery: trio.Nursery,
     ) -> None:
         self.network = network
-        self.keys = ClusterKeys.generate()
+        self.seed = seed
+        self.keys = ClusterKeys(_derive(seed, "cluster key"))
         self.data_dir = data_dir
         self.addresses = [f"node-{i}:7072" for i in range(n)]  # each node's address on the network
+        self.identities = [nacl.signing.SigningKey(_derive(seed, f"node {i}")) for i in range(n)]
+        self.node_ids = [node_id_of(k) for k in self.identities]  # fixed by the seed, before any node starts
         self.nodes: list[Node] = []  # the latest Node object of each index (a new one after a restart)
+        self.clock_offsets = [0.0] * n  # seconds each node's wall clock is ahead (``skew``)
+        self.starts = [0] * n  # how often each node was started
         self._config = config
         self._nursery = nursery
         self._runs: list[_Running | None] = [None] * n
+        self._epoch = WALL_EPOCH - trio.current_time()
 
     # --- nodes ----------------------------------------------------------------
 
@@ -113,7 +130,11 @@ class Cluster:
         if self.running(i):
             raise RuntimeError(f"node {i} is running already")
         config = self.config_of(i)
-        node = Node(config, self.keys, self.network.transport(self.addresses[i]))
+        self.starts[i] += 1
+        node = Node(
+            config, self.keys, self.network.transport(self.addresses[i]), identity=self.identities[i],
+            rng=random.Random(f"{self.seed} {i} {self.starts[i]}"), clock_ms=partial(self.wall_clock_ms, i),
+        )
         run: _Running = await self._nursery.start(self._run, node)
         if node.tcp_address or node.ws_address or node.admin_address:  # pragma: no cover - config_of turns them off
             raise RuntimeError(f"node {i} opened a listener; a test cluster must not use sockets")
@@ -183,6 +204,14 @@ class Cluster:
                     return
                 await trio.sleep(0.05)
 
+    def wall_clock_ms(self, i: int) -> int:
+        """Node ``i``'s wall clock (ms since the epoch): trio's clock, from a fixed date, plus its offset."""
+        return int((self._epoch + trio.current_time() + self.clock_offsets[i]) * 1000)
+
+    def skew(self, i: int, seconds: float) -> None:
+        """Set node ``i``'s wall clock ``seconds`` ahead of the others (behind if negative)."""
+        self.clock_offsets[i] = seconds
+
     # --- the network, by node index -----------------------------------------------
 
     def partition(self, *groups: Iterable[int]) -> None:
@@ -232,6 +261,7 @@ async def open_cluster(
     config: NodeConfig | None = None,
     data_dir: Path | None = None,
     network: MemoryNetwork | None = None,
+    seed: int = 0,
     converge: bool = True,
 ) -> AsyncIterator[Cluster]:
     """Run ``n`` nodes over an in-memory network for the duration of the block.
@@ -239,7 +269,9 @@ async def open_cluster(
     ``config`` is the base of every node's config (default: ``NodeConfig`` with
     the cheapest password hashing); listeners, storage place and seeds are set
     per node (``Cluster.config_of``). ``data_dir``: SQLite files there instead of
-    memory. ``network``: one of your own (seeded, lossy, slow). With
+    memory. ``network``: one of your own (lossy, slow; default a lossless one
+    seeded with ``seed``). ``seed`` fixes the cluster key, the node identities
+    (so the ring and every key's owner), and membership's random choices. With
     ``converge`` the block starts once every node has all n on its ring.
     Leaving the block stops the running nodes gracefully.
     """
@@ -250,7 +282,7 @@ async def open_cluster(
         raise ValueError("open_cluster keeps each node's data apart: leave database_url and [storage] backends unset")
     with unwrap_single_error(), inline_workers():
         async with trio.open_nursery() as nursery:
-            cluster = Cluster(n, base, network or MemoryNetwork(), data_dir, nursery)
+            cluster = Cluster(n, base, network or MemoryNetwork(seed=seed), data_dir, seed, nursery)
             try:
                 for i in range(n):
                     await cluster.start(i)

@@ -220,3 +220,49 @@ async def test_a_memory_node_cannot_be_restarted(autojump_clock):
     async with open_cluster(1) as cluster:
         with pytest.raises(ValueError, match="data_dir"):
             await cluster.restart(0)
+
+
+def test_a_scenario_repeats_exactly_with_the_same_seeds():
+    """Same seeds, same run: acknowledgements, timings, drops and membership all
+    repeat (within one process: str hashing is seeded per process)."""
+    import trio._core._run as trio_run  # the scheduler's Random; hypothesis seeds it per example
+
+    def scenario() -> list[object]:
+        trace: list[object] = []
+
+        async def main() -> None:
+            net = MemoryNetwork(loss=0.05, delay=0.01, jitter=0.02, seed=5)
+            async with open_cluster(4, network=net, seed=1) as cluster:
+                for name in ("ann", "ben"):
+                    await cluster.register(0, name, PASSWORD)
+                async with cluster.client(1, "ann", PASSWORD) as ann:
+                    for i in range(5):
+                        ack = await ann.send("ben", f"m{i}", client_id=f"c{i}")
+                        trace.append((ack.seq, ack.conversation, ack.server_time, trio.current_time()))
+                cluster.partition({0, 1}, {2, 3})
+                await trio.sleep(20)
+                trace.append([sorted(n.peers.placement.members) for n in cluster.nodes])
+                cluster.heal()
+                await cluster.wait_converged()
+                trace.append((trio.current_time(), dict(net.dropped), [n.cluster.status() for n in cluster.nodes]))
+
+        trio_run._r.seed(1)
+        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        return trace
+
+    first = scenario()
+    assert first == scenario()
+    assert first[-1][1]["loss"] > 0 and first[-1][1]["partition"] > 0  # type: ignore[index]
+
+
+async def test_a_skewed_node_stamps_messages_with_its_own_wall_clock(autojump_clock):
+    async with open_cluster(3, seed=4) as cluster:
+        for name in ("fay", "gus"):
+            await cluster.register(0, name, PASSWORD)
+        async with cluster.client(1, "fay", PASSWORD) as fay:  # a 1:1 message takes the time of the node it entered
+            plain = await fay.send("gus", "on time")
+            assert plain.server_time == cluster.wall_clock_ms(1)  # no virtual time passes in a send
+            cluster.skew(1, 3600)
+            assert cluster.wall_clock_ms(1) - cluster.wall_clock_ms(2) == 3600_000
+            ahead = await fay.send("gus", "an hour ahead")
+            assert ahead.server_time - plain.server_time == 3600_000

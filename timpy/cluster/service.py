@@ -31,6 +31,7 @@ class ClusterService:
         seeds: list[str] | None = None,
         tick_interval: float = 0.05,
         on_change: Callable[[Changed], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -42,6 +43,7 @@ class ClusterService:
         self.bad_messages = 0
         self.sent: Counter[str] = Counter()  # membership messages sent, by kind (Ping = a probe round)
         self.rpc = Rpc(transport)
+        self._rng = rng or random.Random()
 
     def _act(self, actions: list[Action]) -> None:
         for action in actions:
@@ -59,7 +61,7 @@ class ClusterService:
             await nursery.start(self.transport.run)
             await nursery.start(self.rpc.run)
             now = trio.current_time()
-            self.membership = Membership(self.name, self.transport.address, self.config, random.Random(), now)
+            self.membership = Membership(self.name, self.transport.address, self.config, self._rng, now)
             self._act(self.membership.join(now, self.seeds))
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._receiver)
