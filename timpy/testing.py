@@ -16,20 +16,36 @@ in-memory streams::
         await cluster.kill(2)            # abrupt: no graceful leave, no flush
         await cluster.restart(2)         # same identity and data (needs data_dir)
 
+The ``Cluster`` it yields, nodes named by index:
+
+- nodes: ``nodes`` (the latest ``Node`` of each index), ``node_ids`` (fixed by
+  ``seed`` before any node starts), ``running(i)``, ``start(i)``, ``stop(i)``
+  (graceful), ``kill(i)`` (abrupt), ``restart(i)``, ``wait_converged()``,
+  ``config_of(i)``;
+- network: ``network`` (the ``MemoryNetwork``: ``loss``, ``delay``, ``jitter``,
+  ``dropped``), ``partition(*groups)``, ``cut(i, j)``, ``heal()``;
+- clients: ``client(i, user, password, **connect_options)``, ``register(i,
+  user, password)``, ``connector(i)`` (for ``timpy.connect`` in place of a URL);
+- clocks: ``wall_clock_ms(i)``, ``skew(i, seconds)``.
+
 Nothing in a cluster opens a socket: the client, WebSocket and admin
 listeners are off in every node's config and the peer transport is in
 memory. So the cluster runs under ``trio.testing.MockClock(autojump_threshold=0)``
 (pytest-trio's ``autojump_clock`` fixture), where a 30 s partition takes a
 fraction of a second. Storage and password hashing run in the trio thread
 inside a cluster (``timpy.concurrency.inline_workers``): a worker thread would
-let the mock clock jump while it works. With a seeded network, a scenario
-repeats exactly as far as trio's scheduler does (pytest-trio makes it
-deterministic under hypothesis); node identities and wall-clock timestamps
-are not seeded.
+let the mock clock jump while it works.
+
+Runs repeat: ``seed`` fixes the cluster key (so user and conversation ids),
+the node identities (so the ring and every owner), membership's random
+choices and, unless you pass your own network, the network's loss and
+jitter; each node's wall clock is trio's clock counted from 2026-01-01, plus
+its skew. Trio's scheduler must be deterministic too (pytest-trio makes it so
+under hypothesis); ``str`` hashing is seeded per process.
 
 Storage is in memory by default; with ``data_dir`` each node keeps a SQLite
-file in ``data_dir/node-<i>`` (and its identity beside it), so ``kill`` and
-``restart`` bring back the same node with its data, as a process restart does.
+file in ``data_dir/node-<i>``, so ``kill`` and ``restart`` bring back the same
+node with its data, as a process restart does.
 """
 
 from __future__ import annotations
@@ -95,11 +111,11 @@ class Cluster:
         self.keys = ClusterKeys(_derive(seed, "cluster key"))
         self.data_dir = data_dir
         self.addresses = [f"node-{i}:7072" for i in range(n)]  # each node's address on the network
-        self.identities = [nacl.signing.SigningKey(_derive(seed, f"node {i}")) for i in range(n)]
-        self.node_ids = [node_id_of(k) for k in self.identities]  # fixed by the seed, before any node starts
+        self._identities = [nacl.signing.SigningKey(_derive(seed, f"node {i}")) for i in range(n)]
+        self.node_ids = [node_id_of(k) for k in self._identities]  # fixed by the seed, before any node starts
         self.nodes: list[Node] = []  # the latest Node object of each index (a new one after a restart)
-        self.clock_offsets = [0.0] * n  # seconds each node's wall clock is ahead (``skew``)
-        self.starts = [0] * n  # how often each node was started
+        self._clock_offsets = [0.0] * n  # seconds each node's wall clock is ahead (``skew``)
+        self._starts = [0] * n  # how often each node was started: seeds its membership rng
         self._config = config
         self._nursery = nursery
         self._runs: list[_Running | None] = [None] * n
@@ -130,10 +146,10 @@ class Cluster:
         if self.running(i):
             raise RuntimeError(f"node {i} is running already")
         config = self.config_of(i)
-        self.starts[i] += 1
+        self._starts[i] += 1
         node = Node(
-            config, self.keys, self.network.transport(self.addresses[i]), identity=self.identities[i],
-            rng=random.Random(f"{self.seed} {i} {self.starts[i]}"), clock_ms=partial(self.wall_clock_ms, i),
+            config, self.keys, self.network.transport(self.addresses[i]), identity=self._identities[i],
+            rng=random.Random(f"{self.seed} {i} {self._starts[i]}"), clock_ms=partial(self.wall_clock_ms, i),
         )
         run: _Running = await self._nursery.start(self._run, node)
         if node.tcp_address or node.ws_address or node.admin_address:  # pragma: no cover - config_of turns them off
@@ -206,11 +222,11 @@ class Cluster:
 
     def wall_clock_ms(self, i: int) -> int:
         """Node ``i``'s wall clock (ms since the epoch): trio's clock, from a fixed date, plus its offset."""
-        return int((self._epoch + trio.current_time() + self.clock_offsets[i]) * 1000)
+        return int((self._epoch + trio.current_time() + self._clock_offsets[i]) * 1000)
 
     def skew(self, i: int, seconds: float) -> None:
         """Set node ``i``'s wall clock ``seconds`` ahead of the others (behind if negative)."""
-        self.clock_offsets[i] = seconds
+        self._clock_offsets[i] = seconds
 
     # --- the network, by node index -----------------------------------------------
 

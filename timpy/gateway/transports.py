@@ -65,6 +65,8 @@ _FULL = ProtocolError("the node has too many connections; try another node or la
 
 
 async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
+    """Serve one client over a byte stream in the TCP framing: a socket, or an
+    in-memory stream (``timpy.testing``)."""
     try:
         host, port = stream.socket.getpeername()[:2]
         peer = f"{host}:{port}"
