@@ -28,6 +28,9 @@ The ``Cluster`` it yields, nodes named by index:
   user, password)``, ``connector(i)`` (for ``timpy.connect`` in place of a URL);
 - clocks: ``wall_clock_ms(i)``, ``skew(i, seconds)``.
 
+``run(async_fn, *args)`` is ``trio.run`` under a fresh mock clock, for sync
+hypothesis tests (one trio run per example).
+
 Nothing in a cluster opens a socket: the client, WebSocket and admin
 listeners are off in every node's config and the peer transport is in
 memory. So the cluster runs under ``trio.testing.MockClock(autojump_threshold=0)``
@@ -53,10 +56,11 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import random
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import asynccontextmanager
 from functools import partial
 from pathlib import Path
+from typing import Any, TypeVar
 
 import nacl.signing
 import trio
@@ -72,7 +76,9 @@ from timpy.gateway.transports import serve_tcp_stream
 from timpy.node.identity import node_id_of
 from timpy.node.node import Node
 
-__all__ = ["Cluster", "MemoryNetwork", "NodeDown", "open_cluster"]
+__all__ = ["Cluster", "MemoryNetwork", "NodeDown", "open_cluster", "run"]
+
+T = TypeVar("T")
 
 #: argon2id at its minimum cost, the default for clusters built without a config: tests check behaviour.
 FAST_SECURITY = SecurityConfig(password_opslimit=1, password_memlimit=8192)
@@ -312,3 +318,12 @@ async def open_cluster(
                         if cluster.running(i):
                             await cluster.stop(i)
                 nursery.cancel_scope.cancel()  # whatever did not stop in time
+
+
+def run(async_fn: Callable[..., Awaitable[T]], *args: Any) -> T:
+    """``trio.run(async_fn, *args)`` under a fresh ``MockClock(autojump_threshold=0)``.
+
+    For hypothesis tests: a sync ``@given`` test calls this once per example,
+    so each example gets its own trio run and clock (a clock fixture would be
+    shared between examples)."""
+    return trio.run(async_fn, *args, clock=trio.testing.MockClock(autojump_threshold=0))

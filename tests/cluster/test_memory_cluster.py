@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import trio
 import trio.testing
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tests.conftest import PASSWORD
 from timpy.cluster.transport import MemoryNetwork
-from timpy.testing import NodeDown, open_cluster
+from timpy.testing import NodeDown, open_cluster, run
 
 
 @pytest.fixture(autouse=True)
@@ -247,7 +249,7 @@ def test_a_scenario_repeats_exactly_with_the_same_seeds():
                 trace.append((trio.current_time(), dict(net.dropped), [n.cluster.status() for n in cluster.nodes]))
 
         trio_run._r.seed(1)
-        trio.run(main, clock=trio.testing.MockClock(autojump_threshold=0))
+        run(main)
         return trace
 
     first = scenario()
@@ -266,3 +268,21 @@ async def test_a_skewed_node_stamps_messages_with_its_own_wall_clock(autojump_cl
             assert cluster.wall_clock_ms(1) - cluster.wall_clock_ms(2) == 3600_000
             ahead = await fay.send("gus", "an hour ahead")
             assert ahead.server_time - plain.server_time == 3600_000
+
+
+@settings(max_examples=8)
+@given(
+    sides=st.lists(st.integers(0, 2), min_size=4, max_size=4),  # 0: side A, 1: side B, 2: a bridge in both
+    loss=st.sampled_from([0.0, 0.05]),
+    seconds=st.integers(1, 40),
+)
+def test_after_any_split_and_heal_every_node_sees_every_node_again(sides, loss, seconds):
+    async def scenario() -> None:
+        async with open_cluster(4, network=MemoryNetwork(loss=loss)) as cluster:
+            cluster.partition({i for i, s in enumerate(sides) if s in (0, 2)}, {i for i, s in enumerate(sides) if s >= 1})
+            await trio.sleep(seconds)
+            cluster.heal()
+            await cluster.wait_converged()
+            assert all(n.peers.placement.members == set(cluster.node_ids) for n in cluster.nodes)
+
+    run(scenario)
