@@ -13,6 +13,7 @@ from typing import NoReturn
 import click
 import trio
 
+from timpy.concurrency import unwrap_single_error
 from timpy.config import CLI_DEFAULTS, NodeConfig, parse_text_value, resolve_config
 from timpy.errors import ConfigError, TimpyError
 from timpy.logs import setup_logging
@@ -172,7 +173,7 @@ async def _run_node(config: NodeConfig) -> None:
         await trio.sleep(bound)
         cut_short(f"shutdown_timeout {bound:g} s passed")
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, unwrap_single_error():
         async with trio.open_nursery() as nursery:
             nursery.start_soon(watch, signals)
             nursery.start_soon(bound_after_stop)
