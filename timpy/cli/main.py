@@ -149,10 +149,9 @@ async def _run_node(config: NodeConfig) -> None:
 
     def cut_short(why: str) -> NoReturn:
         phase = getattr(node_ref[0], "shutdown_phase", "starting") if node_ref else "starting"
-        log.error(
-            "shutdown cut short (%s) while %s: acknowledged messages are stored; what was still in flight "
-            "is not, and peers notice this node gone by failure detection instead of a graceful leave", why, phase,
-        )
+        leave = ", and peers notice this node gone by failure detection, not a graceful leave" if config.cluster.listen else ""
+        log.error("shutdown cut short (%s) while %s: acknowledged messages are stored; what was in flight is not%s",
+                  why, phase, leave)
         logging.shutdown()
         os._exit(1)
 
