@@ -34,6 +34,7 @@ from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key, write_sec
 from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import ConfigError
+from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
@@ -161,6 +162,8 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         c = self.config
+        if not c.memory:
+            private_directory(c.data_dir)
         keys, key_source = self._open_keys()
         identity = load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
@@ -423,6 +426,7 @@ class Node:
         if self.config.memory and self.config.admin.token_file is None:
             return secrets.token_urlsafe(32)  # no data directory: ask the node object for it
         if path.exists():
+            tighten(path)
             return path.read_text().strip()
         token = secrets.token_urlsafe(32)
         write_secret_file(path, token)
