@@ -8,7 +8,9 @@ The convention (docs/architecture.md, "Documents are tested", says the same):
   ``console`` blocks (and any block whose first line starts with ``$ ``) are transcripts:
   ``$ `` lines are commands, the lines under one are the output the document shows, which
   must appear in what the command prints (``…`` stands for anything, spacing is free).
-  ``python`` blocks are scripts. ``toml`` blocks must parse, and a node configuration must
+  ``python`` blocks are scripts; in a document where some use top-level ``await``, they
+  are all one session instead (as typed at ``python -m trio``): run in order in one
+  namespace, in one process, at the place of the last one. ``toml`` blocks must parse, and a node configuration must
   load (``timpy.config.load_config``). ``json``, ``yaml``, ``nginx``, ``text`` are data, not
   run. A fence without a language, or with one this module does not know, fails.
 * **Every shell and python block runs**, unless the line right before it is a marker:
@@ -42,6 +44,8 @@ The convention (docs/architecture.md, "Documents are tested", says the same):
 
 from __future__ import annotations
 
+import ast
+import json
 import os
 import re
 import select
@@ -202,6 +206,10 @@ class Document:
         env["PYTHONUNBUFFERED"] = "1"
         self.env = env
         self.shell: Shell | None = None
+        self.session: list[Block] = []
+        python = [b for b in blocks(doc) if b.kind == "python" and runs_here(b)]
+        self.session_mode = any(uses_top_level_await(b) for b in python)
+        self.last_python = python[-1].line if python else None
         self.nodes: list[tuple[str, subprocess.Popen, Path]] = []
         stack.callback(self._stop_all)
 
@@ -212,7 +220,11 @@ class Document:
             self.shell.close()
 
     def run_block(self, block: Block) -> None:
-        if block.kind == "python":
+        if block.kind == "python" and self.session_mode:
+            self.session.append(block)
+            if block.line == self.last_python:
+                self.run_session()
+        elif block.kind == "python":
             self.run_python(block)
         elif block.kind in ("shell", "console"):
             for command in commands(block):
@@ -269,6 +281,18 @@ class Document:
             f"stderr:\n{r.stderr}{self.node_logs()}"
         )
 
+    def run_session(self) -> None:
+        fragments = self.cwd / ".doc-session.json"
+        fragments.write_text(json.dumps([[b.where, b.text] for b in self.session]))
+        runner = Path(__file__).parent / "support" / "pysession.py"
+        r = subprocess.run([sys.executable, str(runner), str(fragments)], cwd=self.cwd, env=self.env,
+                           capture_output=True, text=True, timeout=COMMAND_TIMEOUT, stdin=subprocess.DEVNULL,
+                           start_new_session=True)
+        assert r.returncode == 0, (
+            f"{self.doc.name}: the python session ({', '.join(b.where for b in self.session)}) exited with "
+            f"{r.returncode}\nstdout:\n{r.stdout}\nstderr:\n{r.stderr}{self.node_logs()}"
+        )
+
     def node_logs(self) -> str:
         return "".join(f"\n--- log of `{c}`:\n{log.read_text(errors='replace')[-3000:]}" for c, _, log in self.nodes)
 
@@ -320,6 +344,15 @@ def fresh_clone(dest: Path) -> Path:
             target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(source, target)
     return dest
+
+
+def uses_top_level_await(block: Block) -> bool:
+    try:
+        compile(block.text, block.where, "exec")
+    except SyntaxError:
+        compile(block.text, block.where, "exec", flags=ast.PyCF_ALLOW_TOP_LEVEL_AWAIT)
+        return True
+    return False
 
 
 def runs_here(block: Block) -> bool:
