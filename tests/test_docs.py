@@ -105,6 +105,7 @@ class Shell:
         self.proc = subprocess.Popen(
             ["bash", "--norc", "--noprofile"], cwd=cwd, env=env, stdin=subprocess.PIPE,
             stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, start_new_session=True,
+            preexec_fn=_die_with_parent,
         )
         self.count = 0
 
@@ -140,6 +141,14 @@ class Shell:
 
     def close(self) -> None:
         _stop_group(self.proc, signal.SIGKILL, 5)
+
+
+def _die_with_parent() -> None:
+    """In the child: be killed if the test process dies, so no node outlives a killed run."""
+    if sys.platform == "linux":
+        import ctypes
+
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def _stop_group(proc: subprocess.Popen, sig: int, wait: float) -> int | None:
@@ -256,7 +265,8 @@ class Document:
         log = self.cwd / f".doc-node-{len(self.nodes) + 1}.log"
         with open(log, "wb") as out:
             proc = subprocess.Popen(["bash", "-c", f"exec {command}"], cwd=self.cwd, env=self.env,
-                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True)
+                                    stdin=subprocess.DEVNULL, stdout=out, stderr=out, start_new_session=True,
+                                    preexec_fn=_die_with_parent)
         self.nodes.append((command, proc, log))
         deadline = time.monotonic() + READY_TIMEOUT
         waiting = list(addresses)
