@@ -461,3 +461,69 @@ def test_parser_sees_both_block_styles(tmp_path: Path) -> None:
         blocks(tmp_path / "z.md")
     assert output_pattern('{"status": "ok", "node": "…"}').search('{"status":  "ok", "node": "ab12"}')
     assert not output_pattern("sent #1").search("sent #2")
+
+
+# -- every `timpy ...` a document names, run or not, names real commands and options ---------
+
+_INLINE = re.compile(r"`(timpy [^`]+)`")
+
+
+def _timpy_commands(doc: Path) -> list[tuple[int, str]]:
+    """Inline `timpy ...` spans and every timpy command in the document's shell blocks (run or not)."""
+    found = []
+    text = doc.read_text()
+    for n, line in enumerate(text.splitlines(), start=1):
+        found += [(n, m.group(1)) for m in _INLINE.finditer(line)]
+    for block in blocks(doc):
+        if block.kind in ("shell", "console"):
+            for command in commands(block):
+                for piece in re.split(r"&&|\|\||;|\|", command.text):
+                    piece = INSTALL_PREFIX.sub("", piece.strip())
+                    if piece.startswith("timpy "):
+                        found.append((command.line, piece))
+    return found
+
+
+def check_timpy_command(text: str) -> str | None:
+    """None if every subcommand and --option of ``text`` exists in the CLI, else what is wrong."""
+    import click
+
+    from timpy.cli.main import cli
+
+    command: click.Command = cli
+    words = text.split("#")[0].split()[1:]
+    path = ["timpy"]
+    for word in words:
+        if not isinstance(command, click.Group) or word.startswith("-"):
+            break
+        names = word.split("/")  # `timpy backend add/remove/resume` names several
+        if all(n in command.commands for n in names):
+            command = command.commands[names[0]]
+            path.append(word)
+        elif word.isidentifier() or re.fullmatch(r"[a-z][\w-]*", word):
+            return f"`{' '.join(path)}` has no command '{word}'"
+        else:
+            break
+    known = {opt for param in command.params for opt in (*param.opts, *param.secondary_opts)} | {"--help"}
+    for option in re.findall(r"(?<![\w-])(--[a-z][\w-]*)", text.split("#")[0]):
+        if option not in known:
+            return f"`{' '.join(path)}` has no option {option}"
+    return None
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=IDS)
+def test_named_commands_and_options_exist(doc: Path) -> None:
+    problems = []
+    for line, text in _timpy_commands(doc):
+        wrong = check_timpy_command(text)
+        if wrong:
+            problems.append(f"{doc.name}:{line}: {text}: {wrong}")
+    assert not problems, "\n".join(problems)
+
+
+def test_command_check_catches_what_the_issue_found() -> None:
+    assert check_timpy_command("timpy chat --server tcp://127.0.0.1:7030") == "`timpy chat` has no option --server"
+    assert check_timpy_command("timpy chat --url tcp://127.0.0.1:7030 --user a") is None
+    assert check_timpy_command("timpy clusters status") == "`timpy` has no command 'clusters'"
+    assert check_timpy_command("timpy backend add/remove/resume") is None
+
