@@ -527,3 +527,33 @@ def test_command_check_catches_what_the_issue_found() -> None:
     assert check_timpy_command("timpy clusters status") == "`timpy` has no command 'clusters'"
     assert check_timpy_command("timpy backend add/remove/resume") is None
 
+
+
+def _run_doc(doc: Path, workdir: Path) -> None:
+    with ExitStack() as stack:
+        document = Document(doc, workdir, stack)
+        for block in blocks(doc):
+            if runs_here(block):
+                document.run_block(block)
+        document.stop_nodes()
+
+
+def test_the_runner_fails_where_a_reader_would(tmp_path: Path) -> None:
+    doc = tmp_path / "t.md"
+    doc.write_text(
+        "```console\n$ X=hello\n$ echo $X world   # variables carry over\nhello …\n```\n"
+        "<!-- stdin: typed\\n -->\n    read line && test \"$line\" = typed\n"
+    )
+    _run_doc(doc, tmp_path)
+    for text, message in [
+        ("```console\n$ false\n```\n", "exited with 1"),
+        ("```console\n$ echo hi\nbye\n```\n", "did not print what the document shows"),
+        ("```python\nraise SystemExit(3)\n```\n", "exited with 3"),
+        ("```python\nimport trio\nawait trio.sleep(0)\nx = 1\n```\n```python\nassert x == 2, 'x is 1'\n```\n",
+         r"the fragment at t.md:7 failed(.|\n)*x is 1"),
+    ]:
+        doc.write_text(text)
+        with pytest.raises(AssertionError, match=message):
+            _run_doc(doc, tmp_path)
+    doc.write_text("```python\nimport trio\nawait trio.sleep(0)\nx = 1\n```\n```python\nassert x == 1\n```\n")
+    _run_doc(doc, tmp_path)
