@@ -247,6 +247,11 @@ class Document:
         if NODE_COMMAND.match(text) and "--help" not in text:
             self.start_node(text, where)
             return
+        syntax = subprocess.run(["bash", "-n", "-c", text], capture_output=True, text=True, timeout=30)
+        assert syntax.returncode == 0, (
+            f"{where}: `{text}` is not a shell command ({syntax.stderr.strip()}); a block that shows "
+            "output or text belongs in a ```text fence, or under a <!-- not-run: REASON --> marker"
+        )
         if self.shell is None:
             self.shell = Shell(self.cwd, self.env)
         rc, out, err = self.shell.run(text, stdin_of(block))
@@ -547,6 +552,7 @@ def test_the_runner_fails_where_a_reader_would(tmp_path: Path) -> None:
     _run_doc(doc, tmp_path)
     for text, message in [
         ("```console\n$ false\n```\n", "exited with 1"),
+        ("    Error: a value (e.g. 1) is wrong\n", "is not a shell command"),
         ("```console\n$ echo hi\nbye\n```\n", "did not print what the document shows"),
         ("```python\nraise SystemExit(3)\n```\n", "exited with 3"),
         ("```python\nimport trio\nawait trio.sleep(0)\nx = 1\n```\n```python\nassert x == 2, 'x is 1'\n```\n",
