@@ -563,3 +563,26 @@ def test_the_runner_fails_where_a_reader_would(tmp_path: Path) -> None:
             _run_doc(doc, tmp_path)
     doc.write_text("```python\nimport trio\nawait trio.sleep(0)\nx = 1\n```\n```python\nassert x == 1\n```\n")
     _run_doc(doc, tmp_path)
+
+
+def test_default_ports_lock_waits_then_says_who_to_ask(tmp_path: Path) -> None:
+    from tests.support.default_ports import DefaultPortsBusy
+
+    lock = str(tmp_path / "ports.lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", lock],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(DefaultPortsBusy, match="another test run is using the default ports"):
+            with default_ports_lock(timeout=0.3, path=lock):
+                pass
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    with default_ports_lock(timeout=5, path=lock):  # the holder is gone: the kernel dropped its lock
+        pass
