@@ -38,8 +38,10 @@ The convention (docs/architecture.md, "Documents are tested", says the same):
   terminal; the next command waits until every listener it names (or the defaults
   7070-7073) accepts connections. Python blocks run as scripts with this interpreter in
   the same directory, against the nodes running at that point. A document that starts a
-  node holds ``default_ports_lock()``: documents use fixed ports. At the end every node
-  gets SIGINT (Ctrl-C) and must exit cleanly; anything left is killed.
+  node (or runs python) holds ``default_ports_lock()``: documents use fixed ports. At the
+  end every node gets SIGINT (Ctrl-C) and must exit cleanly; anything left is killed.
+* **Every ``timpy ...`` named**, inline or in any block (run or not), must name real
+  commands and options.
 """
 
 from __future__ import annotations
@@ -370,6 +372,16 @@ def uses_top_level_await(block: Block) -> bool:
     return False
 
 
+def starts_nodes(block: Block) -> bool:
+    """A python block may open a node; a shell block does with `timpy node` (not --help)."""
+    if block.kind == "python":
+        return True
+    if block.kind not in ("shell", "console"):
+        return False
+    return any(NODE_COMMAND.match(INSTALL_PREFIX.sub("", c.text.strip())) and "--help" not in c.text
+               for c in commands(block))
+
+
 def runs_here(block: Block) -> bool:
     return not ({"not-run", "test-command", "synopsis"} & set(block.markers))
 
@@ -382,9 +394,8 @@ def runs_here(block: Block) -> bool:
 def test_document_runs_as_written(doc: Path, tmp_path: Path) -> None:
     found = blocks(doc)
     workdir = fresh_clone(tmp_path / "clone")
-    runnable = [b for b in found if runs_here(b) and b.kind != "data"]
     with ExitStack() as stack:
-        if runnable:
+        if any(starts_nodes(b) for b in found if runs_here(b)):
             stack.enter_context(default_ports_lock())
         document = Document(doc, workdir, stack)
         for block in found:
