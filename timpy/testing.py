@@ -289,9 +289,9 @@ async def open_cluster(
     """Run ``n`` nodes over an in-memory network for the duration of the block.
 
     ``config`` is the base of every node's config (default: ``NodeConfig`` with
-    the cheapest password hashing); listeners, storage place and seeds are set
-    per node (``Cluster.config_of``). ``data_dir``: SQLite files there instead of
-    memory. ``network``: one of your own (lossy, slow; default a lossless one
+    the cheapest password hashing and SQLite's ``synchronous = NORMAL``);
+    listeners, storage place and seeds are set per node (``Cluster.config_of``).
+    ``data_dir``: SQLite files there instead of memory. ``network``: one of your own (lossy, slow; default a lossless one
     seeded with ``seed``). ``seed`` fixes the cluster key, the node identities
     (so the ring and every key's owner), and membership's random choices. With
     ``converge`` the block starts once every node has all n on its ring.
@@ -299,7 +299,8 @@ async def open_cluster(
     """
     if n < 1:
         raise ValueError(f"a cluster needs at least one node, got {n}")
-    base = config or NodeConfig(security=FAST_SECURITY)
+    # NORMAL: a commit survives the process (all a kill here is), without an fsync each time.
+    base = config or NodeConfig(security=FAST_SECURITY, sqlite_synchronous="NORMAL")
     if base.database_url or base.storage.shared:
         raise ValueError("open_cluster keeps each node's data apart: leave database_url and [storage] backends unset")
     with unwrap_single_error(), inline_workers():
