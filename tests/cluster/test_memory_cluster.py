@@ -286,3 +286,16 @@ def test_after_any_split_and_heal_every_node_sees_every_node_again(sides, loss, 
             assert all(n.peers.placement.members == set(cluster.node_ids) for n in cluster.nodes)
 
     run(scenario)
+
+
+async def test_a_restart_faster_than_any_suspicion_brings_the_same_node_back(autojump_clock, tmp_path: Path):
+    async with open_cluster(3, data_dir=tmp_path) as cluster:
+        await cluster.register(1, "hal", PASSWORD)
+        old = cluster.nodes[1]
+        node = await cluster.restart(1)  # killed and started in the same instant
+        assert node is not old and node.node_id == old.node_id and cluster.running(1)
+        uid = node.user_id_of("hal")  # R = 3 on three nodes: node 1 holds the account, in its file
+        assert await node.store.run(node.store.repo.existing_accounts, [uid]) == {uid}
+        await cluster.wait_converged()
+        async with cluster.client(1, "hal", PASSWORD) as hal:
+            assert hal.user == "hal"
