@@ -292,10 +292,13 @@ async def test_a_restart_faster_than_any_suspicion_brings_the_same_node_back(aut
     async with open_cluster(3, data_dir=tmp_path) as cluster:
         await cluster.register(1, "hal", PASSWORD)
         old = cluster.nodes[1]
+        uid = old.user_id_of("hal")
+        with trio.fail_after(10):  # R = 3 on three nodes: node 1 gets a copy of the account
+            while await old.store.run(old.store.repo.existing_accounts, [uid]) != {uid}:
+                await trio.sleep(0.01)
         node = await cluster.restart(1)  # killed and started in the same instant
         assert node is not old and node.node_id == old.node_id and cluster.running(1)
-        uid = node.user_id_of("hal")  # R = 3 on three nodes: node 1 holds the account, in its file
-        assert await node.store.run(node.store.repo.existing_accounts, [uid]) == {uid}
+        assert await node.store.run(node.store.repo.existing_accounts, [uid]) == {uid}  # from its file
         await cluster.wait_converged()
         async with cluster.client(1, "hal", PASSWORD) as hal:
             assert hal.user == "hal"
