@@ -66,9 +66,8 @@ import nacl.signing
 import trio
 import trio.testing
 
-from timpy.client import Client, connect, register
-from timpy.client.client import Connector
-from timpy.cluster.transport.memory import MemoryNetwork
+from timpy.client import Client, Connector, connect, register
+from timpy.cluster.transport.memory import MemoryNetwork, MemoryTransport
 from timpy.concurrency import inline_workers, unwrap_single_error
 from timpy.config import NodeConfig, SecurityConfig
 from timpy.crypto.keys import ClusterKeys
@@ -99,6 +98,7 @@ class NodeDown(ConnectionRefusedError):
 @dataclasses.dataclass(eq=False)
 class _Running:
     node: Node
+    transport: MemoryTransport
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     stopping: trio.Event = dataclasses.field(default_factory=trio.Event)
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
@@ -153,11 +153,12 @@ class Cluster:
             raise RuntimeError(f"node {i} is running already")
         config = self.config_of(i)
         self._starts[i] += 1
+        transport = self.network.transport(self.addresses[i])
         node = Node(
-            config, self.keys, self.network.transport(self.addresses[i]), identity=self._identities[i],
+            config, self.keys, transport, identity=self._identities[i],
             rng=random.Random(f"{self.seed} {i} {self._starts[i]}"), clock_ms=partial(self.wall_clock_ms, i),
         )
-        run: _Running = await self._nursery.start(self._run, node)
+        run: _Running = await self._nursery.start(self._run, node, transport)
         if node.tcp_address or node.ws_address or node.admin_address:  # pragma: no cover - config_of turns them off
             raise RuntimeError(f"node {i} opened a listener; a test cluster must not use sockets")
         if i < len(self.nodes):
@@ -167,8 +168,8 @@ class Cluster:
         self._runs[i] = run
         return node
 
-    async def _run(self, node: Node, task_status: trio.TaskStatus[_Running]) -> None:
-        run = _Running(node)
+    async def _run(self, node: Node, transport: MemoryTransport, task_status: trio.TaskStatus[_Running]) -> None:
+        run = _Running(node, transport)
         try:
             with run.scope:
                 async with trio.open_nursery() as nursery:
@@ -188,6 +189,7 @@ class Cluster:
         """Stop node ``i`` abruptly, as SIGKILL would: no graceful leave, nothing
         flushed; its clients see their connection end. What it stored stays."""
         run = self._take(i)
+        run.transport.close()  # what its tasks send while they are cancelled goes nowhere
         run.scope.cancel()
         await run.done.wait()
 

@@ -129,6 +129,12 @@ async def test_a_transport_that_stopped_is_off_the_network(autojump_clock):
     b2 = net.transport("b")  # a restart at the same address
     a.send("b", b"to the new one")
     assert b2.incoming.receive_nowait() == b"to the new one"
+    b2.close()  # a crash: it neither sends nor receives from here on
+    a.send("b", b"after the crash")
+    b2.send("a", b"from the grave")
+    assert net.dropped["absent"] == 2 and b2.stats.dropped == 1
+    with pytest.raises(trio.WouldBlock):
+        a.incoming.receive_nowait()
 
 
 # --- clusters of full nodes -------------------------------------------------------
