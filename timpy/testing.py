@@ -293,11 +293,12 @@ async def open_cluster(
     ``config`` is the base of every node's config (default: ``NodeConfig`` with
     the cheapest password hashing and SQLite's ``synchronous = NORMAL``);
     listeners, storage place and seeds are set per node (``Cluster.config_of``).
-    ``data_dir``: SQLite files there instead of memory. ``network``: one of your own (lossy, slow; default a lossless one
-    seeded with ``seed``). ``seed`` fixes the cluster key, the node identities
-    (so the ring and every key's owner), and membership's random choices. With
-    ``converge`` the block starts once every node has all n on its ring.
-    Leaving the block stops the running nodes gracefully.
+    ``data_dir``: SQLite files there instead of memory. ``network``: one of
+    your own (lossy, slow; default a lossless one seeded with ``seed``).
+    ``seed`` fixes the cluster key, the node identities (so the ring and every
+    key's owner), and membership's random choices. With ``converge`` the block
+    starts once every node has all n on its ring. Leaving the block stops the
+    running nodes gracefully.
     """
     if n < 1:
         raise ValueError(f"a cluster needs at least one node, got {n}")
