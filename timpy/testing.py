@@ -24,7 +24,7 @@ The ``Cluster`` it yields, nodes named by index:
   ``config_of(i)``;
 - network: ``network`` (the ``MemoryNetwork``: ``loss``, ``delay``, ``jitter``,
   ``dropped``), ``partition(*groups)``, ``cut(i, j)``, ``heal()``;
-- clients: ``client(i, user, password, **connect_options)``, ``register(i,
+- clients: ``client(i, user, password, ...)`` (``timpy.connect``'s options), ``register(i,
   user, password)``, ``connector(i)`` (for ``timpy.connect`` in place of a URL);
 - clocks: ``wall_clock_ms(i)``, ``skew(i, seconds)``.
 
@@ -268,9 +268,24 @@ class Cluster:
         return open_stream
 
     @asynccontextmanager
-    async def client(self, i: int, user: str, password: str | None = None, **options: object) -> AsyncIterator[Client]:
-        """``timpy.connect`` to node ``i``: the normal client, through the real gateway session."""
-        async with connect(self.connector(i), user, password, **options) as c:  # type: ignore[arg-type]
+    async def client(
+        self,
+        i: int,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        token: str | None = None,
+        device: str | None = None,
+        create: bool = False,
+        sync: bool = True,
+        resume_after: int = 0,
+        device_kind: str = "",
+    ) -> AsyncIterator[Client]:
+        """``timpy.connect`` to node ``i`` (same options): the normal client, through the real gateway session."""
+        async with connect(
+            self.connector(i), user, password, token=token, device=device, create=create, sync=sync,
+            resume_after=resume_after, device_kind=device_kind,
+        ) as c:
             yield c
 
     async def register(self, i: int, user: str, password: str) -> None:
