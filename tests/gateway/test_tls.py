@@ -171,15 +171,19 @@ async def test_admin_https_without_client_certificates(pki):
 
 
 async def test_missing_or_bad_certificate_files_stop_the_node_naming_the_option(pki, tmp_path):
-    with pytest.raises(ConfigError, match=r"^tls_cert: the file .*missing.pem does not exist"):
-        async with timpy.open_node(node_config(tls_cert=tmp_path / "missing.pem", tls_key=pki.server_key)):
-            pass
-    with pytest.raises(ConfigError, match=r"tls_cert / tls_key: .* not a PEM certificate and its matching private key"):
+    with pytest.raises(ConfigError, match=r"^tls_cert = .*missing.pem.*existing file"):
+        node_config(tls_cert=tmp_path / "missing.pem", tls_key=pki.server_key)
+    with pytest.raises(ConfigError, match=r"^\[admin\] tls_key = .*nope.key.*existing file"):
+        AdminConfig(listen="127.0.0.1:0", tls_cert=pki.server_cert, tls_key=tmp_path / "nope.key")
+    with pytest.raises(ConfigError, match="tls_cert.*set together with tls_key"):
+        node_config(tls_cert=pki.server_cert)
+    # Files that exist but are not a certificate and its key: refused at start, naming the options.
+    with pytest.raises(ConfigError, match=r"^tls_cert / tls_key: .* not a PEM certificate and its matching private key"):
         async with timpy.open_node(node_config(tls_cert=pki.server_cert, tls_key=pki.client_key)):
             pass
-    admin = AdminConfig(listen="127.0.0.1:0", tls_cert=pki.server_cert, tls_key=tmp_path / "nope.key")
-    with pytest.raises(ConfigError, match=r"^admin\.tls_key: the file .*nope.key does not exist"):
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("hello\n")
+    admin = AdminConfig(listen="127.0.0.1:0", tls_cert=not_pem, tls_key=pki.server_key)
+    with pytest.raises(ConfigError, match=r"^admin\.tls_cert / admin\.tls_key: .*not.pem"):
         async with timpy.open_node(node_config(admin=admin)):
             pass
-    with pytest.raises(ConfigError, match="tls_cert and tls_key must be set together"):
-        node_config(tls_cert=pki.server_cert)

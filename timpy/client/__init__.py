@@ -3,6 +3,7 @@
 from timpy.client.client import (
     Ack,
     Client,
+    Connector,
     GroupInfo,
     HistoryPage,
     Notice,
@@ -20,4 +21,4 @@ from timpy.client.client import (
     register,
 )
 
-__all__ = ["Ack", "Client", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]
+__all__ = ["Ack", "Client", "Connector", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]

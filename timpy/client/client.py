@@ -23,7 +23,7 @@ import math
 import ssl
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,8 +201,13 @@ def message_from_wire(m: TPayload) -> ChatMessage:
     )
 
 
+#: Opens a byte stream to a node, for ``connect`` and ``register`` in place of a URL.
+Connector = Callable[[], Awaitable[trio.abc.Stream]]
+Target = str | Connector  # a node URL, or a Connector
+
+
 class _TcpChannel:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._decoder = FrameDecoder(CLIENT_MAX_FRAME)
         self._ready: deque[bytes] = deque()
@@ -268,7 +273,7 @@ class Client:
     def __init__(
         self,
         nursery: trio.Nursery,
-        urls: Sequence[str] = (),
+        urls: Sequence[Target] = (),
         *,
         ca: str | Path | None = None,
         failover: bool = False,
@@ -301,7 +306,7 @@ class Client:
         self._synced = trio.Event()
         self.closed_reason: str | None = None
         self.closed_code = Code.UNAVAILABLE  # the node's reason for closing, when it gave one (KICKED, ...)
-        self.url = ""  # the node this client is connected to now
+        self.url: Target = ""  # the node this client is connected to now
         self.reconnects = 0  # failovers so far
         self.user = ""
         self.token = ""
@@ -316,7 +321,7 @@ class Client:
         if self._on_status is not None:
             self._on_status(text)
 
-    async def _connection(self, url: str, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+    async def _connection(self, url: Target, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """One connection: its channel lives as long as this task, which its
         reader ends."""
         with trio.CancelScope() as scope:
@@ -359,7 +364,7 @@ class Client:
         self._synced.set()
         self._connected.set()
 
-    async def _open(self, url: str) -> None:
+    async def _open(self, url: Target) -> None:
         """Connect to ``url``, say hello and (after the first time) log in."""
         await self._nursery.start(self._connection, url)
         try:
@@ -834,7 +839,15 @@ def _reason(exc: BaseException) -> str:
 
 
 @asynccontextmanager
-async def _open_channel(url: str, ca: str | Path | None = None) -> AsyncIterator[Any]:
+async def _open_channel(url: str | Connector, ca: str | Path | None = None) -> AsyncIterator[Any]:
+    if callable(url):  # a stream the caller opens (timpy.testing's in-memory clients): TCP framing over it
+        channel = _TcpChannel(await url())
+        try:
+            yield channel
+        finally:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+        return
     scheme, host, port = parse_url(url)
     if scheme == "ws":
         opened = False
@@ -901,16 +914,17 @@ async def _tls_stream(url: str, host: str, port: int, context: ssl.SSLContext) -
     return stream
 
 
-def _url_list(url: str | Sequence[str]) -> list[str]:
-    urls = [url] if isinstance(url, str) else list(url)
+def _url_list(url: Target | Sequence[Target]) -> list[Target]:
+    urls = [url] if isinstance(url, str) or callable(url) else list(url)
     if not urls:
         raise UrlError("no node URL given")
     for u in urls:
-        parse_url(u)
+        if not callable(u):
+            parse_url(u)
     return urls
 
 
-async def register(url: str | Sequence[str], user: str, password: str, *, ca: str | Path | None = None) -> None:
+async def register(url: Target | Sequence[Target], user: str, password: str, *, ca: str | Path | None = None) -> None:
     """Create an account on the cluster at ``url`` (the first of several that answers)."""
     async with _connected(_url_list(url), ca, None, None) as client:
         await client._ask("register_", name=user, password=password)
@@ -918,7 +932,7 @@ async def register(url: str | Sequence[str], user: str, password: str, *, ca: st
 
 @asynccontextmanager
 async def _connected(
-    urls: list[str], ca: str | Path | None, failover: bool | None, on_status: Callable[[str], None] | None,
+    urls: list[Target], ca: str | Path | None, failover: bool | None, on_status: Callable[[str], None] | None,
     before_login: Callable[[Client], Any] | None = None,
 ) -> AsyncIterator[Client]:
     """A client connected (hello done) to the first of ``urls`` that answers."""
@@ -944,7 +958,7 @@ async def _connected(
 
 @asynccontextmanager
 async def connect(
-    url: str | Sequence[str],
+    url: Target | Sequence[Target],
     user: str | None = None,
     password: str | None = None,
     *,
@@ -960,7 +974,10 @@ async def connect(
 ) -> AsyncIterator[Client]:
     """Connect and log in with a password or a token.
 
-    ``url`` is one node URL or a list of them (nodes of one cluster): the
+    ``url`` is one node URL (``tcp://``, ``tcps://``, ``ws://``, ``wss://``)
+    or a ``Connector`` (an async function returning a ``trio.abc.Stream`` to a
+    node's gateway in the TCP framing; ``timpy.testing`` clients use in-memory
+    streams), or a list of them (nodes of one cluster): the
     first that answers is used, and with several (or ``failover=True``) the
     client fails over when its connection closes: it reconnects to the next
     node (retrying with backoff for up to FAILOVER_WITHIN seconds), logs in

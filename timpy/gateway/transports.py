@@ -158,6 +158,8 @@ def _peer_of(stream: trio.abc.Stream) -> str:
 
 
 async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
+    """Serve one client over a byte stream in the TCP framing: a socket, a TLS
+    stream over one, or an in-memory stream (``timpy.testing``)."""
     peer = _peer_of(stream)
     if not node.gate.admit():
         with trio.move_on_after(CLOSE_GRACE):
