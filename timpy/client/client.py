@@ -52,7 +52,7 @@ _BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)  # seconds between rounds of attempts, the
 # with UNAVAILABLE: their outcome is unknown.
 _RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync"})
 # A node that closed the connection for one of these reasons would do it again.
-_FINAL = frozenset({Code.KICKED, Code.ACCOUNT_DISABLED, Code.BAD_CREDENTIALS, Code.TOKEN_INVALID,
+_FINAL = frozenset({Code.KICKED, Code.ACCOUNT_DISABLED, Code.BAD_CREDENTIALS, Code.TOKEN_INVALID, Code.TOKEN_EXPIRED,
                     Code.VERSION_UNSUPPORTED})
 
 log = logging.getLogger("timpy.client")
