@@ -52,6 +52,7 @@ from timpy.im.signals import Signals
 from timpy.im.terminals import TerminalRegistry
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
+from timpy.node.datadir import DataDirLock
 from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
@@ -90,6 +91,8 @@ class Node:
         self._cluster_scope = trio.CancelScope()
         self._cluster_done = trio.Event()
         self._cluster_started = self._gateway_started = self._stopped = False
+        # One running node per data directory (not with --memory: it keeps nothing there).
+        self.data_lock: DataDirLock | None = None if config.memory else DataDirLock(config.data_dir)
 
     # --- wiring ---------------------------------------------------------
 
@@ -126,6 +129,8 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         c = self.config
+        if self.data_lock is not None:
+            self.data_lock.acquire()
         keys, key_source = self._open_keys()
         identity = load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
@@ -505,12 +510,16 @@ async def open_node(config: NodeConfig | None = None, *, keys: ClusterKeys | Non
 
 @asynccontextmanager
 async def _node_nursery(node: Node) -> AsyncIterator[Node]:
-    async with trio.open_nursery() as nursery:
-        try:
-            await node._start(nursery)
-            yield node
-        finally:
-            if hasattr(node, "messenger"):
-                await node._stop()
-            else:
-                nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await node._start(nursery)
+                yield node
+            finally:
+                if hasattr(node, "messenger"):
+                    await node._stop()
+                else:
+                    nursery.cancel_scope.cancel()
+    finally:
+        if node.data_lock is not None:
+            node.data_lock.release()  # every task of the node has ended
