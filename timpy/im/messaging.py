@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -124,6 +124,7 @@ class Messenger:
         self._cluster = self._peers.rpc is not None
         self._replicator = replicator or Replicator(store, self._peers)
         self.routes = routes or Routes(self._peers, registry)
+        self.routes.on_resend = self._reattach_owned_by
         self._send_q, self._recv_q = trio.open_memory_channel[_Pending | _PendingInbox | None](math.inf)
         self._known_users: set[bytes] = set()
         # Acknowledged positions not yet stored; written with the next batch.
@@ -177,6 +178,7 @@ class Messenger:
         """Host the resyncs of terminals that missed a push, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
+            self.ask_for_terminals(self._peers.placement.members)
             task_status.started()
             await trio.sleep_forever()
 
@@ -605,6 +607,24 @@ class Messenger:
             return
         for terminal in self._registry.all():
             self._background.start_soon(self._reattach, terminal)
+        self.ask_for_terminals(self._peers.placement.members)
+
+    def ask_for_terminals(self, members: Iterable[str]) -> None:
+        """Ask each member met for the first time since this node started to
+        record with it the terminals of the users it owns (``Routes``)."""
+        if self._background is None:
+            return
+        for node in self.routes.not_yet_asked(members):
+            self._background.start_soon(self.routes.ask_for_terminals, node)
+
+    def _reattach_owned_by(self, owner: str) -> int:
+        """``owner`` (re)started: record with it the terminals here whose users it owns."""
+        if self._background is None:
+            return 0
+        mine = [t for t in self._registry.all() if self._peers.owner(t.user_id) == owner]
+        for terminal in mine:
+            self._background.start_soon(self._reattach, terminal)
+        return len(mine)
 
     async def _reattach(self, terminal: LiveTerminal) -> None:
         try:

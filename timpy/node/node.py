@@ -242,6 +242,10 @@ class Node:
     def _membership_changed(self, change: Changed) -> None:
         assert self.cluster is not None and self.cluster.membership is not None
         placement = self.peers.placement
+        # A member met for the first time since this node started gives back
+        # the live terminals of users this node owns (a quick restart may leave
+        # every ring unchanged).
+        self.messenger.ask_for_terminals(self.cluster.membership.alive_members())
         if not placement.update(self.cluster.membership.members.values()):
             return
         log.info("ring changed (version %d): %d nodes", placement.version, len(placement.members))
