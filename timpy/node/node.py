@@ -287,6 +287,13 @@ class Node:
             yield counters("timpy_gossip_messages", "Membership messages sent, by kind (Ping: one probe round)",
                            "kind", dict(self.cluster.sent))
         yield gauge("timpy_ring_version", "Changes of the node ring seen", self.peers.placement.version)
+        repair = self.replicator.progress
+        yield counters("timpy_repair", "Repair between replicas since start: passes, key ranges and buckets compared, "
+                       "rows copied, slots found with different values, inbox entries put back", "what", {
+                           "passes": repair.passes, "ranges_compared": repair.ranges_compared,
+                           "rows_repaired": repair.rows_repaired, "conflicting_slots": repair.conflicting_slots,
+                           "inbox_entries_restored": repair.inbox_entries_restored,
+                       })
         yield counters("timpy_messages_stored", "Messages this node's writer stored", "node",
                        {self.node_id: self.messenger.stored_count})
 
