@@ -75,6 +75,8 @@ async def test_one_repair_pass_restores_equal_copies_after_holes_and_swapped_slo
                 c.execute(update(i).where(i.c.user_id == b, i.c.pos == -20).values(pos=21))
                 # one message slot holding another message than on the other replicas
                 c.execute(update(m).where(m.c.conv_id == conv, m.c.seq == 15).values(dedup=os.urandom(16)))
+                # a message burned here only (its acting row not copied yet): not a conflict
+                c.execute(update(m).where(m.c.conv_id == conv, m.c.seq == 25).values(content=b""))
                 # a key gone entirely from this replica
                 c.execute(delete(i).where(i.c.user_id == cat))
                 c.execute(delete(s.accounts).where(s.accounts.c.user_id == cat))
@@ -94,9 +96,11 @@ async def test_one_repair_pass_restores_equal_copies_after_holes_and_swapped_slo
         assert dumps[0] == dumps[1] == dumps[2]
         # Everything that was not in conflict is as it was; the holes are filled.
         after = dumps[0]
-        assert [r for r in after["messages"] if r[0] == conv and r[1] != 15] == [
-            r for r in before["messages"] if r[0] == conv and r[1] != 15
+        assert [r for r in after["messages"] if r[0] == conv and r[1] not in (15, 25)] == [
+            r for r in before["messages"] if r[0] == conv and r[1] not in (15, 25)
         ]
+        burned = next(r for r in after["messages"] if r[0] == conv and r[1] == 25)
+        assert burned[4]  # deleted stays deleted, on every replica
         # Every message is still in bob's inbox, even one whose slot went to another.
         assert {r[2:] for r in after["inbox"] if r[0] == b} == {r[2:] for r in before["inbox"] if r[0] == b}
         assert (cat, 1) in [(r[0], r[1]) for r in after["inbox"]]

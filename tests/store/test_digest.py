@@ -8,7 +8,12 @@ from hypothesis import strategies as st
 
 from timpy.store import digest as d
 
-slot_values = st.binary(min_size=d.HASH_SIZE, max_size=d.HASH_SIZE)
+# An item's identity, then (for messages) a state byte that only moves forward.
+slot_values = st.builds(
+    lambda ident, state: ident + state,
+    st.binary(min_size=d.HASH_SIZE, max_size=d.HASH_SIZE),
+    st.sampled_from([b"\x00", b"\x01"]),
+)
 tables = st.dictionaries(st.integers(min_value=1, max_value=2000), slot_values, max_size=300)
 
 
@@ -28,6 +33,10 @@ def damaged(draw: st.DrawFn) -> tuple[dict[int, bytes], dict[int, bytes], set[in
             if value != table[slot]:
                 copy[slot] = value
                 touched.add(slot)
+        for slot in draw(st.lists(st.sampled_from(sorted(table)), max_size=5)):  # recalled on one side only
+            if table[slot][-1:] == b"\x00" and slot not in touched:
+                copy[slot] = table[slot][:-1] + b"\x01"
+                touched.add(slot)
     for slot, value in draw(st.dictionaries(st.integers(min_value=1, max_value=2500), slot_values, max_size=5)).items():
         if slot not in table:
             copy[slot] = value
@@ -45,7 +54,9 @@ def test_diff_finds_exactly_the_damaged_buckets_and_slots(case: tuple[dict[int, 
     slots = d.diff_slots(d.in_buckets(mine, differing), d.in_buckets(theirs, differing))
     assert set(slots.send) | set(slots.fetch) == touched
     assert not set(slots.send) & set(slots.fetch)
-    assert set(slots.conflicts) == {s for s in touched if s in mine and s in theirs}
+    assert set(slots.conflicts) == {
+        s for s in touched if s in mine and s in theirs and mine[s][: d.HASH_SIZE] != theirs[s][: d.HASH_SIZE]
+    }
 
 
 @given(damaged())
@@ -65,8 +76,11 @@ def test_applying_the_diff_makes_both_sides_equal_whoever_runs_it(
 
     a1, b1 = repaired(a, b)
     b2, a2 = repaired(b, a)
-    assert a1 == b1 == a2 == b2  # the same result from either side: the lowest value wins a conflict
-    assert all(a1[s] == min(v for v in (a.get(s), b.get(s)) if v is not None) for s in a1)
+    assert a1 == b1 == a2 == b2  # the same result from either side
+    for s, value in a1.items():
+        values = [v for v in (a.get(s), b.get(s)) if v is not None]
+        lowest = min(v[: d.HASH_SIZE] for v in values)  # two messages: the lowest hash stays
+        assert value == max(v for v in values if v[: d.HASH_SIZE] == lowest)  # one message: its later state
 
 
 @given(st.lists(tables, min_size=3, max_size=3))
@@ -95,6 +109,7 @@ def test_meta_hash_ignores_order_and_sees_every_change(items: list[tuple[bytes, 
 
 
 def test_slot_hashes_tell_messages_apart() -> None:
-    assert d.message_hash(b"x" * 16, 5, False) != d.message_hash(b"x" * 16, 5, True)
+    live, gone = d.message_hash(b"x" * 16, 5, False), d.message_hash(b"x" * 16, 5, True)
+    assert live != gone and d.same_item(live, gone) and d.winner(live, gone) == gone
     assert d.message_hash(b"x" * 16, 5, False) != d.message_hash(b"y" * 16, 5, False)
     assert d.inbox_hash(b"c" * 16, 1) != d.inbox_hash(b"c" * 16, 2)

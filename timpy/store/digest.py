@@ -14,11 +14,15 @@ found a difference, as a two-level Merkle tree:
 3. the slot hashes of the differing buckets (``diff_slots``), which say
    exactly which slots each side lacks and which hold different values.
 
-A slot that holds different values on two replicas can only come from
-before ownership was fenced by a quorum (issue 15). The rule that settles it
-is deterministic and the same wherever it runs: **the value whose slot hash
-is lowest wins** (``winner``), so two repairs running at once on different
-nodes never undo each other.
+One message in two states (recalled or burned on one replica, not yet on
+the other) is no conflict: the later state wins. A slot that holds two
+different messages on two replicas can only come from before ownership was
+fenced by a quorum (issue 15). The rule that settles it is deterministic and
+the same wherever it runs: **the value whose slot hash is lowest wins**
+(``winner``). Both rules make each slot a semilattice (the merge is
+commutative, associative and idempotent), so repairs running at once on
+different nodes, in any order, end in the same copies and never undo each
+other.
 """
 
 from __future__ import annotations
@@ -40,10 +44,11 @@ def _h(*parts: bytes) -> bytes:
 
 
 def message_hash(dedup: bytes, created_ms: int, deleted: bool) -> bytes:
-    """Which message a conversation slot holds: its sender's dedup index, its
-    time, and whether it was recalled or burned (the sealed bytes differ
-    between replicas even for one message: each seals with its own nonce)."""
-    return _h(bytes(dedup), int(created_ms).to_bytes(8, "big", signed=True), b"\x01" if deleted else b"\x00")
+    """Which message a conversation slot holds (its sender's dedup index and
+    its time), then its state: one more byte, 1 once it was recalled or
+    burned. The sealed bytes are left out: they differ between replicas even
+    for one message, as each seals with its own nonce."""
+    return _h(bytes(dedup), int(created_ms).to_bytes(8, "big", signed=True)) + (b"\x01" if deleted else b"\x00")
 
 
 def inbox_hash(conv_id: bytes, seq: int) -> bytes:
@@ -79,8 +84,17 @@ def diff_buckets(mine: Mapping[int, bytes], theirs: Mapping[int, bytes]) -> list
     return sorted(b for b in set(mine) | set(theirs) if mine.get(b) != theirs.get(b))
 
 
+def same_item(a: bytes, b: bytes) -> bool:
+    """Do two values of a slot name the same item (maybe in different states)?"""
+    return a[:HASH_SIZE] == b[:HASH_SIZE]
+
+
 def winner(a: bytes, b: bytes) -> bytes:
-    """Of two values of one slot, the one that stays (the lowest hash)."""
+    """Of two values of one slot, the one that stays: for one item the later
+    state (a state only moves forward: deleted stays deleted); for two items
+    the lowest hash."""
+    if same_item(a, b):
+        return max(a, b)
     return min(a, b)
 
 
@@ -90,7 +104,7 @@ class SlotDiff:
 
     send: list[int] = field(default_factory=list)  # slots they lack, or where this side's value wins
     fetch: list[int] = field(default_factory=list)  # slots this side lacks, or where theirs wins
-    conflicts: list[int] = field(default_factory=list)  # slots held with different values on the two sides
+    conflicts: list[int] = field(default_factory=list)  # slots held with different items on the two sides
 
     def __bool__(self) -> bool:
         return bool(self.send or self.fetch)
@@ -110,7 +124,8 @@ def diff_slots(mine: Mapping[int, bytes], theirs: Mapping[int, bytes]) -> SlotDi
         elif a is None:
             d.fetch.append(index)
         else:
-            d.conflicts.append(index)
+            if not same_item(a, b):
+                d.conflicts.append(index)
             (d.send if winner(a, b) == a else d.fetch).append(index)
     return d
 

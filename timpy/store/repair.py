@@ -172,8 +172,8 @@ class RepairQueries:
         cleared = 0
         if kind == "conv":
             with self.engine.begin() as conn:
-                cleared = self._clear_message_slots(conn, key, copies, replace)
-            return self.apply_copies(copies), cleared  # type: ignore[attr-defined]
+                cleared, changed = self._clear_message_slots(conn, key, copies, replace)
+            return self.apply_copies(copies) + changed, cleared  # type: ignore[attr-defined]
         rows = [r for r in copies.inbox if r[0] == key]
         copies.inbox = [r for r in copies.inbox if r[0] != key]
         added = self.apply_copies(copies)  # type: ignore[attr-defined]  # the account (and messages) first
@@ -198,19 +198,26 @@ class RepairQueries:
         return added, cleared
 
     @staticmethod
-    def _clear_message_slots(conn: Any, key: bytes, copies: Any, replace: set[int]) -> int:
+    def _clear_message_slots(conn: Any, key: bytes, copies: Any, replace: set[int]) -> tuple[int, int]:
         """Make room for a replica's message rows of conversation ``key``
-        (dropping from ``copies`` those that must not land); returns the slots cleared."""
+        (dropping from ``copies`` those that must not land); returns the slots
+        cleared and the rows whose state changed (recalled or burned)."""
         m = s.messages
-        cleared = 0
+        cleared = changed = 0
         keep = []
-        for conv, seq, dedup, *_ in [row for row in copies.messages if row[0] == key]:
+        for conv, seq, dedup, _created, content in [row for row in copies.messages if row[0] == key]:
             here = list(conn.execute(
                 select(m.c.seq, m.c.dedup).where(and_(m.c.conv_id == conv, or_(m.c.seq == seq, m.c.dedup == dedup)))
             ))
             drop = False
             for r in here:
-                if int(r.seq) == seq and bytes(r.dedup) != dedup and seq in replace:
+                if int(r.seq) == seq and bytes(r.dedup) == dedup and not content:
+                    # the same message, recalled or burned on the replica: so here too
+                    changed += conn.execute(
+                        update(m).where(and_(m.c.conv_id == conv, m.c.seq == seq, func.length(m.c.content) > 0))
+                        .values(content=b"")
+                    ).rowcount
+                elif int(r.seq) == seq and bytes(r.dedup) != dedup and seq in replace:
                     conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == seq)))
                     cleared += 1
                 elif int(r.seq) != seq and bytes(r.dedup) == dedup:
@@ -222,4 +229,4 @@ class RepairQueries:
             if not drop:
                 keep.append((conv, seq))
         copies.messages = [row for row in copies.messages if row[0] != key or (row[0], row[1]) in keep]
-        return cleared
+        return cleared, changed
