@@ -181,7 +181,10 @@ class Messenger:
             self._background = nursery
             self.ask_for_terminals(self._peers.placement.members)
             task_status.started()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._background = None  # closing to new arrivals: spawn drops from now on
 
     async def _write(self, queued: list[_Pending | _PendingInbox | None], with_cursors: bool = True) -> None:
         news = [p for p in queued if isinstance(p, _Pending)]
