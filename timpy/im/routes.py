@@ -78,6 +78,9 @@ class Routes:
         # node owns; returns how many.
         self.on_resend: Callable[[str], int] | None = None
         self._asked: set[str] = set()  # members asked for their terminals since this node started
+        # Whether to ask at all: a node that starts with no user's data held
+        # owned nobody before (the others' ring changes as it joins).
+        self.ask_on_start = True
         self.resend_requests = 0  # members that asked this node to record its terminals again
         rpc = peers.rpc
         if rpc is not None:
@@ -188,6 +191,8 @@ class Routes:
     def not_yet_asked(self, members: Iterable[str]) -> list[str]:
         """The members this node has not asked for its terminals since it
         started (marked as asked now)."""
+        if not self.ask_on_start:
+            return []
         fresh = sorted(set(members) - self._asked - {self._peers.self_id})
         self._asked.update(fresh)
         return fresh

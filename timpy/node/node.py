@@ -230,6 +230,8 @@ class Node:
             store_where = "shared backends " + ", ".join(b.name for b in self.store.repo.map.backends)
         self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
         self.routes = Routes(self.peers, self.terminals, lambda: self.config.limits)
+        if not shared:  # with no account held here this node owned no one before it started
+            self.routes.ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
         self.accounts = Accounts(
             self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
             self.peers, self.replicator,
@@ -553,6 +555,8 @@ class Node:
                 await self._cluster_done.wait()
             self.shutdown_phase = "closing the store"
             self.store.close()
+            if self.data_lock is not None:
+                self.data_lock.release()
             log.info("node %s stopped", self.node_id)
 
     # --- for embedding programs -----------------------------------------
