@@ -278,9 +278,3 @@ def test_the_quickstart_options_table_is_the_one_the_model_produces():
         "docs/quickstart.md's options table differs from the config model; regenerate it with\n"
         "  python -c 'from timpy.config import options_table; print(options_table())'"
     )
-
-
-def test_the_quickstart_shows_the_real_node_file():
-    doc = (ROOT / "docs" / "quickstart.md").read_text()
-    block = doc.split("`nodes/single/node.toml`:\n\n```toml\n", 1)[1].split("```", 1)[0]
-    assert block == (NODES / "single" / "node.toml").read_text()
