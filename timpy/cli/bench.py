@@ -350,6 +350,15 @@ def _register_paths_bench() -> None:
 _register_paths_bench()
 
 
+def _register_repair_bench() -> None:
+    from timpy.cli.bench_repair import register
+
+    register(bench)
+
+
+_register_repair_bench()
+
+
 from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands
 
 bench.add_command(failover_cmd)
