@@ -16,7 +16,7 @@ import pytest
 import trio
 
 import timpy
-from timpy.client.client import Connector
+from timpy.client import Connector
 from timpy.config import AdminConfig, ClusterConfig, NodeConfig, SecurityConfig
 
 # argon2id at its minimum cost: tests check behaviour, not hash strength.

@@ -348,3 +348,12 @@ def _register_paths_bench() -> None:
 
 
 _register_paths_bench()
+
+
+def _register_repair_bench() -> None:
+    from timpy.cli.bench_repair import register
+
+    register(bench)
+
+
+_register_repair_bench()
