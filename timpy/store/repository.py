@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import trio
-from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -363,13 +363,7 @@ class Repository:
             if not batch and not inbox_items:
                 return Written(results, placed)
             # One statement per kind of lookup for the whole batch.
-            dedups = list({item.dedup for item in batch})
-            stored = {
-                (bytes(r.conv_id), bytes(r.dedup)): r
-                for r in conn.execute(
-                    select(m.c.conv_id, m.c.dedup, m.c.seq, m.c.created_ms, m.c.content).where(m.c.dedup.in_(dedups))
-                )
-            } if dedups else {}
+            stored = _stored_by_dedup(conn, {(item.conv_id, item.dedup) for item in batch})
             conv_ids = list({item.conv_id for item in batch})
             last_seq: dict[bytes, int] = {}
             existing_convs: set[bytes] = set()
@@ -1153,6 +1147,33 @@ class Repository:
             conn.execute(s.revoked_tokens.delete().where(s.revoked_tokens.c.expires_ms <= now_ms))
             rows = conn.execute(select(s.revoked_tokens))
             return {bytes(r.token_id): r.expires_ms for r in rows}
+
+
+_DEDUP_CHUNK = 32  # (conversation, dedup) pairs per lookup statement; one fixed text, so it is compiled once
+_DEDUP_LOOKUP = text(
+    "SELECT conv_id, dedup, seq, created_ms, content FROM messages WHERE "
+    + " OR ".join(f"(conv_id = :c{k} AND dedup = :d{k})" for k in range(_DEDUP_CHUNK))
+)
+
+
+def _stored_by_dedup(conn: Any, keys: set[tuple[bytes, bytes]]) -> dict[tuple[bytes, bytes], Any]:
+    """The stored messages among ``keys`` (conversation id, dedup index).
+
+    Each pair is an equality on both columns of the UNIQUE (conv_id, dedup)
+    index, so every dialect finds them through it: a lookup costs the same
+    whatever the table holds. (``dedup IN (...)`` alone cannot use that index
+    and scanned the messages table on every batch.)"""
+    found: dict[tuple[bytes, bytes], Any] = {}
+    pairs = list(keys)
+    for start in range(0, len(pairs), _DEDUP_CHUNK):
+        chunk = pairs[start : start + _DEDUP_CHUNK]
+        chunk += [chunk[-1]] * (_DEDUP_CHUNK - len(chunk))  # pad: the statement's text never changes
+        params: dict[str, bytes] = {}
+        for k, (conv_id, dedup) in enumerate(chunk):
+            params[f"c{k}"], params[f"d{k}"] = conv_id, dedup
+        for r in conn.execute(_DEDUP_LOOKUP, params):
+            found[(bytes(r.conv_id), bytes(r.dedup))] = r
+    return found
 
 
 def _insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
