@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -22,7 +22,7 @@ from timpy.crypto.tokens import TokenClaims
 from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyError
 from timpy.im import ids
 from timpy.im.accounts import Identity
-from timpy.im.messages import ChatMessage, Delivery
+from timpy.im.messages import ChatMessage, Delivery, SendResult
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
 from timpy.wire import protocol as wp
@@ -83,6 +83,7 @@ class ClientSession:
         self._max_pushed = 0
         self._closing = False
         self.cancel_scope = trio.CancelScope()
+        self._acks: trio.MemorySendChannel | None = None  # sends in flight, acknowledged in order
 
     # --- TerminalLink ---------------------------------------------------
 
@@ -160,6 +161,8 @@ class ClientSession:
             self.node.rooms.terminal_closed(self.terminal)
             self.node.messenger.close_terminal(self.terminal)
             self.terminal = None
+        if self._acks is not None:
+            self._acks.close()
         self.outbound_send.close()
 
     # --- frames ---------------------------------------------------------
@@ -337,15 +340,48 @@ class ClientSession:
             result = await self.node.groups.send(
                 self.identity, m.conversation, m.client_id or "", m.kind or 0, m.body or b"", m.ext or {}
             )
-        else:
-            result = await self.node.messenger.send(
-                self.identity,
-                m.recipient or "",
-                m.client_id or "",
-                m.kind or 0,
-                m.body or b"",
-                m.ext or {},
+            await self._ack(rid, started, result)
+            return
+        waiter = await self.node.messenger.start_send(
+            self.identity,
+            m.recipient or "",
+            m.client_id or "",
+            m.kind or 0,
+            m.body or b"",
+            m.ext or {},
+        )
+        # Queued for the writer now: the next frame is read while this one is
+        # stored, and its ack follows when it is (acks in request order).
+        if self._acks is None:
+            send, receive = trio.open_memory_channel[tuple[int, float, Callable[[], Awaitable[SendResult]]]](
+                self._limits.push_queue
             )
+            if not self.node.messenger.spawn(self._ack_in_order, receive):
+                await self._ack(rid, started, await waiter())  # the node is starting or stopping
+                return
+            self._acks = send
+        try:
+            await self._acks.send((rid, started, waiter))  # waits while too many are in flight
+        except trio.ClosedResourceError:
+            pass  # the connection is gone; the writer still stores the message
+
+    async def _ack_in_order(self, receive: trio.MemoryReceiveChannel) -> None:
+        async with receive:
+            async for rid, started, waiter in receive:
+                try:
+                    result = await waiter()
+                except TimpyError as exc:
+                    self.node.metrics.errors.labels(exc.code.name).inc()
+                    await self.reply(error_frame(rid, exc))
+                    continue
+                except Exception:
+                    self.node.metrics.errors.labels(Code.INTERNAL.name).inc()
+                    log.exception("internal error serving %s", self.peer)
+                    await self.reply(error_frame(rid, TimpyError("internal error; it was logged", Code.INTERNAL)))
+                    continue
+                await self._ack(rid, started, result)
+
+    async def _ack(self, rid: int, started: float, result: SendResult) -> None:
         msg = result.message
         self.node.metrics.messages_in.inc()
         self.node.metrics.delivery_latency.observe(time.perf_counter() - started)

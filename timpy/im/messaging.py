@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -151,10 +151,13 @@ class Messenger:
                 Code.RATE_LIMITED,
             )
 
-    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the background (notifications); dropped while the node starts or stops."""
-        if self._background is not None:
-            self._background.start_soon(fn, *args)
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` in the background (notifications); dropped while
+        the node starts or stops (then False)."""
+        if self._background is None:
+            return False
+        self._background.start_soon(fn, *args)
+        return True
 
     # --- the writer -----------------------------------------------------
 
@@ -190,9 +193,13 @@ class Messenger:
             cursors, self._cursors = self._cursors, {}
             self._cursor_flush_queued = False
         local_users: frozenset[bytes] | None = None
+        # A cluster of one holds every replica of every key: there is nothing
+        # to catch up from, nobody to copy to and no other inbox to ask.
+        replicated = self._cluster and not self._peers.placement.single
         try:
             if self._cluster:
-                await self._catch_up(news, inbox)
+                if replicated:
+                    await self._catch_up(news, inbox)
                 local_users = frozenset(
                     u for p in news for u in p.new.members if self._peers.is_local(u)
                 )
@@ -214,7 +221,7 @@ class Messenger:
                 return
             self._fail(items, exc)
             return
-        if self._cluster:
+        if replicated:
             try:
                 await self._replicate(news, inbox, written)
             except TimpyError as exc:
@@ -226,7 +233,7 @@ class Messenger:
                 self.stored_count += 1
             for user_id, pos in appended.inbox.items():
                 self.routes.push(user_id, Delivery(pos, message), appended.content, appended.created_ms)
-            if self._cluster:
+            if replicated:
                 p.fanout = self._fan_out(p.new, appended.seq, appended.sealed)
             p.result = SendResult(message, appended.duplicate)
             p.done.set()
@@ -414,6 +421,24 @@ class Messenger:
         ext: dict[str, str] | None = None,
     ) -> SendResult:
         """Store a 1:1 message and deliver it; a retry with the same client_id is a no-op."""
+        return await (await self.start_send(sender, recipient, client_id, kind, body, ext))()
+
+    async def start_send(
+        self,
+        sender: Identity,
+        recipient: str,
+        client_id: str,
+        kind: int,
+        body: bytes,
+        ext: dict[str, str] | None = None,
+    ) -> Callable[[], Awaitable[SendResult]]:
+        """Check a 1:1 send and, when its conversation's owner is this node,
+        queue it for the writer now; returns what waits for its result.
+
+        Sends queued one after another are numbered in that order, so a
+        connection may have several in flight and its conversation keeps
+        their order. (A send to another node's conversation goes out when
+        the returned function runs.)"""
         ext = dict(ext or {})
         self._validate(client_id, kind, body, ext)
         if kind == KIND_EDIT:
@@ -421,7 +446,25 @@ class Messenger:
         recipient = ids.normalize_name(recipient)
         await self._require_user(ids.user_id(self._indexer, recipient))
         new, conversation = self._prepare(sender, recipient, client_id, kind, body, ext)
-        for attempt in range(SEND_ATTEMPTS):
+        if self._peers.owner(new.conv_id) == self._peers.self_id or not self._cluster:
+            pending = _Pending(new, conversation, trio.Event())
+            self._enqueue(pending)
+
+            async def result() -> SendResult:
+                try:
+                    return await self._finish_append(pending)
+                except TimpyError as exc:
+                    if exc.code != Code.UNAVAILABLE:
+                        raise
+                # The ring may be changing under us: the same client id makes a retry safe.
+                await trio.sleep(0.3)
+                return await self._send_at_owner(new, conversation, SEND_ATTEMPTS - 1)
+
+            return result
+        return lambda: self._send_at_owner(new, conversation, SEND_ATTEMPTS)
+
+    async def _send_at_owner(self, new: NewMessage, conversation: str, attempts: int) -> SendResult:
+        for attempt in range(attempts):
             owner = self._peers.owner(new.conv_id)
             try:
                 if owner == self._peers.self_id or not self._cluster:
@@ -431,7 +474,7 @@ class Messenger:
                 return SendResult(unpack_content(conversation, seq, created_ms, bytes(content)), bool(duplicate))
             except TimpyError as exc:
                 # The ring may be changing under us: the same client id makes a retry safe.
-                if exc.code != Code.UNAVAILABLE or attempt == SEND_ATTEMPTS - 1:
+                if exc.code != Code.UNAVAILABLE or attempt == attempts - 1:
                     raise
                 await trio.sleep(0.3 * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
