@@ -249,9 +249,9 @@ async def flood(host: str, port: int, clients: int, messages: int, timeout: floa
         "messages_per_s": round(got / elapsed, 1) if got else 0.0,
         "p50_ms": round(_rank(latencies, 0.5) * 1000, 1),
         "p99_ms": round(_rank(latencies, 0.99) * 1000, 1),
-        "node_cpu_ms_per_message": round(1000 * node_cpu / got, 3) if got else None,
+        "node_cpu_ms_per_message": round(1000 * node_cpu / got, 3) if got and node_pid else None,
         "generator_cpu_ms_per_message": round(1000 * self_cpu / got, 3) if got else None,
-        "node_cpu_pct": round(100 * node_cpu / elapsed) if got else None,
+        "node_cpu_pct": round(100 * node_cpu / elapsed) if got and node_pid else None,
         "generator_cpu_pct": round(100 * self_cpu / elapsed) if got else None,
         "login_s": round(login_s, 2),
     }
@@ -306,7 +306,7 @@ async def _prefill(workdir: Path, count: int, clients: int) -> float:
 
 async def run_flood(
     clients: int, messages: int, prefill: int, memory: bool, url: str | None, echo: bool, timeout: float,
-    peer: bool,
+    peer: bool, node_pid: int | None = None,
 ) -> dict:
     if clients < 2:
         raise click.UsageError("--clients must be at least 2")
@@ -319,7 +319,7 @@ async def run_flood(
         if not url.startswith("tcp://"):
             raise click.UsageError("--url must be tcp://HOST:PORT (the flood runs over plain TCP)")
         host, _, port = url[len("tcp://"):].rpartition(":")
-        figures = await flood(host, int(port), clients, messages, timeout, None)
+        figures = await flood(host, int(port), clients, messages, timeout, node_pid)
         storage = f"node at {url}"
     else:
         with tempfile.TemporaryDirectory(prefix="timpy-flood-") as tmp:
@@ -447,12 +447,16 @@ def register(bench: click.Group) -> None:
     @click.option("--memory", is_flag=True, help="Run the node with --memory instead of SQLite.")
     @click.option("--standalone", is_flag=True, help="Run the node with its peer listener off.")
     @click.option("--url", help="Flood a running node at tcp://HOST:PORT instead (users u1..uC, password flood-password).")
+    @click.option("--node-pid", type=int, help="With --url: the node's process id, to report its CPU use.")
     @click.option("--echo", is_flag=True, help="Flood a minimal echo server instead: the generator's own ceiling.")
     @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait after the first send.")
     @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
     def flood_cmd(
-        clients: int, messages: int, prefill: int, memory: bool, standalone: bool, url: str | None, echo: bool,
-        timeout: float, as_json: bool,
+        clients: int, messages: int, prefill: int, memory: bool, standalone: bool, url: str | None,
+        node_pid: int | None, echo: bool, timeout: float, as_json: bool,
     ) -> None:
         """The anchors' flood: every client writes all its messages at once to random others."""
-        show(trio.run(run_flood, clients, messages, prefill, memory, url, echo, timeout, not standalone), as_json)
+        show(
+            trio.run(run_flood, clients, messages, prefill, memory, url, echo, timeout, not standalone, node_pid),
+            as_json,
+        )

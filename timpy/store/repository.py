@@ -369,27 +369,25 @@ class Repository:
             existing_convs: set[bytes] = set()
             if conv_ids:
                 last_seq = {
-                    bytes(r.conv_id): int(r.last_seq)
-                    for r in conn.execute(
-                        select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id.in_(conv_ids)).with_for_update()
-                    )
+                    bytes(k): int(v)
+                    for k, v in _driver_in(conn, "SELECT conv_id, last_seq FROM conversations WHERE conv_id IN", conv_ids, lock=True)
                 }
                 existing_convs = set(last_seq)
                 # Rows that reached this node as another node's copies count too,
                 # so a sequence number is never given twice.
-                for r in conn.execute(
-                    select(m.c.conv_id, func.max(m.c.seq).label("top")).where(m.c.conv_id.in_(conv_ids)).group_by(m.c.conv_id)
+                for k, top in _driver_in(
+                    conn, "SELECT conv_id, MAX(seq) FROM messages WHERE conv_id IN", conv_ids, "GROUP BY conv_id"
                 ):
-                    key = bytes(r.conv_id)
-                    if key in last_seq and int(r.top) > last_seq[key]:
-                        last_seq[key] = int(r.top)
+                    key = bytes(k)
+                    if key in last_seq and int(top) > last_seq[key]:
+                        last_seq[key] = int(top)
             inbox_users = {
                 u for item in batch for u in item.members if local_users is None or u in local_users
             } | {item.user_id for item in inbox_items}
             heads = {
-                bytes(r.user_id): int(r.inbox_head)
-                for r in conn.execute(
-                    select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(list(inbox_users))).with_for_update()
+                bytes(k): int(v)
+                for k, v in _driver_in(
+                    conn, "SELECT user_id, inbox_head FROM accounts WHERE user_id IN", list(inbox_users), lock=True
                 )
             } if inbox_users else {}
             if inbox_users - set(heads):
@@ -459,22 +457,22 @@ class Repository:
                     insert(s.conv_members),
                     [dict(conv_id=k, user_id=u) for k, item in new_convs.items() for u in sorted(set(item.members))],
                 )
+            # The hot statements go to the driver as fixed SQL, many rows each.
             if msg_rows:
-                conn.execute(insert(m), msg_rows)
+                _driver_many(conn, _INSERT_MESSAGE, [
+                    (r["conv_id"], r["seq"], r["dedup"], r["created_ms"], r["content"]) for r in msg_rows
+                ])
             if copy_rows:
                 # A move between backends may be copying the same rows right now.
                 _insert_missing(conn, m, copy_rows)
             self._apply_effects(conn, [*msg_rows, *copy_rows], plain)
             if inbox_rows:
-                conn.execute(insert(s.inbox), inbox_rows)
-            changed = [dict(k=k, v=v) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
+                _driver_many(conn, _INSERT_INBOX, [(r["user_id"], r["pos"], r["conv_id"], r["seq"]) for r in inbox_rows])
+            changed = [(v, k) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
             if changed:
-                conn.execute(update(c).where(c.c.conv_id == bindparam("k")).values(last_seq=bindparam("v")), changed)
+                _driver_many(conn, _SET_LAST_SEQ, changed)
             if touched_users:
-                conn.execute(
-                    update(a).where(a.c.user_id == bindparam("k")).values(inbox_head=bindparam("v")),
-                    [dict(k=u, v=heads[u]) for u in touched_users],
-                )
+                _driver_many(conn, _SET_INBOX_HEAD, [(heads[u], u) for u in touched_users])
         return Written(results, placed)
 
     def _place_inbox_items(
@@ -1147,6 +1145,32 @@ class Repository:
             conn.execute(s.revoked_tokens.delete().where(s.revoked_tokens.c.expires_ms <= now_ms))
             rows = conn.execute(select(s.revoked_tokens))
             return {bytes(r.token_id): r.expires_ms for r in rows}
+
+
+_INSERT_MESSAGE = "INSERT INTO messages (conv_id, seq, dedup, created_ms, content) VALUES (?, ?, ?, ?, ?)"
+_INSERT_INBOX = "INSERT INTO inbox (user_id, pos, conv_id, seq) VALUES (?, ?, ?, ?)"
+_SET_LAST_SEQ = "UPDATE conversations SET last_seq = ? WHERE conv_id = ?"
+_SET_INBOX_HEAD = "UPDATE accounts SET inbox_head = ? WHERE user_id = ?"
+
+
+def _driver_sql(conn: Any, sql: str) -> str:
+    """Fixed SQL written with ``?`` placeholders, in the driver's own style."""
+    return sql if conn.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
+
+
+def _driver_many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """One statement, many rows, straight through the DB-API (``executemany``):
+    none of SQLAlchemy's per-row compiling and binding on the hot path."""
+    conn.exec_driver_sql(_driver_sql(conn, sql), rows)
+
+
+def _driver_in(conn: Any, head: str, keys: list[Any], tail: str = "", lock: bool = False) -> list[tuple[Any, ...]]:
+    """``head (?, ?, ...) tail`` for ``keys``, through the DB-API; ``lock``
+    takes the rows' write locks (FOR UPDATE) where the backend has them."""
+    sql = f"{head} ({', '.join('?' * len(keys))}) {tail}"
+    if lock and conn.dialect.name != "sqlite":
+        sql += " FOR UPDATE"
+    return list(conn.exec_driver_sql(_driver_sql(conn, sql), tuple(keys)))
 
 
 _DEDUP_CHUNK = 32  # (conversation, dedup) pairs per lookup statement; one fixed text, so it is compiled once
