@@ -8,31 +8,35 @@ and storage closes last, so nothing acknowledged is lost.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
 import os
+import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Callable, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import msgpack
+import nacl.signing
 import trio
 
 from timpy.cluster.membership import Changed, MembershipConfig
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.service import ClusterService
-from timpy.cluster.transport import TcpPeerTransport, nat_settings
+from timpy.cluster.transport import PeerTransport, TcpPeerTransport, nat_settings
 from timpy.concurrency import unwrap_single_error
-from timpy.config import Limits, NodeConfig, parse_hostport
+from timpy.config import Limits, NodeConfig, env_name, flag_name, option_name, parse_hostport
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key, write_secret_file
 from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import ConfigError
+from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
@@ -62,6 +66,39 @@ from timpy.store.sharded import ShardedRepository
 log = logging.getLogger("timpy.node")
 
 
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The OSError that refused a listening address, alone or inside exception groups."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _bind_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+@contextmanager
+def _naming_the_address(address: str, section: str, key: str, what: str) -> Iterator[None]:
+    """Turn "address in use" into an error naming the address, the option that sets it and what to do."""
+    try:
+        yield
+    except BaseException as exc:
+        refused = _bind_error(exc)
+        if refused is None:
+            raise
+        reason = {
+            errno.EADDRINUSE: "the address is already in use (another timpy node or program listens there)",
+            errno.EADDRNOTAVAIL: "no interface of this machine has that address",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        }[refused.errno]
+        raise ConfigError(
+            f"cannot open {what} on {address}: {reason}. Set {option_name(section, key)} "
+            f"(flag {flag_name(section, key)}, ${env_name(section, key)}) to a free HOST:PORT "
+            "(port 0 picks one) or \"off\", or stop the program using it"
+        ) from None
+
+
 def now_ms() -> int:
     return int(time.time() * 1000)
 
@@ -69,9 +106,22 @@ def now_ms() -> int:
 class Node:
     """A running timpy node. Create it with ``open_node``."""
 
-    def __init__(self, config: NodeConfig, keys: ClusterKeys | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        keys: ClusterKeys | None = None,
+        transport: PeerTransport | None = None,
+        *,
+        identity: nacl.signing.SigningKey | None = None,
+        rng: random.Random | None = None,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        # transport: None = TCP on [cluster] listen. identity: None = data_dir/node.key (new in memory).
+        # rng: membership's randomness; clock_ms: the wall clock (timpy.testing seeds and skews them).
         self.config = config
         self._keys = keys
+        self._transport = transport
+        self._identity, self._rng, self._now_ms = identity, rng, clock_ms
         self.tcp_address: tuple[str, int] | None = None
         self.ws_address: tuple[str, int] | None = None
         self.peer_address: str | None = None
@@ -90,6 +140,7 @@ class Node:
         self._cluster_scope = trio.CancelScope()
         self._cluster_done = trio.Event()
         self._cluster_started = self._gateway_started = self._stopped = False
+        self.shutdown_phase = "running"  # what _stop is doing, for a shutdown cut short
 
     # --- wiring ---------------------------------------------------------
 
@@ -126,8 +177,10 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         c = self.config
+        if not c.memory:
+            private_directory(c.data_dir)
         keys, key_source = self._open_keys()
-        identity = load_or_create_identity(None if c.memory else c.data_dir / "node.key")
+        identity = self._identity or load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
         set_node_id(self.node_id)
         self.store, store_where = self._open_store(keys)
@@ -138,10 +191,10 @@ class Node:
         if not shared:
             await self.store.run(self.store.repo.create_schema)
         self.indexer = BlindIndexer(keys.index)
-        if c.cluster.listen:
+        if c.cluster.listen or self._transport is not None:
             cc = c.cluster
-            transport = TcpPeerTransport(
-                keys, identity, listen=cc.listen, queue=4096, advertise=cc.advertise, nat=nat_settings(cc)
+            transport = self._transport or TcpPeerTransport(
+                keys, identity, listen=cc.listen or "", queue=4096, advertise=cc.advertise, nat=nat_settings(cc)
             )
             membership = MembershipConfig(
                 probe_interval=cc.probe_interval,
@@ -150,7 +203,8 @@ class Node:
                 push_pull_interval=cc.push_pull_interval,
             )
             self.cluster = ClusterService(
-                self.node_id, transport, membership, seeds=list(cc.join), on_change=self._membership_changed
+                self.node_id, transport, membership, seeds=list(cc.join), on_change=self._membership_changed,
+                rng=self._rng,
             )
             # Shared backends keep the data durable themselves: one owner per key, no node copies.
             replication = ReplicationConfig(1, 1, cc.vnodes) if shared else ReplicationConfig(
@@ -172,12 +226,12 @@ class Node:
         self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
         self.routes = Routes(self.peers, self.terminals, lambda: self.config.limits)
         self.accounts = Accounts(
-            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, now_ms,
+            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
             self.peers, self.replicator,
         )
         await self.accounts.start()
         self.messenger = Messenger(
-            self.store, self.indexer, self.terminals, c.limits, now_ms, self.peers, self.replicator, self.routes
+            self.store, self.indexer, self.terminals, c.limits, self._now_ms, self.peers, self.replicator, self.routes
         )
         self.groups = Groups(self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger)
         self.records = Records(self.store, self.peers, self.replicator)
@@ -185,7 +239,7 @@ class Node:
         self.signals = Signals(self.peers, self.terminals, self.routes)
         self.roster = Roster(self.indexer, self.peers, self.records, self.messenger, self.signals)
         self.presence = Presence(
-            self.store, self.indexer, self.peers, self.records, self.routes, self.roster, self.signals, now_ms,
+            self.store, self.indexer, self.peers, self.records, self.routes, self.roster, self.signals, self._now_ms,
             self.messenger.spawn,
         )
         self.receipts = Receipts(
@@ -222,7 +276,8 @@ class Node:
             with self._cluster_scope:
                 async with trio.open_nursery() as cl:
                     if self.cluster is not None:
-                        await cl.start(self.cluster.run)
+                        with _naming_the_address(self.config.cluster.listen or "", "cluster", "listen", "the peer listener"):
+                            await cl.start(self.cluster.run)
                         self.peer_address = self.cluster.transport.address
                         self.peers.placement.addresses[self.node_id] = self.peer_address
                     await cl.start(self.replicator.run)
@@ -343,14 +398,17 @@ class Node:
                 async with trio.open_nursery() as gw:
                     if self.config.listen:
                         host, port = parse_hostport(self.config.listen)
-                        listeners = await gw.start(run_tcp_listener, self, host, port)
+                        with _naming_the_address(self.config.listen, "", "listen", "the TCP client listener"):
+                            listeners = await gw.start(run_tcp_listener, self, host, port)
                         self.tcp_address = listeners[0].socket.getsockname()[:2]
                     if self.config.ws:
                         host, port = parse_hostport(self.config.ws)
-                        server = await gw.start(run_ws_listener, self, host, port)
+                        with _naming_the_address(self.config.ws, "", "ws", "the WebSocket listener"):
+                            server = await gw.start(run_ws_listener, self, host, port)
                         self.ws_address = (host, server.port)
                     if self.config.admin.listen:
-                        self.admin_address = await gw.start(self._run_admin)
+                        with _naming_the_address(self.config.admin.listen, "admin", "listen", "the admin listener"):
+                            self.admin_address = await gw.start(self._run_admin)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -384,6 +442,7 @@ class Node:
         if self.config.memory and self.config.admin.token_file is None:
             return secrets.token_urlsafe(32)  # no data directory: ask the node object for it
         if path.exists():
+            tighten(path)
             return path.read_text().strip()
         token = secrets.token_urlsafe(32)
         write_secret_file(path, token)
@@ -462,16 +521,21 @@ class Node:
             return
         self._stopped = True
         with trio.CancelScope(shield=True):
+            self.shutdown_phase = "closing client connections"
             self._gateway_scope.cancel()
             if self._gateway_started:
                 await self._gateway_done.wait()
+            self.shutdown_phase = "storing acknowledged writes"
             self.messenger.close()
             await self._writer_done.wait()
             if self.cluster is not None:
+                self.shutdown_phase = "leaving the cluster"
                 await self.cluster.leave()
+            self.shutdown_phase = "stopping cluster tasks"
             self._cluster_scope.cancel()
             if self._cluster_started:
                 await self._cluster_done.wait()
+            self.shutdown_phase = "closing the store"
             self.store.close()
             log.info("node %s stopped", self.node_id)
 
@@ -491,13 +555,19 @@ class Node:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None, *, keys: ClusterKeys | None = None) -> AsyncIterator[Node]:
+async def open_node(
+    config: NodeConfig | None = None, *, keys: ClusterKeys | None = None, transport: PeerTransport | None = None
+) -> AsyncIterator[Node]:
     """Run a node inside the caller's trio program for the duration of the block.
+
+    ``transport`` carries the node's cluster traffic instead of TCP on
+    ``[cluster] listen`` (``timpy.testing`` passes an in-memory one); peers
+    to join are still ``[cluster] join``, in that transport's addresses.
 
     >>> async with timpy.open_node(NodeConfig(memory=True, listen="127.0.0.1:0")) as node:
     ...     print(node.tcp_url)
     """
-    node = Node(config or NodeConfig(), keys)
+    node = Node(config or NodeConfig(), keys, transport)
     with unwrap_single_error():
         async with _node_nursery(node) as running:
             yield running
