@@ -11,7 +11,7 @@ import logging
 import re
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +23,7 @@ from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyErro
 from timpy.im import ids
 from timpy.im.accounts import Identity
 from timpy.im.messages import ChatMessage, Delivery, SendResult
+from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
 from timpy.wire import protocol as wp
@@ -143,7 +144,12 @@ class ClientSession:
 
     async def reply(self, frame: TPayload) -> None:
         try:
-            await self.outbound_send.send(frame)
+            self.outbound_send.send_nowait(frame)  # no task switch while there is room
+        except trio.WouldBlock:
+            try:
+                await self.outbound_send.send(frame)
+            except trio.ClosedResourceError:
+                pass
         except trio.ClosedResourceError:
             pass
 
@@ -342,7 +348,7 @@ class ClientSession:
             )
             await self._ack(rid, started, result)
             return
-        waiter = await self.node.messenger.start_send(
+        ticket = await self.node.messenger.start_send(
             self.identity,
             m.recipient or "",
             m.client_id or "",
@@ -353,23 +359,35 @@ class ClientSession:
         # Queued for the writer now: the next frame is read while this one is
         # stored, and its ack follows when it is (acks in request order).
         if self._acks is None:
-            send, receive = trio.open_memory_channel[tuple[int, float, Callable[[], Awaitable[SendResult]]]](
-                self._limits.push_queue
-            )
+            send, receive = trio.open_memory_channel[tuple[int, float, SendTicket]](self._limits.push_queue)
             if not self.node.messenger.spawn(self._ack_in_order, receive):
-                await self._ack(rid, started, await waiter())  # the node is starting or stopping
+                await self._ack(rid, started, await ticket.wait())  # the node is starting or stopping
                 return
             self._acks = send
         try:
-            await self._acks.send((rid, started, waiter))  # waits while too many are in flight
+            self._acks.send_nowait((rid, started, ticket))
+        except trio.WouldBlock:
+            await self._acks.send((rid, started, ticket))  # too many in flight: stop reading until some are done
         except trio.ClosedResourceError:
             pass  # the connection is gone; the writer still stores the message
 
     async def _ack_in_order(self, receive: trio.MemoryReceiveChannel) -> None:
+        """Acknowledge this connection's sends in request order. It wakes once
+        per writer batch, not per message: what the writer has settled is
+        answered without waiting."""
         async with receive:
-            async for rid, started, waiter in receive:
+            while True:
                 try:
-                    result = await waiter()
+                    rid, started, ticket = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        rid, started, ticket = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
+                try:
+                    result = ticket.now() or await ticket.wait()
                 except TimpyError as exc:
                     self.node.metrics.errors.labels(exc.code.name).inc()
                     await self.reply(error_frame(rid, exc))

@@ -103,6 +103,31 @@ class _PendingInbox:
     error: TimpyError | None = None
 
 
+class SendTicket:
+    """A 1:1 send under way: ``wait()`` for its result, or ``now()`` when
+    the writer has settled it already (no task switch for the common case)."""
+
+    __slots__ = ("_pending", "_wait")
+
+    def __init__(self, wait: Callable[[], Awaitable[SendResult]], pending: _Pending | None = None) -> None:
+        self._wait = wait
+        self._pending = pending
+
+    def now(self) -> SendResult | None:
+        """The result if it is known without waiting (raises the send's error); else None."""
+        p = self._pending
+        if p is None or not p.done.is_set() or p.fanout:
+            return None
+        if p.error is not None:
+            if p.error.code == Code.UNAVAILABLE:
+                return None  # ``wait`` tries again
+            raise p.error
+        return p.result
+
+    async def wait(self) -> SendResult:
+        return await self._wait()
+
+
 class Messenger:
     def __init__(
         self,
@@ -424,7 +449,7 @@ class Messenger:
         ext: dict[str, str] | None = None,
     ) -> SendResult:
         """Store a 1:1 message and deliver it; a retry with the same client_id is a no-op."""
-        return await (await self.start_send(sender, recipient, client_id, kind, body, ext))()
+        return await (await self.start_send(sender, recipient, client_id, kind, body, ext)).wait()
 
     async def start_send(
         self,
@@ -434,7 +459,7 @@ class Messenger:
         kind: int,
         body: bytes,
         ext: dict[str, str] | None = None,
-    ) -> Callable[[], Awaitable[SendResult]]:
+    ) -> SendTicket:
         """Check a 1:1 send and, when its conversation's owner is this node,
         queue it for the writer now; returns what waits for its result.
 
@@ -463,8 +488,8 @@ class Messenger:
                 await trio.sleep(0.3)
                 return await self._send_at_owner(new, conversation, SEND_ATTEMPTS - 1)
 
-            return result
-        return lambda: self._send_at_owner(new, conversation, SEND_ATTEMPTS)
+            return SendTicket(result, pending)
+        return SendTicket(lambda: self._send_at_owner(new, conversation, SEND_ATTEMPTS))
 
     async def _send_at_owner(self, new: NewMessage, conversation: str, attempts: int) -> SendResult:
         for attempt in range(attempts):
