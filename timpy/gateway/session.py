@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -63,6 +64,51 @@ def message_to_wire(m: ChatMessage) -> TPayload:
     )
 
 
+class Encoded:
+    """An outbound frame encoded already (binary protocol); ``frame()`` builds
+    the frame itself for a transport that speaks the JSON mapping."""
+
+    __slots__ = ("data", "_make")
+
+    def __init__(self, data: bytes, make: Callable[[], TPayload]) -> None:
+        self.data = data
+        self._make = make
+
+    def frame(self) -> TPayload:
+        return self._make()
+
+
+def encode_out(item: TPayload | Encoded) -> bytes:
+    """An outbound item's body in the binary protocol."""
+    return item.data if type(item) is Encoded else wp.encode(item)
+
+
+def frame_out(item: TPayload | Encoded) -> TPayload:
+    return item.frame() if type(item) is Encoded else item
+
+
+# A Delivery frame, in thrift's binary protocol, around the message's own
+# encoding: rid (i64, field 1) = 0, delivery (struct, field 14) { pos (i64,
+# field 1), message (struct, field 2) ... }. A message goes to several
+# terminals (its sender's too) that differ only in ``pos``: it is encoded once.
+_DELIVERY_HEAD = b"\x0a\x00\x01" + bytes(8) + b"\x0c\x00\x0e\x0a\x00\x01"
+_MESSAGE_FIELD = b"\x0c\x00\x02"
+_POS = struct.Struct(">q")
+_last_encoded: tuple[ChatMessage | None, bytes] = (None, b"")
+
+
+def delivery_out(pos: int, message: ChatMessage) -> Encoded:
+    global _last_encoded
+    m, body = _last_encoded
+    if m is not message:  # the writer pushes one message to all its terminals in a row
+        body = wp.encode(message_to_wire(message))
+        _last_encoded = (message, body)
+    return Encoded(
+        _DELIVERY_HEAD + _POS.pack(pos) + _MESSAGE_FIELD + body + b"\x00\x00",
+        lambda: wp.make_frame("delivery", pos=pos, message=message_to_wire(message)),
+    )
+
+
 def error_frame(rid: int, exc: TimpyError) -> TPayload:
     return wp.make_frame("error", rid=rid, code=int(exc.code), text=exc.text)
 
@@ -76,7 +122,7 @@ class ClientSession:
         self._clock = clock
         self._bucket = TokenBucket(limits.rate_per_connection, limits.burst_per_connection, clock())
         self._violations = 0
-        self.outbound_send, self.outbound = trio.open_memory_channel[TPayload | CloseAfter](limits.push_queue)
+        self.outbound_send, self.outbound = trio.open_memory_channel[TPayload | Encoded | CloseAfter](limits.push_queue)
         self.greeted = False
         self.identity: Identity | None = None
         self.claims: TokenClaims | None = None
@@ -113,9 +159,10 @@ class ClientSession:
             return wp.make_frame(op, users=[wp.thrift.Presence(**u) for u in fields["users"]])
         return wp.make_frame(op, **fields)
 
-    def _delivery_frame(self, delivery: Delivery) -> TPayload:
-        self._max_pushed = max(self._max_pushed, delivery.pos)
-        return wp.make_frame("delivery", pos=delivery.pos, message=message_to_wire(delivery.message))
+    def _delivery_frame(self, delivery: Delivery) -> Encoded:
+        if delivery.pos > self._max_pushed:
+            self._max_pushed = delivery.pos
+        return delivery_out(delivery.pos, delivery.message)
 
     def close(self, reason: str, code: Code | None = None) -> None:
         """Close after what is queued (with an error frame first when ``code``

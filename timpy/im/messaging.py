@@ -151,6 +151,7 @@ class Messenger:
         self.routes = routes or Routes(self._peers, registry)
         self._send_q, self._recv_q = trio.open_memory_channel[_Pending | _PendingInbox | None](math.inf)
         self._known_users: set[bytes] = set()
+        self._peer_ids: dict[tuple[bytes, str], tuple[str, bytes, bytes, str]] = {}  # see _peer_of
         # Acknowledged positions not yet stored; written with the next batch.
         self._cursors: dict[tuple[bytes, bytes], int] = {}
         self._cursor_flush_queued = False
@@ -229,7 +230,7 @@ class Messenger:
                 if replicated:
                     await self._catch_up(news, inbox)
                 local_users = frozenset(
-                    u for p in news for u in p.new.members if self._peers.is_local(u)
+                    u for p in news for u in p.new.members if not replicated or self._peers.is_local(u)
                 )
             written: Written = await self._store.run(
                 self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users
@@ -471,10 +472,11 @@ class Messenger:
         self._validate(client_id, kind, body, ext)
         if kind == KIND_EDIT:
             ext["at"] = str(self._now())
-        recipient = ids.normalize_name(recipient)
-        await self._require_user(ids.user_id(self._indexer, recipient))
-        new, conversation = self._prepare(sender, recipient, client_id, kind, body, ext)
-        if self._peers.owner(new.conv_id) == self._peers.self_id or not self._cluster:
+        peer = self._peer_ids.get((sender.user_id, recipient)) or self._peer_of(sender.user_id, recipient)
+        await self._require_user(peer[1])
+        new, conversation = self._prepare(sender, peer, client_id, kind, body, ext)
+        conv = new.conv_id
+        if not self._cluster or self._peers.placement.single or self._peers.owner(conv) == self._peers.self_id:
             pending = _Pending(new, conversation, trio.Event())
             self._enqueue(pending)
 
@@ -490,6 +492,35 @@ class Messenger:
 
             return SendTicket(result, pending)
         return SendTicket(lambda: self._send_at_owner(new, conversation, SEND_ATTEMPTS))
+
+    def _peer_of(self, sender_id: bytes, recipient: str) -> tuple[str, bytes, bytes, str]:
+        """(normalized name, user id, 1:1 conversation id and text) of a
+        sender's recipient: keyed hashes, kept for the next send."""
+        name = ids.normalize_name(recipient)
+        rid = ids.user_id(self._indexer, name)
+        conv = ids.direct_conversation(self._indexer, sender_id, rid)
+        if len(self._peer_ids) >= 100_000:
+            self._peer_ids.clear()
+        peer = self._peer_ids[(sender_id, recipient)] = (name, rid, conv, ids.conversation_text(conv))
+        return peer
+
+    def _prepare(
+        self, sender: Identity, peer: str | tuple[str, bytes, bytes, str], client_id: str, kind: int, body: bytes,
+        ext: dict[str, str],
+    ) -> tuple[NewMessage, str]:
+        """A validated send to ``peer`` (a name, or what ``_peer_of`` gives) and its conversation's text id."""
+        if isinstance(peer, str):
+            peer = self._peer_of(sender.user_id, peer)
+        recipient, rid, conv, conversation = peer
+        new = NewMessage(
+            conv_id=conv,
+            members=(sender.user_id,) if rid == sender.user_id else (sender.user_id, rid),
+            sender_id=sender.user_id,
+            dedup=ids.dedup_index(self._indexer, sender.user_id, client_id),
+            created_ms=self._now(),
+            content=pack_content(client_id, sender.name, recipient, kind, body, ext),
+        )
+        return new, conversation
 
     async def _send_at_owner(self, new: NewMessage, conversation: str, attempts: int) -> SendResult:
         for attempt in range(attempts):
@@ -561,25 +592,6 @@ class Messenger:
                 ) from None
         assert pending.result is not None
         return pending.result
-
-    def _prepare(
-        self, sender: Identity, recipient: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
-    ) -> tuple[NewMessage, str]:
-        """A validated send (``recipient`` normalized) and its conversation's text id."""
-        rid = ids.user_id(self._indexer, recipient)
-        conv = ids.direct_conversation(self._indexer, sender.user_id, rid)
-        members = (sender.user_id,) if rid == sender.user_id else (sender.user_id, rid)
-        return (
-            NewMessage(
-                conv_id=conv,
-                members=members,
-                sender_id=sender.user_id,
-                dedup=ids.dedup_index(self._indexer, sender.user_id, client_id),
-                created_ms=self._now(),
-                content=pack_content(client_id, sender.name, recipient, kind, body, ext),
-            ),
-            ids.conversation_text(conv),
-        )
 
     # --- reading --------------------------------------------------------
 
