@@ -151,6 +151,7 @@ class Messenger:
         self.routes = routes or Routes(self._peers, registry)
         self._send_q, self._recv_q = trio.open_memory_channel[_Pending | _PendingInbox | None](math.inf)
         self._known_users: set[bytes] = set()
+        self._looking_up: dict[bytes, trio.Event] = {}  # users whose existence is being looked up
         self._peer_ids: dict[tuple[bytes, str], tuple[str, bytes, bytes, str]] = {}  # see _peer_of
         # Acknowledged positions not yet stored; written with the next batch.
         self._cursors: dict[tuple[bytes, bytes], int] = {}
@@ -417,9 +418,23 @@ class Messenger:
     async def _require_user(self, uid: bytes) -> None:
         if uid in self._known_users:
             return
-        if not await self.user_exists(uid):
-            raise RequestError("no such user", Code.NO_SUCH_USER)
-        self._known_users.add(uid)
+        # One lookup per user at a time: a flood of first messages to a user
+        # waits for the same answer instead of queueing a lookup each.
+        looking = self._looking_up.get(uid)
+        if looking is not None:
+            await looking.wait()
+            if uid in self._known_users:
+                return
+        event = trio.Event()
+        self._looking_up.setdefault(uid, event)
+        try:
+            if not await self.user_exists(uid):
+                raise RequestError("no such user", Code.NO_SUCH_USER)
+            self._known_users.add(uid)
+        finally:
+            if self._looking_up.get(uid) is event:
+                del self._looking_up[uid]
+            event.set()
 
     async def peer_of(self, who: Identity, name: str) -> tuple[str, bytes, bytes]:
         """Another user, for a 1:1 operation: (normalized name, user id, the
