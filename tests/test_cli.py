@@ -62,3 +62,12 @@ def test_bench_flood_echo_measures_the_generator_alone():
     r = CliRunner().invoke(cli, ["bench", "flood", "--clients", "3", "--messages", "5", "--echo", "--json"])
     assert r.exit_code == 0, r.output
     assert json.loads(r.output.strip().splitlines()[-1])["delivered"] == "15/15"
+
+
+def test_bench_repair_repairs_exactly_the_rows_it_deleted():
+    r = CliRunner().invoke(cli, ["bench", "repair", "--conversations", "20", "--messages", "5", "--damage", "0.1",
+                                 "--memory", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["keys_per_node"] == 60 and result["rows_per_node"] == 300
+    assert result["rows_deleted_on_one_replica"] == 30 and result["rows_repaired"] == 30

@@ -52,7 +52,7 @@ async def test_sends_in_flight_are_answered_by_request_id_in_conversation_order(
         assert answers[bad_rid][0] == "error" and answers[bad_rid][1].code == Code.INVALID_MESSAGE
         seqs: dict[str, list[int]] = {"bob": [], "carol": []}
         first_seq: dict[str, int] = {}
-        for rid, to, cid, kind in plan:
+        for rid, to, cid, _kind in plan:
             op, body = answers[rid]
             if rid in (bad_rid, 500):
                 continue
@@ -65,7 +65,7 @@ async def test_sends_in_flight_are_answered_by_request_id_in_conversation_order(
         assert op == "ack" and body.duplicate and body.seq == first_seq[again[2]]
 
         # bob receives his messages once each, in order
-        expected = [cid for rid, to, cid, kind in plan if to == "bob" and rid not in (bad_rid, 500)]
+        expected = [cid for rid, to, cid, _kind in plan if to == "bob" and rid not in (bad_rid, 500)]
         got_ids: list[str] = []
         with trio.fail_after(20):
             while len(got_ids) < len(expected):

@@ -350,6 +350,15 @@ def _register_paths_bench() -> None:
 _register_paths_bench()
 
 
+def _register_repair_bench() -> None:
+    from timpy.cli.bench_repair import register
+
+    register(bench)
+
+
+_register_repair_bench()
+
+
 def _register_flood_bench() -> None:
     from timpy.cli.bench_flood import register
 

@@ -13,7 +13,14 @@ from thriftpy2.thrift import TPayload
 from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
 
 from timpy.errors import Code, ProtocolError
-from timpy.gateway.session import ClientSession, CloseAfter, Encoded, encode_out, error_frame, frame_out
+from timpy.gateway.session import (
+    ClientSession,
+    CloseAfter,
+    Encoded,
+    encode_out,
+    error_frame,
+    frame_out,
+)
 from timpy.wire import jsonmap
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes

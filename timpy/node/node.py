@@ -56,6 +56,7 @@ from timpy.im.signals import Signals
 from timpy.im.terminals import TerminalRegistry
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
+from timpy.node.datadir import DataDirLock
 from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
@@ -141,6 +142,8 @@ class Node:
         self._cluster_done = trio.Event()
         self._cluster_started = self._gateway_started = self._stopped = False
         self.shutdown_phase = "running"  # what _stop is doing, for a shutdown cut short
+        # One running node per data directory (not with --memory: it keeps nothing there).
+        self.data_lock: DataDirLock | None = None if config.memory else DataDirLock(config.data_dir)
 
     # --- wiring ---------------------------------------------------------
 
@@ -179,6 +182,8 @@ class Node:
         c = self.config
         if not c.memory:
             private_directory(c.data_dir)
+        if self.data_lock is not None:
+            self.data_lock.acquire()
         keys, key_source = self._open_keys()
         identity = self._identity or load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
@@ -225,6 +230,8 @@ class Node:
             store_where = "shared backends " + ", ".join(b.name for b in self.store.repo.map.backends)
         self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
         self.routes = Routes(self.peers, self.terminals, lambda: self.config.limits)
+        if not shared:  # with no account held here this node owned no one before it started
+            self.routes.ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
         self.accounts = Accounts(
             self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
             self.peers, self.replicator,
@@ -292,6 +299,10 @@ class Node:
     def _membership_changed(self, change: Changed) -> None:
         assert self.cluster is not None and self.cluster.membership is not None
         placement = self.peers.placement
+        # A member met for the first time since this node started gives back
+        # the live terminals of users this node owns (a quick restart may leave
+        # every ring unchanged).
+        self.messenger.ask_for_terminals(self.cluster.membership.alive_members())
         if not placement.update(self.cluster.membership.members.values()):
             return
         log.info("ring changed (version %d): %d nodes", placement.version, len(placement.members))
@@ -333,6 +344,13 @@ class Node:
             yield counters("timpy_gossip_messages", "Membership messages sent, by kind (Ping: one probe round)",
                            "kind", dict(self.cluster.sent))
         yield gauge("timpy_ring_version", "Changes of the node ring seen", self.peers.placement.version)
+        repair = self.replicator.progress
+        yield counters("timpy_repair", "Repair between replicas since start: passes, key ranges and buckets compared, "
+                       "rows copied, slots found with different values, inbox entries put back", "what", {
+                           "passes": repair.passes, "ranges_compared": repair.ranges_compared,
+                           "rows_repaired": repair.rows_repaired, "conflicting_slots": repair.conflicting_slots,
+                           "inbox_entries_restored": repair.inbox_entries_restored,
+                       })
         yield counters("timpy_messages_stored", "Messages this node's writer stored", "node",
                        {self.node_id: self.messenger.stored_count})
 
@@ -537,6 +555,8 @@ class Node:
                 await self._cluster_done.wait()
             self.shutdown_phase = "closing the store"
             self.store.close()
+            if self.data_lock is not None:
+                self.data_lock.release()
             log.info("node %s stopped", self.node_id)
 
     # --- for embedding programs -----------------------------------------
@@ -575,12 +595,16 @@ async def open_node(
 
 @asynccontextmanager
 async def _node_nursery(node: Node) -> AsyncIterator[Node]:
-    async with trio.open_nursery() as nursery:
-        try:
-            await node._start(nursery)
-            yield node
-        finally:
-            if hasattr(node, "messenger"):
-                await node._stop()
-            else:
-                nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await node._start(nursery)
+                yield node
+            finally:
+                if hasattr(node, "messenger"):
+                    await node._stop()
+                else:
+                    nursery.cancel_scope.cancel()
+    finally:
+        if node.data_lock is not None:
+            node.data_lock.release()  # every task of the node has ended

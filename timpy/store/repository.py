@@ -23,11 +23,18 @@ from timpy.crypto.seal import Sealer, row_ad
 from timpy.errors import Code, ConfigError, KeyMismatchError, RequestError, StorageError
 from timpy.store import schema as s
 from timpy.store.migrations import steps_after
+from timpy.store.repair import RepairQueries
 
 log = logging.getLogger("timpy.store")
 
 T = TypeVar("T")
 _CANARY = b"timpy cluster key check"
+
+
+class ConcurrentWriteError(StorageError):
+    """Another writer took a conversation or inbox position first (two nodes
+    that each believe they own a key, on one shared database). The batch was
+    rolled back whole; sending again is safe."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ class InboxEntry:
     message: StoredMessage
 
 
-class Repository:
+class Repository(RepairQueries):
     def __init__(self, engine: Engine, sealer: Sealer, effect_of: EffectOf | None = None) -> None:
         self.engine = engine
         self._sealer = sealer
@@ -345,6 +352,26 @@ class Repository:
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
     ) -> Written:
+        """``_write_batch``, fenced: on a database two nodes share, the one
+        that commits a conversation's or an inbox's position second finds it
+        taken (unique keys, compare-and-set of the heads) and stores nothing."""
+        try:
+            return self._write_batch(batch, inbox_items, cursors, local_users)
+        except (IntegrityError, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and not _lost_a_lock_race(exc):
+                raise
+            raise ConcurrentWriteError(
+                "another node stored messages in the same conversation or inbox at the same moment "
+                "(its owner is changing); nothing of this batch was stored: send again"
+            ) from exc
+
+    def _write_batch(
+        self,
+        batch: Sequence[NewMessage],
+        inbox_items: Sequence[InboxItem] = (),
+        cursors: dict[tuple[bytes, bytes], int] | None = None,
+        local_users: frozenset[bytes] | None = None,
+    ) -> Written:
         """One writer batch in one transaction: new messages (sequence numbers,
         rows, inbox entries of the members in ``local_users``, all when None),
         inbox entries for messages stored elsewhere (``inbox_items``), and
@@ -367,6 +394,7 @@ class Repository:
             stored = _stored_by_dedup(conn, {(item.conv_id, item.dedup) for item in batch})
             conv_ids = list({item.conv_id for item in batch})
             last_seq: dict[bytes, int] = {}
+            read_seq: dict[bytes, int] = {}
             existing_convs: set[bytes] = set()
             if conv_ids:
                 last_seq = {
@@ -374,6 +402,7 @@ class Repository:
                     for k, v in _driver_in(conn, "SELECT conv_id, last_seq FROM conversations WHERE conv_id IN", conv_ids, lock=True)
                 }
                 existing_convs = set(last_seq)
+                read_seq = dict(last_seq)  # as read: the compare-and-set below expects them unchanged
                 # Rows that reached this node as another node's copies count too,
                 # so a sequence number is never given twice.
                 for k, top in _driver_in(
@@ -391,6 +420,7 @@ class Repository:
                     conn, "SELECT user_id, inbox_head FROM accounts WHERE user_id IN", list(inbox_users), lock=True
                 )
             } if inbox_users else {}
+            read_heads = dict(heads)
             if inbox_users - set(heads):
                 raise RequestError("no such user", Code.NO_SUCH_USER)
             seen: dict[tuple[bytes, bytes], Appended] = {}
@@ -469,11 +499,14 @@ class Repository:
             self._apply_effects(conn, [*msg_rows, *copy_rows], plain)
             if inbox_rows:
                 _driver_many(conn, _INSERT_INBOX, [(r["user_id"], r["pos"], r["conv_id"], r["seq"]) for r in inbox_rows])
-            changed = [(v, k) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
-            if changed:
-                _driver_many(conn, _SET_LAST_SEQ, changed)
-            if touched_users:
-                _driver_many(conn, _SET_INBOX_HEAD, [(heads[u], u) for u in touched_users])
+            # Compare-and-set: the heads must still be what this batch read.
+            changed = [(v, k, read_seq.get(k, 0)) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
+            if changed and _driver_many(conn, _SET_LAST_SEQ, changed) != len(changed):
+                raise IntegrityError("conversations.last_seq", None, ValueError("moved by another writer"))
+            if touched_users and _driver_many(
+                conn, _SET_INBOX_HEAD, [(heads[u], u, read_heads[u]) for u in touched_users]
+            ) != len(touched_users):
+                raise IntegrityError("accounts.inbox_head", None, ValueError("moved by another writer"))
         return Written(results, placed)
 
     def _place_inbox_items(
@@ -1150,8 +1183,8 @@ class Repository:
 
 _INSERT_MESSAGE = "INSERT INTO messages (conv_id, seq, dedup, created_ms, content) VALUES (?, ?, ?, ?, ?)"
 _INSERT_INBOX = "INSERT INTO inbox (user_id, pos, conv_id, seq) VALUES (?, ?, ?, ?)"
-_SET_LAST_SEQ = "UPDATE conversations SET last_seq = ? WHERE conv_id = ?"
-_SET_INBOX_HEAD = "UPDATE accounts SET inbox_head = ? WHERE user_id = ?"
+_SET_LAST_SEQ = "UPDATE conversations SET last_seq = ? WHERE conv_id = ? AND last_seq = ?"
+_SET_INBOX_HEAD = "UPDATE accounts SET inbox_head = ? WHERE user_id = ? AND inbox_head = ?"
 
 
 def _driver_sql(conn: Any, sql: str) -> str:
@@ -1159,10 +1192,11 @@ def _driver_sql(conn: Any, sql: str) -> str:
     return sql if conn.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
 
 
-def _driver_many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+def _driver_many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> int:
     """One statement, many rows, straight through the DB-API (``executemany``):
-    none of SQLAlchemy's per-row compiling and binding on the hot path."""
-    conn.exec_driver_sql(_driver_sql(conn, sql), rows)
+    none of SQLAlchemy's per-row compiling and binding on the hot path.
+    Returns the rows it changed."""
+    return int(conn.exec_driver_sql(_driver_sql(conn, sql), rows).rowcount)
 
 
 def _driver_in(conn: Any, head: str, keys: list[Any], tail: str = "", lock: bool = False) -> list[tuple[Any, ...]]:
@@ -1199,6 +1233,16 @@ def _stored_by_dedup(conn: Any, keys: set[tuple[bytes, bytes]]) -> dict[tuple[by
         for r in conn.execute(_DEDUP_LOOKUP, params):
             found[(bytes(r.conv_id), bytes(r.dedup))] = r
     return found
+
+
+def _lost_a_lock_race(exc: OperationalError) -> bool:
+    """A deadlock or serialization failure: the database rolled this
+    transaction back because another one wanted the same rows."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL (psycopg)
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in (1205, 1213)  # MySQL/MariaDB: lock wait timeout, deadlock
 
 
 def _insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
