@@ -151,16 +151,33 @@ class ClientSession:
 
     # --- TerminalLink ---------------------------------------------------
 
+    # Pushes run in the writer's task (or another feature's), not this
+    # connection's: a fault in building one frame must end this connection
+    # only, never the task that serves every other client.
+
+    def _push_failed(self, what: str) -> None:
+        log.exception("internal error pushing %s to %s (%s)", what, self.peer,
+                      self.identity.name if self.identity is not None else "not logged in")
+        self.close("internal error", Code.INTERNAL)
+
     def push_nowait(self, delivery: Delivery) -> bool:
         try:
             self.outbound_send.send_nowait(self._delivery_frame(delivery))
             return True
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
+        except Exception:
+            self._push_failed("a message")
+            return False
 
     async def push(self, delivery: Delivery) -> None:
         try:
-            await self.outbound_send.send(self._delivery_frame(delivery))
+            frame = self._delivery_frame(delivery)
+        except Exception:
+            self._push_failed("a message")
+            return
+        try:
+            await self.outbound_send.send(frame)
         except trio.ClosedResourceError:
             pass
 
@@ -169,6 +186,8 @@ class ClientSession:
             self.outbound_send.send_nowait(self._signal_frame(op, fields))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # not stored, not retried: a slow terminal misses it
+        except Exception:
+            self._push_failed(op)
 
     @staticmethod
     def _signal_frame(op: str, fields: dict) -> TPayload:
