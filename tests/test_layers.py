@@ -1,0 +1,145 @@
+"""Layers only point down: every import in timpy/ is checked against one order.
+
+The order is DESIGN.md's (bottom to top), documented in docs/architecture.md:
+base (errors, concurrency, logs, files) < wire < crypto < config < cluster <
+store < im < gateway < node; client may import base and wire only; cli,
+timpy/__init__, timpy/__main__ and timpy/testing are on top. Imports under
+``if TYPE_CHECKING:`` count: a type is a dependency.
+"""
+
+from __future__ import annotations
+
+import ast
+from pathlib import Path
+
+import pytest
+
+PACKAGE = Path(__file__).resolve().parent.parent / "timpy"
+
+ORDER = ["base", "wire", "crypto", "config", "cluster", "store", "im", "gateway", "node"]
+BASE = {"errors", "concurrency", "logs", "files"}
+TOP = {"cli", "__init__", "__main__", "testing"}
+
+
+def layer_of(module: str) -> str:
+    """The layer of a dotted module name inside timpy."""
+    parts = module.split(".")
+    assert parts[0] == "timpy", module
+    if len(parts) == 1:
+        return "top"
+    first = parts[1]
+    if first in BASE:
+        return "base"
+    if first in TOP:
+        return "top"
+    if first == "client":
+        return "client"
+    if first in ORDER:
+        return first
+    raise AssertionError(f"{module} is in no layer: add it to tests/test_layers.py and docs/architecture.md")
+
+
+def may_import(importer: str, imported: str) -> str | None:
+    """None when the import points down or sideways; else the rule it breaks."""
+    if importer == "top" or importer == imported:
+        return None
+    if importer == "client":
+        if imported in {"base", "wire"}:
+            return None
+        return "the client library may import only base (errors, concurrency, logs, files) and wire"
+    if imported == "top":
+        return f"{importer} may not import the top layer (cli, timpy, timpy.testing)"
+    if imported == "client":
+        return f"{importer} may not import the client library (only the top layer may)"
+    if ORDER.index(imported) < ORDER.index(importer):
+        return None
+    return f"{importer} may import only layers below it: {' < '.join(ORDER)}"
+
+
+def module_name(path: Path) -> str:
+    rel = path.relative_to(PACKAGE.parent).with_suffix("")
+    parts = list(rel.parts)
+    if parts[-1] == "__init__" and len(parts) > 1:
+        parts.pop()
+    return ".".join(parts)
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """Every timpy module imported anywhere in a module's text (TYPE_CHECKING blocks and functions too)."""
+    tree = ast.parse(source, filename=module)
+    package = module.split(".")
+    if not is_package:
+        package = package[:-1]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "timpy"]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.split(".")[0] != "timpy":
+                continue
+            if target == "timpy" or node.module is None:
+                # "from timpy import errors", "from . import session": each name is a module.
+                found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
+            else:
+                found.append((node.lineno, target))
+    return found
+
+
+def violations() -> list[str]:
+    problems = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        importer = module_name(path)
+        source = path.read_text(encoding="utf-8")
+        for line, imported in imports_of(source, importer, path.name == "__init__.py"):
+            rule = may_import(layer_of(importer), layer_of(imported))
+            if rule is not None:
+                problems.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line}: {importer} imports {imported} "
+                    f"({layer_of(importer)} -> {layer_of(imported)}): {rule}"
+                )
+    return problems
+
+
+def test_every_import_points_down() -> None:
+    problems = violations()
+    assert not problems, "upward imports:\n" + "\n".join(problems)
+
+
+@pytest.mark.parametrize(
+    ("importer", "imported", "allowed"),
+    [
+        ("im", "store", True),
+        ("store", "im", False),
+        ("gateway", "node", False),
+        ("node", "gateway", True),
+        ("client", "wire", True),
+        ("client", "im", False),
+        ("im", "client", False),
+        ("top", "node", True),
+        ("wire", "top", False),
+        ("config", "crypto", True),
+        ("config", "store", False),
+    ],
+)
+def test_the_rules(importer: str, imported: str, allowed: bool) -> None:
+    assert (may_import(importer, imported) is None) is allowed
+
+
+def test_the_checker_sees_type_checking_and_relative_imports() -> None:
+    source = (
+        "from typing import TYPE_CHECKING\n"
+        "from . import session\n"
+        "if TYPE_CHECKING:\n"
+        "    from ..node.node import Node\n"
+        "def later():\n"
+        "    import timpy.cli.main\n"
+    )
+    found = [name for _, name in imports_of(source, "timpy.gateway.probe")]
+    assert found == ["timpy.gateway.session", "timpy.node.node", "timpy.cli.main"]
+    rules = [may_import("gateway", layer_of(name)) for name in found]
+    assert rules[0] is None and rules[1] is not None and rules[2] is not None
