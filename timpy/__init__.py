@@ -30,7 +30,9 @@ from timpy.config import (
     load_config,
 )
 from timpy.errors import Code, RemoteError, TimpyError
-from timpy.im.messages import (
+from timpy.node import Node, open_node
+from timpy.store.backends import BackendSpec
+from timpy.wire.messages import (
     KIND_BURN,
     KIND_BURNED,
     KIND_CUSTOM_MIN,
@@ -40,8 +42,6 @@ from timpy.im.messages import (
     KIND_RECALL,
     ChatMessage,
 )
-from timpy.node import Node, open_node
-from timpy.store.backends import BackendSpec
 
 __version__ = "0.1.0"
 

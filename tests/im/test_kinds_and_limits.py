@@ -12,7 +12,8 @@ from timpy.config import Limits
 from timpy.errors import Code, RequestError
 from timpy.im import kinds
 from timpy.im.accounts import apply_profile_changes, check_profile_changes
-from timpy.im.messages import (
+from timpy.im.routes import Route, over_limit
+from timpy.wire.messages import (
     KIND_BURN,
     KIND_BURNED,
     KIND_EDIT,
@@ -22,7 +23,6 @@ from timpy.im.messages import (
     pack_content,
     unpack_content,
 )
-from timpy.im.routes import Route, over_limit
 
 
 def msg(sender: str = "ann", kind: int = KIND_NORMAL, at: int = 1_000) -> ChatMessage:

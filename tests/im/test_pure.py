@@ -7,9 +7,9 @@ from hypothesis import strategies as st
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids
-from timpy.im.messages import ChatMessage, Delivery
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
+from timpy.wire.messages import ChatMessage, Delivery
 
 
 @given(st.text(min_size=1, max_size=80))

@@ -66,7 +66,7 @@ def test_a_device_on_a_second_node_kicks_the_first():
 
 
 def test_pushes_go_to_the_nodes_holding_terminals_and_dead_nodes_are_dropped():
-    from timpy.im.messages import ChatMessage, Delivery
+    from timpy.wire.messages import ChatMessage, Delivery
 
     routes, notes, registry, placement = setup()
     routes.attach(b"u", b"phone", "b")
@@ -84,7 +84,7 @@ def test_pushes_go_to_the_nodes_holding_terminals_and_dead_nodes_are_dropped():
 
 
 def test_a_skipped_position_asks_for_a_resync_instead_of_delivering_out_of_order():
-    from timpy.im.messages import ChatMessage, Delivery
+    from timpy.wire.messages import ChatMessage, Delivery
 
     link, gaps = Link(), []
     t = LiveTerminal(b"u", b"d", "d", link, on_gap=gaps.append)

@@ -267,9 +267,9 @@ async def _prefill(workdir: Path, count: int, clients: int) -> float:
     from timpy.crypto.keys import load_or_create_cluster_key
     from timpy.crypto.seal import Sealer
     from timpy.im import ids, kinds
-    from timpy.im.messages import pack_content
     from timpy.store.engine import sqlite_engine
     from timpy.store.repository import NewMessage, Repository
+    from timpy.wire.messages import pack_content
 
     keys, _ = load_or_create_cluster_key(workdir / "data" / "cluster.key", create=False)
     indexer = BlindIndexer(keys.index)

@@ -19,7 +19,7 @@ import trio
 import timpy
 from timpy.client.client import TlsError, UrlError, parse_url
 from timpy.errors import RemoteError
-from timpy.im.messages import ChatMessage
+from timpy.wire.messages import ChatMessage
 
 
 def _line(m: ChatMessage) -> str:

@@ -36,9 +36,9 @@ from thriftpy2.thrift import TPayload
 
 from timpy.concurrency import unwrap_single_error
 from timpy.errors import Code, RemoteError, TimpyError
-from timpy.im.messages import KIND_DELETED, KIND_EDIT, KIND_NORMAL, KIND_RECALL, ChatMessage
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
+from timpy.wire.messages import KIND_DELETED, KIND_EDIT, KIND_NORMAL, KIND_RECALL, ChatMessage
 
 CLIENT_MAX_FRAME = 64 * 1024 * 1024
 ACK_INTERVAL = 0.05

@@ -31,7 +31,7 @@ from timpy.errors import AuthError, Code, ConfigError, RequestError, TimpyError
 from timpy.gateway.tls import server_context
 
 if TYPE_CHECKING:
-    from timpy.node.node import Node
+    from timpy.gateway.services import NodeServices
 
 log = logging.getLogger("timpy.admin")
 
@@ -113,7 +113,7 @@ def hypercorn_config(admin: AdminConfig, host: str, port: int) -> HypercornConfi
     return hc
 
 
-def build_app(node: Node, token: str) -> Starlette:
+def build_app(node: NodeServices, token: str) -> Starlette:
     expected = f"Bearer {token}".encode()
 
     def guarded(handler: Handler, secured: bool = True) -> Callable[[Request], Awaitable[Response]]:

@@ -24,14 +24,14 @@ from timpy.crypto.tokens import TokenClaims
 from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyError
 from timpy.im import ids
 from timpy.im.accounts import Identity
-from timpy.im.messages import ChatMessage, Delivery, SendResult
 from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
 from timpy.wire import protocol as wp
+from timpy.wire.messages import ChatMessage, Delivery, SendResult
 
 if TYPE_CHECKING:
-    from timpy.node.node import Node
+    from timpy.gateway.services import NodeServices
 
 log = logging.getLogger("timpy.gateway")
 
@@ -131,7 +131,7 @@ def error_frame(rid: int, exc: TimpyError) -> TPayload:
 
 
 class ClientSession:
-    def __init__(self, node: Node, peer: str, clock: Callable[[], float] = trio.current_time) -> None:
+    def __init__(self, node: NodeServices, peer: str, clock: Callable[[], float] = trio.current_time) -> None:
         self.node = node
         self.peer = peer
         limits = node.config.limits

@@ -33,7 +33,7 @@ from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
 
 if TYPE_CHECKING:
-    from timpy.node.node import Node
+    from timpy.gateway.services import NodeServices
 
 log = logging.getLogger("timpy.gateway")
 _WRITE_BATCH = 128
@@ -85,7 +85,7 @@ _INTERNAL = TimpyError("internal error on the node; it was logged. Reconnect and
 
 
 @contextmanager
-def _one_connection(node: Node, describe_it: object) -> Iterator[None]:
+def _one_connection(node: NodeServices, describe_it: object) -> Iterator[None]:
     """A fault in one connection's tasks ends that connection alone, logged
     with the peer and the user; the listener and the node go on."""
     try:
@@ -146,7 +146,7 @@ async def _close_with_error(send: object) -> None:
 _FULL = ProtocolError("the node has too many connections; try another node or later", Code.TOO_MANY_CONNECTIONS)
 
 
-def client_tls(node: Node) -> ssl.SSLContext | None:
+def client_tls(node: NodeServices) -> ssl.SSLContext | None:
     """The TLS context of the client listeners, or None without TLS."""
     c = node.config
     if c.tls_cert is None or c.tls_key is None:
@@ -164,7 +164,7 @@ def _peer_of(stream: trio.abc.Stream) -> str:
         return "?"
 
 
-async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
+async def serve_tcp_stream(node: NodeServices, stream: trio.abc.Stream) -> None:
     """Serve one client over a byte stream in the TCP framing: a socket, a TLS
     stream over one, or an in-memory stream (``timpy.testing``)."""
     peer = _peer_of(stream)
@@ -191,7 +191,7 @@ async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
                 await stream.aclose()
 
 
-async def _serve_tcp_session(node: Node, stream: trio.abc.Stream, session: ClientSession) -> None:
+async def _serve_tcp_session(node: NodeServices, stream: trio.abc.Stream, session: ClientSession) -> None:
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
@@ -247,7 +247,7 @@ async def _serve_tcp_session(node: Node, stream: trio.abc.Stream, session: Clien
         session.finish()
 
 
-async def run_tcp_listener(node: Node, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
+async def run_tcp_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
     tls = client_tls(node)
 
     async def handler(stream: trio.abc.Stream) -> None:
@@ -266,7 +266,7 @@ def _encode_ws(frame: TPayload | Encoded, json_mode: bool) -> bytes | str:
     return jsonmap.encode_json(frame_out(frame)) if json_mode else encode_out(frame)
 
 
-async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None:
+async def serve_websocket_request(node: NodeServices, request: WebSocketRequest) -> None:
     if not node.gate.admit():
         ws = await request.accept()
         try:
@@ -341,7 +341,7 @@ async def _serve_ws_session(ws: WebSocketConnection, session: ClientSession) -> 
         session.finish()
 
 
-async def run_ws_listener(node: Node, host: str, port: int, task_status: trio.TaskStatus[object]) -> None:
+async def run_ws_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[object]) -> None:
     async def handler(request: WebSocketRequest) -> None:
         await serve_websocket_request(node, request)
 

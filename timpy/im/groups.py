@@ -25,11 +25,11 @@ from timpy.im import group_rules as rules
 from timpy.im import ids
 from timpy.im.accounts import RESERVED_NAMES, SYSTEM_USER, Identity
 from timpy.im.group_rules import Group, JoinPolicy, Role
-from timpy.im.messages import KIND_BURN, SendResult
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.store.repository import Store
+from timpy.wire.messages import KIND_BURN, SendResult
 
 OPS = frozenset({
     "create", "get", "join", "leave", "approve", "reject", "invite", "kick", "set_admin", "transfer",

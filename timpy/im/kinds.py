@@ -17,7 +17,7 @@ from collections.abc import Callable
 import msgpack
 
 from timpy.errors import Code, RequestError
-from timpy.im.messages import (
+from timpy.wire.messages import (
     KIND_BURN,
     KIND_BURNED,
     KIND_DELETED,

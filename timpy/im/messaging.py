@@ -32,20 +32,6 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, StorageError, TimpyError
 from timpy.im import ids, kinds
 from timpy.im.accounts import RESERVED_NAMES, Identity
-from timpy.im.messages import (
-    KIND_BURNED,
-    KIND_CUSTOM_MIN,
-    KIND_DELETED,
-    KIND_EDIT,
-    KIND_NORMAL,
-    KIND_RECALL,
-    KNOWN_KINDS,
-    ChatMessage,
-    Delivery,
-    SendResult,
-    pack_content,
-    unpack_content,
-)
 from timpy.im.peers import Peers
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.replication import Replicator
@@ -58,6 +44,20 @@ from timpy.store.repository import (
     Store,
     StoredMessage,
     Written,
+)
+from timpy.wire.messages import (
+    KIND_BURNED,
+    KIND_CUSTOM_MIN,
+    KIND_DELETED,
+    KIND_EDIT,
+    KIND_NORMAL,
+    KIND_RECALL,
+    KNOWN_KINDS,
+    ChatMessage,
+    Delivery,
+    SendResult,
+    pack_content,
+    unpack_content,
 )
 
 MAX_EXT_BYTES = 4096

@@ -24,12 +24,12 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids, kinds
 from timpy.im.accounts import Identity
-from timpy.im.messages import KIND_BURN, KIND_BURNED, pack_content
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
 from timpy.store.repository import Copies, NewMessage, Store
+from timpy.wire.messages import KIND_BURN, KIND_BURNED, pack_content
 
 BURN_SCAN = 1000  # messages a read receipt looks through for BURN messages
 UNREAD_SCAN = 10_000  # inbox entries counted for unread counts (the newest)

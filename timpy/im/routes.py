@@ -24,9 +24,9 @@ import trio
 
 from timpy.config import Limits
 from timpy.errors import Code, RequestError, TimpyError
-from timpy.im.messages import Delivery, unpack_content
 from timpy.im.peers import Peers
 from timpy.im.terminals import TerminalRegistry
+from timpy.wire.messages import Delivery, unpack_content
 
 log = logging.getLogger("timpy.routes")
 

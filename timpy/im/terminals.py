@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from timpy.errors import Code
-from timpy.im.messages import Delivery
+from timpy.wire.messages import Delivery
 
 
 class TerminalLink(Protocol):

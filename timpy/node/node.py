@@ -41,7 +41,6 @@ from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_li
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
 from timpy.im.groups import Groups
-from timpy.im.messages import KIND_NORMAL, SendResult
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.presence import Presence
@@ -63,6 +62,7 @@ from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
 from timpy.store.repository import Repository, Store
 from timpy.store.sharded import ShardedRepository
+from timpy.wire.messages import KIND_NORMAL, SendResult
 
 log = logging.getLogger("timpy.node")
 

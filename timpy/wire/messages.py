@@ -1,4 +1,4 @@
-"""Message values of the domain, and their sealed-content encoding."""
+"""Message values and kind numbers that client and server share, and the sealed-content encoding."""
 
 from __future__ import annotations
 
