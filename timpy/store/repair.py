@@ -205,9 +205,10 @@ class RepairQueries:
         m = s.messages
         cleared = changed = 0
         keep = []
-        for conv, seq, dedup, _created, content in [row for row in copies.messages if row[0] == key]:
+        for conv, seq, dedup, created, content in [row for row in copies.messages if row[0] == key]:
             here = list(conn.execute(
-                select(m.c.seq, m.c.dedup).where(and_(m.c.conv_id == conv, or_(m.c.seq == seq, m.c.dedup == dedup)))
+                select(m.c.seq, m.c.dedup, m.c.created_ms)
+                .where(and_(m.c.conv_id == conv, or_(m.c.seq == seq, m.c.dedup == dedup)))
             ))
             drop = False
             for r in here:
@@ -217,7 +218,9 @@ class RepairQueries:
                         update(m).where(and_(m.c.conv_id == conv, m.c.seq == seq, func.length(m.c.content) > 0))
                         .values(content=b"")
                     ).rowcount
-                elif int(r.seq) == seq and bytes(r.dedup) != dedup and seq in replace:
+                elif int(r.seq) == seq and seq in replace and (
+                    bytes(r.dedup) != dedup or int(r.created_ms) != int(created)
+                ):  # another message here, or this one with another time (the slot hashes differ either way)
                     conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == seq)))
                     cleared += 1
                 elif int(r.seq) != seq and bytes(r.dedup) == dedup:
