@@ -28,6 +28,7 @@ import ctypes
 import hashlib
 import json
 import os
+import re
 import signal
 import socket
 import sqlite3
@@ -68,7 +69,21 @@ FAST = (
 
 # Promises the merged quorum + repair code is known to break here, by step:
 # the check still runs; when it fails the test is marked xfail naming it.
-KNOWN_GAPS: dict[str, str] = {}
+KNOWN_GAPS: dict[str, str] = {
+    "3. quick owner restart: the live terminal receives every message": (
+        "issue 15 item 3, a live terminal keeps receiving across any owner restart: when the restarted owner "
+        "was declared dead and came back (two ring epochs in ~4 s) it got the terminal's record back "
+        "('records again 1 live terminal(s)') and appended every later message to the user's inbox on all "
+        "replicas, yet pushed none of them to the live terminal (0 of 10 in the failing runs; it depends on "
+        "which node owns the user)"
+    ),
+    "repair: no slot ever held two different values on two replicas": (
+        "issue 15: 'no (conversation, seq) or (user, inbox position) ever holds two different messages on any "
+        "replica'; docs/consistency.md (Limits) states that never-acknowledged rows can still conflict; seen here "
+        "too: one replica holding an acknowledged message's slot with the same dedup and sealed bytes but "
+        "another created_ms (which repair then looped on; fixed in this branch, timpy/store/repair.py)"
+    ),
+}
 
 
 # --- namespaces -----------------------------------------------------------
@@ -233,6 +248,12 @@ class Node:
         return json.loads(done.stdout) if done.returncode == 0 else None
 
 
+async def start_all(nodes: list[Node], join: str | None = None) -> None:
+    async with trio.open_nursery() as nursery:
+        for n in nodes:
+            nursery.start_soon(trio.to_thread.run_sync, n.start, join)
+
+
 async def wait_whole(nodes: list[Node], count: int, limit: float = 90.0) -> float:
     """Until every node sees ``count`` voters and ring members and holds its
     lease; returns the seconds it took."""
@@ -382,8 +403,7 @@ async def test_split_lone_cold_start_and_quick_owner_restart_lose_nothing(lan: L
     try:
         # --- start: node 0 first, the others join it -------------------------
         await trio.to_thread.run_sync(nodes[0].start)
-        for n in nodes[1:]:
-            await trio.to_thread.run_sync(n.start, nodes[0].peer)
+        await start_all(nodes[1:], nodes[0].peer)
         formed = await wait_whole(nodes, NODES)
         v.say(f"cluster of {NODES} formed (voters, ring, leases) in {formed:.1f} s")
         for i, user in enumerate(USERS):
@@ -403,6 +423,8 @@ async def test_split_lone_cold_start_and_quick_owner_restart_lose_nothing(lan: L
                 heal_t = time.time()
                 await trio.to_thread.run_sync(lan.heal)
                 healed = await wait_whole(nodes, NODES)
+                v.say(f"split at {time.strftime('%H:%M:%S', time.gmtime(split_t))} UTC, healed at "
+                      f"{time.strftime('%H:%M:%S', time.gmtime(heal_t))}")
                 v.say(f"healed: every node back in one ring with its lease {healed:.1f} s after the heal")
                 await trio.sleep(AFTER_HEAL_S)
                 stop.set()
@@ -413,11 +435,13 @@ async def test_split_lone_cold_start_and_quick_owner_restart_lose_nothing(lan: L
         minority_refusals = [r for r in during if r[1] in MINORITY]
         minority_acks = [a for a in rec.acks if a["node"] in MINORITY and split_t <= a["t"] <= heal_t]
         first_refusal = min((r[2] for r in minority_refusals), default=None)
+        minority_timeouts = [t for t in rec.timeouts if t[1] in MINORITY and split_t <= t[2] <= heal_t]
         last_minority_ack = max((a["t"] for a in minority_acks), default=None)
         v.say(
             f"split: {len(minority_refusals)} sends refused UNAVAILABLE on the minority side "
             f"(first {_after(first_refusal, split_t)} after the split), {len(minority_acks)} acknowledged there "
-            f"(last {_after(last_minority_ack, split_t)} after the split); "
+            f"(last {_after(last_minority_ack, split_t)} after the split), {len(minority_timeouts)} attempts there "
+            f"unanswered for {ATTEMPT_S} s; "
             f"{sum(r[1] in MAJORITY for r in during)} refusals on the majority side"
         )
         for s in senders:
@@ -442,9 +466,7 @@ async def test_split_lone_cold_start_and_quick_owner_restart_lose_nothing(lan: L
         v.check("2. lone cold start: logs no one in", not lone["logins"], f"logged in: {lone['logins']}")
         v.check("2. lone cold start: accepts no registration", not lone["registered"],
                 f"registered: {lone['registered']}")
-        for n in nodes:
-            if n.i != LONE:
-                await trio.to_thread.run_sync(n.start)  # no --join: each rejoins the members it knew
+        await start_all([n for n in nodes if n.i != LONE])  # no --join: each rejoins the members it knew
         rejoined = await wait_whole(nodes, NODES)
         v.say(f"the other four started without --join: one ring again in {rejoined:.1f} s")
         after = await probe_after_lone(lan)
@@ -457,6 +479,13 @@ async def test_split_lone_cold_start_and_quick_owner_restart_lose_nothing(lan: L
         await wait_repair_passes(nodes, v)
         await check_histories(lan, rec, v)
         check_replicas(nodes, indexer, rec, v)
+        found = conflicts_logged(nodes)
+        acked_slots = {(ids.parse_conversation(a["conv"]).hex(), a["seq"]) for a in rec.acks}
+        at_acked = sorted(c for c in found if c[0] == "conversation" and (c[1], c[2]) in acked_slots)
+        v.say(f"repair found {len(found)} distinct slots held with two values on two replicas "
+              f"({len(at_acked)} at acknowledged positions): {sorted(found)[:6]}")
+        v.check("repair: no slot ever held two different values on two replicas", not found,
+                f"{len(found)} slots, {len(at_acked)} at acknowledged positions, e.g. {(at_acked or sorted(found))[:4]}")
         v.check("3. quick owner restart: the live terminal receives every message", live["missing"] == [],
                 f"missing {live['missing']} of {live['sent']} (received {live['received']})")
         v.check("load: no send refused with an error a retry cannot fix", not rec.errors, f"errors: {rec.errors[:10]}")
@@ -577,6 +606,7 @@ async def quick_owner_restart(lan: Lan, nodes: list[Node], indexer: BlindIndexer
     received: set[str] = set()
     live_closed: list[str] = []
     async with trio.open_nursery() as nursery:
+        deaths = sum(_dead_lines(n, owner.info["node_id"]) for n in nodes if n is not owner)
         async with timpy.connect(connector(lan.ns(terminal_node)), user, PASSWORD, device="live") as term:
 
             async def read() -> None:
@@ -603,6 +633,9 @@ async def quick_owner_restart(lan: Lan, nodes: list[Node], indexer: BlindIndexer
                 while not set(bodies) <= received and not live_closed:
                     await trio.sleep(0.1)
         nursery.cancel_scope.cancel()
+    deaths = sum(_dead_lines(n, owner.info["node_id"]) for n in nodes if n is not owner) - deaths
+    v.say(f"the restarted owner was declared dead {deaths} time(s) by the others meanwhile "
+          f"({'a ring change' if deaths else 'no ring change'})")
     missing = [b for b in bodies if b not in received]
     if live_closed:
         missing.append(f"(the live connection closed: {live_closed[0]})")
@@ -610,24 +643,48 @@ async def quick_owner_restart(lan: Lan, nodes: list[Node], indexer: BlindIndexer
     return {"missing": missing, "sent": len(bodies), "received": len(set(bodies) & received)}
 
 
+def _dead_lines(node: Node, node_id: str) -> int:
+    return sum(f"member {node_id} at" in line and " is dead" in line
+               for line in (node.work / "node.log").read_text(errors="replace").splitlines())
+
+
 # --- step 4: repair and the checker ---------------------------------------------------
 
 
 async def wait_repair_passes(nodes: list[Node], v: Verdict) -> None:
-    """Until every node has finished two repair passes that started after the
-    load stopped (so at least one whole pass saw the final state)."""
-    start = {n.i: (await n.status() or {}).get("repair", {}).get("passes", 0) for n in nodes}
+    """Until every node has finished a repair pass that started after the
+    load stopped (so one whole pass saw the final state)."""
+    need = {}
+    for n in nodes:
+        rep = (await n.status() or {}).get("repair", {})
+        # a pass running now may have started before the load stopped: wait for the one after it
+        need[n.i] = rep.get("passes", 0) + (2 if rep.get("running", True) else 1)
     began = time.monotonic()
     with trio.move_on_after(60):
         while True:
             infos = {n.i: await n.status() for n in nodes}
-            if all(info and info["repair"]["passes"] >= start[i] + 2 for i, info in infos.items()):
+            if all(info and info["repair"]["passes"] >= need[i] for i, info in infos.items()):
                 break
             await trio.sleep(1.0)
     reps = {i: (info or {}).get("repair", {}) for i, info in infos.items()}
-    v.say(f"repair: two passes on every node in {time.monotonic() - began:.1f} s; since start, rows repaired "
+    v.say(f"repair: a whole pass on every node in {time.monotonic() - began:.1f} s; since start, rows repaired "
           f"{ {i: r.get('rows_repaired') for i, r in reps.items()} }, conflicting slots "
           f"{ {i: r.get('conflicting_slots') for i, r in reps.items()} }")
+
+
+_CONFLICT = re.compile(
+    r"repair: (conversation|user) ([0-9a-f]+) held \d+ slot\(s\) with different values here and on \S+ \(([^)]*)\)"
+)
+
+
+def conflicts_logged(nodes: list[Node]) -> set[tuple[str, str, int]]:
+    """(kind, key hex, slot) of every slot repair found held with two values
+    (from the logs, which outlive restarts; the status counters do not)."""
+    out: set[tuple[str, str, int]] = set()
+    for n in nodes:
+        for m in _CONFLICT.finditer((n.work / "node.log").read_text(errors="replace")):
+            out.update((m.group(1), m.group(2), int(x)) for x in m.group(3).split(", ") if x.isdigit())
+    return out
 
 
 def _acks_by_conv(rec: Record) -> dict[str, list[dict]]:
@@ -724,6 +781,12 @@ def check_replicas(nodes: list[Node], indexer: BlindIndexer, rec: Record, v: Ver
                     v.check(step, False, f"conversation {conv.hex()[:12]}: node {name_of[node]} differs "
                                          f"({len(rows)} vs {len(first)} rows; slots {[d[0] for d in diff]})")
             sender_id = ids.user_id(indexer, acks[0]["user"])
+            for node_id, db in dbs.items():  # any node, replica or not: never another message at an acked seq
+                held = dict(db.execute("SELECT seq, dedup FROM messages WHERE conv_id = ?", (conv,)).fetchall())
+                for a in acks:
+                    if a["seq"] in held and bytes(held[a["seq"]]) != ids.dedup_index(indexer, sender_id, a["cid"]):
+                        v.check("replicas: no node holds another message at an acknowledged position", False,
+                                f"conversation {conv.hex()[:12]} seq {a['seq']} ({a['cid']}) on node {name_of[node_id]}")
             for a in acks:
                 dedup = ids.dedup_index(indexer, sender_id, a["cid"])
                 for node, rows in copies.items():
