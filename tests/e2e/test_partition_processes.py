@@ -79,9 +79,11 @@ KNOWN_GAPS: dict[str, str] = {
     ),
     "repair: no slot ever held two different values on two replicas": (
         "issue 15: 'no (conversation, seq) or (user, inbox position) ever holds two different messages on any "
-        "replica'; docs/consistency.md (Limits) states that never-acknowledged rows can still conflict; seen here "
-        "too: one replica holding an acknowledged message's slot with the same dedup and sealed bytes but "
-        "another created_ms (which repair then looped on; fixed in this branch, timpy/store/repair.py)"
+        "replica'; docs/consistency.md (Limits) states that never-acknowledged rows can still conflict. Seen "
+        "here at acknowledged positions: right after the heal the former minority's stale proposal (a ring of "
+        "its 2 nodes, the next epoch number) was accepted by all 5 and both minority nodes held leases for ~1 s "
+        "before the 5-node ring; and a slot held with the same dedup and sealed bytes but another created_ms "
+        "(which repair looped on; fixed in this branch, timpy/store/repair.py)"
     ),
 }
 
