@@ -25,7 +25,6 @@ that is a failure instead.
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import json
 import os
 import re
@@ -49,6 +48,7 @@ from tests.e2e.netns import IP, IPTABLES, why_not_available
 from timpy.cluster.ring import HashRing
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, decode_key
+from timpy.crypto.seal import Sealer, row_ad
 from timpy.im import ids
 
 pytestmark = pytest.mark.e2e
@@ -480,7 +480,7 @@ async def test_split_lone_cold_start_and_quick_owner_restart_lose_nothing(lan: L
         # --- 4. one repair pass, then the checker ----------------------------
         await wait_repair_passes(nodes, v)
         await check_histories(lan, rec, v)
-        check_replicas(nodes, indexer, rec, v)
+        check_replicas(nodes, indexer, Sealer(keys.storage), rec, v)
         found = conflicts_logged(nodes)
         acked_slots = {(ids.parse_conversation(a["conv"]).hex(), a["seq"]) for a in rec.acks}
         at_acked = sorted(c for c in found if c[0] == "conversation" and (c[1], c[2]) in acked_slots)
@@ -775,9 +775,11 @@ async def read_history(lan: Lan, node: int, user: str, conv: str) -> list | None
     return None
 
 
-def check_replicas(nodes: list[Node], indexer: BlindIndexer, rec: Record, v: Verdict) -> None:
+def check_replicas(nodes: list[Node], indexer: BlindIndexer, sealer: Sealer, rec: Record, v: Verdict) -> None:
     """Read every node's SQLite file: the R replicas of each conversation and
-    of each user hold the same rows, and every acked message is in them."""
+    of each user hold the same rows, and every acked message is in them.
+    Message content is compared opened (the cluster key's storage key): two
+    replicas may hold one message sealed with different nonces."""
     ring = HashRing.of([n.info["node_id"] for n in nodes])
     dbs = {n.info["node_id"]: sqlite3.connect(f"file:{n.work / 'data' / 'timpy.sqlite3'}?mode=ro", uri=True,
                                               timeout=30) for n in nodes}
@@ -795,7 +797,10 @@ def check_replicas(nodes: list[Node], indexer: BlindIndexer, rec: Record, v: Ver
                 rows = dbs[node].execute(
                     "SELECT seq, dedup, created_ms, content FROM messages WHERE conv_id = ? ORDER BY seq", (conv,)
                 ).fetchall()
-                copies[node] = {int(q): (bytes(d), int(t), hashlib.sha256(bytes(c)).hexdigest()) for q, d, t, c in rows}
+                copies[node] = {
+                    int(q): (bytes(d), int(t), bytes(c) and sealer.open(bytes(c), row_ad("messages", conv, int(q))))
+                    for q, d, t, c in rows
+                }
             first = next(iter(copies.values()))
             for node, rows in copies.items():
                 if rows != first:
