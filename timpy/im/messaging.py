@@ -291,9 +291,20 @@ class Messenger:
         keys = {("conv", p.new.conv_id) for p in news}
         keys |= {("user", u) for p in news for u in p.new.members if self._peers.is_local(u)}
         keys |= {("user", p.item.user_id) for p in inbox}
+        self._peers.require_write()  # no lease (no majority): refuse before anything is stored
+        failed: list[TimpyError] = []
+
+        async def ensure(kind: str, key: bytes) -> None:
+            try:
+                await self._replicator.ensure(kind, key)
+            except TimpyError as exc:
+                failed.append(exc)
+
         async with trio.open_nursery() as nursery:
             for kind, key in keys:
-                nursery.start_soon(self._replicator.ensure, kind, key)
+                nursery.start_soon(ensure, kind, key)
+        if failed:
+            raise failed[0]  # a key's copies out of reach fails the batch, which is then stored request by request
 
     async def _replicate(self, news: list[_Pending], inbox: list[_PendingInbox], written: Written) -> None:
         """Copy the batch's rows to each key's other replicas; wait for the write quorum."""

@@ -28,7 +28,8 @@ from dataclasses import dataclass
 
 import trio
 
-from timpy.errors import Code, TimpyError
+from timpy.cluster.ownership import Epoch
+from timpy.errors import Code, StorageError, TimpyError
 from timpy.im.peers import Peers
 from timpy.store.repository import Copies, Store
 
@@ -38,6 +39,10 @@ QUORUM_TIMEOUT = 3.0
 CATCH_UP_TIMEOUT = 2.0
 DIGEST_PAGE = 500
 COPY_PAGE = 2000
+
+
+class CopiesOutOfReach(StorageError):
+    """Too few of a key's previous replicas answered to be sure of its latest writes."""
 
 
 @dataclass
@@ -90,10 +95,13 @@ class Replicator:
         needs = [(nodes, n) for nodes, n in groups if n > 0]
         copies = {node: c for node, c in copies.items() if c and node != self._peers.self_id}
         if not copies:
+            self._peers.require_write()
             if needs:
                 raise TimpyError("not enough replicas to store this write; retry", Code.UNAVAILABLE)
             return
-        calls = {node: self._peers.start_call(node, "copies.apply", c.pack()) for node, c in copies.items()}
+        self._peers.require_write()
+        epoch = self._peers.epoch_number  # replicas that accepted a newer epoch refuse these copies
+        calls = {node: self._peers.start_call(node, "copies.apply", c.pack(), epoch) for node, c in copies.items()}
         acked: set[str] = set()
         done = trio.Event()
 
@@ -130,6 +138,7 @@ class Replicator:
                 "the write reached fewer replicas than the write quorum; it may be stored: send it again",
                 Code.UNAVAILABLE,
             )
+        self._peers.require_write()  # acknowledged only while the lease still holds
 
     # --- catch-up on takeover ----------------------------------------------
 
@@ -142,36 +151,61 @@ class Replicator:
     async def ensure(self, kind: str, key: bytes) -> None:
         """Pull what the key's other replicas hold beyond this node's copy,
         once per ring version ("conv" or "user")."""
-        if self._peers.rpc is None or self.shared or self._is_warm(kind, key):
+        if self._peers.rpc is None or self.shared:
+            return
+        self._peers.require_write()
+        if self._is_warm(kind, key):
             return
         lock = self._locks.setdefault((kind, key), trio.Lock())
         async with lock:
             if self._is_warm(kind, key):
                 return
-            version = self._peers.placement.version
-            others = [n for n in self._peers.placement.replicas(key) if n != self._peers.self_id]
+            placement = self._peers.placement
+            version = placement.version
+            previous = placement.previous_replicas(key) or placement.replicas(key)
+            others = sorted(set(previous + placement.replicas(key)) - {self._peers.self_id})
+            # An acknowledged write is on W of the key's previous replicas: hear
+            # from enough of them (this node counts if it was one) that any W
+            # of them include one that answered, else refuse the key.
+            need = len(previous) - min(self._peers.placement.config.write_quorum, len(previous)) + 1
+            need -= self._peers.self_id in previous
             if others:
-                await self._pull(kind, key, others)
+                answered = await self._pull(kind, key, others)
+                got = len(answered & set(previous))
+                if got < need:
+                    raise CopiesOutOfReach(
+                        f"this node could reach only {got} of the {len(previous) - (self._peers.self_id in previous)} "
+                        f"other nodes that held this {'conversation' if kind == 'conv' else 'account'}; "
+                        f"it needs {need} to be sure it has every message: retry later",
+                        Code.UNAVAILABLE,
+                    )
             if self._peers.placement.version == version:
                 self._warm.add((kind, key))
         if not lock.locked():
             self._locks.pop((kind, key), None)
 
-    async def _pull(self, kind: str, key: bytes, others: list[str]) -> None:
+    async def _pull(self, kind: str, key: bytes, others: list[str]) -> set[str]:
+        """Fence each node at this node's epoch and copy what it has beyond
+        our copy; returns the nodes that answered completely."""
         repo = self._store.repo
         head_fn = repo.conversation_head if kind == "conv" else repo.inbox_head
         mine = await self._store.run(head_fn, key)
+        epoch = self._peers.ownership.epoch.pack() if self._peers.ownership is not None else None
+        answered: set[str] = set()
 
         async def from_node(node: str) -> None:
             after = max(mine, 0)
             try:
                 for _ in range(1000):  # bounded: COPY_PAGE rows a round
-                    raw = await self._peers.call(node, f"copies.{kind}", key, after, COPY_PAGE, timeout=CATCH_UP_TIMEOUT)
+                    raw = await self._peers.call(
+                        node, f"copies.{kind}", key, after, COPY_PAGE, epoch, timeout=CATCH_UP_TIMEOUT
+                    )
                     copies = Copies.unpack(raw)
                     if copies:
                         await self._store.run(repo.apply_copies, copies)
                     rows = copies.messages if kind == "conv" else copies.inbox
                     if len(rows) < COPY_PAGE:
+                        answered.add(node)
                         return
                     after = rows[-1][1]
             except TimpyError as exc:
@@ -180,6 +214,7 @@ class Replicator:
         async with trio.open_nursery() as nursery:
             for node in others:
                 nursery.start_soon(from_node, node)
+        return answered
 
     # --- anti-entropy -------------------------------------------------------
 
@@ -251,7 +286,7 @@ class Replicator:
             if not copies:
                 continue
             try:
-                await self._peers.call(node, "copies.apply", copies.pack(), timeout=10.0)
+                await self._peers.call(node, "copies.apply", copies.pack(), self._peers.epoch_number, timeout=10.0)
             except TimpyError as exc:
                 log.debug("anti-entropy copy to %s: %s", node, exc.text)
                 return repaired, sent
@@ -267,13 +302,25 @@ class Replicator:
             return
         repo = self._store.repo
 
-        async def apply(raw: list) -> int:
-            return await self._store.run(repo.apply_copies, Copies.unpack(raw))
+        ownership = self._peers.ownership
 
-        async def conv(key: bytes, after: int, limit: int) -> list:
+        async def apply(raw: list, epoch: int = 0) -> int:
+            if ownership is None:
+                return await self._store.run(repo.apply_copies, Copies.unpack(raw))
+            async with ownership.applying(int(epoch)):  # a stale writer's copy is refused
+                return await self._store.run(repo.apply_copies, Copies.unpack(raw))
+
+        async def fence(epoch: list | None) -> None:
+            # A new owner reads this copy: from now on refuse writes from older epochs.
+            if ownership is not None and epoch is not None:
+                await ownership.fence(Epoch.unpack(epoch))
+
+        async def conv(key: bytes, after: int, limit: int, epoch: list | None = None) -> list:
+            await fence(epoch)
             return (await self._store.run(repo.conversation_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
 
-        async def user(key: bytes, after: int, limit: int) -> list:
+        async def user(key: bytes, after: int, limit: int, epoch: list | None = None) -> list:
+            await fence(epoch)
             return (await self._store.run(repo.user_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
 
         async def behind(kind: str, digest: list) -> list:
