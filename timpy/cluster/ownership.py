@@ -101,6 +101,7 @@ class LeaseRound:
 
     epoch: Epoch
     sent_at: float
+    established: bool = False  # the holder knows its epoch was accepted by a majority
     granted: set[str] = field(default_factory=set)
     answered: set[str] = field(default_factory=set)
 
@@ -150,12 +151,17 @@ class Ownership:
         ends = [until for number, until in self._grants.values() if number < self.epoch.number and until > now]
         return max(ends, default=now)
 
-    def grant(self, now: float, holder: str, epoch: Epoch, holder_dead: bool) -> bool:
-        """Grant ``holder`` a lease under ``epoch``; the promise lasts ``lease_duration``."""
+    def grant(self, now: float, holder: str, epoch: Epoch, holder_dead: bool, established: bool = False) -> bool:
+        """Grant ``holder`` a lease under ``epoch``; the promise lasts
+        ``lease_duration``. Only under an epoch known to be established (a
+        majority of its old and of its new voters accepted it): the holder's
+        word (``established``) counts, as every member runs this code."""
         for name, (_, until) in list(self._grants.items()):
             if until <= now:
                 del self._grants[name]
-        if epoch != self.epoch or holder_dead or holder not in epoch.voters:
+        if established and epoch == self.epoch and self.established_at is None:
+            self.established_at = now
+        if epoch != self.epoch or holder_dead or holder not in epoch.voters or self.established_at is None:
             return False
         if self.older_grants_until(now) > now:
             return False  # a lease under an older epoch may still be in use
@@ -165,12 +171,14 @@ class Ownership:
     # --- holder -------------------------------------------------------------
 
     def start_round(self, now: float) -> LeaseRound:
-        return LeaseRound(self.epoch, now)
+        return LeaseRound(self.epoch, now, self.established_at is not None)
 
     def round_answer(self, now: float, rnd: LeaseRound, voter: str, granted: bool) -> None:
         rnd.answered.add(voter)
         if granted:
             rnd.granted.add(voter)
+            if rnd.epoch == self.epoch and self.established_at is None:
+                self.established_at = now  # a granter grants only under an established epoch
         self.finish_round(now, rnd)
 
     def finish_round(self, now: float, rnd: LeaseRound) -> None:
@@ -234,11 +242,13 @@ class Ownership:
             proposal.accepted.add(self.self_id)
         return proposal
 
-    @staticmethod
-    def proposal_passed(p: Proposal) -> bool:
+    def proposal_passed(self, p: Proposal) -> bool:
         """Accepted by a majority of the old voters and of the new ones (a
-        first epoch, from no voters, needs only the new)."""
-        old_ok = not p.previous.voters or has_majority(p.accepted, p.previous.voters)
+        first epoch, from no voters, needs only the new). Members an operator
+        forgot count as accepting among the old voters: the operator vouches
+        they are gone for good (so a 2-node cluster can shrink to one)."""
+        old_yes = p.accepted | (self.forgotten & p.previous.voters - p.epoch.voters)
+        old_ok = not p.previous.voters or has_majority(old_yes, p.previous.voters)
         return old_ok and has_majority(p.accepted, p.epoch.voters)
 
     def forget(self, name: str) -> None:

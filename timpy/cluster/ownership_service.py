@@ -244,7 +244,9 @@ class OwnershipService:
 
         async def ask(voter: str, address: str) -> None:
             try:
-                granted, theirs = await self._rpc.start_call(address, "own.grant", packed, self.self_id).result(
+                granted, theirs = await self._rpc.start_call(
+                    address, "own.grant", packed, self.self_id, rnd.established
+                ).result(
                     self.config.holder_lease / 2
                 )
             except TimpyError:
@@ -259,12 +261,12 @@ class OwnershipService:
                     nursery.start_soon(ask, voter, address)
         self.core.finish_round(trio.current_time(), rnd)
 
-    def _on_grant(self, raw: list, holder: str) -> list:
+    def _on_grant(self, raw: list, holder: str, established: bool = False) -> list:
         epoch = Epoch.unpack(raw)
         self._learn(epoch)
         m = self._membership()
         dead = m is not None and m.state_of(str(holder)) in (State.DEAD, State.LEFT)
-        granted = self.core.grant(trio.current_time(), str(holder), epoch, dead)
+        granted = self.core.grant(trio.current_time(), str(holder), epoch, dead, bool(established))
         return [granted, self.core.epoch.pack()]
 
     # --- epochs -------------------------------------------------------------
