@@ -216,8 +216,8 @@ class Ownership:
         if self.self_id not in cur.voters or now < self._next_propose:
             return None
         live_voters = live & cur.voters
-        if self.self_id != min(live_voters | {self.self_id}):
-            return None  # the lowest live voter proposes; others wait
+        if self.self_id != min(live_voters | {self.self_id}) and not self.forgotten:
+            return None  # the lowest live voter proposes; others wait (an operator's forget is carried out here)
         voters = cur.voters
         settled = self.established_at is not None and now - self.established_at >= self.config.lease_duration * (
             1 + self.config.max_drift
