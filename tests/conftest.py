@@ -15,6 +15,7 @@ import pytest
 import trio
 
 import timpy
+from timpy.client.client import Connector
 from timpy.config import AdminConfig, ClusterConfig, NodeConfig, SecurityConfig
 
 # argon2id at its minimum cost: tests check behaviour, not hash strength.
@@ -40,7 +41,7 @@ async def node() -> AsyncIterator[timpy.Node]:
         yield n
 
 
-async def users(url: str, *names: str) -> None:
+async def users(url: str | Connector, *names: str) -> None:
     for name in names:
         await timpy.register(url, name, PASSWORD)
 

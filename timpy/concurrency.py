@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from typing import Any, TypeVar
+
+import trio
+
+T = TypeVar("T")
 
 
 def _leaves(group: BaseExceptionGroup) -> Iterator[BaseException]:
@@ -29,3 +34,33 @@ def unwrap_single_error() -> Iterator[None]:
         if len(leaves) == 1:
             raise leaves[0] from None
         raise
+
+
+_INLINE_WORKERS: trio.lowlevel.RunVar[bool] = trio.lowlevel.RunVar("timpy_inline_workers", default=False)
+
+
+@contextmanager
+def inline_workers() -> Iterator[None]:
+    """Inside the block, ``to_worker`` calls of this trio run happen in the trio thread.
+
+    For deterministic tests under ``trio.testing.MockClock``: with autojump, the
+    clock jumps whenever every task waits, and a task waiting for a worker
+    thread counts as waiting, so timeouts would fire while a thread works. Run
+    inline, storage and password hashing take no virtual time. ``timpy.testing``
+    turns this on around its clusters; a real node never does."""
+    token = _INLINE_WORKERS.set(True)
+    try:
+        yield
+    finally:
+        _INLINE_WORKERS.reset(token)
+
+
+async def to_worker(fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None) -> T:
+    """``trio.to_thread.run_sync``, or a plain call inside ``inline_workers``."""
+    if not _INLINE_WORKERS.get():
+        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
+    await trio.lowlevel.checkpoint_if_cancelled()
+    try:
+        return fn(*args)
+    finally:
+        await trio.lowlevel.cancel_shielded_checkpoint()

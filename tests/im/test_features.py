@@ -1,6 +1,7 @@
 """Roster, presence, message kinds, receipts, rooms and streams, terminal
 limits, profiles and per-user limits, through the client library: each on
-one node and across three in-process nodes (users spread over them)."""
+one node over TCP, and across the three nodes of an in-memory cluster
+(``timpy.testing``, under the mock clock) with users spread over them."""
 
 from __future__ import annotations
 
@@ -9,38 +10,49 @@ from contextlib import AsyncExitStack, asynccontextmanager
 
 import pytest
 import trio
+import trio.testing
 
 import timpy
-from tests.conftest import PASSWORD, node_config, users
-from timpy.config import Limits
+from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
+from timpy.client.client import Connector
+from timpy.config import Limits, NodeConfig
+from timpy.testing import open_cluster
 
 
 @asynccontextmanager
-async def place(where: str, **limits: object) -> AsyncIterator[list[timpy.Node]]:
-    """Nodes to connect users to: one node, or three in a cluster."""
+async def place_with_nodes(where: str, **limits: object) -> AsyncIterator[tuple[list[str | Connector], list[timpy.Node]]]:
+    """Where to connect users, and the nodes behind: one node over TCP (the same URL
+    three times), or three nodes of an in-memory cluster (timpy.testing) under the mock clock."""
     if where == "one":
         async with timpy.open_node(node_config(limits=Limits(**limits))) as n:
-            yield [n, n, n]
+            yield [n.tcp_url] * 3, [n]
         return
-    from tests.cluster.test_routing import cluster
+    async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY, limits=Limits(**limits))) as cluster:
+        yield [cluster.connector(i) for i in range(3)], cluster.nodes
 
-    async with cluster(3, ) as (nodes, _, _):
-        for n in nodes:
-            if limits:
-                n.set_limits(**limits)
-        yield nodes
+
+@asynccontextmanager
+async def place(where: str, **limits: object) -> AsyncIterator[list[str | Connector]]:
+    async with place_with_nodes(where, **limits) as (at, _):
+        yield at
 
 
 WHERE = pytest.mark.parametrize("where", ["one", "three"])
 
 
+@pytest.fixture
+def clock(where: str) -> trio.testing.MockClock | None:
+    """Virtual time for the in-memory cluster; real time for the node that listens on a socket."""
+    return trio.testing.MockClock(autojump_threshold=0) if where == "three" else None
+
+
 @asynccontextmanager
-async def clients(nodes: list[timpy.Node], *names: str, **kw: object) -> AsyncIterator[list[timpy.Client]]:
-    await users(nodes[0].tcp_url, *names)
+async def clients(at: list[str | Connector], *names: str, **kw: object) -> AsyncIterator[list[timpy.Client]]:
+    await users(at[0], *names)
     async with AsyncExitStack() as stack:
         out = []
         for i, name in enumerate(names):
-            c = await stack.enter_async_context(timpy.connect(nodes[i % len(nodes)].tcp_url, name, PASSWORD, **kw))
+            c = await stack.enter_async_context(timpy.connect(at[i % len(at)], name, PASSWORD, **kw))
             await c.wait_synced()
             out.append(c)
         yield out
@@ -53,8 +65,8 @@ async def code_of(call) -> timpy.Code:  # noqa: ANN001
 
 
 @WHERE
-async def test_roster_requests_friends_and_blocks(where):
-    async with place(where) as nodes, clients(nodes, "ann", "ben", "cy") as (ann, ben, cy):
+async def test_roster_requests_friends_and_blocks(where, clock):
+    async with place(where) as at, clients(at, "ann", "ben", "cy") as (ann, ben, cy):
         r = await ann.add_friend("ben")
         assert r.outgoing == ["ben"] and r.friends == []
         await _until(ben, timpy.Roster, lambda r: r.incoming == ["ann"])
@@ -89,15 +101,15 @@ async def test_roster_requests_friends_and_blocks(where):
 
 
 @WHERE
-async def test_presence_status_friends_told_and_queries(where):
-    async with place(where) as nodes:
-        await users(nodes[0].tcp_url, "dee", "eli", "fox")
-        async with timpy.connect(nodes[1].tcp_url, "dee", PASSWORD) as dee, \
-                timpy.connect(nodes[2].tcp_url, "fox", PASSWORD) as fox:
+async def test_presence_status_friends_told_and_queries(where, clock):
+    async with place(where) as at:
+        await users(at[0], "dee", "eli", "fox")
+        async with timpy.connect(at[1], "dee", PASSWORD) as dee, \
+                timpy.connect(at[2], "fox", PASSWORD) as fox:
             await dee.add_friend("eli")
             [p] = await fox.presence(["eli"], subscribe=True)
             assert not p.online and p.status == "offline"
-            async with timpy.connect(nodes[0].tcp_url, "eli", PASSWORD) as eli:
+            async with timpy.connect(at[0], "eli", PASSWORD) as eli:
                 await eli.accept_friend("dee")
                 await eli.wait_synced()
                 got = await _presence_of(fox, "eli", online=True)
@@ -137,8 +149,8 @@ async def _presence_of(client: timpy.Client, user: str, **want: object) -> timpy
 
 
 @WHERE
-async def test_recall_edit_burn_and_custom_kinds(where):
-    async with place(where) as nodes, clients(nodes, "gus", "hal") as (gus, hal):
+async def test_recall_edit_burn_and_custom_kinds(where, clock):
+    async with place_with_nodes(where) as (at, nodes), clients(at, "gus", "hal") as (gus, hal):
         a1 = await gus.send("hal", "hello hal")
         a2 = await gus.send("hal", "oops, wrong chat")
         a3 = await gus.send("hal", "this is a typo")
@@ -173,25 +185,25 @@ async def test_recall_edit_burn_and_custom_kinds(where):
         for c in (gus, hal):
             page = await c.history("hal" if c is gus else "gus")
             assert b"self-destructing" not in [m.body for m in page.messages]
-        for n in {id(n): n for n in nodes}.values():
+        for n in nodes:
             row = await n.store.run(n.store.repo.get_message, bytes.fromhex(burn.conversation), burn.seq)
             assert row is None or row.deleted  # no copy is left readable on any node
     # The recall window.
-    async with place(where, recall_window=0.2) as nodes, clients(nodes, "ivy", "jon") as (ivy, jon):
+    async with place(where, recall_window=0.2) as at, clients(at, "ivy", "jon") as (ivy, jon):
         a = await ivy.send("jon", "too late to take back")
         await trio.sleep(0.5)
         assert await code_of(ivy.recall(a.seq, to="jon")) == timpy.Code.NOT_ALLOWED
 
 
 @WHERE
-async def test_a_recalled_message_is_not_delivered_to_a_terminal_that_was_away(where):
-    async with place(where) as nodes:
-        await users(nodes[0].tcp_url, "kim", "lou")
-        async with timpy.connect(nodes[0].tcp_url, "kim", PASSWORD) as kim:
+async def test_a_recalled_message_is_not_delivered_to_a_terminal_that_was_away(where, clock):
+    async with place(where) as at:
+        await users(at[0], "kim", "lou")
+        async with timpy.connect(at[0], "kim", PASSWORD) as kim:
             a = await kim.send("lou", "meant for nobody")
             await kim.send("lou", "still here")
             await kim.recall(a.seq, to="lou")
-        async with timpy.connect(nodes[2].tcp_url, "lou", PASSWORD) as lou:
+        async with timpy.connect(at[2], "lou", PASSWORD) as lou:
             await lou.wait_synced()
             first = await lou.next_message(timeout=10)
             second = await lou.next_message(timeout=10)
@@ -201,8 +213,8 @@ async def test_a_recalled_message_is_not_delivered_to_a_terminal_that_was_away(w
 
 
 @WHERE
-async def test_group_recall_by_admin_and_typing_in_a_conversation(where):
-    async with place(where) as nodes, clients(nodes, "max", "ned", "oli") as (mx, ned, oli):
+async def test_group_recall_by_admin_and_typing_in_a_conversation(where, clock):
+    async with place(where) as at, clients(at, "max", "ned", "oli") as (mx, ned, oli):
         g = await mx.create_group("g", ["ned", "oli"], policy="invite")
         a = await ned.send_group(g.group, "spam")
         for c in (mx, oli):
@@ -222,8 +234,8 @@ async def test_group_recall_by_admin_and_typing_in_a_conversation(where):
 
 
 @WHERE
-async def test_receipts_and_unread_counts(where):
-    async with place(where) as nodes, clients(nodes, "pat", "quin", "rae") as (pat, quin, rae):
+async def test_receipts_and_unread_counts(where, clock):
+    async with place(where) as at, clients(at, "pat", "quin", "rae") as (pat, quin, rae):
         acks = [await pat.send("quin", f"q{i}") for i in range(3)]
         await quin.send("pat", "reply")
         g = await rae.create_group("trio", ["pat", "quin"], policy="invite")
@@ -251,9 +263,9 @@ async def test_receipts_and_unread_counts(where):
 
 
 @WHERE
-async def test_rooms_and_streams(where):
-    async with place(where, room_stream_rate=50.0, room_stream_burst=20, max_rooms_per_user=2) as nodes, \
-            clients(nodes, "sam", "tia", "uma") as (sam, tia, uma):
+async def test_rooms_and_streams(where, clock):
+    async with place(where, room_stream_rate=50.0, room_stream_burst=20, max_rooms_per_user=2) as at, \
+            clients(at, "sam", "tia", "uma") as (sam, tia, uma):
         assert (await sam.enter_room("arena")).members == ["sam"]
         await tia.enter_room("arena")
         info = await uma.enter_room("arena")
@@ -282,9 +294,9 @@ async def test_rooms_and_streams(where):
         assert await code_of(uma.enter_room("")) == timpy.Code.BAD_REQUEST
         assert await code_of(uma.room("dance", "a1")) == timpy.Code.BAD_REQUEST
     # A terminal that goes leaves its rooms.
-    async with place(where) as nodes, clients(nodes, "vic") as (vic,):
-        await users(nodes[0].tcp_url, "wes")
-        async with timpy.connect(nodes[1].tcp_url, "wes", PASSWORD) as wes:
+    async with place(where) as at, clients(at, "vic") as (vic,):
+        await users(at[0], "wes")
+        async with timpy.connect(at[1], "wes", PASSWORD) as wes:
             await wes.enter_room("lobby")
             await vic.enter_room("lobby")
         with trio.fail_after(10):
@@ -293,11 +305,11 @@ async def test_rooms_and_streams(where):
 
 
 @WHERE
-async def test_terminal_limits_per_kind_kick_the_oldest_or_refuse(where):
-    async with place(where, max_terminals=3, terminals_per_kind={"mobile": 1}) as nodes:
-        await users(nodes[0].tcp_url, "xia")
+async def test_terminal_limits_per_kind_kick_the_oldest_or_refuse(where, clock):
+    async with place(where, max_terminals=3, terminals_per_kind={"mobile": 1}) as at:
+        await users(at[0], "xia")
         async with AsyncExitStack() as stack:
-            url = [n.tcp_url for n in nodes]
+            url = at
             phone1 = await stack.enter_async_context(
                 timpy.connect(url[0], "xia", PASSWORD, device="phone1", device_kind="mobile"))
             phone2 = await stack.enter_async_context(
@@ -317,22 +329,22 @@ async def test_terminal_limits_per_kind_kick_the_oldest_or_refuse(where):
             with pytest.raises(timpy.RemoteError) as bad:
                 await stack.enter_async_context(timpy.connect(url[0], "xia", PASSWORD, device_kind="Phone!"))
             assert bad.value.code == timpy.Code.BAD_REQUEST
-    async with place(where, max_terminals=1, terminal_overflow="refuse") as nodes:
-        await users(nodes[0].tcp_url, "yan")
-        async with timpy.connect(nodes[0].tcp_url, "yan", PASSWORD, device="a") as first:
+    async with place(where, max_terminals=1, terminal_overflow="refuse") as at:
+        await users(at[0], "yan")
+        async with timpy.connect(at[0], "yan", PASSWORD, device="a") as first:
             with pytest.raises(timpy.RemoteError) as refused:
-                async with timpy.connect(nodes[1].tcp_url, "yan", PASSWORD, device="b"):
+                async with timpy.connect(at[1], "yan", PASSWORD, device="b"):
                     pass
             assert refused.value.code == timpy.Code.LIMIT_REACHED
             await first.ping()
-            async with timpy.connect(nodes[2].tcp_url, "yan", PASSWORD, device="a"):
+            async with timpy.connect(at[2], "yan", PASSWORD, device="a"):
                 pass  # the same device again is not a new terminal
 
 
 @WHERE
-async def test_profiles_and_the_per_user_message_rate(where):
-    async with place(where, user_message_rate=5.0, user_message_burst=5) as nodes, \
-            clients(nodes, "zed", "amy") as (zed, amy):
+async def test_profiles_and_the_per_user_message_rate(where, clock):
+    async with place(where, user_message_rate=5.0, user_message_burst=5) as at, \
+            clients(at, "zed", "amy") as (zed, amy):
         p = await zed.set_profile(nickname="Zed", avatar="https://example.invalid/z.png", team="blue")
         assert (p.nickname, p.avatar, p.fields) == ("Zed", "https://example.invalid/z.png", {"team": "blue"})
         p = await amy.profile("zed")

@@ -92,21 +92,22 @@ async def test_bad_group_requests_get_clear_errors_and_change_nothing(node):
         assert (await eve.group("get", g.group)).members == ["eve"]
 
 
-async def test_a_group_across_three_nodes_fans_out_once_per_node():
+async def test_a_group_across_three_nodes_fans_out_once_per_node(autojump_clock):
     from contextlib import AsyncExitStack
 
-    from tests.cluster.test_routing import cluster
+    from timpy.testing import open_cluster
 
-    async with cluster(3) as (nodes, _, _):
+    async with open_cluster(3) as cluster:
+        nodes, at = cluster.nodes, [cluster.connector(i) for i in range(3)]
         names = [f"m{i}" for i in range(9)]
-        await users(nodes[0].tcp_url, *names)
+        await users(at[0], *names)
         owner_of = {n: nodes[0].peers.owner(nodes[0].user_id_of(n)) for n in names}
         async with AsyncExitStack() as stack:
-            creator = await stack.enter_async_context(timpy.connect(nodes[0].tcp_url, "m0", PASSWORD))
+            creator = await stack.enter_async_context(timpy.connect(at[0], "m0", PASSWORD))
             g = await creator.create_group("everyone", names[1:], policy="invite")
             gid_owner = next(x for x in nodes if x.node_id == nodes[0].peers.owner(bytes.fromhex(g.group)))
             clients = [
-                await stack.enter_async_context(timpy.connect(nodes[i % 3].tcp_url, name, PASSWORD))
+                await stack.enter_async_context(timpy.connect(at[i % 3], name, PASSWORD))
                 for i, name in enumerate(names[1:], start=1)
             ]
             before = gid_owner.messenger.fanout_requests

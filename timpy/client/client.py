@@ -14,7 +14,7 @@ import itertools
 import math
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
@@ -167,8 +167,12 @@ def message_from_wire(m: TPayload) -> ChatMessage:
     )
 
 
+#: Opens a byte stream to a node, for ``connect`` and ``register`` in place of a URL.
+Connector = Callable[[], Awaitable[trio.abc.Stream]]
+
+
 class _TcpChannel:
-    def __init__(self, stream: trio.SocketStream) -> None:
+    def __init__(self, stream: trio.abc.Stream) -> None:
         self._stream = stream
         self._decoder = FrameDecoder(CLIENT_MAX_FRAME)
         self._ready: deque[bytes] = deque()
@@ -580,27 +584,30 @@ class _null:
 
 
 @asynccontextmanager
-async def _open_channel(url: str) -> AsyncIterator[Any]:
-    parts = urlparse(url)
-    if parts.scheme == "tcp":
+async def _open_channel(url: str | Connector) -> AsyncIterator[Any]:
+    if callable(url):  # a stream the caller opens (timpy.testing's in-memory clients): TCP framing over it
+        stream = await url()
+    else:
+        parts = urlparse(url)
+        if parts.scheme in ("ws", "wss"):
+            async with trio_websocket.open_websocket_url(url, max_message_size=CLIENT_MAX_FRAME) as ws:
+                yield _WsChannel(ws)
+            return
+        if parts.scheme != "tcp":
+            raise ValueError(f"unsupported URL {url!r}: use tcp://HOST:PORT or ws://HOST:PORT/")
         if not parts.hostname or not parts.port:
             raise ValueError(f"expected tcp://HOST:PORT, got {url!r}")
         stream = await trio.open_tcp_stream(parts.hostname, parts.port)
-        channel = _TcpChannel(stream)
-        try:
-            yield channel
-        finally:
-            with trio.CancelScope(shield=True):
-                await channel.aclose()
-    elif parts.scheme in ("ws", "wss"):
-        async with trio_websocket.open_websocket_url(url, max_message_size=CLIENT_MAX_FRAME) as ws:
-            yield _WsChannel(ws)
-    else:
-        raise ValueError(f"unsupported URL {url!r}: use tcp://HOST:PORT or ws://HOST:PORT/")
+    channel = _TcpChannel(stream)
+    try:
+        yield channel
+    finally:
+        with trio.CancelScope(shield=True):
+            await channel.aclose()
 
 
 @asynccontextmanager
-async def _session(url: str) -> AsyncIterator[Client]:
+async def _session(url: str | Connector) -> AsyncIterator[Client]:
     with unwrap_single_error():
         async with _open_channel(url) as channel, trio.open_nursery() as nursery:
             async with _client(channel, nursery) as client:
@@ -619,7 +626,7 @@ async def _client(channel: Any, nursery: trio.Nursery) -> AsyncIterator[Client]:
         await client.aclose()
 
 
-async def register(url: str, user: str, password: str) -> None:
+async def register(url: str | Connector, user: str, password: str) -> None:
     """Create an account on the cluster at ``url``."""
     async with _session(url) as client:
         await client.request("register_", name=user, password=password)
@@ -627,7 +634,7 @@ async def register(url: str, user: str, password: str) -> None:
 
 @asynccontextmanager
 async def connect(
-    url: str,
+    url: str | Connector,
     user: str | None = None,
     password: str | None = None,
     *,
@@ -639,6 +646,10 @@ async def connect(
     device_kind: str = "",
 ) -> AsyncIterator[Client]:
     """Connect and log in with a password or a token.
+
+    ``url`` is ``tcp://HOST:PORT`` or ``ws://HOST:PORT/``, or a ``Connector``:
+    an async function returning a ``trio.abc.Stream`` to a node's gateway that
+    carries the TCP framing (``timpy.testing`` clients use in-memory streams).
 
     ``device`` names this terminal: the node remembers per device what it has
     delivered, so use a stable name per installation (default "default"; with a

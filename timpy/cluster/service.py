@@ -11,35 +11,27 @@ import logging
 import random
 from collections import Counter
 from collections.abc import Callable
-from typing import Protocol
 
 import trio
 
 from timpy.cluster import codec
 from timpy.cluster.membership import Action, Changed, Membership, MembershipConfig, Send, State
 from timpy.cluster.rpc import Rpc, is_rpc
+from timpy.cluster.transport.base import PeerTransport
 
 log = logging.getLogger("timpy.cluster")
-
-
-class Transport(Protocol):
-    address: str
-    incoming: trio.MemoryReceiveChannel[bytes]
-
-    def send(self, address: str, payload: bytes) -> None: ...
-
-    async def run(self, task_status: trio.TaskStatus[None] = ...) -> None: ...
 
 
 class ClusterService:
     def __init__(
         self,
         name: str,
-        transport: Transport,
+        transport: PeerTransport,
         config: MembershipConfig | None = None,
         seeds: list[str] | None = None,
         tick_interval: float = 0.05,
         on_change: Callable[[Changed], None] | None = None,
+        rng: random.Random | None = None,
     ) -> None:
         self.name = name
         self.transport = transport
@@ -51,6 +43,7 @@ class ClusterService:
         self.bad_messages = 0
         self.sent: Counter[str] = Counter()  # membership messages sent, by kind (Ping = a probe round)
         self.rpc = Rpc(transport)
+        self._rng = rng or random.Random()
 
     def _act(self, actions: list[Action]) -> None:
         for action in actions:
@@ -68,7 +61,7 @@ class ClusterService:
             await nursery.start(self.transport.run)
             await nursery.start(self.rpc.run)
             now = trio.current_time()
-            self.membership = Membership(self.name, self.transport.address, self.config, random.Random(), now)
+            self.membership = Membership(self.name, self.transport.address, self.config, self._rng, now)
             self._act(self.membership.join(now, self.seeds))
             nursery.start_soon(self._ticker)
             nursery.start_soon(self._receiver)

@@ -64,11 +64,13 @@ def _ends_connection(nursery: trio.Nursery) -> Iterator[None]:
 _FULL = ProtocolError("the node has too many connections; try another node or later", Code.TOO_MANY_CONNECTIONS)
 
 
-async def serve_tcp_stream(node: Node, stream: trio.SocketStream) -> None:
+async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
+    """Serve one client over a byte stream in the TCP framing: a socket, or an
+    in-memory stream (``timpy.testing``)."""
     try:
         host, port = stream.socket.getpeername()[:2]
         peer = f"{host}:{port}"
-    except OSError:
+    except (OSError, AttributeError):  # AttributeError: an in-memory stream (timpy.testing) has no socket
         peer = "?"
     if not node.gate.admit():
         try:

@@ -16,6 +16,7 @@ from typing import Any
 import msgpack
 import trio
 
+from timpy.concurrency import to_worker
 from timpy.config import Limits, SecurityConfig
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.passwords import hash_password, verify_password
@@ -89,7 +90,7 @@ class Accounts:
             raise RequestError(f"the name {norm!r} is reserved", Code.INVALID_NAME)
         self._check_password_shape(password)
         uid = ids.user_id(self._indexer, norm)
-        secret = await trio.to_thread.run_sync(self._hash, password)
+        secret = await to_worker(self._hash, password)
         profile = msgpack.packb({"name": norm, "created": self._now()})
         owner = self._peers.owner(uid)
         if owner == self._peers.self_id or self._peers.rpc is None:
@@ -145,10 +146,10 @@ class Accounts:
         if account is None:
             # Spend the same time as a real check, so timing does not tell who exists.
             if self._dummy_hash is None:
-                self._dummy_hash = await trio.to_thread.run_sync(self._hash, "timpy-dummy-password")
-            await trio.to_thread.run_sync(verify_password, self._dummy_hash, str(password))
+                self._dummy_hash = await to_worker(self._hash, "timpy-dummy-password")
+            await to_worker(verify_password, self._dummy_hash, str(password))
             raise AuthError("wrong user name or password", Code.BAD_CREDENTIALS)
-        ok = await trio.to_thread.run_sync(verify_password, account.secret, str(password))
+        ok = await to_worker(verify_password, account.secret, str(password))
         if not ok:
             raise AuthError("wrong user name or password", Code.BAD_CREDENTIALS)
         if account.disabled:
@@ -168,7 +169,7 @@ class Accounts:
         """The disabled account that sends operators' messages, created on first use."""
         uid = ids.user_id(self._indexer, SYSTEM_USER)
         if await self._get(uid) is None:
-            secret = await trio.to_thread.run_sync(self._hash, secrets.token_urlsafe(32))
+            secret = await to_worker(self._hash, secrets.token_urlsafe(32))
             profile = msgpack.packb({"name": SYSTEM_USER, "created": self._now()})
             try:
                 owner = self._peers.owner(uid)
@@ -206,7 +207,7 @@ class Accounts:
     async def reset_password(self, name: str, password: str) -> bool:
         self._check_password_shape(password)
         uid = ids.user_id(self._indexer, ids.normalize_name(name))
-        secret = await trio.to_thread.run_sync(self._hash, password)
+        secret = await to_worker(self._hash, password)
         return await self._update(uid, secret, None)
 
     async def _update(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:

@@ -178,7 +178,10 @@ class Messenger:
         async with trio.open_nursery() as nursery:
             self._background = nursery
             task_status.started()
-            await trio.sleep_forever()
+            try:
+                await trio.sleep_forever()
+            finally:
+                self._background = None  # closing to new arrivals: spawn drops from now on
 
     async def _write(self, queued: list[_Pending | _PendingInbox | None], with_cursors: bool = True) -> None:
         news = [p for p in queued if isinstance(p, _Pending)]

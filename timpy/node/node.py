@@ -12,14 +12,16 @@ import functools
 import json
 import logging
 import os
+import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
 import msgpack
+import nacl.signing
 import trio
 
 from timpy.cluster.membership import Changed, MembershipConfig
@@ -27,7 +29,7 @@ from timpy.cluster.ownership import Epoch
 from timpy.cluster.ownership_service import OwnershipService
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.service import ClusterService
-from timpy.cluster.transport import TcpPeerTransport, nat_settings
+from timpy.cluster.transport import PeerTransport, TcpPeerTransport, nat_settings
 from timpy.concurrency import unwrap_single_error
 from timpy.config import Limits, NodeConfig, parse_hostport
 from timpy.crypto.blind import BlindIndexer
@@ -71,9 +73,22 @@ def now_ms() -> int:
 class Node:
     """A running timpy node. Create it with ``open_node``."""
 
-    def __init__(self, config: NodeConfig, keys: ClusterKeys | None = None) -> None:
+    def __init__(
+        self,
+        config: NodeConfig,
+        keys: ClusterKeys | None = None,
+        transport: PeerTransport | None = None,
+        *,
+        identity: nacl.signing.SigningKey | None = None,
+        rng: random.Random | None = None,
+        clock_ms: Callable[[], int] = now_ms,
+    ) -> None:
+        # transport: None = TCP on [cluster] listen. identity: None = data_dir/node.key (new in memory).
+        # rng: membership's randomness; clock_ms: the wall clock (timpy.testing seeds and skews them).
         self.config = config
         self._keys = keys
+        self._transport = transport
+        self._identity, self._rng, self._now_ms = identity, rng, clock_ms
         self.tcp_address: tuple[str, int] | None = None
         self.ws_address: tuple[str, int] | None = None
         self.peer_address: str | None = None
@@ -129,7 +144,7 @@ class Node:
     async def _start(self, nursery: trio.Nursery) -> None:
         c = self.config
         keys, key_source = self._open_keys()
-        identity = load_or_create_identity(None if c.memory else c.data_dir / "node.key")
+        identity = self._identity or load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
         set_node_id(self.node_id)
         self.store, store_where = self._open_store(keys)
@@ -140,10 +155,10 @@ class Node:
         if not shared:
             await self.store.run(self.store.repo.create_schema)
         self.indexer = BlindIndexer(keys.index)
-        if c.cluster.listen:
+        if c.cluster.listen or self._transport is not None:
             cc = c.cluster
-            transport = TcpPeerTransport(
-                keys, identity, listen=cc.listen, queue=4096, advertise=cc.advertise, nat=nat_settings(cc)
+            transport = self._transport or TcpPeerTransport(
+                keys, identity, listen=cc.listen or "", queue=4096, advertise=cc.advertise, nat=nat_settings(cc)
             )
             membership = MembershipConfig(
                 probe_interval=cc.probe_interval,
@@ -152,7 +167,8 @@ class Node:
                 push_pull_interval=cc.push_pull_interval,
             )
             self.cluster = ClusterService(
-                self.node_id, transport, membership, seeds=list(cc.join), on_change=self._membership_changed
+                self.node_id, transport, membership, seeds=list(cc.join), on_change=self._membership_changed,
+                rng=self._rng,
             )
             cluster = self.cluster
             self.ownership = OwnershipService(
@@ -182,12 +198,12 @@ class Node:
         self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
         self.routes = Routes(self.peers, self.terminals, lambda: self.config.limits)
         self.accounts = Accounts(
-            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, now_ms,
+            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
             self.peers, self.replicator,
         )
         await self.accounts.start()
         self.messenger = Messenger(
-            self.store, self.indexer, self.terminals, c.limits, now_ms, self.peers, self.replicator, self.routes
+            self.store, self.indexer, self.terminals, c.limits, self._now_ms, self.peers, self.replicator, self.routes
         )
         self.groups = Groups(self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger)
         self.records = Records(self.store, self.peers, self.replicator)
@@ -195,7 +211,7 @@ class Node:
         self.signals = Signals(self.peers, self.terminals, self.routes)
         self.roster = Roster(self.indexer, self.peers, self.records, self.messenger, self.signals)
         self.presence = Presence(
-            self.store, self.indexer, self.peers, self.records, self.routes, self.roster, self.signals, now_ms,
+            self.store, self.indexer, self.peers, self.records, self.routes, self.roster, self.signals, self._now_ms,
             self.messenger.spawn,
         )
         self.receipts = Receipts(
@@ -520,13 +536,19 @@ class Node:
 
 
 @asynccontextmanager
-async def open_node(config: NodeConfig | None = None, *, keys: ClusterKeys | None = None) -> AsyncIterator[Node]:
+async def open_node(
+    config: NodeConfig | None = None, *, keys: ClusterKeys | None = None, transport: PeerTransport | None = None
+) -> AsyncIterator[Node]:
     """Run a node inside the caller's trio program for the duration of the block.
+
+    ``transport`` carries the node's cluster traffic instead of TCP on
+    ``[cluster] listen`` (``timpy.testing`` passes an in-memory one); peers
+    to join are still ``[cluster] join``, in that transport's addresses.
 
     >>> async with timpy.open_node(NodeConfig(memory=True, listen="127.0.0.1:0")) as node:
     ...     print(node.tcp_url)
     """
-    node = Node(config or NodeConfig(), keys)
+    node = Node(config or NodeConfig(), keys, transport)
     with unwrap_single_error():
         async with _node_nursery(node) as running:
             yield running

@@ -18,6 +18,7 @@ from sqlalchemy import Engine, and_, bindparam, func, insert, select, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from timpy.concurrency import to_worker
 from timpy.crypto.seal import Sealer, row_ad
 from timpy.errors import Code, ConfigError, KeyMismatchError, RequestError, StorageError
 from timpy.store import schema as s
@@ -1186,7 +1187,7 @@ class Store:
     async def run(self, fn: Callable[..., T], *args: Any) -> T:
         started = time.perf_counter()
         try:
-            return await trio.to_thread.run_sync(fn, *args, limiter=self._limiter)
+            return await to_worker(fn, *args, limiter=self._limiter)
         except (OperationalError, SQLAlchemyError) as exc:
             # Only the message: a driver's text may quote parameters.
             raise StorageError(

@@ -1,5 +1,6 @@
-"""Peer transports in trio: authenticated, encrypted TCP channels, and an
-in-memory network with the same interface for tests.
+"""The TCP peer transport: persistent, authenticated, encrypted channels to
+peers (``timpy.cluster.channel``) over TCP, relayed (``relay``) or moved to
+ICE (``upgrade``) behind NAT.
 
 Membership traffic is best effort (SWIM tolerates loss), so ``send`` never
 waits: each peer has a bounded queue, and a message for a full queue, or for a
@@ -8,15 +9,13 @@ peer in reconnection backoff, is dropped and counted.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import math
 import random
 from collections import deque
 from contextlib import suppress
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
-from typing import Protocol
 
 import msgpack
 import nacl.signing
@@ -32,72 +31,22 @@ from timpy.cluster.channel import (
     Responder,
     SecureChannel,
 )
-from timpy.cluster.ice import IceFailed, IceOffer, IceServers, IceSession, QuicStream
+from timpy.cluster.ice import IceServers
 from timpy.cluster.nat import Path
+from timpy.cluster.transport.base import (
+    HANDSHAKE_TIMEOUT,
+    MAX_PEER_FRAME,
+    Refused,
+    Stream,
+    TransportStats,
+)
+from timpy.cluster.transport.relay import Relays, RelayStream
+from timpy.cluster.transport.upgrade import IceUpgrade
 from timpy.config import ClusterConfig, parse_hostport
 from timpy.crypto.keys import ClusterKeys
 from timpy.wire.framing import FrameDecoder, frame_bytes
 
 log = logging.getLogger("timpy.cluster")
-
-MAX_PEER_FRAME = 16 * 1024 * 1024
-HANDSHAKE_TIMEOUT = 5.0
-
-
-@dataclass
-class TransportStats:
-    sent: int = 0
-    dropped: int = 0
-    refused: int = 0
-    relayed: int = 0  # frames this node passed on for two other peers
-    ice: int = 0  # channels that moved to an ICE path
-    ice_failed: int = 0
-
-
-class Stream(Protocol):
-    async def send_all(self, data: bytes) -> None: ...
-
-    async def receive_some(self, max_bytes: int = ...) -> bytes: ...
-
-    async def aclose(self) -> None: ...
-
-
-class MemoryNetwork:
-    """Addresses to inboxes, for in-process clusters."""
-
-    def __init__(self, loss: float = 0.0, seed: int = 0) -> None:
-        self.inboxes: dict[str, trio.MemorySendChannel[bytes]] = {}
-        self.loss = loss
-        self.rng = random.Random(seed)
-        self.down: set[str] = set()
-
-
-class MemoryTransport:
-    def __init__(self, network: MemoryNetwork, address: str, queue: int = 1024) -> None:
-        self.network = network
-        self.address = address
-        send, self.incoming = trio.open_memory_channel[bytes](queue)
-        network.inboxes[address] = send
-        self.stats = TransportStats()
-
-    def send(self, address: str, payload: bytes) -> None:
-        inbox = self.network.inboxes.get(address)
-        if inbox is None or address in self.network.down or self.address in self.network.down:
-            self.stats.dropped += 1
-            return
-        if self.network.rng.random() < self.network.loss:
-            self.stats.dropped += 1
-            return
-        try:
-            inbox.send_nowait(payload)
-            self.stats.sent += 1
-        except (trio.WouldBlock, trio.BrokenResourceError, trio.ClosedResourceError):
-            self.stats.dropped += 1
-
-    async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        task_status.started()
-        await trio.sleep_forever()
-
 
 @dataclass
 class NatSettings:
@@ -143,66 +92,6 @@ class _Backoff:
     until: float = 0.0
 
 
-class _Refused(Exception):
-    """The peer answered the handshake with a refusal."""
-
-
-class RelayStream:
-    """A byte stream to ``peer`` tunnelled through the node at ``via``.
-
-    Each ``send_all`` travels as one FWD control frame in our sealed channel to
-    ``via``, which passes it on in its sealed channel to ``peer``; the bytes
-    are the frames of the end-to-end peer channel, so the relay sees only
-    ciphertext. Frames are whole in each chunk, so a chunk the relay drops
-    (its queues are bounded) costs whole frames, never the framing."""
-
-    CHUNK = MAX_PEER_FRAME - 4096
-
-    def __init__(self, transport: TcpPeerTransport, via: str, peer: str, sid: int) -> None:
-        self.transport, self.via, self.peer, self.sid = transport, via, peer, sid
-        self._in_send, self._in = trio.open_memory_channel[bytes](1024)
-        self._buffered = b""
-        self.closed = False
-
-    def feed(self, blob: bytes) -> None:
-        if not blob:
-            self._end()
-            return
-        try:
-            self._in_send.send_nowait(blob)
-        except (trio.WouldBlock, trio.ClosedResourceError):
-            self.transport.stats.dropped += 1
-
-    def _end(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self._in_send.close()
-            self.transport._tunnels.pop((self.peer, self.sid), None)
-
-    async def send_all(self, data: bytes) -> None:
-        if self.closed or not self.transport._is_connected(self.via):
-            raise trio.BrokenResourceError(f"the relay {self.via} is gone")
-        for i in range(0, len(data), self.CHUNK):
-            self.transport.send(self.via, nat.control(nat.FWD, self.peer, self.transport.address, self.sid,
-                                                      data[i:i + self.CHUNK]))
-        await trio.lowlevel.checkpoint()
-
-    async def receive_some(self, max_bytes: int = 65536) -> bytes:
-        if not self._buffered:
-            try:
-                self._buffered = await self._in.receive()
-            except (trio.EndOfChannel, trio.ClosedResourceError):
-                return b""
-        data, self._buffered = self._buffered[:max_bytes], self._buffered[max_bytes:]
-        return data
-
-    async def aclose(self) -> None:
-        if not self.closed and self.transport._is_connected(self.via):
-            self.transport.send(self.via, nat.control(nat.FWD, self.peer, self.transport.address, self.sid, b""))
-        self._end()
-        await trio.lowlevel.checkpoint()
-
-
 @dataclass
 class TcpPeerTransport:
     """Persistent channels to peers, each behind the handshake of
@@ -230,17 +119,15 @@ class TcpPeerTransport:
         self._peers: dict[str, _Peer] = {}
         self._backoff: dict[str, _Backoff] = {}
         self._unreachable: dict[str, float] = {}  # address -> until when TCP is not tried
-        self._tunnels: dict[tuple[str, int], RelayStream] = {}
-        self._answers: dict[tuple[str, int], trio.MemorySendChannel[IceOffer | str]] = {}
-        self._ice_running: set[str] = set()
+        self.relays = Relays(self)
+        self.ice = IceUpgrade(self)
         self._outbound: set[str] = set()  # peers we reached by dialling TCP (they see our address)
         self._nursery: trio.Nursery | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         if self.nat is not None:
             async with trio_asyncio.open_loop() as loop:  # hosts aioice (asyncio) for the transport's lifetime
-                self._loop = loop
+                self.ice.loop = loop
                 await self._run(task_status)
         else:
             await self._run(task_status)
@@ -254,22 +141,8 @@ class TcpPeerTransport:
             self.address = self.advertise or f"{host}:{bound[1]}"
             if self.nat is not None:
                 await nursery.start(self._stun_responder, host, bound[1])
-                await nursery.start(self._ice_worker)
+                await nursery.start(self.ice.worker)
             task_status.started()
-
-    async def _ice_worker(self, task_status: trio.TaskStatus[None]) -> None:
-        """Starts the ICE tasks. A trio task inherits the context of the task that
-        starts it, and trio-asyncio finds its loop there (asyncio callbacks too),
-        so every task that touches aioice is started from here, inside the loop."""
-        jobs_send, jobs = trio.open_memory_channel[tuple](math.inf)
-        self._ice_jobs = jobs_send
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            async for fn, args in jobs:
-                nursery.start_soon(fn, *args)
-
-    def _spawn_ice(self, fn, *args) -> None:  # noqa: ANN001
-        self._ice_jobs.send_nowait((fn, args))
 
     async def _stun_responder(self, host: str, port: int, task_status: trio.TaskStatus[None]) -> None:
         sock = trio.socket.socket(trio.socket.AF_INET, trio.socket.SOCK_DGRAM)
@@ -324,8 +197,7 @@ class TcpPeerTransport:
             del self._peers[peer.address]
         peer.connected, peer.link = False, None
         self._outbound.discard(peer.address)
-        for tunnel in [t for t in self._tunnels.values() if t.via == peer.address]:
-            tunnel.feed(b"")  # a relay that is gone ends the channels through it
+        self.relays.relay_gone(peer.address)
         backoff = self._backoff.setdefault(peer.address, _Backoff())
         backoff.failures += 1
         delay = min(30.0, 0.2 * math.pow(2, backoff.failures - 1)) * random.uniform(0.5, 1.5)
@@ -333,14 +205,14 @@ class TcpPeerTransport:
         log.debug("peer %s: %s; retrying in %.1f s", peer.address, why, delay)
 
     async def _handshake_out(self, stream: Stream) -> tuple[SecureChannel, str, _FrameReader]:
-        """Run the initiator's handshake; raises _Refused, KeyMismatch or a connection error."""
+        """Run the initiator's handshake; raises Refused, KeyMismatch or a connection error."""
         reader = _FrameReader(stream)
         initiator = Initiator(self.keys, self.identity)
         await stream.send_all(frame_bytes(initiator.start()))
         reply = await reader.read()
         refusal = _refusal(reply)
         if refusal is not None:
-            raise _Refused(refusal)
+            raise Refused(refusal)
         channel, who = initiator.finish(reply)
         await stream.send_all(frame_bytes(channel.seal(self.address.encode())))
         return channel, who.node_id, reader
@@ -354,7 +226,7 @@ class TcpPeerTransport:
                 with trio.fail_after(HANDSHAKE_TIMEOUT):
                     stream = await trio.open_tcp_stream(host, port)
                     channel, node_id, reader = await self._handshake_out(stream)
-            except (_Refused, KeyMismatch) as exc:
+            except (Refused, KeyMismatch) as exc:
                 self.stats.refused += 1
                 log.warning("peer %s refused us: %s", peer.address, exc)
                 if stream is not None:
@@ -373,33 +245,9 @@ class TcpPeerTransport:
                 self._outbound.add(peer.address)
                 await self._serve(stream, channel, reader, peer, peer.address, node_id, Path("tcp"))
                 return
-        if self.nat is not None and self.nat.relay and await self._dial_relay(peer):
+        if self.nat is not None and self.nat.relay and await self.relays.dial(peer):
             return
         self._failed(peer, why)
-
-    def _relays_for(self, address: str) -> list[str]:
-        """Peers that could relay to ``address``: live direct (TCP) channels, ours first."""
-        direct = [a for a, p in self._peers.items()
-                  if p.connected and a != address and p.path is not None and p.path.kind == "tcp"]
-        return sorted(direct, key=lambda a: (a not in self._outbound, a))[:3]
-
-    async def _dial_relay(self, peer: _Peer) -> bool:
-        for via in self._relays_for(peer.address):
-            stream = RelayStream(self, via, peer.address, random.getrandbits(62) + 1)
-            self._tunnels[(peer.address, stream.sid)] = stream
-            try:
-                with trio.fail_after(HANDSHAKE_TIMEOUT):
-                    channel, node_id, reader = await self._handshake_out(stream)
-            except (_Refused, KeyMismatch, OSError, trio.TooSlowError, ChannelError, trio.BrokenResourceError,
-                    EOFError) as exc:
-                log.debug("relay to %s via %s failed: %s", peer.address, via, exc)
-                await stream.aclose()
-                continue
-            if self.nat is not None and self.nat.ice:
-                self._spawn_ice(self._upgrade, peer)
-            await self._serve(stream, channel, reader, peer, peer.address, node_id, Path("relay", via=via))
-            return True
-        return False
 
     # --- receiving --------------------------------------------------------
 
@@ -513,141 +361,11 @@ class TcpPeerTransport:
         kind = msg[0]
         if kind == nat.FWD:
             _, dst, src, sid, blob = msg
-            if dst == self.address:
-                self._tunnel_in(remote, src, sid, blob)
-            elif self.nat is not None and self.nat.relay and self._is_connected(dst) and src == remote:
-                self.send(dst, payload)  # relay: sealed bytes we cannot open, one hop
-                self.stats.relayed += 1
-            elif blob:
-                self._send_control(remote, nat.control(nat.NOFWD, dst, sid))
+            self.relays.on_forward(remote, payload, dst, src, sid, blob)
         elif kind == nat.NOFWD:
-            tunnel = self._tunnels.get((msg[1], msg[2]))
-            if tunnel is not None:
-                tunnel.feed(b"")
-        elif kind == nat.ICE_OFFER:
-            if self.nat is not None and self.nat.ice:
-                self._spawn_ice(self._ice_in, remote, msg[1], IceOffer(msg[2], msg[3], msg[4]))
-            else:
-                self._send_control(remote, nat.control(nat.ICE_FAIL, msg[1], "ICE is off on this node"))
-        elif kind in (nat.ICE_ANSWER, nat.ICE_FAIL):
-            waiting = self._answers.get((remote, msg[1]))
-            if waiting is not None:
-                with suppress(trio.WouldBlock, trio.ClosedResourceError):
-                    waiting.send_nowait(IceOffer(msg[2], msg[3], msg[4]) if kind == nat.ICE_ANSWER else msg[2])
-
-    def _tunnel_in(self, via: str, src: str, sid: int, blob: bytes) -> None:
-        tunnel = self._tunnels.get((src, sid))
-        if tunnel is not None:
-            tunnel.feed(blob)
-        elif blob and self.nat is not None:  # a new relayed channel from src
-            tunnel = RelayStream(self, via, src, sid)
-            self._tunnels[(src, sid)] = tunnel
-            tunnel.feed(blob)
-            assert self._nursery is not None
-            self._nursery.start_soon(self._accept, tunnel, f"{src} via {via}", Path("relay", via=via, inbound=True))
-
-    def _stun_server(self, prefer: str = "") -> tuple[str, int] | None:
-        """The configured STUN server, else a peer we dialled directly (it sees our public address)."""
-        assert self.nat is not None
-        if self.nat.servers.stun is not None:
-            return self.nat.servers.stun
-        candidates = ([prefer] if prefer in self._outbound else []) + sorted(self._outbound)
-        for address in candidates:
-            if self._is_connected(address):
-                return parse_hostport(address, "peer address")
-        return None
-
-    def _servers(self, prefer: str = "") -> IceServers:
-        assert self.nat is not None
-        return replace(self.nat.servers, stun=self._stun_server(prefer))
-
-    async def _upgrade(self, peer: _Peer) -> None:
-        """While the channel to ``peer`` is relayed, try ICE now and then."""
-        assert self.nat is not None
-        if peer.upgrading:
-            return
-        peer.upgrading = True
-        try:
-            await trio.sleep(0.2)
-            while self._peers.get(peer.address) is peer and peer.connected and peer.path is not None \
-                    and peer.path.kind == "relay":
-                if peer.address not in self._ice_running:
-                    served = await self._ice_out(peer)
-                    if served:
-                        return
-                await trio.sleep(self.nat.upgrade_interval * random.uniform(0.8, 1.2))
-        finally:
-            peer.upgrading = False
-
-    async def _ice_out(self, peer: _Peer) -> bool:
-        """One ICE attempt as the controlling side; True once a channel ran over it."""
-        assert self.nat is not None
-        attempt = random.getrandbits(31)
-        answers_send, answers = trio.open_memory_channel[IceOffer | str](1)
-        self._answers[(peer.address, attempt)] = answers_send
-        self._ice_running.add(peer.address)
-        ice = IceSession(controlling=True, servers=self._servers(peer.path.via if peer.path else ""),
-                         loop=self._loop)
-        try:
-            with trio.move_on_after(self.nat.ice_timeout + 10) as scope:
-                offer = await ice.gather()
-                self._send_control(peer.address, nat.control(nat.ICE_OFFER, attempt, offer.ufrag, offer.pwd,
-                                                             offer.candidates))
-                answer = await answers.receive()
-                if isinstance(answer, str):
-                    raise IceFailed(f"the peer gave up: {answer}")
-                await ice.connect(answer, self.nat.ice_timeout)
-            if scope.cancelled_caught:
-                raise IceFailed("no answer in time")
-            local, remote = ice.pair_types()
-            async with QuicStream.open(ice, client=True) as stream:
-                try:
-                    with trio.fail_after(HANDSHAKE_TIMEOUT):
-                        channel, node_id, reader = await self._handshake_out(stream)
-                except (_Refused, KeyMismatch, ChannelError, OSError, EOFError, trio.TooSlowError,
-                        trio.BrokenResourceError) as exc:
-                    raise IceFailed(f"no channel over the ICE path: {exc}") from None
-                self._ice_running.discard(peer.address)
-                if self._peers.get(peer.address) is not peer:
-                    return True
-                self.stats.ice += 1
-                await self._serve(stream, channel, reader, peer, peer.address, node_id, Path("ice", local=local,
-                                                                                                remote=remote))
-            return True
-        except IceFailed as exc:
-            self.stats.ice_failed += 1
-            log.info("ICE to %s failed (%s); the channel stays relayed", peer.address, exc)
-            return False
-        finally:
-            self._answers.pop((peer.address, attempt), None)
-            self._ice_running.discard(peer.address)
-            await ice.close()
-
-    async def _ice_in(self, remote: str, attempt: int, offer: IceOffer) -> None:
-        """Answer an ICE offer as the controlled side and accept the channel over it."""
-        assert self.nat is not None
-        if remote in self._ice_running:
-            self._send_control(remote, nat.control(nat.ICE_FAIL, attempt, "busy"))
-            return
-        self._ice_running.add(remote)
-        peer = self._peers.get(remote)
-        ice = IceSession(controlling=False, servers=self._servers(peer.path.via if peer and peer.path else ""),
-                         loop=self._loop)
-        try:
-            with trio.fail_after(self.nat.ice_timeout + 10):
-                answer = await ice.gather()
-                self._send_control(remote, nat.control(nat.ICE_ANSWER, attempt, answer.ufrag, answer.pwd,
-                                                       answer.candidates))
-                await ice.connect(offer, self.nat.ice_timeout)
-            local, kind = ice.pair_types()
-            self._ice_running.discard(remote)
-            async with QuicStream.open(ice, client=False) as stream:
-                await self._accept(stream, f"{remote} over ICE", Path("ice", local=local, remote=kind, inbound=True))
-        except (IceFailed, trio.TooSlowError) as exc:
-            log.info("ICE from %s failed (%s)", remote, exc)
-        finally:
-            self._ice_running.discard(remote)
-            await ice.close()
+            self.relays.on_refused(msg[1], msg[2])
+        else:
+            self.ice.on_control(remote, msg)
 
     # --- what status shows --------------------------------------------------
 
