@@ -126,6 +126,7 @@ class Ownership:
         # grants given: holder -> (epoch number, when the promise ends on our clock)
         self._grants: dict[str, tuple[int, float]] = {}
         self._next_propose = now
+        self._conflict = False
 
     # --- acceptor -----------------------------------------------------------
 
@@ -179,13 +180,18 @@ class Ownership:
             rnd.granted.add(voter)
             if rnd.epoch == self.epoch and self.established_at is None:
                 self.established_at = now  # a granter grants only under an established epoch
-        self.finish_round(now, rnd)
+        self._count(rnd)
 
     def finish_round(self, now: float, rnd: LeaseRound) -> None:
-        """Count the round's grants: a majority makes (or extends) the lease."""
+        """The round is over (answers or timeouts): how many voters answered."""
+        if rnd.epoch == self.epoch:
+            self.reached = len(rnd.answered & rnd.epoch.voters)
+            self._count(rnd)
+
+    def _count(self, rnd: LeaseRound) -> None:
+        """A majority of grants makes (or extends) the lease."""
         if rnd.epoch != self.epoch:
             return
-        self.reached = len(rnd.answered & rnd.epoch.voters)
         if has_majority(rnd.granted, rnd.epoch.voters):
             until = rnd.sent_at + self.config.holder_lease
             if self.lease_epoch != rnd.epoch or until > self.lease_until:
@@ -195,7 +201,13 @@ class Ownership:
         return self.lease_epoch == self.epoch and now < self.lease_until
 
     def refusal(self) -> str:
-        return quorum_text(self.reached, len(self.epoch.voters))
+        voters = len(self.epoch.voters)
+        if voters and self.reached >= majority(self.epoch.voters):
+            return (
+                f"the cluster is moving to a new ring (epoch {self.epoch.number}) after a node joined, left or "
+                "failed; writes resume within a few seconds: retry"
+            )
+        return quorum_text(self.reached, voters)
 
     # --- replicas -----------------------------------------------------------
 
@@ -218,6 +230,13 @@ class Ownership:
         live_voters = live & cur.voters
         if self.self_id != min(live_voters | {self.self_id}) and not self.forgotten:
             return None  # the lowest live voter proposes; others wait (an operator's forget is carried out here)
+        if self.established_at is None:
+            # Not known to be accepted by a majority (an answer was lost, or
+            # another proposal took this number): confirm it again, or move
+            # past a conflicting one with the next number.
+            if self._conflict:
+                return Epoch(cur.number + 1, cur.voters, cur.members, cur.previous)
+            return cur
         voters = cur.voters
         settled = self.established_at is not None and now - self.established_at >= self.config.lease_duration * (
             1 + self.config.max_drift
@@ -234,8 +253,14 @@ class Ownership:
             return None
         return Epoch(cur.number + 1, frozenset(voters), frozenset(members), cur.members)
 
+    def conflict(self, theirs: Epoch) -> None:
+        """An acceptor refused our proposal holding ``theirs``."""
+        if theirs.number >= self.epoch.number and theirs != self.epoch:
+            self._conflict = True
+
     def propose(self, now: float, epoch: Epoch) -> Proposal:
         self._next_propose = now + self.config.propose_interval
+        self._conflict = False
         previous = self.epoch
         proposal = Proposal(epoch, previous)
         if self.accept(now, epoch):

@@ -287,8 +287,9 @@ class OwnershipService:
                 await self._propose(epoch)
 
     async def _propose(self, epoch: Epoch) -> None:
+        before = self.core.epoch
         proposal = self.core.propose(trio.current_time(), epoch)
-        if self.core.epoch == epoch:
+        if self.core.epoch != before:
             self._epoch_changed()
         packed = epoch.pack()
 
@@ -300,6 +301,7 @@ class OwnershipService:
             if accepted:
                 proposal.accepted.add(voter)
             else:
+                self.core.conflict(Epoch.unpack(theirs))
                 self._learn(Epoch.unpack(theirs))
 
         async with trio.open_nursery() as nursery:

@@ -17,6 +17,7 @@ node every key is local and all of this is one transaction.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Callable
@@ -152,9 +153,10 @@ class Messenger:
             )
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the background (notifications); dropped while the node starts or stops."""
+        """Run ``fn(*args)`` in the background (notifications); dropped while the node starts or stops.
+        Best effort: a refusal (say, no majority reachable) is logged, never fatal to the node."""
         if self._background is not None:
-            self._background.start_soon(fn, *args)
+            self._background.start_soon(_best_effort, fn, *args)
 
     # --- the writer -----------------------------------------------------
 
@@ -764,6 +766,13 @@ class Messenger:
         rpc.register("term.open", term_open)
         rpc.register("term.ack", term_ack)
         rpc.register("acct.exists", exists)
+
+
+async def _best_effort(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        await fn(*args)
+    except TimpyError as exc:
+        logging.getLogger("timpy.messaging").info("background notification dropped: %s", exc.text)
 
 
 def _pack_new(n: NewMessage) -> list:
