@@ -217,9 +217,12 @@ class Ownership:
 
     # --- proposer -----------------------------------------------------------
 
-    def next_epoch(self, now: float, live: frozenset[str], left: frozenset[str]) -> Epoch | None:
+    def next_epoch(
+        self, now: float, live: frozenset[str], left: frozenset[str], alive: frozenset[str] | None = None
+    ) -> Epoch | None:
         """The epoch this node would propose, seeing ``live`` members (SWIM
-        alive or suspect) and ``left`` ones (graceful leave), or None.
+        alive or suspect: they stay on the ring), ``alive`` ones (only those
+        become voters; default ``live``) and ``left`` ones (graceful leave), or None.
 
         Voters change by one member at a time, and only once the current epoch
         has been established for longer than a lease: then every lease under
@@ -243,7 +246,7 @@ class Ownership:
         ) / (1 - self.config.max_drift)
         if settled:
             gone = sorted((left | self.forgotten) & voters - {self.self_id})
-            newcomers = sorted(live - voters)
+            newcomers = sorted((live if alive is None else alive) - voters)
             if gone:
                 voters = voters - {gone[0]}
             elif newcomers:

@@ -115,7 +115,7 @@ class OwnershipService:
         state = m.state_of(name) if m is not None else None
         if name not in self.core.epoch.voters:
             raise TimpyError(f"{name} is not a voting member of this cluster", Code.BAD_REQUEST)
-        if name == self.self_id or state in (State.ALIVE, State.SUSPECT):
+        if name == self.self_id or state == State.ALIVE:
             raise TimpyError(
                 f"{name} is alive (as this node sees it); stop it first, or let it leave gracefully", Code.BAD_REQUEST
             )
@@ -281,8 +281,9 @@ class OwnershipService:
                 n for n, mem in m.members.items() if mem.state in (State.ALIVE, State.SUSPECT)
             ) | {self.self_id}
             left = frozenset(n for n, mem in m.members.items() if mem.state == State.LEFT)
+            alive = frozenset(n for n, mem in m.members.items() if mem.state == State.ALIVE) | {self.self_id}
             now = trio.current_time()
-            epoch = self.core.next_epoch(now, live, left)
+            epoch = self.core.next_epoch(now, live, left, alive)
             if epoch is not None:
                 await self._propose(epoch)
 
