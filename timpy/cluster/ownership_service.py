@@ -175,10 +175,12 @@ class OwnershipService:
             task_status.started()
 
     def _learn(self, epoch: Epoch) -> bool:
-        if self.core.accept(trio.current_time(), epoch) and epoch.number > 0:
+        """Accept ``epoch`` if it is newer; True when it was (or already is) ours."""
+        before = self.core.epoch
+        accepted = self.core.accept(trio.current_time(), epoch)
+        if self.core.epoch != before:
             self._epoch_changed()
-            return True
-        return False
+        return accepted
 
     def _epoch_changed(self) -> None:
         e = self.core.epoch
@@ -322,8 +324,7 @@ class OwnershipService:
 
     def _on_accept(self, raw: list) -> list:
         epoch = Epoch.unpack(raw)
-        accepted = self._learn(epoch) or self.core.epoch == epoch
-        return [accepted, self.core.epoch.pack()]
+        return [self._learn(epoch), self.core.epoch.pack()]
 
     def _on_established(self, raw: list) -> None:
         epoch = Epoch.unpack(raw)
