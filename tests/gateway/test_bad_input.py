@@ -90,7 +90,7 @@ async def test_requests_before_login_and_server_operations(node):
 
 
 async def test_oversize_frame_closes_before_the_body_is_read():
-    async with timpy.open_node(node_config(limits=Limits(max_frame=1024))) as node:
+    async with timpy.open_node(node_config(limits=Limits(max_frame=1024, max_body=512))) as node:
         raw = await Raw.open(node)
         await raw.hello()
         await raw.stream.send_all((10_000_000).to_bytes(4, "big"))  # no body follows
@@ -162,7 +162,7 @@ async def test_websocket_json_and_bad_json(node):
 
 
 async def test_oversize_websocket_message_closes():
-    async with timpy.open_node(node_config(limits=Limits(max_frame=1024))) as node:
+    async with timpy.open_node(node_config(limits=Limits(max_frame=1024, max_body=512))) as node:
         async with trio_websocket.open_websocket_url(node.ws_url) as ws:
             await ws.send_message(b"x" * 5000)
             with pytest.raises(trio_websocket.ConnectionClosed):

@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import dataclasses
 import logging
+import os
 import signal
+import threading
+from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import NoReturn
 
 import click
 import trio
 
-from timpy.config import NodeConfig, StorageConfig, load_config
+from timpy.concurrency import unwrap_single_error
+from timpy.config import CLI_DEFAULTS, NodeConfig, parse_text_value, resolve_config
 from timpy.errors import ConfigError, TimpyError
 from timpy.logs import setup_logging
-from timpy.store.backends import BackendSpec
 
 log = logging.getLogger("timpy")
 
@@ -43,6 +46,10 @@ def cli() -> None:
 @click.option("--backend", "backends", multiple=True, metavar="NAME=URL",
               help="Shared-backend mode: a SQL backend every node shares (repeatable; seeds the backend map).")
 @click.option("--admin", metavar="HOST:PORT", help="Admin HTTP listener (default 127.0.0.1:7073); 'off' disables it.")
+@click.option("--shutdown-timeout", type=str, metavar="SECONDS",
+              help="Seconds a first SIGINT/SIGTERM may take to drain (default 10); a second signal stops at once.")
+@click.option("--set", "settings", multiple=True, metavar="[SECTION.]KEY=VALUE",
+              help="Any option of the configuration file, e.g. --set limits.max_body=65536 (repeatable).")
 @click.option("--log-json", is_flag=True, help="Log one JSON object per line (with the node id).")
 @click.option("-v", "--verbose", is_flag=True, help="Debug logging.")
 def node(
@@ -59,6 +66,8 @@ def node(
     cluster_key: Path | None,
     backends: tuple[str, ...],
     admin: str | None,
+    shutdown_timeout: str | None,
+    settings: tuple[str, ...],
     log_json: bool,
     verbose: bool,
 ) -> None:
@@ -66,48 +75,26 @@ def node(
 
     The first node of a cluster needs no flags; every other one joins with
     --join HOST:PORT (any member's peer address) and the same cluster key.
+    Options come from the flags, then $TIMPY_* variables, then the --config
+    file, then the defaults (docs/quickstart.md lists them all).
+
+    A first SIGINT/SIGTERM drains (acknowledged writes stored, the cluster
+    left gracefully) for at most shutdown_timeout seconds; a second signal,
+    or the time passing, exits at once with status 1.
     """
     _setup_logging(verbose, log_json)
     try:
-        config = load_config(config_file) if config_file else NodeConfig()
+        flags = _node_flags(settings, {
+            ("", "data_dir"): data_dir, ("", "memory"): memory or None, ("", "listen"): listen, ("", "ws"): ws,
+            ("", "database_url"): database_url, ("", "ready_file"): ready_file, ("", "cluster_key_file"): cluster_key,
+            ("", "shutdown_timeout"): shutdown_timeout, ("cluster", "join"): tuple(join) or None,
+            ("cluster", "listen"): peer, ("cluster", "advertise"): advertise, ("admin", "listen"): admin,
+            ("storage", "backends"): _backend_flags(backends) or None,
+        })
+        config = resolve_config(config_file, environ=os.environ, flags=flags, defaults=CLI_DEFAULTS, warn=log.warning)
     except TimpyError as exc:
         raise click.ClickException(exc.text) from None
-    changes: dict[str, object] = {}
-    if data_dir is not None:
-        changes["data_dir"] = data_dir
-    if memory:
-        changes["memory"] = True
-    if listen is not None:
-        changes["listen"] = None if listen == "off" else listen
-    if ws is not None:
-        changes["ws"] = None if ws == "off" else ws
-    if database_url is not None:
-        changes["database_url"] = database_url
-    if ready_file is not None:
-        changes["ready_file"] = ready_file
-    if cluster_key is not None:
-        changes["cluster_key_file"] = cluster_key
-    cluster_changes: dict[str, object] = {}
-    if join:
-        cluster_changes["join"] = tuple(join)
-    if peer is not None:
-        cluster_changes["listen"] = None if peer == "off" else peer
-    if advertise is not None:
-        cluster_changes["advertise"] = advertise
     try:
-        if backends:
-            specs = []
-            for item in backends:
-                name, sep, url = item.partition("=")
-                if not sep:
-                    raise ConfigError(f"--backend: expected NAME=URL, got {item!r}")
-                specs.append(BackendSpec(name, url))
-            changes["storage"] = StorageConfig(backends=tuple(specs), threads=config.storage.threads)
-        if admin is not None:
-            changes["admin"] = dataclasses.replace(config.admin, listen=None if admin == "off" else admin)
-        if cluster_changes:
-            changes["cluster"] = dataclasses.replace(config.cluster, **cluster_changes)
-        config = config.replace(**changes)
         trio.run(_run_node, config)
     except TimpyError as exc:
         raise click.ClickException(exc.text) from None
@@ -115,14 +102,84 @@ def node(
         raise click.ClickException(f"{exc}; is another node using that address or directory?") from None
 
 
+def _backend_flags(items: tuple[str, ...]) -> tuple[dict[str, str], ...]:
+    backends = []
+    for item in items:
+        name, sep, url = item.partition("=")
+        if not sep:
+            raise ConfigError(f"--backend: expected NAME=URL, got {item!r}")
+        backends.append({"name": name, "url": url})
+    return tuple(backends)
+
+
+def _node_flags(settings: tuple[str, ...], named: dict[tuple[str, str], object]) -> dict[str, object]:
+    """The flags as a nested dict shaped like the file; named flags win over --set."""
+    flags: dict[str, object] = {}
+    for item in settings:
+        key, sep, text = item.partition("=")
+        section, _, name = key.strip().rpartition(".")
+        if not sep or not name:
+            raise ConfigError(f"--set: expected [SECTION.]KEY=VALUE, e.g. limits.max_body=65536, got {item!r}")
+        value = parse_text_value(section, name, text, f"--set {key}")
+        if section:
+            table = flags.setdefault(section, {})
+            if isinstance(table, dict):
+                table[name] = value
+        else:
+            flags[name] = value
+    for (section, name), value in named.items():
+        if value is None:
+            continue
+        if section:
+            table = flags.setdefault(section, {})
+            if isinstance(table, dict):
+                table[name] = value
+        else:
+            flags[name] = value
+    return flags
+
+
 async def _run_node(config: NodeConfig) -> None:
+    """Run until a signal; drain within config.shutdown_timeout, or exit at once (status 1)."""
     from timpy.node import open_node
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals:
-        async with open_node(config):
-            async for signum in signals:
-                log.info("received %s: shutting down", signal.Signals(signum).name)
-                break
+    bound = config.shutdown_timeout
+    stop = trio.Event()
+    node_ref: list[object] = []
+
+    def cut_short(why: str) -> NoReturn:
+        phase = getattr(node_ref[0], "shutdown_phase", "starting") if node_ref else "starting"
+        leave = ", and peers notice this node gone by failure detection, not a graceful leave" if config.cluster.listen else ""
+        log.error("shutdown cut short (%s) while %s: acknowledged messages are stored; what was in flight is not%s",
+                  why, phase, leave)
+        logging.shutdown()
+        os._exit(1)
+
+    async def watch(signals: AsyncIterator[int]) -> None:
+        async for signum in signals:
+            name = signal.Signals(signum).name
+            if stop.is_set():
+                cut_short(f"a second {name}")
+            log.info("received %s: shutting down within %s s (a second signal stops at once)", name, f"{bound:g}")
+            stop.set()
+            # A backstop the event loop cannot block: exits even if a call hangs the loop itself.
+            backstop = threading.Timer(bound + 2.0, cut_short, args=(f"shutdown_timeout {bound:g} s passed",))
+            backstop.daemon = True
+            backstop.start()
+
+    async def bound_after_stop() -> None:
+        await stop.wait()
+        await trio.sleep(bound)
+        cut_short(f"shutdown_timeout {bound:g} s passed")
+
+    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, unwrap_single_error():
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(watch, signals)
+            nursery.start_soon(bound_after_stop)
+            async with open_node(config) as node:
+                node_ref.append(node)
+                await stop.wait()
+            nursery.cancel_scope.cancel()
 
 
 @cli.group()

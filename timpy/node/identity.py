@@ -7,6 +7,7 @@ from pathlib import Path
 import nacl.signing
 
 from timpy.crypto.keys import decode_key, encode_key, write_secret_file
+from timpy.files import tighten
 
 
 def load_or_create_identity(path: Path | None) -> nacl.signing.SigningKey:
@@ -14,6 +15,7 @@ def load_or_create_identity(path: Path | None) -> nacl.signing.SigningKey:
     if path is None:
         return nacl.signing.SigningKey.generate()
     if path.exists():
+        tighten(path)
         return nacl.signing.SigningKey(decode_key(path.read_text(), str(path)))
     key = nacl.signing.SigningKey.generate()
     write_secret_file(path, encode_key(bytes(key)))

@@ -8,6 +8,7 @@ and storage closes last, so nothing acknowledged is lost.
 
 from __future__ import annotations
 
+import errno
 import functools
 import json
 import logging
@@ -17,7 +18,7 @@ import secrets
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import msgpack
@@ -31,12 +32,13 @@ from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.service import ClusterService
 from timpy.cluster.transport import PeerTransport, TcpPeerTransport, nat_settings
 from timpy.concurrency import unwrap_single_error
-from timpy.config import Limits, NodeConfig, parse_hostport
+from timpy.config import Limits, NodeConfig, env_name, flag_name, option_name, parse_hostport
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key, write_secret_file
 from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import ConfigError
+from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
@@ -64,6 +66,39 @@ from timpy.store.repository import Repository, Store
 from timpy.store.sharded import ShardedRepository
 
 log = logging.getLogger("timpy.node")
+
+
+def _bind_error(exc: BaseException) -> OSError | None:
+    """The OSError that refused a listening address, alone or inside exception groups."""
+    if isinstance(exc, OSError) and exc.errno in (errno.EADDRINUSE, errno.EADDRNOTAVAIL, errno.EACCES):
+        return exc
+    if isinstance(exc, BaseExceptionGroup):
+        for inner in exc.exceptions:
+            found = _bind_error(inner)
+            if found is not None:
+                return found
+    return None
+
+
+@contextmanager
+def _naming_the_address(address: str, section: str, key: str, what: str) -> Iterator[None]:
+    """Turn "address in use" into an error naming the address, the option that sets it and what to do."""
+    try:
+        yield
+    except BaseException as exc:
+        refused = _bind_error(exc)
+        if refused is None:
+            raise
+        reason = {
+            errno.EADDRINUSE: "the address is already in use (another timpy node or program listens there)",
+            errno.EADDRNOTAVAIL: "no interface of this machine has that address",
+            errno.EACCES: "permission denied (ports below 1024 need privileges)",
+        }[refused.errno]
+        raise ConfigError(
+            f"cannot open {what} on {address}: {reason}. Set {option_name(section, key)} "
+            f"(flag {flag_name(section, key)}, ${env_name(section, key)}) to a free HOST:PORT "
+            "(port 0 picks one) or \"off\", or stop the program using it"
+        ) from None
 
 
 def now_ms() -> int:
@@ -107,6 +142,7 @@ class Node:
         self._cluster_scope = trio.CancelScope()
         self._cluster_done = trio.Event()
         self._cluster_started = self._gateway_started = self._stopped = False
+        self.shutdown_phase = "running"  # what _stop is doing, for a shutdown cut short
 
     # --- wiring ---------------------------------------------------------
 
@@ -143,6 +179,8 @@ class Node:
 
     async def _start(self, nursery: trio.Nursery) -> None:
         c = self.config
+        if not c.memory:
+            private_directory(c.data_dir)
         keys, key_source = self._open_keys()
         identity = self._identity or load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
@@ -248,7 +286,8 @@ class Node:
             with self._cluster_scope:
                 async with trio.open_nursery() as cl:
                     if self.cluster is not None:
-                        await cl.start(self.cluster.run)
+                        with _naming_the_address(self.config.cluster.listen or "", "cluster", "listen", "the peer listener"):
+                            await cl.start(self.cluster.run)
                         self.peer_address = self.cluster.transport.address
                         self.peers.placement.addresses[self.node_id] = self.peer_address
                         await cl.start(self.ownership.run)
@@ -388,14 +427,17 @@ class Node:
                 async with trio.open_nursery() as gw:
                     if self.config.listen:
                         host, port = parse_hostport(self.config.listen)
-                        listeners = await gw.start(run_tcp_listener, self, host, port)
+                        with _naming_the_address(self.config.listen, "", "listen", "the TCP client listener"):
+                            listeners = await gw.start(run_tcp_listener, self, host, port)
                         self.tcp_address = listeners[0].socket.getsockname()[:2]
                     if self.config.ws:
                         host, port = parse_hostport(self.config.ws)
-                        server = await gw.start(run_ws_listener, self, host, port)
+                        with _naming_the_address(self.config.ws, "", "ws", "the WebSocket listener"):
+                            server = await gw.start(run_ws_listener, self, host, port)
                         self.ws_address = (host, server.port)
                     if self.config.admin.listen:
-                        self.admin_address = await gw.start(self._run_admin)
+                        with _naming_the_address(self.config.admin.listen, "admin", "listen", "the admin listener"):
+                            self.admin_address = await gw.start(self._run_admin)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -429,6 +471,7 @@ class Node:
         if self.config.memory and self.config.admin.token_file is None:
             return secrets.token_urlsafe(32)  # no data directory: ask the node object for it
         if path.exists():
+            tighten(path)
             return path.read_text().strip()
         token = secrets.token_urlsafe(32)
         write_secret_file(path, token)
@@ -507,16 +550,21 @@ class Node:
             return
         self._stopped = True
         with trio.CancelScope(shield=True):
+            self.shutdown_phase = "closing client connections"
             self._gateway_scope.cancel()
             if self._gateway_started:
                 await self._gateway_done.wait()
+            self.shutdown_phase = "storing acknowledged writes"
             self.messenger.close()
             await self._writer_done.wait()
             if self.cluster is not None:
+                self.shutdown_phase = "leaving the cluster"
                 await self.cluster.leave()
+            self.shutdown_phase = "stopping cluster tasks"
             self._cluster_scope.cancel()
             if self._cluster_started:
                 await self._cluster_done.wait()
+            self.shutdown_phase = "closing the store"
             self.store.close()
             log.info("node %s stopped", self.node_id)
 

@@ -25,37 +25,11 @@ from typing import Any
 import msgpack
 
 from timpy.cluster.ring import HashRing
+from timpy.config import BackendSpec  # the config model defines it: config sits below the store
 from timpy.errors import ConfigError
 
 BACKEND_VNODES = 256
 PHASES = ("copy", "freeze", "cleanup")
-
-
-@dataclass(frozen=True)
-class BackendSpec:
-    """One SQL backend: a name, any SQLAlchemy URL, and a weight (its share of the keys)."""
-
-    name: str
-    url: str
-    weight: float = 1.0
-
-    def __post_init__(self) -> None:
-        if not self.name or not self.name.replace("-", "").replace("_", "").isalnum() or len(self.name) > 40:
-            raise ConfigError(
-                f"backend name {self.name!r}: use 1 to 40 letters, digits, '-' or '_'"
-            )
-        if "://" not in self.url:
-            raise ConfigError(f"backend {self.name}: {self.url!r} is not a SQLAlchemy URL (dialect://...)")
-        if not self.weight > 0:
-            raise ConfigError(f"backend {self.name}: weight must be positive, got {self.weight}")
-
-    def pack(self) -> list[Any]:
-        return [self.name, self.url, float(self.weight)]
-
-    @classmethod
-    def unpack(cls, raw: Any) -> BackendSpec:
-        name, url, weight = raw
-        return cls(str(name), str(url), float(weight))
 
 
 def backend_ring(backends: tuple[BackendSpec, ...]) -> HashRing:

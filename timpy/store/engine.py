@@ -7,6 +7,9 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.pool import StaticPool
 
+from timpy.errors import ConfigError
+from timpy.files import private_database
+
 _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 CONNECT_TIMEOUT = 3  # seconds
 
@@ -21,7 +24,7 @@ def sqlite_engine(path: Path | None, synchronous: str = "FULL") -> Engine:
             "sqlite://", connect_args={"check_same_thread": False}, poolclass=StaticPool
         )
     else:
-        path.parent.mkdir(parents=True, exist_ok=True)
+        private_database(path)
         engine = create_engine(
             f"sqlite:///{path}",
             connect_args={"check_same_thread": False, "timeout": 30},
@@ -55,4 +58,20 @@ def url_engine(url: str, synchronous: str = "FULL") -> Engine:
         connect_args = {"connect_timeout": CONNECT_TIMEOUT}
     elif parsed.get_backend_name() in ("mysql", "mariadb"):
         connect_args = {"connect_timeout": CONNECT_TIMEOUT, "read_timeout": 60, "write_timeout": 60}
-    return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=4, connect_args=connect_args)
+    try:
+        return create_engine(url, pool_pre_ping=True, pool_size=8, max_overflow=4, connect_args=connect_args)
+    except ImportError as exc:  # the dialect's driver is not installed
+        raise ConfigError(_missing_driver(parsed.get_backend_name(), parsed.get_driver_name(), exc)) from None
+
+
+# backend name -> (what it is, the pip extra that installs its driver)
+_EXTRAS = {"postgresql": ("PostgreSQL", "postgres"), "mysql": ("MySQL/MariaDB", "mysql"), "mariadb": ("MySQL/MariaDB", "mysql")}
+
+
+def _missing_driver(backend: str, driver: str, exc: ImportError) -> str:
+    module = getattr(exc, "name", None) or driver
+    if backend in _EXTRAS:
+        what, extra = _EXTRAS[backend]
+        return (f"the {what} driver ({module}) is not installed: install timpy with its extra, "
+                f"pip install 'timpy[{extra}]' (or '.[{extra}]' in a checkout), or pip install 'timpy[all]'")
+    return f"the database driver {module} for {backend}+{driver} URLs is not installed: pip install it"
