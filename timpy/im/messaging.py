@@ -339,7 +339,19 @@ class Messenger:
             row = (it.conv_id, it.seq, it.dedup, it.created_ms, it.sealed)
             entry = (it.user_id, placed.pos, it.conv_id, it.seq)
             add(it.user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
-        await self._replicator.replicate(copies, groups.values())
+        epoch = self._peers.epoch_number
+        try:
+            await self._replicator.replicate(copies, groups.values())
+        except TimpyError:
+            # Not acknowledged: take back what this write stored, here and wherever its copies went.
+            undo_rows = [(p.new.conv_id, a.seq, p.new.dedup) for p, a in zip(news, written.appended, strict=True)
+                         if not a.duplicate]
+            undo_inbox = [(u, pos, p.new.conv_id, a.seq) for p, a in zip(news, written.appended, strict=True)
+                          for u, pos in a.inbox.items()]
+            undo_inbox += [(p.item.user_id, pl.pos, p.item.conv_id, p.item.seq)
+                           for p, pl in zip(inbox, written.placed, strict=True) if pl.new]
+            await self._replicator.undo(epoch, undo_rows, undo_inbox)
+            raise
 
     def _fan_out(self, new: NewMessage, seq: int, sealed: bytes) -> list[Call]:
         """Ask the owners of the members' users (other nodes) to put the

@@ -29,6 +29,7 @@ from dataclasses import dataclass
 import trio
 
 from timpy.cluster.ownership import Epoch
+from timpy.cluster.rpc import Call
 from timpy.errors import Code, StorageError, TimpyError
 from timpy.im.peers import Peers
 from timpy.store.repository import Copies, Store
@@ -39,6 +40,7 @@ QUORUM_TIMEOUT = 3.0
 CATCH_UP_TIMEOUT = 2.0
 DIGEST_PAGE = 500
 COPY_PAGE = 2000
+UNDONE_MEMORY = 120.0  # seconds a node drops late copies of rows it undid
 
 
 class CopiesOutOfReach(StorageError):
@@ -72,6 +74,7 @@ class Replicator:
         self._warm: set[tuple[str, bytes]] = set()
         self._locks: dict[tuple[str, bytes], trio.Lock] = {}
         self._wake_send, self._wake = trio.open_memory_channel[None](1)
+        self._undone: dict[tuple, float] = {}  # rows undone lately -> until when late copies of them are dropped
         self._register()
 
     # --- write quorum -------------------------------------------------------
@@ -139,6 +142,73 @@ class Replicator:
                 Code.UNAVAILABLE,
             )
         self._peers.require_write()  # acknowledged only while the lease still holds
+
+    # --- undoing a write that missed its quorum --------------------------------
+
+    async def undo(
+        self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+    ) -> None:
+        """The rows of a write that did not reach its write quorum were never
+        acknowledged: remove them here and on every node they may have reached,
+        so the next owner's numbering cannot meet a different message at the
+        same place. Only where the epoch is still ``epoch``: a node that
+        accepted a newer one may have handed the rows to a new owner, who
+        then keeps them. Best effort: a node that cannot be reached keeps its
+        copy (docs/consistency.md, "Limits")."""
+        if not messages and not inbox:
+            return
+        self._remember_undone(messages, inbox)
+        await self._undo_here(epoch, messages, inbox)
+        others = sorted(self._peers.placement.members - {self._peers.self_id})
+        raw_messages = [list(x) for x in messages]
+        raw_inbox = [list(x) for x in inbox]
+        calls = [self._peers.start_call(n, "copies.undo", epoch, raw_messages, raw_inbox) for n in others]
+
+        async def wait(call: Call) -> None:
+            try:
+                await call.result(CATCH_UP_TIMEOUT)
+            except TimpyError as exc:
+                log.info("undoing an unacknowledged write on %s: %s", call.address, exc.text)
+
+        async with trio.open_nursery() as nursery:
+            for call in calls:
+                nursery.start_soon(wait, call)
+
+    async def _undo_here(
+        self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+    ) -> int:
+        ownership = self._peers.ownership
+        if ownership is None or ownership.epoch.number != epoch:
+            return 0
+        try:
+            async with ownership.applying(epoch):  # a fence from a newer epoch waits for it
+                return await self._store.run(self._store.repo.undo_writes, messages, inbox)
+        except TimpyError:
+            return 0
+
+    def _remember_undone(
+        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+    ) -> None:
+        """A copy of an undone row may still be on its way: drop it when it comes."""
+        expires = trio.current_time() + UNDONE_MEMORY
+        for row in messages:
+            self._undone[("m", *row)] = expires
+        for entry in inbox:
+            self._undone[("i", *entry)] = expires
+        if len(self._undone) > 100_000:
+            now = trio.current_time()
+            self._undone = {k: t for k, t in self._undone.items() if t > now}
+
+    def _without_undone(self, copies: Copies) -> Copies:
+        if not self._undone:
+            return copies
+        now = trio.current_time()
+        live = {k for k, t in self._undone.items() if t > now}
+        copies.messages = [r for r in copies.messages if ("m", bytes(r[0]), int(r[1]), bytes(r[2])) not in live]
+        copies.inbox = [
+            e for e in copies.inbox if ("i", bytes(e[0]), int(e[1]), bytes(e[2]), int(e[3])) not in live
+        ]
+        return copies
 
     # --- catch-up on takeover ----------------------------------------------
 
@@ -305,10 +375,17 @@ class Replicator:
         ownership = self._peers.ownership
 
         async def apply(raw: list, epoch: int = 0) -> int:
+            copies = self._without_undone(Copies.unpack(raw))
             if ownership is None:
-                return await self._store.run(repo.apply_copies, Copies.unpack(raw))
+                return await self._store.run(repo.apply_copies, copies)
             async with ownership.applying(int(epoch)):  # a stale writer's copy is refused
-                return await self._store.run(repo.apply_copies, Copies.unpack(raw))
+                return await self._store.run(repo.apply_copies, copies)
+
+        async def undo(epoch: int, messages: list, inbox: list) -> int:
+            rows = [(bytes(c), int(q), bytes(d)) for c, q, d in messages]
+            entries = [(bytes(u), int(p), bytes(c), int(q)) for u, p, c, q in inbox]
+            self._remember_undone(rows, entries)
+            return await self._undo_here(int(epoch), rows, entries)
 
         async def fence(epoch: list | None) -> None:
             # A new owner reads this copy: from now on refuse writes from older epochs.
@@ -328,6 +405,7 @@ class Replicator:
             return [list(x) for x in await self._store.run(repo.behind, str(kind), pairs)]
 
         rpc.register("copies.apply", apply)
+        rpc.register("copies.undo", undo)
         rpc.register("copies.conv", conv)
         rpc.register("copies.user", user)
         rpc.register("copies.behind", behind)
