@@ -136,6 +136,9 @@ class Ownership:
             return epoch == self.epoch
         self.epoch = epoch
         self.established_at = None
+        mine = self._grants.get(self.self_id)
+        if mine is not None and mine[0] < epoch.number:
+            del self._grants[self.self_id]  # our own lease under the old epoch ends here
         self.forgotten &= epoch.voters  # names already removed are done
         if self.lease_epoch is not None and self.lease_epoch != epoch:
             self.lease_until, self.lease_epoch = -1.0, None  # a lease is bound to its epoch
@@ -162,6 +165,11 @@ class Ownership:
                 del self._grants[name]
         if established and epoch == self.epoch and self.established_at is None:
             self.established_at = now
+        older = self._grants.get(holder)
+        if older is not None and older[0] < epoch.number:
+            # Asking under a newer epoch proves the holder accepted it, and
+            # accepting drops its lease under the old one: the promise is void.
+            del self._grants[holder]
         if epoch != self.epoch or holder_dead or holder not in epoch.voters or self.established_at is None:
             return False
         if self.older_grants_until(now) > now:
@@ -199,6 +207,10 @@ class Ownership:
 
     def has_lease(self, now: float) -> bool:
         return self.lease_epoch == self.epoch and now < self.lease_until
+
+    def ring_changing(self) -> bool:
+        """No lease, but a majority answers: a new epoch is on its way (wait, do not refuse yet)."""
+        return bool(self.epoch.voters) and self.reached >= majority(self.epoch.voters)
 
     def refusal(self) -> str:
         voters = len(self.epoch.voters)

@@ -106,6 +106,15 @@ class OwnershipService:
         if not self.core.has_lease(trio.current_time()):
             raise QuorumLost(self.core.refusal())
 
+    async def wait_for_lease(self, timeout: float = 3.0) -> None:
+        """While the ring is changing (a majority answers, the lease is on its
+        way) wait up to ``timeout`` for it; then as ``require_lease``. A node
+        cut off from the majority refuses at once."""
+        with trio.move_on_after(timeout):
+            while not self.core.has_lease(trio.current_time()) and self.core.ring_changing():
+                await trio.sleep(0.05)
+        self.require_lease()
+
     def seeds(self) -> list[str]:
         """Addresses of the voters this node knew, to rejoin them after a restart."""
         return sorted(a for n, a in self.addresses.items() if n != self.self_id and a)

@@ -296,7 +296,7 @@ class Messenger:
         keys = {("conv", p.new.conv_id) for p in news}
         keys |= {("user", u) for p in news for u in p.new.members if self._peers.is_local(u)}
         keys |= {("user", p.item.user_id) for p in inbox}
-        self._peers.require_write()  # no lease (no majority): refuse before anything is stored
+        await self._peers.await_write()  # no lease (no majority): refuse before anything is stored
         failed: list[TimpyError] = []
 
         async def ensure(kind: str, key: bytes) -> None:

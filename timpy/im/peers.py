@@ -20,6 +20,8 @@ class _Ownership(Protocol):
 
     def require_lease(self) -> None: ...
 
+    async def wait_for_lease(self, timeout: float = ...) -> None: ...
+
     def applying(self, epoch_number: int) -> AbstractAsyncContextManager[None]: ...
 
     async def fence(self, epoch: Epoch) -> None: ...
@@ -37,6 +39,12 @@ class Peers:
         standalone node is its own majority."""
         if self.ownership is not None:
             self.ownership.require_lease()
+
+    async def await_write(self) -> None:
+        """As ``require_write``, but while the ring is changing wait a few
+        seconds for the lease rather than refuse."""
+        if self.ownership is not None:
+            await self.ownership.wait_for_lease()
 
     @property
     def epoch_number(self) -> int:
@@ -61,7 +69,7 @@ class Peers:
         return self.rpc
 
     async def call(self, node_id: str, method: str, *args: Any, timeout: float = 5.0) -> Any:
-        self.require_write()  # a node cut off from the majority refuses at once rather than wait on peers
+        await self.await_write()  # a node cut off from the majority refuses at once rather than wait on peers
         return await self._rpc().call(self.placement.address(node_id), method, *args, timeout=timeout)
 
     def start_call(self, node_id: str, method: str, *args: Any) -> Call:
@@ -96,7 +104,7 @@ class Peers:
         this node, else through ``method`` (see ``expose``)."""
         owner = self.owner(key)
         if owner == self.self_id or self.rpc is None:
-            self.require_write()
+            await self.await_write()
             return await here(key, *args)
         return await self.call(owner, method, key, *args, timeout=timeout)
 

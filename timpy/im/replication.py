@@ -223,7 +223,7 @@ class Replicator:
         once per ring version ("conv" or "user")."""
         if self._peers.rpc is None or self.shared:
             return
-        self._peers.require_write()
+        await self._peers.await_write()
         if self._is_warm(kind, key):
             return
         lock = self._locks.setdefault((kind, key), trio.Lock())
