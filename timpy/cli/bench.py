@@ -351,3 +351,12 @@ def _register_paths_bench() -> None:
 
 
 _register_paths_bench()
+
+
+def _register_partition_bench() -> None:
+    from timpy.cli.bench_partition import register
+
+    register(bench)
+
+
+_register_partition_bench()
