@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import subprocess
 import sys
@@ -15,7 +16,7 @@ import pytest
 import trio
 
 import timpy
-from timpy.client.client import Connector
+from timpy.client import Connector
 from timpy.config import AdminConfig, ClusterConfig, NodeConfig, SecurityConfig
 
 # argon2id at its minimum cost: tests check behaviour, not hash strength.
@@ -123,5 +124,23 @@ def run_sync(fn, *args):  # noqa: ANN001, ANN201 - helper for sync tests
 from hypothesis import settings as _settings  # noqa: E402
 
 # Timing varies on a shared 2-core CI machine; correctness, not speed, is tested.
-_settings.register_profile("timpy", deadline=None, print_blob=True)
-_settings.load_profile("timpy")
+# Both profiles keep exploring: every run draws a new seed, printed in pytest's
+# header (rerun one with --hypothesis-seed=N). Under CI=true hypothesis would load its
+# built-in "ci" profile (derandomize=True: the same examples on every run, forever);
+# "timpy-ci" randomizes instead, and keeps no example database, so a failure found once
+# is reported with its seed and blob rather than replayed on every later run.
+_settings.register_profile("timpy", parent=_settings.get_profile("default"), deadline=None, print_blob=True)
+_settings.register_profile("timpy-ci", parent=_settings.get_profile("timpy"), derandomize=False, database=None)
+_settings.load_profile("timpy-ci" if os.environ.get("CI", "").lower() in ("true", "1", "yes") else "timpy")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_configure(config: pytest.Config) -> None:
+    # tryfirst: before hypothesis's own pytest_configure, which applies --hypothesis-seed.
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = str(random.SystemRandom().randrange(2**32))
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    seed = config.getoption("hypothesis_seed", None)
+    return f"hypothesis profile {_settings.get_current_profile_name()!r}, seed {seed} (rerun with --hypothesis-seed={seed})"

@@ -240,11 +240,13 @@ def _toml_value(v: object) -> str:
 
 @st.composite
 def scalar_tomls(draw: st.DrawFn) -> str:
-    top = draw(st.lists(st.one_of(st.sampled_from(_KEYS), _name), unique=True, max_size=6))
+    # mostly known options (so many files are valid), sometimes an unknown one
+    top = draw(st.lists(st.sampled_from(_KEYS) if draw(st.integers(0, 4)) else _name, unique=True, max_size=6))
     lines = [f"{k} = {_toml_value(draw(_scalars))}" for k in top]
-    for section in draw(st.lists(st.one_of(st.sampled_from(list(SECTIONS)), _name), unique=True, max_size=3)):
-        keys = draw(st.lists(st.one_of(st.sampled_from(_SECTION_KEYS.get(section, ["x"])), _name),
-                             unique=True, max_size=6))
+    sections = st.sampled_from(list(SECTIONS)) if draw(st.integers(0, 4)) else _name
+    for section in draw(st.lists(sections, unique=True, max_size=3)):
+        known = st.sampled_from(_SECTION_KEYS.get(section, ["x"]))
+        keys = draw(st.lists(known if draw(st.integers(0, 4)) else _name, unique=True, max_size=6))
         if section not in top:  # a top-level key and a table of the same name is not TOML
             lines.append(f"[{section}]")
             lines += [f"{k} = {_toml_value(draw(_scalars))}" for k in keys]
@@ -279,8 +281,3 @@ def test_the_quickstart_options_table_is_the_one_the_model_produces():
         "  python -c 'from timpy.config import options_table; print(options_table())'"
     )
 
-
-def test_the_quickstart_shows_the_real_node_file():
-    doc = (ROOT / "docs" / "quickstart.md").read_text()
-    block = doc.split("`nodes/single/node.toml`:\n\n```toml\n", 1)[1].split("```", 1)[0]
-    assert block == (NODES / "single" / "node.toml").read_text()

@@ -38,8 +38,10 @@ The convention (docs/architecture.md, "Documents are tested", says the same):
   terminal; the next command waits until every listener it names (or the defaults
   7070-7073) accepts connections. Python blocks run as scripts with this interpreter in
   the same directory, against the nodes running at that point. A document that starts a
-  node holds ``default_ports_lock()``: documents use fixed ports. At the end every node
-  gets SIGINT (Ctrl-C) and must exit cleanly; anything left is killed.
+  node (or runs python) holds ``default_ports_lock()``: documents use fixed ports. At the
+  end every node gets SIGINT (Ctrl-C) and must exit cleanly; anything left is killed.
+* **Every ``timpy ...`` named**, inline or in any block (run or not), must name real
+  commands and options.
 """
 
 from __future__ import annotations
@@ -370,6 +372,16 @@ def uses_top_level_await(block: Block) -> bool:
     return False
 
 
+def starts_nodes(block: Block) -> bool:
+    """A python block may open a node; a shell block does with `timpy node` (not --help)."""
+    if block.kind == "python":
+        return True
+    if block.kind not in ("shell", "console"):
+        return False
+    return any(NODE_COMMAND.match(INSTALL_PREFIX.sub("", c.text.strip())) and "--help" not in c.text
+               for c in commands(block))
+
+
 def runs_here(block: Block) -> bool:
     return not ({"not-run", "test-command", "synopsis"} & set(block.markers))
 
@@ -382,9 +394,8 @@ def runs_here(block: Block) -> bool:
 def test_document_runs_as_written(doc: Path, tmp_path: Path) -> None:
     found = blocks(doc)
     workdir = fresh_clone(tmp_path / "clone")
-    runnable = [b for b in found if runs_here(b) and b.kind != "data"]
     with ExitStack() as stack:
-        if runnable:
+        if any(starts_nodes(b) for b in found if runs_here(b)):
             stack.enter_context(default_ports_lock())
         document = Document(doc, workdir, stack)
         for block in found:
@@ -563,3 +574,26 @@ def test_the_runner_fails_where_a_reader_would(tmp_path: Path) -> None:
             _run_doc(doc, tmp_path)
     doc.write_text("```python\nimport trio\nawait trio.sleep(0)\nx = 1\n```\n```python\nassert x == 1\n```\n")
     _run_doc(doc, tmp_path)
+
+
+def test_default_ports_lock_waits_then_says_who_to_ask(tmp_path: Path) -> None:
+    from tests.support.default_ports import DefaultPortsBusy
+
+    lock = str(tmp_path / "ports.lock")
+    holder = subprocess.Popen(
+        [sys.executable, "-c",
+         "import fcntl, os, sys, time; fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT); "
+         "fcntl.flock(fd, fcntl.LOCK_EX); print('held', flush=True); sys.stdin.read()", lock],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        with pytest.raises(DefaultPortsBusy, match="another test run is using the default ports"):
+            with default_ports_lock(timeout=0.3, path=lock):
+                pass
+    finally:
+        assert holder.stdin is not None
+        holder.stdin.close()
+        holder.wait(timeout=10)
+    with default_ports_lock(timeout=5, path=lock):  # the holder is gone: the kernel dropped its lock
+        pass

@@ -24,7 +24,7 @@ The ``Cluster`` it yields, nodes named by index:
   ``config_of(i)``;
 - network: ``network`` (the ``MemoryNetwork``: ``loss``, ``delay``, ``jitter``,
   ``dropped``), ``partition(*groups)``, ``cut(i, j)``, ``heal()``;
-- clients: ``client(i, user, password, **connect_options)``, ``register(i,
+- clients: ``client(i, user, password, ...)`` (``timpy.connect``'s options), ``register(i,
   user, password)``, ``connector(i)`` (for ``timpy.connect`` in place of a URL);
 - clocks: ``wall_clock_ms(i)``, ``skew(i, seconds)``.
 
@@ -66,9 +66,8 @@ import nacl.signing
 import trio
 import trio.testing
 
-from timpy.client import Client, connect, register
-from timpy.client.client import Connector
-from timpy.cluster.transport.memory import MemoryNetwork
+from timpy.client import Client, Connector, connect, register
+from timpy.cluster.transport.memory import MemoryNetwork, MemoryTransport
 from timpy.concurrency import inline_workers, unwrap_single_error
 from timpy.config import NodeConfig, SecurityConfig
 from timpy.crypto.keys import ClusterKeys
@@ -99,6 +98,7 @@ class NodeDown(ConnectionRefusedError):
 @dataclasses.dataclass(eq=False)
 class _Running:
     node: Node
+    transport: MemoryTransport
     scope: trio.CancelScope = dataclasses.field(default_factory=trio.CancelScope)
     stopping: trio.Event = dataclasses.field(default_factory=trio.Event)
     done: trio.Event = dataclasses.field(default_factory=trio.Event)
@@ -153,11 +153,12 @@ class Cluster:
             raise RuntimeError(f"node {i} is running already")
         config = self.config_of(i)
         self._starts[i] += 1
+        transport = self.network.transport(self.addresses[i])
         node = Node(
-            config, self.keys, self.network.transport(self.addresses[i]), identity=self._identities[i],
+            config, self.keys, transport, identity=self._identities[i],
             rng=random.Random(f"{self.seed} {i} {self._starts[i]}"), clock_ms=partial(self.wall_clock_ms, i),
         )
-        run: _Running = await self._nursery.start(self._run, node)
+        run: _Running = await self._nursery.start(self._run, node, transport)
         if node.tcp_address or node.ws_address or node.admin_address:  # pragma: no cover - config_of turns them off
             raise RuntimeError(f"node {i} opened a listener; a test cluster must not use sockets")
         if i < len(self.nodes):
@@ -167,8 +168,8 @@ class Cluster:
         self._runs[i] = run
         return node
 
-    async def _run(self, node: Node, task_status: trio.TaskStatus[_Running]) -> None:
-        run = _Running(node)
+    async def _run(self, node: Node, transport: MemoryTransport, task_status: trio.TaskStatus[_Running]) -> None:
+        run = _Running(node, transport)
         try:
             with run.scope:
                 async with trio.open_nursery() as nursery:
@@ -188,6 +189,7 @@ class Cluster:
         """Stop node ``i`` abruptly, as SIGKILL would: no graceful leave, nothing
         flushed; its clients see their connection end. What it stored stays."""
         run = self._take(i)
+        run.transport.close()  # what its tasks send while they are cancelled goes nowhere
         run.scope.cancel()
         await run.done.wait()
 
@@ -267,9 +269,24 @@ class Cluster:
         return open_stream
 
     @asynccontextmanager
-    async def client(self, i: int, user: str, password: str | None = None, **options: object) -> AsyncIterator[Client]:
-        """``timpy.connect`` to node ``i``: the normal client, through the real gateway session."""
-        async with connect(self.connector(i), user, password, **options) as c:  # type: ignore[arg-type]
+    async def client(
+        self,
+        i: int,
+        user: str | None = None,
+        password: str | None = None,
+        *,
+        token: str | None = None,
+        device: str | None = None,
+        create: bool = False,
+        sync: bool = True,
+        resume_after: int = 0,
+        device_kind: str = "",
+    ) -> AsyncIterator[Client]:
+        """``timpy.connect`` to node ``i`` (same options): the normal client, through the real gateway session."""
+        async with connect(
+            self.connector(i), user, password, token=token, device=device, create=create, sync=sync,
+            resume_after=resume_after, device_kind=device_kind,
+        ) as c:
             yield c
 
     async def register(self, i: int, user: str, password: str) -> None:
@@ -290,17 +307,19 @@ async def open_cluster(
     """Run ``n`` nodes over an in-memory network for the duration of the block.
 
     ``config`` is the base of every node's config (default: ``NodeConfig`` with
-    the cheapest password hashing); listeners, storage place and seeds are set
-    per node (``Cluster.config_of``). ``data_dir``: SQLite files there instead of
-    memory. ``network``: one of your own (lossy, slow; default a lossless one
-    seeded with ``seed``). ``seed`` fixes the cluster key, the node identities
-    (so the ring and every key's owner), and membership's random choices. With
-    ``converge`` the block starts once every node has all n on its ring.
-    Leaving the block stops the running nodes gracefully.
+    the cheapest password hashing and SQLite's ``synchronous = NORMAL``);
+    listeners, storage place and seeds are set per node (``Cluster.config_of``).
+    ``data_dir``: SQLite files there instead of memory. ``network``: one of
+    your own (lossy, slow; default a lossless one seeded with ``seed``).
+    ``seed`` fixes the cluster key, the node identities (so the ring and every
+    key's owner), and membership's random choices. With ``converge`` the block
+    starts once every node has all n on its ring. Leaving the block stops the
+    running nodes gracefully.
     """
     if n < 1:
         raise ValueError(f"a cluster needs at least one node, got {n}")
-    base = config or NodeConfig(security=FAST_SECURITY)
+    # NORMAL: a commit survives the process (all a kill here is), without an fsync each time.
+    base = config or NodeConfig(security=FAST_SECURITY, sqlite_synchronous="NORMAL")
     if base.database_url or base.storage.shared:
         raise ValueError("open_cluster keeps each node's data apart: leave database_url and [storage] backends unset")
     with unwrap_single_error(), inline_workers():

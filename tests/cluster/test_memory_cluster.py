@@ -129,6 +129,12 @@ async def test_a_transport_that_stopped_is_off_the_network(autojump_clock):
     b2 = net.transport("b")  # a restart at the same address
     a.send("b", b"to the new one")
     assert b2.incoming.receive_nowait() == b"to the new one"
+    b2.close()  # a crash: it neither sends nor receives from here on
+    a.send("b", b"after the crash")
+    b2.send("a", b"from the grave")
+    assert net.dropped["absent"] == 2 and b2.stats.dropped == 1
+    with pytest.raises(trio.WouldBlock):
+        a.incoming.receive_nowait()
 
 
 # --- clusters of full nodes -------------------------------------------------------
@@ -286,3 +292,19 @@ def test_after_any_split_and_heal_every_node_sees_every_node_again(sides, loss, 
             assert all(n.peers.placement.members == set(cluster.node_ids) for n in cluster.nodes)
 
     run(scenario)
+
+
+async def test_a_restart_faster_than_any_suspicion_brings_the_same_node_back(autojump_clock, tmp_path: Path):
+    async with open_cluster(3, data_dir=tmp_path) as cluster:
+        await cluster.register(1, "hal", PASSWORD)
+        old = cluster.nodes[1]
+        uid = old.user_id_of("hal")
+        with trio.fail_after(10):  # R = 3 on three nodes: node 1 gets a copy of the account
+            while await old.store.run(old.store.repo.existing_accounts, [uid]) != {uid}:
+                await trio.sleep(0.01)
+        node = await cluster.restart(1)  # killed and started in the same instant
+        assert node is not old and node.node_id == old.node_id and cluster.running(1)
+        assert await node.store.run(node.store.repo.existing_accounts, [uid]) == {uid}  # from its file
+        await cluster.wait_converged()
+        async with cluster.client(1, "hal", PASSWORD) as hal:
+            assert hal.user == "hal"

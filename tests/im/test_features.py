@@ -14,7 +14,7 @@ import trio.testing
 
 import timpy
 from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
-from timpy.client.client import Connector
+from timpy.client import Connector
 from timpy.config import Limits, NodeConfig
 from timpy.testing import open_cluster
 

@@ -3,6 +3,7 @@
 from timpy.client.client import (
     Ack,
     Client,
+    Connector,
     GroupInfo,
     HistoryPage,
     Notice,
@@ -18,4 +19,4 @@ from timpy.client.client import (
     register,
 )
 
-__all__ = ["Ack", "Client", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "Unread", "connect", "register"]
+__all__ = ["Ack", "Client", "Connector", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "Unread", "connect", "register"]

@@ -165,6 +165,11 @@ class MemoryTransport:
         self._gone = True
         self._pending.clear()
 
+    def close(self) -> None:
+        """Leave the network now, as a crashed host does: nothing is sent or received from here on."""
+        self._detached()
+        self.network._detach(self)
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Deliver delayed frames when they are due; leaves the network when cancelled."""
         if self._gone:

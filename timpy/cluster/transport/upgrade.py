@@ -111,7 +111,7 @@ class IceUpgrade:
     async def _offer(self, peer: _Peer) -> bool:
         """One ICE attempt as the controlling side; True once a channel ran over it."""
         t = self.transport
-        assert t.nat is not None
+        assert t.nat is not None and self.loop is not None
         attempt = random.getrandbits(31)
         answers_send, answers = trio.open_memory_channel[IceOffer | str](1)
         self._answers[(peer.address, attempt)] = answers_send
@@ -156,7 +156,7 @@ class IceUpgrade:
     async def _answer(self, remote: str, attempt: int, offer: IceOffer) -> None:
         """Answer an ICE offer as the controlled side and accept the channel over it."""
         t = self.transport
-        assert t.nat is not None
+        assert t.nat is not None and self.loop is not None
         if remote in self._running:
             t._send_control(remote, nat.control(nat.ICE_FAIL, attempt, "busy"))
             return
