@@ -241,7 +241,8 @@ class OwnershipService:
             has = self.has_lease()
             if had and not has:
                 self.lease_lost_at = trio.current_time()
-                log.warning("this node lost its lease: %s", self.core.refusal())
+                level = logging.INFO if self.core.ring_changing() else logging.WARNING  # a new ring is routine
+                log.log(level, "this node lost its lease: %s", self.core.refusal())
             elif has and not had:
                 log.info("this node holds a lease under ring epoch %d", self.core.epoch.number)
             had = has
