@@ -29,7 +29,6 @@ from dataclasses import dataclass
 import trio
 
 from timpy.cluster.ownership import Epoch
-from timpy.cluster.rpc import Call
 from timpy.errors import Code, StorageError, TimpyError
 from timpy.im.peers import Peers
 from timpy.store.repository import Copies, Store
@@ -40,6 +39,7 @@ QUORUM_TIMEOUT = 3.0
 CATCH_UP_TIMEOUT = 2.0
 DIGEST_PAGE = 500
 COPY_PAGE = 2000
+UNDO_ATTEMPTS = 3
 UNDONE_MEMORY = 120.0  # seconds a node drops late copies of rows it undid
 
 
@@ -162,17 +162,21 @@ class Replicator:
         others = sorted(self._peers.placement.members - {self._peers.self_id})
         raw_messages = [list(x) for x in messages]
         raw_inbox = [list(x) for x in inbox]
-        calls = [self._peers.start_call(n, "copies.undo", epoch, raw_messages, raw_inbox) for n in others]
 
-        async def wait(call: Call) -> None:
-            try:
-                await call.result(CATCH_UP_TIMEOUT)
-            except TimpyError as exc:
-                log.info("undoing an unacknowledged write on %s: %s", call.address, exc.text)
+        async def undo_at(node: str) -> None:
+            for attempt in range(UNDO_ATTEMPTS):  # a lost request or answer is retried: undo is idempotent
+                try:
+                    await self._peers.start_call(node, "copies.undo", epoch, raw_messages, raw_inbox).result(
+                        CATCH_UP_TIMEOUT
+                    )
+                    return
+                except TimpyError as exc:
+                    if attempt == UNDO_ATTEMPTS - 1:
+                        log.warning("could not undo an unacknowledged write on %s: %s", node, exc.text)
 
         async with trio.open_nursery() as nursery:
-            for call in calls:
-                nursery.start_soon(wait, call)
+            for node in others:
+                nursery.start_soon(undo_at, node)
 
     async def _undo_here(
         self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
