@@ -11,11 +11,10 @@ import pytest
 import trio
 
 from tests.conftest import PASSWORD
-from timpy.errors import RemoteError
 from timpy.cluster.ownership_service import MEMBERS_FILE, load_members
 from timpy.config import AdminConfig, ClusterConfig, NodeConfig
 from timpy.crypto.keys import ClusterKeys
-from timpy.errors import Code, TimpyError
+from timpy.errors import Code, RemoteError, TimpyError
 from timpy.node.node import Node
 from timpy.testing import FAST_SECURITY, MemoryNetwork, open_cluster
 
