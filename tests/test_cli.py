@@ -39,3 +39,12 @@ def test_bench_paths_measures_direct_and_relayed_channels():
     result = json.loads(r.output.strip().splitlines()[-1])
     assert result["relayed round trip p99 ms"] >= result["relayed round trip p50 ms"] > 0
     assert result["direct TCP MB/s each way"] > 0 and result["relayed MB/s each way"] > 0
+
+
+def test_bench_repair_repairs_exactly_the_rows_it_deleted():
+    r = CliRunner().invoke(cli, ["bench", "repair", "--conversations", "20", "--messages", "5", "--damage", "0.1",
+                                 "--memory", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["keys_per_node"] == 60 and result["rows_per_node"] == 300
+    assert result["rows_deleted_on_one_replica"] == 30 and result["rows_repaired"] == 30

@@ -183,6 +183,8 @@ class Cluster:
         finally:
             if not node._stopped and hasattr(node, "store"):
                 node.store.close()  # killed: what a process's death releases
+            if node.data_lock is not None:
+                node.data_lock.release()  # as the OS drops a dead process's flock
             run.done.set()
 
     async def kill(self, i: int) -> None:

@@ -195,3 +195,24 @@ async def test_json_logs_carry_the_node_id_and_no_secret_and_the_admin_api_answe
     text = node.log_text()
     for secret in ("a-very-secret-password", "the body nobody may log", token):
         assert secret not in text
+
+
+def test_second_node_on_the_same_data_directory_refuses_to_start(tmp_path):
+    first = NodeProcess(tmp_path).start()
+    try:
+        second = subprocess.run(
+            [sys.executable, "-m", "timpy", "node", "--config", str(tmp_path / "node.toml")],
+            capture_output=True, text=True, timeout=60,
+        )
+        assert second.returncode != 0
+        assert f"pid {first.proc.pid}" in second.stderr and "--data" in second.stderr, second.stderr
+        assert first.proc.poll() is None  # the running node is untouched
+
+        async def still_serves() -> None:
+            await timpy.register(first.tcp_url, "alice", PASSWORD)
+
+        trio.run(still_serves)
+    finally:
+        assert first.stop(signal.SIGTERM) == 0
+    first.start()  # the directory is free again once the first node stopped
+    first.stop()

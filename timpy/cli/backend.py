@@ -21,7 +21,7 @@ from rich.table import Table
 from timpy.cli.cluster import ask_node
 from timpy.concurrency import unwrap_single_error
 from timpy.config import parse_hostport
-from timpy.errors import TimpyError
+from timpy.errors import Code, TimpyError
 
 FOLLOW_LIMIT = 24 * 3600.0  # seconds a command follows a move at most
 
@@ -39,7 +39,7 @@ def _ask(address: str, key_file: Path, method: str, *args: Any, timeout: float =
             return trio.run(lambda: ask_node(address, key_file, method, *args, timeout=timeout))
     except TimpyError as exc:
         text = exc.text
-        if "unknown cluster method" in text:
+        if exc.code == Code.UNKNOWN_OPERATION:
             text = f"the node at {address} is not in shared-backend mode (no [storage] backends)"
         raise click.ClickException(text) from None
 

@@ -353,6 +353,15 @@ def _register_paths_bench() -> None:
 _register_paths_bench()
 
 
+def _register_repair_bench() -> None:
+    from timpy.cli.bench_repair import register
+
+    register(bench)
+
+
+_register_repair_bench()
+
+
 def _register_partition_bench() -> None:
     from timpy.cli.bench_partition import register
 
@@ -360,3 +369,8 @@ def _register_partition_bench() -> None:
 
 
 _register_partition_bench()
+
+
+from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands
+
+bench.add_command(failover_cmd)

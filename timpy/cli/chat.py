@@ -3,6 +3,9 @@
 Lines typed are sent to the current peer; commands start with '/':
 /to NAME, /history [N], /quit. With --send the command sends one message
 and exits; with --history it prints the conversation and exits.
+
+``--url`` may be given several times (nodes of one cluster): the chat fails
+over to the next when its connection closes, and says so on screen.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import click
 import trio
 
 import timpy
+from timpy.client.client import TlsError, UrlError, parse_url
 from timpy.errors import RemoteError
 from timpy.im.messages import ChatMessage
 
@@ -24,7 +28,9 @@ def _line(m: ChatMessage) -> str:
 
 
 @click.command()
-@click.option("--url", default="tcp://127.0.0.1:7070", show_default=True, help="Node to connect to.")
+@click.option("--url", "urls", multiple=True, default=("tcp://127.0.0.1:7070",), show_default=True,
+              help="Node to connect to (tcp://, tcps://, ws://, wss://); repeat it to fail over to other nodes.")
+@click.option("--ca", type=click.Path(dir_okay=False), help="PEM file of a private CA that signed the nodes' TLS certificates.")
 @click.option("--user", required=True, help="Your user name.")
 @click.option("--password", prompt=True, hide_input=True, help="Your password (prompted if not given).")
 @click.option("--register", "do_register", is_flag=True, help="Create the account first.")
@@ -33,25 +39,29 @@ def _line(m: ChatMessage) -> str:
 @click.option("--send", "text", help="Send this one message to --to and exit.")
 @click.option("--history", "history", type=int, help="Print the last N messages with --to and exit.")
 @click.option("--listen", "listen_for", type=float, help="Print incoming messages for this many seconds and exit.")
-def chat(url: str, user: str, password: str, do_register: bool, device: str, peer: str | None,
-         text: str | None, history: int | None, listen_for: float | None) -> None:
+def chat(urls: tuple[str, ...], ca: str | None, user: str, password: str, do_register: bool, device: str,
+         peer: str | None, text: str | None, history: int | None, listen_for: float | None) -> None:
     """Chat from the terminal."""
     try:
-        trio.run(_chat, url, user, password, do_register, device, peer, text, history, listen_for)
-    except RemoteError as exc:
-        raise click.ClickException(exc.text) from None
+        for url in urls:
+            parse_url(url)
+        trio.run(_chat, list(urls), ca, user, password, do_register, device, peer, text, history, listen_for)
+    except (RemoteError, UrlError, TlsError) as exc:
+        raise click.ClickException(getattr(exc, "text", None) or str(exc)) from None
     except OSError as exc:
-        raise click.ClickException(f"cannot reach {url}: {exc}; is the node running?") from None
+        raise click.ClickException(f"cannot reach {', '.join(urls)}: {exc}; is the node running?") from None
 
 
-async def _chat(url: str, user: str, password: str, do_register: bool, device: str, peer: str | None,
-                text: str | None, history: int | None, listen_for: float | None) -> None:
+async def _chat(urls: list[str], ca: str | None, user: str, password: str, do_register: bool, device: str,
+                peer: str | None, text: str | None, history: int | None, listen_for: float | None) -> None:
     if do_register:
-        await timpy.register(url, user, password)
+        await timpy.register(urls, user, password, ca=ca)
         click.echo(f"registered {user}")
         if peer is None and text is None and history is None and listen_for is None:
             return
-    async with timpy.connect(url, user, password, device=device) as client:
+    interactive = text is None and history is None and listen_for is None
+    async with timpy.connect(urls, user, password, device=device, ca=ca, failover=interactive or None,
+                             on_status=lambda line: click.echo(f"\r*** {line}")) as client:
         if text is not None or history is not None or listen_for is not None:
             if text is not None:
                 if not peer:
@@ -79,8 +89,12 @@ async def _interactive(client: timpy.Client, peer: str | None) -> None:
     async with trio.open_nursery() as nursery:
 
         async def show() -> None:
+            # Ends when the connection is closed for good (failover gave up,
+            # or the node refused this device): say why at once, and stop.
             async for m in client.events():
                 click.echo("\r" + _line(m))
+            click.echo(f"\r*** disconnected: {client.closed_reason}")
+            nursery.cancel_scope.cancel()
 
         nursery.start_soon(show)
         stdin = trio.wrap_file(sys.stdin)

@@ -120,8 +120,10 @@ def status(address: str, key_file: Path, as_json: bool) -> None:
     console.print(
         f"replicas R={info['replicas']}, write quorum W={info['write_quorum']}; "
         f"live terminals {info['terminals']}, routing records {info['routes']}; "
-        f"anti-entropy: {repair['passes']} passes, {repair['keys_repaired']} keys repaired"
-        f"{' (running)' if repair['running'] else ''}"
+        f"repair: {repair['passes']} passes{' (running)' if repair['running'] else ''}, "
+        f"last {repair['keys_checked']} keys checked, {repair['keys_repaired']} differed; since start "
+        f"{repair.get('ranges_compared', 0)} ranges compared, {repair.get('rows_repaired', 0)} rows repaired, "
+        f"{repair.get('conflicting_slots', 0)} conflicting slots"
     )
     own = info.get("ownership") or {}
     if "epoch" in own:

@@ -14,9 +14,11 @@ from timpy.client.client import (
     Roster,
     Signal,
     StreamData,
+    TlsError,
     Unread,
+    UrlError,
     connect,
     register,
 )
 
-__all__ = ["Ack", "Client", "Connector", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "Unread", "connect", "register"]
+__all__ = ["Ack", "Client", "Connector", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]

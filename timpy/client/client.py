@@ -1,22 +1,32 @@
 """The Python client library.
 
 ``async with timpy.connect(url, user, password) as client:`` opens a
-connection (``tcp://HOST:PORT`` or ``ws://HOST:PORT/``), logs in, receives
-the messages that arrived while this device was away, and then yields live
-ones from ``client.events()``. Every message handed to the program is
-acknowledged to the node, so it is not delivered to this device again;
-deliveries are deduplicated by inbox position, so none is handed over twice.
+connection (``tcp://HOST:PORT``, ``ws://HOST:PORT/``, or in TLS
+``tcps://HOST:PORT``, ``wss://HOST:PORT/``), logs in, receives the messages
+that arrived while this device was away, and then yields live ones from
+``client.events()``. Every message handed to the program is acknowledged to
+the node, so it is not delivered to this device again; deliveries are
+deduplicated by inbox position, so none is handed over twice.
+
+Given several URLs (nodes of one cluster), the client fails over: when its
+connection closes it connects to the next node (bounded retries with
+backoff), logs in again with its token, resumes the inbox after the last
+position it saw, and retries the requests that were waiting, sends with the
+same client id (so none is stored twice).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 import math
+import ssl
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
@@ -32,6 +42,30 @@ from timpy.wire.framing import FrameDecoder, frame_bytes
 
 CLIENT_MAX_FRAME = 64 * 1024 * 1024
 ACK_INTERVAL = 0.05
+CONNECT_TIMEOUT = 10.0  # seconds for one connection attempt: TCP/TLS, hello and login
+CLOSE_TIMEOUT = 2.0  # seconds a closing connection waits for the node's goodbye
+FAILOVER_WITHIN = 30.0  # seconds a client keeps trying the nodes it was given before it gives up
+FAILOVER_ATTEMPTS = 50
+_BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)  # seconds between rounds of attempts, then 2 s
+# Requests that may be sent again after a connection was lost: reads, and
+# sends (deduplicated by their client id). Others (group changes, ...) fail
+# with UNAVAILABLE: their outcome is unknown.
+_RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync"})
+# A node that closed the connection for one of these reasons would do it again.
+_FINAL = frozenset({Code.KICKED, Code.ACCOUNT_DISABLED, Code.BAD_CREDENTIALS, Code.TOKEN_INVALID, Code.TOKEN_EXPIRED,
+                    Code.VERSION_UNSUPPORTED})
+
+log = logging.getLogger("timpy.client")
+SCHEMES = ("tcp", "tcps", "ws", "wss")
+
+
+class UrlError(ValueError):
+    """A node URL the client cannot use."""
+
+
+class TlsError(ConnectionError):
+    """The TLS handshake with a node failed (untrusted certificate, wrong
+    server name, no TLS on that port); the text says which and what to do."""
 
 
 @dataclass(frozen=True)
@@ -169,6 +203,7 @@ def message_from_wire(m: TPayload) -> ChatMessage:
 
 #: Opens a byte stream to a node, for ``connect`` and ``register`` in place of a URL.
 Connector = Callable[[], Awaitable[trio.abc.Stream]]
+Target = str | Connector  # a node URL, or a Connector
 
 
 class _TcpChannel:
@@ -223,12 +258,40 @@ class _WsChannel:
         await self._ws.aclose()
 
 
-class Client:
-    """A logged-in connection to a node. Create it with ``connect``."""
+class _Lost(Exception):
+    """The connection a request went out on closed before its answer came."""
 
-    def __init__(self, channel: Any, nursery: trio.Nursery) -> None:
-        self._channel = channel
+    def __init__(self, over: trio.Event) -> None:
+        super().__init__("connection lost")
+        self.over = over  # set once the reader of that connection has finished
+
+
+class Client:
+    """A logged-in connection to a node (or, given several URLs, to one of
+    them at a time). Create it with ``connect``."""
+
+    def __init__(
+        self,
+        nursery: trio.Nursery,
+        urls: Sequence[Target] = (),
+        *,
+        ca: str | Path | None = None,
+        failover: bool = False,
+        on_status: Callable[[str], None] | None = None,
+    ) -> None:
+        self._channel: Any = None
         self._nursery = nursery
+        self._urls = list(urls)
+        self._url_index = 0
+        self._ca = ca
+        self._failover = failover
+        self._on_status = on_status
+        self._login: dict[str, Any] | None = None  # how to log in again after a failover
+        self._state = "connecting"  # connecting, up, failing_over, closed
+        self._connected = trio.Event()  # set while up, and once closed for good
+        self._conn_scope: trio.CancelScope | None = None
+        self._conn_over = trio.Event()
+        self._closing = False
         self._rids = itertools.count(1)
         self._waiting: dict[int, tuple[trio.Event, list[TPayload]]] = {}
         self._events_send, self._events_recv = trio.open_memory_channel[tuple[int, ChatMessage]](math.inf)
@@ -243,6 +306,8 @@ class Client:
         self._synced = trio.Event()
         self.closed_reason: str | None = None
         self.closed_code = Code.UNAVAILABLE  # the node's reason for closing, when it gave one (KICKED, ...)
+        self.url: Target = ""  # the node this client is connected to now
+        self.reconnects = 0  # failovers so far
         self.user = ""
         self.token = ""
         self.device = ""
@@ -251,10 +316,27 @@ class Client:
 
     # --- plumbing -------------------------------------------------------
 
-    async def _reader(self) -> None:
+    def _status(self, text: str) -> None:
+        log.info("%s", text)
+        if self._on_status is not None:
+            self._on_status(text)
+
+    async def _connection(self, url: Target, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """One connection: its channel lives as long as this task, which its
+        reader ends."""
+        with trio.CancelScope() as scope:
+            async with _open_channel(url, self._ca) as channel:
+                over = trio.Event()
+                self._channel, self._conn_scope, self._conn_over, self.url = channel, scope, over, url
+                self.closed_reason, self.closed_code = None, Code.UNAVAILABLE
+                task_status.started()
+                await self._reader(over)
+
+    async def _reader(self, over: trio.Event) -> None:
+        channel = self._channel
         try:
             while True:
-                frame = await self._channel.receive()
+                frame = await channel.receive()
                 if frame is None:
                     break
                 self._dispatch(frame)
@@ -262,11 +344,93 @@ class Client:
             self.closed_reason = str(exc)
         finally:
             self.closed_reason = self.closed_reason or "the node closed the connection"
-            for event, _ in self._waiting.values():
+            waiting, self._waiting = self._waiting, {}
+            if self._state == "up":
+                if self._failover and not self._closing and self.closed_code not in _FINAL:
+                    self._state = "failing_over"
+                    self._connected = trio.Event()
+                    self._nursery.start_soon(self._fail_over, self.closed_reason)
+                else:
+                    self._end()
+            over.set()
+            for event, _ in waiting.values():
                 event.set()
-            self._events_send.close()
-            self._notices_send.close()
-            self._synced.set()
+
+    def _end(self) -> None:
+        """Closed for good: no more events, and every request fails."""
+        self._state = "closed"
+        self._events_send.close()
+        self._notices_send.close()
+        self._synced.set()
+        self._connected.set()
+
+    async def _open(self, url: Target) -> None:
+        """Connect to ``url``, say hello and (after the first time) log in."""
+        await self._nursery.start(self._connection, url)
+        try:
+            _, welcome = await self._call("hello", version=wp.PROTOCOL_VERSION, agent="timpy-python")
+            self.node_id, self.max_body = welcome.node_id, welcome.max_body
+            if self._login is not None:
+                await self._log_in()
+        except _Lost:
+            raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code) from None
+        except BaseException:
+            if self._conn_scope is not None:
+                self._conn_scope.cancel()
+            raise
+
+    async def _log_in(self) -> None:
+        login = self._login
+        assert login is not None
+        ok = None
+        if self.token:
+            try:
+                _, ok = await self._ask(
+                    "token_login", token=self.token, device=self.device, no_sync=login["no_sync"],
+                    device_kind=login["device_kind"],
+                )
+            except RemoteError as exc:
+                if exc.code not in (Code.TOKEN_EXPIRED, Code.TOKEN_INVALID) or login["password"] is None:
+                    raise
+        if ok is None:
+            _, ok = await self._ask(
+                "login", name=login["name"], password=login["password"], device=self.device or "default",
+                no_sync=login["no_sync"], device_kind=login["device_kind"],
+            )
+        self.user, self.token, self.device = ok.user, ok.token, ok.device
+
+    async def _fail_over(self, reason: str) -> None:
+        """Connect to the next node (then the one after, ...) with backoff,
+        log in again and resume; give up after FAILOVER_WITHIN seconds."""
+        self._status(f"lost the connection to {self.url} ({reason}); reconnecting")
+        last = reason
+        n = len(self._urls)
+        with trio.move_on_after(FAILOVER_WITHIN):
+            for attempt in range(FAILOVER_ATTEMPTS):
+                if attempt and attempt % n == 0:
+                    await trio.sleep(_BACKOFF[min(attempt // n - 1, len(_BACKOFF) - 1)])
+                index = (self._url_index + 1 + attempt) % n
+                url = self._urls[index]
+                try:
+                    with trio.fail_after(CONNECT_TIMEOUT):
+                        await self._open(url)
+                except (OSError, trio.TooSlowError, TimpyError, trio_websocket.HandshakeError) as exc:
+                    last = f"{url}: {_reason(exc)}"
+                    if isinstance(exc, TlsError) or getattr(exc, "code", None) in _FINAL:
+                        break
+                    continue
+                self._url_index = index
+                self.reconnects += 1
+                self._acked_pos = 0  # the new node may have missed the last acknowledgements
+                if self._ack_pos:
+                    self._ack_wanted.set()
+                self._state = "up"
+                self._connected.set()
+                self._status(f"reconnected to {url}")
+                return
+        self.closed_reason = f"no node answered within {FAILOVER_WITHIN:g} s ({last})"
+        self._status(f"gave up reconnecting: {self.closed_reason}")
+        self._end()
 
     def _dispatch(self, frame: TPayload) -> None:
         rid = frame.rid or 0
@@ -280,7 +444,7 @@ class Client:
             for notice in _notices_of(op, body):
                 try:
                     self._notices_send.send_nowait(notice)
-                except trio.WouldBlock:
+                except (trio.WouldBlock, trio.ClosedResourceError):
                     self._notices_dropped += 1  # nobody reads them: keep memory bounded
             return
         if rid in self._waiting:
@@ -295,6 +459,8 @@ class Client:
     def _on_delivery(self, body: TPayload) -> None:
         pos = body.pos or 0
         if pos <= self._last_pos:
+            if pos <= self._ack_pos:
+                self._ack_wanted.set()  # taken already (before a reconnect): acknowledge it here too
             return  # seen already (a resync after unflushed acks)
         self._last_pos = pos
         message = message_from_wire(body.message)
@@ -306,7 +472,10 @@ class Client:
             self._ack_pos = max(self._ack_pos, pos)  # our own send, echoed to this terminal
             self._ack_wanted.set()
             return
-        self._events_send.send_nowait((pos, message))
+        try:
+            self._events_send.send_nowait((pos, message))
+        except trio.ClosedResourceError:
+            pass
 
     async def _acker(self) -> None:
         # Idle until something needs acknowledging, then batch for ACK_INTERVAL:
@@ -318,7 +487,7 @@ class Client:
             await self._flush_acks()
 
     async def _flush_acks(self) -> None:
-        if self._ack_pos > self._acked_pos and self.closed_reason is None:
+        if self._ack_pos > self._acked_pos and self._state == "up":
             pos = self._ack_pos
             try:
                 await self._channel.send(wp.make_frame("delivery_ack", pos=pos))
@@ -326,26 +495,51 @@ class Client:
             except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
                 pass
 
-    async def request(self, op: str, payload: TPayload | None = None, **fields: Any) -> tuple[str, TPayload]:
-        """Send one request and wait for its reply; an Error reply raises RemoteError."""
+    async def _call(self, op: str, payload: TPayload | None = None, **fields: Any) -> tuple[str, TPayload]:
+        """One request on the current connection; _Lost if it closes first."""
         rid = next(self._rids)
         event, box = trio.Event(), []
+        over = self._conn_over
         self._waiting[rid] = (event, box)
-        if self.closed_reason is not None:
-            raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code)
         try:
             await self._channel.send(wp.make_frame(op, payload, rid=rid, **fields))
-        except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed) as exc:
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
             self._waiting.pop(rid, None)
-            raise RemoteError(f"connection closed: {exc}", Code.UNAVAILABLE) from None
+            if self._conn_scope is not None:
+                self._conn_scope.cancel()  # the reader finishes this connection
+            raise _Lost(over) from None
         await event.wait()
         if not box:
-            raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code)
+            raise _Lost(over)
         reply_op, body = wp.operation_of(box[0])
         if reply_op == "error":
             code = Code(body.code) if body.code in Code._value2member_map_ else Code.INTERNAL
             raise RemoteError(body.text or "", code)
         return reply_op, body
+
+    async def _ask(self, op: str, payload: TPayload | None = None, **fields: Any) -> tuple[str, TPayload]:
+        """One request on the current connection, no failover."""
+        try:
+            return await self._call(op, payload, **fields)
+        except _Lost:
+            raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code) from None
+
+    async def request(self, op: str, payload: TPayload | None = None, **fields: Any) -> tuple[str, TPayload]:
+        """Send one request and wait for its reply; an Error reply raises RemoteError.
+
+        With failover, a request that is safe to repeat (reads; sends, by
+        their client id) is sent again on the next connection."""
+        for _ in range(FAILOVER_ATTEMPTS):
+            await self._connected.wait()
+            if self._state == "closed":
+                break
+            try:
+                return await self._call(op, payload, **fields)
+            except _Lost as lost:
+                await lost.over.wait()
+                if op not in _RETRY_SAFE or self._state == "closed":
+                    break
+        raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code)
 
     # --- the API ----------------------------------------------------------
 
@@ -533,7 +727,10 @@ class Client:
         if confirm:
             await self.request("stream", room=room, data=data)
             return
-        await self._channel.send(wp.make_frame("stream", rid=0, room=room, data=data))
+        try:
+            await self._channel.send(wp.make_frame("stream", rid=0, room=room, data=data))
+        except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
+            raise RemoteError(f"connection closed: {self.closed_reason}", self.closed_code) from None
 
     # --- profiles ------------------------------------------------------------------
 
@@ -566,13 +763,16 @@ class Client:
         await self.request("logout")
 
     async def aclose(self) -> None:
+        self._closing = True
         with trio.CancelScope(shield=True):
-            await self._flush_acks()
+            with trio.move_on_after(CLOSE_TIMEOUT):
+                await self._flush_acks()
+                if self._channel is not None:
+                    try:
+                        await self._channel.aclose()
+                    except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
+                        pass
             self._nursery.cancel_scope.cancel()
-            try:
-                await self._channel.aclose()
-            except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed):
-                pass
 
 
 class _null:
@@ -583,22 +783,116 @@ class _null:
         return None
 
 
+def parse_url(url: str) -> tuple[str, str, int | None]:
+    """(scheme, host, port) of a node URL; UrlError naming the accepted forms."""
+    accepted = "tcp://HOST:PORT, tcps://HOST:PORT, ws://HOST:PORT/ or wss://HOST:PORT/"
+    parts = urlparse(str(url))
+    if parts.scheme not in SCHEMES or not parts.hostname:
+        raise UrlError(f"{url!r} is not a node URL: use {accepted}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise UrlError(f"{url!r} has no valid port: use {accepted}") from None
+    if port is None and parts.scheme in ("tcp", "tcps"):
+        raise UrlError(f"{url!r} names no port: use {accepted}")
+    return parts.scheme, parts.hostname, port
+
+
+def tls_context(ca: str | Path | None = None) -> ssl.SSLContext:
+    """The client's TLS context: the system's trusted CAs, or only the PEM CA
+    file ``ca`` (a private CA); server names are always checked."""
+    if ca is None:
+        return ssl.create_default_context()
+    path = Path(ca)
+    if not path.is_file():
+        raise TlsError(f"the CA file {path} does not exist")
+    try:
+        return ssl.create_default_context(cafile=str(path))
+    except (ssl.SSLError, OSError) as exc:
+        raise TlsError(f"the CA file {path} holds no PEM CA certificate ({exc})") from None
+
+
+def _tls_failure(url: str, host: str, exc: BaseException) -> TlsError:
+    cause: BaseException | None = exc
+    while cause is not None and not isinstance(cause, ssl.SSLError):
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(cause, ssl.SSLCertVerificationError):
+        if cause.verify_code == 62:  # X509_V_ERR_HOSTNAME_MISMATCH
+            return TlsError(
+                f"{url}: the node's certificate is not valid for the name {host!r} ({cause.verify_message}); "
+                "connect with a name the certificate was issued to"
+            )
+        return TlsError(
+            f"{url}: the node's certificate is not trusted ({cause.verify_message}); if the cluster uses a "
+            "private CA, pass its certificate: ca=FILE (timpy chat --ca FILE)"
+        )
+    reason = getattr(cause, "reason", None) or str(cause or exc)
+    return TlsError(f"{url}: the TLS handshake failed ({reason}); does the node serve TLS on that port (tls_cert)?")
+
+
+def _reason(exc: BaseException) -> str:
+    if isinstance(exc, TimpyError):
+        return exc.text
+    if isinstance(exc, trio.TooSlowError):
+        return f"no answer within {CONNECT_TIMEOUT:g} s"
+    return str(exc) or type(exc).__name__
+
+
 @asynccontextmanager
-async def _open_channel(url: str | Connector) -> AsyncIterator[Any]:
+async def _open_channel(url: str | Connector, ca: str | Path | None = None) -> AsyncIterator[Any]:
     if callable(url):  # a stream the caller opens (timpy.testing's in-memory clients): TCP framing over it
-        stream = await url()
-    else:
-        parts = urlparse(url)
-        if parts.scheme in ("ws", "wss"):
-            async with trio_websocket.open_websocket_url(url, max_message_size=CLIENT_MAX_FRAME) as ws:
+        channel = _TcpChannel(await url())
+        try:
+            yield channel
+        finally:
+            with trio.CancelScope(shield=True):
+                await channel.aclose()
+        return
+    scheme, host, port = parse_url(url)
+    if scheme == "ws":
+        opened = False
+        try:
+            async with trio_websocket.open_websocket_url(
+                url, max_message_size=CLIENT_MAX_FRAME, connect_timeout=CONNECT_TIMEOUT,
+                disconnect_timeout=CLOSE_TIMEOUT,
+            ) as ws:
+                opened = True
                 yield _WsChannel(ws)
-            return
-        if parts.scheme != "tcp":
-            raise ValueError(f"unsupported URL {url!r}: use tcp://HOST:PORT or ws://HOST:PORT/")
-        if not parts.hostname or not parts.port:
-            raise ValueError(f"expected tcp://HOST:PORT, got {url!r}")
-        stream = await trio.open_tcp_stream(parts.hostname, parts.port)
-    channel = _TcpChannel(stream)
+        except trio_websocket.HandshakeError as exc:
+            if opened:
+                raise
+            cause = exc.__cause__ or exc.__context__
+            raise ConnectionError(f"{url}: {cause or 'the WebSocket handshake failed'}") from None
+        return
+    default_port = 443 if scheme == "wss" else 0
+    if scheme in ("tcps", "wss"):
+        stream: trio.abc.Stream = await _tls_stream(url, host, port or default_port, tls_context(ca))
+    else:
+        assert port is not None
+        stream = await trio.open_tcp_stream(host, port)
+    if scheme == "wss":
+        # The TLS handshake is done (and its failure explained) before the
+        # WebSocket one, which would report it only as a timeout.
+        parts = urlparse(url)
+        resource = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        host_header = host if port in (None, 443) else f"{host}:{port}"
+        async with trio.open_nursery() as nursery:
+            try:
+                with trio.fail_after(CONNECT_TIMEOUT):
+                    ws = await trio_websocket.wrap_client_stream(
+                        nursery, stream, host_header, resource, max_message_size=CLIENT_MAX_FRAME
+                    )
+            except BaseException:
+                await trio.aclose_forcefully(stream)
+                raise
+            try:
+                yield _WsChannel(ws)
+            finally:
+                with trio.CancelScope(shield=True), trio.move_on_after(CLOSE_TIMEOUT):
+                    await ws.aclose()
+                nursery.cancel_scope.cancel()
+        return
+    channel = _TcpChannel(stream)  # type: ignore[arg-type]
     try:
         yield channel
     finally:
@@ -606,35 +900,65 @@ async def _open_channel(url: str | Connector) -> AsyncIterator[Any]:
             await channel.aclose()
 
 
-@asynccontextmanager
-async def _session(url: str | Connector) -> AsyncIterator[Client]:
-    with unwrap_single_error():
-        async with _open_channel(url) as channel, trio.open_nursery() as nursery:
-            async with _client(channel, nursery) as client:
-                yield client
-
-
-@asynccontextmanager
-async def _client(channel: Any, nursery: trio.Nursery) -> AsyncIterator[Client]:
-    client = Client(channel, nursery)
-    nursery.start_soon(client._reader)
+async def _tls_stream(url: str, host: str, port: int, context: ssl.SSLContext) -> trio.SSLStream:
+    stream = await trio.open_ssl_over_tcp_stream(host, port, ssl_context=context)
     try:
-        _, welcome = await client.request("hello", version=wp.PROTOCOL_VERSION, agent="timpy-python")
-        client.node_id, client.max_body = welcome.node_id, welcome.max_body
-        yield client
-    finally:
-        await client.aclose()
+        with trio.fail_after(CONNECT_TIMEOUT):
+            await stream.do_handshake()
+    except (trio.BrokenResourceError, ssl.SSLError) as exc:
+        await trio.aclose_forcefully(stream)
+        raise _tls_failure(url, host, exc) from None
+    except trio.TooSlowError:
+        await trio.aclose_forcefully(stream)
+        raise TlsError(f"{url}: no TLS handshake within {CONNECT_TIMEOUT:g} s; does the node serve TLS there?") from None
+    return stream
 
 
-async def register(url: str | Connector, user: str, password: str) -> None:
-    """Create an account on the cluster at ``url``."""
-    async with _session(url) as client:
-        await client.request("register_", name=user, password=password)
+def _url_list(url: Target | Sequence[Target]) -> list[Target]:
+    urls = [url] if isinstance(url, str) or callable(url) else list(url)
+    if not urls:
+        raise UrlError("no node URL given")
+    for u in urls:
+        if not callable(u):
+            parse_url(u)
+    return urls
+
+
+async def register(url: Target | Sequence[Target], user: str, password: str, *, ca: str | Path | None = None) -> None:
+    """Create an account on the cluster at ``url`` (the first of several that answers)."""
+    async with _connected(_url_list(url), ca, None, None) as client:
+        await client._ask("register_", name=user, password=password)
+
+
+@asynccontextmanager
+async def _connected(
+    urls: list[Target], ca: str | Path | None, failover: bool | None, on_status: Callable[[str], None] | None,
+    before_login: Callable[[Client], Any] | None = None,
+) -> AsyncIterator[Client]:
+    """A client connected (hello done) to the first of ``urls`` that answers."""
+    with unwrap_single_error():
+        async with trio.open_nursery() as nursery:
+            client = Client(nursery, urls, ca=ca, failover=len(urls) > 1 if failover is None else failover,
+                            on_status=on_status)
+            try:
+                for index, url in enumerate(urls):
+                    try:
+                        with trio.fail_after(CONNECT_TIMEOUT) if len(urls) > 1 else _null():
+                            await client._open(url)
+                        client._url_index = index
+                        break
+                    except (OSError, trio.TooSlowError, TimpyError, trio_websocket.HandshakeError) as exc:
+                        if index == len(urls) - 1 or isinstance(exc, TlsError):
+                            raise
+                        client._status(f"{url}: {_reason(exc)}; trying {urls[index + 1]}")
+                yield client
+            finally:
+                await client.aclose()
 
 
 @asynccontextmanager
 async def connect(
-    url: str | Connector,
+    url: Target | Sequence[Target],
     user: str | None = None,
     password: str | None = None,
     *,
@@ -644,12 +968,24 @@ async def connect(
     sync: bool = True,
     resume_after: int = 0,
     device_kind: str = "",
+    ca: str | Path | None = None,
+    failover: bool | None = None,
+    on_status: Callable[[str], None] | None = None,
 ) -> AsyncIterator[Client]:
     """Connect and log in with a password or a token.
 
-    ``url`` is ``tcp://HOST:PORT`` or ``ws://HOST:PORT/``, or a ``Connector``:
-    an async function returning a ``trio.abc.Stream`` to a node's gateway that
-    carries the TCP framing (``timpy.testing`` clients use in-memory streams).
+    ``url`` is one node URL (``tcp://``, ``tcps://``, ``ws://``, ``wss://``)
+    or a ``Connector`` (an async function returning a ``trio.abc.Stream`` to a
+    node's gateway in the TCP framing; ``timpy.testing`` clients use in-memory
+    streams), or a list of them (nodes of one cluster): the
+    first that answers is used, and with several (or ``failover=True``) the
+    client fails over when its connection closes: it reconnects to the next
+    node (retrying with backoff for up to FAILOVER_WITHIN seconds), logs in
+    again, resumes after the last inbox position it saw, and sends again the
+    requests that were waiting (a send keeps its client id, so it is stored
+    once). ``on_status`` is called with a sentence on each loss and
+    reconnection. ``ca`` is a PEM file of the CA that signed the nodes'
+    certificates, for ``tcps://`` and ``wss://`` with a private CA.
 
     ``device`` names this terminal: the node remembers per device what it has
     delivered, so use a stable name per installation (default "default"; with a
@@ -661,26 +997,22 @@ async def connect(
     lost with the old connection. ``device_kind`` ("mobile", "desktop",
     "web", ...) is what terminal limits per kind count.
     """
-    async with _session(url) as client:
+    if not token and not (user and password is not None):
+        raise ValueError("connect needs user and password, or token")
+    urls = _url_list(url)
+    async with _connected(urls, ca, failover, on_status) as client:
         client._last_pos = client._ack_pos = client._acked_pos = max(0, resume_after)
         if create and user and password:
             try:
-                await client.request("register_", name=user, password=password)
+                await client._ask("register_", name=user, password=password)
             except RemoteError as exc:
                 if exc.code != Code.USER_EXISTS:
                     raise
-        if token:
-            _, ok = await client.request(
-                "token_login", token=token, device=device or "", no_sync=not sync, device_kind=device_kind
-            )
-        elif user and password is not None:
-            _, ok = await client.request(
-                "login", name=user, password=password, device=device or "default", no_sync=not sync,
-                device_kind=device_kind,
-            )
-        else:
-            raise ValueError("connect needs user and password, or token")
-        client.user, client.token, client.device = ok.user, ok.token, ok.device
+        client._login = {"name": user, "password": password, "no_sync": not sync, "device_kind": device_kind}
+        client.token, client.device = token or "", device or ("" if token else "default")
+        await client._log_in()
+        client._state = "up"
+        client._connected.set()
         client._nursery.start_soon(client._acker)
         if not sync:
             client._synced.set()

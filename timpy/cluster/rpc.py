@@ -41,10 +41,37 @@ class _Sender(Protocol):
     def send(self, address: str, payload: bytes) -> None: ...
 
 
+# What the node asked holds, by the first part of a method's name: errors that
+# reach users name that, never the internal operation.
+_HOLDS = {
+    "acct": "the account", "term": "the account", "token": "the account", "route": "the account",
+    "conv": "the conversation", "inbox": "the recipient's inbox", "receipt": "the conversation",
+    "group": "the group", "presence": "the user's presence", "roster": "the contact list",
+    "room": "the room", "signal": "the recipient", "copies": "a copy of the data",
+    "backend": "the storage map", "cluster": "the cluster status", "admin": "part of the cluster",
+}
+
+
+def holds(method: str) -> str:
+    """What a node asked with ``method`` holds, in words a user knows."""
+    return _HOLDS.get(method.partition(".")[0], "part of the data")
+
+
 class PeerUnavailable(TimpyError):
-    """The peer did not answer in time; the outcome of the request is unknown."""
+    """The peer did not answer in time; the outcome of the request is unknown.
+
+    The text is for users ("the node that holds the account did not answer
+    within 5 s; try again in a few seconds"); ``method`` and ``address`` are
+    for logs."""
 
     code = Code.UNAVAILABLE
+
+    def __init__(self, address: str, method: str, timeout: float) -> None:
+        super().__init__(
+            f"the node that holds {holds(method)} did not answer within {timeout:g} s "
+            "(it may have just stopped); try again in a few seconds"
+        )
+        self.address, self.method, self.timeout = address, method, timeout
 
 
 class Call:
@@ -62,7 +89,8 @@ class Call:
         finally:
             self._rpc._waiting.pop(self._rid, None)
         if not self._box:
-            raise PeerUnavailable(f"node {self.address} did not answer {self.method} within {timeout:g} s")
+            log.info("node %s did not answer %s within %g s", self.address, self.method, timeout)
+            raise PeerUnavailable(self.address, self.method, timeout)
         code, result = self._box
         if code:
             raise TimpyError(str(result), Code(code) if code in Code._value2member_map_ else Code.INTERNAL)
@@ -135,7 +163,9 @@ class Rpc:
             _, rid, reply_to, method, args = raw
             handler = self._handlers.get(method)
             if handler is None or not isinstance(args, list):
-                raise TimpyError(f"unknown cluster method {method!r}", Code.UNKNOWN_OPERATION)
+                log.warning("a peer asked for the unknown cluster method %r", method)
+                raise TimpyError("a node of the cluster runs another version of timpy that does not know this "
+                                 "request; upgrade the nodes to one version", Code.UNKNOWN_OPERATION)
             if self._running >= MAX_HANDLER_TASKS:
                 raise TimpyError("this node is overloaded; retry", Code.UNAVAILABLE)
             result = handler(*args)
@@ -145,7 +175,7 @@ class Rpc:
         except Exception as exc:
             self.bad_frames += 1
             log.exception("cluster request failed: %s", type(exc).__name__)
-            self._answer(raw, Code.INTERNAL, "internal error on the peer; it was logged")
+            self._answer(raw, Code.INTERNAL, "internal error on another node of the cluster; it was logged there")
             return
         if hasattr(result, "__await__"):
             self._tasks_send.send_nowait(self._finish(raw, result))
@@ -160,7 +190,7 @@ class Rpc:
             return
         except Exception:
             log.exception("cluster request %r failed", raw[3] if len(raw) > 3 else "?")
-            self._answer(raw, Code.INTERNAL, "internal error on the peer; it was logged")
+            self._answer(raw, Code.INTERNAL, "internal error on another node of the cluster; it was logged there")
             return
         self._answer(raw, 0, result)
 

@@ -14,18 +14,21 @@ import dataclasses
 import hmac
 import json
 import logging
+import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
-from timpy.config import Limits
+from timpy.config import AdminConfig, Limits
 from timpy.errors import AuthError, Code, ConfigError, RequestError, TimpyError
+from timpy.gateway.tls import server_context
 
 if TYPE_CHECKING:
     from timpy.node.node import Node
@@ -89,6 +92,25 @@ def openapi() -> dict[str, Any]:
         "components": {"securitySchemes": {"adminToken": {"type": "http", "scheme": "bearer"}}},
         "paths": paths,
     }
+
+
+def hypercorn_config(admin: AdminConfig, host: str, port: int) -> HypercornConfig:
+    """How hypercorn serves the admin app: the bind address, and HTTPS with
+    ``tls_cert``/``tls_key``; with ``tls_client_ca`` a client certificate that
+    CA signed is required (mTLS). The files are checked here, at start, so a
+    missing or unreadable one is an error naming its option."""
+    hc = HypercornConfig()
+    hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
+    hc.accesslog = None
+    hc.errorlog = logging.getLogger("timpy.admin.http")
+    hc.graceful_timeout = 1.0
+    if admin.tls_cert is not None and admin.tls_key is not None:
+        server_context(admin.tls_cert, admin.tls_key, "admin.", admin.tls_client_ca)  # clear errors first
+        hc.certfile, hc.keyfile = str(admin.tls_cert), str(admin.tls_key)
+        if admin.tls_client_ca is not None:
+            hc.ca_certs = str(admin.tls_client_ca)
+            hc.verify_mode = ssl.CERT_REQUIRED
+    return hc
 
 
 def build_app(node: Node, token: str) -> Starlette:
@@ -216,7 +238,8 @@ def build_app(node: Node, token: str) -> Starlette:
         host, port = node.ws_address
         if host in ("0.0.0.0", "::", ""):
             host = request.url.hostname or "127.0.0.1"
-        return {"ws": f"ws://{host}:{port}/"}
+        scheme = "wss" if node.config.tls_cert is not None else "ws"
+        return {"ws": f"{scheme}://{host}:{port}/"}
 
     def page(name: str) -> Callable[[Request], Awaitable[Response]]:
         async def serve(_: Request) -> Response:

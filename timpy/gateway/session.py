@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 import trio
 from thriftpy2.thrift import TPayload
 
+from timpy.cluster.rpc import PeerUnavailable
 from timpy.crypto.tokens import TokenClaims
 from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyError
 from timpy.im import ids
@@ -60,6 +61,22 @@ def message_to_wire(m: ChatMessage) -> TPayload:
         seq=m.seq,
         ext=m.ext,
     )
+
+
+def in_users_words(exc: TimpyError, frame: TPayload) -> TimpyError:
+    """A node that did not answer, named by what this request was about:
+    "the node that holds alice's account did not answer ..."."""
+    if not isinstance(exc, PeerUnavailable):
+        return exc
+    op, body = wp.operation_of(frame)
+    text = exc.text
+    if op in ("login", "register_") and body.name:
+        text = text.replace("the account", f"{body.name}'s account", 1)
+    elif op == "send" and body.message is not None and body.message.recipient:
+        text = text.replace("the account", f"{body.message.recipient}'s account", 1)
+        text = text.replace("the conversation", f"your conversation with {body.message.recipient}", 1)
+        text = text.replace("the recipient's inbox", f"{body.message.recipient}'s inbox", 1)
+    return TimpyError(text, exc.code)
 
 
 def error_frame(rid: int, exc: TimpyError) -> TPayload:
@@ -164,9 +181,10 @@ class ClientSession:
 
     # --- frames ---------------------------------------------------------
 
-    async def handle_bad_frame(self, exc: ProtocolError) -> None:
-        """A frame that did not decode: its boundary was sound, so answer and go on."""
-        await self.reply(error_frame(0, exc))
+    async def handle_bad_frame(self, exc: ProtocolError, rid: int = 0) -> None:
+        """A frame that did not decode: its boundary was sound, so answer and go
+        on (under its request id when the transport could read it)."""
+        await self.reply(error_frame(rid, exc))
         self._count_violation()
 
     def _count_violation(self) -> None:
@@ -184,6 +202,7 @@ class ClientSession:
             )
             self._count_violation()
             return
+        op = "an undecodable request"
         try:
             op, body = wp.operation_of(frame)
             if op not in _CLIENT_OPS:
@@ -200,10 +219,11 @@ class ClientSession:
             self.node.metrics.errors.labels(exc.code.name).inc()
             if isinstance(exc, AuthError):
                 self.node.metrics.login_failures.inc()
-            await self.reply(error_frame(rid, exc))
+            await self.reply(error_frame(rid, in_users_words(exc, frame)))
         except Exception:
             self.node.metrics.errors.labels(Code.INTERNAL.name).inc()
-            log.exception("internal error serving %s", self.peer)
+            log.exception("internal error serving %s (%s) for %s", self.peer,
+                          self.identity.name if self.identity is not None else "not logged in", op)
             await self.reply(error_frame(rid, TimpyError("internal error; it was logged", Code.INTERNAL)))
 
     # --- operations -----------------------------------------------------

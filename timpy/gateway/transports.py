@@ -1,19 +1,26 @@
 """Client transports: length-prefixed thrift over TCP, and WebSocket
-(binary messages: thrift; text messages: the JSON mapping)."""
+(binary messages: thrift; text messages: the JSON mapping), each optionally
+in TLS (``tls_cert``/``tls_key``: clients use ``tcps://`` and ``wss://``).
+
+Every connection runs in its own tasks; a fault in them ends that connection
+alone, logged with the peer and user, never the listener or the node."""
 
 from __future__ import annotations
 
+import json
 import logging
+import ssl
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
 import trio
 from thriftpy2.thrift import TPayload
-from trio_websocket import ConnectionClosed, WebSocketRequest, serve_websocket
+from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
-from timpy.errors import Code, ProtocolError
+from timpy.errors import Code, ProtocolError, TimpyError
 from timpy.gateway.session import ClientSession, CloseAfter, error_frame
+from timpy.gateway.tls import server_context
 from timpy.wire import jsonmap
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
@@ -61,25 +68,123 @@ def _ends_connection(nursery: trio.Nursery) -> Iterator[None]:
     nursery.cancel_scope.cancel()
 
 
+def describe(session: ClientSession) -> str:
+    """The connection, for logs: peer address, and the user once logged in."""
+    user = session.identity.name if session.identity is not None else "not logged in"
+    return f"{session.peer} ({user})"
+
+
+_INTERNAL = TimpyError("internal error on the node; it was logged. Reconnect and try again", Code.INTERNAL)
+
+
+@contextmanager
+def _one_connection(node: Node, describe_it: object) -> Iterator[None]:
+    """A fault in one connection's tasks ends that connection alone, logged
+    with the peer and the user; the listener and the node go on."""
+    try:
+        yield
+    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
+        pass  # the peer went away
+    except* Exception as group:
+        node.metrics.errors.labels(Code.INTERNAL.name).inc()
+        for exc in group.exceptions:
+            log.error("client connection %s failed: %s", describe_it(), type(exc).__name__, exc_info=exc)  # type: ignore[operator]
+
+
+async def _serve_frame(session: ClientSession, frame: TPayload) -> None:
+    """One request: a fault that escapes its handler is answered INTERNAL
+    under the request's id, and the connection is closed."""
+    try:
+        await session.handle(frame)
+    except Exception:
+        log.exception("serving a request from %s failed", describe(session))
+        rid = frame.rid if isinstance(frame.rid, int) else 0
+        session.fail(_INTERNAL, rid)
+
+
+def _decode_or_none(decode: object, data: object) -> TPayload:
+    """Decode a frame; a decoder fault other than a clean refusal is a bad
+    frame to this client, not a crash of the connection."""
+    try:
+        return decode(data)  # type: ignore[operator]
+    except ProtocolError:
+        raise
+    except Exception as exc:
+        log.warning("a frame did not decode (%s): %s", type(exc).__name__, exc)
+        raise ProtocolError("the frame could not be decoded", Code.BAD_FRAME) from None
+
+
+def json_rid(text: str) -> int:
+    """The request id of a JSON frame that failed to decode, when it can be
+    read, so the client waiting on that id gets the error; else 0."""
+    try:
+        data = json.loads(text)
+    except (ValueError, RecursionError):
+        return 0
+    rid = data.get("rid") if isinstance(data, dict) else None
+    if isinstance(rid, int) and not isinstance(rid, bool) and -(2**31) <= rid < 2**31:
+        return rid
+    return 0
+
+
+async def _close_with_error(send: object) -> None:
+    """After a fault: tell the client, briefly and best effort, then close."""
+    with trio.move_on_after(CLOSE_GRACE):
+        try:
+            await send()  # type: ignore[operator]
+        except Exception:  # noqa: BLE001 - the connection is being abandoned anyway
+            pass
+
+
 _FULL = ProtocolError("the node has too many connections; try another node or later", Code.TOO_MANY_CONNECTIONS)
 
 
-async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
-    """Serve one client over a byte stream in the TCP framing: a socket, or an
-    in-memory stream (``timpy.testing``)."""
+def client_tls(node: Node) -> ssl.SSLContext | None:
+    """The TLS context of the client listeners, or None without TLS."""
+    c = node.config
+    if c.tls_cert is None or c.tls_key is None:
+        return None
+    return server_context(c.tls_cert, c.tls_key)
+
+
+def _peer_of(stream: trio.abc.Stream) -> str:
+    while isinstance(stream, trio.SSLStream):
+        stream = stream.transport_stream
     try:
-        host, port = stream.socket.getpeername()[:2]
-        peer = f"{host}:{port}"
-    except (OSError, AttributeError):  # AttributeError: an in-memory stream (timpy.testing) has no socket
-        peer = "?"
+        host, port = stream.socket.getpeername()[:2]  # type: ignore[attr-defined]
+        return f"{host}:{port}"
+    except (OSError, AttributeError):
+        return "?"
+
+
+async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
+    """Serve one client over a byte stream in the TCP framing: a socket, a TLS
+    stream over one, or an in-memory stream (``timpy.testing``)."""
+    peer = _peer_of(stream)
     if not node.gate.admit():
-        try:
-            await stream.send_all(frame_bytes(wp.encode(error_frame(0, _FULL))))
-        except (trio.BrokenResourceError, trio.ClosedResourceError):
-            pass
-        await stream.aclose()
+        with trio.move_on_after(CLOSE_GRACE):
+            try:
+                await stream.send_all(frame_bytes(wp.encode(error_frame(0, _FULL))))
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                pass
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
         return
-    session = ClientSession(node, peer)
+    session: ClientSession | None = None
+    with _one_connection(node, lambda: describe(session) if session else peer):
+        try:
+            session = ClientSession(node, peer)
+            await _serve_tcp_session(node, stream, session)
+        except Exception:
+            await _close_with_error(lambda: stream.send_all(frame_bytes(wp.encode(error_frame(0, _INTERNAL)))))
+            raise
+        finally:
+            node.gate.leave()
+            with trio.CancelScope(shield=True):
+                await stream.aclose()
+
+
+async def _serve_tcp_session(node: Node, stream: trio.abc.Stream, session: ClientSession) -> None:
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
@@ -102,11 +207,11 @@ async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
                             return
                         for body in bodies:
                             try:
-                                frame = wp.decode(body)
+                                frame = _decode_or_none(wp.decode, body)
                             except ProtocolError as exc:
                                 await session.handle_bad_frame(exc)
                                 continue
-                            await session.handle(frame)
+                            await _serve_frame(session, frame)
                     nursery.cancel_scope.cancel()
 
                 async def write() -> None:
@@ -133,16 +238,21 @@ async def serve_tcp_stream(node: Node, stream: trio.abc.Stream) -> None:
                 nursery.start_soon(session.watch_handshake)
     finally:
         session.finish()
-        node.gate.leave()
-        with trio.CancelScope(shield=True):
-            await stream.aclose()
 
 
 async def run_tcp_listener(node: Node, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
-    async def handler(stream: trio.SocketStream) -> None:
+    tls = client_tls(node)
+
+    async def handler(stream: trio.abc.Stream) -> None:
         await serve_tcp_stream(node, stream)
 
-    await trio.serve_tcp(handler, port, host=host, task_status=task_status)
+    if tls is None:
+        await trio.serve_tcp(handler, port, host=host, task_status=task_status)
+        return
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    tls_listeners = [trio.SSLListener(listener, tls, https_compatible=False) for listener in listeners]
+    task_status.started(listeners)
+    await trio.serve_listeners(handler, tls_listeners)
 
 
 def _encode_ws(frame: TPayload, json_mode: bool) -> bytes | str:
@@ -158,10 +268,27 @@ async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None
         except ConnectionClosed:
             pass
         return
-    ws = await request.accept()
-    remote = ws.remote
-    peer = f"{getattr(remote, 'address', '?')}:{getattr(remote, 'port', '?')}"
-    session = ClientSession(node, peer)
+    ws: WebSocketConnection | None = None
+    session: ClientSession | None = None
+    with _one_connection(node, lambda: describe(session) if session else "a WebSocket client"):
+        try:
+            ws = await request.accept()
+            remote = ws.remote
+            peer = f"{getattr(remote, 'address', '?')}:{getattr(remote, 'port', '?')}"
+            session = ClientSession(node, peer)
+            await _serve_ws_session(ws, session)
+        except Exception:
+            if ws is not None:
+                await _close_with_error(lambda: ws.send_message(wp.encode(error_frame(0, _INTERNAL))))
+            raise
+        finally:
+            node.gate.leave()
+            if ws is not None:
+                with trio.CancelScope(shield=True):
+                    await ws.aclose()
+
+
+async def _serve_ws_session(ws: WebSocketConnection, session: ClientSession) -> None:
     json_mode = False
     try:
         with session.cancel_scope:
@@ -178,14 +305,15 @@ async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None
                         try:
                             if isinstance(message, str):
                                 json_mode = True
-                                frame = jsonmap.decode_json(message)
+                                frame = _decode_or_none(jsonmap.decode_json, message)
                             else:
                                 json_mode = False
-                                frame = wp.decode(message)
+                                frame = _decode_or_none(wp.decode, message)
                         except ProtocolError as exc:
-                            await session.handle_bad_frame(exc)
+                            rid = json_rid(message) if isinstance(message, str) else 0
+                            await session.handle_bad_frame(exc, rid)
                             continue
-                        await session.handle(frame)
+                        await _serve_frame(session, frame)
 
                 async def write() -> None:
                     with _ends_connection(nursery):
@@ -204,9 +332,6 @@ async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None
                 nursery.start_soon(session.watch_handshake)
     finally:
         session.finish()
-        node.gate.leave()
-        with trio.CancelScope(shield=True):
-            await ws.aclose()
 
 
 async def run_ws_listener(node: Node, host: str, port: int, task_status: trio.TaskStatus[object]) -> None:
@@ -218,7 +343,7 @@ async def run_ws_listener(node: Node, host: str, port: int, task_status: trio.Ta
             handler,
             host,
             port,
-            ssl_context=None,
+            ssl_context=client_tls(node),
             handler_nursery=handlers,
             max_message_size=node.config.limits.max_frame,
             task_status=task_status,

@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -125,6 +125,8 @@ class Messenger:
         self._cluster = self._peers.rpc is not None
         self._replicator = replicator or Replicator(store, self._peers)
         self.routes = routes or Routes(self._peers, registry)
+        self.routes.on_resend = self._reattach_owned_by
+        self._replicator.restore_inbox_entry = self.restore_inbox_entry
         self._send_q, self._recv_q = trio.open_memory_channel[_Pending | _PendingInbox | None](math.inf)
         self._known_users: set[bytes] = set()
         # Acknowledged positions not yet stored; written with the next batch.
@@ -179,6 +181,7 @@ class Messenger:
         """Host the resyncs of terminals that missed a push, until cancelled."""
         async with trio.open_nursery() as nursery:
             self._background = nursery
+            self.ask_for_terminals(self._peers.placement.members)
             task_status.started()
             try:
                 await trio.sleep_forever()
@@ -633,6 +636,40 @@ class Messenger:
             return
         for terminal in self._registry.all():
             self._background.start_soon(self._reattach, terminal)
+        self.ask_for_terminals(self._peers.placement.members)
+
+    def ask_for_terminals(self, members: Iterable[str]) -> None:
+        """Ask each member met for the first time since this node started to
+        record with it the terminals of the users it owns (``Routes``)."""
+        if self._background is None:
+            return
+        for node in self.routes.not_yet_asked(members):
+            self._background.start_soon(self.routes.ask_for_terminals, node)
+
+    async def restore_inbox_entry(self, item: InboxItem) -> None:
+        """Put a message back in a user's inbox through its owner's writer (at
+        the head, unless it is there already): repair found it had lost its
+        inbox slot to another message."""
+        owner = self._peers.owner(item.user_id)
+        if owner == self._peers.self_id or not self._cluster:
+            pending = _PendingInbox(item, ids.conversation_text(item.conv_id), trio.Event())
+            self._enqueue(pending)
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+            return
+        await self._peers.call(
+            owner, "inbox.append", [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed
+        )
+
+    def _reattach_owned_by(self, owner: str) -> int:
+        """``owner`` (re)started: record with it the terminals here whose users it owns."""
+        if self._background is None:
+            return 0
+        mine = [t for t in self._registry.all() if self._peers.owner(t.user_id) == owner]
+        for terminal in mine:
+            self._background.start_soon(self._reattach, terminal)
+        return len(mine)
 
     async def _reattach(self, terminal: LiveTerminal) -> None:
         try:

@@ -10,11 +10,16 @@ Three mechanisms keep the copies whole:
   copy. An acknowledged write is on W of the old replicas, and removing a node
   from the ring keeps the survivors in the new replica set, so the new owner
   continues the sequence with no gap and no reuse.
-* **Anti-entropy.** After every ring change (and every ``interval`` seconds),
-  each node walks the keys it holds and compares digests (a conversation's
-  last sequence number, a user's inbox head) with the key's other replicas;
-  whatever they lack is streamed to them. This also moves ranges to nodes that
-  became replicas, and repairs a node that was down.
+* **Repair (anti-entropy).** After every ring change (and every ``interval``
+  seconds), each node walks the keys it holds in pages and compares their
+  content with each other replica (``timpy.store.digest``): one digest per
+  key for a page (the replica also names the keys of that range it holds
+  and this node lacks), bucket digests for a key that differs, slot hashes
+  for a bucket that differs; then exactly the differing rows are copied,
+  both ways. A slot held with two different values keeps the one with the
+  lowest hash, on both sides (reported in the log and metrics). This moves
+  ranges to nodes that became replicas, repairs a node that was down, and
+  fills holes below the head.
 
 Rows travel sealed, exactly as stored.
 """
@@ -31,7 +36,8 @@ import trio
 from timpy.cluster.ownership import Epoch
 from timpy.errors import Code, StorageError, TimpyError
 from timpy.im.peers import Peers
-from timpy.store.repository import Copies, Store
+from timpy.store import digest
+from timpy.store.repository import Copies, InboxItem, Store
 
 log = logging.getLogger("timpy.replication")
 
@@ -39,6 +45,7 @@ QUORUM_TIMEOUT = 3.0
 CATCH_UP_TIMEOUT = 2.0
 DIGEST_PAGE = 500
 COPY_PAGE = 2000
+RANGE_LIMIT = 10_000  # keys a replica reports held beyond the asker's list, per range
 UNDO_ATTEMPTS = 3
 UNDONE_MEMORY = 120.0  # seconds a node drops late copies of rows it undid
 
@@ -51,9 +58,13 @@ class CopiesOutOfReach(StorageError):
 class RepairProgress:
     passes: int = 0
     running: bool = False
-    keys_checked: int = 0
-    keys_repaired: int = 0
-    rows_sent: int = 0
+    keys_checked: int = 0  # in the last (or running) pass
+    keys_repaired: int = 0  # keys whose copies differed, in the last pass
+    rows_sent: int = 0  # rows this node copied to others, since start
+    ranges_compared: int = 0  # key ranges and buckets compared with replicas, since start
+    rows_repaired: int = 0  # rows copied by repair, either way, since start
+    conflicting_slots: int = 0  # slots held with different values on two replicas, since start
+    inbox_entries_restored: int = 0  # messages put back in an inbox after losing their slot, since start
     last_pass_s: float = 0.0
     copy_failures: int = 0  # copies that missed the write quorum's wait
 
@@ -70,6 +81,9 @@ class Replicator:
         self._peers = peers
         self.interval = interval
         self.progress = RepairProgress()
+        # Set by the messenger: append an inbox entry through the user's owner's writer.
+        self.restore_inbox_entry: Callable[[InboxItem], Awaitable[None]] | None = None
+        self._losers: dict[bytes, list[tuple[bytes, int, bytes, int, bytes]]] = {}
         self._warm_version = -1
         self._warm: set[tuple[str, bytes]] = set()
         self._locks: dict[tuple[str, bytes], trio.Lock] = {}
@@ -310,63 +324,166 @@ class Replicator:
                 log.warning("anti-entropy pass stopped: %s", exc.text)
 
     async def repair_pass(self) -> None:
-        """Compare every key held here with its other replicas and send what they lack."""
+        """Compare the content of every key held here with its other replicas
+        (range digests, then bucket digests, then slots) and copy exactly what
+        differs, both ways. Keys a replica holds and this node lacks are found
+        by the range each page of keys covers."""
         if self._peers.rpc is None or self.shared or self._peers.placement.single:
             return
         p = self.progress
         p.running, started = True, time.monotonic()
-        checked = repaired = sent = 0
+        before = (p.rows_repaired, p.conflicting_slots)
+        checked = repaired = 0
         try:
             for kind in ("conv", "user"):
-                digest_fn = self._store.repo.conversation_digest if kind == "conv" else self._store.repo.user_digest
                 after = b""
                 for _ in range(10_000_000 // DIGEST_PAGE):  # bounded walk over the keys held here
-                    page = await self._store.run(digest_fn, after, DIGEST_PAGE)
-                    if not page:
-                        break
-                    after = page[-1][0]
-                    by_node: dict[str, list[tuple[bytes, int]]] = {}
-                    for key, value in page:
-                        for node in self._peers.placement.replicas(key):
-                            if node != self._peers.self_id:
-                                by_node.setdefault(node, []).append((key, value))
+                    page = await self._store.run(self._store.repo.repair_keys, kind, after, None, DIGEST_PAGE)
+                    upto = page[-1] if len(page) == DIGEST_PAGE else None
                     checked += len(page)
-                    for node, digest in by_node.items():
-                        r, s = await self._repair_node(kind, node, digest)
-                        repaired += r
-                        sent += s
-                    p.keys_checked, p.keys_repaired, p.rows_sent = checked, repaired, sent
-                    if len(page) < DIGEST_PAGE:
+                    # Twice when the first sweep brought rows here: what one
+                    # replica gave this node reaches the others in the same pass.
+                    for _sweep in range(2):
+                        roots = await self._store.run(self._store.repo.repair_roots, kind, page)
+                        fetched = 0
+                        for node in self._peers.others():
+                            r, f = await self._compare_range(kind, node, after, upto, page, roots)
+                            repaired += r
+                            fetched += f
+                        if not fetched:
+                            break
+                    p.keys_checked, p.keys_repaired = checked, repaired
+                    await self._restore_all_losers()
+                    if upto is None:
                         break
+                    after = upto
         finally:
             p.running = False
             p.passes += 1
             p.last_pass_s = round(time.monotonic() - started, 3)
+        rows, conflicts = p.rows_repaired - before[0], p.conflicting_slots - before[1]
         if repaired:
             log.info(
-                "anti-entropy: %d keys checked, %d repaired, %d rows sent in %.2f s", checked, repaired, sent, p.last_pass_s
+                "repair: %d keys checked, %d differed, %d rows copied, %d conflicting slots in %.2f s",
+                checked, repaired, rows, conflicts, p.last_pass_s,
             )
 
-    async def _repair_node(self, kind: str, node: str, digest: list[tuple[bytes, int]]) -> tuple[int, int]:
+    async def _compare_range(
+        self, kind: str, node: str, after: bytes, upto: bytes | None, page: list[bytes], roots: dict[bytes, bytes]
+    ) -> tuple[int, int]:
+        """Compare one range of keys with ``node``; returns (keys that
+        differed, rows this node fetched)."""
+        placement = self._peers.placement
+        mine = [(k, roots[k]) for k in page if k in roots and node in placement.replicas(k)]
         try:
-            behind = await self._peers.call(node, "copies.behind", kind, digest, timeout=CATCH_UP_TIMEOUT)
+            differing = await self._peers.call(
+                node, "repair.range", kind, after, upto, mine, self._peers.self_id, timeout=CATCH_UP_TIMEOUT * 5
+            )
         except TimpyError as exc:
-            log.debug("anti-entropy with %s: %s", node, exc.text)
+            log.debug("repair with %s: %s", node, exc.text)
             return 0, 0
-        fn = self._store.repo.conversation_copies if kind == "conv" else self._store.repo.user_copies
-        repaired = sent = 0
-        for key, theirs in behind:
-            copies = await self._store.run(fn, bytes(key), max(int(theirs), 0), 1_000_000)
-            if not copies:
-                continue
+        self.progress.ranges_compared += 1
+        repaired = fetched = 0
+        for key in differing:
             try:
-                await self._peers.call(node, "copies.apply", copies.pack(), self._peers.epoch_number, timeout=10.0)
+                f = await self._repair_key(kind, node, bytes(key))
             except TimpyError as exc:
-                log.debug("anti-entropy copy to %s: %s", node, exc.text)
-                return repaired, sent
+                log.debug("repair of a key with %s: %s", node, exc.text)
+                return repaired, fetched
             repaired += 1
-            sent += len(copies.messages) + len(copies.inbox) + len(copies.accounts)
-        return repaired, sent
+            fetched += f
+        return repaired, fetched
+
+    async def _repair_key(self, kind: str, node: str, key: bytes) -> int:
+        """Make this node's and ``node``'s copies of one key equal; returns the rows fetched."""
+        repo, p = self._store.repo, self.progress
+        mine = await self._store.run(repo.repair_buckets, kind, key)
+        raw = await self._peers.call(node, "repair.buckets", kind, key, timeout=CATCH_UP_TIMEOUT * 5)
+        my_meta, my_buckets = mine if mine is not None else (b"", {})
+        their_meta, their_buckets = (bytes(raw[0]), {int(b): bytes(x) for b, x in raw[1]}) if raw else (b"", {})
+        differ = digest.diff_buckets(my_buckets, their_buckets)
+        p.ranges_compared += len(set(my_buckets) | set(their_buckets))
+        meta = my_meta != their_meta
+        slots = digest.SlotDiff()
+        if differ:
+            my_slots = await self._store.run(repo.repair_slots, kind, key, differ)
+            theirs = await self._peers.call(node, "repair.slots", kind, key, differ, timeout=CATCH_UP_TIMEOUT * 5)
+            slots = digest.diff_slots(my_slots, {int(i): bytes(h) for i, h in theirs})
+        conflicts = set(slots.conflicts)
+        fetched = cleared = 0
+        losers: list[tuple[bytes, int, bytes, int, bytes]] = []  # inbox entries that lost their slot, with messages
+        if kind == "user" and conflicts:
+            losers = await self._inbox_losers(node, key, [i for i in slots.send if i in conflicts],
+                                              [i for i in slots.fetch if i in conflicts])
+        if raw and (slots.fetch or meta):
+            got = Copies.unpack(await self._peers.call(
+                node, "repair.rows", kind, key, slots.fetch, meta, timeout=10.0
+            ))
+            fetched, here = await self._store.run(
+                repo.apply_repair, kind, key, got, [i for i in slots.fetch if i in conflicts]
+            )
+            cleared += here
+        sent = 0
+        if mine is not None and (slots.send or meta):
+            copies = await self._store.run(repo.repair_rows, kind, key, slots.send, meta)
+            sent, there = await self._peers.call(
+                node, "repair.apply", kind, key, copies.pack(), [i for i in slots.send if i in conflicts], timeout=10.0
+            )
+            cleared += int(there)
+        if losers:  # put back once every replica of the page is merged
+            self._losers.setdefault(key, []).extend(losers)
+        p.rows_repaired += fetched + int(sent)
+        p.rows_sent += int(sent)
+        if conflicts or cleared:
+            p.conflicting_slots += max(len(conflicts), cleared)
+            log.warning(
+                "repair: %s %s held %d slot(s) with different values here and on %s (%s); "
+                "kept the value with the lowest hash on both",
+                "conversation" if kind == "conv" else "user", key.hex(), max(len(conflicts), cleared), node,
+                ", ".join(str(i) for i in sorted(conflicts)[:10]) or "the same message in two slots",
+            )
+        return fetched
+
+    async def _inbox_losers(
+        self, node: str, user: bytes, theirs_lose: list[int], mine_lose: list[int]
+    ) -> list[tuple[bytes, int, bytes, int, bytes]]:
+        """The inbox entries (conv, seq) and their message rows that lose
+        their slots: a message must not leave the inbox with its slot."""
+        out: list[tuple[bytes, int, bytes, int, bytes]] = []
+        copies = Copies()
+        if mine_lose:
+            copies.merge(await self._store.run(self._store.repo.repair_rows, "user", user, mine_lose, False))
+        if theirs_lose:
+            copies.merge(Copies.unpack(await self._peers.call(
+                node, "repair.rows", "user", user, theirs_lose, False, timeout=10.0
+            )))
+        rows = {(c, q): (c, q, dedup, ms, sealed) for c, q, dedup, ms, sealed in copies.messages}
+        for _user, _pos, conv, seq in copies.inbox:
+            if (conv, seq) in rows:
+                out.append(rows[(conv, seq)])
+        return out
+
+    async def _restore_all_losers(self) -> None:
+        losers, self._losers = self._losers, {}
+        for user, entries in losers.items():
+            try:
+                await self._restore_losers(user, entries)
+            except TimpyError as exc:
+                log.warning("repair: could not put back messages that lost their inbox slots (%s); "
+                            "the next pass tries again", exc.text)
+
+    async def _restore_losers(self, user: bytes, losers: list[tuple[bytes, int, bytes, int, bytes]]) -> None:
+        """Put back at the head of the inbox (through the user's owner) each
+        message that lost its inbox slot and is in no other slot here."""
+        held = await self._store.run(self._store.repo.inbox_holds, user, [(c, q) for c, q, *_ in losers])
+        for conv, seq, dedup, created_ms, sealed in losers:
+            if (conv, seq) in held or self.restore_inbox_entry is None:
+                continue
+            held.add((conv, seq))
+            await self.restore_inbox_entry(InboxItem(user, conv, seq, dedup, created_ms, sealed))
+            self.progress.inbox_entries_restored += 1
+            log.warning("repair: message %s/%d lost its inbox slot of user %s to another; appended again",
+                        conv.hex(), seq, user.hex())
 
     # --- what peers ask of this node ---------------------------------------
 
@@ -404,12 +521,59 @@ class Replicator:
             await fence(epoch)
             return (await self._store.run(repo.user_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
 
-        async def behind(kind: str, digest: list) -> list:
-            pairs = [(bytes(k), int(v)) for k, v in digest]
-            return [list(x) for x in await self._store.run(repo.behind, str(kind), pairs)]
+        async def repair_range(kind: str, after: bytes, upto: bytes | None, mine: list, asker: str) -> list[bytes]:
+            # The keys of the asker's range whose content differs here, and
+            # the keys of that range held here that the asker should hold too.
+            kind, asker = _kind(kind), str(asker)
+            theirs = {bytes(k): bytes(r) for k, r in mine}
+            roots = await self._store.run(repo.repair_roots, kind, list(theirs))
+            differing = [k for k, r in theirs.items() if roots.get(k) != r]
+            held = await self._store.run(
+                repo.repair_keys, kind, bytes(after), None if upto is None else bytes(upto), RANGE_LIMIT
+            )
+            placement, me = self._peers.placement, self._peers.self_id
+            for k in held:
+                if k not in theirs:
+                    replicas = placement.replicas(k)
+                    if asker in replicas and me in replicas:
+                        differing.append(k)
+            return differing
+
+        async def repair_buckets(kind: str, key: bytes) -> list | None:
+            got = await self._store.run(repo.repair_buckets, _kind(kind), bytes(key))
+            return None if got is None else [got[0], [[b, x] for b, x in sorted(got[1].items())]]
+
+        async def repair_slots(kind: str, key: bytes, buckets: list) -> list:
+            got = await self._store.run(repo.repair_slots, _kind(kind), bytes(key), [int(b) for b in buckets])
+            return [[i, h] for i, h in sorted(got.items())]
+
+        async def repair_rows(kind: str, key: bytes, slots: list, meta: bool) -> list:
+            copies = await self._store.run(repo.repair_rows, _kind(kind), bytes(key), [int(i) for i in slots], bool(meta))
+            return copies.pack()
+
+        async def repair_apply(kind: str, key: bytes, raw: list, replace: list) -> list[int]:
+            added, cleared = await self._store.run(
+                repo.apply_repair, _kind(kind), bytes(key), Copies.unpack(raw), [int(i) for i in replace]
+            )
+            self.progress.rows_repaired += added
+            if cleared:
+                self.progress.conflicting_slots += cleared
+                log.warning("repair: replaced %d conflicting slot(s) of %s with a replica's (lowest hash wins)",
+                            cleared, bytes(key).hex())
+            return [added, cleared]
 
         rpc.register("copies.apply", apply)
         rpc.register("copies.undo", undo)
         rpc.register("copies.conv", conv)
         rpc.register("copies.user", user)
-        rpc.register("copies.behind", behind)
+        rpc.register("repair.range", repair_range)
+        rpc.register("repair.buckets", repair_buckets)
+        rpc.register("repair.slots", repair_slots)
+        rpc.register("repair.rows", repair_rows)
+        rpc.register("repair.apply", repair_apply)
+
+
+def _kind(kind: object) -> str:
+    if kind not in ("conv", "user"):
+        raise TimpyError(f"unknown kind of key {kind!r}", Code.BAD_REQUEST)
+    return str(kind)

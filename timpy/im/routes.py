@@ -5,18 +5,33 @@ A gateway node records each terminal with the user's owner when it logs in
 and again whenever the ring changes (the owner may be new); a dead node's
 records are dropped. One device logged in on two nodes: the older one is told
 to close (``route.kick``).
+
+The records live in the owner's memory only. An owner that restarts (however
+quickly: the others may never see it gone, so their ring does not change)
+starts with none, so a node that starts asks every member it meets
+(``route.resend``) to record again the terminals it holds whose users the
+asker owns; each such terminal is then synced from where it is, so nothing
+pushed while the owner had no record of it is missed.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import logging
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 
+import trio
+
 from timpy.config import Limits
-from timpy.errors import Code, RequestError
+from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.messages import Delivery, unpack_content
 from timpy.im.peers import Peers
 from timpy.im.terminals import TerminalRegistry
+
+log = logging.getLogger("timpy.routes")
+
+RESEND_ATTEMPTS = 5  # tries to reach a member met at start
+RESEND_TIMEOUT = 2.0
 
 
 @dataclass(frozen=True)
@@ -58,8 +73,18 @@ class Routes:
         self._clock = 0.0
         # Called at the owner when a user's first terminal arrives (True) or its last goes (False).
         self.on_presence: Callable[[bytes, bool], None] | None = None
+        # Called at a gateway node when a (re)started owner asks for its
+        # terminals back: record again the terminals here whose users that
+        # node owns; returns how many.
+        self.on_resend: Callable[[str], int] | None = None
+        self._asked: set[str] = set()  # members asked for their terminals since this node started
+        # Whether to ask at all: a node that starts with no user's data held
+        # owned nobody before (the others' ring changes as it joins).
+        self.ask_on_start = True
+        self.resend_requests = 0  # members that asked this node to record its terminals again
         rpc = peers.rpc
         if rpc is not None:
+            rpc.register("route.resend", self._on_resend)
             rpc.register("route.detach", self._on_detach)
             rpc.register("route.kick", self._on_kick)
             rpc.register("route.kick_user", self._on_kick_user)
@@ -162,6 +187,36 @@ class Routes:
 
     def record_count(self) -> int:
         return sum(len(d) for d in self._records.values())
+
+    def not_yet_asked(self, members: Iterable[str]) -> list[str]:
+        """The members this node has not asked for its terminals since it
+        started (marked as asked now)."""
+        if not self.ask_on_start:
+            return []
+        fresh = sorted(set(members) - self._asked - {self._peers.self_id})
+        self._asked.update(fresh)
+        return fresh
+
+    async def ask_for_terminals(self, node: str) -> None:
+        """Ask ``node`` to record again, with this node, the live terminals it
+        holds of the users this node owns (this node just started: it has no
+        records). Retried a few times; a member that never answers is left
+        to its next ring change."""
+        for attempt in range(RESEND_ATTEMPTS):
+            try:
+                count = await self._peers.call(node, "route.resend", self._peers.self_id, timeout=RESEND_TIMEOUT)
+            except (TimpyError, KeyError) as exc:  # KeyError: its address is not known yet
+                log.debug("asking %s for its terminals (try %d): %s", node, attempt + 1, exc)
+                await trio.sleep(0.2 * (attempt + 1))
+                continue
+            if count:
+                log.info("%s records again %d live terminal(s) of users this node owns", node, count)
+            return
+        log.info("%s did not answer a request for its terminals; its next ring change records them", node)
+
+    def _on_resend(self, node: str) -> int:
+        self.resend_requests += 1
+        return self.on_resend(str(node)) if self.on_resend is not None else 0
 
     # --- at a gateway node ----------------------------------------------------
 

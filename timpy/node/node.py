@@ -58,6 +58,7 @@ from timpy.im.signals import Signals
 from timpy.im.terminals import TerminalRegistry
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
+from timpy.node.datadir import DataDirLock
 from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
@@ -143,6 +144,8 @@ class Node:
         self._cluster_done = trio.Event()
         self._cluster_started = self._gateway_started = self._stopped = False
         self.shutdown_phase = "running"  # what _stop is doing, for a shutdown cut short
+        # One running node per data directory (not with --memory: it keeps nothing there).
+        self.data_lock: DataDirLock | None = None if config.memory else DataDirLock(config.data_dir)
 
     # --- wiring ---------------------------------------------------------
 
@@ -181,6 +184,8 @@ class Node:
         c = self.config
         if not c.memory:
             private_directory(c.data_dir)
+        if self.data_lock is not None:
+            self.data_lock.acquire()
         keys, key_source = self._open_keys()
         identity = self._identity or load_or_create_identity(None if c.memory else c.data_dir / "node.key")
         self.node_id = node_id_of(identity)
@@ -235,6 +240,8 @@ class Node:
             store_where = "shared backends " + ", ".join(b.name for b in self.store.repo.map.backends)
         self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
         self.routes = Routes(self.peers, self.terminals, lambda: self.config.limits)
+        if not shared:  # with no account held here this node owned no one before it started
+            self.routes.ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
         self.accounts = Accounts(
             self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
             self.peers, self.replicator,
@@ -307,6 +314,10 @@ class Node:
             {m.name: m.address for m in self.cluster.membership.members.values() if m.address}
         )
         self.ownership.note_addresses()
+        # A member met for the first time since this node started gives back
+        # the live terminals of users this node owns (a quick restart may leave
+        # every ring unchanged).
+        self.messenger.ask_for_terminals(self.cluster.membership.alive_members())
 
     def _forget(self, name: str) -> dict[str, object]:
         """``timpy cluster forget``: a voter that is gone for good stops counting."""
@@ -361,6 +372,13 @@ class Node:
             yield counters("timpy_gossip_messages", "Membership messages sent, by kind (Ping: one probe round)",
                            "kind", dict(self.cluster.sent))
         yield gauge("timpy_ring_version", "Changes of the node ring seen", self.peers.placement.version)
+        repair = self.replicator.progress
+        yield counters("timpy_repair", "Repair between replicas since start: passes, key ranges and buckets compared, "
+                       "rows copied, slots found with different values, inbox entries put back", "what", {
+                           "passes": repair.passes, "ranges_compared": repair.ranges_compared,
+                           "rows_repaired": repair.rows_repaired, "conflicting_slots": repair.conflicting_slots,
+                           "inbox_entries_restored": repair.inbox_entries_restored,
+                       })
         yield counters("timpy_messages_stored", "Messages this node's writer stored", "node",
                        {self.node_id: self.messenger.stored_count})
 
@@ -444,17 +462,12 @@ class Node:
             self._gateway_done.set()
 
     async def _run_admin(self, task_status: trio.TaskStatus[tuple[str, int]] = trio.TASK_STATUS_IGNORED) -> None:
-        from hypercorn.config import Config as HypercornConfig
         from hypercorn.trio import serve
 
-        from timpy.gateway.admin import build_app
+        from timpy.gateway.admin import build_app, hypercorn_config
 
         host, port = parse_hostport(self.config.admin.listen or "")
-        hc = HypercornConfig()
-        hc.bind = [f"[{host}]:{port}" if ":" in host else f"{host}:{port}"]
-        hc.accesslog = None
-        hc.errorlog = logging.getLogger("timpy.admin.http")
-        hc.graceful_timeout = 1.0
+        hc = hypercorn_config(self.config.admin, host, port)
         app = build_app(self, self.admin_token)
         async with trio.open_nursery() as nursery:
             binds = await nursery.start(functools.partial(serve, app, hc, shutdown_trigger=trio.sleep_forever))
@@ -566,6 +579,8 @@ class Node:
                 await self._cluster_done.wait()
             self.shutdown_phase = "closing the store"
             self.store.close()
+            if self.data_lock is not None:
+                self.data_lock.release()
             log.info("node %s stopped", self.node_id)
 
     # --- for embedding programs -----------------------------------------
@@ -574,13 +589,15 @@ class Node:
     def tcp_url(self) -> str:
         if self.tcp_address is None:
             raise RuntimeError("this node has no TCP listener")
-        return f"tcp://{self.tcp_address[0]}:{self.tcp_address[1]}"
+        scheme = "tcps" if self.config.tls_cert is not None else "tcp"
+        return f"{scheme}://{self.tcp_address[0]}:{self.tcp_address[1]}"
 
     @property
     def ws_url(self) -> str:
         if self.ws_address is None:
             raise RuntimeError("this node has no WebSocket listener")
-        return f"ws://{self.ws_address[0]}:{self.ws_address[1]}/"
+        scheme = "wss" if self.config.tls_cert is not None else "ws"
+        return f"{scheme}://{self.ws_address[0]}:{self.ws_address[1]}/"
 
 
 @asynccontextmanager
@@ -604,12 +621,16 @@ async def open_node(
 
 @asynccontextmanager
 async def _node_nursery(node: Node) -> AsyncIterator[Node]:
-    async with trio.open_nursery() as nursery:
-        try:
-            await node._start(nursery)
-            yield node
-        finally:
-            if hasattr(node, "messenger"):
-                await node._stop()
-            else:
-                nursery.cancel_scope.cancel()
+    try:
+        async with trio.open_nursery() as nursery:
+            try:
+                await node._start(nursery)
+                yield node
+            finally:
+                if hasattr(node, "messenger"):
+                    await node._stop()
+                else:
+                    nursery.cancel_scope.cancel()
+    finally:
+        if node.data_lock is not None:
+            node.data_lock.release()  # every task of the node has ended

@@ -23,11 +23,18 @@ from timpy.crypto.seal import Sealer, row_ad
 from timpy.errors import Code, ConfigError, KeyMismatchError, RequestError, StorageError
 from timpy.store import schema as s
 from timpy.store.migrations import steps_after
+from timpy.store.repair import RepairQueries
 
 log = logging.getLogger("timpy.store")
 
 T = TypeVar("T")
 _CANARY = b"timpy cluster key check"
+
+
+class ConcurrentWriteError(StorageError):
+    """Another writer took a conversation or inbox position first (two nodes
+    that each believe they own a key, on one shared database). The batch was
+    rolled back whole; sending again is safe."""
 
 
 @dataclass(frozen=True)
@@ -161,7 +168,7 @@ class InboxEntry:
     message: StoredMessage
 
 
-class Repository:
+class Repository(RepairQueries):
     def __init__(self, engine: Engine, sealer: Sealer, effect_of: EffectOf | None = None) -> None:
         self.engine = engine
         self._sealer = sealer
@@ -345,6 +352,26 @@ class Repository:
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
     ) -> Written:
+        """``_write_batch``, fenced: on a database two nodes share, the one
+        that commits a conversation's or an inbox's position second finds it
+        taken (unique keys, compare-and-set of the heads) and stores nothing."""
+        try:
+            return self._write_batch(batch, inbox_items, cursors, local_users)
+        except (IntegrityError, OperationalError) as exc:
+            if isinstance(exc, OperationalError) and not _lost_a_lock_race(exc):
+                raise
+            raise ConcurrentWriteError(
+                "another node stored messages in the same conversation or inbox at the same moment "
+                "(its owner is changing); nothing of this batch was stored: send again"
+            ) from exc
+
+    def _write_batch(
+        self,
+        batch: Sequence[NewMessage],
+        inbox_items: Sequence[InboxItem] = (),
+        cursors: dict[tuple[bytes, bytes], int] | None = None,
+        local_users: frozenset[bytes] | None = None,
+    ) -> Written:
         """One writer batch in one transaction: new messages (sequence numbers,
         rows, inbox entries of the members in ``local_users``, all when None),
         inbox entries for messages stored elsewhere (``inbox_items``), and
@@ -373,6 +400,7 @@ class Repository:
             } if dedups else {}
             conv_ids = list({item.conv_id for item in batch})
             last_seq: dict[bytes, int] = {}
+            read_seq: dict[bytes, int] = {}
             existing_convs: set[bytes] = set()
             if conv_ids:
                 last_seq = {
@@ -382,6 +410,7 @@ class Repository:
                     )
                 }
                 existing_convs = set(last_seq)
+                read_seq = dict(last_seq)  # as read: the compare-and-set below expects them unchanged
                 # Rows that reached this node as another node's copies count too,
                 # so a sequence number is never given twice.
                 for r in conn.execute(
@@ -399,6 +428,7 @@ class Repository:
                     select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(list(inbox_users))).with_for_update()
                 )
             } if inbox_users else {}
+            read_heads = dict(heads)
             if inbox_users - set(heads):
                 raise RequestError("no such user", Code.NO_SUCH_USER)
             seen: dict[tuple[bytes, bytes], Appended] = {}
@@ -474,14 +504,18 @@ class Repository:
             self._apply_effects(conn, [*msg_rows, *copy_rows], plain)
             if inbox_rows:
                 conn.execute(insert(s.inbox), inbox_rows)
-            changed = [dict(k=k, v=v) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
-            if changed:
-                conn.execute(update(c).where(c.c.conv_id == bindparam("k")).values(last_seq=bindparam("v")), changed)
-            if touched_users:
-                conn.execute(
-                    update(a).where(a.c.user_id == bindparam("k")).values(inbox_head=bindparam("v")),
-                    [dict(k=u, v=heads[u]) for u in touched_users],
-                )
+            changed = [dict(k=k, v=v, o=read_seq.get(k, 0)) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
+            if changed and conn.execute(
+                update(c).where(and_(c.c.conv_id == bindparam("k"), c.c.last_seq == bindparam("o")))
+                .values(last_seq=bindparam("v")), changed
+            ).rowcount != len(changed):
+                raise IntegrityError("conversations.last_seq", None, ValueError("moved by another writer"))
+            if touched_users and conn.execute(
+                update(a).where(and_(a.c.user_id == bindparam("k"), a.c.inbox_head == bindparam("o")))
+                .values(inbox_head=bindparam("v")),
+                [dict(k=u, v=heads[u], o=read_heads[u]) for u in touched_users],
+            ).rowcount != len(touched_users):
+                raise IntegrityError("accounts.inbox_head", None, ValueError("moved by another writer"))
         return Written(results, placed)
 
     def _place_inbox_items(
@@ -1181,6 +1215,16 @@ class Repository:
             conn.execute(s.revoked_tokens.delete().where(s.revoked_tokens.c.expires_ms <= now_ms))
             rows = conn.execute(select(s.revoked_tokens))
             return {bytes(r.token_id): r.expires_ms for r in rows}
+
+
+def _lost_a_lock_race(exc: OperationalError) -> bool:
+    """A deadlock or serialization failure: the database rolled this
+    transaction back because another one wanted the same rows."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL (psycopg)
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in (1205, 1213)  # MySQL/MariaDB: lock wait timeout, deadlock
 
 
 def _insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:

@@ -1,0 +1,52 @@
+"""A user's owner killed and restarted at once (timpy.testing, in memory,
+under a mock clock): the user's live terminal on another node keeps
+receiving every message, without reconnecting (issue 15, routing records)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import trio
+
+from tests.conftest import PASSWORD
+from timpy.im import ids
+from timpy.testing import open_cluster
+
+
+async def send_until_acked(client, to: str, body: str, client_id: str) -> None:  # noqa: ANN001
+    """Retry with the same client id while the owner is down (bounded)."""
+    import timpy
+
+    for _ in range(200):
+        try:
+            await client.send(to, body, client_id=client_id)
+            return
+        except timpy.RemoteError as exc:
+            if exc.code != timpy.Code.UNAVAILABLE:
+                raise
+            await trio.sleep(0.2)
+    raise AssertionError(f"{body} was never acknowledged")
+
+
+async def test_live_terminal_keeps_receiving_across_an_instant_restart_of_its_users_owner(autojump_clock, tmp_path: Path):
+    async with open_cluster(3, data_dir=tmp_path) as cluster:
+        await cluster.register(0, "alice", PASSWORD)
+        await cluster.register(0, "bob", PASSWORD)
+        bob = ids.user_id(cluster.nodes[0].indexer, "bob")
+        owner = cluster.node_ids.index(cluster.nodes[0].peers.placement.owner(bob))
+        gateway = next(i for i in range(3) if i != owner)
+        async with cluster.client(gateway, "alice", PASSWORD) as a, cluster.client(gateway, "bob", PASSWORD) as b:
+            await b.wait_synced()
+            for i in range(5):
+                await send_until_acked(a, "bob", f"m{i}", f"c{i}")
+            got = [(await b.next_message(timeout=10)).body for _ in range(5)]
+            rings = [cluster.nodes[i].peers.placement.version for i in range(3) if i != owner]
+            await cluster.restart(owner)  # killed and started again at once: a new incarnation
+            for i in range(5, 15):
+                await send_until_acked(a, "bob", f"m{i}", f"c{i}")
+            got += [(await b.next_message(timeout=30)).body for _ in range(10)]
+            assert got == [f"m{i}".encode() for i in range(15)]
+            assert b.closed_reason is None
+            # No other node ever saw the owner gone: their rings never changed.
+            assert [cluster.nodes[i].peers.placement.version for i in range(3) if i != owner] == rings
+            assert cluster.nodes[gateway].routes.resend_requests >= 1

@@ -1,0 +1,136 @@
+"""Content digests for repair between replicas (pure: no I/O).
+
+A key (a conversation or a user) holds numbered slots: a conversation's
+messages by sequence number, a user's inbox by position. Each slot's value
+is summed up by a short hash of what makes it that value (``message_hash``,
+``inbox_hash``); the key's small versioned state (members, group and record
+versions, account version, read marks) by one ``meta`` hash.
+
+Two replicas compare a key in three steps, each only where the one before
+found a difference, as a two-level Merkle tree:
+
+1. the key's root (``root``: the meta hash and every bucket's digest);
+2. the bucket digests (``buckets``: slots ``b*BUCKET .. b*BUCKET+BUCKET-1``);
+3. the slot hashes of the differing buckets (``diff_slots``), which say
+   exactly which slots each side lacks and which hold different values.
+
+One message in two states (recalled or burned on one replica, not yet on
+the other) is no conflict: the later state wins. A slot that holds two
+different messages on two replicas can only come from before ownership was
+fenced by a quorum (issue 15). The rule that settles it is deterministic and
+the same wherever it runs: **the value whose slot hash is lowest wins**
+(``winner``). Both rules make each slot a semilattice (the merge is
+commutative, associative and idempotent), so repairs running at once on
+different nodes, in any order, end in the same copies and never undo each
+other.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+BUCKET = 128  # slots per bucket
+HASH_SIZE = 8
+
+
+def _h(*parts: bytes) -> bytes:
+    h = hashlib.blake2b(digest_size=HASH_SIZE)
+    for part in parts:
+        h.update(len(part).to_bytes(4, "big"))
+        h.update(part)
+    return h.digest()
+
+
+def message_hash(dedup: bytes, created_ms: int, deleted: bool) -> bytes:
+    """Which message a conversation slot holds (its sender's dedup index and
+    its time), then its state: one more byte, 1 once it was recalled or
+    burned. The sealed bytes are left out: they differ between replicas even
+    for one message, as each seals with its own nonce."""
+    return _h(bytes(dedup), int(created_ms).to_bytes(8, "big", signed=True)) + (b"\x01" if deleted else b"\x00")
+
+
+def inbox_hash(conv_id: bytes, seq: int) -> bytes:
+    """Which message an inbox slot points to."""
+    return _h(bytes(conv_id), int(seq).to_bytes(8, "big", signed=True))
+
+
+def meta_hash(items: Iterable[tuple[object, ...]]) -> bytes:
+    """A key's versioned state (any tuples of bytes, str and int), order-free."""
+    encoded = sorted(repr(tuple(bytes(x) if isinstance(x, (bytes, bytearray, memoryview)) else x for x in item)).encode()
+                     for item in items)
+    return _h(*encoded)
+
+
+def buckets(slots: Mapping[int, bytes]) -> dict[int, bytes]:
+    """The digest of every non-empty bucket of a key's slots."""
+    grouped: dict[int, list[tuple[int, bytes]]] = {}
+    for index, value in slots.items():
+        grouped.setdefault(index // BUCKET, []).append((index, value))
+    return {
+        b: _h(*(i.to_bytes(8, "big", signed=True) + v for i, v in sorted(rows)))
+        for b, rows in grouped.items()
+    }
+
+
+def root(meta: bytes, bucket_digests: Mapping[int, bytes]) -> bytes:
+    """One digest of a key: equal on two replicas exactly when meta and every bucket are."""
+    return _h(meta, *(b.to_bytes(8, "big", signed=True) + d for b, d in sorted(bucket_digests.items())))
+
+
+def diff_buckets(mine: Mapping[int, bytes], theirs: Mapping[int, bytes]) -> list[int]:
+    """The buckets whose slots differ (present on one side only, or with other digests)."""
+    return sorted(b for b in set(mine) | set(theirs) if mine.get(b) != theirs.get(b))
+
+
+def same_item(a: bytes, b: bytes) -> bool:
+    """Do two values of a slot name the same item (maybe in different states)?"""
+    return a[:HASH_SIZE] == b[:HASH_SIZE]
+
+
+def winner(a: bytes, b: bytes) -> bytes:
+    """Of two values of one slot, the one that stays: for one item the later
+    state (a state only moves forward: deleted stays deleted); for two items
+    the lowest hash."""
+    if same_item(a, b):
+        return max(a, b)
+    return min(a, b)
+
+
+@dataclass
+class SlotDiff:
+    """What to do about one key after comparing its slots with a replica's."""
+
+    send: list[int] = field(default_factory=list)  # slots they lack, or where this side's value wins
+    fetch: list[int] = field(default_factory=list)  # slots this side lacks, or where theirs wins
+    conflicts: list[int] = field(default_factory=list)  # slots held with different items on the two sides
+
+    def __bool__(self) -> bool:
+        return bool(self.send or self.fetch)
+
+
+def diff_slots(mine: Mapping[int, bytes], theirs: Mapping[int, bytes]) -> SlotDiff:
+    """Compare two sides' slots (of the same buckets): which to send, which
+    to fetch, which were in conflict (each of those is in send or fetch too,
+    by ``winner``)."""
+    d = SlotDiff()
+    for index in sorted(set(mine) | set(theirs)):
+        a, b = mine.get(index), theirs.get(index)
+        if a == b:
+            continue
+        if b is None:
+            d.send.append(index)
+        elif a is None:
+            d.fetch.append(index)
+        else:
+            if not same_item(a, b):
+                d.conflicts.append(index)
+            (d.send if winner(a, b) == a else d.fetch).append(index)
+    return d
+
+
+def in_buckets(slots: Mapping[int, bytes], wanted: Iterable[int]) -> dict[int, bytes]:
+    """The slots that fall in the given buckets."""
+    keep = set(wanted)
+    return {i: v for i, v in slots.items() if i // BUCKET in keep}

@@ -1,0 +1,232 @@
+"""What repair between replicas reads and writes (a storage mixin of
+``Repository``): content digests of keys (``digest``), the rows of given
+slots, and applying rows that replace a slot held with another value.
+
+A key is ``("conv", conversation id)``, whose slots are its messages by
+sequence number, or ``("user", user id)``, whose slots are its inbox by
+position. Terminal cursors are left out of the digests: they move forward
+with every acknowledgement at the owner and only a stale one costs a
+terminal a message it drops as already seen.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import and_, func, insert, or_, select, update
+
+from timpy.store import digest as d
+from timpy.store import schema as s
+
+_PAST_THE_END = 2**62  # "after" beyond every slot: only a key's state, no rows
+_IN_CHUNK = 500
+
+
+class RepairQueries:
+    """Mixed into ``Repository``: needs ``engine``, ``conversation_copies``,
+    ``user_copies`` and ``apply_copies``."""
+
+    engine: Any
+
+    # --- digests --------------------------------------------------------
+
+    def _slots(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, dict[int, bytes]]:
+        out: dict[bytes, dict[int, bytes]] = {k: {} for k in keys}
+        if kind == "conv":
+            m = s.messages
+            q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, (func.length(m.c.content) == 0).label("gone"))
+            for r in conn.execute(q.where(m.c.conv_id.in_(keys))):
+                out[bytes(r.conv_id)][int(r.seq)] = d.message_hash(bytes(r.dedup), int(r.created_ms), bool(r.gone))
+        else:
+            i = s.inbox
+            for r in conn.execute(select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq).where(i.c.user_id.in_(keys))):
+                out[bytes(r.user_id)][int(r.pos)] = d.inbox_hash(bytes(r.conv_id), int(r.seq))
+        return out
+
+    def _metas(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, bytes]:
+        """The meta hash of each key held here (keys not held are absent)."""
+        items: dict[bytes, list[tuple[object, ...]]] = {}
+        r = s.records
+        if kind == "conv":
+            c, cm, g = s.conversations, s.conv_members, s.groups
+            for row in conn.execute(select(c.c.conv_id).where(c.c.conv_id.in_(keys))):
+                items[bytes(row.conv_id)] = []
+            for row in conn.execute(select(cm.c.conv_id, cm.c.user_id).where(cm.c.conv_id.in_(keys))):
+                items.setdefault(bytes(row.conv_id), []).append(("member", bytes(row.user_id)))
+            for row in conn.execute(select(g.c.group_id, g.c.version).where(g.c.group_id.in_(keys))):
+                items.setdefault(bytes(row.group_id), []).append(("group", int(row.version)))
+        else:
+            a, rm = s.accounts, s.read_marks
+            for row in conn.execute(select(a.c.user_id, a.c.version, a.c.disabled).where(a.c.user_id.in_(keys))):
+                items[bytes(row.user_id)] = [("account", int(row.version), bool(row.disabled))]
+            for row in conn.execute(select(rm.c.user_id, rm.c.conv_id, rm.c.seq).where(rm.c.user_id.in_(keys))):
+                if bytes(row.user_id) in items:
+                    items[bytes(row.user_id)].append(("read", bytes(row.conv_id), int(row.seq)))
+        for row in conn.execute(select(r.c.key_id, r.c.kind, r.c.version).where(r.c.key_id.in_(keys))):
+            if bytes(row.key_id) in items:
+                items[bytes(row.key_id)].append(("record", str(row.kind), int(row.version)))
+        return {k: d.meta_hash(v) for k, v in items.items()}
+
+    def repair_roots(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
+        """The root digest of each key held here (keys not held are absent)."""
+        out: dict[bytes, bytes] = {}
+        keys = list(keys)
+        with self.engine.connect() as conn:
+            for start in range(0, len(keys), _IN_CHUNK):
+                chunk = keys[start : start + _IN_CHUNK]
+                metas = self._metas(conn, kind, chunk)
+                slots = self._slots(conn, kind, list(metas))
+                for k, meta in metas.items():
+                    out[k] = d.root(meta, d.buckets(slots[k]))
+        return out
+
+    def repair_buckets(self, kind: str, key: bytes) -> tuple[bytes, dict[int, bytes]] | None:
+        """A key's meta hash and bucket digests; None when it is not held here."""
+        with self.engine.connect() as conn:
+            metas = self._metas(conn, kind, [key])
+            if key not in metas:
+                return None
+            return metas[key], d.buckets(self._slots(conn, kind, [key])[key])
+
+    def repair_slots(self, kind: str, key: bytes, buckets: Sequence[int]) -> dict[int, bytes]:
+        """The slot hashes of a key in the given buckets."""
+        with self.engine.connect() as conn:
+            return d.in_buckets(self._slots(conn, kind, [key])[key], buckets)
+
+    def repair_keys(self, kind: str, after: bytes, upto: bytes | None, limit: int) -> list[bytes]:
+        """The keys held here with ``after < key <= upto`` (no upper end when None), in order."""
+        col = s.conversations.c.conv_id if kind == "conv" else s.accounts.c.user_id
+        q = select(col).where(col > after)
+        if upto is not None:
+            q = q.where(col <= upto)
+        with self.engine.connect() as conn:
+            return [bytes(r[0]) for r in conn.execute(q.order_by(col.asc()).limit(limit))]
+
+    # --- rows -----------------------------------------------------------
+
+    def repair_rows(self, kind: str, key: bytes, slots: Sequence[int], with_meta: bool) -> Any:
+        """The rows of a key's given slots as ``Copies`` (for an inbox, with the
+        message rows its entries point to), and its state when ``with_meta``."""
+        wanted = sorted(set(int(x) for x in slots))
+        if kind == "conv":
+            copies = self.conversation_copies(key, _PAST_THE_END, 0)  # type: ignore[attr-defined]
+            if not with_meta:
+                copies.conversations, copies.groups, copies.records = [], [], []
+            if wanted:
+                m = s.messages
+                with self.engine.connect() as conn:
+                    for start in range(0, len(wanted), _IN_CHUNK):
+                        rows = conn.execute(
+                            select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                            .where(and_(m.c.conv_id == key, m.c.seq.in_(wanted[start : start + _IN_CHUNK])))
+                        )
+                        copies.messages += [
+                            (key, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                        ]
+            return copies
+        copies = self.user_copies(key, _PAST_THE_END, 0)  # type: ignore[attr-defined]
+        if not copies.accounts:
+            return copies
+        if not with_meta:
+            copies.records, copies.reads, copies.terminals = [], [], []
+        if wanted:
+            i, m = s.inbox, s.messages
+            with self.engine.connect() as conn:
+                for start in range(0, len(wanted), _IN_CHUNK):
+                    chunk = wanted[start : start + _IN_CHUNK]
+                    entries = list(conn.execute(
+                        select(i.c.pos, i.c.conv_id, i.c.seq).where(and_(i.c.user_id == key, i.c.pos.in_(chunk)))
+                    ))
+                    copies.inbox += [(key, int(r.pos), bytes(r.conv_id), int(r.seq)) for r in entries]
+                    rows = conn.execute(
+                        select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                        .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
+                        .where(and_(i.c.user_id == key, i.c.pos.in_(chunk)))
+                    )
+                    copies.messages += [
+                        (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                    ]
+        return copies
+
+    def inbox_holds(self, user_id: bytes, messages: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
+        """Of the (conv id, seq) given, those in the user's inbox here."""
+        i = s.inbox
+        wanted = {(bytes(c), int(q)) for c, q in messages}
+        if not wanted:
+            return set()
+        with self.engine.connect() as conn:
+            rows = conn.execute(select(i.c.conv_id, i.c.seq).where(and_(
+                i.c.user_id == user_id, i.c.conv_id.in_(list({c for c, _ in wanted})),
+                i.c.seq.in_(list({q for _, q in wanted})),
+            )))
+            return {(bytes(r.conv_id), int(r.seq)) for r in rows} & wanted
+
+    def apply_repair(self, kind: str, key: bytes, copies: Any, replace: Sequence[int]) -> tuple[int, int]:
+        """Store a replica's rows of one key, as ``apply_copies`` does, first
+        clearing the slots in ``replace`` (held here with the value that lost,
+        see ``digest.winner``). A message sits in one slot of a conversation
+        (its dedup index is unique there): a second copy at a later slot gives
+        way to the earlier one. Returns (rows added, conflicting slots cleared)."""
+        replace = {int(x) for x in replace}
+        cleared = 0
+        if kind == "conv":
+            with self.engine.begin() as conn:
+                cleared, changed = self._clear_message_slots(conn, key, copies, replace)
+            return self.apply_copies(copies) + changed, cleared  # type: ignore[attr-defined]
+        rows = [r for r in copies.inbox if r[0] == key]
+        copies.inbox = [r for r in copies.inbox if r[0] != key]
+        added = self.apply_copies(copies)  # type: ignore[attr-defined]  # the account (and messages) first
+        # Inbox slots merge slot by slot (the lowest hash wins), with no regard
+        # to the same message in another slot: so the result is the same
+        # whatever order replicas meet in. A message left in no slot is
+        # appended again by the repairing node.
+        i, a = s.inbox, s.accounts
+        with self.engine.begin() as conn:
+            for user, pos, conv, seq in rows:
+                here = conn.execute(select(i.c.conv_id, i.c.seq).where(and_(i.c.user_id == user, i.c.pos == pos))).first()
+                if here is not None:
+                    if (bytes(here.conv_id), int(here.seq)) == (conv, seq) or pos not in replace:
+                        continue
+                    conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == pos)))
+                    cleared += 1
+                conn.execute(insert(i).values(user_id=user, pos=pos, conv_id=conv, seq=seq))
+                added += 1
+            if rows:
+                top = max(r[1] for r in rows)
+                conn.execute(update(a).where(and_(a.c.user_id == key, a.c.inbox_head < top)).values(inbox_head=top))
+        return added, cleared
+
+    @staticmethod
+    def _clear_message_slots(conn: Any, key: bytes, copies: Any, replace: set[int]) -> tuple[int, int]:
+        """Make room for a replica's message rows of conversation ``key``
+        (dropping from ``copies`` those that must not land); returns the slots
+        cleared and the rows whose state changed (recalled or burned)."""
+        m = s.messages
+        cleared = changed = 0
+        keep = []
+        for conv, seq, dedup, _created, content in [row for row in copies.messages if row[0] == key]:
+            here = list(conn.execute(
+                select(m.c.seq, m.c.dedup).where(and_(m.c.conv_id == conv, or_(m.c.seq == seq, m.c.dedup == dedup)))
+            ))
+            drop = False
+            for r in here:
+                if int(r.seq) == seq and bytes(r.dedup) == dedup and not content:
+                    # the same message, recalled or burned on the replica: so here too
+                    changed += conn.execute(
+                        update(m).where(and_(m.c.conv_id == conv, m.c.seq == seq, func.length(m.c.content) > 0))
+                        .values(content=b"")
+                    ).rowcount
+                elif int(r.seq) == seq and bytes(r.dedup) != dedup and seq in replace:
+                    conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == seq)))
+                    cleared += 1
+                elif int(r.seq) != seq and bytes(r.dedup) == dedup:
+                    if int(r.seq) > seq:  # the same message at a later slot here: the earlier one stays
+                        conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == int(r.seq))))
+                        cleared += 1
+                    else:
+                        drop = True
+            if not drop:
+                keep.append((conv, seq))
+        copies.messages = [row for row in copies.messages if row[0] != key or (row[0], row[1]) in keep]
+        return cleared, changed
