@@ -144,6 +144,13 @@ def _loadgen(net: Lan, name: str, out: Path, users: list[str], to: list[str]) ->
     )
 
 
+def _whole(info: dict) -> bool:
+    """Five members alive and, with ownership by quorum, this node leased on the five-node ring."""
+    own = info.get("ownership", {})
+    leased = not QUORUM or (own.get("lease") and len(own.get("ring_members", ())) == 5)
+    return sum(m["state"] == "alive" for m in info["members"]) == 5 and bool(leased)
+
+
 def _rows(db: Path) -> tuple[dict[tuple[bytes, int], bytes], dict[tuple[bytes, int], tuple[bytes, int]]]:
     """(conv, seq) -> dedup, and (user, pos) -> (conv, seq), as stored in one node's database."""
     conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
@@ -168,8 +175,8 @@ def test_split_three_two_under_load_then_heal(lan: Lan, tmp_path: Path) -> None:
     try:
         for name in NAMES:
             procs[name] = _start(net, name, tmp_path / name, key)
-        _wait("five members alive everywhere",
-              lambda: all(sum(m["state"] == "alive" for m in _status(net, n, key)["members"]) == 5 for n in NAMES), 90)
+        _wait("five members alive everywhere, each leased on the five-node ring",
+              lambda: all(_whole(_status(net, n, key)) for n in NAMES), 90)
         reg = _in(net.hosts["n0"].ns, sys.executable, "-m", "tests.e2e.loadgen", f"tcp://{net.hosts['n0'].ip}:{CLIENT}",
                   str(tmp_path / "register.jsonl"), "--register", ",".join(everyone), timeout=120)
         assert reg.returncode == 0, reg.stderr
@@ -184,8 +191,8 @@ def test_split_three_two_under_load_then_heal(lan: Lan, tmp_path: Path) -> None:
             (tmp_path / f"{out}.stop").touch()
         for p in loads:
             p.wait(timeout=60)
-        _wait("five members alive everywhere after the heal",
-              lambda: all(sum(m["state"] == "alive" for m in _status(net, n, key)["members"]) == 5 for n in NAMES), 120)
+        _wait("five members alive everywhere after the heal, each leased on the five-node ring",
+              lambda: all(_whole(_status(net, n, key)) for n in NAMES), 120)
         # A repair pass that starts on every node after the heal (they run every 15 s and
         # after each ring change), then the copies must be equal.
         passes = {n: _status(net, n, key)["repair"]["passes"] for n in NAMES}

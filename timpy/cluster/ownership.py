@@ -291,6 +291,18 @@ class Ownership:
         old_ok = not p.previous.voters or has_majority(old_yes, p.previous.voters)
         return old_ok and has_majority(p.accepted, p.epoch.voters)
 
+    def bootstrap(self, now: float) -> bool:
+        """Found a cluster: this node, with no epoch, becomes the first voter.
+        The shell calls it only when every member it sees alive has no epoch
+        either and this node's id is the lowest (nodes all started with
+        ``--join`` to one another)."""
+        if self.epoch.number != 0:
+            return False
+        self.epoch = Epoch(1, frozenset({self.self_id}), frozenset({self.self_id}))
+        self.established_at = now
+        self.reached = 1
+        return True
+
     def forget(self, name: str) -> None:
         """An operator removes a member that is gone for good."""
         if name in self.epoch.voters:

@@ -27,6 +27,7 @@ from timpy.errors import Code, TimpyError
 log = logging.getLogger("timpy.cluster")
 
 MEMBERS_FILE = "cluster-members.json"
+BOOTSTRAP_GRACE = 3.0  # seconds every member seen alive must have had no ring before the lowest id founds one
 
 
 class QuorumLost(TimpyError):
@@ -88,6 +89,7 @@ class OwnershipService:
         self._drained = trio.Event()
         self._saved: tuple[Epoch, dict[str, str]] | None = None
         self.lease_lost_at: float | None = None  # when this node last stopped holding a lease
+        self._unfounded_since: float | None = None  # since when every member seen alive had no ring either
         rpc.register("own.grant", self._on_grant)
         rpc.register("own.accept", self._on_accept)
         rpc.register("own.established", self._on_established)
@@ -248,8 +250,48 @@ class OwnershipService:
                 log.info("this node holds a lease under ring epoch %d", self.core.epoch.number)
             had = has
 
+    async def _found_if_alone(self) -> None:
+        """A node with no epoch asks the members it sees alive for theirs (and
+        takes it). If for ``BOOTSTRAP_GRACE`` seconds every one of them has
+        none either, the lowest id founds the cluster; the others join it. A
+        node that sees nobody never serves as a cluster of one."""
+        m = self._membership()
+        others = sorted(n for n, mem in (m.members.items() if m is not None else ()) if n != self.self_id
+                        and mem.state == State.ALIVE)
+        if not others:
+            self._unfounded_since = None
+            return
+        answers: dict[str, int] = {}
+
+        async def ask(name: str, address: str) -> None:
+            try:
+                _, theirs = await self._rpc.start_call(address, "own.grant", NO_EPOCH.pack(), self.self_id).result(1.0)
+            except TimpyError:
+                return
+            answers[name] = int(theirs[0])
+            self._learn(Epoch.unpack(theirs))
+
+        async with trio.open_nursery() as nursery:
+            for name in others:
+                address = self.address_of(name)
+                if address:
+                    nursery.start_soon(ask, name, address)
+        now = trio.current_time()
+        if self.core.epoch.number != 0 or len(answers) < len(others) or any(answers.values()):
+            self._unfounded_since = None
+            return
+        if self._unfounded_since is None:
+            self._unfounded_since = now
+        if self.self_id < others[0] and now - self._unfounded_since >= BOOTSTRAP_GRACE:
+            if self.core.bootstrap(now):
+                log.info("no member has a ring yet: this node founds the cluster (ring epoch 1)")
+                self._epoch_changed()
+
     async def _lease_round(self) -> None:
         now = trio.current_time()
+        if self.core.epoch.number == 0:
+            await self._found_if_alone()
+            return
         rnd: LeaseRound = self.core.start_round(now)
         if self.self_id in rnd.epoch.voters:
             self.core.round_answer(now, rnd, self.self_id, self.core.grant(now, self.self_id, rnd.epoch, False))
