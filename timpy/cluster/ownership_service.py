@@ -251,8 +251,7 @@ class OwnershipService:
             had = has
 
     async def _found_if_alone(self) -> None:
-        """A node with no epoch asks the members it sees alive for theirs (and
-        takes it). If for ``BOOTSTRAP_GRACE`` seconds every one of them has
+        """A node with no epoch asks the members it sees alive for theirs. If for ``BOOTSTRAP_GRACE`` seconds every one of them has
         none either, the lowest id founds the cluster; the others join it. A
         node that sees nobody never serves as a cluster of one."""
         m = self._membership()
@@ -268,8 +267,7 @@ class OwnershipService:
                 _, theirs = await self._rpc.start_call(address, "own.grant", NO_EPOCH.pack(), self.self_id).result(1.0)
             except TimpyError:
                 return
-            answers[name] = int(theirs[0])
-            self._learn(Epoch.unpack(theirs))
+            answers[name] = int(theirs[0])  # only looked at: the cluster adds this node in its own time
 
         async with trio.open_nursery() as nursery:
             for name in others:
