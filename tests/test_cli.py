@@ -41,6 +41,29 @@ def test_bench_paths_measures_direct_and_relayed_channels():
     assert result["direct TCP MB/s each way"] > 0 and result["relayed MB/s each way"] > 0
 
 
+def test_bench_flood_delivers_every_message_to_its_recipient():
+    r = CliRunner().invoke(cli, ["bench", "flood", "--clients", "4", "--messages", "10", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["delivered"] == "40/40" and "errors" not in result
+    assert result["p99_ms"] >= result["p50_ms"] > 0
+
+
+def test_bench_flood_prefill_stores_history_first():
+    r = CliRunner().invoke(
+        cli, ["bench", "flood", "--clients", "3", "--messages", "5", "--prefill", "300", "--json"]
+    )
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["delivered"] == "15/15" and "300 messages stored before" in result["target"]
+
+
+def test_bench_flood_echo_measures_the_generator_alone():
+    r = CliRunner().invoke(cli, ["bench", "flood", "--clients", "3", "--messages", "5", "--echo", "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.output.strip().splitlines()[-1])["delivered"] == "15/15"
+
+
 def test_bench_repair_repairs_exactly_the_rows_it_deleted():
     r = CliRunner().invoke(cli, ["bench", "repair", "--conversations", "20", "--messages", "5", "--damage", "0.1",
                                  "--memory", "--json"])

@@ -143,3 +143,37 @@ async def test_undecodable_json_frames_keep_their_request_id(node):
         assert (await call("{not json"))["error"]["code"] == Code.BAD_FRAME
         assert (await call(json.dumps({"rid": "nine", "ping": {}})))["error"]["code"] == Code.BAD_FRAME
         assert (await call(json.dumps({"rid": 10, "ping": {"nonce": 3}})))["pong"]["nonce"] == 3
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ws"])
+async def test_a_fault_pushing_to_one_terminal_ends_that_connection_only(transport, monkeypatch, caplog):
+    """Pushes are built in the writer's task: before, a fault in building one
+    terminal's delivery ended the writer and so the whole node."""
+    async with timpy.open_node(node_config()) as node:
+        url = url_of(node, transport)
+        await users(url, "alice", "bob", "carol")
+        async with timpy.connect(url, "alice", PASSWORD) as a, timpy.connect(url, "bob", PASSWORD) as b:
+            session = session_of(node, "bob")
+
+            def failing_frame(delivery):  # noqa: ANN001, ANN202
+                raise Injected("injected fault building a delivery")
+
+            monkeypatch.setattr(session, "_delivery_frame", failing_frame)
+            with caplog.at_level(logging.ERROR, logger="timpy.gateway"):
+                ack = await a.send("bob", "stored even though bob's push failed")
+                with trio.fail_after(10):
+                    while not any(r.exc_info and r.exc_info[0] is Injected for r in caplog.records):
+                        await trio.sleep(0.02)
+            failure = next(r for r in caplog.records if r.exc_info and r.exc_info[0] is Injected)
+            assert "bob" in failure.getMessage()
+            with trio.fail_after(10):
+                with pytest.raises(timpy.RemoteError):  # bob's connection was closed
+                    while True:
+                        await b.ping()
+                        await trio.sleep(0.05)
+            # The writer goes on: alice stores more, and bob finds everything on a new connection.
+            await a.send("bob", "after the fault")
+            history = (await a.history("bob")).messages
+            assert [m.body for m in history][-2:] == [b"stored even though bob's push failed", b"after the fault"]
+            assert history[-2].seq == ack.seq
+        await still_serving(node, transport)

@@ -194,3 +194,27 @@ def test_no_name_or_body_in_any_table(engine):
     assert len(dump) > 100
     for secret in (b"zebulon", b"quentin", b"lighthouse", b"argon-hash"):
         assert secret not in dump
+
+
+@settings(max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(batches=st.lists(
+    st.lists(st.tuples(st.integers(0, 5), st.integers(0, 30)), min_size=1, max_size=90), min_size=1, max_size=4
+))
+def test_duplicates_are_found_per_conversation_in_batches_of_any_size(engine, batches):
+    """A dedup index is a duplicate only within its own conversation, however
+    many pairs one batch looks up (more than one lookup statement's worth)."""
+    r = fresh(engine)
+    accounts(r, A, B)
+    convs = [bytes([65 + k]) * 16 for k in range(6)]
+    first: dict[tuple[int, int], int] = {}
+    for batch in batches:
+        results = r.append_messages([msg(d, conv=convs[c]) for c, d in batch])
+        for key, res in zip(batch, results, strict=True):
+            if key in first:
+                assert res.duplicate and res.seq == first[key]
+            else:
+                assert not res.duplicate
+                first[key] = res.seq
+    for k, _conv in enumerate(convs):
+        seqs = sorted(seq for (c, _), seq in first.items() if c == k)
+        assert seqs == list(range(1, len(seqs) + 1))

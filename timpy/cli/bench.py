@@ -32,7 +32,7 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def start_node_process(
-    workdir: Path, memory: bool, extra: str = "", cluster: str = ""
+    workdir: Path, memory: bool, extra: str = "", cluster: str = "", peer: bool = True
 ) -> tuple[trio.Process, dict]:
     """Start ``timpy node`` in a child process; return it and its ready-file contents."""
     workdir.mkdir(parents=True, exist_ok=True)
@@ -41,7 +41,7 @@ async def start_node_process(
         f'data_dir = "data"\nmemory = {"true" if memory else "false"}\nlisten = "127.0.0.1:0"\nws = "off"\n'
         f'ready_file = "ready.json"\n{extra}\n'
         "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n[admin]\nlisten = \"127.0.0.1:0\"\n"
-        f'[cluster]\nlisten = "127.0.0.1:0"\n{cluster}\n'
+        f'[cluster]\nlisten = "{"127.0.0.1:0" if peer else "off"}"\n{cluster}\n'
     )
     ready = workdir / "ready.json"
     log = open(workdir / "node.log", "wb")  # noqa: SIM115 - closed with the process
@@ -374,3 +374,12 @@ _register_partition_bench()
 from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands
 
 bench.add_command(failover_cmd)
+
+
+def _register_flood_bench() -> None:
+    from timpy.cli.bench_flood import register
+
+    register(bench)
+
+
+_register_flood_bench()

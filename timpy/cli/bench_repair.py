@@ -67,6 +67,22 @@ def _damage(node: timpy.Node, fraction: float, rng: random.Random) -> int:
     return deleted
 
 
+async def _quiet(nodes: list[timpy.Node]) -> None:
+    """Wait until no node runs a pass and none started one for 2.5 s (a
+    membership change starts one after a 1 s settle)."""
+    with trio.fail_after(60):
+        seen: list[int] = []
+        quiet_since = trio.current_time()
+        while True:
+            now = [n.replicator.progress.passes for n in nodes]
+            busy = any(n.replicator.progress.running or not n.replicator.progress.passes for n in nodes)
+            if busy or now != seen:
+                seen, quiet_since = now, trio.current_time()
+            elif trio.current_time() - quiet_since >= 2.5:
+                return
+            await trio.sleep(0.05)
+
+
 async def repair_figures(conversations: int, messages: int, damage: float, memory: bool) -> dict:
     rng = random.Random(1)
     keys = ClusterKeys.generate()
@@ -86,9 +102,7 @@ async def repair_figures(conversations: int, messages: int, damage: float, memor
             with trio.fail_after(60):
                 while not all(len(n.peers.placement.members) == 3 for n in nodes):
                     await trio.sleep(0.05)
-            with trio.fail_after(60):  # the passes the ring changes started, before any data
-                while any(n.replicator.progress.running or not n.replicator.progress.passes for n in nodes):
-                    await trio.sleep(0.05)
+            await _quiet(nodes)  # the passes the ring changes started, before any data
             await nodes[0].store.run(_seed, nodes[0], conversations, messages, rng)
             for target in nodes[1:]:
                 await target.store.run(_copy_all, nodes[0], target)
@@ -97,6 +111,7 @@ async def repair_figures(conversations: int, messages: int, damage: float, memor
             await nodes[0].replicator.repair_pass()
             equal_s = time.perf_counter() - started
             keys_checked = p.keys_checked
+            await _quiet(nodes)  # no pass of another node's own may overlap the timed one
             deleted = await trio.to_thread.run_sync(_damage, nodes[1], damage, rng)
             rows_before = p.rows_repaired
             started = time.perf_counter()

@@ -146,6 +146,7 @@ async def _run_node(config: NodeConfig) -> None:
     bound = config.shutdown_timeout
     stop = trio.Event()
     node_ref: list[object] = []
+    backstops: list[threading.Timer] = []
 
     def cut_short(why: str) -> NoReturn:
         phase = getattr(node_ref[0], "shutdown_phase", "starting") if node_ref else "starting"
@@ -166,20 +167,25 @@ async def _run_node(config: NodeConfig) -> None:
             backstop = threading.Timer(bound + 2.0, cut_short, args=(f"shutdown_timeout {bound:g} s passed",))
             backstop.daemon = True
             backstop.start()
+            backstops.append(backstop)
 
     async def bound_after_stop() -> None:
         await stop.wait()
         await trio.sleep(bound)
         cut_short(f"shutdown_timeout {bound:g} s passed")
 
-    with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, unwrap_single_error():
-        async with trio.open_nursery() as nursery:
-            nursery.start_soon(watch, signals)
-            nursery.start_soon(bound_after_stop)
-            async with open_node(config) as node:
-                node_ref.append(node)
-                await stop.wait()
-            nursery.cancel_scope.cancel()
+    try:
+        with trio.open_signal_receiver(signal.SIGINT, signal.SIGTERM) as signals, unwrap_single_error():
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(watch, signals)
+                nursery.start_soon(bound_after_stop)
+                async with open_node(config) as node:
+                    node_ref.append(node)
+                    await stop.wait()
+                nursery.cancel_scope.cancel()
+    finally:
+        for backstop in backstops:
+            backstop.cancel()  # the drain ended in time
 
 
 @cli.group()

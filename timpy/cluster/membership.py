@@ -22,8 +22,10 @@ What it implements (after SWIM, Das et al. 2002; Lifeguard, Dadgar et al.
 - dissemination piggybacked on pings and acks, each update retransmitted
   ``retransmit_mult * log10(n + 1)`` times, newest news about a member
   replacing older news;
-- periodic push-pull full-state sync with a random member, and with a random
-  dead one (so two sides of a healed partition find each other again);
+- periodic push-pull full-state sync with a random member (asked again of
+  another member once, after a probe interval, if unanswered: memberlist runs
+  it over a reliable stream), and with a random dead one (so two sides of a
+  healed partition find each other again);
 - graceful leave: a *left* member is not suspected and is never probed.
 """
 
@@ -185,6 +187,7 @@ class Membership:
         self._news: dict[str, _News] = {}
         self._next_probe = now + rng.uniform(0, config.probe_interval)
         self._next_push_pull = now + rng.uniform(0, config.push_pull_interval)
+        self._push_pull_wait: tuple[str, float] | None = None  # (address asked, when to ask another)
         self._seeds: list[str] = []
         self._next_join = now
         self._join_delay = config.probe_interval
@@ -263,12 +266,24 @@ class Membership:
         if now >= self._next_probe:
             self._next_probe = now + cfg.probe_interval
             actions += self._start_probe(now)
+        if self._push_pull_wait is not None and now >= self._push_pull_wait[1]:
+            # The periodic exchange went unanswered (lost, or the peer is slow): ask one other
+            # member now rather than a whole push_pull_interval later. Once per period, so
+            # a node that missed some news converges within about one period, not two.
+            asked = self._push_pull_wait[0]
+            self._push_pull_wait = None
+            others = [m for m in self._others(State.ALIVE) if m.address != asked]
+            if others:
+                peer = self.rng.choice(others)
+                actions.append(Send(peer.address, PushPull(self.address, self._full_state(), reply=True)))
         if now >= self._next_push_pull:
             self._next_push_pull = now + cfg.push_pull_interval
             for pool in (self._others(State.ALIVE), self._others(State.DEAD)):
                 if pool:
                     peer = self.rng.choice(pool)
                     actions.append(Send(peer.address, PushPull(self.address, self._full_state(), reply=True)))
+                    if pool[0].state == State.ALIVE:
+                        self._push_pull_wait = (peer.address, now + cfg.probe_interval)
         return actions
 
     def receive(self, now: float, message: Message) -> list[Action]:
@@ -300,6 +315,8 @@ class Membership:
                 actions += self._apply(now, update)
             if message.reply:
                 actions.append(Send(message.source, PushPull(self.address, self._full_state(), reply=False)))
+            elif self._push_pull_wait is not None and message.source == self._push_pull_wait[0]:
+                self._push_pull_wait = None  # answered
         return actions
 
     # --- probing --------------------------------------------------------

@@ -27,6 +27,7 @@ from timpy.errors import Code, TimpyError
 log = logging.getLogger("timpy.cluster")
 
 MEMBERS_FILE = "cluster-members.json"
+FOUND_AFTER = 10.0  # seconds seeing members alive without being added, before asking whether anyone has a ring
 BOOTSTRAP_GRACE = 3.0  # seconds every member seen alive must have had no ring before the lowest id founds one
 
 
@@ -89,7 +90,8 @@ class OwnershipService:
         self._drained = trio.Event()
         self._saved: tuple[Epoch, dict[str, str]] | None = None
         self.lease_lost_at: float | None = None  # when this node last stopped holding a lease
-        self._unfounded_since: float | None = None  # since when every member seen alive had no ring either
+        self._unfounded_since: float | None = None
+        self._alone_since: float | None = None  # since when this node, with no ring, sees members alive  # since when every member seen alive had no ring either
         rpc.register("own.grant", self._on_grant)
         rpc.register("own.accept", self._on_accept)
         rpc.register("own.established", self._on_established)
@@ -257,9 +259,14 @@ class OwnershipService:
         m = self._membership()
         others = sorted(n for n, mem in (m.members.items() if m is not None else ()) if n != self.self_id
                         and mem.state == State.ALIVE)
+        now = trio.current_time()
         if not others:
-            self._unfounded_since = None
+            self._unfounded_since = self._alone_since = None
             return
+        if self._alone_since is None:
+            self._alone_since = now
+        if now - self._alone_since < FOUND_AFTER:
+            return  # an existing cluster adds a new node well within this: do not disturb it
         answers: dict[str, int] = {}
 
         async def ask(name: str, address: str) -> None:

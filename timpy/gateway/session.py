@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import time
 import uuid
 from collections.abc import Callable
@@ -23,7 +24,8 @@ from timpy.crypto.tokens import TokenClaims
 from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyError
 from timpy.im import ids
 from timpy.im.accounts import Identity
-from timpy.im.messages import ChatMessage, Delivery
+from timpy.im.messages import ChatMessage, Delivery, SendResult
+from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
 from timpy.wire import protocol as wp
@@ -79,6 +81,51 @@ def in_users_words(exc: TimpyError, frame: TPayload) -> TimpyError:
     return TimpyError(text, exc.code)
 
 
+class Encoded:
+    """An outbound frame encoded already (binary protocol); ``frame()`` builds
+    the frame itself for a transport that speaks the JSON mapping."""
+
+    __slots__ = ("data", "_make")
+
+    def __init__(self, data: bytes, make: Callable[[], TPayload]) -> None:
+        self.data = data
+        self._make = make
+
+    def frame(self) -> TPayload:
+        return self._make()
+
+
+def encode_out(item: TPayload | Encoded) -> bytes:
+    """An outbound item's body in the binary protocol."""
+    return item.data if type(item) is Encoded else wp.encode(item)
+
+
+def frame_out(item: TPayload | Encoded) -> TPayload:
+    return item.frame() if type(item) is Encoded else item
+
+
+# A Delivery frame, in thrift's binary protocol, around the message's own
+# encoding: rid (i64, field 1) = 0, delivery (struct, field 14) { pos (i64,
+# field 1), message (struct, field 2) ... }. A message goes to several
+# terminals (its sender's too) that differ only in ``pos``: it is encoded once.
+_DELIVERY_HEAD = b"\x0a\x00\x01" + bytes(8) + b"\x0c\x00\x0e\x0a\x00\x01"
+_MESSAGE_FIELD = b"\x0c\x00\x02"
+_POS = struct.Struct(">q")
+_last_encoded: tuple[ChatMessage | None, bytes] = (None, b"")
+
+
+def delivery_out(pos: int, message: ChatMessage) -> Encoded:
+    global _last_encoded
+    m, body = _last_encoded
+    if m is not message:  # the writer pushes one message to all its terminals in a row
+        body = wp.encode(message_to_wire(message))
+        _last_encoded = (message, body)
+    return Encoded(
+        _DELIVERY_HEAD + _POS.pack(pos) + _MESSAGE_FIELD + body + b"\x00\x00",
+        lambda: wp.make_frame("delivery", pos=pos, message=message_to_wire(message)),
+    )
+
+
 def error_frame(rid: int, exc: TimpyError) -> TPayload:
     return wp.make_frame("error", rid=rid, code=int(exc.code), text=exc.text)
 
@@ -92,7 +139,7 @@ class ClientSession:
         self._clock = clock
         self._bucket = TokenBucket(limits.rate_per_connection, limits.burst_per_connection, clock())
         self._violations = 0
-        self.outbound_send, self.outbound = trio.open_memory_channel[TPayload | CloseAfter](limits.push_queue)
+        self.outbound_send, self.outbound = trio.open_memory_channel[TPayload | Encoded | CloseAfter](limits.push_queue)
         self.greeted = False
         self.identity: Identity | None = None
         self.claims: TokenClaims | None = None
@@ -100,8 +147,18 @@ class ClientSession:
         self._max_pushed = 0
         self._closing = False
         self.cancel_scope = trio.CancelScope()
+        self._acks: trio.MemorySendChannel | None = None  # sends in flight, acknowledged in order
 
     # --- TerminalLink ---------------------------------------------------
+
+    # Pushes run in the writer's task (or another feature's), not this
+    # connection's: a fault in building one frame must end this connection
+    # only, never the task that serves every other client.
+
+    def _push_failed(self, what: str) -> None:
+        log.exception("internal error pushing %s to %s (%s)", what, self.peer,
+                      self.identity.name if self.identity is not None else "not logged in")
+        self.close("internal error", Code.INTERNAL)
 
     def push_nowait(self, delivery: Delivery) -> bool:
         try:
@@ -109,10 +166,18 @@ class ClientSession:
             return True
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
+        except Exception:
+            self._push_failed("a message")
+            return False
 
     async def push(self, delivery: Delivery) -> None:
         try:
-            await self.outbound_send.send(self._delivery_frame(delivery))
+            frame = self._delivery_frame(delivery)
+        except Exception:
+            self._push_failed("a message")
+            return
+        try:
+            await self.outbound_send.send(frame)
         except trio.ClosedResourceError:
             pass
 
@@ -121,6 +186,8 @@ class ClientSession:
             self.outbound_send.send_nowait(self._signal_frame(op, fields))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # not stored, not retried: a slow terminal misses it
+        except Exception:
+            self._push_failed(op)
 
     @staticmethod
     def _signal_frame(op: str, fields: dict) -> TPayload:
@@ -128,9 +195,10 @@ class ClientSession:
             return wp.make_frame(op, users=[wp.thrift.Presence(**u) for u in fields["users"]])
         return wp.make_frame(op, **fields)
 
-    def _delivery_frame(self, delivery: Delivery) -> TPayload:
-        self._max_pushed = max(self._max_pushed, delivery.pos)
-        return wp.make_frame("delivery", pos=delivery.pos, message=message_to_wire(delivery.message))
+    def _delivery_frame(self, delivery: Delivery) -> Encoded:
+        if delivery.pos > self._max_pushed:
+            self._max_pushed = delivery.pos
+        return delivery_out(delivery.pos, delivery.message)
 
     def close(self, reason: str, code: Code | None = None) -> None:
         """Close after what is queued (with an error frame first when ``code``
@@ -159,7 +227,12 @@ class ClientSession:
 
     async def reply(self, frame: TPayload) -> None:
         try:
-            await self.outbound_send.send(frame)
+            self.outbound_send.send_nowait(frame)  # no task switch while there is room
+        except trio.WouldBlock:
+            try:
+                await self.outbound_send.send(frame)
+            except trio.ClosedResourceError:
+                pass
         except trio.ClosedResourceError:
             pass
 
@@ -177,6 +250,8 @@ class ClientSession:
             self.node.rooms.terminal_closed(self.terminal)
             self.node.messenger.close_terminal(self.terminal)
             self.terminal = None
+        if self._acks is not None:
+            self._acks.close()
         self.outbound_send.close()
 
     # --- frames ---------------------------------------------------------
@@ -357,15 +432,60 @@ class ClientSession:
             result = await self.node.groups.send(
                 self.identity, m.conversation, m.client_id or "", m.kind or 0, m.body or b"", m.ext or {}
             )
-        else:
-            result = await self.node.messenger.send(
-                self.identity,
-                m.recipient or "",
-                m.client_id or "",
-                m.kind or 0,
-                m.body or b"",
-                m.ext or {},
-            )
+            await self._ack(rid, started, result)
+            return
+        ticket = await self.node.messenger.start_send(
+            self.identity,
+            m.recipient or "",
+            m.client_id or "",
+            m.kind or 0,
+            m.body or b"",
+            m.ext or {},
+        )
+        # Queued for the writer now: the next frame is read while this one is
+        # stored, and its ack follows when it is (acks in request order).
+        if self._acks is None:
+            send, receive = trio.open_memory_channel[tuple[int, float, SendTicket]](self._limits.push_queue)
+            if not self.node.messenger.spawn(self._ack_in_order, receive):
+                await self._ack(rid, started, await ticket.wait())  # the node is starting or stopping
+                return
+            self._acks = send
+        try:
+            self._acks.send_nowait((rid, started, ticket))
+        except trio.WouldBlock:
+            await self._acks.send((rid, started, ticket))  # too many in flight: stop reading until some are done
+        except trio.ClosedResourceError:
+            pass  # the connection is gone; the writer still stores the message
+
+    async def _ack_in_order(self, receive: trio.MemoryReceiveChannel) -> None:
+        """Acknowledge this connection's sends in request order. It wakes once
+        per writer batch, not per message: what the writer has settled is
+        answered without waiting."""
+        async with receive:
+            while True:
+                try:
+                    rid, started, ticket = receive.receive_nowait()
+                except trio.WouldBlock:
+                    try:
+                        rid, started, ticket = await receive.receive()
+                    except trio.EndOfChannel:
+                        return
+                except trio.EndOfChannel:
+                    return
+                try:
+                    result = ticket.now() or await ticket.wait()
+                except TimpyError as exc:
+                    self.node.metrics.errors.labels(exc.code.name).inc()
+                    await self.reply(error_frame(rid, exc))
+                    continue
+                except Exception:
+                    self.node.metrics.errors.labels(Code.INTERNAL.name).inc()
+                    log.exception("internal error serving %s", self.peer)
+                    await self.reply(error_frame(rid, TimpyError("internal error; it was logged", Code.INTERNAL)))
+                    continue
+                await self._ack(rid, started, result)
+
+    async def _ack(self, rid: int, started: float, result: SendResult) -> None:
         msg = result.message
         self.node.metrics.messages_in.inc()
         self.node.metrics.delivery_latency.observe(time.perf_counter() - started)

@@ -19,7 +19,14 @@ from thriftpy2.thrift import TPayload
 from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
 
 from timpy.errors import Code, ProtocolError, TimpyError
-from timpy.gateway.session import ClientSession, CloseAfter, error_frame
+from timpy.gateway.session import (
+    ClientSession,
+    CloseAfter,
+    Encoded,
+    encode_out,
+    error_frame,
+    frame_out,
+)
 from timpy.gateway.tls import server_context
 from timpy.wire import jsonmap
 from timpy.wire import protocol as wp
@@ -226,7 +233,7 @@ async def _serve_tcp_session(node: Node, stream: trio.abc.Stream, session: Clien
                                 batch.append(session.outbound.receive_nowait())
                             except trio.WouldBlock:
                                 break
-                        data = b"".join(frame_bytes(wp.encode(f)) for f in batch if not isinstance(f, CloseAfter))
+                        data = b"".join(frame_bytes(encode_out(f)) for f in batch if not isinstance(f, CloseAfter))
                         if data:
                             await stream.send_all(data)
                         if isinstance(batch[-1], CloseAfter):
@@ -255,8 +262,8 @@ async def run_tcp_listener(node: Node, host: str, port: int, task_status: trio.T
     await trio.serve_listeners(handler, tls_listeners)
 
 
-def _encode_ws(frame: TPayload, json_mode: bool) -> bytes | str:
-    return jsonmap.encode_json(frame) if json_mode else wp.encode(frame)
+def _encode_ws(frame: TPayload | Encoded, json_mode: bool) -> bytes | str:
+    return jsonmap.encode_json(frame_out(frame)) if json_mode else encode_out(frame)
 
 
 async def serve_websocket_request(node: Node, request: WebSocketRequest) -> None:

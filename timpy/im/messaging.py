@@ -20,7 +20,7 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -104,6 +104,31 @@ class _PendingInbox:
     error: TimpyError | None = None
 
 
+class SendTicket:
+    """A 1:1 send under way: ``wait()`` for its result, or ``now()`` when
+    the writer has settled it already (no task switch for the common case)."""
+
+    __slots__ = ("_pending", "_wait")
+
+    def __init__(self, wait: Callable[[], Awaitable[SendResult]], pending: _Pending | None = None) -> None:
+        self._wait = wait
+        self._pending = pending
+
+    def now(self) -> SendResult | None:
+        """The result if it is known without waiting (raises the send's error); else None."""
+        p = self._pending
+        if p is None or not p.done.is_set() or p.fanout:
+            return None
+        if p.error is not None:
+            if p.error.code == Code.UNAVAILABLE:
+                return None  # ``wait`` tries again
+            raise p.error
+        return p.result
+
+    async def wait(self) -> SendResult:
+        return await self._wait()
+
+
 class Messenger:
     def __init__(
         self,
@@ -129,6 +154,8 @@ class Messenger:
         self._replicator.restore_inbox_entry = self.restore_inbox_entry
         self._send_q, self._recv_q = trio.open_memory_channel[_Pending | _PendingInbox | None](math.inf)
         self._known_users: set[bytes] = set()
+        self._looking_up: dict[bytes, trio.Event] = {}  # users whose existence is being looked up
+        self._peer_ids: dict[tuple[bytes, str], tuple[str, bytes, bytes, str]] = {}  # see _peer_of
         # Acknowledged positions not yet stored; written with the next batch.
         self._cursors: dict[tuple[bytes, bytes], int] = {}
         self._cursor_flush_queued = False
@@ -154,11 +181,14 @@ class Messenger:
                 Code.RATE_LIMITED,
             )
 
-    def spawn(self, fn: Callable[..., Any], *args: Any) -> None:
-        """Run ``fn(*args)`` in the background (notifications); dropped while the node starts or stops.
-        Best effort: a refusal (say, no majority reachable) is logged, never fatal to the node."""
-        if self._background is not None:
-            self._background.start_soon(_best_effort, fn, *args)
+    def spawn(self, fn: Callable[..., Any], *args: Any) -> bool:
+        """Run ``fn(*args)`` in the background (notifications); dropped while
+        the node starts or stops (then False). Best effort: a refusal (say, no
+        majority reachable) is logged, never fatal to the node."""
+        if self._background is None:
+            return False
+        self._background.start_soon(_best_effort, fn, *args)
+        return True
 
     # --- the writer -----------------------------------------------------
 
@@ -198,11 +228,17 @@ class Messenger:
             cursors, self._cursors = self._cursors, {}
             self._cursor_flush_queued = False
         local_users: frozenset[bytes] | None = None
+        # A cluster of one holds every replica of every key: there is nothing
+        # to catch up from, nobody to copy to and no other inbox to ask.
+        replicated = self._cluster and not self._peers.placement.single
         try:
             if self._cluster:
-                await self._catch_up(news, inbox)
+                if replicated:
+                    await self._catch_up(news, inbox)
+                else:
+                    await self._peers.await_write()  # a ring of one still needs its lease (a node not yet joined has none)
                 local_users = frozenset(
-                    u for p in news for u in p.new.members if self._peers.is_local(u)
+                    u for p in news for u in p.new.members if not replicated or self._peers.is_local(u)
                 )
             written: Written = await self._store.run(
                 self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users
@@ -222,7 +258,7 @@ class Messenger:
                 return
             self._fail(items, exc)
             return
-        if self._cluster:
+        if replicated:
             try:
                 await self._replicate(news, inbox, written)
             except TimpyError as exc:
@@ -234,7 +270,7 @@ class Messenger:
                 self.stored_count += 1
             for user_id, pos in appended.inbox.items():
                 self.routes.push(user_id, Delivery(pos, message), appended.content, appended.created_ms)
-            if self._cluster:
+            if replicated:
                 p.fanout = self._fan_out(p.new, appended.seq, appended.sealed)
             p.result = SendResult(message, appended.duplicate)
             p.done.set()
@@ -412,9 +448,23 @@ class Messenger:
     async def _require_user(self, uid: bytes) -> None:
         if uid in self._known_users:
             return
-        if not await self.user_exists(uid):
-            raise RequestError("no such user", Code.NO_SUCH_USER)
-        self._known_users.add(uid)
+        # One lookup per user at a time: a flood of first messages to a user
+        # waits for the same answer instead of queueing a lookup each.
+        looking = self._looking_up.get(uid)
+        if looking is not None:
+            await looking.wait()
+            if uid in self._known_users:
+                return
+        event = trio.Event()
+        self._looking_up.setdefault(uid, event)
+        try:
+            if not await self.user_exists(uid):
+                raise RequestError("no such user", Code.NO_SUCH_USER)
+            self._known_users.add(uid)
+        finally:
+            if self._looking_up.get(uid) is event:
+                del self._looking_up[uid]
+            event.set()
 
     async def peer_of(self, who: Identity, name: str) -> tuple[str, bytes, bytes]:
         """Another user, for a 1:1 operation: (normalized name, user id, the
@@ -445,14 +495,80 @@ class Messenger:
         ext: dict[str, str] | None = None,
     ) -> SendResult:
         """Store a 1:1 message and deliver it; a retry with the same client_id is a no-op."""
+        return await (await self.start_send(sender, recipient, client_id, kind, body, ext)).wait()
+
+    async def start_send(
+        self,
+        sender: Identity,
+        recipient: str,
+        client_id: str,
+        kind: int,
+        body: bytes,
+        ext: dict[str, str] | None = None,
+    ) -> SendTicket:
+        """Check a 1:1 send and, when its conversation's owner is this node,
+        queue it for the writer now; returns what waits for its result.
+
+        Sends queued one after another are numbered in that order, so a
+        connection may have several in flight and its conversation keeps
+        their order. (A send to another node's conversation goes out when
+        the returned function runs.)"""
         ext = dict(ext or {})
         self._validate(client_id, kind, body, ext)
         if kind == KIND_EDIT:
             ext["at"] = str(self._now())
-        recipient = ids.normalize_name(recipient)
-        await self._require_user(ids.user_id(self._indexer, recipient))
-        new, conversation = self._prepare(sender, recipient, client_id, kind, body, ext)
-        for attempt in range(SEND_ATTEMPTS):
+        peer = self._peer_ids.get((sender.user_id, recipient)) or self._peer_of(sender.user_id, recipient)
+        await self._require_user(peer[1])
+        new, conversation = self._prepare(sender, peer, client_id, kind, body, ext)
+        conv = new.conv_id
+        if not self._cluster or self._peers.placement.single or self._peers.owner(conv) == self._peers.self_id:
+            pending = _Pending(new, conversation, trio.Event())
+            self._enqueue(pending)
+
+            async def result() -> SendResult:
+                try:
+                    return await self._finish_append(pending)
+                except TimpyError as exc:
+                    if exc.code != Code.UNAVAILABLE:
+                        raise
+                # The ring may be changing under us: the same client id makes a retry safe.
+                await trio.sleep(0.3)
+                return await self._send_at_owner(new, conversation, SEND_ATTEMPTS - 1)
+
+            return SendTicket(result, pending)
+        return SendTicket(lambda: self._send_at_owner(new, conversation, SEND_ATTEMPTS))
+
+    def _peer_of(self, sender_id: bytes, recipient: str) -> tuple[str, bytes, bytes, str]:
+        """(normalized name, user id, 1:1 conversation id and text) of a
+        sender's recipient: keyed hashes, kept for the next send."""
+        name = ids.normalize_name(recipient)
+        rid = ids.user_id(self._indexer, name)
+        conv = ids.direct_conversation(self._indexer, sender_id, rid)
+        if len(self._peer_ids) >= 100_000:
+            self._peer_ids.clear()
+        peer = self._peer_ids[(sender_id, recipient)] = (name, rid, conv, ids.conversation_text(conv))
+        return peer
+
+    def _prepare(
+        self, sender: Identity, peer: str | tuple[str, bytes, bytes, str], client_id: str, kind: int, body: bytes,
+        ext: dict[str, str],
+    ) -> tuple[NewMessage, str]:
+        """A validated send to ``peer`` (a name, or what ``_peer_of`` gives) and its conversation's text id."""
+        if isinstance(peer, str):
+            peer = self._peer_of(sender.user_id, peer)
+        recipient, rid, conv, conversation = peer
+        new = NewMessage(
+            conv_id=conv,
+            members=(sender.user_id,) if rid == sender.user_id else (sender.user_id, rid),
+            sender_id=sender.user_id,
+            dedup=ids.dedup_index(self._indexer, sender.user_id, client_id),
+            created_ms=self._now(),
+            content=pack_content(client_id, sender.name, recipient, kind, body, ext),
+        )
+        return new, conversation
+
+    async def _send_at_owner(self, new: NewMessage, conversation: str, attempts: int) -> SendResult:
+        for attempt in range(attempts):
             owner = self._peers.owner(new.conv_id)
             try:
                 if owner == self._peers.self_id or not self._cluster:
@@ -462,7 +578,7 @@ class Messenger:
                 return SendResult(unpack_content(conversation, seq, created_ms, bytes(content)), bool(duplicate))
             except TimpyError as exc:
                 # The ring may be changing under us: the same client id makes a retry safe.
-                if exc.code != Code.UNAVAILABLE or attempt == SEND_ATTEMPTS - 1:
+                if exc.code != Code.UNAVAILABLE or attempt == attempts - 1:
                     raise
                 await trio.sleep(0.3 * (attempt + 1))
         raise AssertionError("unreachable")  # pragma: no cover
@@ -521,25 +637,6 @@ class Messenger:
                 ) from None
         assert pending.result is not None
         return pending.result
-
-    def _prepare(
-        self, sender: Identity, recipient: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
-    ) -> tuple[NewMessage, str]:
-        """A validated send (``recipient`` normalized) and its conversation's text id."""
-        rid = ids.user_id(self._indexer, recipient)
-        conv = ids.direct_conversation(self._indexer, sender.user_id, rid)
-        members = (sender.user_id,) if rid == sender.user_id else (sender.user_id, rid)
-        return (
-            NewMessage(
-                conv_id=conv,
-                members=members,
-                sender_id=sender.user_id,
-                dedup=ids.dedup_index(self._indexer, sender.user_id, client_id),
-                created_ms=self._now(),
-                content=pack_content(client_id, sender.name, recipient, kind, body, ext),
-            ),
-            ids.conversation_text(conv),
-        )
 
     # --- reading --------------------------------------------------------
 

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import trio
-from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -384,48 +384,40 @@ class Repository(RepairQueries):
         """
         results: list[Appended] = []
         placed: list[InboxPlaced] = []
-        m, c, a = s.messages, s.conversations, s.accounts
+        m, c = s.messages, s.conversations
         with self.engine.begin() as conn:
             if cursors:
                 self._advance_cursors(conn, cursors)
             if not batch and not inbox_items:
                 return Written(results, placed)
             # One statement per kind of lookup for the whole batch.
-            dedups = list({item.dedup for item in batch})
-            stored = {
-                (bytes(r.conv_id), bytes(r.dedup)): r
-                for r in conn.execute(
-                    select(m.c.conv_id, m.c.dedup, m.c.seq, m.c.created_ms, m.c.content).where(m.c.dedup.in_(dedups))
-                )
-            } if dedups else {}
+            stored = _stored_by_dedup(conn, {(item.conv_id, item.dedup) for item in batch})
             conv_ids = list({item.conv_id for item in batch})
             last_seq: dict[bytes, int] = {}
             read_seq: dict[bytes, int] = {}
             existing_convs: set[bytes] = set()
             if conv_ids:
                 last_seq = {
-                    bytes(r.conv_id): int(r.last_seq)
-                    for r in conn.execute(
-                        select(c.c.conv_id, c.c.last_seq).where(c.c.conv_id.in_(conv_ids)).with_for_update()
-                    )
+                    bytes(k): int(v)
+                    for k, v in _driver_in(conn, "SELECT conv_id, last_seq FROM conversations WHERE conv_id IN", conv_ids, lock=True)
                 }
                 existing_convs = set(last_seq)
                 read_seq = dict(last_seq)  # as read: the compare-and-set below expects them unchanged
                 # Rows that reached this node as another node's copies count too,
                 # so a sequence number is never given twice.
-                for r in conn.execute(
-                    select(m.c.conv_id, func.max(m.c.seq).label("top")).where(m.c.conv_id.in_(conv_ids)).group_by(m.c.conv_id)
+                for k, top in _driver_in(
+                    conn, "SELECT conv_id, MAX(seq) FROM messages WHERE conv_id IN", conv_ids, "GROUP BY conv_id"
                 ):
-                    key = bytes(r.conv_id)
-                    if key in last_seq and int(r.top) > last_seq[key]:
-                        last_seq[key] = int(r.top)
+                    key = bytes(k)
+                    if key in last_seq and int(top) > last_seq[key]:
+                        last_seq[key] = int(top)
             inbox_users = {
                 u for item in batch for u in item.members if local_users is None or u in local_users
             } | {item.user_id for item in inbox_items}
             heads = {
-                bytes(r.user_id): int(r.inbox_head)
-                for r in conn.execute(
-                    select(a.c.user_id, a.c.inbox_head).where(a.c.user_id.in_(list(inbox_users))).with_for_update()
+                bytes(k): int(v)
+                for k, v in _driver_in(
+                    conn, "SELECT user_id, inbox_head FROM accounts WHERE user_id IN", list(inbox_users), lock=True
                 )
             } if inbox_users else {}
             read_heads = dict(heads)
@@ -496,25 +488,24 @@ class Repository(RepairQueries):
                     insert(s.conv_members),
                     [dict(conv_id=k, user_id=u) for k, item in new_convs.items() for u in sorted(set(item.members))],
                 )
+            # The hot statements go to the driver as fixed SQL, many rows each.
             if msg_rows:
-                conn.execute(insert(m), msg_rows)
+                _driver_many(conn, _INSERT_MESSAGE, [
+                    (r["conv_id"], r["seq"], r["dedup"], r["created_ms"], r["content"]) for r in msg_rows
+                ])
             if copy_rows:
                 # A move between backends may be copying the same rows right now.
                 _insert_missing(conn, m, copy_rows)
             self._apply_effects(conn, [*msg_rows, *copy_rows], plain)
             if inbox_rows:
-                conn.execute(insert(s.inbox), inbox_rows)
-            changed = [dict(k=k, v=v, o=read_seq.get(k, 0)) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
-            if changed and conn.execute(
-                update(c).where(and_(c.c.conv_id == bindparam("k"), c.c.last_seq == bindparam("o")))
-                .values(last_seq=bindparam("v")), changed
-            ).rowcount != len(changed):
+                _driver_many(conn, _INSERT_INBOX, [(r["user_id"], r["pos"], r["conv_id"], r["seq"]) for r in inbox_rows])
+            # Compare-and-set: the heads must still be what this batch read.
+            changed = [(v, k, read_seq.get(k, 0)) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
+            if changed and _driver_many(conn, _SET_LAST_SEQ, changed) != len(changed):
                 raise IntegrityError("conversations.last_seq", None, ValueError("moved by another writer"))
-            if touched_users and conn.execute(
-                update(a).where(and_(a.c.user_id == bindparam("k"), a.c.inbox_head == bindparam("o")))
-                .values(inbox_head=bindparam("v")),
-                [dict(k=u, v=heads[u], o=read_heads[u]) for u in touched_users],
-            ).rowcount != len(touched_users):
+            if touched_users and _driver_many(
+                conn, _SET_INBOX_HEAD, [(heads[u], u, read_heads[u]) for u in touched_users]
+            ) != len(touched_users):
                 raise IntegrityError("accounts.inbox_head", None, ValueError("moved by another writer"))
         return Written(results, placed)
 
@@ -1215,6 +1206,60 @@ class Repository(RepairQueries):
             conn.execute(s.revoked_tokens.delete().where(s.revoked_tokens.c.expires_ms <= now_ms))
             rows = conn.execute(select(s.revoked_tokens))
             return {bytes(r.token_id): r.expires_ms for r in rows}
+
+
+_INSERT_MESSAGE = "INSERT INTO messages (conv_id, seq, dedup, created_ms, content) VALUES (?, ?, ?, ?, ?)"
+_INSERT_INBOX = "INSERT INTO inbox (user_id, pos, conv_id, seq) VALUES (?, ?, ?, ?)"
+_SET_LAST_SEQ = "UPDATE conversations SET last_seq = ? WHERE conv_id = ? AND last_seq = ?"
+_SET_INBOX_HEAD = "UPDATE accounts SET inbox_head = ? WHERE user_id = ? AND inbox_head = ?"
+
+
+def _driver_sql(conn: Any, sql: str) -> str:
+    """Fixed SQL written with ``?`` placeholders, in the driver's own style."""
+    return sql if conn.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
+
+
+def _driver_many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    """One statement, many rows, straight through the DB-API (``executemany``):
+    none of SQLAlchemy's per-row compiling and binding on the hot path.
+    Returns the rows it changed."""
+    return int(conn.exec_driver_sql(_driver_sql(conn, sql), rows).rowcount)
+
+
+def _driver_in(conn: Any, head: str, keys: list[Any], tail: str = "", lock: bool = False) -> list[tuple[Any, ...]]:
+    """``head (?, ?, ...) tail`` for ``keys``, through the DB-API; ``lock``
+    takes the rows' write locks (FOR UPDATE) where the backend has them."""
+    sql = f"{head} ({', '.join('?' * len(keys))}) {tail}"
+    if lock and conn.dialect.name != "sqlite":
+        sql += " FOR UPDATE"
+    return list(conn.exec_driver_sql(_driver_sql(conn, sql), tuple(keys)))
+
+
+_DEDUP_CHUNK = 32  # (conversation, dedup) pairs per lookup statement; one fixed text, so it is compiled once
+_DEDUP_LOOKUP = text(
+    "SELECT conv_id, dedup, seq, created_ms, content FROM messages WHERE "
+    + " OR ".join(f"(conv_id = :c{k} AND dedup = :d{k})" for k in range(_DEDUP_CHUNK))
+)
+
+
+def _stored_by_dedup(conn: Any, keys: set[tuple[bytes, bytes]]) -> dict[tuple[bytes, bytes], Any]:
+    """The stored messages among ``keys`` (conversation id, dedup index).
+
+    Each pair is an equality on both columns of the UNIQUE (conv_id, dedup)
+    index, so every dialect finds them through it: a lookup costs the same
+    whatever the table holds. (``dedup IN (...)`` alone cannot use that index
+    and scanned the messages table on every batch.)"""
+    found: dict[tuple[bytes, bytes], Any] = {}
+    pairs = list(keys)
+    for start in range(0, len(pairs), _DEDUP_CHUNK):
+        chunk = pairs[start : start + _DEDUP_CHUNK]
+        chunk += [chunk[-1]] * (_DEDUP_CHUNK - len(chunk))  # pad: the statement's text never changes
+        params: dict[str, bytes] = {}
+        for k, (conv_id, dedup) in enumerate(chunk):
+            params[f"c{k}"], params[f"d{k}"] = conv_id, dedup
+        for r in conn.execute(_DEDUP_LOOKUP, params):
+            found[(bytes(r.conv_id), bytes(r.dedup))] = r
+    return found
 
 
 def _lost_a_lock_race(exc: OperationalError) -> bool:
