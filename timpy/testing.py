@@ -221,12 +221,13 @@ class Cluster:
         return run
 
     async def wait_converged(self, timeout: float = 120.0) -> None:
-        """Wait until every running node has every running node, and only those, on its ring."""
+        """Wait until every running node has every running node, and only those, on
+        its ring (a ring epoch a majority accepted), and holds its ownership lease."""
         with trio.fail_after(timeout):
             while True:
                 up = [r.node for r in self._runs if r is not None]
                 ids = {n.node_id for n in up}
-                if all(n.peers.placement.members == ids for n in up):
+                if all(n.peers.placement.members == ids and n.ownership.has_lease() for n in up):
                     return
                 await trio.sleep(0.05)
 

@@ -22,10 +22,11 @@ def cluster_config(join: tuple[str, ...] = (), **extra: object) -> timpy.NodeCon
     return node_config(cluster=ClusterConfig(join=join, **{**FAST_CLUSTER, **extra}))
 
 
-async def wait_for_ring(nodes: list[timpy.Node], timeout: float = 20.0) -> None:
+async def wait_for_ring(nodes: list[timpy.Node], timeout: float = 30.0) -> None:
+    """Until every node places keys on exactly these nodes and holds its ownership lease."""
     ids_ = {n.node_id for n in nodes}
     with trio.fail_after(timeout):
-        while not all(n.peers.placement.members == ids_ for n in nodes):
+        while not all(n.peers.placement.members == ids_ and n.ownership.has_lease() for n in nodes):
             await trio.sleep(0.05)
 
 

@@ -37,10 +37,13 @@ def start_cluster(tmp_path: Path) -> tuple[list[NodeProcess], ClusterKeys]:
 async def wait_members(url_peer: str, key: Path, count: int) -> None:
     from timpy.cli.cluster import ask_node
 
-    with trio.fail_after(30):
+    with trio.fail_after(60):
         while True:
             info = await ask_node(url_peer, key)
-            if sum(m["state"] == "alive" for m in info["members"]) == count:
+            own = info.get("ownership", {})  # the ring a majority accepted, and this node's lease
+            if sum(m["state"] == "alive" for m in info["members"]) == count and own.get("lease") and len(
+                own.get("ring_members", ())
+            ) == count:
                 return
             await trio.sleep(0.1)
 

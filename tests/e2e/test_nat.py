@@ -113,6 +113,13 @@ def test_nodes_behind_full_cone_and_symmetric_nat_form_one_cluster_and_talk(inte
             procs[name], infos[name] = _start(net, name, tmp_path / name, key)
         address = {name: f"{net.hosts[name].ip}:{PORT}" for name in NODES}
 
+        deadline = time.monotonic() + 90
+        while True:  # every node holds its lease on the ring a majority accepted (docs/consistency.md)
+            owns = [_status(net, name, key).get("ownership", {}) for name in NODES]
+            if all(o.get("lease") and len(o.get("ring_members", ())) == len(NODES) for o in owns):
+                break
+            assert time.monotonic() < deadline, f"the ring did not form: {owns}"
+            time.sleep(1)
         # users on every node talk to every other user, through whatever paths the nodes found
         for name in NODES:
             done = _in(net.hosts[name].ns, sys.executable, "-m", "timpy", "chat", "--url",

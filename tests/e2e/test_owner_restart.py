@@ -45,7 +45,10 @@ async def wait_members(peer: str, key: Path, count: int) -> None:
     with trio.fail_after(60):
         while True:
             info = await ask_node(peer, key)
-            if sum(m["state"] == "alive" for m in info["members"]) == count:
+            own = info.get("ownership", {})  # the ring a majority accepted, and this node's lease
+            if sum(m["state"] == "alive" for m in info["members"]) == count and own.get("lease") and len(
+                own.get("ring_members", ())
+            ) == count:
                 return
             await trio.sleep(0.1)
 

@@ -172,10 +172,13 @@ async def three_nodes(clients: int, messages: int, memory: bool) -> dict:
                 )
                 procs.append(proc)
                 infos.append(info)
-            with trio.fail_after(30):
-                while sum(m["state"] == "alive" for m in (await ask_node(infos[2]["peer"], key))["members"]) < 3:
-                    await trio.sleep(0.1)
-            await trio.sleep(1.0)  # every node has seen the full ring
+            with trio.fail_after(60):  # every node has the full ring and holds its ownership lease
+                for info in infos:
+                    while True:
+                        own = (await ask_node(info["peer"], key)).get("ownership", {})
+                        if own.get("lease") and len(own.get("ring_members", ())) == 3:
+                            break
+                        await trio.sleep(0.1)
             figures = await run_pairs([f"tcp://{info['tcp']}" for info in infos], clients, messages)
         finally:
             for proc in procs:
@@ -357,6 +360,15 @@ def _register_repair_bench() -> None:
 
 
 _register_repair_bench()
+
+
+def _register_partition_bench() -> None:
+    from timpy.cli.bench_partition import register
+
+    register(bench)
+
+
+_register_partition_bench()
 
 
 from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands

@@ -125,3 +125,34 @@ def status(address: str, key_file: Path, as_json: bool) -> None:
         f"{repair.get('ranges_compared', 0)} ranges compared, {repair.get('rows_repaired', 0)} rows repaired, "
         f"{repair.get('conflicting_slots', 0)} conflicting slots"
     )
+    own = info.get("ownership") or {}
+    if "epoch" in own:
+        console.print(
+            f"ring epoch {own['epoch']}: {len(own['voters'])} voting members, {len(own['ring_members'])} on the ring; "
+            + (f"lease held ({own['lease_left_s']:.1f} s left)" if own["lease"] else
+               f"NO LEASE: this node reaches {own['reached']} of {len(own['voters'])} voters, "
+               f"writes need {len(own['voters']) // 2 + 1}")
+        )
+
+
+@cluster.command()
+@click.argument("node_id")
+@click.option("--peer", "address", default="127.0.0.1:7072", show_default=True, help="Any live member's peer address.")
+@click.option("--cluster-key", "key_file", type=click.Path(dir_okay=False, path_type=Path),
+              default=Path("timpy-data/cluster.key"), show_default=True, help="The cluster key file ($TIMPY_CLUSTER_KEY wins).")
+def forget(node_id: str, address: str, key_file: Path) -> None:
+    """Remove NODE_ID, a member that is gone for good, from the voting members.
+
+    A member declared dead keeps its vote (so a partition cannot outvote it);
+    forget it when it will not come back with its data. Refused while the node
+    is alive. The change takes effect with the next ring epoch."""
+    try:
+        parse_hostport(address, "--peer")
+        with unwrap_single_error():
+            info = trio.run(ask_node, address, key_file, "cluster.forget", node_id)
+    except TimpyError as exc:
+        raise click.ClickException(exc.text) from None
+    click.echo(
+        f"{node_id} will leave the voting members with the next ring epoch "
+        f"(now epoch {info['epoch']}, {len(info['voters'])} voters)"
+    )

@@ -190,6 +190,7 @@ class Membership:
         self._push_pull_wait: tuple[str, float] | None = None  # (address asked, when to ask another)
         self._seeds: list[str] = []
         self._next_join = now
+        self._join_delay = config.probe_interval
         self._enqueue(self._self_update())
 
     # --- views ----------------------------------------------------------
@@ -209,7 +210,8 @@ class Membership:
     def join(self, now: float, seeds: list[str]) -> list[Action]:
         """Contact seed addresses with a full-state push-pull (retried while alone)."""
         self._seeds = [a for a in seeds if a != self.address]
-        self._next_join = now + self.config.probe_interval
+        self._next_join = now + self._join_delay
+        self._join_delay = min(self._join_delay * 2, 8 * self.config.probe_interval)  # back off while nobody answers
         return [Send(a, PushPull(self.address, self._full_state(), reply=True)) for a in seeds if a != self.address]
 
     def leave(self, now: float) -> list[Action]:

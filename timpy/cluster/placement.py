@@ -35,6 +35,7 @@ class Placement:
         self.config = config
         self.addresses: dict[str, str] = {self_id: self_address}
         self.ring = HashRing.of([self_id], config.vnodes)
+        self.previous: HashRing | None = None  # the ring before the last change (where keys were)
         self.version = 0
 
     def update(self, members: Iterable[Member]) -> bool:
@@ -42,11 +43,23 @@ class Placement:
         live = {m.name: m.address for m in members if m.state in (State.ALIVE, State.SUSPECT)}
         live.setdefault(self.self_id, self.addresses[self.self_id])
         self.addresses.update(live)
-        if frozenset(live) == self.ring.members:
+        return self.set_members(live)
+
+    def set_members(self, members: Iterable[str], previous: Iterable[str] | None = None) -> bool:
+        """Place keys on exactly these nodes (a ring epoch a majority accepted);
+        ``previous``: the members of the ring it replaced. True when the ring changed."""
+        names = frozenset(members) or frozenset({self.self_id})
+        if names == self.ring.members:
             return False
-        self.ring = HashRing.of(live, self.config.vnodes)
+        before = frozenset(previous) if previous is not None else self.ring.members
+        self.previous = HashRing.of(before, self.config.vnodes) if before else None
+        self.ring = HashRing.of(names, self.config.vnodes)
         self.version += 1
         return True
+
+    def previous_replicas(self, key: bytes) -> list[str]:
+        """The key's replicas before the last ring change (empty if none)."""
+        return self.previous.replicas(key, self.config.replicas) if self.previous is not None else []
 
     @property
     def members(self) -> frozenset[str]:

@@ -69,8 +69,16 @@ class ClusterService:
 
     async def _ticker(self) -> None:
         assert self.membership is not None
+        next_warning = trio.current_time() + 5.0
         while True:
-            self._act(self.membership.tick(trio.current_time()))
+            now = trio.current_time()
+            self._act(self.membership.tick(now))
+            if self.seeds and len(self.membership.members) == 1 and now >= next_warning:
+                log.warning(
+                    "no member answered at %s yet; still trying. Until one does this node serves no writes",
+                    ", ".join(self.seeds),
+                )
+                next_warning = now + 30.0
             await trio.sleep(self.tick_interval)
 
     async def _receiver(self) -> None:

@@ -17,6 +17,7 @@ node every key is local and all of this is one transaction.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable
@@ -182,10 +183,11 @@ class Messenger:
 
     def spawn(self, fn: Callable[..., Any], *args: Any) -> bool:
         """Run ``fn(*args)`` in the background (notifications); dropped while
-        the node starts or stops (then False)."""
+        the node starts or stops (then False). Best effort: a refusal (say, no
+        majority reachable) is logged, never fatal to the node."""
         if self._background is None:
             return False
-        self._background.start_soon(fn, *args)
+        self._background.start_soon(_best_effort, fn, *args)
         return True
 
     # --- the writer -----------------------------------------------------
@@ -233,6 +235,8 @@ class Messenger:
             if self._cluster:
                 if replicated:
                     await self._catch_up(news, inbox)
+                else:
+                    await self._peers.await_write()  # a ring of one still needs its lease (a node not yet joined has none)
                 local_users = frozenset(
                     u for p in news for u in p.new.members if not replicated or self._peers.is_local(u)
                 )
@@ -331,9 +335,20 @@ class Messenger:
         keys = {("conv", p.new.conv_id) for p in news}
         keys |= {("user", u) for p in news for u in p.new.members if self._peers.is_local(u)}
         keys |= {("user", p.item.user_id) for p in inbox}
+        await self._peers.await_write()  # no lease (no majority): refuse before anything is stored
+        failed: list[TimpyError] = []
+
+        async def ensure(kind: str, key: bytes) -> None:
+            try:
+                await self._replicator.ensure(kind, key)
+            except TimpyError as exc:
+                failed.append(exc)
+
         async with trio.open_nursery() as nursery:
             for kind, key in keys:
-                nursery.start_soon(self._replicator.ensure, kind, key)
+                nursery.start_soon(ensure, kind, key)
+        if failed:
+            raise failed[0]  # a key's copies out of reach fails the batch, which is then stored request by request
 
     async def _replicate(self, news: list[_Pending], inbox: list[_PendingInbox], written: Written) -> None:
         """Copy the batch's rows to each key's other replicas; wait for the write quorum."""
@@ -363,7 +378,19 @@ class Messenger:
             row = (it.conv_id, it.seq, it.dedup, it.created_ms, it.sealed)
             entry = (it.user_id, placed.pos, it.conv_id, it.seq)
             add(it.user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
-        await self._replicator.replicate(copies, groups.values())
+        epoch = self._peers.epoch_number
+        try:
+            await self._replicator.replicate(copies, groups.values())
+        except TimpyError:
+            # Not acknowledged: take back what this write stored, here and wherever its copies went.
+            undo_rows = [(p.new.conv_id, a.seq, p.new.dedup) for p, a in zip(news, written.appended, strict=True)
+                         if not a.duplicate]
+            undo_inbox = [(u, pos, p.new.conv_id, a.seq) for p, a in zip(news, written.appended, strict=True)
+                          for u, pos in a.inbox.items()]
+            undo_inbox += [(p.item.user_id, pl.pos, p.item.conv_id, p.item.seq)
+                           for p, pl in zip(inbox, written.placed, strict=True) if pl.new]
+            await self._replicator.undo(epoch, undo_rows, undo_inbox)
+            raise
 
     def _fan_out(self, new: NewMessage, seq: int, sealed: bytes) -> list[Call]:
         """Ask the owners of the members' users (other nodes) to put the
@@ -885,6 +912,13 @@ class Messenger:
         rpc.register("term.open", term_open)
         rpc.register("term.ack", term_ack)
         rpc.register("acct.exists", exists)
+
+
+async def _best_effort(fn: Callable[..., Any], *args: Any) -> None:
+    try:
+        await fn(*args)
+    except TimpyError as exc:
+        logging.getLogger("timpy.messaging").info("background notification dropped: %s", exc.text)
 
 
 def _pack_new(n: NewMessage) -> list:

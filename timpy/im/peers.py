@@ -1,20 +1,54 @@
-"""What the messaging domain needs from the cluster: where a key lives and a
-way to ask that node. A standalone node is a cluster of one, where every key
-is local and nothing goes over the network."""
+"""What the messaging domain needs from the cluster: where a key lives, a
+way to ask that node, and whether this node may act for a key now (its
+ownership lease, ``timpy.cluster.ownership``). A standalone node is a cluster
+of one, where every key is local and nothing goes over the network."""
 
 from __future__ import annotations
 
-from typing import Any
+from contextlib import AbstractAsyncContextManager
+from typing import Any, Protocol
 
+from timpy.cluster.ownership import Epoch
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.rpc import Call, Rpc
 from timpy.errors import Code, TimpyError
 
 
+class _Ownership(Protocol):
+    @property
+    def epoch(self) -> Epoch: ...
+
+    def require_lease(self) -> None: ...
+
+    async def wait_for_lease(self, timeout: float = ...) -> None: ...
+
+    def applying(self, epoch_number: int) -> AbstractAsyncContextManager[None]: ...
+
+    async def fence(self, epoch: Epoch) -> None: ...
+
+
 class Peers:
-    def __init__(self, placement: Placement, rpc: Rpc | None) -> None:
+    def __init__(self, placement: Placement, rpc: Rpc | None, ownership: _Ownership | None = None) -> None:
         self.placement = placement
         self.rpc = rpc
+        self.ownership = ownership
+
+    def require_write(self) -> None:
+        """Raise UNAVAILABLE (saying how many members this node reaches) unless
+        a majority of the voting members confirms this node's lease. A
+        standalone node is its own majority."""
+        if self.ownership is not None:
+            self.ownership.require_lease()
+
+    async def await_write(self) -> None:
+        """As ``require_write``, but while the ring is changing wait a few
+        seconds for the lease rather than refuse."""
+        if self.ownership is not None:
+            await self.ownership.wait_for_lease()
+
+    @property
+    def epoch_number(self) -> int:
+        return self.ownership.epoch.number if self.ownership is not None else 0
 
     @classmethod
     def standalone(cls, node_id: str) -> Peers:
@@ -35,6 +69,7 @@ class Peers:
         return self.rpc
 
     async def call(self, node_id: str, method: str, *args: Any, timeout: float = 5.0) -> Any:
+        await self.await_write()  # a node cut off from the majority refuses at once rather than wait on peers
         return await self._rpc().call(self.placement.address(node_id), method, *args, timeout=timeout)
 
     def start_call(self, node_id: str, method: str, *args: Any) -> Call:
@@ -59,6 +94,7 @@ class Peers:
             key = bytes(key)
             if not self.is_local(key):
                 raise TimpyError(f"this node does not own that {what} (the cluster is changing); retry", Code.UNAVAILABLE)
+            self.require_write()
             return here(key, *args)
 
         self.rpc.register(method, handler)
@@ -68,6 +104,7 @@ class Peers:
         this node, else through ``method`` (see ``expose``)."""
         owner = self.owner(key)
         if owner == self.self_id or self.rpc is None:
+            await self.await_write()
             return await here(key, *args)
         return await self.call(owner, method, key, *args, timeout=timeout)
 

@@ -33,7 +33,8 @@ from dataclasses import dataclass
 
 import trio
 
-from timpy.errors import Code, TimpyError
+from timpy.cluster.ownership import Epoch
+from timpy.errors import Code, StorageError, TimpyError
 from timpy.im.peers import Peers
 from timpy.store import digest
 from timpy.store.repository import Copies, InboxItem, Store
@@ -45,6 +46,12 @@ CATCH_UP_TIMEOUT = 2.0
 DIGEST_PAGE = 500
 COPY_PAGE = 2000
 RANGE_LIMIT = 10_000  # keys a replica reports held beyond the asker's list, per range
+UNDO_ATTEMPTS = 3
+UNDONE_MEMORY = 120.0  # seconds a node drops late copies of rows it undid
+
+
+class CopiesOutOfReach(StorageError):
+    """Too few of a key's previous replicas answered to be sure of its latest writes."""
 
 
 @dataclass
@@ -81,6 +88,7 @@ class Replicator:
         self._warm: set[tuple[str, bytes]] = set()
         self._locks: dict[tuple[str, bytes], trio.Lock] = {}
         self._wake_send, self._wake = trio.open_memory_channel[None](1)
+        self._undone: dict[tuple, float] = {}  # rows undone lately -> until when late copies of them are dropped
         self._register()
 
     # --- write quorum -------------------------------------------------------
@@ -104,10 +112,13 @@ class Replicator:
         needs = [(nodes, n) for nodes, n in groups if n > 0]
         copies = {node: c for node, c in copies.items() if c and node != self._peers.self_id}
         if not copies:
+            self._peers.require_write()
             if needs:
                 raise TimpyError("not enough replicas to store this write; retry", Code.UNAVAILABLE)
             return
-        calls = {node: self._peers.start_call(node, "copies.apply", c.pack()) for node, c in copies.items()}
+        self._peers.require_write()
+        epoch = self._peers.epoch_number  # replicas that accepted a newer epoch refuse these copies
+        calls = {node: self._peers.start_call(node, "copies.apply", c.pack(), epoch) for node, c in copies.items()}
         acked: set[str] = set()
         done = trio.Event()
 
@@ -144,6 +155,78 @@ class Replicator:
                 "the write reached fewer replicas than the write quorum; it may be stored: send it again",
                 Code.UNAVAILABLE,
             )
+        self._peers.require_write()  # acknowledged only while the lease still holds
+
+    # --- undoing a write that missed its quorum --------------------------------
+
+    async def undo(
+        self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+    ) -> None:
+        """The rows of a write that did not reach its write quorum were never
+        acknowledged: remove them here and on every node they may have reached,
+        so the next owner's numbering cannot meet a different message at the
+        same place. Only where the epoch is still ``epoch``: a node that
+        accepted a newer one may have handed the rows to a new owner, who
+        then keeps them. Best effort: a node that cannot be reached keeps its
+        copy (docs/consistency.md, "Limits")."""
+        if not messages and not inbox:
+            return
+        self._remember_undone(messages, inbox)
+        await self._undo_here(epoch, messages, inbox)
+        others = sorted(self._peers.placement.members - {self._peers.self_id})
+        raw_messages = [list(x) for x in messages]
+        raw_inbox = [list(x) for x in inbox]
+
+        async def undo_at(node: str) -> None:
+            for attempt in range(UNDO_ATTEMPTS):  # a lost request or answer is retried: undo is idempotent
+                try:
+                    await self._peers.start_call(node, "copies.undo", epoch, raw_messages, raw_inbox).result(
+                        CATCH_UP_TIMEOUT
+                    )
+                    return
+                except TimpyError as exc:
+                    if attempt == UNDO_ATTEMPTS - 1:
+                        log.warning("could not undo an unacknowledged write on %s: %s", node, exc.text)
+
+        async with trio.open_nursery() as nursery:
+            for node in others:
+                nursery.start_soon(undo_at, node)
+
+    async def _undo_here(
+        self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+    ) -> int:
+        ownership = self._peers.ownership
+        if ownership is None or ownership.epoch.number != epoch:
+            return 0
+        try:
+            async with ownership.applying(epoch):  # a fence from a newer epoch waits for it
+                return await self._store.run(self._store.repo.undo_writes, messages, inbox)
+        except TimpyError:
+            return 0
+
+    def _remember_undone(
+        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+    ) -> None:
+        """A copy of an undone row may still be on its way: drop it when it comes."""
+        expires = trio.current_time() + UNDONE_MEMORY
+        for row in messages:
+            self._undone[("m", *row)] = expires
+        for entry in inbox:
+            self._undone[("i", *entry)] = expires
+        if len(self._undone) > 100_000:
+            now = trio.current_time()
+            self._undone = {k: t for k, t in self._undone.items() if t > now}
+
+    def _without_undone(self, copies: Copies) -> Copies:
+        if not self._undone:
+            return copies
+        now = trio.current_time()
+        live = {k for k, t in self._undone.items() if t > now}
+        copies.messages = [r for r in copies.messages if ("m", bytes(r[0]), int(r[1]), bytes(r[2])) not in live]
+        copies.inbox = [
+            e for e in copies.inbox if ("i", bytes(e[0]), int(e[1]), bytes(e[2]), int(e[3])) not in live
+        ]
+        return copies
 
     # --- catch-up on takeover ----------------------------------------------
 
@@ -156,36 +239,61 @@ class Replicator:
     async def ensure(self, kind: str, key: bytes) -> None:
         """Pull what the key's other replicas hold beyond this node's copy,
         once per ring version ("conv" or "user")."""
-        if self._peers.rpc is None or self.shared or self._is_warm(kind, key):
+        if self._peers.rpc is None or self.shared:
+            return
+        await self._peers.await_write()
+        if self._is_warm(kind, key):
             return
         lock = self._locks.setdefault((kind, key), trio.Lock())
         async with lock:
             if self._is_warm(kind, key):
                 return
-            version = self._peers.placement.version
-            others = [n for n in self._peers.placement.replicas(key) if n != self._peers.self_id]
+            placement = self._peers.placement
+            version = placement.version
+            previous = placement.previous_replicas(key) or placement.replicas(key)
+            others = sorted(set(previous + placement.replicas(key)) - {self._peers.self_id})
+            # An acknowledged write is on W of the key's previous replicas: hear
+            # from enough of them (this node counts if it was one) that any W
+            # of them include one that answered, else refuse the key.
+            need = len(previous) - min(self._peers.placement.config.write_quorum, len(previous)) + 1
+            need -= self._peers.self_id in previous
             if others:
-                await self._pull(kind, key, others)
+                answered = await self._pull(kind, key, others)
+                got = len(answered & set(previous))
+                if got < need:
+                    raise CopiesOutOfReach(
+                        f"this node could reach only {got} of the {len(previous) - (self._peers.self_id in previous)} "
+                        f"other nodes that held this {'conversation' if kind == 'conv' else 'account'}; "
+                        f"it needs {need} to be sure it has every message: retry later",
+                        Code.UNAVAILABLE,
+                    )
             if self._peers.placement.version == version:
                 self._warm.add((kind, key))
         if not lock.locked():
             self._locks.pop((kind, key), None)
 
-    async def _pull(self, kind: str, key: bytes, others: list[str]) -> None:
+    async def _pull(self, kind: str, key: bytes, others: list[str]) -> set[str]:
+        """Fence each node at this node's epoch and copy what it has beyond
+        our copy; returns the nodes that answered completely."""
         repo = self._store.repo
         head_fn = repo.conversation_head if kind == "conv" else repo.inbox_head
         mine = await self._store.run(head_fn, key)
+        epoch = self._peers.ownership.epoch.pack() if self._peers.ownership is not None else None
+        answered: set[str] = set()
 
         async def from_node(node: str) -> None:
             after = max(mine, 0)
             try:
                 for _ in range(1000):  # bounded: COPY_PAGE rows a round
-                    raw = await self._peers.call(node, f"copies.{kind}", key, after, COPY_PAGE, timeout=CATCH_UP_TIMEOUT)
+                    raw = await self._peers.call(
+                        node, f"copies.{kind}", key, after, COPY_PAGE, epoch, timeout=CATCH_UP_TIMEOUT
+                    )
                     copies = Copies.unpack(raw)
                     if copies:
                         await self._store.run(repo.apply_copies, copies)
                     rows = copies.messages if kind == "conv" else copies.inbox
                     if len(rows) < COPY_PAGE:
+                        answered.add(node)
                         return
                     after = rows[-1][1]
             except TimpyError as exc:
@@ -194,6 +302,7 @@ class Replicator:
         async with trio.open_nursery() as nursery:
             for node in others:
                 nursery.start_soon(from_node, node)
+        return answered
 
     # --- anti-entropy -------------------------------------------------------
 
@@ -384,13 +493,32 @@ class Replicator:
             return
         repo = self._store.repo
 
-        async def apply(raw: list) -> int:
-            return await self._store.run(repo.apply_copies, Copies.unpack(raw))
+        ownership = self._peers.ownership
 
-        async def conv(key: bytes, after: int, limit: int) -> list:
+        async def apply(raw: list, epoch: int = 0) -> int:
+            copies = self._without_undone(Copies.unpack(raw))
+            if ownership is None:
+                return await self._store.run(repo.apply_copies, copies)
+            async with ownership.applying(int(epoch)):  # a stale writer's copy is refused
+                return await self._store.run(repo.apply_copies, copies)
+
+        async def undo(epoch: int, messages: list, inbox: list) -> int:
+            rows = [(bytes(c), int(q), bytes(d)) for c, q, d in messages]
+            entries = [(bytes(u), int(p), bytes(c), int(q)) for u, p, c, q in inbox]
+            self._remember_undone(rows, entries)
+            return await self._undo_here(int(epoch), rows, entries)
+
+        async def fence(epoch: list | None) -> None:
+            # A new owner reads this copy: from now on refuse writes from older epochs.
+            if ownership is not None and epoch is not None:
+                await ownership.fence(Epoch.unpack(epoch))
+
+        async def conv(key: bytes, after: int, limit: int, epoch: list | None = None) -> list:
+            await fence(epoch)
             return (await self._store.run(repo.conversation_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
 
-        async def user(key: bytes, after: int, limit: int) -> list:
+        async def user(key: bytes, after: int, limit: int, epoch: list | None = None) -> list:
+            await fence(epoch)
             return (await self._store.run(repo.user_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
 
         async def repair_range(kind: str, after: bytes, upto: bytes | None, mine: list, asker: str) -> list[bytes]:
@@ -435,6 +563,7 @@ class Replicator:
             return [added, cleared]
 
         rpc.register("copies.apply", apply)
+        rpc.register("copies.undo", undo)
         rpc.register("copies.conv", conv)
         rpc.register("copies.user", user)
         rpc.register("repair.range", repair_range)

@@ -26,6 +26,8 @@ import nacl.signing
 import trio
 
 from timpy.cluster.membership import Changed, MembershipConfig
+from timpy.cluster.ownership import Epoch
+from timpy.cluster.ownership_service import OwnershipService
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.service import ClusterService
 from timpy.cluster.transport import PeerTransport, TcpPeerTransport, nat_settings
@@ -211,13 +213,21 @@ class Node:
                 self.node_id, transport, membership, seeds=list(cc.join), on_change=self._membership_changed,
                 rng=self._rng,
             )
+            cluster = self.cluster
+            self.ownership = OwnershipService(
+                self.node_id, cluster.rpc, lambda: cluster.membership, self._epoch_changed,
+                data_dir=None if c.memory else c.data_dir, joining=bool(cc.join),
+            )
+            # A restarted node rejoins the voters it knew, without --join.
+            cluster.seeds = list(dict.fromkeys([*cc.join, *self.ownership.seeds()]))
             # Shared backends keep the data durable themselves: one owner per key, no node copies.
             replication = ReplicationConfig(1, 1, cc.vnodes) if shared else ReplicationConfig(
                 cc.replicas, cc.write_quorum, cc.vnodes
             )
             placement = Placement(self.node_id, "", replication)
-            self.peers = Peers(placement, self.cluster.rpc)
+            self.peers = Peers(placement, self.cluster.rpc, self.ownership)
             self.cluster.rpc.register("cluster.status", self.cluster_status)
+            self.cluster.rpc.register("cluster.forget", self._forget)
             self.cluster.rpc.register(
                 "admin.broadcast", lambda bid, body: self._broadcast_here(str(bid), bytes(body))
             )
@@ -287,6 +297,7 @@ class Node:
                             await cl.start(self.cluster.run)
                         self.peer_address = self.cluster.transport.address
                         self.peers.placement.addresses[self.node_id] = self.peer_address
+                        await cl.start(self.ownership.run)
                     await cl.start(self.replicator.run)
                     if self.backends is not None:
                         await cl.start(self.backends.run)
@@ -297,13 +308,30 @@ class Node:
             self._cluster_done.set()
 
     def _membership_changed(self, change: Changed) -> None:
+        """Keys do not move here: only a ring epoch a majority accepted moves them (``_epoch_changed``)."""
         assert self.cluster is not None and self.cluster.membership is not None
-        placement = self.peers.placement
+        self.peers.placement.addresses.update(
+            {m.name: m.address for m in self.cluster.membership.members.values() if m.address}
+        )
+        self.ownership.note_addresses()
         # A member met for the first time since this node started gives back
         # the live terminals of users this node owns (a quick restart may leave
         # every ring unchanged).
         self.messenger.ask_for_terminals(self.cluster.membership.alive_members())
-        if not placement.update(self.cluster.membership.members.values()):
+
+    def _forget(self, name: str) -> dict[str, object]:
+        """``timpy cluster forget``: a voter that is gone for good stops counting."""
+        self.ownership.forget(str(name))
+        log.warning("operator asked to forget member %s; the next ring epoch removes it from the voters", name)
+        return self.ownership.status()
+
+    def _epoch_changed(self, epoch: Epoch) -> None:
+        placement = self.peers.placement
+        for name in epoch.members | epoch.previous:
+            address = self.ownership.address_of(name)
+            if address:
+                placement.addresses.setdefault(name, address)
+        if not placement.set_members(epoch.members, epoch.previous):
             return
         log.info("ring changed (version %d): %d nodes", placement.version, len(placement.members))
         self.routes.keep_only(placement.members)
@@ -381,6 +409,7 @@ class Node:
             "node": self.node_id,
             "members": members,
             "ring_version": placement.version,
+            "ownership": self.ownership.status() if self.cluster is not None else {"standalone": True},
             "replicas": placement.config.replicas,
             "write_quorum": placement.config.write_quorum,
             "repair": self.replicator.progress.as_dict(),

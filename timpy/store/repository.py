@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import trio
-from sqlalchemy import Engine, and_, bindparam, func, insert, select, text, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -562,6 +562,33 @@ class Repository(RepairQueries):
     #
     # Rows travel sealed, exactly as stored: every node holds the same key and
     # the associated data names the row, so a copy opens wherever it lands.
+
+    def undo_writes(
+        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+    ) -> int:
+        """Remove the rows of a write that never reached its write quorum (so
+        was never acknowledged): exactly these (conversation, seq, dedup) and
+        (user, position, conversation, seq), and move the counters back to the
+        highest row left, so the next owner's numbering leaves no gap. Returns
+        the number of rows removed."""
+        m, c, a, i = s.messages, s.conversations, s.accounts, s.inbox
+        removed = 0
+        with self.engine.begin() as conn:
+            for conv, seq, dedup in messages:
+                removed += conn.execute(
+                    delete(m).where(and_(m.c.conv_id == conv, m.c.seq == seq, m.c.dedup == dedup))
+                ).rowcount
+            for user, pos, conv, seq in inbox:
+                removed += conn.execute(
+                    delete(i).where(and_(i.c.user_id == user, i.c.pos == pos, i.c.conv_id == conv, i.c.seq == seq))
+                ).rowcount
+            for conv in {x[0] for x in messages}:
+                top = conn.execute(select(func.max(m.c.seq)).where(m.c.conv_id == conv)).scalar() or 0
+                conn.execute(update(c).where(and_(c.c.conv_id == conv, c.c.last_seq > top)).values(last_seq=top))
+            for user in {x[0] for x in inbox}:
+                top = conn.execute(select(func.max(i.c.pos)).where(i.c.user_id == user)).scalar() or 0
+                conn.execute(update(a).where(and_(a.c.user_id == user, a.c.inbox_head > top)).values(inbox_head=top))
+        return removed
 
     def apply_copies(self, bundle: Copies) -> int:
         """Store rows copied from another node, keeping what is here already;

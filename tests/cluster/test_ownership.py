@@ -1,0 +1,356 @@
+"""The ownership core (``timpy.cluster.ownership``) without a network: leases
+from a majority, epochs accepted by a majority, waiting out older grants,
+fencing of stale copies; and a stateful test in which messages arrive late,
+in any order, or never, and every node's clock runs at its own rate within
+the drift bound, checking that two leases under different epochs are never
+both valid at the same moment."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
+
+from timpy.cluster.ownership import (
+    Epoch,
+    Ownership,
+    OwnershipConfig,
+    has_majority,
+    majority,
+    quorum_text,
+)
+
+CFG = OwnershipConfig(lease_duration=2.0, max_drift=0.02, renew_interval=0.4)
+FIVE = frozenset("abcde")
+
+
+def epoch(number: int, voters: str = "abcde", members: str | None = None) -> Epoch:
+    return Epoch(number, frozenset(voters), frozenset(members if members is not None else voters))
+
+
+def node(name: str, e: Epoch, now: float = 0.0) -> Ownership:
+    return Ownership(name, CFG, e, now)
+
+
+def test_a_lease_needs_grants_from_a_majority_and_counts_from_when_it_was_asked():
+    e = epoch(3)
+    a = node("a", e)
+    a.established(0.0, e)
+    rnd = a.start_round(10.0)
+    for voter in "ab":
+        a.round_answer(10.1, rnd, voter, True)
+    assert not a.has_lease(10.2)
+    a.round_answer(10.3, rnd, "c", True)
+    assert a.has_lease(10.3)
+    assert a.lease_until == pytest.approx(10.0 + CFG.holder_lease)
+    assert CFG.holder_lease < CFG.lease_duration / (1 + CFG.max_drift)
+    assert not a.has_lease(10.0 + CFG.holder_lease)
+
+
+def test_a_minority_is_refused_with_words_a_user_understands():
+    a = node("a", epoch(3))
+    rnd = a.start_round(0.0)
+    a.round_answer(0.1, rnd, "a", True)
+    a.round_answer(0.1, rnd, "b", True)
+    a.finish_round(0.5, rnd)
+    assert not a.has_lease(0.5)
+    assert a.refusal().startswith("this node reaches 2 of 5 cluster members; writes need 3")
+    assert "not joined" in quorum_text(0, 0)
+
+
+def test_grants_only_under_the_granters_epoch_to_live_voters():
+    e = epoch(4)
+    b = node("b", e)
+    assert not b.grant(0.0, "a", e, holder_dead=False)  # not known to be accepted by a majority
+    b.established(0.0, e)
+    assert not b.grant(0.0, "a", epoch(3), holder_dead=False)  # stale epoch
+    assert not b.grant(0.0, "a", e, holder_dead=True)  # declared dead here
+    assert not b.grant(0.0, "z", e, holder_dead=False)  # not a voter
+    assert b.grant(0.0, "a", e, holder_dead=False)
+    c = node("c", e)
+    assert c.grant(0.0, "a", e, holder_dead=False, established=True)  # the holder's word teaches it
+
+
+def test_a_new_epoch_is_granted_only_once_older_grants_ran_out():
+    b = node("b", epoch(4))
+    assert b.grant(0.0, "a", epoch(4), False, established=True)
+    e5 = epoch(5, members="bcde")
+    assert b.accept(0.5, e5)
+    assert not b.grant(0.6, "c", e5, False, established=True)  # a's lease under 4 may still be in use
+    assert b.older_grants_until(0.6) == pytest.approx(CFG.lease_duration)
+    assert b.grant(CFG.lease_duration, "c", e5, False, established=True)
+
+
+def test_one_epoch_per_number_and_never_backwards():
+    b = node("b", epoch(4))
+    assert b.accept(0.0, epoch(5, members="abc"))
+    assert not b.accept(0.0, epoch(5, members="abd"))  # same number, other ring
+    assert b.accept(0.0, epoch(5, members="abc"))  # the same one again is fine
+    assert not b.accept(0.0, epoch(4))
+    assert b.epoch == epoch(5, members="abc")
+
+
+def test_accepting_a_newer_epoch_drops_the_lease_of_the_old_one():
+    a = node("a", epoch(1, "abc"))
+    rnd = a.start_round(0.0)
+    for v in "ab":
+        a.round_answer(0.0, rnd, v, True)
+    assert a.has_lease(0.1)
+    a.accept(0.2, epoch(2, "abc", "ab"))
+    assert not a.has_lease(0.2)
+
+
+def test_replicas_refuse_copies_from_an_older_epoch():
+    b = node("b", epoch(7))
+    assert b.copy_allowed(7) and b.copy_allowed(8)
+    assert not b.copy_allowed(6)
+
+
+def test_a_proposal_needs_a_majority_of_old_and_new_voters():
+    a = node("a", epoch(1, "abc"))
+    p = a.propose(0.0, epoch(2, "abcd"))
+    p.accepted |= {"b"}
+    assert not a.proposal_passed(p)  # 2 of 3 old, but 2 of 4 new
+    p.accepted |= {"d"}
+    assert a.proposal_passed(p)
+    a4 = node("a", epoch(1, "abcd"))
+    p = a4.propose(0.0, epoch(2, "abcde"))
+    p.accepted |= {"d", "e"}
+    assert not a4.proposal_passed(p)  # 3 of 5 new, but only 2 of 4 old
+
+
+def test_voters_change_one_at_a_time_and_only_once_the_epoch_is_settled():
+    a = Ownership("a", CFG, epoch(1, "a"), 0.0)  # a new cluster's first member: established at once
+    live = frozenset("abc")
+    assert a.next_epoch(0.5, live, frozenset()) is None  # not settled for a lease yet
+    later = 3.0
+    nxt = a.next_epoch(later, live, frozenset())
+    assert nxt == Epoch(2, frozenset("ab"), frozenset("ab"), frozenset("a"))
+    b = Ownership("b", CFG, epoch(1, "ab"), 0.0)
+    assert b.next_epoch(later, frozenset("ab"), frozenset()) is None  # a, the lowest live voter, proposes
+
+
+def test_a_dead_member_leaves_the_ring_but_still_votes():
+    a = Ownership("a", CFG, epoch(3, "abc"), 0.0)
+    a.established(0.0, a.epoch)
+    nxt = a.next_epoch(10.0, frozenset("ab"), frozenset())
+    assert nxt is not None and nxt.voters == frozenset("abc") and nxt.members == frozenset("ab")
+    a.forget("c")
+    nxt = a.next_epoch(10.0, frozenset("ab"), frozenset())
+    assert nxt is not None and nxt.voters == frozenset("ab")
+
+
+def test_a_new_owner_waits_out_the_old_owners_lease_under_the_worst_drift():
+    """a holds a lease under epoch 1 and is then cut off; b and c move to
+    epoch 2 without it. c's lease under epoch 2 starts only after a's has
+    ended, even with a's clock slow and the others fast by the full bound."""
+    rho = CFG.max_drift
+    rates = {"a": 1 - rho, "b": 1 + rho, "c": 1 + rho}
+    e1 = epoch(1, "abc")
+    nodes = {n: Ownership(n, CFG, e1, 0.0) for n in "abc"}
+    for n in nodes.values():
+        n.established(0.0, e1)
+
+    def now(name: str, t: float) -> float:
+        return rates[name] * t
+
+    rnd = nodes["a"].start_round(now("a", 0.0))
+    nodes["a"].round_answer(0.0, rnd, "a", nodes["a"].grant(0.0, "a", e1, False))
+    nodes["a"].round_answer(0.0, rnd, "b", nodes["b"].grant(0.0, "a", e1, False))
+    assert nodes["a"].has_lease(0.0)
+    e2 = epoch(2, "abc", "bc")
+    p = nodes["b"].propose(now("b", 0.1), e2)
+    p.accepted.add("c") if nodes["c"].accept(now("c", 0.1), e2) else None
+    assert nodes["b"].proposal_passed(p)
+    nodes["b"].established(now("b", 0.1), e2)
+    # c asks b for a grant at every instant (1 ms apart) until it holds a lease.
+    t = 0.1
+    for _ in range(5000):
+        t += 0.001
+        r = nodes["c"].start_round(now("c", t))
+        nodes["c"].round_answer(now("c", t), r, "c", nodes["c"].grant(now("c", t), "c", e2, False, True))
+        nodes["c"].round_answer(now("c", t), r, "b", nodes["b"].grant(now("b", t), "c", e2, False, True))
+        if nodes["c"].has_lease(now("c", t)):
+            break
+    assert nodes["c"].has_lease(now("c", t))
+    assert not nodes["a"].has_lease(now("a", t)), f"a's lease under epoch 1 still runs at t={t:.3f}"
+
+
+@given(st.sets(st.sampled_from("abcdefghij"), min_size=1), st.data())
+def test_any_two_majorities_of_the_same_voters_share_a_member(voters, data):
+    pool = st.sampled_from(sorted(voters))
+    q1 = data.draw(st.sets(pool, min_size=majority(voters)))
+    q2 = data.draw(st.sets(pool, min_size=majority(voters)))
+    assert has_majority(q1, voters) and has_majority(q2, voters)
+    assert q1 & q2
+
+
+@given(st.sets(st.sampled_from("abcdefghij"), min_size=2), st.sampled_from("abcdefghijk"), st.data())
+def test_majorities_across_a_one_member_change_share_a_member(voters, other, data):
+    changed = voters ^ {other}
+    q1 = data.draw(st.sets(st.sampled_from(sorted(voters)), min_size=majority(voters)))
+    q2 = data.draw(st.sets(st.sampled_from(sorted(changed)), min_size=majority(changed)))
+    assert q1 & q2
+
+
+# --- many nodes, late messages, drifting clocks -------------------------------
+
+NAMES = "abcde"
+
+
+class Leases(RuleBasedStateMachine):
+    """Real time moves on; each node reads its own clock (offset and a rate
+    within the drift bound). Requests and answers are delivered late, in any
+    order, or never. Invariant: at no moment do two nodes hold leases under
+    different epochs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.t = 0.0
+        self.rates: dict[str, float] = {}
+        self.offsets: dict[str, float] = {}
+        self.nodes: dict[str, Ownership] = {}
+        self.rounds: list[tuple[str, object]] = []
+        self.grant_answers: list[tuple[int, str, bool]] = []
+        self.proposals: list[tuple[str, object]] = []
+        self.accept_answers: list[tuple[int, str, bool]] = []
+        self.accepted_by: dict[Epoch, set[str]] = {}
+        self.passed: dict[int, set[Epoch]] = {}
+
+    def accept(self, name: str, e: Epoch) -> bool:
+        ok = self.nodes[name].accept(self.now(name), e) or self.nodes[name].epoch == e
+        if ok:
+            self.accepted_by.setdefault(e, set()).add(name)
+        return ok
+
+    @rule(
+        size=st.integers(1, 5),
+        rates=st.lists(st.floats(1 - CFG.max_drift, 1 + CFG.max_drift), min_size=5, max_size=5),
+        offsets=st.lists(st.floats(-100, 100), min_size=5, max_size=5),
+        formed=st.booleans(),
+    )
+    @precondition(lambda self: not self.nodes)
+    def start(self, size, rates, offsets, formed):
+        first = NAMES[0]
+        for i, name in enumerate(NAMES):
+            self.rates[name], self.offsets[name] = rates[i], offsets[i]
+        everyone = frozenset(NAMES[:size])
+        for name in NAMES[:size]:
+            if formed:  # a cluster that has run for a while: every node votes, epoch 1 established
+                e = Epoch(1, everyone, everyone)
+            elif name == first:  # a new cluster's first node; the others join
+                e = Epoch(1, frozenset({first}), frozenset({first}))
+            else:
+                e = Epoch(0, frozenset(), frozenset())
+            self.nodes[name] = Ownership(name, CFG, e, self.now(name))
+            if formed:
+                self.nodes[name].established(self.now(name), e)
+
+    def now(self, name: str) -> float:
+        return self.offsets[name] + self.rates[name] * self.t
+
+    @rule(dt=st.floats(0.001, 1.5))
+    def advance(self, dt):
+        self.t += dt
+
+    @precondition(lambda self: self.nodes)
+    @rule(data=st.data(), reach=st.sets(st.sampled_from(NAMES)), answers_now=st.booleans())
+    def ask_for_a_lease(self, data, reach, answers_now):
+        """A lease round; the requests reach ``reach`` now (more may arrive later)."""
+        who = data.draw(st.sampled_from(sorted(self.nodes)))
+        n = self.nodes[who]
+        rnd = n.start_round(self.now(who))
+        self.rounds.append((who, rnd))
+        if who in rnd.epoch.voters:
+            n.round_answer(self.now(who), rnd, who, n.grant(self.now(who), who, rnd.epoch, False))
+        for granter in sorted(reach):
+            self._grant_request(len(self.rounds) - 1, granter, False)
+        if answers_now:
+            while self.grant_answers:
+                self._grant_answer(0)
+
+    def _grant_request(self, i, granter, dead):
+        holder, rnd = self.rounds[i]
+        if granter in self.nodes and granter != holder:
+            self.accept(granter, rnd.epoch)  # a request teaches the epoch it carries
+            g = self.nodes[granter]
+            self.grant_answers.append((i, granter, g.grant(self.now(granter), holder, rnd.epoch, dead, rnd.established)))
+
+    def _grant_answer(self, j):
+        i, granter, granted = self.grant_answers.pop(j)
+        holder, rnd = self.rounds[i]
+        self.nodes[holder].round_answer(self.now(holder), rnd, granter, granted)
+
+    @precondition(lambda self: self.rounds)
+    @rule(data=st.data(), granter=st.sampled_from(NAMES), dead=st.booleans())
+    def deliver_a_late_grant_request(self, data, granter, dead):
+        self._grant_request(data.draw(st.integers(0, len(self.rounds) - 1)), granter, dead)
+
+    @precondition(lambda self: self.grant_answers)
+    @rule(data=st.data())
+    def deliver_a_grant_answer(self, data):
+        self._grant_answer(data.draw(st.integers(0, len(self.grant_answers) - 1)))
+
+    @precondition(lambda self: self.nodes)
+    @rule(
+        data=st.data(), live=st.sets(st.sampled_from(NAMES)), left=st.sets(st.sampled_from(NAMES)),
+        reach=st.sets(st.sampled_from(NAMES)), answers_now=st.booleans(),
+    )
+    def propose(self, data, live, left, reach, answers_now):
+        """A node proposes the epoch its view calls for; the proposal reaches ``reach`` now."""
+        who = data.draw(st.sampled_from(sorted(self.nodes)))
+        n = self.nodes[who]
+        live = frozenset(live & set(self.nodes)) | {who}
+        nxt = n.next_epoch(self.now(who), live, frozenset(left) - {who})
+        if nxt is None:
+            return
+        self.proposals.append((who, n.propose(self.now(who), nxt)))
+        if n.epoch == nxt:
+            self.accepted_by.setdefault(nxt, set()).add(who)
+        for acceptor in sorted(reach):
+            self._proposal(len(self.proposals) - 1, acceptor)
+        if answers_now:
+            while self.accept_answers:
+                self._accept_answer(0)
+
+    def _proposal(self, i, acceptor):
+        who, p = self.proposals[i]
+        if acceptor in self.nodes and acceptor != who:
+            self.accept_answers.append((i, acceptor, self.accept(acceptor, p.epoch)))
+
+    def _accept_answer(self, j):
+        i, acceptor, ok = self.accept_answers.pop(j)
+        who, p = self.proposals[i]
+        if ok:
+            p.accepted.add(acceptor)
+        n = self.nodes[who]
+        if n.proposal_passed(p):
+            self.passed.setdefault(p.epoch.number, set()).add(p.epoch)
+            n.established(self.now(who), p.epoch)
+            for other in self.nodes.values():  # the notice reaches those at that epoch
+                if other.epoch == p.epoch:
+                    other.established(self.now(other.self_id), p.epoch)
+
+    @precondition(lambda self: self.proposals)
+    @rule(data=st.data(), acceptor=st.sampled_from(NAMES))
+    def deliver_a_late_proposal(self, data, acceptor):
+        self._proposal(data.draw(st.integers(0, len(self.proposals) - 1)), acceptor)
+
+    @precondition(lambda self: self.accept_answers)
+    @rule(data=st.data())
+    def deliver_an_accept_answer(self, data):
+        self._accept_answer(data.draw(st.integers(0, len(self.accept_answers) - 1)))
+
+    @invariant()
+    def leases_of_different_epochs_never_overlap(self):
+        held = {n.lease_epoch for name, n in self.nodes.items() if n.has_lease(self.now(name))}
+        assert len(held) <= 1, held
+
+    @invariant()
+    def at_most_one_ring_per_epoch_number_passes(self):
+        assert all(len(v) == 1 for v in self.passed.values()), self.passed
+
+
+Leases.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
+TestLeases = Leases.TestCase

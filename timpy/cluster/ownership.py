@@ -1,0 +1,309 @@
+"""Who may write a key now: voting members, ring epochs accepted by a
+majority, and ownership leases, as a sans-IO state machine.
+
+Like ``membership.py`` it owns no socket and no clock: the trio shell
+(``ownership_service.py``) passes the time in and carries the messages. The
+safety argument is written in docs/consistency.md; in short:
+
+* An **epoch** is a numbered ring: the voting members and the ring members
+  (the nodes keys are placed on). An acceptor accepts a proposed epoch only if
+  its number is higher than the one it holds, so at most one epoch carries each
+  number. A proposal takes effect once a majority of the old voters and a
+  majority of the new voters accepted it; the voters change by one member at a
+  time.
+* A **lease** lets a node number and acknowledge writes for the keys the ring
+  of its epoch gives it. It needs grants from a majority of the epoch's
+  voters (itself included). A grant promises, on the granter's clock, not to
+  grant under any other epoch for ``lease_duration``; the holder counts its
+  lease from the moment it *sent* the request and shortens it by the drift
+  bound, so it expires (in real time) before any granter's promise does.
+* A granter grants under a newer epoch only once every grant it gave under an
+  older epoch has run out: the new owner waits out the old one. Any two
+  majorities of the same voters share a member, so a lease under epoch e and
+  a lease under a later epoch never overlap in time.
+
+What a node whose lease ran out must not do (number, acknowledge) is enforced
+by ``require_lease``; replicas refuse copies stamped with an older epoch than
+they accepted (``check_copy``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class OwnershipConfig:
+    lease_duration: float = 2.0  # a grant's promise, on the granter's clock
+    max_drift: float = 0.02  # clocks run at 1 +- max_drift of real time (2 %)
+    renew_interval: float = 0.4  # a lease is renewed this often
+    propose_interval: float = 1.0  # a proposal that did not pass is retried after this
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_drift < 0.5:
+            raise ValueError(f"max_drift must be in [0, 0.5), got {self.max_drift}")
+        if self.lease_duration <= 0 or self.renew_interval <= 0 or self.renew_interval >= self.holder_lease:
+            raise ValueError("the lease must be positive and longer than the renew interval")
+
+    @property
+    def holder_lease(self) -> float:
+        """How long a holder may use a lease, from when it sent the request:
+        short enough that it ends, in real time, before the granters' promises."""
+        return self.lease_duration * (1 - self.max_drift) / (1 + self.max_drift)
+
+
+def majority(voters: Iterable[str]) -> int:
+    return len(frozenset(voters)) // 2 + 1
+
+
+def has_majority(votes: Iterable[str], voters: Iterable[str]) -> bool:
+    v = frozenset(voters)
+    return bool(v) and len(frozenset(votes) & v) >= majority(v)
+
+
+@dataclass(frozen=True)
+class Epoch:
+    """A numbered ring: who votes, and which nodes keys are placed on."""
+
+    number: int
+    voters: frozenset[str]
+    members: frozenset[str]
+    previous: frozenset[str] = frozenset()  # the ring members of the epoch this one replaced
+
+    def pack(self) -> list:
+        return [self.number, sorted(self.voters), sorted(self.members), sorted(self.previous)]
+
+    @classmethod
+    def unpack(cls, raw: list) -> Epoch:
+        number, voters, members, previous = raw
+        return cls(
+            int(number), frozenset(map(str, voters)), frozenset(map(str, members)), frozenset(map(str, previous))
+        )
+
+
+NO_EPOCH = Epoch(0, frozenset(), frozenset())
+
+
+def quorum_text(reached: int, voters: int) -> str:
+    """What a refused client reads."""
+    if voters == 0:
+        return "this node has not joined a cluster yet (no member has accepted it); writes are refused until it has"
+    return (
+        f"this node reaches {reached} of {voters} cluster members; writes need {voters // 2 + 1}. "
+        "Retry later or on another node"
+    )
+
+
+@dataclass
+class LeaseRound:
+    """One request for grants: counted from when it was sent."""
+
+    epoch: Epoch
+    sent_at: float
+    established: bool = False  # the holder knows its epoch was accepted by a majority
+    granted: set[str] = field(default_factory=set)
+    answered: set[str] = field(default_factory=set)
+
+
+@dataclass
+class Proposal:
+    epoch: Epoch
+    previous: Epoch
+    accepted: set[str] = field(default_factory=set)
+
+
+class Ownership:
+    def __init__(self, self_id: str, config: OwnershipConfig, epoch: Epoch, now: float) -> None:
+        self.self_id = self_id
+        self.config = config
+        self.epoch = epoch  # the highest epoch accepted
+        self.established_at: float | None = now if epoch.voters == {self_id} else None
+        self.lease_until = -1.0
+        self.lease_epoch: Epoch | None = None
+        self.reached = 1 if self_id in epoch.voters else 0
+        self.forgotten: set[str] = set()
+        # grants given: holder -> (epoch number, when the promise ends on our clock)
+        self._grants: dict[str, tuple[int, float]] = {}
+        self._next_propose = now
+        self._conflict = False
+
+    # --- acceptor -----------------------------------------------------------
+
+    def accept(self, now: float, epoch: Epoch) -> bool:
+        """A proposed (or learned) epoch: accepted if newer than ours."""
+        if epoch.number <= self.epoch.number:
+            return epoch == self.epoch
+        self.epoch = epoch
+        self.established_at = None
+        mine = self._grants.get(self.self_id)
+        if mine is not None and mine[0] < epoch.number:
+            del self._grants[self.self_id]  # our own lease under the old epoch ends here
+        self.forgotten &= epoch.voters  # names already removed are done
+        if self.lease_epoch is not None and self.lease_epoch != epoch:
+            self.lease_until, self.lease_epoch = -1.0, None  # a lease is bound to its epoch
+        return True
+
+    def established(self, now: float, epoch: Epoch) -> None:
+        """A majority accepted ``epoch`` (told by its proposer)."""
+        self.accept(now, epoch)
+        if epoch == self.epoch and self.established_at is None:
+            self.established_at = now
+
+    def older_grants_until(self, now: float) -> float:
+        """When the last promise given under an epoch older than ours ends (our clock)."""
+        ends = [until for number, until in self._grants.values() if number < self.epoch.number and until > now]
+        return max(ends, default=now)
+
+    def grant(self, now: float, holder: str, epoch: Epoch, holder_dead: bool, established: bool = False) -> bool:
+        """Grant ``holder`` a lease under ``epoch``; the promise lasts
+        ``lease_duration``. Only under an epoch known to be established (a
+        majority of its old and of its new voters accepted it): the holder's
+        word (``established``) counts, as every member runs this code."""
+        for name, (_, until) in list(self._grants.items()):
+            if until <= now:
+                del self._grants[name]
+        if established and epoch == self.epoch and self.established_at is None:
+            self.established_at = now
+        older = self._grants.get(holder)
+        if older is not None and older[0] < epoch.number:
+            # Asking under a newer epoch proves the holder accepted it, and
+            # accepting drops its lease under the old one: the promise is void.
+            del self._grants[holder]
+        if epoch != self.epoch or holder_dead or holder not in epoch.voters or self.established_at is None:
+            return False
+        if self.older_grants_until(now) > now:
+            return False  # a lease under an older epoch may still be in use
+        self._grants[holder] = (epoch.number, now + self.config.lease_duration)
+        return True
+
+    # --- holder -------------------------------------------------------------
+
+    def start_round(self, now: float) -> LeaseRound:
+        return LeaseRound(self.epoch, now, self.established_at is not None)
+
+    def round_answer(self, now: float, rnd: LeaseRound, voter: str, granted: bool) -> None:
+        rnd.answered.add(voter)
+        if granted:
+            rnd.granted.add(voter)
+            if rnd.epoch == self.epoch and self.established_at is None:
+                self.established_at = now  # a granter grants only under an established epoch
+        self._count(rnd)
+
+    def finish_round(self, now: float, rnd: LeaseRound) -> None:
+        """The round is over (answers or timeouts): how many voters answered."""
+        if rnd.epoch == self.epoch:
+            self.reached = len(rnd.answered & rnd.epoch.voters)
+            self._count(rnd)
+
+    def _count(self, rnd: LeaseRound) -> None:
+        """A majority of grants makes (or extends) the lease."""
+        if rnd.epoch != self.epoch:
+            return
+        if has_majority(rnd.granted, rnd.epoch.voters):
+            until = rnd.sent_at + self.config.holder_lease
+            if self.lease_epoch != rnd.epoch or until > self.lease_until:
+                self.lease_until, self.lease_epoch = until, rnd.epoch
+
+    def has_lease(self, now: float) -> bool:
+        return self.lease_epoch == self.epoch and now < self.lease_until
+
+    def ring_changing(self) -> bool:
+        """No lease, but a majority answers: a new epoch is on its way (wait, do not refuse yet)."""
+        return bool(self.epoch.voters) and self.reached >= majority(self.epoch.voters)
+
+    def refusal(self) -> str:
+        voters = len(self.epoch.voters)
+        if voters and self.reached >= majority(self.epoch.voters):
+            return (
+                f"the cluster is moving to a new ring (epoch {self.epoch.number}) after a node joined, left or "
+                "failed; writes resume within a few seconds: retry"
+            )
+        return quorum_text(self.reached, voters)
+
+    # --- replicas -----------------------------------------------------------
+
+    def copy_allowed(self, epoch_number: int) -> bool:
+        """A copy written under ``epoch_number``: refused once a newer epoch is accepted here."""
+        return epoch_number >= self.epoch.number
+
+    # --- proposer -----------------------------------------------------------
+
+    def next_epoch(
+        self, now: float, live: frozenset[str], left: frozenset[str], alive: frozenset[str] | None = None
+    ) -> Epoch | None:
+        """The epoch this node would propose, seeing ``live`` members (SWIM
+        alive or suspect: they stay on the ring), ``alive`` ones (only those
+        become voters; default ``live``) and ``left`` ones (graceful leave), or None.
+
+        Voters change by one member at a time, and only once the current epoch
+        has been established for longer than a lease: then every lease under
+        an epoch before it has run out (docs/consistency.md)."""
+        cur = self.epoch
+        if self.self_id not in cur.voters or now < self._next_propose:
+            return None
+        live_voters = live & cur.voters
+        if self.self_id != min(live_voters | {self.self_id}) and not self.forgotten:
+            return None  # the lowest live voter proposes; others wait (an operator's forget is carried out here)
+        if self.established_at is None:
+            # Not known to be accepted by a majority (an answer was lost, or
+            # another proposal took this number): confirm it again, or move
+            # past a conflicting one with the next number.
+            if self._conflict:
+                return Epoch(cur.number + 1, cur.voters, cur.members, cur.previous)
+            return cur
+        voters = cur.voters
+        settled = self.established_at is not None and now - self.established_at >= self.config.lease_duration * (
+            1 + self.config.max_drift
+        ) / (1 - self.config.max_drift)
+        if settled:
+            gone = sorted((left | self.forgotten) & voters - {self.self_id})
+            newcomers = sorted((live if alive is None else alive) - voters)
+            if gone:
+                voters = voters - {gone[0]}
+            elif newcomers:
+                voters = voters | {newcomers[0]}
+        members = frozenset(live & voters) | {self.self_id}
+        if voters == cur.voters and members == cur.members:
+            return None
+        return Epoch(cur.number + 1, frozenset(voters), frozenset(members), cur.members)
+
+    def conflict(self, theirs: Epoch) -> None:
+        """An acceptor refused our proposal holding ``theirs``."""
+        if theirs.number >= self.epoch.number and theirs != self.epoch:
+            self._conflict = True
+
+    def propose(self, now: float, epoch: Epoch) -> Proposal:
+        self._next_propose = now + self.config.propose_interval
+        self._conflict = False
+        previous = self.epoch
+        proposal = Proposal(epoch, previous)
+        if self.accept(now, epoch):
+            proposal.accepted.add(self.self_id)
+        return proposal
+
+    def proposal_passed(self, p: Proposal) -> bool:
+        """Accepted by a majority of the old voters and of the new ones (a
+        first epoch, from no voters, needs only the new). Members an operator
+        forgot count as accepting among the old voters: the operator vouches
+        they are gone for good (so a 2-node cluster can shrink to one)."""
+        old_yes = p.accepted | (self.forgotten & p.previous.voters - p.epoch.voters)
+        old_ok = not p.previous.voters or has_majority(old_yes, p.previous.voters)
+        return old_ok and has_majority(p.accepted, p.epoch.voters)
+
+    def bootstrap(self, now: float) -> bool:
+        """Found a cluster: this node, with no epoch, becomes the first voter.
+        The shell calls it only when every member it sees alive has no epoch
+        either and this node's id is the lowest (nodes all started with
+        ``--join`` to one another)."""
+        if self.epoch.number != 0:
+            return False
+        self.epoch = Epoch(1, frozenset({self.self_id}), frozenset({self.self_id}))
+        self.established_at = now
+        self.reached = 1
+        return True
+
+    def forget(self, name: str) -> None:
+        """An operator removes a member that is gone for good."""
+        if name in self.epoch.voters:
+            self.forgotten.add(name)
