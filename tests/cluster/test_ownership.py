@@ -17,6 +17,7 @@ from timpy.cluster.ownership import (
     Ownership,
     OwnershipConfig,
     has_majority,
+    leaves_out_alive,
     majority,
     quorum_text,
 )
@@ -129,6 +130,46 @@ def test_voters_change_one_at_a_time_and_only_once_the_epoch_is_settled():
     assert nxt == Epoch(2, frozenset("ab"), frozenset("ab"), frozenset("a"))
     b = Ownership("b", CFG, epoch(1, "ab"), 0.0)
     assert b.next_epoch(later, frozenset("ab"), frozenset()) is None  # a, the lowest live voter, proposes
+
+
+def test_an_acceptor_refuses_a_ring_that_leaves_out_voters_it_sees_alive():
+    """The former minority of a split, right after the heal, still counts the
+    other side dead: its ring of itself must not win by a higher number."""
+    stale = Epoch(9, FIVE, frozenset("ab"), FIVE)
+    assert leaves_out_alive(stale, "abcde") == frozenset("cde")
+    assert leaves_out_alive(stale, "ab") == frozenset()  # an acceptor that also sees c, d, e dead
+    assert leaves_out_alive(stale, "abx") == frozenset()  # non-voters are not ring members anyway
+    assert leaves_out_alive(epoch(9), "abcde") == frozenset()
+
+
+def test_a_refused_proposal_is_made_again_with_the_ring_as_seen_now():
+    a = Ownership("a", CFG, epoch(3, "abcde", "abcde"), 0.0)
+    a.established(0.0, a.epoch)
+    stale = a.next_epoch(10.0, frozenset("ab"), frozenset())  # the split: c, d, e look dead
+    assert stale is not None and stale.members == frozenset("ab")
+    a.propose(10.0, stale)  # refused by c, d, e (they see themselves alive): not established
+    assert a.next_epoch(20.0, frozenset("ab"), frozenset()) == stale  # same view: asked again
+    healed = a.next_epoch(30.0, FIVE, frozenset())  # the view caught up after the heal
+    assert healed is not None and healed.number == stale.number + 1 and healed.members == FIVE
+
+
+def test_a_proposal_made_again_still_needs_the_voters_of_the_last_established_epoch():
+    """Found by the Leases state machine: a and b each propose dropping the
+    other; proposing its own unestablished epoch again, a took that epoch as
+    the one before it and passed with its own vote alone, and so did b."""
+    a, b = node("a", epoch(1, "ab")), node("b", epoch(1, "ab"))
+    a.established(0.0, a.epoch)
+    b.established(0.0, b.epoch)
+    drop_a = b.next_epoch(3.0, frozenset("b"), frozenset("a"))
+    drop_b = a.next_epoch(3.0, frozenset("a"), frozenset("b"))
+    assert drop_a is not None and drop_b is not None and drop_a.number == drop_b.number == 2
+    b.propose(3.0, drop_a)
+    a.propose(3.0, drop_b)
+    again = a.next_epoch(4.0, frozenset("a"), frozenset())
+    assert again == drop_b
+    p = a.propose(4.0, again)
+    assert p.previous.voters == frozenset("ab")
+    assert not a.proposal_passed(p)  # a alone is not a majority of {a, b}
 
 
 def test_a_dead_member_leaves_the_ring_but_still_votes():

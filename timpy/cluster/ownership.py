@@ -85,6 +85,19 @@ class Epoch:
 NO_EPOCH = Epoch(0, frozenset(), frozenset())
 
 
+def leaves_out_alive(proposed: Epoch, alive: Iterable[str]) -> frozenset[str]:
+    """Voters this acceptor sees alive that a proposed ring leaves out.
+
+    A proposal is accepted only when it is newer; without this check a node
+    with a stale view (the former minority of a split, right after the heal,
+    still counting the other side dead) could win with a higher number a ring
+    of itself alone, under which keys have fewer than W copies. An acceptor
+    that sees such a voter alive refuses; the proposer tries again once its
+    own view has caught up, and a majority that truly lost the member sees it
+    dead too, so real failures still pass."""
+    return (frozenset(alive) & proposed.voters) - proposed.members
+
+
 def quorum_text(reached: int, voters: int) -> str:
     """What a refused client reads."""
     if voters == 0:
@@ -119,6 +132,11 @@ class Ownership:
         self.config = config
         self.epoch = epoch  # the highest epoch accepted
         self.established_at: float | None = now if epoch.voters == {self_id} else None
+        # The last epoch known to be established: a proposal made while ours
+        # is not (a re-proposal, or the next number past a conflict) must
+        # still win a majority of *its* voters, or two one-member changes
+        # from one base (a drops b, b drops a) could both pass.
+        self._base = epoch
         self.lease_until = -1.0
         self.lease_epoch: Epoch | None = None
         self.reached = 1 if self_id in epoch.voters else 0
@@ -148,7 +166,7 @@ class Ownership:
         """A majority accepted ``epoch`` (told by its proposer)."""
         self.accept(now, epoch)
         if epoch == self.epoch and self.established_at is None:
-            self.established_at = now
+            self.established_at, self._base = now, epoch
 
     def older_grants_until(self, now: float) -> float:
         """When the last promise given under an epoch older than ours ends (our clock)."""
@@ -164,7 +182,7 @@ class Ownership:
             if until <= now:
                 del self._grants[name]
         if established and epoch == self.epoch and self.established_at is None:
-            self.established_at = now
+            self.established_at, self._base = now, epoch
         older = self._grants.get(holder)
         if older is not None and older[0] < epoch.number:
             # Asking under a newer epoch proves the holder accepted it, and
@@ -187,7 +205,8 @@ class Ownership:
         if granted:
             rnd.granted.add(voter)
             if rnd.epoch == self.epoch and self.established_at is None:
-                self.established_at = now  # a granter grants only under an established epoch
+                # a granter grants only under an established epoch
+                self.established_at, self._base = now, rnd.epoch
         self._count(rnd)
 
     def finish_round(self, now: float, rnd: LeaseRound) -> None:
@@ -246,11 +265,13 @@ class Ownership:
         if self.self_id != min(live_voters | {self.self_id}) and not self.forgotten:
             return None  # the lowest live voter proposes; others wait (an operator's forget is carried out here)
         if self.established_at is None:
-            # Not known to be accepted by a majority (an answer was lost, or
-            # another proposal took this number): confirm it again, or move
-            # past a conflicting one with the next number.
-            if self._conflict:
-                return Epoch(cur.number + 1, cur.voters, cur.members, cur.previous)
+            # Not known to be accepted by a majority (an answer was lost,
+            # another proposal took this number, or acceptors refused a ring
+            # that left out members they see alive): confirm it again, or
+            # move past it with the next number and the ring as seen now.
+            fresh = frozenset(live & cur.voters) | {self.self_id}
+            if self._conflict or fresh != cur.members:
+                return Epoch(cur.number + 1, cur.voters, fresh, cur.previous)
             return cur
         voters = cur.voters
         settled = self.established_at is not None and now - self.established_at >= self.config.lease_duration * (
@@ -276,7 +297,7 @@ class Ownership:
     def propose(self, now: float, epoch: Epoch) -> Proposal:
         self._next_propose = now + self.config.propose_interval
         self._conflict = False
-        previous = self.epoch
+        previous = self.epoch if self.established_at is not None else self._base
         proposal = Proposal(epoch, previous)
         if self.accept(now, epoch):
             proposal.accepted.add(self.self_id)
@@ -299,7 +320,7 @@ class Ownership:
         if self.epoch.number != 0:
             return False
         self.epoch = Epoch(1, frozenset({self.self_id}), frozenset({self.self_id}))
-        self.established_at = now
+        self.established_at, self._base = now, self.epoch
         self.reached = 1
         return True
 

@@ -20,7 +20,14 @@ from pathlib import Path
 import trio
 
 from timpy.cluster.membership import Membership, State
-from timpy.cluster.ownership import NO_EPOCH, Epoch, LeaseRound, Ownership, OwnershipConfig
+from timpy.cluster.ownership import (
+    NO_EPOCH,
+    Epoch,
+    LeaseRound,
+    Ownership,
+    OwnershipConfig,
+    leaves_out_alive,
+)
 from timpy.cluster.rpc import Rpc
 from timpy.errors import Code, TimpyError
 
@@ -382,6 +389,14 @@ class OwnershipService:
 
     def _on_accept(self, raw: list) -> list:
         epoch = Epoch.unpack(raw)
+        m = self._membership()
+        if m is not None and epoch != self.core.epoch:
+            alive = {n for n, mem in m.members.items() if mem.state == State.ALIVE} | {self.self_id}
+            missing = leaves_out_alive(epoch, alive)
+            if missing:
+                log.info("refused ring epoch %d: it leaves out %s, seen alive here", epoch.number,
+                         ", ".join(sorted(missing)))
+                return [False, self.core.epoch.pack()]
         return [self._learn(epoch), self.core.epoch.pack()]
 
     def _on_established(self, raw: list) -> None:
