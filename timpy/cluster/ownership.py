@@ -157,16 +157,22 @@ class Ownership:
         mine = self._grants.get(self.self_id)
         if mine is not None and mine[0] < epoch.number:
             del self._grants[self.self_id]  # our own lease under the old epoch ends here
-        self.forgotten &= epoch.voters  # names already removed are done
         if self.lease_epoch is not None and self.lease_epoch != epoch:
             self.lease_until, self.lease_epoch = -1.0, None  # a lease is bound to its epoch
         return True
+
+    def _settle(self, now: float, epoch: Epoch) -> None:
+        """``epoch`` (ours) is known to be established."""
+        self.established_at, self._base = now, epoch
+        # Names an operator forgot are done once an established epoch left
+        # them out (not before: the proposal removing them counts on them).
+        self.forgotten &= epoch.voters
 
     def established(self, now: float, epoch: Epoch) -> None:
         """A majority accepted ``epoch`` (told by its proposer)."""
         self.accept(now, epoch)
         if epoch == self.epoch and self.established_at is None:
-            self.established_at, self._base = now, epoch
+            self._settle(now, epoch)
 
     def older_grants_until(self, now: float) -> float:
         """When the last promise given under an epoch older than ours ends (our clock)."""
@@ -182,7 +188,7 @@ class Ownership:
             if until <= now:
                 del self._grants[name]
         if established and epoch == self.epoch and self.established_at is None:
-            self.established_at, self._base = now, epoch
+            self._settle(now, epoch)
         older = self._grants.get(holder)
         if older is not None and older[0] < epoch.number:
             # Asking under a newer epoch proves the holder accepted it, and
@@ -206,7 +212,7 @@ class Ownership:
             rnd.granted.add(voter)
             if rnd.epoch == self.epoch and self.established_at is None:
                 # a granter grants only under an established epoch
-                self.established_at, self._base = now, rnd.epoch
+                self._settle(now, rnd.epoch)
         self._count(rnd)
 
     def finish_round(self, now: float, rnd: LeaseRound) -> None:
@@ -320,7 +326,7 @@ class Ownership:
         if self.epoch.number != 0:
             return False
         self.epoch = Epoch(1, frozenset({self.self_id}), frozenset({self.self_id}))
-        self.established_at, self._base = now, self.epoch
+        self._settle(now, self.epoch)
         self.reached = 1
         return True
 
