@@ -12,7 +12,7 @@ import trio
 
 import timpy
 from tests.conftest import PASSWORD, NodeProcess
-from tests.e2e.test_cluster_processes import FAST, wait_members
+from tests.support.cluster_processes import FAST, wait_members
 
 
 def timpy_cmd(*args: str) -> subprocess.CompletedProcess[str]:

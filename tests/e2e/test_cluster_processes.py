@@ -7,45 +7,17 @@ import os
 import signal
 import subprocess
 import sys
-from pathlib import Path
 
 import trio
 
 import timpy
-from tests.conftest import PASSWORD, NodeProcess
+from tests.conftest import PASSWORD
+from tests.support.cluster_processes import start_cluster, wait_members
 from timpy.cluster.ring import HashRing
 from timpy.crypto.blind import BlindIndexer
-from timpy.crypto.keys import ClusterKeys, decode_key
 from timpy.im import ids
 
-FAST = "probe_interval = 0.2\nprobe_timeout = 0.1\npush_pull_interval = 2.0\nanti_entropy_interval = 5.0\n"
 MESSAGES = 150
-
-
-def start_cluster(tmp_path: Path) -> tuple[list[NodeProcess], ClusterKeys]:
-    key = tmp_path / "cluster.key"
-    subprocess.run([sys.executable, "-m", "timpy", "keys", "new", str(key)], check=True, capture_output=True)
-    nodes: list[NodeProcess] = []
-    for i in range(3):
-        work = tmp_path / f"n{i}"
-        work.mkdir()
-        join = f'join = ["{nodes[0].info["peer"]}"]\n' if nodes else ""
-        nodes.append(NodeProcess(work, top_toml=f'cluster_key_file = "{key}"\n', cluster_toml=FAST + join).start())
-    return nodes, ClusterKeys(decode_key(key.read_text(), str(key)))
-
-
-async def wait_members(url_peer: str, key: Path, count: int) -> None:
-    from timpy.cli.cluster import ask_node
-
-    with trio.fail_after(60):
-        while True:
-            info = await ask_node(url_peer, key)
-            own = info.get("ownership", {})  # the ring a majority accepted, and this node's lease
-            if sum(m["state"] == "alive" for m in info["members"]) == count and own.get("lease") and len(
-                own.get("ring_members", ())
-            ) == count:
-                return
-            await trio.sleep(0.1)
 
 
 async def test_sigkill_in_the_middle_of_traffic_loses_and_duplicates_nothing(tmp_path):

@@ -16,7 +16,7 @@ import trio
 
 import timpy
 from tests.conftest import PASSWORD
-from tests.e2e.test_cluster_processes import start_cluster, wait_members
+from tests.support.cluster_processes import start_cluster, wait_members
 
 pytestmark = pytest.mark.e2e
 MESSAGES = 60

@@ -9,13 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 import trio
 
 import timpy
 from tests.conftest import PASSWORD, NodeProcess
+from tests.support.cluster_processes import wait_members
 from timpy.cluster.ring import HashRing
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, decode_key
@@ -37,20 +37,6 @@ def free_ports(count: int) -> list[int]:
     for s in socks:
         s.close()
     return ports
-
-
-async def wait_members(peer: str, key: Path, count: int) -> None:
-    from timpy.cli.cluster import ask_node
-
-    with trio.fail_after(60):
-        while True:
-            info = await ask_node(peer, key)
-            own = info.get("ownership", {})  # the ring a majority accepted, and this node's lease
-            if sum(m["state"] == "alive" for m in info["members"]) == count and own.get("lease") and len(
-                own.get("ring_members", ())
-            ) == count:
-                return
-            await trio.sleep(0.1)
 
 
 async def send_until_acked(client: timpy.Client, to: str, body: str, client_id: str) -> int:

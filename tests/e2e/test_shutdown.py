@@ -16,7 +16,7 @@ import trio
 
 import timpy
 from tests.conftest import PASSWORD, NodeProcess
-from tests.e2e.test_cluster_processes import FAST, wait_members
+from tests.support.cluster_processes import FAST, wait_members
 
 BOUND = 8.0  # shutdown_timeout given to the nodes
 MARGIN = 10.0  # process exit and interpreter teardown on a loaded machine

@@ -175,7 +175,7 @@ def test_browser_users_make_friends_see_presence_typing_and_read_receipts(browse
 def test_the_dashboard_shows_a_three_node_cluster_and_runs_operations(browser, tmp_path):
     from playwright.sync_api import expect
 
-    from tests.e2e.test_cluster_processes import start_cluster, wait_members
+    from tests.support.cluster_processes import start_cluster, wait_members
 
     nodes, _ = start_cluster(tmp_path)
     try:

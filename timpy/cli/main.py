@@ -120,23 +120,21 @@ def _node_flags(settings: tuple[str, ...], named: dict[tuple[str, str], object])
         section, _, name = key.strip().rpartition(".")
         if not sep or not name:
             raise ConfigError(f"--set: expected [SECTION.]KEY=VALUE, e.g. limits.max_body=65536, got {item!r}")
-        value = parse_text_value(section, name, text, f"--set {key}")
-        if section:
-            table = flags.setdefault(section, {})
-            if isinstance(table, dict):
-                table[name] = value
-        else:
-            flags[name] = value
+        _put(flags, section, name, parse_text_value(section, name, text, f"--set {key}"))
     for (section, name), value in named.items():
-        if value is None:
-            continue
-        if section:
-            table = flags.setdefault(section, {})
-            if isinstance(table, dict):
-                table[name] = value
-        else:
-            flags[name] = value
+        if value is not None:
+            _put(flags, section, name, value)
     return flags
+
+
+def _put(flags: dict[str, object], section: str, name: str, value: object) -> None:
+    """``flags[section][name] = value`` (top level when ``section`` is empty)."""
+    if not section:
+        flags[name] = value
+        return
+    table = flags.setdefault(section, {})
+    if isinstance(table, dict):
+        table[name] = value
 
 
 async def _run_node(config: NodeConfig) -> None:
