@@ -12,6 +12,7 @@ import trio
 
 from tests.conftest import PASSWORD
 from timpy.cluster.ownership_service import MEMBERS_FILE, load_members
+from timpy.cluster.rpc import GIVE_UP_CHECK
 from timpy.config import AdminConfig, ClusterConfig, NodeConfig
 from timpy.crypto.keys import ClusterKeys
 from timpy.errors import Code, RemoteError, TimpyError
@@ -151,3 +152,38 @@ async def test_a_dead_member_keeps_its_vote(autojump_clock):
         await wait_for(lambda: not cluster.nodes[0].ownership.has_lease(), timeout=5)
         e = await refused(cluster.register(0, "kim", PASSWORD))
         assert "reaches 1 of 3 cluster members; writes need 2" in str(e)
+
+
+async def test_a_request_out_when_the_split_comes_is_refused_within_the_lease(autojump_clock):
+    """A send forwarded to an owner across the split was answered only by the
+    peer call's timeout (5 s per attempt, then retries); the node now stops
+    waiting once its lease has run out, with the majority sentence."""
+    from timpy.im import ids
+
+    async with open_cluster(5) as cluster:
+        names = [f"user{i}" for i in range(8)]
+        for name in names:
+            await cluster.register(2, name, PASSWORD)
+        node0 = cluster.nodes[0]
+        far = {cluster.node_ids[i] for i in (2, 3, 4)}
+        pair = next(
+            (a, b) for a in names for b in names
+            if a != b and node0.peers.owner(
+                ids.direct_conversation(node0.indexer, node0.user_id_of(a), node0.user_id_of(b))
+            ) in far
+        )
+        async with cluster.client(0, pair[0], PASSWORD) as sender:
+            await sender.send(pair[1], "before the split", client_id="before")
+            cluster.partition({0, 1}, {2, 3, 4})
+            split = trio.current_time()
+            with pytest.raises(RemoteError) as e:
+                await sender.send(pair[1], "during the split", client_id="during")
+            waited = trio.current_time() - split
+        assert e.value.code == Code.UNAVAILABLE
+        assert "reaches 2 of 5 cluster members; writes need 3" in str(e.value)
+        config = node0.ownership.config
+        # The lease runs out at most holder_lease after the last renewal was
+        # asked; the round out then learns (within holder_lease / 2) that no
+        # majority answers; one check of the call later, it gives up.
+        bound = config.holder_lease * 1.5 + config.renew_interval + GIVE_UP_CHECK
+        assert waited <= bound, (waited, bound)

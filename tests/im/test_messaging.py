@@ -1,5 +1,7 @@
 """1:1 messaging through a real in-process node and the client library."""
 
+import dataclasses
+
 import pytest
 import trio
 
@@ -69,18 +71,23 @@ async def test_offline_messages_arrive_on_login_in_order_once(node):
             pytest.fail(f"redelivered {m}")
 
 
-async def test_sync_larger_than_a_page_with_live_traffic(node):
-    await users(node.tcp_url, "alice", "bob")
-    total = 0
-    async with timpy.connect(node.tcp_url, "alice", PASSWORD) as a:
-        for i in range(450):  # more than two sync pages
-            await a.send("bob", f"m{i}")
-        total = 450
-        async with timpy.connect(node.tcp_url, "bob", PASSWORD) as b:
-            for i in range(450, 500):  # sent while bob syncs
+async def test_sync_larger_than_a_page_with_live_traffic():
+    # 500 sends back to back from one connection: above the default frame rate
+    # (200/s, burst 400) now that each send is answered within a millisecond or two.
+    base = node_config()
+    limits = dataclasses.replace(base.limits, rate_per_connection=5000.0, burst_per_connection=5000)
+    async with timpy.open_node(base.replace(limits=limits)) as node:
+        await users(node.tcp_url, "alice", "bob")
+        total = 0
+        async with timpy.connect(node.tcp_url, "alice", PASSWORD) as a:
+            for i in range(450):  # more than two sync pages
                 await a.send("bob", f"m{i}")
-            total = 500
-            got = [await b.next_message(timeout=10) for _ in range(total)]
+            total = 450
+            async with timpy.connect(node.tcp_url, "bob", PASSWORD) as b:
+                for i in range(450, 500):  # sent while bob syncs
+                    await a.send("bob", f"m{i}")
+                total = 500
+                got = [await b.next_message(timeout=10) for _ in range(total)]
     assert [m.seq for m in got] == list(range(1, total + 1))
 
 

@@ -118,6 +118,14 @@ class OwnershipService:
         if not self.core.has_lease(trio.current_time()):
             raise QuorumLost(self.core.refusal())
 
+    def cut_off(self) -> str | None:
+        """Why this node may not act for the cluster now, when it has no lease
+        and no majority answers it (not merely a ring change on its way); else None."""
+        now = trio.current_time()
+        if self.core.has_lease(now) or self.core.ring_changing():
+            return None
+        return self.core.refusal()
+
     async def wait_for_lease(self, timeout: float = 3.0) -> None:
         """While the ring is changing (a majority answers, the lease is on its
         way) wait up to ``timeout`` for it; then as ``require_lease``. A node

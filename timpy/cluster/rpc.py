@@ -74,6 +74,9 @@ class PeerUnavailable(TimpyError):
         self.address, self.method, self.timeout = address, method, timeout
 
 
+GIVE_UP_CHECK = 0.2  # seconds between checks of a call's give_up while it waits
+
+
 class Call:
     """A request on its way; ``result`` waits for the answer."""
 
@@ -82,10 +85,25 @@ class Call:
         self._event = trio.Event()
         self._box: list[Any] = []
 
-    async def result(self, timeout: float = DEFAULT_TIMEOUT) -> Any:
+    async def result(
+        self, timeout: float = DEFAULT_TIMEOUT, give_up: Callable[[], str | None] | None = None
+    ) -> Any:
+        """Wait for the answer, at most ``timeout``. ``give_up`` is asked
+        every ``GIVE_UP_CHECK`` s while waiting: a text from it ends the wait
+        at once with UNAVAILABLE and that text (a node that lost its majority
+        stops waiting on peers it cannot reach)."""
+        deadline = trio.current_time() + timeout
         try:
-            with trio.move_on_after(timeout):
-                await self._event.wait()
+            while not self._event.is_set():
+                left = deadline - trio.current_time()
+                if left <= 0:
+                    break
+                with trio.move_on_after(left if give_up is None else min(left, GIVE_UP_CHECK)):
+                    await self._event.wait()
+                if give_up is not None and not self._event.is_set():
+                    reason = give_up()
+                    if reason:
+                        raise TimpyError(reason, Code.UNAVAILABLE)
         finally:
             self._rpc._waiting.pop(self._rid, None)
         if not self._box:

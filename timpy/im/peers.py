@@ -22,6 +22,8 @@ class _Ownership(Protocol):
 
     async def wait_for_lease(self, timeout: float = ...) -> None: ...
 
+    def cut_off(self) -> str | None: ...
+
     def applying(self, epoch_number: int) -> AbstractAsyncContextManager[None]: ...
 
     async def fence(self, epoch: Epoch) -> None: ...
@@ -70,7 +72,10 @@ class Peers:
 
     async def call(self, node_id: str, method: str, *args: Any, timeout: float = 5.0) -> Any:
         await self.await_write()  # a node cut off from the majority refuses at once rather than wait on peers
-        return await self._rpc().call(self.placement.address(node_id), method, *args, timeout=timeout)
+        call = self._rpc().start_call(self.placement.address(node_id), method, *args)
+        # ... and stops waiting as soon as it is cut off while the call is out
+        # (a split mid-request: the lease runs out within its bound).
+        return await call.result(timeout, self.ownership.cut_off if self.ownership is not None else None)
 
     def start_call(self, node_id: str, method: str, *args: Any) -> Call:
         return self._rpc().start_call(self.placement.address(node_id), method, *args)
