@@ -85,6 +85,13 @@ KNOWN_GAPS: dict[str, str] = {
         "before the 5-node ring; and a slot held with the same dedup and sealed bytes but another created_ms "
         "(which repair looped on; fixed in this branch, timpy/store/repair.py)"
     ),
+    "replicas: every acked message once in its recipient's inbox": (
+        "issue 15, an acknowledged message is stored for offline terminals once: seen once in a CI run (seq 33 "
+        "of one conversation, the same on all three replicas of the recipient's inbox) after the split; the "
+        "history of the conversation was whole. docs/consistency.md (Limits): a never-acknowledged row can still "
+        "take an inbox slot, and repair puts the loser of a slot back at the head, so a message can sit in the "
+        "inbox twice or, where the undo raced the copy, not at all; the fix is the epoch stamped on each row"
+    ),
 }
 
 
@@ -839,7 +846,7 @@ def check_replicas(nodes: list[Node], indexer: BlindIndexer, sealer: Sealer, rec
                 lost = [x for x in acked_in[name] if entries[x] != 1]
                 v.check("replicas: every acked message once in its recipient's inbox", not lost,
                         f"inbox of {name} on node {name_of[node]}: {len(lost)} acked messages not there exactly once "
-                        f"(e.g. seq {[q for _, q in lost[:5]]})")
+                        f"(e.g. seq {[q for _, q in lost[:5]]}, held {[entries[x] for x in lost[:5]]} times)")
     finally:
         for db in dbs.values():
             db.close()
