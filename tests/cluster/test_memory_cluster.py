@@ -215,8 +215,19 @@ async def test_a_killed_node_restarts_with_its_identity_and_sqlite_data(autojump
         node = await cluster.restart(2)
         assert node.node_id == before and (tmp_path / "node-2" / "timpy.sqlite3").exists()
         await cluster.wait_converged()
+
+        def alive_everywhere() -> bool:
+            return all(
+                {m["name"]: m["state"] for m in cluster.nodes[i].cluster.status()}[before] == "alive" for i in (0, 1)
+            )
+
+        # Back alive in every view once it learns it was declared dead and refutes it with a new
+        # incarnation (the ring may take it back a little before that: the others reach it first).
+        with trio.fail_after(30):
+            while not alive_everywhere():
+                await trio.sleep(0.1)
         incarnations = {m["name"]: m["incarnation"] for m in cluster.nodes[0].cluster.status()}
-        assert incarnations[before] >= 1  # it refuted its death with a new incarnation
+        assert incarnations[before] >= 1
         async with cluster.client(2, "dan", PASSWORD) as dan:
             got = [await dan.next_message(timeout=10) for _ in range(8)]
             assert [m.body for m in got] == [f"m{i}".encode() for i in range(8)]
