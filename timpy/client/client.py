@@ -38,7 +38,14 @@ from timpy.concurrency import unwrap_single_error
 from timpy.errors import Code, RemoteError, TimpyError
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
-from timpy.wire.messages import KIND_DELETED, KIND_EDIT, KIND_NORMAL, KIND_RECALL, ChatMessage
+from timpy.wire.messages import (
+    KIND_DELETED,
+    KIND_EDIT,
+    KIND_NORMAL,
+    KIND_RECALL,
+    ChatMessage,
+    message_from_wire,
+)
 
 CLIENT_MAX_FRAME = 64 * 1024 * 1024
 ACK_INTERVAL = 0.05
@@ -185,20 +192,6 @@ def _notices_of(op: str, body: TPayload) -> list[Notice]:
     if op == "stream":
         return [StreamData(body.room or "", body.sender or "", body.data or b"")]
     return []
-
-
-def message_from_wire(m: TPayload) -> ChatMessage:
-    return ChatMessage(
-        conversation=m.conversation or "",
-        seq=m.seq or 0,
-        client_id=m.client_id or "",
-        sender=m.sender or "",
-        recipient=m.recipient or "",
-        kind=m.kind or 0,
-        body=m.body or b"",
-        server_time=m.server_time or 0,
-        ext=dict(m.ext or {}),
-    )
 
 
 #: Opens a byte stream to a node, for ``connect`` and ``register`` in place of a URL.

@@ -1,10 +1,24 @@
-"""Message values and kind numbers that client and server share, and the sealed-content encoding."""
+"""Message values and kind numbers that client and server share, and their codecs.
+
+Each value has one codec here and nowhere else:
+
+- ``MessageContent``: what a message says (client id, sender, recipient,
+  kind, body, ext), as the store seals it and nodes copy it; ``pack`` and
+  ``unpack`` are the only code that knows its layout.
+- ``ChatMessage`` to and from the client protocol's ``Message`` struct
+  (``message_to_wire``/``message_from_wire``), used by the gateway and the
+  client library alike.
+- ``SendResult`` between nodes (``pack_send_result``/``unpack_send_result``).
+"""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import msgpack
+
+from timpy.wire import protocol as wp
 
 KIND_NORMAL = 0
 KIND_RECALL = 1  # ext["target"]: the seq of the message it recalls
@@ -14,6 +28,8 @@ KIND_BURNED = 4  # made by the node when a BURN message was read; ext["target"]
 KIND_DELETED = 5  # a delivery placeholder: the message at this inbox position is gone
 KIND_CUSTOM_MIN = 100  # kinds from 100 on carry application-defined data
 KNOWN_KINDS = frozenset({KIND_NORMAL, KIND_RECALL, KIND_EDIT, KIND_BURN})  # what a client may send
+
+CONTENT_VERSION = 1  # the first field of a packed content
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,44 @@ class ChatMessage:
     ext: dict[str, str] = field(default_factory=dict)
 
 
+@dataclass(frozen=True, slots=True)
+class MessageContent:
+    """What a message says, without where it sits (conversation, seq, time)."""
+
+    client_id: str
+    sender: str
+    recipient: str
+    kind: int
+    body: bytes
+    ext: dict[str, str]
+
+    def pack(self) -> bytes:
+        return msgpack.packb(
+            [CONTENT_VERSION, self.client_id, self.sender, self.recipient, self.kind, self.body, self.ext],
+            use_bin_type=True,
+        )
+
+    @staticmethod
+    def unpack(raw: bytes) -> MessageContent:
+        """Raises ValueError for bytes that are not a content this version writes."""
+        try:
+            _version, client_id, sender, recipient, kind, body, ext = msgpack.unpackb(raw, raw=False)
+            return MessageContent(str(client_id), str(sender), str(recipient), int(kind), bytes(body), dict(ext))
+        except (TypeError, KeyError, msgpack.UnpackException) as exc:
+            raise ValueError(f"not a message content: {exc}") from None
+
+    def at(self, conversation: str, seq: int, server_time: int) -> ChatMessage:
+        """The message as readers see it once it is numbered."""
+        return ChatMessage(
+            conversation, seq, self.client_id, self.sender, self.recipient, self.kind, self.body, server_time,
+            self.ext,
+        )
+
+    @staticmethod
+    def of(m: ChatMessage) -> MessageContent:
+        return MessageContent(m.client_id, m.sender, m.recipient, m.kind, m.body, m.ext)
+
+
 @dataclass(frozen=True)
 class Delivery:
     pos: int  # position in the receiving user's inbox
@@ -42,9 +96,42 @@ class SendResult:
 
 
 def pack_content(client_id: str, sender: str, recipient: str, kind: int, body: bytes, ext: dict[str, str]) -> bytes:
-    return msgpack.packb([1, client_id, sender, recipient, kind, body, ext], use_bin_type=True)
+    return MessageContent(client_id, sender, recipient, kind, body, ext).pack()
 
 
 def unpack_content(conversation: str, seq: int, server_time: int, content: bytes) -> ChatMessage:
-    _version, client_id, sender, recipient, kind, body, ext = msgpack.unpackb(content, raw=False)
-    return ChatMessage(conversation, seq, client_id, sender, recipient, kind, bytes(body), server_time, dict(ext))
+    return MessageContent.unpack(content).at(conversation, seq, server_time)
+
+
+# --- between nodes --------------------------------------------------------------
+
+
+def pack_send_result(r: SendResult) -> list[Any]:
+    """A send's result as a node-to-node answer (msgpack positional)."""
+    m = r.message
+    return [m.seq, m.server_time, r.duplicate, MessageContent.of(m).pack()]
+
+
+def unpack_send_result(conversation: str, raw: list[Any]) -> SendResult:
+    seq, server_time, duplicate, content = raw
+    return SendResult(unpack_content(conversation, int(seq), int(server_time), bytes(content)), bool(duplicate))
+
+
+# --- client protocol ----------------------------------------------------------------
+
+
+def message_to_wire(m: ChatMessage) -> Any:
+    """The client protocol's ``Message`` struct of a message."""
+    return wp.Message(
+        client_id=m.client_id, conversation=m.conversation, sender=m.sender, recipient=m.recipient, kind=m.kind,
+        body=m.body, server_time=m.server_time, seq=m.seq, ext=m.ext,
+    )
+
+
+def message_from_wire(m: Any) -> ChatMessage:
+    """A message from the client protocol's ``Message`` struct (missing fields empty)."""
+    return ChatMessage(
+        conversation=m.conversation or "", seq=m.seq or 0, client_id=m.client_id or "", sender=m.sender or "",
+        recipient=m.recipient or "", kind=m.kind or 0, body=m.body or b"", server_time=m.server_time or 0,
+        ext=dict(m.ext or {}),
+    )
