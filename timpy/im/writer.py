@@ -324,6 +324,8 @@ class Writer:
         if with_cursors:
             cursors, self._cursors = self._cursors, {}
             self._cursor_flush_queued = False
+        if not news and not inbox and not cursors:
+            return  # everything was refused: nothing to store
         local_users: frozenset[bytes] | None = None
         # A cluster of one holds every replica of every key: there is nothing
         # to catch up from, nobody to copy to and no other inbox to ask.
