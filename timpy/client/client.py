@@ -44,7 +44,15 @@ from timpy.wire.messages import (
     KIND_NORMAL,
     KIND_RECALL,
     ChatMessage,
+    Presence,
+    Receipt,
+    Roster,
+    Signal,
+    StreamData,
     message_from_wire,
+    notices_of,
+    presences_of,
+    roster_of,
 )
 
 CLIENT_MAX_FRAME = 64 * 1024 * 1024
@@ -108,47 +116,6 @@ class GroupInfo:
 
 
 @dataclass(frozen=True)
-class Roster:
-    friends: list[str]
-    incoming: list[str]  # friend requests waiting for this user's answer
-    outgoing: list[str]  # this user's requests waiting for an answer
-    blocked: list[str]
-
-
-@dataclass(frozen=True)
-class Presence:
-    user: str
-    online: bool
-    status: str  # online, busy, away; "offline" when not online
-    text: str
-    since: int  # ms since the epoch of the last change
-
-
-@dataclass(frozen=True)
-class Receipt:
-    conversation: str
-    seq: int
-    read: bool  # False: delivered
-    user: str  # who received or read it
-
-
-@dataclass(frozen=True)
-class Signal:
-    kind: str  # "typing", or an application's own
-    sender: str
-    data: bytes
-    to: str  # set for a signal to a user
-    conversation: str  # set for a signal to a conversation
-
-
-@dataclass(frozen=True)
-class StreamData:
-    room: str
-    sender: str
-    data: bytes
-
-
-@dataclass(frozen=True)
 class RoomInfo:
     room: str
     members: list[str]  # one name per terminal in the room
@@ -170,28 +137,6 @@ class Profile:
 
 #: What ``Client.notices()`` yields: pushes that are not stored messages.
 Notice = Roster | Presence | Receipt | Signal | StreamData
-
-
-def _roster(r: TPayload) -> Roster:
-    return Roster(list(r.friends or []), list(r.incoming or []), list(r.outgoing or []), list(r.blocked or []))
-
-
-def _presence(p: TPayload) -> Presence:
-    return Presence(p.user or "", bool(p.online), p.status or "", p.text or "", p.since or 0)
-
-
-def _notices_of(op: str, body: TPayload) -> list[Notice]:
-    if op == "roster":
-        return [_roster(body)]
-    if op == "presence_list":
-        return [_presence(p) for p in body.users or []]
-    if op == "receipt":
-        return [Receipt(body.conversation or "", body.seq or 0, bool(body.read), body.user or "")]
-    if op == "signal":
-        return [Signal(body.kind or "", body.sender or "", body.data or b"", body.to or "", body.conversation or "")]
-    if op == "stream":
-        return [StreamData(body.room or "", body.sender or "", body.data or b"")]
-    return []
 
 
 #: Opens a byte stream to a node, for ``connect`` and ``register`` in place of a URL.
@@ -434,7 +379,7 @@ class Client:
         if op == "sync_done":
             self._synced.set()
         if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream"):
-            for notice in _notices_of(op, body):
+            for notice in notices_of(op, body):
                 try:
                     self._notices_send.send_nowait(notice)
                 except (trio.WouldBlock, trio.ClosedResourceError):
@@ -646,7 +591,7 @@ class Client:
         """Any roster operation (list, request, accept, reject, remove, block,
         unblock); returns this user's roster after it."""
         _, r = await self.request("roster_request", wp.thrift.RosterRequest(op=op, user=user))
-        return _roster(r)
+        return roster_of(r)
 
     async def add_friend(self, user: str) -> Roster:
         return await self.roster("request", user)
@@ -665,7 +610,7 @@ class Client:
     async def presence(self, users: list[str] | tuple[str, ...], *, subscribe: bool = False,
                        unsubscribe: bool = False) -> list[Presence]:
         _, found = await self.request("presence_query", users=list(users), subscribe=subscribe, unsubscribe=unsubscribe)
-        return [_presence(p) for p in found.users or []]
+        return presences_of(found)
 
     # --- signals, receipts, unread -----------------------------------------------
 

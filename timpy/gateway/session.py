@@ -28,7 +28,16 @@ from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
 from timpy.wire import protocol as wp
-from timpy.wire.messages import ChatMessage, Delivery, SendResult, message_to_wire
+from timpy.wire.messages import (
+    ChatMessage,
+    Delivery,
+    Notice,
+    Presence,
+    PresenceList,
+    SendResult,
+    message_to_wire,
+    notice_frame,
+)
 
 if TYPE_CHECKING:
     from timpy.gateway.services import NodeServices
@@ -167,19 +176,13 @@ class ClientSession:
         except trio.ClosedResourceError:
             pass
 
-    def push_signal(self, op: str, fields: dict) -> None:
+    def push_notice(self, notice: Notice) -> None:
         try:
-            self.outbound_send.send_nowait(self._signal_frame(op, fields))
+            self.outbound_send.send_nowait(notice_frame(notice))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # not stored, not retried: a slow terminal misses it
         except Exception:
-            self._push_failed(op)
-
-    @staticmethod
-    def _signal_frame(op: str, fields: dict) -> TPayload:
-        if op == "presence_list":
-            return wp.make_frame(op, users=[wp.thrift.Presence(**u) for u in fields["users"]])
-        return wp.make_frame(op, **fields)
+            self._push_failed(type(notice).__name__)
 
     def _delivery_frame(self, delivery: Delivery) -> Encoded:
         if delivery.pos > self._max_pushed:
@@ -531,9 +534,7 @@ class ClientSession:
         found = await self.node.presence.query(
             who, list(body.users or []), bool(body.subscribe), bool(body.unsubscribe)
         )
-        frame = self._signal_frame("presence_list", {"users": found})
-        frame.rid = rid
-        await self.reply(frame)
+        await self.reply(notice_frame(PresenceList([Presence(**u) for u in found]), rid))
 
     async def _op_signal(self, rid: int, body: TPayload) -> None:
         who, terminal = self._who()

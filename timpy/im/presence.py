@@ -30,6 +30,8 @@ from timpy.im.roster import Roster
 from timpy.im.routes import Routes
 from timpy.im.signals import Signals
 from timpy.store.repository import Store
+from timpy.wire.messages import Presence as PresenceView
+from timpy.wire.messages import PresenceList
 
 STATUSES = ("online", "busy", "away")
 MAX_TEXT = 200
@@ -144,6 +146,6 @@ class Presence:
         watchers = {ids.user_id(self._indexer, f) for f in friends} | self._subscribers.get(user_id, set())
         view = await self._view(user_id, name)
         if watchers:
-            self._signals.push(watchers, "presence_list", {"users": [view]})
+            self._signals.push(watchers, PresenceList([PresenceView(**view)]))
         if to_self:  # the user's other terminals see the status set
-            self._signals.push([user_id], "presence_list", {"users": [await self._view(user_id, name, for_self=True)]})
+            self._signals.push([user_id], PresenceList([PresenceView(**await self._view(user_id, name, for_self=True))]))

@@ -27,7 +27,7 @@ from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
 from timpy.im.writer import Writer
 from timpy.store.repository import Copies, NewMessage, Store
-from timpy.wire.messages import KIND_BURN, KIND_BURNED, MessageContent
+from timpy.wire.messages import KIND_BURN, KIND_BURNED, MessageContent, Receipt
 
 BURN_SCAN = 1000  # messages a read receipt looks through for BURN messages
 UNREAD_SCAN = 10_000  # inbox entries counted for unread counts (the newest)
@@ -80,8 +80,7 @@ class Receipts:
                 await self._burn(conv, text, members, user_id, str(name), max(before, seq - BURN_SCAN), seq)
             await self._peers.at_owner(user_id, "receipt.mark", self._mark_here, conv, seq)
         if len(members) <= self._limits.receipt_push_max_members:
-            fields = {"conversation": text, "seq": seq, "read": read, "user": str(name)}
-            self._signals.push(members, "receipt", fields, skip=(user_id, device_id))
+            self._signals.push(members, Receipt(text, seq, bool(read), str(name)), skip=(user_id, device_id))
 
     async def _burn(
         self, conv: bytes, text: str, members: list[bytes], reader_id: bytes, reader: str, after: int, upto: int

@@ -27,7 +27,7 @@ from timpy.config import Limits
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.peers import Peers
 from timpy.im.terminals import TerminalRegistry
-from timpy.wire.messages import Delivery, MessageContent
+from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 log = logging.getLogger("timpy.routes")
 
@@ -93,6 +93,9 @@ class Routes:
         self._asked: set[str] = set()  # members asked for their terminals since this node started
         self.ask_on_start = ask_on_start
         self.resend_requests = 0  # members that asked this node to record its terminals again
+        # The message last pushed here from another node: its members' pushes
+        # come one after another, and it is decoded once for all of them.
+        self._last_pushed: tuple[str, int, ChatMessage] | None = None
         rpc = peers.rpc
         if rpc is not None:
             rpc.register("route.resend", self._on_resend)
@@ -238,7 +241,12 @@ class Routes:
     # --- at a gateway node ----------------------------------------------------
 
     def _on_push(self, user_id: bytes, pos: int, conversation: str, seq: int, created_ms: int, content: bytes) -> None:
-        message = MessageContent.unpack(bytes(content)).at(str(conversation), int(seq), int(created_ms))
+        last = self._last_pushed
+        if last is not None and last[0] == conversation and last[1] == seq:
+            message = last[2]
+        else:
+            message = MessageContent.unpack(bytes(content)).at(str(conversation), int(seq), int(created_ms))
+            self._last_pushed = (message.conversation, message.seq, message)
         self._registry.deliver(bytes(user_id), Delivery(int(pos), message))
 
     def _on_kick(self, user_id: bytes, device_id: bytes, reason: str = "") -> None:

@@ -135,3 +135,125 @@ def message_from_wire(m: Any) -> ChatMessage:
         recipient=m.recipient or "", kind=m.kind or 0, body=m.body or b"", server_time=m.server_time or 0,
         ext=dict(m.ext or {}),
     )
+
+
+# --- notices: pushes that are not stored messages -----------------------------------
+
+
+@dataclass(frozen=True)
+class Roster:
+    friends: list[str]
+    incoming: list[str]  # friend requests waiting for this user's answer
+    outgoing: list[str]  # this user's requests waiting for an answer
+    blocked: list[str]
+
+
+@dataclass(frozen=True)
+class Presence:
+    user: str
+    online: bool
+    status: str  # online, busy, away; "offline" when not online
+    text: str
+    since: int  # ms since the epoch of the last change
+
+
+@dataclass(frozen=True)
+class PresenceList:
+    """Presences pushed together (the client sees each as a ``Presence``)."""
+
+    users: list[Presence]
+
+
+@dataclass(frozen=True)
+class Receipt:
+    conversation: str
+    seq: int
+    read: bool  # False: delivered
+    user: str  # who received or read it
+
+
+@dataclass(frozen=True)
+class Signal:
+    kind: str  # "typing", or an application's own
+    sender: str
+    data: bytes
+    to: str = ""  # set for a signal to a user
+    conversation: str = ""  # set for a signal to a conversation
+
+
+@dataclass(frozen=True)
+class StreamData:
+    room: str
+    sender: str
+    data: bytes
+
+
+#: What the node pushes to terminals besides stored messages.
+Notice = Roster | PresenceList | Receipt | Signal | StreamData
+
+# The client frame's operation for each notice; also its tag between nodes.
+_NOTICE_OPS: dict[type, str] = {
+    Roster: "roster", PresenceList: "presence_list", Receipt: "receipt", Signal: "signal", StreamData: "stream",
+}
+
+
+def notice_frame(notice: Notice, rid: int = 0) -> Any:
+    """The client frame of a notice (rid 0: a push)."""
+    if type(notice) is PresenceList:
+        users = [
+            wp.thrift.Presence(user=p.user, online=p.online, status=p.status, text=p.text, since=p.since)
+            for p in notice.users
+        ]
+        return wp.make_frame("presence_list", rid=rid, users=users)
+    fields = {f: getattr(notice, f) for f in notice.__dataclass_fields__}
+    return wp.make_frame(_NOTICE_OPS[type(notice)], rid=rid, **fields)
+
+
+def roster_of(r: Any) -> Roster:
+    """A ``Roster`` from the client protocol's struct (a reply or a push)."""
+    return Roster(list(r.friends or []), list(r.incoming or []), list(r.outgoing or []), list(r.blocked or []))
+
+
+def presences_of(found: Any) -> list[Presence]:
+    """The presences of the client protocol's ``PresenceList`` (a reply or a push)."""
+    return [Presence(p.user or "", bool(p.online), p.status or "", p.text or "", p.since or 0) for p in found.users or []]
+
+
+def notices_of(op: str, body: Any) -> list[Roster | Presence | Receipt | Signal | StreamData]:
+    """The notices a client frame carries (a presence list gives one ``Presence`` per user); [] for other frames."""
+    if op == "roster":
+        return [roster_of(body)]
+    if op == "presence_list":
+        return list(presences_of(body))
+    if op == "receipt":
+        return [Receipt(body.conversation or "", body.seq or 0, bool(body.read), body.user or "")]
+    if op == "signal":
+        return [Signal(body.kind or "", body.sender or "", body.data or b"", body.to or "", body.conversation or "")]
+    if op == "stream":
+        return [StreamData(body.room or "", body.sender or "", body.data or b"")]
+    return []
+
+
+def pack_notice(notice: Notice) -> list[Any]:
+    """A notice between nodes: its tag, then its fields in order (msgpack positional)."""
+    if type(notice) is PresenceList:
+        return ["presence_list", [[p.user, p.online, p.status, p.text, p.since] for p in notice.users]]
+    return [_NOTICE_OPS[type(notice)], *(getattr(notice, f) for f in notice.__dataclass_fields__)]
+
+
+def unpack_notice(raw: list[Any]) -> Notice:
+    tag, *fields = raw
+    if tag == "presence_list":
+        return PresenceList([Presence(str(u), bool(o), str(s), str(t), int(n)) for u, o, s, t, n in fields[0]])
+    if tag == "roster":
+        return Roster(*([str(x) for x in f] for f in fields))
+    if tag == "receipt":
+        conversation, seq, read, user = fields
+        return Receipt(str(conversation), int(seq), bool(read), str(user))
+    if tag == "signal":
+        kind, sender, data, to, conversation = fields
+        return Signal(str(kind), str(sender), bytes(data), str(to), str(conversation))
+    if tag == "stream":
+        room, sender, data = fields
+        return StreamData(str(room), str(sender), bytes(data))
+    raise ValueError(f"unknown notice {tag!r}")
