@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from timpy.wire import protocol as wp
 from timpy.wire.messages import (
+    Ack,
     ChatMessage,
     MessageContent,
     Presence,
@@ -19,6 +20,8 @@ from timpy.wire.messages import (
     SendResult,
     Signal,
     StreamData,
+    ack_frame,
+    ack_of,
     message_from_wire,
     message_to_wire,
     notice_frame,
@@ -89,3 +92,11 @@ def test_a_notice_reaches_the_client_as_the_same_value(n):
     op, body = wp.operation_of(wp.decode(wp.encode(notice_frame(n))))
     expected = list(n.users) if isinstance(n, PresenceList) else [n]
     assert notices_of(op, body) == expected
+
+
+@given(messages, st.booleans(), st.integers(1, 2**31 - 1))
+def test_an_ack_tells_the_sender_what_was_stored(m, duplicate, rid):
+    frame = wp.decode(wp.encode(ack_frame(rid, SendResult(m, duplicate))))
+    _, body = wp.operation_of(frame)
+    assert frame.rid == rid
+    assert ack_of(body) == Ack(m.client_id, m.conversation, m.seq, m.server_time, duplicate)

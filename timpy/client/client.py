@@ -43,12 +43,14 @@ from timpy.wire.messages import (
     KIND_EDIT,
     KIND_NORMAL,
     KIND_RECALL,
+    Ack,
     ChatMessage,
     Presence,
     Receipt,
     Roster,
     Signal,
     StreamData,
+    ack_of,
     message_from_wire,
     notices_of,
     presences_of,
@@ -81,15 +83,6 @@ class UrlError(ValueError):
 class TlsError(ConnectionError):
     """The TLS handshake with a node failed (untrusted certificate, wrong
     server name, no TLS on that port); the text says which and what to do."""
-
-
-@dataclass(frozen=True)
-class Ack:
-    client_id: str
-    conversation: str
-    seq: int
-    server_time: int
-    duplicate: bool
 
 
 @dataclass(frozen=True)
@@ -501,7 +494,7 @@ class Client:
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, recipient=to, kind=kind, body=data, ext=ext or {})
         _, ack = await self.request("send", message=message)
-        return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+        return ack_of(ack)
 
     async def send_group(
         self, group: str, body: bytes | str, *, kind: int = KIND_NORMAL, ext: dict[str, str] | None = None,
@@ -512,7 +505,7 @@ class Client:
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, conversation=group, kind=kind, body=data, ext=ext or {})
         _, ack = await self.request("send", message=message)
-        return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+        return ack_of(ack)
 
     async def group(
         self, op: str, group: str = "", *, users: list[str] | tuple[str, ...] = (), name: str = "",

@@ -35,6 +35,7 @@ from timpy.wire.messages import (
     Presence,
     PresenceList,
     SendResult,
+    ack_frame,
     message_to_wire,
     notice_frame,
 )
@@ -475,20 +476,9 @@ class ClientSession:
                 await self._ack(rid, started, result)
 
     async def _ack(self, rid: int, started: float, result: SendResult) -> None:
-        msg = result.message
         self.node.metrics.messages_in.inc()
         self.node.metrics.delivery_latency.observe(time.perf_counter() - started)
-        await self.reply(
-            wp.make_frame(
-                "ack",
-                rid=rid,
-                client_id=msg.client_id,
-                conversation=msg.conversation,
-                seq=msg.seq,
-                server_time=msg.server_time,
-                duplicate=result.duplicate,
-            )
-        )
+        await self.reply(ack_frame(rid, result))
 
     async def _op_history(self, rid: int, body: TPayload) -> None:
         assert self.identity is not None

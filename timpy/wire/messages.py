@@ -120,6 +120,30 @@ def unpack_send_result(conversation: str, raw: list[Any]) -> SendResult:
 # --- client protocol ----------------------------------------------------------------
 
 
+@dataclass(frozen=True)
+class Ack:
+    """What the sender of a message learns when it is stored."""
+
+    client_id: str
+    conversation: str
+    seq: int
+    server_time: int
+    duplicate: bool
+
+
+def ack_frame(rid: int, result: SendResult) -> Any:
+    """The ``Ack`` frame answering a send."""
+    m = result.message
+    return wp.make_frame(
+        "ack", rid=rid, client_id=m.client_id, conversation=m.conversation, seq=m.seq, server_time=m.server_time,
+        duplicate=result.duplicate,
+    )
+
+
+def ack_of(body: Any) -> Ack:
+    return Ack(body.client_id or "", body.conversation or "", body.seq or 0, body.server_time or 0, bool(body.duplicate))
+
+
 def message_to_wire(m: ChatMessage) -> Any:
     """The client protocol's ``Message`` struct of a message."""
     return wp.Message(
