@@ -195,7 +195,6 @@ class Writer:
         # Acknowledged positions not yet stored; written with the next batch.
         self._cursors: dict[tuple[bytes, bytes], int] = {}
         self._cursor_flush_queued = False
-        self.stored_count = 0  # messages numbered and stored by this node since it started
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
         self.listener_failures = 0  # listener calls that raised (logged)
         self._register()
@@ -375,7 +374,6 @@ class Writer:
                 message = MessageContent.unpack(appended.content).at(p.conversation, appended.seq, appended.created_ms)
             else:
                 message = p.content.at(p.conversation, appended.seq, appended.created_ms)
-                self.stored_count += 1
                 committed.append(Committed(message, p.new.content, appended.inbox, True))
             p.result = SendResult(message, appended.duplicate)
         for p, placed in zip(inbox, written.placed, strict=True):

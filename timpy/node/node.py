@@ -17,7 +17,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -56,7 +56,7 @@ from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
-from timpy.im.writer import Writer
+from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
 from timpy.node.datadir import DataDirLock
@@ -133,6 +133,7 @@ class Node:
         self.cluster: ClusterService | None = None
         self.node_id = ""
         self.terminals = TerminalRegistry()
+        self.stored_count = 0  # messages this node's writer numbered and stored since it started
         self.tasks = TaskHost()  # background work: kept until it runs, refused once it stopped
         self._tasks_scope = trio.CancelScope()
         self._tasks_done = trio.Event()
@@ -264,6 +265,7 @@ class Node:
             ask_on_start=ask_on_start,
         )
         self.writer.listen(self.deliverer.on_commit)
+        self.writer.listen(self._count_stored)
         self.routes = self.deliverer.routes
         self.messenger = Messenger(self.store, self.indexer, limits, self.peers, self.replicator, self.writer)
         self.groups = Groups(
@@ -399,7 +401,7 @@ class Node:
                            "inbox_entries_restored": repair.inbox_entries_restored,
                        })
         yield counters("timpy_messages_stored", "Messages this node's writer stored", "node",
-                       {self.node_id: self.writer.stored_count})
+                       {self.node_id: self.stored_count})
 
     def traffic(self) -> dict[str, int]:
         """Counters the dashboard turns into rates."""
@@ -408,7 +410,7 @@ class Node:
             "deliveries": self.terminals.delivered,
             "connections": self.gate.open,
             "terminals": len(self.terminals),
-            "stored": self.writer.stored_count,
+            "stored": self.stored_count,
         }
 
     def cluster_status(self) -> dict[str, object]:
@@ -434,7 +436,7 @@ class Node:
             "repair": self.replicator.progress.as_dict(),
             "terminals": len(self.terminals),
             "routes": self.routes.record_count(),
-            "stored": self.writer.stored_count,
+            "stored": self.stored_count,
             "storage": self.backends.status() if self.backends is not None else {"mode": "embedded"},
         }
 
@@ -456,6 +458,10 @@ class Node:
             await self.writer.run()
         finally:
             self._writer_done.set()
+
+    def _count_stored(self, committed: Sequence[Committed]) -> None:
+        """Writer listener: messages this node numbered and stored (metrics, status)."""
+        self.stored_count += sum(1 for c in committed if c.numbered_here)
 
     def _limits(self) -> Limits:
         return self.config.limits  # read each time: set_limits replaces the config
