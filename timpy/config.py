@@ -332,6 +332,19 @@ class StorageConfig(_Replace):
         return bool(self.backends)
 
 
+@_config_class("files")
+class FilesConfig(_Replace):
+    """Attachments (the ``[files]`` table): uploads in chunks, sealed at rest, read by members."""
+
+    max_size: int = option(100 * 1024 * 1024, "bytes of one attachment", unit="bytes", ge=1, le=64 * 1024**3)
+    chunk_size: int = option(128 * 1024, "bytes of one upload or download chunk", unit="bytes", ge=1024,
+                             le=64 * 1024 * 1024, allowed="a whole number of bytes, at most limits.max_frame - 1024")
+    retention: float = option(0.0, "seconds an attachment is kept after its upload; 0: until every message "
+                              "referencing it is recalled or burned", unit="seconds", ge=0)
+    upload_expiry: float = option(24 * 3600.0, "seconds an unfinished upload is kept", unit="seconds", gt=0)
+    url_ttl: float = option(300.0, "seconds a signed download URL stays valid", unit="seconds", gt=0, le=7 * 24 * 3600)
+
+
 @_config_class("")
 class NodeConfig(_Replace):
     data_dir: Path = option(Path("timpy-data"), "data directory (database, keys, token; created 0700)",
@@ -355,6 +368,7 @@ class NodeConfig(_Replace):
     cluster: ClusterConfig = option(None, "", factory=ClusterConfig)
     storage: StorageConfig = option(None, "", factory=StorageConfig)
     admin: AdminConfig = option(None, "", factory=AdminConfig)
+    files: FilesConfig = option(None, "", factory=FilesConfig)
 
     _off_listen = field_validator("listen", "ws", mode="before")(_off)
     _check_listen = field_validator("listen", "ws")(_hostport)
@@ -370,6 +384,9 @@ class NodeConfig(_Replace):
             raise _Rule("memory" if self.memory else "database_url", self.memory or self.database_url,
                         "unset when [storage] backends are given (shared-backend mode)")
         _tls_pair(self.tls_cert, self.tls_key, "")
+        if self.files.chunk_size > self.limits.max_frame - 1024:
+            raise _Rule("files.chunk_size", self.files.chunk_size,
+                        f"at most limits.max_frame - 1024 ({self.limits.max_frame - 1024}): a chunk travels in one frame")
         return self
 
     @property
@@ -386,6 +403,7 @@ CLI_DEFAULTS: dict[str, Any] = {
 
 SECTIONS: dict[str, type] = {
     "limits": Limits, "security": SecurityConfig, "cluster": ClusterConfig, "storage": StorageConfig, "admin": AdminConfig,
+    "files": FilesConfig,
 }
 _PATH_KEYS = {("data_dir",), ("cluster_key_file",), ("ready_file",), ("tls_cert",), ("tls_key",),
               ("admin", "token_file"), ("admin", "tls_cert"), ("admin", "tls_key"), ("admin", "tls_client_ca")}

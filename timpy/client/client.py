@@ -37,14 +37,18 @@ from thriftpy2.thrift import TPayload
 from timpy.concurrency import unwrap_single_error
 from timpy.errors import Code, RemoteError, TimpyError
 from timpy.wire import protocol as wp
+from timpy.client import files
 from timpy.wire.framing import FrameDecoder, frame_bytes
 from timpy.wire.messages import (
+    KIND_BURN,
     KIND_DELETED,
     KIND_EDIT,
+    KIND_FILE,
     KIND_NORMAL,
     KIND_RECALL,
     Ack,
     ChatMessage,
+    FileRef,
     Presence,
     Receipt,
     Roster,
@@ -67,7 +71,8 @@ _BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)  # seconds between rounds of attempts, the
 # Requests that may be sent again after a connection was lost: reads, and
 # sends (deduplicated by their client id). Others (group changes, ...) fail
 # with UNAVAILABLE: their outcome is unknown.
-_RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync"})
+_RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync",
+                         "upload_chunk", "upload_finish", "attachment_request", "chunk_request"})
 # A node that closed the connection for one of these reasons would do it again.
 _FINAL = frozenset({Code.KICKED, Code.ACCOUNT_DISABLED, Code.BAD_CREDENTIALS, Code.TOKEN_INVALID, Code.TOKEN_EXPIRED,
                     Code.VERSION_UNSUPPORTED})
@@ -674,6 +679,61 @@ class Client:
         """Change one's own profile: nickname=..., avatar=..., any other field (custom); "" removes it."""
         _, p = await self.request("profile_request", changes=changes)
         return Profile(p.user or "", p.nickname or "", p.avatar or "", dict(p.fields or {}))
+
+    # --- files ---------------------------------------------------------------------
+
+    async def upload(
+        self, source: bytes | str | Path, *, name: str | None = None, mime: str | None = None,
+        progress: files.Progress | None = None, upload_id: str = "",
+    ) -> files.Attachment:
+        """Upload a file (a path) or bytes in chunks; ``progress(done, total)``
+        after each chunk. With ``upload_id`` (``begin_upload``'s) resume that
+        upload: only the chunks the node lacks are sent."""
+        return await files.upload(self.request, files.Source(source, name, mime), upload_id, progress)
+
+    async def begin_upload(
+        self, source: bytes | str | Path, *, name: str | None = None, mime: str | None = None
+    ) -> str:
+        """Start an upload and return its id, to pass to ``upload(..., upload_id=)``."""
+        src = files.Source(source, name, mime)
+        _, state = await self.request(
+            "upload_start", name=src.name, size=src.size, mime=src.mime, sha256=src.sha256
+        )
+        return str(state.upload_id)
+
+    async def download(
+        self, attachment: str | files.Attachment | FileRef, dest: str | Path | None = None, *,
+        progress: files.Progress | None = None,
+    ) -> bytes | Path:
+        """A file's content (or written to ``dest``), its SHA-256 checked
+        (``HashMismatch`` if it differs)."""
+        att = attachment if isinstance(attachment, str) else (
+            attachment.attachment if isinstance(attachment, FileRef) else attachment.id
+        )
+        return await files.download(self.request, att, dest, progress)
+
+    async def attachment(self, attachment: str) -> files.Attachment:
+        """What a file is (name, size, type, hash), if you may read it."""
+        _, body = await self.request("attachment_request", wp.thrift.AttachmentRequest(id=attachment, op="info"))
+        return files.attachment_of(body)
+
+    async def file_url(self, attachment: str) -> files.Attachment:
+        """The file with ``url``: a signed, short-lived path on the node's HTTP
+        (admin) listener for browsers, with range requests."""
+        _, body = await self.request("attachment_request", wp.thrift.AttachmentRequest(id=attachment, op="url"))
+        return files.attachment_of(body)
+
+    async def send_file(
+        self, attachment: files.Attachment, *, to: str = "", group: str = "", thumbnail: bytes = b"",
+        burn: bool = False, client_id: str | None = None,
+    ) -> Ack:
+        """Send a file message referencing an uploaded file to ``to`` (or ``group``);
+        its members may download the file from then on."""
+        ref = FileRef(attachment.id, attachment.name, attachment.size, attachment.mime, attachment.sha256, thumbnail)
+        kind, ext = (KIND_BURN, {"file": "1"}) if burn else (KIND_FILE, {})
+        if group:
+            return await self.send_group(group, ref.pack(), kind=kind, ext=ext, client_id=client_id)
+        return await self.send(to, ref.pack(), kind=kind, ext=ext, client_id=client_id)
 
     @property
     def position(self) -> int:

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from timpy.crypto.blind import BlindIndexer
     from timpy.gateway.transports import ConnectionGate
     from timpy.im.accounts import Accounts
+    from timpy.im.attachments import Attachments
     from timpy.im.delivery import Deliverer
     from timpy.im.groups import Groups
     from timpy.im.messaging import Messenger
@@ -89,6 +90,8 @@ class NodeServices(Protocol):
     def signalling(self) -> Signalling: ...
     @property
     def rooms(self) -> Rooms: ...
+    @property
+    def attachments(self) -> Attachments: ...
 
     def cluster_status(self) -> dict[str, object]: ...
     def traffic(self) -> dict[str, int]: ...

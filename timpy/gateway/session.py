@@ -24,6 +24,7 @@ from timpy.crypto.tokens import TokenClaims
 from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyError
 from timpy.im import ids
 from timpy.im.accounts import Identity
+from timpy.im.attachments import AttachmentInfo
 from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
@@ -48,7 +49,8 @@ log = logging.getLogger("timpy.gateway")
 _CLIENT_OPS = frozenset(
     {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping",
      "group_request", "roster_request", "presence_set", "presence_query", "signal", "receipt", "unread_request",
-     "room_request", "stream", "profile_request"}
+     "room_request", "stream", "profile_request", "upload_start", "upload_chunk", "upload_finish",
+     "attachment_request", "chunk_request"}
 )
 _DEVICE_KIND = re.compile(r"^[a-z0-9_\-]{1,16}$")
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
@@ -565,3 +567,48 @@ class ClientSession:
         else:
             view = await self.node.accounts.profile(body.user or who.name)
         await self.reply(wp.make_frame("profile", rid=rid, **view))
+
+    # --- files ---------------------------------------------------------------------------
+
+    async def _op_upload_start(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        state = await self.node.attachments.start_upload(
+            who, body.name or "", body.size or 0, body.mime or "", body.sha256 or "", body.upload_id or ""
+        )
+        await self.reply(wp.make_frame(
+            "upload_state", rid=rid, upload_id=state.upload_id, chunk_size=state.chunk_size, chunks=state.chunks,
+            have=state.have, complete=state.complete,
+        ))
+
+    async def _op_upload_chunk(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        await self.node.attachments.put_chunk(who, body.upload_id or "", body.index or 0, body.data or b"")
+        await self.reply(wp.make_frame("ok", rid=rid))
+
+    async def _op_upload_finish(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        info = await self.node.attachments.finish_upload(who, body.upload_id or "")
+        await self.reply(_attachment_frame(rid, info))
+
+    async def _op_attachment_request(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        op = body.op or "info"
+        if op == "url":
+            info, url, expires = await self.node.attachments.url(who, body.id or "")
+            await self.reply(_attachment_frame(rid, info, url, expires))
+        elif op == "info":
+            await self.reply(_attachment_frame(rid, await self.node.attachments.info(who, body.id or "")))
+        else:
+            raise RequestError(f'unknown attachment operation {op!r} (use "info" or "url")', Code.BAD_REQUEST)
+
+    async def _op_chunk_request(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        data = await self.node.attachments.chunk(who, body.id or "", body.index or 0)
+        await self.reply(wp.make_frame("chunk", rid=rid, id=body.id or "", index=body.index or 0, data=data))
+
+
+def _attachment_frame(rid: int, info: AttachmentInfo, url: str = "", expires: int = 0) -> TPayload:
+    return wp.make_frame(
+        "attachment", rid=rid, id=info.id, name=info.name, size=info.size, mime=info.mime, sha256=info.sha256,
+        chunk_size=info.chunk_size, chunks=info.chunks, url=url, url_expires=expires,
+    )

@@ -34,7 +34,7 @@ from timpy.cluster.transport import PeerTransport, TcpPeerTransport, nat_setting
 from timpy.concurrency import unwrap_single_error
 from timpy.config import Limits, NodeConfig, env_name, flag_name, option_name, parse_hostport
 from timpy.crypto.blind import BlindIndexer
-from timpy.crypto.keys import ClusterKeys, load_or_create_cluster_key, write_secret_file
+from timpy.crypto.keys import ClusterKeys, derive_key, load_or_create_cluster_key, write_secret_file
 from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import ConfigError
@@ -42,6 +42,7 @@ from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
+from timpy.im.attachments import Attachments
 from timpy.im.delivery import Deliverer
 from timpy.im.groups import Groups
 from timpy.im.messaging import ActingKinds, BlockedSenders, Messenger
@@ -287,6 +288,13 @@ class Node:
         self.rooms = Rooms(
             self.indexer, self.peers, self.signals, limits, trio.current_time, self.tasks.spawn
         )
+        self.attachments = Attachments(
+            self.store, self.peers, lambda: self.config.files, self._now_ms, derive_key(keys.root, "file-url"),
+            self.tasks.spawn, shared=shared,
+        )
+        self.writer.add_check(self.attachments.check)
+        self.writer.listen(self.attachments.on_commit)
+        self.tasks.spawn(self.attachments.run)  # retention sweeps; stopped with the task host
         await nursery.start(self._run_tasks)
         nursery.start_soon(self._run_writer)
         await nursery.start(self._run_cluster)

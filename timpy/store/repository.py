@@ -22,6 +22,7 @@ from timpy.concurrency import to_worker
 from timpy.crypto.seal import Sealer, row_ad
 from timpy.errors import Code, ConfigError, KeyMismatchError, RequestError, StorageError
 from timpy.store import schema as s
+from timpy.store.attachments import AttachmentQueries
 from timpy.store.migrations import steps_after
 from timpy.store.repair import RepairQueries
 
@@ -168,7 +169,7 @@ class InboxEntry:
     message: StoredMessage
 
 
-class Repository(RepairQueries):
+class Repository(RepairQueries, AttachmentQueries):
     def __init__(self, engine: Engine, sealer: Sealer, effect_of: EffectOf | None = None) -> None:
         self.engine = engine
         self._sealer = sealer

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 5  # bump with a step in migrations.py
+SCHEMA_VERSION = 6  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -138,4 +138,51 @@ revoked_tokens = Table(
     metadata,
     Column("token_id", Id, primary_key=True),
     Column("expires_ms", BigInteger, nullable=False),
+)
+
+
+# schema 6: attachments (timpy.store.attachments), placed by the attachment id
+# like any key. The metadata (name, type, size, hash, uploader) and every
+# chunk are sealed; AD binds (attachments, att_id, "meta") and
+# (attachment_chunks, att_id, index).
+attachments = Table(
+    "attachments",
+    metadata,
+    Column("att_id", Id, primary_key=True),  # random, opaque
+    Column("uploader_id", Id, nullable=False),
+    Column("meta", Sealed, nullable=False),
+    Column("chunk_size", BigInteger, nullable=False),
+    Column("chunks", BigInteger, nullable=False),
+    Column("complete", Boolean, nullable=False, default=False),
+    Column("created_ms", BigInteger, nullable=False),
+)
+
+attachment_chunks = Table(
+    "attachment_chunks",
+    metadata,
+    Column("att_id", Id, nullable=False),
+    Column("idx", BigInteger, nullable=False),
+    Column("content", Sealed, nullable=False),
+    PrimaryKeyConstraint("att_id", "idx"),
+)
+
+# who may read an attachment: its uploader and the members of every
+# conversation a file message referencing it was sent to (at that time)
+attachment_readers = Table(
+    "attachment_readers",
+    metadata,
+    Column("att_id", Id, nullable=False),
+    Column("user_id", Id, nullable=False),
+    PrimaryKeyConstraint("att_id", "user_id"),
+)
+
+# the messages referencing an attachment: when the last is recalled or
+# burned, the attachment is deleted
+attachment_refs = Table(
+    "attachment_refs",
+    metadata,
+    Column("att_id", Id, nullable=False),
+    Column("conv_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("att_id", "conv_id", "seq"),
 )

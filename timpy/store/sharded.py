@@ -35,6 +35,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from timpy.crypto.seal import Sealer
 from timpy.errors import StorageError
+from timpy.store.attachments import ShardedAttachments
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
 from timpy.store.engine import url_engine
 from timpy.store.repository import (
@@ -58,7 +59,7 @@ DOWN_PAUSE = 2.0  # seconds a failed backend is skipped before it is tried again
 FREEZE_WAIT = 20.0  # seconds a write waits for a move's freeze to end
 
 
-class ShardedRepository:
+class ShardedRepository(ShardedAttachments):
     def __init__(
         self,
         backend_map: BackendMap,

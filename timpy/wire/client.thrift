@@ -39,6 +39,9 @@ enum ErrorCode {
   BLOCKED = 3008,
   LIMIT_REACHED = 3009,
   NO_SUCH_MESSAGE = 3010,
+  NO_SUCH_FILE = 3100,     // no such attachment, or not one you may read
+  FILE_TOO_LARGE = 3101,
+  HASH_MISMATCH = 3102,    // an upload's content does not match its SHA-256
   INTERNAL = 5000,
   UNAVAILABLE = 5001,
 }
@@ -53,6 +56,7 @@ enum MessageKind {
   EDIT = 2,      // the target's body becomes this body (by its sender)
   BURN = 3,      // burn-after-reading (1:1): deleted once the recipient reads it
   BURNED = 4,    // sent by the node when a BURN message was read: the target is gone
+  FILE = 6,      // body: a file reference (attachment id, name, size, type, SHA-256, thumbnail); docs/protocol.md
   CUSTOM = 100,  // 100 and up: application kinds, with opaque body and ext
 }
 
@@ -307,6 +311,58 @@ struct Profile {
   4: map<string, string> fields,   // the custom ones
 }
 
+// Files: an upload is started (or resumed, with its upload_id), sent in
+// chunks of chunk_size bytes (any order, any number at once), and finished;
+// the node checks the SHA-256 on finish. A member of a conversation where a
+// file message referenced it (or its uploader) reads it by chunks or through
+// a signed HTTP URL. docs/protocol.md describes the operations.
+struct UploadStart {
+  1: string name,
+  2: i64 size,
+  3: string mime,
+  4: string sha256,      // hex SHA-256 of the whole content
+  5: string upload_id,   // set: resume that upload (the node answers which chunks it has)
+}
+struct UploadState {
+  1: string upload_id,   // also the attachment id once finished
+  2: i32 chunk_size,
+  3: i32 chunks,
+  4: list<i32> have,     // chunk indexes the node has
+  5: bool complete,
+}
+struct UploadChunk {
+  1: string upload_id,
+  2: i32 index,
+  3: binary data,        // chunk_size bytes (the last chunk: the rest)
+}
+struct UploadFinish {
+  1: string upload_id,
+}
+struct Attachment {
+  1: string id,
+  2: string name,
+  3: i64 size,
+  4: string mime,
+  5: string sha256,
+  6: i32 chunk_size,
+  7: i32 chunks,
+  8: string url,         // with op "url": a signed path on the HTTP listener, e.g. /files/ID?...
+  9: i64 url_expires,    // unix seconds
+}
+struct AttachmentRequest {
+  1: string id,
+  2: string op,          // "info" or "url"
+}
+struct ChunkRequest {
+  1: string id,
+  2: i32 index,
+}
+struct Chunk {
+  1: string id,
+  2: i32 index,
+  3: binary data,
+}
+
 // Every frame is exactly one of these operations. rid is chosen by the
 // client for a request and echoed in its reply; pushes carry rid 0.
 struct Frame {
@@ -346,4 +402,12 @@ struct Frame {
   34: optional StreamData stream,
   35: optional ProfileRequest profile_request,
   36: optional Profile profile,
+  37: optional UploadStart upload_start,
+  38: optional UploadState upload_state,
+  39: optional UploadChunk upload_chunk,
+  40: optional UploadFinish upload_finish,
+  41: optional Attachment attachment,
+  42: optional AttachmentRequest attachment_request,
+  43: optional ChunkRequest chunk_request,
+  44: optional Chunk chunk,
 }

@@ -26,8 +26,9 @@ KIND_EDIT = 2  # ext["target"]: the seq of the message whose body it replaces
 KIND_BURN = 3  # burn-after-reading (1:1): deleted once the recipient has read it
 KIND_BURNED = 4  # made by the node when a BURN message was read; ext["target"]
 KIND_DELETED = 5  # a delivery placeholder: the message at this inbox position is gone
+KIND_FILE = 6  # the body is a FileRef (an uploaded attachment: id, name, size, type, hash, thumbnail)
 KIND_CUSTOM_MIN = 100  # kinds from 100 on carry application-defined data
-KNOWN_KINDS = frozenset({KIND_NORMAL, KIND_RECALL, KIND_EDIT, KIND_BURN})  # what a client may send
+KNOWN_KINDS = frozenset({KIND_NORMAL, KIND_RECALL, KIND_EDIT, KIND_BURN, KIND_FILE})  # what a client may send
 
 CONTENT_VERSION = 1  # the first field of a packed content
 
@@ -101,6 +102,41 @@ def pack_content(client_id: str, sender: str, recipient: str, kind: int, body: b
 
 def unpack_content(conversation: str, seq: int, server_time: int, content: bytes) -> ChatMessage:
     return MessageContent.unpack(content).at(conversation, seq, server_time)
+
+
+@dataclass(frozen=True)
+class FileRef:
+    """What a file message says of its attachment (the body of a ``KIND_FILE``
+    message, or of a ``KIND_BURN`` message with ``ext["file"] = "1"``)."""
+
+    attachment: str  # the attachment id (hex), as the upload returned it
+    name: str
+    size: int
+    mime: str
+    sha256: str  # hex SHA-256 of the whole content
+    thumbnail: bytes = b""  # optional small preview (e.g. a JPEG), carried in the message itself
+
+    def pack(self) -> bytes:
+        return msgpack.packb(
+            [1, self.attachment, self.name, self.size, self.mime, self.sha256, self.thumbnail], use_bin_type=True
+        )
+
+    @staticmethod
+    def unpack(raw: bytes) -> FileRef:
+        """Raises ValueError for bytes that are not a file reference."""
+        try:
+            _version, attachment, name, size, mime, sha256, thumbnail = msgpack.unpackb(raw, raw=False)
+            return FileRef(str(attachment), str(name), int(size), str(mime), str(sha256), bytes(thumbnail))
+        except (TypeError, ValueError, msgpack.UnpackException) as exc:
+            raise ValueError(f"not a file reference: {exc}") from None
+
+
+def file_ref_of(kind: int, body: bytes, ext: dict[str, str]) -> FileRef | None:
+    """The attachment a message references, if it is a file message (raises
+    ValueError for a file message whose body is not a reference)."""
+    if kind == KIND_FILE or (kind == KIND_BURN and ext.get("file") == "1"):
+        return FileRef.unpack(body)
+    return None
 
 
 # --- between nodes --------------------------------------------------------------
