@@ -338,7 +338,8 @@ class FilesConfig(_Replace):
 
     max_size: int = option(100 * 1024 * 1024, "bytes of one attachment", unit="bytes", ge=1, le=64 * 1024**3)
     chunk_size: int = option(128 * 1024, "bytes of one upload or download chunk", unit="bytes", ge=1024,
-                             le=64 * 1024 * 1024, allowed="a whole number of bytes, at most limits.max_frame - 1024")
+                             le=64 * 1024 * 1024, allowed="a whole number of bytes (a chunk travels in one frame: "
+                             "at most limits.max_frame - 1024 is used)")
     retention: float = option(0.0, "seconds an attachment is kept after its upload; 0: until every message "
                               "referencing it is recalled or burned", unit="seconds", ge=0)
     upload_expiry: float = option(24 * 3600.0, "seconds an unfinished upload is kept", unit="seconds", gt=0)
@@ -384,9 +385,6 @@ class NodeConfig(_Replace):
             raise _Rule("memory" if self.memory else "database_url", self.memory or self.database_url,
                         "unset when [storage] backends are given (shared-backend mode)")
         _tls_pair(self.tls_cert, self.tls_key, "")
-        if self.files.chunk_size > self.limits.max_frame - 1024:
-            raise _Rule("files.chunk_size", self.files.chunk_size,
-                        f"at most limits.max_frame - 1024 ({self.limits.max_frame - 1024}): a chunk travels in one frame")
         return self
 
     @property

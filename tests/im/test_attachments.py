@@ -204,3 +204,49 @@ async def test_a_downloaded_file_that_does_not_match_its_hash_is_refused():
 
     with pytest.raises(HashMismatch):
         await files.download(request, "ab", None, None)
+
+
+def http_get(address: tuple[str, int], path: str, headers: dict[str, str] | None = None) -> tuple[int, dict, bytes]:
+    import urllib.error
+    import urllib.request
+
+    request = urllib.request.Request(f"http://{address[0]}:{address[1]}{path}", headers=headers or {})
+    try:
+        with urllib.request.urlopen(request, timeout=10) as r:
+            return r.status, r.headers, r.read()
+    except urllib.error.HTTPError as e:
+        return e.code, e.headers, e.read()
+
+
+async def test_signed_urls_with_range_requests_for_browsers():
+    data = content(5 * CHUNK + 17)
+    async with place("one") as (at, nodes), clients(at, "kim", "lou") as (kim, lou):
+        admin = nodes[0].admin_address
+        att = await kim.upload(data, name="cat picture.png")
+        signed = await kim.file_url(att.id)
+        assert signed.url.startswith(f"/files/{att.id}?") and signed.url_expires > 0
+        status, headers, body = await trio.to_thread.run_sync(http_get, admin, signed.url)
+        assert status == 200 and body == data
+        assert headers["Content-Type"] == "image/png" and "cat%20picture.png" in headers["Content-Disposition"]
+        for header, start, end in [("bytes=0-99", 0, 99), ("bytes=1000-3000", 1000, 3000), ("bytes=-10", len(data) - 10,
+                                   len(data) - 1), (f"bytes={len(data) - 5}-", len(data) - 5, len(data) - 1)]:
+            status, headers, body = await trio.to_thread.run_sync(http_get, admin, signed.url, {"Range": header})
+            assert status == 206 and body == data[start:end + 1], header
+            assert headers["Content-Range"] == f"bytes {start}-{end}/{len(data)}"
+        status, _, _ = await trio.to_thread.run_sync(http_get, admin, signed.url, {"Range": f"bytes={len(data)}-"})
+        assert status == 416
+        # A URL cannot be moved to another file or user, or changed; lou is no member.
+        for bad in (signed.url.replace("u=kim", "u=lou"), signed.url[:-1] + ("0" if signed.url[-1] != "0" else "1"),
+                    signed.url.replace(f"e={signed.url_expires}", f"e={signed.url_expires + 1}")):
+            status, _, body = await trio.to_thread.run_sync(http_get, admin, bad)
+            assert status == 403 and b"not valid" in body
+        assert await code_of(lou.file_url(att.id)) == timpy.Code.NOT_ALLOWED
+
+
+async def test_a_url_expires():
+    async with place("one", url_ttl=1) as (at, nodes), clients(at, "max") as (mx,):
+        att = await mx.upload(content(100), name="a.txt")
+        signed = await mx.file_url(att.id)
+        await trio.sleep(2.1)
+        status, _, body = await trio.to_thread.run_sync(http_get, nodes[0].admin_address, signed.url)
+        assert status == 403 and b"expired" in body

@@ -17,12 +17,13 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
 
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse, Response
+from starlette.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
@@ -37,7 +38,7 @@ log = logging.getLogger("timpy.admin")
 
 _STATUS = {
     Code.BAD_REQUEST: 400, Code.INVALID_NAME: 400, Code.WEAK_PASSWORD: 400, Code.BODY_TOO_LARGE: 413,
-    Code.INVALID_MESSAGE: 400, Code.NO_SUCH_USER: 404, Code.NO_SUCH_GROUP: 404, Code.UNAVAILABLE: 503, Code.AUTH_REQUIRED: 401,
+    Code.INVALID_MESSAGE: 400, Code.NO_SUCH_USER: 404, Code.NO_SUCH_FILE: 404, Code.NOT_ALLOWED: 403, Code.NO_SUCH_GROUP: 404, Code.UNAVAILABLE: 503, Code.AUTH_REQUIRED: 401,
 }
 MAX_BODY = 256 * 1024
 WEB = Path(__file__).parent / "web"  # the dashboard and the web chat client
@@ -64,6 +65,8 @@ API: list[tuple[str, str, str, bool, dict[str, str]]] = [
      "\"to\": \"*\", or to a group's members with \"group\": id; stored and delivered like any message", True,
      {"to": "string", "group": "string", "body": "string"}),
     ("GET", "/api/v1/groups/{group}", "A group: name, owner, admins, members, policy, requests, mutes, version", True, {}),
+    ("GET", "/files/{attachment}", "A file, through a signed URL a member got from the client protocol "
+     "(?u=USER&e=EXPIRES&s=SIGNATURE; no token); Range requests answered 206", False, {}),
     ("GET", "/api/v1/limits", "The limits this node enforces", True, {}),
     ("PUT", "/api/v1/limits", "Change limits at run time (new connections get them; this node only)", True,
      {"<limit name>": "number"}),
@@ -241,6 +244,35 @@ def build_app(node: NodeServices, token: str) -> Starlette:
         scheme = "wss" if node.config.tls_cert is not None else "ws"
         return {"ws": f"{scheme}://{host}:{port}/"}
 
+    async def download(request: Request) -> Any:
+        attachment = request.path_params["attachment"]
+        q = request.query_params
+        user = q.get("u", "")
+        wrong = node.attachments.check_url(attachment, user, q.get("e", ""), q.get("s", ""))
+        if wrong is not None:
+            raise RequestError(wrong, Code.NOT_ALLOWED)
+        user_id = node.user_id_of(user)
+        info = await node.attachments.info_for(user_id, attachment)
+        span = byte_range(request.headers.get("range"), info.size)
+        if span == "unsatisfiable":
+            return Response(status_code=416, headers={"Content-Range": f"bytes */{info.size}"})
+        start, end = span if span is not None else (0, info.size - 1)
+        headers = {
+            "Accept-Ranges": "bytes",
+            "Content-Length": str(max(0, end - start + 1)),
+            "Content-Disposition": f"{'inline' if info.mime.startswith('image/') else 'attachment'}; "
+                                   f"filename*=UTF-8''{quote(info.name, safe='')}",
+            "Cache-Control": "private, max-age=60",
+            "X-Content-Type-Options": "nosniff",
+        }
+        if info.size == 0:
+            return Response(b"", headers=headers, media_type=info.mime)
+        _, parts = await node.attachments.read_range(user_id, attachment, start, end)
+        if span is not None:
+            headers["Content-Range"] = f"bytes {start}-{end}/{info.size}"
+        return StreamingResponse(parts, status_code=206 if span is not None else 200, headers=headers,
+                                 media_type=info.mime)
+
     def page(name: str) -> Callable[[Request], Awaitable[Response]]:
         async def serve(_: Request) -> Response:
             return FileResponse(WEB / name, media_type="text/html")
@@ -266,8 +298,32 @@ def build_app(node: NodeServices, token: str) -> Starlette:
         Route("/api/v1/messages", guarded(message), methods=["POST"]),
         Route("/api/v1/groups/{group}", guarded(group)),
         Route("/api/v1/limits", guarded(limits), methods=["GET", "PUT"]),
+        Route("/files/{attachment}", guarded(download, False)),
     ]
     return Starlette(routes=routes)
+
+
+def byte_range(header: str | None, size: int) -> tuple[int, int] | str | None:
+    """A single HTTP byte range (``bytes=A-B``, ``A-``, ``-N``) as inclusive
+    (start, end); None for no (or an unusable) Range header, "unsatisfiable" past the end."""
+    if not header or not header.startswith("bytes=") or "," in header:
+        return None
+    first, _, last = header[6:].strip().partition("-")
+    try:
+        if not first:
+            n = int(last)
+            if n <= 0:
+                return "unsatisfiable"
+            return max(0, size - n), size - 1
+        start = int(first)
+        end = int(last) if last else size - 1
+    except ValueError:
+        return None
+    if start >= size or start < 0:
+        return "unsatisfiable"
+    if end < start:
+        return None
+    return start, min(end, size - 1)
 
 
 def checked_limits(current: Limits, changes: Any) -> Limits:

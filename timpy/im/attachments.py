@@ -128,8 +128,10 @@ class Attachments:
         clock_ms: Callable[[], int],
         url_key: bytes,
         spawn: Callable[..., bool],
+        max_frame: Callable[[], int],
         shared: bool = False,
     ) -> None:
+        self._max_frame = max_frame
         self._store = store
         self._peers = peers
         self._config = config
@@ -167,9 +169,10 @@ class Attachments:
     ) -> list[Any]:
         cfg = self._config()
         check_upload(cfg, name, size, mime, sha256)
-        chunks = math.ceil(size / cfg.chunk_size)
+        chunk_size = min(cfg.chunk_size, self._max_frame() - 1024)  # a chunk travels in one client frame
+        chunks = math.ceil(size / chunk_size)
         row = AttachmentRow(
-            att, bytes(uploader_id), pack_meta(name, mime, size, sha256, uploader), cfg.chunk_size, chunks, False,
+            att, bytes(uploader_id), pack_meta(name, mime, size, sha256, uploader), chunk_size, chunks, False,
             self._now_ms(),
         )
         await self._store.run(self._store.repo.put_attachment, row)
@@ -241,6 +244,11 @@ class Attachments:
 
     async def info(self, who: Identity, attachment: str) -> AttachmentInfo:
         row, _ = await self._read(parse_attachment_id(attachment), who.user_id, -1)
+        return info_of(row)
+
+    async def info_for(self, user_id: bytes, attachment: str) -> AttachmentInfo:
+        """The attachment, if ``user_id`` may read it (HTTP downloads)."""
+        row, _ = await self._read(parse_attachment_id(attachment), user_id, -1)
         return info_of(row)
 
     async def url(self, who: Identity, attachment: str) -> tuple[AttachmentInfo, str, int]:

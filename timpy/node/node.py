@@ -290,7 +290,7 @@ class Node:
         )
         self.attachments = Attachments(
             self.store, self.peers, lambda: self.config.files, self._now_ms, derive_key(keys.root, "file-url"),
-            self.tasks.spawn, shared=shared,
+            self.tasks.spawn, lambda: self.config.limits.max_frame, shared=shared,
         )
         self.writer.add_check(self.attachments.check)
         self.writer.listen(self.attachments.on_commit)
