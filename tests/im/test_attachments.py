@@ -250,3 +250,57 @@ async def test_a_url_expires():
         await trio.sleep(2.1)
         status, _, body = await trio.to_thread.run_sync(http_get, nodes[0].admin_address, signed.url)
         assert status == 403 and b"expired" in body
+
+
+MARKER = b"FILE-CONTENT-MARKER-7f3a"
+
+
+async def test_a_download_through_another_node_after_the_owner_was_killed_and_nothing_readable_at_rest(
+    autojump_clock, tmp_path
+):
+    data = (MARKER + os.urandom(40)) * 200  # 12.8 kB: 13 chunks, the marker in every one
+    async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY, files=FilesConfig(chunk_size=CHUNK)),
+                            data_dir=tmp_path) as cluster:
+        await cluster.register(0, "nia", PASSWORD)
+        await cluster.register(0, "oto", PASSWORD)
+        async with cluster.client(0, "nia", PASSWORD) as nia:
+            att = await nia.upload(data, name="secret-plans-marker.txt")
+            await nia.send_file(att, to="oto")
+        owner = cluster.node_ids.index(cluster.nodes[0].peers.owner(bytes.fromhex(att.id)))
+        reader = next(i for i in range(3) if i != owner)
+        # Every replica holds every chunk sealed: no file content, no file name in any SQLite file.
+        for path in tmp_path.rglob("*"):
+            if path.is_file():
+                raw = path.read_bytes()
+                assert MARKER not in raw and b"secret-plans-marker" not in raw, path
+        await cluster.kill(owner)
+        async with cluster.client(reader, "oto", PASSWORD) as oto:
+            with trio.fail_after(120):
+                assert await oto.download(att.id) == data
+
+
+@pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])
+async def test_shared_backends_hold_the_sealed_chunks(tmp_path, kind):
+    from tests.store.backends import dump_tables, fresh_database
+    from timpy.config import BackendSpec, ClusterConfig, StorageConfig
+    from timpy.store.engine import url_engine
+
+    urls = [fresh_database(kind, f"timpy_files_{i}", tmp_path) for i in range(2)]
+    config = node_config(
+        memory=False, data_dir=tmp_path / "node", cluster=ClusterConfig(listen=None),
+        storage=StorageConfig(backends=tuple(BackendSpec(f"b{i}", u) for i, u in enumerate(urls))),
+        files=FilesConfig(chunk_size=CHUNK),
+    )
+    data = (MARKER + os.urandom(40)) * 100
+    async with timpy.open_node(config) as node, clients([node.tcp_url], "pia", "quy") as (pia, quy):
+        att = await pia.upload(data, name="plans.txt")
+        await pia.send_file(att, to="quy")
+        assert await quy.download(att.id) == data
+        placed = node.store.repo.map.place(bytes.fromhex(att.id))
+    dumps = {}
+    for i, url in enumerate(urls):
+        engine = url_engine(url)
+        dumps[f"b{i}"] = dump_tables(engine)
+        engine.dispose()
+    assert all(MARKER not in d for d in dumps.values())
+    assert bytes.fromhex(att.id) in dumps[placed]  # the attachment's rows are on its backend
