@@ -38,27 +38,34 @@ from timpy.wire.messages import (
     KIND_CUSTOM_MIN,
     KIND_DELETED,
     KIND_EDIT,
+    KIND_FILE,
     KIND_NORMAL,
     KIND_RECALL,
     ChatMessage,
+    FileRef,
 )
+from timpy.client.files import Attachment, HashMismatch
 
 __version__ = "0.1.0"
 
 __all__ = [
     "Ack",
+    "Attachment",
     "BackendSpec",
     "ChatMessage",
     "Client",
     "ClusterConfig",
     "Code",
+    "FileRef",
     "GroupInfo",
+    "HashMismatch",
     "HistoryPage",
     "KIND_BURN",
     "KIND_BURNED",
     "KIND_CUSTOM_MIN",
     "KIND_DELETED",
     "KIND_EDIT",
+    "KIND_FILE",
     "KIND_NORMAL",
     "KIND_RECALL",
     "Limits",
