@@ -209,3 +209,59 @@ def test_the_dashboard_shows_a_three_node_cluster_and_runs_operations(browser, t
         for n in nodes:
             if n.proc is not None and n.proc.poll() is None:
                 n.stop()
+
+
+def _png(width: int = 8, height: int = 8) -> bytes:
+    """A small valid PNG (red squares), made without an imaging library."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = b"".join(b"\x00" + b"\xff\x00\x00" * width for _ in range(height))
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(rows)) + chunk(b"IEND", b"")
+
+
+def test_the_web_chat_sends_and_shows_an_image(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    node = NodeProcess(tmp_path).start()
+    try:
+        async def accounts() -> None:
+            await timpy.register(node.tcp_url, "amy", PASSWORD)
+            await timpy.register(node.tcp_url, "bo", PASSWORD)
+
+        trio.run(accounts)
+        image = tmp_path / "red.png"
+        image.write_bytes(_png())
+        chat = f"http://{node.info['admin']}/chat/"
+        amy, bo = browser.new_page(), browser.new_page()
+        for page, name in ((amy, "amy"), (bo, "bo")):
+            page.goto(chat)
+            expect(page.locator("#status")).to_contain_text("connected to node")
+            page.fill("#name", name)
+            page.fill("#password", PASSWORD)
+            page.click("button[data-op=login]")
+            expect(page.locator("#me")).to_have_text(f"as {name}")
+        amy.fill("#new-peer", "bo")
+        amy.click("#new-chat button")
+        amy.set_input_files("#file", str(image))
+        expect(amy.locator("#messages img")).to_have_count(1)
+        bo.locator("#contacts li", has_text="amy").click()
+        img = bo.locator("#messages img")
+        expect(img).to_have_count(1)
+        expect(img).to_have_attribute("alt", "red.png")
+        bo.wait_for_function("() => { const i = document.querySelector('#messages img'); return i && i.naturalWidth === 8; }")
+        bo.screenshot(path=str(SHOTS / "chat-image.png"))
+
+        async def check() -> None:  # the same file, through the client library
+            async with timpy.connect(node.tcp_url, "bo", PASSWORD, device="phone") as phone:
+                m = (await phone.history("amy")).messages[-1]
+                assert m.kind == timpy.KIND_FILE
+                assert await phone.download(timpy.FileRef.unpack(m.body)) == image.read_bytes()
+
+        trio.run(check)
+    finally:
+        node.stop()

@@ -1,11 +1,16 @@
 // A small chat client speaking the JSON mapping of the client protocol over
 // WebSocket (docs/protocol.md): register, log in, 1:1 and group chat with live
 // delivery, history scroll-back, delivery acknowledgements, friends with
-// presence, read receipts, typing, recalled and edited messages.
+// presence, read receipts, typing, recalled and edited messages, files and
+// images (uploaded in chunks, shown through signed download URLs).
 // A conversation is keyed by the peer's name, or by "#" + group id.
 "use strict";
 const enc = new TextEncoder(), dec = new TextDecoder();
-const b64 = bytes => btoa(String.fromCharCode(...bytes));
+function b64(bytes) {
+  let text = "";
+  for (let i = 0; i < bytes.length; i += 8192) text += String.fromCharCode(...bytes.subarray(i, i + 8192));
+  return btoa(text);
+}
 const unb64 = text => Uint8Array.from(atob(text || ""), c => c.charCodeAt(0));
 let ws, rid = 0, me = null, peer = null, oldest = 0;
 const waiting = new Map();          // rid -> {resolve, reject}
@@ -15,7 +20,80 @@ const groups = new Map();           // group id -> GroupInfo
 let roster = {friends: [], incoming: [], outgoing: [], blocked: []};
 const presence = new Map();         // user -> Presence
 const readUpTo = new Map();         // conversation id -> seq the other side has read
-const RECALL = 1, EDIT = 2, BURNED = 4, DELETED = 5;
+const RECALL = 1, EDIT = 2, BURNED = 4, DELETED = 5, FILE = 6;
+const fileUrls = new Map();         // attachment id -> signed download URL
+
+// A file message's body is msgpack [1, id, name, size, mime, sha256, thumbnail]
+// (docs/protocol.md, "Files"): just enough msgpack for that array.
+function packRef(ref) {
+  const out = [0x97];
+  const str = s => { const b = enc.encode(s); b.length < 32 ? out.push(0xa0 | b.length) : out.push(0xd9, b.length); out.push(...b); };
+  const uint = n => {
+    if (n < 128) out.push(n);
+    else { out.push(0xcf); for (let i = 7; i >= 0; i--) out.push(Math.floor(n / 2 ** (8 * i)) % 256); }
+  };
+  uint(1); str(ref.id); str(ref.name); uint(ref.size); str(ref.mime); str(ref.sha256);
+  out.push(0xc4, 0);  // no thumbnail
+  return new Uint8Array(out);
+}
+function unpackRef(bytes) {
+  let i = 0;
+  const n = k => { let v = 0; for (let j = 0; j < k; j++) v = v * 256 + bytes[i++]; return v; };
+  function item() {
+    const t = bytes[i++];
+    if (t < 0x80) return t;
+    if ((t & 0xf0) === 0x90) { const a = []; for (let k = t & 0x0f; k > 0; k--) a.push(item()); return a; }
+    if ((t & 0xe0) === 0xa0) { const len = t & 0x1f; const s = dec.decode(bytes.subarray(i, i + len)); i += len; return s; }
+    const size = {0xcc: 1, 0xcd: 2, 0xce: 4, 0xcf: 8}[t];
+    if (size) return n(size);
+    const strLen = {0xd9: 1, 0xda: 2, 0xdb: 4}[t];
+    if (strLen) { const len = n(strLen); const s = dec.decode(bytes.subarray(i, i + len)); i += len; return s; }
+    const binLen = {0xc4: 1, 0xc5: 2, 0xc6: 4}[t];
+    if (binLen) { const len = n(binLen); const b = bytes.subarray(i, i + len); i += len; return b; }
+    throw new Error("not a file reference");
+  }
+  const [, id, name, size, mime, sha256] = item();
+  return {id, name, size, mime, sha256};
+}
+
+async function uploadFile(file, progress) {
+  const data = new Uint8Array(await file.arrayBuffer());
+  const digest = new Uint8Array(await crypto.subtle.digest("SHA-256", data));
+  const sha256 = Array.from(digest, b => b.toString(16).padStart(2, "0")).join("");
+  const mime = file.type || "application/octet-stream";
+  const state = await request("upload_start", {name: file.name, size: data.length, mime, sha256});
+  let done = 0;
+  for (let i = 0; i < state.chunks; i++) {
+    const chunk = data.subarray(i * state.chunk_size, (i + 1) * state.chunk_size);
+    await request("upload_chunk", {upload_id: state.upload_id, index: i, data: b64(chunk)});
+    done += chunk.length;
+    progress(done, data.length);
+  }
+  return request("upload_finish", {upload_id: state.upload_id});
+}
+
+function showFile(div, m) {
+  // An image shows itself; any other file is a link; both through a signed URL.
+  let ref;
+  try { ref = unpackRef(unb64(m.body)); } catch (e) { div.append("(a file message that cannot be read)"); return; }
+  const holder = document.createElement("span"); holder.className = "file";
+  holder.textContent = `${ref.name} (${ref.size} bytes)`;
+  div.append(holder);
+  const show = url => {
+    if (ref.mime.startsWith("image/")) {
+      const img = document.createElement("img"); img.src = url; img.alt = ref.name; img.className = "image";
+      img.style.maxWidth = "240px"; img.style.display = "block";
+      holder.replaceChildren(img);
+    } else {
+      const a = document.createElement("a"); a.href = url; a.textContent = `${ref.name} (${ref.size} bytes)`;
+      a.download = ref.name; holder.replaceChildren(a);
+    }
+  };
+  if (fileUrls.has(ref.id)) { show(fileUrls.get(ref.id)); return; }
+  request("attachment_request", {id: ref.id, op: "url"})
+    .then(a => { fileUrls.set(ref.id, a.url); show(a.url); })
+    .catch(e => { holder.textContent = `${ref.name}: ${e.message}`; });
+}
 let typingTimer = null, lastTyping = 0;
 
 function request(op, body) {
@@ -87,8 +165,9 @@ function showMessages(scrollDown) {
     div.className = "msg" + (m.sender === me ? " mine" : "");
     div.dataset.seq = m.seq;
     const who = document.createElement("div"); who.className = "who"; who.textContent = `${m.sender} #${m.seq}`;
-    const text = document.createElement("span"); text.className = "text"; text.textContent = dec.decode(unb64(m.body));
-    div.append(who, text);
+    div.append(who);
+    if (m.kind === FILE) showFile(div, m);
+    else { const text = document.createElement("span"); text.className = "text"; text.textContent = dec.decode(unb64(m.body)); div.append(text); }
     if ((m.ext || {}).edited) { const e = document.createElement("span"); e.className = "muted"; e.textContent = " (edited)"; div.append(e); }
     if (m.sender === me && !isGroup(peer) && (readUpTo.get(m.conversation) || 0) >= m.seq) {
       const r = document.createElement("span"); r.className = "read muted"; r.textContent = " ✓ read"; div.append(r);
@@ -171,6 +250,7 @@ async function openPeer(name) {
     line.textContent = g ? `group ${g.group}: ${g.members.join(", ")} (owner ${g.owner})` : "";
   }
   document.getElementById("text").disabled = document.getElementById("send").disabled = false;
+  document.getElementById("file").disabled = false;
   showContacts();
   try { await loadPage(0); } catch (e) { document.getElementById("chat-error").textContent = e.message; }
 }
@@ -307,6 +387,25 @@ document.getElementById("send-form").addEventListener("submit", async e => {
               server_time: ack.server_time}, false);
     document.getElementById("chat-error").textContent = "";
   } catch (err) { document.getElementById("chat-error").textContent = err.message; }
+});
+document.getElementById("file").addEventListener("change", async e => {
+  const file = e.target.files[0], target = peer;
+  if (!file || !target) return;
+  const progress = document.getElementById("file-progress");
+  try {
+    const att = await uploadFile(file, (done, total) => { progress.textContent = `uploading ${Math.round(100 * done / total)}%`; });
+    const body = b64(packRef(att));
+    const clientId = "web-" + Date.now() + "-" + Math.random().toString(36).slice(2, 8);
+    const message = isGroup(target)
+      ? {conversation: target.slice(1), client_id: clientId, kind: FILE, body}
+      : {recipient: target, client_id: clientId, kind: FILE, body};
+    const ack = await request("send", {message});
+    remember({sender: me, recipient: target, conversation: ack.conversation, seq: ack.seq, kind: FILE, body,
+              server_time: ack.server_time}, false);
+    progress.textContent = "";
+    document.getElementById("chat-error").textContent = "";
+  } catch (err) { progress.textContent = ""; document.getElementById("chat-error").textContent = err.message; }
+  e.target.value = "";
 });
 document.getElementById("logout").addEventListener("click", async () => {
   try { await request("logout", {}); } finally { location.reload(); }
