@@ -34,10 +34,10 @@ import trio
 import trio_websocket
 from thriftpy2.thrift import TPayload
 
+from timpy.client import files
 from timpy.concurrency import unwrap_single_error
 from timpy.errors import Code, RemoteError, TimpyError
 from timpy.wire import protocol as wp
-from timpy.client import files
 from timpy.wire.framing import FrameDecoder, frame_bytes
 from timpy.wire.messages import (
     KIND_BURN,

@@ -17,8 +17,8 @@ import logging
 import ssl
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from urllib.parse import quote
 from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from hypercorn.config import Config as HypercornConfig
 from starlette.applications import Starlette

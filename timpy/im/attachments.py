@@ -43,7 +43,13 @@ from timpy.im.peers import Peers
 from timpy.im.writer import Append, Committed
 from timpy.store.attachments import AttachmentRow
 from timpy.store.repository import Store
-from timpy.wire.messages import KIND_BURNED, KIND_EDIT, KIND_RECALL, FileRef, MessageContent, file_ref_of
+from timpy.wire.messages import (
+    KIND_BURNED,
+    KIND_EDIT,
+    KIND_RECALL,
+    MessageContent,
+    file_ref_of,
+)
 
 log = logging.getLogger("timpy.files")
 
