@@ -304,3 +304,15 @@ async def test_shared_backends_hold_the_sealed_chunks(tmp_path, kind):
         engine.dispose()
     assert all(MARKER not in d for d in dumps.values())
     assert bytes.fromhex(att.id) in dumps[placed]  # the attachment's rows are on its backend
+
+
+async def test_chunks_are_not_counted_by_the_frame_rate_limit():
+    from timpy.config import Limits
+
+    data = content(30 * CHUNK)
+    limits = Limits(rate_per_connection=5, burst_per_connection=10)
+    async with timpy.open_node(node_config(limits=limits, files=FilesConfig(chunk_size=CHUNK))) as n:
+        await users(n.tcp_url, "rio")
+        async with timpy.connect(n.tcp_url, "rio", PASSWORD) as rio:
+            att = await rio.upload(data, name="many-chunks.bin")  # 30 chunks, past the burst of 10 frames
+            assert await rio.download(att.id) == data

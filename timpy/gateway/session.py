@@ -263,7 +263,11 @@ class ClientSession:
         if self._closing:
             return  # the connection is being closed: nothing more is served
         rid = frame.rid or 0
-        if not self._bucket.take(self._clock()):
+        # File chunks are not counted as frames: a connection's chunks are
+        # served one at a time, each stored before the next is read, so they
+        # cannot flood, and a 100 MiB file is 800 of them.
+        bulk = frame.upload_chunk is not None or frame.chunk_request is not None
+        if not bulk and not self._bucket.take(self._clock()):
             await self.reply(
                 error_frame(rid, ProtocolError("too many frames; slow down", Code.RATE_LIMITED))
             )
