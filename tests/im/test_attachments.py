@@ -316,3 +316,15 @@ async def test_chunks_are_not_counted_by_the_frame_rate_limit():
         async with timpy.connect(n.tcp_url, "rio", PASSWORD) as rio:
             att = await rio.upload(data, name="many-chunks.bin")  # 30 chunks, past the burst of 10 frames
             assert await rio.download(att.id) == data
+
+
+@WHERE
+async def test_a_file_sent_to_a_group_is_read_by_its_members(where, clock):
+    data = content(3 * CHUNK + 1)
+    async with place(where) as (at, nodes), clients(at, "sam", "tia", "uma") as (sam, tia, uma):
+        team = await sam.create_group("team", ["tia"], policy="open")
+        att = await sam.upload(data, name="plan.pdf")
+        ack = await sam.send_file(att, group=team.group)
+        assert ack.seq > 0
+        assert await tia.download(att.id) == data
+        assert await code_of(uma.download(att.id)) == timpy.Code.NOT_ALLOWED  # not in the group
