@@ -19,7 +19,7 @@ _INTERNAL_NAME = re.compile(r"\b[a-z_]+\.[a-z_]+\b")
 
 
 @given(st.sampled_from(["acct.get", "acct.exists", "conv.append", "inbox.append", "group.request", "presence.get",
-                        "copies.user", "term.open", "x.y", "nodots"]), st.floats(0.1, 60))
+                        "copies.user", "term.open", "files.chunk", "x.y", "nodots"]), st.floats(0.1, 60))
 def test_a_silent_peer_is_named_by_what_it_holds(method, timeout):
     exc = PeerUnavailable("10.0.0.1:7072", method, timeout)
     assert exc.code == Code.UNAVAILABLE

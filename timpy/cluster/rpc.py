@@ -49,6 +49,7 @@ _HOLDS = {
     "group": "the group", "presence": "the user's presence", "roster": "the contact list",
     "room": "the room", "signal": "the recipient", "copies": "a copy of the data",
     "backend": "the storage map", "cluster": "the cluster status", "admin": "part of the cluster",
+    "files": "the file",
 }
 
 
