@@ -266,7 +266,8 @@ async def test_a_download_through_another_node_after_the_owner_was_killed_and_no
         async with cluster.client(0, "nia", PASSWORD) as nia:
             att = await nia.upload(data, name="secret-plans-marker.txt")
             await nia.send_file(att, to="oto")
-        owner = cluster.node_ids.index(cluster.nodes[0].peers.owner(bytes.fromhex(att.id)))
+        key = bytes.fromhex(att.id)
+        owner = cluster.node_ids.index(cluster.nodes[0].peers.owner(key))
         reader = next(i for i in range(3) if i != owner)
         # Every replica holds every chunk sealed: no file content, no file name in any SQLite file.
         for path in tmp_path.rglob("*"):
@@ -274,9 +275,20 @@ async def test_a_download_through_another_node_after_the_owner_was_killed_and_no
                 raw = path.read_bytes()
                 assert MARKER not in raw and b"secret-plans-marker" not in raw, path
         await cluster.kill(owner)
+        await trio.sleep(30)  # virtual time: the others declare it dead and take over its keys
+        await cluster.wait_converged()
         async with cluster.client(reader, "oto", PASSWORD) as oto:
             with trio.fail_after(120):
                 assert await oto.download(att.id) == data
+                # The new owner serves the file on: oto passes it to nia, who reads it;
+                # a new owner whose copy never arrived takes it from another replica first.
+                new_owner = cluster.nodes[cluster.node_ids.index(cluster.nodes[reader].peers.owner(key))]
+                await new_owner.store.run(new_owner.store.repo.delete_attachment, key)
+                await oto.send_file(att, to="nia")
+                assert await new_owner.store.run(new_owner.store.repo.get_attachment, key) is not None
+        async with cluster.client(reader, "nia", PASSWORD) as nia:
+            with trio.fail_after(120):
+                assert await nia.download(att.id) == data
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgresql", "mariadb"])

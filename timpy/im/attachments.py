@@ -185,8 +185,33 @@ class Attachments:
         await self._copy(att, [["att", *_row_fields(row)]])
         return [att.hex(), row.chunk_size, chunks, [], False]
 
-    async def _upload_row(self, att: bytes, uploader_id: bytes) -> AttachmentRow:
+    async def _local_row(self, att: bytes) -> AttachmentRow | None:
+        """The attachment's row here; a new owner that lacks it (it was not
+        among the copies the write quorum waited for) takes the row, its
+        readers and references from another replica first. Chunks are not
+        pulled: reads go to any replica, and an unfinished upload's missing
+        chunks are sent again by its client."""
         row = await self._store.run(self._store.repo.get_attachment, att)
+        if row is not None or not self._copies:
+            return row
+        for node in self._peers.placement.replicas(att):
+            if node == self._peers.self_id:
+                continue
+            try:
+                state = await self._peers.start_call(node, "files.state", att).result(READ_TIMEOUT)
+            except TimpyError:
+                continue
+            if state:
+                row = AttachmentRow(*_row_from(state[0]))
+                await self._store.run(self._store.repo.put_attachment, row)
+                await self._store.run(self._store.repo.add_readers, att, [bytes(u) for u in state[1]])
+                for conv, seq in state[2]:
+                    await self._store.run(self._store.repo.add_ref, att, bytes(conv), int(seq))
+                return row
+        return None
+
+    async def _upload_row(self, att: bytes, uploader_id: bytes) -> AttachmentRow:
+        row = await self._local_row(att)
         if row is None or row.uploader_id != bytes(uploader_id):
             raise RequestError("no such upload (it expired, or it is not yours); start it again", Code.NO_SUCH_FILE)
         return row
@@ -399,7 +424,7 @@ class Attachments:
             self._pending.popitem(last=False)
 
     async def _link_here(self, att: bytes, sender_id: bytes, members: list[bytes], size: int, sha256: str) -> None:
-        row = await self._store.run(self._store.repo.get_attachment, att)
+        row = await self._local_row(att)
         if row is None or not row.complete:
             raise RequestError("no such file (finish its upload before sending it)", Code.NO_SUCH_FILE)
         sender_id = bytes(sender_id)
@@ -447,10 +472,14 @@ class Attachments:
                 await trio.sleep(1.0)
 
     async def _ref_here(self, att: bytes, conv: bytes, seq: int) -> None:
+        if await self._local_row(att) is None:
+            return  # deleted meanwhile
         await self._store.run(self._store.repo.add_ref, att, bytes(conv), int(seq))
         await self._copy(att, [["ref", att, bytes(conv), int(seq)]])
 
     async def _unref_here(self, att: bytes, conv: bytes, seq: int) -> None:
+        if await self._local_row(att) is None:
+            return
         left = await self._store.run(self._store.repo.remove_ref, att, bytes(conv), int(seq))
         if left == 0:
             await self._delete(att)
@@ -573,7 +602,15 @@ class Attachments:
         async def read(att: bytes, user_id: bytes, index: int) -> list[Any] | None:
             return await self._read_here(bytes(att), bytes(user_id), int(index))
 
+        async def state(att: bytes) -> list[Any] | None:
+            row = await self._store.run(self._store.repo.get_attachment, bytes(att))
+            if row is None:
+                return None
+            readers, refs = await self._store.run(self._store.repo.attachment_links, bytes(att))
+            return [_row_fields(row), readers, [list(r) for r in refs]]
+
         peers.rpc.register("files.apply", apply)
+        peers.rpc.register("files.state", state)
         peers.rpc.register("files.read", read)
 
 

@@ -115,6 +115,14 @@ class AttachmentQueries:
         with self.engine.connect() as conn:
             return conn.execute(select(r.c.user_id).where(r.c.att_id == att_id, r.c.user_id == user_id)).first() is not None
 
+    def attachment_links(self, att_id: bytes) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+        """Who may read an attachment, and the messages referencing it."""
+        r, f = s.attachment_readers, s.attachment_refs
+        with self.engine.connect() as conn:
+            readers = [bytes(u) for u in conn.execute(select(r.c.user_id).where(r.c.att_id == att_id)).scalars()]
+            refs = [(bytes(x.conv_id), int(x.seq)) for x in conn.execute(select(f.c.conv_id, f.c.seq).where(f.c.att_id == att_id))]
+        return readers, refs
+
     def add_ref(self, att_id: bytes, conv_id: bytes, seq: int) -> None:
         with self.engine.begin() as conn:
             _insert_ignore(conn, s.attachment_refs, [{"att_id": att_id, "conv_id": conv_id, "seq": seq}])
@@ -184,6 +192,9 @@ class ShardedAttachments:
 
     def may_read(self, att_id: bytes, user_id: bytes) -> bool:
         return self._at(att_id, AttachmentQueries.may_read, user_id)  # type: ignore[no-any-return]
+
+    def attachment_links(self, att_id: bytes) -> tuple[list[bytes], list[tuple[bytes, int]]]:
+        return self._at(att_id, AttachmentQueries.attachment_links)  # type: ignore[no-any-return]
 
     def add_ref(self, att_id: bytes, conv_id: bytes, seq: int) -> None:
         self._write_at(att_id, AttachmentQueries.add_ref, conv_id, seq)
