@@ -38,14 +38,8 @@ from timpy.im.ratelimit import TokenBucket
 from timpy.im.replication import Replicator
 from timpy.im.routes import Routes
 from timpy.im.terminals import LiveTerminal, TerminalRegistry
-from timpy.store.repository import (
-    Copies,
-    InboxItem,
-    NewMessage,
-    Store,
-    StoredMessage,
-    Written,
-)
+from timpy.store.repository import Store
+from timpy.store.rows import Copies, InboxItem, NewMessage, StoredMessage, Written
 from timpy.wire.messages import (
     KIND_BURNED,
     KIND_CUSTOM_MIN,

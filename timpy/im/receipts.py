@@ -28,7 +28,8 @@ from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
-from timpy.store.repository import Copies, NewMessage, Store
+from timpy.store.repository import Store
+from timpy.store.rows import Copies, NewMessage
 from timpy.wire.messages import KIND_BURN, KIND_BURNED, pack_content
 
 BURN_SCAN = 1000  # messages a read receipt looks through for BURN messages

@@ -37,7 +37,8 @@ from timpy.crypto.seal import Sealer
 from timpy.errors import StorageError
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
 from timpy.store.engine import url_engine
-from timpy.store.repository import (
+from timpy.store.repository import Repository
+from timpy.store.rows import (
     AccountRow,
     Appended,
     Copies,
@@ -46,7 +47,6 @@ from timpy.store.repository import (
     InboxItem,
     InboxPlaced,
     NewMessage,
-    Repository,
     StoredMessage,
     Written,
 )
