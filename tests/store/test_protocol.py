@@ -8,6 +8,8 @@ from __future__ import annotations
 import inspect
 from typing import Protocol
 
+import pytest
+
 from timpy.store.protocol import LocalRepository, RepositoryProtocol
 from timpy.store.repository import Repository
 from timpy.store.sharded import ShardedRepository
@@ -96,4 +98,21 @@ def test_both_repositories_are_instances_of_the_protocol(tmp_path):
 
     repo = Repository(sqlite_engine(None), Sealer(bytes(32)))
     assert isinstance(repo, LocalRepository) and isinstance(repo, RepositoryProtocol)
+    repo.close()
+
+
+def test_the_store_gives_its_one_database_only_when_it_has_one(tmp_path):
+    from timpy.config import BackendSpec
+    from timpy.crypto.seal import Sealer
+    from timpy.errors import StorageError
+    from timpy.store.backends import BackendMap
+    from timpy.store.engine import sqlite_engine
+    from timpy.store.repository import Store
+
+    repo = Repository(sqlite_engine(None), Sealer(bytes(32)))
+    assert Store(repo, 1).local is repo
+    sharded = ShardedRepository(BackendMap(1, (BackendSpec("one", f"sqlite:///{tmp_path / 'one.db'}"),)), Sealer(bytes(32)))
+    with pytest.raises(StorageError, match="shared-backend mode"):
+        Store(sharded, 1).local  # noqa: B018
+    sharded.close()
     repo.close()

@@ -33,7 +33,7 @@ from timpy.store.features.records import RecordsStore
 from timpy.store.features.repair import RepairStore
 from timpy.store.features.terminals import TerminalsStore
 from timpy.store.features.tokens import TokensStore
-from timpy.store.protocol import RepositoryProtocol
+from timpy.store.protocol import LocalRepository, RepositoryProtocol
 
 T = TypeVar("T")
 
@@ -64,6 +64,14 @@ class Store:
         self.repo = repo
         self._limiter = trio.CapacityLimiter(threads)
         self.observe: Callable[[str, float], None] | None = None  # (operation, seconds), for metrics
+
+    @property
+    def local(self) -> LocalRepository:
+        """The repository as one database (embedded mode): what replicas and
+        node start-up use beyond ``RepositoryProtocol``."""
+        if not isinstance(self.repo, Repository):
+            raise StorageError("this needs the node's own database; in shared-backend mode there is none")
+        return self.repo
 
     def queued(self) -> int:
         """Storage calls waiting for a worker thread."""

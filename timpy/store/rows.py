@@ -109,6 +109,7 @@ class Copies:
     """
 
     __slots__ = ("_rows",)
+    _rows: dict[str, list[Row]]
 
     def __init__(self, **rows: list[Row]) -> None:
         names = _layout().names
