@@ -105,44 +105,43 @@ class Copies:
     the table declares it (``copies.messages``, ``copies.inbox``, ...).
 
     ``Copies(reads=[...])`` fills some lists; every other one starts empty.
-    The row shapes are documented where each table is declared.
+    The row shapes are documented where each table is declared. The lists
+    are plain instance attributes (as fast to reach as a dataclass field);
+    a name no table declares is refused.
     """
 
-    __slots__ = ("_rows",)
-    _rows: dict[str, list[Row]]
-
     def __init__(self, **rows: list[Row]) -> None:
-        names = _layout().names
-        unknown = set(rows) - set(names)
-        if unknown:
-            raise TypeError(f"Copies has no table named {sorted(unknown)}")
-        object.__setattr__(self, "_rows", {name: rows[name] if name in rows else [] for name in names})
+        layout = _LAYOUT[0] if _LAYOUT else _layout()
+        lists = self.__dict__
+        for name in layout.names:
+            lists[name] = []
+        if rows:
+            if not layout.known.issuperset(rows):
+                raise TypeError(f"Copies has no table named {sorted(set(rows) - layout.known)}")
+            lists.update(rows)
 
     def __getattr__(self, name: str) -> list[Row]:
-        if name == "_rows":
-            raise AttributeError(name)
-        try:
-            return self._rows[name]
-        except KeyError:
-            raise AttributeError(f"Copies has no table named {name!r}") from None
+        # Only reached for a name that is not one of the lists.
+        raise AttributeError(f"Copies has no table named {name!r}")
 
     def __setattr__(self, name: str, rows: list[Row]) -> None:
-        if name not in self._rows:
+        if name not in self.__dict__:
             raise AttributeError(f"Copies has no table named {name!r}")
-        self._rows[name] = rows
+        self.__dict__[name] = rows
 
     def __eq__(self, other: object) -> bool:
-        return isinstance(other, Copies) and self._rows == other._rows
+        return isinstance(other, Copies) and self.__dict__ == other.__dict__
 
     def __repr__(self) -> str:
-        return "Copies(" + ", ".join(f"{n}={r!r}" for n, r in self._rows.items() if r) + ")"
+        return "Copies(" + ", ".join(f"{n}={r!r}" for n, r in self.__dict__.items() if r) + ")"
 
     def __bool__(self) -> bool:
-        return any(self._rows.values())
+        return any(self.__dict__.values())
 
     def pack(self) -> list[Any]:
         """The lists in the tables' wire order (``CopiedTable.wire``)."""
-        return [self._rows[t.name] for t in _layout().by_wire]
+        rows = self.__dict__
+        return [rows[name] for name in _layout().wire_names]
 
     @classmethod
     def unpack(cls, raw: Any) -> Copies:
@@ -152,14 +151,17 @@ class Copies:
         return cls(**{t.name: [t.unpack(r) for r in rows] for t, rows in zip(by_wire, raw, strict=True)})
 
     def merge(self, other: Copies) -> None:
-        for name, rows in other._rows.items():
-            self._rows[name] += rows
+        mine = self.__dict__
+        for name, rows in other.__dict__.items():
+            mine[name] += rows
 
 
 class _Layout:
     def __init__(self, tables: tuple[CopiedTable, ...]) -> None:
         self.names = [t.name for t in tables]
+        self.known = frozenset(self.names)
         self.by_wire = sorted(tables, key=lambda t: t.wire)
+        self.wire_names = [t.name for t in self.by_wire]
 
 
 _LAYOUT: list[_Layout] = []
