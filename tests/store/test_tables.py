@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import msgpack
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from tests.store.backends import BACKENDS, make_engine
 from timpy.crypto.seal import Sealer
@@ -99,3 +101,34 @@ def test_a_copy_has_the_same_digests_and_move_statistics(engine):
         assert copy.key_stats(kind, keys) == {}
     assert not copy.user_copies(A, 0, 100) and not copy.conversation_copies(CONV, 0, 100)
     copy.close()
+
+
+_id = st.binary(min_size=16, max_size=16)
+_n = st.integers(0, 2**62)
+_sealed = st.binary(max_size=64)
+#: A row of each declared table, in the shape its ``columns`` say.
+ROW = {
+    "accounts": st.tuples(_id, _sealed, _sealed, st.booleans(), _n),
+    "conversations": st.tuples(_id, st.lists(_id, max_size=4)),
+    "messages": st.tuples(_id, _n, _id, _n, _sealed),
+    "inbox": st.tuples(_id, _n, _id, _n),
+    "terminals": st.tuples(_id, _id, _n, _n),
+    "groups": st.tuples(_id, _sealed, _n, st.lists(_id, max_size=4)),
+    "records": st.tuples(_id, st.text(max_size=16), _sealed, _n),
+    "reads": st.tuples(_id, _id, _n),
+}
+
+
+def test_every_declared_table_has_a_row_strategy():
+    assert set(ROW) == {t.name for t in TABLES}
+
+
+@given(st.fixed_dictionaries({name: st.lists(row, max_size=3) for name, row in ROW.items()}))
+def test_copies_round_trip_through_msgpack(rows):
+    copies = Copies(**{name: [tuple(r) for r in rs] for name, rs in rows.items()})
+    again = Copies.unpack(msgpack.unpackb(msgpack.packb(copies.pack(), use_bin_type=True), raw=False))
+    assert again == copies
+    merged = Copies()
+    merged.merge(copies)
+    merged.merge(again)
+    assert all(getattr(merged, t.name) == getattr(copies, t.name) * 2 for t in TABLES)
