@@ -22,7 +22,7 @@ from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.writer import Append, Committed, Writer
-from timpy.store.repository import Appended, InboxItem, InboxPlaced, NewMessage, Written
+from timpy.store.rows import Appended, InboxItem, InboxPlaced, NewMessage, Written
 
 
 class MemoryRepository:

@@ -27,7 +27,8 @@ from timpy.im.routes import Routes
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import LiveTerminal, TerminalRegistry
 from timpy.im.writer import Committed, Writer
-from timpy.store.repository import Store, StoredMessage
+from timpy.store.repository import Store
+from timpy.store.rows import StoredMessage
 from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 

@@ -29,7 +29,8 @@ from timpy.im.ratelimit import TokenBucket
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
 from timpy.im.writer import Append, Writer
-from timpy.store.repository import NewMessage, Store
+from timpy.store.repository import Store
+from timpy.store.rows import NewMessage
 from timpy.wire.messages import (
     KIND_EDIT,
     KIND_RECALL,

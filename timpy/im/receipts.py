@@ -26,7 +26,8 @@ from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
 from timpy.im.writer import Writer
-from timpy.store.repository import Copies, NewMessage, Store
+from timpy.store.repository import Store
+from timpy.store.rows import Copies, NewMessage
 from timpy.wire.messages import KIND_BURN, KIND_BURNED, MessageContent, Receipt
 
 BURN_SCAN = 1000  # messages a read receipt looks through for BURN messages

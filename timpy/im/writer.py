@@ -40,7 +40,8 @@ from timpy.errors import Code, RequestError, StorageError, TimpyError
 from timpy.im import ids, kinds
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
-from timpy.store.repository import Copies, InboxItem, NewMessage, Store, Written
+from timpy.store.repository import Store
+from timpy.store.rows import Copies, InboxItem, NewMessage, Written
 from timpy.wire.messages import (
     KIND_BURNED,
     KIND_CUSTOM_MIN,
