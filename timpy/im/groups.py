@@ -24,6 +24,7 @@ from timpy.errors import Code, RequestError
 from timpy.im import group_rules as rules
 from timpy.im import ids
 from timpy.im.accounts import RESERVED_NAMES, SYSTEM_USER, Identity
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.group_rules import Group, JoinPolicy, Role
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
@@ -71,8 +72,9 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
 class Groups:
     def __init__(
         self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
-        replicator: Replicator, messenger: Messenger,
+        replicator: Replicator, messenger: Messenger, events: EventSink = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._store = store
         self._indexer = indexer
         self._limits = limits
@@ -147,6 +149,10 @@ class Groups:
                     return group_view(group, actor)
                 group = self._run(group, actor, op, users, name, policy, flag, profile or {})
             await self._save(gid, group, version)
+            if self._events.wants("group.changed"):  # hook: webhooks, at the group's owner
+                await self._events.emit("group.changed", event_id("group.changed", gid, version + 1), {
+                    "group": ids.conversation_text(gid), "op": op, "actor": actor, "users": users,
+                    "version": version + 1, "members": [] if group.dissolved else sorted(group.members)})
         return group_view(group, actor)
 
     @staticmethod

@@ -20,9 +20,9 @@ from __future__ import annotations
 import logging
 import math
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import msgpack
 import trio
@@ -104,6 +104,20 @@ class _PendingInbox:
     error: TimpyError | None = None
 
 
+class MessageHook(Protocol):
+    """Where integrations hook into the writer (webhooks, push): ``before_store``
+    where a send is served, before it is numbered (returns the body to store;
+    raises to refuse it); ``after_store`` at the owners, after the commit and
+    before the acks: the messages numbered here (with whether each was a
+    duplicate) and the inbox entries of users this node owns (a raise fails
+    the sends, which the client retries as duplicates)."""
+
+    async def before_store(self, sender: str, recipient: str, conversation: str, client_id: str, kind: int,
+                           body: bytes, ext: dict[str, str]) -> bytes: ...
+    async def after_store(self, stored: list[tuple[ChatMessage, bool]],
+                          reached: list[tuple[bytes, ChatMessage]]) -> None: ...
+
+
 class SendTicket:
     """A 1:1 send under way: ``wait()`` for its result, or ``now()`` when
     the writer has settled it already (no task switch for the common case)."""
@@ -140,7 +154,9 @@ class Messenger:
         peers: Peers | None = None,
         replicator: Replicator | None = None,
         routes: Routes | None = None,
+        hooks: Sequence[MessageHook] = (),
     ) -> None:
+        self._hooks = tuple(hooks)
         self._store = store
         self._indexer = indexer
         self._registry = registry
@@ -264,8 +280,10 @@ class Messenger:
             except TimpyError as exc:
                 self._fail([*news, *inbox], exc)
                 return
+        hook_error = await self._after_store(news, inbox, written) if self._hooks else None  # hook: after commit
         for p, appended in zip(news, written.appended, strict=True):
             message = unpack_content(p.conversation, appended.seq, appended.created_ms, appended.content)
+            p.error = hook_error
             if not appended.duplicate:
                 self.stored_count += 1
             for user_id, pos in appended.inbox.items():
@@ -282,6 +300,35 @@ class Messenger:
                 self.routes.push(it.user_id, Delivery(placed.pos, message), content, it.created_ms)
             p.pos = placed.pos
             p.done.set()
+
+    async def _after_store(self, news: list[_Pending], inbox: list[_PendingInbox], written: Written) -> TimpyError | None:
+        stored: list[tuple[ChatMessage, bool]] = []
+        reached: list[tuple[bytes, ChatMessage]] = []
+        for p, appended in zip(news, written.appended, strict=True):
+            message = unpack_content(p.conversation, appended.seq, appended.created_ms, appended.content)
+            stored.append((message, appended.duplicate))
+            reached += [(user_id, message) for user_id in appended.inbox]
+        for p, placed in zip(inbox, written.placed, strict=True):
+            if placed.new:
+                it = p.item
+                content = self._store.repo.open_sealed_message(it.conv_id, it.seq, it.sealed)
+                reached.append((it.user_id, unpack_content(p.conversation, it.seq, it.created_ms, content)))
+        try:
+            for hook in self._hooks:
+                await hook.after_store(stored, reached)
+        except TimpyError as exc:
+            return TimpyError(f"the message is stored but could not be handed to integrations ({exc.text}); "
+                              "send it again", Code.UNAVAILABLE)
+        return None
+
+    async def _before_store(self, sender: str, recipient: str, conversation: str, client_id: str, kind: int,
+                            body: bytes, ext: dict[str, str]) -> bytes:
+        for hook in self._hooks:
+            body = await hook.before_store(sender, recipient, conversation, client_id, kind, body, ext)
+        if len(body) > self._limits.max_body:
+            raise RequestError(f"message body of {len(body)} bytes exceeds the limit of {self._limits.max_body}",
+                               Code.BODY_TOO_LARGE)
+        return body
 
     async def _screen(self, news: list[_Pending]) -> list[_Pending]:
         """Refuse, in queue order, what the rules that need stored state refuse:
@@ -519,6 +566,8 @@ class Messenger:
             ext["at"] = str(self._now())
         peer = self._peer_ids.get((sender.user_id, recipient)) or self._peer_of(sender.user_id, recipient)
         await self._require_user(peer[1])
+        if self._hooks:  # hook: before commit
+            body = await self._before_store(sender.name, peer[0], peer[3], client_id, kind, body, ext)
         new, conversation = self._prepare(sender, peer, client_id, kind, body, ext)
         conv = new.conv_id
         if not self._cluster or self._peers.placement.single or self._peers.owner(conv) == self._peers.self_id:
@@ -594,6 +643,8 @@ class Messenger:
         if kind == KIND_EDIT:
             ext["at"] = str(self._now())
         text = ids.conversation_text(gid)
+        if self._hooks:  # hook: before commit
+            body = await self._before_store(sender.name, GROUP_PREFIX + text, text, client_id, kind, body, ext)
         new = NewMessage(
             conv_id=gid,
             members=members,

@@ -73,6 +73,8 @@ class Routes:
         self._clock = 0.0
         # Called at the owner when a user's first terminal arrives (True) or its last goes (False).
         self.on_presence: Callable[[bytes, bool], None] | None = None
+        # Called at the owner when a device's terminal is recorded (True: a login) or goes (False: a logout).
+        self.on_terminal: Callable[[bytes, bytes, str, bool], None] | None = None
         # Called at a gateway node when a (re)started owner asks for its
         # terminals back: record again the terminals here whose users that
         # node owns; returns how many.
@@ -103,6 +105,8 @@ class Routes:
         old = devices.get(device_id)
         self._clock += 1
         devices[device_id] = Route(node_id, kind, self._clock if old is None else old.since)
+        if (old is None or old.node != node_id) and self.on_terminal is not None:
+            self.on_terminal(user_id, device_id, node_id, True)
         if old is not None and old.node != node_id:
             self._kick_device(user_id, device_id, old.node, "logged in again from the same device elsewhere")
         for gone in kick:
@@ -122,6 +126,8 @@ class Routes:
         devices = self._records.get(user_id)
         if devices is not None and device_id in devices and devices[device_id].node == node_id:
             del devices[device_id]
+            if self.on_terminal is not None:
+                self.on_terminal(user_id, device_id, node_id, False)
             if not devices:
                 del self._records[user_id]
                 if self.on_presence is not None:
@@ -150,6 +156,10 @@ class Routes:
     def online(self, user_id: bytes) -> bool:
         """At the owner: has the user a live terminal?"""
         return user_id in self._records
+
+    def devices(self, user_id: bytes) -> frozenset[bytes]:
+        """At the owner: the devices of the user with a live terminal."""
+        return frozenset(self._records.get(user_id, {}))
 
     def nodes_of(self, user_id: bytes) -> set[str]:
         """At the owner: the nodes holding the user's live terminals."""

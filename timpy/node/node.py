@@ -42,10 +42,12 @@ from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.groups import Groups
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.presence import Presence
+from timpy.im.push import Push
 from timpy.im.receipts import Receipts
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
@@ -55,6 +57,7 @@ from timpy.im.routes import Routes
 from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
 from timpy.im.terminals import TerminalRegistry
+from timpy.im.webhooks import Webhooks
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
 from timpy.node.datadir import DataDirLock
@@ -62,6 +65,7 @@ from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
+from timpy.store.outbox import Outbox
 from timpy.store.repository import Repository, Store
 from timpy.store.sharded import ShardedRepository
 from timpy.wire.messages import KIND_NORMAL, SendResult
@@ -242,16 +246,22 @@ class Node:
         self.routes = Routes(self.peers, self.terminals, lambda: self.config.limits)
         if not shared:  # with no account held here this node owned no one before it started
             self.routes.ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
+        self.webhooks = await self._open_webhooks(keys)
+        events: EventSink = self.webhooks if self.webhooks is not None else NO_EVENTS
         self.accounts = Accounts(
             self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
-            self.peers, self.replicator,
+            self.peers, self.replicator, events,
         )
         await self.accounts.start()
-        self.messenger = Messenger(
-            self.store, self.indexer, self.terminals, c.limits, self._now_ms, self.peers, self.replicator, self.routes
-        )
-        self.groups = Groups(self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger)
         self.records = Records(self.store, self.peers, self.replicator)
+        self.push = Push(c.push, self.records, self.routes, self.peers, self.indexer, self._now_ms, self.metrics.registry)
+        hooks = [h for h in (self.webhooks, self.push if c.push.enabled else None) if h is not None]
+        self.routes.on_terminal = self._terminal_changed
+        self.messenger = Messenger(
+            self.store, self.indexer, self.terminals, c.limits, self._now_ms, self.peers, self.replicator, self.routes,
+            hooks,
+        )
+        self.groups = Groups(self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger, events)
         self.messenger.records = self.records
         self.signals = Signals(self.peers, self.terminals, self.routes)
         self.roster = Roster(self.indexer, self.peers, self.records, self.messenger, self.signals)
@@ -287,6 +297,37 @@ class Node:
         if c.ready_file is not None:
             self._write_ready_file(c.ready_file)
 
+    async def _open_webhooks(self, keys: ClusterKeys) -> Webhooks | None:
+        """The webhooks and their outbox: a table of this node's store; in
+        shared-backend mode (no store of its own) a SQLite file beside it."""
+        c = self.config
+        if not c.webhooks.endpoints:
+            return None
+        store = self.store
+        if c.storage.shared:
+            engine = sqlite_engine(None if c.memory else c.data_dir / "outbox.sqlite3", c.sqlite_synchronous)
+            store = Store(Outbox(engine, Sealer(keys.storage)), 1)
+            outbox = store.repo
+        else:
+            outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))
+        await store.run(outbox.create)
+        return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng)
+
+    def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
+        """At the user's owner: a device's terminal was recorded (a login) or went away (a logout)."""
+        if attached:
+            self.push.device_online(user_id, device_id)
+        event = "user.login" if attached else "user.logout"
+        if self.webhooks is not None and self.webhooks.wants(event):
+            self.messenger.spawn(self._terminal_event, event, user_id, device_id, node_id, self._now_ms())
+
+    async def _terminal_event(self, event: str, user_id: bytes, device_id: bytes, node_id: str, at_ms: int) -> None:
+        assert self.webhooks is not None
+        account = await self.store.run(self.store.repo.get_account, user_id)
+        name = msgpack.unpackb(account.profile).get("name", "") if account is not None else ""
+        await self.webhooks.emit(event, event_id(event, user_id, device_id, node_id, at_ms),
+                                 {"user": name, "device": device_id.hex(), "node": node_id, "time": at_ms})
+
     async def _run_cluster(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._cluster_started = True
         try:
@@ -302,6 +343,9 @@ class Node:
                     if self.backends is not None:
                         await cl.start(self.backends.run)
                     await cl.start(self.messenger.run_background)
+                    if self.webhooks is not None:
+                        await cl.start(self.webhooks.run)
+                    await cl.start(self.push.run)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
