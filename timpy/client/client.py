@@ -771,7 +771,8 @@ class Client:
 
     async def _pushers(self, op: str, app_id: str = "", pushkey: str = "", url: str = "",
                        data: dict[str, str] | None = None) -> list[Pusher]:
-        _, reply = await self.request("pusher_request", op=op, app_id=app_id, pushkey=pushkey, url=url, data=data or {})
+        _, reply = await self.request("pusher_request", wp.thrift.PusherRequest(
+            op=op, app_id=app_id, pushkey=pushkey, url=url, data=data or {}))
         return [Pusher(p.app_id or "", p.pushkey or "", p.url or "", dict(p.data or {}), bool(p.this_device))
                 for p in reply.pushers or []]
 
