@@ -41,7 +41,8 @@ log = logging.getLogger("timpy.webhooks")
 
 BEFORE_SEND = "message.before_send"
 BATCH = 256
-IDLE_CHECK = 5.0  # seconds between looks at the outbox when nothing woke the loop (retries coming due)
+IDLE_CHECK = 5.0  # seconds between looks at the outbox when nothing woke the loop
+GATHER = 0.01  # seconds a woken loop lets more events arrive before it reads the outbox
 PURGE_EVERY = 60.0
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
@@ -67,7 +68,6 @@ class Webhooks:
         self._checks = [e for e in config.endpoints if BEFORE_SEND in e.events]
         self._wake = {name: trio.Event() for name in self._endpoints}
         self._client: httpx.AsyncClient | None = None
-        self.backlog: dict[tuple[str, str], int] = {}  # (endpoint, state) -> rows, as last counted
         r = registry or CollectorRegistry()
         self.deliveries = Counter("timpy_webhook_deliveries", "Webhook event deliveries by endpoint and outcome "
                                   "(delivered, failed: tried again later, dead: a dead letter)",
@@ -177,6 +177,7 @@ class Webhooks:
         last_purge = -math.inf
         while True:
             wake = self._wake[endpoint.name]
+            retry_at: int | None = None
             try:
                 now = self._now()
                 if trio.current_time() - last_purge > PURGE_EVERY:
@@ -189,20 +190,22 @@ class Webhooks:
                         for row in rows:
                             nursery.start_soon(self._deliver_one, endpoint, row, limiter, outcomes)
                     await self._store.run(self._outbox.settle, outcomes, self._now())
-                    self.backlog = await self._store.run(self._outbox.counts)
-                    if len(rows) == BATCH or any(o.delivered for o in outcomes):
-                        continue  # more may be due
-                next_due = await self._store.run(self._outbox.next_due, endpoint.name)
-                self.backlog = await self._store.run(self._outbox.counts)
+                    if len(rows) == BATCH:
+                        continue  # more are due
+                    if not all(o.delivered for o in outcomes):
+                        retry_at = await self._store.run(self._outbox.next_due, endpoint.name)
+                else:
+                    retry_at = await self._store.run(self._outbox.next_due, endpoint.name)
             except TimpyError as exc:
                 log.warning("webhook %s: the outbox could not be read (%s); trying again", endpoint.name, exc.text)
-                next_due = None
-            wait = IDLE_CHECK if next_due is None else max(0.0, min(IDLE_CHECK, (next_due - self._now()) / 1000))
-            if wait > 0:
+            # Asleep until an event is emitted, a retry comes due, or the idle check.
+            wait = IDLE_CHECK if retry_at is None else max(0.0, min(IDLE_CHECK, (retry_at - self._now()) / 1000))
+            if wait > 0 and not wake.is_set():
                 with trio.move_on_after(wait):
                     await wake.wait()
             if wake.is_set():
                 self._wake[endpoint.name] = trio.Event()
+                await trio.sleep(GATHER)  # events emitted together go out in one batch
 
     async def _deliver_one(self, endpoint: WebhookEndpoint, row: OutboxRow, limiter: trio.CapacityLimiter,
                            outcomes: list[Outcome]) -> None:
