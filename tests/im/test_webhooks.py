@@ -6,7 +6,7 @@ event comes from the node that owns it, once."""
 from __future__ import annotations
 
 from collections import Counter
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,7 @@ from tests.support.http_receivers import BusinessServer
 from timpy.client import Connector
 from timpy.config import NodeConfig, WebhookEndpoint, WebhooksConfig
 from timpy.errors import Code, RemoteError
+from timpy.im import ids
 from timpy.testing import open_cluster
 
 SECRET = "shared-secret-0123456789"
@@ -47,6 +48,9 @@ async def nodes(where: str, webhooks: WebhooksConfig, receiver: BusinessServer |
     async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY, webhooks=webhooks), seed=3) as cluster:
         if receiver is not None:  # the cluster's wall clocks start at 2026-01-01: the receiver's too
             receiver.clock = lambda: cluster.wall_clock_ms(0) / 1000
+        with trio.fail_after(30):  # every node on the ring the majority accepted: owners stay put from here
+            while any(len(n.peers.placement.members) != 3 for n in cluster.nodes):
+                await trio.sleep(0.05)
         yield [cluster.connector(i) for i in range(3)], cluster.nodes
 
 
@@ -62,7 +66,7 @@ async def test_a_receiver_that_was_down_gets_every_event_once(where: str) -> Non
     async with trio.open_nursery() as bg:
         await biz.server.start(bg)
         biz.server.stop()  # down from the start: nothing can be delivered
-        async with nodes(where, hooks(biz, max_attempts=1000), biz) as (at, _):
+        async with nodes(where, hooks(biz, max_attempts=1000), biz) as (at, running):
             await users(at[0], "alice", "bob")
             async with timpy.connect(at[1], "alice", PASSWORD) as alice, timpy.connect(at[2], "bob", PASSWORD) as bob:
                 acks = [await alice.send("bob", f"order {i}") for i in range(10)]
@@ -76,6 +80,8 @@ async def test_a_receiver_that_was_down_gets_every_event_once(where: str) -> Non
             await biz.wait_for(lambda: sum(1 for e in biz.events if e["type"] == "message.stored") == 11
                                and len(biz.ids("user.logout")) == 2, timeout=30)
             await trio.sleep(0.5)  # anything sent twice would have arrived by now
+            owner = owner_of(running[0])  # while the ring is whole
+            owners = {e["id"]: owner(e) for e in biz.events}
         bg.cancel_scope.cancel()
     kinds = once_each(biz)
     assert kinds["user.registered"] == 2 and kinds["message.stored"] == 11 and kinds["group.changed"] == 1
@@ -87,10 +93,23 @@ async def test_a_receiver_that_was_down_gets_every_event_once(where: str) -> Non
         assert (data["sender"], data["recipient"], data["body"], data["client_id"]) == (
             "alice", "bob", f"order {i}", ack.client_id)
     assert {e["data"]["user"] for e in biz.events if e["type"] == "user.registered"} == {"alice", "bob"}
+    # each event from the node owning its key: the conversation's, the group's, the user's
+    wrong = [(e["type"], e["node"], owners[e["id"]]) for e in biz.events if e["node"] != owners[e["id"]]]
+    assert wrong == [], wrong
     if where == "three":
-        # each event from the node owning its key
-        ring = {e["node"] for e in biz.events}
-        assert len(ring) >= 2
+        assert len({e["node"] for e in biz.events}) >= 2
+
+
+def owner_of(node: timpy.Node) -> Callable[[dict[str, Any]], str]:
+    def owner(event: dict[str, Any]) -> str:
+        data = event["data"]
+        if event["type"] == "message.stored":
+            return node.peers.owner(ids.parse_conversation(data["conversation"]))
+        if event["type"] == "group.changed":
+            return node.peers.owner(ids.parse_conversation(data["group"]))
+        return node.peers.owner(node.user_id_of(data["user"]))
+
+    return owner
 
 
 async def test_events_wait_in_the_outbox_across_a_restart(tmp_path: Path) -> None:
