@@ -70,7 +70,7 @@ async def test_a_device_back_online_in_time_is_not_woken_and_content_can_be_sent
     gateway = PushGateway()
     async with trio.open_nursery() as bg:
         await gateway.server.start(bg)
-        async with nodes("one", PushConfig(coalesce=1.0, content="full")) as (at, _):
+        async with nodes("one", PushConfig(coalesce=3.0, content="full")) as (at, _):
             await users(at[0], "alice", "bob")
             async with timpy.connect(at[0], "bob", PASSWORD, device="phone") as phone:
                 await phone.set_pusher(APP, "key-phone", gateway.url)
@@ -78,7 +78,7 @@ async def test_a_device_back_online_in_time_is_not_woken_and_content_can_be_sent
                 await alice.send("bob", "are you there?")
                 async with timpy.connect(at[0], "bob", PASSWORD, device="phone") as phone:
                     await phone.next_message(timeout=5)
-                    await trio.sleep(1.5)  # past the window: the phone came back, nothing is sent
+                    await trio.sleep(3.5)  # past the window: the phone came back, nothing is sent
                     assert gateway.notifications == []
                 await alice.send("bob", "lunch at noon")
                 await until(lambda: len(gateway.notifications) == 1)
