@@ -129,3 +129,20 @@ async def test_pushers_are_checked_removed_and_limited() -> None:
             assert full.value.code == Code.LIMIT_REACHED
             assert [p.pushkey for p in await bob.remove_pusher(APP, "k1")] == ["k2"]
             assert [p.pushkey for p in await bob.pushers()] == ["k2"]
+
+
+async def test_a_gateway_that_fails_is_tried_again() -> None:
+    gateway = PushGateway(failing=2)
+    async with trio.open_nursery() as bg:
+        await gateway.server.start(bg)
+        async with nodes("one", PushConfig(coalesce=0.1)) as (at, [node]):
+            await users(at[0], "alice", "bob")
+            async with timpy.connect(at[0], "bob", PASSWORD, device="phone") as phone:
+                await phone.set_pusher(APP, "key-phone", gateway.url)
+            async with timpy.connect(at[0], "alice", PASSWORD) as alice:
+                await alice.send("bob", "knock knock")
+            await until(lambda: len(gateway.notifications) == 1)  # after 1 s and 2 s
+            assert gateway.refused == 2
+            assert node.push.notifications.labels("failed")._value.get() == 2
+            assert node.push.notifications.labels("sent")._value.get() == 1
+        bg.cancel_scope.cancel()

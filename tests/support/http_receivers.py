@@ -120,12 +120,18 @@ class PushGateway:
 
     notifications: list[dict[str, Any]] = field(default_factory=list)
     reject: set[str] = field(default_factory=set)
+    failing: int = 0  # answer 503 to this many more requests
+    refused: int = 0
 
     def __post_init__(self) -> None:
         self.server = Server(Starlette(routes=[Route("/_matrix/push/v1/notify", self._notify, methods=["POST"])]))
 
     async def _notify(self, request: Request) -> Response:
         notification = json.loads(await request.body())["notification"]
+        if self.failing > 0:
+            self.failing -= 1
+            self.refused += 1
+            return Response(status_code=503)
         self.notifications.append(notification)
         keys = {d["pushkey"] for d in notification["devices"]}
         return JSONResponse({"rejected": sorted(keys & self.reject)})
