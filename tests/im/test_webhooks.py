@@ -19,7 +19,7 @@ import timpy
 from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
 from tests.support.http_receivers import BusinessServer
 from timpy.client import Connector
-from timpy.config import NodeConfig, WebhookEndpoint, WebhooksConfig
+from timpy.config import Limits, NodeConfig, WebhookEndpoint, WebhooksConfig
 from timpy.errors import Code, RemoteError
 from timpy.im import ids
 from timpy.testing import open_cluster
@@ -241,3 +241,24 @@ async def test_a_receiver_failing_for_a_while_gets_the_event_after_retries() -> 
             assert node.webhooks.deliveries.labels("biz", "failed")._value.get() == 3
         bg.cancel_scope.cancel()
     assert once_each(biz) == Counter({"user.registered": 1})
+
+
+async def test_a_terminal_pushed_out_by_the_limit_is_a_logout() -> None:
+    biz = BusinessServer(SECRET)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        config = node_config(webhooks=hooks(biz), limits=Limits(max_terminals=1))
+        async with timpy.open_node(config) as node:
+            await users(node.tcp_url, "alice")
+            async with timpy.connect(node.tcp_url, "alice", PASSWORD, device="laptop") as laptop:
+                async with timpy.connect(node.tcp_url, "alice", PASSWORD, device="phone"):
+                    with trio.fail_after(10):
+                        while laptop.closed_reason is None:
+                            await trio.sleep(0.02)
+                    await biz.wait_for(lambda: len(biz.ids("user.logout")) == 1 and len(biz.ids("user.login")) == 2)
+            await biz.wait_for(lambda: len(biz.ids("user.logout")) == 2)
+            await trio.sleep(0.3)
+        bg.cancel_scope.cancel()
+    assert once_each(biz)["user.logout"] == 2
+    by_device = Counter((e["data"]["device"], e["type"]) for e in biz.events if e["type"] in ("user.login", "user.logout"))
+    assert len({d for d, _ in by_device}) == 2 and set(by_device.values()) == {1} and len(by_device) == 4

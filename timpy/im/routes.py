@@ -111,6 +111,8 @@ class Routes:
             self._kick_device(user_id, device_id, old.node, "logged in again from the same device elsewhere")
         for gone in kick:
             route = devices.pop(gone)
+            if self.on_terminal is not None:
+                self.on_terminal(user_id, gone, route.node, False)
             self._kick_device(user_id, gone, route.node,
                               f"too many terminals of this account: this one ({route.kind}) was the oldest")
         if first and self.on_presence is not None:
@@ -148,6 +150,8 @@ class Routes:
             for device_id, route in list(devices.items()):
                 if route.node not in nodes:
                     del devices[device_id]
+                    if self.on_terminal is not None:
+                        self.on_terminal(user_id, device_id, route.node, False)
             if not devices:
                 del self._records[user_id]
                 if self.on_presence is not None:
