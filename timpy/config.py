@@ -23,6 +23,7 @@ import dataclasses
 import functools
 import ipaddress
 import json
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -403,6 +404,22 @@ class PushConfig(_Replace):
     timeout: float = option(10.0, "seconds to wait for the push gateway's answer", unit="seconds", gt=0, le=300)
     max_attempts: int = option(5, "tries of one notification before it is dropped", ge=1, le=100)
     max_pushers: int = option(10, "pushers one account may register", ge=1, le=1000)
+    gateways: tuple[str, ...] = option(
+        (), "the push gateways pushers may name, as scheme://host[:port]; empty: any (a client then chooses "
+        "where this node sends requests)", allowed="a list of http(s)://HOST[:PORT] (in the environment: comma-separated)")
+
+    @field_validator("gateways", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+
+    @field_validator("gateways")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if not re.match(r"^https?://[^/?#]+$", origin):
+                raise ValueError(f"{origin!r} is not scheme://host[:port]")
+        return tuple(o.lower() for o in value)
 
 
 @_config_class("")

@@ -115,12 +115,15 @@ async def test_a_pushkey_the_gateway_rejects_is_removed(where: str) -> None:
 
 
 async def test_pushers_are_checked_removed_and_limited() -> None:
-    async with nodes("one", PushConfig(max_pushers=2)) as (at, _):
+    async with nodes("one", PushConfig(max_pushers=2, gateways=("https://push.example.org",))) as (at, _):
         await users(at[0], "bob")
         async with timpy.connect(at[0], "bob", PASSWORD, device="phone") as bob:
             with pytest.raises(RemoteError) as bad:
                 await bob.set_pusher(APP, "k", "https://push.example.org/wrong/path")
             assert bad.value.code == Code.BAD_REQUEST and "_matrix/push/v1/notify" in str(bad.value)
+            with pytest.raises(RemoteError) as elsewhere:
+                await bob.set_pusher(APP, "k", "http://10.0.0.1/_matrix/push/v1/notify")
+            assert elsewhere.value.code == Code.NOT_ALLOWED
             url = "https://push.example.org/_matrix/push/v1/notify"
             await bob.set_pusher(APP, "k1", url)
             await bob.set_pusher(APP, "k2", url)

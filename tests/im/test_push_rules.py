@@ -35,6 +35,16 @@ def test_bad_pushers_are_refused(app: str, key: str, url: str, data: dict[str, s
     assert err.value.code == Code.BAD_REQUEST
 
 
+def test_only_the_named_gateways_when_some_are_named() -> None:
+    rules.check_pusher("a", "k", URL, {}, ("https://push.example.org",))
+    rules.check_pusher("a", "k", "HTTPS://Push.Example.org/_matrix/push/v1/notify", {}, ("https://push.example.org",))
+    for url in ("http://push.example.org/_matrix/push/v1/notify", "https://push.example.org:8443/_matrix/push/v1/notify",
+                "https://169.254.169.254/_matrix/push/v1/notify"):
+        with pytest.raises(RequestError) as err:
+            rules.check_pusher("a", "k", url, {}, ("https://push.example.org",))
+        assert err.value.code == Code.NOT_ALLOWED and "https://push.example.org" in err.value.text
+
+
 def test_the_same_app_and_key_replace_a_pusher_and_a_limit_holds() -> None:
     one = rules.with_pusher([], pusher("k1"), 2)
     again = rules.with_pusher(one, pusher("k1", device=b"d2"), 2)

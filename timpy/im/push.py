@@ -67,7 +67,7 @@ class Push:
                       data: dict[str, str]) -> list[dict[str, Any]]:
         """Register (``set``), remove or list the user's pushers; returns them all."""
         if op == "set":
-            rules.check_pusher(app_id, pushkey, url, data)
+            rules.check_pusher(app_id, pushkey, url, data, self.config.gateways)
         elif op == "remove":
             if not app_id or not pushkey:
                 raise RequestError("removing a pusher names its app id and push key", Code.BAD_REQUEST)

@@ -45,8 +45,9 @@ class Pusher:
                    int(created_ms))
 
 
-def check_pusher(app_id: str, pushkey: str, url: str, data: dict[str, str]) -> None:
-    """A pusher a client may register; RequestError saying what is wrong."""
+def check_pusher(app_id: str, pushkey: str, url: str, data: dict[str, str], gateways: tuple[str, ...] = ()) -> None:
+    """A pusher a client may register (at one of ``gateways``, when some are
+    named: scheme://host[:port]); RequestError saying what is wrong."""
     if not app_id or len(app_id) > MAX_APP_ID:
         raise RequestError(f"a pusher needs an app id of 1 to {MAX_APP_ID} characters", Code.BAD_REQUEST)
     if not pushkey or len(pushkey) > MAX_PUSHKEY:
@@ -54,6 +55,8 @@ def check_pusher(app_id: str, pushkey: str, url: str, data: dict[str, str]) -> N
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc or parts.path != NOTIFY_PATH:
         raise RequestError(f"a pusher's gateway URL is http(s)://HOST[:PORT]{NOTIFY_PATH}", Code.BAD_REQUEST)
+    if gateways and f"{parts.scheme}://{parts.netloc}".lower() not in gateways:
+        raise RequestError(f"this server sends notifications only through {', '.join(gateways)}", Code.NOT_ALLOWED)
     if sum(len(k) + len(v) for k, v in data.items()) > MAX_DATA_BYTES:
         raise RequestError(f"a pusher's data is at most {MAX_DATA_BYTES} characters", Code.BAD_REQUEST)
 
