@@ -76,7 +76,7 @@ class Webhooks:
                                  ["endpoint"], buckets=LATENCY_BUCKETS, registry=r)
         self.checks = Counter("timpy_webhook_checks", "Checks before a message is stored, by endpoint and answer "
                               "(allow, deny, rewrite, failed)", ["endpoint", "verdict"], registry=r)
-        self.emitted = Counter("timpy_webhook_events", "Events written to the outbox, by endpoint",
+        self.emitted = Counter("timpy_webhook_events", "Events emitted for each endpoint (one emitted again, as a retried send's, counts again; it is stored once)",
                                ["endpoint"], registry=r)
 
     # --- emitting ----------------------------------------------------------
@@ -153,8 +153,7 @@ class Webhooks:
 
     def _http(self) -> httpx.AsyncClient:
         if self._client is None:
-            self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=max(
-                [self.config.concurrency * 2, 10])))
+            self._client = httpx.AsyncClient(limits=httpx.Limits(max_connections=max(self.config.concurrency * 2, 10)))
         return self._client
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
