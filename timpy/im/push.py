@@ -3,7 +3,8 @@
 A device registers a pusher (gateway URL, app id, push key) over the client
 protocol; pushers are a record of the user (``Records``, kind ``pushers``) at
 the user's owner, sealed and replicated with the user. When a message
-reaches a user's inbox, the user's owner notes it for each pusher whose
+reaches a user's inbox, the user's owner notes it (a writer listener,
+``on_commit``) for each pusher whose
 device has no live terminal (``Routes``); the messages to one pusher within
 ``[push] coalesce`` seconds make one notification, sent only if the device is
 still offline then. A gateway that fails is tried again (exponential delay,
@@ -15,8 +16,8 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
@@ -33,6 +34,9 @@ from timpy.im.records import Records
 from timpy.im.routes import Routes
 from timpy.im.webhook_rules import retry_delay
 from timpy.wire.messages import ChatMessage
+
+if TYPE_CHECKING:
+    from timpy.im.writer import Committed
 
 log = logging.getLogger("timpy.push")
 
@@ -97,17 +101,15 @@ class Push:
 
     # --- at the user's owner ---------------------------------------------------
 
-    async def before_store(self, sender: str, recipient: str, conversation: str, client_id: str, kind: int,
-                           body: bytes, ext: dict[str, str]) -> bytes:
-        return body
-
-    async def after_store(self, stored: list[tuple[ChatMessage, bool]], reached: list[tuple[bytes, ChatMessage]]) -> None:
-        """Messages that reached inboxes of users this node owns: note them (never fails a send)."""
+    def on_commit(self, committed: Sequence[Committed]) -> None:
+        """The writer listener: messages that reached inboxes of users this node
+        owns are noted for the push task (no waiting here; never fails a send)."""
         if not self.config.enabled:
             return
-        for user_id, message in reached:
-            if message.kind not in kinds.ACTING:
-                self._noted_send.send_nowait((user_id, message))
+        for c in committed:
+            if c.message.kind not in kinds.ACTING:
+                for user_id in c.inbox:
+                    self._noted_send.send_nowait((user_id, c.message))
 
     def device_online(self, user_id: bytes, device_id: bytes) -> None:
         """A terminal of the device logged in: it has its messages, its count starts again."""

@@ -2,15 +2,21 @@
 events after (message stored, group changed, user registered, login,
 logout), delivered at least once from the node's outbox.
 
-The check (``message.before_send``) runs where the send is served, before
-the message is numbered: each such endpoint answers allow, deny (with the
+The check (``message.before_send``) is a send check of the writer
+(``Writer.check_sends``): it runs where the send is served, in that
+request's task, before the message is queued (a slow endpoint must not
+stall the writer's batches for other senders): each such endpoint answers allow, deny (with the
 reason the sender sees) or rewrite (a new body), within its timeout; one
 that fails is passed over (``fail_open``) or refuses the message.
 
 Events are written to the outbox (``timpy.store.outbox``) by the node that
-owns them before they count as emitted: a message's event before its sender
-is acknowledged, so an acknowledged message always has its event (a send
-retried after a failure emits it again under the same id, stored once).
+owns them before they count as emitted. A message's event is handed off by a
+writer listener (``on_commit``: no waiting in the writer task) to the
+recorder task, which writes each commit's events in one outbox transaction;
+the writer's ack hold (``hold``) waits for that before the sender is
+acknowledged, so an acknowledged message always has its event (a send
+retried after a failure is a duplicate: the hold emits it again under the
+same id, stored once).
 One delivery loop per endpoint posts due events, signed
 (``webhook_rules``), ``concurrency`` at a time; a failure is tried again
 after an exponential, bounded, jittered delay, and after ``max_attempts``
@@ -23,8 +29,10 @@ import logging
 import math
 import random
 import time
-from collections.abc import Callable
-from typing import Any
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
@@ -35,7 +43,10 @@ from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import webhook_rules as rules
 from timpy.store.outbox import DEAD, PENDING, NewEvent, Outbox, OutboxRow, Outcome
 from timpy.store.repository import Store
-from timpy.wire.messages import ChatMessage
+from timpy.wire.messages import ChatMessage, MessageContent, SendResult
+
+if TYPE_CHECKING:
+    from timpy.im.writer import Committed
 
 log = logging.getLogger("timpy.webhooks")
 
@@ -44,7 +55,17 @@ BATCH = 256
 IDLE_CHECK = 5.0  # seconds between looks at the outbox when nothing woke the loop
 GATHER = 0.01  # seconds a woken loop lets more events arrive before it reads the outbox
 PURGE_EVERY = 60.0
+RECORD_QUEUE = 4096  # commits whose events wait for the recorder; more fail their acks (the retry emits them)
+UNRECORDED_KEPT = 100_000  # ids of events whose recording failed, until their sender's hold writes them
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
+
+
+@dataclass(eq=False)
+class _Recording:
+    """The ``message.stored`` events of one commit, on their way to the outbox."""
+
+    items: list[tuple[str, str, dict[str, Any]]]
+    done: trio.Event = field(default_factory=trio.Event)
 
 
 class Webhooks:
@@ -67,6 +88,11 @@ class Webhooks:
         self._endpoints = {e.name: e for e in config.endpoints}
         self._checks = [e for e in config.endpoints if BEFORE_SEND in e.events]
         self._wake = {name: trio.Event() for name in self._endpoints}
+        self._stored_wanted = self.wants("message.stored")
+        # Commits' events on their way to the outbox, by event id (until written or failed).
+        self._recording: dict[str, _Recording] = {}
+        self._unrecorded: OrderedDict[str, None] = OrderedDict()  # their recording failed: the hold writes them
+        self._record_send, self._record_recv = trio.open_memory_channel[_Recording](RECORD_QUEUE)
         self._client: httpx.AsyncClient | None = None
         r = registry or CollectorRegistry()
         self.deliveries = Counter("timpy_webhook_deliveries", "Webhook event deliveries by endpoint and outcome "
@@ -104,12 +130,14 @@ class Webhooks:
 
     # --- the hooks of the message writer -----------------------------------
 
-    async def before_store(self, sender: str, recipient: str, conversation: str, client_id: str, kind: int,
-                           body: bytes, ext: dict[str, str]) -> bytes:
-        """Ask each ``message.before_send`` endpoint; returns the body to store (raises when one denies)."""
+    async def check_send(self, content: MessageContent, conversation: str) -> bytes:
+        """The writer's send check: ask each ``message.before_send`` endpoint;
+        returns the body to store (raises when one denies)."""
+        body = content.body
         for endpoint in self._checks:
-            data = {"sender": sender, "recipient": recipient, "conversation": conversation, "client_id": client_id,
-                    "kind": kind, "ext": dict(ext), **rules.body_fields(body)}
+            data = {"sender": content.sender, "recipient": content.recipient, "conversation": conversation,
+                    "client_id": content.client_id, "kind": content.kind, "ext": dict(content.ext),
+                    **rules.body_fields(body)}
             verdict = await self._check(endpoint, data)
             if verdict.action == "deny":
                 raise RequestError(verdict.reason, Code.NOT_ALLOWED)
@@ -142,12 +170,75 @@ class Webhooks:
         self.checks.labels(endpoint.name, verdict.action).inc()
         return verdict
 
-    async def after_store(self, stored: list[tuple[ChatMessage, bool]], reached: list[tuple[bytes, ChatMessage]]) -> None:
-        """At the conversation's owner, after the commit and before the acks:
-        ``message.stored`` for each message (again for a duplicate: same id)."""
-        if not stored or not self.wants("message.stored"):
+    def on_commit(self, committed: Sequence[Committed]) -> None:
+        """The writer listener, at the conversation's owner: hand the commit's
+        ``message.stored`` events to the recorder (no waiting here)."""
+        if not self._stored_wanted:
             return
-        await self.emit_many([("message.stored", message_event_id(m), message_data(m)) for m, _dup in stored])
+        items = [("message.stored", message_event_id(c.message), message_data(c.message))
+                 for c in committed if c.numbered_here]
+        if not items:
+            return
+        recording = _Recording(items)
+        for _, eid, _ in items:
+            self._recording[eid] = recording
+        try:
+            self._record_send.send_nowait(recording)
+        except trio.WouldBlock:
+            log.warning("webhooks: %d commits wait for the outbox; these events are refused (their sends fail, "
+                        "and are emitted when sent again)", RECORD_QUEUE)
+            self._failed([recording])
+
+    async def hold(self, result: SendResult) -> None:
+        """The writer's ack hold: returns once the message's event is in the
+        outbox. A duplicate (a retried send) emits it again: its first try's
+        event may have been lost with a crash before it was written."""
+        if not self._stored_wanted:
+            return
+        m = result.message
+        eid = message_event_id(m)
+        recording = self._recording.get(eid)
+        if recording is not None:
+            await recording.done.wait()
+        if result.duplicate or eid in self._unrecorded:
+            await self.emit_many([("message.stored", eid, message_data(m))])
+            self._unrecorded.pop(eid, None)
+
+    def _failed(self, recordings: list[_Recording]) -> None:
+        for recording in recordings:
+            for _, eid, _ in recording.items:
+                if self._recording.get(eid) is recording:
+                    del self._recording[eid]
+                self._unrecorded[eid] = None
+            recording.done.set()
+        while len(self._unrecorded) > UNRECORDED_KEPT:
+            self._unrecorded.popitem(last=False)
+
+    async def _record_loop(self) -> None:
+        """Write committed messages' events to the outbox, what is waiting in one transaction."""
+        while True:
+            batch = [await self._record_recv.receive()]
+            while len(batch) < BATCH:
+                try:
+                    batch.append(self._record_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            written = False
+            try:
+                await self.emit_many([item for recording in batch for item in recording.items])
+                written = True
+            except TimpyError as exc:
+                log.warning("webhooks: events could not be written to the outbox (%s); their sends fail and "
+                            "are emitted when sent again", exc.text)
+            finally:
+                if written:
+                    for recording in batch:
+                        for _, eid, _ in recording.items:
+                            if self._recording.get(eid) is recording:
+                                del self._recording[eid]
+                        recording.done.set()
+                else:  # failed, or the node is stopping
+                    self._failed(batch)
 
     # --- delivering --------------------------------------------------------
 
@@ -161,11 +252,19 @@ class Webhooks:
         try:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.sleep_forever)  # the client of the checks lives as long
+                nursery.start_soon(self._record_loop)
                 for endpoint in self.config.endpoints:
                     if any(e != BEFORE_SEND for e in endpoint.events):
                         nursery.start_soon(self._deliver_loop, endpoint)
                 task_status.started()
         finally:
+            waiting: list[_Recording] = []
+            while True:
+                try:
+                    waiting.append(self._record_recv.receive_nowait())
+                except trio.WouldBlock:
+                    break
+            self._failed(waiting)  # their sends fail (the node is stopping); a retry elsewhere emits them
             if self._client is not None:
                 with trio.CancelScope(shield=True), trio.move_on_after(1):
                     await self._client.aclose()
