@@ -128,6 +128,17 @@ class Profile:
     fields: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Pusher:
+    """Where a push gateway wakes a device (``Client.set_pusher``)."""
+
+    app_id: str
+    pushkey: str
+    url: str
+    data: dict[str, str]
+    this_device: bool
+
+
 #: What ``Client.notices()`` yields: pushes that are not stored messages.
 Notice = Roster | Presence | Receipt | Signal | StreamData
 
@@ -674,6 +685,27 @@ class Client:
         """Change one's own profile: nickname=..., avatar=..., any other field (custom); "" removes it."""
         _, p = await self.request("profile_request", changes=changes)
         return Profile(p.user or "", p.nickname or "", p.avatar or "", dict(p.fields or {}))
+
+    # --- pushers (push to offline devices) --------------------------------------------
+
+    async def set_pusher(self, app_id: str, pushkey: str, url: str, data: dict[str, str] | None = None) -> list[Pusher]:
+        """Have this device woken through the Matrix push gateway at ``url``
+        (``.../_matrix/push/v1/notify``) when a message reaches it while it is
+        offline; returns the account's pushers."""
+        return await self._pushers("set", app_id, pushkey, url, data or {})
+
+    async def remove_pusher(self, app_id: str, pushkey: str) -> list[Pusher]:
+        return await self._pushers("remove", app_id, pushkey)
+
+    async def pushers(self) -> list[Pusher]:
+        return await self._pushers("list")
+
+    async def _pushers(self, op: str, app_id: str = "", pushkey: str = "", url: str = "",
+                       data: dict[str, str] | None = None) -> list[Pusher]:
+        _, reply = await self.request("pusher_request", wp.thrift.PusherRequest(
+            op=op, app_id=app_id, pushkey=pushkey, url=url, data=data or {}))
+        return [Pusher(p.app_id or "", p.pushkey or "", p.url or "", dict(p.data or {}), bool(p.this_device))
+                for p in reply.pushers or []]
 
     @property
     def position(self) -> int:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from timpy.im.groups import Groups
     from timpy.im.messaging import Messenger
     from timpy.im.presence import Presence
+    from timpy.im.push import Push
     from timpy.im.receipts import Receipts
     from timpy.im.rooms import Rooms
     from timpy.im.roster import Roster
@@ -29,6 +30,7 @@ if TYPE_CHECKING:
     from timpy.im.signalling import Signalling
     from timpy.im.tasks import TaskHost
     from timpy.im.terminals import TerminalRegistry
+    from timpy.im.webhooks import Webhooks
     from timpy.wire.messages import SendResult
 
 
@@ -89,6 +91,10 @@ class NodeServices(Protocol):
     def signalling(self) -> Signalling: ...
     @property
     def rooms(self) -> Rooms: ...
+    @property
+    def push(self) -> Push: ...
+    @property
+    def webhooks(self) -> Webhooks | None: ...
 
     def cluster_status(self) -> dict[str, object]: ...
     def traffic(self) -> dict[str, int]: ...

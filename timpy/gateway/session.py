@@ -48,7 +48,7 @@ log = logging.getLogger("timpy.gateway")
 _CLIENT_OPS = frozenset(
     {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping",
      "group_request", "roster_request", "presence_set", "presence_query", "signal", "receipt", "unread_request",
-     "room_request", "stream", "profile_request"}
+     "room_request", "stream", "profile_request", "pusher_request"}
 )
 _DEVICE_KIND = re.compile(r"^[a-z0-9_\-]{1,16}$")
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
@@ -555,6 +555,12 @@ class ClientSession:
         await self.node.rooms.stream(who, terminal, body.room or "", body.data or b"")
         if rid:
             await self.reply(wp.make_frame("ok", rid=rid))
+
+    async def _op_pusher_request(self, rid: int, body: TPayload) -> None:
+        who, terminal = self._who()
+        pushers = await self.node.push.request(who, terminal.device_id, body.op or "", body.app_id or "",
+                                               body.pushkey or "", body.url or "", dict(body.data or {}))
+        await self.reply(wp.make_frame("pusher_list", rid=rid, pushers=[wp.thrift.PusherInfo(**p) for p in pushers]))
 
     async def _op_profile_request(self, rid: int, body: TPayload) -> None:
         who, _ = self._who()

@@ -24,6 +24,7 @@ from timpy.errors import Code, RequestError
 from timpy.im import group_rules as rules
 from timpy.im import ids
 from timpy.im.accounts import RESERVED_NAMES, SYSTEM_USER, Identity
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.group_rules import Group, JoinPolicy, Role
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
@@ -72,8 +73,9 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
 class Groups:
     def __init__(
         self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
-        replicator: Replicator, messenger: Messenger, writer: Writer,
+        replicator: Replicator, messenger: Messenger, writer: Writer, events: EventSink = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._store = store
         self._indexer = indexer
         self._limits = limits
@@ -149,6 +151,10 @@ class Groups:
                     return group_view(group, actor)
                 group = self._run(group, actor, op, users, name, policy, flag, profile or {})
             await self._save(gid, group, version)
+            if self._events.wants("group.changed"):  # hook: webhooks, at the group's owner
+                await self._events.emit("group.changed", event_id("group.changed", gid, version + 1), {
+                    "group": ids.conversation_text(gid), "op": op, "actor": actor, "users": users,
+                    "version": version + 1, "members": [] if group.dissolved else sorted(group.members)})
         return group_view(group, actor)
 
     @staticmethod
@@ -281,6 +287,8 @@ class Groups:
         new, content = self._writer.prepare(
             sender.user_id, sender.name, gid, members, GROUP_PREFIX + text, client_id, kind, body, ext
         )
+        if self._writer.send_checks:  # webhooks that approve messages: before queueing, in this task
+            new, content = await self._writer.screen_send(new, content, text)
         return await self._writer.append(new, content, text, admin)
 
     async def members_of(self, gid: bytes) -> list[str]:

@@ -57,7 +57,7 @@ class SendTicket:
     def now(self) -> SendResult | None:
         """The result if it is known without waiting (raises the send's error); else None."""
         p = self._pending
-        if p is None or not p.done.is_set() or p.fanout:
+        if p is None or not p.done.is_set() or p.fanout or p.held:
             return None
         if p.error is not None:
             if p.error.code == Code.UNAVAILABLE:
@@ -231,6 +231,8 @@ class Messenger:
         peer = self._peer_ids.get((sender.user_id, recipient)) or self._peer_of(sender.user_id, recipient)
         new, content, conversation = self._prepare(sender, peer, client_id, kind, body, ext)  # checked before any lookup
         await self._require_user(peer[1])
+        if self._writer.send_checks:  # webhooks that approve messages: before queueing, in this task
+            new, content = await self._writer.screen_send(new, content, conversation)
         conv = new.conv_id
         if not self._cluster or self._peers.placement.single or self._peers.owner(conv) == self._peers.self_id:
             pending = Append(new, content, conversation)

@@ -73,6 +73,15 @@ class PresenceWatcher(Protocol):
     def __call__(self, user_id: bytes, online: bool) -> None: ...
 
 
+class TerminalWatcher(Protocol):
+    """Told at a user's owner when a device's terminal is recorded on a node
+    (``attached`` True: a login) or goes (False: a logout, a terminal pushed
+    out by the limit, or one lost with a node that left). Called in the task
+    that changed the records: it must not block (hand waiting work to a task host)."""
+
+    def __call__(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None: ...
+
+
 class Routes:
     def __init__(
         self, peers: Peers, registry: TerminalRegistry, limits: Callable[[], Limits] = Limits, *,
@@ -89,6 +98,7 @@ class Routes:
         self._records: dict[bytes, dict[bytes, Route]] = {}
         self._clock = 0.0
         self._watchers: list[PresenceWatcher] = []
+        self._terminal_watchers: list[TerminalWatcher] = []
         self._resend = resend
         self._asked: set[str] = set()  # members asked for their terminals since this node started
         self.ask_on_start = ask_on_start
@@ -112,6 +122,14 @@ class Routes:
         for watcher in self._watchers:
             watcher(user_id, online)
 
+    def watch_terminals(self, watcher: TerminalWatcher) -> None:
+        """Tell ``watcher`` whenever a device's terminal of a user owned here is recorded or goes."""
+        self._terminal_watchers.append(watcher)
+
+    def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
+        for watcher in self._terminal_watchers:
+            watcher(user_id, device_id, node_id, attached)
+
     # --- at the owner -------------------------------------------------------
 
     def check(self, user_id: bytes, device_id: bytes, kind: str) -> list[bytes]:
@@ -125,10 +143,13 @@ class Routes:
         old = devices.get(device_id)
         self._clock += 1
         devices[device_id] = Route(node_id, kind, self._clock if old is None else old.since)
+        if old is None or old.node != node_id:
+            self._terminal_changed(user_id, device_id, node_id, True)
         if old is not None and old.node != node_id:
             self._kick_device(user_id, device_id, old.node, "logged in again from the same device elsewhere")
         for gone in kick:
             route = devices.pop(gone)
+            self._terminal_changed(user_id, gone, route.node, False)
             self._kick_device(user_id, gone, route.node,
                               f"too many terminals of this account: this one ({route.kind}) was the oldest")
         if first:
@@ -144,6 +165,7 @@ class Routes:
         devices = self._records.get(user_id)
         if devices is not None and device_id in devices and devices[device_id].node == node_id:
             del devices[device_id]
+            self._terminal_changed(user_id, device_id, node_id, False)
             if not devices:
                 del self._records[user_id]
                 self._presence_changed(user_id, False)
@@ -163,6 +185,7 @@ class Routes:
             for device_id, route in list(devices.items()):
                 if route.node not in nodes:
                     del devices[device_id]
+                    self._terminal_changed(user_id, device_id, route.node, False)
             if not devices:
                 del self._records[user_id]
                 self._presence_changed(user_id, False)
@@ -170,6 +193,10 @@ class Routes:
     def online(self, user_id: bytes) -> bool:
         """At the owner: has the user a live terminal?"""
         return user_id in self._records
+
+    def devices(self, user_id: bytes) -> frozenset[bytes]:
+        """At the owner: the devices of the user with a live terminal."""
+        return frozenset(self._records.get(user_id, {}))
 
     def nodes_of(self, user_id: bytes) -> set[str]:
         """At the owner: the nodes holding the user's live terminals."""

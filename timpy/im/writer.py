@@ -13,10 +13,19 @@ waiting (up to ``MAX_BATCH``) and, in order:
 4. copies the rows to the keys' other replicas and waits for the write quorum
    (undone everywhere when the quorum is missed);
 5. hands the committed messages to the **listeners** (``Listener``), in
-   commit order: pushes to terminals (``timpy.im.delivery``), metrics;
+   commit order: pushes to terminals (``timpy.im.delivery``), metrics, the
+   webhook events and push notifications (``timpy.im.webhooks``, ``timpy.im.push``);
 6. asks the owners of members' users on other nodes to append the message to
    their inboxes (fan-out, ``inbox.append``, one request per node, in commit
    order) and settles each append.
+
+Two hooks run outside the writer task, in the task of the request being
+served, because they may wait for other services: **send checks**
+(``SendCheck``, ``screen_send``) before a send is queued (a webhook that
+approves or rewrites messages: a slow one must not stall the other senders'
+batches), and **ack holds** (``AckHold``), awaited in ``finish`` before a
+send is acknowledged (what a listener handed off must be durable first:
+the webhook outbox).
 
 One writer per node makes sequences gap-free without locks and turns
 concurrent sends into one fsync. Features do not reach into this loop: they
@@ -28,7 +37,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import trio
@@ -78,6 +87,7 @@ class Append:
     result: SendResult | None = None
     error: TimpyError | None = None
     fanout: list[Call] | None = None  # inbox appends at other owners, awaited before the ack
+    held: bool = False  # ack holds run before the ack (``finish``)
 
     @property
     def direct(self) -> bool:
@@ -147,6 +157,28 @@ class Listener(Protocol):
     def __call__(self, committed: Sequence[Committed]) -> None: ...
 
 
+class SendCheck(Protocol):
+    """Runs where a send is served, before it is queued (outside the writer
+    task: it may wait for a remote service), for sends of users (1:1 and
+    group). Given the checked message and its conversation's text id, it
+    returns the body to store (the same, or rewritten); it raises a
+    ``TimpyError`` to refuse the send (nothing is stored)."""
+
+    async def __call__(self, content: MessageContent, conversation: str) -> bytes: ...
+
+
+class AckHold(Protocol):
+    """Runs in ``finish`` (the task waiting for a send's result, not the
+    writer task), after the commit and the fan-out, before the send is
+    acknowledged: for every settled append, a duplicate included (whose
+    first try may have been committed and lost before its hold ran). A
+    listener hands waiting work off; a hold waits until it is durable. One
+    that raises a ``TimpyError`` fails the ack with UNAVAILABLE: the message
+    is stored, and the sender's retry (a duplicate) runs the hold again."""
+
+    async def __call__(self, result: SendResult) -> None: ...
+
+
 def check_message(limits: Limits, client_id: str, kind: int, body: bytes, ext: dict[str, str]) -> None:
     """What any message must be before it is queued (size, kind, client id, ext); raises INVALID_MESSAGE and kin."""
     if not isinstance(client_id, str) or not 0 < len(client_id) <= ids.MAX_CLIENT_ID:
@@ -180,6 +212,8 @@ class Writer:
         *,
         checks: Iterable[Check] = (),
         listeners: Iterable[Listener] = (),
+        send_checks: Iterable[SendCheck] = (),
+        holds: Iterable[AckHold] = (),
         max_batch: int = MAX_BATCH,
     ) -> None:
         self._store = store
@@ -190,6 +224,8 @@ class Writer:
         self.now_ms = clock_ms
         self.checks: tuple[Check, ...] = tuple(checks)
         self.listeners: tuple[Listener, ...] = tuple(listeners)
+        self.send_checks: tuple[SendCheck, ...] = tuple(send_checks)
+        self.holds: tuple[AckHold, ...] = tuple(holds)
         self._max_batch = max_batch
         self._cluster = peers.rpc is not None
         self._send_q, self._recv_q = trio.open_memory_channel[Append | InboxAppend | None](math.inf)
@@ -210,6 +246,14 @@ class Writer:
         """Hand ``listener`` every commit from now on, after the listeners added before it."""
         self.listeners = (*self.listeners, listener)
 
+    def check_sends(self, check: SendCheck) -> None:
+        """Run ``check`` on each user's send before it is queued (``screen_send``), after the ones added before it."""
+        self.send_checks = (*self.send_checks, check)
+
+    def hold_acks(self, hold: AckHold) -> None:
+        """Await ``hold`` before each send is acknowledged, after the holds added before it."""
+        self.holds = (*self.holds, hold)
+
     # --- what features call --------------------------------------------------
 
     def prepare(
@@ -229,6 +273,22 @@ class Writer:
             dedup=ids.dedup_index(self._indexer, sender_id, client_id), created_ms=now, content=content.pack(),
         )
         return new, content
+
+    async def screen_send(
+        self, new: NewMessage, content: MessageContent, conversation: str
+    ) -> tuple[NewMessage, MessageContent]:
+        """Run the send checks on a prepared send (in the caller's task, before
+        it is queued); returns the message to queue: the same, or made again
+        (and checked again, its size too) with the body a check rewrote."""
+        body = content.body
+        for check in self.send_checks:
+            body = await check(content if body == content.body else replace(content, body=body), conversation)
+        if body == content.body:
+            return new, content
+        return self.prepare(
+            new.sender_id, content.sender, new.conv_id, new.members, content.recipient, content.client_id,
+            content.kind, body, dict(content.ext),
+        )
 
     def submit(self, work: Append | InboxAppend) -> None:
         """Queue an append (UNAVAILABLE once the node is shutting down). Appends
@@ -260,6 +320,14 @@ class Writer:
                     Code.UNAVAILABLE,
                 ) from None
         assert pending.result is not None
+        for hold in self.holds:
+            try:
+                await hold(pending.result)
+            except TimpyError as exc:
+                raise TimpyError(
+                    f"the message is stored but could not be handed to integrations ({exc.text}); send it again",
+                    Code.UNAVAILABLE,
+                ) from None
         return pending.result
 
     def acknowledge(self, user_id: bytes, device_id: bytes, pos: int) -> None:
@@ -394,6 +462,7 @@ class Writer:
         for p, appended in zip(news, written.appended, strict=True):
             if replicated:
                 p.fanout = self._fan_out(p.new, appended.seq, appended.sealed)
+            p.held = bool(self.holds)
             p.done.set()
         for p in inbox:
             p.done.set()
