@@ -4,6 +4,8 @@ from timpy.client.client import (
     Ack,
     Client,
     Connector,
+    ConversationEntry,
+    ConversationPage,
     GroupInfo,
     HistoryPage,
     Notice,
@@ -12,6 +14,8 @@ from timpy.client.client import (
     Receipt,
     RoomInfo,
     Roster,
+    SearchHit,
+    SearchResults,
     Signal,
     StreamData,
     TlsError,
@@ -21,4 +25,4 @@ from timpy.client.client import (
     register,
 )
 
-__all__ = ["Ack", "Client", "Connector", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]
+__all__ = ["Ack", "Client", "Connector", "ConversationEntry", "ConversationPage", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "SearchHit", "SearchResults", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]

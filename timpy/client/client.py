@@ -50,7 +50,8 @@ _BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)  # seconds between rounds of attempts, the
 # Requests that may be sent again after a connection was lost: reads, and
 # sends (deduplicated by their client id). Others (group changes, ...) fail
 # with UNAVAILABLE: their outcome is unknown.
-_RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync"})
+_RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync",
+                         "conversation_list", "conversation_set", "search"})
 # A node that closed the connection for one of these reasons would do it again.
 _FINAL = frozenset({Code.KICKED, Code.ACCOUNT_DISABLED, Code.BAD_CREDENTIALS, Code.TOKEN_INVALID, Code.TOKEN_EXPIRED,
                     Code.VERSION_UNSUPPORTED})
@@ -161,8 +162,55 @@ class Profile:
     fields: dict[str, str]
 
 
+@dataclass(frozen=True)
+class ConversationEntry:
+    """One conversation of the list; also a notice when it changes."""
+
+    conversation: str
+    group: bool
+    peer: str  # the other user of a 1:1 conversation
+    name: str  # a group's name
+    last: ChatMessage | None  # the newest message shown
+    last_time: int  # ms since the epoch of the newest activity
+    unread: int
+    mentions: int
+    muted: bool
+    pinned: bool
+    archived: bool
+    read_seq: int
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    entries: list[ConversationEntry]
+    total: int  # entries in the whole list (archived ones, or the others)
+    more: bool
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    conversation: str
+    seq: int
+    server_time: int
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    hits: list[SearchHit]  # newest first
+    count: int  # hits in all
+    more: bool
+
+
 #: What ``Client.notices()`` yields: pushes that are not stored messages.
-Notice = Roster | Presence | Receipt | Signal | StreamData
+Notice = Roster | Presence | Receipt | Signal | StreamData | ConversationEntry
+
+
+def _entry(e: TPayload) -> ConversationEntry:
+    return ConversationEntry(
+        e.conversation or "", bool(e.group), e.peer or "", e.name or "",
+        message_from_wire(e.last) if e.last is not None else None, e.last_time or 0, e.unread or 0,
+        e.mentions or 0, bool(e.muted), bool(e.pinned), bool(e.archived), e.read_seq or 0,
+    )
 
 
 def _roster(r: TPayload) -> Roster:
@@ -184,6 +232,8 @@ def _notices_of(op: str, body: TPayload) -> list[Notice]:
         return [Signal(body.kind or "", body.sender or "", body.data or b"", body.to or "", body.conversation or "")]
     if op == "stream":
         return [StreamData(body.room or "", body.sender or "", body.data or b"")]
+    if op == "conversation_entry":
+        return [_entry(body)]
     return []
 
 
@@ -440,7 +490,7 @@ class Client:
             return
         if op == "sync_done":
             self._synced.set()
-        if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream"):
+        if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream", "conversation_entry"):
             for notice in _notices_of(op, body):
                 try:
                     self._notices_send.send_nowait(notice)
@@ -690,6 +740,33 @@ class Client:
     async def unread(self) -> Unread:
         _, u = await self.request("unread_request")
         return Unread(dict(u.counts or {}), dict(u.read or {}))
+
+    # --- conversation list and search ---------------------------------------------
+
+    async def conversations(self, *, offset: int = 0, limit: int = 50, archived: bool = False) -> ConversationPage:
+        """A page of this user's conversations (1:1 and groups): pinned first,
+        then the newest activity first; ``archived`` lists the archived ones."""
+        _, p = await self.request("conversation_list", offset=offset, limit=limit, archived=archived)
+        return ConversationPage([_entry(e) for e in p.entries or []], p.total or 0, bool(p.more))
+
+    async def set_conversation(
+        self, conversation: str, *, muted: bool | None = None, pinned: bool | None = None,
+        archived: bool | None = None,
+    ) -> ConversationEntry:
+        """Set this user's flags of a conversation (None: unchanged); returns its entry."""
+        _, e = await self.request(
+            "conversation_set", conversation=conversation, muted=muted, pinned=pinned, archived=archived
+        )
+        return _entry(e)
+
+    async def search(self, query: str, *, conversation: str = "", offset: int = 0, limit: int = 50) -> SearchResults:
+        """Messages of this user's conversations (or of one) holding every word
+        of ``query`` (as prefixes), newest first; fetch them with ``history``."""
+        _, r = await self.request("search", query=query, conversation=conversation, offset=offset, limit=limit)
+        return SearchResults(
+            [SearchHit(h.conversation or "", h.seq or 0, h.server_time or 0) for h in r.hits or []],
+            r.count or 0, bool(r.more),
+        )
 
     # --- message kinds -----------------------------------------------------------
 

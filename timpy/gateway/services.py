@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from timpy.crypto.blind import BlindIndexer
     from timpy.gateway.transports import ConnectionGate
     from timpy.im.accounts import Accounts
+    from timpy.im.conversations import Conversations
     from timpy.im.groups import Groups
     from timpy.im.messaging import Messenger
     from timpy.im.presence import Presence
@@ -25,6 +26,7 @@ if TYPE_CHECKING:
     from timpy.im.rooms import Rooms
     from timpy.im.roster import Roster
     from timpy.im.routes import Routes
+    from timpy.im.search import Search
     from timpy.im.signalling import Signalling
     from timpy.im.terminals import TerminalRegistry
     from timpy.wire.messages import SendResult
@@ -83,6 +85,10 @@ class NodeServices(Protocol):
     def signalling(self) -> Signalling: ...
     @property
     def rooms(self) -> Rooms: ...
+    @property
+    def conversations(self) -> Conversations: ...
+    @property
+    def search(self) -> Search: ...
 
     def cluster_status(self) -> dict[str, object]: ...
     def traffic(self) -> dict[str, int]: ...

@@ -28,7 +28,7 @@ from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
 from timpy.wire import protocol as wp
-from timpy.wire.messages import ChatMessage, Delivery, SendResult
+from timpy.wire.messages import ChatMessage, Delivery, SendResult, unpack_content
 
 if TYPE_CHECKING:
     from timpy.gateway.services import NodeServices
@@ -38,7 +38,7 @@ log = logging.getLogger("timpy.gateway")
 _CLIENT_OPS = frozenset(
     {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping",
      "group_request", "roster_request", "presence_set", "presence_query", "signal", "receipt", "unread_request",
-     "room_request", "stream", "profile_request"}
+     "room_request", "stream", "profile_request", "conversation_list", "conversation_set", "search"}
 )
 _DEVICE_KIND = re.compile(r"^[a-z0-9_\-]{1,16}$")
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
@@ -63,6 +63,16 @@ def message_to_wire(m: ChatMessage) -> TPayload:
         seq=m.seq,
         ext=m.ext,
     )
+
+
+def entry_to_wire(entry: dict) -> TPayload:
+    """A conversation list entry (``timpy.im.conversations``) as a ConversationEntry."""
+    fields = dict(entry)
+    last = fields.pop("last", None)
+    if last:
+        seq, ms, content = last
+        fields["last"] = message_to_wire(unpack_content(fields["conversation"], int(seq), int(ms), bytes(content)))
+    return wp.thrift.ConversationEntry(**fields)
 
 
 def in_users_words(exc: TimpyError, frame: TPayload) -> TimpyError:
@@ -193,6 +203,8 @@ class ClientSession:
     def _signal_frame(op: str, fields: dict) -> TPayload:
         if op == "presence_list":
             return wp.make_frame(op, users=[wp.thrift.Presence(**u) for u in fields["users"]])
+        if op == "conversation_entry":
+            return wp.make_frame(op, entry_to_wire(fields))
         return wp.make_frame(op, **fields)
 
     def _delivery_frame(self, delivery: Delivery) -> Encoded:
@@ -588,3 +600,32 @@ class ClientSession:
         else:
             view = await self.node.accounts.profile(body.user or who.name)
         await self.reply(wp.make_frame("profile", rid=rid, **view))
+
+    # --- conversation list and search ------------------------------------------------
+
+    async def _op_conversation_list(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        offset = body.offset or 0
+        entries, total = await self.node.conversations.list(who, offset, body.limit or 0, bool(body.archived))
+        await self.reply(wp.make_frame(
+            "conversation_page", rid=rid, entries=[entry_to_wire(e) for e in entries], total=total,
+            more=offset + len(entries) < total,
+        ))
+
+    async def _op_conversation_set(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        entry = await self.node.conversations.set_flags(
+            who, body.conversation or "", body.muted, body.pinned, body.archived
+        )
+        await self.reply(wp.make_frame("conversation_entry", entry_to_wire(entry), rid=rid))
+
+    async def _op_search(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        offset = body.offset or 0
+        hits, count = await self.node.search.search(
+            who, body.query or "", body.conversation or "", offset, body.limit or 0
+        )
+        await self.reply(wp.make_frame(
+            "search_results", rid=rid, count=count, more=offset + len(hits) < count,
+            hits=[wp.thrift.SearchHit(conversation=c, seq=q, server_time=ms) for c, q, ms in hits],
+        ))

@@ -13,6 +13,7 @@ for their inbox entries once per node (``Messenger._fan_out``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -80,6 +81,7 @@ class Groups:
         self._replicator = replicator
         self._messenger = messenger
         self._locks: dict[bytes, trio.Lock] = {}
+        self.changed: list[Callable[[bytes, Group | None, Group], None]] = []  # (id, before, after), after a save
         if peers.rpc is not None:
             peers.rpc.register("group.request", self._on_request)
             peers.rpc.register("group.send", self._on_send)
@@ -132,6 +134,7 @@ class Groups:
     ) -> dict[str, Any]:
         lock = self._locks.setdefault(gid, trio.Lock())
         async with lock:
+            before: Group | None = None
             if op == "create":
                 try:
                     chosen = JoinPolicy(policy or JoinPolicy.APPROVAL)
@@ -145,8 +148,11 @@ class Groups:
                     if actor not in group.members and actor not in group.requests:
                         raise RequestError("you are not a member of that group", Code.NOT_A_MEMBER)
                     return group_view(group, actor)
+                before = group
                 group = self._run(group, actor, op, users, name, policy, flag, profile or {})
             await self._save(gid, group, version)
+            for listener in self.changed:
+                listener(gid, before, group)
         return group_view(group, actor)
 
     @staticmethod

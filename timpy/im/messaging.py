@@ -164,6 +164,10 @@ class Messenger:
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
         self.records: Any = None  # the node's Records (roster blocks), set when it is built
         self._user_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        # Told after each stored batch (not for duplicates): the conversations
+        # it numbered here, and the (user id, conversation id) of the inbox
+        # entries it placed here (the conversation list, search).
+        self.after_commit: list[Callable[[list[bytes], list[tuple[bytes, bytes]]], None]] = []
         self._register()
 
     def check_user_rate(self, user_id: bytes, now: float) -> None:
@@ -282,6 +286,16 @@ class Messenger:
                 self.routes.push(it.user_id, Delivery(placed.pos, message), content, it.created_ms)
             p.pos = placed.pos
             p.done.set()
+        if self.after_commit:
+            self._tell_committed(news, inbox, written)
+
+    def _tell_committed(self, news: list[_Pending], inbox: list[_PendingInbox], written: Written) -> None:
+        convs = sorted({p.new.conv_id for p, a in zip(news, written.appended, strict=True) if not a.duplicate})
+        entries = [(u, p.new.conv_id) for p, a in zip(news, written.appended, strict=True) for u in a.inbox]
+        entries += [(p.item.user_id, p.item.conv_id) for p, pl in zip(inbox, written.placed, strict=True) if pl.new]
+        if convs or entries:
+            for listener in self.after_commit:
+                listener(convs, entries)
 
     async def _screen(self, news: list[_Pending]) -> list[_Pending]:
         """Refuse, in queue order, what the rules that need stored state refuse:

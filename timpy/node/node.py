@@ -42,6 +42,7 @@ from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
+from timpy.im.conversations import Conversations
 from timpy.im.groups import Groups
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
@@ -52,6 +53,7 @@ from timpy.im.replication import Replicator
 from timpy.im.rooms import Rooms
 from timpy.im.roster import Roster
 from timpy.im.routes import Routes
+from timpy.im.search import Search
 from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
 from timpy.im.terminals import TerminalRegistry
@@ -262,6 +264,16 @@ class Node:
         self.receipts = Receipts(
             self.store, self.indexer, self.peers, self.replicator, self.messenger, self.signals, c.limits
         )
+        self.conversations = Conversations(
+            self.store, self.indexer, self.peers, self.records, self.signals, self.routes, self._now_ms,
+            self.messenger.spawn,
+        )
+        self.search = Search(
+            self.store, self.indexer, self.peers, self.replicator, self.conversations, self.messenger.spawn
+        )
+        self.messenger.after_commit += [self.conversations.committed, self.search.committed]
+        self.receipts.marked.append(self.conversations.inbox_changed)
+        self.groups.changed.append(self.conversations.group_saved)
         self.signalling = Signalling(
             self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits
         )

@@ -22,8 +22,10 @@ from timpy.concurrency import to_worker
 from timpy.crypto.seal import Sealer, row_ad
 from timpy.errors import Code, ConfigError, KeyMismatchError, RequestError, StorageError
 from timpy.store import schema as s
+from timpy.store.conversations import ConversationQueries
 from timpy.store.migrations import steps_after
 from timpy.store.repair import RepairQueries
+from timpy.store.search import SearchQueries
 
 log = logging.getLogger("timpy.store")
 
@@ -168,7 +170,7 @@ class InboxEntry:
     message: StoredMessage
 
 
-class Repository(RepairQueries):
+class Repository(RepairQueries, ConversationQueries, SearchQueries):
     def __init__(self, engine: Engine, sealer: Sealer, effect_of: EffectOf | None = None) -> None:
         self.engine = engine
         self._sealer = sealer
@@ -910,6 +912,7 @@ class Repository(RepairQueries):
                     deleted += conn.execute(table.delete().where(table.c.conv_id.in_(convs))).rowcount
                 deleted += conn.execute(s.groups.delete().where(s.groups.c.group_id.in_(convs))).rowcount
                 deleted += conn.execute(s.records.delete().where(s.records.c.key_id.in_(convs))).rowcount
+                deleted += self.forget_search(conn, convs)
             stale = [k for k in candidates if k in set(convs) or not homed(k)]
             referenced = select(i.c.pos).where(and_(i.c.conv_id == m.c.conv_id, i.c.seq == m.c.seq)).exists()
             for start in range(0, len(stale), 500):

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 5  # bump with a step in migrations.py
+SCHEMA_VERSION = 6  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -138,4 +138,33 @@ revoked_tokens = Table(
     metadata,
     Column("token_id", Id, primary_key=True),
     Column("expires_ms", BigInteger, nullable=False),
+)
+
+# schema 6 (conversation list): a user's inbox entries by conversation, so the
+# newest messages and unread ones of one conversation are found without
+# reading the whole inbox.
+inbox_by_conversation = Index("ix_inbox_user_conv", inbox.c.user_id, inbox.c.conv_id, inbox.c.pos)
+
+# schema 6 (search): blind tokens of the words of each message, at the
+# conversation's owner and replicas (or its backend). A token is keyed
+# BLAKE2b under a key of the conversation's own (timpy/im/search_rules.py);
+# no word is stored. search_heads: indexed up to this seq.
+Token = LargeBinary(8).with_variant(mysql.VARBINARY(8), "mysql", "mariadb")
+
+search_postings = Table(
+    "search_postings",
+    metadata,
+    Column("conv_id", Id, nullable=False),
+    Column("token", Token, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("conv_id", "token", "seq"),
+    Index("ix_search_postings_seq", "conv_id", "seq"),
+    sqlite_with_rowid=False,
+)
+
+search_heads = Table(
+    "search_heads",
+    metadata,
+    Column("conv_id", Id, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
 )

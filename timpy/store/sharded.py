@@ -36,6 +36,7 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 from timpy.crypto.seal import Sealer
 from timpy.errors import StorageError
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
+from timpy.store.conversations import ShardedConversationQueries
 from timpy.store.engine import url_engine
 from timpy.store.repository import (
     AccountRow,
@@ -50,6 +51,7 @@ from timpy.store.repository import (
     StoredMessage,
     Written,
 )
+from timpy.store.search import ShardedSearchQueries
 
 log = logging.getLogger("timpy.store")
 T = TypeVar("T")
@@ -58,7 +60,7 @@ DOWN_PAUSE = 2.0  # seconds a failed backend is skipped before it is tried again
 FREEZE_WAIT = 20.0  # seconds a write waits for a move's freeze to end
 
 
-class ShardedRepository:
+class ShardedRepository(ShardedConversationQueries, ShardedSearchQueries):
     def __init__(
         self,
         backend_map: BackendMap,

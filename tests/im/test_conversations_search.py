@@ -1,0 +1,222 @@
+"""The conversation list and search, through the client library: on one node
+over TCP and across the three nodes of an in-memory cluster (users spread
+over them), after a restart of the nodes, and in the SQLite file at rest."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack, asynccontextmanager
+
+import pytest
+import trio
+import trio.testing
+
+import timpy
+from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
+from timpy.client import Connector
+from timpy.config import NodeConfig
+from timpy.testing import open_cluster
+
+WHERE = pytest.mark.parametrize("where", ["one", "three"])
+
+
+@pytest.fixture
+def clock(where: str) -> trio.testing.MockClock | None:
+    """Virtual time for the in-memory cluster; real time for the node that listens on a socket."""
+    return trio.testing.MockClock(autojump_threshold=0) if where == "three" else None
+
+
+@asynccontextmanager
+async def place(where: str) -> AsyncIterator[list[str | Connector]]:
+    """One node over TCP (its URL three times), or the three nodes of an in-memory cluster."""
+    if where == "one":
+        async with timpy.open_node(node_config()) as n:
+            yield [n.tcp_url] * 3
+        return
+    async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY)) as cluster:
+        yield [cluster.connector(i) for i in range(3)]
+
+
+@asynccontextmanager
+async def clients(at: list[str | Connector], *names: str) -> AsyncIterator[list[timpy.Client]]:
+    await users(at[0], *names)
+    async with AsyncExitStack() as stack:
+        out = []
+        for i, name in enumerate(names):
+            c = await stack.enter_async_context(timpy.connect(at[i % len(at)], name, PASSWORD))
+            await c.wait_synced()
+            out.append(c)
+        yield out
+
+
+async def code_of(call) -> timpy.Code:  # noqa: ANN001
+    with pytest.raises(timpy.RemoteError) as e:
+        await call
+    return e.value.code
+
+
+async def settle() -> None:
+    """Background work (group records, notices, indexing) has run."""
+    await trio.sleep(0.3)
+
+
+def summary(page: timpy.ConversationPage) -> list[tuple]:
+    return [
+        (e.conversation, e.group, e.peer, e.name, e.last.body if e.last else None, e.unread, e.mentions,
+         e.muted, e.pinned, e.archived)
+        for e in page.entries
+    ]
+
+
+@WHERE
+async def test_the_conversation_list_orders_counts_flags_and_pushes(where, clock):
+    async with place(where) as at, clients(at, "pat", "quin", "rae") as (pat, quin, rae):
+        a = await pat.send("quin", "first")
+        await pat.send("quin", "second")
+        await quin.send("pat", "my reply")
+        await trio.sleep(0.01)
+        g = await rae.create_group("lunch club", ["pat", "quin"], policy="invite")
+        await settle()
+        # "My groups": the new group is listed before it has a message, newest first.
+        page = await quin.conversations()
+        assert summary(page) == [
+            (g.group, True, "", "lunch club", None, 0, 0, False, False, False),
+            (a.conversation, False, "pat", "", b"my reply", 2, 0, False, False, False),
+        ]
+        assert (page.total, page.more) == (2, False)
+        # A message mentioning quin: pushed to quin's terminals as a changed entry.
+        await rae.send_group(g.group, "@quin lunch at noon?", ext={"mentions": "quin"})
+        e = await quin.next_notice(timpy.ConversationEntry, timeout=10)
+        while e.conversation != g.group or e.unread != 1:
+            e = await quin.next_notice(timpy.ConversationEntry, timeout=10)
+        assert (e.last.body, e.mentions, e.group, e.name) == (b"@quin lunch at noon?", 1, True, "lunch club")
+        await rae.send_group(g.group, "everyone!", ext={"mentions": "@all"})
+        await settle()
+        assert [(x.unread, x.mentions) for x in (await pat.conversations()).entries if x.group] == [(2, 1)]
+        # Flags: pinned first; archived apart; muted shown.
+        pinned = await quin.set_conversation(a.conversation, pinned=True, muted=True)
+        assert (pinned.pinned, pinned.muted, pinned.archived, pinned.peer) == (True, True, False, "pat")
+        assert [x.conversation for x in (await quin.conversations()).entries] == [a.conversation, g.group]
+        await quin.set_conversation(g.group, archived=True)
+        assert [x.conversation for x in (await quin.conversations()).entries] == [a.conversation]
+        archived = await quin.conversations(archived=True)
+        assert [(x.conversation, x.archived) for x in archived.entries] == [(g.group, True)]
+        # Reading moves the count, told live.
+        await quin.receipt(a.conversation, a.seq + 1)
+        e = await quin.next_notice(timpy.ConversationEntry, timeout=10)
+        while e.conversation != a.conversation or e.unread != 0:
+            e = await quin.next_notice(timpy.ConversationEntry, timeout=10)
+        assert e.read_seq == a.seq + 1
+        # Paging.
+        await quin.set_conversation(g.group, archived=False)
+        first = await quin.conversations(limit=1)
+        second = await quin.conversations(offset=1, limit=1)
+        assert (first.total, first.more, second.more) == (2, True, False)
+        assert [x.conversation for x in first.entries + second.entries] == [a.conversation, g.group]
+        # A user who leaves a group no longer lists it.
+        await pat.group("leave", g.group)
+        await settle()
+        assert g.group not in [x.conversation for x in (await pat.conversations()).entries]
+        assert await code_of(quin.set_conversation("zz", pinned=True)) == timpy.Code.BAD_REQUEST
+
+
+@WHERE
+async def test_two_devices_see_the_same_list(where, clock):
+    async with place(where) as at, clients(at, "sam", "tea") as (sam, tea):
+        for i in range(3):
+            await sam.send("tea", f"m{i}")
+        await tea.set_conversation((await tea.conversations()).entries[0].conversation, pinned=True)
+        async with timpy.connect(at[2], "tea", PASSWORD, device="phone") as phone:
+            await phone.wait_synced()
+            assert summary(await phone.conversations()) == summary(await tea.conversations())
+            # A flag set on one device is pushed to the other.
+            conv = (await phone.conversations()).entries[0].conversation
+            await phone.set_conversation(conv, muted=True)
+            e = await tea.next_notice(timpy.ConversationEntry, timeout=10)
+            while not e.muted:
+                e = await tea.next_notice(timpy.ConversationEntry, timeout=10)
+            assert summary(await phone.conversations()) == summary(await tea.conversations())
+
+
+@WHERE
+async def test_search_finds_words_and_follows_edit_recall_and_burn(where, clock):
+    async with place(where) as at, clients(at, "uma", "vic", "wes") as (uma, vic, wes):
+        a1 = await uma.send("vic", "Meet me at the Harbour at nine")
+        a2 = await uma.send("vic", "harbourmaster says the ferry is late")
+        a3 = await vic.send("uma", "ok, café at the harbour then")
+        await uma.send("wes", "harbour plans for wes only")
+        r = await vic.search("harbour")
+        assert [(h.conversation, h.seq) for h in r.hits] == [(a1.conversation, a3.seq), (a1.conversation, a2.seq),
+                                                              (a1.conversation, a1.seq)]
+        assert r.count == 3 and not r.more
+        assert [h.seq for h in (await vic.search("CAFE")).hits] == []  # accents are kept: café is not cafe
+        assert [h.seq for h in (await vic.search("Café harb")).hits] == [a3.seq]
+        assert [h.seq for h in (await vic.search("harbourmaster")).hits] == [a2.seq]  # a long word: whole
+        assert [h.seq for h in (await vic.search("harbourm")).hits] == [a2.seq]  # up to 8 letters: a prefix
+        page = await vic.search("harbour", limit=2)
+        assert (len(page.hits), page.count, page.more) == (2, 3, True)
+        # Edit: the old words leave the index, the new ones come in.
+        await uma.edit(a1.seq, "Meet me at the station at nine", to="vic")
+        assert [h.seq for h in (await vic.search("harbour")).hits] == [a3.seq, a2.seq]
+        assert [h.seq for h in (await vic.search("station")).hits] == [a1.seq]
+        # Recall: gone from the results.
+        await uma.recall(a2.seq, to="vic")
+        assert [h.seq for h in (await vic.search("harbour")).hits] == [a3.seq]
+        # Burn after reading: never indexed, and burned for good.
+        b = await uma.send("vic", "secret harbour code", kind=timpy.KIND_BURN)
+        assert [h.seq for h in (await vic.search("secret")).hits] == []
+        await vic.receipt(b.conversation, b.seq)
+        assert [h.seq for h in (await vic.search("secret")).hits] == []
+        # Only conversations the user is in.
+        assert [h.conversation for h in (await wes.search("harbour")).hits] != [] and all(
+            h.conversation != a1.conversation for h in (await wes.search("harbour")).hits)
+        assert await code_of(wes.search("harbour", conversation=a1.conversation)) == timpy.Code.NOT_A_MEMBER
+        assert await code_of(vic.search("  ,;  ")) == timpy.Code.BAD_REQUEST
+        # Groups too.
+        g = await uma.create_group("ships", ["vic", "wes"], policy="invite")
+        ga = await wes.send_group(g.group, "The harbour pilot boards at dawn")
+        assert (await vic.search("pilot")).hits[0].conversation == g.group
+        assert [h.seq for h in (await vic.search("harbour", conversation=g.group)).hits] == [ga.seq]
+
+
+@pytest.mark.trio
+async def test_no_search_word_is_in_the_sqlite_file(tmp_path):
+    words = ["zanzibarian", "quokkaberry", "flibbertigibbet"]
+    config = node_config(memory=False, data_dir=tmp_path)
+    async with timpy.open_node(config) as node:
+        await users(node.tcp_url, "xia", "yul")
+        async with timpy.connect(node.tcp_url, "xia", PASSWORD) as xia, \
+                timpy.connect(node.tcp_url, "yul", PASSWORD) as yul:
+            for w in words:
+                await xia.send("yul", f"the word is {w} today")
+            assert [len((await yul.search(w[:6])).hits) for w in words] == [1, 1, 1]
+            postings, heads = await node.store.run(node.store.repo.search_size)
+            assert postings > 0 and heads == 1
+    dump = b"".join(p.read_bytes() for p in tmp_path.rglob("*") if p.is_file())
+    for w in words:
+        for form in (w, w[:6], w.upper()):
+            assert form.encode() not in dump and form.encode("utf-16-le") not in dump
+
+
+async def test_list_and_search_survive_restarts_across_nodes(tmp_path, autojump_clock):
+    config = NodeConfig(security=FAST_SECURITY)
+    async with open_cluster(3, config=config, data_dir=tmp_path, seed=5) as cluster:
+        for i, name in enumerate(("ann", "bea", "cal")):
+            await cluster.register(i, name, PASSWORD)
+        async with cluster.client(0, "ann", PASSWORD) as ann, cluster.client(1, "bea", PASSWORD) as bea:
+            for i in range(4):
+                await ann.send("bea", f"voyage {i} to the lighthouse")
+            g = await bea.create_group("crew", ["ann", "cal"], policy="invite")
+            await bea.send_group(g.group, "lighthouse keepers meet tonight")
+            await bea.set_conversation(g.group, pinned=True)
+            await trio.sleep(1)
+            before = summary(await bea.conversations())
+            found = [(h.conversation, h.seq) for h in (await bea.search("lighthouse")).hits]
+            assert len(before) == 2 and len(found) == 5
+        for i in range(3):  # every node, so every owner, restarts in turn
+            await cluster.restart(i)
+            await cluster.wait_converged()
+            await trio.sleep(5)
+            async with cluster.client((i + 1) % 3, "bea", PASSWORD) as bea:
+                assert summary(await bea.conversations()) == before
+                assert [(h.conversation, h.seq) for h in (await bea.search("lighthouse")).hits] == found

@@ -1,0 +1,94 @@
+"""Storage of the conversation list: reads over a user's own rows (the inbox
+with the message copies beside it, and the read marks), so the list lives,
+is copied, repaired and moved with the user. A mixin of ``Repository``; the
+sharded one routes each call to the user's backend."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import and_, func, select
+
+from timpy.store import schema as s
+
+
+@dataclass(frozen=True)
+class ConversationRows:
+    """What a user's rows hold of one conversation."""
+
+    conv_id: bytes
+    last_pos: int  # the user's inbox position of its newest message
+    last_ms: int  # and that message's time
+    read_seq: int  # the user's read mark
+    tail: list[tuple[int, int, bytes]]  # the newest messages (seq, ms, opened content; empty: gone), newest first
+    unread: list[tuple[int, int, bytes]]  # the messages after the read mark, newest first (bounded)
+
+
+class ConversationQueries:
+    engine: Any
+
+    def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:  # pragma: no cover - Repository's
+        raise NotImplementedError
+
+    def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int]]:
+        """Every conversation in the user's inbox: (conv id, newest position, its time)."""
+        i, m = s.inbox, s.messages
+        newest = select(func.max(i.c.pos)).where(i.c.user_id == user_id).group_by(i.c.conv_id)
+        q = (
+            select(i.c.conv_id, i.c.pos, m.c.created_ms)
+            .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
+            .where(and_(i.c.user_id == user_id, i.c.pos.in_(newest)))
+        )
+        with self.engine.connect() as conn:
+            return [(bytes(r.conv_id), int(r.pos), int(r.created_ms)) for r in conn.execute(q)]
+
+    def conversation_rows(
+        self, user_id: bytes, conv_ids: Sequence[bytes], tail: int, unread_limit: int
+    ) -> list[ConversationRows]:
+        """For each of ``conv_ids`` the user has messages of: its newest
+        ``tail`` messages and its messages after the read mark (at most
+        ``unread_limit``), opened."""
+        i, m, rm = s.inbox, s.messages, s.read_marks
+        out: list[ConversationRows] = []
+        with self.engine.connect() as conn:
+            for conv in conv_ids:
+                mark = conn.execute(
+                    select(rm.c.seq).where(and_(rm.c.user_id == user_id, rm.c.conv_id == conv))
+                ).scalar()
+                read_seq = int(mark or 0)
+                base = (
+                    select(i.c.pos, i.c.seq, m.c.created_ms, m.c.content)
+                    .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
+                    .where(and_(i.c.user_id == user_id, i.c.conv_id == conv))
+                    .order_by(i.c.pos.desc())
+                )
+                newest = list(conn.execute(base.limit(tail)))
+                if not newest:
+                    continue
+                after = list(conn.execute(base.where(i.c.seq > read_seq).limit(unread_limit)))
+                out.append(ConversationRows(
+                    conv, int(newest[0].pos), int(newest[0].created_ms), read_seq,
+                    [(int(r.seq), int(r.created_ms), self._open_message(conv, int(r.seq), bytes(r.content)))
+                     for r in newest],
+                    [(int(r.seq), int(r.created_ms), self._open_message(conv, int(r.seq), bytes(r.content)))
+                     for r in after],
+                ))
+        return out
+
+
+class ShardedConversationQueries:
+    """The same calls on ``ShardedRepository``: each to the user's backend."""
+
+    map: Any
+    _on: Any
+
+    def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int]]:
+        return self._on(self.map.place(user_id), ConversationQueries.conversation_activity, user_id)
+
+    def conversation_rows(
+        self, user_id: bytes, conv_ids: Sequence[bytes], tail: int, unread_limit: int
+    ) -> list[ConversationRows]:
+        return self._on(self.map.place(user_id), ConversationQueries.conversation_rows, user_id, conv_ids, tail,
+                        unread_limit)

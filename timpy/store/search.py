@@ -1,0 +1,175 @@
+"""Storage of the search index: blind tokens per message, next to the
+conversation's messages (its owner and replicas, or its backend). A mixin of
+``Repository``; the sharded one routes each call to the conversation's backend.
+
+The index is derived from the message rows: ``search_index`` reads the
+messages after the conversation's index head, in sequence order, and asks
+``plan`` (the im layer's rules, holding the conversation's token key) what
+each one does: index its tokens, drop a target's tokens (recall, burned), or
+index a target again (edit: the target row holds the new body already).
+Because acting messages come after their targets, applying them in order
+leaves the index equal to what the current rows say, wherever it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from sqlalchemy import and_, delete, func, insert, select, update
+
+from timpy.store import schema as s
+
+#: What a message (its opened content; empty when gone) does to the index:
+#: ("index", 0, tokens), ("drop", target seq, []), ("reindex", target seq, []) or ("skip", 0, []).
+IndexPlan = Callable[[bytes], "tuple[str, int, list[bytes]]"]
+
+
+class SearchQueries:
+    engine: Any
+
+    def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:  # pragma: no cover - Repository's
+        raise NotImplementedError
+
+    def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]:
+        """Of ``conv_ids``, those with messages after their index head."""
+        if not conv_ids:
+            return []
+        m, h = s.messages, s.search_heads
+        keys = list(conv_ids)
+        with self.engine.connect() as conn:
+            tops = {
+                bytes(r[0]): int(r[1])
+                for r in conn.execute(select(m.c.conv_id, func.max(m.c.seq)).where(m.c.conv_id.in_(keys))
+                                      .group_by(m.c.conv_id))
+            }
+            heads = {bytes(r[0]): int(r[1]) for r in conn.execute(select(h.c.conv_id, h.c.seq).where(h.c.conv_id.in_(keys)))}
+        return [k for k in keys if tops.get(k, 0) > heads.get(k, 0)]
+
+    def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]:
+        """Index up to ``limit`` messages after the head, in one transaction;
+        returns (the new head, whether messages are left after it)."""
+        m, h, p = s.messages, s.search_heads, s.search_postings
+        with self.engine.begin() as conn:
+            row = conn.execute(select(h.c.seq).where(h.c.conv_id == conv_id).with_for_update()).first()
+            head = 0 if row is None else int(row.seq)
+            rows = list(conn.execute(
+                select(m.c.seq, m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq > head))
+                .order_by(m.c.seq.asc()).limit(limit + 1)
+            ))
+            start = head
+            for r in rows[:limit]:
+                seq = int(r.seq)
+                if seq != head + 1:
+                    break  # a gap (a row not copied here yet): index it when it is
+                action, target, tokens = plan(self._open_message(conv_id, seq, bytes(r.content)))
+                if action == "index":
+                    self._put_tokens(conn, conv_id, seq, tokens)
+                elif action in ("drop", "reindex") and 0 < target < seq:
+                    conn.execute(delete(p).where(and_(p.c.conv_id == conv_id, p.c.seq == target)))
+                    if action == "reindex":
+                        old = conn.execute(
+                            select(m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq == target))
+                        ).first()
+                        if old is not None:
+                            again, _, fresh = plan(self._open_message(conv_id, target, bytes(old.content)))
+                            if again == "index":
+                                self._put_tokens(conn, conv_id, target, fresh)
+                head = seq
+            if head != start:
+                if row is None:
+                    conn.execute(insert(h).values(conv_id=conv_id, seq=head))
+                else:
+                    conn.execute(update(h).where(and_(h.c.conv_id == conv_id, h.c.seq == start)).values(seq=head))
+            more = len(rows) > limit and head - start == limit
+        return head, more
+
+    @staticmethod
+    def _put_tokens(conn: Any, conv_id: bytes, seq: int, tokens: list[bytes]) -> None:
+        p = s.search_postings
+        conn.execute(delete(p).where(and_(p.c.conv_id == conv_id, p.c.seq == seq)))
+        if tokens:
+            conn.execute(insert(p), [dict(conv_id=conv_id, token=t, seq=seq) for t in sorted(set(tokens))])
+
+    def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]:
+        """Messages of a conversation holding every token (and not gone):
+        (seq, ms), newest first, at most ``cap``."""
+        p, m = s.search_postings, s.messages
+        wanted = sorted(set(tokens))
+        if not wanted:
+            return []
+        q = (
+            select(p.c.seq, m.c.created_ms)
+            .select_from(p.join(m, and_(m.c.conv_id == p.c.conv_id, m.c.seq == p.c.seq)))
+            .where(and_(p.c.conv_id == conv_id, p.c.token.in_(wanted), func.length(m.c.content) > 0))
+            .group_by(p.c.seq, m.c.created_ms)
+            .having(func.count() == len(wanted))
+            .order_by(p.c.seq.desc())
+            .limit(cap)
+        )
+        with self.engine.connect() as conn:
+            return [(int(r.seq), int(r.created_ms)) for r in conn.execute(q)]
+
+    def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]:
+        """Of ``conv_ids``, those the user is a member of."""
+        cm = s.conv_members
+        if not conv_ids:
+            return set()
+        with self.engine.connect() as conn:
+            return {
+                bytes(r.conv_id)
+                for r in conn.execute(select(cm.c.conv_id).where(and_(cm.c.user_id == user_id,
+                                                                      cm.c.conv_id.in_(list(conv_ids)))))
+            }
+
+    def search_size(self) -> tuple[int, int]:
+        """(tokens stored, conversations indexed): for the benchmark and operators."""
+        with self.engine.connect() as conn:
+            postings = conn.execute(select(func.count()).select_from(s.search_postings)).scalar_one()
+            heads = conn.execute(select(func.count()).select_from(s.search_heads)).scalar_one()
+        return int(postings), int(heads)
+
+    @staticmethod
+    def forget_search(conn: Any, conv_ids: Sequence[bytes]) -> int:
+        """Delete the index of conversations whose copies are deleted here (inside ``forget``)."""
+        deleted = 0
+        for table in (s.search_postings, s.search_heads):
+            deleted += conn.execute(table.delete().where(table.c.conv_id.in_(list(conv_ids)))).rowcount
+        return deleted
+
+
+class ShardedSearchQueries:
+    """The same calls on ``ShardedRepository``: each to the conversation's backend."""
+
+    map: Any
+    names: Any
+    _on: Any
+
+    def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for name, keys in _by_place(conv_ids, self.map.place).items():
+            out += self._on(name, SearchQueries.search_behind, keys)
+        return out
+
+    def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]:
+        return self._on(self.map.place(conv_id), SearchQueries.search_index, conv_id, plan, limit)
+
+    def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]:
+        return self._on(self.map.place(conv_id), SearchQueries.search_conversation, conv_id, tokens, cap)
+
+    def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]:
+        out: set[bytes] = set()
+        for name, keys in _by_place(conv_ids, self.map.place).items():
+            out |= self._on(name, SearchQueries.search_members, user_id, keys)
+        return out
+
+    def search_size(self) -> tuple[int, int]:
+        sizes = [self._on(name, SearchQueries.search_size) for name in self.names]
+        return sum(a for a, _ in sizes), sum(b for _, b in sizes)
+
+
+def _by_place(keys: Sequence[bytes], place: Callable[[bytes], str]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for k in keys:
+        out.setdefault(place(k), []).append(k)
+    return out
