@@ -45,6 +45,7 @@ def _add_records_and_read_marks(conn: Connection) -> None:
 def _add_conversation_list_and_search(conv: Connection) -> None:
     s.inbox_by_conversation.create(conv, checkfirst=True)
     s.search_postings.create(conv, checkfirst=True)
+    s.search_docs.create(conv, checkfirst=True)
     s.search_heads.create(conv, checkfirst=True)
 
 

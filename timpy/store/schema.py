@@ -158,8 +158,18 @@ search_postings = Table(
     Column("token", Token, nullable=False),
     Column("seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("conv_id", "token", "seq"),
-    Index("ix_search_postings_seq", "conv_id", "seq"),
     sqlite_with_rowid=False,
+)
+
+# The tokens of each indexed message, so a recall, a burn or an edit can take
+# them out again (the message's words are gone by then).
+search_docs = Table(
+    "search_docs",
+    metadata,
+    Column("conv_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("tokens", Sealed, nullable=False),  # the message's tokens, concatenated (not sealed: tokens already)
+    PrimaryKeyConstraint("conv_id", "seq"),
 )
 
 search_heads = Table(

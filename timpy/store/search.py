@@ -16,9 +16,11 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sqlalchemy import and_, delete, func, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 
 from timpy.store import schema as s
+
+TOKEN_SIZE = 8  # bytes of a token (``search_rules.TOKEN_SIZE``)
 
 #: What a message (its opened content; empty when gone) does to the index:
 #: ("index", 0, tokens), ("drop", target seq, []), ("reindex", target seq, []) or ("skip", 0, []).
@@ -49,7 +51,7 @@ class SearchQueries:
     def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]:
         """Index up to ``limit`` messages after the head, in one transaction;
         returns (the new head, whether messages are left after it)."""
-        m, h, p = s.messages, s.search_heads, s.search_postings
+        m, h = s.messages, s.search_heads
         with self.engine.begin() as conn:
             row = conn.execute(select(h.c.seq).where(h.c.conv_id == conv_id).with_for_update()).first()
             head = 0 if row is None else int(row.seq)
@@ -57,25 +59,35 @@ class SearchQueries:
                 select(m.c.seq, m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq > head))
                 .order_by(m.c.seq.asc()).limit(limit + 1)
             ))
+            # Tokens of positions past the head: a write taken back (never
+            # acknowledged) after it was indexed. Its position is numbered again.
+            self._drop_docs(conn, conv_id, after=head)
             start = head
+            fresh: dict[int, list[bytes]] = {}  # seq -> tokens, stored at the end
             for r in rows[:limit]:
                 seq = int(r.seq)
                 if seq != head + 1:
                     break  # a gap (a row not copied here yet): index it when it is
                 action, target, tokens = plan(self._open_message(conv_id, seq, bytes(r.content)))
-                if action == "index":
-                    self._put_tokens(conn, conv_id, seq, tokens)
+                if action == "index" and tokens:
+                    fresh[seq] = tokens
                 elif action in ("drop", "reindex") and 0 < target < seq:
-                    conn.execute(delete(p).where(and_(p.c.conv_id == conv_id, p.c.seq == target)))
+                    if fresh.pop(target, None) is None:
+                        self._drop_docs(conn, conv_id, only=target)
                     if action == "reindex":
                         old = conn.execute(
                             select(m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq == target))
                         ).first()
                         if old is not None:
-                            again, _, fresh = plan(self._open_message(conv_id, target, bytes(old.content)))
-                            if again == "index":
-                                self._put_tokens(conn, conv_id, target, fresh)
+                            again, _, new = plan(self._open_message(conv_id, target, bytes(old.content)))
+                            if again == "index" and new:
+                                fresh[target] = new
                 head = seq
+            if fresh:
+                _many(conn, "INSERT INTO search_docs (conv_id, seq, tokens) VALUES (?, ?, ?)",
+                      [(conv_id, q, b"".join(sorted(set(t)))) for q, t in fresh.items()])
+                _many(conn, "INSERT INTO search_postings (conv_id, token, seq) VALUES (?, ?, ?)",
+                      [(conv_id, tok, q) for q, t in fresh.items() for tok in sorted(set(t))])
             if head != start:
                 if row is None:
                     conn.execute(insert(h).values(conv_id=conv_id, seq=head))
@@ -85,11 +97,18 @@ class SearchQueries:
         return head, more
 
     @staticmethod
-    def _put_tokens(conn: Any, conv_id: bytes, seq: int, tokens: list[bytes]) -> None:
-        p = s.search_postings
-        conn.execute(delete(p).where(and_(p.c.conv_id == conv_id, p.c.seq == seq)))
-        if tokens:
-            conn.execute(insert(p), [dict(conv_id=conv_id, token=t, seq=seq) for t in sorted(set(tokens))])
+    def _drop_docs(conn: Any, conv_id: bytes, after: int | None = None, only: int | None = None) -> None:
+        """Take the tokens of indexed messages out: one (``only``), or all after a seq."""
+        d = s.search_docs
+        q = select(d.c.seq, d.c.tokens).where(d.c.conv_id == conv_id)
+        q = q.where(d.c.seq == only) if only is not None else q.where(d.c.seq > (after or 0))
+        docs = [(int(r.seq), bytes(r.tokens)) for r in conn.execute(q)]
+        if not docs:
+            return
+        size = TOKEN_SIZE
+        _many(conn, "DELETE FROM search_postings WHERE conv_id = ? AND token = ? AND seq = ?",
+              [(conv_id, toks[i:i + size], q) for q, toks in docs for i in range(0, len(toks), size)])
+        _many(conn, "DELETE FROM search_docs WHERE conv_id = ? AND seq = ?", [(conv_id, q) for q, _ in docs])
 
     def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]:
         """Messages of a conversation holding every token (and not gone):
@@ -133,9 +152,15 @@ class SearchQueries:
     def forget_search(conn: Any, conv_ids: Sequence[bytes]) -> int:
         """Delete the index of conversations whose copies are deleted here (inside ``forget``)."""
         deleted = 0
-        for table in (s.search_postings, s.search_heads):
+        for table in (s.search_postings, s.search_docs, s.search_heads):
             deleted += conn.execute(table.delete().where(table.c.conv_id.in_(list(conv_ids)))).rowcount
         return deleted
+
+
+def _many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    """One statement for many rows, straight through the DB-API (written with ``?``)."""
+    if rows:
+        conn.exec_driver_sql(sql if conn.dialect.paramstyle == "qmark" else sql.replace("?", "%s"), rows)
 
 
 class ShardedSearchQueries:
