@@ -220,3 +220,46 @@ async def test_list_and_search_survive_restarts_across_nodes(tmp_path, autojump_
             async with cluster.client((i + 1) % 3, "bea", PASSWORD) as bea:
                 assert summary(await bea.conversations()) == before
                 assert [(h.conversation, h.seq) for h in (await bea.search("lighthouse")).hits] == found
+
+
+@pytest.mark.trio
+async def test_list_and_search_in_shared_backend_mode_and_after_a_backend_is_added(tmp_path):
+    from sqlalchemy import select
+
+    from tests.store.backends import fresh_database
+    from timpy.config import ClusterConfig, StorageConfig
+    from timpy.store import schema
+    from timpy.store.backends import BackendSpec
+
+    b1, b2, b3 = (BackendSpec(f"b{i}", fresh_database("sqlite", f"cs{i}", tmp_path)) for i in (1, 2, 3))
+    config = node_config(memory=False, data_dir=tmp_path / "node", cluster=ClusterConfig(listen=None),
+                         storage=StorageConfig(backends=(b1, b2)))
+    async with timpy.open_node(config) as node:
+        names = [f"u{i}" for i in range(8)]
+        await users(node.tcp_url, *names)
+        async with timpy.connect(node.tcp_url, "u0", PASSWORD) as u0:
+            for peer in names[1:]:
+                await u0.send(peer, f"pelican number {peer}")
+            g = await u0.create_group("birds", names[1:4], policy="invite")
+            await u0.send_group(g.group, "pelican flock overhead")
+            await u0.set_conversation(g.group, pinned=True)
+            await settle()
+            before = summary(await u0.conversations())
+            found = sorted((h.conversation, h.seq) for h in (await u0.search("pelican")).hits)
+            assert len(before) == 8 and before[0][0] == g.group and len(found) == 8
+            assert node.backends is not None
+            await node.backends.add("b3", b3.url)
+            status = await node.backends.wait_moved(60)
+            assert status["move"] is None and status["progress"]["keys_moving"] > 0
+            assert summary(await u0.conversations()) == before
+            assert sorted((h.conversation, h.seq) for h in (await u0.search("pelican")).hits) == found
+            a = await u0.send("u1", "a second pelican")
+            assert [(h.conversation, h.seq) for h in (await u0.search("second pel")).hits] == [(a.conversation, a.seq)]
+            # The index moved with its conversations: no backend keeps tokens of a conversation placed elsewhere.
+            repo = node.store.repo
+            for name in ("b1", "b2", "b3"):
+                with repo.backend(name).engine.connect() as conn:
+                    held = {bytes(r[0]) for r in conn.execute(select(schema.search_postings.c.conv_id).distinct())}
+                assert all(repo.map.place(c) == name for c in held)
+                if name == "b3":
+                    assert held  # some indexed conversations moved there, and were indexed there
