@@ -70,3 +70,30 @@ def test_unread_and_mentions_counts(messages, mark):
     assert got.unread == len(shown)
     assert got.mentions == sum(1 for m in shown if m[3].get("mentions", "").lower().replace(" ", "").split(",")
                                and ({"me", "@all"} & set(m[3].get("mentions", "").lower().replace(" ", "").split(","))))
+
+
+def test_reply_targets_and_group_mentions():
+    import pytest
+
+    from timpy.errors import Code, RequestError
+    from timpy.im import reply_rules
+
+    assert reply_rules.reply_target({}) is None and reply_rules.reply_target({"reply_to": "7"}) == 7
+    for bad in ("0", "-1", "x", ""):
+        with pytest.raises(RequestError) as e:
+            reply_rules.reply_target({"reply_to": bad})
+        assert e.value.code == Code.INVALID_MESSAGE
+    reply_rules.check_reply_target(True, False, False)
+    for found, gone, acting, code in ((False, False, False, Code.NO_SUCH_MESSAGE), (True, True, False, Code.NO_SUCH_MESSAGE),
+                                      (True, False, True, Code.BAD_REQUEST)):
+        with pytest.raises(RequestError) as e:
+            reply_rules.check_reply_target(found, gone, acting)
+        assert e.value.code == code
+    members = {"amy", "ben"}
+    reply_rules.check_group_mentions({"mentions": "@all, Ben"}, members, True, False)
+    reply_rules.check_group_mentions({"mentions": "@all"}, members, False, True)
+    for ext, admin, code in (({"mentions": "@all"}, False, Code.NOT_ALLOWED), ({"mentions": "dan"}, True, Code.NOT_A_MEMBER),
+                             ({"mentions": ",".join(f"u{i}" for i in range(51))}, True, Code.INVALID_MESSAGE)):
+        with pytest.raises(RequestError) as e:
+            reply_rules.check_group_mentions(ext, members, admin, False)
+        assert e.value.code == code

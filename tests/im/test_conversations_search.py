@@ -263,3 +263,35 @@ async def test_list_and_search_in_shared_backend_mode_and_after_a_backend_is_add
                 assert all(repo.map.place(c) == name for c in held)
                 if name == "b3":
                     assert held  # some indexed conversations moved there, and were indexed there
+
+
+@WHERE
+async def test_replies_and_mentions(where, clock):
+    async with place(where) as at, clients(at, "amy", "ben", "cy") as (amy, ben, cy):
+        q = await amy.send("ben", "pizza or sushi?")
+        r = await ben.send("amy", "sushi", reply_to=q.seq)
+        got = await amy.next_message(timeout=10)
+        while got.seq != r.seq:
+            got = await amy.next_message(timeout=10)
+        assert got.ext["reply_to"] == str(q.seq)
+        quoted = await amy.replied_to(got)
+        assert quoted is not None and (quoted.seq, quoted.body) == (q.seq, b"pizza or sushi?")
+        assert await amy.replied_to(quoted) is None  # not a reply
+        assert await code_of(ben.send("amy", "?", reply_to=999)) == timpy.Code.NO_SUCH_MESSAGE
+        assert await code_of(ben.send("amy", "?", ext={"reply_to": "first"})) == timpy.Code.INVALID_MESSAGE
+        await amy.recall(q.seq, to="ben")
+        assert await code_of(ben.send("amy", "late answer", reply_to=q.seq)) == timpy.Code.NO_SUCH_MESSAGE
+        assert await amy.replied_to(got) is None  # its target is gone
+        # Groups: @all for the owner and admins; names must be members.
+        g = await amy.create_group("dinner", ["ben", "cy"], policy="invite")
+        assert await code_of(ben.send_group(g.group, "hey all", mentions=["@all"])) == timpy.Code.NOT_ALLOWED
+        assert await code_of(ben.send_group(g.group, "hey dan", mentions=["dan"])) == timpy.Code.NOT_A_MEMBER
+        await amy.send_group(g.group, "table at 8", mentions=["@all"])
+        await ben.send_group(g.group, "cy, coming?", mentions=["cy"], reply_to=1)
+        await amy.group("set_profile", g.group, profile={"mention_all": "members"})
+        await ben.send_group(g.group, "see you all", mentions=["@all"])
+        await settle()
+        entry = next(e for e in (await cy.conversations()).entries if e.conversation == g.group)
+        assert (entry.unread, entry.mentions) == (3, 3)
+        entry = next(e for e in (await ben.conversations()).entries if e.conversation == g.group)
+        assert (entry.unread, entry.mentions) == (1, 1)  # amy's @all; ben's own messages do not count

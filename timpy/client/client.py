@@ -237,6 +237,15 @@ def _notices_of(op: str, body: TPayload) -> list[Notice]:
     return []
 
 
+def _with_reply(ext: dict[str, str] | None, reply_to: int | None, mentions: Sequence[str]) -> dict[str, str]:
+    out = dict(ext or {})
+    if reply_to is not None:
+        out["reply_to"] = str(reply_to)
+    if mentions:
+        out["mentions"] = ",".join(mentions)
+    return out
+
+
 def message_from_wire(m: TPayload) -> ChatMessage:
     return ChatMessage(
         conversation=m.conversation or "",
@@ -601,9 +610,13 @@ class Client:
         kind: int = KIND_NORMAL,
         ext: dict[str, str] | None = None,
         client_id: str | None = None,
+        reply_to: int | None = None,
+        mentions: Sequence[str] = (),
     ) -> Ack:
         """Send a 1:1 message; returns once it is stored. Retrying with the same
-        ``client_id`` never stores it twice."""
+        ``client_id`` never stores it twice. ``reply_to``: the seq of the message
+        this answers; ``mentions``: user names (or "@all" in a group)."""
+        ext = _with_reply(ext, reply_to, mentions)
         client_id = client_id or uuid.uuid4().hex
         if client_id not in self._sent_set:
             if len(self._sent_ids) == self._sent_ids.maxlen:
@@ -617,9 +630,10 @@ class Client:
 
     async def send_group(
         self, group: str, body: bytes | str, *, kind: int = KIND_NORMAL, ext: dict[str, str] | None = None,
-        client_id: str | None = None,
+        client_id: str | None = None, reply_to: int | None = None, mentions: Sequence[str] = (),
     ) -> Ack:
         """Send to a group (its id from ``GroupInfo.group``); stored once, delivered to every member."""
+        ext = _with_reply(ext, reply_to, mentions)
         client_id = client_id or uuid.uuid4().hex
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, conversation=group, kind=kind, body=data, ext=ext or {})
@@ -740,6 +754,15 @@ class Client:
     async def unread(self) -> Unread:
         _, u = await self.request("unread_request")
         return Unread(dict(u.counts or {}), dict(u.read or {}))
+
+    async def replied_to(self, message: ChatMessage) -> ChatMessage | None:
+        """The message ``message`` replies to (to show it quoted), or None when
+        it is not a reply or its target is gone."""
+        raw = message.ext.get("reply_to", "")
+        if not raw.isdigit():
+            return None
+        page = await self.history(conversation=message.conversation, after=int(raw) - 1, limit=1)
+        return page.messages[0] if page.messages and page.messages[0].seq == int(raw) else None
 
     # --- conversation list and search ---------------------------------------------
 

@@ -82,6 +82,7 @@ class Groups:
         self._messenger = messenger
         self._locks: dict[bytes, trio.Lock] = {}
         self.changed: list[Callable[[bytes, Group | None, Group], None]] = []  # (id, before, after), after a save
+        self.send_checks: list[Callable[[Group, str, int, dict[str, str]], None]] = []  # may raise: refused
         if peers.rpc is not None:
             peers.rpc.register("group.request", self._on_request)
             peers.rpc.register("group.send", self._on_send)
@@ -268,6 +269,8 @@ class Groups:
     ) -> SendResult:
         group, _ = await self._load(gid)
         rules.check_send(group, sender)
+        for check in self.send_checks:
+            check(group, sender, kind, ext)
         if kind == KIND_BURN:
             raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))

@@ -168,6 +168,9 @@ class Messenger:
         # it numbered here, and the (user id, conversation id) of the inbox
         # entries it placed here (the conversation list, search).
         self.after_commit: list[Callable[[list[bytes], list[tuple[bytes, bytes]]], None]] = []
+        # Asked, in queue order, before a batch is stored: (conversation id,
+        # kind, ext) of each new message; raising refuses that message alone.
+        self.before_commit: list[Callable[[bytes, int, dict[str, str]], Awaitable[None]]] = []
         self._register()
 
     def check_user_rate(self, user_id: bytes, now: float) -> None:
@@ -326,6 +329,15 @@ class Messenger:
                     kinds.check_acting(
                         p.kind, p.sender, target, self._now(), int(self._limits.recall_window * 1000), p.admin
                     )
+                except TimpyError as exc:
+                    self._fail([p], exc)
+                    refused.add(id(p))
+        for check in self.before_commit:
+            for p in news:
+                if id(p) in refused:
+                    continue
+                try:
+                    await check(p.new.conv_id, p.kind, p.ext or {})
                 except TimpyError as exc:
                     self._fail([p], exc)
                     refused.add(id(p))

@@ -50,6 +50,7 @@ from timpy.im.presence import Presence
 from timpy.im.receipts import Receipts
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
+from timpy.im.replies import Replies
 from timpy.im.rooms import Rooms
 from timpy.im.roster import Roster
 from timpy.im.routes import Routes
@@ -274,6 +275,9 @@ class Node:
         self.messenger.after_commit += [self.conversations.committed, self.search.committed]
         self.receipts.marked.append(self.conversations.inbox_changed)
         self.groups.changed.append(self.conversations.group_saved)
+        self.replies = Replies(self.store)
+        self.messenger.before_commit.append(self.replies.check)
+        self.groups.send_checks.append(self.replies.check_group)
         self.signalling = Signalling(
             self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits
         )
