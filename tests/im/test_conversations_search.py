@@ -295,3 +295,32 @@ async def test_replies_and_mentions(where, clock):
         assert (entry.unread, entry.mentions) == (3, 3)
         entry = next(e for e in (await ben.conversations()).entries if e.conversation == g.group)
         assert (entry.unread, entry.mentions) == (1, 1)  # amy's @all; ben's own messages do not count
+
+
+@pytest.mark.trio
+async def test_a_browser_speaking_json_gets_the_list_pushes_and_search():
+    import json
+
+    import trio_websocket
+
+    async with timpy.open_node(node_config()) as node:
+        await users(node.tcp_url, "web", "pal")
+        async with trio_websocket.open_websocket_url(node.ws_url) as ws, \
+                timpy.connect(node.tcp_url, "pal", PASSWORD) as pal:
+            async def call(obj: dict, want: str) -> dict:
+                if obj:
+                    await ws.send_message(json.dumps(obj))
+                while True:
+                    frame = json.loads(await ws.get_message())
+                    if want in frame:
+                        return frame[want]
+
+            await call({"rid": 1, "hello": {"version": 1, "agent": "browser"}}, "welcome")
+            await call({"rid": 2, "login": {"name": "web", "password": PASSWORD, "device": "b"}}, "login_ok")
+            await pal.send("web", "hello from the other side", ext={"mentions": "web"})
+            pushed = await call({}, "conversation_entry")
+            assert (pushed["peer"], pushed["unread"], pushed["mentions"]) == ("pal", 1, 1)
+            page = await call({"rid": 3, "conversation_list": {"limit": 10}}, "conversation_page")
+            assert [(e["peer"], e["last"]["body"]) for e in page["entries"]] == [("pal", "aGVsbG8gZnJvbSB0aGUgb3RoZXIgc2lkZQ==")]
+            found = await call({"rid": 4, "search": {"query": "OTHER"}}, "search_results")
+            assert (found["count"], found["hits"][0]["seq"]) == (1, 1)

@@ -41,6 +41,7 @@ RECORD = "convs"
 TAIL = 16  # newest messages read per entry to find the last one that is shown
 UNREAD_SCAN = 10_000  # messages after the read mark counted per conversation
 PAGE_MAX = 200
+LIVE_MAX_MEMBERS = 500  # inbox entries of one conversation in one write batch pushed as changed entries
 GROUP_PREFIX = "#"
 
 
@@ -246,9 +247,16 @@ class Conversations:
     # --- group changes, from the group's owner -------------------------------------
 
     def committed(self, _convs: list[bytes], entries: list[tuple[bytes, bytes]]) -> None:
-        """The writer's hook: inbox entries (user id, conversation id) placed here."""
+        """The writer's hook: inbox entries (user id, conversation id) placed here.
+        A conversation with more than ``LIVE_MAX_MEMBERS`` entries in one batch
+        (a large group) is not recomputed for each member: the delivery itself
+        tells each terminal, and the next list read is current."""
+        per_conv: dict[bytes, int] = {}
+        for _user_id, conv_id in entries:
+            per_conv[conv_id] = per_conv.get(conv_id, 0) + 1
         for user_id, conv_id in entries:
-            self.inbox_changed(user_id, conv_id)
+            if per_conv[conv_id] <= LIVE_MAX_MEMBERS:
+                self.inbox_changed(user_id, conv_id)
 
     def group_saved(self, gid: bytes, before: Any, after: Any) -> None:
         """The groups' hook, at the group's owner: the state before (None: a new
