@@ -97,3 +97,13 @@ def test_reply_targets_and_group_mentions():
         with pytest.raises(RequestError) as e:
             reply_rules.check_group_mentions(ext, members, admin, False)
         assert e.value.code == code
+
+
+def test_threads_fold_into_their_parents_and_left_groups_drop_out():
+    state = rules.in_group(rules.UserConversations(), "g2", "quiet group", 3)
+    state = rules.out_of_group(rules.in_group(state, "g1", "left", 1), "g1")
+    inbox = [("c1", 5, 50, ""), ("t1", 9, 90, "c1"), ("t2", 2, 20, "c3"), ("g1", 7, 70, ""), ("c2", 6, 60, "")]
+    found, threads = rules.activities(inbox, state)
+    assert threads == {"t1": "c1", "t2": "c3"}
+    assert {c: (a.last_ms, a.last_pos) for c, a in found.items()} == {
+        "c1": (90, 9), "c3": (20, 2), "c2": (60, 6), "g2": (3, 0)}

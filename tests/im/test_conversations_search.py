@@ -324,3 +324,38 @@ async def test_a_browser_speaking_json_gets_the_list_pushes_and_search():
             assert [(e["peer"], e["last"]["body"]) for e in page["entries"]] == [("pal", "aGVsbG8gZnJvbSB0aGUgb3RoZXIgc2lkZQ==")]
             found = await call({"rid": 4, "search": {"query": "OTHER"}}, "search_results")
             assert (found["count"], found["hits"][0]["seq"]) == (1, 1)
+
+
+@WHERE
+async def test_threads_have_their_own_sequence_and_a_count_on_the_root(where, clock):
+    async with place(where) as at, clients(at, "dee", "eli", "fay") as (dee, eli, fay):
+        root = await dee.send("eli", "plan for the trip?")
+        t1 = await eli.send("dee", "day one: hike", thread=root.seq)
+        t2 = await dee.send("eli", "day two: lake", thread=root.seq)
+        assert t1.conversation == t2.conversation != root.conversation and (t1.seq, t2.seq) == (1, 2)
+        got = await dee.next_message(timeout=10)
+        while got.conversation != t1.conversation:
+            got = await dee.next_message(timeout=10)
+        assert got.ext["thread_of"] == root.conversation and got.ext["thread"] == str(root.seq)
+        page = await eli.history(conversation=t1.conversation)
+        assert [m.body for m in page.messages] == [b"day one: hike", b"day two: lake"]
+        other = await dee.send("eli", "unrelated")
+        infos = await dee.threads([root.seq, other.seq], peer="eli")
+        assert [(i.root, i.thread, i.count) for i in infos] == [(root.seq, t1.conversation, 2), (other.seq, infos[1].thread, 0)]
+        # Threads are not entries of their own: their activity counts for the parent; search finds them.
+        await settle()
+        listed = (await eli.conversations()).entries
+        assert [e.conversation for e in listed] == [root.conversation]
+        assert [(h.conversation, h.seq) for h in (await eli.search("lake")).hits] == [(t1.conversation, 2)]
+        # Only the parent's members; the root must be there.
+        assert await code_of(fay.threads([root.seq], peer="dee")) == timpy.Code.NOT_A_MEMBER
+        assert await code_of(dee.send("eli", "?", thread=999)) == timpy.Code.NO_SUCH_MESSAGE
+        await dee.recall(other.seq, to="eli")
+        assert await code_of(dee.send("eli", "?", thread=other.seq)) == timpy.Code.NO_SUCH_MESSAGE
+        # In a group: its rules apply (a muted member cannot write in its threads either).
+        g = await dee.create_group("trip", ["eli", "fay"], policy="invite")
+        groot = await dee.send_group(g.group, "who drives?")
+        await fay.send_group(g.group, "me", thread=groot.seq)
+        await dee.group("mute", g.group, users=["fay"], flag=True)
+        assert await code_of(fay.send_group(g.group, "me again", thread=groot.seq)) == timpy.Code.MUTED
+        assert [i.count for i in await eli.threads([groot.seq], group=g.group)] == [1]

@@ -65,7 +65,7 @@ def test_search_index_and_conversation_rows(repo):
     assert found(DIRECT, "narwhal") == [] and found(DIRECT, "dolphin north") == [seqs[0]]
     assert repo.search_members(CAL, [DIRECT, GROUP]) == {GROUP}
     # The conversation list's reads over bob's rows.
-    activity = {c: (pos, ms) for c, pos, ms in repo.conversation_activity(BOB)}
+    activity = {c: (pos, ms) for c, pos, ms, _content in repo.conversation_activity(BOB)}
     assert set(activity) == {DIRECT, GROUP}
     assert activity[DIRECT][0] > activity[GROUP][0]  # the edit and the recall came last
     repo.mark_read(BOB, DIRECT, seqs[0])

@@ -18,6 +18,7 @@ from timpy.client.client import (
     SearchResults,
     Signal,
     StreamData,
+    ThreadInfo,
     TlsError,
     Unread,
     UrlError,
@@ -25,4 +26,4 @@ from timpy.client.client import (
     register,
 )
 
-__all__ = ["Ack", "Client", "Connector", "ConversationEntry", "ConversationPage", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "SearchHit", "SearchResults", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]
+__all__ = ["Ack", "Client", "Connector", "ConversationEntry", "ConversationPage", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "SearchHit", "SearchResults", "Signal", "StreamData", "ThreadInfo", "TlsError", "Unread", "UrlError", "connect", "register"]

@@ -51,7 +51,7 @@ _BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)  # seconds between rounds of attempts, the
 # sends (deduplicated by their client id). Others (group changes, ...) fail
 # with UNAVAILABLE: their outcome is unknown.
 _RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync",
-                         "conversation_list", "conversation_set", "search"})
+                         "conversation_list", "conversation_set", "search", "thread_request"})
 # A node that closed the connection for one of these reasons would do it again.
 _FINAL = frozenset({Code.KICKED, Code.ACCOUNT_DISABLED, Code.BAD_CREDENTIALS, Code.TOKEN_INVALID, Code.TOKEN_EXPIRED,
                     Code.VERSION_UNSUPPORTED})
@@ -188,6 +188,13 @@ class ConversationPage:
 
 
 @dataclass(frozen=True)
+class ThreadInfo:
+    root: int  # the root message's seq
+    thread: str  # the thread's conversation id
+    count: int  # messages in the thread
+
+
+@dataclass(frozen=True)
 class SearchHit:
     conversation: str
     seq: int
@@ -237,8 +244,12 @@ def _notices_of(op: str, body: TPayload) -> list[Notice]:
     return []
 
 
-def _with_reply(ext: dict[str, str] | None, reply_to: int | None, mentions: Sequence[str]) -> dict[str, str]:
+def _with_reply(
+    ext: dict[str, str] | None, reply_to: int | None, mentions: Sequence[str], thread: int | None = None
+) -> dict[str, str]:
     out = dict(ext or {})
+    if thread is not None:
+        out["thread"] = str(thread)
     if reply_to is not None:
         out["reply_to"] = str(reply_to)
     if mentions:
@@ -612,11 +623,14 @@ class Client:
         client_id: str | None = None,
         reply_to: int | None = None,
         mentions: Sequence[str] = (),
+        thread: int | None = None,
     ) -> Ack:
         """Send a 1:1 message; returns once it is stored. Retrying with the same
         ``client_id`` never stores it twice. ``reply_to``: the seq of the message
-        this answers; ``mentions``: user names (or "@all" in a group)."""
-        ext = _with_reply(ext, reply_to, mentions)
+        this answers; ``mentions``: user names (or "@all" in a group);
+        ``thread``: the seq of the root message whose thread this goes to (the
+        ack's conversation is then the thread's id)."""
+        ext = _with_reply(ext, reply_to, mentions, thread)
         client_id = client_id or uuid.uuid4().hex
         if client_id not in self._sent_set:
             if len(self._sent_ids) == self._sent_ids.maxlen:
@@ -631,9 +645,10 @@ class Client:
     async def send_group(
         self, group: str, body: bytes | str, *, kind: int = KIND_NORMAL, ext: dict[str, str] | None = None,
         client_id: str | None = None, reply_to: int | None = None, mentions: Sequence[str] = (),
+        thread: int | None = None,
     ) -> Ack:
         """Send to a group (its id from ``GroupInfo.group``); stored once, delivered to every member."""
-        ext = _with_reply(ext, reply_to, mentions)
+        ext = _with_reply(ext, reply_to, mentions, thread)
         client_id = client_id or uuid.uuid4().hex
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, conversation=group, kind=kind, body=data, ext=ext or {})
@@ -763,6 +778,12 @@ class Client:
             return None
         page = await self.history(conversation=message.conversation, after=int(raw) - 1, limit=1)
         return page.messages[0] if page.messages and page.messages[0].seq == int(raw) else None
+
+    async def threads(self, roots: Sequence[int], *, peer: str = "", group: str = "") -> list[ThreadInfo]:
+        """The threads under root messages of the 1:1 conversation with ``peer``
+        (or of ``group``): their ids (read them with ``history``) and counts."""
+        _, t = await self.request("thread_request", peer=peer, conversation=group, roots=list(roots))
+        return [ThreadInfo(x.root or 0, x.thread or "", x.count or 0) for x in t.threads or []]
 
     # --- conversation list and search ---------------------------------------------
 

@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from timpy.im.search import Search
     from timpy.im.signalling import Signalling
     from timpy.im.terminals import TerminalRegistry
+    from timpy.im.threads import Threads
     from timpy.wire.messages import SendResult
 
 
@@ -89,6 +90,8 @@ class NodeServices(Protocol):
     def conversations(self) -> Conversations: ...
     @property
     def search(self) -> Search: ...
+    @property
+    def threads(self) -> Threads: ...
 
     def cluster_status(self) -> dict[str, object]: ...
     def traffic(self) -> dict[str, int]: ...

@@ -154,3 +154,31 @@ def visible(
     """One page of the list (archived ones, or the others), and how many there are in all."""
     chosen = sorted((a for a in activities if a.flags.archived == archived), key=order_key)
     return chosen[max(0, offset): max(0, offset) + max(0, limit)], len(chosen)
+
+
+def activities(
+    inbox: list[tuple[str, int, int, str]], state: UserConversations,
+) -> tuple[dict[str, Activity], dict[str, str]]:
+    """The list's entries from the newest inbox message of each conversation
+    (conversation, position, ms, the parent it is a thread of or ""), and the
+    threads found (thread -> parent). A thread is not an entry: its activity
+    counts for its parent's. Groups the user left are left out; groups the user
+    is in without a message yet are in, from when the user joined."""
+    seen: dict[str, Activity] = {}
+    threads: dict[str, str] = {}
+
+    def bump(conv: str, ms: int, pos: int) -> None:
+        old = seen.get(conv)
+        if old is None or (ms, pos) > (old.last_ms, old.last_pos):
+            seen[conv] = Activity(conv, ms, pos, state.flags_of(conv))
+
+    for conv, pos, ms, parent in inbox:
+        if parent:
+            threads[conv] = parent
+            conv = parent
+        if conv not in state.left:
+            bump(conv, ms, pos)
+    for group, (_name, joined) in state.groups.items():
+        if group not in seen:
+            seen[group] = Activity(group, joined, 0, state.flags_of(group))
+    return seen, threads

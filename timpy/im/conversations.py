@@ -105,30 +105,30 @@ class Conversations:
     async def _state(self, user_id: bytes) -> rules.UserConversations:
         return rules.UserConversations.unpack(await self._records.get(user_id, RECORD, "user"))
 
-    async def _activities(self, user_id: bytes, state: rules.UserConversations) -> list[rules.Activity]:
+    async def _activities(
+        self, user_id: bytes, state: rules.UserConversations
+    ) -> tuple[dict[str, rules.Activity], dict[str, str]]:
         rows = await self._store.run(self._store.repo.conversation_activity, user_id)
-        seen: dict[str, rules.Activity] = {}
-        for conv, pos, ms in rows:
-            text = ids.conversation_text(conv)
-            if text in state.left:
-                continue
-            seen[text] = rules.Activity(text, ms, pos, state.flags_of(text))
-        for group, (_name, joined) in state.groups.items():
-            if group not in seen:
-                seen[group] = rules.Activity(group, joined, 0, state.flags_of(group))
-        return list(seen.values())
+        inbox = []
+        for conv, pos, ms, content in rows:
+            parent = str(_fields(content)[3].get("thread_of", "")) if content else ""
+            inbox.append((ids.conversation_text(conv), pos, ms, parent))
+        return rules.activities(inbox, state)
 
     async def _list_here(
         self, user_id: bytes, name: str, offset: int, limit: int, archived: bool
     ) -> list[Any]:
         state = await self._state(user_id)
-        page, total = rules.visible(await self._activities(user_id, state), bool(archived), int(offset), int(limit))
-        entries = await self._entries(user_id, str(name), [a.conversation for a in page], state)
+        found, _ = await self._activities(user_id, state)
+        page, total = rules.visible(list(found.values()), bool(archived), int(offset), int(limit))
+        entries = await self._entries(user_id, str(name), [a.conversation for a in page], state, found)
         return [entries, total]
 
     async def _ids_here(self, user_id: bytes) -> list[bytes]:
+        """Every conversation of the list and every thread under them."""
         state = await self._state(user_id)
-        return [ids.parse_conversation(a.conversation) for a in await self._activities(user_id, state)]
+        found, threads = await self._activities(user_id, state)
+        return [ids.parse_conversation(c) for c in [*found, *threads]]
 
     async def _set_here(self, user_id: bytes, name: str, conv: bytes, muted: int, pinned: int, archived: int) -> dict:
         text = ids.conversation_text(bytes(conv))
@@ -142,7 +142,8 @@ class Conversations:
             return state.pack()
 
         state = rules.UserConversations.unpack(await self._records.update(user_id, RECORD, "user", change))
-        entry = (await self._entries(user_id, str(name), [text], state))[0]
+        found, _ = await self._activities(user_id, state)
+        entry = (await self._entries(user_id, str(name), [text], state, found))[0]
         self._signals.push([user_id], "conversation_entry", entry)
         self.notices += 1
         return entry
@@ -169,14 +170,22 @@ class Conversations:
         return name
 
     async def _entries(
-        self, user_id: bytes, name: str, conversations: list[str], state: rules.UserConversations
+        self, user_id: bytes, name: str, conversations: list[str], state: rules.UserConversations,
+        activity: dict[str, rules.Activity],
     ) -> list[dict[str, Any]]:
         convs = [ids.parse_conversation(c) for c in conversations]
         found: dict[bytes, ConversationRows] = {
             r.conv_id: r for r in await self._store.run(self._store.repo.conversation_rows, user_id, convs, TAIL,
                                                         UNREAD_SCAN)
         }
-        return [self._entry(name, conv, found.get(conv), state) for conv in convs]
+        out = []
+        for conv in convs:
+            entry = self._entry(name, conv, found.get(conv), state)
+            a = activity.get(entry["conversation"])
+            if a is not None:  # a thread's newer activity counts for its parent
+                entry["last_time"] = max(entry["last_time"], a.last_ms)
+            out.append(entry)
+        return out
 
     @staticmethod
     def _entry(me: str, conv: bytes, rows: ConversationRows | None, state: rules.UserConversations) -> dict[str, Any]:
@@ -234,9 +243,10 @@ class Conversations:
                     try:
                         name = await self._name_of(user_id)
                         state = await self._state(user_id)
-                        texts = [ids.conversation_text(c) for c in sorted(convs)]
-                        for entry in await self._entries(user_id, name, [t for t in texts if t not in state.left],
-                                                         state):
+                        found, threads = await self._activities(user_id, state)
+                        texts = {threads.get(t, t) for t in (ids.conversation_text(c) for c in convs)}
+                        shown = sorted(t for t in texts if t not in state.left)
+                        for entry in await self._entries(user_id, name, shown, state, found):
                             self._signals.push([user_id], "conversation_entry", entry)
                             self.notices += 1
                     except TimpyError as exc:

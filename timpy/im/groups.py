@@ -278,6 +278,12 @@ class Groups:
             Identity(sender_id, sender), gid, members, client_id, kind, body, ext, admin=group.is_admin(sender)
         )
 
+    async def check_sender(self, gid: bytes, sender: str) -> None:
+        """At the group's owner: may ``sender`` send to the group now (member,
+        not muted)? Raises why not. For messages stored under the group (threads)."""
+        group, _ = await self._load(gid)
+        rules.check_send(group, sender)
+
     async def members_of(self, gid: bytes) -> list[str]:
         """At the group's owner: its members' names."""
         group, _ = await self._load(gid)

@@ -58,6 +58,7 @@ from timpy.im.search import Search
 from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
 from timpy.im.terminals import TerminalRegistry
+from timpy.im.threads import Threads
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
 from timpy.node.datadir import DataDirLock
@@ -278,6 +279,8 @@ class Node:
         self.replies = Replies(self.store)
         self.messenger.before_commit.append(self.replies.check)
         self.groups.send_checks.append(self.replies.check_group)
+        self.threads = Threads(self.store, self.indexer, self.peers, self.replicator, self.messenger, self._now_ms)
+        self.threads.check_group_sender = self.groups.check_sender
         self.signalling = Signalling(
             self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits
         )

@@ -32,17 +32,22 @@ class ConversationQueries:
     def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:  # pragma: no cover - Repository's
         raise NotImplementedError
 
-    def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int]]:
-        """Every conversation in the user's inbox: (conv id, newest position, its time)."""
+    def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int, bytes]]:
+        """Every conversation in the user's inbox: (conv id, newest position,
+        its time, its content opened: empty when gone)."""
         i, m = s.inbox, s.messages
         newest = select(func.max(i.c.pos)).where(i.c.user_id == user_id).group_by(i.c.conv_id)
         q = (
-            select(i.c.conv_id, i.c.pos, m.c.created_ms)
+            select(i.c.conv_id, i.c.pos, m.c.seq, m.c.created_ms, m.c.content)
             .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
             .where(and_(i.c.user_id == user_id, i.c.pos.in_(newest)))
         )
         with self.engine.connect() as conn:
-            return [(bytes(r.conv_id), int(r.pos), int(r.created_ms)) for r in conn.execute(q)]
+            return [
+                (bytes(r.conv_id), int(r.pos), int(r.created_ms),
+                 self._open_message(bytes(r.conv_id), int(r.seq), bytes(r.content)))
+                for r in conn.execute(q)
+            ]
 
     def conversation_rows(
         self, user_id: bytes, conv_ids: Sequence[bytes], tail: int, unread_limit: int
@@ -84,7 +89,7 @@ class ShardedConversationQueries:
     map: Any
     _on: Any
 
-    def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int]]:
+    def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int, bytes]]:
         return self._on(self.map.place(user_id), ConversationQueries.conversation_activity, user_id)
 
     def conversation_rows(

@@ -362,6 +362,26 @@ struct SearchResults {
   3: bool more,
 }
 
+// Threads: a message whose ext["thread"] is a root message's seq (in the 1:1
+// conversation named by recipient, or the group named by conversation) goes to
+// the thread under that root: a conversation of its own (its own seq), whose
+// id the ack and every delivery carry (ext["thread_of"] = the parent). Read a
+// thread with history(conversation = its id); ask for the threads of root
+// messages (their ids and message counts) with thread_request.
+struct ThreadRequest {
+  1: string conversation,   // a group, or:
+  2: string peer,           // the other user of a 1:1 conversation
+  3: list<i64> roots,       // root message seqs (at most 200)
+}
+struct ThreadInfo {
+  1: i64 root,
+  2: string thread,         // the thread's conversation id
+  3: i64 count,             // messages in the thread (0: none yet)
+}
+struct ThreadList {
+  1: list<ThreadInfo> threads,
+}
+
 // Every frame is exactly one of these operations. rid is chosen by the
 // client for a request and echoed in its reply; pushes carry rid 0.
 struct Frame {
@@ -409,4 +429,6 @@ struct Frame {
   63: optional ConversationEntry conversation_entry,
   64: optional SearchRequest search,
   65: optional SearchResults search_results,
+  66: optional ThreadRequest thread_request,
+  67: optional ThreadList thread_list,
 }
