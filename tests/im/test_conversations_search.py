@@ -118,6 +118,7 @@ async def test_the_conversation_list_orders_counts_flags_and_pushes(where, clock
         await settle()
         assert g.group not in [x.conversation for x in (await pat.conversations()).entries]
         assert await code_of(quin.set_conversation("zz", pinned=True)) == timpy.Code.BAD_REQUEST
+        assert await code_of(pat.set_conversation(g.group, pinned=True)) == timpy.Code.NOT_A_MEMBER  # left it
 
 
 @WHERE
@@ -339,14 +340,20 @@ async def test_threads_have_their_own_sequence_and_a_count_on_the_root(where, cl
         assert got.ext["thread_of"] == root.conversation and got.ext["thread"] == str(root.seq)
         page = await eli.history(conversation=t1.conversation)
         assert [m.body for m in page.messages] == [b"day one: hike", b"day two: lake"]
+        # Recall and edit inside a thread act on the thread's messages.
+        await dee.edit(t2.seq, "day two: lake and boat", to="eli", thread=root.seq)
+        t3 = await eli.send("dee", "typo", thread=root.seq)
+        await eli.recall(t3.seq, to="dee", thread=root.seq)
+        page = await eli.history(conversation=t1.conversation)
+        assert [m.body for m in page.messages] == [b"day one: hike", b"day two: lake and boat"]
         other = await dee.send("eli", "unrelated")
         infos = await dee.threads([root.seq, other.seq], peer="eli")
-        assert [(i.root, i.thread, i.count) for i in infos] == [(root.seq, t1.conversation, 2), (other.seq, infos[1].thread, 0)]
+        assert [(i.root, i.thread, i.count) for i in infos] == [(root.seq, t1.conversation, 5), (other.seq, infos[1].thread, 0)]
         # Threads are not entries of their own: their activity counts for the parent; search finds them.
         await settle()
         listed = (await eli.conversations()).entries
         assert [e.conversation for e in listed] == [root.conversation]
-        assert [(h.conversation, h.seq) for h in (await eli.search("lake")).hits] == [(t1.conversation, 2)]
+        assert [(h.conversation, h.seq) for h in (await eli.search("boat")).hits] == [(t1.conversation, 2)]
         # Only the parent's members; the root must be there.
         assert await code_of(fay.threads([root.seq], peer="dee")) == timpy.Code.NOT_A_MEMBER
         assert await code_of(dee.send("eli", "?", thread=999)) == timpy.Code.NO_SUCH_MESSAGE

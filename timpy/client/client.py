@@ -814,19 +814,24 @@ class Client:
 
     # --- message kinds -----------------------------------------------------------
 
-    async def recall(self, seq: int, *, to: str = "", group: str = "") -> Ack:
-        """Recall message ``seq`` of the 1:1 conversation with ``to`` (or of ``group``)."""
-        return await self._acting(KIND_RECALL, seq, b"", to, group)
+    async def recall(self, seq: int, *, to: str = "", group: str = "", thread: int | None = None) -> Ack:
+        """Recall message ``seq`` of the 1:1 conversation with ``to`` (or of
+        ``group``; or of the thread under their message ``thread``)."""
+        return await self._acting(KIND_RECALL, seq, b"", to, group, thread)
 
-    async def edit(self, seq: int, body: bytes | str, *, to: str = "", group: str = "") -> Ack:
+    async def edit(
+        self, seq: int, body: bytes | str, *, to: str = "", group: str = "", thread: int | None = None
+    ) -> Ack:
         """Replace the body of one's own message ``seq``."""
-        return await self._acting(KIND_EDIT, seq, body, to, group)
+        return await self._acting(KIND_EDIT, seq, body, to, group, thread)
 
-    async def _acting(self, kind: int, seq: int, body: bytes | str, to: str, group: str) -> Ack:
+    async def _acting(
+        self, kind: int, seq: int, body: bytes | str, to: str, group: str, thread: int | None = None
+    ) -> Ack:
         ext = {"target": str(seq)}
         if group:
-            return await self.send_group(group, body, kind=kind, ext=ext)
-        return await self.send(to, body, kind=kind, ext=ext)
+            return await self.send_group(group, body, kind=kind, ext=ext, thread=thread)
+        return await self.send(to, body, kind=kind, ext=ext, thread=thread)
 
     # --- rooms and streams -------------------------------------------------------
 

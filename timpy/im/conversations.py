@@ -132,6 +132,9 @@ class Conversations:
 
     async def _set_here(self, user_id: bytes, name: str, conv: bytes, muted: int, pinned: int, archived: int) -> dict:
         text = ids.conversation_text(bytes(conv))
+        listed, _ = await self._activities(user_id, await self._state(user_id))
+        if text not in listed:
+            raise RequestError("that conversation is not in your list", Code.NOT_A_MEMBER)
 
         def change(raw: Any) -> Any:
             state = rules.UserConversations.unpack(raw)
@@ -251,6 +254,8 @@ class Conversations:
                             self.notices += 1
                     except TimpyError as exc:
                         log.info("a conversation list notice was dropped: %s", exc.text)
+                    except Exception:  # a bug must not end the node's background tasks: logged, the next change retries
+                        log.exception("computing a conversation list notice failed")
         finally:
             self._flushing = False
 

@@ -109,6 +109,9 @@ class Search:
                 except TimpyError as exc:
                     log.info("indexing for search was put off: %s", exc.text)
                     return  # the next search or commit brings it up to date
+                except Exception:  # a bug must not end the node's background tasks; searches catch up themselves
+                    log.exception("indexing for search failed")
+                    return
         finally:
             self._flushing = False
 
