@@ -366,3 +366,28 @@ async def test_threads_have_their_own_sequence_and_a_count_on_the_root(where, cl
         await dee.group("mute", g.group, users=["fay"], flag=True)
         assert await code_of(fay.send_group(g.group, "me again", thread=groot.seq)) == timpy.Code.MUTED
         assert [i.count for i in await eli.threads([groot.seq], group=g.group)] == [1]
+
+
+async def test_list_and_search_after_the_users_owner_dies_and_the_ring_moves(autojump_clock):
+    async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY), seed=11) as cluster:
+        for name in ("gil", "hua", "ian"):
+            await cluster.register(0, name, PASSWORD)
+        owner = cluster.node_ids.index(cluster.nodes[0].peers.owner(cluster.nodes[0].user_id_of("hua")))
+        alive = [i for i in range(3) if i != owner]
+        async with cluster.client(alive[0], "gil", PASSWORD) as gil, cluster.client(alive[1], "hua", PASSWORD) as hua:
+            for i in range(3):
+                await gil.send("hua", f"comet sighting {i}")
+            g = await gil.create_group("sky", ["hua", "ian"], policy="invite")
+            await gil.send_group(g.group, "comet tonight", mentions=["hua"])
+            await settle()
+            await hua.set_conversation(g.group, pinned=True)
+            before = summary(await hua.conversations())
+            found = sorted((h.conversation, h.seq) for h in (await hua.search("comet")).hits)
+            assert len(before) == 2 and len(found) == 4 and before[0][6] == 1  # one mention
+        await cluster.kill(owner)
+        await trio.sleep(20)  # the others declare it dead; its keys move to the next replicas
+        await cluster.wait_converged()
+        assert all(len(cluster.nodes[i].peers.placement.members) == 2 for i in alive)
+        async with cluster.client(alive[0], "hua", PASSWORD) as hua:
+            assert summary(await hua.conversations()) == before
+            assert sorted((h.conversation, h.seq) for h in (await hua.search("comet")).hits) == found
