@@ -39,7 +39,7 @@ log = logging.getLogger("timpy.conversations")
 
 RECORD = "convs"
 TAIL = 16  # newest messages read per entry to find the last one that is shown
-UNREAD_SCAN = 10_000  # messages after the read mark counted per conversation
+UNREAD_SCAN = 1000  # messages after the read mark read per entry: counts stop there ("999+")
 PAGE_MAX = 200
 LIVE_MAX_MEMBERS = 500  # inbox entries of one conversation in one write batch pushed as changed entries
 GROUP_PREFIX = "#"
