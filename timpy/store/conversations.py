@@ -67,7 +67,7 @@ class ConversationQueries:
                     select(i.c.pos, i.c.seq, m.c.created_ms, m.c.content)
                     .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
                     .where(and_(i.c.user_id == user_id, i.c.conv_id == conv))
-                    .order_by(i.c.pos.desc())
+                    .order_by(i.c.seq.desc())
                 )
                 newest = list(conn.execute(base.limit(tail)))
                 if not newest:

@@ -141,9 +141,9 @@ revoked_tokens = Table(
 )
 
 # schema 6 (conversation list): a user's inbox entries by conversation, so the
-# newest messages and unread ones of one conversation are found without
-# reading the whole inbox.
-inbox_by_conversation = Index("ix_inbox_user_conv", inbox.c.user_id, inbox.c.conv_id, inbox.c.pos)
+# newest messages and the ones after the read mark of one conversation are
+# found without reading the whole inbox.
+inbox_by_conversation = Index("ix_inbox_user_conv", inbox.c.user_id, inbox.c.conv_id, inbox.c.seq)
 
 # schema 6 (search): blind tokens of the words of each message, at the
 # conversation's owner and replicas (or its backend). A token is keyed
