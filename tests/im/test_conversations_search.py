@@ -357,6 +357,7 @@ async def test_threads_have_their_own_sequence_and_a_count_on_the_root(where, cl
         # Only the parent's members; the root must be there.
         assert await code_of(fay.threads([root.seq], peer="dee")) == timpy.Code.NOT_A_MEMBER
         assert await code_of(dee.send("eli", "?", thread=999)) == timpy.Code.NO_SUCH_MESSAGE
+        assert await code_of(dee.send("eli", "?", thread=root.seq, kind=timpy.KIND_BURN)) == timpy.Code.BAD_REQUEST
         await dee.recall(other.seq, to="eli")
         assert await code_of(dee.send("eli", "?", thread=other.seq)) == timpy.Code.NO_SUCH_MESSAGE
         # In a group: its rules apply (a muted member cannot write in its threads either).

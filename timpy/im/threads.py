@@ -27,7 +27,7 @@ from timpy.im.messaging import SEND_ATTEMPTS, Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.store.repository import NewMessage, Store
-from timpy.wire.messages import SendResult, pack_content, unpack_content
+from timpy.wire.messages import KIND_BURN, SendResult, pack_content, unpack_content
 
 MAX_ROOTS = 200  # roots per summary request
 
@@ -77,6 +77,8 @@ class Threads:
     ) -> SendResult:
         """Store a message in the thread under ``ext["thread"]``; delivered to the parent's members."""
         root = root_of(ext)
+        if kind == KIND_BURN:  # its burn notice would be stored by the node without the thread's mark
+            raise RequestError("burn-after-reading is not for threads", Code.BAD_REQUEST)
         parent, to = await self._parent(who, recipient, conversation)
         members = await self._peers.at_owner(parent, "thread.root", self._root_here, who.user_id, who.name, root,
                                              timeout=15.0)
