@@ -56,6 +56,11 @@ def test_search_index_and_conversation_rows(repo):
     assert found(DIRECT, "narwhal") == [seqs[1], seqs[0]]
     assert found(DIRECT, "narwhal north") == [seqs[0]]
     assert found(GROUP, "sight") == [seqs[2]]
+    both = rules.tokens(key, rules.query_terms("narwhal"))
+    assert repo.search_conversations([(DIRECT, both), (GROUP, both)], 100) == [
+        (GROUP, seqs[2], 1003), (DIRECT, seqs[1], 1002), (DIRECT, seqs[0], 1001)]
+    assert repo.search_conversations([(DIRECT, both), (GROUP, both)], 2) == [
+        (GROUP, seqs[2], 1003), (DIRECT, seqs[1], 1002)]
     repo.write_batch([message(DIRECT, (ANN, BOB), 4, "ann", "the dolphin swims north", KIND_EDIT,
                               {"target": str(seqs[0]), "at": "1"}),
                       message(DIRECT, (ANN, BOB), 5, "bob", "", KIND_RECALL, {"target": str(seqs[1])})])

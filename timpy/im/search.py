@@ -39,7 +39,7 @@ from timpy.wire.messages import KIND_BURNED, KIND_EDIT, KIND_NORMAL, KIND_RECALL
 log = logging.getLogger("timpy.search")
 
 INDEX_BATCH = 500  # messages indexed per transaction
-HITS_PER_CONVERSATION = 1000  # a search counts at most this many hits in one conversation
+MAX_HITS = 10_000  # a search counts at most this many hits
 PAGE_MAX = 200
 
 
@@ -158,6 +158,7 @@ class Search:
         if conversation and len(hits) == 1 and hits[0][1] == -1:
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
         members_only.sort(key=lambda h: (-h[2], h[0], -h[1]))
+        members_only = members_only[:MAX_HITS]
         return members_only[offset: offset + limit], len(members_only)
 
     async def _on_search(self, user_id: Any, wanted: Any) -> list[list[Any]]:
@@ -176,12 +177,8 @@ class Search:
             await self._replicator.ensure("conv", conv)
         members = await self._store.run(self._store.repo.search_members, user_id, convs)
         await self.bring_up_to_date([c for c in convs if c in members])
-        out: list[list[Any]] = []
-        for conv, toks in wanted:
-            if conv not in members:
-                out.append([conv, -1, 0])
-                continue
-            for seq, ms in await self._store.run(self._store.repo.search_conversation, conv, toks,
-                                                 HITS_PER_CONVERSATION):
-                out.append([conv, seq, ms])
+        out: list[list[Any]] = [[conv, -1, 0] for conv, _ in wanted if conv not in members]
+        readable = [(conv, toks) for conv, toks in wanted if conv in members]
+        for conv, seq, ms in await self._store.run(self._store.repo.search_conversations, readable, MAX_HITS):
+            out.append([conv, seq, ms])
         return out

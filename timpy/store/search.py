@@ -129,6 +129,37 @@ class SearchQueries:
         with self.engine.connect() as conn:
             return [(int(r.seq), int(r.created_ms)) for r in conn.execute(q)]
 
+    def search_conversations(
+        self, wanted: Sequence[tuple[bytes, Sequence[bytes]]], cap: int
+    ) -> list[tuple[bytes, int, int]]:
+        """``search_conversation`` for many conversations at once, each with its
+        own tokens (the same number for all: one per query term): (conv, seq,
+        ms), newest first, at most ``cap`` in all. One statement per 100
+        conversations."""
+        p, m = s.search_postings, s.messages
+        out: list[tuple[bytes, int, int]] = []
+        items = [(bytes(c), sorted(set(t))) for c, t in wanted if t]
+        with self.engine.connect() as conn:
+            for start in range(0, len(items), 100):
+                chunk = items[start:start + 100]
+                sizes = {len(t) for _, t in chunk}
+                for size in sizes:
+                    part = [(c, t) for c, t in chunk if len(t) == size]
+                    q = (
+                        select(p.c.conv_id, p.c.seq, m.c.created_ms)
+                        .select_from(p.join(m, and_(m.c.conv_id == p.c.conv_id, m.c.seq == p.c.seq)))
+                        .where(and_(p.c.conv_id.in_([c for c, _ in part]),
+                                    p.c.token.in_(sorted({x for _, t in part for x in t})),
+                                    func.length(m.c.content) > 0))
+                        .group_by(p.c.conv_id, p.c.seq, m.c.created_ms)
+                        .having(func.count() == size)
+                        .order_by(m.c.created_ms.desc(), p.c.seq.desc())
+                        .limit(cap)
+                    )
+                    out += [(bytes(r.conv_id), int(r.seq), int(r.created_ms)) for r in conn.execute(q)]
+        out.sort(key=lambda h: (-h[2], h[0], -h[1]))
+        return out[:cap]
+
     def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]:
         """Of ``conv_ids``, those the user is a member of."""
         cm = s.conv_members
@@ -181,6 +212,16 @@ class ShardedSearchQueries:
 
     def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]:
         return self._on(self.map.place(conv_id), SearchQueries.search_conversation, conv_id, tokens, cap)
+
+    def search_conversations(
+        self, wanted: Sequence[tuple[bytes, Sequence[bytes]]], cap: int
+    ) -> list[tuple[bytes, int, int]]:
+        out: list[tuple[bytes, int, int]] = []
+        for name, keys in _by_place([c for c, _ in wanted], self.map.place).items():
+            mine = set(keys)
+            out += self._on(name, SearchQueries.search_conversations, [w for w in wanted if w[0] in mine], cap)
+        out.sort(key=lambda h: (-h[2], h[0], -h[1]))
+        return out[:cap]
 
     def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]:
         out: set[bytes] = set()

@@ -358,7 +358,7 @@ struct SearchHit {
 }
 struct SearchResults {
   1: list<SearchHit> hits,
-  2: i32 count,             // hits in all (at most 1000 per conversation are counted)
+  2: i32 count,             // hits in all (at most 10,000 are counted)
   3: bool more,
 }
 
