@@ -147,13 +147,25 @@ class Search:
             convs = await self._conversations.conversation_ids(who)
         asks = {c: rules.tokens(self.conversation_key(c), terms) for c in convs}
         hits: list[tuple[str, int, int]] = []
-        for owner, keys in self._peers.by_owner(convs).items():
+        failed: list[TimpyError] = []
+
+        async def ask(owner: str, keys: list[bytes]) -> None:
             wanted = [[k, asks[k]] for k in keys]
-            if owner == self._peers.self_id or self._peers.rpc is None:
-                found = await self._search_here(who.user_id, wanted)
-            else:
-                found = await self._peers.call(owner, "search.convs", who.user_id, wanted, timeout=15.0)
-            hits += [(ids.conversation_text(bytes(c)), int(q), int(ms)) for c, q, ms, *_ in found]
+            try:
+                if owner == self._peers.self_id or self._peers.rpc is None:
+                    found = await self._search_here(who.user_id, wanted)
+                else:
+                    found = await self._peers.call(owner, "search.convs", who.user_id, wanted, timeout=15.0)
+            except TimpyError as exc:
+                failed.append(exc)
+                return
+            hits.extend((ids.conversation_text(bytes(c)), int(q), int(ms)) for c, q, ms, *_ in found)
+
+        async with trio.open_nursery() as nursery:  # every owner at once
+            for owner, keys in self._peers.by_owner(convs).items():
+                nursery.start_soon(ask, owner, keys)
+        if failed:
+            raise failed[0]  # a search that missed some conversations would look complete: refuse it
         members_only = [h for h in hits if h[1] > 0]
         if conversation and len(hits) == 1 and hits[0][1] == -1:
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
