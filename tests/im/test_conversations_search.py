@@ -338,6 +338,11 @@ async def test_threads_have_their_own_sequence_and_a_count_on_the_root(where, cl
         while got.conversation != t1.conversation:
             got = await dee.next_message(timeout=10)
         assert got.ext["thread_of"] == root.conversation and got.ext["thread"] == str(root.seq)
+        seen: set[str] = set()  # list notices name the parent, never the thread
+        with trio.move_on_after(1):
+            while True:
+                seen.add((await dee.next_notice(timpy.ConversationEntry)).conversation)
+        assert seen == {root.conversation}
         page = await eli.history(conversation=t1.conversation)
         assert [m.body for m in page.messages] == [b"day one: hike", b"day two: lake"]
         # Recall and edit inside a thread act on the thread's messages.

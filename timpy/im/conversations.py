@@ -246,10 +246,8 @@ class Conversations:
                     try:
                         name = await self._name_of(user_id)
                         state = await self._state(user_id)
-                        found, threads = await self._activities(user_id, state)
-                        texts = {threads.get(t, t) for t in (ids.conversation_text(c) for c in convs)}
-                        shown = sorted(t for t in texts if t not in state.left)
-                        for entry in await self._entries(user_id, name, shown, state, found):
+                        shown, activity = await self._changed(user_id, sorted(convs), state)
+                        for entry in await self._entries(user_id, name, shown, state, activity):
                             self._signals.push([user_id], "conversation_entry", entry)
                             self.notices += 1
                     except TimpyError as exc:
@@ -258,6 +256,26 @@ class Conversations:
                         log.exception("computing a conversation list notice failed")
         finally:
             self._flushing = False
+
+    async def _changed(
+        self, user_id: bytes, convs: list[bytes], state: rules.UserConversations
+    ) -> tuple[list[str], dict[str, rules.Activity]]:
+        """The entries that changed conversations show (a thread's is its
+        parent's, with the thread's newest time), without reading the whole inbox."""
+        rows = await self._store.run(self._store.repo.conversation_rows, user_id, convs, 1, 0)
+        shown: set[str] = set()
+        activity: dict[str, rules.Activity] = {}
+        found = {r.conv_id: r for r in rows}
+        for conv in convs:
+            text, r = ids.conversation_text(conv), found.get(conv)
+            parent = str(_fields(r.tail[0][2])[3].get("thread_of", "")) if r and r.tail and r.tail[0][2] else ""
+            if parent and r is not None:
+                a = activity.get(parent)
+                if a is None or r.last_ms > a.last_ms:
+                    activity[parent] = rules.Activity(parent, r.last_ms, r.last_pos, state.flags_of(parent))
+                text = parent
+            shown.add(text)
+        return sorted(t for t in shown if t not in state.left), activity
 
     # --- group changes, from the group's owner -------------------------------------
 
