@@ -85,3 +85,27 @@ def test_search_index_and_conversation_rows(repo):
     # Forgetting a conversation's copies drops its index too.
     repo.forget([DIRECT], [], lambda k: False)
     assert repo.search_size() == (len(rules.body_terms("group narwhal sighting")), 1)
+
+
+def test_an_undone_write_that_was_indexed_leaves_the_index(repo):
+    for u in (ANN, BOB):
+        repo.create_account(u, b"secret", b"profile")
+    key = os.urandom(16)
+    plan = plan_for(key)
+    repo.write_batch([message(DIRECT, (ANN, BOB), 1, "ann", "walrus one"),
+                      message(DIRECT, (ANN, BOB), 2, "ann", "walrus two")])
+    undone = repo.write_batch([message(DIRECT, (ANN, BOB), 3, "ann", "secret walrus plan")]).appended[0]
+    repo.search_index(DIRECT, plan, 500)  # indexed before its quorum failed
+
+    def found(query: str) -> list[int]:
+        return [q for q, _ in repo.search_conversation(DIRECT, rules.tokens(key, rules.query_terms(query)), 100)]
+
+    assert found("plan") == [3]
+    repo.undo_writes([(DIRECT, undone.seq, (3).to_bytes(16, "big"))], [])
+    assert repo.search_behind([DIRECT]) == [DIRECT]
+    repo.write_batch([message(DIRECT, (ANN, BOB), 4, "ann", "walrus three")])  # seq 3 again
+    assert repo.search_behind([DIRECT]) == [DIRECT]
+    while repo.search_index(DIRECT, plan, 2)[1]:
+        pass
+    assert repo.search_behind([DIRECT]) == []
+    assert found("plan") == [] and found("walrus") == [3, 2, 1] and found("three") == [3]

@@ -177,4 +177,5 @@ search_heads = Table(
     metadata,
     Column("conv_id", Id, primary_key=True),
     Column("seq", BigInteger, nullable=False),
+    Column("dedup", Id, nullable=False),  # the message at seq, to see it taken back (an undone write) and renumbered
 )

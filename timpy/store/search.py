@@ -21,6 +21,7 @@ from sqlalchemy import and_, func, insert, select, update
 from timpy.store import schema as s
 
 TOKEN_SIZE = 8  # bytes of a token (``search_rules.TOKEN_SIZE``)
+REWIND = 1024  # messages indexed again when the head's message was replaced (more than a writer batch)
 
 #: What a message (its opened content; empty when gone) does to the index:
 #: ("index", 0, tokens), ("drop", target seq, []), ("reindex", target seq, []) or ("skip", 0, []).
@@ -34,7 +35,8 @@ class SearchQueries:
         raise NotImplementedError
 
     def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]:
-        """Of ``conv_ids``, those with messages after their index head."""
+        """Of ``conv_ids``, those with messages after their index head, or
+        whose head message is not the one indexed any more."""
         if not conv_ids:
             return []
         m, h = s.messages, s.search_heads
@@ -45,22 +47,40 @@ class SearchQueries:
                 for r in conn.execute(select(m.c.conv_id, func.max(m.c.seq)).where(m.c.conv_id.in_(keys))
                                       .group_by(m.c.conv_id))
             }
-            heads = {bytes(r[0]): int(r[1]) for r in conn.execute(select(h.c.conv_id, h.c.seq).where(h.c.conv_id.in_(keys)))}
-        return [k for k in keys if tops.get(k, 0) > heads.get(k, 0)]
+            heads: dict[bytes, int] = {}
+            for r in conn.execute(
+                select(h.c.conv_id, h.c.seq, h.c.dedup, m.c.dedup.label("now"))
+                .select_from(h.outerjoin(m, and_(m.c.conv_id == h.c.conv_id, m.c.seq == h.c.seq)))
+                .where(h.c.conv_id.in_(keys))
+            ):
+                same = r.now is not None and bytes(r.now) == bytes(r.dedup)
+                heads[bytes(r.conv_id)] = int(r.seq) if same or int(r.seq) == 0 else -1
+        return [k for k in keys if tops.get(k, 0) > heads.get(k, 0) or heads.get(k) == -1]
 
     def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]:
         """Index up to ``limit`` messages after the head, in one transaction;
         returns (the new head, whether messages are left after it)."""
         m, h = s.messages, s.search_heads
         with self.engine.begin() as conn:
-            row = conn.execute(select(h.c.seq).where(h.c.conv_id == conv_id).with_for_update()).first()
-            head = 0 if row is None else int(row.seq)
+            row = conn.execute(select(h.c.seq, h.c.dedup).where(h.c.conv_id == conv_id).with_for_update()).first()
+            stored = 0 if row is None else int(row.seq)
+            head, head_dedup = stored, b"" if row is None else bytes(row.dedup)
+            if head:
+                now = conn.execute(select(m.c.dedup).where(and_(m.c.conv_id == conv_id, m.c.seq == head))).first()
+                if now is None or bytes(now.dedup) != head_dedup:
+                    # The head's message was taken back (a write that missed its
+                    # quorum after it was indexed) and its seq given again: index
+                    # again from before the batch it was in.
+                    head, head_dedup = max(0, head - REWIND), b""
+                    if head:
+                        back = conn.execute(select(m.c.dedup).where(and_(m.c.conv_id == conv_id,
+                                                                         m.c.seq == head))).first()
+                        head_dedup = b"" if back is None else bytes(back.dedup)
             rows = list(conn.execute(
-                select(m.c.seq, m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq > head))
+                select(m.c.seq, m.c.dedup, m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq > head))
                 .order_by(m.c.seq.asc()).limit(limit + 1)
             ))
-            # Tokens of positions past the head: a write taken back (never
-            # acknowledged) after it was indexed. Its position is numbered again.
+            # Tokens of positions past the head: indexed before a rewind.
             self._drop_docs(conn, conv_id, after=head)
             start = head
             fresh: dict[int, list[bytes]] = {}  # seq -> tokens, stored at the end
@@ -82,17 +102,18 @@ class SearchQueries:
                             again, _, new = plan(self._open_message(conv_id, target, bytes(old.content)))
                             if again == "index" and new:
                                 fresh[target] = new
-                head = seq
+                head, head_dedup = seq, bytes(r.dedup)
             if fresh:
                 _many(conn, "INSERT INTO search_docs (conv_id, seq, tokens) VALUES (?, ?, ?)",
                       [(conv_id, q, b"".join(sorted(set(t)))) for q, t in fresh.items()])
                 _many(conn, "INSERT INTO search_postings (conv_id, token, seq) VALUES (?, ?, ?)",
                       [(conv_id, tok, q) for q, t in fresh.items() for tok in sorted(set(t))])
-            if head != start:
-                if row is None:
-                    conn.execute(insert(h).values(conv_id=conv_id, seq=head))
-                else:
-                    conn.execute(update(h).where(and_(h.c.conv_id == conv_id, h.c.seq == start)).values(seq=head))
+            if row is None:
+                if head:
+                    conn.execute(insert(h).values(conv_id=conv_id, seq=head, dedup=head_dedup))
+            elif head != stored or head_dedup != bytes(row.dedup):
+                conn.execute(update(h).where(and_(h.c.conv_id == conv_id, h.c.seq == stored))
+                             .values(seq=head, dedup=head_dedup))
             more = len(rows) > limit and head - start == limit
         return head, more
 
