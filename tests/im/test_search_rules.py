@@ -13,7 +13,8 @@ from timpy.im import kinds
 from timpy.im import search_rules as rules
 from timpy.im.search import plan_for
 from timpy.store.engine import sqlite_engine
-from timpy.store.repository import NewMessage, Repository
+from timpy.store.repository import Repository
+from timpy.store.rows import NewMessage
 from timpy.wire.messages import KIND_EDIT, KIND_NORMAL, KIND_RECALL, pack_content
 
 # Words that exercise prefixes, long words, case, NFKC (the ligature "ﬁ", full-width

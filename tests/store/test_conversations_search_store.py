@@ -13,7 +13,8 @@ from timpy.crypto.seal import Sealer
 from timpy.im import kinds
 from timpy.im import search_rules as rules
 from timpy.im.search import plan_for
-from timpy.store.repository import NewMessage, Repository
+from timpy.store.repository import Repository
+from timpy.store.rows import NewMessage
 from timpy.wire.messages import KIND_EDIT, KIND_NORMAL, KIND_RECALL, pack_content
 
 ANN, BOB, CAL = b"a" * 16, b"b" * 16, b"c" * 16

@@ -32,7 +32,8 @@ from timpy.im import search_rules as rules
 from timpy.im.search import INDEX_BATCH, plan_for
 from timpy.store import schema
 from timpy.store.engine import sqlite_engine, url_engine
-from timpy.store.repository import NewMessage, Repository
+from timpy.store.repository import Repository
+from timpy.store.rows import NewMessage
 from timpy.wire.messages import KIND_NORMAL, pack_content
 
 

@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from timpy.gateway.transports import ConnectionGate
     from timpy.im.accounts import Accounts
     from timpy.im.conversations import Conversations
+    from timpy.im.delivery import Deliverer
     from timpy.im.groups import Groups
     from timpy.im.messaging import Messenger
     from timpy.im.presence import Presence
@@ -28,6 +29,7 @@ if TYPE_CHECKING:
     from timpy.im.routes import Routes
     from timpy.im.search import Search
     from timpy.im.signalling import Signalling
+    from timpy.im.tasks import TaskHost
     from timpy.im.terminals import TerminalRegistry
     from timpy.im.threads import Threads
     from timpy.wire.messages import SendResult
@@ -72,6 +74,10 @@ class NodeServices(Protocol):
     def accounts(self) -> Accounts: ...
     @property
     def messenger(self) -> Messenger: ...
+    @property
+    def deliverer(self) -> Deliverer: ...
+    @property
+    def tasks(self) -> TaskHost: ...
     @property
     def routes(self) -> Routes: ...
     @property

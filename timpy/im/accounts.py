@@ -25,7 +25,8 @@ from timpy.errors import AuthError, Code, RequestError
 from timpy.im import fields, ids
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
-from timpy.store.repository import AccountRow, Store
+from timpy.store.repository import Store
+from timpy.store.rows import AccountRow
 
 MAX_PASSWORD = 1024
 SYSTEM_USER = "system"  # the sender of operators' messages; nobody can log in as it

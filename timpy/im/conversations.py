@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
@@ -32,8 +32,10 @@ from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.routes import Routes
 from timpy.im.signals import Signals
-from timpy.store.conversations import ConversationRows
+from timpy.im.writer import Committed
 from timpy.store.repository import Store
+from timpy.store.rows import ConversationRows
+from timpy.wire.messages import ConversationChanged
 
 log = logging.getLogger("timpy.conversations")
 
@@ -147,7 +149,7 @@ class Conversations:
         state = rules.UserConversations.unpack(await self._records.update(user_id, RECORD, "user", change))
         found, _ = await self._activities(user_id, state)
         entry = (await self._entries(user_id, str(name), [text], state, found))[0]
-        self._signals.push([user_id], "conversation_entry", entry)
+        self._signals.push([user_id], ConversationChanged(entry))
         self.notices += 1
         return entry
 
@@ -248,7 +250,7 @@ class Conversations:
                         state = await self._state(user_id)
                         shown, activity = await self._changed(user_id, sorted(convs), state)
                         for entry in await self._entries(user_id, name, shown, state, activity):
-                            self._signals.push([user_id], "conversation_entry", entry)
+                            self._signals.push([user_id], ConversationChanged(entry))
                             self.notices += 1
                     except TimpyError as exc:
                         log.info("a conversation list notice was dropped: %s", exc.text)
@@ -279,16 +281,21 @@ class Conversations:
 
     # --- group changes, from the group's owner -------------------------------------
 
-    def committed(self, _convs: list[bytes], entries: list[tuple[bytes, bytes]]) -> None:
-        """The writer's hook: inbox entries (user id, conversation id) placed here.
-        A conversation with more than ``LIVE_MAX_MEMBERS`` entries in one batch
-        (a large group) is not recomputed for each member: the delivery itself
-        tells each terminal, and the next list read is current."""
-        per_conv: dict[bytes, int] = {}
-        for _user_id, conv_id in entries:
-            per_conv[conv_id] = per_conv.get(conv_id, 0) + 1
-        for user_id, conv_id in entries:
-            if per_conv[conv_id] <= LIVE_MAX_MEMBERS:
+    def committed(self, committed: Sequence[Committed]) -> None:
+        """The writer's listener: each committed message's inbox entries placed
+        here change that user's entry. A conversation with more than
+        ``LIVE_MAX_MEMBERS`` entries in one batch (a large group) is not
+        recomputed for each member: the delivery itself tells each terminal,
+        and the next list read is current. Only queues work (``_flush`` runs
+        in the background)."""
+        entries: list[tuple[bytes, str]] = [(u, c.message.conversation) for c in committed for u in c.inbox]
+        per_conv: dict[str, int] = {}
+        for _user_id, conv in entries:
+            per_conv[conv] = per_conv.get(conv, 0) + 1
+        conv_ids: dict[str, bytes] = {}
+        for user_id, conv in entries:
+            if per_conv[conv] <= LIVE_MAX_MEMBERS:
+                conv_id = conv_ids.get(conv) or conv_ids.setdefault(conv, ids.parse_conversation(conv))
                 self.inbox_changed(user_id, conv_id)
 
     def group_saved(self, gid: bytes, before: Any, after: Any) -> None:

@@ -7,7 +7,7 @@ group, stores the new state (sealed, with a version) and mirrors the member
 list into the conversation's members, then copies it to the replicas in
 embedded mode. A message to a group is checked against the state at the
 owner and stored once; its fan-out asks each node that owns members' users
-for their inbox entries once per node (``Messenger._fan_out``).
+for their inbox entries once per node (``Writer._fan_out``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from timpy.im.group_rules import Group, JoinPolicy, Role
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.writer import GROUP_PREFIX, Writer
 from timpy.store.repository import Store
-from timpy.wire.messages import KIND_BURN, SendResult
+from timpy.wire.messages import KIND_BURN, SendResult, pack_send_result, unpack_send_result
 
 OPS = frozenset({
     "create", "get", "join", "leave", "approve", "reject", "invite", "kick", "set_admin", "transfer",
@@ -72,14 +73,15 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
 class Groups:
     def __init__(
         self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
-        replicator: Replicator, messenger: Messenger,
+        replicator: Replicator, messenger: Messenger, writer: Writer,
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._limits = limits
         self._peers = peers
         self._replicator = replicator
-        self._messenger = messenger
+        self._messenger = messenger  # whether a user exists
+        self._writer = writer
         self._locks: dict[bytes, trio.Lock] = {}
         self.changed: list[Callable[[bytes, Group | None, Group], None]] = []  # (id, before, after), after a save
         self.send_checks: list[Callable[[Group, str, int, dict[str, str]], None]] = []  # may raise: refused
@@ -229,19 +231,19 @@ class Groups:
         if owner == self._peers.self_id or self._peers.rpc is None:
             return await self._system_send_here(gid, system.user_id, client_id, body)
         raw = await self._peers.call(owner, "group.system_send", gid, system.user_id, client_id, body, timeout=15.0)
-        return self._messenger.result_from_wire(group, raw)
+        return unpack_send_result(group, raw)
 
     async def _system_send_here(self, gid: bytes, system_id: bytes, client_id: str, body: bytes) -> SendResult:
         group, _ = await self._load(gid)
         if group.dissolved:
             raise RequestError("that group was dissolved", Code.NO_SUCH_GROUP)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
-        return await self._messenger.append_group(Identity(system_id, SYSTEM_USER), gid, members, client_id, 0, body, {})
+        return await self._append(Identity(system_id, SYSTEM_USER), gid, members, client_id, 0, body, {})
 
     async def _on_system_send(self, gid, system_id, client_id, body):  # noqa: ANN001, ANN202
         self._require_owner(bytes(gid))
         result = await self._system_send_here(bytes(gid), bytes(system_id), str(client_id), bytes(body))
-        return self._messenger.result_to_wire(result)
+        return pack_send_result(result)
 
     # --- messages to groups ----------------------------------------------------------
 
@@ -255,14 +257,14 @@ class Groups:
         raw = await self._peers.call(
             owner, "group.send", gid, sender.user_id, sender.name, client_id, kind, body, ext, timeout=15.0
         )
-        return self._messenger.result_from_wire(group, raw)
+        return unpack_send_result(group, raw)
 
     async def _on_send(self, gid, sender_id, sender, client_id, kind, body, ext):  # noqa: ANN001, ANN202
         self._require_owner(bytes(gid))
         result = await self._send_here(
             bytes(gid), bytes(sender_id), str(sender), str(client_id), int(kind), bytes(body), dict(ext)
         )
-        return self._messenger.result_to_wire(result)
+        return pack_send_result(result)
 
     async def _send_here(
         self, gid: bytes, sender_id: bytes, sender: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
@@ -274,7 +276,7 @@ class Groups:
         if kind == KIND_BURN:
             raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
-        return await self._messenger.append_group(
+        return await self._append(
             Identity(sender_id, sender), gid, members, client_id, kind, body, ext, admin=group.is_admin(sender)
         )
 
@@ -283,6 +285,18 @@ class Groups:
         not muted)? Raises why not. For messages stored under the group (threads)."""
         group, _ = await self._load(gid)
         rules.check_send(group, sender)
+
+    async def _append(
+        self, sender: Identity, gid: bytes, members: tuple[bytes, ...], client_id: str, kind: int, body: bytes,
+        ext: dict[str, str], admin: bool = False,
+    ) -> SendResult:
+        """Store a message to a group (at the group's owner, its rules checked):
+        once, numbered in the group's conversation, into every member's inbox."""
+        text = ids.conversation_text(gid)
+        new, content = self._writer.prepare(
+            sender.user_id, sender.name, gid, members, GROUP_PREFIX + text, client_id, kind, body, ext
+        )
+        return await self._writer.append(new, content, text, admin)
 
     async def members_of(self, gid: bytes) -> list[str]:
         """At the group's owner: its members' names."""

@@ -1,7 +1,7 @@
 """Replies and mentions, checked where a message is numbered (``reply_rules``).
 
 A reply's target is looked up by the conversation's owner before the batch
-that holds the reply is stored (the writer's ``before_commit``): it must be in
+that holds the reply is stored (a writer ``Check``): it must be in
 the conversation and shown. A group message's mentions are checked by the
 group's owner against the group (``Groups.send_checks``): ``@all`` for its
 owner and admins (or every member, when the group's profile says
@@ -11,21 +11,37 @@ counted per user in the conversation list (``conversation_rules``).
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-import msgpack
-
+from timpy.errors import TimpyError
 from timpy.im import kinds
 from timpy.im import reply_rules as rules
+from timpy.im.writer import Append
 from timpy.store.repository import Store
+from timpy.wire.messages import MessageContent
 
 
 class Replies:
+    """Writer check (``timpy.im.writer.Check``): a reply's target must be in
+    its conversation and shown. At the conversation's owner, in the writer,
+    because only there are the conversation's rows sure to be current (a
+    check before queueing, on the sender's node, may hold no copy)."""
+
     def __init__(self, store: Store) -> None:
         self._store = store
 
-    async def check(self, conv_id: bytes, _kind: int, ext: dict[str, str]) -> None:
-        """The writer's hook: a reply's target must be there and shown."""
+    async def __call__(self, appends: Sequence[Append]) -> Mapping[Append, TimpyError]:
+        refused: dict[Append, TimpyError] = {}
+        for p in appends:
+            try:
+                await self.check(p.new.conv_id, p.content.ext)
+            except TimpyError as exc:
+                refused[p] = exc
+        return refused
+
+    async def check(self, conv_id: bytes, ext: dict[str, str]) -> None:
+        """Raises why a message with this ``ext`` may not be stored in ``conv_id`` (reply target)."""
         target = rules.reply_target(ext)
         if target is None:
             return
@@ -33,7 +49,7 @@ class Replies:
         if row is None or row.deleted:
             rules.check_reply_target(row is not None, True, False)
             return
-        kind = int(msgpack.unpackb(row.content, raw=False)[4])
+        kind = MessageContent.unpack(row.content).kind
         rules.check_reply_target(True, False, kind in kinds.ACTING)
 
     @staticmethod

@@ -18,7 +18,7 @@ Only tokens travel between nodes, never the query's words. Results are
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import msgpack
@@ -32,8 +32,9 @@ from timpy.im.accounts import Identity
 from timpy.im.conversations import Conversations
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.writer import Committed
+from timpy.store.features.search import IndexPlan
 from timpy.store.repository import Store
-from timpy.store.search import IndexPlan
 from timpy.wire.messages import KIND_BURNED, KIND_EDIT, KIND_NORMAL, KIND_RECALL
 
 log = logging.getLogger("timpy.search")
@@ -93,9 +94,16 @@ class Search:
 
     # --- indexing -------------------------------------------------------------
 
-    def committed(self, conv_ids: list[bytes], _entries: list[tuple[bytes, bytes]] | None = None) -> None:
-        """The writer stored messages in these conversations (this node owns
-        them): index them soon, in the background."""
+    def committed(self, committed: Sequence[Committed]) -> None:
+        """The writer's listener: messages numbered here (this node owns their
+        conversations) are indexed soon, in the background."""
+        self.index_soon({c.message.conversation for c in committed if c.numbered_here})
+
+    def index_soon(self, conversations: Iterable[str]) -> None:
+        """Index these conversations (text ids) in the background, coalesced."""
+        conv_ids = [ids.parse_conversation(c) for c in conversations]
+        if not conv_ids:
+            return
         self._dirty.update(conv_ids)
         if not self._flushing and self._spawn(self._flush):
             self._flushing = True

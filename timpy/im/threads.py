@@ -23,11 +23,13 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids, kinds, reply_rules
 from timpy.im.accounts import Identity
-from timpy.im.messaging import SEND_ATTEMPTS, Messenger
+from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
+from timpy.im.records import Records
 from timpy.im.replication import Replicator
-from timpy.store.repository import NewMessage, Store
-from timpy.wire.messages import KIND_BURN, SendResult, pack_content, unpack_content
+from timpy.im.writer import Writer
+from timpy.store.repository import Store
+from timpy.wire.messages import KIND_BURN, SendResult, unpack_content
 
 MAX_ROOTS = 200  # roots per summary request
 
@@ -46,17 +48,18 @@ def root_of(ext: dict[str, str]) -> int:
 
 class Threads:
     def __init__(
-        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, messenger: Messenger,
-        clock_ms: Callable[[], int],
+        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, records: Records,
+        messenger: Messenger, writer: Writer,
+        check_group_sender: Callable[[bytes, str], Awaitable[None]],
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._replicator = replicator
+        self._records = records
         self._messenger = messenger
-        self._now = clock_ms
-        # At a group's owner: may this user send to the group now? (set by the node: the groups' rules)
-        self.check_group_sender: Callable[[bytes, str], Awaitable[None]] | None = None
+        self._writer = writer
+        self._check_group_sender = check_group_sender  # at a group's owner: may this user send to it now?
         peers.expose("thread.root", self._root_here, "conversation")
         peers.expose("thread.member", self._member_here, "conversation")
         if peers.rpc is not None:
@@ -84,13 +87,10 @@ class Threads:
                                              timeout=15.0)
         thread = thread_of(self._indexer, parent, root)
         ext = {**ext, "thread_of": ids.conversation_text(parent)}
-        self._messenger._validate(client_id, kind, body, ext)
-        new = NewMessage(
-            conv_id=thread, members=tuple(bytes(m) for m in members), sender_id=who.user_id,
-            dedup=ids.dedup_index(self._indexer, who.user_id, client_id), created_ms=self._now(),
-            content=pack_content(client_id, who.name, to, kind, body, ext),
+        new, content = self._writer.prepare(
+            who.user_id, who.name, thread, tuple(bytes(m) for m in members), to, client_id, kind, body, ext
         )
-        return await self._messenger._send_at_owner(new, ids.conversation_text(thread), SEND_ATTEMPTS)
+        return await self._messenger.append_at_owner(new, content, ids.conversation_text(thread))
 
     async def _root_here(self, parent: bytes, sender_id: bytes, sender: str, root: int) -> list[bytes]:
         """At the parent's owner: may the sender write under this root? The parent's members."""
@@ -104,10 +104,9 @@ class Threads:
                                        target is not None and target.kind in kinds.ACTING)
         assert target is not None
         if target.recipient.startswith("#"):
-            if self.check_group_sender is not None:
-                await self.check_group_sender(parent, str(sender))
-        elif self._messenger.records is not None:
-            pair = await self._messenger.records.get(parent, "pair", "conv")
+            await self._check_group_sender(parent, str(sender))
+        else:
+            pair = await self._records.get(parent, "pair", "conv")
             if pair and any(bytes(blocked) == sender_id for _, blocked in pair["blocked_ids"]):
                 raise RequestError("this user does not accept your messages", Code.BLOCKED)
         return await self._store.run(self._store.repo.conversation_members, parent)

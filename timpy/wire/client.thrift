@@ -421,14 +421,14 @@ struct Frame {
   34: optional StreamData stream,
   35: optional ProfileRequest profile_request,
   36: optional Profile profile,
-  // conversation list and search (issue 18; numbered from 60 so that other
-  // operations appended meanwhile keep their numbers)
-  60: optional ConversationListRequest conversation_list,
-  61: optional ConversationPage conversation_page,
-  62: optional ConversationSet conversation_set,
-  63: optional ConversationEntry conversation_entry,
-  64: optional SearchRequest search,
-  65: optional SearchResults search_results,
-  66: optional ThreadRequest thread_request,
-  67: optional ThreadList thread_list,
+  // conversation list, search and threads (issue 18; 60 and 61 are push to
+  // offline devices, from another branch)
+  62: optional ConversationListRequest conversation_list,
+  63: optional ConversationPage conversation_page,
+  64: optional ConversationSet conversation_set,
+  65: optional ConversationEntry conversation_entry,
+  66: optional SearchRequest search,
+  67: optional SearchResults search_results,
+  68: optional ThreadRequest thread_request,
+  69: optional ThreadList thread_list,
 }

@@ -1,37 +1,30 @@
 """Storage of the conversation list: reads over a user's own rows (the inbox
 with the message copies beside it, and the read marks), so the list lives,
-is copied, repaired and moved with the user. A mixin of ``Repository``; the
-sharded one routes each call to the user's backend."""
+is copied, repaired and moved with the user: no table of its own (the
+``inbox`` index ``ix_inbox_user_conv`` is the inbox's). A mixin of
+``Repository``; the sharded one routes each call to the user's backend."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, func, select
 
 from timpy.store import schema as s
+from timpy.store.features.base import StoreBase
+from timpy.store.rows import ConversationRows
 
 
-@dataclass(frozen=True)
-class ConversationRows:
-    """What a user's rows hold of one conversation."""
+class ConversationListProtocol(Protocol):
+    def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int, bytes]]: ...
 
-    conv_id: bytes
-    last_pos: int  # the user's inbox position of its newest message
-    last_ms: int  # and that message's time
-    read_seq: int  # the user's read mark
-    tail: list[tuple[int, int, bytes]]  # the newest messages (seq, ms, opened content; empty: gone), newest first
-    unread: list[tuple[int, int, bytes]]  # the messages after the read mark, newest first (bounded)
+    def conversation_rows(
+        self, user_id: bytes, conv_ids: Sequence[bytes], tail: int, unread_limit: int
+    ) -> list[ConversationRows]: ...
 
 
-class ConversationQueries:
-    engine: Any
-
-    def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:  # pragma: no cover - Repository's
-        raise NotImplementedError
-
+class ConversationListStore(StoreBase):
     def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int, bytes]]:
         """Every conversation in the user's inbox: (conv id, newest position,
         its time, its content opened: empty when gone)."""
@@ -83,17 +76,17 @@ class ConversationQueries:
         return out
 
 
-class ShardedConversationQueries:
+class ShardedConversationListStore:
     """The same calls on ``ShardedRepository``: each to the user's backend."""
 
     map: Any
     _on: Any
 
     def conversation_activity(self, user_id: bytes) -> list[tuple[bytes, int, int, bytes]]:
-        return self._on(self.map.place(user_id), ConversationQueries.conversation_activity, user_id)
+        return self._on(self.map.place(user_id), ConversationListStore.conversation_activity, user_id)
 
     def conversation_rows(
         self, user_id: bytes, conv_ids: Sequence[bytes], tail: int, unread_limit: int
     ) -> list[ConversationRows]:
-        return self._on(self.map.place(user_id), ConversationQueries.conversation_rows, user_id, conv_ids, tail,
+        return self._on(self.map.place(user_id), ConversationListStore.conversation_rows, user_id, conv_ids, tail,
                         unread_limit)

@@ -14,11 +14,13 @@ leaves the index equal to what the current rows say, wherever it is built.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, func, insert, select, update
 
 from timpy.store import schema as s
+from timpy.store.features.base import CopiedTable, StoreBase, driver_many
+from timpy.store.rows import Row
 
 TOKEN_SIZE = 8  # bytes of a token (``search_rules.TOKEN_SIZE``)
 REWIND = 1024  # messages indexed again when the head's message was replaced (more than a writer batch)
@@ -28,12 +30,23 @@ REWIND = 1024  # messages indexed again when the head's message was replaced (mo
 IndexPlan = Callable[[bytes], "tuple[str, int, list[bytes]]"]
 
 
-class SearchQueries:
-    engine: Any
+class SearchProtocol(Protocol):
+    def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]: ...
 
-    def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:  # pragma: no cover - Repository's
-        raise NotImplementedError
+    def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]: ...
 
+    def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]: ...
+
+    def search_conversations(
+        self, wanted: Sequence[tuple[bytes, Sequence[bytes]]], cap: int
+    ) -> list[tuple[bytes, int, int]]: ...
+
+    def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]: ...
+
+    def search_size(self) -> tuple[int, int]: ...
+
+
+class SearchStore(StoreBase):
     def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]:
         """Of ``conv_ids``, those with messages after their index head, or
         whose head message is not the one indexed any more."""
@@ -200,22 +213,44 @@ class SearchQueries:
             heads = conn.execute(select(func.count()).select_from(s.search_heads)).scalar_one()
         return int(postings), int(heads)
 
-    @staticmethod
-    def forget_search(conn: Any, conv_ids: Sequence[bytes]) -> int:
-        """Delete the index of conversations whose copies are deleted here (inside ``forget``)."""
+
+def _many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        driver_many(conn, sql, rows)
+
+
+class SearchIndexTable(CopiedTable):
+    """The search index belongs to its conversation (it is deleted with the
+    conversation's other rows when the conversation moves away) but is never
+    copied, digested or verified: it is derived from the message rows, and
+    whichever node or backend holds the conversation builds its own
+    (``search_behind`` finds what it lacks; a search catches up first).
+    Copying it would carry about 25 times the rows of the messages."""
+
+    name, wire, table, key_column, kinds = "search", 8, s.search_heads, "conv_id", ("conv",)
+    also = (s.search_postings, s.search_docs)
+    columns = "none: rebuilt from the messages where the conversation is held"
+    derived = True
+
+    def unpack(self, raw: Any) -> Row:
+        raise ValueError("the search index is not copied")
+
+    def apply(self, repo: StoreBase, conn: Any, rows: list[Row]) -> int:
+        if rows:
+            raise ValueError("the search index is not copied: it is rebuilt from the messages")
+        return 0
+
+    def forget(self, conn: Any, kind: str, keys: list[bytes]) -> int:
         deleted = 0
         for table in (s.search_postings, s.search_docs, s.search_heads):
-            deleted += conn.execute(table.delete().where(table.c.conv_id.in_(list(conv_ids)))).rowcount
+            deleted += int(conn.execute(table.delete().where(table.c.conv_id.in_(keys))).rowcount)
         return deleted
 
 
-def _many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
-    """One statement for many rows, straight through the DB-API (written with ``?``)."""
-    if rows:
-        conn.exec_driver_sql(sql if conn.dialect.paramstyle == "qmark" else sql.replace("?", "%s"), rows)
+SEARCH_INDEX = SearchIndexTable()
 
 
-class ShardedSearchQueries:
+class ShardedSearchStore:
     """The same calls on ``ShardedRepository``: each to the conversation's backend."""
 
     map: Any
@@ -225,14 +260,14 @@ class ShardedSearchQueries:
     def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]:
         out: list[bytes] = []
         for name, keys in _by_place(conv_ids, self.map.place).items():
-            out += self._on(name, SearchQueries.search_behind, keys)
+            out += self._on(name, SearchStore.search_behind, keys)
         return out
 
     def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]:
-        return self._on(self.map.place(conv_id), SearchQueries.search_index, conv_id, plan, limit)
+        return self._on(self.map.place(conv_id), SearchStore.search_index, conv_id, plan, limit)
 
     def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]:
-        return self._on(self.map.place(conv_id), SearchQueries.search_conversation, conv_id, tokens, cap)
+        return self._on(self.map.place(conv_id), SearchStore.search_conversation, conv_id, tokens, cap)
 
     def search_conversations(
         self, wanted: Sequence[tuple[bytes, Sequence[bytes]]], cap: int
@@ -240,18 +275,18 @@ class ShardedSearchQueries:
         out: list[tuple[bytes, int, int]] = []
         for name, keys in _by_place([c for c, _ in wanted], self.map.place).items():
             mine = set(keys)
-            out += self._on(name, SearchQueries.search_conversations, [w for w in wanted if w[0] in mine], cap)
+            out += self._on(name, SearchStore.search_conversations, [w for w in wanted if w[0] in mine], cap)
         out.sort(key=lambda h: (-h[2], h[0], -h[1]))
         return out[:cap]
 
     def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]:
         out: set[bytes] = set()
         for name, keys in _by_place(conv_ids, self.map.place).items():
-            out |= self._on(name, SearchQueries.search_members, user_id, keys)
+            out |= self._on(name, SearchStore.search_members, user_id, keys)
         return out
 
     def search_size(self) -> tuple[int, int]:
-        sizes = [self._on(name, SearchQueries.search_size) for name in self.names]
+        sizes = [self._on(name, SearchStore.search_size) for name in self.names]
         return sum(a for a, _ in sizes), sum(b for _, b in sizes)
 
 
