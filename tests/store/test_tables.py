@@ -69,7 +69,8 @@ def key_copies(r: Repository) -> Copies:
 
 def test_the_copies_of_keys_carry_every_declared_table():
     copies = key_copies(populated())
-    assert [t.name for t in TABLES if not getattr(copies, t.name)] == []
+    assert [t.name for t in TABLES if not t.derived and not getattr(copies, t.name)] == []
+    assert [t.name for t in TABLES if t.derived and getattr(copies, t.name)] == []  # rebuilt where held, not copied
     assert Copies.unpack(msgpack.unpackb(msgpack.packb(copies.pack(), use_bin_type=True), raw=False)) == copies
 
 
@@ -116,6 +117,7 @@ ROW = {
     "groups": st.tuples(_id, _sealed, _n, st.lists(_id, max_size=4)),
     "records": st.tuples(_id, st.text(max_size=16), _sealed, _n),
     "reads": st.tuples(_id, _id, _n),
+    "search": None,  # derived: copies carry none of its rows
 }
 
 
@@ -123,7 +125,9 @@ def test_every_declared_table_has_a_row_strategy():
     assert set(ROW) == {t.name for t in TABLES}
 
 
-@given(st.fixed_dictionaries({name: st.lists(row, max_size=3) for name, row in ROW.items()}))
+@given(st.fixed_dictionaries(
+    {name: st.lists(row, max_size=3) if row is not None else st.just([]) for name, row in ROW.items()}
+))
 def test_copies_round_trip_through_msgpack(rows):
     copies = Copies(**{name: [tuple(r) for r in rs] for name, rs in rows.items()})
     again = Copies.unpack(msgpack.unpackb(msgpack.packb(copies.pack(), use_bin_type=True), raw=False))
@@ -132,3 +136,24 @@ def test_copies_round_trip_through_msgpack(rows):
     merged.merge(copies)
     merged.merge(again)
     assert all(getattr(merged, t.name) == getattr(copies, t.name) * 2 for t in TABLES)
+
+
+def test_the_search_index_is_forgotten_with_its_conversation_and_never_copied():
+    """The index is derived (``derived``): a copy of the conversation carries
+    none of it, the copy builds its own, and forgetting the conversation
+    deletes it with the conversation's other rows."""
+    source = populated()
+    assert source.search_index(CONV, lambda content: ("index", 0, [b"tok" + bytes(5)]), 100)[0] == 1
+    assert source.search_conversation(CONV, [b"tok" + bytes(5)], 10) != []
+    assert source.search_size() == (1, 1)
+    copies = key_copies(source)
+    assert copies.search == []
+    copy = Repository(sqlite_engine(None), Sealer(KEY))
+    copy.create_schema()
+    copy.apply_copies(copies)
+    assert copy.search_size() == (0, 0) and copy.search_behind([CONV]) == [CONV]
+    with pytest.raises(ValueError, match="not copied"):
+        copy.apply_copies(Copies(search=[(CONV,)]))
+    assert source.forget([CONV], [], lambda conv: False) > 0
+    assert source.search_size() == (0, 0)
+    assert source.search_conversation(CONV, [b"tok" + bytes(5)], 10) == []

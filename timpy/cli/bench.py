@@ -377,7 +377,14 @@ def _register_webhooks_bench() -> None:
     register(bench)
 
 
+def _register_search_bench() -> None:
+    from timpy.cli.bench_search import register
+
+    register(bench)
+
+
 _register_webhooks_bench()
+_register_search_bench()
 
 
 from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands

@@ -36,6 +36,7 @@ from timpy.wire.messages import (
     PresenceList,
     SendResult,
     ack_frame,
+    entry_to_wire,
     message_to_wire,
     notice_frame,
 )
@@ -48,7 +49,8 @@ log = logging.getLogger("timpy.gateway")
 _CLIENT_OPS = frozenset(
     {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping",
      "group_request", "roster_request", "presence_set", "presence_query", "signal", "receipt", "unread_request",
-     "room_request", "stream", "profile_request", "pusher_request"}
+     "room_request", "stream", "profile_request", "pusher_request", "conversation_list", "conversation_set",
+     "search", "thread_request"}
 )
 _DEVICE_KIND = re.compile(r"^[a-z0-9_\-]{1,16}$")
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
@@ -418,6 +420,13 @@ class ClientSession:
         assert self.identity is not None
         self.node.messenger.check_user_rate(self.identity.user_id, self._clock())
         started = time.perf_counter()
+        if (m.ext or {}).get("thread"):  # to the thread under a message
+            result = await self.node.threads.send(
+                self.identity, m.recipient or "", m.conversation or "", m.client_id or "", m.kind or 0,
+                m.body or b"", m.ext or {},
+            )
+            await self._ack(rid, started, result)
+            return
         if m.conversation and not m.recipient:  # to a group
             result = await self.node.groups.send(
                 self.identity, m.conversation, m.client_id or "", m.kind or 0, m.body or b"", m.ext or {}
@@ -571,3 +580,39 @@ class ClientSession:
         else:
             view = await self.node.accounts.profile(body.user or who.name)
         await self.reply(wp.make_frame("profile", rid=rid, **view))
+
+    # --- conversation list and search ------------------------------------------------
+
+    async def _op_conversation_list(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        offset = body.offset or 0
+        entries, total = await self.node.conversations.list(who, offset, body.limit or 0, bool(body.archived))
+        await self.reply(wp.make_frame(
+            "conversation_page", rid=rid, entries=[entry_to_wire(e) for e in entries], total=total,
+            more=offset + len(entries) < total,
+        ))
+
+    async def _op_conversation_set(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        entry = await self.node.conversations.set_flags(
+            who, body.conversation or "", body.muted, body.pinned, body.archived
+        )
+        await self.reply(wp.make_frame("conversation_entry", entry_to_wire(entry), rid=rid))
+
+    async def _op_search(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        offset = body.offset or 0
+        hits, count = await self.node.search.search(
+            who, body.query or "", body.conversation or "", offset, body.limit or 0
+        )
+        await self.reply(wp.make_frame(
+            "search_results", rid=rid, count=count, more=offset + len(hits) < count,
+            hits=[wp.thrift.SearchHit(conversation=c, seq=q, server_time=ms) for c, q, ms in hits],
+        ))
+
+    async def _op_thread_request(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        found = await self.node.threads.summaries(who, body.peer or "", body.conversation or "", list(body.roots or []))
+        await self.reply(wp.make_frame(
+            "thread_list", rid=rid, threads=[wp.thrift.ThreadInfo(root=r, thread=t, count=n) for r, t, n in found]
+        ))

@@ -13,6 +13,7 @@ for their inbox entries once per node (``Writer._fan_out``).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from typing import Any
 
 import msgpack
@@ -84,6 +85,8 @@ class Groups:
         self._messenger = messenger  # whether a user exists
         self._writer = writer
         self._locks: dict[bytes, trio.Lock] = {}
+        self.changed: list[Callable[[bytes, Group | None, Group], None]] = []  # (id, before, after), after a save
+        self.send_checks: list[Callable[[Group, str, int, dict[str, str]], None]] = []  # may raise: refused
         if peers.rpc is not None:
             peers.rpc.register("group.request", self._on_request)
             peers.rpc.register("group.send", self._on_send)
@@ -136,6 +139,7 @@ class Groups:
     ) -> dict[str, Any]:
         lock = self._locks.setdefault(gid, trio.Lock())
         async with lock:
+            before: Group | None = None
             if op == "create":
                 try:
                     chosen = JoinPolicy(policy or JoinPolicy.APPROVAL)
@@ -149,12 +153,15 @@ class Groups:
                     if actor not in group.members and actor not in group.requests:
                         raise RequestError("you are not a member of that group", Code.NOT_A_MEMBER)
                     return group_view(group, actor)
+                before = group
                 group = self._run(group, actor, op, users, name, policy, flag, profile or {})
             await self._save(gid, group, version)
             if self._events.wants("group.changed"):  # hook: webhooks, at the group's owner
                 await self._events.emit("group.changed", event_id("group.changed", gid, version + 1), {
                     "group": ids.conversation_text(gid), "op": op, "actor": actor, "users": users,
                     "version": version + 1, "members": [] if group.dissolved else sorted(group.members)})
+            for listener in self.changed:
+                listener(gid, before, group)
         return group_view(group, actor)
 
     @staticmethod
@@ -270,12 +277,20 @@ class Groups:
     ) -> SendResult:
         group, _ = await self._load(gid)
         rules.check_send(group, sender)
+        for check in self.send_checks:
+            check(group, sender, kind, ext)
         if kind == KIND_BURN:
             raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
         return await self._append(
             Identity(sender_id, sender), gid, members, client_id, kind, body, ext, admin=group.is_admin(sender)
         )
+
+    async def check_sender(self, gid: bytes, sender: str) -> None:
+        """At the group's owner: may ``sender`` send to the group now (member,
+        not muted)? Raises why not. For messages stored under the group (threads)."""
+        group, _ = await self._load(gid)
+        rules.check_send(group, sender)
 
     async def _append(
         self, sender: Identity, gid: bytes, members: tuple[bytes, ...], client_id: str, kind: int, body: bytes,

@@ -246,10 +246,10 @@ class Messenger:
                         raise
                 # The ring may be changing under us: the same client id makes a retry safe.
                 await trio.sleep(0.3)
-                return await self._send_at_owner(new, content, conversation, SEND_ATTEMPTS - 1)
+                return await self.append_at_owner(new, content, conversation, SEND_ATTEMPTS - 1)
 
             return SendTicket(result, pending)
-        return SendTicket(lambda: self._send_at_owner(new, content, conversation, SEND_ATTEMPTS))
+        return SendTicket(lambda: self.append_at_owner(new, content, conversation, SEND_ATTEMPTS))
 
     def _peer_of(self, sender_id: bytes, recipient: str) -> tuple[str, bytes, bytes, str]:
         """(normalized name, user id, 1:1 conversation id and text) of a
@@ -276,9 +276,12 @@ class Messenger:
         )
         return new, content, conversation
 
-    async def _send_at_owner(
-        self, new: NewMessage, content: MessageContent, conversation: str, attempts: int
+    async def append_at_owner(
+        self, new: NewMessage, content: MessageContent, conversation: str, attempts: int = SEND_ATTEMPTS
     ) -> SendResult:
+        """Store ``new`` (made by ``Writer.prepare``) through its conversation's
+        owner (``conv.append``), retried while the ring moves; any conversation
+        kind (threads use it for their own conversations)."""
         for attempt in range(attempts):
             owner = self._peers.owner(new.conv_id)
             try:

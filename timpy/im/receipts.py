@@ -17,6 +17,8 @@ acting kinds (recall, edit, burned).
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
@@ -47,6 +49,7 @@ class Receipts:
         self._signals = signals
         self._limits = limits
         self.burned = 0  # BURN messages burned by this node (metrics, tests)
+        self.marked: list[Callable[[bytes, bytes], None]] = []  # told (user id, conv id) when a read mark moved
         peers.expose("receipt.conv", self._conv_here, "conversation")
         peers.expose("receipt.mark", self._mark_here, "user")
         peers.expose("receipt.get_mark", self._get_mark_here, "user")
@@ -111,6 +114,8 @@ class Receipts:
     async def _mark_here(self, user_id: bytes, conv: bytes, seq: int) -> int:
         await self._replicator.ensure("user", user_id)
         before = await self._store.run(self._store.repo.mark_read, user_id, bytes(conv), int(seq))
+        for listener in self.marked:
+            listener(user_id, bytes(conv))
 
         async def mark() -> Copies:
             return Copies(reads=[(user_id, bytes(conv), int(seq))])

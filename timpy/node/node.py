@@ -42,6 +42,7 @@ from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
+from timpy.im.conversations import Conversations
 from timpy.im.delivery import Deliverer
 from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.groups import Groups
@@ -52,13 +53,16 @@ from timpy.im.push import Push
 from timpy.im.receipts import Receipts
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
+from timpy.im.replies import Replies
 from timpy.im.rooms import Rooms
 from timpy.im.roster import Roster
+from timpy.im.search import Search
 from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
 from timpy.im.webhooks import Webhooks
+from timpy.im.threads import Threads
 from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
@@ -263,7 +267,7 @@ class Node:
         self.records = Records(self.store, self.peers, self.replicator)
         self.writer = Writer(
             self.store, self.peers, self.replicator, self.indexer, limits, self._now_ms,
-            checks=[BlockedSenders(self.records), ActingKinds(self.store, limits, self._now_ms)],
+            checks=[BlockedSenders(self.records), ActingKinds(self.store, limits, self._now_ms), Replies(self.store)],
         )
         self.replicator.restore_inbox_entry = self.writer.restore_inbox_entry  # repair puts entries back through it
         self.deliverer = Deliverer(
@@ -297,6 +301,22 @@ class Node:
         self.routes.watch_presence(self.presence.terminals_changed)
         self.receipts = Receipts(
             self.store, self.indexer, self.peers, self.replicator, self.writer, self.signals, c.limits
+        )
+        self.conversations = Conversations(
+            self.store, self.indexer, self.peers, self.records, self.signals, self.routes, self._now_ms,
+            self.tasks.spawn,
+        )
+        self.search = Search(
+            self.store, self.indexer, self.peers, self.replicator, self.conversations, self.tasks.spawn
+        )
+        self.writer.listen(self.conversations.committed)
+        self.writer.listen(self.search.committed)
+        self.receipts.marked.append(self.conversations.inbox_changed)
+        self.groups.changed.append(self.conversations.group_saved)
+        self.groups.send_checks.append(Replies.check_group)
+        self.threads = Threads(
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.writer,
+            self.groups.check_sender,
         )
         self.signalling = Signalling(
             self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits

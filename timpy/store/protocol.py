@@ -17,6 +17,7 @@ from __future__ import annotations
 from typing import Protocol, runtime_checkable
 
 from timpy.store.features.accounts import AccountsProtocol
+from timpy.store.features.conversation_list import ConversationListProtocol
 from timpy.store.features.conversations import ConversationsProtocol
 from timpy.store.features.copies import CopiesProtocol, DigestProtocol
 from timpy.store.features.groups import GroupsProtocol
@@ -27,6 +28,7 @@ from timpy.store.features.moves import MovesProtocol
 from timpy.store.features.receipts import ReceiptsProtocol
 from timpy.store.features.records import RecordsProtocol
 from timpy.store.features.repair import RepairProtocol
+from timpy.store.features.search import SearchProtocol
 from timpy.store.features.terminals import TerminalsProtocol
 from timpy.store.features.tokens import TokensProtocol
 
@@ -43,6 +45,8 @@ class RepositoryProtocol(
     RecordsProtocol,
     ReceiptsProtocol,
     TokensProtocol,
+    ConversationListProtocol,
+    SearchProtocol,
     DigestProtocol,
     Protocol,
 ):

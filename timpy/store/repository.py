@@ -22,6 +22,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from timpy.concurrency import to_worker
 from timpy.errors import StorageError
 from timpy.store.features.accounts import AccountsStore
+from timpy.store.features.conversation_list import ConversationListStore
 from timpy.store.features.conversations import ConversationsStore
 from timpy.store.features.groups import GroupsStore
 from timpy.store.features.inbox import InboxStore
@@ -31,6 +32,7 @@ from timpy.store.features.moves import MovesStore
 from timpy.store.features.receipts import ReceiptsStore
 from timpy.store.features.records import RecordsStore
 from timpy.store.features.repair import RepairStore
+from timpy.store.features.search import SearchStore
 from timpy.store.features.terminals import TerminalsStore
 from timpy.store.features.tokens import TokensStore
 from timpy.store.protocol import LocalRepository, RepositoryProtocol
@@ -49,6 +51,8 @@ class Repository(
     RecordsStore,
     ReceiptsStore,
     TokensStore,
+    ConversationListStore,
+    SearchStore,
     RepairStore,  # with CopiesStore: replication between nodes
     MovesStore,
 ):

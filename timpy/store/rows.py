@@ -175,3 +175,15 @@ def _layout() -> _Layout:
 
         _LAYOUT.append(_Layout(TABLES))
     return _LAYOUT[0]
+
+
+@dataclass(frozen=True)
+class ConversationRows:
+    """What a user's rows hold of one conversation (the conversation list)."""
+
+    conv_id: bytes
+    last_pos: int  # the user's inbox position of its newest message
+    last_ms: int  # and that message's time
+    read_seq: int  # the user's read mark
+    tail: list[tuple[int, int, bytes]]  # the newest messages (seq, ms, opened content; empty: gone), newest first
+    unread: list[tuple[int, int, bytes]]  # the messages after the read mark, newest first (bounded)

@@ -38,6 +38,8 @@ from timpy.crypto.seal import Sealer
 from timpy.errors import StorageError
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
 from timpy.store.engine import url_engine
+from timpy.store.features.conversation_list import ShardedConversationListStore
+from timpy.store.features.search import ShardedSearchStore
 from timpy.store.repository import Repository
 from timpy.store.rows import (
     AccountRow,
@@ -59,7 +61,7 @@ DOWN_PAUSE = 2.0  # seconds a failed backend is skipped before it is tried again
 FREEZE_WAIT = 20.0  # seconds a write waits for a move's freeze to end
 
 
-class ShardedRepository:
+class ShardedRepository(ShardedConversationListStore, ShardedSearchStore):
     def __init__(
         self,
         backend_map: BackendMap,

@@ -28,9 +28,12 @@ from timpy.store.features.inbox import INBOX
 from timpy.store.features.messages import MESSAGES
 from timpy.store.features.receipts import READ_MARKS
 from timpy.store.features.records import RECORDS
+from timpy.store.features.search import SEARCH_INDEX
 from timpy.store.features.terminals import TERMINALS
 
-TABLES: tuple[CopiedTable, ...] = (ACCOUNTS, GROUPS, MESSAGES, CONVERSATIONS, INBOX, TERMINALS, RECORDS, READ_MARKS)
+TABLES: tuple[CopiedTable, ...] = (
+    ACCOUNTS, GROUPS, MESSAGES, CONVERSATIONS, INBOX, TERMINALS, RECORDS, READ_MARKS, SEARCH_INDEX
+)
 
 #: Tables that belong to no key: never copied, digested or moved.
 LOCAL_TABLES: tuple[Table, ...] = (s.meta, s.revoked_tokens)

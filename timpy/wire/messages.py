@@ -212,13 +212,32 @@ class StreamData:
     data: bytes
 
 
+@dataclass(frozen=True)
+class ConversationChanged:
+    """A conversation list entry that changed (``timpy.im.conversations``: the
+    entry's fields as a dict, ``last`` as ``[seq, ms, content]`` or None)."""
+
+    entry: dict[str, Any]
+
+
 #: What the node pushes to terminals besides stored messages.
-Notice = Roster | PresenceList | Receipt | Signal | StreamData
+Notice = Roster | PresenceList | Receipt | Signal | StreamData | ConversationChanged
 
 # The client frame's operation for each notice; also its tag between nodes.
 _NOTICE_OPS: dict[type, str] = {
     Roster: "roster", PresenceList: "presence_list", Receipt: "receipt", Signal: "signal", StreamData: "stream",
+    ConversationChanged: "conversation_entry",
 }
+
+
+def entry_to_wire(entry: dict[str, Any]) -> Any:
+    """A conversation list entry (``timpy.im.conversations``) as a ConversationEntry struct."""
+    fields = dict(entry)
+    last = fields.pop("last", None)
+    if last:
+        seq, ms, content = last
+        fields["last"] = message_to_wire(unpack_content(fields["conversation"], int(seq), int(ms), bytes(content)))
+    return wp.thrift.ConversationEntry(**fields)
 
 
 def notice_frame(notice: Notice, rid: int = 0) -> Any:
@@ -229,6 +248,8 @@ def notice_frame(notice: Notice, rid: int = 0) -> Any:
             for p in notice.users
         ]
         return wp.make_frame("presence_list", rid=rid, users=users)
+    if type(notice) is ConversationChanged:
+        return wp.make_frame("conversation_entry", entry_to_wire(notice.entry), rid=rid)
     fields = {f: getattr(notice, f) for f in notice.__dataclass_fields__}
     return wp.make_frame(_NOTICE_OPS[type(notice)], rid=rid, **fields)
 
@@ -280,4 +301,7 @@ def unpack_notice(raw: list[Any]) -> Notice:
     if tag == "stream":
         room, sender, data = fields
         return StreamData(str(room), str(sender), bytes(data))
+    if tag == "conversation_entry":
+        (entry,) = fields
+        return ConversationChanged(dict(entry))
     raise ValueError(f"unknown notice {tag!r}")

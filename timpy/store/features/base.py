@@ -51,6 +51,10 @@ class CopiedTable:
     marks_held: bool = False  # digests: a row of it alone makes its key count as held here
     columns: str = ""  # the shape of a row in ``Copies`` (documentation)
     slots_of: str | None = None  # its rows are the numbered slots of this kind of key (messages, inbox)
+    # Derived from the key's other rows and rebuilt where the key is held (the
+    # search index): copies carry none of its rows, digests and move
+    # statistics leave it out; it is forgotten with its key.
+    derived: bool = False
 
     def unpack(self, raw: Any) -> Row:
         """A row as it came over the wire (msgpack), its types restored."""
