@@ -37,7 +37,21 @@ R = TypeVar("R")
 
 
 class MalformedFrame(ValueError):
-    """A request or reply whose arguments do not match the operation's declaration."""
+    """A request or reply whose arguments do not match the operation's declaration.
+
+    ``path`` says where (".user_id", "[2]", ...), built on the way out of the
+    decoders, so a frame that is well formed costs no text at all."""
+
+    def __init__(self, reason: str, path: str = "") -> None:
+        super().__init__(reason)
+        self.reason, self.path = reason, path
+
+    def within(self, step: str) -> MalformedFrame:
+        self.path = step + self.path
+        return self
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
 
 
 # --- who answers --------------------------------------------------------------------
@@ -66,7 +80,7 @@ Owner = KeyOwner | Literal["any node", "this node"]
 # --- codecs ------------------------------------------------------------------------------
 
 Encode = Callable[[Any], Any]
-Decode = Callable[[Any, str], Any]
+Decode = Callable[[Any], Any]
 
 
 def _same(value: Any) -> Any:
@@ -78,36 +92,37 @@ def _kind(value: Any) -> str:
 
 
 def _exact(tp: type) -> Decode:
-    def decode(value: Any, where: str) -> Any:
+    def decode(value: Any) -> Any:
         if type(value) is not tp:
-            raise MalformedFrame(f"{where}: expected {tp.__name__}, got {_kind(value)}")
+            raise MalformedFrame(f"expected {tp.__name__}, got {_kind(value)}")
         return value
 
     return decode
 
 
-def _float(value: Any, where: str) -> float:
+def _float(value: Any) -> float:
     if type(value) not in (int, float):
-        raise MalformedFrame(f"{where}: expected a number, got {_kind(value)}")
+        raise MalformedFrame(f"expected a number, got {_kind(value)}")
     return float(value)
 
 
-def _none(value: Any, where: str) -> None:
+def _none(value: Any) -> None:
     if value is not None:
-        raise MalformedFrame(f"{where}: expected nil, got {_kind(value)}")
+        raise MalformedFrame(f"expected nil, got {_kind(value)}")
 
 
+_EXACT = (bytes, str, int, bool)
 _PRIMITIVE: dict[Any, Decode] = {
-    bytes: _exact(bytes), str: _exact(str), int: _exact(int), bool: _exact(bool), float: _float,
-    type(None): _none, None: _none,
+    **{tp: _exact(tp) for tp in _EXACT}, float: _float, type(None): _none, None: _none,
 }
 
 
 def codec_of(tp: Any) -> tuple[Encode, Decode]:
     """The (encode, decode) pair of a type: bytes, str, int, float, bool,
-    None, ``X | None``, list, tuple, frozenset, dict, dataclasses, Any."""
+    None, ``X | None``, list, tuple, frozenset, dict, dataclasses, Any.
+    ``decode`` raises ``MalformedFrame`` for a value of another shape."""
     if tp is Any:
-        return _same, lambda value, where: value
+        return _same, _same
     if tp in _PRIMITIVE:
         return _same, _PRIMITIVE[tp]
     origin = typing.get_origin(tp)
@@ -118,7 +133,7 @@ def codec_of(tp: Any) -> tuple[Encode, Decode]:
         enc, dec = codec_of(options[0])
         return (
             (lambda v: None if v is None else enc(v)) if enc is not _same else _same,
-            lambda value, where: None if value is None else dec(value, where),
+            lambda value: None if value is None else dec(value),
         )
     if origin in (list, tuple, frozenset):
         args = typing.get_args(tp)
@@ -126,11 +141,21 @@ def codec_of(tp: Any) -> tuple[Encode, Decode]:
             return _fixed_tuple(args)
         enc, dec = codec_of(args[0])
         make = {list: list, tuple: tuple, frozenset: frozenset}[origin]
+        exact = args[0] if args[0] in _EXACT else None
 
-        def decode_seq(value: Any, where: str) -> Any:
+        def decode_seq(value: Any) -> Any:
             if type(value) is not list:
-                raise MalformedFrame(f"{where}: expected an array, got {_kind(value)}")
-            return make(dec(v, f"{where}[{i}]") for i, v in enumerate(value))
+                raise MalformedFrame(f"expected an array, got {_kind(value)}")
+            if exact is not None and all(type(v) is exact for v in value):
+                return value if make is list else make(value)
+            i = 0
+            try:
+                out = []
+                for i, v in enumerate(value):  # noqa: B007 - i names the element that failed
+                    out.append(dec(v))
+            except MalformedFrame as exc:
+                raise exc.within(f"[{i}]") from None
+            return out if make is list else make(out)
 
         if origin is frozenset:
             return (lambda v: sorted(enc(x) for x in v)), decode_seq
@@ -140,10 +165,17 @@ def codec_of(tp: Any) -> tuple[Encode, Decode]:
         kenc, kdec = codec_of(kt)
         venc, vdec = codec_of(vt)
 
-        def decode_map(value: Any, where: str) -> dict:
+        def decode_map(value: Any) -> dict:
             if type(value) is not dict:
-                raise MalformedFrame(f"{where}: expected a map, got {_kind(value)}")
-            return {kdec(k, f"{where} key"): vdec(v, f"{where}[{k!r}]") for k, v in value.items()}
+                raise MalformedFrame(f"expected a map, got {_kind(value)}")
+            k: Any = None
+            try:
+                out = {}
+                for k, v in value.items():
+                    out[kdec(k)] = vdec(v)
+            except MalformedFrame as exc:
+                raise exc.within(f"[{k!r}]") from None
+            return out
 
         if kenc is _same and venc is _same:
             return _same, decode_map
@@ -159,10 +191,17 @@ def _fixed_tuple(args: tuple) -> tuple[Encode, Decode]:
     def encode(v: Any) -> list:
         return [enc(x) for (enc, _), x in zip(parts, v, strict=True)]
 
-    def decode(value: Any, where: str) -> tuple:
+    def decode(value: Any) -> tuple:
         if type(value) is not list or len(value) != len(parts):
-            raise MalformedFrame(f"{where}: expected an array of {len(parts)}, got {_kind(value)}")
-        return tuple(dec(x, f"{where}[{i}]") for i, ((_, dec), x) in enumerate(zip(parts, value, strict=True)))
+            raise MalformedFrame(f"expected an array of {len(parts)}, got {_kind(value)}")
+        i = 0
+        try:
+            out = []
+            for i, ((_, dec), x) in enumerate(zip(parts, value, strict=True)):  # noqa: B007
+                out.append(dec(x))
+        except MalformedFrame as exc:
+            raise exc.within(f"[{i}]") from None
+        return tuple(out)
 
     return encode, decode
 
@@ -172,21 +211,34 @@ def _dataclass_codec(cls: type) -> tuple[Encode, Decode]:
     names = [f.name for f in dataclasses.fields(cls)]
     parts = [codec_of(hints[n]) for n in names]
     encoders = [enc for enc, _ in parts]
+    decoders = [dec for _, dec in parts]
     plain = all(enc is _same for enc in encoders)
+    # Fields whose wire value is the value itself (bytes, str, int, bool):
+    # a frame whose types are exactly these is taken as it is.
+    exact = tuple(hints[n] if hints[n] in _EXACT else None for n in names)
+    all_exact = None not in exact
+    n_fields = len(names)
 
     def encode(v: Any) -> list:
         if plain:
             return [getattr(v, n) for n in names]
         return [enc(getattr(v, n)) for n, enc in zip(names, encoders, strict=True)]
 
-    def decode(value: Any, where: str) -> Any:
+    def decode(value: Any) -> Any:
         if type(value) is not list:
-            raise MalformedFrame(f"{where}: expected an array of {len(names)} fields, got {_kind(value)}")
-        if len(value) != len(names):
-            raise MalformedFrame(
-                f"{where}: expected {len(names)} fields ({', '.join(names)}), got {len(value)}"
-            )
-        return cls(*(dec(x, f"{where}.{n}") for n, (_, dec), x in zip(names, parts, value, strict=True)))
+            raise MalformedFrame(f"expected an array of {n_fields} fields, got {_kind(value)}")
+        if len(value) != n_fields:
+            raise MalformedFrame(f"expected {n_fields} fields ({', '.join(names)}), got {len(value)}")
+        if all_exact and tuple(map(type, value)) == exact:
+            return cls(*value)
+        i = 0
+        try:
+            out = []
+            for i, (x, t, dec) in enumerate(zip(value, exact, decoders, strict=True)):  # noqa: B007
+                out.append(x if t is not None and type(x) is t else dec(x))
+        except MalformedFrame as exc:
+            raise exc.within(f".{names[i]}") from None
+        return cls(*out)
 
     return encode, decode
 
@@ -239,14 +291,20 @@ class Op(Generic[A, R]):
 
     def decode_args(self, raw: Any) -> A:
         """The arguments of a request from another node; ``MalformedFrame`` when they are not these."""
-        return self._codec[1](raw, self.name)
+        try:
+            return self._codec[1](raw)
+        except MalformedFrame as exc:
+            raise exc.within(self.name) from None
 
     def encode_result(self, result: R) -> Any:
         return self._codec[2](result)
 
     def decode_result(self, raw: Any) -> R:
         """The answer from another node; ``MalformedFrame`` when it is not this operation's result."""
-        return self._codec[3](raw, f"{self.name} result")
+        try:
+            return self._codec[3](raw)
+        except MalformedFrame as exc:
+            raise exc.within(f"{self.name} result") from None
 
     def __repr__(self) -> str:
         return f"Op({self.number}, {self.name!r})"
