@@ -116,7 +116,10 @@ class Peers:
     def notify(self, node_id: str, method: Method, *args: Any) -> None:
         """Best effort, no answer. A catalog operation to this node runs here, now."""
         if isinstance(method, Op) and (node_id == self.self_id or self.rpc is None):
-            self._served[method.number](*args)
+            result = self._served[method.number](*args)
+            if hasattr(result, "close"):  # a coroutine nobody would await: a handler to make sync
+                result.close()
+                raise TypeError(f"{method.name} is notified to this node: its handler must not wait")
             return
         if self.rpc is not None and node_id in self.placement.addresses:
             self.rpc.notify(self.placement.address(node_id), method, *args)
