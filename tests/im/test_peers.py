@@ -11,16 +11,19 @@ from contextlib import asynccontextmanager
 import pytest
 import trio
 
+from tests.conftest import FAST_SECURITY
 from timpy.cluster import catalog as ops
 from timpy.cluster import codec
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.ring import HashRing
 from timpy.cluster.rpc import NotOwner, Rpc, is_rpc
 from timpy.cluster.transport import MemoryNetwork
+from timpy.config import NodeConfig
 from timpy.errors import Code, TimpyError
 from timpy.im import peers as peers_module
 from timpy.im.peers import Peers
 from timpy.store.repository import Copies
+from timpy.testing import open_cluster
 
 
 async def _pump(transport, rpc: Rpc) -> None:  # noqa: ANN001
@@ -196,3 +199,15 @@ def test_serving_an_operation_against_its_declaration_fails():
         peers.serve(ops.ACCT_GET, lambda a: None)
     with pytest.raises(TypeError, match="copies"):
         peers.serve(ops.ACCT_CREATE, lambda a: None, Keeper([]))
+
+
+async def test_every_operation_of_the_catalog_is_served_by_the_nodes_of_a_cluster(autojump_clock):
+    async with open_cluster(2, config=NodeConfig(security=FAST_SECURITY)) as cluster:
+        for node in cluster.nodes:
+            assert node.cluster is not None
+            # backend.* are served in shared-backend mode only (tests/store/test_shared_node.py),
+            # echo by `timpy bench paths`
+            missing = [op.name for op in ops.OPS.values()
+                       if not node.cluster.rpc.serves(op) and not op.name.startswith("backend.") and op is not ops.ECHO]
+            assert missing == []
+            assert node.cluster.rpc.serves("copies.apply")  # replication's, still named by a string

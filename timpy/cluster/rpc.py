@@ -174,6 +174,10 @@ class Rpc:
         (the old way: see ``serve``)."""
         self._handlers[method] = (None, handler)
 
+    def serves(self, method: Method) -> bool:
+        """Whether this node answers ``method`` (a catalog operation or a string-named one)."""
+        return (method.number if isinstance(method, Op) else method) in self._handlers
+
     def serve(self, op: Op[Any, Any], handler: Handler) -> None:
         """Serve a catalog operation: ``handler(args)`` gets its checked
         argument dataclass and returns its result (or a coroutine of it)."""
