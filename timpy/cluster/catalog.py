@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from timpy.cluster.ownership import Epoch
+from timpy.wire.messages import Signal
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -549,7 +550,7 @@ class SignalDirect:
     sender_id: bytes
     device_id: bytes
     peer_id: bytes
-    fields: dict[str, Any]
+    signal: Signal  # as the peer's terminals get it
 
 
 @dataclass(frozen=True)
@@ -557,7 +558,7 @@ class SignalConv:
     conv_id: bytes
     sender_id: bytes
     device_id: bytes
-    fields: dict[str, Any]
+    signal: Signal  # as the members' terminals get it
 
 
 SIGNAL_DIRECT = op(19, "signal.direct", SignalDirect, None, _PAIR)
@@ -663,16 +664,14 @@ class Push:
 @dataclass(frozen=True)
 class SignalRoute:
     users: list[bytes]
-    op: str
-    fields: dict[str, Any]
+    notice: list[Any]  # timpy.wire.messages.pack_notice (a Roster, Receipt, Signal, ... for terminals)
     skip: tuple[bytes, bytes] | None  # (user id, device id) of the terminal that caused it
 
 
 @dataclass(frozen=True)
 class SignalTerminals:
     terminals: list[tuple[bytes, bytes]]  # (user id, device id)
-    op: str
-    fields: dict[str, Any]
+    notice: list[Any]  # timpy.wire.messages.pack_notice
 
 
 # Notifications to a key's owner are not refused by a non-owner (nobody would hear the refusal).

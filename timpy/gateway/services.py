@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from timpy.crypto.blind import BlindIndexer
     from timpy.gateway.transports import ConnectionGate
     from timpy.im.accounts import Accounts
+    from timpy.im.delivery import Deliverer
     from timpy.im.groups import Groups
     from timpy.im.messaging import Messenger
     from timpy.im.presence import Presence
@@ -26,6 +27,7 @@ if TYPE_CHECKING:
     from timpy.im.roster import Roster
     from timpy.im.routes import Routes
     from timpy.im.signalling import Signalling
+    from timpy.im.tasks import TaskHost
     from timpy.im.terminals import TerminalRegistry
     from timpy.wire.messages import SendResult
 
@@ -69,6 +71,10 @@ class NodeServices(Protocol):
     def accounts(self) -> Accounts: ...
     @property
     def messenger(self) -> Messenger: ...
+    @property
+    def deliverer(self) -> Deliverer: ...
+    @property
+    def tasks(self) -> TaskHost: ...
     @property
     def routes(self) -> Routes: ...
     @property

@@ -7,7 +7,7 @@ group, stores the new state (sealed, with a version) and mirrors the member
 list into the conversation's members, then copies it to the replicas in
 embedded mode. A message to a group is checked against the state at the
 owner and stored once; its fan-out asks each node that owns members' users
-for their inbox entries once per node (``Messenger._fan_out``).
+for their inbox entries once per node (``Writer._fan_out``).
 """
 
 from __future__ import annotations
@@ -29,8 +29,9 @@ from timpy.im.group_rules import Group, JoinPolicy, Role
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.writer import GROUP_PREFIX, Writer
 from timpy.store.repository import Copies, Store
-from timpy.wire.messages import KIND_BURN, SendResult
+from timpy.wire.messages import KIND_BURN, SendResult, pack_send_result, unpack_send_result
 
 OPS = frozenset({
     "create", "get", "join", "leave", "approve", "reject", "invite", "kick", "set_admin", "transfer",
@@ -56,6 +57,11 @@ def unpack_group(group_id: str, raw: bytes) -> Group:
     )
 
 
+def _result(group: str, sent: ops.Sent) -> SendResult:
+    """A send's result as the owner answered it (``catalog.Sent``)."""
+    return unpack_send_result(group, [sent.seq, sent.created_ms, sent.duplicate, sent.content])
+
+
 def group_view(group: Group, viewer: str) -> dict[str, Any]:
     """What a member (or a user asking to join) sees of a group."""
     admin = group.is_admin(viewer)
@@ -72,14 +78,15 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
 class Groups:
     def __init__(
         self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
-        replicator: Replicator, messenger: Messenger,
+        replicator: Replicator, messenger: Messenger, writer: Writer,
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._limits = limits
         self._peers = peers
         self._replicator = replicator
-        self._messenger = messenger
+        self._messenger = messenger  # whether a user exists
+        self._writer = writer
         peers.serve(ops.GROUP_REQUEST, self._apply_here, replicator, self._copies)
         peers.serve(ops.GROUP_SEND, self._send_here, replicator)
         peers.serve(ops.GROUP_INSPECT, self._inspect_here, replicator)
@@ -197,19 +204,15 @@ class Groups:
         gid = ids.parse_conversation(group)
         client_id = os.urandom(16).hex()
         sent = await self._peers.ask(ops.GROUP_SYSTEM_SEND, ops.GroupSystemSend(gid, system.user_id, client_id, body))
-        return self._result(group, sent)
+        return _result(group, sent)
 
     async def _system_send_here(self, a: ops.GroupSystemSend) -> ops.Sent:
         group, _ = await self._load(a.group_id)
         if group.dissolved:
             raise RequestError("that group was dissolved", Code.NO_SUCH_GROUP)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
-        result = await self._messenger.append_group(
-            Identity(a.system_id, SYSTEM_USER), a.group_id, members, a.client_id, 0, a.body, {})
-        return ops.Sent(*self._messenger.result_to_wire(result))
-
-    def _result(self, group: str, sent: ops.Sent) -> SendResult:
-        return self._messenger.result_from_wire(group, [sent.seq, sent.created_ms, sent.duplicate, sent.content])
+        result = await self._append(Identity(a.system_id, SYSTEM_USER), a.group_id, members, a.client_id, 0, a.body, {})
+        return ops.Sent(*pack_send_result(result))
 
     # --- messages to groups ----------------------------------------------------------
 
@@ -219,7 +222,7 @@ class Groups:
         gid = ids.parse_conversation(group)
         sent = await self._peers.ask(
             ops.GROUP_SEND, ops.GroupSend(gid, sender.user_id, sender.name, client_id, kind, body, dict(ext)))
-        return self._result(group, sent)
+        return _result(group, sent)
 
     async def _send_here(self, a: ops.GroupSend) -> ops.Sent:
         group, _ = await self._load(a.group_id)
@@ -227,11 +230,23 @@ class Groups:
         if a.kind == KIND_BURN:
             raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
-        result = await self._messenger.append_group(
+        result = await self._append(
             Identity(a.sender_id, a.sender), a.group_id, members, a.client_id, a.kind, a.body, a.ext,
             admin=group.is_admin(a.sender),
         )
-        return ops.Sent(*self._messenger.result_to_wire(result))
+        return ops.Sent(*pack_send_result(result))
+
+    async def _append(
+        self, sender: Identity, gid: bytes, members: tuple[bytes, ...], client_id: str, kind: int, body: bytes,
+        ext: dict[str, str], admin: bool = False,
+    ) -> SendResult:
+        """Store a message to a group (at the group's owner, its rules checked):
+        once, numbered in the group's conversation, into every member's inbox."""
+        text = ids.conversation_text(gid)
+        new, content = self._writer.prepare(
+            sender.user_id, sender.name, gid, members, GROUP_PREFIX + text, client_id, kind, body, ext
+        )
+        return await self._writer.append(new, content, text, admin)
 
     async def members_of(self, gid: bytes) -> list[str]:
         """At the group's owner: its members' names."""

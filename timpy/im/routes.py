@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -27,7 +28,7 @@ from timpy.config import Limits
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.peers import Peers
 from timpy.im.terminals import TerminalRegistry
-from timpy.wire.messages import Delivery, unpack_content
+from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 log = logging.getLogger("timpy.routes")
 
@@ -65,29 +66,50 @@ def over_limit(devices: dict[bytes, Route], device_id: bytes, kind: str, limits:
     return kick
 
 
+class PresenceWatcher(Protocol):
+    """Told at a user's owner when the user's first live terminal arrives
+    (``online`` True) or the last one goes (False). Called in the task that
+    changed the records: it must not block (hand waiting work to a task host)."""
+
+    def __call__(self, user_id: bytes, online: bool) -> None: ...
+
+
 class Routes:
-    def __init__(self, peers: Peers, registry: TerminalRegistry, limits: Callable[[], Limits] = Limits) -> None:
+    def __init__(
+        self, peers: Peers, registry: TerminalRegistry, limits: Callable[[], Limits] = Limits, *,
+        resend: Callable[[str], int] | None = None, ask_on_start: bool = True,
+    ) -> None:
+        """``resend(node)``: at a gateway node, when the (re)started owner
+        ``node`` asks for its terminals back, record again the terminals here
+        whose users it owns; returns how many. ``ask_on_start``: whether to
+        ask the members met at start for this node's users' terminals (a node
+        that starts with no user's data held owned nobody before)."""
         self._peers = peers
         self._registry = registry
         self._limits = limits
         self._records: dict[bytes, dict[bytes, Route]] = {}
         self._clock = 0.0
-        # Called at the owner when a user's first terminal arrives (True) or its last goes (False).
-        self.on_presence: Callable[[bytes, bool], None] | None = None
-        # Called at a gateway node when a (re)started owner asks for its
-        # terminals back: record again the terminals here whose users that
-        # node owns; returns how many.
-        self.on_resend: Callable[[str], int] | None = None
+        self._watchers: list[PresenceWatcher] = []
+        self._resend = resend
         self._asked: set[str] = set()  # members asked for their terminals since this node started
-        # Whether to ask at all: a node that starts with no user's data held
-        # owned nobody before (the others' ring changes as it joins).
-        self.ask_on_start = True
+        self.ask_on_start = ask_on_start
         self.resend_requests = 0  # members that asked this node to record its terminals again
+        # The message last pushed here from another node: its members' pushes
+        # come one after another, and it is decoded once for all of them.
+        self._last_pushed: tuple[str, int, ChatMessage] | None = None
         peers.serve(ops.ROUTE_RESEND, self._on_resend)
         peers.serve(ops.ROUTE_DETACH, self._on_detach)
         peers.serve(ops.ROUTE_KICK, self._on_kick)
         peers.serve(ops.ROUTE_KICK_USER, self._on_kick_user)
         peers.serve(ops.PUSH, self._on_push)
+
+    def watch_presence(self, watcher: PresenceWatcher) -> None:
+        """Tell ``watcher`` whenever a user owned here comes online or goes offline."""
+        self._watchers.append(watcher)
+
+    def _presence_changed(self, user_id: bytes, online: bool) -> None:
+        for watcher in self._watchers:
+            watcher(user_id, online)
 
     # --- at the owner -------------------------------------------------------
 
@@ -108,8 +130,8 @@ class Routes:
             route = devices.pop(gone)
             self._kick_device(user_id, gone, route.node,
                               f"too many terminals of this account: this one ({route.kind}) was the oldest")
-        if first and self.on_presence is not None:
-            self.on_presence(user_id, True)
+        if first:
+            self._presence_changed(user_id, True)
 
     def _kick_device(self, user_id: bytes, device_id: bytes, node: str, reason: str) -> None:
         self._peers.notify(node, ops.ROUTE_KICK, ops.RouteKick(user_id, device_id, reason))
@@ -121,8 +143,7 @@ class Routes:
             del devices[device_id]
             if not devices:
                 del self._records[user_id]
-                if self.on_presence is not None:
-                    self.on_presence(user_id, False)
+                self._presence_changed(user_id, False)
 
     def detach(self, user_id: bytes, device_id: bytes) -> None:
         """A terminal on this node went away: tell the user's owner."""
@@ -137,8 +158,7 @@ class Routes:
                     del devices[device_id]
             if not devices:
                 del self._records[user_id]
-                if self.on_presence is not None:
-                    self.on_presence(user_id, False)
+                self._presence_changed(user_id, False)
 
     def online(self, user_id: bytes) -> bool:
         """At the owner: has the user a live terminal?"""
@@ -206,12 +226,17 @@ class Routes:
 
     def _on_resend(self, a: ops.RouteResend) -> int:
         self.resend_requests += 1
-        return self.on_resend(a.node) if self.on_resend is not None else 0
+        return self._resend(a.node) if self._resend is not None else 0
 
     # --- at a gateway node ----------------------------------------------------
 
     def _on_push(self, a: ops.Push) -> None:
-        message = unpack_content(a.conversation, a.seq, a.created_ms, a.content)
+        last = self._last_pushed
+        if last is not None and last[0] == a.conversation and last[1] == a.seq:
+            message = last[2]
+        else:
+            message = MessageContent.unpack(a.content).at(a.conversation, a.seq, a.created_ms)
+            self._last_pushed = (message.conversation, message.seq, message)
         self._registry.deliver(a.user_id, Delivery(a.pos, message))
 
     def _on_kick(self, a: ops.RouteKick) -> None:

@@ -25,6 +25,7 @@ from timpy.im.records import Records
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
 from timpy.store.repository import Store
+from timpy.wire.messages import Signal
 
 MAX_SIGNAL_DATA = 4096
 _KIND_RE = re.compile(r"^[a-z0-9_.\-]{1,32}$")
@@ -51,14 +52,14 @@ class Signalling:
             raise RequestError("a signal kind has 1 to 32 of a-z, 0-9, '_', '.', '-' (e.g. typing)", Code.BAD_REQUEST)
         if len(data) > MAX_SIGNAL_DATA:
             raise RequestError(f"signal data of {len(data)} bytes exceeds {MAX_SIGNAL_DATA}", Code.BODY_TOO_LARGE)
-        fields = {"kind": kind, "data": data, "sender": who.name}
         if to:
             peer, pid, pair = await self._messenger.peer_of(who, to)
-            await self._peers.ask(ops.SIGNAL_DIRECT, ops.SignalDirect(pair, who.user_id, device_id, pid, {**fields, "to": peer}))
+            signal = Signal(kind, who.name, data, to=peer)
+            await self._peers.ask(ops.SIGNAL_DIRECT, ops.SignalDirect(pair, who.user_id, device_id, pid, signal))
         elif conversation:
             conv = ids.parse_conversation(conversation)
-            await self._peers.ask(
-                ops.SIGNAL_CONV, ops.SignalConv(conv, who.user_id, device_id, {**fields, "conversation": conversation}))
+            signal = Signal(kind, who.name, data, conversation=conversation)
+            await self._peers.ask(ops.SIGNAL_CONV, ops.SignalConv(conv, who.user_id, device_id, signal))
         else:
             raise RequestError("a signal names a user (to) or a conversation", Code.BAD_REQUEST)
 
@@ -66,11 +67,11 @@ class Signalling:
         relation = await self._records.get(a.pair, "pair", "conv")
         if relation and any(bytes(b) == a.sender_id for _, b in relation["blocked_ids"]):
             raise RequestError("this user does not accept your messages", Code.BLOCKED)
-        self._signals.push({a.sender_id, a.peer_id}, "signal", dict(a.fields), skip=(a.sender_id, a.device_id))
+        self._signals.push({a.sender_id, a.peer_id}, a.signal, skip=(a.sender_id, a.device_id))
 
     async def _conv_here(self, a: ops.SignalConv) -> None:
         members = await self._store.run(self._store.repo.conversation_members, a.conv_id)
         if a.sender_id not in members:
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
         if len(members) <= self._limits.receipt_push_max_members:
-            self._signals.push(members, "signal", dict(a.fields), skip=(a.sender_id, a.device_id))
+            self._signals.push(members, a.signal, skip=(a.sender_id, a.device_id))

@@ -12,12 +12,12 @@ terminal that is offline, or too slow, misses it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
 from timpy.cluster import catalog as ops
 from timpy.im.peers import Peers
 from timpy.im.routes import Routes
 from timpy.im.terminals import TerminalRegistry
+from timpy.wire.messages import Notice, pack_notice, unpack_notice
 
 Skip = tuple[bytes, bytes] | None  # (user id, device id) of the terminal that caused it: not told
 
@@ -32,35 +32,38 @@ class Signals:
         peers.serve(ops.SIGNAL_DELIVER, self._deliver)
         peers.serve(ops.SIGNAL_TERMINALS, self._on_terminals)
 
-    def push(self, user_ids: Iterable[bytes], op: str, fields: dict[str, Any], skip: Skip = None) -> None:
+    def push(self, user_ids: Iterable[bytes], notice: Notice, skip: Skip = None) -> None:
         """Push to every live terminal of these users (but ``skip``)."""
+        packed = pack_notice(notice)  # once, whatever the number of owners
         for owner, users in self._peers.by_owner(set(user_ids)).items():
-            self._peers.notify(owner, ops.SIGNAL_ROUTE, ops.SignalRoute(users, op, fields, skip))
+            self._peers.notify(owner, ops.SIGNAL_ROUTE, ops.SignalRoute(users, packed, skip))
 
     def _route(self, a: ops.SignalRoute) -> None:
-        """At the users' owner: on to the nodes holding their terminals."""
+        """At the users' owner: on to the nodes holding their terminals (the notice as it came)."""
         by_node: dict[str, list[bytes]] = {}
         for user_id in a.users:
             for node in self._routes.nodes_of(user_id):
                 by_node.setdefault(node, []).append(user_id)
         for node, here in by_node.items():
-            self._peers.notify(node, ops.SIGNAL_DELIVER, ops.SignalRoute(here, a.op, a.fields, a.skip))
+            self._peers.notify(node, ops.SIGNAL_DELIVER, ops.SignalRoute(here, a.notice, a.skip))
 
     def _deliver(self, a: ops.SignalRoute) -> None:
+        notice = unpack_notice(a.notice)
         for user_id in a.users:
             for terminal in self._registry.terminals(user_id):
                 if a.skip is not None and (user_id, terminal.device_id) == a.skip:
                     continue
-                terminal.link.push_signal(a.op, a.fields)
+                terminal.link.push_notice(notice)
                 self.pushed += 1
 
-    def to_terminals(self, node: str, terminals: list[tuple[bytes, bytes]], op: str, fields: dict[str, Any]) -> None:
+    def to_terminals(self, node: str, terminals: list[tuple[bytes, bytes]], notice: Notice) -> None:
         """Push to given terminals (user id, device id) on ``node``."""
-        self._peers.notify(node, ops.SIGNAL_TERMINALS, ops.SignalTerminals(terminals, op, fields))
+        self._peers.notify(node, ops.SIGNAL_TERMINALS, ops.SignalTerminals(terminals, pack_notice(notice)))
 
     def _on_terminals(self, a: ops.SignalTerminals) -> None:
+        notice = unpack_notice(a.notice)
         for user_id, device_id in a.terminals:
             terminal = self._registry.find(user_id, device_id)
             if terminal is not None:
-                terminal.link.push_signal(a.op, a.fields)
+                terminal.link.push_notice(notice)
                 self.pushed += 1
