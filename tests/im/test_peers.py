@@ -146,6 +146,27 @@ async def test_an_operation_named_by_a_string_is_still_served_beside_the_catalog
         assert await a.call("b", "copies.sum", 2, 3) == 5
 
 
+async def test_a_call_to_this_node_runs_in_place_and_a_standalone_node_answers_itself():
+    """A node asks itself without the network (the handler gets the caller's
+    own arguments, not a decoded copy), and so does a standalone node."""
+    async with two_nodes({"a", "b"}, {"a", "b"}) as (a, b):
+        seen: list[ops.Echo] = []
+
+        def echo(args: ops.Echo) -> bytes:
+            seen.append(args)
+            return args.body * 2
+
+        a.serve(ops.ECHO, echo)
+        b.serve(ops.ECHO, echo)
+        mine, theirs = ops.Echo(b"a"), ops.Echo(b"b")
+        assert await a.call("a", ops.ECHO, mine) == b"aa"
+        assert await a.call("b", ops.ECHO, theirs) == b"bb"
+        assert seen[0] is mine and seen[1] == theirs and seen[1] is not theirs
+    solo = Peers.standalone("solo")
+    solo.serve(ops.ECHO, echo)
+    assert await solo.call("solo", ops.ECHO, ops.Echo(b"s")) == b"ss"
+
+
 class Keeper:
     """Records the framework's catch-up and replication steps, in order."""
 

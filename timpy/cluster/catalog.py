@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 from timpy.cluster.ownership import Epoch
-from timpy.wire.messages import Signal
+from timpy.wire.messages import SendResult, Signal, pack_send_result, unpack_send_result
 
 A = TypeVar("A")
 R = TypeVar("R")
@@ -433,6 +433,13 @@ class Sent:
     duplicate: bool
     content: bytes  # the packed content (timpy.wire.messages.pack_content)
 
+    @classmethod
+    def of(cls, result: SendResult) -> Sent:
+        return cls(*pack_send_result(result))
+
+    def result(self, conversation: str) -> SendResult:
+        return unpack_send_result(conversation, [self.seq, self.created_ms, self.duplicate, self.content])
+
 
 GROUP_REQUEST = op(6, "group.request", GroupRequest, dict[str, Any], _GROUP, timeout=10.0,
                    catch_up=True, replicate=True, serialize=True)
@@ -767,3 +774,98 @@ CLUSTER_STATUS = op(45, "cluster.status", NoArgs, dict[str, Any], THIS_NODE)
 CLUSTER_FORGET = op(46, "cluster.forget", Forget, dict[str, Any], THIS_NODE)
 ADMIN_BROADCAST = op(47, "admin.broadcast", Broadcast, int, THIS_NODE, timeout=300.0)
 ECHO = op(48, "echo", Echo, bytes, THIS_NODE)  # timpy bench paths
+
+
+# --- messages: writing, reading, delivering (timpy/im/messaging.py, writer.py, delivery.py) ----
+
+@dataclass(frozen=True)
+class ConvAppend:
+    """A checked message for its conversation's owner's writer (``NewMessage``)."""
+
+    conv_id: bytes
+    members: list[bytes]
+    sender_id: bytes
+    dedup: bytes
+    created_ms: int
+    content: bytes  # MessageContent.pack()
+
+
+@dataclass(frozen=True)
+class InboxAdd:
+    """A message numbered by its conversation's owner, for the inboxes of users this node owns."""
+
+    user_ids: list[bytes]  # every one owned by the node asked
+    conv_id: bytes
+    seq: int
+    dedup: bytes
+    created_ms: int
+    sealed: bytes
+
+
+@dataclass(frozen=True)
+class HistoryOf:
+    conv_id: bytes
+    user_id: bytes  # the reader: a member, or nothing is read
+    before: int  # 0: from the newest
+    after: int  # -1: no lower bound
+    limit: int
+
+
+@dataclass(frozen=True)
+class HistoryRow:
+    seq: int
+    created_ms: int
+    content: bytes  # empty: recalled or burned
+
+
+@dataclass(frozen=True)
+class History:
+    member: bool
+    rows: list[HistoryRow]
+    more: bool
+
+
+@dataclass(frozen=True)
+class AccountExists:
+    user_id: bytes
+
+
+@dataclass(frozen=True)
+class InboxRead:
+    user_id: bytes
+    after: int  # the position read up to
+    limit: int
+
+
+@dataclass(frozen=True)
+class InboxEntry:
+    pos: int
+    conv_id: bytes
+    seq: int
+    created_ms: int
+    content: bytes  # empty: recalled or burned
+
+
+@dataclass(frozen=True)
+class TermOpen:
+    user_id: bytes
+    device_id: bytes
+    node: str  # the node holding the terminal
+    kind: str  # the device kind given at login
+
+
+@dataclass(frozen=True)
+class TermAck:
+    user_id: bytes
+    device_id: bytes
+    pos: int  # the terminal has every inbox entry up to here
+
+
+CONV_APPEND = op(49, "conv.append", ConvAppend, Sent, _CONV)  # the writer catches up its batch's keys itself
+INBOX_APPEND = op(50, "inbox.append", InboxAdd, list[int], THIS_NODE)  # each user's owner checked by the handler
+CONV_HISTORY = op(51, "conv.history", HistoryOf, History, _CONV, catch_up=True)
+CONV_HISTORY_COPY = op(52, "conv.history_copy", HistoryOf, History, THIS_NODE)  # a replica's copy, when the owner is out of reach
+ACCT_EXISTS = op(53, "acct.exists", AccountExists, bool, _USER, catch_up=True)
+INBOX_READ = op(54, "inbox.read", InboxRead, list[InboxEntry], _USER, catch_up=True)
+TERM_OPEN = op(55, "term.open", TermOpen, int, _USER, catch_up=True)
+TERM_ACK = op(56, "term.ack", TermAck, None, _RECORDS_OF, reply=False)

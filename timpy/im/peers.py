@@ -100,8 +100,12 @@ class Peers:
 
     async def call(self, node_id: str, method: Method, *args: Any, timeout: float | None = None) -> Any:
         """Ask node ``node_id``: a catalog operation with its argument
-        dataclass (waiting its declared timeout), or an operation named by a
-        string with positional arguments (5 s)."""
+        dataclass (waiting its declared timeout; run here, now, when that
+        node is this one), or an operation named by a string with positional
+        arguments (5 s)."""
+        if isinstance(method, Op) and (node_id == self.self_id or self.rpc is None):
+            await self.await_write()
+            return await self._run_here(method, *args)
         if timeout is None:
             timeout = method.timeout if isinstance(method, Op) else 5.0
         await self.await_write()  # a node cut off from the majority refuses at once rather than wait on peers
@@ -216,8 +220,7 @@ class Peers:
             owner = self.owner(key)
             if owner == self.self_id or self.rpc is None:
                 await self.await_write()
-                result = self._served[op.number](args)
-                return await result if hasattr(result, "__await__") else result
+                return await self._run_here(op, args)
             version = self.placement.version
             try:
                 return await self.call(owner, op, args)
@@ -227,6 +230,10 @@ class Peers:
                     raise
                 await self._ring_moves(version, min(left, RING_WAIT * (attempt + 1)))
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_here(self, op: Op[A, R], args: A) -> R:
+        result = self._served[op.number](args)
+        return await result if hasattr(result, "__await__") else result
 
     async def _ring_moves(self, version: int, timeout: float) -> None:
         """Wait until this node's ring is not ``version`` any more, at most ``timeout``."""
