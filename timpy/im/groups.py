@@ -31,7 +31,7 @@ from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.writer import GROUP_PREFIX, Writer
 from timpy.store.repository import Copies, Store
-from timpy.wire.messages import KIND_BURN, SendResult, pack_send_result, unpack_send_result
+from timpy.wire.messages import KIND_BURN, SendResult
 
 OPS = frozenset({
     "create", "get", "join", "leave", "approve", "reject", "invite", "kick", "set_admin", "transfer",
@@ -55,11 +55,6 @@ def unpack_group(group_id: str, raw: bytes) -> Group:
         frozenset(d["requests"]), frozenset(d["muted"]), bool(d["all_muted"]), bool(d["dissolved"]),
         dict(d.get("profile", {})),
     )
-
-
-def _result(group: str, sent: ops.Sent) -> SendResult:
-    """A send's result as the owner answered it (``catalog.Sent``)."""
-    return unpack_send_result(group, [sent.seq, sent.created_ms, sent.duplicate, sent.content])
 
 
 def group_view(group: Group, viewer: str) -> dict[str, Any]:
@@ -204,7 +199,7 @@ class Groups:
         gid = ids.parse_conversation(group)
         client_id = os.urandom(16).hex()
         sent = await self._peers.ask(ops.GROUP_SYSTEM_SEND, ops.GroupSystemSend(gid, system.user_id, client_id, body))
-        return _result(group, sent)
+        return sent.result(group)
 
     async def _system_send_here(self, a: ops.GroupSystemSend) -> ops.Sent:
         group, _ = await self._load(a.group_id)
@@ -212,7 +207,7 @@ class Groups:
             raise RequestError("that group was dissolved", Code.NO_SUCH_GROUP)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
         result = await self._append(Identity(a.system_id, SYSTEM_USER), a.group_id, members, a.client_id, 0, a.body, {})
-        return ops.Sent(*pack_send_result(result))
+        return ops.Sent.of(result)
 
     # --- messages to groups ----------------------------------------------------------
 
@@ -222,7 +217,7 @@ class Groups:
         gid = ids.parse_conversation(group)
         sent = await self._peers.ask(
             ops.GROUP_SEND, ops.GroupSend(gid, sender.user_id, sender.name, client_id, kind, body, dict(ext)))
-        return _result(group, sent)
+        return sent.result(group)
 
     async def _send_here(self, a: ops.GroupSend) -> ops.Sent:
         group, _ = await self._load(a.group_id)
@@ -234,7 +229,7 @@ class Groups:
             Identity(a.sender_id, a.sender), a.group_id, members, a.client_id, a.kind, a.body, a.ext,
             admin=group.is_admin(a.sender),
         )
-        return ops.Sent(*pack_send_result(result))
+        return ops.Sent.of(result)
 
     async def _append(
         self, sender: Identity, gid: bytes, members: tuple[bytes, ...], client_id: str, kind: int, body: bytes,
