@@ -23,6 +23,7 @@ from typing import Protocol
 
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.peers import Peers
@@ -106,13 +107,11 @@ class Routes:
         # The message last pushed here from another node: its members' pushes
         # come one after another, and it is decoded once for all of them.
         self._last_pushed: tuple[str, int, ChatMessage] | None = None
-        rpc = peers.rpc
-        if rpc is not None:
-            rpc.register("route.resend", self._on_resend)
-            rpc.register("route.detach", self._on_detach)
-            rpc.register("route.kick", self._on_kick)
-            rpc.register("route.kick_user", self._on_kick_user)
-            rpc.register("push", self._on_push)
+        peers.serve(ops.ROUTE_RESEND, self._on_resend)
+        peers.serve(ops.ROUTE_DETACH, self._on_detach)
+        peers.serve(ops.ROUTE_KICK, self._on_kick)
+        peers.serve(ops.ROUTE_KICK_USER, self._on_kick_user)
+        peers.serve(ops.PUSH, self._on_push)
 
     def watch_presence(self, watcher: PresenceWatcher) -> None:
         """Tell ``watcher`` whenever a user owned here comes online or goes offline."""
@@ -156,14 +155,12 @@ class Routes:
             self._presence_changed(user_id, True)
 
     def _kick_device(self, user_id: bytes, device_id: bytes, node: str, reason: str) -> None:
-        if node == self._peers.self_id:
-            self._kick_local(user_id, device_id, reason)
-        else:
-            self._peers.notify(node, "route.kick", user_id, device_id, reason)
+        self._peers.notify(node, ops.ROUTE_KICK, ops.RouteKick(user_id, device_id, reason))
 
-    def _on_detach(self, user_id: bytes, device_id: bytes, node_id: str) -> None:
+    def _on_detach(self, a: ops.RouteDetach) -> None:
+        user_id, device_id = a.user_id, a.device_id
         devices = self._records.get(user_id)
-        if devices is not None and device_id in devices and devices[device_id].node == node_id:
+        if devices is not None and device_id in devices and devices[device_id].node == a.node:
             del devices[device_id]
             self._terminal_changed(user_id, device_id, node_id, False)
             if not devices:
@@ -172,11 +169,7 @@ class Routes:
 
     def detach(self, user_id: bytes, device_id: bytes) -> None:
         """A terminal on this node went away: tell the user's owner."""
-        owner = self._peers.owner(user_id)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            self._on_detach(user_id, device_id, self._peers.self_id)
-        else:
-            self._peers.notify(owner, "route.detach", user_id, device_id, self._peers.self_id)
+        self._peers.tell(ops.ROUTE_DETACH, ops.RouteDetach(user_id, device_id, self._peers.self_id))
 
     def keep_only(self, nodes: frozenset[str]) -> None:
         """Drop the records of nodes that left the ring (dead or gone)."""
@@ -209,23 +202,19 @@ class Routes:
         if not nodes:
             return
         m = delivery.message
-        wire = [user_id, delivery.pos, m.conversation, m.seq, created_ms, content]
+        push = ops.Push(user_id, delivery.pos, m.conversation, m.seq, created_ms, content)
         for node in nodes:
-            self._peers.notify(node, "push", *wire)
+            self._peers.notify(node, ops.PUSH, push)
 
     def kick_user(self, user_id: bytes, reason: str) -> None:
         """Close every terminal of the user, wherever it is (the operator's kick)."""
-        owner = self._peers.owner(user_id)
-        if owner != self._peers.self_id and self._peers.rpc is not None:
-            self._peers.notify(owner, "route.kick_user", user_id, reason)
-            return
-        self._on_kick_user(user_id, reason)
+        self._peers.tell(ops.ROUTE_KICK_USER, ops.RouteKickUser(user_id, reason))
 
-    def _on_kick_user(self, user_id: bytes, reason: str) -> None:
-        user_id, reason = bytes(user_id), str(reason)
+    def _on_kick_user(self, a: ops.RouteKickUser) -> None:
+        user_id, reason = a.user_id, a.reason
         self._kick_all_local(user_id, reason)
         for node in self.nodes_of(user_id) - {self._peers.self_id}:
-            self._peers.notify(node, "route.kick", user_id, b"", reason)
+            self._peers.notify(node, ops.ROUTE_KICK, ops.RouteKick(user_id, b"", reason))
 
     def _kick_all_local(self, user_id: bytes, reason: str) -> None:
         for terminal in list(self._registry.terminals(user_id)):
@@ -251,7 +240,8 @@ class Routes:
         to its next ring change."""
         for attempt in range(RESEND_ATTEMPTS):
             try:
-                count = await self._peers.call(node, "route.resend", self._peers.self_id, timeout=RESEND_TIMEOUT)
+                count = await self._peers.call(node, ops.ROUTE_RESEND, ops.RouteResend(self._peers.self_id),
+                                               timeout=RESEND_TIMEOUT)
             except (TimpyError, KeyError) as exc:  # KeyError: its address is not known yet
                 log.debug("asking %s for its terminals (try %d): %s", node, attempt + 1, exc)
                 await trio.sleep(0.2 * (attempt + 1))
@@ -261,26 +251,26 @@ class Routes:
             return
         log.info("%s did not answer a request for its terminals; its next ring change records them", node)
 
-    def _on_resend(self, node: str) -> int:
+    def _on_resend(self, a: ops.RouteResend) -> int:
         self.resend_requests += 1
-        return self._resend(str(node)) if self._resend is not None else 0
+        return self._resend(a.node) if self._resend is not None else 0
 
     # --- at a gateway node ----------------------------------------------------
 
-    def _on_push(self, user_id: bytes, pos: int, conversation: str, seq: int, created_ms: int, content: bytes) -> None:
+    def _on_push(self, a: ops.Push) -> None:
         last = self._last_pushed
-        if last is not None and last[0] == conversation and last[1] == seq:
+        if last is not None and last[0] == a.conversation and last[1] == a.seq:
             message = last[2]
         else:
-            message = MessageContent.unpack(bytes(content)).at(str(conversation), int(seq), int(created_ms))
+            message = MessageContent.unpack(a.content).at(a.conversation, a.seq, a.created_ms)
             self._last_pushed = (message.conversation, message.seq, message)
-        self._registry.deliver(bytes(user_id), Delivery(int(pos), message))
+        self._registry.deliver(a.user_id, Delivery(a.pos, message))
 
-    def _on_kick(self, user_id: bytes, device_id: bytes, reason: str = "") -> None:
-        if not device_id:  # every terminal of the user on this node
-            self._kick_all_local(bytes(user_id), str(reason) or "closed by the operator")
+    def _on_kick(self, a: ops.RouteKick) -> None:
+        if not a.device_id:  # every terminal of the user on this node
+            self._kick_all_local(a.user_id, a.reason or "closed by the operator")
             return
-        self._kick_local(bytes(user_id), bytes(device_id), str(reason) or "logged in again from the same device elsewhere")
+        self._kick_local(a.user_id, a.device_id, a.reason or "logged in again from the same device elsewhere")
 
     def _kick_local(self, user_id: bytes, device_id: bytes, reason: str) -> None:
         terminal = self._registry.find(user_id, device_id)

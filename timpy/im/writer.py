@@ -42,6 +42,7 @@ from typing import Protocol
 
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.cluster.rpc import Call
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
@@ -234,7 +235,7 @@ class Writer:
         self._cursor_flush_queued = False
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
         self.listener_failures = 0  # listener calls that raised (logged)
-        self._register()
+        peers.serve(ops.INBOX_APPEND, self._inbox_here)
 
     # --- hooks ------------------------------------------------------------------
 
@@ -346,17 +347,8 @@ class Writer:
         """Put a message back in a user's inbox through its owner's writer (at
         the head, unless it is there already): repair found it had lost its
         inbox slot to another message."""
-        owner = self._peers.owner(item.user_id)
-        if owner == self._peers.self_id or not self._cluster:
-            pending = InboxAppend(item, ids.conversation_text(item.conv_id))
-            self.submit(pending)
-            await pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
-            return
-        await self._peers.call(
-            owner, "inbox.append", [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed
-        )
+        await self._peers.call(self._peers.owner(item.user_id), ops.INBOX_APPEND, ops.InboxAdd(
+            [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed))
 
     def queue_depth(self) -> int:
         """Appends waiting for the writer."""
@@ -558,34 +550,29 @@ class Writer:
                 by_node.setdefault(owner, []).append(user_id)
         self.fanout_requests += len(by_node)
         return [
-            self._peers.start_call(node, "inbox.append", users, new.conv_id, seq, new.dedup, new.created_ms, sealed)
+            self._peers.start_call(
+                node, ops.INBOX_APPEND, ops.InboxAdd(users, new.conv_id, seq, new.dedup, new.created_ms, sealed))
             for node, users in by_node.items()
         ]
 
     # --- what other nodes ask of this one ------------------------------------------
 
-    def _register(self) -> None:
-        rpc = self._peers.rpc
-        if rpc is None:
-            return
+    def _inbox_here(self, a: ops.InboxAdd) -> Awaitable[list[int]]:
+        """At the users' owner (each one checked): the entries queued now,
+        together (one writer batch, in order); answers their positions."""
+        text = ids.conversation_text(a.conv_id)
+        pendings = []
+        for user_id in a.user_ids:
+            self._peers.require_owner(user_id, "user")
+            pendings.append(InboxAppend(InboxItem(user_id, a.conv_id, a.seq, a.dedup, a.created_ms, a.sealed), text))
+        for pending in pendings:
+            self.submit(pending)
+        return self._placed(pendings)
 
-        def inbox_append(user_ids, conv_id, seq, dedup, created_ms, sealed) -> Awaitable[list[int]]:  # noqa: ANN001
-            pendings = []
-            for user_id in user_ids:
-                item = InboxItem(bytes(user_id), bytes(conv_id), int(seq), bytes(dedup), int(created_ms), bytes(sealed))
-                if not self._peers.is_local(item.user_id):
-                    raise TimpyError("this node does not own that user (the cluster is changing); retry", Code.UNAVAILABLE)
-                pendings.append(InboxAppend(item, ids.conversation_text(item.conv_id)))
-            for pending in pendings:
-                self.submit(pending)  # now, together: one writer batch, in order
-
-            async def answer() -> list[int]:
-                for pending in pendings:
-                    await pending.done.wait()
-                    if pending.error is not None:
-                        raise pending.error
-                return [p.pos for p in pendings]
-
-            return answer()
-
-        rpc.register("inbox.append", inbox_append)
+    @staticmethod
+    async def _placed(pendings: list[InboxAppend]) -> list[int]:
+        for pending in pendings:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+        return [p.pos for p in pendings]

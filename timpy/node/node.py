@@ -25,6 +25,7 @@ import msgpack
 import nacl.signing
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.cluster.membership import Changed, MembershipConfig
 from timpy.cluster.ownership import Epoch
 from timpy.cluster.ownership_service import OwnershipService
@@ -240,11 +241,9 @@ class Node:
             )
             placement = Placement(self.node_id, "", replication)
             self.peers = Peers(placement, self.cluster.rpc, self.ownership)
-            self.cluster.rpc.register("cluster.status", self.cluster_status)
-            self.cluster.rpc.register("cluster.forget", self._forget)
-            self.cluster.rpc.register(
-                "admin.broadcast", lambda bid, body: self._broadcast_here(str(bid), bytes(body))
-            )
+            self.peers.serve(ops.CLUSTER_STATUS, lambda _: self.cluster_status())
+            self.peers.serve(ops.CLUSTER_FORGET, lambda a: self._forget(a.node_id))
+            self.peers.serve(ops.ADMIN_BROADCAST, lambda a: self._broadcast_here(a.broadcast_id, a.body))
         else:
             self.peers = Peers.standalone(self.node_id)
         self.backends: BackendCoordinator | None = None
@@ -619,7 +618,8 @@ class Node:
             if node_id == self.node_id:
                 counts[node_id] = await self._broadcast_here(broadcast_id, body, system.user_id)
             else:
-                counts[node_id] = int(await self.peers.call(node_id, "admin.broadcast", broadcast_id, body, timeout=timeout))
+                counts[node_id] = await self.peers.call(
+                    node_id, ops.ADMIN_BROADCAST, ops.Broadcast(broadcast_id, body), timeout=timeout)
 
         async with trio.open_nursery() as nursery:
             for node_id in sorted(self.peers.placement.members | {self.node_id}):
