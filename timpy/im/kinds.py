@@ -12,7 +12,7 @@ shows their effects instead.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import replace
 
 from timpy.errors import Code, RequestError
@@ -27,6 +27,10 @@ from timpy.wire.messages import (
 )
 
 ACTING = frozenset({KIND_RECALL, KIND_EDIT, KIND_BURNED})
+# The acting kinds a user sends: the writer checks their ext (``target_of``)
+# before queueing and their target (``check_acting``) before commit. A new
+# acting kind is declared here and nowhere else in the writer.
+SENT_ACTING = frozenset({KIND_RECALL, KIND_EDIT})
 
 
 def target_of(kind: int, ext: dict[str, str]) -> int:
@@ -41,8 +45,9 @@ def target_of(kind: int, ext: dict[str, str]) -> int:
 
 def check_acting(
     kind: int, actor: str, target: ChatMessage | None, now_ms: int, recall_window_ms: int, actor_is_admin: bool,
+    ext: Mapping[str, str] | None = None,
 ) -> None:
-    """May ``actor`` send this RECALL or EDIT of ``target``? Raises if not."""
+    """May ``actor`` send this acting message (its ``kind`` and ``ext``) on ``target``? Raises if not."""
     if target is None or target.kind == KIND_DELETED:
         raise RequestError("no such message in this conversation (or it is gone)", Code.NO_SUCH_MESSAGE)
     if target.kind in ACTING:
