@@ -66,9 +66,9 @@ def check_acting(
             raise RequestError("a burn-after-reading message cannot be edited", Code.NOT_ALLOWED)
 
 
-def effect_of(content: bytes) -> tuple[int, Callable[[bytes], bytes | None]] | None:
-    """What a stored message (its plaintext content) does to its target: the
-    store's hook (``Repository(effect_of=...)``)."""
+def effect_of(content: bytes, seq: int = 0) -> tuple[int, Callable[[bytes], bytes | None]] | None:
+    """What a stored message (its plaintext content, at ``seq``) does to its
+    target: the store's hook (``Repository(effect_of=...)``)."""
     try:
         acting = MessageContent.unpack(content)
     except ValueError:
