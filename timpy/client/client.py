@@ -42,6 +42,7 @@ from timpy.wire.messages import (
     KIND_DELETED,
     KIND_EDIT,
     KIND_NORMAL,
+    KIND_REACT,
     KIND_RECALL,
     Ack,
     ChatMessage,
@@ -51,6 +52,7 @@ from timpy.wire.messages import (
     Signal,
     StreamData,
     ack_of,
+    apply_reaction,
     message_from_wire,
     notices_of,
     presences_of,
@@ -84,6 +86,20 @@ class UrlError(ValueError):
 class TlsError(ConnectionError):
     """The TLS handshake with a node failed (untrusted certificate, wrong
     server name, no TLS on that port); the text says which and what to do."""
+
+
+def fold_reaction(messages: list[ChatMessage], reaction: ChatMessage) -> bool:
+    """Fold a live reaction (a ``KIND_REACT`` message from ``events()``) into
+    the messages a program shows: the one it acts on gets its ``reactions``
+    updated in place. Returns whether one did (False: not a reaction, or its
+    message is not in ``messages``). Applying one twice, or out of order,
+    gives the same reactions (the node orders them by their seq)."""
+    for i, m in enumerate(messages):
+        changed = apply_reaction(m, reaction)
+        if changed is not m:
+            messages[i] = changed
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -771,10 +787,21 @@ class Client:
         """Replace the body of one's own message ``seq``."""
         return await self._acting(KIND_EDIT, seq, body, to, group, thread)
 
+    async def react(self, seq: int, key: str, *, to: str = "", group: str = "", thread: int | None = None) -> Ack:
+        """React with ``key`` (an emoji or a short word) to message ``seq`` of
+        the 1:1 conversation with ``to`` (or of ``group``). Every member sees it
+        live, and in ``ChatMessage.reactions`` from history and sync."""
+        return await self._acting(KIND_REACT, seq, b"", to, group, thread, {"key": key, "on": "1"})
+
+    async def unreact(self, seq: int, key: str, *, to: str = "", group: str = "", thread: int | None = None) -> Ack:
+        """Take back one's reaction ``key`` to message ``seq``."""
+        return await self._acting(KIND_REACT, seq, b"", to, group, thread, {"key": key, "on": "0"})
+
     async def _acting(
-        self, kind: int, seq: int, body: bytes | str, to: str, group: str, thread: int | None = None
+        self, kind: int, seq: int, body: bytes | str, to: str, group: str, thread: int | None = None,
+        more: dict[str, str] | None = None,
     ) -> Ack:
-        ext = {"target": str(seq)}
+        ext = {"target": str(seq), **(more or {})}
         if group:
             return await self.send_group(group, body, kind=kind, ext=ext, thread=thread)
         return await self.send(to, body, kind=kind, ext=ext, thread=thread)

@@ -38,8 +38,6 @@ from timpy.im.writer import Append, Writer
 from timpy.store.repository import Store
 from timpy.store.rows import NewMessage
 from timpy.wire.messages import (
-    KIND_EDIT,
-    KIND_RECALL,
     ChatMessage,
     MessageContent,
     SendResult,
@@ -102,8 +100,9 @@ class BlockedSenders:
 
 
 class ActingKinds:
-    """Writer check: a recall or an edit may act on its target (it exists, it
-    is the actor's, within the recall window, or the actor is a group admin)."""
+    """Writer check: an acting message a user sends (``kinds.SENT_ACTING``)
+    may act on its target, by the rules of ``kinds.check_acting`` (it
+    exists; a recall is the actor's, within the window, or by a group admin)."""
 
     def __init__(self, store: Store, limits: Callable[[], Limits], clock_ms: Callable[[], int]) -> None:
         self._store = store
@@ -114,14 +113,14 @@ class ActingKinds:
         refused: dict[Append, TimpyError] = {}
         for p in appends:
             c = p.content
-            if c.kind not in (KIND_RECALL, KIND_EDIT):
+            if c.kind not in kinds.SENT_ACTING:
                 continue
             try:
                 target_seq = kinds.target_of(c.kind, c.ext)
                 row = await self._store.run(self._store.repo.get_message, p.new.conv_id, target_seq)
                 target = None if row is None else stored_message(p.conversation, row.seq, row.created_ms, row.content)
                 kinds.check_acting(
-                    c.kind, c.sender, target, self._now(), int(self._limits().recall_window * 1000), p.admin
+                    c.kind, c.sender, target, self._now(), int(self._limits().recall_window * 1000), p.admin, c.ext,
                 )
             except TimpyError as exc:
                 refused[p] = exc

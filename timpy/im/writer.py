@@ -57,7 +57,6 @@ from timpy.wire.messages import (
     KIND_CUSTOM_MIN,
     KIND_DELETED,
     KIND_EDIT,
-    KIND_RECALL,
     KNOWN_KINDS,
     ChatMessage,
     MessageContent,
@@ -188,7 +187,7 @@ def check_message(limits: Limits, client_id: str, kind: int, body: bytes, ext: d
         if kind in (KIND_BURNED, KIND_DELETED):
             raise RequestError(f"message kind {kind} is made by the node, not sent", Code.INVALID_MESSAGE)
         raise RequestError(f"unknown message kind {kind}", Code.INVALID_MESSAGE)
-    if kind in (KIND_RECALL, KIND_EDIT):
+    if kind in kinds.SENT_ACTING:
         kinds.target_of(kind, ext)
     if not isinstance(body, bytes):
         raise RequestError("a message body is bytes", Code.INVALID_MESSAGE)

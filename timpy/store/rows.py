@@ -89,12 +89,13 @@ class InboxEntry:
 
 
 #: What a stored message does to an earlier one of its conversation, given its
-#: plaintext content: None (nothing), or (target seq, transform) where the
+#: plaintext content and its own seq (so effects can be ordered whatever order
+#: rows land in): None (nothing), or (target seq, transform) where the
 #: transform maps the target's content to its new content, or to None to
 #: delete it. The messaging layer supplies it (``timpy.im.kinds``); the store
 #: applies it wherever the row lands: on the conversation's owner, in a copy
 #: beside an inbox, on a replica, on another backend.
-EffectOf = Callable[[bytes], "tuple[int, Callable[[bytes], bytes | None]] | None"]
+EffectOf = Callable[[bytes, int], "tuple[int, Callable[[bytes], bytes | None]] | None"]
 
 Row = tuple[Any, ...]
 

@@ -386,7 +386,7 @@ def apply_effects(
             content = store._open_message(conv, seq, row["content"])
         if not content:
             continue
-        effect = store._effect_of(content)
+        effect = store._effect_of(content, seq)
         if effect is None:
             continue
         target, transform = effect
