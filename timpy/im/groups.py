@@ -80,6 +80,10 @@ class Groups:
         self._replicator = replicator
         self._messenger = messenger
         self._locks: dict[bytes, trio.Lock] = {}
+        # At the owner, between changes: a group's state and its members' ids
+        # (sorted by name), valid for the ring it was read under (see _senders).
+        self._cache: dict[bytes, tuple[tuple[int, int], Group, tuple[bytes, ...]]] = {}
+        self._changes = 0  # bumped before and after every stored change
         if peers.rpc is not None:
             peers.rpc.register("group.request", self._on_request)
             peers.rpc.register("group.send", self._on_send)
@@ -191,7 +195,13 @@ class Groups:
 
     async def _save(self, gid: bytes, group: Group, version: int) -> None:
         members = [] if group.dissolved else [ids.user_id(self._indexer, u) for u in group.members]
-        await self._store.run(self._store.repo.put_group, gid, pack_group(group), members, version)
+        self._cache.pop(gid, None)  # every change, member or not, drops what was kept
+        self._changes += 1
+        try:
+            await self._store.run(self._store.repo.put_group, gid, pack_group(group), members, version)
+        finally:
+            self._changes += 1
+            self._cache.pop(gid, None)
         await self._replicator.to_replicas(
             gid, lambda: self._store.run(self._store.repo.conversation_copies, gid, 1 << 62, 1)
         )
@@ -224,11 +234,37 @@ class Groups:
         raw = await self._peers.call(owner, "group.system_send", gid, system.user_id, client_id, body, timeout=15.0)
         return self._messenger.result_from_wire(group, raw)
 
-    async def _system_send_here(self, gid: bytes, system_id: bytes, client_id: str, body: bytes) -> SendResult:
+    def _ring(self) -> tuple[int, int]:
+        return (self._peers.placement.version, self._peers.epoch_number)
+
+    async def _senders(self, gid: bytes) -> tuple[Group, tuple[bytes, ...]]:
+        """The group as its owner holds it and its members' ids, sorted by
+        name: kept between changes, so a send to a big group neither reopens
+        the sealed state nor hashes every member's name again.
+
+        What is kept is dropped by every change (``_save``) and is good only
+        under the ring it was read under: once the ring changes, another node
+        may have owned the group (and changed it) meanwhile, and the next
+        send reads it again after catching up (``_load``)."""
+        ring = self._ring()
+        kept = self._cache.get(gid)
+        if kept is not None and kept[0] == ring:
+            return kept[1], kept[2]
+        changes = self._changes
         group, _ = await self._load(gid)
+        members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
+        lock = self._locks.get(gid)
+        # Kept only if no change was stored or under way while it was read.
+        if self._ring() == ring and self._changes == changes and not (lock is not None and lock.locked()):
+            if len(self._cache) >= 10_000:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[gid] = (ring, group, members)
+        return group, members
+
+    async def _system_send_here(self, gid: bytes, system_id: bytes, client_id: str, body: bytes) -> SendResult:
+        group, members = await self._senders(gid)
         if group.dissolved:
             raise RequestError("that group was dissolved", Code.NO_SUCH_GROUP)
-        members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
         return await self._messenger.append_group(Identity(system_id, SYSTEM_USER), gid, members, client_id, 0, body, {})
 
     async def _on_system_send(self, gid, system_id, client_id, body):  # noqa: ANN001, ANN202
@@ -260,11 +296,10 @@ class Groups:
     async def _send_here(
         self, gid: bytes, sender_id: bytes, sender: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
     ) -> SendResult:
-        group, _ = await self._load(gid)
+        group, members = await self._senders(gid)
         rules.check_send(group, sender)
         if kind == KIND_BURN:
             raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
-        members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
         return await self._messenger.append_group(
             Identity(sender_id, sender), gid, members, client_id, kind, body, ext, admin=group.is_admin(sender)
         )
