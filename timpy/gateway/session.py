@@ -148,6 +148,9 @@ class ClientSession:
         self._closing = False
         self.cancel_scope = trio.CancelScope()
         self._acks: trio.MemorySendChannel | None = None  # sends in flight, acknowledged in order
+        # Set by the transport: writes a frame at once when its writer is idle
+        # (True), else the frame goes through ``outbound`` (False).
+        self.direct: Callable[[TPayload | Encoded], bool] | None = None
 
     # --- TerminalLink ---------------------------------------------------
 
@@ -162,7 +165,9 @@ class ClientSession:
 
     def push_nowait(self, delivery: Delivery) -> bool:
         try:
-            self.outbound_send.send_nowait(self._delivery_frame(delivery))
+            frame = self._delivery_frame(delivery)
+            if self.direct is None or not self.direct(frame):
+                self.outbound_send.send_nowait(frame)
             return True
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
