@@ -100,7 +100,7 @@ async def _ws_login(nursery: trio.Nursery, url: str, name: str) -> object:
 
 
 async def run_connections(clients: int, ws: bool, concurrency: int) -> dict:
-    from timpy.cli.bench_flood import _loadavg
+    from timpy.cli.bench_flood import _cpu_seconds, _loadavg, _self_cpu
     from timpy.cli.bench_group import _raise_fd_limit
 
     _raise_fd_limit(clients + 300)
@@ -144,10 +144,12 @@ async def run_connections(clients: int, ws: bool, concurrency: int) -> dict:
                         progress.advance(task)
 
                     started = time.perf_counter()
+                    node_cpu0, self_cpu0 = _cpu_seconds(proc.pid), _self_cpu()
                     async with trio.open_nursery() as nursery:
                         for name in names:
                             nursery.start_soon(one, name)
                     took = time.perf_counter() - started
+                    node_cpu, self_cpu = _cpu_seconds(proc.pid) - node_cpu0, _self_cpu() - self_cpu0
                     await trio.sleep(3.0)  # idle: pushes of presence and the like settle
                     after = _rss_kib(proc.pid)
                     for conn in held:
@@ -160,6 +162,8 @@ async def run_connections(clients: int, ws: bool, concurrency: int) -> dict:
         "storage": "sqlite (synchronous=FULL)",
         "login_seconds": round(took, 2),
         "logins_per_s": round(clients / took, 1),
+        "node_cpu_ms_per_login": round(1000 * node_cpu / clients, 2),
+        "bench_cpu_ms_per_login": round(1000 * self_cpu / clients, 2),
         "node_rss_before_mib": round(before / 1024, 1),
         "node_rss_after_mib": round(after / 1024, 1),
         "kib_per_idle_connection": round((after - before) / clients, 1),

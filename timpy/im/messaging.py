@@ -33,6 +33,7 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, StorageError, TimpyError
 from timpy.im import ids, kinds
 from timpy.im.accounts import RESERVED_NAMES, Identity
+from timpy.im.batches import BatchedCalls
 from timpy.im.peers import Peers
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.replication import Replicator
@@ -164,6 +165,10 @@ class Messenger:
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
         self.records: Any = None  # the node's Records (roster blocks), set when it is built
         self._user_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        # Logins that arrive together open their terminals in one transaction.
+        self._terminal_opens: BatchedCalls[tuple[bytes, bytes, int], int] = BatchedCalls(
+            lambda items: self._store.run(self._store.repo.open_terminals, items)
+        )
         self._register()
 
     def check_user_rate(self, user_id: bytes, now: float) -> None:
@@ -716,7 +721,7 @@ class Messenger:
     async def _open_terminal_here(self, user_id: bytes, device_id: bytes, node_id: str, kind: str = "other") -> int:
         await self._replicator.ensure("user", user_id)
         self.routes.check(user_id, device_id, kind)  # a refused login changes nothing
-        cursor = await self._store.run(self._store.repo.open_terminal, user_id, device_id, self._now())
+        cursor = await self._terminal_opens.call((user_id, device_id, self._now()))
         self.routes.attach(user_id, device_id, node_id, kind)
         return cursor
 
