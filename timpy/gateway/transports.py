@@ -7,13 +7,14 @@ alone, logged with the peer and user, never the listener or the node."""
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import os
 import ssl
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from contextlib import contextmanager
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypeVar
 
 import trio
 from thriftpy2.thrift import TPayload
@@ -37,6 +38,7 @@ if TYPE_CHECKING:
     from timpy.gateway.services import NodeServices
 
 log = logging.getLogger("timpy.gateway")
+T = TypeVar("T")
 _WRITE_BATCH = 128
 
 
@@ -243,60 +245,84 @@ def _wire_bytes(item: object) -> bytes:
 
 
 async def _serve_tcp_session(node: NodeServices, stream: trio.abc.Stream, session: ClientSession) -> None:
+    """Read in this task, write in one other: two tasks per connection (an
+    idle connection's memory is mostly its tasks), the handshake timeout a
+    deadline on the reads, not a task of its own."""
     session.direct = _direct_writer(stream, session)
+    deadline = trio.current_time() + node.config.limits.handshake_timeout
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
-
-                async def read() -> None:
-                    with _ends_connection(nursery):
-                        await read_frames()
-
-                async def read_frames() -> None:
-                    decoder = FrameDecoder(node.config.limits.max_frame)
-                    while True:
-                        data = await stream.receive_some(65536)
-                        if not data:
-                            break
-                        try:
-                            bodies = decoder.feed(data)
-                        except ProtocolError as exc:
-                            session.fail(exc)  # the stream is out of step now
-                            await _let_writer_close()
-                            return
-                        for body in bodies:
-                            try:
-                                frame = _decode_or_none(wp.decode, body)
-                            except ProtocolError as exc:
-                                await session.handle_bad_frame(exc)
-                                continue
-                            await _serve_frame(session, frame)
-                    nursery.cancel_scope.cancel()
-
-                async def write() -> None:
-                    with _ends_connection(nursery):
-                        await write_frames()
-
-                async def write_frames() -> None:
-                    async for item in session.outbound:
-                        batch = [item]
-                        while len(batch) < _WRITE_BATCH and not isinstance(batch[-1], CloseAfter):
-                            try:
-                                batch.append(session.outbound.receive_nowait())
-                            except trio.WouldBlock:
-                                break
-                        data = b"".join(_wire_bytes(f) for f in batch if not isinstance(f, CloseAfter))
-                        if data:
-                            await stream.send_all(data)
-                        if isinstance(batch[-1], CloseAfter):
-                            break
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(read)
-                nursery.start_soon(write)
-                nursery.start_soon(session.watch_handshake)
+                nursery.start_soon(_write_tcp_frames, stream, session, nursery)
+                with _ends_connection(nursery):
+                    await _read_tcp_frames(node, stream, session, deadline)
     finally:
         session.finish()
+
+
+_NO_LOGIN = ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED)
+
+
+async def _until_logged_in(receive: Callable[[], Awaitable[T]], session: ClientSession, deadline: float) -> T | None:
+    """``receive()``; None once the handshake time is over without a login
+    (the client is told, and the connection closes)."""
+    if session.identity is None:
+        if trio.current_time() < deadline:
+            with trio.move_on_at(deadline):
+                return await receive()
+        if session.identity is None:
+            session.fail(_NO_LOGIN)
+            await _let_writer_close()
+            return None
+    return await receive()
+
+
+async def _read_tcp_frames(node: NodeServices, stream: trio.abc.Stream, session: ClientSession, deadline: float) -> None:
+    decoder = FrameDecoder(node.config.limits.max_frame)
+    receive = functools.partial(stream.receive_some, 65536)
+    while True:
+        data = await _until_logged_in(receive, session, deadline)
+        if not data:
+            return  # the peer closed, or no login in time
+        try:
+            bodies = decoder.feed(data)
+        except ProtocolError as exc:
+            session.fail(exc)  # the stream is out of step now
+            await _let_writer_close()
+            return
+        data = None
+        for body in bodies:
+            try:
+                frame = _decode_or_none(wp.decode, body)
+            except ProtocolError as exc:
+                await session.handle_bad_frame(exc)
+                continue
+            await _serve_frame(session, frame)
+        # An idle connection keeps nothing of its last request.
+        bodies = body = frame = None  # type: ignore[assignment]
+
+
+async def _write_tcp_frames(stream: trio.abc.Stream, session: ClientSession, nursery: trio.Nursery) -> None:
+    with _ends_connection(nursery):
+        outbound = session.outbound
+        while True:
+            try:
+                batch = [await outbound.receive()]
+            except trio.EndOfChannel:
+                return
+            while len(batch) < _WRITE_BATCH and not isinstance(batch[-1], CloseAfter):
+                try:
+                    batch.append(outbound.receive_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+            data = b"".join(_wire_bytes(f) for f in batch if not isinstance(f, CloseAfter))
+            closing = isinstance(batch[-1], CloseAfter)
+            batch = None  # type: ignore[assignment]  # nothing sent is kept while idle
+            if data:
+                await stream.send_all(data)
+            data = None  # type: ignore[assignment]
+            if closing:
+                return
 
 
 async def run_tcp_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
@@ -348,49 +374,57 @@ async def serve_websocket_request(node: NodeServices, request: WebSocketRequest)
 
 
 async def _serve_ws_session(ws: WebSocketConnection, session: ClientSession) -> None:
-    json_mode = False
+    """As ``_serve_tcp_session``: read in this task, write in one other."""
+    json_mode = [False]  # the last message's kind: the replies follow it
+    deadline = trio.current_time() + session.node.config.limits.handshake_timeout
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
-
-                async def read() -> None:
-                    with _ends_connection(nursery):
-                        await read_messages()
-
-                async def read_messages() -> None:
-                    nonlocal json_mode
-                    while True:
-                        message = await ws.get_message()
-                        try:
-                            if isinstance(message, str):
-                                json_mode = True
-                                frame = _decode_or_none(jsonmap.decode_json, message)
-                            else:
-                                json_mode = False
-                                frame = _decode_or_none(wp.decode, message)
-                        except ProtocolError as exc:
-                            rid = json_rid(message) if isinstance(message, str) else 0
-                            await session.handle_bad_frame(exc, rid)
-                            continue
-                        await _serve_frame(session, frame)
-
-                async def write() -> None:
-                    with _ends_connection(nursery):
-                        await write_messages()
-
-                async def write_messages() -> None:
-                    async for item in session.outbound:
-                        if isinstance(item, CloseAfter):
-                            await ws.aclose(code=1008, reason=item.reason[:120])
-                            break
-                        await ws.send_message(_encode_ws(item, json_mode))
-                    nursery.cancel_scope.cancel()
-
-                nursery.start_soon(read)
-                nursery.start_soon(write)
-                nursery.start_soon(session.watch_handshake)
+                nursery.start_soon(_write_ws_messages, ws, session, json_mode, nursery)
+                with _ends_connection(nursery):
+                    await _read_ws_messages(ws, session, json_mode, deadline)
     finally:
         session.finish()
+
+
+async def _read_ws_messages(ws: WebSocketConnection, session: ClientSession, json_mode: list[bool], deadline: float) -> None:
+    while True:
+        message = await _until_logged_in(ws.get_message, session, deadline)
+        if message is None:
+            return  # no login in time
+        try:
+            if isinstance(message, str):
+                json_mode[0] = True
+                frame = _decode_or_none(jsonmap.decode_json, message)
+            else:
+                json_mode[0] = False
+                frame = _decode_or_none(wp.decode, message)
+        except ProtocolError as exc:
+            rid = json_rid(message) if isinstance(message, str) else 0
+            await session.handle_bad_frame(exc, rid)
+            continue
+        message = None  # type: ignore[assignment]
+        await _serve_frame(session, frame)
+        frame = None  # type: ignore[assignment]  # an idle connection keeps nothing of its last request
+
+
+async def _write_ws_messages(
+    ws: WebSocketConnection, session: ClientSession, json_mode: list[bool], nursery: trio.Nursery
+) -> None:
+    with _ends_connection(nursery):
+        outbound = session.outbound
+        while True:
+            try:
+                item = await outbound.receive()
+            except trio.EndOfChannel:
+                return
+            if isinstance(item, CloseAfter):
+                await ws.aclose(code=1008, reason=item.reason[:120])
+                return
+            data = _encode_ws(item, json_mode[0])
+            item = None  # type: ignore[assignment]
+            await ws.send_message(data)
+            data = None  # type: ignore[assignment]
 
 
 async def run_ws_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[object]) -> None:
