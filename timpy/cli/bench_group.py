@@ -133,7 +133,7 @@ def _cpu_seconds(pid: int) -> float:
 
 
 async def group_fanout(members: int, messages: int, memory: bool, timeout: float = 120.0) -> dict:
-    from timpy.cli.bench_flood import PASSWORD, _loadavg, _login, _register_all
+    from timpy.cli.bench_flood import _loadavg, _login, _register_all
 
     _raise_fd_limit(members + 300)
     names = [f"g{i}" for i in range(members)]

@@ -12,8 +12,7 @@ import json
 import logging
 import os
 import ssl
-from collections.abc import Awaitable, Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, TypeVar
 
 import trio
@@ -68,14 +67,27 @@ async def _let_writer_close() -> None:
     await trio.sleep(CLOSE_GRACE)
 
 
-@contextmanager
-def _ends_connection(nursery: trio.Nursery) -> Iterator[None]:
-    """A peer that went away ends its connection's tasks, and nothing else."""
-    try:
-        yield
-    except (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
-        pass
-    nursery.cancel_scope.cancel()
+_PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
+
+
+class _ends_connection:  # noqa: N801 - used as a context manager, like the function it was
+    """A peer that went away ends its connection's tasks, and nothing else.
+
+    (A class, not a generator: every idle connection holds two of these.)"""
+
+    __slots__ = ("_nursery",)
+
+    def __init__(self, nursery: trio.Nursery) -> None:
+        self._nursery = nursery
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None or isinstance(exc, _PEER_GONE):
+            self._nursery.cancel_scope.cancel()
+            return exc is not None
+        return False
 
 
 def describe(session: ClientSession) -> str:
@@ -87,18 +99,39 @@ def describe(session: ClientSession) -> str:
 _INTERNAL = TimpyError("internal error on the node; it was logged. Reconnect and try again", Code.INTERNAL)
 
 
-@contextmanager
-def _one_connection(node: NodeServices, describe_it: object) -> Iterator[None]:
+class _one_connection:  # noqa: N801 - used as a context manager, like the function it was
     """A fault in one connection's tasks ends that connection alone, logged
     with the peer and the user; the listener and the node go on."""
-    try:
-        yield
-    except* (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed):
-        pass  # the peer went away
-    except* Exception as group:
-        node.metrics.errors.labels(Code.INTERNAL.name).inc()
-        for exc in group.exceptions:
-            log.error("client connection %s failed: %s", describe_it(), type(exc).__name__, exc_info=exc)  # type: ignore[operator]
+
+    __slots__ = ("_node", "_describe")
+
+    def __init__(self, node: NodeServices, describe_it: Callable[[], str]) -> None:
+        self._node = node
+        self._describe = describe_it
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: object, exc: BaseException | None, tb: object) -> bool:
+        if exc is None:
+            return False
+        if not isinstance(exc, BaseExceptionGroup):
+            if isinstance(exc, _PEER_GONE):
+                return True  # the peer went away: nothing to say
+            if not isinstance(exc, Exception):
+                return False  # cancellation and the like go on up
+            exc = BaseExceptionGroup("", [exc])
+        _, rest = exc.split(_PEER_GONE)
+        if rest is None:
+            return True
+        faults, others = rest.split(Exception)
+        if faults is not None:
+            self._node.metrics.errors.labels(Code.INTERNAL.name).inc()
+            for fault in faults.exceptions:
+                log.error("client connection %s failed: %s", self._describe(), type(fault).__name__, exc_info=fault)
+        if others is not None:
+            raise others  # cancellation and the like go on up
+        return True
 
 
 async def _serve_frame(session: ClientSession, frame: TPayload) -> None:
@@ -279,9 +312,11 @@ async def _until_logged_in(receive: Callable[[], Awaitable[T]], session: ClientS
 
 async def _read_tcp_frames(node: NodeServices, stream: trio.abc.Stream, session: ClientSession, deadline: float) -> None:
     decoder = FrameDecoder(node.config.limits.max_frame)
-    receive = functools.partial(stream.receive_some, 65536)
     while True:
-        data = await _until_logged_in(receive, session, deadline)
+        if session.identity is not None:
+            data = await stream.receive_some(65536)
+        else:
+            data = await _until_logged_in(functools.partial(stream.receive_some, 65536), session, deadline)
         if not data:
             return  # the peer closed, or no login in time
         try:
@@ -389,7 +424,10 @@ async def _serve_ws_session(ws: WebSocketConnection, session: ClientSession) -> 
 
 async def _read_ws_messages(ws: WebSocketConnection, session: ClientSession, json_mode: list[bool], deadline: float) -> None:
     while True:
-        message = await _until_logged_in(ws.get_message, session, deadline)
+        if session.identity is not None:
+            message = await ws.get_message()
+        else:
+            message = await _until_logged_in(ws.get_message, session, deadline)
         if message is None:
             return  # no login in time
         try:
