@@ -144,16 +144,28 @@ async def group_fanout(members: int, messages: int, memory: bool, timeout: float
             "handshake_timeout = 300.0\n"  # thousands of logins queue up on two cores
             "rate_per_connection = 1000000.0\nburst_per_connection = 1000000\n"
         )
-        proc, info = await start_node_process(Path(tmp), memory, extra)
+        progress = Progress(
+            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=console, transient=True,
+        )
+        workdir = Path(tmp)
+        if not memory:  # setup: the accounts, stored without an fsync each, then the node restarts at FULL
+            proc, info = await start_node_process(workdir, memory, 'sqlite_synchronous = "OFF"\n' + extra)
+            try:
+                host, _, port_text = info["tcp"].rpartition(":")
+                with progress:
+                    await _register_all(host, int(port_text), [*names, "sender"], progress)
+            finally:
+                await stop_node_process(proc)
+            (workdir / "ready.json").unlink()
+        proc, info = await start_node_process(workdir, memory, extra)
         host, _, port_text = info["tcp"].rpartition(":")
         port = int(port_text)
         conns: list = []
         try:
-            with Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, transient=True,
-            ) as progress:
-                await _register_all(host, port, [*names, "sender"], progress)
+            with progress:
+                if memory:
+                    await _register_all(host, port, [*names, "sender"], progress)
                 sender = await _login(host, port, "sender")
                 reply = await sender.request(wp.make_frame("group_request", wp.thrift.GroupRequest(
                     op="create", name="bench", policy="invite", users=[]), rid=3))
