@@ -243,12 +243,6 @@ class ClientSession:
 
     # --- lifecycle ------------------------------------------------------
 
-    async def watch_handshake(self) -> None:
-        """Close a connection that has not logged in within the handshake timeout."""
-        await trio.sleep(self._limits.handshake_timeout)
-        if self.identity is None:
-            self.fail(ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED))
-
     def finish(self) -> None:
         """The connection is gone: leave the registry."""
         if self.terminal is not None:
