@@ -217,7 +217,19 @@ async def serve_tcp_stream(node: NodeServices, stream: trio.abc.Stream) -> None:
     with _one_connection(node, lambda: describe(session) if session else peer):
         try:
             session = ClientSession(node, peer)
-            await _serve_tcp_session(node, stream, session)
+            # Read in this task, write in one other: two tasks per connection
+            # (an idle connection's memory is mostly its tasks' frames), the
+            # handshake timeout a deadline on the reads, not a task of its own.
+            session.direct = _direct_writer(stream, session)
+            deadline = trio.current_time() + node.config.limits.handshake_timeout
+            try:
+                with session.cancel_scope:
+                    async with trio.open_nursery() as nursery:
+                        nursery.start_soon(_write_tcp_frames, stream, session, nursery)
+                        with _ends_connection(nursery):
+                            await _read_tcp_frames(node, stream, session, deadline)
+            finally:
+                session.finish()
         except Exception:
             await _close_with_error(lambda: stream.send_all(frame_bytes(wp.encode(error_frame(0, _INTERNAL)))))
             raise
@@ -275,22 +287,6 @@ def _direct_writer(stream: trio.abc.Stream, session: ClientSession) -> Callable[
 
 def _wire_bytes(item: object) -> bytes:
     return item.data if type(item) is _Rest else frame_bytes(encode_out(item))  # type: ignore[union-attr, arg-type]
-
-
-async def _serve_tcp_session(node: NodeServices, stream: trio.abc.Stream, session: ClientSession) -> None:
-    """Read in this task, write in one other: two tasks per connection (an
-    idle connection's memory is mostly its tasks), the handshake timeout a
-    deadline on the reads, not a task of its own."""
-    session.direct = _direct_writer(stream, session)
-    deadline = trio.current_time() + node.config.limits.handshake_timeout
-    try:
-        with session.cancel_scope:
-            async with trio.open_nursery() as nursery:
-                nursery.start_soon(_write_tcp_frames, stream, session, nursery)
-                with _ends_connection(nursery):
-                    await _read_tcp_frames(node, stream, session, deadline)
-    finally:
-        session.finish()
 
 
 _NO_LOGIN = ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED)
@@ -363,8 +359,7 @@ async def _write_tcp_frames(stream: trio.abc.Stream, session: ClientSession, nur
 async def run_tcp_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
     tls = client_tls(node)
 
-    async def handler(stream: trio.abc.Stream) -> None:
-        await serve_tcp_stream(node, stream)
+    handler = functools.partial(serve_tcp_stream, node)  # no wrapper coroutine kept per connection
 
     if tls is None:
         await trio.serve_tcp(handler, port, host=host, task_status=task_status)
@@ -409,7 +404,7 @@ async def serve_websocket_request(node: NodeServices, request: WebSocketRequest)
 
 
 async def _serve_ws_session(ws: WebSocketConnection, session: ClientSession) -> None:
-    """As ``_serve_tcp_session``: read in this task, write in one other."""
+    """As a TCP connection (``serve_tcp_stream``): read in this task, write in one other."""
     json_mode = [False]  # the last message's kind: the replies follow it
     deadline = trio.current_time() + session.node.config.limits.handshake_timeout
     try:
