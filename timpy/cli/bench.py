@@ -373,6 +373,15 @@ def _register_partition_bench() -> None:
 _register_partition_bench()
 
 
+def _register_webhooks_bench() -> None:
+    from timpy.cli.bench_webhooks import register
+
+    register(bench)
+
+
+_register_webhooks_bench()
+
+
 from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands
 
 bench.add_command(failover_cmd)

@@ -9,6 +9,7 @@ from timpy.client.client import (
     Notice,
     Presence,
     Profile,
+    Pusher,
     Receipt,
     RoomInfo,
     Roster,
@@ -21,4 +22,4 @@ from timpy.client.client import (
     register,
 )
 
-__all__ = ["Ack", "Client", "Connector", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]
+__all__ = ["Ack", "Client", "Connector", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Pusher", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]

@@ -38,7 +38,24 @@ from timpy.concurrency import unwrap_single_error
 from timpy.errors import Code, RemoteError, TimpyError
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
-from timpy.wire.messages import KIND_DELETED, KIND_EDIT, KIND_NORMAL, KIND_RECALL, ChatMessage
+from timpy.wire.messages import (
+    KIND_DELETED,
+    KIND_EDIT,
+    KIND_NORMAL,
+    KIND_RECALL,
+    Ack,
+    ChatMessage,
+    Presence,
+    Receipt,
+    Roster,
+    Signal,
+    StreamData,
+    ack_of,
+    message_from_wire,
+    notices_of,
+    presences_of,
+    roster_of,
+)
 
 CLIENT_MAX_FRAME = 64 * 1024 * 1024
 ACK_INTERVAL = 0.05
@@ -69,15 +86,6 @@ class TlsError(ConnectionError):
 
 
 @dataclass(frozen=True)
-class Ack:
-    client_id: str
-    conversation: str
-    seq: int
-    server_time: int
-    duplicate: bool
-
-
-@dataclass(frozen=True)
 class HistoryPage:
     conversation: str
     messages: list[ChatMessage]
@@ -101,47 +109,6 @@ class GroupInfo:
 
 
 @dataclass(frozen=True)
-class Roster:
-    friends: list[str]
-    incoming: list[str]  # friend requests waiting for this user's answer
-    outgoing: list[str]  # this user's requests waiting for an answer
-    blocked: list[str]
-
-
-@dataclass(frozen=True)
-class Presence:
-    user: str
-    online: bool
-    status: str  # online, busy, away; "offline" when not online
-    text: str
-    since: int  # ms since the epoch of the last change
-
-
-@dataclass(frozen=True)
-class Receipt:
-    conversation: str
-    seq: int
-    read: bool  # False: delivered
-    user: str  # who received or read it
-
-
-@dataclass(frozen=True)
-class Signal:
-    kind: str  # "typing", or an application's own
-    sender: str
-    data: bytes
-    to: str  # set for a signal to a user
-    conversation: str  # set for a signal to a conversation
-
-
-@dataclass(frozen=True)
-class StreamData:
-    room: str
-    sender: str
-    data: bytes
-
-
-@dataclass(frozen=True)
 class RoomInfo:
     room: str
     members: list[str]  # one name per terminal in the room
@@ -161,44 +128,19 @@ class Profile:
     fields: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Pusher:
+    """Where a push gateway wakes a device (``Client.set_pusher``)."""
+
+    app_id: str
+    pushkey: str
+    url: str
+    data: dict[str, str]
+    this_device: bool
+
+
 #: What ``Client.notices()`` yields: pushes that are not stored messages.
 Notice = Roster | Presence | Receipt | Signal | StreamData
-
-
-def _roster(r: TPayload) -> Roster:
-    return Roster(list(r.friends or []), list(r.incoming or []), list(r.outgoing or []), list(r.blocked or []))
-
-
-def _presence(p: TPayload) -> Presence:
-    return Presence(p.user or "", bool(p.online), p.status or "", p.text or "", p.since or 0)
-
-
-def _notices_of(op: str, body: TPayload) -> list[Notice]:
-    if op == "roster":
-        return [_roster(body)]
-    if op == "presence_list":
-        return [_presence(p) for p in body.users or []]
-    if op == "receipt":
-        return [Receipt(body.conversation or "", body.seq or 0, bool(body.read), body.user or "")]
-    if op == "signal":
-        return [Signal(body.kind or "", body.sender or "", body.data or b"", body.to or "", body.conversation or "")]
-    if op == "stream":
-        return [StreamData(body.room or "", body.sender or "", body.data or b"")]
-    return []
-
-
-def message_from_wire(m: TPayload) -> ChatMessage:
-    return ChatMessage(
-        conversation=m.conversation or "",
-        seq=m.seq or 0,
-        client_id=m.client_id or "",
-        sender=m.sender or "",
-        recipient=m.recipient or "",
-        kind=m.kind or 0,
-        body=m.body or b"",
-        server_time=m.server_time or 0,
-        ext=dict(m.ext or {}),
-    )
 
 
 #: Opens a byte stream to a node, for ``connect`` and ``register`` in place of a URL.
@@ -441,7 +383,7 @@ class Client:
         if op == "sync_done":
             self._synced.set()
         if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream"):
-            for notice in _notices_of(op, body):
+            for notice in notices_of(op, body):
                 try:
                     self._notices_send.send_nowait(notice)
                 except (trio.WouldBlock, trio.ClosedResourceError):
@@ -563,7 +505,7 @@ class Client:
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, recipient=to, kind=kind, body=data, ext=ext or {})
         _, ack = await self.request("send", message=message)
-        return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+        return ack_of(ack)
 
     async def send_group(
         self, group: str, body: bytes | str, *, kind: int = KIND_NORMAL, ext: dict[str, str] | None = None,
@@ -574,7 +516,7 @@ class Client:
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, conversation=group, kind=kind, body=data, ext=ext or {})
         _, ack = await self.request("send", message=message)
-        return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+        return ack_of(ack)
 
     async def group(
         self, op: str, group: str = "", *, users: list[str] | tuple[str, ...] = (), name: str = "",
@@ -653,7 +595,7 @@ class Client:
         """Any roster operation (list, request, accept, reject, remove, block,
         unblock); returns this user's roster after it."""
         _, r = await self.request("roster_request", wp.thrift.RosterRequest(op=op, user=user))
-        return _roster(r)
+        return roster_of(r)
 
     async def add_friend(self, user: str) -> Roster:
         return await self.roster("request", user)
@@ -672,7 +614,7 @@ class Client:
     async def presence(self, users: list[str] | tuple[str, ...], *, subscribe: bool = False,
                        unsubscribe: bool = False) -> list[Presence]:
         _, found = await self.request("presence_query", users=list(users), subscribe=subscribe, unsubscribe=unsubscribe)
-        return [_presence(p) for p in found.users or []]
+        return presences_of(found)
 
     # --- signals, receipts, unread -----------------------------------------------
 
@@ -743,6 +685,27 @@ class Client:
         """Change one's own profile: nickname=..., avatar=..., any other field (custom); "" removes it."""
         _, p = await self.request("profile_request", changes=changes)
         return Profile(p.user or "", p.nickname or "", p.avatar or "", dict(p.fields or {}))
+
+    # --- pushers (push to offline devices) --------------------------------------------
+
+    async def set_pusher(self, app_id: str, pushkey: str, url: str, data: dict[str, str] | None = None) -> list[Pusher]:
+        """Have this device woken through the Matrix push gateway at ``url``
+        (``.../_matrix/push/v1/notify``) when a message reaches it while it is
+        offline; returns the account's pushers."""
+        return await self._pushers("set", app_id, pushkey, url, data or {})
+
+    async def remove_pusher(self, app_id: str, pushkey: str) -> list[Pusher]:
+        return await self._pushers("remove", app_id, pushkey)
+
+    async def pushers(self) -> list[Pusher]:
+        return await self._pushers("list")
+
+    async def _pushers(self, op: str, app_id: str = "", pushkey: str = "", url: str = "",
+                       data: dict[str, str] | None = None) -> list[Pusher]:
+        _, reply = await self.request("pusher_request", wp.thrift.PusherRequest(
+            op=op, app_id=app_id, pushkey=pushkey, url=url, data=data or {}))
+        return [Pusher(p.app_id or "", p.pushkey or "", p.url or "", dict(p.data or {}), bool(p.this_device))
+                for p in reply.pushers or []]
 
     @property
     def position(self) -> int:

@@ -23,9 +23,11 @@ from timpy.crypto.passwords import hash_password, verify_password
 from timpy.crypto.tokens import TokenAuthority, TokenClaims
 from timpy.errors import AuthError, Code, RequestError
 from timpy.im import fields, ids
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
-from timpy.store.repository import AccountRow, Store
+from timpy.store.repository import Store
+from timpy.store.rows import AccountRow
 
 MAX_PASSWORD = 1024
 SYSTEM_USER = "system"  # the sender of operators' messages; nobody can log in as it
@@ -49,7 +51,9 @@ class Accounts:
         clock_ms: Callable[[], int],
         peers: Peers | None = None,
         replicator: Replicator | None = None,
+        events: EventSink = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._peers = peers or Peers.standalone("local")
         self._replicator = replicator or Replicator(store, self._peers)
         self._store = store
@@ -103,6 +107,9 @@ class Accounts:
         await self._replicator.ensure("user", uid)
         await self._store.run(self._store.repo.create_account, uid, secret, profile)
         await self._replicate_account(uid)
+        if self._events.wants("user.registered"):  # hook: webhooks, at the user's owner
+            name = msgpack.unpackb(profile).get("name", "")
+            await self._events.emit("user.registered", event_id("user.registered", uid), {"user": name})
 
     async def _replicate_account(self, uid: bytes) -> None:
         await self._replicator.to_replicas(uid, lambda: self._store.run(self._store.repo.user_copies, uid, 0, 0))

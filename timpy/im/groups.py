@@ -7,7 +7,7 @@ group, stores the new state (sealed, with a version) and mirrors the member
 list into the conversation's members, then copies it to the replicas in
 embedded mode. A message to a group is checked against the state at the
 owner and stored once; its fan-out asks each node that owns members' users
-for their inbox entries once per node (``Messenger._fan_out``).
+for their inbox entries once per node (``Writer._fan_out``).
 """
 
 from __future__ import annotations
@@ -24,12 +24,14 @@ from timpy.errors import Code, RequestError
 from timpy.im import group_rules as rules
 from timpy.im import ids
 from timpy.im.accounts import RESERVED_NAMES, SYSTEM_USER, Identity
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.group_rules import Group, JoinPolicy, Role
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.writer import GROUP_PREFIX, Writer
 from timpy.store.repository import Store
-from timpy.wire.messages import KIND_BURN, SendResult
+from timpy.wire.messages import KIND_BURN, SendResult, pack_send_result, unpack_send_result
 
 OPS = frozenset({
     "create", "get", "join", "leave", "approve", "reject", "invite", "kick", "set_admin", "transfer",
@@ -71,14 +73,16 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
 class Groups:
     def __init__(
         self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
-        replicator: Replicator, messenger: Messenger,
+        replicator: Replicator, messenger: Messenger, writer: Writer, events: EventSink = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._store = store
         self._indexer = indexer
         self._limits = limits
         self._peers = peers
         self._replicator = replicator
-        self._messenger = messenger
+        self._messenger = messenger  # whether a user exists
+        self._writer = writer
         self._locks: dict[bytes, trio.Lock] = {}
         # At the owner, between changes: a group's state and its members' ids
         # (sorted by name), valid for the ring it was read under (see _senders).
@@ -151,6 +155,10 @@ class Groups:
                     return group_view(group, actor)
                 group = self._run(group, actor, op, users, name, policy, flag, profile or {})
             await self._save(gid, group, version)
+            if self._events.wants("group.changed"):  # hook: webhooks, at the group's owner
+                await self._events.emit("group.changed", event_id("group.changed", gid, version + 1), {
+                    "group": ids.conversation_text(gid), "op": op, "actor": actor, "users": users,
+                    "version": version + 1, "members": [] if group.dissolved else sorted(group.members)})
         return group_view(group, actor)
 
     @staticmethod
@@ -232,7 +240,7 @@ class Groups:
         if owner == self._peers.self_id or self._peers.rpc is None:
             return await self._system_send_here(gid, system.user_id, client_id, body)
         raw = await self._peers.call(owner, "group.system_send", gid, system.user_id, client_id, body, timeout=15.0)
-        return self._messenger.result_from_wire(group, raw)
+        return unpack_send_result(group, raw)
 
     def _ring(self) -> tuple[int, int]:
         return (self._peers.placement.version, self._peers.epoch_number)
@@ -265,12 +273,12 @@ class Groups:
         group, members = await self._senders(gid)
         if group.dissolved:
             raise RequestError("that group was dissolved", Code.NO_SUCH_GROUP)
-        return await self._messenger.append_group(Identity(system_id, SYSTEM_USER), gid, members, client_id, 0, body, {})
+        return await self._append(Identity(system_id, SYSTEM_USER), gid, members, client_id, 0, body, {})
 
     async def _on_system_send(self, gid, system_id, client_id, body):  # noqa: ANN001, ANN202
         self._require_owner(bytes(gid))
         result = await self._system_send_here(bytes(gid), bytes(system_id), str(client_id), bytes(body))
-        return self._messenger.result_to_wire(result)
+        return pack_send_result(result)
 
     # --- messages to groups ----------------------------------------------------------
 
@@ -284,14 +292,14 @@ class Groups:
         raw = await self._peers.call(
             owner, "group.send", gid, sender.user_id, sender.name, client_id, kind, body, ext, timeout=15.0
         )
-        return self._messenger.result_from_wire(group, raw)
+        return unpack_send_result(group, raw)
 
     async def _on_send(self, gid, sender_id, sender, client_id, kind, body, ext):  # noqa: ANN001, ANN202
         self._require_owner(bytes(gid))
         result = await self._send_here(
             bytes(gid), bytes(sender_id), str(sender), str(client_id), int(kind), bytes(body), dict(ext)
         )
-        return self._messenger.result_to_wire(result)
+        return pack_send_result(result)
 
     async def _send_here(
         self, gid: bytes, sender_id: bytes, sender: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
@@ -300,9 +308,23 @@ class Groups:
         rules.check_send(group, sender)
         if kind == KIND_BURN:
             raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
-        return await self._messenger.append_group(
+        return await self._append(
             Identity(sender_id, sender), gid, members, client_id, kind, body, ext, admin=group.is_admin(sender)
         )
+
+    async def _append(
+        self, sender: Identity, gid: bytes, members: tuple[bytes, ...], client_id: str, kind: int, body: bytes,
+        ext: dict[str, str], admin: bool = False,
+    ) -> SendResult:
+        """Store a message to a group (at the group's owner, its rules checked):
+        once, numbered in the group's conversation, into every member's inbox."""
+        text = ids.conversation_text(gid)
+        new, content = self._writer.prepare(
+            sender.user_id, sender.name, gid, members, GROUP_PREFIX + text, client_id, kind, body, ext
+        )
+        if self._writer.send_checks:  # webhooks that approve messages: before queueing, in this task
+            new, content = await self._writer.screen_send(new, content, text)
+        return await self._writer.append(new, content, text, admin)
 
     async def members_of(self, gid: bytes) -> list[str]:
         """At the group's owner: its members' names."""

@@ -3,7 +3,7 @@ busy, away, free text), invisible; friends and subscribers are told of
 changes.
 
 Everything about a user's presence is at the user's owner: its routing
-records say whether a terminal is live (``Routes.on_presence``), its
+records say whether a terminal is live (``Routes.watch_presence``: the node wires ``Presence.terminals_changed`` to it), its
 "presence" record keeps the status the user set (sealed, replicated; it
 survives restarts), and it keeps in memory who subscribed. On a change it
 pushes the new presence to the live terminals of the user's friends and
@@ -30,6 +30,8 @@ from timpy.im.roster import Roster
 from timpy.im.routes import Routes
 from timpy.im.signals import Signals
 from timpy.store.repository import Store
+from timpy.wire.messages import Presence as PresenceView
+from timpy.wire.messages import PresenceList
 
 STATUSES = ("online", "busy", "away")
 MAX_TEXT = 200
@@ -40,7 +42,7 @@ MAX_SUBSCRIBERS = 1000  # per watched user
 class Presence:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, records: Records, routes: Routes,
-        roster: Roster, signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., None],
+        roster: Roster, signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., bool],
     ) -> None:
         self._store = store
         self._indexer = indexer
@@ -54,7 +56,6 @@ class Presence:
         self._since: dict[bytes, int] = {}
         self._names: dict[bytes, str] = {}
         self._subscribers: dict[bytes, set[bytes]] = {}
-        routes.on_presence = self._on_terminals
         peers.expose("presence.set", self._set_here, "user")
         peers.expose("presence.get", self._get_here, "user")
 
@@ -124,7 +125,7 @@ class Presence:
             out.append(await self._view(uid, str(name), for_self=bytes(asker) == uid))
         return out
 
-    def _on_terminals(self, user_id: bytes, online: bool) -> None:
+    def terminals_changed(self, user_id: bytes, online: bool) -> None:
         """A user's first terminal came or last one went (the owner's routing records)."""
         self._since[user_id] = self._now()
         self._spawn(self._announce, user_id, None)
@@ -145,6 +146,6 @@ class Presence:
         watchers = {ids.user_id(self._indexer, f) for f in friends} | self._subscribers.get(user_id, set())
         view = await self._view(user_id, name)
         if watchers:
-            self._signals.push(watchers, "presence_list", {"users": [view]})
+            self._signals.push(watchers, PresenceList([PresenceView(**view)]))
         if to_self:  # the user's other terminals see the status set
-            self._signals.push([user_id], "presence_list", {"users": [await self._view(user_id, name, for_self=True)]})
+            self._signals.push([user_id], PresenceList([PresenceView(**await self._view(user_id, name, for_self=True))]))

@@ -17,19 +17,18 @@ acting kinds (recall, edit, burned).
 
 from __future__ import annotations
 
-import msgpack
-
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids, kinds
 from timpy.im.accounts import Identity
-from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
-from timpy.store.repository import Copies, NewMessage, Store
-from timpy.wire.messages import KIND_BURN, KIND_BURNED, pack_content
+from timpy.im.writer import Writer
+from timpy.store.repository import Store
+from timpy.store.rows import Copies, NewMessage
+from timpy.wire.messages import KIND_BURN, KIND_BURNED, MessageContent, Receipt
 
 BURN_SCAN = 1000  # messages a read receipt looks through for BURN messages
 UNREAD_SCAN = 10_000  # inbox entries counted for unread counts (the newest)
@@ -37,14 +36,14 @@ UNREAD_SCAN = 10_000  # inbox entries counted for unread counts (the newest)
 
 class Receipts:
     def __init__(
-        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, messenger: Messenger,
+        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, writer: Writer,
         signals: Signals, limits: Limits,
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._replicator = replicator
-        self._messenger = messenger
+        self._writer = writer
         self._signals = signals
         self._limits = limits
         self.burned = 0  # BURN messages burned by this node (metrics, tests)
@@ -82,8 +81,7 @@ class Receipts:
                 await self._burn(conv, text, members, user_id, str(name), max(before, seq - BURN_SCAN), seq)
             await self._peers.at_owner(user_id, "receipt.mark", self._mark_here, conv, seq)
         if len(members) <= self._limits.receipt_push_max_members:
-            fields = {"conversation": text, "seq": seq, "read": read, "user": str(name)}
-            self._signals.push(members, "receipt", fields, skip=(user_id, device_id))
+            self._signals.push(members, Receipt(text, seq, bool(read), str(name)), skip=(user_id, device_id))
 
     async def _burn(
         self, conv: bytes, text: str, members: list[bytes], reader_id: bytes, reader: str, after: int, upto: int
@@ -92,16 +90,17 @@ class Receipts:
         for row in rows:
             if not row.content or row.seq > upto:
                 continue
-            m = self._messenger._message(text, row.seq, row.created_ms, row.content)
+            m = MessageContent.unpack(row.content)
             if m.kind != KIND_BURN or m.sender == reader:
                 continue
             client_id = f"burned-{row.seq}"
+            content = MessageContent(client_id, reader, m.sender, KIND_BURNED, b"", {"target": str(row.seq)})
             new = NewMessage(
                 conv_id=conv, members=tuple(members), sender_id=reader_id,
-                dedup=ids.dedup_index(self._indexer, reader_id, client_id), created_ms=self._messenger._now(),
-                content=pack_content(client_id, reader, m.sender, KIND_BURNED, b"", {"target": str(row.seq)}),
+                dedup=ids.dedup_index(self._indexer, reader_id, client_id), created_ms=self._writer.now_ms(),
+                content=content.pack(),
             )
-            result = await self._messenger.append_here(new, text)
+            result = await self._writer.append(new, content, text)
             if not result.duplicate:
                 self.burned += 1
 
@@ -132,9 +131,8 @@ class Receipts:
         rows, marks = await self._unread_rows(user_id, UNREAD_SCAN)
         counts: dict[str, int] = {}
         for conv, content in rows:
-            fields = msgpack.unpackb(content, raw=False)
-            sender, kind = fields[2], int(fields[4])
-            if sender == name or kind in kinds.ACTING:
+            m = MessageContent.unpack(content)
+            if m.sender == name or m.kind in kinds.ACTING:
                 continue
             text = ids.conversation_text(conv)
             counts[text] = counts.get(text, 0) + 1

@@ -29,6 +29,7 @@ from timpy.im.peers import Peers
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.signals import Signals
 from timpy.im.terminals import LiveTerminal
+from timpy.wire.messages import StreamData
 
 MAX_ROOM_NAME = 64
 _ROOM_RE = re.compile(r"^[\w.\- ]+$")
@@ -200,9 +201,9 @@ class Rooms:
         for terminal, (_, node) in room.members.items():
             if terminal != sender:
                 by_node.setdefault(node, []).append(terminal)
-        fields = {"room": room.name, "data": bytes(data), "sender": str(user)}
+        notice = StreamData(room.name, str(user), bytes(data))
         for node, terminals in by_node.items():
-            self._signals.to_terminals(node, terminals, "stream", fields)
+            self._signals.to_terminals(node, terminals, notice)
 
     # --- at the user's owner ------------------------------------------------------------
 

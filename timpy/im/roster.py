@@ -22,6 +22,7 @@ from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.signals import Signals
+from timpy.wire.messages import Roster as RosterNotice
 
 OPS = ("list", "request", "accept", "reject", "remove", "block", "unblock")
 CATEGORIES = ("friends", "incoming", "outgoing", "blocked")
@@ -144,4 +145,4 @@ class Roster:
             return {"peers": peers}
 
         value = await self._records.update(user_id, "roster", "user", change)
-        self._signals.push([user_id], "roster", roster_view(value))
+        self._signals.push([user_id], RosterNotice(**roster_view(value)))

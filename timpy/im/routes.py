@@ -19,6 +19,7 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
@@ -26,7 +27,7 @@ from timpy.config import Limits
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.peers import Peers
 from timpy.im.terminals import TerminalRegistry
-from timpy.wire.messages import Delivery, unpack_content
+from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 log = logging.getLogger("timpy.routes")
 
@@ -64,24 +65,47 @@ def over_limit(devices: dict[bytes, Route], device_id: bytes, kind: str, limits:
     return kick
 
 
+class PresenceWatcher(Protocol):
+    """Told at a user's owner when the user's first live terminal arrives
+    (``online`` True) or the last one goes (False). Called in the task that
+    changed the records: it must not block (hand waiting work to a task host)."""
+
+    def __call__(self, user_id: bytes, online: bool) -> None: ...
+
+
+class TerminalWatcher(Protocol):
+    """Told at a user's owner when a device's terminal is recorded on a node
+    (``attached`` True: a login) or goes (False: a logout, a terminal pushed
+    out by the limit, or one lost with a node that left). Called in the task
+    that changed the records: it must not block (hand waiting work to a task host)."""
+
+    def __call__(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None: ...
+
+
 class Routes:
-    def __init__(self, peers: Peers, registry: TerminalRegistry, limits: Callable[[], Limits] = Limits) -> None:
+    def __init__(
+        self, peers: Peers, registry: TerminalRegistry, limits: Callable[[], Limits] = Limits, *,
+        resend: Callable[[str], int] | None = None, ask_on_start: bool = True,
+    ) -> None:
+        """``resend(node)``: at a gateway node, when the (re)started owner
+        ``node`` asks for its terminals back, record again the terminals here
+        whose users it owns; returns how many. ``ask_on_start``: whether to
+        ask the members met at start for this node's users' terminals (a node
+        that starts with no user's data held owned nobody before)."""
         self._peers = peers
         self._registry = registry
         self._limits = limits
         self._records: dict[bytes, dict[bytes, Route]] = {}
         self._clock = 0.0
-        # Called at the owner when a user's first terminal arrives (True) or its last goes (False).
-        self.on_presence: Callable[[bytes, bool], None] | None = None
-        # Called at a gateway node when a (re)started owner asks for its
-        # terminals back: record again the terminals here whose users that
-        # node owns; returns how many.
-        self.on_resend: Callable[[str], int] | None = None
+        self._watchers: list[PresenceWatcher] = []
+        self._terminal_watchers: list[TerminalWatcher] = []
+        self._resend = resend
         self._asked: set[str] = set()  # members asked for their terminals since this node started
-        # Whether to ask at all: a node that starts with no user's data held
-        # owned nobody before (the others' ring changes as it joins).
-        self.ask_on_start = True
+        self.ask_on_start = ask_on_start
         self.resend_requests = 0  # members that asked this node to record its terminals again
+        # The message last pushed here from another node: its members' pushes
+        # come one after another, and it is decoded once for all of them.
+        self._last_pushed: tuple[str, int, ChatMessage] | None = None
         rpc = peers.rpc
         if rpc is not None:
             rpc.register("route.resend", self._on_resend)
@@ -89,6 +113,22 @@ class Routes:
             rpc.register("route.kick", self._on_kick)
             rpc.register("route.kick_user", self._on_kick_user)
             rpc.register("push", self._on_push)
+
+    def watch_presence(self, watcher: PresenceWatcher) -> None:
+        """Tell ``watcher`` whenever a user owned here comes online or goes offline."""
+        self._watchers.append(watcher)
+
+    def _presence_changed(self, user_id: bytes, online: bool) -> None:
+        for watcher in self._watchers:
+            watcher(user_id, online)
+
+    def watch_terminals(self, watcher: TerminalWatcher) -> None:
+        """Tell ``watcher`` whenever a device's terminal of a user owned here is recorded or goes."""
+        self._terminal_watchers.append(watcher)
+
+    def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
+        for watcher in self._terminal_watchers:
+            watcher(user_id, device_id, node_id, attached)
 
     # --- at the owner -------------------------------------------------------
 
@@ -103,14 +143,17 @@ class Routes:
         old = devices.get(device_id)
         self._clock += 1
         devices[device_id] = Route(node_id, kind, self._clock if old is None else old.since)
+        if old is None or old.node != node_id:
+            self._terminal_changed(user_id, device_id, node_id, True)
         if old is not None and old.node != node_id:
             self._kick_device(user_id, device_id, old.node, "logged in again from the same device elsewhere")
         for gone in kick:
             route = devices.pop(gone)
+            self._terminal_changed(user_id, gone, route.node, False)
             self._kick_device(user_id, gone, route.node,
                               f"too many terminals of this account: this one ({route.kind}) was the oldest")
-        if first and self.on_presence is not None:
-            self.on_presence(user_id, True)
+        if first:
+            self._presence_changed(user_id, True)
 
     def _kick_device(self, user_id: bytes, device_id: bytes, node: str, reason: str) -> None:
         if node == self._peers.self_id:
@@ -122,10 +165,10 @@ class Routes:
         devices = self._records.get(user_id)
         if devices is not None and device_id in devices and devices[device_id].node == node_id:
             del devices[device_id]
+            self._terminal_changed(user_id, device_id, node_id, False)
             if not devices:
                 del self._records[user_id]
-                if self.on_presence is not None:
-                    self.on_presence(user_id, False)
+                self._presence_changed(user_id, False)
 
     def detach(self, user_id: bytes, device_id: bytes) -> None:
         """A terminal on this node went away: tell the user's owner."""
@@ -142,14 +185,18 @@ class Routes:
             for device_id, route in list(devices.items()):
                 if route.node not in nodes:
                     del devices[device_id]
+                    self._terminal_changed(user_id, device_id, route.node, False)
             if not devices:
                 del self._records[user_id]
-                if self.on_presence is not None:
-                    self.on_presence(user_id, False)
+                self._presence_changed(user_id, False)
 
     def online(self, user_id: bytes) -> bool:
         """At the owner: has the user a live terminal?"""
         return user_id in self._records
+
+    def devices(self, user_id: bytes) -> frozenset[bytes]:
+        """At the owner: the devices of the user with a live terminal."""
+        return frozenset(self._records.get(user_id, {}))
 
     def nodes_of(self, user_id: bytes) -> set[str]:
         """At the owner: the nodes holding the user's live terminals."""
@@ -220,12 +267,17 @@ class Routes:
 
     def _on_resend(self, node: str) -> int:
         self.resend_requests += 1
-        return self.on_resend(str(node)) if self.on_resend is not None else 0
+        return self._resend(str(node)) if self._resend is not None else 0
 
     # --- at a gateway node ----------------------------------------------------
 
     def _on_push(self, user_id: bytes, pos: int, conversation: str, seq: int, created_ms: int, content: bytes) -> None:
-        message = unpack_content(str(conversation), int(seq), int(created_ms), bytes(content))
+        last = self._last_pushed
+        if last is not None and last[0] == conversation and last[1] == seq:
+            message = last[2]
+        else:
+            message = MessageContent.unpack(bytes(content)).at(str(conversation), int(seq), int(created_ms))
+            self._last_pushed = (message.conversation, message.seq, message)
         self._registry.deliver(bytes(user_id), Delivery(int(pos), message))
 
     def _on_kick(self, user_id: bytes, device_id: bytes, reason: str = "") -> None:

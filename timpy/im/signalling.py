@@ -24,6 +24,7 @@ from timpy.im.records import Records
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
 from timpy.store.repository import Store
+from timpy.wire.messages import Signal
 
 MAX_SIGNAL_DATA = 4096
 _KIND_RE = re.compile(r"^[a-z0-9_.\-]{1,32}$")
@@ -69,7 +70,7 @@ class Signalling:
         relation = await self._records.get(pair, "pair", "conv")
         if relation and any(bytes(b) == sender_id for _, b in relation["blocked_ids"]):
             raise RequestError("this user does not accept your messages", Code.BLOCKED)
-        self._signals.push({sender_id, peer_id}, "signal", dict(fields), skip=(sender_id, bytes(device_id)))
+        self._signals.push({sender_id, peer_id}, Signal(**fields), skip=(sender_id, bytes(device_id)))
 
     async def _conv_here(self, conv: bytes, sender_id: bytes, device_id: bytes, fields: dict) -> None:
         sender_id = bytes(sender_id)
@@ -78,4 +79,4 @@ class Signalling:
         if sender_id not in members:
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
         if len(members) <= self._limits.receipt_push_max_members:
-            self._signals.push(members, "signal", dict(fields), skip=(sender_id, bytes(device_id)))
+            self._signals.push(members, Signal(**fields), skip=(sender_id, bytes(device_id)))

@@ -307,6 +307,28 @@ struct Profile {
   4: map<string, string> fields,   // the custom ones
 }
 
+// A pusher: where to wake this device when a message reaches it while it is
+// offline, through a Matrix push gateway (docs/integrations.md). op: "set"
+// (register or replace, by app_id and pushkey), "remove", or "list".
+// The node answers PusherList with every pusher of the account.
+struct PusherRequest {
+  1: string op,
+  2: string app_id,
+  3: string pushkey,
+  4: string url,                  // http(s)://HOST[:PORT]/_matrix/push/v1/notify
+  5: map<string, string> data,    // passed to the gateway with each notification
+}
+struct PusherInfo {
+  1: string app_id,
+  2: string pushkey,
+  3: string url,
+  4: map<string, string> data,
+  5: bool this_device,            // registered by the device that asks
+}
+struct PusherList {
+  1: list<PusherInfo> pushers,
+}
+
 // Every frame is exactly one of these operations. rid is chosen by the
 // client for a request and echoed in its reply; pushes carry rid 0.
 struct Frame {
@@ -346,4 +368,7 @@ struct Frame {
   34: optional StreamData stream,
   35: optional ProfileRequest profile_request,
   36: optional Profile profile,
+  // 60 and up: push to offline devices (numbered apart from the operations added beside them)
+  60: optional PusherRequest pusher_request,
+  61: optional PusherList pusher_list,
 }
