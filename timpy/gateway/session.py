@@ -146,6 +146,9 @@ class ClientSession:
         self._closing = False
         self.cancel_scope = trio.CancelScope()
         self._acks: trio.MemorySendChannel | None = None  # sends in flight, acknowledged in order
+        # Set by the transport: writes a frame at once when its writer is idle
+        # (True), else the frame goes through ``outbound`` (False).
+        self.direct: Callable[[TPayload | Encoded], bool] | None = None
 
     # --- TerminalLink ---------------------------------------------------
 
@@ -160,7 +163,9 @@ class ClientSession:
 
     def push_nowait(self, delivery: Delivery) -> bool:
         try:
-            self.outbound_send.send_nowait(self._delivery_frame(delivery))
+            frame = self._delivery_frame(delivery)
+            if self.direct is None or not self.direct(frame):
+                self.outbound_send.send_nowait(frame)
             return True
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
@@ -229,12 +234,6 @@ class ClientSession:
             pass
 
     # --- lifecycle ------------------------------------------------------
-
-    async def watch_handshake(self) -> None:
-        """Close a connection that has not logged in within the handshake timeout."""
-        await trio.sleep(self._limits.handshake_timeout)
-        if self.identity is None:
-            self.fail(ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED))
 
     def finish(self) -> None:
         """The connection is gone: leave the registry."""

@@ -25,6 +25,7 @@ from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.errors import TimpyError
 from timpy.im import ids, kinds
+from timpy.im.batches import BatchedCalls
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.routes import Routes
@@ -66,6 +67,10 @@ class Deliverer:
         self._limits = limits
         self._now = clock_ms
         self.routes = Routes(peers, registry, limits, resend=self._reattach_owned_by, ask_on_start=ask_on_start)
+        # Logins that arrive together open their terminals in one transaction.
+        self._terminal_opens: BatchedCalls[tuple[bytes, bytes, int], int] = BatchedCalls(
+            lambda items: self._store.run(self._store.repo.open_terminals, items)
+        )
         peers.serve(ops.TERM_OPEN, self._open_terminal_here, replicator)
         peers.serve(ops.INBOX_READ, self._inbox_here, replicator)
         peers.serve(ops.TERM_ACK, self._ack_here)
@@ -90,7 +95,7 @@ class Deliverer:
     async def _open_terminal_here(self, a: ops.TermOpen) -> int:
         """At the user's owner (caught up by the operation): record the terminal, answer its cursor."""
         self.routes.check(a.user_id, a.device_id, a.kind)  # a refused login changes nothing
-        cursor = await self._store.run(self._store.repo.open_terminal, a.user_id, a.device_id, self._now())
+        cursor = await self._terminal_opens.call((a.user_id, a.device_id, self._now()))
         self.routes.attach(a.user_id, a.device_id, a.node, a.kind)
         return cursor
 

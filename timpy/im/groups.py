@@ -87,6 +87,10 @@ class Groups:
         self._writer = writer
         self.changed: list[Callable[[bytes, Group | None, Group], None]] = []  # (id, before, after), after a save
         self.send_checks: list[Callable[[Group, str, int, dict[str, str]], None]] = []  # may raise: refused
+        # At the owner, between changes: a group's state and its members' ids
+        # (sorted by name), valid for the ring it was read under (see _senders).
+        self._cache: dict[bytes, tuple[tuple[int, int], Group, tuple[bytes, ...]]] = {}
+        self._changes = 0  # bumped before and after every stored change
         peers.serve(ops.GROUP_REQUEST, self._apply_here, replicator, self._copies)
         peers.serve(ops.GROUP_SEND, self._send_here, replicator)
         peers.serve(ops.GROUP_INSPECT, self._inspect_here, replicator)
@@ -195,7 +199,13 @@ class Groups:
 
     async def _save(self, gid: bytes, group: Group, version: int) -> None:
         members = [] if group.dissolved else [ids.user_id(self._indexer, u) for u in group.members]
-        await self._store.run(self._store.repo.put_group, gid, pack_group(group), members, version)
+        self._cache.pop(gid, None)  # every change, member or not, drops what was kept
+        self._changes += 1
+        try:
+            await self._store.run(self._store.repo.put_group, gid, pack_group(group), members, version)
+        finally:
+            self._changes += 1
+            self._cache.pop(gid, None)
 
     # --- for operators (the admin API) ---------------------------------------------------
 
@@ -214,11 +224,37 @@ class Groups:
         sent = await self._peers.ask(ops.GROUP_SYSTEM_SEND, ops.GroupSystemSend(gid, system.user_id, client_id, body))
         return sent.result(group)
 
+    def _ring(self) -> tuple[int, int]:
+        return (self._peers.placement.version, self._peers.epoch_number)
+
+    async def _senders(self, gid: bytes) -> tuple[Group, tuple[bytes, ...]]:
+        """The group as its owner holds it and its members' ids, sorted by
+        name: kept between changes, so a send to a big group neither reopens
+        the sealed state nor hashes every member's name again.
+
+        What is kept is dropped by every change (``_save``) and is good only
+        under the ring it was read under: once the ring changes, another node
+        may have owned the group (and changed it) meanwhile, and the next
+        send reads it again after catching up (``_load``)."""
+        ring = self._ring()
+        kept = self._cache.get(gid)
+        if kept is not None and kept[0] == ring:
+            return kept[1], kept[2]
+        changes = self._changes
+        group, _ = await self._load(gid)
+        members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
+        # Kept only if no change was stored or under way while it was read (a
+        # change bumps the count before and after it stores, and drops the cache).
+        if self._ring() == ring and self._changes == changes:
+            if len(self._cache) >= 10_000:
+                self._cache.pop(next(iter(self._cache)))
+            self._cache[gid] = (ring, group, members)
+        return group, members
+
     async def _system_send_here(self, a: ops.GroupSystemSend) -> ops.Sent:
-        group, _ = await self._load(a.group_id)
+        group, members = await self._senders(a.group_id)
         if group.dissolved:
             raise RequestError("that group was dissolved", Code.NO_SUCH_GROUP)
-        members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
         result = await self._append(Identity(a.system_id, SYSTEM_USER), a.group_id, members, a.client_id, 0, a.body, {})
         return ops.Sent.of(result)
 
@@ -233,13 +269,12 @@ class Groups:
         return sent.result(group)
 
     async def _send_here(self, a: ops.GroupSend) -> ops.Sent:
-        group, _ = await self._load(a.group_id)
+        group, members = await self._senders(a.group_id)
         rules.check_send(group, a.sender)
         for check in self.send_checks:
             check(group, a.sender, a.kind, a.ext)
         if a.kind == KIND_BURN:
             raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
-        members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
         result = await self._append(
             Identity(a.sender_id, a.sender), a.group_id, members, a.client_id, a.kind, a.body, a.ext,
             admin=group.is_admin(a.sender),

@@ -198,7 +198,11 @@ class Routes:
     def push(self, user_id: bytes, delivery: Delivery, content: bytes, created_ms: int) -> None:
         """Deliver to the user's terminals here and on the nodes that hold others."""
         self._registry.deliver(user_id, delivery)
-        nodes = self.nodes_of(user_id) - {self._peers.self_id}
+        devices = self._records.get(user_id)
+        if not devices:
+            return
+        me = self._peers.self_id
+        nodes = {r.node for r in devices.values() if r.node != me}
         if not nodes:
             return
         m = delivery.message

@@ -366,6 +366,18 @@ class ShardedRepository(ShardedConversationListStore, ShardedSearchStore):
         with self._writing([user_id]) as m:
             return self._on(m.place(user_id), Repository.open_terminal, user_id, device_id, now_ms)
 
+    def open_terminals(self, items: Sequence[tuple[bytes, bytes, int]]) -> list[int]:
+        """``open_terminal`` for many, one transaction per backend."""
+        out: dict[int, int] = {}
+        with self._writing([u for u, _, _ in items]) as m:
+            by_backend: dict[str, list[int]] = {}
+            for k, (u, _, _) in enumerate(items):
+                by_backend.setdefault(m.place(u), []).append(k)
+            for name, ks in by_backend.items():
+                got = self._on(name, Repository.open_terminals, [items[k] for k in ks])
+                out.update(zip(ks, got, strict=True))
+        return [out[k] for k in range(len(items))]
+
     def count_terminals(self, user_id: bytes) -> int:
         return self._on(self.map.place(user_id), Repository.count_terminals, user_id)
 

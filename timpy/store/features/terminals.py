@@ -3,6 +3,7 @@ the user's inbox it has received) and when it was last seen."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, func, insert, select, update
@@ -15,6 +16,8 @@ from timpy.store.rows import Row
 
 class TerminalsProtocol(Protocol):
     def open_terminal(self, user_id: bytes, device_id: bytes, now_ms: int) -> int: ...
+
+    def open_terminals(self, items: Sequence[tuple[bytes, bytes, int]]) -> list[int]: ...
 
     def count_terminals(self, user_id: bytes) -> int: ...
 
@@ -30,6 +33,49 @@ class TerminalsStore(StoreBase):
             return self._open_terminal(user_id, device_id, now_ms)
         except IntegrityError:  # the same terminal opened at the same moment elsewhere: it exists now
             return self._open_terminal(user_id, device_id, now_ms)
+
+    def open_terminals(self, items: Sequence[tuple[bytes, bytes, int]]) -> list[int]:
+        """``open_terminal`` for many (user id, device id, now) at once, in
+        one transaction: logins that arrive together share one commit."""
+        try:
+            return self._open_terminals(items)
+        except IntegrityError:  # one of them opened at the same moment elsewhere: one by one
+            return [self.open_terminal(*item) for item in items]
+
+    def _open_terminals(self, items: Sequence[tuple[bytes, bytes, int]]) -> list[int]:
+        t = s.terminals
+        users = list({u for u, _, _ in items})
+        cursors: dict[tuple[bytes, bytes], int] = {}
+        with self.engine.begin() as conn:
+            for start in range(0, len(users), 500):
+                for r in conn.execute(
+                    select(t.c.user_id, t.c.device_id, t.c.cursor).where(t.c.user_id.in_(users[start : start + 500]))
+                ):
+                    cursors[(bytes(r.user_id), bytes(r.device_id))] = int(r.cursor)
+            lowest: dict[bytes, int] = {}
+            for (u, _), c in cursors.items():
+                lowest[u] = min(c, lowest.get(u, c))
+            out: list[int] = []
+            new: list[dict[str, Any]] = []
+            seen: dict[tuple[bytes, bytes], int] = {}
+            for u, d, now_ms in items:
+                key = (u, d)
+                if key in cursors:
+                    seen[key] = now_ms
+                else:
+                    cursors[key] = lowest.get(u, 0)
+                    new.append(dict(user_id=u, device_id=d, cursor=cursors[key], last_seen_ms=now_ms))
+                out.append(cursors[key])
+            if new:
+                conn.execute(insert(t), new)
+            if seen:
+                conn.execute(
+                    update(t)
+                    .where(and_(t.c.user_id == bindparam("u"), t.c.device_id == bindparam("d")))
+                    .values(last_seen_ms=bindparam("seen")),
+                    [dict(u=u, d=d, seen=now_ms) for (u, d), now_ms in seen.items()],
+                )
+        return out
 
     def _open_terminal(self, user_id: bytes, device_id: bytes, now_ms: int) -> int:
         t = s.terminals
