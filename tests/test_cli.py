@@ -71,3 +71,20 @@ def test_bench_repair_repairs_exactly_the_rows_it_deleted():
     result = json.loads(r.output.strip().splitlines()[-1])
     assert result["keys_per_node"] == 60 and result["rows_per_node"] == 300
     assert result["rows_deleted_on_one_replica"] == 30 and result["rows_repaired"] == 30
+
+
+def test_bench_group_reaches_every_member():
+    r = CliRunner().invoke(cli, ["bench", "group", "--members", "30", "--messages", "3", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    assert result["messages"] == 3  # each one waited for until all 30 members had it
+    assert result["p99_ms"] >= result["p50_ms"] >= result["median_member_p50_ms"] > 0
+
+
+def test_bench_connections_logs_every_client_in_and_reads_the_node_memory():
+    for flags in ([], ["--ws"]):
+        r = CliRunner().invoke(cli, ["bench", "connections", "--clients", "20", *flags, "--json"])
+        assert r.exit_code == 0, r.output
+        result = json.loads(r.output.strip().splitlines()[-1])
+        assert result["logins_per_s"] > 0 and result["node_rss_after_mib"] > 0
+        assert result["argon2id_default_cost"] == "opslimit=2, memlimit=64 MiB"

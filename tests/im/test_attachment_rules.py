@@ -94,7 +94,7 @@ def test_attachment_queries_and_chunks_bound_to_their_place(backend, tmp_path):
     from timpy.crypto.seal import Sealer
     from timpy.errors import StorageError
     from timpy.store import schema as s
-    from timpy.store.attachments import AttachmentRow
+    from timpy.store.features.attachments import AttachmentRow
     from timpy.store.repository import Repository
 
     repo = Repository(make_engine(backend, tmp_path), Sealer(ClusterKeys.generate().storage))

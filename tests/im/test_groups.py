@@ -4,6 +4,7 @@ in-process nodes with members spread over them."""
 from __future__ import annotations
 
 import pytest
+import trio
 
 import timpy
 from tests.conftest import PASSWORD, users
@@ -148,3 +149,94 @@ async def test_a_group_profile_is_set_by_admins_and_seen_by_members(node):
         # Sealed at rest: the notice is not in the database in the clear.
         from tests.store.backends import dump_tables
         assert b"practice at 7" not in dump_tables(node.store.repo.engine)
+
+
+async def test_members_kept_at_the_owner_follow_every_change_on_one_node(node):
+    """The owner keeps a group's member ids between changes; every change
+    (invite, kick, leave) shows in the very next send."""
+    url = node.tcp_url
+    await users(url, "ida", "jon", "kay")
+    async with (
+        timpy.connect(url, "ida", PASSWORD) as ida,
+        timpy.connect(url, "jon", PASSWORD) as jon,
+        timpy.connect(url, "kay", PASSWORD) as kay,
+    ):
+        g = await ida.create_group("Rota", ["jon"], policy="invite")
+        await ida.send_group(g.group, "one")
+        assert (await jon.next_message(timeout=5)).body == b"one"
+        await ida.send_group(g.group, "two")  # the kept members serve this one
+        assert (await jon.next_message(timeout=5)).body == b"two"
+        await ida.group("invite", g.group, users=["kay"])
+        await ida.send_group(g.group, "three")
+        assert (await kay.next_message(timeout=5)).body == b"three"
+        assert (await jon.next_message(timeout=5)).body == b"three"
+        await ida.group("kick", g.group, users=["jon"])
+        await ida.send_group(g.group, "four")
+        assert (await kay.next_message(timeout=5)).body == b"four"
+        await kay.group("leave", g.group)
+        await ida.send_group(g.group, "five")
+        await ida.send_group(g.group, "six")
+        # Neither jon (kicked) nor kay (left) got anything after they went.
+        with pytest.raises(trio.TooSlowError):
+            await jon.next_message(timeout=0.5)
+        with pytest.raises(trio.TooSlowError):
+            await kay.next_message(timeout=0.5)
+
+
+async def test_members_kept_at_the_owner_are_read_again_after_the_ring_changes(autojump_clock):
+    """An owner cut off from the others keeps what it knew of a group; the
+    majority takes the group over and changes it; once the split heals and
+    the group is back with its first owner, a send reaches the group as it
+    is now, not as that owner kept it."""
+
+    from timpy.errors import Code, RemoteError
+    from timpy.testing import open_cluster
+
+    async with open_cluster(3) as cluster:
+        names = ["n0", "n1", "n2"]
+        for name in names:
+            await cluster.register(0, name, PASSWORD)
+        async with cluster.client(0, "n0", PASSWORD) as n0:
+            g = await n0.create_group("split", ["n1", "n2"], policy="invite")
+            gid = bytes.fromhex(g.group)
+            owner = next(i for i in range(3) if cluster.nodes[i].node_id == cluster.nodes[0].peers.owner(gid))
+        async with cluster.client(owner, "n0", PASSWORD) as n0:
+            await n0.send_group(g.group, "before the split")  # the owner keeps the members now
+        others = [i for i in range(3) if i != owner]
+        cluster.partition({owner}, set(others))
+        with trio.fail_after(120):
+            while True:
+                try:
+                    async with cluster.client(others[0], "n0", PASSWORD) as n0:
+                        await n0.group("kick", g.group, users=["n2"])
+                    break
+                except RemoteError as exc:
+                    assert exc.code == Code.UNAVAILABLE
+                    await trio.sleep(0.5)
+        cluster.heal()
+        await cluster.wait_converged()
+        with trio.fail_after(120):
+            while True:
+                node = cluster.nodes[owner]
+                if node.peers.owner(gid) == node.node_id and node.ownership.has_lease():
+                    break
+                await trio.sleep(0.5)
+        with trio.fail_after(120):
+            while True:
+                try:
+                    async with cluster.client(owner, "n0", PASSWORD) as n0:
+                        await n0.send_group(g.group, "after the heal", client_id="after")
+                    break
+                except RemoteError as exc:
+                    assert exc.code == Code.UNAVAILABLE
+                    await trio.sleep(0.5)
+        for name, expect in (("n1", True), ("n2", False)):
+            node = cluster.nodes[owner]
+            uid = node.user_id_of(name)
+            entries = []
+            for i in range(3):
+                n = cluster.nodes[i]
+                if n.peers.owner(uid) == n.node_id:
+                    entries = await n.store.run(n.store.repo.read_inbox, uid, 0, 100)
+            bodies = [bytes(e.message.content) for e in entries]
+            assert any(b"after the heal" in b for b in bodies) == expect, (name, len(bodies))

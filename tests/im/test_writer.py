@@ -22,7 +22,7 @@ from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.writer import Append, Committed, Writer
-from timpy.store.repository import Appended, InboxItem, InboxPlaced, NewMessage, Written
+from timpy.store.rows import Appended, InboxItem, InboxPlaced, NewMessage, Written
 
 
 class MemoryRepository:
@@ -281,3 +281,95 @@ def test_numbering_is_gap_free_per_conversation_whatever_is_refused(plan, max_ba
         assert store.repo.heads == heads
 
     trio.run(main)
+
+
+async def test_an_ack_hold_runs_before_every_ack_a_duplicate_too_and_its_failure_fails_the_ack():
+    writer, store = make_writer()
+    committed: list[int] = []
+    writer.listen(lambda cs: committed.extend(c.message.seq for c in cs))
+    held: list[tuple[int, bool]] = []
+    failures = [TimpyError("the outbox is full", Code.UNAVAILABLE)]
+
+    async def hold(result: Any) -> None:
+        await trio.lowlevel.checkpoint()
+        held.append((result.message.seq, result.duplicate))
+        if failures:
+            raise failures.pop()
+
+    writer.hold_acks(hold)
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        first = send(writer, b"c1", "one")
+        with pytest.raises(TimpyError) as failed:
+            await writer.finish(first)
+        assert failed.value.code == Code.UNAVAILABLE
+        assert "stored" in failed.value.text and "send it again" in failed.value.text
+        assert first.held  # an ack waits for the holds: nothing is acknowledged before them
+        again = send(writer, b"c1", "one")  # the client's retry: a duplicate, committed once
+        result = await writer.finish(again)
+        writer.close()
+    assert result.duplicate and result.message.seq == 1
+    assert held == [(1, False), (1, True)]
+    assert committed == [1]  # the listener saw the message once; the hold saw both tries
+    assert store.repo.heads == {b"c1": 1}
+
+
+async def test_a_send_check_rewrites_or_refuses_before_anything_is_queued():
+    writer, store = make_writer()
+    seen: list[tuple[str, str]] = []
+
+    async def check(content: Any, conversation: str) -> bytes:
+        seen.append((content.client_id, conversation))
+        if content.body == b"deny":
+            raise RequestError("not this one", Code.NOT_ALLOWED)
+        if content.body == b"huge":
+            return b"x" * (Limits().max_body + 1)
+        return content.body.upper()
+
+    writer.check_sends(check)
+    new, content = writer.prepare(b"ann", "ann", b"c1", (b"ann", b"ben"), "ben", "m1", 0, b"hello", {})
+    new2, content2 = await writer.screen_send(new, content, "c1-text")
+    assert content2.body == b"HELLO" and content2.client_id == "m1" and new2.dedup == new.dedup
+    assert new2.content == content2.pack() != new.content
+    for body, code in ((b"deny", Code.NOT_ALLOWED), (b"huge", Code.BODY_TOO_LARGE)):
+        n, c = writer.prepare(b"ann", "ann", b"c1", (b"ann", b"ben"), "ben", body.decode(), 0, body, {})
+        with pytest.raises(RequestError) as refused:
+            await writer.screen_send(n, c, "c1-text")
+        assert refused.value.code == code
+    assert seen == [("m1", "c1-text"), ("deny", "c1-text"), ("huge", "c1-text")]
+    assert writer.queue_depth() == 0 and store.repo.heads == {}
+
+
+async def test_a_slow_send_check_does_not_hold_up_other_senders():
+    """A send check runs in its sender's task, before the writer's queue: a
+    check waiting on a slow service leaves the writer serving the others."""
+    writer, _ = make_writer()
+    release = trio.Event()
+
+    async def check(content: Any, conversation: str) -> bytes:
+        if content.sender == "slow":
+            await release.wait()
+        return content.body
+
+    writer.check_sends(check)
+    results: dict[str, int] = {}
+
+    async def user_send(sender: str, text: str) -> None:
+        new, content = writer.prepare(sender.encode(), sender, b"c-" + sender.encode(), (sender.encode(),), sender,
+                                      text, 0, text.encode(), {})
+        new, content = await writer.screen_send(new, content, sender)
+        pending = Append(new, content, sender)
+        writer.submit(pending)
+        results[sender] = (await writer.finish(pending)).message.seq
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        nursery.start_soon(user_send, "slow", "a")
+        await trio.testing.wait_all_tasks_blocked()
+        await user_send("fast", "b")
+        assert results == {"fast": 1}  # stored and acknowledged while the slow check waits
+        release.set()
+        while "slow" not in results:
+            await trio.sleep(0.01)
+        writer.close()
+    assert results == {"fast": 1, "slow": 1}

@@ -172,6 +172,57 @@ def test_browser_users_make_friends_see_presence_typing_and_read_receipts(browse
         node.stop()
 
 
+def test_browser_users_react_to_a_message_and_see_it_live(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    node = NodeProcess(tmp_path).start()
+    try:
+        chat = f"http://{node.info['admin']}/chat/"
+        pages = {}
+        for name in ("fay", "gil"):
+            page = browser.new_page()
+            page.goto(chat)
+            expect(page.locator("#status")).to_contain_text("connected to node")
+            page.fill("#name", name)
+            page.fill("#password", PASSWORD)
+            page.click("button[data-op=register]")
+            expect(page.locator("#me")).to_have_text(f"as {name}")
+            pages[name] = page
+        fay, gil = pages["fay"], pages["gil"]
+        fay.fill("#new-peer", "gil")
+        fay.click("#new-chat button")
+        fay.fill("#text", "lunch at noon?")
+        fay.click("#send")
+        gil.locator("#contacts li", has_text="fay").click()
+        expect(gil.locator("#messages")).to_contain_text("lunch at noon?")
+        # Gil reacts; fay sees it live under her message, and who it was.
+        gil.click(".reactions[data-seq='1'] .add-reaction[data-key='👍']")
+        chip = ".reactions[data-seq='1'] .reaction[data-key='👍']"
+        expect(gil.locator(chip)).to_have_text("👍 1")
+        expect(fay.locator(chip)).to_have_text("👍 1")
+        expect(fay.locator(chip)).to_have_attribute("title", "gil")
+        # Fay adds hers to the same reaction, then gil takes his back.
+        fay.click(chip)
+        expect(gil.locator(chip)).to_have_text("👍 2")
+        gil.click(chip)
+        expect(fay.locator(chip)).to_have_text("👍 1")
+        expect(fay.locator(chip)).to_have_attribute("title", "fay")
+        fay.screenshot(path=str(SHOTS / "chat-reactions.png"))
+        # A new page (another device) gets the reactions from history.
+        again = browser.new_page()
+        again.goto(chat)
+        expect(again.locator("#status")).to_contain_text("connected to node")
+        again.fill("#name", "gil")
+        again.fill("#password", PASSWORD)
+        again.click("button[data-op=login]")
+        again.fill("#new-peer", "fay")
+        again.click("#new-chat button")
+        expect(again.locator(chip)).to_have_text("👍 1")
+        expect(again.locator(chip)).to_have_attribute("title", "fay")
+    finally:
+        node.stop()
+
+
 def test_the_dashboard_shows_a_three_node_cluster_and_runs_operations(browser, tmp_path):
     from playwright.sync_api import expect
 

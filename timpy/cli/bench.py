@@ -32,13 +32,13 @@ def percentile(values: list[float], p: float) -> float:
 
 
 async def start_node_process(
-    workdir: Path, memory: bool, extra: str = "", cluster: str = "", peer: bool = True
+    workdir: Path, memory: bool, extra: str = "", cluster: str = "", peer: bool = True, ws: bool = False
 ) -> tuple[trio.Process, dict]:
     """Start ``timpy node`` in a child process; return it and its ready-file contents."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "node.toml"
     config.write_text(
-        f'data_dir = "data"\nmemory = {"true" if memory else "false"}\nlisten = "127.0.0.1:0"\nws = "off"\n'
+        f'data_dir = "data"\nmemory = {"true" if memory else "false"}\nlisten = "127.0.0.1:0"\nws = "{"127.0.0.1:0" if ws else "off"}"\n'
         f'ready_file = "ready.json"\n{extra}\n'
         "[security]\npassword_opslimit = 1\npassword_memlimit = 8192\n[admin]\nlisten = \"127.0.0.1:0\"\n"
         f'[cluster]\nlisten = "{"127.0.0.1:0" if peer else "off"}"\n{cluster}\n'
@@ -336,9 +336,11 @@ _register_storage_benches()
 
 
 def _register_group_bench() -> None:
+    from timpy.cli.bench_connections import register as register_connections
     from timpy.cli.bench_group import register
 
     register(bench)
+    register_connections(bench)
 
 
 _register_group_bench()
@@ -377,7 +379,21 @@ def _register_files_bench() -> None:
     register(bench)
 
 
+def _register_webhooks_bench() -> None:
+    from timpy.cli.bench_webhooks import register
+
+    register(bench)
+
+
+def _register_search_bench() -> None:
+    from timpy.cli.bench_search import register
+
+    register(bench)
+
+
 _register_files_bench()
+_register_webhooks_bench()
+_register_search_bench()
 
 
 from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands

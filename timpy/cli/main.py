@@ -94,12 +94,30 @@ def node(
         config = resolve_config(config_file, environ=os.environ, flags=flags, defaults=CLI_DEFAULTS, warn=log.warning)
     except TimpyError as exc:
         raise click.ClickException(exc.text) from None
+    _raise_open_files(config.limits.max_connections + 1024)
     try:
         trio.run(_run_node, config)
     except TimpyError as exc:
         raise click.ClickException(exc.text) from None
     except OSError as exc:
         raise click.ClickException(f"{exc}; is another node using that address or directory?") from None
+
+
+def _raise_open_files(need: int) -> None:
+    """One descriptor per client connection, and some for the rest: raise the
+    soft limit toward ``need`` (never past the hard limit, which only the
+    operator can raise: ``ulimit -Hn``, or LimitNOFILE= in a systemd unit)."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = need if hard == resource.RLIM_INFINITY else min(need, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("could not raise the open-files limit from %d to %d: %s", soft, want, exc)
+    if want < need:
+        log.warning("open files are limited to %d (hard limit); limits.max_connections is %d", hard, need - 1024)
 
 
 def _backend_flags(items: tuple[str, ...]) -> tuple[dict[str, str], ...]:

@@ -45,6 +45,7 @@ from timpy.wire.messages import (
     KIND_EDIT,
     KIND_FILE,
     KIND_NORMAL,
+    KIND_REACT,
     KIND_RECALL,
     Ack,
     ChatMessage,
@@ -55,6 +56,7 @@ from timpy.wire.messages import (
     Signal,
     StreamData,
     ack_of,
+    apply_reaction,
     message_from_wire,
     notices_of,
     presences_of,
@@ -72,7 +74,8 @@ _BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)  # seconds between rounds of attempts, the
 # sends (deduplicated by their client id). Others (group changes, ...) fail
 # with UNAVAILABLE: their outcome is unknown.
 _RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync",
-                         "upload_chunk", "upload_finish", "attachment_request", "chunk_request"})
+                         "upload_chunk", "upload_finish", "attachment_request", "chunk_request",
+                         "conversation_list", "conversation_set", "search", "thread_request"})
 # A node that closed the connection for one of these reasons would do it again.
 _FINAL = frozenset({Code.KICKED, Code.ACCOUNT_DISABLED, Code.BAD_CREDENTIALS, Code.TOKEN_INVALID, Code.TOKEN_EXPIRED,
                     Code.VERSION_UNSUPPORTED})
@@ -88,6 +91,20 @@ class UrlError(ValueError):
 class TlsError(ConnectionError):
     """The TLS handshake with a node failed (untrusted certificate, wrong
     server name, no TLS on that port); the text says which and what to do."""
+
+
+def fold_reaction(messages: list[ChatMessage], reaction: ChatMessage) -> bool:
+    """Fold a live reaction (a ``KIND_REACT`` message from ``events()``) into
+    the messages a program shows: the one it acts on gets its ``reactions``
+    updated in place. Returns whether one did (False: not a reaction, or its
+    message is not in ``messages``). Applying one twice, or out of order,
+    gives the same reactions (the node orders them by their seq)."""
+    for i, m in enumerate(messages):
+        changed = apply_reaction(m, reaction)
+        if changed is not m:
+            messages[i] = changed
+            return True
+    return False
 
 
 @dataclass(frozen=True)
@@ -133,8 +150,92 @@ class Profile:
     fields: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Pusher:
+    """Where a push gateway wakes a device (``Client.set_pusher``)."""
+
+    app_id: str
+    pushkey: str
+    url: str
+    data: dict[str, str]
+    this_device: bool
+
+
+@dataclass(frozen=True)
+class ConversationEntry:
+    """One conversation of the list; also a notice when it changes."""
+
+    conversation: str
+    group: bool
+    peer: str  # the other user of a 1:1 conversation
+    name: str  # a group's name
+    last: ChatMessage | None  # the newest message shown
+    last_time: int  # ms since the epoch of the newest activity
+    unread: int
+    mentions: int
+    muted: bool
+    pinned: bool
+    archived: bool
+    read_seq: int
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    entries: list[ConversationEntry]
+    total: int  # entries in the whole list (archived ones, or the others)
+    more: bool
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    root: int  # the root message's seq
+    thread: str  # the thread's conversation id
+    count: int  # messages in the thread
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    conversation: str
+    seq: int
+    server_time: int
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    hits: list[SearchHit]  # newest first
+    count: int  # hits in all
+    more: bool
+
+
 #: What ``Client.notices()`` yields: pushes that are not stored messages.
-Notice = Roster | Presence | Receipt | Signal | StreamData
+Notice = Roster | Presence | Receipt | Signal | StreamData | ConversationEntry
+
+
+def _entry(e: TPayload) -> ConversationEntry:
+    return ConversationEntry(
+        e.conversation or "", bool(e.group), e.peer or "", e.name or "",
+        message_from_wire(e.last) if e.last is not None else None, e.last_time or 0, e.unread or 0,
+        e.mentions or 0, bool(e.muted), bool(e.pinned), bool(e.archived), e.read_seq or 0,
+    )
+
+
+def _notices_of(op: str, body: TPayload) -> list[Notice]:
+    if op == "conversation_entry":
+        return [_entry(body)]
+    return list(notices_of(op, body))
+
+
+def _with_reply(
+    ext: dict[str, str] | None, reply_to: int | None, mentions: Sequence[str], thread: int | None = None
+) -> dict[str, str]:
+    out = dict(ext or {})
+    if thread is not None:
+        out["thread"] = str(thread)
+    if reply_to is not None:
+        out["reply_to"] = str(reply_to)
+    if mentions:
+        out["mentions"] = ",".join(mentions)
+    return out
 
 
 #: Opens a byte stream to a node, for ``connect`` and ``register`` in place of a URL.
@@ -376,8 +477,8 @@ class Client:
             return
         if op == "sync_done":
             self._synced.set()
-        if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream"):
-            for notice in notices_of(op, body):
+        if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream", "conversation_entry"):
+            for notice in _notices_of(op, body):
                 try:
                     self._notices_send.send_nowait(notice)
                 except (trio.WouldBlock, trio.ClosedResourceError):
@@ -487,9 +588,16 @@ class Client:
         kind: int = KIND_NORMAL,
         ext: dict[str, str] | None = None,
         client_id: str | None = None,
+        reply_to: int | None = None,
+        mentions: Sequence[str] = (),
+        thread: int | None = None,
     ) -> Ack:
         """Send a 1:1 message; returns once it is stored. Retrying with the same
-        ``client_id`` never stores it twice."""
+        ``client_id`` never stores it twice. ``reply_to``: the seq of the message
+        this answers; ``mentions``: user names (or "@all" in a group);
+        ``thread``: the seq of the root message whose thread this goes to (the
+        ack's conversation is then the thread's id)."""
+        ext = _with_reply(ext, reply_to, mentions, thread)
         client_id = client_id or uuid.uuid4().hex
         if client_id not in self._sent_set:
             if len(self._sent_ids) == self._sent_ids.maxlen:
@@ -503,9 +611,11 @@ class Client:
 
     async def send_group(
         self, group: str, body: bytes | str, *, kind: int = KIND_NORMAL, ext: dict[str, str] | None = None,
-        client_id: str | None = None,
+        client_id: str | None = None, reply_to: int | None = None, mentions: Sequence[str] = (),
+        thread: int | None = None,
     ) -> Ack:
         """Send to a group (its id from ``GroupInfo.group``); stored once, delivered to every member."""
+        ext = _with_reply(ext, reply_to, mentions, thread)
         client_id = client_id or uuid.uuid4().hex
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, conversation=group, kind=kind, body=data, ext=ext or {})
@@ -627,21 +737,79 @@ class Client:
         _, u = await self.request("unread_request")
         return Unread(dict(u.counts or {}), dict(u.read or {}))
 
+    async def replied_to(self, message: ChatMessage) -> ChatMessage | None:
+        """The message ``message`` replies to (to show it quoted), or None when
+        it is not a reply or its target is gone."""
+        raw = message.ext.get("reply_to", "")
+        if not raw.isdigit():
+            return None
+        page = await self.history(conversation=message.conversation, after=int(raw) - 1, limit=1)
+        return page.messages[0] if page.messages and page.messages[0].seq == int(raw) else None
+
+    async def threads(self, roots: Sequence[int], *, peer: str = "", group: str = "") -> list[ThreadInfo]:
+        """The threads under root messages of the 1:1 conversation with ``peer``
+        (or of ``group``): their ids (read them with ``history``) and counts."""
+        _, t = await self.request("thread_request", peer=peer, conversation=group, roots=list(roots))
+        return [ThreadInfo(x.root or 0, x.thread or "", x.count or 0) for x in t.threads or []]
+
+    # --- conversation list and search ---------------------------------------------
+
+    async def conversations(self, *, offset: int = 0, limit: int = 50, archived: bool = False) -> ConversationPage:
+        """A page of this user's conversations (1:1 and groups): pinned first,
+        then the newest activity first; ``archived`` lists the archived ones."""
+        _, p = await self.request("conversation_list", offset=offset, limit=limit, archived=archived)
+        return ConversationPage([_entry(e) for e in p.entries or []], p.total or 0, bool(p.more))
+
+    async def set_conversation(
+        self, conversation: str, *, muted: bool | None = None, pinned: bool | None = None,
+        archived: bool | None = None,
+    ) -> ConversationEntry:
+        """Set this user's flags of a conversation (None: unchanged); returns its entry."""
+        _, e = await self.request(
+            "conversation_set", conversation=conversation, muted=muted, pinned=pinned, archived=archived
+        )
+        return _entry(e)
+
+    async def search(self, query: str, *, conversation: str = "", offset: int = 0, limit: int = 50) -> SearchResults:
+        """Messages of this user's conversations (or of one) holding every word
+        of ``query`` (as prefixes), newest first; fetch them with ``history``."""
+        _, r = await self.request("search", query=query, conversation=conversation, offset=offset, limit=limit)
+        return SearchResults(
+            [SearchHit(h.conversation or "", h.seq or 0, h.server_time or 0) for h in r.hits or []],
+            r.count or 0, bool(r.more),
+        )
+
     # --- message kinds -----------------------------------------------------------
 
-    async def recall(self, seq: int, *, to: str = "", group: str = "") -> Ack:
-        """Recall message ``seq`` of the 1:1 conversation with ``to`` (or of ``group``)."""
-        return await self._acting(KIND_RECALL, seq, b"", to, group)
+    async def recall(self, seq: int, *, to: str = "", group: str = "", thread: int | None = None) -> Ack:
+        """Recall message ``seq`` of the 1:1 conversation with ``to`` (or of
+        ``group``; or of the thread under their message ``thread``)."""
+        return await self._acting(KIND_RECALL, seq, b"", to, group, thread)
 
-    async def edit(self, seq: int, body: bytes | str, *, to: str = "", group: str = "") -> Ack:
+    async def edit(
+        self, seq: int, body: bytes | str, *, to: str = "", group: str = "", thread: int | None = None
+    ) -> Ack:
         """Replace the body of one's own message ``seq``."""
-        return await self._acting(KIND_EDIT, seq, body, to, group)
+        return await self._acting(KIND_EDIT, seq, body, to, group, thread)
 
-    async def _acting(self, kind: int, seq: int, body: bytes | str, to: str, group: str) -> Ack:
-        ext = {"target": str(seq)}
+    async def react(self, seq: int, key: str, *, to: str = "", group: str = "", thread: int | None = None) -> Ack:
+        """React with ``key`` (an emoji or a short word) to message ``seq`` of
+        the 1:1 conversation with ``to`` (or of ``group``). Every member sees it
+        live, and in ``ChatMessage.reactions`` from history and sync."""
+        return await self._acting(KIND_REACT, seq, b"", to, group, thread, {"key": key, "on": "1"})
+
+    async def unreact(self, seq: int, key: str, *, to: str = "", group: str = "", thread: int | None = None) -> Ack:
+        """Take back one's reaction ``key`` to message ``seq``."""
+        return await self._acting(KIND_REACT, seq, b"", to, group, thread, {"key": key, "on": "0"})
+
+    async def _acting(
+        self, kind: int, seq: int, body: bytes | str, to: str, group: str, thread: int | None = None,
+        more: dict[str, str] | None = None,
+    ) -> Ack:
+        ext = {"target": str(seq), **(more or {})}
         if group:
-            return await self.send_group(group, body, kind=kind, ext=ext)
-        return await self.send(to, body, kind=kind, ext=ext)
+            return await self.send_group(group, body, kind=kind, ext=ext, thread=thread)
+        return await self.send(to, body, kind=kind, ext=ext, thread=thread)
 
     # --- rooms and streams -------------------------------------------------------
 
@@ -734,6 +902,27 @@ class Client:
         if group:
             return await self.send_group(group, ref.pack(), kind=kind, ext=ext, client_id=client_id)
         return await self.send(to, ref.pack(), kind=kind, ext=ext, client_id=client_id)
+
+    # --- pushers (push to offline devices) --------------------------------------------
+
+    async def set_pusher(self, app_id: str, pushkey: str, url: str, data: dict[str, str] | None = None) -> list[Pusher]:
+        """Have this device woken through the Matrix push gateway at ``url``
+        (``.../_matrix/push/v1/notify``) when a message reaches it while it is
+        offline; returns the account's pushers."""
+        return await self._pushers("set", app_id, pushkey, url, data or {})
+
+    async def remove_pusher(self, app_id: str, pushkey: str) -> list[Pusher]:
+        return await self._pushers("remove", app_id, pushkey)
+
+    async def pushers(self) -> list[Pusher]:
+        return await self._pushers("list")
+
+    async def _pushers(self, op: str, app_id: str = "", pushkey: str = "", url: str = "",
+                       data: dict[str, str] | None = None) -> list[Pusher]:
+        _, reply = await self.request("pusher_request", wp.thrift.PusherRequest(
+            op=op, app_id=app_id, pushkey=pushkey, url=url, data=data or {}))
+        return [Pusher(p.app_id or "", p.pushkey or "", p.url or "", dict(p.data or {}), bool(p.this_device))
+                for p in reply.pushers or []]
 
     @property
     def position(self) -> int:

@@ -19,17 +19,22 @@ if TYPE_CHECKING:
     from timpy.gateway.transports import ConnectionGate
     from timpy.im.accounts import Accounts
     from timpy.im.attachments import Attachments
+    from timpy.im.conversations import Conversations
     from timpy.im.delivery import Deliverer
     from timpy.im.groups import Groups
     from timpy.im.messaging import Messenger
     from timpy.im.presence import Presence
+    from timpy.im.push import Push
     from timpy.im.receipts import Receipts
     from timpy.im.rooms import Rooms
     from timpy.im.roster import Roster
     from timpy.im.routes import Routes
+    from timpy.im.search import Search
     from timpy.im.signalling import Signalling
     from timpy.im.tasks import TaskHost
     from timpy.im.terminals import TerminalRegistry
+    from timpy.im.webhooks import Webhooks
+    from timpy.im.threads import Threads
     from timpy.wire.messages import SendResult
 
 
@@ -92,6 +97,15 @@ class NodeServices(Protocol):
     def rooms(self) -> Rooms: ...
     @property
     def attachments(self) -> Attachments: ...
+    def push(self) -> Push: ...
+    @property
+    def webhooks(self) -> Webhooks | None: ...
+    @property
+    def conversations(self) -> Conversations: ...
+    @property
+    def search(self) -> Search: ...
+    @property
+    def threads(self) -> Threads: ...
 
     def cluster_status(self) -> dict[str, object]: ...
     def traffic(self) -> dict[str, int]: ...

@@ -37,6 +37,7 @@ from timpy.wire.messages import (
     PresenceList,
     SendResult,
     ack_frame,
+    entry_to_wire,
     message_to_wire,
     notice_frame,
 )
@@ -49,8 +50,9 @@ log = logging.getLogger("timpy.gateway")
 _CLIENT_OPS = frozenset(
     {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping",
      "group_request", "roster_request", "presence_set", "presence_query", "signal", "receipt", "unread_request",
-     "room_request", "stream", "profile_request", "upload_start", "upload_chunk", "upload_finish",
-     "attachment_request", "chunk_request"}
+     "room_request", "stream", "profile_request", "pusher_request", "conversation_list", "conversation_set",
+     "search", "thread_request", "upload_start", "upload_chunk", "upload_finish", "attachment_request",
+     "chunk_request"}
 )
 _DEVICE_KIND = re.compile(r"^[a-z0-9_\-]{1,16}$")
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
@@ -146,6 +148,9 @@ class ClientSession:
         self._closing = False
         self.cancel_scope = trio.CancelScope()
         self._acks: trio.MemorySendChannel | None = None  # sends in flight, acknowledged in order
+        # Set by the transport: writes a frame at once when its writer is idle
+        # (True), else the frame goes through ``outbound`` (False).
+        self.direct: Callable[[TPayload | Encoded], bool] | None = None
 
     # --- TerminalLink ---------------------------------------------------
 
@@ -160,7 +165,9 @@ class ClientSession:
 
     def push_nowait(self, delivery: Delivery) -> bool:
         try:
-            self.outbound_send.send_nowait(self._delivery_frame(delivery))
+            frame = self._delivery_frame(delivery)
+            if self.direct is None or not self.direct(frame):
+                self.outbound_send.send_nowait(frame)
             return True
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
@@ -229,12 +236,6 @@ class ClientSession:
             pass
 
     # --- lifecycle ------------------------------------------------------
-
-    async def watch_handshake(self) -> None:
-        """Close a connection that has not logged in within the handshake timeout."""
-        await trio.sleep(self._limits.handshake_timeout)
-        if self.identity is None:
-            self.fail(ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED))
 
     def finish(self) -> None:
         """The connection is gone: leave the registry."""
@@ -424,6 +425,13 @@ class ClientSession:
         assert self.identity is not None
         self.node.messenger.check_user_rate(self.identity.user_id, self._clock())
         started = time.perf_counter()
+        if (m.ext or {}).get("thread"):  # to the thread under a message
+            result = await self.node.threads.send(
+                self.identity, m.recipient or "", m.conversation or "", m.client_id or "", m.kind or 0,
+                m.body or b"", m.ext or {},
+            )
+            await self._ack(rid, started, result)
+            return
         if m.conversation and not m.recipient:  # to a group
             result = await self.node.groups.send(
                 self.identity, m.conversation, m.client_id or "", m.kind or 0, m.body or b"", m.ext or {}
@@ -562,6 +570,12 @@ class ClientSession:
         if rid:
             await self.reply(wp.make_frame("ok", rid=rid))
 
+    async def _op_pusher_request(self, rid: int, body: TPayload) -> None:
+        who, terminal = self._who()
+        pushers = await self.node.push.request(who, terminal.device_id, body.op or "", body.app_id or "",
+                                               body.pushkey or "", body.url or "", dict(body.data or {}))
+        await self.reply(wp.make_frame("pusher_list", rid=rid, pushers=[wp.thrift.PusherInfo(**p) for p in pushers]))
+
     async def _op_profile_request(self, rid: int, body: TPayload) -> None:
         who, _ = self._who()
         if body.changes:
@@ -609,6 +623,42 @@ class ClientSession:
         who, _ = self._who()
         data = await self.node.attachments.chunk(who, body.id or "", body.index or 0)
         await self.reply(wp.make_frame("chunk", rid=rid, id=body.id or "", index=body.index or 0, data=data))
+
+    # --- conversation list and search ------------------------------------------------
+
+    async def _op_conversation_list(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        offset = body.offset or 0
+        entries, total = await self.node.conversations.list(who, offset, body.limit or 0, bool(body.archived))
+        await self.reply(wp.make_frame(
+            "conversation_page", rid=rid, entries=[entry_to_wire(e) for e in entries], total=total,
+            more=offset + len(entries) < total,
+        ))
+
+    async def _op_conversation_set(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        entry = await self.node.conversations.set_flags(
+            who, body.conversation or "", body.muted, body.pinned, body.archived
+        )
+        await self.reply(wp.make_frame("conversation_entry", entry_to_wire(entry), rid=rid))
+
+    async def _op_search(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        offset = body.offset or 0
+        hits, count = await self.node.search.search(
+            who, body.query or "", body.conversation or "", offset, body.limit or 0
+        )
+        await self.reply(wp.make_frame(
+            "search_results", rid=rid, count=count, more=offset + len(hits) < count,
+            hits=[wp.thrift.SearchHit(conversation=c, seq=q, server_time=ms) for c, q, ms in hits],
+        ))
+
+    async def _op_thread_request(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        found = await self.node.threads.summaries(who, body.peer or "", body.conversation or "", list(body.roots or []))
+        await self.reply(wp.make_frame(
+            "thread_list", rid=rid, threads=[wp.thrift.ThreadInfo(root=r, thread=t, count=n) for r, t, n in found]
+        ))
 
 
 def _attachment_frame(rid: int, info: AttachmentInfo, url: str = "", expires: int = 0) -> TPayload:

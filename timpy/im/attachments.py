@@ -34,22 +34,17 @@ from typing import Any
 import msgpack
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.config import FilesConfig
 from timpy.crypto.file_urls import check_file_url, file_url
 from timpy.errors import Code, RequestError, TimpyError
-from timpy.im import ids
+from timpy.im import ids, kinds
 from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
 from timpy.im.writer import Append, Committed
-from timpy.store.attachments import AttachmentRow
+from timpy.store.features.attachments import AttachmentRow
 from timpy.store.repository import Store
-from timpy.wire.messages import (
-    KIND_BURNED,
-    KIND_EDIT,
-    KIND_RECALL,
-    MessageContent,
-    file_ref_of,
-)
+from timpy.wire.messages import KIND_EDIT, MessageContent, file_ref_of
 
 log = logging.getLogger("timpy.files")
 
@@ -160,19 +155,19 @@ class Attachments:
         """A new upload, or the state of one being resumed (which chunks the node has)."""
         if upload_id:
             att = parse_attachment_id(upload_id)
-            raw = await self._peers.at_owner(att, "files.resume", self._resume_here, who.user_id)
+            raw = await self._peers.ask(ops.FILES_RESUME, ops.UploadOf(att, who.user_id))
         else:
             check_upload(self._config(), name, size, mime or "application/octet-stream", sha256)
             att = os.urandom(16)
-            raw = await self._peers.at_owner(
-                att, "files.start", self._start_here, who.user_id, who.name, name, size,
-                mime or "application/octet-stream", sha256,
-            )
+            raw = await self._peers.ask(ops.FILES_START, ops.UploadBegin(
+                att, who.user_id, who.name, name, size, mime or "application/octet-stream", sha256,
+            ))
         return UploadState(str(raw[0]), int(raw[1]), int(raw[2]), [int(i) for i in raw[3]], bool(raw[4]))
 
-    async def _start_here(
-        self, att: bytes, uploader_id: bytes, uploader: str, name: str, size: int, mime: str, sha256: str
-    ) -> list[Any]:
+    async def _start_here(self, a: ops.UploadBegin) -> list[Any]:
+        att, uploader_id, uploader, name, size, mime, sha256 = (
+            a.att_id, a.uploader_id, a.uploader, a.name, a.size, a.mime, a.sha256
+        )
         cfg = self._config()
         check_upload(cfg, name, size, mime, sha256)
         chunk_size = min(cfg.chunk_size, self._max_frame() - 1024)  # a chunk travels in one client frame
@@ -198,7 +193,7 @@ class Attachments:
             if node == self._peers.self_id:
                 continue
             try:
-                state = await self._peers.start_call(node, "files.state", att).result(READ_TIMEOUT)
+                state = await self._peers.start_call(node, ops.FILES_STATE, ops.FileOf(att)).result(READ_TIMEOUT)
             except TimpyError:
                 continue
             if state:
@@ -216,17 +211,19 @@ class Attachments:
             raise RequestError("no such upload (it expired, or it is not yours); start it again", Code.NO_SUCH_FILE)
         return row
 
-    async def _resume_here(self, att: bytes, uploader_id: bytes) -> list[Any]:
-        row = await self._upload_row(att, uploader_id)
+    async def _resume_here(self, a: ops.UploadOf) -> list[Any]:
+        att = a.att_id
+        row = await self._upload_row(att, a.uploader_id)
         have = [] if row.complete else await self._store.run(self._store.repo.chunk_indexes, att)
         return [att.hex(), row.chunk_size, row.chunks, list(range(row.chunks)) if row.complete else have, row.complete]
 
     async def put_chunk(self, who: Identity, upload_id: str, index: int, data: bytes) -> None:
         att = parse_attachment_id(upload_id)
-        await self._peers.at_owner(att, "files.chunk", self._chunk_here, who.user_id, index, data, timeout=15.0)
+        await self._peers.ask(ops.FILES_CHUNK, ops.UploadPart(att, who.user_id, index, bytes(data)))
 
-    async def _chunk_here(self, att: bytes, uploader_id: bytes, index: int, data: bytes) -> None:
-        row = await self._upload_row(att, uploader_id)
+    async def _chunk_here(self, a: ops.UploadPart) -> None:
+        att, index, data = a.att_id, a.index, a.data
+        row = await self._upload_row(att, a.uploader_id)
         if row.complete:
             raise RequestError("this upload is finished already", Code.BAD_REQUEST)
         size = unpack_meta(row.meta)[2]
@@ -242,11 +239,12 @@ class Attachments:
     async def finish_upload(self, who: Identity, upload_id: str) -> AttachmentInfo:
         """Check the stored content against its SHA-256 and make the attachment readable."""
         att = parse_attachment_id(upload_id)
-        raw = await self._peers.at_owner(att, "files.finish", self._finish_here, who.user_id, timeout=60.0)
+        raw = await self._peers.ask(ops.FILES_FINISH, ops.UploadOf(att, who.user_id))
         return AttachmentInfo(*raw)
 
-    async def _finish_here(self, att: bytes, uploader_id: bytes) -> list[Any]:
-        row = await self._upload_row(att, uploader_id)
+    async def _finish_here(self, a: ops.UploadOf) -> list[Any]:
+        att = a.att_id
+        row = await self._upload_row(att, a.uploader_id)
         info = info_of(row)
         if not row.complete:
             have = await self._store.run(self._store.repo.chunk_indexes, att)
@@ -336,9 +334,9 @@ class Attachments:
                     if node == self._peers.self_id:
                         answer = await self._read_here(att, user_id, index)
                     else:
-                        answer = await self._peers.start_call(node, "files.read", att, user_id, index).result(
-                            READ_TIMEOUT
-                        )
+                        answer = await self._peers.start_call(
+                            node, ops.FILES_READ, ops.FileRead(att, user_id, index)
+                        ).result(READ_TIMEOUT)
                 except TimpyError as exc:
                     log.debug("reading an attachment from %s failed: %s", node, exc)
                     continue
@@ -387,7 +385,7 @@ class Attachments:
         for p in appends:
             c = p.content
             try:
-                if c.kind in (KIND_RECALL, KIND_EDIT, KIND_BURNED):
+                if c.kind in kinds.ON_FILES:
                     await self._note_target(p)
                     continue
                 try:
@@ -396,9 +394,9 @@ class Attachments:
                     raise RequestError("a file message's body is a file reference (FileRef)", Code.INVALID_MESSAGE) from None
                 if ref is not None:
                     att = parse_attachment_id(ref.attachment)
-                    await self._peers.at_owner(
-                        att, "files.link", self._link_here, p.new.sender_id, list(p.new.members), ref.size, ref.sha256
-                    )
+                    await self._peers.ask(ops.FILES_LINK, ops.FileLink(
+                        att, p.new.sender_id, list(p.new.members), ref.size, ref.sha256
+                    ))
             except TimpyError as exc:
                 refused[p] = exc
         return refused
@@ -423,7 +421,8 @@ class Attachments:
         while len(self._pending) > _PENDING_MAX:
             self._pending.popitem(last=False)
 
-    async def _link_here(self, att: bytes, sender_id: bytes, members: list[bytes], size: int, sha256: str) -> None:
+    async def _link_here(self, a: ops.FileLink) -> None:
+        att, sender_id, members, size, sha256 = a.att_id, a.sender_id, a.members, a.size, a.sha256
         row = await self._local_row(att)
         if row is None or not row.complete:
             raise RequestError("no such file (finish its upload before sending it)", Code.NO_SUCH_FILE)
@@ -444,13 +443,13 @@ class Attachments:
             if not c.numbered_here:
                 continue
             m = c.message
-            if m.kind in (KIND_RECALL, KIND_BURNED):
+            if m.kind in kinds.DROPPING_FILES:
                 raw = m.ext.get("target", "")
                 if raw.isdigit():
                     conv = ids.parse_conversation(m.conversation)
                     att = self._pending.pop((conv, int(raw)), None)
                     if att is not None:
-                        self._spawn(self._at_owner_quietly, att, "files.unref", self._unref_here, conv, int(raw))
+                        self._spawn(self._at_owner_quietly, ops.FILES_UNREF, ops.FileUse(att, conv, int(raw)))
                 continue
             try:
                 ref = file_ref_of(m.kind, m.body, m.ext)
@@ -459,25 +458,27 @@ class Attachments:
             if ref is not None:
                 att = parse_attachment_id(ref.attachment)
                 conv = ids.parse_conversation(m.conversation)
-                self._spawn(self._at_owner_quietly, att, "files.ref", self._ref_here, conv, m.seq)
+                self._spawn(self._at_owner_quietly, ops.FILES_REF, ops.FileUse(att, conv, m.seq))
 
-    async def _at_owner_quietly(self, att: bytes, method: str, here: Any, *args: Any) -> None:
+    async def _at_owner_quietly(self, op: ops.Op[ops.FileUse, None], args: ops.FileUse) -> None:
         for attempt in range(3):
             try:
-                await self._peers.at_owner(att, method, here, *args)
+                await self._peers.ask(op, args)
                 return
             except TimpyError as exc:
                 if attempt == 2:
                     log.warning("could not update the references of an attachment: %s", exc.text)
                 await trio.sleep(1.0)
 
-    async def _ref_here(self, att: bytes, conv: bytes, seq: int) -> None:
+    async def _ref_here(self, a: ops.FileUse) -> None:
+        att, conv, seq = a.att_id, a.conv_id, a.seq
         if await self._local_row(att) is None:
             return  # deleted meanwhile
         await self._store.run(self._store.repo.add_ref, att, bytes(conv), int(seq))
         await self._copy(att, [["ref", att, bytes(conv), int(seq)]])
 
-    async def _unref_here(self, att: bytes, conv: bytes, seq: int) -> None:
+    async def _unref_here(self, a: ops.FileUse) -> None:
+        att, conv, seq = a.att_id, a.conv_id, a.seq
         if await self._local_row(att) is None:
             return
         left = await self._store.run(self._store.repo.remove_ref, att, bytes(conv), int(seq))
@@ -519,8 +520,8 @@ class Attachments:
 
     # --- copies to the replicas --------------------------------------------------------------
 
-    async def _copy(self, att: bytes, ops: list[list[Any]]) -> None:
-        """Apply ``ops`` on the attachment's other replicas; return once the
+    async def _copy(self, att: bytes, changes: list[list[Any]]) -> None:
+        """Apply ``changes`` on the attachment's other replicas; return once the
         write quorum (this node included) has them."""
         if not self._copies:
             return
@@ -531,7 +532,7 @@ class Attachments:
             return
         self._peers.require_write()
         epoch = self._peers.epoch_number
-        calls = [self._peers.start_call(n, "files.apply", ops, epoch) for n in nodes]
+        calls = [self._peers.start_call(n, ops.FILES_APPLY, ops.FileChanges(changes, epoch)) for n in nodes]
         acked = 0
         done = trio.Event()
         if need <= 0:
@@ -560,9 +561,9 @@ class Attachments:
             )
         self._peers.require_write()
 
-    async def _apply(self, ops: list[list[Any]]) -> None:
+    async def _apply(self, changes: list[Any]) -> None:
         repo = self._store.repo
-        for op in ops:
+        for op in changes:
             what, att = op[0], bytes(op[1])
             if what == "att":
                 await self._store.run(repo.put_attachment, AttachmentRow(*_row_from(op[1:])))
@@ -581,37 +582,35 @@ class Attachments:
 
     def _register(self) -> None:
         peers = self._peers
-        if peers.rpc is None:
-            return
-        peers.expose("files.start", self._start_here, "file")
-        peers.expose("files.resume", self._resume_here, "file")
-        peers.expose("files.chunk", self._chunk_here, "file")
-        peers.expose("files.finish", self._finish_here, "file")
-        peers.expose("files.link", self._link_here, "file")
-        peers.expose("files.ref", self._ref_here, "file")
-        peers.expose("files.unref", self._unref_here, "file")
+        peers.serve(ops.FILES_START, self._start_here)
+        peers.serve(ops.FILES_RESUME, self._resume_here)
+        peers.serve(ops.FILES_CHUNK, self._chunk_here)
+        peers.serve(ops.FILES_FINISH, self._finish_here)
+        peers.serve(ops.FILES_LINK, self._link_here)
+        peers.serve(ops.FILES_REF, self._ref_here)
+        peers.serve(ops.FILES_UNREF, self._unref_here)
         ownership = peers.ownership
 
-        async def apply(ops: list, epoch: int = 0) -> None:
+        async def apply(a: ops.FileChanges) -> None:
             if ownership is None:
-                await self._apply(ops)
+                await self._apply(a.ops)
                 return
-            async with ownership.applying(int(epoch)):  # a stale owner's copy is refused
-                await self._apply(ops)
+            async with ownership.applying(a.epoch):  # a stale owner's copy is refused
+                await self._apply(a.ops)
 
-        async def read(att: bytes, user_id: bytes, index: int) -> list[Any] | None:
-            return await self._read_here(bytes(att), bytes(user_id), int(index))
+        async def read(a: ops.FileRead) -> list[Any] | None:
+            return await self._read_here(a.att_id, a.user_id, a.index)
 
-        async def state(att: bytes) -> list[Any] | None:
-            row = await self._store.run(self._store.repo.get_attachment, bytes(att))
+        async def state(a: ops.FileOf) -> list[Any] | None:
+            row = await self._store.run(self._store.repo.get_attachment, a.att_id)
             if row is None:
                 return None
-            readers, refs = await self._store.run(self._store.repo.attachment_links, bytes(att))
+            readers, refs = await self._store.run(self._store.repo.attachment_links, a.att_id)
             return [_row_fields(row), readers, [list(r) for r in refs]]
 
-        peers.rpc.register("files.apply", apply)
-        peers.rpc.register("files.state", state)
-        peers.rpc.register("files.read", read)
+        peers.serve(ops.FILES_APPLY, apply)
+        peers.serve(ops.FILES_STATE, state)
+        peers.serve(ops.FILES_READ, read)
 
 
 def _row_fields(row: AttachmentRow) -> list[Any]:

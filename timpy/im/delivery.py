@@ -12,22 +12,28 @@ order, once, and a terminal that was away gets what it missed.
 - When the ring changes, or an owner restarts and asks for them, terminals
   are recorded again with their users' (possibly new) owners and synced from
   where they are, in case a push went out while no owner knew of them.
+
+Its operations between nodes (``timpy.cluster.catalog``), each at the
+user's owner: ``term.open``, ``inbox.read``, ``term.ack``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+from timpy.cluster import catalog as ops
 from timpy.config import Limits
-from timpy.errors import Code, TimpyError
+from timpy.errors import TimpyError
 from timpy.im import ids, kinds
+from timpy.im.batches import BatchedCalls
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.routes import Routes
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import LiveTerminal, TerminalRegistry
 from timpy.im.writer import Committed, Writer
-from timpy.store.repository import Store, StoredMessage
+from timpy.store.repository import Store
+from timpy.store.rows import StoredMessage
 from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 
@@ -60,9 +66,14 @@ class Deliverer:
         self._tasks = tasks
         self._limits = limits
         self._now = clock_ms
-        self._cluster = peers.rpc is not None
         self.routes = Routes(peers, registry, limits, resend=self._reattach_owned_by, ask_on_start=ask_on_start)
-        self._register()
+        # Logins that arrive together open their terminals in one transaction.
+        self._terminal_opens: BatchedCalls[tuple[bytes, bytes, int], int] = BatchedCalls(
+            lambda items: self._store.run(self._store.repo.open_terminals, items)
+        )
+        peers.serve(ops.TERM_OPEN, self._open_terminal_here, replicator)
+        peers.serve(ops.INBOX_READ, self._inbox_here, replicator)
+        peers.serve(ops.TERM_ACK, self._ack_here)
 
     # --- the writer's listener ---------------------------------------------------
 
@@ -78,22 +89,14 @@ class Deliverer:
     async def open_terminal(self, terminal: LiveTerminal) -> int:
         """Record the terminal with its user's owner; returns its delivery cursor."""
         terminal.on_gap = self._resync
-        owner = self._peers.owner(terminal.user_id)
-        if owner == self._peers.self_id or not self._cluster:
-            return await self._open_terminal_here(
-                terminal.user_id, terminal.device_id, self._peers.self_id, terminal.kind
-            )
-        return int(
-            await self._peers.call(
-                owner, "term.open", terminal.user_id, terminal.device_id, self._peers.self_id, terminal.kind
-            )
-        )
+        return await self._peers.ask(
+            ops.TERM_OPEN, ops.TermOpen(terminal.user_id, terminal.device_id, self._peers.self_id, terminal.kind))
 
-    async def _open_terminal_here(self, user_id: bytes, device_id: bytes, node_id: str, kind: str = "other") -> int:
-        await self._replicator.ensure("user", user_id)
-        self.routes.check(user_id, device_id, kind)  # a refused login changes nothing
-        cursor = await self._store.run(self._store.repo.open_terminal, user_id, device_id, self._now())
-        self.routes.attach(user_id, device_id, node_id, kind)
+    async def _open_terminal_here(self, a: ops.TermOpen) -> int:
+        """At the user's owner (caught up by the operation): record the terminal, answer its cursor."""
+        self.routes.check(a.user_id, a.device_id, a.kind)  # a refused login changes nothing
+        cursor = await self._terminal_opens.call((a.user_id, a.device_id, self._now()))
+        self.routes.attach(a.user_id, a.device_id, a.node, a.kind)
         return cursor
 
     def close_terminal(self, terminal: LiveTerminal) -> None:
@@ -142,17 +145,11 @@ class Deliverer:
 
     # --- sync and acknowledgements ----------------------------------------------------
 
-    async def _read_inbox(self, user_id: bytes, after: int, limit: int) -> list[tuple[int, bytes, int, int, bytes]]:
-        owner = self._peers.owner(user_id)
-        if owner == self._peers.self_id or not self._cluster:
-            return await self._inbox_here(user_id, after, limit)
-        return await self._peers.call(owner, "inbox.read", user_id, after, limit)
-
-    async def _inbox_here(self, user_id: bytes, after: int, limit: int) -> list[tuple[int, bytes, int, int, bytes]]:
-        await self._replicator.ensure("user", user_id)
-        entries = await self._store.run(self._store.repo.read_inbox, user_id, int(after), int(limit))
+    async def _inbox_here(self, a: ops.InboxRead) -> list[ops.InboxEntry]:
+        """At the user's owner (caught up by the operation): a page of the inbox after ``a.after``."""
+        entries = await self._store.run(self._store.repo.read_inbox, a.user_id, a.after, a.limit)
         m: StoredMessage
-        return [(e.pos, (m := e.message).conv_id, m.seq, m.created_ms, m.content) for e in entries]
+        return [ops.InboxEntry(e.pos, (m := e.message).conv_id, m.seq, m.created_ms, m.content) for e in entries]
 
     async def sync(self, terminal: LiveTerminal, cursor: int) -> tuple[int, int]:
         """Send the terminal everything after ``cursor``, then make it live.
@@ -162,11 +159,11 @@ class Deliverer:
         terminal.begin_sync()
         last, count, page = cursor, 0, self._limits().sync_page
         for _ in range(100_000):  # bounded: each round reads a page or goes live
-            entries = await self._read_inbox(terminal.user_id, last, page)
-            for pos, conv_id, seq, created_ms, content in entries:
-                message = stored_message(ids.conversation_text(bytes(conv_id)), seq, created_ms, bytes(content))
-                await terminal.link.push(Delivery(pos, message))
-                last = pos
+            entries = await self._peers.ask(ops.INBOX_READ, ops.InboxRead(terminal.user_id, last, page))
+            for e in entries:
+                message = stored_message(ids.conversation_text(e.conv_id), e.seq, e.created_ms, e.content)
+                await terminal.link.push(Delivery(e.pos, message))
+                last = e.pos
                 count += 1
             if len(entries) < page and terminal.finish_sync(last):
                 break
@@ -174,34 +171,7 @@ class Deliverer:
 
     def acknowledge(self, terminal: LiveTerminal, pos: int) -> None:
         """The terminal has everything up to ``pos``; stored with the owner's next write batch."""
-        owner = self._peers.owner(terminal.user_id)
-        if owner == self._peers.self_id or not self._cluster:
-            self._writer.acknowledge(terminal.user_id, terminal.device_id, pos)
-        else:
-            self._peers.notify(owner, "term.ack", terminal.user_id, terminal.device_id, pos)
+        self._peers.tell(ops.TERM_ACK, ops.TermAck(terminal.user_id, terminal.device_id, pos))
 
-    # --- what other nodes ask of this one ------------------------------------------------
-
-    def _require_owner(self, key: bytes) -> None:
-        if not self._peers.is_local(key):
-            raise TimpyError("this node does not own that user (the cluster is changing); retry", Code.UNAVAILABLE)
-
-    def _register(self) -> None:
-        rpc = self._peers.rpc
-        if rpc is None:
-            return
-
-        async def inbox_read(user_id, after, limit):  # noqa: ANN001, ANN202
-            self._require_owner(bytes(user_id))
-            return [list(e) for e in await self._inbox_here(bytes(user_id), int(after), int(limit))]
-
-        async def term_open(user_id, device_id, node_id, kind="other"):  # noqa: ANN001, ANN202
-            self._require_owner(bytes(user_id))
-            return await self._open_terminal_here(bytes(user_id), bytes(device_id), str(node_id), str(kind))
-
-        def term_ack(user_id, device_id, pos):  # noqa: ANN001, ANN202
-            self._writer.acknowledge(bytes(user_id), bytes(device_id), int(pos))
-
-        rpc.register("inbox.read", inbox_read)
-        rpc.register("term.open", term_open)
-        rpc.register("term.ack", term_ack)
+    def _ack_here(self, a: ops.TermAck) -> None:
+        self._writer.acknowledge(a.user_id, a.device_id, a.pos)

@@ -8,16 +8,22 @@ order. When this node owns the conversation the send is queued at once and
 the caller gets a ``SendTicket``, so a connection may have many sends in
 flight; otherwise it is forwarded (``conv.append``), retried while the ring
 changes (the client id makes a retry safe).
+
+Its operations between nodes (``timpy.cluster.catalog``): ``conv.append``
+(a send, at the conversation's owner), ``conv.history`` (at the owner) and
+``conv.history_copy`` (at another replica when the owner does not answer),
+``acct.exists`` (at the user's owner).
 """
 
 from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
 
 import trio
 
+from timpy.cluster import catalog as ops
+from timpy.cluster.rpc import NotOwner
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
@@ -29,10 +35,9 @@ from timpy.im.ratelimit import TokenBucket
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
 from timpy.im.writer import Append, Writer
-from timpy.store.repository import NewMessage, Store
+from timpy.store.repository import Store
+from timpy.store.rows import NewMessage
 from timpy.wire.messages import (
-    KIND_EDIT,
-    KIND_RECALL,
     ChatMessage,
     MessageContent,
     SendResult,
@@ -56,7 +61,7 @@ class SendTicket:
     def now(self) -> SendResult | None:
         """The result if it is known without waiting (raises the send's error); else None."""
         p = self._pending
-        if p is None or not p.done.is_set() or p.fanout:
+        if p is None or not p.done.is_set() or p.fanout or p.held:
             return None
         if p.error is not None:
             if p.error.code == Code.UNAVAILABLE:
@@ -95,8 +100,9 @@ class BlockedSenders:
 
 
 class ActingKinds:
-    """Writer check: a recall or an edit may act on its target (it exists, it
-    is the actor's, within the recall window, or the actor is a group admin)."""
+    """Writer check: an acting message a user sends (``kinds.SENT_ACTING``)
+    may act on its target, by the rules of ``kinds.check_acting`` (it
+    exists; a recall is the actor's, within the window, or by a group admin)."""
 
     def __init__(self, store: Store, limits: Callable[[], Limits], clock_ms: Callable[[], int]) -> None:
         self._store = store
@@ -107,14 +113,14 @@ class ActingKinds:
         refused: dict[Append, TimpyError] = {}
         for p in appends:
             c = p.content
-            if c.kind not in (KIND_RECALL, KIND_EDIT):
+            if c.kind not in kinds.SENT_ACTING:
                 continue
             try:
                 target_seq = kinds.target_of(c.kind, c.ext)
                 row = await self._store.run(self._store.repo.get_message, p.new.conv_id, target_seq)
                 target = None if row is None else stored_message(p.conversation, row.seq, row.created_ms, row.content)
                 kinds.check_acting(
-                    c.kind, c.sender, target, self._now(), int(self._limits().recall_window * 1000), p.admin
+                    c.kind, c.sender, target, self._now(), int(self._limits().recall_window * 1000), p.admin, c.ext,
                 )
             except TimpyError as exc:
                 refused[p] = exc
@@ -142,7 +148,10 @@ class Messenger:
         self._looking_up: dict[bytes, trio.Event] = {}  # users whose existence is being looked up
         self._peer_ids: dict[tuple[bytes, str], tuple[str, bytes, bytes, str]] = {}  # see _peer_of
         self._user_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
-        self._register()
+        peers.serve(ops.CONV_APPEND, self._append_here)
+        peers.serve(ops.CONV_HISTORY, self._history_here, replicator)
+        peers.serve(ops.CONV_HISTORY_COPY, self._history_copy)
+        peers.serve(ops.ACCT_EXISTS, self._exists_here, replicator)
 
     def check_user_rate(self, user_id: bytes, now: float) -> None:
         """Messages per user on this node (``user_message_rate``); raises RATE_LIMITED."""
@@ -190,14 +199,11 @@ class Messenger:
         return peer, pid, ids.direct_conversation(self._indexer, who.user_id, pid)
 
     async def user_exists(self, uid: bytes) -> bool:
-        owner = self._peers.owner(uid)
-        if owner == self._peers.self_id or not self._cluster:
-            return await self._exists_here(uid)
-        return bool(await self._peers.call(owner, "acct.exists", uid))
+        return await self._peers.ask(ops.ACCT_EXISTS, ops.AccountExists(uid))
 
-    async def _exists_here(self, uid: bytes) -> bool:
-        await self._replicator.ensure("user", uid)
-        return uid in await self._store.run(self._store.repo.existing_accounts, [uid])
+    async def _exists_here(self, a: ops.AccountExists) -> bool:
+        """At the user's owner (caught up by the operation: the catalog declares it)."""
+        return a.user_id in await self._store.run(self._store.repo.existing_accounts, [a.user_id])
 
     async def send(
         self,
@@ -230,7 +236,12 @@ class Messenger:
         peer = self._peer_ids.get((sender.user_id, recipient)) or self._peer_of(sender.user_id, recipient)
         new, content, conversation = self._prepare(sender, peer, client_id, kind, body, ext)  # checked before any lookup
         await self._require_user(peer[1])
+        if self._writer.send_checks:  # webhooks that approve messages: before queueing, in this task
+            new, content = await self._writer.screen_send(new, content, conversation)
         conv = new.conv_id
+        # Owned here: queued now, not through ``conv.append`` (so the ticket
+        # may be settled without a task switch, and the writer sees the
+        # connection's sends in order).
         if not self._cluster or self._peers.placement.single or self._peers.owner(conv) == self._peers.self_id:
             pending = Append(new, content, conversation)
             self._writer.submit(pending)
@@ -243,10 +254,10 @@ class Messenger:
                         raise
                 # The ring may be changing under us: the same client id makes a retry safe.
                 await trio.sleep(0.3)
-                return await self._send_at_owner(new, content, conversation, SEND_ATTEMPTS - 1)
+                return await self.append_at_owner(new, content, conversation, SEND_ATTEMPTS - 1)
 
             return SendTicket(result, pending)
-        return SendTicket(lambda: self._send_at_owner(new, content, conversation, SEND_ATTEMPTS))
+        return SendTicket(lambda: self.append_at_owner(new, content, conversation, SEND_ATTEMPTS))
 
     def _peer_of(self, sender_id: bytes, recipient: str) -> tuple[str, bytes, bytes, str]:
         """(normalized name, user id, 1:1 conversation id and text) of a
@@ -273,19 +284,19 @@ class Messenger:
         )
         return new, content, conversation
 
-    async def _send_at_owner(
-        self, new: NewMessage, content: MessageContent, conversation: str, attempts: int
+    async def append_at_owner(
+        self, new: NewMessage, content: MessageContent, conversation: str, attempts: int = SEND_ATTEMPTS
     ) -> SendResult:
+        """Store ``new`` (made by ``Writer.prepare``) through its conversation's
+        owner (``conv.append``), retried while the ring moves; any conversation
+        kind (threads use it for their own conversations)."""
+        args = ops.ConvAppend(new.conv_id, list(new.members), new.sender_id, new.dedup, new.created_ms, new.content)
         for attempt in range(attempts):
-            owner = self._peers.owner(new.conv_id)
             try:
-                if owner == self._peers.self_id or not self._cluster:
-                    return await self._writer.append(new, content, conversation)
-                raw = await self._peers.call(
-                    owner, "conv.append", new.conv_id, list(new.members), new.sender_id, new.dedup, new.created_ms,
-                    new.content,
-                )
-                return unpack_send_result(conversation, raw)
+                sent = await self._peers.ask(ops.CONV_APPEND, args)
+                return sent.result(conversation)
+            except NotOwner:
+                raise  # ``ask`` retried it as the ring moved already
             except TimpyError as exc:
                 # The ring may be changing under us: the same client id makes a retry safe.
                 if exc.code != Code.UNAVAILABLE or attempt == attempts - 1:
@@ -314,88 +325,64 @@ class Messenger:
         if limit <= 0 or limit > self._limits().history_page_max:
             limit = self._limits().history_page_max
         text = ids.conversation_text(conv)
-        args = (conv, who.user_id, max(0, before_seq), -1 if after_seq is None else max(0, after_seq), limit)
-        member, rows, more = await self._read_history(conv, args)
-        if not member:
+        found = await self._read_history(ops.HistoryOf(
+            conv, who.user_id, max(0, before_seq), -1 if after_seq is None else max(0, after_seq), limit))
+        if not found.member:
             if peer:  # a conversation that has no message yet
                 return text, [], False
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
         shown = [  # not recalled or burned
-            MessageContent.unpack(bytes(content)).at(text, seq, ms) for seq, ms, content in rows if content
+            MessageContent.unpack(r.content).at(text, r.seq, r.created_ms) for r in found.rows if r.content
         ]
-        return text, [m for m in shown if m.kind not in kinds.ACTING], bool(more)
+        return text, [m for m in shown if m.kind not in kinds.ACTING], found.more
 
-    async def _read_history(self, conv: bytes, args: tuple) -> tuple[bool, list, bool]:
+    async def _read_history(self, args: ops.HistoryOf) -> ops.History:
         """From the conversation's owner; if it does not answer, from another
         replica that has the conversation (which may lack the newest messages)."""
-        replicas = [self._peers.owner(conv)] if not self._cluster else self._peers.placement.replicas(conv)
-        last: TimpyError | None = None
-        for i, node in enumerate(replicas):
+        others = self._peers.placement.replicas(args.conv_id)[1:] if self._cluster else []
+        try:
+            return await self._peers.ask(ops.CONV_HISTORY, args)
+        except TimpyError as exc:
+            if exc.code != Code.UNAVAILABLE or not others:
+                raise
+            last = exc
+        for node in others:
             try:
-                if node == self._peers.self_id or not self._cluster:
-                    return await self._history_here(*args, owner=i == 0)
-                return tuple(await self._peers.call(node, "conv.history", *args, i == 0))  # type: ignore[return-value]
+                return await self._peers.call(node, ops.CONV_HISTORY_COPY, args)
             except TimpyError as exc:
                 if exc.code != Code.UNAVAILABLE:
                     raise
                 last = exc
-        assert last is not None
         raise last
 
-    async def _history_here(
-        self, conv: bytes, user_id: bytes, before_seq: int, after_seq: int, limit: int, owner: bool = True
-    ) -> tuple[bool, list[tuple[int, int, bytes]], bool]:
-        if owner:
-            await self._replicator.ensure("conv", conv)
-        if not await self._store.run(self._store.repo.is_member, conv, user_id):
-            return False, [], False
+    async def _history_here(self, a: ops.HistoryOf) -> ops.History:
+        """At the conversation's owner (caught up by the operation), or at a replica (``_history_copy``)."""
+        if not await self._store.run(self._store.repo.is_member, a.conv_id, a.user_id):
+            return ops.History(False, [], False)
         rows, more = await self._store.run(
-            self._store.repo.read_history, conv, before_seq, None if after_seq < 0 else after_seq, limit
+            self._store.repo.read_history, a.conv_id, a.before, None if a.after < 0 else a.after, a.limit
         )
-        return True, [(r.seq, r.created_ms, r.content) for r in rows], more
+        return ops.History(True, [ops.HistoryRow(r.seq, r.created_ms, r.content) for r in rows], more)
+
+    async def _history_copy(self, a: ops.HistoryOf) -> ops.History:
+        if not self._peers.placement.holds(a.conv_id):
+            raise TimpyError("this node holds no copy of that conversation", Code.UNAVAILABLE)
+        return await self._history_here(a)
 
     # --- what other nodes ask of this one ----------------------------------
 
-    def _require_owner(self, key: bytes, what: str) -> None:
-        if not self._peers.is_local(key):
-            raise TimpyError(f"this node does not own that {what} (the cluster is changing); retry", Code.UNAVAILABLE)
+    def _append_here(self, a: ops.ConvAppend) -> Awaitable[ops.Sent]:
+        """At the conversation's owner: queued for the writer now, before
+        answering, so one sender's requests keep their order (sync: the
+        framework calls it as the request arrives)."""
+        new = NewMessage(a.conv_id, tuple(a.members), a.sender_id, a.dedup, a.created_ms, a.content)
+        try:
+            decoded = MessageContent.unpack(new.content)  # the one decode of this message on this node
+        except ValueError:
+            raise RequestError("a forwarded message did not decode", Code.BAD_REQUEST) from None
+        pending = Append(new, decoded, ids.conversation_text(new.conv_id))
+        self._writer.submit(pending)
+        return self._sent(pending)
 
-    def _register(self) -> None:
-        rpc = self._peers.rpc
-        if rpc is None:
-            return
-
-        def conv_append(conv_id, members, sender_id, dedup, created_ms, content):  # noqa: ANN001, ANN202
-            new = NewMessage(bytes(conv_id), tuple(bytes(m) for m in members), bytes(sender_id), bytes(dedup),
-                             int(created_ms), bytes(content))
-            self._require_owner(new.conv_id, "conversation")
-            try:
-                decoded = MessageContent.unpack(new.content)  # the one decode of this message on this node
-            except ValueError:
-                raise RequestError("a forwarded message did not decode", Code.BAD_REQUEST) from None
-            pending = Append(new, decoded, ids.conversation_text(new.conv_id))
-            self._writer.submit(pending)  # now, so one sender's requests keep their order
-
-            async def answer() -> list[Any]:
-                return pack_send_result(await self._writer.finish(pending))
-
-            return answer()
-
-        async def history(conv_id, user_id, before, after, limit, as_owner=True):  # noqa: ANN001, ANN202
-            if as_owner:
-                self._require_owner(bytes(conv_id), "conversation")
-            elif not self._peers.placement.holds(bytes(conv_id)):
-                raise TimpyError("this node holds no copy of that conversation", Code.UNAVAILABLE)
-            return list(
-                await self._history_here(
-                    bytes(conv_id), bytes(user_id), int(before), int(after), int(limit), bool(as_owner)
-                )
-            )
-
-        async def exists(user_id):  # noqa: ANN001, ANN202
-            self._require_owner(bytes(user_id), "user")
-            return await self._exists_here(bytes(user_id))
-
-        rpc.register("conv.append", conv_append)
-        rpc.register("conv.history", history)
-        rpc.register("acct.exists", exists)
+    async def _sent(self, pending: Append) -> ops.Sent:
+        return ops.Sent.of(await self._writer.finish(pending))

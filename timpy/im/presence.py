@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from timpy.cluster import catalog as ops
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids
@@ -56,8 +57,8 @@ class Presence:
         self._since: dict[bytes, int] = {}
         self._names: dict[bytes, str] = {}
         self._subscribers: dict[bytes, set[bytes]] = {}
-        peers.expose("presence.set", self._set_here, "user")
-        peers.expose("presence.get", self._get_here, "user")
+        peers.serve(ops.PRESENCE_SET, self._set_here)
+        peers.serve(ops.PRESENCE_GET, self._get_here)
 
     # --- from clients ---------------------------------------------------------
 
@@ -67,7 +68,7 @@ class Presence:
             raise RequestError(f"unknown status {status!r}: one of {', '.join(STATUSES)}", Code.BAD_REQUEST)
         if len(text) > MAX_TEXT:
             raise RequestError(f"a status text has at most {MAX_TEXT} characters", Code.BAD_REQUEST)
-        await self._peers.at_owner(who.user_id, "presence.set", self._set_here, who.name, status, text, invisible)
+        await self._peers.ask(ops.PRESENCE_SET, ops.PresenceSet(who.user_id, who.name, status, text, bool(invisible)))
 
     async def query(self, who: Identity, users: list[str], subscribe: bool, unsubscribe: bool) -> list[dict[str, Any]]:
         if len(users) > MAX_QUERY:
@@ -75,12 +76,9 @@ class Presence:
         names = list(dict.fromkeys(ids.normalize_name(u) for u in users))
         by_id = {ids.user_id(self._indexer, n): n for n in names}
         out: dict[str, dict[str, Any]] = {}
-        for owner, uids in self._peers.by_owner(by_id).items():
-            args = ([by_id[u] for u in uids], who.user_id, bool(subscribe), bool(unsubscribe))
-            if owner == self._peers.self_id or self._peers.rpc is None:
-                found = await self._get_here(uids[0], uids, *args)
-            else:
-                found = await self._peers.call(owner, "presence.get", uids[0], uids, *args)
+        for uids in self._peers.by_owner(by_id).values():
+            found = await self._peers.ask(ops.PRESENCE_GET, ops.PresenceGet(
+                uids[0], uids, [by_id[u] for u in uids], who.user_id, bool(subscribe), bool(unsubscribe)))
             for p in found:
                 out[p["user"]] = dict(p)
         return [out[n] for n in names if n in out]
@@ -100,29 +98,25 @@ class Presence:
             "text": st["text"] if online else "", "since": self._since.get(user_id, 0),
         }
 
-    async def _set_here(self, user_id: bytes, name: str, status: str, text: str, invisible: bool) -> None:
-        self._names[user_id] = name
-        new = {"status": str(status), "text": str(text), "invisible": bool(invisible)}
-        await self._records.update(user_id, "presence", "user", lambda _old: new)
-        self._since[user_id] = self._now()
-        await self._announce(user_id, name, to_self=True)
+    async def _set_here(self, a: ops.PresenceSet) -> None:
+        self._names[a.user_id] = a.name
+        new = {"status": a.status, "text": a.text, "invisible": a.invisible}
+        await self._records.update(a.user_id, "presence", "user", lambda _old: new)
+        self._since[a.user_id] = self._now()
+        await self._announce(a.user_id, a.name, to_self=True)
 
-    async def _get_here(
-        self, _key: bytes, user_ids: list, names: list, asker: bytes, subscribe: bool, unsubscribe: bool
-    ) -> list[dict[str, Any]]:
+    async def _get_here(self, a: ops.PresenceGet) -> list[dict[str, Any]]:
         out = []
-        for uid, name in zip(user_ids, names, strict=True):
-            uid = bytes(uid)
-            if not self._peers.is_local(uid):
-                raise RequestError("this node does not own that user (the cluster is changing); retry", Code.UNAVAILABLE)
-            self._names[uid] = str(name)
-            if subscribe:
+        for uid, name in zip(a.user_ids, a.names, strict=True):
+            self._peers.require_owner(uid, "user")  # the key checked is the first; the others too
+            self._names[uid] = name
+            if a.subscribe:
                 subs = self._subscribers.setdefault(uid, set())
                 if len(subs) < MAX_SUBSCRIBERS:
-                    subs.add(bytes(asker))
-            if unsubscribe:
-                self._subscribers.get(uid, set()).discard(bytes(asker))
-            out.append(await self._view(uid, str(name), for_self=bytes(asker) == uid))
+                    subs.add(a.asker)
+            if a.unsubscribe:
+                self._subscribers.get(uid, set()).discard(a.asker)
+            out.append(await self._view(uid, name, for_self=a.asker == uid))
         return out
 
     def terminals_changed(self, user_id: bytes, online: bool) -> None:

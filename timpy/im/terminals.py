@@ -116,7 +116,10 @@ class TerminalRegistry:
         return list(self._by_user.get(user_id, {}).values())
 
     def deliver(self, user_id: bytes, delivery: Delivery) -> None:
-        for terminal in self.terminals(user_id):
+        devices = self._by_user.get(user_id)
+        if not devices:
+            return
+        for terminal in list(devices.values()):
             terminal.deliver(delivery)
             self.delivered += 1
 

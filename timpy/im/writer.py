@@ -13,10 +13,19 @@ waiting (up to ``MAX_BATCH``) and, in order:
 4. copies the rows to the keys' other replicas and waits for the write quorum
    (undone everywhere when the quorum is missed);
 5. hands the committed messages to the **listeners** (``Listener``), in
-   commit order: pushes to terminals (``timpy.im.delivery``), metrics;
+   commit order: pushes to terminals (``timpy.im.delivery``), metrics, the
+   webhook events and push notifications (``timpy.im.webhooks``, ``timpy.im.push``);
 6. asks the owners of members' users on other nodes to append the message to
    their inboxes (fan-out, ``inbox.append``, one request per node, in commit
    order) and settles each append.
+
+Two hooks run outside the writer task, in the task of the request being
+served, because they may wait for other services: **send checks**
+(``SendCheck``, ``screen_send``) before a send is queued (a webhook that
+approves or rewrites messages: a slow one must not stall the other senders'
+batches), and **ack holds** (``AckHold``), awaited in ``finish`` before a
+send is acknowledged (what a listener handed off must be durable first:
+the webhook outbox).
 
 One writer per node makes sequences gap-free without locks and turns
 concurrent sends into one fsync. Features do not reach into this loop: they
@@ -28,11 +37,12 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.cluster.rpc import Call
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
@@ -40,13 +50,13 @@ from timpy.errors import Code, RequestError, StorageError, TimpyError
 from timpy.im import ids, kinds
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
-from timpy.store.repository import Copies, InboxItem, NewMessage, Store, Written
+from timpy.store.repository import Store
+from timpy.store.rows import Copies, InboxItem, NewMessage, Written
 from timpy.wire.messages import (
     KIND_BURNED,
     KIND_CUSTOM_MIN,
     KIND_DELETED,
     KIND_EDIT,
-    KIND_RECALL,
     KNOWN_KINDS,
     ChatMessage,
     MessageContent,
@@ -77,6 +87,7 @@ class Append:
     result: SendResult | None = None
     error: TimpyError | None = None
     fanout: list[Call] | None = None  # inbox appends at other owners, awaited before the ack
+    held: bool = False  # ack holds run before the ack (``finish``)
 
     @property
     def direct(self) -> bool:
@@ -146,6 +157,28 @@ class Listener(Protocol):
     def __call__(self, committed: Sequence[Committed]) -> None: ...
 
 
+class SendCheck(Protocol):
+    """Runs where a send is served, before it is queued (outside the writer
+    task: it may wait for a remote service), for sends of users (1:1 and
+    group). Given the checked message and its conversation's text id, it
+    returns the body to store (the same, or rewritten); it raises a
+    ``TimpyError`` to refuse the send (nothing is stored)."""
+
+    async def __call__(self, content: MessageContent, conversation: str) -> bytes: ...
+
+
+class AckHold(Protocol):
+    """Runs in ``finish`` (the task waiting for a send's result, not the
+    writer task), after the commit and the fan-out, before the send is
+    acknowledged: for every settled append, a duplicate included (whose
+    first try may have been committed and lost before its hold ran). A
+    listener hands waiting work off; a hold waits until it is durable. One
+    that raises a ``TimpyError`` fails the ack with UNAVAILABLE: the message
+    is stored, and the sender's retry (a duplicate) runs the hold again."""
+
+    async def __call__(self, result: SendResult) -> None: ...
+
+
 def check_message(limits: Limits, client_id: str, kind: int, body: bytes, ext: dict[str, str]) -> None:
     """What any message must be before it is queued (size, kind, client id, ext); raises INVALID_MESSAGE and kin."""
     if not isinstance(client_id, str) or not 0 < len(client_id) <= ids.MAX_CLIENT_ID:
@@ -154,7 +187,7 @@ def check_message(limits: Limits, client_id: str, kind: int, body: bytes, ext: d
         if kind in (KIND_BURNED, KIND_DELETED):
             raise RequestError(f"message kind {kind} is made by the node, not sent", Code.INVALID_MESSAGE)
         raise RequestError(f"unknown message kind {kind}", Code.INVALID_MESSAGE)
-    if kind in (KIND_RECALL, KIND_EDIT):
+    if kind in kinds.SENT_ACTING:
         kinds.target_of(kind, ext)
     if not isinstance(body, bytes):
         raise RequestError("a message body is bytes", Code.INVALID_MESSAGE)
@@ -179,6 +212,8 @@ class Writer:
         *,
         checks: Iterable[Check] = (),
         listeners: Iterable[Listener] = (),
+        send_checks: Iterable[SendCheck] = (),
+        holds: Iterable[AckHold] = (),
         max_batch: int = MAX_BATCH,
     ) -> None:
         self._store = store
@@ -189,6 +224,8 @@ class Writer:
         self.now_ms = clock_ms
         self.checks: tuple[Check, ...] = tuple(checks)
         self.listeners: tuple[Listener, ...] = tuple(listeners)
+        self.send_checks: tuple[SendCheck, ...] = tuple(send_checks)
+        self.holds: tuple[AckHold, ...] = tuple(holds)
         self._max_batch = max_batch
         self._cluster = peers.rpc is not None
         self._send_q, self._recv_q = trio.open_memory_channel[Append | InboxAppend | None](math.inf)
@@ -197,7 +234,7 @@ class Writer:
         self._cursor_flush_queued = False
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
         self.listener_failures = 0  # listener calls that raised (logged)
-        self._register()
+        peers.serve(ops.INBOX_APPEND, self._inbox_here)
 
     # --- hooks ------------------------------------------------------------------
 
@@ -208,6 +245,14 @@ class Writer:
     def listen(self, listener: Listener) -> None:
         """Hand ``listener`` every commit from now on, after the listeners added before it."""
         self.listeners = (*self.listeners, listener)
+
+    def check_sends(self, check: SendCheck) -> None:
+        """Run ``check`` on each user's send before it is queued (``screen_send``), after the ones added before it."""
+        self.send_checks = (*self.send_checks, check)
+
+    def hold_acks(self, hold: AckHold) -> None:
+        """Await ``hold`` before each send is acknowledged, after the holds added before it."""
+        self.holds = (*self.holds, hold)
 
     # --- what features call --------------------------------------------------
 
@@ -228,6 +273,22 @@ class Writer:
             dedup=ids.dedup_index(self._indexer, sender_id, client_id), created_ms=now, content=content.pack(),
         )
         return new, content
+
+    async def screen_send(
+        self, new: NewMessage, content: MessageContent, conversation: str
+    ) -> tuple[NewMessage, MessageContent]:
+        """Run the send checks on a prepared send (in the caller's task, before
+        it is queued); returns the message to queue: the same, or made again
+        (and checked again, its size too) with the body a check rewrote."""
+        body = content.body
+        for check in self.send_checks:
+            body = await check(content if body == content.body else replace(content, body=body), conversation)
+        if body == content.body:
+            return new, content
+        return self.prepare(
+            new.sender_id, content.sender, new.conv_id, new.members, content.recipient, content.client_id,
+            content.kind, body, dict(content.ext),
+        )
 
     def submit(self, work: Append | InboxAppend) -> None:
         """Queue an append (UNAVAILABLE once the node is shutting down). Appends
@@ -259,6 +320,14 @@ class Writer:
                     Code.UNAVAILABLE,
                 ) from None
         assert pending.result is not None
+        for hold in self.holds:
+            try:
+                await hold(pending.result)
+            except TimpyError as exc:
+                raise TimpyError(
+                    f"the message is stored but could not be handed to integrations ({exc.text}); send it again",
+                    Code.UNAVAILABLE,
+                ) from None
         return pending.result
 
     def acknowledge(self, user_id: bytes, device_id: bytes, pos: int) -> None:
@@ -277,17 +346,8 @@ class Writer:
         """Put a message back in a user's inbox through its owner's writer (at
         the head, unless it is there already): repair found it had lost its
         inbox slot to another message."""
-        owner = self._peers.owner(item.user_id)
-        if owner == self._peers.self_id or not self._cluster:
-            pending = InboxAppend(item, ids.conversation_text(item.conv_id))
-            self.submit(pending)
-            await pending.done.wait()
-            if pending.error is not None:
-                raise pending.error
-            return
-        await self._peers.call(
-            owner, "inbox.append", [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed
-        )
+        await self._peers.call(self._peers.owner(item.user_id), ops.INBOX_APPEND, ops.InboxAdd(
+            [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed))
 
     def queue_depth(self) -> int:
         """Appends waiting for the writer."""
@@ -393,6 +453,7 @@ class Writer:
         for p, appended in zip(news, written.appended, strict=True):
             if replicated:
                 p.fanout = self._fan_out(p.new, appended.seq, appended.sealed)
+            p.held = bool(self.holds)
             p.done.set()
         for p in inbox:
             p.done.set()
@@ -488,34 +549,29 @@ class Writer:
                 by_node.setdefault(owner, []).append(user_id)
         self.fanout_requests += len(by_node)
         return [
-            self._peers.start_call(node, "inbox.append", users, new.conv_id, seq, new.dedup, new.created_ms, sealed)
+            self._peers.start_call(
+                node, ops.INBOX_APPEND, ops.InboxAdd(users, new.conv_id, seq, new.dedup, new.created_ms, sealed))
             for node, users in by_node.items()
         ]
 
     # --- what other nodes ask of this one ------------------------------------------
 
-    def _register(self) -> None:
-        rpc = self._peers.rpc
-        if rpc is None:
-            return
+    def _inbox_here(self, a: ops.InboxAdd) -> Awaitable[list[int]]:
+        """At the users' owner (each one checked): the entries queued now,
+        together (one writer batch, in order); answers their positions."""
+        text = ids.conversation_text(a.conv_id)
+        pendings = []
+        for user_id in a.user_ids:
+            self._peers.require_owner(user_id, "user")
+            pendings.append(InboxAppend(InboxItem(user_id, a.conv_id, a.seq, a.dedup, a.created_ms, a.sealed), text))
+        for pending in pendings:
+            self.submit(pending)
+        return self._placed(pendings)
 
-        def inbox_append(user_ids, conv_id, seq, dedup, created_ms, sealed) -> Awaitable[list[int]]:  # noqa: ANN001
-            pendings = []
-            for user_id in user_ids:
-                item = InboxItem(bytes(user_id), bytes(conv_id), int(seq), bytes(dedup), int(created_ms), bytes(sealed))
-                if not self._peers.is_local(item.user_id):
-                    raise TimpyError("this node does not own that user (the cluster is changing); retry", Code.UNAVAILABLE)
-                pendings.append(InboxAppend(item, ids.conversation_text(item.conv_id)))
-            for pending in pendings:
-                self.submit(pending)  # now, together: one writer batch, in order
-
-            async def answer() -> list[int]:
-                for pending in pendings:
-                    await pending.done.wait()
-                    if pending.error is not None:
-                        raise pending.error
-                return [p.pos for p in pendings]
-
-            return answer()
-
-        rpc.register("inbox.append", inbox_append)
+    @staticmethod
+    async def _placed(pendings: list[InboxAppend]) -> list[int]:
+        for pending in pendings:
+            await pending.done.wait()
+            if pending.error is not None:
+                raise pending.error
+        return [p.pos for p in pendings]

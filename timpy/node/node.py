@@ -25,6 +25,7 @@ import msgpack
 import nacl.signing
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.cluster.membership import Changed, MembershipConfig
 from timpy.cluster.ownership import Epoch
 from timpy.cluster.ownership_service import OwnershipService
@@ -43,20 +44,27 @@ from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_li
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
 from timpy.im.attachments import Attachments
+from timpy.im.conversations import Conversations
 from timpy.im.delivery import Deliverer
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.groups import Groups
 from timpy.im.messaging import ActingKinds, BlockedSenders, Messenger
 from timpy.im.peers import Peers
 from timpy.im.presence import Presence
+from timpy.im.push import Push
 from timpy.im.receipts import Receipts
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
+from timpy.im.replies import Replies
 from timpy.im.rooms import Rooms
 from timpy.im.roster import Roster
+from timpy.im.search import Search
 from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
+from timpy.im.webhooks import Webhooks
+from timpy.im.threads import Threads
 from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
@@ -65,6 +73,7 @@ from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
+from timpy.store.outbox import Outbox
 from timpy.store.repository import Repository, Store
 from timpy.store.sharded import ShardedRepository
 from timpy.wire.messages import KIND_NORMAL, SendResult
@@ -233,11 +242,9 @@ class Node:
             )
             placement = Placement(self.node_id, "", replication)
             self.peers = Peers(placement, self.cluster.rpc, self.ownership)
-            self.cluster.rpc.register("cluster.status", self.cluster_status)
-            self.cluster.rpc.register("cluster.forget", self._forget)
-            self.cluster.rpc.register(
-                "admin.broadcast", lambda bid, body: self._broadcast_here(str(bid), bytes(body))
-            )
+            self.peers.serve(ops.CLUSTER_STATUS, lambda _: self.cluster_status())
+            self.peers.serve(ops.CLUSTER_FORGET, lambda a: self._forget(a.node_id))
+            self.peers.serve(ops.ADMIN_BROADCAST, lambda a: self._broadcast_here(a.broadcast_id, a.body))
         else:
             self.peers = Peers.standalone(self.node_id)
         self.backends: BackendCoordinator | None = None
@@ -249,16 +256,18 @@ class Node:
         ask_on_start = True
         if not shared:  # with no account held here this node owned no one before it started
             ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
+        self.webhooks = await self._open_webhooks(keys)
+        events: EventSink = self.webhooks if self.webhooks is not None else NO_EVENTS
         self.accounts = Accounts(
             self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
-            self.peers, self.replicator,
+            self.peers, self.replicator, events,
         )
         await self.accounts.start()
         limits = self._limits
         self.records = Records(self.store, self.peers, self.replicator)
         self.writer = Writer(
             self.store, self.peers, self.replicator, self.indexer, limits, self._now_ms,
-            checks=[BlockedSenders(self.records), ActingKinds(self.store, limits, self._now_ms)],
+            checks=[BlockedSenders(self.records), ActingKinds(self.store, limits, self._now_ms), Replies(self.store)],
         )
         self.replicator.restore_inbox_entry = self.writer.restore_inbox_entry  # repair puts entries back through it
         self.deliverer = Deliverer(
@@ -270,8 +279,19 @@ class Node:
         self.routes = self.deliverer.routes
         self.messenger = Messenger(self.store, self.indexer, limits, self.peers, self.replicator, self.writer)
         self.groups = Groups(
-            self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger, self.writer
+            self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger, self.writer, events
         )
+        # Integrations: the webhook check before a send is queued (in the sender's task, not the
+        # writer's: a slow endpoint must not stall other senders), events handed off after the commit
+        # and durable before the ack; pushes noted after the commit; logins and logouts at the owner.
+        if self.webhooks is not None:
+            self.writer.check_sends(self.webhooks.check_send)
+            self.writer.listen(self.webhooks.on_commit)
+            self.writer.hold_acks(self.webhooks.hold)
+        self.push = Push(c.push, self.records, self.routes, self.peers, self.indexer, self._now_ms, self.metrics.registry)
+        if c.push.enabled:
+            self.writer.listen(self.push.on_commit)
+        self.routes.watch_terminals(self._terminal_changed)
         self.signals = Signals(self.peers, self.terminals, self.routes)
         self.roster = Roster(self.indexer, self.peers, self.records, self.messenger, self.signals)
         self.presence = Presence(
@@ -281,6 +301,22 @@ class Node:
         self.routes.watch_presence(self.presence.terminals_changed)
         self.receipts = Receipts(
             self.store, self.indexer, self.peers, self.replicator, self.writer, self.signals, c.limits
+        )
+        self.conversations = Conversations(
+            self.store, self.indexer, self.peers, self.records, self.signals, self.routes, self._now_ms,
+            self.tasks.spawn,
+        )
+        self.search = Search(
+            self.store, self.indexer, self.peers, self.replicator, self.conversations, self.tasks.spawn
+        )
+        self.writer.listen(self.conversations.committed)
+        self.writer.listen(self.search.committed)
+        self.receipts.marked.append(self.conversations.inbox_changed)
+        self.groups.changed.append(self.conversations.group_saved)
+        self.groups.send_checks.append(Replies.check_group)
+        self.threads = Threads(
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.writer,
+            self.groups.check_sender,
         )
         self.signalling = Signalling(
             self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits
@@ -315,6 +351,37 @@ class Node:
         if c.ready_file is not None:
             self._write_ready_file(c.ready_file)
 
+    async def _open_webhooks(self, keys: ClusterKeys) -> Webhooks | None:
+        """The webhooks and their outbox: a table of this node's store; in
+        shared-backend mode (no store of its own) a SQLite file beside it."""
+        c = self.config
+        if not c.webhooks.endpoints:
+            return None
+        store = self.store
+        if c.storage.shared:
+            engine = sqlite_engine(None if c.memory else c.data_dir / "outbox.sqlite3", c.sqlite_synchronous)
+            store = Store(Outbox(engine, Sealer(keys.storage)), 1)
+            outbox = store.repo
+        else:
+            outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))
+        await store.run(outbox.create)
+        return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng)
+
+    def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
+        """At the user's owner: a device's terminal was recorded (a login) or went away (a logout)."""
+        if attached:
+            self.push.device_online(user_id, device_id)
+        event = "user.login" if attached else "user.logout"
+        if self.webhooks is not None and self.webhooks.wants(event):
+            self.tasks.spawn(self._terminal_event, event, user_id, device_id, node_id, self._now_ms())
+
+    async def _terminal_event(self, event: str, user_id: bytes, device_id: bytes, node_id: str, at_ms: int) -> None:
+        assert self.webhooks is not None
+        account = await self.store.run(self.store.repo.get_account, user_id)
+        name = msgpack.unpackb(account.profile).get("name", "") if account is not None else ""
+        await self.webhooks.emit(event, event_id(event, user_id, device_id, node_id, at_ms),
+                                 {"user": name, "device": device_id.hex(), "node": node_id, "time": at_ms})
+
     async def _run_cluster(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._cluster_started = True
         try:
@@ -331,6 +398,9 @@ class Node:
                         await cl.start(self.backends.run)
                     # Members met at start give back the live terminals of users this node owns.
                     self.deliverer.ask_for_terminals(self.peers.placement.members)
+                    if self.webhooks is not None:
+                        await cl.start(self.webhooks.run)
+                    await cl.start(self.push.run)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -556,7 +626,8 @@ class Node:
             if node_id == self.node_id:
                 counts[node_id] = await self._broadcast_here(broadcast_id, body, system.user_id)
             else:
-                counts[node_id] = int(await self.peers.call(node_id, "admin.broadcast", broadcast_id, body, timeout=timeout))
+                counts[node_id] = await self.peers.call(
+                    node_id, ops.ADMIN_BROADCAST, ops.Broadcast(broadcast_id, body), timeout=timeout)
 
         async with trio.open_nursery() as nursery:
             for node_id in sorted(self.peers.placement.members | {self.node_id}):

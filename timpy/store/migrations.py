@@ -42,6 +42,21 @@ def _add_records_and_read_marks(conn: Connection) -> None:
     s.read_marks.create(conn, checkfirst=True)
 
 
+def _add_row_epochs(conn: Connection) -> None:
+    # Rows written before have epoch 0: older than any written under the quorum protocol.
+    for table in ("messages", "inbox"):
+        columns = {c["name"] for c in inspect(conn).get_columns(table)}
+        if "epoch" not in columns:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0"))
+
+
+def _add_conversation_list_and_search(conv: Connection) -> None:
+    s.inbox_by_conversation.create(conv, checkfirst=True)
+    s.search_postings.create(conv, checkfirst=True)
+    s.search_docs.create(conv, checkfirst=True)
+    s.search_heads.create(conv, checkfirst=True)
+
+
 def _add_attachments(conn: Connection) -> None:
     for table in (s.attachments, s.attachment_chunks, s.attachment_readers, s.attachment_refs):
         table.create(conn, checkfirst=True)
@@ -53,7 +68,9 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (3, "account versions", _add_account_version),
     (4, "groups", _add_groups),
     (5, "records and read marks", _add_records_and_read_marks),
-    (6, "attachments", _add_attachments),
+    (6, "ring epochs on message and inbox rows", _add_row_epochs),
+    (7, "conversation list index, search index", _add_conversation_list_and_search),
+    (8, "attachments", _add_attachments),
 ]
 
 assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 6  # bump with a step in migrations.py
+SCHEMA_VERSION = 8  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -71,6 +71,9 @@ messages = Table(
     Column("dedup", Id, nullable=False),  # blind index of (sender, client message id)
     Column("created_ms", BigInteger, nullable=False),
     Column("content", Sealed, nullable=False),  # sealed; AD binds (conv_id, seq)
+    # schema 6: the ring epoch the row was numbered under; of two values of one
+    # slot the higher epoch wins (docs/consistency.md, "Epochs on rows")
+    Column("epoch", BigInteger, nullable=False, default=0, server_default="0"),
     PrimaryKeyConstraint("conv_id", "seq"),
     UniqueConstraint("conv_id", "dedup", name="uq_messages_dedup"),
 )
@@ -84,6 +87,7 @@ inbox = Table(
     Column("pos", BigInteger, nullable=False),
     Column("conv_id", Id, nullable=False),
     Column("seq", BigInteger, nullable=False),
+    Column("epoch", BigInteger, nullable=False, default=0, server_default="0"),  # schema 6, as for messages
     PrimaryKeyConstraint("user_id", "pos"),
     # schema 2: finds the inbox entries of a message (deleting moved copies)
     Index("ix_inbox_message", "conv_id", "seq"),
@@ -140,8 +144,47 @@ revoked_tokens = Table(
     Column("expires_ms", BigInteger, nullable=False),
 )
 
+# schema 7 (conversation list): a user's inbox entries by conversation, so the
+# newest messages and the ones after the read mark of one conversation are
+# found without reading the whole inbox.
+inbox_by_conversation = Index("ix_inbox_user_conv", inbox.c.user_id, inbox.c.conv_id, inbox.c.seq)
 
-# schema 6: attachments (timpy.store.attachments), placed by the attachment id
+# schema 7 (search): blind tokens of the words of each message, at the
+# conversation's owner and replicas (or its backend). A token is keyed
+# BLAKE2b under a key of the conversation's own (timpy/im/search_rules.py);
+# no word is stored. search_heads: indexed up to this seq.
+Token = LargeBinary(8).with_variant(mysql.VARBINARY(8), "mysql", "mariadb")
+
+search_postings = Table(
+    "search_postings",
+    metadata,
+    Column("conv_id", Id, nullable=False),
+    Column("token", Token, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("conv_id", "token", "seq"),
+    sqlite_with_rowid=False,
+)
+
+# The tokens of each indexed message, so a recall, a burn or an edit can take
+# them out again (the message's words are gone by then).
+search_docs = Table(
+    "search_docs",
+    metadata,
+    Column("conv_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("tokens", Sealed, nullable=False),  # the message's tokens, concatenated (not sealed: tokens already)
+    PrimaryKeyConstraint("conv_id", "seq"),
+)
+
+search_heads = Table(
+    "search_heads",
+    metadata,
+    Column("conv_id", Id, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("dedup", Id, nullable=False),  # the message at seq, to see it taken back (an undone write) and renumbered
+)
+
+# schema 8: attachments (timpy/store/features/attachments.py), placed by the attachment id
 # like any key. The metadata (name, type, size, hash, uploader) and every
 # chunk are sealed; AD binds (attachments, att_id, "meta") and
 # (attachment_chunks, att_id, index).

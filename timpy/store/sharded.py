@@ -2,8 +2,9 @@
 
 Each user and each conversation lives on one backend, chosen by the backend
 map's ring (``backends.BackendMap``). The methods are those of
-``Repository`` and run in worker threads the same way; each one goes to the
-backend of its key. A writer batch is split: its messages are numbered in one
+``RepositoryProtocol`` (``tests/store/test_protocol.py`` checks every one,
+signature included) and run in worker threads the same way; each one goes to
+the backend of its key. A writer batch is split: its messages are numbered in one
 transaction per conversation backend, then the members' inbox entries (with a
 copy of the message row, so an inbox reads from one backend) are placed in
 one transaction per user backend. A retry with the same client message id
@@ -35,10 +36,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError, SQLAlchemyError
 
 from timpy.crypto.seal import Sealer
 from timpy.errors import StorageError
-from timpy.store.attachments import ShardedAttachments
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
 from timpy.store.engine import url_engine
-from timpy.store.repository import (
+from timpy.store.features.attachments import ShardedAttachmentsStore
+from timpy.store.features.conversation_list import ShardedConversationListStore
+from timpy.store.features.search import ShardedSearchStore
+from timpy.store.repository import Repository
+from timpy.store.rows import (
     AccountRow,
     Appended,
     Copies,
@@ -47,7 +51,6 @@ from timpy.store.repository import (
     InboxItem,
     InboxPlaced,
     NewMessage,
-    Repository,
     StoredMessage,
     Written,
 )
@@ -59,7 +62,7 @@ DOWN_PAUSE = 2.0  # seconds a failed backend is skipped before it is tried again
 FREEZE_WAIT = 20.0  # seconds a write waits for a move's freeze to end
 
 
-class ShardedRepository(ShardedAttachments):
+class ShardedRepository(ShardedConversationListStore, ShardedSearchStore, ShardedAttachmentsStore):
     def __init__(
         self,
         backend_map: BackendMap,
@@ -363,6 +366,18 @@ class ShardedRepository(ShardedAttachments):
     def open_terminal(self, user_id: bytes, device_id: bytes, now_ms: int) -> int:
         with self._writing([user_id]) as m:
             return self._on(m.place(user_id), Repository.open_terminal, user_id, device_id, now_ms)
+
+    def open_terminals(self, items: Sequence[tuple[bytes, bytes, int]]) -> list[int]:
+        """``open_terminal`` for many, one transaction per backend."""
+        out: dict[int, int] = {}
+        with self._writing([u for u, _, _ in items]) as m:
+            by_backend: dict[str, list[int]] = {}
+            for k, (u, _, _) in enumerate(items):
+                by_backend.setdefault(m.place(u), []).append(k)
+            for name, ks in by_backend.items():
+                got = self._on(name, Repository.open_terminals, [items[k] for k in ks])
+                out.update(zip(ks, got, strict=True))
+        return [out[k] for k in range(len(items))]
 
     def count_terminals(self, user_id: bytes) -> int:
         return self._on(self.map.place(user_id), Repository.count_terminals, user_id)

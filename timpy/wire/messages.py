@@ -9,10 +9,14 @@ Each value has one codec here and nowhere else:
   (``message_to_wire``/``message_from_wire``), used by the gateway and the
   client library alike.
 - ``SendResult`` between nodes (``pack_send_result``/``unpack_send_result``).
+- A message's reactions (``ext["reactions"]``, written by the node) and how
+  one reaction changes them (``with_reaction``, ``reactions_of``).
 """
 
 from __future__ import annotations
 
+import json
+import unicodedata
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -26,9 +30,15 @@ KIND_EDIT = 2  # ext["target"]: the seq of the message whose body it replaces
 KIND_BURN = 3  # burn-after-reading (1:1): deleted once the recipient has read it
 KIND_BURNED = 4  # made by the node when a BURN message was read; ext["target"]
 KIND_DELETED = 5  # a delivery placeholder: the message at this inbox position is gone
-KIND_FILE = 6  # the body is a FileRef (an uploaded attachment: id, name, size, type, hash, thumbnail)
+KIND_REACT = 6  # ext["target"]: the seq reacted to; ext["key"]: the reaction; ext["on"]: "1" adds it, "0" removes it
+KIND_FILE = 7  # the body is a FileRef (an uploaded attachment: id, name, size, type, hash, thumbnail)
 KIND_CUSTOM_MIN = 100  # kinds from 100 on carry application-defined data
-KNOWN_KINDS = frozenset({KIND_NORMAL, KIND_RECALL, KIND_EDIT, KIND_BURN, KIND_FILE})  # what a client may send
+KNOWN_KINDS = frozenset({KIND_NORMAL, KIND_RECALL, KIND_EDIT, KIND_BURN, KIND_REACT, KIND_FILE})  # what a client may send
+
+REACTIONS = "reactions"  # the ext entry where the node keeps a message's reactions
+MAX_REACTION_KEY = 16  # characters in one reaction: an emoji, or a short word
+MAX_REACTION_KEYS = 20  # different reactions shown on one message
+MAX_REACTION_ENTRIES = 500  # (reaction, user) entries kept on one message, removals included
 
 CONTENT_VERSION = 1  # the first field of a packed content
 
@@ -44,6 +54,11 @@ class ChatMessage:
     body: bytes
     server_time: int
     ext: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def reactions(self) -> dict[str, list[str]]:
+        """Who currently reacted to this message: reaction -> users (sorted)."""
+        return reactions_of(self.ext)
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +152,82 @@ def file_ref_of(kind: int, body: bytes, ext: dict[str, str]) -> FileRef | None:
     if kind == KIND_FILE or (kind == KIND_BURN and ext.get("file") == "1"):
         return FileRef.unpack(body)
     return None
+
+
+# --- reactions ---------------------------------------------------------------------
+#
+# A message's reactions are a last-writer-wins map per (reaction, user),
+# ordered by the seq of the REACT message that set the entry: [seq, 1] added,
+# [seq, 0] removed (a tombstone, so an older add that lands later loses). An
+# entry changes only for a higher seq, so applying REACT messages in any
+# order, any number of times, gives the same map on every copy.
+
+ReactionState = dict[str, dict[str, list[int]]]  # reaction -> user -> [seq, on]
+
+
+def reaction_key_error(key: object) -> str:
+    """Why ``key`` cannot be a reaction ("" if it can)."""
+    if not isinstance(key, str) or not key or len(key) > MAX_REACTION_KEY:
+        return f"a reaction is an emoji or a word of 1 to {MAX_REACTION_KEY} characters"
+    if key != key.strip() or any(unicodedata.category(ch) in ("Cc", "Zl", "Zp") for ch in key):
+        return "a reaction has no leading or trailing spaces and no control characters"
+    return ""
+
+
+def reaction_state(ext: dict[str, str]) -> ReactionState:
+    """The reactions map stored on a message ({} if none, or not readable)."""
+    raw = ext.get(REACTIONS, "")
+    if not raw:
+        return {}
+    try:
+        found = json.loads(raw)
+        return {
+            str(key): {str(user): [int(entry[0]), 1 if entry[1] else 0] for user, entry in users.items()}
+            for key, users in found.items()
+        }
+    except (ValueError, TypeError, AttributeError, IndexError, KeyError):
+        return {}
+
+
+def with_reaction(ext: dict[str, str], key: str, user: str, seq: int, on: bool) -> dict[str, str] | None:
+    """``ext`` with ``user``'s reaction ``key`` set (``on``) or removed by the
+    REACT message at ``seq``; None when that changes nothing (a newer entry is
+    there, or this very one)."""
+    state = reaction_state(ext)
+    entry = state.get(key, {}).get(user)
+    if entry is not None and entry[0] >= seq:
+        return None
+    state.setdefault(key, {})[user] = [seq, 1 if on else 0]
+    return {**ext, REACTIONS: json.dumps(state, sort_keys=True, separators=(",", ":"), ensure_ascii=False)}
+
+
+def reactions_of(ext: dict[str, str]) -> dict[str, list[str]]:
+    """Reaction -> the users who currently have it (reactions nobody has left out)."""
+    shown = {key: sorted(u for u, (_seq, on) in users.items() if on) for key, users in reaction_state(ext).items()}
+    return {key: users for key, users in sorted(shown.items()) if users}
+
+
+def reaction_limit_error(ext: dict[str, str], key: str, user: str, on: bool) -> str:
+    """Why this reaction would pass a message's bounds ("" if it would not)."""
+    state = reaction_state(ext)
+    if on and key not in reactions_of(ext) and len(reactions_of(ext)) >= MAX_REACTION_KEYS:
+        return f"a message shows at most {MAX_REACTION_KEYS} different reactions"
+    if user not in state.get(key, {}) and sum(len(u) for u in state.values()) >= MAX_REACTION_ENTRIES:
+        return f"this message has reached its limit of {MAX_REACTION_ENTRIES} reactions"
+    return ""
+
+
+def apply_reaction(target: ChatMessage, reaction: ChatMessage) -> ChatMessage:
+    """``target`` as it is after the REACT message ``reaction`` (the same if it
+    does not act on it): how a terminal folds a live reaction."""
+    ext = reaction.ext
+    if reaction.kind != KIND_REACT or ext.get("target") != str(target.seq) or reaction.conversation != target.conversation:
+        return target
+    changed = with_reaction(target.ext, ext.get("key", ""), reaction.sender, reaction.seq, ext.get("on", "1") == "1")
+    return target if changed is None else ChatMessage(
+        target.conversation, target.seq, target.client_id, target.sender, target.recipient, target.kind, target.body,
+        target.server_time, changed,
+    )
 
 
 # --- between nodes --------------------------------------------------------------
@@ -248,13 +339,32 @@ class StreamData:
     data: bytes
 
 
+@dataclass(frozen=True)
+class ConversationChanged:
+    """A conversation list entry that changed (``timpy.im.conversations``: the
+    entry's fields as a dict, ``last`` as ``[seq, ms, content]`` or None)."""
+
+    entry: dict[str, Any]
+
+
 #: What the node pushes to terminals besides stored messages.
-Notice = Roster | PresenceList | Receipt | Signal | StreamData
+Notice = Roster | PresenceList | Receipt | Signal | StreamData | ConversationChanged
 
 # The client frame's operation for each notice; also its tag between nodes.
 _NOTICE_OPS: dict[type, str] = {
     Roster: "roster", PresenceList: "presence_list", Receipt: "receipt", Signal: "signal", StreamData: "stream",
+    ConversationChanged: "conversation_entry",
 }
+
+
+def entry_to_wire(entry: dict[str, Any]) -> Any:
+    """A conversation list entry (``timpy.im.conversations``) as a ConversationEntry struct."""
+    fields = dict(entry)
+    last = fields.pop("last", None)
+    if last:
+        seq, ms, content = last
+        fields["last"] = message_to_wire(unpack_content(fields["conversation"], int(seq), int(ms), bytes(content)))
+    return wp.thrift.ConversationEntry(**fields)
 
 
 def notice_frame(notice: Notice, rid: int = 0) -> Any:
@@ -265,6 +375,8 @@ def notice_frame(notice: Notice, rid: int = 0) -> Any:
             for p in notice.users
         ]
         return wp.make_frame("presence_list", rid=rid, users=users)
+    if type(notice) is ConversationChanged:
+        return wp.make_frame("conversation_entry", entry_to_wire(notice.entry), rid=rid)
     fields = {f: getattr(notice, f) for f in notice.__dataclass_fields__}
     return wp.make_frame(_NOTICE_OPS[type(notice)], rid=rid, **fields)
 
@@ -316,4 +428,7 @@ def unpack_notice(raw: list[Any]) -> Notice:
     if tag == "stream":
         room, sender, data = fields
         return StreamData(str(room), str(sender), bytes(data))
+    if tag == "conversation_entry":
+        (entry,) = fields
+        return ConversationChanged(dict(entry))
     raise ValueError(f"unknown notice {tag!r}")

@@ -1,8 +1,10 @@
 // A small chat client speaking the JSON mapping of the client protocol over
 // WebSocket (docs/protocol.md): register, log in, 1:1 and group chat with live
 // delivery, history scroll-back, delivery acknowledgements, friends with
-// presence, read receipts, typing, recalled and edited messages, files and
-// images (uploaded in chunks, shown through signed download URLs).
+// presence, read receipts, typing, recalled and edited messages, reactions,
+// files and images (uploaded in chunks, shown through signed download URLs),
+// and the node's conversation list (order, unread and mention counts, kept
+// current by conversation_entry pushes).
 // A conversation is keyed by the peer's name, or by "#" + group id.
 "use strict";
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -20,7 +22,6 @@ const groups = new Map();           // group id -> GroupInfo
 let roster = {friends: [], incoming: [], outgoing: [], blocked: []};
 const presence = new Map();         // user -> Presence
 const readUpTo = new Map();         // conversation id -> seq the other side has read
-const RECALL = 1, EDIT = 2, BURNED = 4, DELETED = 5, FILE = 6;
 const fileUrls = new Map();         // attachment id -> signed download URL
 
 // A file message's body is msgpack [1, id, name, size, mime, sha256, thumbnail]
@@ -94,7 +95,10 @@ function showFile(div, m) {
     .then(a => { fileUrls.set(ref.id, a.url); show(a.url); })
     .catch(e => { holder.textContent = `${ref.name}: ${e.message}`; });
 }
+const RECALL = 1, EDIT = 2, BURNED = 4, DELETED = 5, REACT = 6, FILE = 7;
+const PICK = ["👍", "❤️", "😂", "🎉", "😮"];  // the reactions offered under each message
 let typingTimer = null, lastTyping = 0;
+const entries = new Map();          // contact key -> ConversationEntry (the node's conversation list)
 
 function request(op, body) {
   const id = ++rid;
@@ -129,12 +133,71 @@ function applyActing(m) {
   if (peerOf(m) === peer) showMessages(false);
 }
 
+function reactionsOf(m) {
+  // ext.reactions: reaction -> user -> [seq, on], as the node keeps it (last writer by seq wins).
+  try { return JSON.parse((m.ext || {}).reactions || "{}"); } catch (e) { return {}; }
+}
+
+function applyReaction(r) {
+  // A live reaction (a REACT message) changes its target's reactions, as the node does.
+  const list = conversations.get(peerOf(r)) || [];
+  const ext = r.ext || {}, i = list.findIndex(x => x.seq === Number(ext.target));
+  if (i < 0) return;
+  const state = reactionsOf(list[i]), users = state[ext.key] || {}, old = users[r.sender];
+  if (old && old[0] >= r.seq) return;
+  users[r.sender] = [r.seq, ext.on === "0" ? 0 : 1];
+  state[ext.key] = users;
+  list[i] = {...list[i], ext: {...(list[i].ext || {}), reactions: JSON.stringify(state)}};
+  if (peerOf(r) === peer) showMessages(false);
+}
+
+async function react(m, key, on) {
+  const ext = {target: String(m.seq), key, on: on ? "1" : "0"};
+  const to = isGroup(peer) ? {conversation: peer.slice(1)} : {recipient: peer};
+  const clientId = "web-" + Date.now() + "-" + Math.random().toString(36).slice(2, 8);
+  try {
+    const ack = await request("send", {message: {...to, client_id: clientId, kind: REACT, body: "", ext}});
+    seen.add(ack.conversation + ":" + ack.seq);
+    applyReaction({conversation: ack.conversation, seq: ack.seq, sender: me, recipient: peer, kind: REACT, ext});
+    document.getElementById("chat-error").textContent = "";
+  } catch (err) { document.getElementById("chat-error").textContent = err.message; }
+}
+
+function reactionRow(m) {
+  // Under a message: each reaction with its count (mine highlighted; a click takes it back or adds it),
+  // then the ones offered that nobody has used yet.
+  const row = document.createElement("div");
+  row.className = "reactions"; row.dataset.seq = m.seq;
+  row.style.textAlign = m.sender === me ? "right" : "";
+  const shown = Object.entries(reactionsOf(m))
+    .map(([key, users]) => [key, Object.keys(users).filter(u => users[u][1]).sort()])
+    .filter(([, users]) => users.length);
+  for (const [key, users] of shown) {
+    const b = document.createElement("button");
+    const mine = users.includes(me);
+    b.className = "reaction" + (mine ? " mine" : ""); b.dataset.key = key; b.title = users.join(", ");
+    b.textContent = `${key} ${users.length}`;
+    b.style.fontWeight = mine ? "bold" : "";
+    b.onclick = () => react(m, key, !mine);
+    row.append(b, " ");
+  }
+  for (const key of PICK.filter(k => !shown.some(([s]) => s === k))) {
+    const b = document.createElement("button");
+    b.className = "add-reaction muted"; b.dataset.key = key; b.title = "react with " + key; b.textContent = key;
+    b.style.padding = "0 0.2rem"; b.style.opacity = "0.5";
+    b.onclick = () => react(m, key, true);
+    row.append(b);
+  }
+  return row;
+}
+
 function remember(m, prepend) {
   const key = m.conversation + ":" + m.seq;
   if (seen.has(key)) return false;
   seen.add(key);
   if (m.kind === DELETED) return false;
   if (m.kind === RECALL || m.kind === EDIT || m.kind === BURNED) { applyActing(m); return false; }
+  if (m.kind === REACT) { applyReaction(m); return false; }
   const name = peerOf(m);
   if (isGroup(name)) learnGroup(name.slice(1));
   const list = conversations.get(name) || [];
@@ -146,12 +209,32 @@ function remember(m, prepend) {
   return true;
 }
 
+function entryKey(e) { return e.group ? "#" + e.conversation : (e.peer || ""); }
+
+function learnEntry(e) {
+  const key = entryKey(e);
+  if (!key) return;
+  entries.set(key, e);
+  if (e.group) learnGroup(e.conversation);
+  showContacts();
+}
+
 function showContacts() {
+  // The node's list first (pinned, then newest activity), then chats opened here only.
   const ul = document.getElementById("contacts");
   ul.replaceChildren();
-  for (const name of conversations.keys()) {
+  const listed = [...entries.values()].filter(e => !e.archived)
+    .sort((a, b) => (b.pinned ? 1 : 0) - (a.pinned ? 1 : 0) || (b.last_time || 0) - (a.last_time || 0))
+    .map(entryKey);
+  for (const name of new Set([...listed, ...conversations.keys()])) {
+    const e = entries.get(name) || {};
     const li = document.createElement("li");
     li.textContent = label(name); li.className = name === peer ? "active" : "";
+    if (e.unread && name !== peer) {
+      const n = document.createElement("span");
+      n.className = "muted unread"; n.textContent = ` (${e.unread}${e.mentions ? ", @" + e.mentions : ""})`;
+      li.append(n);
+    }
     li.onclick = () => openPeer(name);
     ul.appendChild(li);
   }
@@ -172,7 +255,7 @@ function showMessages(scrollDown) {
     if (m.sender === me && !isGroup(peer) && (readUpTo.get(m.conversation) || 0) >= m.seq) {
       const r = document.createElement("span"); r.className = "read muted"; r.textContent = " ✓ read"; div.append(r);
     }
-    box.appendChild(div);
+    box.append(div, reactionRow(m));
   }
   if (scrollDown) box.scrollTop = box.scrollHeight;
   markRead();
@@ -263,6 +346,7 @@ function onFrame(frame) {
     ws.send(JSON.stringify({rid: 0, delivery_ack: {pos: body.pos}}));
     return;
   }
+  if (!frame.rid && op === "conversation_entry") { learnEntry(body); return; }
   if (!frame.rid && op === "roster") { roster = body; loadPresence().catch(() => {}); return; }
   if (!frame.rid && op === "presence_list") {
     for (const p of body.users || []) presence.set(p.user, p);
@@ -312,6 +396,10 @@ async function login(name, password, register) {
   document.getElementById("chat").hidden = false;
   roster = await request("roster_request", {op: "list"});
   await loadPresence();
+  try {
+    const page = await request("conversation_list", {limit: 200});
+    for (const e of page.entries || []) learnEntry(e);
+  } catch (e) { /* the list orders the contacts; chatting works without it */ }
 }
 
 function newDevice() {

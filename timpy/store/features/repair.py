@@ -12,60 +12,59 @@ terminal a message it drops as already seen.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from sqlalchemy import and_, func, insert, or_, select, update
 
 from timpy.store import digest as d
 from timpy.store import schema as s
+from timpy.store.features.copies import CopiesStore
+from timpy.store.rows import Copies
+from timpy.store.tables import KEYS
 
 _PAST_THE_END = 2**62  # "after" beyond every slot: only a key's state, no rows
 _IN_CHUNK = 500
 
 
-class RepairQueries:
-    """Mixed into ``Repository``: needs ``engine``, ``conversation_copies``,
-    ``user_copies`` and ``apply_copies``."""
+class RepairProtocol(Protocol):
+    def repair_roots(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, bytes]: ...
 
-    engine: Any
+    def repair_buckets(self, kind: str, key: bytes) -> tuple[bytes, dict[int, bytes]] | None: ...
+
+    def repair_slots(self, kind: str, key: bytes, buckets: Sequence[int]) -> dict[int, bytes]: ...
+
+    def repair_keys(self, kind: str, after: bytes, upto: bytes | None, limit: int) -> list[bytes]: ...
+
+    def repair_rows(self, kind: str, key: bytes, slots: Sequence[int], with_meta: bool) -> Copies: ...
+
+    def inbox_holds(self, user_id: bytes, messages: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]: ...
+
+    def apply_repair(self, kind: str, key: bytes, copies: Copies, replace: Sequence[int]) -> tuple[int, int]: ...
+
+
+class RepairStore(CopiesStore):
 
     # --- digests --------------------------------------------------------
 
     def _slots(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, dict[int, bytes]]:
-        out: dict[bytes, dict[int, bytes]] = {k: {} for k in keys}
-        if kind == "conv":
-            m = s.messages
-            q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, (func.length(m.c.content) == 0).label("gone"))
-            for r in conn.execute(q.where(m.c.conv_id.in_(keys))):
-                out[bytes(r.conv_id)][int(r.seq)] = d.message_hash(bytes(r.dedup), int(r.created_ms), bool(r.gone))
-        else:
-            i = s.inbox
-            for r in conn.execute(select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq).where(i.c.user_id.in_(keys))):
-                out[bytes(r.user_id)][int(r.pos)] = d.inbox_hash(bytes(r.conv_id), int(r.seq))
-        return out
+        return KEYS[kind].slot_table().slots(conn, keys)
 
     def _metas(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, bytes]:
-        """The meta hash of each key held here (keys not held are absent)."""
+        """The meta hash of each key held here (keys not held are absent): the
+        digest items of every table of its state (``CopiedTable.digest``)."""
         items: dict[bytes, list[tuple[object, ...]]] = {}
-        r = s.records
-        if kind == "conv":
-            c, cm, g = s.conversations, s.conv_members, s.groups
-            for row in conn.execute(select(c.c.conv_id).where(c.c.conv_id.in_(keys))):
-                items[bytes(row.conv_id)] = []
-            for row in conn.execute(select(cm.c.conv_id, cm.c.user_id).where(cm.c.conv_id.in_(keys))):
-                items.setdefault(bytes(row.conv_id), []).append(("member", bytes(row.user_id)))
-            for row in conn.execute(select(g.c.group_id, g.c.version).where(g.c.group_id.in_(keys))):
-                items.setdefault(bytes(row.group_id), []).append(("group", int(row.version)))
-        else:
-            a, rm = s.accounts, s.read_marks
-            for row in conn.execute(select(a.c.user_id, a.c.version, a.c.disabled).where(a.c.user_id.in_(keys))):
-                items[bytes(row.user_id)] = [("account", int(row.version), bool(row.disabled))]
-            for row in conn.execute(select(rm.c.user_id, rm.c.conv_id, rm.c.seq).where(rm.c.user_id.in_(keys))):
-                if bytes(row.user_id) in items:
-                    items[bytes(row.user_id)].append(("read", bytes(row.conv_id), int(row.seq)))
-        for row in conn.execute(select(r.c.key_id, r.c.kind, r.c.version).where(r.c.key_id.in_(keys))):
-            if bytes(row.key_id) in items:
-                items[bytes(row.key_id)].append(("record", str(row.kind), int(row.version)))
+        tables = KEYS[kind].state_tables()
+        # The tables whose rows make a key held first, then what the others add to held keys.
+        for table in [t for t in tables if t.marks_held] + [t for t in tables if not t.marks_held]:
+            for key, item in table.digest(conn, kind, keys):
+                if table.marks_held:
+                    entry = items.setdefault(key, [])
+                elif key in items:
+                    entry = items[key]
+                else:
+                    continue
+                if item is not None:
+                    entry.append(item)
         return {k: d.meta_hash(v) for k, v in items.items()}
 
     def repair_roots(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -96,7 +95,7 @@ class RepairQueries:
 
     def repair_keys(self, kind: str, after: bytes, upto: bytes | None, limit: int) -> list[bytes]:
         """The keys held here with ``after < key <= upto`` (no upper end when None), in order."""
-        col = s.conversations.c.conv_id if kind == "conv" else s.accounts.c.user_id
+        col = KEYS[kind].table.c[KEYS[kind].key]
         q = select(col).where(col > after)
         if upto is not None:
             q = q.where(col <= upto)
@@ -105,14 +104,14 @@ class RepairQueries:
 
     # --- rows -----------------------------------------------------------
 
-    def repair_rows(self, kind: str, key: bytes, slots: Sequence[int], with_meta: bool) -> Any:
+    def repair_rows(self, kind: str, key: bytes, slots: Sequence[int], with_meta: bool) -> Copies:
         """The rows of a key's given slots as ``Copies`` (for an inbox, with the
         message rows its entries point to), and its state when ``with_meta``."""
         wanted = sorted(set(int(x) for x in slots))
         if kind == "conv":
-            copies = self.conversation_copies(key, _PAST_THE_END, 0)  # type: ignore[attr-defined]
+            copies = self.conversation_copies(key, _PAST_THE_END, 0)
             if not with_meta:
-                copies.conversations, copies.groups, copies.records = [], [], []
+                _without_state(copies, kind)
             if wanted:
                 m = s.messages
                 with self.engine.connect() as conn:
@@ -125,11 +124,11 @@ class RepairQueries:
                             (key, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
                         ]
             return copies
-        copies = self.user_copies(key, _PAST_THE_END, 0)  # type: ignore[attr-defined]
-        if not copies.accounts:
+        copies = self.user_copies(key, _PAST_THE_END, 0)
+        if not copies:  # no account here
             return copies
         if not with_meta:
-            copies.records, copies.reads, copies.terminals = [], [], []
+            _without_state(copies, kind)
         if wanted:
             i, m = s.inbox, s.messages
             with self.engine.connect() as conn:
@@ -162,7 +161,7 @@ class RepairQueries:
             )))
             return {(bytes(r.conv_id), int(r.seq)) for r in rows} & wanted
 
-    def apply_repair(self, kind: str, key: bytes, copies: Any, replace: Sequence[int]) -> tuple[int, int]:
+    def apply_repair(self, kind: str, key: bytes, copies: Copies, replace: Sequence[int]) -> tuple[int, int]:
         """Store a replica's rows of one key, as ``apply_copies`` does, first
         clearing the slots in ``replace`` (held here with the value that lost,
         see ``digest.winner``). A message sits in one slot of a conversation
@@ -173,10 +172,10 @@ class RepairQueries:
         if kind == "conv":
             with self.engine.begin() as conn:
                 cleared, changed = self._clear_message_slots(conn, key, copies, replace)
-            return self.apply_copies(copies) + changed, cleared  # type: ignore[attr-defined]
+            return self.apply_copies(copies) + changed, cleared
         rows = [r for r in copies.inbox if r[0] == key]
         copies.inbox = [r for r in copies.inbox if r[0] != key]
-        added = self.apply_copies(copies)  # type: ignore[attr-defined]  # the account (and messages) first
+        added = self.apply_copies(copies)  # the account (and messages) first
         # Inbox slots merge slot by slot (the lowest hash wins), with no regard
         # to the same message in another slot: so the result is the same
         # whatever order replicas meet in. A message left in no slot is
@@ -198,7 +197,7 @@ class RepairQueries:
         return added, cleared
 
     @staticmethod
-    def _clear_message_slots(conn: Any, key: bytes, copies: Any, replace: set[int]) -> tuple[int, int]:
+    def _clear_message_slots(conn: Any, key: bytes, copies: Copies, replace: set[int]) -> tuple[int, int]:
         """Make room for a replica's message rows of conversation ``key``
         (dropping from ``copies`` those that must not land); returns the slots
         cleared and the rows whose state changed (recalled or burned)."""
@@ -233,3 +232,11 @@ class RepairQueries:
                 keep.append((conv, seq))
         copies.messages = [row for row in copies.messages if row[0] != key or (row[0], row[1]) in keep]
         return cleared, changed
+
+
+def _without_state(copies: Copies, kind: str) -> None:
+    """Only a key's slots (and its anchor: an inbox lands beside its account)."""
+    k = KEYS[kind]
+    for table in k.state_tables():
+        if table.name != k.anchor:
+            setattr(copies, table.name, [])

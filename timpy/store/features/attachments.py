@@ -1,6 +1,11 @@
-"""Storage of attachments: the ``Repository`` mixin (one database) and the
-``ShardedRepository`` mixin (shared backends, each attachment on the backend
-its id is placed on).
+"""Storage of attachments: the ``Repository`` mixin (one database), its
+protocol, and the ``ShardedRepository`` mixin (shared backends, each
+attachment on the backend its id is placed on).
+
+Its tables are in ``LOCAL_TABLES`` (``timpy.store.tables``), not declared as
+copied tables: an attachment id is neither a conversation nor a user key, and
+the files feature copies every change to the id's replicas itself
+(``files.apply``); repair and backend moves do not carry attachments.
 
 An attachment is one row of sealed metadata, its chunks (each sealed on its
 own, the associated data naming the attachment and the chunk's index, so a
@@ -13,13 +18,13 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from sqlalchemy import delete, func, insert, select, update
-from sqlalchemy.dialects.postgresql import insert as pg_insert
 
-from timpy.crypto.seal import Sealer, row_ad
+from timpy.crypto.seal import row_ad
 from timpy.store import schema as s
+from timpy.store.features.base import StoreBase, insert_missing
 
 
 @dataclass(frozen=True)
@@ -42,23 +47,40 @@ def _chunk_ad(att_id: bytes, index: int) -> bytes:
 
 
 def _insert_ignore(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
-    if not rows:
-        return
-    dialect = conn.dialect.name
-    if dialect == "postgresql":
-        stmt = pg_insert(table).on_conflict_do_nothing()
-    elif dialect in ("mysql", "mariadb"):
-        stmt = insert(table).prefix_with("IGNORE")
-    else:
-        stmt = insert(table).prefix_with("OR IGNORE")
-    conn.execute(stmt, rows)
+    if rows:
+        insert_missing(conn, table, rows)
 
 
-class AttachmentQueries:
+class AttachmentsProtocol(Protocol):
+    def put_attachment(self, row: AttachmentRow) -> None: ...
+
+    def get_attachment(self, att_id: bytes) -> AttachmentRow | None: ...
+
+    def complete_attachment(self, att_id: bytes) -> None: ...
+
+    def put_chunk(self, att_id: bytes, index: int, data: bytes) -> None: ...
+
+    def get_chunk(self, att_id: bytes, index: int) -> bytes | None: ...
+
+    def chunk_indexes(self, att_id: bytes) -> list[int]: ...
+
+    def add_readers(self, att_id: bytes, user_ids: Sequence[bytes]) -> None: ...
+
+    def may_read(self, att_id: bytes, user_id: bytes) -> bool: ...
+
+    def attachment_links(self, att_id: bytes) -> tuple[list[bytes], list[tuple[bytes, int]]]: ...
+
+    def add_ref(self, att_id: bytes, conv_id: bytes, seq: int) -> None: ...
+
+    def remove_ref(self, att_id: bytes, conv_id: bytes, seq: int) -> int: ...
+
+    def delete_attachment(self, att_id: bytes) -> None: ...
+
+    def expired_attachments(self, complete_before_ms: int | None, open_before_ms: int, limit: int) -> list[bytes]: ...
+
+
+class AttachmentsStore(StoreBase):
     """Mixed into ``Repository``: every attachment query on one database."""
-
-    engine: Any
-    _sealer: Sealer
 
     def put_attachment(self, row: AttachmentRow) -> None:
         """Store an attachment's row (kept as it is if it exists: copies are idempotent)."""
@@ -150,7 +172,7 @@ class AttachmentQueries:
             return [bytes(x) for x in conn.execute(select(a.c.att_id).where(cond).limit(limit)).scalars()]
 
 
-class ShardedAttachments:
+class ShardedAttachmentsStore:
     """Mixed into ``ShardedRepository``: each call goes to the backend of its attachment id."""
 
     if TYPE_CHECKING:  # ShardedRepository's
@@ -170,43 +192,43 @@ class ShardedAttachments:
 
     def put_attachment(self, row: AttachmentRow) -> None:
         with self._writing([row.att_id]) as m:
-            self._on(m.place(row.att_id), AttachmentQueries.put_attachment, row)
+            self._on(m.place(row.att_id), AttachmentsStore.put_attachment, row)
 
     def get_attachment(self, att_id: bytes) -> AttachmentRow | None:
-        return self._at(att_id, AttachmentQueries.get_attachment)  # type: ignore[no-any-return]
+        return self._at(att_id, AttachmentsStore.get_attachment)  # type: ignore[no-any-return]
 
     def complete_attachment(self, att_id: bytes) -> None:
-        self._write_at(att_id, AttachmentQueries.complete_attachment)
+        self._write_at(att_id, AttachmentsStore.complete_attachment)
 
     def put_chunk(self, att_id: bytes, index: int, data: bytes) -> None:
-        self._write_at(att_id, AttachmentQueries.put_chunk, index, data)
+        self._write_at(att_id, AttachmentsStore.put_chunk, index, data)
 
     def get_chunk(self, att_id: bytes, index: int) -> bytes | None:
-        return self._at(att_id, AttachmentQueries.get_chunk, index)  # type: ignore[no-any-return]
+        return self._at(att_id, AttachmentsStore.get_chunk, index)  # type: ignore[no-any-return]
 
     def chunk_indexes(self, att_id: bytes) -> list[int]:
-        return self._at(att_id, AttachmentQueries.chunk_indexes)  # type: ignore[no-any-return]
+        return self._at(att_id, AttachmentsStore.chunk_indexes)  # type: ignore[no-any-return]
 
     def add_readers(self, att_id: bytes, user_ids: Sequence[bytes]) -> None:
-        self._write_at(att_id, AttachmentQueries.add_readers, user_ids)
+        self._write_at(att_id, AttachmentsStore.add_readers, user_ids)
 
     def may_read(self, att_id: bytes, user_id: bytes) -> bool:
-        return self._at(att_id, AttachmentQueries.may_read, user_id)  # type: ignore[no-any-return]
+        return self._at(att_id, AttachmentsStore.may_read, user_id)  # type: ignore[no-any-return]
 
     def attachment_links(self, att_id: bytes) -> tuple[list[bytes], list[tuple[bytes, int]]]:
-        return self._at(att_id, AttachmentQueries.attachment_links)  # type: ignore[no-any-return]
+        return self._at(att_id, AttachmentsStore.attachment_links)  # type: ignore[no-any-return]
 
     def add_ref(self, att_id: bytes, conv_id: bytes, seq: int) -> None:
-        self._write_at(att_id, AttachmentQueries.add_ref, conv_id, seq)
+        self._write_at(att_id, AttachmentsStore.add_ref, conv_id, seq)
 
     def remove_ref(self, att_id: bytes, conv_id: bytes, seq: int) -> int:
-        return self._write_at(att_id, AttachmentQueries.remove_ref, conv_id, seq)  # type: ignore[no-any-return]
+        return self._write_at(att_id, AttachmentsStore.remove_ref, conv_id, seq)  # type: ignore[no-any-return]
 
     def delete_attachment(self, att_id: bytes) -> None:
-        self._write_at(att_id, AttachmentQueries.delete_attachment)
+        self._write_at(att_id, AttachmentsStore.delete_attachment)
 
     def expired_attachments(self, complete_before_ms: int | None, open_before_ms: int, limit: int) -> list[bytes]:
         out: list[bytes] = []
         for name in self.names:
-            out += self._on(name, AttachmentQueries.expired_attachments, complete_before_ms, open_before_ms, limit)
+            out += self._on(name, AttachmentsStore.expired_attachments, complete_before_ms, open_before_ms, limit)
         return out
