@@ -200,11 +200,11 @@ async def check(cluster, result: Run) -> None:  # noqa: ANN001 - timpy.testing.C
     for i, n in enumerate(nodes):
         repo = n.store.repo
         for conv in convs:
-            for _conv, seq, dedup, _ms, _sealed in (await n.store.run(repo.conversation_copies, conv, 0, 10**6)).messages:
+            for _conv, seq, dedup, _ms, _sealed, _epoch in (await n.store.run(repo.conversation_copies, conv, 0, 10**6)).messages:
                 slots.setdefault((conv, seq), set()).add(bytes(dedup))
                 holders.setdefault((conv, seq, bytes(dedup)), []).append(i)
         for user in uid.values():
-            for _user, pos, conv, seq in (await n.store.run(repo.user_copies, user, 0, 10**6)).inbox:
+            for _user, pos, conv, seq, _epoch in (await n.store.run(repo.user_copies, user, 0, 10**6)).inbox:
                 inbox.setdefault((user, pos), set()).add((bytes(conv), seq))
     acked = {(conv, seq, ids.dedup_index(indexer, uid[sender], client_id)) for sender, _r, client_id, conv, seq in result.acks}
     doubled = {k: v for k, v in slots.items() if len(v) > 1}
@@ -230,7 +230,7 @@ async def check(cluster, result: Run) -> None:  # noqa: ANN001 - timpy.testing.C
         user_owner = by_node[nodes[0].peers.placement.owner(uid[recipient])]
         await user_owner.replicator.ensure("user", uid[recipient])
         entries = (await user_owner.store.run(user_owner.store.repo.user_copies, uid[recipient], 0, 10**6)).inbox
-        assert (conv, seq) in {(bytes(c), s) for _u, _p, c, s in entries}, (
+        assert (conv, seq) in {(bytes(c), s) for _u, _p, c, s, _e in entries}, (
             f"acknowledged message {client_id} is missing from {recipient}'s inbox"
         )
     late = [

@@ -241,7 +241,8 @@ class Messenger:
                     u for p in news for u in p.new.members if not replicated or self._peers.is_local(u)
                 )
             written: Written = await self._store.run(
-                self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users
+                self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users,
+                self._peers.epoch_number,  # stamped on the new rows (docs/consistency.md, "Epochs on rows")
             )
         except TimpyError as exc:
             for key, pos in cursors.items():  # keep them for the next try
@@ -271,7 +272,7 @@ class Messenger:
             for user_id, pos in appended.inbox.items():
                 self.routes.push(user_id, Delivery(pos, message), appended.content, appended.created_ms)
             if replicated:
-                p.fanout = self._fan_out(p.new, appended.seq, appended.sealed)
+                p.fanout = self._fan_out(p.new, appended.seq, appended.sealed, written.epoch)
             p.result = SendResult(message, appended.duplicate)
             p.done.set()
         for p, placed in zip(inbox, written.placed, strict=True):
@@ -365,18 +366,18 @@ class Messenger:
 
         for p, a in zip(news, written.appended, strict=True):
             n = p.new
-            row = (n.conv_id, a.seq, n.dedup, a.created_ms, a.sealed)
+            row = (n.conv_id, a.seq, n.dedup, a.created_ms, a.sealed, written.epoch)
             add(n.conv_id, lambda c, row=row: c.messages.append(row))
             if a.seq == 1 or a.duplicate:
                 members = (n.conv_id, sorted(set(n.members)))
                 add(n.conv_id, lambda c, members=members: c.conversations.append(members))
             for user_id, pos in a.inbox.items():
-                entry = (user_id, pos, n.conv_id, a.seq)
+                entry = (user_id, pos, n.conv_id, a.seq, written.epoch)
                 add(user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
         for p, placed in zip(inbox, written.placed, strict=True):
             it = p.item
-            row = (it.conv_id, it.seq, it.dedup, it.created_ms, it.sealed)
-            entry = (it.user_id, placed.pos, it.conv_id, it.seq)
+            row = (it.conv_id, it.seq, it.dedup, it.created_ms, it.sealed, it.epoch or written.epoch)
+            entry = (it.user_id, placed.pos, it.conv_id, it.seq, written.epoch)
             add(it.user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
         epoch = self._peers.epoch_number
         try:
@@ -392,7 +393,7 @@ class Messenger:
             await self._replicator.undo(epoch, undo_rows, undo_inbox)
             raise
 
-    def _fan_out(self, new: NewMessage, seq: int, sealed: bytes) -> list[Call]:
+    def _fan_out(self, new: NewMessage, seq: int, sealed: bytes, epoch: int = 0) -> list[Call]:
         """Ask the owners of the members' users (other nodes) to put the
         message in their inboxes: one request per node, however many of the
         members it owns; sent now, in commit order."""
@@ -403,7 +404,9 @@ class Messenger:
                 by_node.setdefault(owner, []).append(user_id)
         self.fanout_requests += len(by_node)
         return [
-            self._peers.start_call(node, "inbox.append", users, new.conv_id, seq, new.dedup, new.created_ms, sealed)
+            self._peers.start_call(
+                node, "inbox.append", users, new.conv_id, seq, new.dedup, new.created_ms, sealed, epoch
+            )
             for node, users in by_node.items()
         ]
 
@@ -756,7 +759,8 @@ class Messenger:
                 raise pending.error
             return
         await self._peers.call(
-            owner, "inbox.append", [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed
+            owner, "inbox.append", [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed,
+            item.epoch,
         )
 
     def _reattach_owned_by(self, owner: str) -> int:
@@ -861,10 +865,12 @@ class Messenger:
 
             return answer()
 
-        def inbox_append(user_ids, conv_id, seq, dedup, created_ms, sealed):  # noqa: ANN001, ANN202
+        def inbox_append(user_ids, conv_id, seq, dedup, created_ms, sealed, epoch=0):  # noqa: ANN001, ANN202
             pendings = []
             for user_id in user_ids:
-                item = InboxItem(bytes(user_id), bytes(conv_id), int(seq), bytes(dedup), int(created_ms), bytes(sealed))
+                item = InboxItem(
+                    bytes(user_id), bytes(conv_id), int(seq), bytes(dedup), int(created_ms), bytes(sealed), int(epoch)
+                )
                 self._require_owner(item.user_id, "user")
                 pendings.append(_PendingInbox(item, ids.conversation_text(item.conv_id), trio.Event()))
             for pending in pendings:

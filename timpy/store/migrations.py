@@ -42,12 +42,21 @@ def _add_records_and_read_marks(conn: Connection) -> None:
     s.read_marks.create(conn, checkfirst=True)
 
 
+def _add_row_epochs(conn: Connection) -> None:
+    # Rows written before have epoch 0: older than any written under the quorum protocol.
+    for table in ("messages", "inbox"):
+        columns = {c["name"] for c in inspect(conn).get_columns(table)}
+        if "epoch" not in columns:
+            conn.execute(text(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0"))
+
+
 # (version reached, what it does, the step)
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "index inbox entries by message", _add_inbox_message_index),
     (3, "account versions", _add_account_version),
     (4, "groups", _add_groups),
     (5, "records and read marks", _add_records_and_read_marks),
+    (6, "ring epochs on message and inbox rows", _add_row_epochs),
 ]
 
 assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"

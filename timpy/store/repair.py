@@ -35,13 +35,26 @@ class RepairQueries:
         out: dict[bytes, dict[int, bytes]] = {k: {} for k in keys}
         if kind == "conv":
             m = s.messages
-            q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, (func.length(m.c.content) == 0).label("gone"))
+            q = select(
+                m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, (func.length(m.c.content) == 0).label("gone"), m.c.epoch
+            )
             for r in conn.execute(q.where(m.c.conv_id.in_(keys))):
-                out[bytes(r.conv_id)][int(r.seq)] = d.message_hash(bytes(r.dedup), int(r.created_ms), bool(r.gone))
+                out[bytes(r.conv_id)][int(r.seq)] = d.message_hash(
+                    bytes(r.dedup), int(r.created_ms), bool(r.gone), int(r.epoch)
+                )
         else:
-            i = s.inbox
-            for r in conn.execute(select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq).where(i.c.user_id.in_(keys))):
-                out[bytes(r.user_id)][int(r.pos)] = d.inbox_hash(bytes(r.conv_id), int(r.seq))
+            # An inbox slot names its message by the row held beside it too:
+            # replicas whose entries agree but whose rows differ are repaired.
+            i, m = s.inbox, s.messages
+            q = (
+                select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch, m.c.dedup, m.c.epoch.label("row_epoch"))
+                .select_from(i.outerjoin(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
+                .where(i.c.user_id.in_(keys))
+            )
+            for r in conn.execute(q):
+                out[bytes(r.user_id)][int(r.pos)] = d.inbox_hash(
+                    bytes(r.conv_id), int(r.seq), bytes(r.dedup or b""), max(int(r.epoch), int(r.row_epoch or 0))
+                )
         return out
 
     def _metas(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, bytes]:
@@ -118,11 +131,12 @@ class RepairQueries:
                 with self.engine.connect() as conn:
                     for start in range(0, len(wanted), _IN_CHUNK):
                         rows = conn.execute(
-                            select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                            select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content, m.c.epoch)
                             .where(and_(m.c.conv_id == key, m.c.seq.in_(wanted[start : start + _IN_CHUNK])))
                         )
                         copies.messages += [
-                            (key, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                            (key, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content), int(r.epoch))
+                            for r in rows
                         ]
             return copies
         copies = self.user_copies(key, _PAST_THE_END, 0)  # type: ignore[attr-defined]
@@ -136,16 +150,19 @@ class RepairQueries:
                 for start in range(0, len(wanted), _IN_CHUNK):
                     chunk = wanted[start : start + _IN_CHUNK]
                     entries = list(conn.execute(
-                        select(i.c.pos, i.c.conv_id, i.c.seq).where(and_(i.c.user_id == key, i.c.pos.in_(chunk)))
+                        select(i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch)
+                        .where(and_(i.c.user_id == key, i.c.pos.in_(chunk)))
                     ))
-                    copies.inbox += [(key, int(r.pos), bytes(r.conv_id), int(r.seq)) for r in entries]
+                    copies.inbox += [(key, int(r.pos), bytes(r.conv_id), int(r.seq), int(r.epoch)) for r in entries]
                     rows = conn.execute(
-                        select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                        select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content, m.c.epoch)
                         .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
                         .where(and_(i.c.user_id == key, i.c.pos.in_(chunk)))
                     )
                     copies.messages += [
-                        (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                        (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content),
+                         int(r.epoch))
+                        for r in rows
                     ]
         return copies
 
@@ -183,14 +200,16 @@ class RepairQueries:
         # appended again by the repairing node.
         i, a = s.inbox, s.accounts
         with self.engine.begin() as conn:
-            for user, pos, conv, seq in rows:
+            for user, pos, conv, seq, epoch in rows:
                 here = conn.execute(select(i.c.conv_id, i.c.seq).where(and_(i.c.user_id == user, i.c.pos == pos))).first()
                 if here is not None:
                     if (bytes(here.conv_id), int(here.seq)) == (conv, seq) or pos not in replace:
                         continue
                     conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == pos)))
                     cleared += 1
-                conn.execute(insert(i).values(user_id=user, pos=pos, conv_id=conv, seq=seq))
+                if not _one_inbox_slot(conn, user, pos, conv, seq, epoch):
+                    continue
+                conn.execute(insert(i).values(user_id=user, pos=pos, conv_id=conv, seq=seq, epoch=epoch))
                 added += 1
             if rows:
                 top = max(r[1] for r in rows)
@@ -205,9 +224,9 @@ class RepairQueries:
         m = s.messages
         cleared = changed = 0
         keep = []
-        for conv, seq, dedup, created, content in [row for row in copies.messages if row[0] == key]:
+        for conv, seq, dedup, created, content, epoch in [row for row in copies.messages if row[0] == key]:
             here = list(conn.execute(
-                select(m.c.seq, m.c.dedup, m.c.created_ms)
+                select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.epoch)
                 .where(and_(m.c.conv_id == conv, or_(m.c.seq == seq, m.c.dedup == dedup)))
             ))
             drop = False
@@ -224,7 +243,8 @@ class RepairQueries:
                     conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == seq)))
                     cleared += 1
                 elif int(r.seq) != seq and bytes(r.dedup) == dedup:
-                    if int(r.seq) > seq:  # the same message at a later slot here: the earlier one stays
+                    # the same message at another slot here: the higher epoch stays, then the earlier slot
+                    if (int(r.epoch), -int(r.seq)) < (epoch, -seq):
                         conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == int(r.seq))))
                         cleared += 1
                     else:
@@ -233,3 +253,126 @@ class RepairQueries:
                 keep.append((conv, seq))
         copies.messages = [row for row in copies.messages if row[0] != key or (row[0], row[1]) in keep]
         return cleared, changed
+
+
+# --- merging copies: of two values of one slot, the higher epoch wins ---------
+#
+# Used by ``apply_copies`` (write quorum, catch-up, repair). Under the quorum
+# protocol an acknowledged row is never the lower epoch of a slot it shares
+# with another value (docs/consistency.md, "Epochs on rows"); between equal
+# epochs what is here stays (repair settles those by ``digest.winner``).
+
+
+def merge_message_rows(
+    conn: Any, incoming: Sequence[tuple[bytes, int, bytes, int, bytes, int]], owner_write: bool = False
+) -> list[dict[str, Any]]:
+    """The message rows of ``incoming`` to insert, once every row here they
+    beat is removed: a row at the same (conversation, seq) holding another
+    message under a lower epoch, or the same message (dedup index) at
+    another seq under a lower epoch (at an equal epoch, the earlier seq stays).
+
+    ``owner_write``: the rows are an owner's new write, sent under its lease:
+    they win an equal epoch too. The owner numbers a slot once per epoch
+    unless it undid the first write (never acknowledged), and an undo that
+    missed this node must not make it keep the undone row and still count
+    as a copy of the new one."""
+    m = s.messages
+    convs = list({bytes(r[0]) for r in incoming})
+    held: dict[tuple[bytes, int], tuple[bytes, int]] = {}  # (conv, seq) -> (dedup, epoch)
+    for start in range(0, len(convs), _IN_CHUNK):
+        chunk = convs[start : start + _IN_CHUNK]
+        q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(m.c.conv_id.in_(chunk))
+        for r in conn.execute(q.where(m.c.seq >= min(int(x[1]) for x in incoming))):
+            held[(bytes(r.conv_id), int(r.seq))] = (bytes(r.dedup), int(r.epoch))
+        dedups = list({bytes(x[2]) for x in incoming if bytes(x[0]) in chunk})
+        for d_start in range(0, len(dedups), _IN_CHUNK):
+            q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(
+                and_(m.c.conv_id.in_(chunk), m.c.dedup.in_(dedups[d_start : d_start + _IN_CHUNK]))
+            )
+            for r in conn.execute(q):
+                held[(bytes(r.conv_id), int(r.seq))] = (bytes(r.dedup), int(r.epoch))
+    by_dedup = {(c, dd): q for (c, q), (dd, _e) in held.items()}
+    rows: list[dict[str, Any]] = []
+    for conv, seq, dedup, created, sealed, epoch in incoming:
+        here = held.get((conv, seq))
+        if here is not None:
+            if here[0] == dedup or here[1] > epoch or (here[1] == epoch and not owner_write):
+                continue  # the same message, or another one that stays
+        other = by_dedup.get((conv, dedup))
+        if other is not None and other != seq and (held[(conv, other)][1], -other) >= (epoch + owner_write, -seq):
+            continue  # this message stays where it is here
+        if here is not None:
+            conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == seq)))
+            by_dedup.pop((conv, here[0]), None)
+        if other is not None and other != seq:
+            conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == other)))
+            held.pop((conv, other), None)
+        held[(conv, seq)] = (dedup, epoch)
+        by_dedup[(conv, dedup)] = seq
+        rows.append(dict(conv_id=conv, seq=seq, dedup=dedup, created_ms=created, content=sealed, epoch=epoch))
+    return rows
+
+
+def merge_inbox_rows(
+    conn: Any, incoming: Sequence[tuple[bytes, int, bytes, int, int]], owner_write: bool = False
+) -> list[dict[str, Any]]:
+    """The inbox rows of ``incoming`` to insert, once every entry here they
+    beat is removed: another entry at the same (user, position) under a lower
+    epoch, or the same message at another position under a lower epoch (a
+    message sits once in an inbox; at an equal epoch both stay, as repair
+    merges each slot on its own). ``owner_write``: as for messages, the
+    owner's new entries win an equal epoch at their position."""
+    i = s.inbox
+    users = list({bytes(r[0]) for r in incoming})
+    held: dict[tuple[bytes, int], tuple[bytes, int, int]] = {}  # (user, pos) -> (conv, seq, epoch)
+    wanted = {(bytes(r[0]), bytes(r[2]), int(r[3])) for r in incoming}
+    for start in range(0, len(users), _IN_CHUNK):
+        chunk = users[start : start + _IN_CHUNK]
+        q = select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch).where(i.c.user_id.in_(chunk))
+        low = min(int(x[1]) for x in incoming)
+        seqs = sorted({int(x[3]) for x in incoming})
+        found = list(conn.execute(q.where(i.c.pos >= low)))
+        for s_start in range(0, len(seqs), _IN_CHUNK):  # the same messages at earlier positions
+            found += [
+                r for r in conn.execute(q.where(and_(i.c.pos < low, i.c.seq.in_(seqs[s_start : s_start + _IN_CHUNK]))))
+                if (bytes(r.user_id), bytes(r.conv_id), int(r.seq)) in wanted
+            ]
+        for r in found:
+            held[(bytes(r.user_id), int(r.pos))] = (bytes(r.conv_id), int(r.seq), int(r.epoch))
+    where = {(u, c, q): p for (u, p), (c, q, _e) in held.items()}
+    rows: list[dict[str, Any]] = []
+    for user, pos, conv, seq, epoch in incoming:
+        here = held.get((user, pos))
+        if here is not None:
+            if here[:2] == (conv, seq) or here[2] > epoch or (here[2] == epoch and not owner_write):
+                continue
+        other = where.get((user, conv, seq))
+        if other is not None and (other == pos or held[(user, other)][2] == epoch):
+            other = None
+        if other is not None and held[(user, other)][2] > epoch:
+            continue
+        if here is not None:
+            conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == pos)))
+            where.pop((user, here[0], here[1]), None)
+        if other is not None:
+            conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == other)))
+            held.pop((user, other), None)
+        held[(user, pos)] = (conv, seq, epoch)
+        where[(user, conv, seq)] = pos
+        rows.append(dict(user_id=user, pos=pos, conv_id=conv, seq=seq, epoch=epoch))
+    return rows
+
+
+def _one_inbox_slot(conn: Any, user: bytes, pos: int, conv: bytes, seq: int, epoch: int) -> bool:
+    """Before repair puts (conv, seq) at ``pos`` of a user's inbox: False when
+    the same message sits at another position under a higher epoch; one under
+    a lower epoch is removed (at an equal epoch both stay)."""
+    i = s.inbox
+    for r in conn.execute(select(i.c.pos, i.c.epoch).where(
+        and_(i.c.user_id == user, i.c.conv_id == conv, i.c.seq == seq, i.c.pos != pos)
+    )):
+        if int(r.epoch) > epoch:
+            return False
+        if int(r.epoch) < epoch:
+            conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == int(r.pos))))
+    return True

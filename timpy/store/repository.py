@@ -14,7 +14,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import trio
-from sqlalchemy import Engine, and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import Engine, and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
@@ -23,7 +23,7 @@ from timpy.crypto.seal import Sealer, row_ad
 from timpy.errors import Code, ConfigError, KeyMismatchError, RequestError, StorageError
 from timpy.store import schema as s
 from timpy.store.migrations import steps_after
-from timpy.store.repair import RepairQueries
+from timpy.store.repair import RepairQueries, merge_inbox_rows, merge_message_rows
 
 log = logging.getLogger("timpy.store")
 
@@ -78,6 +78,7 @@ class InboxItem:
     dedup: bytes
     created_ms: int
     sealed: bytes
+    epoch: int = 0  # the ring epoch the message was numbered under
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,7 @@ class InboxPlaced:
 class Written:
     appended: list[Appended]
     placed: list[InboxPlaced]
+    epoch: int = 0  # the ring epoch the new rows were stamped with
 
 
 @dataclass
@@ -98,8 +100,9 @@ class Copies:
 
     accounts: list[tuple[bytes, bytes, bytes, bool, int]] = field(default_factory=list)  # user, secret, profile, disabled, version
     conversations: list[tuple[bytes, list[bytes]]] = field(default_factory=list)  # conv, members
-    messages: list[tuple[bytes, int, bytes, int, bytes]] = field(default_factory=list)  # conv, seq, dedup, ms, content
-    inbox: list[tuple[bytes, int, bytes, int]] = field(default_factory=list)  # user, pos, conv, seq
+    # conv, seq, dedup, ms, content, epoch
+    messages: list[tuple[bytes, int, bytes, int, bytes, int]] = field(default_factory=list)
+    inbox: list[tuple[bytes, int, bytes, int, int]] = field(default_factory=list)  # user, pos, conv, seq, epoch
     terminals: list[tuple[bytes, bytes, int, int]] = field(default_factory=list)  # user, device, cursor, seen
     groups: list[tuple[bytes, bytes, int, list[bytes]]] = field(default_factory=list)  # group, sealed state, version, members
     records: list[tuple[bytes, str, bytes, int]] = field(default_factory=list)  # key, kind, sealed state, version
@@ -121,8 +124,10 @@ class Copies:
         copies = cls(
             [(bytes(u), bytes(x), bytes(p), bool(d), int(v)) for u, x, p, d, v in accounts],
             [(bytes(cv), [bytes(u) for u in ms]) for cv, ms in conversations],
-            [(bytes(cv), int(q), bytes(d), int(t), bytes(b)) for cv, q, d, t, b in messages],
-            [(bytes(u), int(p), bytes(cv), int(q)) for u, p, cv, q in inbox],
+            # A row from a node before schema 6 has no epoch: 0, older than any under the quorum protocol.
+            [(bytes(r[0]), int(r[1]), bytes(r[2]), int(r[3]), bytes(r[4]), int(r[5]) if len(r) > 5 else 0)
+             for r in messages],
+            [(bytes(r[0]), int(r[1]), bytes(r[2]), int(r[3]), int(r[4]) if len(r) > 4 else 0) for r in inbox],
             [(bytes(u), bytes(d), int(cu), int(t)) for u, d, cu, t in terminals],
         )
         copies.groups = [(bytes(g), bytes(st), int(v), [bytes(u) for u in ms]) for g, st, v, ms in groups]
@@ -351,12 +356,13 @@ class Repository(RepairQueries):
         inbox_items: Sequence[InboxItem] = (),
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
+        epoch: int = 0,
     ) -> Written:
         """``_write_batch``, fenced: on a database two nodes share, the one
         that commits a conversation's or an inbox's position second finds it
         taken (unique keys, compare-and-set of the heads) and stores nothing."""
         try:
-            return self._write_batch(batch, inbox_items, cursors, local_users)
+            return self._write_batch(batch, inbox_items, cursors, local_users, epoch)
         except (IntegrityError, OperationalError) as exc:
             if isinstance(exc, OperationalError) and not _lost_a_lock_race(exc):
                 raise
@@ -371,11 +377,13 @@ class Repository(RepairQueries):
         inbox_items: Sequence[InboxItem] = (),
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
+        epoch: int = 0,
     ) -> Written:
         """One writer batch in one transaction: new messages (sequence numbers,
         rows, inbox entries of the members in ``local_users``, all when None),
         inbox entries for messages stored elsewhere (``inbox_items``), and
-        terminal cursors (user id, device id) -> position to advance.
+        terminal cursors (user id, device id) -> position to advance. New rows
+        carry ``epoch``, the ring epoch of the owner's lease.
 
         Duplicates (same conversation and dedup index) return the stored
         message instead of a new one, also within the batch; an inbox item
@@ -389,7 +397,7 @@ class Repository(RepairQueries):
             if cursors:
                 self._advance_cursors(conn, cursors)
             if not batch and not inbox_items:
-                return Written(results, placed)
+                return Written(results, placed, epoch)
             # One statement per kind of lookup for the whole batch.
             stored = _stored_by_dedup(conn, {(item.conv_id, item.dedup) for item in batch})
             conv_ids = list({item.conv_id for item in batch})
@@ -459,9 +467,10 @@ class Repository(RepairQueries):
                 last_seq[item.conv_id] = seq
                 sealed = self._sealer.seal(item.content, row_ad("messages", item.conv_id, seq))
                 plain[(item.conv_id, seq)] = item.content
-                msg_rows.append(
-                    dict(conv_id=item.conv_id, seq=seq, dedup=item.dedup, created_ms=item.created_ms, content=sealed)
-                )
+                msg_rows.append(dict(
+                    conv_id=item.conv_id, seq=seq, dedup=item.dedup, created_ms=item.created_ms, content=sealed,
+                    epoch=epoch,
+                ))
                 positions: dict[bytes, int] = {}
                 for user_id in item.members:
                     if local_users is not None and user_id not in local_users:
@@ -469,15 +478,19 @@ class Repository(RepairQueries):
                     heads[user_id] += 1
                     touched_users.add(user_id)
                     positions[user_id] = heads[user_id]
-                    inbox_rows.append(dict(user_id=user_id, pos=heads[user_id], conv_id=item.conv_id, seq=seq))
+                    inbox_rows.append(
+                        dict(user_id=user_id, pos=heads[user_id], conv_id=item.conv_id, seq=seq, epoch=epoch)
+                    )
                 appended = Appended(seq, item.created_ms, False, item.content, positions, sealed)
                 seen[key] = appended
                 results.append(appended)
             if inbox_items:
-                placed = self._place_inbox_items(conn, inbox_items, heads, inbox_rows, touched_users, msg_rows, copy_rows)
+                placed = self._place_inbox_items(
+                    conn, inbox_items, heads, inbox_rows, touched_users, msg_rows, copy_rows, epoch
+                )
             if redo:
                 again = self._place_inbox_items(
-                    conn, [it for _, it in redo], heads, inbox_rows, touched_users, msg_rows, copy_rows
+                    conn, [it for _, it in redo], heads, inbox_rows, touched_users, msg_rows, copy_rows, epoch
                 )
                 for (index, it), where in zip(redo, again, strict=True):
                     if where.new:
@@ -491,14 +504,16 @@ class Repository(RepairQueries):
             # The hot statements go to the driver as fixed SQL, many rows each.
             if msg_rows:
                 _driver_many(conn, _INSERT_MESSAGE, [
-                    (r["conv_id"], r["seq"], r["dedup"], r["created_ms"], r["content"]) for r in msg_rows
+                    (r["conv_id"], r["seq"], r["dedup"], r["created_ms"], r["content"], r["epoch"]) for r in msg_rows
                 ])
             if copy_rows:
                 # A move between backends may be copying the same rows right now.
                 _insert_missing(conn, m, copy_rows)
             self._apply_effects(conn, [*msg_rows, *copy_rows], plain)
             if inbox_rows:
-                _driver_many(conn, _INSERT_INBOX, [(r["user_id"], r["pos"], r["conv_id"], r["seq"]) for r in inbox_rows])
+                _driver_many(conn, _INSERT_INBOX, [
+                    (r["user_id"], r["pos"], r["conv_id"], r["seq"], r["epoch"]) for r in inbox_rows
+                ])
             # Compare-and-set: the heads must still be what this batch read.
             changed = [(v, k, read_seq.get(k, 0)) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
             if changed and _driver_many(conn, _SET_LAST_SEQ, changed) != len(changed):
@@ -507,7 +522,7 @@ class Repository(RepairQueries):
                 conn, _SET_INBOX_HEAD, [(heads[u], u, read_heads[u]) for u in touched_users]
             ) != len(touched_users):
                 raise IntegrityError("accounts.inbox_head", None, ValueError("moved by another writer"))
-        return Written(results, placed)
+        return Written(results, placed, epoch)
 
     def _place_inbox_items(
         self,
@@ -518,9 +533,15 @@ class Repository(RepairQueries):
         touched_users: set[bytes],
         msg_rows: list[dict[str, Any]],
         copy_rows: list[dict[str, Any]],
+        epoch: int = 0,
     ) -> list[InboxPlaced]:
         """Inbox entries for messages whose conversation another node owns; the
-        message row is kept here too (if absent) so the inbox reads locally."""
+        message row is kept here too (if absent) so the inbox reads locally.
+        A row held here at that (conversation, seq), or with that message at
+        another seq, from an older epoch than the item's, was never
+        acknowledged (docs/consistency.md): the item's message replaces it;
+        so does one from the same epoch (the conversation's owner numbers a
+        slot once per epoch unless it undid the first write)."""
         i, m = s.inbox, s.messages
         users = list({it.user_id for it in items})
         convs = list({it.conv_id for it in items})
@@ -532,29 +553,44 @@ class Repository(RepairQueries):
                 )
             )
         }
-        have_msgs = {
-            (bytes(r.conv_id), int(r.seq))
+        held = {  # (conv, seq) -> (dedup, epoch) of the rows here that the items may meet
+            (bytes(r.conv_id), int(r.seq)): (bytes(r.dedup), int(r.epoch))
             for r in conn.execute(
-                select(m.c.conv_id, m.c.seq).where(
-                    and_(m.c.conv_id.in_(convs), m.c.seq.in_(list({it.seq for it in items})))
-                )
+                select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(and_(m.c.conv_id.in_(convs), or_(
+                    m.c.seq.in_(list({it.seq for it in items})), m.c.dedup.in_(list({it.dedup for it in items})),
+                )))
             )
-        } | {(r["conv_id"], r["seq"]) for r in (*msg_rows, *copy_rows)}
+        }
+        wanted = {(it.conv_id, it.seq, it.dedup) for it in items}
+        have_msgs = {(c, q) for (c, q), (d, _e) in held.items() if (c, q, d) in wanted}
+        have_msgs |= {(r["conv_id"], r["seq"]) for r in (*msg_rows, *copy_rows)}
         placed: list[InboxPlaced] = []
         for it in items:
             key = (it.user_id, it.conv_id, it.seq)
+            item_epoch = it.epoch or epoch
+            if (it.conv_id, it.seq) not in have_msgs:
+                stale = [
+                    (c, q) for (c, q), (d, e) in held.items()
+                    if c == it.conv_id and ((q == it.seq) != (d == it.dedup)) and e <= item_epoch
+                ]
+                for c, q in stale:
+                    conn.execute(m.delete().where(and_(m.c.conv_id == c, m.c.seq == q)))
+                    del held[(c, q)]
+                if not any(c == it.conv_id and (q == it.seq or d == it.dedup) for (c, q), (d, _e) in held.items()):
+                    copy_rows.append(dict(
+                        conv_id=it.conv_id, seq=it.seq, dedup=it.dedup, created_ms=it.created_ms, content=it.sealed,
+                        epoch=item_epoch,
+                    ))
+                have_msgs.add((it.conv_id, it.seq))
             if key in already:
                 placed.append(InboxPlaced(already[key], False))
                 continue
-            if (it.conv_id, it.seq) not in have_msgs:
-                copy_rows.append(
-                    dict(conv_id=it.conv_id, seq=it.seq, dedup=it.dedup, created_ms=it.created_ms, content=it.sealed)
-                )
-                have_msgs.add((it.conv_id, it.seq))
             heads[it.user_id] += 1
             touched_users.add(it.user_id)
             already[key] = heads[it.user_id]
-            inbox_rows.append(dict(user_id=it.user_id, pos=heads[it.user_id], conv_id=it.conv_id, seq=it.seq))
+            inbox_rows.append(
+                dict(user_id=it.user_id, pos=heads[it.user_id], conv_id=it.conv_id, seq=it.seq, epoch=epoch)
+            )
             placed.append(InboxPlaced(heads[it.user_id], True))
         return placed
 
@@ -590,9 +626,11 @@ class Repository(RepairQueries):
                 conn.execute(update(a).where(and_(a.c.user_id == user, a.c.inbox_head > top)).values(inbox_head=top))
         return removed
 
-    def apply_copies(self, bundle: Copies) -> int:
-        """Store rows copied from another node, keeping what is here already;
-        counters only move forward. Returns the number of rows added."""
+    def apply_copies(self, bundle: Copies, owner_write: bool = False) -> int:
+        """Store rows copied from another node, keeping what is here already
+        unless a copy's row wins its slot (``repair.merge_message_rows``:
+        a higher epoch, or ``owner_write``, an owner's new write, at an
+        equal one); counters only move forward. Returns the number of rows added."""
         added = 0
         m, c, a, i, t = s.messages, s.conversations, s.accounts, s.inbox, s.terminals
         with self.engine.begin() as conn:
@@ -632,18 +670,7 @@ class Repository(RepairQueries):
                 self._set_members(conn, group_id, members)
                 added += 1
             if bundle.messages:
-                convs = list({r[0] for r in bundle.messages})
-                have_rows = list(conn.execute(select(m.c.conv_id, m.c.seq, m.c.dedup).where(m.c.conv_id.in_(convs))
-                    .where(m.c.seq >= min(r[1] for r in bundle.messages))))
-                have_seq = {(bytes(r.conv_id), int(r.seq)) for r in have_rows}
-                have_dedup = {(bytes(r.conv_id), bytes(r.dedup)) for r in have_rows}
-                rows = []
-                for conv, seq, dedup, created, sealed in bundle.messages:
-                    if (conv, seq) in have_seq or (conv, dedup) in have_dedup:
-                        continue
-                    have_seq.add((conv, seq))
-                    have_dedup.add((conv, dedup))
-                    rows.append(dict(conv_id=conv, seq=seq, dedup=dedup, created_ms=created, content=sealed))
+                rows = merge_message_rows(conn, bundle.messages, owner_write)  # a slot's higher epoch wins
                 if rows:
                     _insert_missing(conn, m, rows)
                     added += len(rows)
@@ -673,20 +700,10 @@ class Repository(RepairQueries):
                 if missing:
                     _insert_missing(conn, s.conv_members, missing)
             if bundle.inbox:
-                users = list({r[0] for r in bundle.inbox})
-                have_rows = list(conn.execute(select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq).where(i.c.user_id.in_(users))
-                    .where(i.c.pos >= min(r[1] for r in bundle.inbox))))
-                have_pos = {(bytes(r.user_id), int(r.pos)) for r in have_rows}
-                have_msg = {(bytes(r.user_id), bytes(r.conv_id), int(r.seq)) for r in have_rows}
-                rows = []
+                rows = merge_inbox_rows(conn, bundle.inbox, owner_write)
                 tops: dict[bytes, int] = {}
-                for user, pos, conv, seq in bundle.inbox:
+                for user, pos, *_ in bundle.inbox:
                     tops[user] = max(tops.get(user, 0), pos)
-                    if (user, pos) in have_pos or (user, conv, seq) in have_msg:
-                        continue
-                    have_pos.add((user, pos))
-                    have_msg.add((user, conv, seq))
-                    rows.append(dict(user_id=user, pos=pos, conv_id=conv, seq=seq))
                 if rows:
                     _insert_missing(conn, i, rows)
                     added += len(rows)
@@ -730,12 +747,14 @@ class Repository(RepairQueries):
                 for r in conn.execute(select(s.conv_members.c.user_id).where(s.conv_members.c.conv_id == conv_id))
             ]
             rows = conn.execute(
-                select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content, m.c.epoch)
                 .where(and_(m.c.conv_id == conv_id, m.c.seq > after_seq))
                 .order_by(m.c.seq.asc())
                 .limit(limit)
             )
-            messages = [(conv_id, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows]
+            messages = [
+                (conv_id, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content), int(r.epoch)) for r in rows
+            ]
             group = conn.execute(select(s.groups).where(s.groups.c.group_id == conv_id)).first()
             records = self._records_of(conn, [conv_id])
         if group is not None:  # a group's members travel with its state (a copy may be older: no re-adding)
@@ -762,7 +781,7 @@ class Repository(RepairQueries):
                 return Copies()
             inbox = list(
                 conn.execute(
-                    select(i.c.pos, i.c.conv_id, i.c.seq)
+                    select(i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch)
                     .where(and_(i.c.user_id == user_id, i.c.pos > after_pos))
                     .order_by(i.c.pos.asc())
                     .limit(limit)
@@ -771,12 +790,13 @@ class Repository(RepairQueries):
             messages = []
             if inbox:
                 rows = conn.execute(
-                    select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                    select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content, m.c.epoch)
                     .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
                     .where(and_(i.c.user_id == user_id, i.c.pos > after_pos, i.c.pos <= inbox[-1].pos))
                 )
                 messages = [
-                    (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                    (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content), int(r.epoch))
+                    for r in rows
                 ]
             terms = [
                 (user_id, bytes(r.device_id), int(r.cursor), int(r.last_seen_ms))
@@ -791,7 +811,7 @@ class Repository(RepairQueries):
         return Copies(
             accounts=[(user_id, bytes(acc.secret), bytes(acc.profile), bool(acc.disabled), int(acc.version))],
             messages=messages,
-            inbox=[(user_id, int(r.pos), bytes(r.conv_id), int(r.seq)) for r in inbox],
+            inbox=[(user_id, int(r.pos), bytes(r.conv_id), int(r.seq), int(r.epoch)) for r in inbox],
             terminals=terms,
             records=records,
             reads=reads,
@@ -1208,8 +1228,8 @@ class Repository(RepairQueries):
             return {bytes(r.token_id): r.expires_ms for r in rows}
 
 
-_INSERT_MESSAGE = "INSERT INTO messages (conv_id, seq, dedup, created_ms, content) VALUES (?, ?, ?, ?, ?)"
-_INSERT_INBOX = "INSERT INTO inbox (user_id, pos, conv_id, seq) VALUES (?, ?, ?, ?)"
+_INSERT_MESSAGE = "INSERT INTO messages (conv_id, seq, dedup, created_ms, content, epoch) VALUES (?, ?, ?, ?, ?, ?)"
+_INSERT_INBOX = "INSERT INTO inbox (user_id, pos, conv_id, seq, epoch) VALUES (?, ?, ?, ?, ?)"
 _SET_LAST_SEQ = "UPDATE conversations SET last_seq = ? WHERE conv_id = ? AND last_seq = ?"
 _SET_INBOX_HEAD = "UPDATE accounts SET inbox_head = ? WHERE user_id = ? AND inbox_head = ?"
 

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 5  # bump with a step in migrations.py
+SCHEMA_VERSION = 6  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -71,6 +71,9 @@ messages = Table(
     Column("dedup", Id, nullable=False),  # blind index of (sender, client message id)
     Column("created_ms", BigInteger, nullable=False),
     Column("content", Sealed, nullable=False),  # sealed; AD binds (conv_id, seq)
+    # schema 6: the ring epoch the row was numbered under; of two values of one
+    # slot the higher epoch wins (docs/consistency.md, "Epochs on rows")
+    Column("epoch", BigInteger, nullable=False, default=0, server_default="0"),
     PrimaryKeyConstraint("conv_id", "seq"),
     UniqueConstraint("conv_id", "dedup", name="uq_messages_dedup"),
 )
@@ -84,6 +87,7 @@ inbox = Table(
     Column("pos", BigInteger, nullable=False),
     Column("conv_id", Id, nullable=False),
     Column("seq", BigInteger, nullable=False),
+    Column("epoch", BigInteger, nullable=False, default=0, server_default="0"),  # schema 6, as for messages
     PrimaryKeyConstraint("user_id", "pos"),
     # schema 2: finds the inbox entries of a message (deleting moved copies)
     Index("ix_inbox_message", "conv_id", "seq"),
