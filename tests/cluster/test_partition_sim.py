@@ -212,8 +212,9 @@ async def check(cluster, result: Run) -> None:  # noqa: ANN001 - timpy.testing.C
                 inbox.setdefault((user, pos), set()).add((bytes(conv), seq))
     acked = {(conv, seq, ids.dedup_index(indexer, uid[sender], client_id)) for sender, _r, client_id, conv, seq in result.acks}
     doubled = {k: v for k, v in slots.items() if len(v) > 1}
+    replicas = {conv: [nodes[0].peers.placement.replicas(conv)] for conv in convs}
     assert not doubled, f"{len(doubled)} (conversation, seq) slots hold two different messages: " + "; ".join(
-        f"seq {seq}: " + ", ".join(
+        f"seq {seq} (replicas: nodes {sorted(cluster.node_ids.index(r) for r in replicas[conv][0])}): " + ", ".join(
             f"{'acknowledged' if (conv, seq, d) in acked else 'never acknowledged'} on nodes {holders[(conv, seq, d)]}"
             for d in v
         )

@@ -69,30 +69,7 @@ FAST = (
 
 # Promises the merged quorum + repair code is known to break here, by step:
 # the check still runs; when it fails the test is marked xfail naming it.
-KNOWN_GAPS: dict[str, str] = {
-    "3. quick owner restart: the live terminal receives every message": (
-        "issue 15 item 3, a live terminal keeps receiving across any owner restart: when the restarted owner "
-        "was declared dead and came back (two ring epochs in ~4 s) it got the terminal's record back "
-        "('records again 1 live terminal(s)') and appended every later message to the user's inbox on all "
-        "replicas, yet pushed none of them to the live terminal (0 of 10 in the failing runs; it depends on "
-        "which node owns the user)"
-    ),
-    "repair: no slot ever held two different values on two replicas": (
-        "issue 15: 'no (conversation, seq) or (user, inbox position) ever holds two different messages on any "
-        "replica'; docs/consistency.md (Limits) states that never-acknowledged rows can still conflict. Seen "
-        "here at acknowledged positions: right after the heal the former minority's stale proposal (a ring of "
-        "its 2 nodes, the next epoch number) was accepted by all 5 and both minority nodes held leases for ~1 s "
-        "before the 5-node ring; and a slot held with the same dedup and sealed bytes but another created_ms "
-        "(which repair looped on; fixed in this branch, timpy/store/repair.py)"
-    ),
-    "replicas: every acked message once in its recipient's inbox": (
-        "issue 15, an acknowledged message is stored for offline terminals once: seen once in a CI run (seq 33 "
-        "of one conversation, the same on all three replicas of the recipient's inbox) after the split; the "
-        "history of the conversation was whole. docs/consistency.md (Limits): a never-acknowledged row can still "
-        "take an inbox slot, and repair puts the loser of a slot back at the head, so a message can sit in the "
-        "inbox twice or, where the undo raced the copy, not at all; the fix is the epoch stamped on each row"
-    ),
-}
+KNOWN_GAPS: dict[str, str] = {}
 
 
 # --- namespaces -----------------------------------------------------------

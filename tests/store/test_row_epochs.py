@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tests.store.test_repair_same_message import A, B, CONV, one_pass, replica
+from tests.store.test_repair_same_message import CONV, A, B, one_pass, replica
 from timpy.store import schema as s
 from timpy.store.repository import Copies, InboxItem, NewMessage, Repository
 

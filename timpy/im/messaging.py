@@ -38,6 +38,7 @@ from timpy.im.ratelimit import TokenBucket
 from timpy.im.replication import Replicator
 from timpy.im.routes import Routes
 from timpy.im.terminals import LiveTerminal, TerminalRegistry
+from timpy.store.digest import row_stamp
 from timpy.store.repository import (
     Copies,
     InboxItem,
@@ -243,7 +244,7 @@ class Messenger:
                 )
             written: Written = await self._store.run(
                 self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users,
-                self._peers.epoch_number,  # stamped on the new rows (docs/consistency.md, "Epochs on rows")
+                row_stamp(self._peers.epoch_number, self._now()),  # docs/consistency.md, "Epochs on rows"
             )
         except TimpyError as exc:
             for key, pos in cursors.items():  # keep them for the next try

@@ -395,11 +395,19 @@ class Replicator:
                     if upto is None:
                         break
                     after = upto
+            placement = self._peers.placement
+            me = self._peers.self_id
+            dropped = await self._store.run(  # catch-up may still read a previous replica's copy
+                self._store.repo.drop_unreferenced_messages,
+                lambda k: placement.holds(k) or me in placement.previous_replicas(k),
+            )
         finally:
             p.running = False
             p.passes += 1
             p.last_pass_s = round(time.monotonic() - started, 3)
         rows, conflicts = p.rows_repaired - before[0], p.conflicting_slots - before[1]
+        if dropped:
+            log.info("repair: dropped %d message row(s) of conversations this node holds no copy of", dropped)
         if repaired:
             log.info(
                 "repair: %d keys checked, %d differed, %d rows copied, %d conflicting slots in %.2f s",

@@ -67,8 +67,27 @@ def inbox_hash(conv_id: bytes, seq: int, dedup: bytes = b"", epoch: int = 0) -> 
 
 
 def epoch_of(value: bytes) -> int:
-    """The epoch a slot value carries."""
+    """The epoch stamp a slot value carries."""
     return int.from_bytes(value[HASH_SIZE + 1 : HASH_SIZE + 9], "big")
+
+
+STAMP_CLOCK_BITS = 40  # ms of the writer's clock: 35 years from STAMP_CLOCK_BASE_MS
+STAMP_CLOCK_BASE_MS = 1_700_000_000_000  # November 2023
+
+
+def row_stamp(epoch: int, now_ms: int) -> int:
+    """What a new message row or inbox entry carries in its ``epoch`` column:
+    the ring epoch of the writer's lease, then (below it) the writer's clock.
+    Rows compare by epoch first; within one epoch a key has one owner, so its
+    clock orders its writes: a slot it numbers again after undoing a write
+    (never acknowledged) carries a higher stamp than the undone row."""
+    clock = max(0, int(now_ms) - STAMP_CLOCK_BASE_MS) & ((1 << STAMP_CLOCK_BITS) - 1)
+    return (int(epoch) << STAMP_CLOCK_BITS) | clock
+
+
+def stamp_epoch(stamp: int) -> int:
+    """The ring epoch part of a row's stamp."""
+    return int(stamp) >> STAMP_CLOCK_BITS
 
 
 def meta_hash(items: Iterable[tuple[object, ...]]) -> bytes:

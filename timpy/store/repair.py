@@ -166,6 +166,25 @@ class RepairQueries:
                     ]
         return copies
 
+    def drop_unreferenced_messages(self, replica_of: Any) -> int:
+        """Delete the message rows of conversations this node holds no copy
+        of (no conversation row here, and ``replica_of(conv_id)`` False) that
+        no inbox entry here points to: left by an undo that missed this node,
+        or by an inbox entry that lost its slot. Nothing reads them and no
+        repair compares them (only a conversation's replicas do), so they
+        could only mislead a later owner. Returns the number of rows deleted."""
+        m, i, c = s.messages, s.inbox, s.conversations
+        deleted = 0
+        with self.engine.begin() as conn:
+            held = select(c.c.conv_id).where(c.c.conv_id == m.c.conv_id).exists()
+            convs = [bytes(r[0]) for r in conn.execute(select(m.c.conv_id).where(~held).distinct())]
+            stale = [c for c in convs if not replica_of(c)]
+            referenced = select(i.c.pos).where(and_(i.c.conv_id == m.c.conv_id, i.c.seq == m.c.seq)).exists()
+            for start in range(0, len(stale), _IN_CHUNK):
+                chunk = stale[start : start + _IN_CHUNK]
+                deleted += conn.execute(m.delete().where(and_(m.c.conv_id.in_(chunk), ~referenced))).rowcount
+        return deleted
+
     def inbox_holds(self, user_id: bytes, messages: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Of the (conv id, seq) given, those in the user's inbox here."""
         i = s.inbox
