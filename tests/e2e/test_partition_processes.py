@@ -240,7 +240,7 @@ async def start_all(nodes: list[Node], join: str | None = None) -> None:
             nursery.start_soon(trio.to_thread.run_sync, n.start, join)
 
 
-async def wait_whole(nodes: list[Node], count: int, limit: float = 90.0) -> float:
+async def wait_whole(nodes: list[Node], count: int, limit: float = 180.0) -> float:
     """Until every node sees ``count`` voters and ring members and holds its
     lease; returns the seconds it took."""
     started = time.monotonic()
