@@ -69,7 +69,15 @@ FAST = (
 
 # Promises the merged quorum + repair code is known to break here, by step:
 # the check still runs; when it fails the test is marked xfail naming it.
-KNOWN_GAPS: dict[str, str] = {}
+KNOWN_GAPS: dict[str, str] = {
+    "load: no send refused with an error a retry cannot fix": (
+        "issue 15, a node never answers NO_SUCH_USER for an account it cannot prove it owns: seen once in 3 whole "
+        "runs (27 Nov 2026), 29 s after the heal, on the former minority: within 0.4 s the nodes learned ring "
+        "epochs of 3, 1 and 2 members that no majority had accepted ('ring epoch 8: 5 voters, 1 ring members'), "
+        "and a send through node 3 to a user that ring made its own was answered NO_SUCH_USER (the recipient "
+        "lookup read the local copy of a ring of one, which skips catch-up). Left for the ownership/accounts side"
+    ),
+}
 
 
 # --- namespaces -----------------------------------------------------------
