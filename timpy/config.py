@@ -22,6 +22,8 @@ from __future__ import annotations
 import dataclasses
 import functools
 import ipaddress
+import json
+import re
 import tomllib
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -332,6 +334,94 @@ class StorageConfig(_Replace):
         return bool(self.backends)
 
 
+WEBHOOK_EVENTS = ("message.before_send", "message.stored", "group.changed", "user.registered", "user.login",
+                  "user.logout")
+
+
+@_config_class("webhooks.endpoints")
+class WebhookEndpoint:
+    """One business server's HTTP callback (docs/integrations.md)."""
+
+    name: str = option(..., "the endpoint's name (metrics, dead letters)", allowed="1 to 40 letters, digits, '-' or '_'",
+                       pattern=r"^[A-Za-z0-9_-]{1,40}$")
+    url: str = option(..., "where events are POSTed", allowed="an http:// or https:// URL", pattern=r"^https?://")
+    secret: str = option(..., "the HMAC-SHA256 key the receiver checks signatures with",
+                         allowed="a string of at least 16 characters", min_length=16)
+    events: tuple[str, ...] = option(
+        ("message.stored",), "the events sent here; message.before_send makes it a check before each message is stored",
+        allowed="a list of " + ", ".join(WEBHOOK_EVENTS))
+    timeout: float = option(5.0, "seconds to wait for the endpoint's answer", unit="seconds", gt=0, le=300)
+    fail_open: bool = option(True, "message.before_send: when the endpoint fails or times out, store the message "
+                             "anyway (false: refuse it)")
+
+    @field_validator("events", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return (value,) if isinstance(value, str) else value
+
+    @field_validator("events")
+    @classmethod
+    def _known(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for event in value:
+            if event not in WEBHOOK_EVENTS:
+                raise ValueError(f"unknown event {event!r}")
+        return value
+
+
+@_config_class("webhooks")
+class WebhooksConfig(_Replace):
+    """HTTP callbacks to business servers (the ``[webhooks]`` table; docs/integrations.md)."""
+
+    endpoints: tuple[WebhookEndpoint, ...] = option(
+        (), "HTTP callbacks: before a message is stored, and after events",
+        allowed="[[webhooks.endpoints]] tables of name, url, secret, events, timeout, fail_open "
+                "(in the environment: a JSON list of them)")
+    max_attempts: int = option(12, "deliveries of one event before it becomes a dead letter", ge=1, le=1000)
+    backoff_base: float = option(1.0, "seconds before the first retry; doubled each time", unit="seconds", gt=0)
+    backoff_max: float = option(600.0, "the longest wait between retries", unit="seconds", gt=0)
+    concurrency: int = option(16, "deliveries in flight per endpoint", ge=1, le=1024)
+    keep_delivered: float = option(86400.0, "seconds a delivered event's id is kept (an event emitted again in that "
+                                   "time is not sent again)", unit="seconds", ge=0)
+
+    @field_validator("endpoints")
+    @classmethod
+    def _unique(cls, value: tuple[WebhookEndpoint, ...]) -> tuple[WebhookEndpoint, ...]:
+        names = [e.name for e in value]
+        if len(set(names)) != len(names):
+            raise _Rule("endpoints", names, "endpoints with different names")
+        return value
+
+
+@_config_class("push")
+class PushConfig(_Replace):
+    """Notifications to offline devices through Matrix push gateways (``[push]``; docs/integrations.md)."""
+
+    enabled: bool = option(True, "send notifications to the pushers devices register")
+    content: Literal["none", "sender", "full"] = option(
+        "none", "what a notification carries besides counts and ids: nothing, the sender's name, or also the body")
+    coalesce: float = option(2.0, "seconds messages to one device are gathered into one notification",
+                             unit="seconds", ge=0, le=3600)
+    timeout: float = option(10.0, "seconds to wait for the push gateway's answer", unit="seconds", gt=0, le=300)
+    max_attempts: int = option(5, "tries of one notification before it is dropped", ge=1, le=100)
+    max_pushers: int = option(10, "pushers one account may register", ge=1, le=1000)
+    gateways: tuple[str, ...] = option(
+        (), "the push gateways pushers may name, as scheme://host[:port]; empty: any (a client then chooses "
+        "where this node sends requests)", allowed="a list of http(s)://HOST[:PORT] (in the environment: comma-separated)")
+
+    @field_validator("gateways", mode="before")
+    @classmethod
+    def _one_or_many(cls, value: Any) -> Any:
+        return tuple(v.strip() for v in value.split(",") if v.strip()) if isinstance(value, str) else value
+
+    @field_validator("gateways")
+    @classmethod
+    def _origins(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for origin in value:
+            if not re.match(r"^https?://[^/?#]+$", origin):
+                raise ValueError(f"{origin!r} is not scheme://host[:port]")
+        return tuple(o.lower() for o in value)
+
+
 @_config_class("")
 class NodeConfig(_Replace):
     data_dir: Path = option(Path("timpy-data"), "data directory (database, keys, token; created 0700)",
@@ -355,6 +445,8 @@ class NodeConfig(_Replace):
     cluster: ClusterConfig = option(None, "", factory=ClusterConfig)
     storage: StorageConfig = option(None, "", factory=StorageConfig)
     admin: AdminConfig = option(None, "", factory=AdminConfig)
+    webhooks: WebhooksConfig = option(None, "", factory=WebhooksConfig)
+    push: PushConfig = option(None, "", factory=PushConfig)
 
     _off_listen = field_validator("listen", "ws", mode="before")(_off)
     _check_listen = field_validator("listen", "ws")(_hostport)
@@ -386,6 +478,7 @@ CLI_DEFAULTS: dict[str, Any] = {
 
 SECTIONS: dict[str, type] = {
     "limits": Limits, "security": SecurityConfig, "cluster": ClusterConfig, "storage": StorageConfig, "admin": AdminConfig,
+    "webhooks": WebhooksConfig, "push": PushConfig,
 }
 _PATH_KEYS = {("data_dir",), ("cluster_key_file",), ("ready_file",), ("tls_cert",), ("tls_key",),
               ("admin", "token_file"), ("admin", "tls_cert"), ("admin", "tls_key"), ("admin", "tls_client_ca")}
@@ -581,6 +674,11 @@ def parse_text_value(section: str, key: str, text: str, what: str) -> Any:
         return dict(_pairs(text, what))
     if (section, key) == ("storage", "backends"):
         return tuple({"name": k, "url": v} for k, v in _pairs(text, what))
+    if (section, key) == ("webhooks", "endpoints"):
+        try:
+            return tuple(json.loads(text))
+        except (ValueError, TypeError):
+            raise ConfigError(f"{what}: expected a JSON list of endpoint tables, got {text!r}") from None
     return text
 
 
@@ -704,5 +802,5 @@ def options_table() -> str:
 
 __all__ = [
     "AdminConfig", "BackendSpec", "CLI_DEFAULTS", "ClusterConfig", "ConfigError", "Limits", "NodeConfig",
-    "SecurityConfig", "StorageConfig", "load_config", "options_table", "parse_hostport", "resolve_config",
+    "PushConfig", "SecurityConfig", "WebhookEndpoint", "WebhooksConfig", "StorageConfig", "load_config", "options_table", "parse_hostport", "resolve_config",
 ]

@@ -10,6 +10,7 @@ import trio
 
 import timpy
 from tests.conftest import PASSWORD, node_config
+from timpy.cluster import catalog as ops
 from timpy.config import ClusterConfig
 from timpy.crypto.keys import ClusterKeys
 from timpy.im import ids
@@ -163,7 +164,7 @@ async def test_history_is_read_from_another_replica_when_the_owner_does_not_answ
             async def hang(*args):  # noqa: ANN002, ANN202 - the owner stops answering reads
                 await trio.sleep_forever()
 
-            owner.cluster.rpc.register("conv.history", lambda *args: hang())
+            owner.cluster.rpc.serve(ops.CONV_HISTORY, lambda _args: hang())
             with trio.fail_after(20):
                 page = await i.history("jon")
         assert [m.body for m in page.messages] == [f"h{k}".encode() for k in range(5)]

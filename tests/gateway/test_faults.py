@@ -101,7 +101,7 @@ async def test_a_fault_when_a_connection_ends_does_not_stop_the_node(transport, 
     async with timpy.open_node(node_config()) as node:
         url = url_of(node, transport)
         await users(url, "alice", "bob", "carol")
-        real_close = node.messenger.close_terminal
+        real_close = node.deliverer.close_terminal
         alice_id = node.user_id_of("alice")
 
         def failing_close(terminal):  # noqa: ANN001, ANN202
@@ -109,7 +109,7 @@ async def test_a_fault_when_a_connection_ends_does_not_stop_the_node(transport, 
             if terminal.user_id == alice_id:
                 raise Injected("injected fault while closing a terminal")
 
-        monkeypatch.setattr(node.messenger, "close_terminal", failing_close)
+        monkeypatch.setattr(node.deliverer, "close_terminal", failing_close)
         async with timpy.connect(url, "bob", PASSWORD) as b:
             with caplog.at_level(logging.ERROR, logger="timpy.gateway"):
                 async with timpy.connect(url, "alice", PASSWORD) as a:

@@ -110,13 +110,13 @@ async def test_a_group_across_three_nodes_fans_out_once_per_node(autojump_clock)
                 await stack.enter_async_context(timpy.connect(at[i % 3], name, PASSWORD))
                 for i, name in enumerate(names[1:], start=1)
             ]
-            before = gid_owner.messenger.fanout_requests
+            before = gid_owner.writer.fanout_requests
             ack = await creator.send_group(g.group, "to all nine")
             got = [(await c.next_message(timeout=10)).body for c in clients]
             assert got == [b"to all nine"] * 8 and ack.seq == 1
             # One inbox request per other node owning members, not one per member.
             remote = set(owner_of.values()) - {gid_owner.node_id}
-            assert gid_owner.messenger.fanout_requests - before == len(remote)
+            assert gid_owner.writer.fanout_requests - before == len(remote)
             # History through any node.
             page = await clients[3].history(conversation=g.group)
             assert [m.body for m in page.messages] == [b"to all nine"]

@@ -197,11 +197,11 @@ async def test_one_bad_send_in_a_group_commit_does_not_fail_the_others(node):
 
     await users(node.tcp_url, "alice", "bob")
     alice = Identity(ids.user_id(node.indexer, "alice"), "alice")
-    from timpy.im.messaging import _Pending
+    from timpy.im.writer import Append
 
-    ghost = _Pending(*node.messenger._prepare(alice, "ghost", "id-1", 0, b"x", {}), trio.Event())
-    good = _Pending(*node.messenger._prepare(alice, "bob", "id-2", 0, b"x", {}), trio.Event())
-    await node.messenger._write([ghost, good])  # one batch, as the writer would take it
+    ghost = Append(*node.messenger._prepare(alice, "ghost", "id-1", 0, b"x", {}))
+    good = Append(*node.messenger._prepare(alice, "bob", "id-2", 0, b"x", {}))
+    await node.writer._write([ghost, good])  # one batch, as the writer would take it
     assert good.error is None and good.result.message.seq == 1
     assert ghost.result is None and ghost.error.code == Code.NO_SUCH_USER
     assert [m.seq for m in (await node.messenger.history(alice, "", "bob", 0, None, 10))[1]] == [1]

@@ -15,11 +15,11 @@ class Notes:
         self.sent: list[tuple[str, str, tuple]] = []
         self.handlers: dict = {}
 
-    def register(self, method, handler):  # noqa: ANN001, ANN201
-        self.handlers[method] = handler
+    def serve(self, op, handler):  # noqa: ANN001, ANN201
+        self.handlers[op.name] = handler
 
-    def notify(self, address, method, *args):  # noqa: ANN001, ANN201
-        self.sent.append((address, method, args))
+    def notify(self, address, op, args):  # noqa: ANN001, ANN201
+        self.sent.append((address, op.name, tuple(op.encode_args(args))))
 
 
 class Link:

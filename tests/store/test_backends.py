@@ -16,7 +16,8 @@ from timpy.errors import ConfigError, StorageError
 from timpy.store import schema
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
 from timpy.store.engine import url_engine
-from timpy.store.repository import NewMessage, Repository
+from timpy.store.repository import Repository
+from timpy.store.rows import NewMessage
 from timpy.store.sharded import ShardedRepository
 
 KEY = bytes(range(32))

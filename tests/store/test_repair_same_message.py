@@ -13,7 +13,8 @@ from timpy.crypto.seal import Sealer
 from timpy.store import digest as d
 from timpy.store import schema as s
 from timpy.store.engine import sqlite_engine
-from timpy.store.repository import NewMessage, Repository
+from timpy.store.repository import Repository
+from timpy.store.rows import NewMessage
 
 KEY = bytes(range(32))
 A, B, CONV = b"a" * 16, b"b" * 16, b"c" * 16

@@ -9,7 +9,8 @@ from tests.store.backends import BACKENDS, clear, dump_tables, make_engine
 from timpy.crypto.seal import Sealer
 from timpy.errors import Code, KeyMismatchError, RequestError, StorageError
 from timpy.store.engine import sqlite_engine
-from timpy.store.repository import NewMessage, Repository
+from timpy.store.repository import Repository
+from timpy.store.rows import NewMessage
 
 KEY = bytes(range(32))
 A, B, C = b"a" * 16, b"b" * 16, b"c" * 16

@@ -10,7 +10,8 @@ from sqlalchemy import select
 
 from tests.store.test_repair_same_message import CONV, A, B, one_pass, replica
 from timpy.store import schema as s
-from timpy.store.repository import Copies, InboxItem, NewMessage, Repository
+from timpy.store.repository import Repository
+from timpy.store.rows import Copies, InboxItem, NewMessage
 
 
 def slots(repo: Repository) -> dict[int, tuple[bytes, int]]:

@@ -18,7 +18,9 @@ from timpy.crypto.seal import Sealer
 from timpy.errors import Code
 from timpy.store import schema as s
 from timpy.store.engine import sqlite_engine, url_engine
-from timpy.store.repository import ConcurrentWriteError, NewMessage, Repository
+from timpy.store.features.messages import ConcurrentWriteError
+from timpy.store.repository import Repository
+from timpy.store.rows import NewMessage
 
 KEY = bytes(range(32))
 A, B = b"a" * 16, b"b" * 16

@@ -237,7 +237,7 @@ async def test_a_backend_that_is_down_fails_only_its_own_keys_and_service_resume
 
 async def test_a_move_interrupted_by_a_crash_resumes_when_the_node_restarts(tmp_path):
     from timpy.crypto.seal import Sealer  # noqa: F401 - the node seals; the test only counts
-    from timpy.store.repository import NewMessage
+    from timpy.store.rows import NewMessage
 
     keys = ClusterKeys.generate()
     b1, b2, b3 = (BackendSpec(f"b{i}", fresh_database("sqlite", f"crash{i}", tmp_path)) for i in (1, 2, 3))

@@ -371,6 +371,22 @@ def _register_partition_bench() -> None:
 _register_partition_bench()
 
 
+def _register_webhooks_bench() -> None:
+    from timpy.cli.bench_webhooks import register
+
+    register(bench)
+
+
+def _register_search_bench() -> None:
+    from timpy.cli.bench_search import register
+
+    register(bench)
+
+
+_register_webhooks_bench()
+_register_search_bench()
+
+
 from timpy.cli.bench_failover import failover_cmd  # noqa: E402 - registered last, beside the other bench commands
 
 bench.add_command(failover_cmd)

@@ -268,7 +268,8 @@ async def _prefill(workdir: Path, count: int, clients: int) -> float:
     from timpy.crypto.seal import Sealer
     from timpy.im import ids, kinds
     from timpy.store.engine import sqlite_engine
-    from timpy.store.repository import NewMessage, Repository
+    from timpy.store.repository import Repository
+    from timpy.store.rows import NewMessage
     from timpy.wire.messages import pack_content
 
     keys, _ = load_or_create_cluster_key(workdir / "data" / "cluster.key", create=False)

@@ -17,7 +17,7 @@ import nacl.signing
 import trio
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from timpy.cluster import codec
+from timpy.cluster import catalog, codec
 from timpy.cluster.rpc import Rpc, is_rpc
 from timpy.cluster.transport import NatSettings, TcpPeerTransport
 from timpy.crypto.keys import ClusterKeys
@@ -33,19 +33,19 @@ async def _pump(transport: TcpPeerTransport, rpc: Rpc) -> None:
 async def _measure(rpc: Rpc, address: str, calls: int, size: int, window: int, progress: Progress, label: str) -> dict:
     from timpy.cli.bench import percentile
 
-    body = b"x" * size
-    await rpc.call(address, "echo", b"warm-up", timeout=15)
+    body = catalog.Echo(b"x" * size)
+    await rpc.call(address, catalog.ECHO, catalog.Echo(b"warm-up"), timeout=15)
     task = progress.add_task(f"{label}: round trips", total=calls)
     latencies = []
     for _ in range(calls):
         t0 = time.perf_counter()
-        await rpc.call(address, "echo", b"ping", timeout=15)
+        await rpc.call(address, catalog.ECHO, catalog.Echo(b"ping"), timeout=15)
         latencies.append((time.perf_counter() - t0) * 1000)
         progress.advance(task)
     task = progress.add_task(f"{label}: {size} B pipelined", total=calls)
     t0 = time.perf_counter()
     for start in range(0, calls, window):
-        pending = [rpc.start_call(address, "echo", body) for _ in range(min(window, calls - start))]
+        pending = [rpc.start_call(address, catalog.ECHO, body) for _ in range(min(window, calls - start))]
         for call in pending:
             await call.result(15)
         progress.advance(task, len(pending))
@@ -74,10 +74,10 @@ async def path_figures(calls: int, size: int, window: int) -> dict:
             await nursery.start(t.run)
             await nursery.start(rpc.run)
             nursery.start_soon(_pump, t, rpc)
-            rpc.register("echo", lambda body: body)
+            rpc.serve(catalog.ECHO, lambda echo: echo.body)
         # the hidden target dials out to the relay, as a node behind NAT does
-        await hidden_rpc.call(relay.address, "echo", b"join", timeout=15)
-        await caller_rpc.call(relay.address, "echo", b"join", timeout=15)  # relays are peers with live channels
+        await hidden_rpc.call(relay.address, catalog.ECHO, catalog.Echo(b"join"), timeout=15)
+        await caller_rpc.call(relay.address, catalog.ECHO, catalog.Echo(b"join"), timeout=15)  # relays are peers with live channels
         with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn()) as p:
             result.update(await _measure(caller_rpc, direct.address, calls, size, window, p, "direct TCP"))
             result.update(await _measure(caller_rpc, "127.0.0.1:1", calls, size, window, p, "relayed"))

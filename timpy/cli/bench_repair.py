@@ -26,7 +26,7 @@ from timpy.cli.bench import show
 from timpy.config import AdminConfig, ClusterConfig, NodeConfig, SecurityConfig
 from timpy.crypto.keys import ClusterKeys
 from timpy.store import schema as s
-from timpy.store.repository import NewMessage
+from timpy.store.rows import NewMessage
 
 
 def _seed(node: timpy.Node, conversations: int, messages: int, rng: random.Random) -> list[bytes]:

@@ -36,7 +36,8 @@ from timpy.node.backends import BackendCoordinator
 from timpy.store import schema
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
 from timpy.store.engine import url_engine
-from timpy.store.repository import NewMessage, Store
+from timpy.store.repository import Store
+from timpy.store.rows import NewMessage
 from timpy.store.sharded import ShardedRepository
 
 

@@ -18,7 +18,7 @@ import trio
 from rich.console import Console
 from rich.table import Table
 
-from timpy.cluster import codec
+from timpy.cluster import catalog, codec
 from timpy.cluster.rpc import Rpc, is_rpc
 from timpy.cluster.transport import TcpPeerTransport
 from timpy.concurrency import unwrap_single_error
@@ -30,6 +30,12 @@ from timpy.errors import TimpyError
 async def ask_node(
     address: str, key_file: Path, method: str = "cluster.status", *args: Any, timeout: float = 5.0
 ) -> Any:
+    """Ask the node at ``address`` for the catalog operation named ``method``
+    with its arguments in field order; returns its result."""
+    op = catalog.BY_NAME.get(method)
+    if op is None or not op.reply:
+        raise TimpyError(f"no such request to a node: {method}")
+    request = op.args(*args)
     keys, _ = load_or_create_cluster_key(key_file, create=False)
     transport = TcpPeerTransport(keys, nacl.signing.SigningKey.generate(), listen="127.0.0.1:0")
     rpc = Rpc(transport)
@@ -46,7 +52,7 @@ async def ask_node(
                     rpc.receive(raw)
 
         nursery.start_soon(receive)
-        call = rpc.start_call(address, method, *args)
+        call = rpc.start_call(address, op, request)
         answer: list[Any] = []
         failure: list[TimpyError] = []
         with trio.move_on_after(timeout):

@@ -4,16 +4,22 @@ from timpy.client.client import (
     Ack,
     Client,
     Connector,
+    ConversationEntry,
+    ConversationPage,
     GroupInfo,
     HistoryPage,
     Notice,
     Presence,
     Profile,
+    Pusher,
     Receipt,
     RoomInfo,
     Roster,
+    SearchHit,
+    SearchResults,
     Signal,
     StreamData,
+    ThreadInfo,
     TlsError,
     Unread,
     UrlError,
@@ -21,4 +27,4 @@ from timpy.client.client import (
     register,
 )
 
-__all__ = ["Ack", "Client", "Connector", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Receipt", "RoomInfo", "Roster", "Signal", "StreamData", "TlsError", "Unread", "UrlError", "connect", "register"]
+__all__ = ["Ack", "Client", "Connector", "ConversationEntry", "ConversationPage", "GroupInfo", "HistoryPage", "Notice", "Presence", "Profile", "Pusher", "Receipt", "RoomInfo", "Roster", "SearchHit", "SearchResults", "Signal", "StreamData", "ThreadInfo", "TlsError", "Unread", "UrlError", "connect", "register"]

@@ -38,7 +38,24 @@ from timpy.concurrency import unwrap_single_error
 from timpy.errors import Code, RemoteError, TimpyError
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
-from timpy.wire.messages import KIND_DELETED, KIND_EDIT, KIND_NORMAL, KIND_RECALL, ChatMessage
+from timpy.wire.messages import (
+    KIND_DELETED,
+    KIND_EDIT,
+    KIND_NORMAL,
+    KIND_RECALL,
+    Ack,
+    ChatMessage,
+    Presence,
+    Receipt,
+    Roster,
+    Signal,
+    StreamData,
+    ack_of,
+    message_from_wire,
+    notices_of,
+    presences_of,
+    roster_of,
+)
 
 CLIENT_MAX_FRAME = 64 * 1024 * 1024
 ACK_INTERVAL = 0.05
@@ -50,7 +67,8 @@ _BACKOFF = (0.1, 0.25, 0.5, 1.0, 2.0)  # seconds between rounds of attempts, the
 # Requests that may be sent again after a connection was lost: reads, and
 # sends (deduplicated by their client id). Others (group changes, ...) fail
 # with UNAVAILABLE: their outcome is unknown.
-_RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync"})
+_RETRY_SAFE = frozenset({"send", "history", "ping", "unread_request", "presence_query", "receipt", "sync",
+                         "conversation_list", "conversation_set", "search", "thread_request"})
 # A node that closed the connection for one of these reasons would do it again.
 _FINAL = frozenset({Code.KICKED, Code.ACCOUNT_DISABLED, Code.BAD_CREDENTIALS, Code.TOKEN_INVALID, Code.TOKEN_EXPIRED,
                     Code.VERSION_UNSUPPORTED})
@@ -66,15 +84,6 @@ class UrlError(ValueError):
 class TlsError(ConnectionError):
     """The TLS handshake with a node failed (untrusted certificate, wrong
     server name, no TLS on that port); the text says which and what to do."""
-
-
-@dataclass(frozen=True)
-class Ack:
-    client_id: str
-    conversation: str
-    seq: int
-    server_time: int
-    duplicate: bool
 
 
 @dataclass(frozen=True)
@@ -101,47 +110,6 @@ class GroupInfo:
 
 
 @dataclass(frozen=True)
-class Roster:
-    friends: list[str]
-    incoming: list[str]  # friend requests waiting for this user's answer
-    outgoing: list[str]  # this user's requests waiting for an answer
-    blocked: list[str]
-
-
-@dataclass(frozen=True)
-class Presence:
-    user: str
-    online: bool
-    status: str  # online, busy, away; "offline" when not online
-    text: str
-    since: int  # ms since the epoch of the last change
-
-
-@dataclass(frozen=True)
-class Receipt:
-    conversation: str
-    seq: int
-    read: bool  # False: delivered
-    user: str  # who received or read it
-
-
-@dataclass(frozen=True)
-class Signal:
-    kind: str  # "typing", or an application's own
-    sender: str
-    data: bytes
-    to: str  # set for a signal to a user
-    conversation: str  # set for a signal to a conversation
-
-
-@dataclass(frozen=True)
-class StreamData:
-    room: str
-    sender: str
-    data: bytes
-
-
-@dataclass(frozen=True)
 class RoomInfo:
     room: str
     members: list[str]  # one name per terminal in the room
@@ -161,44 +129,92 @@ class Profile:
     fields: dict[str, str]
 
 
+@dataclass(frozen=True)
+class Pusher:
+    """Where a push gateway wakes a device (``Client.set_pusher``)."""
+
+    app_id: str
+    pushkey: str
+    url: str
+    data: dict[str, str]
+    this_device: bool
+
+
+@dataclass(frozen=True)
+class ConversationEntry:
+    """One conversation of the list; also a notice when it changes."""
+
+    conversation: str
+    group: bool
+    peer: str  # the other user of a 1:1 conversation
+    name: str  # a group's name
+    last: ChatMessage | None  # the newest message shown
+    last_time: int  # ms since the epoch of the newest activity
+    unread: int
+    mentions: int
+    muted: bool
+    pinned: bool
+    archived: bool
+    read_seq: int
+
+
+@dataclass(frozen=True)
+class ConversationPage:
+    entries: list[ConversationEntry]
+    total: int  # entries in the whole list (archived ones, or the others)
+    more: bool
+
+
+@dataclass(frozen=True)
+class ThreadInfo:
+    root: int  # the root message's seq
+    thread: str  # the thread's conversation id
+    count: int  # messages in the thread
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    conversation: str
+    seq: int
+    server_time: int
+
+
+@dataclass(frozen=True)
+class SearchResults:
+    hits: list[SearchHit]  # newest first
+    count: int  # hits in all
+    more: bool
+
+
 #: What ``Client.notices()`` yields: pushes that are not stored messages.
-Notice = Roster | Presence | Receipt | Signal | StreamData
+Notice = Roster | Presence | Receipt | Signal | StreamData | ConversationEntry
 
 
-def _roster(r: TPayload) -> Roster:
-    return Roster(list(r.friends or []), list(r.incoming or []), list(r.outgoing or []), list(r.blocked or []))
-
-
-def _presence(p: TPayload) -> Presence:
-    return Presence(p.user or "", bool(p.online), p.status or "", p.text or "", p.since or 0)
+def _entry(e: TPayload) -> ConversationEntry:
+    return ConversationEntry(
+        e.conversation or "", bool(e.group), e.peer or "", e.name or "",
+        message_from_wire(e.last) if e.last is not None else None, e.last_time or 0, e.unread or 0,
+        e.mentions or 0, bool(e.muted), bool(e.pinned), bool(e.archived), e.read_seq or 0,
+    )
 
 
 def _notices_of(op: str, body: TPayload) -> list[Notice]:
-    if op == "roster":
-        return [_roster(body)]
-    if op == "presence_list":
-        return [_presence(p) for p in body.users or []]
-    if op == "receipt":
-        return [Receipt(body.conversation or "", body.seq or 0, bool(body.read), body.user or "")]
-    if op == "signal":
-        return [Signal(body.kind or "", body.sender or "", body.data or b"", body.to or "", body.conversation or "")]
-    if op == "stream":
-        return [StreamData(body.room or "", body.sender or "", body.data or b"")]
-    return []
+    if op == "conversation_entry":
+        return [_entry(body)]
+    return list(notices_of(op, body))
 
 
-def message_from_wire(m: TPayload) -> ChatMessage:
-    return ChatMessage(
-        conversation=m.conversation or "",
-        seq=m.seq or 0,
-        client_id=m.client_id or "",
-        sender=m.sender or "",
-        recipient=m.recipient or "",
-        kind=m.kind or 0,
-        body=m.body or b"",
-        server_time=m.server_time or 0,
-        ext=dict(m.ext or {}),
-    )
+def _with_reply(
+    ext: dict[str, str] | None, reply_to: int | None, mentions: Sequence[str], thread: int | None = None
+) -> dict[str, str]:
+    out = dict(ext or {})
+    if thread is not None:
+        out["thread"] = str(thread)
+    if reply_to is not None:
+        out["reply_to"] = str(reply_to)
+    if mentions:
+        out["mentions"] = ",".join(mentions)
+    return out
 
 
 #: Opens a byte stream to a node, for ``connect`` and ``register`` in place of a URL.
@@ -440,7 +456,7 @@ class Client:
             return
         if op == "sync_done":
             self._synced.set()
-        if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream"):
+        if rid == 0 and op in ("roster", "presence_list", "receipt", "signal", "stream", "conversation_entry"):
             for notice in _notices_of(op, body):
                 try:
                     self._notices_send.send_nowait(notice)
@@ -551,9 +567,16 @@ class Client:
         kind: int = KIND_NORMAL,
         ext: dict[str, str] | None = None,
         client_id: str | None = None,
+        reply_to: int | None = None,
+        mentions: Sequence[str] = (),
+        thread: int | None = None,
     ) -> Ack:
         """Send a 1:1 message; returns once it is stored. Retrying with the same
-        ``client_id`` never stores it twice."""
+        ``client_id`` never stores it twice. ``reply_to``: the seq of the message
+        this answers; ``mentions``: user names (or "@all" in a group);
+        ``thread``: the seq of the root message whose thread this goes to (the
+        ack's conversation is then the thread's id)."""
+        ext = _with_reply(ext, reply_to, mentions, thread)
         client_id = client_id or uuid.uuid4().hex
         if client_id not in self._sent_set:
             if len(self._sent_ids) == self._sent_ids.maxlen:
@@ -563,18 +586,20 @@ class Client:
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, recipient=to, kind=kind, body=data, ext=ext or {})
         _, ack = await self.request("send", message=message)
-        return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+        return ack_of(ack)
 
     async def send_group(
         self, group: str, body: bytes | str, *, kind: int = KIND_NORMAL, ext: dict[str, str] | None = None,
-        client_id: str | None = None,
+        client_id: str | None = None, reply_to: int | None = None, mentions: Sequence[str] = (),
+        thread: int | None = None,
     ) -> Ack:
         """Send to a group (its id from ``GroupInfo.group``); stored once, delivered to every member."""
+        ext = _with_reply(ext, reply_to, mentions, thread)
         client_id = client_id or uuid.uuid4().hex
         data = body.encode() if isinstance(body, str) else body
         message = wp.Message(client_id=client_id, conversation=group, kind=kind, body=data, ext=ext or {})
         _, ack = await self.request("send", message=message)
-        return Ack(ack.client_id, ack.conversation, ack.seq, ack.server_time, bool(ack.duplicate))
+        return ack_of(ack)
 
     async def group(
         self, op: str, group: str = "", *, users: list[str] | tuple[str, ...] = (), name: str = "",
@@ -653,7 +678,7 @@ class Client:
         """Any roster operation (list, request, accept, reject, remove, block,
         unblock); returns this user's roster after it."""
         _, r = await self.request("roster_request", wp.thrift.RosterRequest(op=op, user=user))
-        return _roster(r)
+        return roster_of(r)
 
     async def add_friend(self, user: str) -> Roster:
         return await self.roster("request", user)
@@ -672,7 +697,7 @@ class Client:
     async def presence(self, users: list[str] | tuple[str, ...], *, subscribe: bool = False,
                        unsubscribe: bool = False) -> list[Presence]:
         _, found = await self.request("presence_query", users=list(users), subscribe=subscribe, unsubscribe=unsubscribe)
-        return [_presence(p) for p in found.users or []]
+        return presences_of(found)
 
     # --- signals, receipts, unread -----------------------------------------------
 
@@ -691,21 +716,68 @@ class Client:
         _, u = await self.request("unread_request")
         return Unread(dict(u.counts or {}), dict(u.read or {}))
 
+    async def replied_to(self, message: ChatMessage) -> ChatMessage | None:
+        """The message ``message`` replies to (to show it quoted), or None when
+        it is not a reply or its target is gone."""
+        raw = message.ext.get("reply_to", "")
+        if not raw.isdigit():
+            return None
+        page = await self.history(conversation=message.conversation, after=int(raw) - 1, limit=1)
+        return page.messages[0] if page.messages and page.messages[0].seq == int(raw) else None
+
+    async def threads(self, roots: Sequence[int], *, peer: str = "", group: str = "") -> list[ThreadInfo]:
+        """The threads under root messages of the 1:1 conversation with ``peer``
+        (or of ``group``): their ids (read them with ``history``) and counts."""
+        _, t = await self.request("thread_request", peer=peer, conversation=group, roots=list(roots))
+        return [ThreadInfo(x.root or 0, x.thread or "", x.count or 0) for x in t.threads or []]
+
+    # --- conversation list and search ---------------------------------------------
+
+    async def conversations(self, *, offset: int = 0, limit: int = 50, archived: bool = False) -> ConversationPage:
+        """A page of this user's conversations (1:1 and groups): pinned first,
+        then the newest activity first; ``archived`` lists the archived ones."""
+        _, p = await self.request("conversation_list", offset=offset, limit=limit, archived=archived)
+        return ConversationPage([_entry(e) for e in p.entries or []], p.total or 0, bool(p.more))
+
+    async def set_conversation(
+        self, conversation: str, *, muted: bool | None = None, pinned: bool | None = None,
+        archived: bool | None = None,
+    ) -> ConversationEntry:
+        """Set this user's flags of a conversation (None: unchanged); returns its entry."""
+        _, e = await self.request(
+            "conversation_set", conversation=conversation, muted=muted, pinned=pinned, archived=archived
+        )
+        return _entry(e)
+
+    async def search(self, query: str, *, conversation: str = "", offset: int = 0, limit: int = 50) -> SearchResults:
+        """Messages of this user's conversations (or of one) holding every word
+        of ``query`` (as prefixes), newest first; fetch them with ``history``."""
+        _, r = await self.request("search", query=query, conversation=conversation, offset=offset, limit=limit)
+        return SearchResults(
+            [SearchHit(h.conversation or "", h.seq or 0, h.server_time or 0) for h in r.hits or []],
+            r.count or 0, bool(r.more),
+        )
+
     # --- message kinds -----------------------------------------------------------
 
-    async def recall(self, seq: int, *, to: str = "", group: str = "") -> Ack:
-        """Recall message ``seq`` of the 1:1 conversation with ``to`` (or of ``group``)."""
-        return await self._acting(KIND_RECALL, seq, b"", to, group)
+    async def recall(self, seq: int, *, to: str = "", group: str = "", thread: int | None = None) -> Ack:
+        """Recall message ``seq`` of the 1:1 conversation with ``to`` (or of
+        ``group``; or of the thread under their message ``thread``)."""
+        return await self._acting(KIND_RECALL, seq, b"", to, group, thread)
 
-    async def edit(self, seq: int, body: bytes | str, *, to: str = "", group: str = "") -> Ack:
+    async def edit(
+        self, seq: int, body: bytes | str, *, to: str = "", group: str = "", thread: int | None = None
+    ) -> Ack:
         """Replace the body of one's own message ``seq``."""
-        return await self._acting(KIND_EDIT, seq, body, to, group)
+        return await self._acting(KIND_EDIT, seq, body, to, group, thread)
 
-    async def _acting(self, kind: int, seq: int, body: bytes | str, to: str, group: str) -> Ack:
+    async def _acting(
+        self, kind: int, seq: int, body: bytes | str, to: str, group: str, thread: int | None = None
+    ) -> Ack:
         ext = {"target": str(seq)}
         if group:
-            return await self.send_group(group, body, kind=kind, ext=ext)
-        return await self.send(to, body, kind=kind, ext=ext)
+            return await self.send_group(group, body, kind=kind, ext=ext, thread=thread)
+        return await self.send(to, body, kind=kind, ext=ext, thread=thread)
 
     # --- rooms and streams -------------------------------------------------------
 
@@ -743,6 +815,27 @@ class Client:
         """Change one's own profile: nickname=..., avatar=..., any other field (custom); "" removes it."""
         _, p = await self.request("profile_request", changes=changes)
         return Profile(p.user or "", p.nickname or "", p.avatar or "", dict(p.fields or {}))
+
+    # --- pushers (push to offline devices) --------------------------------------------
+
+    async def set_pusher(self, app_id: str, pushkey: str, url: str, data: dict[str, str] | None = None) -> list[Pusher]:
+        """Have this device woken through the Matrix push gateway at ``url``
+        (``.../_matrix/push/v1/notify``) when a message reaches it while it is
+        offline; returns the account's pushers."""
+        return await self._pushers("set", app_id, pushkey, url, data or {})
+
+    async def remove_pusher(self, app_id: str, pushkey: str) -> list[Pusher]:
+        return await self._pushers("remove", app_id, pushkey)
+
+    async def pushers(self) -> list[Pusher]:
+        return await self._pushers("list")
+
+    async def _pushers(self, op: str, app_id: str = "", pushkey: str = "", url: str = "",
+                       data: dict[str, str] | None = None) -> list[Pusher]:
+        _, reply = await self.request("pusher_request", wp.thrift.PusherRequest(
+            op=op, app_id=app_id, pushkey=pushkey, url=url, data=data or {}))
+        return [Pusher(p.app_id or "", p.pushkey or "", p.url or "", dict(p.data or {}), bool(p.this_device))
+                for p in reply.pushers or []]
 
     @property
     def position(self) -> int:

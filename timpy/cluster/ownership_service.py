@@ -19,6 +19,7 @@ from pathlib import Path
 
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.cluster.membership import Membership, State
 from timpy.cluster.ownership import (
     NO_EPOCH,
@@ -99,10 +100,10 @@ class OwnershipService:
         self.lease_lost_at: float | None = None  # when this node last stopped holding a lease
         self._unfounded_since: float | None = None
         self._alone_since: float | None = None  # since when this node, with no ring, sees members alive  # since when every member seen alive had no ring either
-        rpc.register("own.grant", self._on_grant)
-        rpc.register("own.accept", self._on_accept)
-        rpc.register("own.established", self._on_established)
-        rpc.register("own.fence", self._on_fence)
+        rpc.serve(ops.OWN_GRANT, self._on_grant)
+        rpc.serve(ops.OWN_ACCEPT, self._on_accept)
+        rpc.serve(ops.OWN_ESTABLISHED, self._on_established)
+        rpc.serve(ops.OWN_FENCE, self._on_fence)
 
     # --- what the node asks -------------------------------------------------
 
@@ -286,10 +287,10 @@ class OwnershipService:
 
         async def ask(name: str, address: str) -> None:
             try:
-                _, theirs = await self._rpc.start_call(address, "own.grant", NO_EPOCH.pack(), self.self_id).result(1.0)
+                answer = await self._rpc.call(address, ops.OWN_GRANT, ops.Grant(NO_EPOCH, self.self_id))
             except TimpyError:
                 return
-            answers[name] = int(theirs[0])  # only looked at: the cluster adds this node in its own time
+            answers[name] = answer.epoch.number  # only looked at: the cluster adds this node in its own time
 
         async with trio.open_nursery() as nursery:
             for name in others:
@@ -315,19 +316,15 @@ class OwnershipService:
         rnd: LeaseRound = self.core.start_round(now)
         if self.self_id in rnd.epoch.voters:
             self.core.round_answer(now, rnd, self.self_id, self.core.grant(now, self.self_id, rnd.epoch, False))
-        packed = rnd.epoch.pack()
+        grant = ops.Grant(rnd.epoch, self.self_id, rnd.established)
 
         async def ask(voter: str, address: str) -> None:
             try:
-                granted, theirs = await self._rpc.start_call(
-                    address, "own.grant", packed, self.self_id, rnd.established
-                ).result(
-                    self.config.holder_lease / 2
-                )
+                answer = await self._rpc.call(address, ops.OWN_GRANT, grant, timeout=self.config.holder_lease / 2)
             except TimpyError:
                 return
-            self._learn(Epoch.unpack(theirs))
-            self.core.round_answer(trio.current_time(), rnd, voter, bool(granted))
+            self._learn(answer.epoch)
+            self.core.round_answer(trio.current_time(), rnd, voter, answer.granted)
 
         async with trio.open_nursery() as nursery:
             for voter in sorted(rnd.epoch.voters - {self.self_id}):
@@ -336,13 +333,12 @@ class OwnershipService:
                     nursery.start_soon(ask, voter, address)
         self.core.finish_round(trio.current_time(), rnd)
 
-    def _on_grant(self, raw: list, holder: str, established: bool = False) -> list:
-        epoch = Epoch.unpack(raw)
-        self._learn(epoch)
+    def _on_grant(self, a: ops.Grant) -> ops.Granted:
+        self._learn(a.epoch)
         m = self._membership()
-        dead = m is not None and m.state_of(str(holder)) in (State.DEAD, State.LEFT)
-        granted = self.core.grant(trio.current_time(), str(holder), epoch, dead, bool(established))
-        return [granted, self.core.epoch.pack()]
+        dead = m is not None and m.state_of(a.holder) in (State.DEAD, State.LEFT)
+        granted = self.core.grant(trio.current_time(), a.holder, a.epoch, dead, a.established)
+        return ops.Granted(granted, self.core.epoch)
 
     # --- epochs -------------------------------------------------------------
 
@@ -367,18 +363,18 @@ class OwnershipService:
         proposal = self.core.propose(trio.current_time(), epoch)
         if self.core.epoch != before:
             self._epoch_changed()
-        packed = epoch.pack()
+        proposed = ops.EpochArgs(epoch)
 
         async def ask(voter: str, address: str) -> None:
             try:
-                accepted, theirs = await self._rpc.start_call(address, "own.accept", packed).result(1.0)
+                answer = await self._rpc.call(address, ops.OWN_ACCEPT, proposed)
             except TimpyError:
                 return
-            if accepted:
+            if answer.granted:
                 proposal.accepted.add(voter)
             else:
-                self.core.conflict(Epoch.unpack(theirs))
-                self._learn(Epoch.unpack(theirs))
+                self.core.conflict(answer.epoch)
+                self._learn(answer.epoch)
 
         async with trio.open_nursery() as nursery:
             for voter in sorted((epoch.voters | proposal.previous.voters) - {self.self_id}):
@@ -393,10 +389,10 @@ class OwnershipService:
         for name in sorted((epoch.voters | epoch.members) - {self.self_id}):
             address = self.address_of(name)
             if address:
-                self._rpc.notify(address, "own.established", packed)
+                self._rpc.notify(address, ops.OWN_ESTABLISHED, proposed)
 
-    def _on_accept(self, raw: list) -> list:
-        epoch = Epoch.unpack(raw)
+    def _on_accept(self, a: ops.EpochArgs) -> ops.Granted:
+        epoch = a.epoch
         m = self._membership()
         if m is not None and epoch != self.core.epoch:
             alive = {n for n, mem in m.members.items() if mem.state == State.ALIVE} | {self.self_id}
@@ -404,14 +400,13 @@ class OwnershipService:
             if missing:
                 log.info("refused ring epoch %d: it leaves out %s, seen alive here", epoch.number,
                          ", ".join(sorted(missing)))
-                return [False, self.core.epoch.pack()]
-        return [self._learn(epoch), self.core.epoch.pack()]
+                return ops.Granted(False, self.core.epoch)
+        return ops.Granted(self._learn(epoch), self.core.epoch)
 
-    def _on_established(self, raw: list) -> None:
-        epoch = Epoch.unpack(raw)
-        self._learn(epoch)
-        self.core.established(trio.current_time(), epoch)
+    def _on_established(self, a: ops.EpochArgs) -> None:
+        self._learn(a.epoch)
+        self.core.established(trio.current_time(), a.epoch)
 
-    async def _on_fence(self, raw: list) -> list:
-        await self.fence(Epoch.unpack(raw))
-        return self.core.epoch.pack()
+    async def _on_fence(self, a: ops.EpochArgs) -> Epoch:
+        await self.fence(a.epoch)
+        return self.core.epoch

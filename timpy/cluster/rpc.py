@@ -1,8 +1,14 @@
 """Requests between nodes over the peer transport.
 
 A request is ``[REQUEST, rid, reply_to, method, args]`` and its reply
-``[REPLY, rid, code, result]`` (code 0) or ``[REPLY, rid, code, text]``; a
-request with rid 0 is a notification and gets no reply. Both travel in the
+``[REPLY, rid, code, result]`` (code 0) or ``[REPLY, rid, code, text]``
+(``[REPLY, rid, code, text, NOT_OWNER]`` when the node asked does not own the
+key: the caller may retry once its ring has moved); a request with rid 0 is a
+notification and gets no reply. ``method`` is an operation's number in the
+catalog (``timpy.cluster.catalog``), whose codec packs ``args`` and the
+result and checks them on arrival; a string names an operation registered
+the old way (``register``), with untyped positional arguments, kept until
+every feature has moved to the catalog. Both travel in the
 same encrypted, authenticated channels as membership messages.
 
 Handlers are plain functions called in arrival order, so a handler that
@@ -23,6 +29,7 @@ from typing import Any, Protocol
 import msgpack
 import trio
 
+from timpy.cluster.catalog import MalformedFrame, Op, lookup
 from timpy.errors import Code, TimpyError
 
 log = logging.getLogger("timpy.cluster")
@@ -31,8 +38,10 @@ REQUEST = 10
 REPLY = 11
 DEFAULT_TIMEOUT = 5.0
 MAX_HANDLER_TASKS = 4096
+NOT_OWNER = 1  # the fifth element of a refusal from a node that does not own the key
 
 Handler = Callable[..., Any]
+Method = str | Op[Any, Any]
 
 
 class _Sender(Protocol):
@@ -74,14 +83,34 @@ class PeerUnavailable(TimpyError):
         self.address, self.method, self.timeout = address, method, timeout
 
 
+class NotOwner(TimpyError):
+    """The node asked does not own the key (any more): the ring is changing.
+    The one refusal of every operation served at a key's owner; it crosses
+    the wire as itself, so the caller can retry once its ring has moved."""
+
+    code = Code.UNAVAILABLE
+
+    @classmethod
+    def of(cls, what: str) -> NotOwner:
+        return cls(f"this node does not own that {what} (the cluster is changing); retry")
+
+
+class UnreadableReply(TimpyError):
+    """An answer that does not match the operation's declared result."""
+
+    code = Code.INTERNAL
+
+
 GIVE_UP_CHECK = 0.2  # seconds between checks of a call's give_up while it waits
 
 
 class Call:
     """A request on its way; ``result`` waits for the answer."""
 
-    def __init__(self, rpc: Rpc, rid: int, address: str, method: str) -> None:
-        self._rpc, self._rid, self.address, self.method = rpc, rid, address, method
+    def __init__(self, rpc: Rpc, rid: int, address: str, method: Method) -> None:
+        self._rpc, self._rid, self.address = rpc, rid, address
+        self.op = method if isinstance(method, Op) else None
+        self.method = method.name if isinstance(method, Op) else method
         self._event = trio.Event()
         self._box: list[Any] = []
 
@@ -109,10 +138,21 @@ class Call:
         if not self._box:
             log.info("node %s did not answer %s within %g s", self.address, self.method, timeout)
             raise PeerUnavailable(self.address, self.method, timeout)
-        code, result = self._box
+        code, result, flag = self._box
         if code:
+            if flag == NOT_OWNER:
+                raise NotOwner(str(result))
             raise TimpyError(str(result), Code(code) if code in Code._value2member_map_ else Code.INTERNAL)
-        return result
+        if self.op is None:
+            return result
+        try:
+            return self.op.decode_result(result)
+        except MalformedFrame as exc:
+            log.warning("node %s answered unreadably: %s", self.address, exc)
+            raise UnreadableReply(
+                "another node of the cluster answered in a form this node cannot read; "
+                "the nodes may run different versions of timpy"
+            ) from None
 
 
 def is_rpc(raw: Any) -> bool:
@@ -122,7 +162,7 @@ def is_rpc(raw: Any) -> bool:
 class Rpc:
     def __init__(self, transport: _Sender) -> None:
         self._transport = transport
-        self._handlers: dict[str, Handler] = {}
+        self._handlers: dict[str | int, tuple[Op[Any, Any] | None, Handler]] = {}
         self._waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._next_rid = 1
         self._tasks_send, self._tasks = trio.open_memory_channel[Awaitable[None]](math.inf)
@@ -130,7 +170,18 @@ class Rpc:
         self.bad_frames = 0
 
     def register(self, method: str, handler: Handler) -> None:
-        self._handlers[method] = handler
+        """Serve an operation named by a string, called as ``handler(*args)``
+        (the old way: see ``serve``)."""
+        self._handlers[method] = (None, handler)
+
+    def serves(self, method: Method) -> bool:
+        """Whether this node answers ``method`` (a catalog operation or a string-named one)."""
+        return (method.number if isinstance(method, Op) else method) in self._handlers
+
+    def serve(self, op: Op[Any, Any], handler: Handler) -> None:
+        """Serve a catalog operation: ``handler(args)`` gets its checked
+        argument dataclass and returns its result (or a coroutine of it)."""
+        self._handlers[op.number] = (op, handler)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the handlers that wait, each in its own task, until cancelled."""
@@ -148,23 +199,27 @@ class Rpc:
 
     # --- calling ------------------------------------------------------------
 
-    async def call(self, address: str, method: str, *args: Any, timeout: float = DEFAULT_TIMEOUT) -> Any:
-        """Ask the node at ``address``; its ``TimpyError`` is raised here as itself."""
+    async def call(self, address: str, method: Method, *args: Any, timeout: float | None = None) -> Any:
+        """Ask the node at ``address``; its ``TimpyError`` is raised here as
+        itself. A catalog operation takes one argument, its dataclass, and
+        waits its declared timeout unless told otherwise."""
+        if timeout is None:
+            timeout = method.timeout if isinstance(method, Op) else DEFAULT_TIMEOUT
         return await self.start_call(address, method, *args).result(timeout)
 
-    def start_call(self, address: str, method: str, *args: Any) -> Call:
+    def start_call(self, address: str, method: Method, *args: Any) -> Call:
         """Send a request now (so requests leave in the order they are
         started) and return a handle to await its answer later."""
         rid = self._next_rid
         self._next_rid += 1
         call = Call(self, rid, address, method)
         self._waiting[rid] = (call._event, call._box)
-        self._transport.send(address, _pack([REQUEST, rid, self._transport.address, method, list(args)]))
+        self._transport.send(address, _pack([REQUEST, rid, self._transport.address, *_wire(method, args)]))
         return call
 
-    def notify(self, address: str, method: str, *args: Any) -> None:
+    def notify(self, address: str, method: Method, *args: Any) -> None:
         """Send without waiting for an answer (best effort)."""
-        self._transport.send(address, _pack([REQUEST, 0, self._transport.address, method, list(args)]))
+        self._transport.send(address, _pack([REQUEST, 0, self._transport.address, *_wire(method, args)]))
 
     # --- receiving ----------------------------------------------------------
 
@@ -172,21 +227,36 @@ class Rpc:
         """A decoded request or reply from the transport."""
         try:
             if raw[0] == REPLY:
-                _, rid, code, result = raw
+                _, rid, code, result, *flag = raw
                 waiting = self._waiting.get(rid)
                 if waiting is not None:
-                    waiting[1].extend((int(code), result))
+                    waiting[1].extend((int(code), result, flag[0] if flag else 0))
                     waiting[0].set()
                 return
             _, rid, reply_to, method, args = raw
-            handler = self._handlers.get(method)
+            op, handler = self._handlers.get(method, (None, None))
             if handler is None or not isinstance(args, list):
-                log.warning("a peer asked for the unknown cluster method %r", method)
+                known = lookup(method) if isinstance(method, (str, int)) else None
+                log.warning("a peer asked for the unknown cluster method %r%s", method,
+                            f" ({known.name}: not served here)" if known is not None else "")
                 raise TimpyError("a node of the cluster runs another version of timpy that does not know this "
                                  "request; upgrade the nodes to one version", Code.UNKNOWN_OPERATION)
             if self._running >= MAX_HANDLER_TASKS:
                 raise TimpyError("this node is overloaded; retry", Code.UNAVAILABLE)
-            result = handler(*args)
+            if op is None:
+                result = handler(*args)
+            else:
+                try:
+                    decoded = op.decode_args(args)
+                except MalformedFrame as exc:
+                    self.bad_frames += 1
+                    log.warning("refused a malformed cluster request: %s", exc)
+                    raise TimpyError("a node of the cluster sent a request this node cannot read; "
+                                     "the nodes may run different versions of timpy", Code.BAD_REQUEST) from None
+                result = handler(decoded)
+        except NotOwner as exc:
+            self._answer(raw, exc.code, exc.text, NOT_OWNER)
+            return
         except TimpyError as exc:
             self._answer(raw, exc.code, exc.text)
             return
@@ -196,13 +266,18 @@ class Rpc:
             self._answer(raw, Code.INTERNAL, "internal error on another node of the cluster; it was logged there")
             return
         if hasattr(result, "__await__"):
-            self._tasks_send.send_nowait(self._finish(raw, result))
+            self._tasks_send.send_nowait(self._finish(raw, result, op))
         else:
-            self._answer(raw, 0, result)
+            self._answer(raw, 0, result if op is None else op.encode_result(result))
 
-    async def _finish(self, raw: list[Any], pending: Awaitable[Any]) -> None:
+    async def _finish(self, raw: list[Any], pending: Awaitable[Any], op: Op[Any, Any] | None) -> None:
         try:
             result = await pending
+            if op is not None:
+                result = op.encode_result(result)
+        except NotOwner as exc:
+            self._answer(raw, exc.code, exc.text, NOT_OWNER)
+            return
         except TimpyError as exc:
             self._answer(raw, exc.code, exc.text)
             return
@@ -212,13 +287,22 @@ class Rpc:
             return
         self._answer(raw, 0, result)
 
-    def _answer(self, raw: list[Any], code: int, result: Any) -> None:
+    def _answer(self, raw: list[Any], code: int, result: Any, flag: int = 0) -> None:
         if not isinstance(raw, list) or len(raw) != 5 or raw[0] != REQUEST or not raw[1]:
             return  # a notification, or too malformed to answer
         try:
-            self._transport.send(str(raw[2]), _pack([REPLY, raw[1], int(code), result]))
+            reply = [REPLY, raw[1], int(code), result, flag] if flag else [REPLY, raw[1], int(code), result]
+            self._transport.send(str(raw[2]), _pack(reply))
         except Exception:  # pragma: no cover - unpackable result is a bug in a handler
             log.exception("could not send the reply to %r", raw[3])
+
+
+def _wire(method: Method, args: tuple[Any, ...]) -> tuple[str | int, list[Any]]:
+    """(method, args) as they travel: a catalog operation by its number, its one argument packed."""
+    if isinstance(method, Op):
+        (value,) = args
+        return method.number, method.encode_args(value)
+    return method, list(args)
 
 
 def _pack(value: Any) -> bytes:

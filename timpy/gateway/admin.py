@@ -67,6 +67,13 @@ API: list[tuple[str, str, str, bool, dict[str, str]]] = [
     ("GET", "/api/v1/limits", "The limits this node enforces", True, {}),
     ("PUT", "/api/v1/limits", "Change limits at run time (new connections get them; this node only)", True,
      {"<limit name>": "number"}),
+    ("GET", "/api/v1/webhooks", "Webhook endpoints of this node with their pending events and dead letters", True, {}),
+    ("GET", "/api/v1/webhooks/dead", "Dead letters: events an endpoint did not take after every attempt "
+     "(query: endpoint, after = the last id seen, limit)", True, {}),
+    ("POST", "/api/v1/webhooks/dead/retry", "Deliver dead letters again (all, an endpoint's, or the ids given)", True,
+     {"endpoint": "string", "ids": "list of integers"}),
+    ("POST", "/api/v1/webhooks/dead/drop", "Delete dead letters (all, an endpoint's, or the ids given)", True,
+     {"endpoint": "string", "ids": "list of integers"}),
 ]
 
 
@@ -230,6 +237,38 @@ def build_app(node: NodeServices, token: str) -> Starlette:
     async def stats(_: Request) -> Any:
         return node.traffic()
 
+    def webhooks() -> Any:
+        if node.webhooks is None:
+            raise RequestError("this node has no webhook endpoints ([webhooks] endpoints in its config)",
+                               Code.BAD_REQUEST)
+        return node.webhooks
+
+    async def webhook_status(_: Request) -> Any:
+        return {"endpoints": []} if node.webhooks is None else await node.webhooks.status()
+
+    async def dead_letters(request: Request) -> Any:
+        q = request.query_params
+        try:
+            after, limit = int(q.get("after", "0")), int(q.get("limit", "100"))
+        except ValueError:
+            raise RequestError("after and limit are whole numbers", Code.BAD_REQUEST) from None
+        return {"dead": await webhooks().dead_letters(q.get("endpoint") or None, after, limit)}
+
+    async def dead_selection(request: Request) -> tuple[str | None, list[int] | None]:
+        body = await body_of(request)
+        endpoint, chosen = body.get("endpoint"), body.get("ids")
+        if endpoint is not None and not isinstance(endpoint, str):
+            raise RequestError("endpoint is an endpoint's name", Code.BAD_REQUEST)
+        if chosen is not None and not (isinstance(chosen, list) and all(type(i) is int for i in chosen)):
+            raise RequestError("ids is a list of dead letters' ids (whole numbers)", Code.BAD_REQUEST)
+        return endpoint or None, chosen
+
+    async def retry_dead(request: Request) -> Any:
+        return {"retried": await webhooks().retry_dead(*await dead_selection(request))}
+
+    async def drop_dead(request: Request) -> Any:
+        return {"dropped": await webhooks().drop_dead(*await dead_selection(request))}
+
     async def chat_config(request: Request) -> Any:
         if node.config.admin.chat_ws_url:
             return {"ws": node.config.admin.chat_ws_url}
@@ -266,6 +305,10 @@ def build_app(node: NodeServices, token: str) -> Starlette:
         Route("/api/v1/messages", guarded(message), methods=["POST"]),
         Route("/api/v1/groups/{group}", guarded(group)),
         Route("/api/v1/limits", guarded(limits), methods=["GET", "PUT"]),
+        Route("/api/v1/webhooks", guarded(webhook_status)),
+        Route("/api/v1/webhooks/dead", guarded(dead_letters)),
+        Route("/api/v1/webhooks/dead/retry", guarded(retry_dead), methods=["POST"]),
+        Route("/api/v1/webhooks/dead/drop", guarded(drop_dead), methods=["POST"]),
     ]
     return Starlette(routes=routes)
 

@@ -18,15 +18,22 @@ if TYPE_CHECKING:
     from timpy.crypto.blind import BlindIndexer
     from timpy.gateway.transports import ConnectionGate
     from timpy.im.accounts import Accounts
+    from timpy.im.conversations import Conversations
+    from timpy.im.delivery import Deliverer
     from timpy.im.groups import Groups
     from timpy.im.messaging import Messenger
     from timpy.im.presence import Presence
+    from timpy.im.push import Push
     from timpy.im.receipts import Receipts
     from timpy.im.rooms import Rooms
     from timpy.im.roster import Roster
     from timpy.im.routes import Routes
+    from timpy.im.search import Search
     from timpy.im.signalling import Signalling
+    from timpy.im.tasks import TaskHost
     from timpy.im.terminals import TerminalRegistry
+    from timpy.im.webhooks import Webhooks
+    from timpy.im.threads import Threads
     from timpy.wire.messages import SendResult
 
 
@@ -70,6 +77,10 @@ class NodeServices(Protocol):
     @property
     def messenger(self) -> Messenger: ...
     @property
+    def deliverer(self) -> Deliverer: ...
+    @property
+    def tasks(self) -> TaskHost: ...
+    @property
     def routes(self) -> Routes: ...
     @property
     def groups(self) -> Groups: ...
@@ -83,6 +94,16 @@ class NodeServices(Protocol):
     def signalling(self) -> Signalling: ...
     @property
     def rooms(self) -> Rooms: ...
+    @property
+    def push(self) -> Push: ...
+    @property
+    def webhooks(self) -> Webhooks | None: ...
+    @property
+    def conversations(self) -> Conversations: ...
+    @property
+    def search(self) -> Search: ...
+    @property
+    def threads(self) -> Threads: ...
 
     def cluster_status(self) -> dict[str, object]: ...
     def traffic(self) -> dict[str, int]: ...

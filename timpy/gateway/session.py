@@ -28,7 +28,18 @@ from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
 from timpy.wire import protocol as wp
-from timpy.wire.messages import ChatMessage, Delivery, SendResult
+from timpy.wire.messages import (
+    ChatMessage,
+    Delivery,
+    Notice,
+    Presence,
+    PresenceList,
+    SendResult,
+    ack_frame,
+    entry_to_wire,
+    message_to_wire,
+    notice_frame,
+)
 
 if TYPE_CHECKING:
     from timpy.gateway.services import NodeServices
@@ -38,7 +49,8 @@ log = logging.getLogger("timpy.gateway")
 _CLIENT_OPS = frozenset(
     {"hello", "register_", "login", "token_login", "logout", "send", "history", "sync", "delivery_ack", "ping",
      "group_request", "roster_request", "presence_set", "presence_query", "signal", "receipt", "unread_request",
-     "room_request", "stream", "profile_request"}
+     "room_request", "stream", "profile_request", "pusher_request", "conversation_list", "conversation_set",
+     "search", "thread_request"}
 )
 _DEVICE_KIND = re.compile(r"^[a-z0-9_\-]{1,16}$")
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
@@ -49,20 +61,6 @@ class CloseAfter:
     """Outbound marker: flush what is queued, then close the connection."""
 
     reason: str
-
-
-def message_to_wire(m: ChatMessage) -> TPayload:
-    return wp.Message(
-        client_id=m.client_id,
-        conversation=m.conversation,
-        sender=m.sender,
-        recipient=m.recipient,
-        kind=m.kind,
-        body=m.body,
-        server_time=m.server_time,
-        seq=m.seq,
-        ext=m.ext,
-    )
 
 
 def in_users_words(exc: TimpyError, frame: TPayload) -> TimpyError:
@@ -181,19 +179,13 @@ class ClientSession:
         except trio.ClosedResourceError:
             pass
 
-    def push_signal(self, op: str, fields: dict) -> None:
+    def push_notice(self, notice: Notice) -> None:
         try:
-            self.outbound_send.send_nowait(self._signal_frame(op, fields))
+            self.outbound_send.send_nowait(notice_frame(notice))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # not stored, not retried: a slow terminal misses it
         except Exception:
-            self._push_failed(op)
-
-    @staticmethod
-    def _signal_frame(op: str, fields: dict) -> TPayload:
-        if op == "presence_list":
-            return wp.make_frame(op, users=[wp.thrift.Presence(**u) for u in fields["users"]])
-        return wp.make_frame(op, **fields)
+            self._push_failed(type(notice).__name__)
 
     def _delivery_frame(self, delivery: Delivery) -> Encoded:
         if delivery.pos > self._max_pushed:
@@ -248,7 +240,7 @@ class ClientSession:
         """The connection is gone: leave the registry."""
         if self.terminal is not None:
             self.node.rooms.terminal_closed(self.terminal)
-            self.node.messenger.close_terminal(self.terminal)
+            self.node.deliverer.close_terminal(self.terminal)
             self.terminal = None
         if self._acks is not None:
             self._acks.close()
@@ -380,7 +372,7 @@ class ClientSession:
         terminal = LiveTerminal(
             who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self, kind=kind
         )
-        cursor = await self.node.messenger.open_terminal(terminal)
+        cursor = await self.node.deliverer.open_terminal(terminal)
         self.identity, self.claims, self.terminal = who, claims, terminal
         if not no_sync:
             terminal.begin_sync()  # hold live pushes until the sync has sent what came before
@@ -396,12 +388,12 @@ class ClientSession:
 
     async def _sync(self, rid: int, cursor: int) -> None:
         assert self.terminal is not None
-        last, count = await self.node.messenger.sync(self.terminal, cursor)
+        last, count = await self.node.deliverer.sync(self.terminal, cursor)
         await self.reply(wp.make_frame("sync_done", rid=rid, pos=last, count=count))
 
     async def _op_sync(self, rid: int, body: TPayload) -> None:
         assert self.terminal is not None
-        cursor = await self.node.messenger.open_terminal(self.terminal)
+        cursor = await self.node.deliverer.open_terminal(self.terminal)
         await self._sync(rid, cursor)
 
     async def _op_logout(self, rid: int, body: TPayload) -> None:
@@ -409,7 +401,7 @@ class ClientSession:
         await self.node.accounts.logout(self.claims)
         if self.terminal is not None:
             self.node.rooms.terminal_closed(self.terminal)
-            self.node.messenger.close_terminal(self.terminal)
+            self.node.deliverer.close_terminal(self.terminal)
         self.identity = self.claims = self.terminal = None
         await self.reply(wp.make_frame("ok", rid=rid))
 
@@ -428,6 +420,13 @@ class ClientSession:
         assert self.identity is not None
         self.node.messenger.check_user_rate(self.identity.user_id, self._clock())
         started = time.perf_counter()
+        if (m.ext or {}).get("thread"):  # to the thread under a message
+            result = await self.node.threads.send(
+                self.identity, m.recipient or "", m.conversation or "", m.client_id or "", m.kind or 0,
+                m.body or b"", m.ext or {},
+            )
+            await self._ack(rid, started, result)
+            return
         if m.conversation and not m.recipient:  # to a group
             result = await self.node.groups.send(
                 self.identity, m.conversation, m.client_id or "", m.kind or 0, m.body or b"", m.ext or {}
@@ -446,8 +445,8 @@ class ClientSession:
         # stored, and its ack follows when it is (acks in request order).
         if self._acks is None:
             send, receive = trio.open_memory_channel[tuple[int, float, SendTicket]](self._limits.push_queue)
-            if not self.node.messenger.spawn(self._ack_in_order, receive):
-                await self._ack(rid, started, await ticket.wait())  # the node is starting or stopping
+            if not self.node.tasks.spawn(self._ack_in_order, receive):
+                await self._ack(rid, started, await ticket.wait())  # the node is stopping: ack here, in turn
                 return
             self._acks = send
         try:
@@ -486,20 +485,9 @@ class ClientSession:
                 await self._ack(rid, started, result)
 
     async def _ack(self, rid: int, started: float, result: SendResult) -> None:
-        msg = result.message
         self.node.metrics.messages_in.inc()
         self.node.metrics.delivery_latency.observe(time.perf_counter() - started)
-        await self.reply(
-            wp.make_frame(
-                "ack",
-                rid=rid,
-                client_id=msg.client_id,
-                conversation=msg.conversation,
-                seq=msg.seq,
-                server_time=msg.server_time,
-                duplicate=result.duplicate,
-            )
-        )
+        await self.reply(ack_frame(rid, result))
 
     async def _op_history(self, rid: int, body: TPayload) -> None:
         assert self.identity is not None
@@ -522,7 +510,7 @@ class ClientSession:
         # A terminal cannot acknowledge what it was never sent.
         pos = min(body.pos or 0, self._max_pushed)
         if pos > 0:
-            self.node.messenger.acknowledge(self.terminal, pos)
+            self.node.deliverer.acknowledge(self.terminal, pos)
 
     # --- roster, presence, signals, receipts, rooms, profiles ----------------------
 
@@ -545,9 +533,7 @@ class ClientSession:
         found = await self.node.presence.query(
             who, list(body.users or []), bool(body.subscribe), bool(body.unsubscribe)
         )
-        frame = self._signal_frame("presence_list", {"users": found})
-        frame.rid = rid
-        await self.reply(frame)
+        await self.reply(notice_frame(PresenceList([Presence(**u) for u in found]), rid))
 
     async def _op_signal(self, rid: int, body: TPayload) -> None:
         who, terminal = self._who()
@@ -579,6 +565,12 @@ class ClientSession:
         if rid:
             await self.reply(wp.make_frame("ok", rid=rid))
 
+    async def _op_pusher_request(self, rid: int, body: TPayload) -> None:
+        who, terminal = self._who()
+        pushers = await self.node.push.request(who, terminal.device_id, body.op or "", body.app_id or "",
+                                               body.pushkey or "", body.url or "", dict(body.data or {}))
+        await self.reply(wp.make_frame("pusher_list", rid=rid, pushers=[wp.thrift.PusherInfo(**p) for p in pushers]))
+
     async def _op_profile_request(self, rid: int, body: TPayload) -> None:
         who, _ = self._who()
         if body.changes:
@@ -588,3 +580,39 @@ class ClientSession:
         else:
             view = await self.node.accounts.profile(body.user or who.name)
         await self.reply(wp.make_frame("profile", rid=rid, **view))
+
+    # --- conversation list and search ------------------------------------------------
+
+    async def _op_conversation_list(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        offset = body.offset or 0
+        entries, total = await self.node.conversations.list(who, offset, body.limit or 0, bool(body.archived))
+        await self.reply(wp.make_frame(
+            "conversation_page", rid=rid, entries=[entry_to_wire(e) for e in entries], total=total,
+            more=offset + len(entries) < total,
+        ))
+
+    async def _op_conversation_set(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        entry = await self.node.conversations.set_flags(
+            who, body.conversation or "", body.muted, body.pinned, body.archived
+        )
+        await self.reply(wp.make_frame("conversation_entry", entry_to_wire(entry), rid=rid))
+
+    async def _op_search(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        offset = body.offset or 0
+        hits, count = await self.node.search.search(
+            who, body.query or "", body.conversation or "", offset, body.limit or 0
+        )
+        await self.reply(wp.make_frame(
+            "search_results", rid=rid, count=count, more=offset + len(hits) < count,
+            hits=[wp.thrift.SearchHit(conversation=c, seq=q, server_time=ms) for c, q, ms in hits],
+        ))
+
+    async def _op_thread_request(self, rid: int, body: TPayload) -> None:
+        who, _ = self._who()
+        found = await self.node.threads.summaries(who, body.peer or "", body.conversation or "", list(body.roots or []))
+        await self.reply(wp.make_frame(
+            "thread_list", rid=rid, threads=[wp.thrift.ThreadInfo(root=r, thread=t, count=n) for r, t, n in found]
+        ))

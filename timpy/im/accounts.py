@@ -9,13 +9,13 @@ logout is told to every node.
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 import msgpack
-import trio
 
+from timpy.cluster import catalog as ops
 from timpy.concurrency import to_worker
 from timpy.config import Limits, SecurityConfig
 from timpy.crypto.blind import BlindIndexer
@@ -23,9 +23,11 @@ from timpy.crypto.passwords import hash_password, verify_password
 from timpy.crypto.tokens import TokenAuthority, TokenClaims
 from timpy.errors import AuthError, Code, RequestError
 from timpy.im import fields, ids
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
-from timpy.store.repository import AccountRow, Store
+from timpy.store.repository import Store
+from timpy.store.rows import AccountRow, Copies
 
 MAX_PASSWORD = 1024
 SYSTEM_USER = "system"  # the sender of operators' messages; nobody can log in as it
@@ -49,7 +51,9 @@ class Accounts:
         clock_ms: Callable[[], int],
         peers: Peers | None = None,
         replicator: Replicator | None = None,
+        events: EventSink = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._peers = peers or Peers.standalone("local")
         self._replicator = replicator or Replicator(store, self._peers)
         self._store = store
@@ -60,14 +64,14 @@ class Accounts:
         self._now = clock_ms
         self._revoked: dict[bytes, int] = {}
         self._dummy_hash: bytes | None = None
-        rpc = self._peers.rpc
-        if rpc is not None:
-            rpc.register("acct.create", self._on_create)
-            rpc.register("acct.get", self._on_get)
-            rpc.register("acct.update", self._on_update)
-            rpc.register("token.revoke", self._on_revoke)
-        self._profile_locks: dict[bytes, trio.Lock] = {}
-        self._peers.expose("acct.profile", self._set_profile_here, "user")
+        peers, keeper = self._peers, self._replicator
+        peers.serve(ops.ACCT_CREATE, self._create_here, keeper, lambda a, _: self._account_copies(a.user_id))
+        peers.serve(ops.ACCT_GET, self._get_here, keeper)
+        peers.serve(ops.ACCT_UPDATE, self._update_here, keeper,
+                    lambda a, changed: self._account_copies(a.user_id) if changed else None)
+        peers.serve(ops.ACCT_PROFILE, self._set_profile_here, keeper,
+                    lambda a, changed: self._account_copies(a.user_id) if changed else None)
+        peers.serve(ops.TOKEN_REVOKE, self._on_revoke)
 
     async def start(self) -> None:
         self._revoked = await self._store.run(self._store.repo.live_revocations, self._now())
@@ -92,49 +96,26 @@ class Accounts:
         uid = ids.user_id(self._indexer, norm)
         secret = await to_worker(self._hash, password)
         profile = msgpack.packb({"name": norm, "created": self._now()})
-        owner = self._peers.owner(uid)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            await self._create_here(uid, secret, profile)
-        else:
-            await self._peers.call(owner, "acct.create", uid, secret, profile)
+        await self._peers.ask(ops.ACCT_CREATE, ops.AccountCreate(uid, secret, profile))
         return Identity(uid, norm)
 
-    async def _create_here(self, uid: bytes, secret: bytes, profile: bytes) -> None:
-        await self._replicator.ensure("user", uid)
-        await self._store.run(self._store.repo.create_account, uid, secret, profile)
-        await self._replicate_account(uid)
+    async def _create_here(self, a: ops.AccountCreate) -> None:
+        await self._store.run(self._store.repo.create_account, a.user_id, a.secret, a.profile)
+        if self._events.wants("user.registered"):  # hook: webhooks, at the user's owner
+            name = msgpack.unpackb(a.profile).get("name", "")
+            await self._events.emit("user.registered", event_id("user.registered", a.user_id), {"user": name})
 
-    async def _replicate_account(self, uid: bytes) -> None:
-        await self._replicator.to_replicas(uid, lambda: self._store.run(self._store.repo.user_copies, uid, 0, 0))
+    def _account_copies(self, uid: bytes) -> Callable[[], Awaitable[Copies]]:
+        return lambda: self._store.run(self._store.repo.user_copies, uid, 0, 0)
 
-    async def _on_create(self, uid: bytes, secret: bytes, profile: bytes) -> None:
-        self._require_owner(bytes(uid))
-        await self._create_here(bytes(uid), bytes(secret), bytes(profile))
-
-    def _require_owner(self, uid: bytes) -> None:
-        if not self._peers.is_local(uid):
-            raise RequestError("this node does not own that user (the cluster is changing); retry", Code.UNAVAILABLE)
-
-    async def _get_here(self, uid: bytes) -> AccountRow | None:
-        await self._replicator.ensure("user", uid)
-        return await self._store.run(self._store.repo.get_account, uid)
-
-    async def _on_get(self, uid: bytes, full: bool = False) -> list | None:
-        self._require_owner(bytes(uid))
-        account = await self._get_here(bytes(uid))
+    async def _get_here(self, a: ops.AccountGet) -> ops.Account | None:
+        account = await self._store.run(self._store.repo.get_account, a.user_id)
         if account is None:
             return None
-        return [account.secret, account.disabled, account.profile if full else b"", account.version]
+        return ops.Account(account.secret, account.disabled, account.profile if a.full else b"", account.version)
 
-    async def _get(self, uid: bytes, full: bool = False) -> AccountRow | None:
-        owner = self._peers.owner(uid)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            return await self._get_here(uid)
-        raw = await self._peers.call(owner, "acct.get", uid, full)
-        if raw is None:
-            return None
-        return AccountRow(uid, bytes(raw[0]), bytes(raw[2]) if len(raw) > 2 else b"", bool(raw[1]),
-                          int(raw[3]) if len(raw) > 3 else 0)
+    async def _get(self, uid: bytes, full: bool = False) -> ops.Account | None:
+        return await self._peers.ask(ops.ACCT_GET, ops.AccountGet(uid, full))
 
     async def login_password(self, name: str, password: str) -> Identity:
         try:
@@ -172,11 +153,7 @@ class Accounts:
             secret = await to_worker(self._hash, secrets.token_urlsafe(32))
             profile = msgpack.packb({"name": SYSTEM_USER, "created": self._now()})
             try:
-                owner = self._peers.owner(uid)
-                if owner == self._peers.self_id or self._peers.rpc is None:
-                    await self._create_here(uid, secret, profile)
-                else:
-                    await self._peers.call(owner, "acct.create", uid, secret, profile)
+                await self._peers.ask(ops.ACCT_CREATE, ops.AccountCreate(uid, secret, profile))
             except RequestError as exc:
                 if exc.code != Code.USER_EXISTS:  # another node created it just now
                     raise
@@ -211,21 +188,10 @@ class Accounts:
         return await self._update(uid, secret, None)
 
     async def _update(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:
-        owner = self._peers.owner(uid)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            return await self._update_here(uid, secret, disabled)
-        return bool(await self._peers.call(owner, "acct.update", uid, secret, disabled))
+        return await self._peers.ask(ops.ACCT_UPDATE, ops.AccountUpdate(uid, secret, disabled))
 
-    async def _update_here(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:
-        await self._replicator.ensure("user", uid)
-        version = await self._store.run(self._store.repo.update_account, uid, secret, None, disabled)
-        if version:
-            await self._replicate_account(uid)
-        return bool(version)
-
-    async def _on_update(self, uid: bytes, secret: bytes | None, disabled: bool | None) -> bool:
-        self._require_owner(bytes(uid))
-        return await self._update_here(bytes(uid), None if secret is None else bytes(secret), disabled)
+    async def _update_here(self, a: ops.AccountUpdate) -> bool:
+        return bool(await self._store.run(self._store.repo.update_account, a.user_id, a.secret, None, a.disabled))
 
     # --- profiles (sealed with the account) ------------------------------------
 
@@ -239,22 +205,17 @@ class Accounts:
 
     async def set_profile(self, who: Identity, changes: dict[str, str]) -> dict[str, Any]:
         check_profile_changes(changes)
-        await self._peers.at_owner(who.user_id, "acct.profile", self._set_profile_here, dict(changes))
+        await self._peers.ask(ops.ACCT_PROFILE, ops.ProfileChange(who.user_id, dict(changes)))
         return await self.profile(who.name)
 
-    async def _set_profile_here(self, uid: bytes, changes: dict[str, str]) -> None:
-        lock = self._profile_locks.setdefault(uid, trio.Lock())
-        async with lock:
-            account = await self._get_here(uid)
-            if account is None:
-                raise RequestError("no such user", Code.NO_SUCH_USER)
-            profile = msgpack.unpackb(account.profile) if account.profile else {}
-            profile = apply_profile_changes(profile, {str(k): str(v) for k, v in changes.items()})
-            version = await self._store.run(self._store.repo.update_account, uid, None, msgpack.packb(profile), None)
-            if version:
-                await self._replicate_account(uid)
-        if not lock.locked():
-            self._profile_locks.pop(uid, None)
+    async def _set_profile_here(self, a: ops.ProfileChange) -> bool:
+        """At the owner, one change per user at a time (the catalog serializes it)."""
+        account = await self._store.run(self._store.repo.get_account, a.user_id)
+        if account is None:
+            raise RequestError("no such user", Code.NO_SUCH_USER)
+        profile = msgpack.unpackb(account.profile) if account.profile else {}
+        profile = apply_profile_changes(profile, a.changes)
+        return bool(await self._store.run(self._store.repo.update_account, a.user_id, None, msgpack.packb(profile), None))
 
     def issue_token(self, who: Identity, device: str) -> tuple[str, TokenClaims]:
         return self._tokens.issue(who.name, device, self._now(), int(self._security.token_ttl * 1000))
@@ -267,15 +228,16 @@ class Accounts:
         return Identity(ids.user_id(self._indexer, claims.user), claims.user), claims
 
     async def logout(self, claims: TokenClaims) -> None:
-        await self._on_revoke(claims.token_id, claims.expires_ms)
+        revoke = ops.TokenRevoke(claims.token_id, claims.expires_ms)
+        await self._on_revoke(revoke)
         for node in self._peers.others():
             # Best effort: a node that misses it learns nothing of this token
             # until it expires (noted in docs/cluster.md).
-            self._peers.notify(node, "token.revoke", claims.token_id, claims.expires_ms)
+            self._peers.notify(node, ops.TOKEN_REVOKE, revoke)
 
-    async def _on_revoke(self, token_id: bytes, expires_ms: int) -> None:
-        self._revoked[bytes(token_id)] = int(expires_ms)
-        await self._store.run(self._store.repo.revoke_token, bytes(token_id), int(expires_ms))
+    async def _on_revoke(self, a: ops.TokenRevoke) -> None:
+        self._revoked[a.token_id] = a.expires_ms
+        await self._store.run(self._store.repo.revoke_token, a.token_id, a.expires_ms)
 
 
 MAX_PROFILE_FIELDS = 32

@@ -7,28 +7,32 @@ group, stores the new state (sealed, with a version) and mirrors the member
 list into the conversation's members, then copies it to the replicas in
 embedded mode. A message to a group is checked against the state at the
 owner and stored once; its fan-out asks each node that owns members' users
-for their inbox entries once per node (``Messenger._fan_out``).
+for their inbox entries once per node (``Writer._fan_out``).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
-import trio
 
+from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import group_rules as rules
 from timpy.im import ids
 from timpy.im.accounts import RESERVED_NAMES, SYSTEM_USER, Identity
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.group_rules import Group, JoinPolicy, Role
 from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.writer import GROUP_PREFIX, Writer
 from timpy.store.repository import Store
+from timpy.store.rows import Copies
 from timpy.wire.messages import KIND_BURN, SendResult
 
 OPS = frozenset({
@@ -71,24 +75,22 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
 class Groups:
     def __init__(
         self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
-        replicator: Replicator, messenger: Messenger,
+        replicator: Replicator, messenger: Messenger, writer: Writer, events: EventSink = NO_EVENTS,
     ) -> None:
+        self._events = events
         self._store = store
         self._indexer = indexer
         self._limits = limits
         self._peers = peers
         self._replicator = replicator
-        self._messenger = messenger
-        self._locks: dict[bytes, trio.Lock] = {}
-        if peers.rpc is not None:
-            peers.rpc.register("group.request", self._on_request)
-            peers.rpc.register("group.send", self._on_send)
-            peers.rpc.register("group.inspect", self._on_inspect)
-            peers.rpc.register("group.system_send", self._on_system_send)
-
-    def _require_owner(self, gid: bytes) -> None:
-        if not self._peers.is_local(gid):
-            raise RequestError("this node does not own that group (the cluster is changing); retry", Code.UNAVAILABLE)
+        self._messenger = messenger  # whether a user exists
+        self._writer = writer
+        self.changed: list[Callable[[bytes, Group | None, Group], None]] = []  # (id, before, after), after a save
+        self.send_checks: list[Callable[[Group, str, int, dict[str, str]], None]] = []  # may raise: refused
+        peers.serve(ops.GROUP_REQUEST, self._apply_here, replicator, self._copies)
+        peers.serve(ops.GROUP_SEND, self._send_here, replicator)
+        peers.serve(ops.GROUP_INSPECT, self._inspect_here, replicator)
+        peers.serve(ops.GROUP_SYSTEM_SEND, self._system_send_here, replicator)
 
     # --- requests from clients ---------------------------------------------------
 
@@ -106,48 +108,50 @@ class Groups:
         for u in users:
             if u in RESERVED_NAMES or not await self._messenger.user_exists(ids.user_id(self._indexer, u)):
                 raise RequestError(f"no such user: {u}", Code.NO_SUCH_USER)
-        args = [who.name, op, users, str(name), str(policy), bool(flag), dict(profile or {})]
-        owner = self._peers.owner(gid)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            return await self._apply_here(gid, *args)
-        return dict(await self._peers.call(owner, "group.request", gid, *args, timeout=10.0))
-
-    async def _on_request(self, gid: bytes, actor: str, op: str, users: list, name: str, policy: str, flag: bool,  # noqa: ANN201
-                          profile: dict | None = None):
-        self._require_owner(bytes(gid))
-        return await self._apply_here(bytes(gid), str(actor), str(op), [str(u) for u in users], str(name), str(policy),
-                                      bool(flag), dict(profile or {}))
+        return await self._peers.ask(ops.GROUP_REQUEST, ops.GroupRequest(
+            gid, who.name, op, users, str(name), str(policy), bool(flag), dict(profile or {})))
 
     async def _load(self, gid: bytes) -> tuple[Group, int]:
-        await self._replicator.ensure("conv", gid)
+        """The group's state, at its owner (caught up by the operation: the catalog declares it)."""
         found = await self._store.run(self._store.repo.get_group, gid)
         if found is None:
             raise RequestError("no such group", Code.NO_SUCH_GROUP)
         raw, version = found
         return unpack_group(ids.conversation_text(gid), raw), version
 
-    async def _apply_here(
-        self, gid: bytes, actor: str, op: str, users: list[str], name: str, policy: str, flag: bool,
-        profile: dict[str, str] | None = None,
-    ) -> dict[str, Any]:
-        lock = self._locks.setdefault(gid, trio.Lock())
-        async with lock:
-            if op == "create":
-                try:
-                    chosen = JoinPolicy(policy or JoinPolicy.APPROVAL)
-                except ValueError:
-                    raise RequestError(f"unknown join policy {policy!r}: open, approval or invite", Code.BAD_REQUEST) from None
-                group = rules.create(ids.conversation_text(gid), actor, name, chosen, users, self._limits.max_group_size)
-                version = 0
-            else:
-                group, version = await self._load(gid)
-                if op == "get":
-                    if actor not in group.members and actor not in group.requests:
-                        raise RequestError("you are not a member of that group", Code.NOT_A_MEMBER)
-                    return group_view(group, actor)
-                group = self._run(group, actor, op, users, name, policy, flag, profile or {})
-            await self._save(gid, group, version)
+    async def _apply_here(self, a: ops.GroupRequest) -> dict[str, Any]:
+        """At the owner, one operation per group at a time (the catalog serializes them)."""
+        gid, actor, op = a.group_id, a.actor, a.op
+        before: Group | None = None
+        if op == "create":
+            try:
+                chosen = JoinPolicy(a.policy or JoinPolicy.APPROVAL)
+            except ValueError:
+                raise RequestError(f"unknown join policy {a.policy!r}: open, approval or invite", Code.BAD_REQUEST) from None
+            group = rules.create(ids.conversation_text(gid), actor, a.name, chosen, a.users, self._limits.max_group_size)
+            version = 0
+        else:
+            group, version = await self._load(gid)
+            if op == "get":
+                if actor not in group.members and actor not in group.requests:
+                    raise RequestError("you are not a member of that group", Code.NOT_A_MEMBER)
+                return group_view(group, actor)
+            before = group
+            group = self._run(group, actor, op, a.users, a.name, a.policy, a.flag, a.profile)
+        await self._save(gid, group, version)
+        if self._events.wants("group.changed"):  # hook: webhooks, at the group's owner
+            await self._events.emit("group.changed", event_id("group.changed", gid, version + 1), {
+                "group": ids.conversation_text(gid), "op": op, "actor": actor, "users": a.users,
+                "version": version + 1, "members": [] if group.dissolved else sorted(group.members)})
+        for listener in self.changed:
+            listener(gid, before, group)
         return group_view(group, actor)
+
+    def _copies(self, a: ops.GroupRequest, _view: dict[str, Any]) -> Callable[[], Awaitable[Copies]] | None:
+        """What a group operation wrote, for the replicas (a "get" wrote nothing)."""
+        if a.op == "get":
+            return None
+        return lambda: self._store.run(self._store.repo.conversation_copies, a.group_id, 1 << 62, 1)
 
     @staticmethod
     def _run(
@@ -192,49 +196,31 @@ class Groups:
     async def _save(self, gid: bytes, group: Group, version: int) -> None:
         members = [] if group.dissolved else [ids.user_id(self._indexer, u) for u in group.members]
         await self._store.run(self._store.repo.put_group, gid, pack_group(group), members, version)
-        await self._replicator.to_replicas(
-            gid, lambda: self._store.run(self._store.repo.conversation_copies, gid, 1 << 62, 1)
-        )
 
     # --- for operators (the admin API) ---------------------------------------------------
 
     async def inspect(self, group: str) -> dict[str, Any]:
         """Everything about a group, as its owner sees it."""
-        gid = ids.parse_conversation(group)
-        owner = self._peers.owner(gid)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            return await self._inspect_here(gid)
-        return dict(await self._peers.call(owner, "group.inspect", gid))
+        return await self._peers.ask(ops.GROUP_INSPECT, ops.GroupInspect(ids.parse_conversation(group)))
 
-    async def _inspect_here(self, gid: bytes) -> dict[str, Any]:
-        group, version = await self._load(gid)
+    async def _inspect_here(self, a: ops.GroupInspect) -> dict[str, Any]:
+        group, version = await self._load(a.group_id)
         return {**group_view(group, group.owner), "version": version}
-
-    async def _on_inspect(self, gid: bytes) -> dict[str, Any]:
-        self._require_owner(bytes(gid))
-        return await self._inspect_here(bytes(gid))
 
     async def system_send(self, system: Identity, group: str, body: bytes) -> SendResult:
         """An operator's message to every member (the sender, 'system', is not one)."""
         gid = ids.parse_conversation(group)
         client_id = os.urandom(16).hex()
-        owner = self._peers.owner(gid)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            return await self._system_send_here(gid, system.user_id, client_id, body)
-        raw = await self._peers.call(owner, "group.system_send", gid, system.user_id, client_id, body, timeout=15.0)
-        return self._messenger.result_from_wire(group, raw)
+        sent = await self._peers.ask(ops.GROUP_SYSTEM_SEND, ops.GroupSystemSend(gid, system.user_id, client_id, body))
+        return sent.result(group)
 
-    async def _system_send_here(self, gid: bytes, system_id: bytes, client_id: str, body: bytes) -> SendResult:
-        group, _ = await self._load(gid)
+    async def _system_send_here(self, a: ops.GroupSystemSend) -> ops.Sent:
+        group, _ = await self._load(a.group_id)
         if group.dissolved:
             raise RequestError("that group was dissolved", Code.NO_SUCH_GROUP)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
-        return await self._messenger.append_group(Identity(system_id, SYSTEM_USER), gid, members, client_id, 0, body, {})
-
-    async def _on_system_send(self, gid, system_id, client_id, body):  # noqa: ANN001, ANN202
-        self._require_owner(bytes(gid))
-        result = await self._system_send_here(bytes(gid), bytes(system_id), str(client_id), bytes(body))
-        return self._messenger.result_to_wire(result)
+        result = await self._append(Identity(a.system_id, SYSTEM_USER), a.group_id, members, a.client_id, 0, a.body, {})
+        return ops.Sent.of(result)
 
     # --- messages to groups ----------------------------------------------------------
 
@@ -242,34 +228,46 @@ class Groups:
         self, sender: Identity, group: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
     ) -> SendResult:
         gid = ids.parse_conversation(group)
-        owner = self._peers.owner(gid)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            return await self._send_here(gid, sender.user_id, sender.name, client_id, kind, body, ext)
-        raw = await self._peers.call(
-            owner, "group.send", gid, sender.user_id, sender.name, client_id, kind, body, ext, timeout=15.0
-        )
-        return self._messenger.result_from_wire(group, raw)
+        sent = await self._peers.ask(
+            ops.GROUP_SEND, ops.GroupSend(gid, sender.user_id, sender.name, client_id, kind, body, dict(ext)))
+        return sent.result(group)
 
-    async def _on_send(self, gid, sender_id, sender, client_id, kind, body, ext):  # noqa: ANN001, ANN202
-        self._require_owner(bytes(gid))
-        result = await self._send_here(
-            bytes(gid), bytes(sender_id), str(sender), str(client_id), int(kind), bytes(body), dict(ext)
-        )
-        return self._messenger.result_to_wire(result)
-
-    async def _send_here(
-        self, gid: bytes, sender_id: bytes, sender: str, client_id: str, kind: int, body: bytes, ext: dict[str, str]
-    ) -> SendResult:
-        group, _ = await self._load(gid)
-        rules.check_send(group, sender)
-        if kind == KIND_BURN:
+    async def _send_here(self, a: ops.GroupSend) -> ops.Sent:
+        group, _ = await self._load(a.group_id)
+        rules.check_send(group, a.sender)
+        for check in self.send_checks:
+            check(group, a.sender, a.kind, a.ext)
+        if a.kind == KIND_BURN:
             raise RequestError("burn-after-reading is for 1:1 conversations", Code.BAD_REQUEST)
         members = tuple(ids.user_id(self._indexer, u) for u in sorted(group.members))
-        return await self._messenger.append_group(
-            Identity(sender_id, sender), gid, members, client_id, kind, body, ext, admin=group.is_admin(sender)
+        result = await self._append(
+            Identity(a.sender_id, a.sender), a.group_id, members, a.client_id, a.kind, a.body, a.ext,
+            admin=group.is_admin(a.sender),
         )
+        return ops.Sent.of(result)
+
+    async def check_sender(self, gid: bytes, sender: str) -> None:
+        """At the group's owner: may ``sender`` send to the group now (member,
+        not muted)? Raises why not. For messages stored under the group (threads)."""
+        group, _ = await self._load(gid)
+        rules.check_send(group, sender)
+
+    async def _append(
+        self, sender: Identity, gid: bytes, members: tuple[bytes, ...], client_id: str, kind: int, body: bytes,
+        ext: dict[str, str], admin: bool = False,
+    ) -> SendResult:
+        """Store a message to a group (at the group's owner, its rules checked):
+        once, numbered in the group's conversation, into every member's inbox."""
+        text = ids.conversation_text(gid)
+        new, content = self._writer.prepare(
+            sender.user_id, sender.name, gid, members, GROUP_PREFIX + text, client_id, kind, body, ext
+        )
+        if self._writer.send_checks:  # webhooks that approve messages: before queueing, in this task
+            new, content = await self._writer.screen_send(new, content, text)
+        return await self._writer.append(new, content, text, admin)
 
     async def members_of(self, gid: bytes) -> list[str]:
         """At the group's owner: its members' names."""
+        await self._replicator.ensure("conv", gid)
         group, _ = await self._load(gid)
         return sorted(group.members)

@@ -13,8 +13,7 @@ shows their effects instead.
 from __future__ import annotations
 
 from collections.abc import Callable
-
-import msgpack
+from dataclasses import replace
 
 from timpy.errors import Code, RequestError
 from timpy.wire.messages import (
@@ -24,6 +23,7 @@ from timpy.wire.messages import (
     KIND_EDIT,
     KIND_RECALL,
     ChatMessage,
+    MessageContent,
 )
 
 ACTING = frozenset({KIND_RECALL, KIND_EDIT, KIND_BURNED})
@@ -65,25 +65,21 @@ def effect_of(content: bytes) -> tuple[int, Callable[[bytes], bytes | None]] | N
     """What a stored message (its plaintext content) does to its target: the
     store's hook (``Repository(effect_of=...)``)."""
     try:
-        fields = msgpack.unpackb(content, raw=False)
-        kind, ext = int(fields[4]), dict(fields[6])
-    except (ValueError, TypeError, IndexError, KeyError, msgpack.UnpackException):
+        acting = MessageContent.unpack(content)
+    except ValueError:
         return None  # not a message content this version writes
-    if kind not in ACTING:
+    if acting.kind not in ACTING:
         return None
-    raw = ext.get("target", "")
+    raw = acting.ext.get("target", "")
     if not raw.isdigit():
         return None
-    if kind in (KIND_RECALL, KIND_BURNED):
+    if acting.kind in (KIND_RECALL, KIND_BURNED):
         return int(raw), lambda _old: None
-    new_body = fields[5]
-    edited_at = ext.get("at", "")
+    edited_at = acting.ext.get("at", "")
 
     def edit(old: bytes) -> bytes:
-        old_fields = msgpack.unpackb(old, raw=False)
-        old_fields[5] = new_body
-        old_fields[6] = {**dict(old_fields[6]), "edited": edited_at or "1"}
-        return msgpack.packb(old_fields, use_bin_type=True)
+        target = MessageContent.unpack(old)
+        return replace(target, body=acting.body, ext={**target.ext, "edited": edited_at or "1"}).pack()
 
     return int(raw), edit
 

@@ -1,17 +1,43 @@
 """What the messaging domain needs from the cluster: where a key lives, a
 way to ask that node, and whether this node may act for a key now (its
 ownership lease, ``timpy.cluster.ownership``). A standalone node is a cluster
-of one, where every key is local and nothing goes over the network."""
+of one, where every key is local and nothing goes over the network.
+
+It runs the operations of the catalog (``timpy.cluster.catalog``): a feature
+``serve``s each with a handler, and ``ask``s (a request to the key's owner),
+``tell``s (a notification to the key's owner), ``call``s or ``notify``s (a
+given node) with the operation and its argument dataclass. Owner routing,
+the not-the-owner guard, retry on a ring change, catch-up, replication and
+per-key serializing are done here, as the catalog declares."""
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
+import trio
+
+from timpy.cluster.catalog import KeyOwner, Op
 from timpy.cluster.ownership import Epoch
 from timpy.cluster.placement import Placement, ReplicationConfig
-from timpy.cluster.rpc import Call, Rpc
-from timpy.errors import Code, TimpyError
+from timpy.cluster.rpc import Call, Method, NotOwner, Rpc
+from timpy.store.rows import Copies
+
+A = TypeVar("A")
+R = TypeVar("R")
+
+RING_RETRIES = 3  # tries of an operation whose owner said it is not the owner any more
+RING_RETRY_TIME = 3.0  # seconds, at most, spent on them
+RING_WAIT = 0.3  # seconds to wait for this node's ring to move after the first refusal (then 2x, ...)
+
+
+class Keeper(Protocol):
+    """Catch-up and replication of a key (``timpy.im.replication.Replicator``)."""
+
+    async def ensure(self, kind: str, key: bytes) -> None: ...
+
+    async def to_replicas(self, key: bytes, fetch: Callable[[], Awaitable[Copies]]) -> None: ...
 
 
 class _Ownership(Protocol):
@@ -34,6 +60,8 @@ class Peers:
         self.placement = placement
         self.rpc = rpc
         self.ownership = ownership
+        self._served: dict[int, Callable[[Any], Any]] = {}  # catalog number -> how it runs here
+        self._locks: dict[tuple[int, bytes], trio.Lock] = {}  # serialized operations at their owner
 
     def require_write(self) -> None:
         """Raise UNAVAILABLE (saying how many members this node reaches) unless
@@ -70,48 +98,152 @@ class Peers:
         assert self.rpc is not None, "a standalone node has no peers"
         return self.rpc
 
-    async def call(self, node_id: str, method: str, *args: Any, timeout: float = 5.0) -> Any:
+    async def call(self, node_id: str, method: Method, *args: Any, timeout: float | None = None) -> Any:
+        """Ask node ``node_id``: a catalog operation with its argument
+        dataclass (waiting its declared timeout; run here, now, when that
+        node is this one), or an operation named by a string with positional
+        arguments (5 s)."""
+        if isinstance(method, Op) and (node_id == self.self_id or self.rpc is None):
+            await self.await_write()
+            return await self._run_here(method, *args)
+        if timeout is None:
+            timeout = method.timeout if isinstance(method, Op) else 5.0
         await self.await_write()  # a node cut off from the majority refuses at once rather than wait on peers
         call = self._rpc().start_call(self.placement.address(node_id), method, *args)
         # ... and stops waiting as soon as it is cut off while the call is out
         # (a split mid-request: the lease runs out within its bound).
         return await call.result(timeout, self.ownership.cut_off if self.ownership is not None else None)
 
-    def start_call(self, node_id: str, method: str, *args: Any) -> Call:
+    def start_call(self, node_id: str, method: Method, *args: Any) -> Call:
         return self._rpc().start_call(self.placement.address(node_id), method, *args)
 
-    def notify(self, node_id: str, method: str, *args: Any) -> None:
+    def notify(self, node_id: str, method: Method, *args: Any) -> None:
+        """Best effort, no answer. A catalog operation to this node runs here, now."""
+        if isinstance(method, Op) and (node_id == self.self_id or self.rpc is None):
+            result = self._served[method.number](*args)
+            if hasattr(result, "close"):  # a coroutine nobody would await: a handler to make sync
+                result.close()
+                raise TypeError(f"{method.name} is notified to this node: its handler must not wait")
+            return
         if self.rpc is not None and node_id in self.placement.addresses:
             self.rpc.notify(self.placement.address(node_id), method, *args)
 
     def others(self) -> list[str]:
         return sorted(self.placement.members - {self.self_id})
 
-    # --- serving a key at its owner -------------------------------------------
+    # --- the catalog's operations ----------------------------------------------
 
-    def expose(self, method: str, here: Any, what: str = "key") -> None:
-        """Serve ``method`` to other nodes as ``here(key, *args)``, at the key's
-        owner only (a node that is not the owner any more says so: retry)."""
+    def require_owner(self, key: bytes, what: str = "key") -> None:
+        """The one guard of an operation served at a key's owner: ``NotOwner``
+        (UNAVAILABLE, "retry") unless this node owns ``key`` now."""
+        if not self.is_local(key):
+            raise NotOwner.of(what)
+
+    def serve(
+        self, op: Op[A, R], here: Callable[[A], Any], keeper: Keeper | None = None,
+        copies: Callable[[A, R], Callable[[], Awaitable[Copies]] | None] | None = None,
+    ) -> None:
+        """Serve ``op`` with ``here(args)`` (sync or async), here and to the
+        other nodes. For an operation owned by a key, what the catalog
+        declares happens around ``here`` at the owner, called from this node
+        (``ask``) or another: one call per key at a time (``serialize``),
+        catch-up before it (``catch_up``: ``keeper.ensure``), replication of
+        ``copies(args, result)`` after it (``replicate``: ``keeper.to_replicas``;
+        ``copies`` returns None when nothing was written). Another node's
+        request is refused with ``NotOwner`` by a node that does not own the
+        key (notifications are not: nobody would hear it)."""
+        if (op.catch_up or op.replicate) and keeper is None:
+            raise TypeError(f"{op.name} declares catch-up or replication: serve it with a keeper")
+        if op.replicate != (copies is not None):
+            raise TypeError(f"{op.name}: copies are given exactly when the operation replicates")
+        owner = op.owner
+        run: Callable[[A], Any] = here
+        if isinstance(owner, KeyOwner) and (op.catch_up or op.replicate or op.serialize):
+            run = self._at_owner(op, here, owner, keeper, copies)
+        self._served[op.number] = run
         if self.rpc is None:
             return
+        if isinstance(owner, KeyOwner) and op.reply:
+            what = owner.what
 
-        def handler(key: bytes, *args: Any) -> Any:
-            key = bytes(key)
-            if not self.is_local(key):
-                raise TimpyError(f"this node does not own that {what} (the cluster is changing); retry", Code.UNAVAILABLE)
-            self.require_write()
-            return here(key, *args)
+            def guarded(args: A) -> Any:
+                self.require_owner(op.key(args), what)
+                self.require_write()
+                return run(args)
 
-        self.rpc.register(method, handler)
+            self.rpc.serve(op, guarded)
+        else:
+            self.rpc.serve(op, run)
 
-    async def at_owner(self, key: bytes, method: str, here: Any, *args: Any, timeout: float = 5.0) -> Any:
-        """Run ``here(key, *args)`` on the key's owner: directly when that is
-        this node, else through ``method`` (see ``expose``)."""
-        owner = self.owner(key)
-        if owner == self.self_id or self.rpc is None:
-            await self.await_write()
-            return await here(key, *args)
-        return await self.call(owner, method, key, *args, timeout=timeout)
+    def _at_owner(
+        self, op: Op[A, R], here: Callable[[A], Any], owner: KeyOwner, keeper: Keeper | None,
+        copies: Callable[[A, R], Callable[[], Awaitable[Copies]] | None] | None,
+    ) -> Callable[[A], Awaitable[R]]:
+        space = owner.space
+
+        async def steps(args: A, key: bytes) -> R:
+            if op.catch_up:
+                assert keeper is not None and space is not None
+                await keeper.ensure(space, key)
+            result = here(args)
+            if hasattr(result, "__await__"):
+                result = await result
+            if copies is not None:
+                fetch = copies(args, result)
+                if fetch is not None:
+                    assert keeper is not None
+                    await keeper.to_replicas(key, fetch)
+            return result
+
+        async def run(args: A) -> R:
+            key = op.key(args)
+            if not op.serialize:
+                return await steps(args, key)
+            lock = self._locks.setdefault((op.number, key), trio.Lock())
+            try:
+                async with lock:
+                    return await steps(args, key)
+            finally:
+                if not lock.locked() and not lock.statistics().tasks_waiting:
+                    self._locks.pop((op.number, key), None)
+
+        return run
+
+    async def ask(self, op: Op[A, R], args: A) -> R:
+        """Run ``op`` at the owner of its key: here when that is this node,
+        else at the owner. A refusal from a node that no longer owns the key
+        is retried once this node's ring has moved, at most
+        ``RING_RETRIES`` times within ``RING_RETRY_TIME`` seconds."""
+        key = op.key(args)
+        give_up_at = trio.current_time() + RING_RETRY_TIME
+        for attempt in range(RING_RETRIES):
+            owner = self.owner(key)
+            if owner == self.self_id or self.rpc is None:
+                await self.await_write()
+                return await self._run_here(op, args)
+            version = self.placement.version
+            try:
+                return await self.call(owner, op, args)
+            except NotOwner:
+                left = give_up_at - trio.current_time()
+                if attempt == RING_RETRIES - 1 or left <= 0:
+                    raise
+                await self._ring_moves(version, min(left, RING_WAIT * (attempt + 1)))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _run_here(self, op: Op[A, R], args: A) -> R:
+        result = self._served[op.number](args)
+        return await result if hasattr(result, "__await__") else result
+
+    async def _ring_moves(self, version: int, timeout: float) -> None:
+        """Wait until this node's ring is not ``version`` any more, at most ``timeout``."""
+        with trio.move_on_after(timeout):
+            while self.placement.version == version:
+                await trio.sleep(RING_WAIT / 4)
+
+    def tell(self, op: Op[A, None], args: A) -> None:
+        """Send notification ``op`` to the owner of its key (run here when that is this node)."""
+        self.notify(self.owner(op.key(args)), op, args)
 
     def by_owner(self, keys: Any) -> dict[str, list[bytes]]:
         """Keys grouped by their owner node."""

@@ -3,7 +3,7 @@ busy, away, free text), invisible; friends and subscribers are told of
 changes.
 
 Everything about a user's presence is at the user's owner: its routing
-records say whether a terminal is live (``Routes.on_presence``), its
+records say whether a terminal is live (``Routes.watch_presence``: the node wires ``Presence.terminals_changed`` to it), its
 "presence" record keeps the status the user set (sealed, replicated; it
 survives restarts), and it keeps in memory who subscribed. On a change it
 pushes the new presence to the live terminals of the user's friends and
@@ -20,6 +20,7 @@ from typing import Any
 
 import msgpack
 
+from timpy.cluster import catalog as ops
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids
@@ -30,6 +31,8 @@ from timpy.im.roster import Roster
 from timpy.im.routes import Routes
 from timpy.im.signals import Signals
 from timpy.store.repository import Store
+from timpy.wire.messages import Presence as PresenceView
+from timpy.wire.messages import PresenceList
 
 STATUSES = ("online", "busy", "away")
 MAX_TEXT = 200
@@ -40,7 +43,7 @@ MAX_SUBSCRIBERS = 1000  # per watched user
 class Presence:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, records: Records, routes: Routes,
-        roster: Roster, signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., None],
+        roster: Roster, signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., bool],
     ) -> None:
         self._store = store
         self._indexer = indexer
@@ -54,9 +57,8 @@ class Presence:
         self._since: dict[bytes, int] = {}
         self._names: dict[bytes, str] = {}
         self._subscribers: dict[bytes, set[bytes]] = {}
-        routes.on_presence = self._on_terminals
-        peers.expose("presence.set", self._set_here, "user")
-        peers.expose("presence.get", self._get_here, "user")
+        peers.serve(ops.PRESENCE_SET, self._set_here)
+        peers.serve(ops.PRESENCE_GET, self._get_here)
 
     # --- from clients ---------------------------------------------------------
 
@@ -66,7 +68,7 @@ class Presence:
             raise RequestError(f"unknown status {status!r}: one of {', '.join(STATUSES)}", Code.BAD_REQUEST)
         if len(text) > MAX_TEXT:
             raise RequestError(f"a status text has at most {MAX_TEXT} characters", Code.BAD_REQUEST)
-        await self._peers.at_owner(who.user_id, "presence.set", self._set_here, who.name, status, text, invisible)
+        await self._peers.ask(ops.PRESENCE_SET, ops.PresenceSet(who.user_id, who.name, status, text, bool(invisible)))
 
     async def query(self, who: Identity, users: list[str], subscribe: bool, unsubscribe: bool) -> list[dict[str, Any]]:
         if len(users) > MAX_QUERY:
@@ -74,12 +76,9 @@ class Presence:
         names = list(dict.fromkeys(ids.normalize_name(u) for u in users))
         by_id = {ids.user_id(self._indexer, n): n for n in names}
         out: dict[str, dict[str, Any]] = {}
-        for owner, uids in self._peers.by_owner(by_id).items():
-            args = ([by_id[u] for u in uids], who.user_id, bool(subscribe), bool(unsubscribe))
-            if owner == self._peers.self_id or self._peers.rpc is None:
-                found = await self._get_here(uids[0], uids, *args)
-            else:
-                found = await self._peers.call(owner, "presence.get", uids[0], uids, *args)
+        for uids in self._peers.by_owner(by_id).values():
+            found = await self._peers.ask(ops.PRESENCE_GET, ops.PresenceGet(
+                uids[0], uids, [by_id[u] for u in uids], who.user_id, bool(subscribe), bool(unsubscribe)))
             for p in found:
                 out[p["user"]] = dict(p)
         return [out[n] for n in names if n in out]
@@ -99,32 +98,28 @@ class Presence:
             "text": st["text"] if online else "", "since": self._since.get(user_id, 0),
         }
 
-    async def _set_here(self, user_id: bytes, name: str, status: str, text: str, invisible: bool) -> None:
-        self._names[user_id] = name
-        new = {"status": str(status), "text": str(text), "invisible": bool(invisible)}
-        await self._records.update(user_id, "presence", "user", lambda _old: new)
-        self._since[user_id] = self._now()
-        await self._announce(user_id, name, to_self=True)
+    async def _set_here(self, a: ops.PresenceSet) -> None:
+        self._names[a.user_id] = a.name
+        new = {"status": a.status, "text": a.text, "invisible": a.invisible}
+        await self._records.update(a.user_id, "presence", "user", lambda _old: new)
+        self._since[a.user_id] = self._now()
+        await self._announce(a.user_id, a.name, to_self=True)
 
-    async def _get_here(
-        self, _key: bytes, user_ids: list, names: list, asker: bytes, subscribe: bool, unsubscribe: bool
-    ) -> list[dict[str, Any]]:
+    async def _get_here(self, a: ops.PresenceGet) -> list[dict[str, Any]]:
         out = []
-        for uid, name in zip(user_ids, names, strict=True):
-            uid = bytes(uid)
-            if not self._peers.is_local(uid):
-                raise RequestError("this node does not own that user (the cluster is changing); retry", Code.UNAVAILABLE)
-            self._names[uid] = str(name)
-            if subscribe:
+        for uid, name in zip(a.user_ids, a.names, strict=True):
+            self._peers.require_owner(uid, "user")  # the key checked is the first; the others too
+            self._names[uid] = name
+            if a.subscribe:
                 subs = self._subscribers.setdefault(uid, set())
                 if len(subs) < MAX_SUBSCRIBERS:
-                    subs.add(bytes(asker))
-            if unsubscribe:
-                self._subscribers.get(uid, set()).discard(bytes(asker))
-            out.append(await self._view(uid, str(name), for_self=bytes(asker) == uid))
+                    subs.add(a.asker)
+            if a.unsubscribe:
+                self._subscribers.get(uid, set()).discard(a.asker)
+            out.append(await self._view(uid, name, for_self=a.asker == uid))
         return out
 
-    def _on_terminals(self, user_id: bytes, online: bool) -> None:
+    def terminals_changed(self, user_id: bytes, online: bool) -> None:
         """A user's first terminal came or last one went (the owner's routing records)."""
         self._since[user_id] = self._now()
         self._spawn(self._announce, user_id, None)
@@ -145,6 +140,6 @@ class Presence:
         watchers = {ids.user_id(self._indexer, f) for f in friends} | self._subscribers.get(user_id, set())
         view = await self._view(user_id, name)
         if watchers:
-            self._signals.push(watchers, "presence_list", {"users": [view]})
+            self._signals.push(watchers, PresenceList([PresenceView(**view)]))
         if to_self:  # the user's other terminals see the status set
-            self._signals.push([user_id], "presence_list", {"users": [await self._view(user_id, name, for_self=True)]})
+            self._signals.push([user_id], PresenceList([PresenceView(**await self._view(user_id, name, for_self=True))]))

@@ -17,19 +17,21 @@ acting kinds (recall, edit, burned).
 
 from __future__ import annotations
 
-import msgpack
+from collections.abc import Awaitable, Callable
 
+from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids, kinds
 from timpy.im.accounts import Identity
-from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
-from timpy.store.repository import Copies, NewMessage, Store
-from timpy.wire.messages import KIND_BURN, KIND_BURNED, pack_content
+from timpy.im.writer import Writer
+from timpy.store.repository import Store
+from timpy.store.rows import Copies, NewMessage
+from timpy.wire.messages import KIND_BURN, KIND_BURNED, MessageContent, Receipt
 
 BURN_SCAN = 1000  # messages a read receipt looks through for BURN messages
 UNREAD_SCAN = 10_000  # inbox entries counted for unread counts (the newest)
@@ -37,53 +39,48 @@ UNREAD_SCAN = 10_000  # inbox entries counted for unread counts (the newest)
 
 class Receipts:
     def __init__(
-        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, messenger: Messenger,
+        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, writer: Writer,
         signals: Signals, limits: Limits,
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._replicator = replicator
-        self._messenger = messenger
+        self._writer = writer
         self._signals = signals
         self._limits = limits
         self.burned = 0  # BURN messages burned by this node (metrics, tests)
-        peers.expose("receipt.conv", self._conv_here, "conversation")
-        peers.expose("receipt.mark", self._mark_here, "user")
-        peers.expose("receipt.get_mark", self._get_mark_here, "user")
-        peers.expose("receipt.unread", self._unread_here, "user")
+        self.marked: list[Callable[[bytes, bytes], None]] = []  # told (user id, conv id) when a read mark moved
+        peers.serve(ops.RECEIPT_CONV, self._conv_here, replicator)
+        peers.serve(ops.RECEIPT_MARK, self._mark_here, replicator, self._mark_copies)
+        peers.serve(ops.RECEIPT_GET_MARK, self._get_mark_here, replicator)
+        peers.serve(ops.RECEIPT_UNREAD, self._unread_here, replicator)
 
     async def receipt(self, who: Identity, device_id: bytes, conversation: str, seq: int, read: bool) -> None:
         conv = ids.parse_conversation(conversation)
         if not isinstance(seq, int) or seq <= 0:
             raise RequestError("a receipt names a sequence number of 1 or more", Code.BAD_REQUEST)
-        await self._peers.at_owner(
-            conv, "receipt.conv", self._conv_here, who.user_id, who.name, device_id, int(seq), bool(read), timeout=15.0
-        )
+        await self._peers.ask(ops.RECEIPT_CONV, ops.ReceiptConv(conv, who.user_id, who.name, device_id, seq, bool(read)))
 
-    async def _conv_here(
-        self, conv: bytes, user_id: bytes, name: str, device_id: bytes, seq: int, read: bool
-    ) -> None:
-        user_id, device_id = bytes(user_id), bytes(device_id)
-        await self._replicator.ensure("conv", conv)
+    async def _conv_here(self, a: ops.ReceiptConv) -> None:
+        conv, user_id, device_id, name, read = a.conv_id, a.user_id, a.device_id, a.name, a.read
         if not await self._store.run(self._store.repo.is_member, conv, user_id):
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
-        seq = min(seq, await self._store.run(self._store.repo.conversation_head, conv))
+        seq = min(a.seq, await self._store.run(self._store.repo.conversation_head, conv))
         if seq <= 0:
             return
         members = await self._store.run(self._store.repo.conversation_members, conv)
         text = ids.conversation_text(conv)
         if read:
-            before = await self._peers.at_owner(user_id, "receipt.get_mark", self._get_mark_here, conv)
+            before = await self._peers.ask(ops.RECEIPT_GET_MARK, ops.MarkOf(user_id, conv))
             if seq <= before:
                 return  # read already: marks never move back, and nobody is told again
             direct = len(members) == 2 and ids.direct_conversation(self._indexer, *members) == conv
             if direct:
-                await self._burn(conv, text, members, user_id, str(name), max(before, seq - BURN_SCAN), seq)
-            await self._peers.at_owner(user_id, "receipt.mark", self._mark_here, conv, seq)
+                await self._burn(conv, text, members, user_id, name, max(before, seq - BURN_SCAN), seq)
+            await self._peers.ask(ops.RECEIPT_MARK, ops.ReadMark(user_id, conv, seq))
         if len(members) <= self._limits.receipt_push_max_members:
-            fields = {"conversation": text, "seq": seq, "read": read, "user": str(name)}
-            self._signals.push(members, "receipt", fields, skip=(user_id, device_id))
+            self._signals.push(members, Receipt(text, seq, bool(read), str(name)), skip=(user_id, device_id))
 
     async def _burn(
         self, conv: bytes, text: str, members: list[bytes], reader_id: bytes, reader: str, after: int, upto: int
@@ -92,50 +89,50 @@ class Receipts:
         for row in rows:
             if not row.content or row.seq > upto:
                 continue
-            m = self._messenger._message(text, row.seq, row.created_ms, row.content)
+            m = MessageContent.unpack(row.content)
             if m.kind != KIND_BURN or m.sender == reader:
                 continue
             client_id = f"burned-{row.seq}"
+            content = MessageContent(client_id, reader, m.sender, KIND_BURNED, b"", {"target": str(row.seq)})
             new = NewMessage(
                 conv_id=conv, members=tuple(members), sender_id=reader_id,
-                dedup=ids.dedup_index(self._indexer, reader_id, client_id), created_ms=self._messenger._now(),
-                content=pack_content(client_id, reader, m.sender, KIND_BURNED, b"", {"target": str(row.seq)}),
+                dedup=ids.dedup_index(self._indexer, reader_id, client_id), created_ms=self._writer.now_ms(),
+                content=content.pack(),
             )
-            result = await self._messenger.append_here(new, text)
+            result = await self._writer.append(new, content, text)
             if not result.duplicate:
                 self.burned += 1
 
-    async def _get_mark_here(self, user_id: bytes, conv: bytes) -> int:
-        marks = (await self._unread_rows(user_id, 0))[1]
-        return marks.get(bytes(conv), 0)
+    async def _get_mark_here(self, a: ops.MarkOf) -> int:
+        marks = (await self._store.run(self._store.repo.unread, a.user_id, 0))[1]
+        return marks.get(a.conv_id, 0)
 
-    async def _mark_here(self, user_id: bytes, conv: bytes, seq: int) -> int:
-        await self._replicator.ensure("user", user_id)
-        before = await self._store.run(self._store.repo.mark_read, user_id, bytes(conv), int(seq))
-
-        async def mark() -> Copies:
-            return Copies(reads=[(user_id, bytes(conv), int(seq))])
-
-        await self._replicator.to_replicas(user_id, mark)
+    async def _mark_here(self, a: ops.ReadMark) -> int:
+        before = await self._store.run(self._store.repo.mark_read, a.user_id, a.conv_id, a.seq)
+        for listener in self.marked:
+            listener(a.user_id, a.conv_id)
         return before
 
-    async def _unread_rows(self, user_id: bytes, limit: int) -> tuple[list[tuple[bytes, bytes]], dict[bytes, int]]:
-        await self._replicator.ensure("user", user_id)
-        return await self._store.run(self._store.repo.unread, user_id, limit)
+    @staticmethod
+    def _mark_copies(a: ops.ReadMark, _before: int) -> Callable[[], Awaitable[Copies]]:
+        async def mark() -> Copies:
+            return Copies(reads=[(a.user_id, a.conv_id, a.seq)])
+
+        return mark
 
     async def unread(self, who: Identity) -> tuple[dict[str, int], dict[str, int]]:
         """Unread messages per conversation, and the read marks, for ``who``."""
-        counts, marks = await self._peers.at_owner(who.user_id, "receipt.unread", self._unread_here, who.name)
-        return dict(counts), dict(marks)
+        found = await self._peers.ask(ops.RECEIPT_UNREAD, ops.UnreadOf(who.user_id, who.name))
+        return found.counts, found.marks
 
-    async def _unread_here(self, user_id: bytes, name: str) -> tuple[dict[str, int], dict[str, int]]:
-        rows, marks = await self._unread_rows(user_id, UNREAD_SCAN)
+    async def _unread_here(self, a: ops.UnreadOf) -> ops.Unread:
+        user_id, name = a.user_id, a.name
+        rows, marks = await self._store.run(self._store.repo.unread, user_id, UNREAD_SCAN)
         counts: dict[str, int] = {}
         for conv, content in rows:
-            fields = msgpack.unpackb(content, raw=False)
-            sender, kind = fields[2], int(fields[4])
-            if sender == name or kind in kinds.ACTING:
+            m = MessageContent.unpack(content)
+            if m.sender == name or m.kind in kinds.ACTING:
                 continue
             text = ids.conversation_text(conv)
             counts[text] = counts.get(text, 0) + 1
-        return counts, {ids.conversation_text(c): q for c, q in marks.items()}
+        return ops.Unread(counts, {ids.conversation_text(c): q for c, q in marks.items()})

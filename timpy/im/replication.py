@@ -37,7 +37,8 @@ from timpy.cluster.ownership import Epoch
 from timpy.errors import Code, StorageError, TimpyError
 from timpy.im.peers import Peers
 from timpy.store import digest
-from timpy.store.repository import Copies, InboxItem, Store
+from timpy.store.repository import Store
+from timpy.store.rows import Copies, InboxItem
 
 log = logging.getLogger("timpy.replication")
 

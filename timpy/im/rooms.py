@@ -21,6 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
@@ -29,6 +30,7 @@ from timpy.im.peers import Peers
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.signals import Signals
 from timpy.im.terminals import LiveTerminal
+from timpy.wire.messages import StreamData
 
 MAX_ROOM_NAME = 64
 _ROOM_RE = re.compile(r"^[\w.\- ]+$")
@@ -68,12 +70,12 @@ class Rooms:
         self._joined: dict[bytes, dict[tuple[bytes, bytes], str]] = {}  # at user owners: user -> (room, device) -> node
         self._local: dict[tuple[bytes, bytes], dict[bytes, tuple[str, str]]] = {}  # here: terminal -> room -> (name, user)
         self.streamed = 0  # stream frames accepted by rooms this node owns
-        peers.expose("room.enter", self._enter_here, "room")
-        peers.expose("room.leave", self._leave_here, "room")
-        peers.expose("room.members", self._members_here, "room")
-        peers.expose("room.stream", self._stream_here, "room")
-        peers.expose("room.reserve", self._reserve_here, "user")
-        peers.expose("room.release", self._release_here, "user")
+        peers.serve(ops.ROOM_ENTER, self._enter_here)
+        peers.serve(ops.ROOM_LEAVE, self._leave_here)
+        peers.serve(ops.ROOM_MEMBERS, self._members_here)
+        peers.serve(ops.ROOM_STREAM, self._stream_here)
+        peers.serve(ops.ROOM_RESERVE, self._reserve_here)
+        peers.serve(ops.ROOM_RELEASE, self._release_here)
 
     def room_key(self, name: str) -> bytes:
         return self._indexer.index("room", name)
@@ -87,24 +89,22 @@ class Rooms:
         key = self.room_key(name)
         me = self._peers.self_id
         local = (terminal.user_id, terminal.device_id)
+        release = ops.RoomRelease(who.user_id, key, terminal.device_id)
         if op == "enter":
-            await self._peers.at_owner(who.user_id, "room.reserve", self._reserve_here, key, terminal.device_id, me)
+            await self._peers.ask(ops.ROOM_RESERVE, ops.RoomReserve(who.user_id, key, terminal.device_id, me, False))
             try:
-                members = await self._peers.at_owner(
-                    key, "room.enter", self._enter_here, name, who.user_id, who.name, terminal.device_id, me
-                )
+                members = await self._peers.ask(
+                    ops.ROOM_ENTER, ops.RoomEnter(key, name, who.user_id, who.name, terminal.device_id, me))
             except TimpyError:
-                await self._peers.at_owner(who.user_id, "room.release", self._release_here, key, terminal.device_id)
+                await self._peers.ask(ops.ROOM_RELEASE, release)
                 raise
             self._local.setdefault(local, {})[key] = (name, who.name)
         elif op == "leave":
             self._local.get(local, {}).pop(key, None)
-            members = await self._peers.at_owner(
-                key, "room.leave", self._leave_here, who.user_id, terminal.device_id
-            )
-            await self._peers.at_owner(who.user_id, "room.release", self._release_here, key, terminal.device_id)
+            members = await self._peers.ask(ops.ROOM_LEAVE, ops.RoomLeave(key, who.user_id, terminal.device_id))
+            await self._peers.ask(ops.ROOM_RELEASE, release)
         else:
-            members = await self._peers.at_owner(key, "room.members", self._members_here)
+            members = await self._peers.ask(ops.ROOM_MEMBERS, ops.RoomMembers(key))
         return {"room": name, "members": list(members)}
 
     async def stream(self, who: Identity, terminal: LiveTerminal, room: str, data: bytes) -> None:
@@ -116,7 +116,7 @@ class Rooms:
             raise RequestError(
                 f"stream data of {len(data)} bytes exceeds the limit of {self._limits().max_body}", Code.BODY_TOO_LARGE
             )
-        await self._peers.at_owner(key, "room.stream", self._stream_here, who.user_id, who.name, terminal.device_id, data)
+        await self._peers.ask(ops.ROOM_STREAM, ops.RoomStream(key, who.user_id, who.name, terminal.device_id, data))
 
     def terminal_closed(self, terminal: LiveTerminal) -> None:
         """Leave every room the terminal was in (in the background)."""
@@ -126,8 +126,8 @@ class Rooms:
 
     async def _quietly_leave(self, key: bytes, user_id: bytes, device_id: bytes) -> None:
         try:
-            await self._peers.at_owner(key, "room.leave", self._leave_here, user_id, device_id)
-            await self._peers.at_owner(user_id, "room.release", self._release_here, key, device_id)
+            await self._peers.ask(ops.ROOM_LEAVE, ops.RoomLeave(key, user_id, device_id))
+            await self._peers.ask(ops.ROOM_RELEASE, ops.RoomRelease(user_id, key, device_id))
         except TimpyError:
             pass  # the owner is gone: its records went with it
 
@@ -152,42 +152,43 @@ class Rooms:
     async def _reenter(self, key: bytes, name: str, user_id: bytes, user: str, device_id: bytes) -> None:
         me = self._peers.self_id
         try:
-            await self._peers.at_owner(user_id, "room.reserve", self._reserve_here, key, device_id, me, True)
-            await self._peers.at_owner(key, "room.enter", self._enter_here, name, user_id, user, device_id, me)
+            await self._peers.ask(ops.ROOM_RESERVE, ops.RoomReserve(user_id, key, device_id, me, True))
+            await self._peers.ask(ops.ROOM_ENTER, ops.RoomEnter(key, name, user_id, user, device_id, me))
         except TimpyError:
             pass  # the next ring change tries again
 
     # --- at the room's owner --------------------------------------------------------
 
-    async def _enter_here(self, key: bytes, name: str, user_id: bytes, user: str, device_id: bytes, node: str) -> list[str]:
+    async def _enter_here(self, a: ops.RoomEnter) -> list[str]:
         limits = self._limits()
-        room = self._rooms.get(key)
+        room = self._rooms.get(a.room_key)
         if room is None:
-            room = self._rooms[key] = _Room(str(name), TokenBucket(limits.room_stream_rate, limits.room_stream_burst, self._clock()))
-        room.members[(bytes(user_id), bytes(device_id))] = (str(user), str(node))
+            room = self._rooms[a.room_key] = _Room(
+                a.name, TokenBucket(limits.room_stream_rate, limits.room_stream_burst, self._clock()))
+        room.members[(a.user_id, a.device_id)] = (a.user, a.node)
         return self._names(room)
 
-    async def _leave_here(self, key: bytes, user_id: bytes, device_id: bytes) -> list[str]:
-        room = self._rooms.get(key)
+    async def _leave_here(self, a: ops.RoomLeave) -> list[str]:
+        room = self._rooms.get(a.room_key)
         if room is None:
             return []
-        room.members.pop((bytes(user_id), bytes(device_id)), None)
+        room.members.pop((a.user_id, a.device_id), None)
         if not room.members:
-            del self._rooms[key]
+            del self._rooms[a.room_key]
             return []
         return self._names(room)
 
-    async def _members_here(self, key: bytes) -> list[str]:
-        room = self._rooms.get(key)
+    async def _members_here(self, a: ops.RoomMembers) -> list[str]:
+        room = self._rooms.get(a.room_key)
         return self._names(room) if room is not None else []
 
     @staticmethod
     def _names(room: _Room) -> list[str]:
         return sorted(name for name, _ in room.members.values())
 
-    async def _stream_here(self, key: bytes, user_id: bytes, user: str, device_id: bytes, data: bytes) -> None:
-        room = self._rooms.get(key)
-        sender = (bytes(user_id), bytes(device_id))
+    async def _stream_here(self, a: ops.RoomStream) -> None:
+        room = self._rooms.get(a.room_key)
+        sender = (a.user_id, a.device_id)
         if room is None or sender not in room.members:
             raise RequestError("you are not in that room (enter it again)", Code.NOT_A_MEMBER)
         if not room.bucket.take(self._clock()):
@@ -200,26 +201,26 @@ class Rooms:
         for terminal, (_, node) in room.members.items():
             if terminal != sender:
                 by_node.setdefault(node, []).append(terminal)
-        fields = {"room": room.name, "data": bytes(data), "sender": str(user)}
+        notice = StreamData(room.name, a.user, a.data)
         for node, terminals in by_node.items():
-            self._signals.to_terminals(node, terminals, "stream", fields)
+            self._signals.to_terminals(node, terminals, notice)
 
     # --- at the user's owner ------------------------------------------------------------
 
-    async def _reserve_here(self, user_id: bytes, key: bytes, device_id: bytes, node: str, again: bool = False) -> None:
-        joined = self._joined.setdefault(user_id, {})
+    async def _reserve_here(self, a: ops.RoomReserve) -> None:
+        joined = self._joined.setdefault(a.user_id, {})
         rooms = {k for k, _ in joined}
-        if bytes(key) not in rooms and len(rooms) >= self._limits().max_rooms_per_user and not again:
+        if a.room_key not in rooms and len(rooms) >= self._limits().max_rooms_per_user and not a.again:
             if not joined:
-                del self._joined[user_id]
+                del self._joined[a.user_id]
             raise RequestError(
                 f"you are in {len(rooms)} rooms, the limit; leave one first", Code.LIMIT_REACHED
             )
-        joined[(bytes(key), bytes(device_id))] = str(node)
+        joined[(a.room_key, a.device_id)] = a.node
 
-    async def _release_here(self, user_id: bytes, key: bytes, device_id: bytes) -> None:
-        joined = self._joined.get(user_id)
+    async def _release_here(self, a: ops.RoomRelease) -> None:
+        joined = self._joined.get(a.user_id)
         if joined is not None:
-            joined.pop((bytes(key), bytes(device_id)), None)
+            joined.pop((a.room_key, a.device_id), None)
             if not joined:
-                del self._joined[user_id]
+                del self._joined[a.user_id]

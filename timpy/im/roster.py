@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from timpy.cluster import catalog as ops
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import roster_rules as rules
@@ -22,6 +23,7 @@ from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.signals import Signals
+from timpy.wire.messages import Roster as RosterNotice
 
 OPS = ("list", "request", "accept", "reject", "remove", "block", "unblock")
 CATEGORIES = ("friends", "incoming", "outgoing", "blocked")
@@ -64,9 +66,9 @@ class Roster:
         self._records = records
         self._messenger = messenger
         self._signals = signals
-        peers.expose("roster.op", self._op_here, "conversation")
-        peers.expose("roster.mirror", self._mirror_here, "user")
-        peers.expose("roster.get", self._get_here, "user")
+        peers.serve(ops.ROSTER_OP, self._op_here)
+        peers.serve(ops.ROSTER_MIRROR, self._mirror_here)
+        peers.serve(ops.ROSTER_GET, self._get_here)
 
     async def request(self, who: Identity, op: str, user: str) -> dict[str, list[str]]:
         if op not in OPS:
@@ -76,21 +78,21 @@ class Roster:
         peer, pid, pair = await self._messenger.peer_of(who, user)
         if pid == who.user_id:
             raise RequestError("that is you", Code.BAD_REQUEST)
-        await self._peers.at_owner(pair, "roster.op", self._op_here, who.name, who.user_id, op, peer, pid, timeout=10.0)
+        await self._peers.ask(ops.ROSTER_OP, ops.RosterOp(pair, who.name, who.user_id, op, peer, pid))
         return await self.get(who.user_id)
 
     async def get(self, user_id: bytes) -> dict[str, list[str]]:
-        return await self._peers.at_owner(user_id, "roster.get", self._get_here)
+        return await self._peers.ask(ops.ROSTER_GET, ops.RosterGet(user_id))
 
-    async def _get_here(self, user_id: bytes) -> dict[str, list[str]]:
-        return roster_view(await self._records.get(user_id, "roster", "user"))
+    async def _get_here(self, a: ops.RosterGet) -> dict[str, list[str]]:
+        return roster_view(await self._records.get(a.user_id, "roster", "user"))
 
     async def friends_of(self, user_id: bytes) -> list[str]:
         """At the user's owner: the user's friends' names."""
-        return (await self._get_here(user_id))["friends"]
+        return (await self._get_here(ops.RosterGet(user_id)))["friends"]
 
-    async def _op_here(self, pair: bytes, actor: str, actor_id: bytes, op: str, peer: str, peer_id: bytes) -> None:
-        actor_id, peer_id = bytes(actor_id), bytes(peer_id)
+    async def _op_here(self, a: ops.RosterOp) -> None:
+        pair, actor, actor_id, op, peer, peer_id = a.pair, a.actor, a.actor_id, a.op, a.peer, a.peer_id
 
         def change(value: dict[str, Any] | None) -> dict[str, Any]:
             r = relations_of(value)
@@ -129,11 +131,12 @@ class Roster:
         value = await self._records.update(pair, "pair", "conv", change)
         r = relations_of(value)
         for user, uid, other in ((actor, actor_id, peer), (peer, peer_id, actor)):
-            await self._peers.at_owner(
-                uid, "roster.mirror", self._mirror_here, user, other, category(r, user, other), value["count"]
-            )
+            await self._peers.ask(
+                ops.ROSTER_MIRROR, ops.RosterMirror(uid, user, other, category(r, user, other), value["count"]))
 
-    async def _mirror_here(self, user_id: bytes, user: str, peer: str, cat: str | None, count: int) -> None:
+    async def _mirror_here(self, a: ops.RosterMirror) -> None:
+        user_id, peer, cat, count = a.user_id, a.peer, a.category, a.count
+
         def change(value: dict[str, Any] | None) -> dict[str, Any]:
             peers = dict((value or {}).get("peers", {}))
             if peer in peers and peers[peer][1] >= count:
@@ -144,4 +147,4 @@ class Roster:
             return {"peers": peers}
 
         value = await self._records.update(user_id, "roster", "user", change)
-        self._signals.push([user_id], "roster", roster_view(value))
+        self._signals.push([user_id], RosterNotice(**roster_view(value)))

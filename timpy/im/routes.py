@@ -19,14 +19,16 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from typing import Protocol
 
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.peers import Peers
 from timpy.im.terminals import TerminalRegistry
-from timpy.wire.messages import Delivery, unpack_content
+from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 log = logging.getLogger("timpy.routes")
 
@@ -64,31 +66,68 @@ def over_limit(devices: dict[bytes, Route], device_id: bytes, kind: str, limits:
     return kick
 
 
+class PresenceWatcher(Protocol):
+    """Told at a user's owner when the user's first live terminal arrives
+    (``online`` True) or the last one goes (False). Called in the task that
+    changed the records: it must not block (hand waiting work to a task host)."""
+
+    def __call__(self, user_id: bytes, online: bool) -> None: ...
+
+
+class TerminalWatcher(Protocol):
+    """Told at a user's owner when a device's terminal is recorded on a node
+    (``attached`` True: a login) or goes (False: a logout, a terminal pushed
+    out by the limit, or one lost with a node that left). Called in the task
+    that changed the records: it must not block (hand waiting work to a task host)."""
+
+    def __call__(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None: ...
+
+
 class Routes:
-    def __init__(self, peers: Peers, registry: TerminalRegistry, limits: Callable[[], Limits] = Limits) -> None:
+    def __init__(
+        self, peers: Peers, registry: TerminalRegistry, limits: Callable[[], Limits] = Limits, *,
+        resend: Callable[[str], int] | None = None, ask_on_start: bool = True,
+    ) -> None:
+        """``resend(node)``: at a gateway node, when the (re)started owner
+        ``node`` asks for its terminals back, record again the terminals here
+        whose users it owns; returns how many. ``ask_on_start``: whether to
+        ask the members met at start for this node's users' terminals (a node
+        that starts with no user's data held owned nobody before)."""
         self._peers = peers
         self._registry = registry
         self._limits = limits
         self._records: dict[bytes, dict[bytes, Route]] = {}
         self._clock = 0.0
-        # Called at the owner when a user's first terminal arrives (True) or its last goes (False).
-        self.on_presence: Callable[[bytes, bool], None] | None = None
-        # Called at a gateway node when a (re)started owner asks for its
-        # terminals back: record again the terminals here whose users that
-        # node owns; returns how many.
-        self.on_resend: Callable[[str], int] | None = None
+        self._watchers: list[PresenceWatcher] = []
+        self._terminal_watchers: list[TerminalWatcher] = []
+        self._resend = resend
         self._asked: set[str] = set()  # members asked for their terminals since this node started
-        # Whether to ask at all: a node that starts with no user's data held
-        # owned nobody before (the others' ring changes as it joins).
-        self.ask_on_start = True
+        self.ask_on_start = ask_on_start
         self.resend_requests = 0  # members that asked this node to record its terminals again
-        rpc = peers.rpc
-        if rpc is not None:
-            rpc.register("route.resend", self._on_resend)
-            rpc.register("route.detach", self._on_detach)
-            rpc.register("route.kick", self._on_kick)
-            rpc.register("route.kick_user", self._on_kick_user)
-            rpc.register("push", self._on_push)
+        # The message last pushed here from another node: its members' pushes
+        # come one after another, and it is decoded once for all of them.
+        self._last_pushed: tuple[str, int, ChatMessage] | None = None
+        peers.serve(ops.ROUTE_RESEND, self._on_resend)
+        peers.serve(ops.ROUTE_DETACH, self._on_detach)
+        peers.serve(ops.ROUTE_KICK, self._on_kick)
+        peers.serve(ops.ROUTE_KICK_USER, self._on_kick_user)
+        peers.serve(ops.PUSH, self._on_push)
+
+    def watch_presence(self, watcher: PresenceWatcher) -> None:
+        """Tell ``watcher`` whenever a user owned here comes online or goes offline."""
+        self._watchers.append(watcher)
+
+    def _presence_changed(self, user_id: bytes, online: bool) -> None:
+        for watcher in self._watchers:
+            watcher(user_id, online)
+
+    def watch_terminals(self, watcher: TerminalWatcher) -> None:
+        """Tell ``watcher`` whenever a device's terminal of a user owned here is recorded or goes."""
+        self._terminal_watchers.append(watcher)
+
+    def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
+        for watcher in self._terminal_watchers:
+            watcher(user_id, device_id, node_id, attached)
 
     # --- at the owner -------------------------------------------------------
 
@@ -103,37 +142,34 @@ class Routes:
         old = devices.get(device_id)
         self._clock += 1
         devices[device_id] = Route(node_id, kind, self._clock if old is None else old.since)
+        if old is None or old.node != node_id:
+            self._terminal_changed(user_id, device_id, node_id, True)
         if old is not None and old.node != node_id:
             self._kick_device(user_id, device_id, old.node, "logged in again from the same device elsewhere")
         for gone in kick:
             route = devices.pop(gone)
+            self._terminal_changed(user_id, gone, route.node, False)
             self._kick_device(user_id, gone, route.node,
                               f"too many terminals of this account: this one ({route.kind}) was the oldest")
-        if first and self.on_presence is not None:
-            self.on_presence(user_id, True)
+        if first:
+            self._presence_changed(user_id, True)
 
     def _kick_device(self, user_id: bytes, device_id: bytes, node: str, reason: str) -> None:
-        if node == self._peers.self_id:
-            self._kick_local(user_id, device_id, reason)
-        else:
-            self._peers.notify(node, "route.kick", user_id, device_id, reason)
+        self._peers.notify(node, ops.ROUTE_KICK, ops.RouteKick(user_id, device_id, reason))
 
-    def _on_detach(self, user_id: bytes, device_id: bytes, node_id: str) -> None:
+    def _on_detach(self, a: ops.RouteDetach) -> None:
+        user_id, device_id = a.user_id, a.device_id
         devices = self._records.get(user_id)
-        if devices is not None and device_id in devices and devices[device_id].node == node_id:
+        if devices is not None and device_id in devices and devices[device_id].node == a.node:
             del devices[device_id]
+            self._terminal_changed(user_id, device_id, node_id, False)
             if not devices:
                 del self._records[user_id]
-                if self.on_presence is not None:
-                    self.on_presence(user_id, False)
+                self._presence_changed(user_id, False)
 
     def detach(self, user_id: bytes, device_id: bytes) -> None:
         """A terminal on this node went away: tell the user's owner."""
-        owner = self._peers.owner(user_id)
-        if owner == self._peers.self_id or self._peers.rpc is None:
-            self._on_detach(user_id, device_id, self._peers.self_id)
-        else:
-            self._peers.notify(owner, "route.detach", user_id, device_id, self._peers.self_id)
+        self._peers.tell(ops.ROUTE_DETACH, ops.RouteDetach(user_id, device_id, self._peers.self_id))
 
     def keep_only(self, nodes: frozenset[str]) -> None:
         """Drop the records of nodes that left the ring (dead or gone)."""
@@ -142,14 +178,18 @@ class Routes:
             for device_id, route in list(devices.items()):
                 if route.node not in nodes:
                     del devices[device_id]
+                    self._terminal_changed(user_id, device_id, route.node, False)
             if not devices:
                 del self._records[user_id]
-                if self.on_presence is not None:
-                    self.on_presence(user_id, False)
+                self._presence_changed(user_id, False)
 
     def online(self, user_id: bytes) -> bool:
         """At the owner: has the user a live terminal?"""
         return user_id in self._records
+
+    def devices(self, user_id: bytes) -> frozenset[bytes]:
+        """At the owner: the devices of the user with a live terminal."""
+        return frozenset(self._records.get(user_id, {}))
 
     def nodes_of(self, user_id: bytes) -> set[str]:
         """At the owner: the nodes holding the user's live terminals."""
@@ -162,23 +202,19 @@ class Routes:
         if not nodes:
             return
         m = delivery.message
-        wire = [user_id, delivery.pos, m.conversation, m.seq, created_ms, content]
+        push = ops.Push(user_id, delivery.pos, m.conversation, m.seq, created_ms, content)
         for node in nodes:
-            self._peers.notify(node, "push", *wire)
+            self._peers.notify(node, ops.PUSH, push)
 
     def kick_user(self, user_id: bytes, reason: str) -> None:
         """Close every terminal of the user, wherever it is (the operator's kick)."""
-        owner = self._peers.owner(user_id)
-        if owner != self._peers.self_id and self._peers.rpc is not None:
-            self._peers.notify(owner, "route.kick_user", user_id, reason)
-            return
-        self._on_kick_user(user_id, reason)
+        self._peers.tell(ops.ROUTE_KICK_USER, ops.RouteKickUser(user_id, reason))
 
-    def _on_kick_user(self, user_id: bytes, reason: str) -> None:
-        user_id, reason = bytes(user_id), str(reason)
+    def _on_kick_user(self, a: ops.RouteKickUser) -> None:
+        user_id, reason = a.user_id, a.reason
         self._kick_all_local(user_id, reason)
         for node in self.nodes_of(user_id) - {self._peers.self_id}:
-            self._peers.notify(node, "route.kick", user_id, b"", reason)
+            self._peers.notify(node, ops.ROUTE_KICK, ops.RouteKick(user_id, b"", reason))
 
     def _kick_all_local(self, user_id: bytes, reason: str) -> None:
         for terminal in list(self._registry.terminals(user_id)):
@@ -204,7 +240,8 @@ class Routes:
         to its next ring change."""
         for attempt in range(RESEND_ATTEMPTS):
             try:
-                count = await self._peers.call(node, "route.resend", self._peers.self_id, timeout=RESEND_TIMEOUT)
+                count = await self._peers.call(node, ops.ROUTE_RESEND, ops.RouteResend(self._peers.self_id),
+                                               timeout=RESEND_TIMEOUT)
             except (TimpyError, KeyError) as exc:  # KeyError: its address is not known yet
                 log.debug("asking %s for its terminals (try %d): %s", node, attempt + 1, exc)
                 await trio.sleep(0.2 * (attempt + 1))
@@ -214,21 +251,26 @@ class Routes:
             return
         log.info("%s did not answer a request for its terminals; its next ring change records them", node)
 
-    def _on_resend(self, node: str) -> int:
+    def _on_resend(self, a: ops.RouteResend) -> int:
         self.resend_requests += 1
-        return self.on_resend(str(node)) if self.on_resend is not None else 0
+        return self._resend(a.node) if self._resend is not None else 0
 
     # --- at a gateway node ----------------------------------------------------
 
-    def _on_push(self, user_id: bytes, pos: int, conversation: str, seq: int, created_ms: int, content: bytes) -> None:
-        message = unpack_content(str(conversation), int(seq), int(created_ms), bytes(content))
-        self._registry.deliver(bytes(user_id), Delivery(int(pos), message))
+    def _on_push(self, a: ops.Push) -> None:
+        last = self._last_pushed
+        if last is not None and last[0] == a.conversation and last[1] == a.seq:
+            message = last[2]
+        else:
+            message = MessageContent.unpack(a.content).at(a.conversation, a.seq, a.created_ms)
+            self._last_pushed = (message.conversation, message.seq, message)
+        self._registry.deliver(a.user_id, Delivery(a.pos, message))
 
-    def _on_kick(self, user_id: bytes, device_id: bytes, reason: str = "") -> None:
-        if not device_id:  # every terminal of the user on this node
-            self._kick_all_local(bytes(user_id), str(reason) or "closed by the operator")
+    def _on_kick(self, a: ops.RouteKick) -> None:
+        if not a.device_id:  # every terminal of the user on this node
+            self._kick_all_local(a.user_id, a.reason or "closed by the operator")
             return
-        self._kick_local(bytes(user_id), bytes(device_id), str(reason) or "logged in again from the same device elsewhere")
+        self._kick_local(a.user_id, a.device_id, a.reason or "logged in again from the same device elsewhere")
 
     def _kick_local(self, user_id: bytes, device_id: bytes, reason: str) -> None:
         terminal = self._registry.find(user_id, device_id)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 
+from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
@@ -24,6 +25,7 @@ from timpy.im.records import Records
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
 from timpy.store.repository import Store
+from timpy.wire.messages import Signal
 
 MAX_SIGNAL_DATA = 4096
 _KIND_RE = re.compile(r"^[a-z0-9_.\-]{1,32}$")
@@ -42,40 +44,34 @@ class Signalling:
         self._messenger = messenger
         self._signals = signals
         self._limits = limits
-        peers.expose("signal.direct", self._direct_here, "conversation")
-        peers.expose("signal.conv", self._conv_here, "conversation")
+        peers.serve(ops.SIGNAL_DIRECT, self._direct_here)
+        peers.serve(ops.SIGNAL_CONV, self._conv_here, replicator)
 
     async def send(self, who: Identity, device_id: bytes, to: str, conversation: str, kind: str, data: bytes) -> None:
         if not _KIND_RE.match(kind or ""):
             raise RequestError("a signal kind has 1 to 32 of a-z, 0-9, '_', '.', '-' (e.g. typing)", Code.BAD_REQUEST)
         if len(data) > MAX_SIGNAL_DATA:
             raise RequestError(f"signal data of {len(data)} bytes exceeds {MAX_SIGNAL_DATA}", Code.BODY_TOO_LARGE)
-        fields = {"kind": kind, "data": data, "sender": who.name}
         if to:
             peer, pid, pair = await self._messenger.peer_of(who, to)
-            await self._peers.at_owner(
-                pair, "signal.direct", self._direct_here, who.user_id, device_id, pid, {**fields, "to": peer}
-            )
+            signal = Signal(kind, who.name, data, to=peer)
+            await self._peers.ask(ops.SIGNAL_DIRECT, ops.SignalDirect(pair, who.user_id, device_id, pid, signal))
         elif conversation:
             conv = ids.parse_conversation(conversation)
-            await self._peers.at_owner(
-                conv, "signal.conv", self._conv_here, who.user_id, device_id, {**fields, "conversation": conversation}
-            )
+            signal = Signal(kind, who.name, data, conversation=conversation)
+            await self._peers.ask(ops.SIGNAL_CONV, ops.SignalConv(conv, who.user_id, device_id, signal))
         else:
             raise RequestError("a signal names a user (to) or a conversation", Code.BAD_REQUEST)
 
-    async def _direct_here(self, pair: bytes, sender_id: bytes, device_id: bytes, peer_id: bytes, fields: dict) -> None:
-        sender_id, peer_id = bytes(sender_id), bytes(peer_id)
-        relation = await self._records.get(pair, "pair", "conv")
-        if relation and any(bytes(b) == sender_id for _, b in relation["blocked_ids"]):
+    async def _direct_here(self, a: ops.SignalDirect) -> None:
+        relation = await self._records.get(a.pair, "pair", "conv")
+        if relation and any(bytes(b) == a.sender_id for _, b in relation["blocked_ids"]):
             raise RequestError("this user does not accept your messages", Code.BLOCKED)
-        self._signals.push({sender_id, peer_id}, "signal", dict(fields), skip=(sender_id, bytes(device_id)))
+        self._signals.push({a.sender_id, a.peer_id}, a.signal, skip=(a.sender_id, a.device_id))
 
-    async def _conv_here(self, conv: bytes, sender_id: bytes, device_id: bytes, fields: dict) -> None:
-        sender_id = bytes(sender_id)
-        await self._replicator.ensure("conv", conv)
-        members = await self._store.run(self._store.repo.conversation_members, conv)
-        if sender_id not in members:
+    async def _conv_here(self, a: ops.SignalConv) -> None:
+        members = await self._store.run(self._store.repo.conversation_members, a.conv_id)
+        if a.sender_id not in members:
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
         if len(members) <= self._limits.receipt_push_max_members:
-            self._signals.push(members, "signal", dict(fields), skip=(sender_id, bytes(device_id)))
+            self._signals.push(members, a.signal, skip=(a.sender_id, a.device_id))

@@ -12,11 +12,12 @@ terminal that is offline, or too slow, misses it.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from typing import Any
 
+from timpy.cluster import catalog as ops
 from timpy.im.peers import Peers
 from timpy.im.routes import Routes
 from timpy.im.terminals import TerminalRegistry
+from timpy.wire.messages import Notice, pack_notice, unpack_notice
 
 Skip = tuple[bytes, bytes] | None  # (user id, device id) of the terminal that caused it: not told
 
@@ -27,61 +28,42 @@ class Signals:
         self._registry = registry
         self._routes = routes
         self.pushed = 0  # pushes handed to terminals on this node (metrics)
-        rpc = peers.rpc
-        if rpc is not None:
-            rpc.register("signal.route", self._on_route)
-            rpc.register("signal.deliver", self._on_deliver)
-            rpc.register("signal.terminals", self._on_terminals)
+        peers.serve(ops.SIGNAL_ROUTE, self._route)
+        peers.serve(ops.SIGNAL_DELIVER, self._deliver)
+        peers.serve(ops.SIGNAL_TERMINALS, self._on_terminals)
 
-    def push(self, user_ids: Iterable[bytes], op: str, fields: dict[str, Any], skip: Skip = None) -> None:
+    def push(self, user_ids: Iterable[bytes], notice: Notice, skip: Skip = None) -> None:
         """Push to every live terminal of these users (but ``skip``)."""
-        wire_skip = list(skip) if skip else []
+        packed = pack_notice(notice)  # once, whatever the number of owners
         for owner, users in self._peers.by_owner(set(user_ids)).items():
-            if owner == self._peers.self_id or self._peers.rpc is None:
-                self._route(users, op, fields, skip)
-            else:
-                self._peers.notify(owner, "signal.route", users, op, fields, wire_skip)
+            self._peers.notify(owner, ops.SIGNAL_ROUTE, ops.SignalRoute(users, packed, skip))
 
-    def _on_route(self, users: list, op: str, fields: dict, skip: list) -> None:
-        self._route([bytes(u) for u in users], str(op), dict(fields), _skip(skip))
-
-    def _route(self, users: list[bytes], op: str, fields: dict[str, Any], skip: Skip) -> None:
-        """At the users' owner: on to the nodes holding their terminals."""
+    def _route(self, a: ops.SignalRoute) -> None:
+        """At the users' owner: on to the nodes holding their terminals (the notice as it came)."""
         by_node: dict[str, list[bytes]] = {}
-        for user_id in users:
+        for user_id in a.users:
             for node in self._routes.nodes_of(user_id):
                 by_node.setdefault(node, []).append(user_id)
         for node, here in by_node.items():
-            if node == self._peers.self_id:
-                self._deliver(here, op, fields, skip)
-            else:
-                self._peers.notify(node, "signal.deliver", here, op, fields, list(skip) if skip else [])
+            self._peers.notify(node, ops.SIGNAL_DELIVER, ops.SignalRoute(here, a.notice, a.skip))
 
-    def _on_deliver(self, users: list, op: str, fields: dict, skip: list) -> None:
-        self._deliver([bytes(u) for u in users], str(op), dict(fields), _skip(skip))
-
-    def _deliver(self, users: list[bytes], op: str, fields: dict[str, Any], skip: Skip) -> None:
-        for user_id in users:
+    def _deliver(self, a: ops.SignalRoute) -> None:
+        notice = unpack_notice(a.notice)
+        for user_id in a.users:
             for terminal in self._registry.terminals(user_id):
-                if skip is not None and (user_id, terminal.device_id) == skip:
+                if a.skip is not None and (user_id, terminal.device_id) == a.skip:
                     continue
-                terminal.link.push_signal(op, fields)
+                terminal.link.push_notice(notice)
                 self.pushed += 1
 
-    def to_terminals(self, node: str, terminals: list[tuple[bytes, bytes]], op: str, fields: dict[str, Any]) -> None:
+    def to_terminals(self, node: str, terminals: list[tuple[bytes, bytes]], notice: Notice) -> None:
         """Push to given terminals (user id, device id) on ``node``."""
-        if node == self._peers.self_id or self._peers.rpc is None:
-            self._on_terminals(terminals, op, fields)
-        else:
-            self._peers.notify(node, "signal.terminals", [list(t) for t in terminals], op, fields)
+        self._peers.notify(node, ops.SIGNAL_TERMINALS, ops.SignalTerminals(terminals, pack_notice(notice)))
 
-    def _on_terminals(self, terminals: list, op: str, fields: dict) -> None:
-        for user_id, device_id in terminals:
-            terminal = self._registry.find(bytes(user_id), bytes(device_id))
+    def _on_terminals(self, a: ops.SignalTerminals) -> None:
+        notice = unpack_notice(a.notice)
+        for user_id, device_id in a.terminals:
+            terminal = self._registry.find(user_id, device_id)
             if terminal is not None:
-                terminal.link.push_signal(str(op), dict(fields))
+                terminal.link.push_notice(notice)
                 self.pushed += 1
-
-
-def _skip(raw: list) -> Skip:
-    return (bytes(raw[0]), bytes(raw[1])) if raw else None

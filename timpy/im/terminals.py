@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from timpy.errors import Code
-from timpy.wire.messages import Delivery
+from timpy.wire.messages import Delivery, Notice
 
 
 class TerminalLink(Protocol):
@@ -28,7 +28,7 @@ class TerminalLink(Protocol):
         """Tell the terminal why (an error with ``code``), then drop the connection;
         the terminal syncs again when it returns."""
 
-    def push_signal(self, op: str, fields: dict) -> None:
+    def push_notice(self, notice: Notice) -> None:
         """Queue a push that is not a stored message (presence, receipt, signal,
         stream data, roster); dropped if the terminal cannot keep up."""
 

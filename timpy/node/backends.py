@@ -22,6 +22,7 @@ import random
 
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.errors import Code, ConfigError, RequestError, StorageError, TimpyError
 from timpy.im.peers import Peers
 from timpy.store.backends import BackendMap, BackendSpec
@@ -47,13 +48,12 @@ class BackendCoordinator:
         self._driving = False
         self._nursery: trio.Nursery | None = None
         self._publish_lock = trio.Lock()
-        if peers.rpc is not None:
-            peers.rpc.register("backend.map", self._on_map)
-            peers.rpc.register("backend.get", lambda: self.repo.map.pack())
-            peers.rpc.register("backend.status", self.status)
-            peers.rpc.register("backend.add", self.add)
-            peers.rpc.register("backend.remove", self.remove)
-            peers.rpc.register("backend.resume", self.resume)
+        peers.serve(ops.BACKEND_MAP, self._on_map)
+        peers.serve(ops.BACKEND_GET, lambda _: self.repo.map.pack())
+        peers.serve(ops.BACKEND_STATUS, lambda _: self.status())
+        peers.serve(ops.BACKEND_ADD, lambda a: self.add(a.name, a.url, a.weight))
+        peers.serve(ops.BACKEND_REMOVE, lambda a: self.remove(a.name))
+        peers.serve(ops.BACKEND_RESUME, lambda _: self.resume())
 
     # --- start ------------------------------------------------------------------
 
@@ -95,8 +95,8 @@ class BackendCoordinator:
         if others:
             peer = random.choice(others)
             try:
-                raw = await self._peers.call(peer, "backend.get", timeout=5.0)
-                await self._apply(BackendMap.unpack(bytes(raw)))
+                raw = await self._peers.call(peer, ops.BACKEND_GET, ops.NoArgs())
+                await self._apply(BackendMap.unpack(raw))
             except (TimpyError, ValueError) as exc:
                 log.debug("backend map from %s: %s", peer, exc)
         move = self.repo.map.move
@@ -122,8 +122,8 @@ class BackendCoordinator:
         raise TimpyError(f"writes routed by an older backend map are still running after {APPLY_TIMEOUT:g} s",
                          Code.UNAVAILABLE)
 
-    async def _on_map(self, raw: bytes) -> int:
-        return await self._apply(BackendMap.unpack(bytes(raw)))
+    async def _on_map(self, a: ops.BackendMapArgs) -> int:
+        return await self._apply(BackendMap.unpack(a.map))
 
     async def publish(self, m: BackendMap) -> None:
         """Store ``m`` in the backends, route by it here, and wait until every live node does."""
@@ -138,7 +138,8 @@ class BackendCoordinator:
 
                 async def tell(node: str, failed: list[str] = failed) -> None:
                     try:
-                        await self._peers.call(node, "backend.map", m.pack(), timeout=APPLY_TIMEOUT + 5)
+                        await self._peers.call(node, ops.BACKEND_MAP, ops.BackendMapArgs(m.pack()),
+                                               timeout=APPLY_TIMEOUT + 5)
                     except TimpyError as exc:
                         log.warning("node %s did not take backend map version %d: %s", node, m.version, exc.text)
                         failed.append(node)

@@ -17,7 +17,7 @@ import random
 import secrets
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -25,6 +25,7 @@ import msgpack
 import nacl.signing
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.cluster.membership import Changed, MembershipConfig
 from timpy.cluster.ownership import Epoch
 from timpy.cluster.ownership_service import OwnershipService
@@ -42,19 +43,28 @@ from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
+from timpy.im.conversations import Conversations
+from timpy.im.delivery import Deliverer
+from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.groups import Groups
-from timpy.im.messaging import Messenger
+from timpy.im.messaging import ActingKinds, BlockedSenders, Messenger
 from timpy.im.peers import Peers
 from timpy.im.presence import Presence
+from timpy.im.push import Push
 from timpy.im.receipts import Receipts
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
+from timpy.im.replies import Replies
 from timpy.im.rooms import Rooms
 from timpy.im.roster import Roster
-from timpy.im.routes import Routes
+from timpy.im.search import Search
 from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
+from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
+from timpy.im.webhooks import Webhooks
+from timpy.im.threads import Threads
+from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
 from timpy.node.datadir import DataDirLock
@@ -62,6 +72,7 @@ from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
+from timpy.store.outbox import Outbox
 from timpy.store.repository import Repository, Store
 from timpy.store.sharded import ShardedRepository
 from timpy.wire.messages import KIND_NORMAL, SendResult
@@ -131,6 +142,10 @@ class Node:
         self.cluster: ClusterService | None = None
         self.node_id = ""
         self.terminals = TerminalRegistry()
+        self.stored_count = 0  # messages this node's writer numbered and stored since it started
+        self.tasks = TaskHost()  # background work: kept until it runs, refused once it stopped
+        self._tasks_scope = trio.CancelScope()
+        self._tasks_done = trio.Event()
         self.gate = ConnectionGate(config.limits.max_connections)
         self.metrics = NodeMetrics()
         self.metrics.watch(self._live_metrics)
@@ -226,11 +241,9 @@ class Node:
             )
             placement = Placement(self.node_id, "", replication)
             self.peers = Peers(placement, self.cluster.rpc, self.ownership)
-            self.cluster.rpc.register("cluster.status", self.cluster_status)
-            self.cluster.rpc.register("cluster.forget", self._forget)
-            self.cluster.rpc.register(
-                "admin.broadcast", lambda bid, body: self._broadcast_here(str(bid), bytes(body))
-            )
+            self.peers.serve(ops.CLUSTER_STATUS, lambda _: self.cluster_status())
+            self.peers.serve(ops.CLUSTER_FORGET, lambda a: self._forget(a.node_id))
+            self.peers.serve(ops.ADMIN_BROADCAST, lambda a: self._broadcast_here(a.broadcast_id, a.body))
         else:
             self.peers = Peers.standalone(self.node_id)
         self.backends: BackendCoordinator | None = None
@@ -239,35 +252,78 @@ class Node:
             await self.backends.load()
             store_where = "shared backends " + ", ".join(b.name for b in self.store.repo.map.backends)
         self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
-        self.routes = Routes(self.peers, self.terminals, lambda: self.config.limits)
+        ask_on_start = True
         if not shared:  # with no account held here this node owned no one before it started
-            self.routes.ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
+            ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
+        self.webhooks = await self._open_webhooks(keys)
+        events: EventSink = self.webhooks if self.webhooks is not None else NO_EVENTS
         self.accounts = Accounts(
             self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
-            self.peers, self.replicator,
+            self.peers, self.replicator, events,
         )
         await self.accounts.start()
-        self.messenger = Messenger(
-            self.store, self.indexer, self.terminals, c.limits, self._now_ms, self.peers, self.replicator, self.routes
-        )
-        self.groups = Groups(self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger)
+        limits = self._limits
         self.records = Records(self.store, self.peers, self.replicator)
-        self.messenger.records = self.records
+        self.writer = Writer(
+            self.store, self.peers, self.replicator, self.indexer, limits, self._now_ms,
+            checks=[BlockedSenders(self.records), ActingKinds(self.store, limits, self._now_ms), Replies(self.store)],
+        )
+        self.replicator.restore_inbox_entry = self.writer.restore_inbox_entry  # repair puts entries back through it
+        self.deliverer = Deliverer(
+            self.store, self.peers, self.replicator, self.terminals, self.writer, self.tasks, limits, self._now_ms,
+            ask_on_start=ask_on_start,
+        )
+        self.writer.listen(self.deliverer.on_commit)
+        self.writer.listen(self._count_stored)
+        self.routes = self.deliverer.routes
+        self.messenger = Messenger(self.store, self.indexer, limits, self.peers, self.replicator, self.writer)
+        self.groups = Groups(
+            self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger, self.writer, events
+        )
+        # Integrations: the webhook check before a send is queued (in the sender's task, not the
+        # writer's: a slow endpoint must not stall other senders), events handed off after the commit
+        # and durable before the ack; pushes noted after the commit; logins and logouts at the owner.
+        if self.webhooks is not None:
+            self.writer.check_sends(self.webhooks.check_send)
+            self.writer.listen(self.webhooks.on_commit)
+            self.writer.hold_acks(self.webhooks.hold)
+        self.push = Push(c.push, self.records, self.routes, self.peers, self.indexer, self._now_ms, self.metrics.registry)
+        if c.push.enabled:
+            self.writer.listen(self.push.on_commit)
+        self.routes.watch_terminals(self._terminal_changed)
         self.signals = Signals(self.peers, self.terminals, self.routes)
         self.roster = Roster(self.indexer, self.peers, self.records, self.messenger, self.signals)
         self.presence = Presence(
             self.store, self.indexer, self.peers, self.records, self.routes, self.roster, self.signals, self._now_ms,
-            self.messenger.spawn,
+            self.tasks.spawn,
         )
+        self.routes.watch_presence(self.presence.terminals_changed)
         self.receipts = Receipts(
-            self.store, self.indexer, self.peers, self.replicator, self.messenger, self.signals, c.limits
+            self.store, self.indexer, self.peers, self.replicator, self.writer, self.signals, c.limits
+        )
+        self.conversations = Conversations(
+            self.store, self.indexer, self.peers, self.records, self.signals, self.routes, self._now_ms,
+            self.tasks.spawn,
+        )
+        self.search = Search(
+            self.store, self.indexer, self.peers, self.replicator, self.conversations, self.tasks.spawn
+        )
+        self.writer.listen(self.conversations.committed)
+        self.writer.listen(self.search.committed)
+        self.receipts.marked.append(self.conversations.inbox_changed)
+        self.groups.changed.append(self.conversations.group_saved)
+        self.groups.send_checks.append(Replies.check_group)
+        self.threads = Threads(
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.writer,
+            self.groups.check_sender,
         )
         self.signalling = Signalling(
             self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits
         )
         self.rooms = Rooms(
-            self.indexer, self.peers, self.signals, lambda: self.config.limits, trio.current_time, self.messenger.spawn
+            self.indexer, self.peers, self.signals, limits, trio.current_time, self.tasks.spawn
         )
+        await nursery.start(self._run_tasks)
         nursery.start_soon(self._run_writer)
         await nursery.start(self._run_cluster)
         await nursery.start(self._run_gateway)
@@ -287,6 +343,37 @@ class Node:
         if c.ready_file is not None:
             self._write_ready_file(c.ready_file)
 
+    async def _open_webhooks(self, keys: ClusterKeys) -> Webhooks | None:
+        """The webhooks and their outbox: a table of this node's store; in
+        shared-backend mode (no store of its own) a SQLite file beside it."""
+        c = self.config
+        if not c.webhooks.endpoints:
+            return None
+        store = self.store
+        if c.storage.shared:
+            engine = sqlite_engine(None if c.memory else c.data_dir / "outbox.sqlite3", c.sqlite_synchronous)
+            store = Store(Outbox(engine, Sealer(keys.storage)), 1)
+            outbox = store.repo
+        else:
+            outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))
+        await store.run(outbox.create)
+        return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng)
+
+    def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
+        """At the user's owner: a device's terminal was recorded (a login) or went away (a logout)."""
+        if attached:
+            self.push.device_online(user_id, device_id)
+        event = "user.login" if attached else "user.logout"
+        if self.webhooks is not None and self.webhooks.wants(event):
+            self.tasks.spawn(self._terminal_event, event, user_id, device_id, node_id, self._now_ms())
+
+    async def _terminal_event(self, event: str, user_id: bytes, device_id: bytes, node_id: str, at_ms: int) -> None:
+        assert self.webhooks is not None
+        account = await self.store.run(self.store.repo.get_account, user_id)
+        name = msgpack.unpackb(account.profile).get("name", "") if account is not None else ""
+        await self.webhooks.emit(event, event_id(event, user_id, device_id, node_id, at_ms),
+                                 {"user": name, "device": device_id.hex(), "node": node_id, "time": at_ms})
+
     async def _run_cluster(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._cluster_started = True
         try:
@@ -301,7 +388,11 @@ class Node:
                     await cl.start(self.replicator.run)
                     if self.backends is not None:
                         await cl.start(self.backends.run)
-                    await cl.start(self.messenger.run_background)
+                    # Members met at start give back the live terminals of users this node owns.
+                    self.deliverer.ask_for_terminals(self.peers.placement.members)
+                    if self.webhooks is not None:
+                        await cl.start(self.webhooks.run)
+                    await cl.start(self.push.run)
                     task_status.started()
                     await trio.sleep_forever()
         finally:
@@ -317,7 +408,7 @@ class Node:
         # A member met for the first time since this node started gives back
         # the live terminals of users this node owns (a quick restart may leave
         # every ring unchanged).
-        self.messenger.ask_for_terminals(self.cluster.membership.alive_members())
+        self.deliverer.ask_for_terminals(self.cluster.membership.alive_members())
 
     def _forget(self, name: str) -> dict[str, object]:
         """``timpy cluster forget``: a voter that is gone for good stops counting."""
@@ -337,7 +428,7 @@ class Node:
         self.routes.keep_only(placement.members)
         self.records.forget_cache()
         self.rooms.ring_changed(frozenset(placement.members))
-        self.messenger.reattach_terminals()
+        self.deliverer.reattach_terminals()
         self.replicator.trigger()
 
     def _live_metrics(self) -> Iterator[object]:
@@ -346,10 +437,10 @@ class Node:
         yield gauge("timpy_terminals", "Live terminals (logged-in connections) on this node", len(self.terminals))
         yield counters("timpy_deliveries", "Messages pushed to live terminals on this node", "node",
                        {self.node_id: self.terminals.delivered})
-        if not hasattr(self, "messenger"):
+        if not hasattr(self, "writer"):
             return
         yield gauges("timpy_queue_depth", "Work waiting, by queue", "queue", {
-            "writer": self.messenger.queue_depth(),
+            "writer": self.writer.queue_depth(),
             "storage": self.store.queued(),
             "peer_requests": self.cluster.rpc._running if self.cluster is not None else 0,
         })
@@ -380,7 +471,7 @@ class Node:
                            "inbox_entries_restored": repair.inbox_entries_restored,
                        })
         yield counters("timpy_messages_stored", "Messages this node's writer stored", "node",
-                       {self.node_id: self.messenger.stored_count})
+                       {self.node_id: self.stored_count})
 
     def traffic(self) -> dict[str, int]:
         """Counters the dashboard turns into rates."""
@@ -389,7 +480,7 @@ class Node:
             "deliveries": self.terminals.delivered,
             "connections": self.gate.open,
             "terminals": len(self.terminals),
-            "stored": self.messenger.stored_count,
+            "stored": self.stored_count,
         }
 
     def cluster_status(self) -> dict[str, object]:
@@ -415,7 +506,7 @@ class Node:
             "repair": self.replicator.progress.as_dict(),
             "terminals": len(self.terminals),
             "routes": self.routes.record_count(),
-            "stored": self.messenger.stored_count,
+            "stored": self.stored_count,
             "storage": self.backends.status() if self.backends is not None else {"mode": "embedded"},
         }
 
@@ -434,9 +525,24 @@ class Node:
 
     async def _run_writer(self) -> None:
         try:
-            await self.messenger.run_writer()
+            await self.writer.run()
         finally:
             self._writer_done.set()
+
+    def _count_stored(self, committed: Sequence[Committed]) -> None:
+        """Writer listener: messages this node numbered and stored (metrics, status)."""
+        self.stored_count += sum(1 for c in committed if c.numbered_here)
+
+    def _limits(self) -> Limits:
+        return self.config.limits  # read each time: set_limits replaces the config
+
+    async def _run_tasks(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
+        """The background task host, from before the writer starts until after the cluster tasks stop."""
+        try:
+            with self._tasks_scope:
+                await self.tasks.run(task_status)
+        finally:
+            self._tasks_done.set()
 
     async def _run_gateway(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._gateway_started = True
@@ -512,7 +618,8 @@ class Node:
             if node_id == self.node_id:
                 counts[node_id] = await self._broadcast_here(broadcast_id, body, system.user_id)
             else:
-                counts[node_id] = int(await self.peers.call(node_id, "admin.broadcast", broadcast_id, body, timeout=timeout))
+                counts[node_id] = await self.peers.call(
+                    node_id, ops.ADMIN_BROADCAST, ops.Broadcast(broadcast_id, body), timeout=timeout)
 
         async with trio.open_nursery() as nursery:
             for node_id in sorted(self.peers.placement.members | {self.node_id}):
@@ -550,7 +657,6 @@ class Node:
 
         limits = checked_limits(self.config.limits, changes)
         self.config = self.config.replace(limits=limits)
-        self.messenger._limits = limits
         self.accounts._limits = limits
         self.groups._limits = limits
         self.receipts._limits = limits
@@ -568,7 +674,7 @@ class Node:
             if self._gateway_started:
                 await self._gateway_done.wait()
             self.shutdown_phase = "storing acknowledged writes"
-            self.messenger.close()
+            self.writer.close()
             await self._writer_done.wait()
             if self.cluster is not None:
                 self.shutdown_phase = "leaving the cluster"
@@ -577,6 +683,10 @@ class Node:
             self._cluster_scope.cancel()
             if self._cluster_started:
                 await self._cluster_done.wait()
+            self.shutdown_phase = "stopping background tasks"
+            self._tasks_scope.cancel()
+            if self.tasks.running:
+                await self._tasks_done.wait()
             self.shutdown_phase = "closing the store"
             self.store.close()
             if self.data_lock is not None:
@@ -627,7 +737,7 @@ async def _node_nursery(node: Node) -> AsyncIterator[Node]:
                 await node._start(nursery)
                 yield node
             finally:
-                if hasattr(node, "messenger"):
+                if hasattr(node, "messenger"):  # built after everything _stop closes
                     await node._stop()
                 else:
                     nursery.cancel_scope.cancel()

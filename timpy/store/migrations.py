@@ -50,6 +50,13 @@ def _add_row_epochs(conn: Connection) -> None:
             conn.execute(text(f"ALTER TABLE {table} ADD COLUMN epoch BIGINT NOT NULL DEFAULT 0"))
 
 
+def _add_conversation_list_and_search(conv: Connection) -> None:
+    s.inbox_by_conversation.create(conv, checkfirst=True)
+    s.search_postings.create(conv, checkfirst=True)
+    s.search_docs.create(conv, checkfirst=True)
+    s.search_heads.create(conv, checkfirst=True)
+
+
 # (version reached, what it does, the step)
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "index inbox entries by message", _add_inbox_message_index),
@@ -57,6 +64,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (4, "groups", _add_groups),
     (5, "records and read marks", _add_records_and_read_marks),
     (6, "ring epochs on message and inbox rows", _add_row_epochs),
+    (7, "conversation list index, search index", _add_conversation_list_and_search),
 ]
 
 assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"

@@ -29,8 +29,10 @@ import trio
 
 from timpy.errors import StorageError, TimpyError
 from timpy.store.backends import BackendMap, backend_ring
-from timpy.store.repository import Copies, Repository, Store
+from timpy.store.repository import Repository, Store
+from timpy.store.rows import Copies
 from timpy.store.sharded import ShardedRepository
+from timpy.store.tables import KEYS
 
 log = logging.getLogger("timpy.rebalance")
 
@@ -122,10 +124,9 @@ class Rebalancer:
     async def _moving_keys(self, m: BackendMap, source: str, kind: str):  # type: ignore[no-untyped-def]
         """Pages of (destination, [(key, head)]) for keys on ``source`` that move."""
         repo = self._repo
-        digest = Repository.conversation_digest if kind == "conv" else Repository.user_digest
         after = b""
         for _ in range(MAX_PAGES):
-            page = await self._store.run(repo._on, source, digest, after, PAGE)
+            page = await self._store.run(repo._on, source, Repository.key_digest, kind, after, PAGE)
             if not page:
                 return
             after = page[-1][0]
@@ -144,7 +145,7 @@ class Rebalancer:
         p.keys_scanned = 0
         moving = 0
         for source in [b.name for b in m.backends]:
-            for kind in ("conv", "user"):
+            for kind in KEYS:
                 async for dest, keys in self._moving_keys(m, source, kind):
                     moving += len(keys)
                     behind = dict(await self._store.run(self._repo._on, dest, Repository.behind, kind, keys))
@@ -159,13 +160,12 @@ class Rebalancer:
 
     async def _copy_key(self, source: str, dest: str, kind: str, key: bytes, have: int) -> None:
         repo = self._repo
-        fetch = Repository.conversation_copies if kind == "conv" else Repository.user_copies
         after = max(have, 0)
         for _ in range(MAX_PAGES):
-            copies: Copies = await self._store.run(repo._on, source, fetch, key, after, ROWS)
+            copies: Copies = await self._store.run(repo._on, source, Repository.key_copies, kind, key, after, ROWS)
             if copies:
                 self.progress.rows_copied += await self._store.run(repo._on, dest, Repository.apply_copies, copies)
-            rows = copies.messages if kind == "conv" else copies.inbox
+            rows = getattr(copies, KEYS[kind].slots)
             if len(rows) < ROWS:
                 return
             after = rows[-1][1]
@@ -174,7 +174,7 @@ class Rebalancer:
         p = self.progress
         p.keys_verified = 0
         for source in [b.name for b in m.backends]:
-            for kind in ("conv", "user"):
+            for kind in KEYS:
                 async for dest, keys in self._moving_keys(m, source, kind):
                     ids = [k for k, _ in keys]
                     here = await self._store.run(self._repo._on, source, Repository.key_stats, kind, ids)
@@ -197,11 +197,10 @@ class Rebalancer:
             def homed(conv: bytes, source: str = source) -> bool:
                 return source in current and m.place(conv) == source
 
-            for kind in ("conv", "user"):
-                digest = Repository.conversation_digest if kind == "conv" else Repository.user_digest
+            for kind in KEYS:
                 after = b""
                 for _ in range(MAX_PAGES):
-                    page = await self._store.run(self._repo._on, source, digest, after, PAGE)
+                    page = await self._store.run(self._repo._on, source, Repository.key_digest, kind, after, PAGE)
                     if not page:
                         break
                     after = page[-1][0]

@@ -20,7 +20,7 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 6  # bump with a step in migrations.py
+SCHEMA_VERSION = 7  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -142,4 +142,44 @@ revoked_tokens = Table(
     metadata,
     Column("token_id", Id, primary_key=True),
     Column("expires_ms", BigInteger, nullable=False),
+)
+
+# schema 7 (conversation list): a user's inbox entries by conversation, so the
+# newest messages and the ones after the read mark of one conversation are
+# found without reading the whole inbox.
+inbox_by_conversation = Index("ix_inbox_user_conv", inbox.c.user_id, inbox.c.conv_id, inbox.c.seq)
+
+# schema 7 (search): blind tokens of the words of each message, at the
+# conversation's owner and replicas (or its backend). A token is keyed
+# BLAKE2b under a key of the conversation's own (timpy/im/search_rules.py);
+# no word is stored. search_heads: indexed up to this seq.
+Token = LargeBinary(8).with_variant(mysql.VARBINARY(8), "mysql", "mariadb")
+
+search_postings = Table(
+    "search_postings",
+    metadata,
+    Column("conv_id", Id, nullable=False),
+    Column("token", Token, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    PrimaryKeyConstraint("conv_id", "token", "seq"),
+    sqlite_with_rowid=False,
+)
+
+# The tokens of each indexed message, so a recall, a burn or an edit can take
+# them out again (the message's words are gone by then).
+search_docs = Table(
+    "search_docs",
+    metadata,
+    Column("conv_id", Id, nullable=False),
+    Column("seq", BigInteger, nullable=False),
+    Column("tokens", Sealed, nullable=False),  # the message's tokens, concatenated (not sealed: tokens already)
+    PrimaryKeyConstraint("conv_id", "seq"),
+)
+
+search_heads = Table(
+    "search_heads",
+    metadata,
+    Column("conv_id", Id, primary_key=True),
+    Column("seq", BigInteger, nullable=False),
+    Column("dedup", Id, nullable=False),  # the message at seq, to see it taken back (an undone write) and renumbered
 )

@@ -2,8 +2,9 @@
 
 Each user and each conversation lives on one backend, chosen by the backend
 map's ring (``backends.BackendMap``). The methods are those of
-``Repository`` and run in worker threads the same way; each one goes to the
-backend of its key. A writer batch is split: its messages are numbered in one
+``RepositoryProtocol`` (``tests/store/test_protocol.py`` checks every one,
+signature included) and run in worker threads the same way; each one goes to
+the backend of its key. A writer batch is split: its messages are numbered in one
 transaction per conversation backend, then the members' inbox entries (with a
 copy of the message row, so an inbox reads from one backend) are placed in
 one transaction per user backend. A retry with the same client message id
@@ -37,7 +38,10 @@ from timpy.crypto.seal import Sealer
 from timpy.errors import StorageError
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
 from timpy.store.engine import url_engine
-from timpy.store.repository import (
+from timpy.store.features.conversation_list import ShardedConversationListStore
+from timpy.store.features.search import ShardedSearchStore
+from timpy.store.repository import Repository
+from timpy.store.rows import (
     AccountRow,
     Appended,
     Copies,
@@ -46,7 +50,6 @@ from timpy.store.repository import (
     InboxItem,
     InboxPlaced,
     NewMessage,
-    Repository,
     StoredMessage,
     Written,
 )
@@ -58,7 +61,7 @@ DOWN_PAUSE = 2.0  # seconds a failed backend is skipped before it is tried again
 FREEZE_WAIT = 20.0  # seconds a write waits for a move's freeze to end
 
 
-class ShardedRepository:
+class ShardedRepository(ShardedConversationListStore, ShardedSearchStore):
     def __init__(
         self,
         backend_map: BackendMap,

@@ -307,6 +307,102 @@ struct Profile {
   4: map<string, string> fields,   // the custom ones
 }
 
+// A pusher: where to wake this device when a message reaches it while it is
+// offline, through a Matrix push gateway (docs/integrations.md). op: "set"
+// (register or replace, by app_id and pushkey), "remove", or "list".
+// The node answers PusherList with every pusher of the account.
+struct PusherRequest {
+  1: string op,
+  2: string app_id,
+  3: string pushkey,
+  4: string url,                  // http(s)://HOST[:PORT]/_matrix/push/v1/notify
+  5: map<string, string> data,    // passed to the gateway with each notification
+}
+struct PusherInfo {
+  1: string app_id,
+  2: string pushkey,
+  3: string url,
+  4: map<string, string> data,
+  5: bool this_device,            // registered by the device that asks
+}
+struct PusherList {
+  1: list<PusherInfo> pushers,
+}
+// The conversation list ("recent chats"): a page of the user's 1:1 and group
+// conversations, pinned first, then the newest activity first; archived = true
+// lists the archived ones instead. Kept current: a conversation_entry is pushed
+// (rid 0) to the user's terminals whenever one of its entries changes.
+struct ConversationListRequest {
+  1: i32 offset,
+  2: i32 limit,             // at most 200 (0: 200)
+  3: bool archived,
+}
+struct ConversationEntry {
+  1: string conversation,
+  2: bool group,
+  3: string peer,           // the other user of a 1:1 conversation
+  4: string name,           // a group's name
+  5: optional Message last, // the newest message shown (not recalled, burned, or an edit)
+  6: i64 last_time,         // ms since the epoch of the newest activity
+  7: i32 unread,            // others' messages after the read mark
+  8: i32 mentions,          // of those, the ones mentioning this user (ext "mentions": names or "@all")
+  9: bool muted,
+  10: bool pinned,
+  11: bool archived,
+  12: i64 read_seq,         // this user's read mark
+}
+struct ConversationPage {
+  1: list<ConversationEntry> entries,
+  2: i32 total,             // entries in the whole list (archived ones, or the others)
+  3: bool more,
+}
+// Set a conversation's flags for this user (unset fields stay); the reply is its entry.
+struct ConversationSet {
+  1: string conversation,
+  2: optional bool muted,
+  3: optional bool pinned,
+  4: optional bool archived,
+}
+// Search the bodies of the conversations this user is in (conversation set: that
+// one only). Words match as prefixes (up to 8 characters; longer: the whole
+// word); a message matches when it holds every word. Newest first.
+struct SearchRequest {
+  1: string query,
+  2: string conversation,
+  3: i32 offset,
+  4: i32 limit,             // at most 200 (0: 200)
+}
+struct SearchHit {
+  1: string conversation,
+  2: i64 seq,
+  3: i64 server_time,
+}
+struct SearchResults {
+  1: list<SearchHit> hits,
+  2: i32 count,             // hits in all (at most 10,000 are counted)
+  3: bool more,
+}
+
+// Threads: a message whose ext["thread"] is a root message's seq (in the 1:1
+// conversation named by recipient, or the group named by conversation) goes to
+// the thread under that root: a conversation of its own (its own seq), whose
+// id the ack and every delivery carry (ext["thread_of"] = the parent). Read a
+// thread with history(conversation = its id); ask for the threads of root
+// messages (their ids and message counts) with thread_request.
+struct ThreadRequest {
+  1: string conversation,   // a group, or:
+  2: string peer,           // the other user of a 1:1 conversation
+  3: list<i64> roots,       // root message seqs (at most 200)
+}
+struct ThreadInfo {
+  1: i64 root,
+  2: string thread,         // the thread's conversation id
+  3: i64 count,             // messages in the thread (0: none yet)
+}
+struct ThreadList {
+  1: list<ThreadInfo> threads,
+}
+
 // Every frame is exactly one of these operations. rid is chosen by the
 // client for a request and echoed in its reply; pushes carry rid 0.
 struct Frame {
@@ -346,4 +442,17 @@ struct Frame {
   34: optional StreamData stream,
   35: optional ProfileRequest profile_request,
   36: optional Profile profile,
+  // 60 and up: push to offline devices (numbered apart from the operations added beside them)
+  60: optional PusherRequest pusher_request,
+  61: optional PusherList pusher_list,
+  // conversation list, search and threads (issue 18; 60 and 61 are push to
+  // offline devices, from another branch)
+  62: optional ConversationListRequest conversation_list,
+  63: optional ConversationPage conversation_page,
+  64: optional ConversationSet conversation_set,
+  65: optional ConversationEntry conversation_entry,
+  66: optional SearchRequest search,
+  67: optional SearchResults search_results,
+  68: optional ThreadRequest thread_request,
+  69: optional ThreadList thread_list,
 }

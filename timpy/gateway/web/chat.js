@@ -1,7 +1,9 @@
 // A small chat client speaking the JSON mapping of the client protocol over
 // WebSocket (docs/protocol.md): register, log in, 1:1 and group chat with live
 // delivery, history scroll-back, delivery acknowledgements, friends with
-// presence, read receipts, typing, recalled and edited messages.
+// presence, read receipts, typing, recalled and edited messages, and the
+// node's conversation list (order, unread and mention counts, kept current by
+// conversation_entry pushes).
 // A conversation is keyed by the peer's name, or by "#" + group id.
 "use strict";
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -17,6 +19,7 @@ const presence = new Map();         // user -> Presence
 const readUpTo = new Map();         // conversation id -> seq the other side has read
 const RECALL = 1, EDIT = 2, BURNED = 4, DELETED = 5;
 let typingTimer = null, lastTyping = 0;
+const entries = new Map();          // contact key -> ConversationEntry (the node's conversation list)
 
 function request(op, body) {
   const id = ++rid;
@@ -68,12 +71,32 @@ function remember(m, prepend) {
   return true;
 }
 
+function entryKey(e) { return e.group ? "#" + e.conversation : (e.peer || ""); }
+
+function learnEntry(e) {
+  const key = entryKey(e);
+  if (!key) return;
+  entries.set(key, e);
+  if (e.group) learnGroup(e.conversation);
+  showContacts();
+}
+
 function showContacts() {
+  // The node's list first (pinned, then newest activity), then chats opened here only.
   const ul = document.getElementById("contacts");
   ul.replaceChildren();
-  for (const name of conversations.keys()) {
+  const listed = [...entries.values()].filter(e => !e.archived)
+    .sort((a, b) => (b.pinned ? 1 : 0) - (a.pinned ? 1 : 0) || (b.last_time || 0) - (a.last_time || 0))
+    .map(entryKey);
+  for (const name of new Set([...listed, ...conversations.keys()])) {
+    const e = entries.get(name) || {};
     const li = document.createElement("li");
     li.textContent = label(name); li.className = name === peer ? "active" : "";
+    if (e.unread && name !== peer) {
+      const n = document.createElement("span");
+      n.className = "muted unread"; n.textContent = ` (${e.unread}${e.mentions ? ", @" + e.mentions : ""})`;
+      li.append(n);
+    }
     li.onclick = () => openPeer(name);
     ul.appendChild(li);
   }
@@ -183,6 +206,7 @@ function onFrame(frame) {
     ws.send(JSON.stringify({rid: 0, delivery_ack: {pos: body.pos}}));
     return;
   }
+  if (!frame.rid && op === "conversation_entry") { learnEntry(body); return; }
   if (!frame.rid && op === "roster") { roster = body; loadPresence().catch(() => {}); return; }
   if (!frame.rid && op === "presence_list") {
     for (const p of body.users || []) presence.set(p.user, p);
@@ -232,6 +256,10 @@ async function login(name, password, register) {
   document.getElementById("chat").hidden = false;
   roster = await request("roster_request", {op: "list"});
   await loadPresence();
+  try {
+    const page = await request("conversation_list", {limit: 200});
+    for (const e of page.entries || []) learnEntry(e);
+  } catch (e) { /* the list orders the contacts; chatting works without it */ }
 }
 
 function newDevice() {

@@ -11,74 +11,62 @@ terminal a message it drops as already seen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
 
 from sqlalchemy import and_, func, insert, or_, select, update
 
 from timpy.store import digest as d
 from timpy.store import schema as s
+from timpy.store.features.copies import CopiesStore
+from timpy.store.rows import Copies
+from timpy.store.tables import KEYS
 
 _PAST_THE_END = 2**62  # "after" beyond every slot: only a key's state, no rows
 _IN_CHUNK = 500
 
 
-class RepairQueries:
-    """Mixed into ``Repository``: needs ``engine``, ``conversation_copies``,
-    ``user_copies`` and ``apply_copies``."""
+class RepairProtocol(Protocol):
+    def repair_roots(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, bytes]: ...
 
-    engine: Any
+    def repair_buckets(self, kind: str, key: bytes) -> tuple[bytes, dict[int, bytes]] | None: ...
+
+    def repair_slots(self, kind: str, key: bytes, buckets: Sequence[int]) -> dict[int, bytes]: ...
+
+    def repair_keys(self, kind: str, after: bytes, upto: bytes | None, limit: int) -> list[bytes]: ...
+
+    def repair_rows(self, kind: str, key: bytes, slots: Sequence[int], with_meta: bool) -> Copies: ...
+
+    def inbox_holds(self, user_id: bytes, messages: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]: ...
+
+    def apply_repair(self, kind: str, key: bytes, copies: Copies, replace: Sequence[int]) -> tuple[int, int]: ...
+
+    def drop_unreferenced_messages(self, replica_of: Callable[[bytes], bool]) -> int: ...
+
+
+class RepairStore(CopiesStore):
 
     # --- digests --------------------------------------------------------
 
     def _slots(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, dict[int, bytes]]:
-        out: dict[bytes, dict[int, bytes]] = {k: {} for k in keys}
-        if kind == "conv":
-            m = s.messages
-            q = select(
-                m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, (func.length(m.c.content) == 0).label("gone"), m.c.epoch
-            )
-            for r in conn.execute(q.where(m.c.conv_id.in_(keys))):
-                out[bytes(r.conv_id)][int(r.seq)] = d.message_hash(
-                    bytes(r.dedup), int(r.created_ms), bool(r.gone), int(r.epoch)
-                )
-        else:
-            # An inbox slot names its message by the row held beside it too:
-            # replicas whose entries agree but whose rows differ are repaired.
-            i, m = s.inbox, s.messages
-            q = (
-                select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch, m.c.dedup, m.c.epoch.label("row_epoch"))
-                .select_from(i.outerjoin(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
-                .where(i.c.user_id.in_(keys))
-            )
-            for r in conn.execute(q):
-                out[bytes(r.user_id)][int(r.pos)] = d.inbox_hash(
-                    bytes(r.conv_id), int(r.seq), bytes(r.dedup or b""), max(int(r.epoch), int(r.row_epoch or 0))
-                )
-        return out
+        return KEYS[kind].slot_table().slots(conn, keys)
 
     def _metas(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, bytes]:
-        """The meta hash of each key held here (keys not held are absent)."""
+        """The meta hash of each key held here (keys not held are absent): the
+        digest items of every table of its state (``CopiedTable.digest``)."""
         items: dict[bytes, list[tuple[object, ...]]] = {}
-        r = s.records
-        if kind == "conv":
-            c, cm, g = s.conversations, s.conv_members, s.groups
-            for row in conn.execute(select(c.c.conv_id).where(c.c.conv_id.in_(keys))):
-                items[bytes(row.conv_id)] = []
-            for row in conn.execute(select(cm.c.conv_id, cm.c.user_id).where(cm.c.conv_id.in_(keys))):
-                items.setdefault(bytes(row.conv_id), []).append(("member", bytes(row.user_id)))
-            for row in conn.execute(select(g.c.group_id, g.c.version).where(g.c.group_id.in_(keys))):
-                items.setdefault(bytes(row.group_id), []).append(("group", int(row.version)))
-        else:
-            a, rm = s.accounts, s.read_marks
-            for row in conn.execute(select(a.c.user_id, a.c.version, a.c.disabled).where(a.c.user_id.in_(keys))):
-                items[bytes(row.user_id)] = [("account", int(row.version), bool(row.disabled))]
-            for row in conn.execute(select(rm.c.user_id, rm.c.conv_id, rm.c.seq).where(rm.c.user_id.in_(keys))):
-                if bytes(row.user_id) in items:
-                    items[bytes(row.user_id)].append(("read", bytes(row.conv_id), int(row.seq)))
-        for row in conn.execute(select(r.c.key_id, r.c.kind, r.c.version).where(r.c.key_id.in_(keys))):
-            if bytes(row.key_id) in items:
-                items[bytes(row.key_id)].append(("record", str(row.kind), int(row.version)))
+        tables = KEYS[kind].state_tables()
+        # The tables whose rows make a key held first, then what the others add to held keys.
+        for table in [t for t in tables if t.marks_held] + [t for t in tables if not t.marks_held]:
+            for key, item in table.digest(conn, kind, keys):
+                if table.marks_held:
+                    entry = items.setdefault(key, [])
+                elif key in items:
+                    entry = items[key]
+                else:
+                    continue
+                if item is not None:
+                    entry.append(item)
         return {k: d.meta_hash(v) for k, v in items.items()}
 
     def repair_roots(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, bytes]:
@@ -109,7 +97,7 @@ class RepairQueries:
 
     def repair_keys(self, kind: str, after: bytes, upto: bytes | None, limit: int) -> list[bytes]:
         """The keys held here with ``after < key <= upto`` (no upper end when None), in order."""
-        col = s.conversations.c.conv_id if kind == "conv" else s.accounts.c.user_id
+        col = KEYS[kind].table.c[KEYS[kind].key]
         q = select(col).where(col > after)
         if upto is not None:
             q = q.where(col <= upto)
@@ -118,14 +106,14 @@ class RepairQueries:
 
     # --- rows -----------------------------------------------------------
 
-    def repair_rows(self, kind: str, key: bytes, slots: Sequence[int], with_meta: bool) -> Any:
+    def repair_rows(self, kind: str, key: bytes, slots: Sequence[int], with_meta: bool) -> Copies:
         """The rows of a key's given slots as ``Copies`` (for an inbox, with the
         message rows its entries point to), and its state when ``with_meta``."""
         wanted = sorted(set(int(x) for x in slots))
         if kind == "conv":
-            copies = self.conversation_copies(key, _PAST_THE_END, 0)  # type: ignore[attr-defined]
+            copies = self.conversation_copies(key, _PAST_THE_END, 0)
             if not with_meta:
-                copies.conversations, copies.groups, copies.records = [], [], []
+                _without_state(copies, kind)
             if wanted:
                 m = s.messages
                 with self.engine.connect() as conn:
@@ -139,11 +127,11 @@ class RepairQueries:
                             for r in rows
                         ]
             return copies
-        copies = self.user_copies(key, _PAST_THE_END, 0)  # type: ignore[attr-defined]
-        if not copies.accounts:
+        copies = self.user_copies(key, _PAST_THE_END, 0)
+        if not copies:  # no account here
             return copies
         if not with_meta:
-            copies.records, copies.reads, copies.terminals = [], [], []
+            _without_state(copies, kind)
         if wanted:
             i, m = s.inbox, s.messages
             with self.engine.connect() as conn:
@@ -166,7 +154,7 @@ class RepairQueries:
                     ]
         return copies
 
-    def drop_unreferenced_messages(self, replica_of: Any) -> int:
+    def drop_unreferenced_messages(self, replica_of: Callable[[bytes], bool]) -> int:
         """Delete the message rows of conversations this node holds no copy
         of (no conversation row here, and ``replica_of(conv_id)`` False) that
         no inbox entry here points to: left by an undo that missed this node,
@@ -198,7 +186,7 @@ class RepairQueries:
             )))
             return {(bytes(r.conv_id), int(r.seq)) for r in rows} & wanted
 
-    def apply_repair(self, kind: str, key: bytes, copies: Any, replace: Sequence[int]) -> tuple[int, int]:
+    def apply_repair(self, kind: str, key: bytes, copies: Copies, replace: Sequence[int]) -> tuple[int, int]:
         """Store a replica's rows of one key, as ``apply_copies`` does, first
         clearing the slots in ``replace`` (held here with the value that lost,
         see ``digest.winner``). A message sits in one slot of a conversation
@@ -209,10 +197,10 @@ class RepairQueries:
         if kind == "conv":
             with self.engine.begin() as conn:
                 cleared, changed = self._clear_message_slots(conn, key, copies, replace)
-            return self.apply_copies(copies) + changed, cleared  # type: ignore[attr-defined]
+            return self.apply_copies(copies) + changed, cleared
         rows = [r for r in copies.inbox if r[0] == key]
         copies.inbox = [r for r in copies.inbox if r[0] != key]
-        added = self.apply_copies(copies)  # type: ignore[attr-defined]  # the account (and messages) first
+        added = self.apply_copies(copies)  # the account (and messages) first
         # Inbox slots merge slot by slot (the lowest hash wins), with no regard
         # to the same message in another slot: so the result is the same
         # whatever order replicas meet in. A message left in no slot is
@@ -236,7 +224,7 @@ class RepairQueries:
         return added, cleared
 
     @staticmethod
-    def _clear_message_slots(conn: Any, key: bytes, copies: Any, replace: set[int]) -> tuple[int, int]:
+    def _clear_message_slots(conn: Any, key: bytes, copies: Copies, replace: set[int]) -> tuple[int, int]:
         """Make room for a replica's message rows of conversation ``key``
         (dropping from ``copies`` those that must not land); returns the slots
         cleared and the rows whose state changed (recalled or burned)."""
@@ -274,112 +262,12 @@ class RepairQueries:
         return cleared, changed
 
 
-# --- merging copies: of two values of one slot, the higher epoch wins ---------
-#
-# Used by ``apply_copies`` (write quorum, catch-up, repair). Under the quorum
-# protocol an acknowledged row is never the lower epoch of a slot it shares
-# with another value (docs/consistency.md, "Epochs on rows"); between equal
-# epochs what is here stays (repair settles those by ``digest.winner``).
-
-
-def merge_message_rows(
-    conn: Any, incoming: Sequence[tuple[bytes, int, bytes, int, bytes, int]], owner_write: bool = False
-) -> list[dict[str, Any]]:
-    """The message rows of ``incoming`` to insert, once every row here they
-    beat is removed: a row at the same (conversation, seq) holding another
-    message under a lower epoch, or the same message (dedup index) at
-    another seq under a lower epoch (at an equal epoch, the earlier seq stays).
-
-    ``owner_write``: the rows are an owner's new write, sent under its lease:
-    they win an equal epoch too. The owner numbers a slot once per epoch
-    unless it undid the first write (never acknowledged), and an undo that
-    missed this node must not make it keep the undone row and still count
-    as a copy of the new one."""
-    m = s.messages
-    convs = list({bytes(r[0]) for r in incoming})
-    held: dict[tuple[bytes, int], tuple[bytes, int]] = {}  # (conv, seq) -> (dedup, epoch)
-    for start in range(0, len(convs), _IN_CHUNK):
-        chunk = convs[start : start + _IN_CHUNK]
-        q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(m.c.conv_id.in_(chunk))
-        for r in conn.execute(q.where(m.c.seq >= min(int(x[1]) for x in incoming))):
-            held[(bytes(r.conv_id), int(r.seq))] = (bytes(r.dedup), int(r.epoch))
-        dedups = list({bytes(x[2]) for x in incoming if bytes(x[0]) in chunk})
-        for d_start in range(0, len(dedups), _IN_CHUNK):
-            q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(
-                and_(m.c.conv_id.in_(chunk), m.c.dedup.in_(dedups[d_start : d_start + _IN_CHUNK]))
-            )
-            for r in conn.execute(q):
-                held[(bytes(r.conv_id), int(r.seq))] = (bytes(r.dedup), int(r.epoch))
-    by_dedup = {(c, dd): q for (c, q), (dd, _e) in held.items()}
-    rows: list[dict[str, Any]] = []
-    for conv, seq, dedup, created, sealed, epoch in incoming:
-        here = held.get((conv, seq))
-        if here is not None:
-            if here[0] == dedup or here[1] > epoch or (here[1] == epoch and not owner_write):
-                continue  # the same message, or another one that stays
-        other = by_dedup.get((conv, dedup))
-        if other is not None and other != seq and (held[(conv, other)][1], -other) >= (epoch + owner_write, -seq):
-            continue  # this message stays where it is here
-        if here is not None:
-            conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == seq)))
-            by_dedup.pop((conv, here[0]), None)
-        if other is not None and other != seq:
-            conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == other)))
-            held.pop((conv, other), None)
-        held[(conv, seq)] = (dedup, epoch)
-        by_dedup[(conv, dedup)] = seq
-        rows.append(dict(conv_id=conv, seq=seq, dedup=dedup, created_ms=created, content=sealed, epoch=epoch))
-    return rows
-
-
-def merge_inbox_rows(
-    conn: Any, incoming: Sequence[tuple[bytes, int, bytes, int, int]], owner_write: bool = False
-) -> list[dict[str, Any]]:
-    """The inbox rows of ``incoming`` to insert, once every entry here they
-    beat is removed: another entry at the same (user, position) under a lower
-    epoch, or the same message at another position under a lower epoch (a
-    message sits once in an inbox; at an equal epoch both stay, as repair
-    merges each slot on its own). ``owner_write``: as for messages, the
-    owner's new entries win an equal epoch at their position."""
-    i = s.inbox
-    users = list({bytes(r[0]) for r in incoming})
-    held: dict[tuple[bytes, int], tuple[bytes, int, int]] = {}  # (user, pos) -> (conv, seq, epoch)
-    wanted = {(bytes(r[0]), bytes(r[2]), int(r[3])) for r in incoming}
-    for start in range(0, len(users), _IN_CHUNK):
-        chunk = users[start : start + _IN_CHUNK]
-        q = select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch).where(i.c.user_id.in_(chunk))
-        low = min(int(x[1]) for x in incoming)
-        seqs = sorted({int(x[3]) for x in incoming})
-        found = list(conn.execute(q.where(i.c.pos >= low)))
-        for s_start in range(0, len(seqs), _IN_CHUNK):  # the same messages at earlier positions
-            found += [
-                r for r in conn.execute(q.where(and_(i.c.pos < low, i.c.seq.in_(seqs[s_start : s_start + _IN_CHUNK]))))
-                if (bytes(r.user_id), bytes(r.conv_id), int(r.seq)) in wanted
-            ]
-        for r in found:
-            held[(bytes(r.user_id), int(r.pos))] = (bytes(r.conv_id), int(r.seq), int(r.epoch))
-    where = {(u, c, q): p for (u, p), (c, q, _e) in held.items()}
-    rows: list[dict[str, Any]] = []
-    for user, pos, conv, seq, epoch in incoming:
-        here = held.get((user, pos))
-        if here is not None:
-            if here[:2] == (conv, seq) or here[2] > epoch or (here[2] == epoch and not owner_write):
-                continue
-        other = where.get((user, conv, seq))
-        if other is not None and (other == pos or held[(user, other)][2] == epoch):
-            other = None
-        if other is not None and held[(user, other)][2] > epoch:
-            continue
-        if here is not None:
-            conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == pos)))
-            where.pop((user, here[0], here[1]), None)
-        if other is not None:
-            conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == other)))
-            held.pop((user, other), None)
-        held[(user, pos)] = (conv, seq, epoch)
-        where[(user, conv, seq)] = pos
-        rows.append(dict(user_id=user, pos=pos, conv_id=conv, seq=seq, epoch=epoch))
-    return rows
+def _without_state(copies: Copies, kind: str) -> None:
+    """Only a key's slots (and its anchor: an inbox lands beside its account)."""
+    k = KEYS[kind]
+    for table in k.state_tables():
+        if table.name != k.anchor:
+            setattr(copies, table.name, [])
 
 
 def _one_inbox_slot(conn: Any, user: bytes, pos: int, conv: bytes, seq: int, epoch: int) -> bool:

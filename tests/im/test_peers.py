@@ -1,0 +1,234 @@
+"""The catalog's framework (``timpy.im.peers.Peers``): owner routing, the one
+not-the-owner refusal and its bounded retry, catch-up, replication and
+per-key serializing as declared, malformed requests refused, and operations
+named by strings (the old way) still served beside the catalog's."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+import pytest
+import trio
+
+from tests.conftest import FAST_SECURITY
+from timpy.cluster import catalog as ops
+from timpy.cluster import codec
+from timpy.cluster.placement import Placement, ReplicationConfig
+from timpy.cluster.ring import HashRing
+from timpy.cluster.rpc import NotOwner, Rpc, is_rpc
+from timpy.cluster.transport import MemoryNetwork
+from timpy.config import NodeConfig
+from timpy.errors import Code, TimpyError
+from timpy.im import peers as peers_module
+from timpy.im.peers import Peers
+from timpy.store.rows import Copies
+from timpy.testing import open_cluster
+
+
+async def _pump(transport, rpc: Rpc) -> None:  # noqa: ANN001
+    async for payload in transport.incoming:
+        raw = codec.unpack(payload)
+        if is_rpc(raw):
+            rpc.receive(raw)
+
+
+@asynccontextmanager
+async def two_nodes(a_ring: set[str], b_ring: set[str]) -> AsyncIterator[tuple[Peers, Peers]]:
+    """Nodes a and b over the in-memory network, each placing keys on its own view of the ring."""
+    network = MemoryNetwork()
+    async with trio.open_nursery() as nursery:
+        made = []
+        for name, ring in (("a", a_ring), ("b", b_ring)):
+            transport = network.transport(f"{name}:1")
+            rpc = Rpc(transport)
+            await nursery.start(transport.run)
+            await nursery.start(rpc.run)
+            nursery.start_soon(_pump, transport, rpc)
+            placement = Placement(name, f"{name}:1", ReplicationConfig(1, 1))
+            placement.addresses.update({"a": "a:1", "b": "b:1", "c": "c:1"})
+            placement.set_members(ring)
+            made.append(Peers(placement, rpc))
+        yield made[0], made[1]
+        nursery.cancel_scope.cancel()
+
+
+def key_owned(owner_in: dict[frozenset[str], str]) -> bytes:
+    """A key whose owner on each given ring is the given node."""
+    for i in range(10_000):
+        key = b"user-%d" % i
+        if all(HashRing.of(ring, ReplicationConfig().vnodes).owner(key) == owner
+               for ring, owner in owner_in.items()):
+            return key
+    raise AssertionError("no such key")
+
+
+def roster_of(peers: Peers, name: str, asked: list[str]) -> None:
+    def here(a: ops.RosterGet) -> dict[str, list[str]]:
+        asked.append(name)
+        return {"friends": [name]}
+
+    peers.serve(ops.ROSTER_GET, here)
+
+
+async def test_a_key_is_served_at_its_owner_whichever_node_asks():
+    key = key_owned({frozenset({"a", "b"}): "b"})
+    async with two_nodes({"a", "b"}, {"a", "b"}) as (a, b):
+        asked: list[str] = []
+        roster_of(a, "a", asked)
+        roster_of(b, "b", asked)
+        assert await a.ask(ops.ROSTER_GET, ops.RosterGet(key)) == {"friends": ["b"]}
+        assert await b.ask(ops.ROSTER_GET, ops.RosterGet(key)) == {"friends": ["b"]}
+        assert asked == ["b", "b"]
+
+
+async def test_a_node_that_is_not_the_owner_refuses_and_the_caller_retries_once_its_ring_moves():
+    # a places the key on b; b's ring (with c) places it on c: b refuses.
+    key = key_owned({frozenset({"a", "b"}): "b", frozenset({"a", "b", "c"}): "c"})
+    async with two_nodes({"a", "b"}, {"a", "b", "c"}) as (a, b):
+        asked: list[str] = []
+        roster_of(a, "a", asked)
+        roster_of(b, "b", asked)
+
+        async def ring_moves() -> None:
+            await trio.sleep(0.05)
+            a.placement.set_members({"a"})  # a learns that b and c are gone: the key is a's now
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ring_moves)
+            assert await a.ask(ops.ROSTER_GET, ops.RosterGet(key)) == {"friends": ["a"]}
+        assert asked == ["a"]  # b refused without running anything
+
+
+async def test_the_retry_is_bounded_and_ends_in_the_one_refusal():
+    key = key_owned({frozenset({"a", "b"}): "b", frozenset({"a", "b", "c"}): "c"})
+    async with two_nodes({"a", "b"}, {"a", "b", "c"}) as (a, b):
+        asked: list[str] = []
+        roster_of(b, "b", asked)
+        refusals = 0
+        real = b.require_owner
+
+        def counting(k: bytes, what: str = "key") -> None:
+            nonlocal refusals
+            try:
+                real(k, what)
+            except NotOwner:
+                refusals += 1
+                raise
+
+        b.require_owner = counting  # type: ignore[method-assign]
+        started = trio.current_time()
+        with pytest.raises(NotOwner) as caught:
+            await a.ask(ops.ROSTER_GET, ops.RosterGet(key))
+        assert caught.value.code == Code.UNAVAILABLE
+        assert caught.value.text == "this node does not own that user (the cluster is changing); retry"
+        assert refusals == peers_module.RING_RETRIES and asked == []
+        assert trio.current_time() - started <= peers_module.RING_RETRY_TIME + 1.0
+
+
+async def test_a_malformed_request_is_refused_in_plain_words_and_reaches_no_handler():
+    async with two_nodes({"a", "b"}, {"a", "b"}) as (a, b):
+        asked: list[str] = []
+        roster_of(b, "b", asked)
+        assert a.rpc is not None and b.rpc is not None
+        for bad in ([b"k", 1], ["not bytes"], [None]):  # roster.get takes one bytes field
+            with pytest.raises(TimpyError) as caught:
+                await a.rpc.start_call("b:1", ops.ROSTER_GET.number, *bad).result(5)  # type: ignore[arg-type]
+            assert caught.value.code == Code.BAD_REQUEST
+            assert "roster" not in caught.value.text and "cannot read" in caught.value.text
+        assert asked == [] and b.rpc.bad_frames == 3
+
+
+async def test_an_operation_named_by_a_string_is_still_served_beside_the_catalog():
+    async with two_nodes({"a", "b"}, {"a", "b"}) as (a, b):
+        assert b.rpc is not None
+        b.rpc.register("copies.sum", lambda x, y: int(x) + int(y))
+        assert await a.call("b", "copies.sum", 2, 3) == 5
+
+
+async def test_a_call_to_this_node_runs_in_place_and_a_standalone_node_answers_itself():
+    """A node asks itself without the network (the handler gets the caller's
+    own arguments, not a decoded copy), and so does a standalone node."""
+    async with two_nodes({"a", "b"}, {"a", "b"}) as (a, b):
+        seen: list[ops.Echo] = []
+
+        def echo(args: ops.Echo) -> bytes:
+            seen.append(args)
+            return args.body * 2
+
+        a.serve(ops.ECHO, echo)
+        b.serve(ops.ECHO, echo)
+        mine, theirs = ops.Echo(b"a"), ops.Echo(b"b")
+        assert await a.call("a", ops.ECHO, mine) == b"aa"
+        assert await a.call("b", ops.ECHO, theirs) == b"bb"
+        assert seen[0] is mine and seen[1] == theirs and seen[1] is not theirs
+    solo = Peers.standalone("solo")
+    solo.serve(ops.ECHO, echo)
+    assert await solo.call("solo", ops.ECHO, ops.Echo(b"s")) == b"ss"
+
+
+class Keeper:
+    """Records the framework's catch-up and replication steps, in order."""
+
+    def __init__(self, steps: list[str]) -> None:
+        self.steps = steps
+
+    async def ensure(self, kind: str, key: bytes) -> None:
+        self.steps.append(f"catch-up {kind}")
+        await trio.sleep(0.01)
+
+    async def to_replicas(self, key: bytes, fetch) -> None:  # noqa: ANN001
+        copies = await fetch()
+        self.steps.append(f"replicate {len(copies.reads)}")
+        await trio.sleep(0.01)
+
+
+async def test_catch_up_handler_and_replication_run_in_order_one_call_per_key_at_a_time():
+    steps: list[str] = []
+    peers = Peers.standalone("me")
+
+    async def here(a: ops.ProfileChange) -> bool:
+        steps.append(f"change {a.changes['n']}")
+        await trio.sleep(0.01)
+        return a.changes["n"] != "same"
+
+    def copies(a: ops.ProfileChange, changed: bool):  # noqa: ANN202
+        if not changed:
+            return None
+
+        async def fetch() -> Copies:
+            return Copies(reads=[(a.user_id, b"c", 1)])
+
+        return fetch
+
+    peers.serve(ops.ACCT_PROFILE, here, Keeper(steps), copies)
+    async with trio.open_nursery() as nursery:
+        for n in ("1", "2", "same"):
+            nursery.start_soon(peers.ask, ops.ACCT_PROFILE, ops.ProfileChange(b"u", {"n": n}))
+            await trio.sleep(0)
+    assert steps == [
+        "catch-up user", "change 1", "replicate 1",
+        "catch-up user", "change 2", "replicate 1",
+        "catch-up user", "change same",  # nothing written: nothing copied
+    ]
+    assert not peers._locks  # the per-key lock goes with the last call
+
+
+def test_serving_an_operation_against_its_declaration_fails():
+    peers = Peers.standalone("me")
+    with pytest.raises(TypeError, match="keeper"):
+        peers.serve(ops.ACCT_GET, lambda a: None)
+    with pytest.raises(TypeError, match="copies"):
+        peers.serve(ops.ACCT_CREATE, lambda a: None, Keeper([]))
+
+
+async def test_every_operation_of_the_catalog_is_served_by_the_nodes_of_a_cluster(autojump_clock):
+    async with open_cluster(2, config=NodeConfig(security=FAST_SECURITY)) as cluster:
+        for node in cluster.nodes:
+            assert node.cluster is not None
+            # backend.* are served in shared-backend mode only (tests/store/test_shared_node.py),
+            # echo by `timpy bench paths`
+            missing = [op.name for op in ops.OPS.values()
+                       if not node.cluster.rpc.serves(op) and not op.name.startswith("backend.") and op is not ops.ECHO]
+            assert missing == []
+            assert node.cluster.rpc.serves("copies.apply")  # replication's, still named by a string

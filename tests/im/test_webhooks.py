@@ -1,0 +1,264 @@
+"""Webhooks against a real HTTP receiver (hypercorn on 127.0.0.1, verifying
+every signature): on one node, and on three in-process nodes
+(``timpy.testing``, real time: the receiver's sockets are real), where each
+event comes from the node that owns it, once."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trio
+
+import timpy
+from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
+from tests.support.http_receivers import BusinessServer
+from timpy.client import Connector
+from timpy.config import Limits, NodeConfig, WebhookEndpoint, WebhooksConfig
+from timpy.errors import Code, RemoteError
+from timpy.im import ids
+from timpy.testing import open_cluster
+
+SECRET = "shared-secret-0123456789"
+AFTER = ("message.stored", "group.changed", "user.registered", "user.login", "user.logout")
+WHERE = pytest.mark.parametrize("where", ["one", "three"])
+
+
+def hooks(biz: BusinessServer, *, check: bool = False, fail_open: bool = True, secret: str = SECRET,
+          **settings: Any) -> WebhooksConfig:
+    endpoints = [WebhookEndpoint(name="biz", url=biz.server.url("/events"), secret=secret, events=AFTER, timeout=2)]
+    if check:
+        endpoints.append(WebhookEndpoint(name="check", url=biz.server.url("/check"), secret=secret,
+                                         events=("message.before_send",), timeout=1, fail_open=fail_open))
+    return WebhooksConfig(endpoints=tuple(endpoints), **{"backoff_base": 0.05, "backoff_max": 0.3, **settings})
+
+
+@asynccontextmanager
+async def nodes(where: str, webhooks: WebhooksConfig, receiver: BusinessServer | None = None,
+                ) -> AsyncIterator[tuple[list[str | Connector], list[timpy.Node]]]:
+    if where == "one":
+        async with timpy.open_node(node_config(webhooks=webhooks)) as n:
+            yield [n.tcp_url] * 3, [n]
+        return
+    async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY, webhooks=webhooks), seed=3) as cluster:
+        if receiver is not None:  # the cluster's wall clocks start at 2026-01-01: the receiver's too
+            receiver.clock = lambda: cluster.wall_clock_ms(0) / 1000
+        with trio.fail_after(30):  # every node on the ring the majority accepted: owners stay put from here
+            while any(len(n.peers.placement.members) != 3 for n in cluster.nodes):
+                await trio.sleep(0.05)
+        yield [cluster.connector(i) for i in range(3)], cluster.nodes
+
+
+def once_each(biz: BusinessServer) -> Counter[str]:
+    ids = Counter(biz.ids())
+    assert [i for i, n in ids.items() if n > 1] == [], "an event arrived twice"
+    return Counter(e["type"] for e in biz.events)
+
+
+@WHERE
+async def test_a_receiver_that_was_down_gets_every_event_once(where: str) -> None:
+    biz = BusinessServer(SECRET)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        biz.server.stop()  # down from the start: nothing can be delivered
+        async with nodes(where, hooks(biz, max_attempts=1000), biz) as (at, running):
+            await users(at[0], "alice", "bob")
+            async with timpy.connect(at[1], "alice", PASSWORD) as alice, timpy.connect(at[2], "bob", PASSWORD) as bob:
+                acks = [await alice.send("bob", f"order {i}") for i in range(10)]
+                group = await alice.create_group("team", members=["bob"])
+                await alice.send_group(group.group, "hello team")
+                for _ in range(11):
+                    await bob.next_message(timeout=10)
+            await trio.sleep(1.0)  # several failed attempts
+            assert biz.events == []
+            await biz.server.start(bg)  # back, on the same port
+            await biz.wait_for(lambda: sum(1 for e in biz.events if e["type"] == "message.stored") == 11
+                               and len(biz.ids("user.logout")) == 2, timeout=30)
+            await trio.sleep(0.5)  # anything sent twice would have arrived by now
+            owner = owner_of(running[0])  # while the ring is whole
+            owners = {e["id"]: owner(e) for e in biz.events}
+        bg.cancel_scope.cancel()
+    kinds = once_each(biz)
+    assert kinds["user.registered"] == 2 and kinds["message.stored"] == 11 and kinds["group.changed"] == 1
+    assert kinds["user.login"] == 2 and kinds["user.logout"] == 2
+    stored = {(e["data"]["conversation"], e["data"]["seq"]): e["data"] for e in biz.events
+              if e["type"] == "message.stored"}
+    for i, ack in enumerate(acks):
+        data = stored[(ack.conversation, ack.seq)]
+        assert (data["sender"], data["recipient"], data["body"], data["client_id"]) == (
+            "alice", "bob", f"order {i}", ack.client_id)
+    assert {e["data"]["user"] for e in biz.events if e["type"] == "user.registered"} == {"alice", "bob"}
+    # each event from the node owning its key: the conversation's, the group's, the user's
+    wrong = [(e["type"], e["node"], owners[e["id"]]) for e in biz.events if e["node"] != owners[e["id"]]]
+    assert wrong == [], wrong
+    if where == "three":
+        assert len({e["node"] for e in biz.events}) >= 2
+
+
+def owner_of(node: timpy.Node) -> Callable[[dict[str, Any]], str]:
+    def owner(event: dict[str, Any]) -> str:
+        data = event["data"]
+        if event["type"] == "message.stored":
+            return node.peers.owner(ids.parse_conversation(data["conversation"]))
+        if event["type"] == "group.changed":
+            return node.peers.owner(ids.parse_conversation(data["group"]))
+        return node.peers.owner(node.user_id_of(data["user"]))
+
+    return owner
+
+
+async def test_events_wait_in_the_outbox_across_a_restart(tmp_path: Path) -> None:
+    biz = BusinessServer(SECRET)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        biz.server.stop()
+        config = node_config(memory=False, data_dir=tmp_path / "data", webhooks=hooks(biz, max_attempts=1000))
+        async with timpy.open_node(config) as node:
+            await users(node.tcp_url, "alice", "bob")
+            async with timpy.connect(node.tcp_url, "alice", PASSWORD) as alice:
+                for i in range(5):
+                    await alice.send("bob", f"before the restart {i}")
+        await biz.server.start(bg)
+        async with timpy.open_node(config) as node:
+            await biz.wait_for(lambda: len(biz.ids("message.stored")) == 5)
+        bg.cancel_scope.cancel()
+    kinds = once_each(biz)
+    assert kinds["message.stored"] == 5 and kinds["user.registered"] == 2
+
+
+@WHERE
+async def test_a_check_before_storing_denies_and_rewrites(where: str) -> None:
+    def verdict(data: dict[str, Any]) -> dict[str, Any] | None:
+        if "buy now" in data.get("body", ""):
+            return {"action": "deny", "reason": "advertising is not allowed here"}
+        if "darn" in data.get("body", ""):
+            return {"action": "rewrite", "body": data["body"].replace("darn", "d***")}
+        return None
+
+    biz = BusinessServer(SECRET, verdict=verdict)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        async with nodes(where, hooks(biz, check=True), biz) as (at, _):
+            await users(at[0], "alice", "bob")
+            async with timpy.connect(at[1], "alice", PASSWORD) as alice, timpy.connect(at[2], "bob", PASSWORD) as bob:
+                with pytest.raises(RemoteError) as refused:
+                    await alice.send("bob", "buy now!")
+                assert refused.value.code == Code.NOT_ALLOWED
+                assert "advertising is not allowed here" in str(refused.value)
+                await alice.send("bob", "darn, missed the bus")
+                group = await alice.create_group("team", members=["bob"])
+                with pytest.raises(RemoteError):
+                    await alice.send_group(group.group, "buy now, team")
+                await alice.send_group(group.group, "darn again")
+                first = await bob.next_message(timeout=10)
+                second = await bob.next_message(timeout=10)
+                assert (first.body, first.seq) == (b"d***, missed the bus", 1)  # the refused one took no number
+                assert second.body == b"d*** again"
+                history = await bob.history(peer="alice")
+                assert [m.body for m in history.messages] == [b"d***, missed the bus"]
+            await biz.wait_for(lambda: len(biz.ids("message.stored")) == 2)
+        bg.cancel_scope.cancel()
+    assert sorted(e["data"]["body"] for e in biz.events if e["type"] == "message.stored") == [
+        "d*** again", "d***, missed the bus"]
+
+
+async def test_a_check_that_fails_lets_messages_through_or_stops_them() -> None:
+    biz = BusinessServer(SECRET, check_delay=5)  # slower than the check's 1 s timeout
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        async with nodes("one", hooks(biz, check=True, fail_open=True)) as (at, _):
+            await users(at[0], "alice", "bob")
+            async with timpy.connect(at[0], "alice", PASSWORD) as alice:
+                assert (await alice.send("bob", "through")).seq == 1
+        async with nodes("one", hooks(biz, check=True, fail_open=False)) as (at, _):
+            await users(at[0], "alice", "bob")
+            async with timpy.connect(at[0], "alice", PASSWORD) as alice:
+                with pytest.raises(RemoteError) as refused:
+                    await alice.send("bob", "stopped")
+                assert refused.value.code == Code.UNAVAILABLE and "try again later" in str(refused.value)
+                assert (await alice.history(peer="bob")).messages == []
+        bg.cancel_scope.cancel()
+
+
+async def test_unverified_deliveries_become_dead_letters_the_admin_api_retries_and_drops() -> None:
+    receiver = BusinessServer("the-receivers-own-secret")  # not the node's: every signature fails
+    async with trio.open_nursery() as bg:
+        await receiver.server.start(bg)
+        async with nodes("one", hooks(receiver, max_attempts=2)) as (at, [node]):
+            await users(at[0], "alice", "bob")
+            async with timpy.connect(at[0], "alice", PASSWORD) as alice:
+                await alice.send("bob", "one")
+                await alice.send("bob", "two")
+            assert node.admin_address is not None
+            api = f"http://{node.admin_address[0]}:{node.admin_address[1]}/api/v1/webhooks"
+            auth = {"Authorization": f"Bearer {node.admin_token}"}
+            async with httpx.AsyncClient(headers=auth) as http:
+                with trio.fail_after(20):
+                    while True:
+                        dead = (await http.get(f"{api}/dead", params={"endpoint": "biz"})).json()["dead"]
+                        if len(dead) == 6:  # 2 registered, alice's login and logout, 2 messages
+                            break
+                        await trio.sleep(0.1)
+                assert receiver.events == [] and receiver.bad_signatures >= 12
+                assert {d["last_error"] for d in dead} == {"HTTP status 401"} and {d["attempts"] for d in dead} == {2}
+                stored = [d for d in dead if d["type"] == "message.stored"]
+                assert sorted(httpx.Response(200, content=d["event"]).json()["data"]["body"] for d in stored) == [
+                    "one", "two"]
+                status = (await http.get(api)).json()["endpoints"][0]
+                assert (status["name"], status["dead"], status["pending"]) == ("biz", 6, 0)
+                assert (await http.get(f"{api}/dead", params={"endpoint": "nope"})).status_code == 400
+                assert (await http.get(f"{api}/dead", headers={"Authorization": "Bearer wrong"})).status_code == 401
+                bad = await http.post(f"{api}/dead/retry", json={"ids": ["x"]})
+                assert bad.status_code == 400 and len((await http.get(f"{api}/dead")).json()["dead"]) == 6
+
+                receiver.secret = SECRET  # the operator fixed the receiver
+                retried = await http.post(f"{api}/dead/retry", json={"ids": [d["id"] for d in stored]})
+                assert retried.json() == {"retried": 2}
+                await receiver.wait_for(lambda: len(receiver.events) == 2)
+                assert sorted(receiver.ids()) == sorted(d["event_id"] for d in stored)
+                dropped = await http.post(f"{api}/dead/drop", json={"endpoint": "biz"})
+                assert dropped.json() == {"dropped": 4}
+                assert (await http.get(f"{api}/dead")).json()["dead"] == []
+                metrics = (await http.get(f"http://{node.admin_address[0]}:{node.admin_address[1]}/metrics")).text
+                assert 'timpy_webhook_deliveries_total{endpoint="biz",outcome="delivered"} 2.0' in metrics
+                assert 'timpy_webhook_deliveries_total{endpoint="biz",outcome="dead"} 6.0' in metrics
+        bg.cancel_scope.cancel()
+
+
+async def test_a_receiver_failing_for_a_while_gets_the_event_after_retries() -> None:
+    biz = BusinessServer(SECRET, failing=3)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        async with nodes("one", hooks(biz)) as (at, [node]):
+            await users(at[0], "alice")
+            await biz.wait_for(lambda: len(biz.events) == 1)
+            assert node.webhooks is not None
+            assert node.webhooks.deliveries.labels("biz", "failed")._value.get() == 3
+        bg.cancel_scope.cancel()
+    assert once_each(biz) == Counter({"user.registered": 1})
+
+
+async def test_a_terminal_pushed_out_by_the_limit_is_a_logout() -> None:
+    biz = BusinessServer(SECRET)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        config = node_config(webhooks=hooks(biz), limits=Limits(max_terminals=1))
+        async with timpy.open_node(config) as node:
+            await users(node.tcp_url, "alice")
+            async with timpy.connect(node.tcp_url, "alice", PASSWORD, device="laptop") as laptop:
+                async with timpy.connect(node.tcp_url, "alice", PASSWORD, device="phone"):
+                    with trio.fail_after(10):
+                        while laptop.closed_reason is None:
+                            await trio.sleep(0.02)
+                    await biz.wait_for(lambda: len(biz.ids("user.logout")) == 1 and len(biz.ids("user.login")) == 2)
+            await biz.wait_for(lambda: len(biz.ids("user.logout")) == 2)
+            await trio.sleep(0.3)
+        bg.cancel_scope.cancel()
+    assert once_each(biz)["user.logout"] == 2
+    by_device = Counter((e["data"]["device"], e["type"]) for e in biz.events if e["type"] in ("user.login", "user.logout"))
+    assert len({d for d, _ in by_device}) == 2 and set(by_device.values()) == {1} and len(by_device) == 4

@@ -1,0 +1,88 @@
+"""The webhook outbox table: one row per (endpoint, event), sealed, states pending -> done or dead."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import nacl.utils
+
+from timpy.crypto.seal import Sealer
+from timpy.store.engine import sqlite_engine
+from timpy.store.outbox import DEAD, DONE, PENDING, NewEvent, Outbox, Outcome
+
+KEY = nacl.utils.random(32)
+
+
+def outbox(path: Path) -> Outbox:
+    o = Outbox(sqlite_engine(path, "NORMAL"), Sealer(KEY))
+    o.create()
+    return o
+
+
+def event(n: int, endpoint: str = "biz") -> NewEvent:
+    return NewEvent(endpoint, f"{n:032x}", "message.stored", b'{"body":"the launch code is 0000 %d"}' % n)
+
+
+def test_an_event_is_stored_once_per_endpoint(tmp_path: Path) -> None:
+    o = outbox(tmp_path / "o.db")
+    assert o.add([event(1), event(2), event(1)], 100) == 2
+    assert o.add([event(1), event(1, "crm")], 100) == 1
+    assert [r.event_id for r in o.due("biz", 100, 10)] == [f"{1:032x}", f"{2:032x}"]
+    assert o.due("biz", 99, 10) == []
+    o.settle([Outcome(o.due("biz", 100, 10)[0].id, True)], 150)
+    # delivered and kept: emitted again, it is not sent again
+    assert o.add([event(1)], 200) == 0
+    assert [r.event_id for r in o.due("biz", 1000, 10)] == [f"{2:032x}"]
+    assert o.counts() == {("biz", DONE): 1, ("biz", PENDING): 1, ("crm", PENDING): 1}
+    assert o.purge(151) == 1 and o.add([event(1)], 300) == 1  # forgotten once purged
+
+
+def test_failures_wait_then_become_dead_letters_that_can_be_retried_or_dropped(tmp_path: Path) -> None:
+    o = outbox(tmp_path / "o.db")
+    o.add([event(1), event(2), event(3)], 0)
+    rows = o.due("biz", 0, 10)
+    o.settle([Outcome(rows[0].id, False, 1, 500, False, "HTTP status 503"),
+              Outcome(rows[1].id, False, 12, 0, True, "no answer in time"),
+              Outcome(rows[2].id, False, 12, 0, True, "HTTP status 500")], 0)
+    assert o.due("biz", 499, 10) == [] and o.next_due("biz") == 500
+    again = o.due("biz", 500, 10)
+    assert [(r.attempts, r.error) for r in again] == [(1, "HTTP status 503")]
+    dead = o.dead(None, 0, 10)
+    assert [(r.event_id, r.error, r.state) for r in dead] == [
+        (f"{2:032x}", "no answer in time", DEAD), (f"{3:032x}", "HTTP status 500", DEAD)]
+    assert o.dead("biz", dead[0].id, 10) == dead[1:]
+    assert o.retry("biz", [dead[0].id], 700) == 1
+    assert [(r.event_id, r.attempts) for r in o.due("biz", 700, 10)] == [(f"{1:032x}", 1), (f"{2:032x}", 0)]
+    assert o.drop(None, None) == 1 and o.dead(None, 0, 10) == []
+
+
+def test_the_outbox_survives_a_reopen_and_shows_nothing_readable(tmp_path: Path) -> None:
+    path = tmp_path / "o.db"
+    o = outbox(path)
+    o.add([event(1)], 0)
+    rows = o.due("biz", 0, 1)
+    o.settle([Outcome(rows[0].id, False, 1, 0, False, "connection refused by crm.example.org")], 0)
+    o.engine.dispose()
+    reopened = outbox(path)
+    [row] = reopened.due("biz", 0, 10)
+    assert b"launch code" in row.body and row.error.startswith("connection refused")
+    reopened.engine.dispose()
+    raw = b"".join(p.read_bytes() for p in tmp_path.iterdir())
+    assert b"launch code" not in raw and b"message.stored" not in raw and b"crm.example.org" not in raw
+
+
+def test_a_row_moved_to_another_event_does_not_open(tmp_path: Path) -> None:
+    import pytest
+    from sqlalchemy import update
+
+    from timpy.errors import StorageError
+    from timpy.store.outbox import webhook_outbox
+
+    o = outbox(tmp_path / "o.db")
+    o.add([event(1), event(2)], 0)
+    first, second = o.due("biz", 0, 10)
+    with o.engine.begin() as conn:
+        conn.execute(update(webhook_outbox).where(webhook_outbox.c.id == second.id).values(
+            payload=conn.execute(webhook_outbox.select().where(webhook_outbox.c.id == first.id)).first().payload))
+    with pytest.raises(StorageError):
+        o.due("biz", 0, 10)

@@ -1,0 +1,321 @@
+"""The conversation list ("recent chats"), at the user's owner.
+
+Every entry is derived from rows that live with the user: the inbox (with the
+message copies kept beside it, sealed), the read marks, and the user's
+``convs`` record (flags, groups; ``conversation_rules``). Those rows are
+replicated, repaired and moved with the user's other rows, so every device
+and every node that answers for the user shows the same list, also after the
+ring or the backend map changed.
+
+Kept current live: the writer tells this module (``inbox_changed``) when it
+put a message in a local user's inbox, receipts when a read mark moved, groups
+when a membership or name changed; the module then recomputes the entries
+that changed, in the background and coalesced per user, and pushes each as a
+``conversation_entry`` notice (rid 0) to the user's live terminals.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import msgpack
+
+from timpy.crypto.blind import BlindIndexer
+from timpy.errors import Code, RequestError, TimpyError
+from timpy.im import conversation_rules as rules
+from timpy.im import ids, kinds
+from timpy.im.accounts import Identity
+from timpy.im.peers import Peers
+from timpy.im.records import Records
+from timpy.im.routes import Routes
+from timpy.im.signals import Signals
+from timpy.im.writer import Committed
+from timpy.store.repository import Store
+from timpy.store.rows import ConversationRows
+from timpy.wire.messages import ConversationChanged
+
+log = logging.getLogger("timpy.conversations")
+
+RECORD = "convs"
+TAIL = 16  # newest messages read per entry to find the last one that is shown
+UNREAD_SCAN = 1000  # messages after the read mark read per entry: counts stop there ("999+")
+PAGE_MAX = 200
+LIVE_MAX_MEMBERS = 500  # inbox entries of one conversation in one write batch pushed as changed entries
+GROUP_PREFIX = "#"
+
+
+def _fields(content: bytes) -> tuple[str, str, int, dict[str, str]]:
+    """(sender, recipient, kind, ext) of an opened message content."""
+    f = msgpack.unpackb(content, raw=False)
+    return str(f[2]), str(f[3]), int(f[4]), dict(f[6])
+
+
+class Conversations:
+    def __init__(
+        self, store: Store, indexer: BlindIndexer, peers: Peers, records: Records, signals: Signals, routes: Routes,
+        clock_ms: Callable[[], int], spawn: Callable[..., bool],
+    ) -> None:
+        self._store = store
+        self._indexer = indexer
+        self._peers = peers
+        self._records = records
+        self._signals = signals
+        self._routes = routes
+        self._now = clock_ms
+        self._spawn = spawn
+        self._names: OrderedDict[bytes, str] = OrderedDict()
+        self._dirty: dict[bytes, set[bytes]] = {}
+        self._flushing = False
+        self.notices = 0  # entries pushed (tests, metrics)
+        peers.expose("convs.list", self._list_here, "user")
+        peers.expose("convs.set", self._set_here, "user")
+        peers.expose("convs.ids", self._ids_here, "user")
+        peers.expose("convs.group", self._group_here, "user")
+
+    # --- requests ----------------------------------------------------------
+
+    async def list(self, who: Identity, offset: int, limit: int, archived: bool) -> tuple[list[dict[str, Any]], int]:
+        """One page of the user's conversations, and how many there are (archived ones, or the others)."""
+        if offset < 0:
+            raise RequestError("a conversation list offset is 0 or more", Code.BAD_REQUEST)
+        limit = PAGE_MAX if limit <= 0 else min(limit, PAGE_MAX)
+        entries, total = await self._peers.at_owner(
+            who.user_id, "convs.list", self._list_here, who.name, int(offset), int(limit), bool(archived)
+        )
+        return [dict(e) for e in entries], int(total)
+
+    async def set_flags(
+        self, who: Identity, conversation: str, muted: bool | None, pinned: bool | None, archived: bool | None
+    ) -> dict[str, Any]:
+        """Set some of a conversation's flags (None: unchanged); returns its entry."""
+        conv = ids.parse_conversation(conversation)
+        return dict(await self._peers.at_owner(
+            who.user_id, "convs.set", self._set_here, who.name, conv,
+            -1 if muted is None else int(muted), -1 if pinned is None else int(pinned),
+            -1 if archived is None else int(archived),
+        ))
+
+    async def conversation_ids(self, who: Identity) -> list[bytes]:
+        """Every conversation in the user's list (archived ones too): what the user may search."""
+        return [bytes(c) for c in await self._peers.at_owner(who.user_id, "convs.ids", self._ids_here)]
+
+    # --- at the user's owner -------------------------------------------------
+
+    async def _state(self, user_id: bytes) -> rules.UserConversations:
+        return rules.UserConversations.unpack(await self._records.get(user_id, RECORD, "user"))
+
+    async def _activities(
+        self, user_id: bytes, state: rules.UserConversations
+    ) -> tuple[dict[str, rules.Activity], dict[str, str]]:
+        rows = await self._store.run(self._store.repo.conversation_activity, user_id)
+        inbox = []
+        for conv, pos, ms, content in rows:
+            parent = str(_fields(content)[3].get("thread_of", "")) if content else ""
+            inbox.append((ids.conversation_text(conv), pos, ms, parent))
+        return rules.activities(inbox, state)
+
+    async def _list_here(
+        self, user_id: bytes, name: str, offset: int, limit: int, archived: bool
+    ) -> list[Any]:
+        state = await self._state(user_id)
+        found, _ = await self._activities(user_id, state)
+        page, total = rules.visible(list(found.values()), bool(archived), int(offset), int(limit))
+        entries = await self._entries(user_id, str(name), [a.conversation for a in page], state, found)
+        return [entries, total]
+
+    async def _ids_here(self, user_id: bytes) -> list[bytes]:
+        """Every conversation of the list and every thread under them."""
+        state = await self._state(user_id)
+        found, threads = await self._activities(user_id, state)
+        return [ids.parse_conversation(c) for c in [*found, *threads]]
+
+    async def _set_here(self, user_id: bytes, name: str, conv: bytes, muted: int, pinned: int, archived: int) -> dict:
+        text = ids.conversation_text(bytes(conv))
+        listed, _ = await self._activities(user_id, await self._state(user_id))
+        if text not in listed:
+            raise RequestError("that conversation is not in your list", Code.NOT_A_MEMBER)
+
+        def change(raw: Any) -> Any:
+            state = rules.UserConversations.unpack(raw)
+            try:
+                state = rules.set_flags(state, text, *(None if v < 0 else bool(v) for v in (muted, pinned, archived)))
+            except ValueError as exc:
+                raise RequestError(str(exc), Code.LIMIT_REACHED) from None
+            return state.pack()
+
+        state = rules.UserConversations.unpack(await self._records.update(user_id, RECORD, "user", change))
+        found, _ = await self._activities(user_id, state)
+        entry = (await self._entries(user_id, str(name), [text], state, found))[0]
+        self._signals.push([user_id], ConversationChanged(entry))
+        self.notices += 1
+        return entry
+
+    async def _group_here(self, user_id: bytes, group: str, name: str, member: bool) -> None:
+        def change(raw: Any) -> Any:
+            state = rules.UserConversations.unpack(raw)
+            if member:
+                return rules.in_group(state, str(group), str(name), self._now()).pack()
+            return rules.out_of_group(state, str(group)).pack()
+
+        await self._records.update(user_id, RECORD, "user", change)
+        self.inbox_changed(user_id, ids.parse_conversation(str(group)))
+
+    async def _name_of(self, user_id: bytes) -> str:
+        name = self._names.get(user_id)
+        if name is None:
+            account = await self._store.run(self._store.repo.get_account, user_id)
+            profile = msgpack.unpackb(account.profile) if account is not None and account.profile else {}
+            name = str(profile.get("name", ""))
+            self._names[user_id] = name
+            while len(self._names) > 50_000:
+                self._names.popitem(last=False)
+        return name
+
+    async def _entries(
+        self, user_id: bytes, name: str, conversations: list[str], state: rules.UserConversations,
+        activity: dict[str, rules.Activity],
+    ) -> list[dict[str, Any]]:
+        convs = [ids.parse_conversation(c) for c in conversations]
+        found: dict[bytes, ConversationRows] = {
+            r.conv_id: r for r in await self._store.run(self._store.repo.conversation_rows, user_id, convs, TAIL,
+                                                        UNREAD_SCAN)
+        }
+        out = []
+        for conv in convs:
+            entry = self._entry(name, conv, found.get(conv), state)
+            a = activity.get(entry["conversation"])
+            if a is not None:  # a thread's newer activity counts for its parent
+                entry["last_time"] = max(entry["last_time"], a.last_ms)
+            out.append(entry)
+        return out
+
+    @staticmethod
+    def _entry(me: str, conv: bytes, rows: ConversationRows | None, state: rules.UserConversations) -> dict[str, Any]:
+        text = ids.conversation_text(conv)
+        flags = state.flags_of(text)
+        group = state.groups.get(text)
+        entry: dict[str, Any] = {
+            "conversation": text, "group": group is not None or text in state.left, "peer": "",
+            "name": group[0] if group else "", "last": None, "last_time": group[1] if group else 0,
+            "unread": 0, "mentions": 0, "muted": flags.muted, "pinned": flags.pinned, "archived": flags.archived,
+            "read_seq": 0,
+        }
+        if rows is None:
+            return entry
+        entry["last_time"] = rows.last_ms
+        entry["read_seq"] = rows.read_seq
+        for seq, ms, content in rows.tail:
+            if not content:
+                continue
+            sender, recipient, kind, _ext = _fields(content)
+            if recipient.startswith(GROUP_PREFIX):
+                entry["group"] = True
+            elif not entry["peer"]:
+                entry["peer"] = recipient if sender == me else sender
+            if entry["last"] is None and kind not in kinds.ACTING:
+                entry["last"] = [seq, ms, content]
+        messages: list[tuple[int, str, int, dict[str, str], bool]] = []
+        for seq, _ms, content in rows.unread:
+            if content:
+                sender, _recipient, kind, ext = _fields(content)
+                messages.append((seq, sender, kind, ext, False))
+            else:
+                messages.append((seq, "", 0, {}, True))
+        counted = rules.count_unread(me, rows.read_seq, messages, kinds.ACTING)
+        entry["unread"], entry["mentions"] = counted.unread, counted.mentions
+        return entry
+
+    # --- live notices ---------------------------------------------------------
+
+    def inbox_changed(self, user_id: bytes, conv_id: bytes) -> None:
+        """At the user's owner: an entry of the user may have changed (a message
+        in its inbox, a read mark moved, a group change). Told to the user's
+        live terminals soon, coalesced."""
+        if not self._routes.nodes_of(user_id):
+            return  # no live terminal anywhere: nobody to tell
+        self._dirty.setdefault(user_id, set()).add(conv_id)
+        if not self._flushing and self._spawn(self._flush):
+            self._flushing = True
+
+    async def _flush(self) -> None:
+        try:
+            while self._dirty:
+                dirty, self._dirty = self._dirty, {}
+                for user_id, convs in dirty.items():
+                    try:
+                        name = await self._name_of(user_id)
+                        state = await self._state(user_id)
+                        shown, activity = await self._changed(user_id, sorted(convs), state)
+                        for entry in await self._entries(user_id, name, shown, state, activity):
+                            self._signals.push([user_id], ConversationChanged(entry))
+                            self.notices += 1
+                    except TimpyError as exc:
+                        log.info("a conversation list notice was dropped: %s", exc.text)
+                    except Exception:  # a bug must not end the node's background tasks: logged, the next change retries
+                        log.exception("computing a conversation list notice failed")
+        finally:
+            self._flushing = False
+
+    async def _changed(
+        self, user_id: bytes, convs: list[bytes], state: rules.UserConversations
+    ) -> tuple[list[str], dict[str, rules.Activity]]:
+        """The entries that changed conversations show (a thread's is its
+        parent's, with the thread's newest time), without reading the whole inbox."""
+        rows = await self._store.run(self._store.repo.conversation_rows, user_id, convs, 1, 0)
+        shown: set[str] = set()
+        activity: dict[str, rules.Activity] = {}
+        found = {r.conv_id: r for r in rows}
+        for conv in convs:
+            text, r = ids.conversation_text(conv), found.get(conv)
+            parent = str(_fields(r.tail[0][2])[3].get("thread_of", "")) if r and r.tail and r.tail[0][2] else ""
+            if parent and r is not None:
+                a = activity.get(parent)
+                if a is None or r.last_ms > a.last_ms:
+                    activity[parent] = rules.Activity(parent, r.last_ms, r.last_pos, state.flags_of(parent))
+                text = parent
+            shown.add(text)
+        return sorted(t for t in shown if t not in state.left), activity
+
+    # --- group changes, from the group's owner -------------------------------------
+
+    def committed(self, committed: Sequence[Committed]) -> None:
+        """The writer's listener: each committed message's inbox entries placed
+        here change that user's entry. A conversation with more than
+        ``LIVE_MAX_MEMBERS`` entries in one batch (a large group) is not
+        recomputed for each member: the delivery itself tells each terminal,
+        and the next list read is current. Only queues work (``_flush`` runs
+        in the background)."""
+        entries: list[tuple[bytes, str]] = [(u, c.message.conversation) for c in committed for u in c.inbox]
+        per_conv: dict[str, int] = {}
+        for _user_id, conv in entries:
+            per_conv[conv] = per_conv.get(conv, 0) + 1
+        conv_ids: dict[str, bytes] = {}
+        for user_id, conv in entries:
+            if per_conv[conv] <= LIVE_MAX_MEMBERS:
+                conv_id = conv_ids.get(conv) or conv_ids.setdefault(conv, ids.parse_conversation(conv))
+                self.inbox_changed(user_id, conv_id)
+
+    def group_saved(self, gid: bytes, before: Any, after: Any) -> None:
+        """The groups' hook, at the group's owner: the state before (None: a new
+        group) and after an operation (``group_rules.Group``)."""
+        was = {} if before is None else {ids.user_id(self._indexer, u): u for u in before.members}
+        now = {ids.user_id(self._indexer, u): u for u in after.members}
+        renamed = before is not None and before.name != after.name
+        dissolved = after.dissolved and not (before is not None and before.dissolved)
+        self.group_changed(gid, was, now, after.name, renamed, dissolved)
+
+    def group_changed(self, gid: bytes, before: dict[bytes, str], after: dict[bytes, str], name: str,
+                      renamed: bool, dissolved: bool) -> None:
+        """At the group's owner, after an operation: members (user id -> name)
+        before and after it. The record of each user who joined or left (every
+        member when the group was renamed or dissolved) learns it."""
+        group = ids.conversation_text(gid)
+        changed = set(before) ^ set(after)
+        if renamed or dissolved:
+            changed |= set(before) | set(after)
+        for user_id in sorted(changed):
+            member = user_id in after and not dissolved
+            self._spawn(self._peers.at_owner, user_id, "convs.group", self._group_here, group, name, member)

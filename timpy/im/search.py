@@ -1,0 +1,204 @@
+"""Search over the bodies of a user's conversations, with no word stored.
+
+The index lives with each conversation (its owner and replicas in embedded
+mode, its backend in shared-backend mode): blind tokens of the words of each
+message (``search_rules``), keyed per conversation. The owner indexes the
+messages its writer stored right after the commit (``committed``), in the
+background; a search first brings the index of every conversation it reads
+up to date, so a result never lags behind a recall, an edit or a burn.
+
+A search names one conversation, or none (then every conversation in the
+user's list). The node that serves the client finds the conversations (at
+the user's owner), groups them by owner, and asks each owner once for the
+messages holding every token of the query; each owner checks membership.
+Only tokens travel between nodes, never the query's words. Results are
+(conversation, seq, time), newest first, with their count.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+import msgpack
+import trio
+
+from timpy.crypto.blind import BlindIndexer
+from timpy.errors import Code, RequestError, TimpyError
+from timpy.im import ids
+from timpy.im import search_rules as rules
+from timpy.im.accounts import Identity
+from timpy.im.conversations import Conversations
+from timpy.im.peers import Peers
+from timpy.im.replication import Replicator
+from timpy.im.writer import Committed
+from timpy.store.features.search import IndexPlan
+from timpy.store.repository import Store
+from timpy.wire.messages import KIND_BURNED, KIND_EDIT, KIND_NORMAL, KIND_RECALL
+
+log = logging.getLogger("timpy.search")
+
+INDEX_BATCH = 500  # messages indexed per transaction
+MAX_HITS = 10_000  # a search counts at most this many hits
+PAGE_MAX = 200
+
+
+def plan_for(conversation_key: bytes) -> IndexPlan:
+    """What each message of one conversation does to its index."""
+
+    def plan(content: bytes) -> tuple[str, int, list[bytes]]:
+        if not content:
+            return "skip", 0, []  # recalled or burned already
+        try:
+            f = msgpack.unpackb(content, raw=False)
+            kind, body, ext = int(f[4]), bytes(f[5]), dict(f[6])
+        except (ValueError, TypeError, IndexError, msgpack.UnpackException):
+            return "skip", 0, []
+        if kind in (KIND_RECALL, KIND_BURNED, KIND_EDIT):
+            raw = str(ext.get("target", ""))
+            if not raw.isdigit():
+                return "skip", 0, []
+            return ("reindex" if kind == KIND_EDIT else "drop"), int(raw), []
+        if kind != KIND_NORMAL:
+            return "skip", 0, []  # burn-after-reading is never indexed; custom kinds are opaque
+        text = rules.body_text(body)
+        if text is None:
+            return "skip", 0, []
+        return "index", 0, rules.tokens(conversation_key, rules.body_terms(text))
+
+    return plan
+
+
+class Search:
+    def __init__(
+        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator,
+        conversations: Conversations, spawn: Callable[..., bool],
+    ) -> None:
+        self._store = store
+        self._indexer = indexer
+        self._peers = peers
+        self._replicator = replicator
+        self._conversations = conversations
+        self._spawn = spawn
+        self._lock = trio.Lock()  # one indexing at a time on this node
+        self._dirty: set[bytes] = set()
+        self._flushing = False
+        self.indexed = 0  # index transactions run (tests, metrics)
+        if peers.rpc is not None:
+            peers.rpc.register("search.convs", self._on_search)
+
+    def conversation_key(self, conv_id: bytes) -> bytes:
+        """The conversation's own token key: keyed BLAKE2b (the cluster's blind-index key) of its id."""
+        return self._indexer.index("search-conversation", conv_id)
+
+    # --- indexing -------------------------------------------------------------
+
+    def committed(self, committed: Sequence[Committed]) -> None:
+        """The writer's listener: messages numbered here (this node owns their
+        conversations) are indexed soon, in the background."""
+        self.index_soon({c.message.conversation for c in committed if c.numbered_here})
+
+    def index_soon(self, conversations: Iterable[str]) -> None:
+        """Index these conversations (text ids) in the background, coalesced."""
+        conv_ids = [ids.parse_conversation(c) for c in conversations]
+        if not conv_ids:
+            return
+        self._dirty.update(conv_ids)
+        if not self._flushing and self._spawn(self._flush):
+            self._flushing = True
+
+    async def _flush(self) -> None:
+        try:
+            while self._dirty:
+                convs, self._dirty = sorted(self._dirty), set()
+                try:
+                    await self.bring_up_to_date(convs)
+                except TimpyError as exc:
+                    log.info("indexing for search was put off: %s", exc.text)
+                    return  # the next search or commit brings it up to date
+                except Exception:  # a bug must not end the node's background tasks; searches catch up themselves
+                    log.exception("indexing for search failed")
+                    return
+        finally:
+            self._flushing = False
+
+    async def bring_up_to_date(self, conv_ids: list[bytes]) -> None:
+        """Index every message of these conversations stored here and not indexed yet."""
+        async with self._lock:
+            behind = await self._store.run(self._store.repo.search_behind, conv_ids)
+            for conv in behind:
+                plan = plan_for(self.conversation_key(conv))
+                more = True
+                while more:
+                    _, more = await self._store.run(self._store.repo.search_index, conv, plan, INDEX_BATCH)
+                    self.indexed += 1
+
+    # --- searching --------------------------------------------------------------
+
+    async def search(
+        self, who: Identity, query: str, conversation: str, offset: int, limit: int
+    ) -> tuple[list[tuple[str, int, int]], int]:
+        """Messages the user may read holding every word of ``query`` (as
+        prefixes, ``search_rules``): one page of (conversation, seq, ms),
+        newest first, and how many there are."""
+        try:
+            terms = rules.query_terms(query)
+        except ValueError as exc:
+            raise RequestError(str(exc), Code.BAD_REQUEST) from None
+        if offset < 0:
+            raise RequestError("a search offset is 0 or more", Code.BAD_REQUEST)
+        limit = PAGE_MAX if limit <= 0 else min(limit, PAGE_MAX)
+        if conversation:
+            convs = [ids.parse_conversation(conversation)]
+        else:
+            convs = await self._conversations.conversation_ids(who)
+        asks = {c: rules.tokens(self.conversation_key(c), terms) for c in convs}
+        hits: list[tuple[str, int, int]] = []
+        failed: list[TimpyError] = []
+
+        async def ask(owner: str, keys: list[bytes]) -> None:
+            wanted = [[k, asks[k]] for k in keys]
+            try:
+                if owner == self._peers.self_id or self._peers.rpc is None:
+                    found = await self._search_here(who.user_id, wanted)
+                else:
+                    found = await self._peers.call(owner, "search.convs", who.user_id, wanted, timeout=15.0)
+            except TimpyError as exc:
+                failed.append(exc)
+                return
+            hits.extend((ids.conversation_text(bytes(c)), int(q), int(ms)) for c, q, ms, *_ in found)
+
+        async with trio.open_nursery() as nursery:  # every owner at once
+            for owner, keys in self._peers.by_owner(convs).items():
+                nursery.start_soon(ask, owner, keys)
+        if failed:
+            raise failed[0]  # a search that missed some conversations would look complete: refuse it
+        members_only = [h for h in hits if h[1] > 0]
+        if conversation and len(hits) == 1 and hits[0][1] == -1:
+            raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
+        members_only.sort(key=lambda h: (-h[2], h[0], -h[1]))
+        members_only = members_only[:MAX_HITS]
+        return members_only[offset: offset + limit], len(members_only)
+
+    async def _on_search(self, user_id: Any, wanted: Any) -> list[list[Any]]:
+        convs = [bytes(c) for c, _ in wanted]
+        if any(not self._peers.is_local(c) for c in convs):
+            raise TimpyError("this node does not own those conversations (the cluster is changing); retry",
+                             Code.UNAVAILABLE)
+        self._peers.require_write()
+        return await self._search_here(bytes(user_id), [[bytes(c), [bytes(t) for t in toks]] for c, toks in wanted])
+
+    async def _search_here(self, user_id: bytes, wanted: list[list[Any]]) -> list[list[Any]]:
+        """At the conversations' owner: hits as [conv, seq, ms]; a conversation
+        the user is not in gives [conv, -1, 0] (and nothing else)."""
+        convs = [c for c, _ in wanted]
+        for conv in convs:
+            await self._replicator.ensure("conv", conv)
+        members = await self._store.run(self._store.repo.search_members, user_id, convs)
+        await self.bring_up_to_date([c for c in convs if c in members])
+        out: list[list[Any]] = [[conv, -1, 0] for conv, _ in wanted if conv not in members]
+        readable = [(conv, toks) for conv, toks in wanted if conv in members]
+        for conv, seq, ms in await self._store.run(self._store.repo.search_conversations, readable, MAX_HITS):
+            out.append([conv, seq, ms])
+        return out

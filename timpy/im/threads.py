@@ -1,0 +1,151 @@
+"""Threads: a sub-conversation under one message (its root).
+
+A thread is a conversation of its own, with an id derived from its parent
+conversation and its root's seq (keyed BLAKE2b, like every id), so it is
+placed on the ring (or a backend) by itself and numbered by its own owner's
+writer: its own gap-free sequence. A message to a thread is a send whose
+``ext["thread"]`` names the root's seq, in the 1:1 conversation (recipient)
+or the group (conversation) that holds the root. The parent's owner checks
+that the sender may write there (membership, blocks, a group's mutes) and
+that the root is there and shown, and gives the parent's members; the
+thread's owner stores the message in their inboxes, so it reaches every
+member's terminals, live or on their next sync, with ``ext["thread_of"]`` set
+to the parent. History reads a thread by its id; ``summaries`` gives the
+thread id and message count of given root messages.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from timpy.crypto.blind import BlindIndexer
+from timpy.errors import Code, RequestError, TimpyError
+from timpy.im import ids, kinds, reply_rules
+from timpy.im.accounts import Identity
+from timpy.im.messaging import Messenger
+from timpy.im.peers import Peers
+from timpy.im.records import Records
+from timpy.im.replication import Replicator
+from timpy.im.writer import Writer
+from timpy.store.repository import Store
+from timpy.wire.messages import KIND_BURN, SendResult, unpack_content
+
+MAX_ROOTS = 200  # roots per summary request
+
+
+def thread_of(indexer: BlindIndexer, parent: bytes, root_seq: int) -> bytes:
+    """The id of the thread under message ``root_seq`` of conversation ``parent``."""
+    return indexer.index("thread", parent, root_seq.to_bytes(8, "big"))
+
+
+def root_of(ext: dict[str, str]) -> int:
+    raw = ext.get("thread", "")
+    if not raw.isdigit() or int(raw) <= 0:
+        raise RequestError('a thread message names its root message as ext["thread"] = its seq', Code.INVALID_MESSAGE)
+    return int(raw)
+
+
+class Threads:
+    def __init__(
+        self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, records: Records,
+        messenger: Messenger, writer: Writer,
+        check_group_sender: Callable[[bytes, str], Awaitable[None]],
+    ) -> None:
+        self._store = store
+        self._indexer = indexer
+        self._peers = peers
+        self._replicator = replicator
+        self._records = records
+        self._messenger = messenger
+        self._writer = writer
+        self._check_group_sender = check_group_sender  # at a group's owner: may this user send to it now?
+        peers.expose("thread.root", self._root_here, "conversation")
+        peers.expose("thread.member", self._member_here, "conversation")
+        if peers.rpc is not None:
+            peers.rpc.register("thread.heads", self._on_heads)
+
+    async def _parent(self, who: Identity, recipient: str, conversation: str) -> tuple[bytes, str]:
+        """(parent conversation id, the recipient field of its messages)."""
+        if recipient:
+            peer, _pid, conv = await self._messenger.peer_of(who, recipient)
+            return conv, peer
+        if conversation:
+            return ids.parse_conversation(conversation), "#" + conversation
+        raise RequestError("a thread message names its conversation (a group) or its recipient", Code.BAD_REQUEST)
+
+    async def send(
+        self, who: Identity, recipient: str, conversation: str, client_id: str, kind: int, body: bytes,
+        ext: dict[str, str],
+    ) -> SendResult:
+        """Store a message in the thread under ``ext["thread"]``; delivered to the parent's members."""
+        root = root_of(ext)
+        if kind == KIND_BURN:  # its burn notice would be stored by the node without the thread's mark
+            raise RequestError("burn-after-reading is not for threads", Code.BAD_REQUEST)
+        parent, to = await self._parent(who, recipient, conversation)
+        members = await self._peers.at_owner(parent, "thread.root", self._root_here, who.user_id, who.name, root,
+                                             timeout=15.0)
+        thread = thread_of(self._indexer, parent, root)
+        ext = {**ext, "thread_of": ids.conversation_text(parent)}
+        new, content = self._writer.prepare(
+            who.user_id, who.name, thread, tuple(bytes(m) for m in members), to, client_id, kind, body, ext
+        )
+        return await self._messenger.append_at_owner(new, content, ids.conversation_text(thread))
+
+    async def _root_here(self, parent: bytes, sender_id: bytes, sender: str, root: int) -> list[bytes]:
+        """At the parent's owner: may the sender write under this root? The parent's members."""
+        sender_id = bytes(sender_id)
+        await self._replicator.ensure("conv", parent)
+        if not await self._store.run(self._store.repo.is_member, parent, sender_id):
+            raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
+        row = await self._store.run(self._store.repo.get_message, parent, int(root))
+        target = None if row is None or row.deleted else unpack_content("", row.seq, row.created_ms, row.content)
+        reply_rules.check_reply_target(row is not None, row is None or row.deleted,
+                                       target is not None and target.kind in kinds.ACTING)
+        assert target is not None
+        if target.recipient.startswith("#"):
+            await self._check_group_sender(parent, str(sender))
+        else:
+            pair = await self._records.get(parent, "pair", "conv")
+            if pair and any(bytes(blocked) == sender_id for _, blocked in pair["blocked_ids"]):
+                raise RequestError("this user does not accept your messages", Code.BLOCKED)
+        return await self._store.run(self._store.repo.conversation_members, parent)
+
+    async def _member_here(self, parent: bytes, user_id: bytes) -> bool:
+        await self._replicator.ensure("conv", parent)
+        return await self._store.run(self._store.repo.is_member, parent, bytes(user_id))
+
+    async def summaries(
+        self, who: Identity, recipient: str, conversation: str, roots: list[int]
+    ) -> list[tuple[int, str, int]]:
+        """(root seq, thread id, messages in it) for each root of a conversation the user is in."""
+        if len(roots) > MAX_ROOTS:
+            raise RequestError(f"ask for at most {MAX_ROOTS} threads at once", Code.BAD_REQUEST)
+        if any(not isinstance(r, int) or r <= 0 for r in roots):
+            raise RequestError("a thread's root is a message seq of 1 or more", Code.BAD_REQUEST)
+        parent, _ = await self._parent(who, recipient, conversation)
+        if not await self._peers.at_owner(parent, "thread.member", self._member_here, who.user_id):
+            raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
+        threads = {thread_of(self._indexer, parent, r): r for r in dict.fromkeys(roots)}
+        counts: dict[bytes, int] = {}
+        for owner, keys in self._peers.by_owner(threads).items():
+            if owner == self._peers.self_id or self._peers.rpc is None:
+                heads = await self._heads_here(keys)
+            else:
+                heads = await self._peers.call(owner, "thread.heads", keys)
+            counts.update({bytes(k): int(n) for k, n in heads})
+        return [(threads[t], ids.conversation_text(t), counts.get(t, 0)) for t in threads]
+
+    async def _heads_here(self, keys: list[bytes]) -> list[list[Any]]:
+        out = []
+        for key in keys:
+            await self._replicator.ensure("conv", key)
+            out.append([key, await self._store.run(self._store.repo.conversation_head, key)])
+        return out
+
+    async def _on_heads(self, keys: Any) -> list[list[Any]]:
+        keys = [bytes(k) for k in keys]
+        if any(not self._peers.is_local(k) for k in keys):
+            raise TimpyError("this node does not own those threads (the cluster is changing); retry", Code.UNAVAILABLE)
+        self._peers.require_write()
+        return await self._heads_here(keys)

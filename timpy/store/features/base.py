@@ -1,0 +1,148 @@
+"""What every storage mixin shares: the engine and sealer it works with,
+the base of a table's declaration in the registry (``CopiedTable``), and
+the SQL helpers the features use (the DB-API fast path, insert-if-missing).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from sqlalchemy import Engine, Table, func, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+from sqlalchemy.exc import OperationalError
+
+from timpy.crypto.seal import Sealer, row_ad
+from timpy.store.rows import EffectOf, Row
+
+
+class StoreBase:
+    """The state every mixin of ``Repository`` reads: one database."""
+
+    def __init__(self, engine: Engine, sealer: Sealer, effect_of: EffectOf | None = None) -> None:
+        self.engine = engine
+        self._sealer = sealer
+        self._effect_of = effect_of
+
+    def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
+        if not sealed:
+            return b""  # recalled or burned: nothing is left of it
+        return self._sealer.open(sealed, row_ad("messages", conv_id, seq))
+
+
+class CopiedTable:
+    """How the rows of one table travel: copied to replicas and to another
+    backend (``Copies``), summed up in digests for repair, verified and
+    deleted when their key moves. Declared once, beside the feature that owns
+    the table, and listed in ``timpy.store.tables``; the code that copies,
+    digests and moves keys iterates that list.
+
+    A row belongs to a key: a conversation (``"conv"``) or a user (``"user"``)
+    (``kinds``), through ``key_column``. The defaults fit a table of small
+    state rows keyed by that column; a table overrides what differs.
+    """
+
+    name: str  # its list in ``Copies``
+    wire: int  # its list's place in a packed ``Copies``: append-only, never reused
+    table: Table
+    also: tuple[Table, ...] = ()  # other tables whose rows it copies with its own
+    key_column: str
+    kinds: tuple[str, ...]  # the kinds of key its rows belong to
+    marks_held: bool = False  # digests: a row of it alone makes its key count as held here
+    columns: str = ""  # the shape of a row in ``Copies`` (documentation)
+    slots_of: str | None = None  # its rows are the numbered slots of this kind of key (messages, inbox)
+    # Derived from the key's other rows and rebuilt where the key is held (the
+    # search index): copies carry none of its rows, digests and move
+    # statistics leave it out; it is forgotten with its key.
+    derived: bool = False
+
+    def unpack(self, raw: Any) -> Row:
+        """A row as it came over the wire (msgpack), its types restored."""
+        raise NotImplementedError
+
+    def rows_of(self, conn: Any, kind: str, key: bytes) -> list[Row]:
+        """The rows of one key, as copied (the numbered rows of a key, its
+        messages or inbox, are paged by the copy code instead)."""
+        return []
+
+    def apply(self, repo: StoreBase, conn: Any, rows: list[Row]) -> int:
+        """Store copied rows, keeping what is newer here; the rows added or changed."""
+        raise NotImplementedError
+
+    def apply_slots(self, repo: StoreBase, conn: Any, rows: list[Row], owner_write: bool) -> int:
+        """For a table of slots: ``apply``; ``owner_write``: the rows are an
+        owner's new write under its lease, and win a slot held here under an
+        equal stamp too (``messages.merge_message_rows``)."""
+        raise NotImplementedError
+
+    def digest(self, conn: Any, kind: str, keys: list[bytes]) -> Iterable[tuple[bytes, tuple[object, ...] | None]]:
+        """What goes into each key's meta hash (``digest.meta_hash``): (key,
+        item), item None for a row that only says the key is held."""
+        return ()
+
+    def stats(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, int] | None:
+        """One number per key that must agree on both sides of a move
+        (``Repository.key_stats``); None: not verified."""
+        return None
+
+    def slots(self, conn: Any, keys: list[bytes]) -> dict[bytes, dict[int, bytes]]:
+        """For a table of slots: each key's slot hashes (``digest``), by number."""
+        raise NotImplementedError
+
+    def forget(self, conn: Any, kind: str, keys: list[bytes]) -> int:
+        """Delete the rows of keys that moved away; the rows deleted."""
+        column = self.table.c[self.key_column]
+        return int(conn.execute(self.table.delete().where(column.in_(keys))).rowcount)
+
+
+def counts(conn: Any, column: Any, keys: list[bytes]) -> dict[bytes, int]:
+    """The rows of each key (keys with none are absent)."""
+    rows = conn.execute(select(column, func.count()).where(column.in_(keys)).group_by(column))
+    return {bytes(r[0]): int(r[1]) for r in rows}
+
+
+def driver_sql(conn: Any, sql: str) -> str:
+    """Fixed SQL written with ``?`` placeholders, in the driver's own style."""
+    return sql if conn.dialect.paramstyle == "qmark" else sql.replace("?", "%s")
+
+
+def driver_many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> int:
+    """One statement, many rows, straight through the DB-API (``executemany``):
+    none of SQLAlchemy's per-row compiling and binding on the hot path.
+    Returns the rows it changed."""
+    return int(conn.exec_driver_sql(driver_sql(conn, sql), rows).rowcount)
+
+
+def driver_in(conn: Any, head: str, keys: list[Any], tail: str = "", lock: bool = False) -> list[tuple[Any, ...]]:
+    """``head (?, ?, ...) tail`` for ``keys``, through the DB-API; ``lock``
+    takes the rows' write locks (FOR UPDATE) where the backend has them."""
+    sql = f"{head} ({', '.join('?' * len(keys))}) {tail}"
+    if lock and conn.dialect.name != "sqlite":
+        sql += " FOR UPDATE"
+    return list(conn.exec_driver_sql(driver_sql(conn, sql), tuple(keys)))
+
+
+def lost_a_lock_race(exc: OperationalError) -> bool:
+    """A deadlock or serialization failure: the database rolled this
+    transaction back because another one wanted the same rows."""
+    orig = exc.orig
+    if getattr(orig, "sqlstate", None) in ("40001", "40P01"):  # PostgreSQL (psycopg)
+        return True
+    args = getattr(orig, "args", ())
+    return bool(args) and args[0] in (1205, 1213)  # MySQL/MariaDB: lock wait timeout, deadlock
+
+
+def insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
+    """Insert rows, skipping any whose key is there already (copies that race
+    with another copy of the same rows)."""
+    dialect = conn.dialect.name
+    if dialect == "postgresql":
+        stmt = pg_insert(table).on_conflict_do_nothing()
+    elif dialect in ("mysql", "mariadb"):
+        stmt = insert(table).prefix_with("IGNORE")
+    elif dialect == "sqlite":
+        stmt = insert(table).prefix_with("OR IGNORE")
+    else:  # pragma: no cover - the three dialects above are the supported ones
+        stmt = insert(table)
+    conn.execute(stmt, rows)
+

@@ -1,0 +1,297 @@
+"""Storage of the search index: blind tokens per message, next to the
+conversation's messages (its owner and replicas, or its backend). A mixin of
+``Repository``; the sharded one routes each call to the conversation's backend.
+
+The index is derived from the message rows: ``search_index`` reads the
+messages after the conversation's index head, in sequence order, and asks
+``plan`` (the im layer's rules, holding the conversation's token key) what
+each one does: index its tokens, drop a target's tokens (recall, burned), or
+index a target again (edit: the target row holds the new body already).
+Because acting messages come after their targets, applying them in order
+leaves the index equal to what the current rows say, wherever it is built.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+from sqlalchemy import and_, func, insert, select, update
+
+from timpy.store import schema as s
+from timpy.store.features.base import CopiedTable, StoreBase, driver_many
+from timpy.store.rows import Row
+
+TOKEN_SIZE = 8  # bytes of a token (``search_rules.TOKEN_SIZE``)
+REWIND = 1024  # messages indexed again when the head's message was replaced (more than a writer batch)
+
+#: What a message (its opened content; empty when gone) does to the index:
+#: ("index", 0, tokens), ("drop", target seq, []), ("reindex", target seq, []) or ("skip", 0, []).
+IndexPlan = Callable[[bytes], "tuple[str, int, list[bytes]]"]
+
+
+class SearchProtocol(Protocol):
+    def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]: ...
+
+    def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]: ...
+
+    def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]: ...
+
+    def search_conversations(
+        self, wanted: Sequence[tuple[bytes, Sequence[bytes]]], cap: int
+    ) -> list[tuple[bytes, int, int]]: ...
+
+    def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]: ...
+
+    def search_size(self) -> tuple[int, int]: ...
+
+
+class SearchStore(StoreBase):
+    def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]:
+        """Of ``conv_ids``, those with messages after their index head, or
+        whose head message is not the one indexed any more."""
+        if not conv_ids:
+            return []
+        m, h = s.messages, s.search_heads
+        keys = list(conv_ids)
+        with self.engine.connect() as conn:
+            tops = {
+                bytes(r[0]): int(r[1])
+                for r in conn.execute(select(m.c.conv_id, func.max(m.c.seq)).where(m.c.conv_id.in_(keys))
+                                      .group_by(m.c.conv_id))
+            }
+            heads: dict[bytes, int] = {}
+            for r in conn.execute(
+                select(h.c.conv_id, h.c.seq, h.c.dedup, m.c.dedup.label("now"))
+                .select_from(h.outerjoin(m, and_(m.c.conv_id == h.c.conv_id, m.c.seq == h.c.seq)))
+                .where(h.c.conv_id.in_(keys))
+            ):
+                same = r.now is not None and bytes(r.now) == bytes(r.dedup)
+                heads[bytes(r.conv_id)] = int(r.seq) if same or int(r.seq) == 0 else -1
+        return [k for k in keys if tops.get(k, 0) > heads.get(k, 0) or heads.get(k) == -1]
+
+    def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]:
+        """Index up to ``limit`` messages after the head, in one transaction;
+        returns (the new head, whether messages are left after it)."""
+        m, h = s.messages, s.search_heads
+        with self.engine.begin() as conn:
+            row = conn.execute(select(h.c.seq, h.c.dedup).where(h.c.conv_id == conv_id).with_for_update()).first()
+            stored = 0 if row is None else int(row.seq)
+            head, head_dedup = stored, b"" if row is None else bytes(row.dedup)
+            if head:
+                now = conn.execute(select(m.c.dedup).where(and_(m.c.conv_id == conv_id, m.c.seq == head))).first()
+                if now is None or bytes(now.dedup) != head_dedup:
+                    # The head's message was taken back (a write that missed its
+                    # quorum after it was indexed) and its seq given again: index
+                    # again from before the batch it was in.
+                    head, head_dedup = max(0, head - REWIND), b""
+                    if head:
+                        back = conn.execute(select(m.c.dedup).where(and_(m.c.conv_id == conv_id,
+                                                                         m.c.seq == head))).first()
+                        head_dedup = b"" if back is None else bytes(back.dedup)
+            rows = list(conn.execute(
+                select(m.c.seq, m.c.dedup, m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq > head))
+                .order_by(m.c.seq.asc()).limit(limit + 1)
+            ))
+            # Tokens of positions past the head: indexed before a rewind.
+            self._drop_docs(conn, conv_id, after=head)
+            start = head
+            fresh: dict[int, list[bytes]] = {}  # seq -> tokens, stored at the end
+            for r in rows[:limit]:
+                seq = int(r.seq)
+                if seq != head + 1:
+                    break  # a gap (a row not copied here yet): index it when it is
+                action, target, tokens = plan(self._open_message(conv_id, seq, bytes(r.content)))
+                if action == "index" and tokens:
+                    fresh[seq] = tokens
+                elif action in ("drop", "reindex") and 0 < target < seq:
+                    if fresh.pop(target, None) is None:
+                        self._drop_docs(conn, conv_id, only=target)
+                    if action == "reindex":
+                        old = conn.execute(
+                            select(m.c.content).where(and_(m.c.conv_id == conv_id, m.c.seq == target))
+                        ).first()
+                        if old is not None:
+                            again, _, new = plan(self._open_message(conv_id, target, bytes(old.content)))
+                            if again == "index" and new:
+                                fresh[target] = new
+                head, head_dedup = seq, bytes(r.dedup)
+            if fresh:
+                _many(conn, "INSERT INTO search_docs (conv_id, seq, tokens) VALUES (?, ?, ?)",
+                      [(conv_id, q, b"".join(sorted(set(t)))) for q, t in fresh.items()])
+                _many(conn, "INSERT INTO search_postings (conv_id, token, seq) VALUES (?, ?, ?)",
+                      [(conv_id, tok, q) for q, t in fresh.items() for tok in sorted(set(t))])
+            if row is None:
+                if head:
+                    conn.execute(insert(h).values(conv_id=conv_id, seq=head, dedup=head_dedup))
+            elif head != stored or head_dedup != bytes(row.dedup):
+                conn.execute(update(h).where(and_(h.c.conv_id == conv_id, h.c.seq == stored))
+                             .values(seq=head, dedup=head_dedup))
+            more = len(rows) > limit and head - start == limit
+        return head, more
+
+    @staticmethod
+    def _drop_docs(conn: Any, conv_id: bytes, after: int | None = None, only: int | None = None) -> None:
+        """Take the tokens of indexed messages out: one (``only``), or all after a seq."""
+        d = s.search_docs
+        q = select(d.c.seq, d.c.tokens).where(d.c.conv_id == conv_id)
+        q = q.where(d.c.seq == only) if only is not None else q.where(d.c.seq > (after or 0))
+        docs = [(int(r.seq), bytes(r.tokens)) for r in conn.execute(q)]
+        if not docs:
+            return
+        size = TOKEN_SIZE
+        _many(conn, "DELETE FROM search_postings WHERE conv_id = ? AND token = ? AND seq = ?",
+              [(conv_id, toks[i:i + size], q) for q, toks in docs for i in range(0, len(toks), size)])
+        _many(conn, "DELETE FROM search_docs WHERE conv_id = ? AND seq = ?", [(conv_id, q) for q, _ in docs])
+
+    def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]:
+        """Messages of a conversation holding every token (and not gone):
+        (seq, ms), newest first, at most ``cap``."""
+        p, m = s.search_postings, s.messages
+        wanted = sorted(set(tokens))
+        if not wanted:
+            return []
+        q = (
+            select(p.c.seq, m.c.created_ms)
+            .select_from(p.join(m, and_(m.c.conv_id == p.c.conv_id, m.c.seq == p.c.seq)))
+            .where(and_(p.c.conv_id == conv_id, p.c.token.in_(wanted), func.length(m.c.content) > 0))
+            .group_by(p.c.seq, m.c.created_ms)
+            .having(func.count() == len(wanted))
+            .order_by(p.c.seq.desc())
+            .limit(cap)
+        )
+        with self.engine.connect() as conn:
+            return [(int(r.seq), int(r.created_ms)) for r in conn.execute(q)]
+
+    def search_conversations(
+        self, wanted: Sequence[tuple[bytes, Sequence[bytes]]], cap: int
+    ) -> list[tuple[bytes, int, int]]:
+        """``search_conversation`` for many conversations at once, each with its
+        own tokens (the same number for all: one per query term): (conv, seq,
+        ms), newest first, at most ``cap`` in all. One statement per 100
+        conversations."""
+        p, m = s.search_postings, s.messages
+        out: list[tuple[bytes, int, int]] = []
+        items = [(bytes(c), sorted(set(t))) for c, t in wanted if t]
+        with self.engine.connect() as conn:
+            for start in range(0, len(items), 100):
+                chunk = items[start:start + 100]
+                sizes = {len(t) for _, t in chunk}
+                for size in sizes:
+                    part = [(c, t) for c, t in chunk if len(t) == size]
+                    q = (
+                        select(p.c.conv_id, p.c.seq, m.c.created_ms)
+                        .select_from(p.join(m, and_(m.c.conv_id == p.c.conv_id, m.c.seq == p.c.seq)))
+                        .where(and_(p.c.conv_id.in_([c for c, _ in part]),
+                                    p.c.token.in_(sorted({x for _, t in part for x in t})),
+                                    func.length(m.c.content) > 0))
+                        .group_by(p.c.conv_id, p.c.seq, m.c.created_ms)
+                        .having(func.count() == size)
+                        .order_by(m.c.created_ms.desc(), p.c.seq.desc())
+                        .limit(cap)
+                    )
+                    out += [(bytes(r.conv_id), int(r.seq), int(r.created_ms)) for r in conn.execute(q)]
+        out.sort(key=lambda h: (-h[2], h[0], -h[1]))
+        return out[:cap]
+
+    def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]:
+        """Of ``conv_ids``, those the user is a member of."""
+        cm = s.conv_members
+        if not conv_ids:
+            return set()
+        with self.engine.connect() as conn:
+            return {
+                bytes(r.conv_id)
+                for r in conn.execute(select(cm.c.conv_id).where(and_(cm.c.user_id == user_id,
+                                                                      cm.c.conv_id.in_(list(conv_ids)))))
+            }
+
+    def search_size(self) -> tuple[int, int]:
+        """(tokens stored, conversations indexed): for the benchmark and operators."""
+        with self.engine.connect() as conn:
+            postings = conn.execute(select(func.count()).select_from(s.search_postings)).scalar_one()
+            heads = conn.execute(select(func.count()).select_from(s.search_heads)).scalar_one()
+        return int(postings), int(heads)
+
+
+def _many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
+    if rows:
+        driver_many(conn, sql, rows)
+
+
+class SearchIndexTable(CopiedTable):
+    """The search index belongs to its conversation (it is deleted with the
+    conversation's other rows when the conversation moves away) but is never
+    copied, digested or verified: it is derived from the message rows, and
+    whichever node or backend holds the conversation builds its own
+    (``search_behind`` finds what it lacks; a search catches up first).
+    Copying it would carry about 25 times the rows of the messages."""
+
+    name, wire, table, key_column, kinds = "search", 8, s.search_heads, "conv_id", ("conv",)
+    also = (s.search_postings, s.search_docs)
+    columns = "none: rebuilt from the messages where the conversation is held"
+    derived = True
+
+    def unpack(self, raw: Any) -> Row:
+        raise ValueError("the search index is not copied")
+
+    def apply(self, repo: StoreBase, conn: Any, rows: list[Row]) -> int:
+        if rows:
+            raise ValueError("the search index is not copied: it is rebuilt from the messages")
+        return 0
+
+    def forget(self, conn: Any, kind: str, keys: list[bytes]) -> int:
+        deleted = 0
+        for table in (s.search_postings, s.search_docs, s.search_heads):
+            deleted += int(conn.execute(table.delete().where(table.c.conv_id.in_(keys))).rowcount)
+        return deleted
+
+
+SEARCH_INDEX = SearchIndexTable()
+
+
+class ShardedSearchStore:
+    """The same calls on ``ShardedRepository``: each to the conversation's backend."""
+
+    map: Any
+    names: Any
+    _on: Any
+
+    def search_behind(self, conv_ids: Sequence[bytes]) -> list[bytes]:
+        out: list[bytes] = []
+        for name, keys in _by_place(conv_ids, self.map.place).items():
+            out += self._on(name, SearchStore.search_behind, keys)
+        return out
+
+    def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]:
+        return self._on(self.map.place(conv_id), SearchStore.search_index, conv_id, plan, limit)
+
+    def search_conversation(self, conv_id: bytes, tokens: Sequence[bytes], cap: int) -> list[tuple[int, int]]:
+        return self._on(self.map.place(conv_id), SearchStore.search_conversation, conv_id, tokens, cap)
+
+    def search_conversations(
+        self, wanted: Sequence[tuple[bytes, Sequence[bytes]]], cap: int
+    ) -> list[tuple[bytes, int, int]]:
+        out: list[tuple[bytes, int, int]] = []
+        for name, keys in _by_place([c for c, _ in wanted], self.map.place).items():
+            mine = set(keys)
+            out += self._on(name, SearchStore.search_conversations, [w for w in wanted if w[0] in mine], cap)
+        out.sort(key=lambda h: (-h[2], h[0], -h[1]))
+        return out[:cap]
+
+    def search_members(self, user_id: bytes, conv_ids: Sequence[bytes]) -> set[bytes]:
+        out: set[bytes] = set()
+        for name, keys in _by_place(conv_ids, self.map.place).items():
+            out |= self._on(name, SearchStore.search_members, user_id, keys)
+        return out
+
+    def search_size(self) -> tuple[int, int]:
+        sizes = [self._on(name, SearchStore.search_size) for name in self.names]
+        return sum(a for a, _ in sizes), sum(b for _, b in sizes)
+
+
+def _by_place(keys: Sequence[bytes], place: Callable[[bytes], str]) -> dict[str, list[bytes]]:
+    out: dict[str, list[bytes]] = {}
+    for k in keys:
+        out.setdefault(place(k), []).append(k)
+    return out
