@@ -44,7 +44,7 @@ def test_new_rows_carry_the_writers_epoch():
     assert copies.messages[0][5] == 7
     assert Copies.unpack(copies.pack()).messages == copies.messages
     # a copy from a node before schema 6 (no epoch in the tuple) reads as epoch 0
-    old = Copies.unpack([[], [], [[CONV, 2, b"\x02" * 16, 5, b"x"]], [[A, 2, CONV, 2]], [], [], [], []])
+    old = Copies.unpack(Copies(messages=[(CONV, 2, b"\x02" * 16, 5, b"x")], inbox=[(A, 2, CONV, 2)]).pack())
     assert old.messages[0][5] == 0 and old.inbox[0][4] == 0
 
 

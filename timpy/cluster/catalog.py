@@ -219,11 +219,6 @@ def _dataclass_codec(cls: type) -> tuple[Encode, Decode]:
     exact = tuple(hints[n] if hints[n] in _EXACT else None for n in names)
     all_exact = None not in exact
     n_fields = len(names)
-    # Fields appended later with a default: a frame from a node that does not
-    # know them yet leaves them out.
-    n_required = sum(
-        f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING for f in dataclasses.fields(cls)
-    )
 
     def encode(v: Any) -> list:
         if plain:
@@ -233,8 +228,6 @@ def _dataclass_codec(cls: type) -> tuple[Encode, Decode]:
     def decode(value: Any) -> Any:
         if type(value) is not list:
             raise MalformedFrame(f"expected an array of {n_fields} fields, got {_kind(value)}")
-        if n_required <= len(value) < n_fields:
-            return decode(value + [f.default for f in dataclasses.fields(cls)[len(value):]])
         if len(value) != n_fields:
             raise MalformedFrame(f"expected {n_fields} fields ({', '.join(names)}), got {len(value)}")
         if all_exact and tuple(map(type, value)) == exact:
@@ -807,7 +800,7 @@ class InboxAdd:
     dedup: bytes
     created_ms: int
     sealed: bytes
-    epoch: int = 0  # the row's stamp (``digest.row_stamp``); 0 from a node before it (docs/consistency.md)
+    epoch: int = 0  # the row's stamp (``digest.row_stamp``)
 
 
 @dataclass(frozen=True)
