@@ -286,6 +286,7 @@ class ShardedRepository(ShardedConversationListStore, ShardedSearchStore):
         inbox_items: Sequence[InboxItem] = (),
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
+        epoch: int = 0,  # unused: the shared databases fence the append themselves
     ) -> Written:
         cursors = cursors or {}
         keys = [n.conv_id for n in batch]
