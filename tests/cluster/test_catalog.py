@@ -69,7 +69,7 @@ PINNED: dict[int, tuple[str, tuple[str, ...]]] = {
     47: ('admin.broadcast', ('broadcast_id', 'body')),
     48: ('echo', ('body',)),
     49: ('conv.append', ('conv_id', 'members', 'sender_id', 'dedup', 'created_ms', 'content')),
-    50: ('inbox.append', ('user_ids', 'conv_id', 'seq', 'dedup', 'created_ms', 'sealed')),
+    50: ('inbox.append', ('user_ids', 'conv_id', 'seq', 'dedup', 'created_ms', 'sealed', 'epoch')),
     51: ('conv.history', ('conv_id', 'user_id', 'before', 'after', 'limit')),
     52: ('conv.history_copy', ('conv_id', 'user_id', 'before', 'after', 'limit')),
     53: ('acct.exists', ('user_id',)),

@@ -40,6 +40,7 @@ class MemoryRepository:
     def write_batch(
         self, batch: Sequence[NewMessage], inbox_items: Sequence[InboxItem] = (),
         cursors: dict[tuple[bytes, bytes], int] | None = None, local_users: frozenset[bytes] | None = None,
+        epoch: int = 0,
     ) -> Written:
         if self.fail_next is not None:
             exc, self.fail_next = self.fail_next, None

@@ -8,11 +8,12 @@ from hypothesis import strategies as st
 
 from timpy.store import digest as d
 
-# An item's identity, then (for messages) a state byte that only moves forward.
+# An item's identity, then (for messages) a state byte that only moves forward, then the epoch it was numbered under.
 slot_values = st.builds(
-    lambda ident, state: ident + state,
+    lambda ident, state, epoch: ident + state + epoch.to_bytes(8, "big"),
     st.binary(min_size=d.HASH_SIZE, max_size=d.HASH_SIZE),
     st.sampled_from([b"\x00", b"\x01"]),
+    st.sampled_from([0, 1, 2, 7, 2**40]),
 )
 tables = st.dictionaries(st.integers(min_value=1, max_value=2000), slot_values, max_size=300)
 
@@ -34,8 +35,8 @@ def damaged(draw: st.DrawFn) -> tuple[dict[int, bytes], dict[int, bytes], set[in
                 copy[slot] = value
                 touched.add(slot)
         for slot in draw(st.lists(st.sampled_from(sorted(table)), max_size=5)):  # recalled on one side only
-            if table[slot][-1:] == b"\x00" and slot not in touched:
-                copy[slot] = table[slot][:-1] + b"\x01"
+            if table[slot][d.HASH_SIZE : d.HASH_SIZE + 1] == b"\x00" and slot not in touched:
+                copy[slot] = table[slot][: d.HASH_SIZE] + b"\x01" + table[slot][d.HASH_SIZE + 1 :]
                 touched.add(slot)
     for slot, value in draw(st.dictionaries(st.integers(min_value=1, max_value=2500), slot_values, max_size=5)).items():
         if slot not in table:
@@ -79,8 +80,10 @@ def test_applying_the_diff_makes_both_sides_equal_whoever_runs_it(
     assert a1 == b1 == a2 == b2  # the same result from either side
     for s, value in a1.items():
         values = [v for v in (a.get(s), b.get(s)) if v is not None]
-        lowest = min(v[: d.HASH_SIZE] for v in values)  # two messages: the lowest hash stays
-        assert value == max(v for v in values if v[: d.HASH_SIZE] == lowest)  # one message: its later state
+        if len({v[: d.HASH_SIZE] for v in values}) == 1:  # one message: its later state, then the higher epoch
+            assert value == max(values, key=lambda v: (v[d.HASH_SIZE], int.from_bytes(v[d.HASH_SIZE + 1 :], "big")))
+        else:  # two messages: the higher epoch stays, then the lowest hash
+            assert value == min(values, key=lambda v: (-int.from_bytes(v[d.HASH_SIZE + 1 :], "big"), v[: d.HASH_SIZE]))
 
 
 @given(st.lists(tables, min_size=3, max_size=3))
@@ -113,3 +116,15 @@ def test_slot_hashes_tell_messages_apart() -> None:
     assert live != gone and d.same_item(live, gone) and d.winner(live, gone) == gone
     assert d.message_hash(b"x" * 16, 5, False) != d.message_hash(b"y" * 16, 5, False)
     assert d.inbox_hash(b"c" * 16, 1) != d.inbox_hash(b"c" * 16, 2)
+    assert d.inbox_hash(b"c" * 16, 1, b"x" * 16) != d.inbox_hash(b"c" * 16, 1, b"y" * 16)
+
+
+def test_the_higher_epoch_wins_a_slot_whatever_the_hashes() -> None:
+    """docs/consistency.md, "Epochs on rows": an acknowledged row is never the lower epoch of a slot."""
+    for a, b in ((b"x", b"y"), (b"y", b"x")):
+        old, new = d.message_hash(a * 16, 5, False, 3), d.message_hash(b * 16, 6, False, 4)
+        assert d.winner(old, new) == d.winner(new, old) == new
+        assert d.epoch_of(new) == 4
+    # one message in two states: deleted stays deleted, whichever epoch carries it
+    live, gone = d.message_hash(b"x" * 16, 5, False, 9), d.message_hash(b"x" * 16, 5, True, 2)
+    assert d.winner(live, gone) == gone

@@ -58,4 +58,4 @@ def test_one_message_at_one_slot_with_two_times_is_made_equal_in_one_pass():
     assert one_pass(b, a) == [] and one_pass(a, b) == []
     for repo in (a, b):
         copies = repo.conversation_copies(CONV, 0, 100)
-        assert [(q, dedup) for _c, q, dedup, _t, _x in copies.messages] == [(i + 1, bytes([i]) * 16) for i in range(4)]
+        assert [(q, dedup) for _c, q, dedup, _t, _x, _e in copies.messages] == [(i + 1, bytes([i]) * 16) for i in range(4)]

@@ -111,8 +111,8 @@ _sealed = st.binary(max_size=64)
 ROW = {
     "accounts": st.tuples(_id, _sealed, _sealed, st.booleans(), _n),
     "conversations": st.tuples(_id, st.lists(_id, max_size=4)),
-    "messages": st.tuples(_id, _n, _id, _n, _sealed),
-    "inbox": st.tuples(_id, _n, _id, _n),
+    "messages": st.tuples(_id, _n, _id, _n, _sealed, _n),  # ..., stamp
+    "inbox": st.tuples(_id, _n, _id, _n, _n),  # ..., stamp
     "terminals": st.tuples(_id, _id, _n, _n),
     "groups": st.tuples(_id, _sealed, _n, st.lists(_id, max_size=4)),
     "records": st.tuples(_id, st.text(max_size=16), _sealed, _n),

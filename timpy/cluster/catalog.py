@@ -800,6 +800,7 @@ class InboxAdd:
     dedup: bytes
     created_ms: int
     sealed: bytes
+    epoch: int = 0  # the row's stamp (``digest.row_stamp``)
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
 
+import trio
+
 from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.errors import TimpyError
@@ -35,6 +37,8 @@ from timpy.im.writer import Committed, Writer
 from timpy.store.repository import Store
 from timpy.store.rows import StoredMessage
 from timpy.wire.messages import ChatMessage, Delivery, MessageContent
+
+REATTACH_ATTEMPTS = 15  # tries to record a live terminal with its user's new owner (about 25 s)
 
 
 def stored_message(conversation: str, seq: int, created_ms: int, content: bytes) -> ChatMessage:
@@ -126,10 +130,20 @@ class Deliverer:
         return len(mine)
 
     async def _reattach(self, terminal: LiveTerminal) -> None:
-        try:
-            await self.open_terminal(terminal)
-        except TimpyError:
-            return  # the next ring change tries again
+        # The new owner may not hold its lease or know the new ring yet (an
+        # owner that was declared dead and came back is both, for a moment):
+        # try again while the terminal lives, rather than wait for a ring
+        # change that may never come (issue 15, a live terminal keeps receiving).
+        for attempt in range(REATTACH_ATTEMPTS):
+            try:
+                await self.open_terminal(terminal)
+                break
+            except TimpyError:
+                if attempt == REATTACH_ATTEMPTS - 1:
+                    return  # the next ring change tries again
+                await trio.sleep(min(0.2 * 2**attempt, 2.0))
+                if self._registry.find(terminal.user_id, terminal.device_id) is not terminal:
+                    return  # closed meanwhile
         if not terminal.syncing:
             terminal.begin_sync()
             self._resync(terminal)

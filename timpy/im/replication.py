@@ -84,7 +84,7 @@ class Replicator:
         self.progress = RepairProgress()
         # Set by the messenger: append an inbox entry through the user's owner's writer.
         self.restore_inbox_entry: Callable[[InboxItem], Awaitable[None]] | None = None
-        self._losers: dict[bytes, list[tuple[bytes, int, bytes, int, bytes]]] = {}
+        self._losers: dict[bytes, list[tuple[bytes, int, bytes, int, bytes, int]]] = {}
         self._warm_version = -1
         self._warm: set[tuple[str, bytes]] = set()
         self._locks: dict[tuple[str, bytes], trio.Lock] = {}
@@ -294,9 +294,14 @@ class Replicator:
                         await self._store.run(repo.apply_copies, copies)
                     rows = copies.messages if kind == "conv" else copies.inbox
                     if len(rows) < COPY_PAGE:
-                        answered.add(node)
-                        return
+                        break
                     after = rows[-1][1]
+                # Below the head too: a slot held here with a value that loses
+                # to the replica's (a higher epoch), or missing here. The pull
+                # above fenced the replica, so its copy no longer changes under
+                # an older epoch.
+                await self._fetch_differences(kind, node, key)
+                answered.add(node)
             except TimpyError as exc:
                 log.info("catching up %s from %s: %s", kind, node, exc.text)
 
@@ -304,6 +309,39 @@ class Replicator:
             for node in others:
                 nursery.start_soon(from_node, node)
         return answered
+
+    async def _fetch_differences(self, kind: str, node: str, key: bytes) -> None:
+        """Make this node's copy of one key take every slot where ``node``'s
+        value wins or this node has none (slot digests, as repair compares):
+        a catch-up that starts from the last slot both agree on, not the head."""
+        repo = self._store.repo
+        mine = await self._store.run(repo.repair_buckets, kind, key)
+        raw = await self._peers.call(node, "repair.buckets", kind, key, timeout=CATCH_UP_TIMEOUT)
+        if not raw:
+            return
+        theirs = {int(b): bytes(x) for b, x in raw[1]}
+        differ = digest.diff_buckets(mine[1] if mine is not None else {}, theirs)
+        if not differ:
+            return
+        my_slots = await self._store.run(repo.repair_slots, kind, key, differ)
+        their_slots = await self._peers.call(node, "repair.slots", kind, key, differ, timeout=CATCH_UP_TIMEOUT)
+        slots = digest.diff_slots(my_slots, {int(i): bytes(h) for i, h in their_slots})
+        if not slots.fetch:
+            return
+        conflicts = [i for i in slots.fetch if i in set(slots.conflicts)]
+        if kind == "user" and conflicts:
+            losers = await self._inbox_losers(node, key, [], conflicts)
+            if losers:
+                self._losers.setdefault(key, []).extend(losers)
+        got = Copies.unpack(await self._peers.call(
+            node, "repair.rows", kind, key, slots.fetch, False, timeout=CATCH_UP_TIMEOUT
+        ))
+        fetched, cleared = await self._store.run(repo.apply_repair, kind, key, got, conflicts)
+        self.progress.rows_repaired += fetched
+        if cleared:
+            self.progress.conflicting_slots += cleared
+            log.warning("catch-up: %s %s held %d slot(s) with values that lose to %s's (a higher epoch); replaced",
+                        "conversation" if kind == "conv" else "user", key.hex(), cleared, node)
 
     # --- anti-entropy -------------------------------------------------------
 
@@ -358,11 +396,19 @@ class Replicator:
                     if upto is None:
                         break
                     after = upto
+            placement = self._peers.placement
+            me = self._peers.self_id
+            dropped = await self._store.run(  # catch-up may still read a previous replica's copy
+                self._store.repo.drop_unreferenced_messages,
+                lambda k: placement.holds(k) or me in placement.previous_replicas(k),
+            )
         finally:
             p.running = False
             p.passes += 1
             p.last_pass_s = round(time.monotonic() - started, 3)
         rows, conflicts = p.rows_repaired - before[0], p.conflicting_slots - before[1]
+        if dropped:
+            log.info("repair: dropped %d message row(s) of conversations this node holds no copy of", dropped)
         if repaired:
             log.info(
                 "repair: %d keys checked, %d differed, %d rows copied, %d conflicting slots in %.2f s",
@@ -412,7 +458,7 @@ class Replicator:
             slots = digest.diff_slots(my_slots, {int(i): bytes(h) for i, h in theirs})
         conflicts = set(slots.conflicts)
         fetched = cleared = 0
-        losers: list[tuple[bytes, int, bytes, int, bytes]] = []  # inbox entries that lost their slot, with messages
+        losers: list[tuple[bytes, int, bytes, int, bytes, int]] = []  # inbox entries that lost their slot, with messages
         if kind == "user" and conflicts:
             losers = await self._inbox_losers(node, key, [i for i in slots.send if i in conflicts],
                                               [i for i in slots.fetch if i in conflicts])
@@ -447,10 +493,10 @@ class Replicator:
 
     async def _inbox_losers(
         self, node: str, user: bytes, theirs_lose: list[int], mine_lose: list[int]
-    ) -> list[tuple[bytes, int, bytes, int, bytes]]:
+    ) -> list[tuple[bytes, int, bytes, int, bytes, int]]:
         """The inbox entries (conv, seq) and their message rows that lose
         their slots: a message must not leave the inbox with its slot."""
-        out: list[tuple[bytes, int, bytes, int, bytes]] = []
+        out: list[tuple[bytes, int, bytes, int, bytes, int]] = []
         copies = Copies()
         if mine_lose:
             copies.merge(await self._store.run(self._store.repo.repair_rows, "user", user, mine_lose, False))
@@ -458,8 +504,8 @@ class Replicator:
             copies.merge(Copies.unpack(await self._peers.call(
                 node, "repair.rows", "user", user, theirs_lose, False, timeout=10.0
             )))
-        rows = {(c, q): (c, q, dedup, ms, sealed) for c, q, dedup, ms, sealed in copies.messages}
-        for _user, _pos, conv, seq in copies.inbox:
+        rows = {(r[0], r[1]): r for r in copies.messages}
+        for _user, _pos, conv, seq, _epoch in copies.inbox:
             if (conv, seq) in rows:
                 out.append(rows[(conv, seq)])
         return out
@@ -473,15 +519,15 @@ class Replicator:
                 log.warning("repair: could not put back messages that lost their inbox slots (%s); "
                             "the next pass tries again", exc.text)
 
-    async def _restore_losers(self, user: bytes, losers: list[tuple[bytes, int, bytes, int, bytes]]) -> None:
+    async def _restore_losers(self, user: bytes, losers: list[tuple[bytes, int, bytes, int, bytes, int]]) -> None:
         """Put back at the head of the inbox (through the user's owner) each
         message that lost its inbox slot and is in no other slot here."""
         held = await self._store.run(self._store.repo.inbox_holds, user, [(c, q) for c, q, *_ in losers])
-        for conv, seq, dedup, created_ms, sealed in losers:
+        for conv, seq, dedup, created_ms, sealed, epoch in losers:
             if (conv, seq) in held or self.restore_inbox_entry is None:
                 continue
             held.add((conv, seq))
-            await self.restore_inbox_entry(InboxItem(user, conv, seq, dedup, created_ms, sealed))
+            await self.restore_inbox_entry(InboxItem(user, conv, seq, dedup, created_ms, sealed, epoch))
             self.progress.inbox_entries_restored += 1
             log.warning("repair: message %s/%d lost its inbox slot of user %s to another; appended again",
                         conv.hex(), seq, user.hex())
@@ -501,7 +547,7 @@ class Replicator:
             if ownership is None:
                 return await self._store.run(repo.apply_copies, copies)
             async with ownership.applying(int(epoch)):  # a stale writer's copy is refused
-                return await self._store.run(repo.apply_copies, copies)
+                return await self._store.run(repo.apply_copies, copies, True)
 
         async def undo(epoch: int, messages: list, inbox: list) -> int:
             rows = [(bytes(c), int(q), bytes(d)) for c, q, d in messages]

@@ -162,7 +162,7 @@ class Routes:
         devices = self._records.get(user_id)
         if devices is not None and device_id in devices and devices[device_id].node == a.node:
             del devices[device_id]
-            self._terminal_changed(user_id, device_id, node_id, False)
+            self._terminal_changed(user_id, device_id, a.node, False)
             if not devices:
                 del self._records[user_id]
                 self._presence_changed(user_id, False)

@@ -50,6 +50,7 @@ from timpy.errors import Code, RequestError, StorageError, TimpyError
 from timpy.im import ids, kinds
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.store.digest import row_stamp
 from timpy.store.repository import Store
 from timpy.store.rows import Copies, InboxItem, NewMessage, Written
 from timpy.wire.messages import (
@@ -347,7 +348,7 @@ class Writer:
         the head, unless it is there already): repair found it had lost its
         inbox slot to another message."""
         await self._peers.call(self._peers.owner(item.user_id), ops.INBOX_APPEND, ops.InboxAdd(
-            [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed))
+            [item.user_id], item.conv_id, item.seq, item.dedup, item.created_ms, item.sealed, item.epoch))
 
     def queue_depth(self) -> int:
         """Appends waiting for the writer."""
@@ -399,7 +400,8 @@ class Writer:
                     u for p in news for u in p.new.members if not replicated or self._peers.is_local(u)
                 )
             written: Written = await self._store.run(
-                self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users
+                self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users,
+                row_stamp(self._peers.epoch_number, self.now_ms()),  # docs/consistency.md, "Epochs on rows"
             )
         except TimpyError as exc:
             for key, pos in cursors.items():  # keep them for the next try
@@ -452,7 +454,7 @@ class Writer:
                     log.exception("a commit listener (%r) failed; the commit stands", listener)
         for p, appended in zip(news, written.appended, strict=True):
             if replicated:
-                p.fanout = self._fan_out(p.new, appended.seq, appended.sealed)
+                p.fanout = self._fan_out(p.new, appended.seq, appended.sealed, written.epoch)
             p.held = bool(self.holds)
             p.done.set()
         for p in inbox:
@@ -511,18 +513,18 @@ class Writer:
 
         for p, a in zip(news, written.appended, strict=True):
             n = p.new
-            row = (n.conv_id, a.seq, n.dedup, a.created_ms, a.sealed)
+            row = (n.conv_id, a.seq, n.dedup, a.created_ms, a.sealed, written.epoch)
             add(n.conv_id, lambda c, row=row: c.messages.append(row))
             if a.seq == 1 or a.duplicate:
                 members = (n.conv_id, sorted(set(n.members)))
                 add(n.conv_id, lambda c, members=members: c.conversations.append(members))
             for user_id, pos in a.inbox.items():
-                entry = (user_id, pos, n.conv_id, a.seq)
+                entry = (user_id, pos, n.conv_id, a.seq, written.epoch)
                 add(user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
         for p, placed in zip(inbox, written.placed, strict=True):
             it = p.item
-            row = (it.conv_id, it.seq, it.dedup, it.created_ms, it.sealed)
-            entry = (it.user_id, placed.pos, it.conv_id, it.seq)
+            row = (it.conv_id, it.seq, it.dedup, it.created_ms, it.sealed, it.epoch or written.epoch)
+            entry = (it.user_id, placed.pos, it.conv_id, it.seq, written.epoch)
             add(it.user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
         epoch = self._peers.epoch_number
         try:
@@ -538,7 +540,7 @@ class Writer:
             await self._replicator.undo(epoch, undo_rows, undo_inbox)
             raise
 
-    def _fan_out(self, new: NewMessage, seq: int, sealed: bytes) -> list[Call]:
+    def _fan_out(self, new: NewMessage, seq: int, sealed: bytes, epoch: int = 0) -> list[Call]:
         """Ask the owners of the members' users (other nodes) to put the
         message in their inboxes: one request per node, however many of the
         members it owns; sent now, in commit order."""
@@ -550,7 +552,7 @@ class Writer:
         self.fanout_requests += len(by_node)
         return [
             self._peers.start_call(
-                node, ops.INBOX_APPEND, ops.InboxAdd(users, new.conv_id, seq, new.dedup, new.created_ms, sealed))
+                node, ops.INBOX_APPEND, ops.InboxAdd(users, new.conv_id, seq, new.dedup, new.created_ms, sealed, epoch))
             for node, users in by_node.items()
         ]
 
@@ -563,7 +565,9 @@ class Writer:
         pendings = []
         for user_id in a.user_ids:
             self._peers.require_owner(user_id, "user")
-            pendings.append(InboxAppend(InboxItem(user_id, a.conv_id, a.seq, a.dedup, a.created_ms, a.sealed), text))
+            pendings.append(InboxAppend(
+                InboxItem(user_id, a.conv_id, a.seq, a.dedup, a.created_ms, a.sealed, a.epoch), text
+            ))
         for pending in pendings:
             self.submit(pending)
         return self._placed(pendings)

@@ -14,15 +14,18 @@ found a difference, as a two-level Merkle tree:
 3. the slot hashes of the differing buckets (``diff_slots``), which say
    exactly which slots each side lacks and which hold different values.
 
-One message in two states (recalled or burned on one replica, not yet on
-the other) is no conflict: the later state wins. A slot that holds two
-different messages on two replicas can only come from before ownership was
-fenced by a quorum (issue 15). The rule that settles it is deterministic and
-the same wherever it runs: **the value whose slot hash is lowest wins**
-(``winner``). Both rules make each slot a semilattice (the merge is
-commutative, associative and idempotent), so repairs running at once on
-different nodes, in any order, end in the same copies and never undo each
-other.
+A slot's value is ``item hash (8 bytes) + state (1 byte) + epoch (8 bytes)``:
+which message, whether it was recalled or burned, and the ring epoch the row
+was numbered under. One message in two states (recalled or burned on one
+replica, not yet on the other) is no conflict: the later state wins. A slot
+that holds two different messages on two replicas holds at most one
+acknowledged one, and that one has the higher epoch (docs/consistency.md,
+"Epochs on rows"): **the higher epoch wins**, and between equal epochs (rows
+from before the epochs were stamped, or a database edited by hand) the lowest
+item hash (``winner``). The values of a slot are thus totally ordered, which
+makes each slot a semilattice (the merge is commutative, associative and
+idempotent), so repairs running at once on different nodes, in any order, end
+in the same copies and never undo each other.
 """
 
 from __future__ import annotations
@@ -43,17 +46,48 @@ def _h(*parts: bytes) -> bytes:
     return h.digest()
 
 
-def message_hash(dedup: bytes, created_ms: int, deleted: bool) -> bytes:
+def message_hash(dedup: bytes, created_ms: int, deleted: bool, epoch: int = 0) -> bytes:
     """Which message a conversation slot holds (its sender's dedup index and
     its time), then its state: one more byte, 1 once it was recalled or
-    burned. The sealed bytes are left out: they differ between replicas even
-    for one message, as each seals with its own nonce."""
-    return _h(bytes(dedup), int(created_ms).to_bytes(8, "big", signed=True)) + (b"\x01" if deleted else b"\x00")
+    burned, then the epoch it was numbered under. The sealed bytes are left
+    out: they differ between replicas even for one message, as each seals
+    with its own nonce."""
+    return (
+        _h(bytes(dedup), int(created_ms).to_bytes(8, "big", signed=True))
+        + (b"\x01" if deleted else b"\x00")
+        + int(epoch).to_bytes(8, "big")
+    )
 
 
-def inbox_hash(conv_id: bytes, seq: int) -> bytes:
-    """Which message an inbox slot points to."""
-    return _h(bytes(conv_id), int(seq).to_bytes(8, "big", signed=True))
+def inbox_hash(conv_id: bytes, seq: int, dedup: bytes = b"", epoch: int = 0) -> bytes:
+    """Which message an inbox slot points to ((conversation, seq) and the
+    dedup index of the message row held there), then the higher of the
+    entry's and that row's epochs."""
+    return _h(bytes(conv_id), int(seq).to_bytes(8, "big", signed=True), bytes(dedup)) + b"\x00" + int(epoch).to_bytes(8, "big")
+
+
+def epoch_of(value: bytes) -> int:
+    """The epoch stamp a slot value carries."""
+    return int.from_bytes(value[HASH_SIZE + 1 : HASH_SIZE + 9], "big")
+
+
+STAMP_CLOCK_BITS = 40  # ms of the writer's clock: 35 years from STAMP_CLOCK_BASE_MS
+STAMP_CLOCK_BASE_MS = 1_700_000_000_000  # November 2023
+
+
+def row_stamp(epoch: int, now_ms: int) -> int:
+    """What a new message row or inbox entry carries in its ``epoch`` column:
+    the ring epoch of the writer's lease, then (below it) the writer's clock.
+    Rows compare by epoch first; within one epoch a key has one owner, so its
+    clock orders its writes: a slot it numbers again after undoing a write
+    (never acknowledged) carries a higher stamp than the undone row."""
+    clock = max(0, int(now_ms) - STAMP_CLOCK_BASE_MS) & ((1 << STAMP_CLOCK_BITS) - 1)
+    return (int(epoch) << STAMP_CLOCK_BITS) | clock
+
+
+def stamp_epoch(stamp: int) -> int:
+    """The ring epoch part of a row's stamp."""
+    return int(stamp) >> STAMP_CLOCK_BITS
 
 
 def meta_hash(items: Iterable[tuple[object, ...]]) -> bytes:
@@ -91,11 +125,11 @@ def same_item(a: bytes, b: bytes) -> bool:
 
 def winner(a: bytes, b: bytes) -> bytes:
     """Of two values of one slot, the one that stays: for one item the later
-    state (a state only moves forward: deleted stays deleted); for two items
-    the lowest hash."""
+    state (a state only moves forward: deleted stays deleted), then the
+    higher epoch; for two items the higher epoch, then the lowest hash."""
     if same_item(a, b):
-        return max(a, b)
-    return min(a, b)
+        return max(a, b)  # the state byte comes first, then the epoch
+    return max(a, b, key=lambda v: (epoch_of(v), -int.from_bytes(v[:HASH_SIZE], "big")))
 
 
 @dataclass

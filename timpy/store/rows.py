@@ -56,6 +56,7 @@ class InboxItem:
     dedup: bytes
     created_ms: int
     sealed: bytes
+    epoch: int = 0  # the stamp of the message's row (``digest.row_stamp``): ring epoch and owner's clock
 
 
 @dataclass(frozen=True)
@@ -68,6 +69,7 @@ class InboxPlaced:
 class Written:
     appended: list[Appended]
     placed: list[InboxPlaced]
+    epoch: int = 0  # the stamp the new rows were written with (``digest.row_stamp``)
 
 
 @dataclass(frozen=True)

@@ -287,6 +287,7 @@ class ShardedRepository(ShardedConversationListStore, ShardedSearchStore, Sharde
         inbox_items: Sequence[InboxItem] = (),
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
+        epoch: int = 0,  # unused: the shared databases fence the append themselves
     ) -> Written:
         cursors = cursors or {}
         keys = [n.conv_id for n in batch]

@@ -69,6 +69,12 @@ class CopiedTable:
         """Store copied rows, keeping what is newer here; the rows added or changed."""
         raise NotImplementedError
 
+    def apply_slots(self, repo: StoreBase, conn: Any, rows: list[Row], owner_write: bool) -> int:
+        """For a table of slots: ``apply``; ``owner_write``: the rows are an
+        owner's new write under its lease, and win a slot held here under an
+        equal stamp too (``messages.merge_message_rows``)."""
+        raise NotImplementedError
+
     def digest(self, conn: Any, kind: str, keys: list[bytes]) -> Iterable[tuple[bytes, tuple[object, ...] | None]]:
         """What goes into each key's meta hash (``digest.meta_hash``): (key,
         item), item None for a row that only says the key is held."""

@@ -27,7 +27,7 @@ class DigestProtocol(Protocol):
 class CopiesProtocol(Protocol):
     """Copies of one database's keys (embedded replicas; one backend of a move)."""
 
-    def apply_copies(self, bundle: Copies) -> int: ...
+    def apply_copies(self, bundle: Copies, owner_write: bool = False) -> int: ...
 
     def conversation_copies(self, conv_id: bytes, after_seq: int, limit: int) -> Copies: ...
 
@@ -43,15 +43,20 @@ class CopiesProtocol(Protocol):
 
 
 class CopiesStore(StoreBase):
-    def apply_copies(self, bundle: Copies) -> int:
-        """Store rows copied from another node, keeping what is here already;
+    def apply_copies(self, bundle: Copies, owner_write: bool = False) -> int:
+        """Store rows copied from another node, keeping what is here already
+        unless a copy's row wins its slot (a higher stamp, or ``owner_write``,
+        an owner's new write, at an equal one: ``messages.merge_message_rows``);
         counters only move forward. Returns the number of rows added."""
         added = 0
         with self.engine.begin() as conn:
             for table in TABLES:
                 rows = getattr(bundle, table.name)
                 if rows:
-                    added += table.apply(self, conn, rows)
+                    if table.slots_of is not None:
+                        added += table.apply_slots(self, conn, rows, owner_write)
+                    else:
+                        added += table.apply(self, conn, rows)
         return added
 
     def conversation_copies(self, conv_id: bytes, after_seq: int, limit: int) -> Copies:
@@ -63,12 +68,14 @@ class CopiesStore(StoreBase):
             for table in KEYS["conv"].state_tables():
                 setattr(copies, table.name, table.rows_of(conn, "conv", conv_id))
             rows = conn.execute(
-                select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content, m.c.epoch)
                 .where(and_(m.c.conv_id == conv_id, m.c.seq > after_seq))
                 .order_by(m.c.seq.asc())
                 .limit(limit)
             )
-            copies.messages = [(conv_id, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows]
+            copies.messages = [
+                (conv_id, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content), int(r.epoch)) for r in rows
+            ]
         return copies
 
     def user_copies(self, user_id: bytes, after_pos: int, limit: int) -> Copies:
@@ -84,7 +91,7 @@ class CopiesStore(StoreBase):
                     return Copies()
             inbox = list(
                 conn.execute(
-                    select(i.c.pos, i.c.conv_id, i.c.seq)
+                    select(i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch)
                     .where(and_(i.c.user_id == user_id, i.c.pos > after_pos))
                     .order_by(i.c.pos.asc())
                     .limit(limit)
@@ -92,14 +99,15 @@ class CopiesStore(StoreBase):
             )
             if inbox:
                 rows = conn.execute(
-                    select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                    select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content, m.c.epoch)
                     .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
                     .where(and_(i.c.user_id == user_id, i.c.pos > after_pos, i.c.pos <= inbox[-1].pos))
                 )
                 copies.messages = [
-                    (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                    (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content), int(r.epoch))
+                    for r in rows
                 ]
-            copies.inbox = [(user_id, int(r.pos), bytes(r.conv_id), int(r.seq)) for r in inbox]
+            copies.inbox = [(user_id, int(r.pos), bytes(r.conv_id), int(r.seq), int(r.epoch)) for r in inbox]
         return copies
 
     def key_copies(self, kind: str, key: bytes, after: int, limit: int) -> Copies:

@@ -5,6 +5,7 @@ message row is kept beside an entry whose conversation lives elsewhere."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import and_, bindparam, select, update
@@ -48,37 +49,85 @@ class InboxStore(StoreBase):
             return -1 if row is None else int(row.inbox_head)
 
 
+_IN_CHUNK = 500
+
+
+def merge_inbox_rows(
+    conn: Any, incoming: Sequence[tuple[bytes, int, bytes, int, int]], owner_write: bool = False
+) -> list[dict[str, Any]]:
+    """The inbox rows of ``incoming`` to insert, once every entry here they
+    beat is removed: another entry at the same (user, position) under a lower
+    epoch, or the same message at another position under a lower epoch (a
+    message sits once in an inbox; at an equal epoch both stay, as repair
+    merges each slot on its own). ``owner_write``: as for messages, the
+    owner's new entries win an equal epoch at their position."""
+    i = s.inbox
+    users = list({bytes(r[0]) for r in incoming})
+    held: dict[tuple[bytes, int], tuple[bytes, int, int]] = {}  # (user, pos) -> (conv, seq, epoch)
+    wanted = {(bytes(r[0]), bytes(r[2]), int(r[3])) for r in incoming}
+    for start in range(0, len(users), _IN_CHUNK):
+        chunk = users[start : start + _IN_CHUNK]
+        q = select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch).where(i.c.user_id.in_(chunk))
+        low = min(int(x[1]) for x in incoming)
+        seqs = sorted({int(x[3]) for x in incoming})
+        found = list(conn.execute(q.where(i.c.pos >= low)))
+        for s_start in range(0, len(seqs), _IN_CHUNK):  # the same messages at earlier positions
+            found += [
+                r for r in conn.execute(q.where(and_(i.c.pos < low, i.c.seq.in_(seqs[s_start : s_start + _IN_CHUNK]))))
+                if (bytes(r.user_id), bytes(r.conv_id), int(r.seq)) in wanted
+            ]
+        for r in found:
+            held[(bytes(r.user_id), int(r.pos))] = (bytes(r.conv_id), int(r.seq), int(r.epoch))
+    where = {(u, c, q): p for (u, p), (c, q, _e) in held.items()}
+    rows: list[dict[str, Any]] = []
+    for user, pos, conv, seq, epoch in incoming:
+        here = held.get((user, pos))
+        if here is not None:
+            if here[:2] == (conv, seq) or here[2] > epoch or (here[2] == epoch and not owner_write):
+                continue
+        other = where.get((user, conv, seq))
+        if other is not None and (other == pos or held[(user, other)][2] == epoch):
+            other = None
+        if other is not None and held[(user, other)][2] > epoch:
+            continue
+        if here is not None:
+            conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == pos)))
+            where.pop((user, here[0], here[1]), None)
+        if other is not None:
+            conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == other)))
+            held.pop((user, other), None)
+        held[(user, pos)] = (conv, seq, epoch)
+        where[(user, conv, seq)] = pos
+        rows.append(dict(user_id=user, pos=pos, conv_id=conv, seq=seq, epoch=epoch))
+    return rows
+
+
 class InboxTable(CopiedTable):
     """The slots of a user. Its rows travel paged (``user_copies``), with the
     message rows they point to."""
 
     name, wire, table, key_column, kinds = "inbox", 3, s.inbox, "user_id", ("user",)
     slots_of = "user"
-    columns = "user, pos, conv, seq"
+    columns = "user, pos, conv, seq, stamp (digest.row_stamp)"
 
     def unpack(self, raw: Any) -> Row:
-        u, p, cv, q = raw
-        return bytes(u), int(p), bytes(cv), int(q)
+        # A row from a node before schema 6 has no stamp: 0.
+        u, p, cv, q = raw[:4]
+        return bytes(u), int(p), bytes(cv), int(q), int(raw[4]) if len(raw) > 4 else 0
 
     def apply(self, repo: StoreBase, conn: Any, rows: list[Row]) -> int:
-        """Entries missing here (by position and by message); the users'
-        inbox heads move up to them."""
+        return self.apply_slots(repo, conn, rows, False)
+
+    def apply_slots(self, repo: StoreBase, conn: Any, rows: list[Row], owner_write: bool) -> int:
+        """Entries missing here, or winning their position over the entry
+        here (``merge_inbox_rows``: the higher stamp); the users' inbox heads
+        move up to them."""
         i, a = s.inbox, s.accounts
         added = 0
-        users = list({r[0] for r in rows})
-        have_rows = list(conn.execute(select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq).where(i.c.user_id.in_(users))
-            .where(i.c.pos >= min(r[1] for r in rows))))
-        have_pos = {(bytes(r.user_id), int(r.pos)) for r in have_rows}
-        have_msg = {(bytes(r.user_id), bytes(r.conv_id), int(r.seq)) for r in have_rows}
-        fresh = []
+        fresh = merge_inbox_rows(conn, rows, owner_write)
         tops: dict[bytes, int] = {}
-        for user, pos, conv, seq in rows:
+        for user, pos, *_ in rows:
             tops[user] = max(tops.get(user, 0), pos)
-            if (user, pos) in have_pos or (user, conv, seq) in have_msg:
-                continue
-            have_pos.add((user, pos))
-            have_msg.add((user, conv, seq))
-            fresh.append(dict(user_id=user, pos=pos, conv_id=conv, seq=seq))
         if fresh:
             insert_missing(conn, i, fresh)
             added += len(fresh)
@@ -91,10 +140,19 @@ class InboxTable(CopiedTable):
         return added
 
     def slots(self, conn: Any, keys: list[bytes]) -> dict[bytes, dict[int, bytes]]:
-        i = s.inbox
+        # An inbox slot names its message by the row held beside it too:
+        # replicas whose entries agree but whose rows differ are repaired.
+        i, m = s.inbox, s.messages
         out: dict[bytes, dict[int, bytes]] = {k: {} for k in keys}
-        for r in conn.execute(select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq).where(i.c.user_id.in_(keys))):
-            out[bytes(r.user_id)][int(r.pos)] = d.inbox_hash(bytes(r.conv_id), int(r.seq))
+        q = (
+            select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch, m.c.dedup, m.c.epoch.label("row_epoch"))
+            .select_from(i.outerjoin(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
+            .where(i.c.user_id.in_(keys))
+        )
+        for r in conn.execute(q):
+            out[bytes(r.user_id)][int(r.pos)] = d.inbox_hash(
+                bytes(r.conv_id), int(r.seq), bytes(r.dedup or b""), max(int(r.epoch), int(r.row_epoch or 0))
+            )
         return out
 
     def stats(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, int] | None:

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import replace
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, delete, func, insert, select, text, update
+from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from timpy.crypto.seal import row_ad
@@ -54,6 +54,7 @@ class MessagesProtocol(Protocol):
         inbox_items: Sequence[InboxItem] = (),
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
+        epoch: int = 0,
     ) -> Written: ...
 
     def get_message(self, conv_id: bytes, seq: int) -> StoredMessage | None: ...
@@ -88,12 +89,13 @@ class MessagesStore(StoreBase):
         inbox_items: Sequence[InboxItem] = (),
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
+        epoch: int = 0,
     ) -> Written:
         """``_write_batch``, fenced: on a database two nodes share, the one
         that commits a conversation's or an inbox's position second finds it
         taken (unique keys, compare-and-set of the heads) and stores nothing."""
         try:
-            return self._write_batch(batch, inbox_items, cursors, local_users)
+            return self._write_batch(batch, inbox_items, cursors, local_users, epoch)
         except (IntegrityError, OperationalError) as exc:
             if isinstance(exc, OperationalError) and not lost_a_lock_race(exc):
                 raise
@@ -108,11 +110,14 @@ class MessagesStore(StoreBase):
         inbox_items: Sequence[InboxItem] = (),
         cursors: dict[tuple[bytes, bytes], int] | None = None,
         local_users: frozenset[bytes] | None = None,
+        epoch: int = 0,
     ) -> Written:
         """One writer batch in one transaction: new messages (sequence numbers,
         rows, inbox entries of the members in ``local_users``, all when None),
         inbox entries for messages stored elsewhere (``inbox_items``), and
-        terminal cursors (user id, device id) -> position to advance.
+        terminal cursors (user id, device id) -> position to advance. New rows
+        carry ``epoch``, their stamp (``digest.row_stamp``: the ring epoch of
+        the owner's lease and its clock).
 
         Duplicates (same conversation and dedup index) return the stored
         message instead of a new one, also within the batch; an inbox item
@@ -126,7 +131,7 @@ class MessagesStore(StoreBase):
             if cursors:
                 advance_cursors(conn, cursors)
             if not batch and not inbox_items:
-                return Written(results, placed)
+                return Written(results, placed, epoch)
             # One statement per kind of lookup for the whole batch.
             stored = _stored_by_dedup(conn, {(item.conv_id, item.dedup) for item in batch})
             conv_ids = list({item.conv_id for item in batch})
@@ -196,9 +201,10 @@ class MessagesStore(StoreBase):
                 last_seq[item.conv_id] = seq
                 sealed = self._sealer.seal(item.content, row_ad("messages", item.conv_id, seq))
                 plain[(item.conv_id, seq)] = item.content
-                msg_rows.append(
-                    dict(conv_id=item.conv_id, seq=seq, dedup=item.dedup, created_ms=item.created_ms, content=sealed)
-                )
+                msg_rows.append(dict(
+                    conv_id=item.conv_id, seq=seq, dedup=item.dedup, created_ms=item.created_ms, content=sealed,
+                    epoch=epoch,
+                ))
                 positions: dict[bytes, int] = {}
                 for user_id in item.members:
                     if local_users is not None and user_id not in local_users:
@@ -206,15 +212,19 @@ class MessagesStore(StoreBase):
                     heads[user_id] += 1
                     touched_users.add(user_id)
                     positions[user_id] = heads[user_id]
-                    inbox_rows.append(dict(user_id=user_id, pos=heads[user_id], conv_id=item.conv_id, seq=seq))
+                    inbox_rows.append(
+                        dict(user_id=user_id, pos=heads[user_id], conv_id=item.conv_id, seq=seq, epoch=epoch)
+                    )
                 appended = Appended(seq, item.created_ms, False, item.content, positions, sealed)
                 seen[key] = appended
                 results.append(appended)
             if inbox_items:
-                placed = self._place_inbox_items(conn, inbox_items, heads, inbox_rows, touched_users, msg_rows, copy_rows)
+                placed = self._place_inbox_items(
+                    conn, inbox_items, heads, inbox_rows, touched_users, msg_rows, copy_rows, epoch
+                )
             if redo:
                 again = self._place_inbox_items(
-                    conn, [it for _, it in redo], heads, inbox_rows, touched_users, msg_rows, copy_rows
+                    conn, [it for _, it in redo], heads, inbox_rows, touched_users, msg_rows, copy_rows, epoch
                 )
                 for (index, it), where in zip(redo, again, strict=True):
                     if where.new:
@@ -228,14 +238,16 @@ class MessagesStore(StoreBase):
             # The hot statements go to the driver as fixed SQL, many rows each.
             if msg_rows:
                 driver_many(conn, _INSERT_MESSAGE, [
-                    (r["conv_id"], r["seq"], r["dedup"], r["created_ms"], r["content"]) for r in msg_rows
+                    (r["conv_id"], r["seq"], r["dedup"], r["created_ms"], r["content"], r["epoch"]) for r in msg_rows
                 ])
             if copy_rows:
                 # A move between backends may be copying the same rows right now.
                 insert_missing(conn, m, copy_rows)
             apply_effects(self, conn, [*msg_rows, *copy_rows], plain)
             if inbox_rows:
-                driver_many(conn, _INSERT_INBOX, [(r["user_id"], r["pos"], r["conv_id"], r["seq"]) for r in inbox_rows])
+                driver_many(conn, _INSERT_INBOX, [
+                    (r["user_id"], r["pos"], r["conv_id"], r["seq"], r["epoch"]) for r in inbox_rows
+                ])
             # Compare-and-set: the heads must still be what this batch read.
             changed = [(v, k, read_seq.get(k, 0)) for k, v in last_seq.items() if k in new_convs or k in existing_convs]
             if changed and driver_many(conn, _SET_LAST_SEQ, changed) != len(changed):
@@ -244,7 +256,7 @@ class MessagesStore(StoreBase):
                 conn, _SET_INBOX_HEAD, [(heads[u], u, read_heads[u]) for u in touched_users]
             ) != len(touched_users):
                 raise IntegrityError("accounts.inbox_head", None, ValueError("moved by another writer"))
-        return Written(results, placed)
+        return Written(results, placed, epoch)
 
     def _place_inbox_items(
         self,
@@ -255,9 +267,15 @@ class MessagesStore(StoreBase):
         touched_users: set[bytes],
         msg_rows: list[dict[str, Any]],
         copy_rows: list[dict[str, Any]],
+        epoch: int = 0,
     ) -> list[InboxPlaced]:
         """Inbox entries for messages whose conversation another node owns; the
-        message row is kept here too (if absent) so the inbox reads locally."""
+        message row is kept here too (if absent) so the inbox reads locally.
+        A row held here at that (conversation, seq), or with that message at
+        another seq, under an equal or lower stamp than the item's, was never
+        acknowledged (docs/consistency.md, "Epochs on rows"): the item's
+        message replaces it (the conversation's owner numbers a slot again
+        within an epoch only after undoing the first write)."""
         i, m = s.inbox, s.messages
         users = list({it.user_id for it in items})
         convs = list({it.conv_id for it in items})
@@ -269,29 +287,44 @@ class MessagesStore(StoreBase):
                 )
             )
         }
-        have_msgs = {
-            (bytes(r.conv_id), int(r.seq))
+        held = {  # (conv, seq) -> (dedup, epoch) of the rows here that the items may meet
+            (bytes(r.conv_id), int(r.seq)): (bytes(r.dedup), int(r.epoch))
             for r in conn.execute(
-                select(m.c.conv_id, m.c.seq).where(
-                    and_(m.c.conv_id.in_(convs), m.c.seq.in_(list({it.seq for it in items})))
-                )
+                select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(and_(m.c.conv_id.in_(convs), or_(
+                    m.c.seq.in_(list({it.seq for it in items})), m.c.dedup.in_(list({it.dedup for it in items})),
+                )))
             )
-        } | {(r["conv_id"], r["seq"]) for r in (*msg_rows, *copy_rows)}
+        }
+        wanted = {(it.conv_id, it.seq, it.dedup) for it in items}
+        have_msgs = {(c, q) for (c, q), (dd, _e) in held.items() if (c, q, dd) in wanted}
+        have_msgs |= {(r["conv_id"], r["seq"]) for r in (*msg_rows, *copy_rows)}
         placed: list[InboxPlaced] = []
         for it in items:
             key = (it.user_id, it.conv_id, it.seq)
+            item_epoch = it.epoch or epoch
+            if (it.conv_id, it.seq) not in have_msgs:
+                stale = [
+                    (c, q) for (c, q), (dd, e) in held.items()
+                    if c == it.conv_id and ((q == it.seq) != (dd == it.dedup)) and e <= item_epoch
+                ]
+                for c, q in stale:
+                    conn.execute(m.delete().where(and_(m.c.conv_id == c, m.c.seq == q)))
+                    del held[(c, q)]
+                if not any(c == it.conv_id and (q == it.seq or dd == it.dedup) for (c, q), (dd, _e) in held.items()):
+                    copy_rows.append(dict(
+                        conv_id=it.conv_id, seq=it.seq, dedup=it.dedup, created_ms=it.created_ms, content=it.sealed,
+                        epoch=item_epoch,
+                    ))
+                have_msgs.add((it.conv_id, it.seq))
             if key in already:
                 placed.append(InboxPlaced(already[key], False))
                 continue
-            if (it.conv_id, it.seq) not in have_msgs:
-                copy_rows.append(
-                    dict(conv_id=it.conv_id, seq=it.seq, dedup=it.dedup, created_ms=it.created_ms, content=it.sealed)
-                )
-                have_msgs.add((it.conv_id, it.seq))
             heads[it.user_id] += 1
             touched_users.add(it.user_id)
             already[key] = heads[it.user_id]
-            inbox_rows.append(dict(user_id=it.user_id, pos=heads[it.user_id], conv_id=it.conv_id, seq=it.seq))
+            inbox_rows.append(
+                dict(user_id=it.user_id, pos=heads[it.user_id], conv_id=it.conv_id, seq=it.seq, epoch=epoch)
+            )
             placed.append(InboxPlaced(heads[it.user_id], True))
         return placed
 
@@ -400,9 +433,9 @@ def apply_effects(
         conn.execute(update(m).where(and_(m.c.conv_id == conv, m.c.seq == target)).values(content=sealed))
 
 
-_INSERT_MESSAGE = "INSERT INTO messages (conv_id, seq, dedup, created_ms, content) VALUES (?, ?, ?, ?, ?)"
+_INSERT_MESSAGE = "INSERT INTO messages (conv_id, seq, dedup, created_ms, content, epoch) VALUES (?, ?, ?, ?, ?, ?)"
 
-_INSERT_INBOX = "INSERT INTO inbox (user_id, pos, conv_id, seq) VALUES (?, ?, ?, ?)"
+_INSERT_INBOX = "INSERT INTO inbox (user_id, pos, conv_id, seq, epoch) VALUES (?, ?, ?, ?, ?)"
 
 _SET_LAST_SEQ = "UPDATE conversations SET last_seq = ? WHERE conv_id = ? AND last_seq = ?"
 
@@ -438,35 +471,89 @@ def _stored_by_dedup(conn: Any, keys: set[tuple[bytes, bytes]]) -> dict[tuple[by
     return found
 
 
+# --- merging copies: of two values of one slot, the higher stamp wins ---------
+#
+# Used by ``apply_copies`` (write quorum, catch-up, repair). Under the quorum
+# protocol an acknowledged row is never the lower stamp of a slot it shares
+# with another value (docs/consistency.md, "Epochs on rows"); between equal
+# stamps what is here stays (repair settles those by ``digest.winner``).
+
+_IN_CHUNK = 500
+
+
+def merge_message_rows(
+    conn: Any, incoming: Sequence[tuple[bytes, int, bytes, int, bytes, int]], owner_write: bool = False
+) -> list[dict[str, Any]]:
+    """The message rows of ``incoming`` to insert, once every row here they
+    beat is removed: a row at the same (conversation, seq) holding another
+    message under a lower epoch, or the same message (dedup index) at
+    another seq under a lower epoch (at an equal epoch, the earlier seq stays).
+
+    ``owner_write``: the rows are an owner's new write, sent under its lease:
+    they win an equal epoch too. The owner numbers a slot once per epoch
+    unless it undid the first write (never acknowledged), and an undo that
+    missed this node must not make it keep the undone row and still count
+    as a copy of the new one."""
+    m = s.messages
+    convs = list({bytes(r[0]) for r in incoming})
+    held: dict[tuple[bytes, int], tuple[bytes, int]] = {}  # (conv, seq) -> (dedup, epoch)
+    for start in range(0, len(convs), _IN_CHUNK):
+        chunk = convs[start : start + _IN_CHUNK]
+        q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(m.c.conv_id.in_(chunk))
+        for r in conn.execute(q.where(m.c.seq >= min(int(x[1]) for x in incoming))):
+            held[(bytes(r.conv_id), int(r.seq))] = (bytes(r.dedup), int(r.epoch))
+        dedups = list({bytes(x[2]) for x in incoming if bytes(x[0]) in chunk})
+        for d_start in range(0, len(dedups), _IN_CHUNK):
+            q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(
+                and_(m.c.conv_id.in_(chunk), m.c.dedup.in_(dedups[d_start : d_start + _IN_CHUNK]))
+            )
+            for r in conn.execute(q):
+                held[(bytes(r.conv_id), int(r.seq))] = (bytes(r.dedup), int(r.epoch))
+    by_dedup = {(c, dd): q for (c, q), (dd, _e) in held.items()}
+    rows: list[dict[str, Any]] = []
+    for conv, seq, dedup, created, sealed, epoch in incoming:
+        here = held.get((conv, seq))
+        if here is not None:
+            if here[0] == dedup or here[1] > epoch or (here[1] == epoch and not owner_write):
+                continue  # the same message, or another one that stays
+        other = by_dedup.get((conv, dedup))
+        if other is not None and other != seq and (held[(conv, other)][1], -other) >= (epoch + owner_write, -seq):
+            continue  # this message stays where it is here
+        if here is not None:
+            conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == seq)))
+            by_dedup.pop((conv, here[0]), None)
+        if other is not None and other != seq:
+            conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == other)))
+            held.pop((conv, other), None)
+        held[(conv, seq)] = (dedup, epoch)
+        by_dedup[(conv, dedup)] = seq
+        rows.append(dict(conv_id=conv, seq=seq, dedup=dedup, created_ms=created, content=sealed, epoch=epoch))
+    return rows
+
+
 class MessagesTable(CopiedTable):
     """The slots of a conversation. Its rows travel paged (``conversation_copies``),
     and beside the inbox entries that point to them (``user_copies``)."""
 
     name, wire, table, key_column, kinds = "messages", 2, s.messages, "conv_id", ("conv",)
     slots_of = "conv"
-    columns = "conv, seq, dedup, created (ms), sealed content"
+    columns = "conv, seq, dedup, created (ms), sealed content, stamp (digest.row_stamp)"
 
     def unpack(self, raw: Any) -> Row:
-        cv, q, dd, t, b = raw
-        return bytes(cv), int(q), bytes(dd), int(t), bytes(b)
+        # A row from a node before schema 6 has no stamp: 0, older than any under the quorum protocol.
+        cv, q, dd, t, b = raw[:5]
+        return bytes(cv), int(q), bytes(dd), int(t), bytes(b), int(raw[5]) if len(raw) > 5 else 0
 
     def apply(self, repo: StoreBase, conn: Any, rows: list[Row]) -> int:
-        """Messages missing here (by slot and by dedup index), their effects
-        applied; the conversations' numbering moves up to them."""
+        return self.apply_slots(repo, conn, rows, False)
+
+    def apply_slots(self, repo: StoreBase, conn: Any, rows: list[Row], owner_write: bool) -> int:
+        """Messages missing here, or winning their slot over the row here
+        (``merge_message_rows``: the higher stamp), their effects applied;
+        the conversations' numbering moves up to them."""
         m, c = s.messages, s.conversations
         added = 0
-        convs = list({r[0] for r in rows})
-        have_rows = list(conn.execute(select(m.c.conv_id, m.c.seq, m.c.dedup).where(m.c.conv_id.in_(convs))
-            .where(m.c.seq >= min(r[1] for r in rows))))
-        have_seq = {(bytes(r.conv_id), int(r.seq)) for r in have_rows}
-        have_dedup = {(bytes(r.conv_id), bytes(r.dedup)) for r in have_rows}
-        fresh = []
-        for conv, seq, dedup, created, sealed in rows:
-            if (conv, seq) in have_seq or (conv, dedup) in have_dedup:
-                continue
-            have_seq.add((conv, seq))
-            have_dedup.add((conv, dedup))
-            fresh.append(dict(conv_id=conv, seq=seq, dedup=dedup, created_ms=created, content=sealed))
+        fresh = merge_message_rows(conn, rows, owner_write)  # a slot's higher stamp wins
         if fresh:
             insert_missing(conn, m, fresh)
             added += len(fresh)
@@ -485,9 +572,13 @@ class MessagesTable(CopiedTable):
     def slots(self, conn: Any, keys: list[bytes]) -> dict[bytes, dict[int, bytes]]:
         m = s.messages
         out: dict[bytes, dict[int, bytes]] = {k: {} for k in keys}
-        q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, (func.length(m.c.content) == 0).label("gone"))
+        q = select(
+            m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, (func.length(m.c.content) == 0).label("gone"), m.c.epoch
+        )
         for r in conn.execute(q.where(m.c.conv_id.in_(keys))):
-            out[bytes(r.conv_id)][int(r.seq)] = d.message_hash(bytes(r.dedup), int(r.created_ms), bool(r.gone))
+            out[bytes(r.conv_id)][int(r.seq)] = d.message_hash(
+                bytes(r.dedup), int(r.created_ms), bool(r.gone), int(r.epoch)
+            )
         return out
 
     def stats(self, conn: Any, kind: str, keys: list[bytes]) -> dict[bytes, int] | None:

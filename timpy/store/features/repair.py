@@ -11,7 +11,7 @@ terminal a message it drops as already seen.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, Protocol
 
 from sqlalchemy import and_, func, insert, or_, select, update
@@ -40,6 +40,8 @@ class RepairProtocol(Protocol):
     def inbox_holds(self, user_id: bytes, messages: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]: ...
 
     def apply_repair(self, kind: str, key: bytes, copies: Copies, replace: Sequence[int]) -> tuple[int, int]: ...
+
+    def drop_unreferenced_messages(self, replica_of: Callable[[bytes], bool]) -> int: ...
 
 
 class RepairStore(CopiesStore):
@@ -117,11 +119,12 @@ class RepairStore(CopiesStore):
                 with self.engine.connect() as conn:
                     for start in range(0, len(wanted), _IN_CHUNK):
                         rows = conn.execute(
-                            select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                            select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.content, m.c.epoch)
                             .where(and_(m.c.conv_id == key, m.c.seq.in_(wanted[start : start + _IN_CHUNK])))
                         )
                         copies.messages += [
-                            (key, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                            (key, int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content), int(r.epoch))
+                            for r in rows
                         ]
             return copies
         copies = self.user_copies(key, _PAST_THE_END, 0)
@@ -135,18 +138,40 @@ class RepairStore(CopiesStore):
                 for start in range(0, len(wanted), _IN_CHUNK):
                     chunk = wanted[start : start + _IN_CHUNK]
                     entries = list(conn.execute(
-                        select(i.c.pos, i.c.conv_id, i.c.seq).where(and_(i.c.user_id == key, i.c.pos.in_(chunk)))
+                        select(i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch)
+                        .where(and_(i.c.user_id == key, i.c.pos.in_(chunk)))
                     ))
-                    copies.inbox += [(key, int(r.pos), bytes(r.conv_id), int(r.seq)) for r in entries]
+                    copies.inbox += [(key, int(r.pos), bytes(r.conv_id), int(r.seq), int(r.epoch)) for r in entries]
                     rows = conn.execute(
-                        select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content)
+                        select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.created_ms, m.c.content, m.c.epoch)
                         .select_from(i.join(m, and_(m.c.conv_id == i.c.conv_id, m.c.seq == i.c.seq)))
                         .where(and_(i.c.user_id == key, i.c.pos.in_(chunk)))
                     )
                     copies.messages += [
-                        (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content)) for r in rows
+                        (bytes(r.conv_id), int(r.seq), bytes(r.dedup), int(r.created_ms), bytes(r.content),
+                         int(r.epoch))
+                        for r in rows
                     ]
         return copies
+
+    def drop_unreferenced_messages(self, replica_of: Callable[[bytes], bool]) -> int:
+        """Delete the message rows of conversations this node holds no copy
+        of (no conversation row here, and ``replica_of(conv_id)`` False) that
+        no inbox entry here points to: left by an undo that missed this node,
+        or by an inbox entry that lost its slot. Nothing reads them and no
+        repair compares them (only a conversation's replicas do), so they
+        could only mislead a later owner. Returns the number of rows deleted."""
+        m, i, c = s.messages, s.inbox, s.conversations
+        deleted = 0
+        with self.engine.begin() as conn:
+            held = select(c.c.conv_id).where(c.c.conv_id == m.c.conv_id).exists()
+            convs = [bytes(r[0]) for r in conn.execute(select(m.c.conv_id).where(~held).distinct())]
+            stale = [c for c in convs if not replica_of(c)]
+            referenced = select(i.c.pos).where(and_(i.c.conv_id == m.c.conv_id, i.c.seq == m.c.seq)).exists()
+            for start in range(0, len(stale), _IN_CHUNK):
+                chunk = stale[start : start + _IN_CHUNK]
+                deleted += conn.execute(m.delete().where(and_(m.c.conv_id.in_(chunk), ~referenced))).rowcount
+        return deleted
 
     def inbox_holds(self, user_id: bytes, messages: Sequence[tuple[bytes, int]]) -> set[tuple[bytes, int]]:
         """Of the (conv id, seq) given, those in the user's inbox here."""
@@ -182,14 +207,16 @@ class RepairStore(CopiesStore):
         # appended again by the repairing node.
         i, a = s.inbox, s.accounts
         with self.engine.begin() as conn:
-            for user, pos, conv, seq in rows:
+            for user, pos, conv, seq, epoch in rows:
                 here = conn.execute(select(i.c.conv_id, i.c.seq).where(and_(i.c.user_id == user, i.c.pos == pos))).first()
                 if here is not None:
                     if (bytes(here.conv_id), int(here.seq)) == (conv, seq) or pos not in replace:
                         continue
                     conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == pos)))
                     cleared += 1
-                conn.execute(insert(i).values(user_id=user, pos=pos, conv_id=conv, seq=seq))
+                if not _one_inbox_slot(conn, user, pos, conv, seq, epoch):
+                    continue
+                conn.execute(insert(i).values(user_id=user, pos=pos, conv_id=conv, seq=seq, epoch=epoch))
                 added += 1
             if rows:
                 top = max(r[1] for r in rows)
@@ -204,9 +231,9 @@ class RepairStore(CopiesStore):
         m = s.messages
         cleared = changed = 0
         keep = []
-        for conv, seq, dedup, created, content in [row for row in copies.messages if row[0] == key]:
+        for conv, seq, dedup, created, content, epoch in [row for row in copies.messages if row[0] == key]:
             here = list(conn.execute(
-                select(m.c.seq, m.c.dedup, m.c.created_ms)
+                select(m.c.seq, m.c.dedup, m.c.created_ms, m.c.epoch)
                 .where(and_(m.c.conv_id == conv, or_(m.c.seq == seq, m.c.dedup == dedup)))
             ))
             drop = False
@@ -223,7 +250,8 @@ class RepairStore(CopiesStore):
                     conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == seq)))
                     cleared += 1
                 elif int(r.seq) != seq and bytes(r.dedup) == dedup:
-                    if int(r.seq) > seq:  # the same message at a later slot here: the earlier one stays
+                    # the same message at another slot here: the higher epoch stays, then the earlier slot
+                    if (int(r.epoch), -int(r.seq)) < (epoch, -seq):
                         conn.execute(m.delete().where(and_(m.c.conv_id == conv, m.c.seq == int(r.seq))))
                         cleared += 1
                     else:
@@ -240,3 +268,18 @@ def _without_state(copies: Copies, kind: str) -> None:
     for table in k.state_tables():
         if table.name != k.anchor:
             setattr(copies, table.name, [])
+
+
+def _one_inbox_slot(conn: Any, user: bytes, pos: int, conv: bytes, seq: int, epoch: int) -> bool:
+    """Before repair puts (conv, seq) at ``pos`` of a user's inbox: False when
+    the same message sits at another position under a higher epoch; one under
+    a lower epoch is removed (at an equal epoch both stay)."""
+    i = s.inbox
+    for r in conn.execute(select(i.c.pos, i.c.epoch).where(
+        and_(i.c.user_id == user, i.c.conv_id == conv, i.c.seq == seq, i.c.pos != pos)
+    )):
+        if int(r.epoch) > epoch:
+            return False
+        if int(r.epoch) < epoch:
+            conn.execute(i.delete().where(and_(i.c.user_id == user, i.c.pos == int(r.pos))))
+    return True

@@ -1,0 +1,88 @@
+"""Catch-up on takeover starts from the last slot the replicas agree on, not
+from the new owner's head (docs/consistency.md, "Epochs on rows").
+
+Five whole nodes over ``timpy.testing``'s memory network, under a mock clock.
+The node that will own a conversation next holds, below its head, a row that
+was never acknowledged (as an undo that missed it leaves one: another message
+at an acknowledged seq, from an older epoch). Its owner is killed; the next
+owner must take the acknowledged row from the previous replicas before it
+numbers, answers a retry or serves history. Catching up by heads alone kept
+the stale row (and a retry of the acknowledged message's client id was then
+numbered again at a new seq)."""
+
+from __future__ import annotations
+
+import os
+
+from sqlalchemy import select, update
+
+from tests.cluster.test_owner_restart import send_until_acked
+from tests.conftest import PASSWORD
+from timpy.im import ids
+from timpy.store import digest
+from timpy.store import schema as s
+from timpy.testing import open_cluster
+
+
+def row_at(node, conv: bytes, seq: int) -> tuple[bytes, int] | None:  # noqa: ANN001 - a timpy Node
+    m = s.messages
+    with node.store.repo.engine.connect() as conn:
+        r = conn.execute(select(m.c.dedup, m.c.epoch).where(m.c.conv_id == conv, m.c.seq == seq)).first()
+    return None if r is None else (bytes(r.dedup), int(r.epoch))
+
+
+async def test_a_new_owner_replaces_a_never_acknowledged_row_below_its_head_before_it_numbers(autojump_clock):
+    async with open_cluster(5, seed=4) as cluster:
+        await cluster.register(0, "ann", PASSWORD)
+        await cluster.register(0, "ben", PASSWORD)
+        idx = cluster.nodes[0].indexer
+        ann, ben = ids.user_id(idx, "ann"), ids.user_id(idx, "ben")
+        conv = ids.direct_conversation(idx, ann, ben)
+        replicas = cluster.nodes[0].peers.placement.replicas(conv)
+        owner, successor = (cluster.node_ids.index(n) for n in replicas[:2])
+        via = next(i for i in range(5) if i not in (owner, successor))
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            for k in range(6):
+                await send_until_acked(a, "ben", f"m{k}", f"c{k}")
+        acked = row_at(cluster.nodes[owner], conv, 3)
+        assert acked is not None and acked[1] > 0
+        assert row_at(cluster.nodes[successor], conv, 3) == acked
+
+        # Another message at seq 3, from an older epoch, whose slot hash is the
+        # lower one (the rule before epochs, "the lowest hash stays", kept it).
+        m = s.messages
+
+        def created(node) -> int:  # noqa: ANN001
+            with node.store.repo.engine.connect() as c:
+                return int(c.execute(select(m.c.created_ms).where(m.c.conv_id == conv, m.c.seq == 3)).scalar())
+
+        ms = await cluster.nodes[owner].store.run(created, cluster.nodes[owner])
+        stale = next(
+            d for d in iter(lambda: os.urandom(16), None)
+            if digest.message_hash(d, ms, False)[:8] < digest.message_hash(acked[0], ms, False)[:8]
+        )
+
+        def plant(node) -> None:  # noqa: ANN001
+            with node.store.repo.engine.begin() as c:
+                c.execute(update(m).where(m.c.conv_id == conv, m.c.seq == 3).values(dedup=stale, epoch=0))
+
+        await cluster.nodes[successor].store.run(plant, cluster.nodes[successor])
+        await cluster.kill(owner)
+        await cluster.wait_converged()
+        assert cluster.nodes[via].peers.placement.owner(conv) == cluster.node_ids[successor]
+
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "m3 again", "c3")  # a retry of an acknowledged message
+            await send_until_acked(a, "ben", "after", "c6")
+            history = (await a.history("ben")).messages
+        new_owner = cluster.nodes[successor]
+        assert row_at(new_owner, conv, 3) == acked  # the acknowledged row is back, under its epoch
+        assert [m.body for m in history] == [*(f"m{k}".encode() for k in range(6)), b"after"]
+        assert [m.seq for m in history] == list(range(1, 8))  # the retry was not numbered again
+        assert new_owner.replicator.progress.conflicting_slots >= 1
+        for n in cluster.nodes:
+            if n is not cluster.nodes[owner]:
+                await n.replicator.repair_pass()
+        for i, n in enumerate(cluster.nodes):
+            if i != owner and row_at(n, conv, 3) is not None:
+                assert row_at(n, conv, 3) == acked, f"node {i} holds another message at an acknowledged seq"
