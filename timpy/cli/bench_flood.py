@@ -86,7 +86,7 @@ class _Conn:
         self.pending: list[bytes] = []
 
     async def request(self, frame: object) -> object:
-        """Send a frame and return the next frame that is not a push."""
+        """Send a frame and return its answer (the frame with its request id), past any push."""
         await self.stream.send_all(frame_bytes(wp.encode(frame)))
         for _ in range(100_000):
             while not self.pending:
@@ -95,7 +95,10 @@ class _Conn:
                     raise click.ClickException("the node closed a bench connection during login")
                 self.pending.extend(self.decoder.feed(data))
             reply = wp.decode(self.pending.pop(0))
-            if reply.delivery is None and reply.sync_done is None:
+            rid = getattr(frame, "rid", 0)
+            if rid and reply.rid == rid:  # the answer to this request (pushes carry rid 0)
+                return reply
+            if not rid and reply.rid and reply.delivery is None and reply.sync_done is None:
                 return reply
         raise click.ClickException("no answer to a bench request")
 
