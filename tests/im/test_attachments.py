@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -17,6 +17,7 @@ import trio.testing
 
 import timpy
 from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
+from tests.support.clients import clients, code_of
 from timpy.client import Connector, HashMismatch
 from timpy.client.files import Attachment
 from timpy.config import FilesConfig, NodeConfig
@@ -41,24 +42,6 @@ async def place(where: str, **files: object) -> AsyncIterator[tuple[list[str | C
         return
     async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY, files=cfg)) as cluster:
         yield [cluster.connector(i) for i in range(3)], cluster.nodes
-
-
-@asynccontextmanager
-async def clients(at: list[str | Connector], *names: str) -> AsyncIterator[list[timpy.Client]]:
-    await users(at[0], *names)
-    async with AsyncExitStack() as stack:
-        out = []
-        for i, name in enumerate(names):
-            c = await stack.enter_async_context(timpy.connect(at[i % len(at)], name, PASSWORD))
-            await c.wait_synced()
-            out.append(c)
-        yield out
-
-
-async def code_of(call) -> timpy.Code:  # noqa: ANN001
-    with pytest.raises(timpy.RemoteError) as e:
-        await call
-    return e.value.code
 
 
 def content(n: int) -> bytes:

@@ -5,7 +5,7 @@ over them), after a restart of the nodes, and in the SQLite file at rest."""
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
-from contextlib import AsyncExitStack, asynccontextmanager
+from contextlib import asynccontextmanager
 
 import pytest
 import trio
@@ -13,6 +13,7 @@ import trio.testing
 
 import timpy
 from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
+from tests.support.clients import clients, code_of
 from timpy.client import Connector
 from timpy.config import NodeConfig
 from timpy.testing import open_cluster
@@ -35,24 +36,6 @@ async def place(where: str) -> AsyncIterator[list[str | Connector]]:
         return
     async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY)) as cluster:
         yield [cluster.connector(i) for i in range(3)]
-
-
-@asynccontextmanager
-async def clients(at: list[str | Connector], *names: str) -> AsyncIterator[list[timpy.Client]]:
-    await users(at[0], *names)
-    async with AsyncExitStack() as stack:
-        out = []
-        for i, name in enumerate(names):
-            c = await stack.enter_async_context(timpy.connect(at[i % len(at)], name, PASSWORD))
-            await c.wait_synced()
-            out.append(c)
-        yield out
-
-
-async def code_of(call) -> timpy.Code:  # noqa: ANN001
-    with pytest.raises(timpy.RemoteError) as e:
-        await call
-    return e.value.code
 
 
 async def settle() -> None:

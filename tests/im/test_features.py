@@ -14,6 +14,7 @@ import trio.testing
 
 import timpy
 from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
+from tests.support.clients import clients, code_of
 from timpy.client import Connector
 from timpy.config import Limits, NodeConfig
 from timpy.testing import open_cluster
@@ -44,24 +45,6 @@ WHERE = pytest.mark.parametrize("where", ["one", "three"])
 def clock(where: str) -> trio.testing.MockClock | None:
     """Virtual time for the in-memory cluster; real time for the node that listens on a socket."""
     return trio.testing.MockClock(autojump_threshold=0) if where == "three" else None
-
-
-@asynccontextmanager
-async def clients(at: list[str | Connector], *names: str, **kw: object) -> AsyncIterator[list[timpy.Client]]:
-    await users(at[0], *names)
-    async with AsyncExitStack() as stack:
-        out = []
-        for i, name in enumerate(names):
-            c = await stack.enter_async_context(timpy.connect(at[i % len(at)], name, PASSWORD, **kw))
-            await c.wait_synced()
-            out.append(c)
-        yield out
-
-
-async def code_of(call) -> timpy.Code:  # noqa: ANN001
-    with pytest.raises(timpy.RemoteError) as e:
-        await call
-    return e.value.code
 
 
 @WHERE
