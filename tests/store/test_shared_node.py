@@ -179,16 +179,14 @@ class Proxy:
 
 
 async def test_a_backend_that_is_down_fails_only_its_own_keys_and_service_resumes(tmp_path):
-    from tests.store.backends import require_server
     from timpy.im import ids
 
-    base = require_server("postgresql")
-    fresh_database("postgresql", "timpy_down", tmp_path)
+    down = fresh_database("postgresql", "timpy_down", tmp_path)
     proxy = Proxy(("127.0.0.1", 5432))
     names = [f"u{i}" for i in range(16)]
     async with trio.open_nursery() as outer:
         await outer.start(proxy.serve)
-        pg_url = base.replace("@127.0.0.1:5432/test", f"@127.0.0.1:{proxy.port}/timpy_down")
+        pg_url = down.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
         b1 = BackendSpec("lite", fresh_database("sqlite", "lite", tmp_path))
         b2 = BackendSpec("pg", pg_url)
         async with timpy.open_node(shared_config(tmp_path / "node", b1, b2, cluster=ClusterConfig(listen=None))) as node:
