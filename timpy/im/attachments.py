@@ -6,9 +6,11 @@ key: its **owner** takes the upload (start, chunks in any order, finish with
 the SHA-256 checked over the stored chunks) and copies every change to the
 id's other replicas, acknowledging once the write quorum has it, as for
 messages. Reads go to any replica that holds the attachment (the owner
-first), so a download goes on when the owner is gone. In shared-backend mode
-the attachment's rows live on the backend its id is placed on, and nodes
-copy nothing.
+first), so a download goes on when the owner is gone. The attachment tables
+are in the registry of copied tables (the ``att`` kind of key), so the
+background repair carries what a replica lacks (``timpy.im.replication``). In
+shared-backend mode the attachment's rows live on the backend its id is
+placed on, nodes copy nothing, and backend moves carry them.
 
 A file message (``KIND_FILE``, or a burn-after-reading message with
 ``ext["file"] = "1"``) carries a ``FileRef``. A writer check at the
