@@ -365,7 +365,7 @@ class Attachments:
         row = await self._store.run(self._store.repo.get_attachment, att)
         if row is None or not row.complete:
             return None  # not held here (or not whole yet): another replica may have it
-        if row.uploader_id != user_id and not await self._store.run(self._store.repo.may_read, att, user_id):
+        if not await self._may_read(row, user_id):
             return ["refused"]
         data = None
         if index >= 0:
@@ -375,6 +375,26 @@ class Attachments:
             if data is None:
                 return None
         return ["ok", _row_fields(row), data]
+
+    async def _may_read(self, row: AttachmentRow, user_id: bytes) -> bool:
+        """Its uploader, a user it was granted to, or a member now of a
+        conversation where it was sent (one who joined a group after the file
+        message reads it, as they read the group's earlier messages; the
+        conversation's owner decides, by the rules history reads follow)."""
+        att = row.att_id
+        if row.uploader_id == user_id or await self._store.run(self._store.repo.may_read, att, user_id):
+            return True
+        _, refs = await self._store.run(self._store.repo.attachment_links, att)
+        for conv in dict.fromkeys(c for c, _ in refs):
+            try:
+                found = await self._peers.ask(ops.CONV_HISTORY, ops.HistoryOf(conv, user_id, 0, -1, 0))
+            except TimpyError as exc:
+                log.debug("could not ask whether a user is in a conversation: %s", exc.text)
+                continue
+            if found.member:
+                await self._store.run(self._store.repo.add_readers, att, [user_id])  # asked once
+                return True
+        return False
 
     # --- file messages: the writer's check and listener ------------------------------------
 
@@ -429,7 +449,7 @@ class Attachments:
         if row is None or not row.complete:
             raise RequestError("no such file (finish its upload before sending it)", Code.NO_SUCH_FILE)
         sender_id = bytes(sender_id)
-        if row.uploader_id != sender_id and not await self._store.run(self._store.repo.may_read, att, sender_id):
+        if not await self._may_read(row, sender_id):
             raise RequestError("you may share only files you uploaded or received", Code.NOT_ALLOWED)
         info = info_of(row)
         if (info.size, info.sha256) != (int(size), str(sha256)):
