@@ -140,7 +140,9 @@ class Threads:
         if conv in self._parents:
             self._parents.move_to_end(conv)
             return self._parents[conv]
-        rows, _ = await self._store.run(self._store.repo.read_history, conv, 0, 0, _PARENT_SCAN)
+        rows, more = await self._store.run(self._store.repo.read_history, conv, 0, 0, 1)  # its first message
+        if rows and not rows[0].content and more:  # taken back: the next ones
+            rows, _ = await self._store.run(self._store.repo.read_history, conv, 0, rows[0].seq, _PARENT_SCAN)
         first = next((r for r in rows if r.content), None)
         if first is None:
             return None  # nothing to read, or every message taken back: decided by membership
