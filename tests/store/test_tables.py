@@ -15,6 +15,7 @@ from timpy.crypto.seal import Sealer
 from timpy.store import schema
 from timpy.store.engine import sqlite_engine
 from timpy.store.features.attachments import AttachmentRow
+from timpy.store.outbox import NewEvent, Outbox, Outcome
 from timpy.store.repository import Repository
 from timpy.store.rows import Copies, NewMessage
 from timpy.store.tables import LOCAL_TABLES, TABLES
@@ -67,6 +68,11 @@ def populated() -> Repository:
     r.put_attachment(AttachmentRow(GONE, B, b"gone", 4, 1, True, 7001))
     r.put_chunk(GONE, 0, b"gone")
     r.delete_attachment(GONE)
+    outbox = Outbox(r.engine, Sealer(KEY))
+    outbox.add([NewEvent("biz", "1" * 32, "message.stored", b"{}", "conv", CONV),
+                NewEvent("biz", "2" * 32, "user.login", b"{}", "user", A)], 9000)
+    dead = outbox.due("biz", 9000, 10, lambda kind, key: kind == "user")
+    outbox.settle([Outcome(dead[0].id, False, 9, 0, True, "HTTP status 500")], 9001)
     return r
 
 
@@ -141,6 +147,8 @@ ROW = {
     "attachment_chunks": st.tuples(_id, _n, _sealed),
     "attachment_readers": st.tuples(_id, _id),
     "attachment_refs": st.tuples(_id, _id, _n),
+    "outbox": st.tuples(st.sampled_from(["conv", "user"]), _id, st.text(max_size=40), st.text(max_size=32),
+                        st.sampled_from(["pending", "dead", "done"]), _n, _n, _n, _sealed, st.none() | _sealed, _n),
 }
 
 

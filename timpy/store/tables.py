@@ -36,10 +36,12 @@ from timpy.store.features.receipts import READ_MARKS
 from timpy.store.features.records import RECORDS
 from timpy.store.features.search import SEARCH_INDEX
 from timpy.store.features.terminals import TERMINALS
+from timpy.store.outbox import OUTBOX
 
 TABLES: tuple[CopiedTable, ...] = (
     ACCOUNTS, GROUPS, MESSAGES, CONVERSATIONS, INBOX, TERMINALS, RECORDS, READ_MARKS, SEARCH_INDEX,
     ATTACHMENTS, ATTACHMENT_CHUNKS, ATTACHMENT_READERS, ATTACHMENT_REFS,  # the row (a tombstone) before the rest
+    OUTBOX,  # webhook events, with the key that owns them
 )
 
 #: Tables that belong to no key: never copied, digested or moved.
