@@ -262,3 +262,45 @@ async def test_a_terminal_pushed_out_by_the_limit_is_a_logout() -> None:
     assert once_each(biz)["user.logout"] == 2
     by_device = Counter((e["data"]["device"], e["type"]) for e in biz.events if e["type"] in ("user.login", "user.logout"))
     assert len({d for d, _ in by_device}) == 2 and set(by_device.values()) == {1} and len(by_device) == 4
+
+
+async def test_events_of_a_node_stopped_for_good_are_delivered_by_the_survivors() -> None:
+    """The outbox is copied like messages: events emitted on node A while the
+    receiver is down survive A's loss (A is killed and never comes back, its
+    disk gone with it), and the key's next owner delivers each one, once,
+    under its event id."""
+    biz = BusinessServer(SECRET)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        biz.server.stop()
+        async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY, webhooks=hooks(biz, max_attempts=1000)),
+                                seed=5) as cluster:
+            biz.clock = lambda: cluster.wall_clock_ms(0) / 1000
+            await cluster.wait_converged(30)
+            await users(cluster.connector(0), "alice", "bob")
+            async with timpy.connect(cluster.connector(0), "alice", PASSWORD) as alice:
+                first = await alice.send("bob", "order 0")
+            conv = ids.parse_conversation(first.conversation)
+            a = cluster.node_ids.index(cluster.nodes[0].peers.owner(conv))
+            other = next(i for i in range(3) if i != a)
+            async with timpy.connect(cluster.connector(other), "alice", PASSWORD) as alice:
+                acks = [first] + [await alice.send("bob", f"order {i}") for i in range(1, 12)]
+            emitted_on_a = await cluster.nodes[a].store.run(cluster.nodes[a].webhooks._outbox.counts)
+            assert emitted_on_a[("biz", "pending")] >= 12
+            await cluster.kill(a)  # for good: never started again
+            await cluster.wait_converged(60)
+            await biz.server.start(bg)  # the receiver comes up
+            wanted = {(ack.conversation, ack.seq) for ack in acks}
+            await biz.wait_for(lambda: wanted <= {(e["data"]["conversation"], e["data"]["seq"]) for e in biz.events
+                                                  if e["type"] == "message.stored"}
+                               and len(biz.ids("user.registered")) == 2, timeout=60)
+            await trio.sleep(1.0)  # anything sent twice would have arrived by now
+            survivors = {cluster.node_ids[i] for i in range(3) if i != a}
+        bg.cancel_scope.cancel()
+    kinds = once_each(biz)
+    assert kinds["message.stored"] == 12 and kinds["user.registered"] == 2
+    stored = [e for e in biz.events if e["type"] == "message.stored"]
+    assert {e["node"] for e in stored} == {cluster.node_ids[a]}  # emitted on A, whose copy is gone
+    assert [e["data"]["body"] for e in sorted(stored, key=lambda e: e["data"]["seq"])] == [
+        f"order {i}" for i in range(12)]
+    assert survivors and cluster.node_ids[a] not in survivors

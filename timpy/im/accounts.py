@@ -103,7 +103,8 @@ class Accounts:
         await self._store.run(self._store.repo.create_account, a.user_id, a.secret, a.profile)
         if self._events.wants("user.registered"):  # hook: webhooks, at the user's owner
             name = msgpack.unpackb(a.profile).get("name", "")
-            await self._events.emit("user.registered", event_id("user.registered", a.user_id), {"user": name})
+            await self._events.emit("user.registered", event_id("user.registered", a.user_id), {"user": name},
+                                   ("user", a.user_id))
 
     def _account_copies(self, uid: bytes) -> Callable[[], Awaitable[Copies]]:
         return lambda: self._store.run(self._store.repo.user_copies, uid, 0, 0)

@@ -146,7 +146,8 @@ class Groups:
         if self._events.wants("group.changed"):  # hook: webhooks, at the group's owner
             await self._events.emit("group.changed", event_id("group.changed", gid, version + 1), {
                 "group": ids.conversation_text(gid), "op": op, "actor": actor, "users": a.users,
-                "version": version + 1, "members": [] if group.dissolved else sorted(group.members)})
+                "version": version + 1, "members": [] if group.dissolved else sorted(group.members)},
+                ("conv", gid))
         for listener in self.changed:
             listener(gid, before, group)
         return group_view(group, actor)

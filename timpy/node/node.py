@@ -352,8 +352,10 @@ class Node:
             self._write_ready_file(c.ready_file)
 
     async def _open_webhooks(self, keys: ClusterKeys) -> Webhooks | None:
-        """The webhooks and their outbox: a table of this node's store; in
-        shared-backend mode (no store of its own) a SQLite file beside it."""
+        """The webhooks and their outbox: a table of this node's store, whose
+        rows are copied to the replicas of the key owning each event, and
+        delivered by that key's owner; in shared-backend mode (no store of
+        its own) a SQLite file beside it, delivered by this node."""
         c = self.config
         if not c.webhooks.endpoints:
             return None
@@ -362,10 +364,19 @@ class Node:
             engine = sqlite_engine(None if c.memory else c.data_dir / "outbox.sqlite3", c.sqlite_synchronous)
             store = Store(Outbox(engine, Sealer(keys.storage)), 1)
             outbox = store.repo
-        else:
-            outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))
-        await store.run(outbox.create)
-        return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng)
+            await store.run(outbox.create)
+            return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng)
+        outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))  # its table is in the store's schema
+        placement = self.peers.placement
+
+        def owns(_kind: str, key: bytes) -> bool:
+            try:
+                return placement.is_local(key)
+            except LookupError:  # no ring yet: the node has not joined
+                return False
+
+        return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng,
+                        owns=owns, to_replicas=self.replicator.to_replicas)
 
     def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
         """At the user's owner: a device's terminal was recorded (a login) or went away (a logout)."""
@@ -380,7 +391,8 @@ class Node:
         account = await self.store.run(self.store.repo.get_account, user_id)
         name = msgpack.unpackb(account.profile).get("name", "") if account is not None else ""
         await self.webhooks.emit(event, event_id(event, user_id, device_id, node_id, at_ms),
-                                 {"user": name, "device": device_id.hex(), "node": node_id, "time": at_ms})
+                                 {"user": name, "device": device_id.hex(), "node": node_id, "time": at_ms},
+                                 ("user", user_id))
 
     async def _run_cluster(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._cluster_started = True
@@ -438,6 +450,8 @@ class Node:
         self.rooms.ring_changed(frozenset(placement.members))
         self.deliverer.reattach_terminals()
         self.replicator.trigger()
+        if self.webhooks is not None:
+            self.webhooks.ring_changed()
 
     def _live_metrics(self) -> Iterator[object]:
         """Values Prometheus reads at scrape time."""
