@@ -304,3 +304,43 @@ async def test_events_of_a_node_stopped_for_good_are_delivered_by_the_survivors(
     assert [e["data"]["body"] for e in sorted(stored, key=lambda e: e["data"]["seq"])] == [
         f"order {i}" for i in range(12)]
     assert survivors and cluster.node_ids[a] not in survivors
+
+
+async def test_shared_backends_hold_the_outbox_and_another_node_delivers_it(tmp_path: Path) -> None:
+    """With shared backends the outbox rows are in the backend of each
+    event's key, not on the node: a node whose disk is gone leaves its
+    pending events to the node that owns their keys next."""
+    import shutil
+
+    from tests.store.backends import fresh_database
+    from timpy.config import ClusterConfig, StorageConfig
+    from timpy.store.backends import BackendSpec
+
+    backends = tuple(BackendSpec(f"b{i}", fresh_database("sqlite", f"wh{i}", tmp_path)) for i in (1, 2))
+    biz = BusinessServer(SECRET)
+
+    def config(name: str) -> NodeConfig:
+        return node_config(memory=False, data_dir=tmp_path / name, cluster=ClusterConfig(listen=None),
+                           cluster_key_file=tmp_path / "cluster.key",  # the operator's, kept apart from the node
+                           storage=StorageConfig(backends=backends), webhooks=hooks(biz, max_attempts=1000))
+
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        biz.server.stop()
+        async with timpy.open_node(config("first")) as node:
+            await users(node.tcp_url, "alice", "bob", "carol")
+            async with timpy.connect(node.tcp_url, "alice", PASSWORD) as alice:
+                acks = [await alice.send(peer, f"order {i}") for i in range(6) for peer in ("bob", "carol")]
+            counts = await node.store.run(node.webhooks._outbox.counts)
+            assert counts[("biz", "pending")] >= 12
+        assert not list((tmp_path / "first").rglob("outbox*"))
+        shutil.rmtree(tmp_path / "first")  # that node's disk is gone
+        await biz.server.start(bg)
+        async with timpy.open_node(config("second")) as node:
+            await biz.wait_for(lambda: len(biz.ids("message.stored")) == 12 and len(biz.ids("user.registered")) == 3)
+            await trio.sleep(0.5)
+        bg.cancel_scope.cancel()
+    kinds = once_each(biz)
+    assert kinds["message.stored"] == 12 and kinds["user.registered"] == 3
+    assert {(e["data"]["conversation"], e["data"]["seq"]) for e in biz.events if e["type"] == "message.stored"} == {
+        (a.conversation, a.seq) for a in acks}

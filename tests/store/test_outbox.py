@@ -134,3 +134,36 @@ def test_a_copy_keeps_the_newest_state_and_never_revives_a_delivered_event(tmp_p
     for side in (owner, replica):
         assert side.counts() == {("biz", "done"): 2, ("biz", "pending"): 1}
     assert [r.event_id for r in replica.due("biz", 10**6, 10)] == [second.event_id]
+
+
+def test_over_shared_backends_each_event_is_in_its_keys_backend(tmp_path: Path) -> None:
+    """``ShardedOutbox``: rows placed by their owner key; row ids name their
+    backend, so settling, dead letters, retries and drops reach the right one."""
+    from timpy.store.backends import BackendMap, BackendSpec
+    from timpy.store.outbox import ShardedOutbox
+    from timpy.store.sharded import ShardedRepository
+
+    specs = tuple(BackendSpec(f"b{i}", f"sqlite:///{tmp_path / f'b{i}.db'}") for i in range(2))
+    repo = ShardedRepository(BackendMap(1, specs), Sealer(KEY))
+    repo.create_schema()
+    o = ShardedOutbox(repo, Sealer(KEY))
+    keys = [bytes([n]) * 16 for n in range(8)]
+    placed = {k: repo.map.place(k) for k in keys}
+    assert set(placed.values()) == {"b0", "b1"}
+    o.add([NewEvent("biz", f"{n:032x}", "message.stored", b"body %d" % n, "conv", k) for n, k in enumerate(keys)], 0)
+    for name in ("b0", "b1"):
+        direct = Outbox(repo.backend(name).engine, Sealer(KEY))
+        assert {r.key for r in direct.due("biz", 0, 100)} == {k for k in keys if placed[k] == name}
+    mine = lambda kind, key: key in keys[:6]  # noqa: E731
+    due = o.due("biz", 0, 100, mine)
+    assert sorted(r.key for r in due) == keys[:6] and len({r.id for r in due}) == 6
+    o.settle([Outcome(r.id, True) if r.key in keys[:3] else Outcome(r.id, False, 9, 0, True, "HTTP status 500")
+              for r in due], 5)
+    assert o.counts() == {("biz", DONE): 3, ("biz", DEAD): 3, ("biz", PENDING): 2}
+    dead = o.dead("biz", 0, 10)
+    assert sorted(r.key for r in dead) == keys[3:6]
+    assert o.dead("biz", dead[0].id, 10) == dead[1:]
+    assert len(o.retry("biz", [dead[0].id], 10)) == 1 and [r.key for r in o.due("biz", 10, 10, mine)] == [dead[0].key]
+    assert len(o.drop(None, None, 10)) == 2 and o.dead(None, 0, 10) == []
+    assert o.next_due("biz", mine) == 10 and o.next_due("biz", lambda kind, key: key in keys[6:]) == 0
+    repo.close()

@@ -73,7 +73,7 @@ from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
-from timpy.store.outbox import Outbox
+from timpy.store.outbox import Outbox, ShardedOutbox
 from timpy.store.repository import Repository, Store
 from timpy.store.sharded import ShardedRepository
 from timpy.wire.messages import KIND_NORMAL, SendResult
@@ -352,21 +352,13 @@ class Node:
             self._write_ready_file(c.ready_file)
 
     async def _open_webhooks(self, keys: ClusterKeys) -> Webhooks | None:
-        """The webhooks and their outbox: a table of this node's store, whose
-        rows are copied to the replicas of the key owning each event, and
-        delivered by that key's owner; in shared-backend mode (no store of
-        its own) a SQLite file beside it, delivered by this node."""
+        """The webhooks and their outbox, in the store like every keyed row:
+        each event's rows belong to the key owning it, and only that key's
+        current owner delivers them. Embedded, the rows are copied to the
+        key's replicas; with shared backends, they are in the key's backend."""
         c = self.config
         if not c.webhooks.endpoints:
             return None
-        store = self.store
-        if c.storage.shared:
-            engine = sqlite_engine(None if c.memory else c.data_dir / "outbox.sqlite3", c.sqlite_synchronous)
-            store = Store(Outbox(engine, Sealer(keys.storage)), 1)
-            outbox = store.repo
-            await store.run(outbox.create)
-            return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng)
-        outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))  # its table is in the store's schema
         placement = self.peers.placement
 
         def owns(_kind: str, key: bytes) -> bool:
@@ -375,7 +367,12 @@ class Node:
             except LookupError:  # no ring yet: the node has not joined
                 return False
 
-        return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng,
+        if c.storage.shared:
+            sharded = ShardedOutbox(self.store.repo, Sealer(keys.storage))
+            return Webhooks(c.webhooks, self.store, sharded, self.node_id, self._now_ms, self.metrics.registry,
+                            self._rng, owns=owns)
+        outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))  # its table is in the store's schema
+        return Webhooks(c.webhooks, self.store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng,
                         owns=owns, to_replicas=self.replicator.to_replicas)
 
     def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:

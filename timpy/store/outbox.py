@@ -26,7 +26,7 @@ and event id (the same on every node: the rows travel sealed).
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import msgpack
@@ -333,3 +333,116 @@ class OutboxTable(CopiedTable):
 
 
 OUTBOX = OutboxTable()
+
+
+class ShardedOutbox:
+    """The outbox over shared backends (``ShardedRepository``): each event's
+    rows in the backend its owner key is placed on, like the key's other
+    rows (moves carry them: ``OUTBOX`` is in the registry), so any node that
+    takes the key over delivers them. Row ids are this object's: a backend's
+    number (in the order this node met it) in the high bits, the backend's
+    own id in the low ones."""
+
+    _SHIFT = 44
+
+    def __init__(self, repo: Any, sealer: Sealer) -> None:
+        self._repo = repo  # a ShardedRepository (not imported: it imports the registry, which imports this)
+        self._sealer = sealer
+        self._numbers: dict[str, int] = {}
+
+    def create(self) -> None:
+        """Nothing: the table is in every backend's schema."""
+
+    def _number(self, name: str) -> int:
+        return self._numbers.setdefault(name, len(self._numbers))
+
+    def _backend(self, row_id: int) -> tuple[str, int] | None:
+        number, local = row_id >> self._SHIFT, row_id & ((1 << self._SHIFT) - 1)
+        name = next((n for n, i in self._numbers.items() if i == number), None)
+        return None if name is None else (name, local)
+
+    def _on(self, name: str, method: Callable[..., Any], *args: Any) -> Any:
+        return self._repo._on(name, lambda repo, *a: method(Outbox(repo.engine, self._sealer), *a), *args)
+
+    def _global(self, name: str, rows: list[OutboxRow]) -> list[OutboxRow]:
+        base = self._number(name) << self._SHIFT
+        return [replace(r, id=base + r.id) for r in rows]
+
+    def _placed_here(self, name: str, owns: Owns | None) -> Owns:
+        """A key's rows count on the backend the map places it on (during a
+        move, a copy on the other one is not delivered twice)."""
+        place = self._repo.map.place
+        return lambda kind, key: place(key) == name and (owns is None or owns(kind, key))
+
+    def add(self, events: list[NewEvent], now_ms: int) -> int:
+        keys = list({e.key for e in events if e.key})
+        added = 0
+        with self._repo._writing(keys) as backend_map:
+            by_backend: dict[str, list[NewEvent]] = {}
+            for e in events:
+                by_backend.setdefault(backend_map.place(e.key or e.event_id.encode()), []).append(e)
+            for name, group in by_backend.items():
+                added += self._on(name, Outbox.add, group, now_ms)
+        return added
+
+    def due(self, endpoint: str, now_ms: int, limit: int, owns: Owns | None = None) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        for name in self._repo.names:
+            rows += self._global(name, self._on(name, Outbox.due, endpoint, now_ms, limit,
+                                                self._placed_here(name, owns)))
+        return sorted(rows, key=lambda r: (r.due_ms, r.id))[:limit]
+
+    def next_due(self, endpoint: str, owns: Owns | None = None) -> int | None:
+        due = [self._on(name, Outbox.next_due, endpoint, self._placed_here(name, owns)) for name in self._repo.names]
+        return min((d for d in due if d is not None), default=None)
+
+    def _by_backend(self, ids: Iterable[int]) -> dict[str, list[int]]:
+        out: dict[str, list[int]] = {}
+        for row_id in ids:
+            where = self._backend(row_id)
+            if where is not None:
+                out.setdefault(where[0], []).append(where[1])
+        return out
+
+    def settle(self, outcomes: Iterable[Outcome], now_ms: int) -> list[EventRef]:
+        by_id = {o.id: o for o in outcomes}
+        changed: list[EventRef] = []
+        for name, local in self._by_backend(by_id).items():
+            base = self._number(name) << self._SHIFT
+            changed += self._on(name, Outbox.settle, [replace(by_id[base + i], id=i) for i in local], now_ms)
+        return changed
+
+    def copies(self, events: Iterable[EventRef]) -> dict[tuple[str, bytes], list[Row]]:
+        return {}  # the backends keep them: no node copies
+
+    def dead(self, endpoint: str | None, after_id: int, limit: int) -> list[OutboxRow]:
+        rows: list[OutboxRow] = []
+        for name in self._repo.names:
+            base = self._number(name) << self._SHIFT
+            if after_id >= base + (1 << self._SHIFT) - 1:
+                continue
+            rows += self._global(name, self._on(name, Outbox.dead, endpoint, max(0, after_id - base), limit))
+        return sorted(rows, key=lambda r: r.id)[:limit]
+
+    def _each(self, ids: list[int] | None) -> dict[str, list[int] | None]:
+        if ids is None:
+            return dict.fromkeys(self._repo.names)
+        return dict(self._by_backend(ids))
+
+    def retry(self, endpoint: str | None, ids: list[int] | None, now_ms: int) -> list[EventRef]:
+        return [ref for name, local in self._each(ids).items()
+                for ref in self._on(name, Outbox.retry, endpoint, local, now_ms)]
+
+    def drop(self, endpoint: str | None, ids: list[int] | None, now_ms: int = 0) -> list[EventRef]:
+        return [ref for name, local in self._each(ids).items()
+                for ref in self._on(name, Outbox.drop, endpoint, local, now_ms)]
+
+    def purge(self, before_ms: int) -> int:
+        return sum(self._on(name, Outbox.purge, before_ms) for name in self._repo.names)
+
+    def counts(self) -> dict[tuple[str, str], int]:
+        total: dict[tuple[str, str], int] = {}
+        for name in self._repo.names:
+            for k, n in self._on(name, Outbox.counts).items():
+                total[k] = total.get(k, 0) + n
+        return total
