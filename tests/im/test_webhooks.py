@@ -308,15 +308,20 @@ async def test_events_of_a_node_stopped_for_good_are_delivered_by_the_survivors(
 
 async def test_shared_backends_hold_the_outbox_and_another_node_delivers_it(tmp_path: Path) -> None:
     """With shared backends the outbox rows are in the backend of each
-    event's key, not on the node: a node whose disk is gone leaves its
-    pending events to the node that owns their keys next."""
+    event's key, not on the node, and move with the key when a backend is
+    added: a node whose disk is gone leaves its pending events to the node
+    that owns their keys next."""
     import shutil
+
+    from sqlalchemy import select
 
     from tests.store.backends import fresh_database
     from timpy.config import ClusterConfig, StorageConfig
+    from timpy.store import schema
     from timpy.store.backends import BackendSpec
 
-    backends = tuple(BackendSpec(f"b{i}", fresh_database("sqlite", f"wh{i}", tmp_path)) for i in (1, 2))
+    b1, b2, b3 = (BackendSpec(f"b{i}", fresh_database("sqlite", f"wh{i}", tmp_path)) for i in (1, 2, 3))
+    backends = (b1, b2)
     biz = BusinessServer(SECRET)
 
     def config(name: str) -> NodeConfig:
@@ -331,8 +336,16 @@ async def test_shared_backends_hold_the_outbox_and_another_node_delivers_it(tmp_
             await users(node.tcp_url, "alice", "bob", "carol")
             async with timpy.connect(node.tcp_url, "alice", PASSWORD) as alice:
                 acks = [await alice.send(peer, f"order {i}") for i in range(6) for peer in ("bob", "carol")]
+            assert node.backends is not None
+            await node.backends.add("b3", b3.url)  # the events' rows move with their keys
+            assert (await node.backends.wait_moved(60))["move"] is None
             counts = await node.store.run(node.webhooks._outbox.counts)
-            assert counts[("biz", "pending")] >= 12
+            assert counts[("biz", "pending")] >= 15
+            repo = node.store.repo
+            for name in ("b1", "b2", "b3"):
+                with repo.backend(name).engine.connect() as conn:
+                    held = [bytes(k) for k in conn.execute(select(schema.webhook_outbox.c.owner_key)).scalars()]
+                assert all(repo.map.place(k) == name for k in held) and held
         assert not list((tmp_path / "first").rglob("outbox*"))
         shutil.rmtree(tmp_path / "first")  # that node's disk is gone
         await biz.server.start(bg)
