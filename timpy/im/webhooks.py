@@ -49,7 +49,17 @@ from timpy.config import WebhookEndpoint, WebhooksConfig
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import webhook_rules as rules
 from timpy.im.ids import parse_conversation
-from timpy.store.outbox import DEAD, PENDING, EventRef, NewEvent, Outbox, OutboxRow, Outcome, Owns, ShardedOutbox
+from timpy.store.outbox import (
+    DEAD,
+    PENDING,
+    EventRef,
+    NewEvent,
+    Outbox,
+    OutboxRow,
+    Outcome,
+    Owns,
+    ShardedOutbox,
+)
 from timpy.store.repository import Store
 from timpy.store.rows import Copies
 from timpy.wire.messages import ChatMessage, MessageContent, SendResult
