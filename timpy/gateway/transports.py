@@ -217,15 +217,17 @@ async def serve_tcp_stream(node: NodeServices, stream: trio.abc.Stream) -> None:
     with _one_connection(node, lambda: describe(session) if session else peer):
         try:
             session = ClientSession(node, peer)
-            # Read in this task, write in one other: two tasks per connection
-            # (an idle connection's memory is mostly its tasks' frames), the
-            # handshake timeout a deadline on the reads, not a task of its own.
-            session.direct = _direct_writer(stream, session)
+            # Read in this task; write in another only while there is
+            # something queued (an idle connection is one task: its memory is
+            # mostly its tasks' frames), the handshake timeout a deadline on
+            # the reads, not a task of its own.
             deadline = trio.current_time() + node.config.limits.handshake_timeout
             try:
                 with session.cancel_scope:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_write_tcp_frames, stream, session, nursery)
+                        out = _TcpWriter(stream, session, nursery)
+                        session.wake = out.wake
+                        session.direct = out.direct_writer()
                         with _ends_connection(nursery):
                             await _read_tcp_frames(node, stream, session, deadline)
             finally:
@@ -248,45 +250,98 @@ class _Rest:
         self.data = data
 
 
-def _direct_writer(stream: trio.abc.Stream, session: ClientSession) -> Callable[[object], bool] | None:
-    """For a plain TCP socket: a function that writes a frame straight to the
-    socket, in the caller's task, when this connection's writer is idle
-    (waiting for frames, none queued), and says whether it did.
+class _TcpWriter:
+    """A TCP connection's writing side. Its task runs only while frames wait
+    in ``session.outbound`` (``wake`` starts it; it ends once they are all
+    written): an idle connection is one task, not two.
 
-    A group message to 10,000 members was 10,000 channel hops and task
-    switches, each waking a writer for one frame; a member's socket almost
-    always has room, so the frame now goes out at once. When the writer is
-    busy, the socket full, or the stream not a plain socket (TLS, the
-    in-memory streams of ``timpy.testing``), the frame takes the usual way;
-    a frame the socket took only part of leaves its rest to the writer,
-    ahead of anything queued after it."""
-    if type(stream) is not trio.SocketStream:
-        return None
-    sock = stream.socket
-    statistics = session.outbound_send.statistics
-    queue = session.outbound_send
+    ``direct_writer`` writes a frame straight to the socket, in the caller's
+    task, when no writer task is running (nothing queued): a group message
+    to 10,000 members was 10,000 channel hops and task switches, each
+    waking a writer for one frame; a member's socket almost always has room,
+    so the frame goes out at once. When the writer is running, the socket
+    full, or the stream not a plain socket (TLS, the in-memory streams of
+    ``timpy.testing``), the frame is queued; a frame the socket took only
+    part of leaves its rest to the writer, ahead of anything queued after it."""
 
-    def write(item: object) -> bool:
-        st = statistics()
-        if st.current_buffer_used or st.tasks_waiting_receive != 1:
-            return False  # the writer is sending, or is about to: keep the order
-        fd = sock.fileno()
-        if fd < 0:
-            return False
-        data = frame_bytes(encode_out(item))  # type: ignore[arg-type]
+    __slots__ = ("_stream", "_session", "_nursery", "running")
+
+    def __init__(self, stream: trio.abc.Stream, session: ClientSession, nursery: trio.Nursery) -> None:
+        self._stream = stream
+        self._session = session
+        self._nursery = nursery
+        self.running = False
+
+    def wake(self) -> None:
+        if self.running:
+            return
+        self.running = True
         try:
-            sent = os.write(fd, data)
-        except OSError:
-            return False  # full (BlockingIOError) or broken: the writer meets it
-        if sent < len(data):
-            queue.send_nowait(_Rest(data[sent:]))  # type: ignore[arg-type]
-        return True
+            self._nursery.start_soon(self._write)
+        except RuntimeError:  # the connection is ending: nothing more is written
+            pass
 
-    return write
+    def direct_writer(self) -> Callable[[object], bool] | None:
+        stream = self._stream
+        if type(stream) is not trio.SocketStream:
+            return None
+        sock = stream.socket
+        queue = self._session.outbound_send
+
+        def write(item: object) -> bool:
+            if self.running:
+                return False  # frames are queued: keep the order
+            fd = sock.fileno()
+            if fd < 0:
+                return False
+            data = _wire_bytes(item)
+            try:
+                sent = os.write(fd, data)
+            except OSError:
+                return False  # full (BlockingIOError) or broken: the writer meets it
+            if sent < len(data):
+                queue.send_nowait(_Rest(data[sent:]))  # type: ignore[arg-type]
+                self.wake()
+            return True
+
+        return write
+
+    async def _write(self) -> None:
+        outbound = self._session.outbound
+        ending = False
+        try:
+            while not ending:
+                batch: list[object] = []
+                while len(batch) < _WRITE_BATCH:
+                    try:
+                        item = outbound.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        ending = True
+                        break
+                    if isinstance(item, CloseAfter):
+                        ending = True
+                        break
+                    batch.append(item)
+                if not batch and not ending:
+                    self.running = False  # all written: the task ends until the next frame
+                    return
+                data = b"".join([_wire_bytes(f) for f in batch])
+                batch = None  # type: ignore[assignment]  # nothing sent is kept
+                if data:
+                    await self._stream.send_all(data)
+                data = None  # type: ignore[assignment]
+        except _PEER_GONE:
+            pass
+        self._nursery.cancel_scope.cancel()  # closed by the session, or the peer went away
 
 
 def _wire_bytes(item: object) -> bytes:
-    return item.data if type(item) is _Rest else frame_bytes(encode_out(item))  # type: ignore[union-attr, arg-type]
+    kind = type(item)
+    if kind is Encoded:
+        return item.wire()  # type: ignore[union-attr]
+    return item.data if kind is _Rest else frame_bytes(encode_out(item))  # type: ignore[union-attr, arg-type]
 
 
 _NO_LOGIN = ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED)
@@ -331,29 +386,6 @@ async def _read_tcp_frames(node: NodeServices, stream: trio.abc.Stream, session:
             await _serve_frame(session, frame)
         # An idle connection keeps nothing of its last request.
         bodies = body = frame = None  # type: ignore[assignment]
-
-
-async def _write_tcp_frames(stream: trio.abc.Stream, session: ClientSession, nursery: trio.Nursery) -> None:
-    with _ends_connection(nursery):
-        outbound = session.outbound
-        while True:
-            try:
-                batch = [await outbound.receive()]
-            except trio.EndOfChannel:
-                return
-            while len(batch) < _WRITE_BATCH and not isinstance(batch[-1], CloseAfter):
-                try:
-                    batch.append(outbound.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            data = b"".join(_wire_bytes(f) for f in batch if not isinstance(f, CloseAfter))
-            closing = isinstance(batch[-1], CloseAfter)
-            batch = None  # type: ignore[assignment]  # nothing sent is kept while idle
-            if data:
-                await stream.send_all(data)
-            data = None  # type: ignore[assignment]
-            if closing:
-                return
 
 
 async def run_tcp_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
@@ -404,13 +436,14 @@ async def serve_websocket_request(node: NodeServices, request: WebSocketRequest)
 
 
 async def _serve_ws_session(ws: WebSocketConnection, session: ClientSession) -> None:
-    """As a TCP connection (``serve_tcp_stream``): read in this task, write in one other."""
+    """As a TCP connection (``serve_tcp_stream``): read in this task, write in
+    another only while something is queued."""
     json_mode = [False]  # the last message's kind: the replies follow it
     deadline = trio.current_time() + session.node.config.limits.handshake_timeout
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_write_ws_messages, ws, session, json_mode, nursery)
+                session.wake = _WsWriter(ws, session, json_mode, nursery).wake
                 with _ends_connection(nursery):
                     await _read_ws_messages(ws, session, json_mode, deadline)
     finally:
@@ -441,23 +474,50 @@ async def _read_ws_messages(ws: WebSocketConnection, session: ClientSession, jso
         frame = None  # type: ignore[assignment]  # an idle connection keeps nothing of its last request
 
 
-async def _write_ws_messages(
-    ws: WebSocketConnection, session: ClientSession, json_mode: list[bool], nursery: trio.Nursery
-) -> None:
-    with _ends_connection(nursery):
-        outbound = session.outbound
-        while True:
-            try:
-                item = await outbound.receive()
-            except trio.EndOfChannel:
-                return
-            if isinstance(item, CloseAfter):
-                await ws.aclose(code=1008, reason=item.reason[:120])
-                return
-            data = _encode_ws(item, json_mode[0])
-            item = None  # type: ignore[assignment]
-            await ws.send_message(data)
-            data = None  # type: ignore[assignment]
+class _WsWriter:
+    """A WebSocket connection's writing side, run as ``_TcpWriter``'s: a task
+    only while frames wait in ``session.outbound``."""
+
+    __slots__ = ("_ws", "_session", "_json_mode", "_nursery", "running")
+
+    def __init__(self, ws: WebSocketConnection, session: ClientSession, json_mode: list[bool],
+                 nursery: trio.Nursery) -> None:
+        self._ws = ws
+        self._session = session
+        self._json_mode = json_mode
+        self._nursery = nursery
+        self.running = False
+
+    def wake(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        try:
+            self._nursery.start_soon(self._write)
+        except RuntimeError:  # the connection is ending: nothing more is written
+            pass
+
+    async def _write(self) -> None:
+        outbound = self._session.outbound
+        try:
+            while True:
+                try:
+                    item = outbound.receive_nowait()
+                except trio.WouldBlock:
+                    self.running = False  # all written: the task ends until the next frame
+                    return
+                except trio.EndOfChannel:
+                    break
+                if isinstance(item, CloseAfter):
+                    await self._ws.aclose(code=1008, reason=item.reason[:120])
+                    break
+                data = _encode_ws(item, self._json_mode[0])
+                item = None  # type: ignore[assignment]
+                await self._ws.send_message(data)
+                data = None  # type: ignore[assignment]
+        except _PEER_GONE:
+            pass
+        self._nursery.cancel_scope.cancel()  # closed by the session, or the peer went away
 
 
 async def run_ws_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[object]) -> None:
