@@ -288,15 +288,17 @@ class Conversations:
         recomputed for each member: the delivery itself tells each terminal,
         and the next list read is current. Only queues work (``_flush`` runs
         in the background)."""
-        entries: list[tuple[bytes, str]] = [(u, c.message.conversation) for c in committed for u in c.inbox]
         per_conv: dict[str, int] = {}
-        for _user_id, conv in entries:
-            per_conv[conv] = per_conv.get(conv, 0) + 1
+        for c in committed:
+            conv = c.message.conversation
+            per_conv[conv] = per_conv.get(conv, 0) + len(c.inbox)
         conv_ids: dict[str, bytes] = {}
-        for user_id, conv in entries:
-            if per_conv[conv] <= LIVE_MAX_MEMBERS:
+        for c in committed:
+            conv = c.message.conversation
+            if per_conv[conv] <= LIVE_MAX_MEMBERS:  # a large group's members are not even listed
                 conv_id = conv_ids.get(conv) or conv_ids.setdefault(conv, ids.parse_conversation(conv))
-                self.inbox_changed(user_id, conv_id)
+                for user_id in c.inbox:
+                    self.inbox_changed(user_id, conv_id)
 
     def group_saved(self, gid: bytes, before: Any, after: Any) -> None:
         """The groups' hook, at the group's owner: the state before (None: a new
