@@ -41,8 +41,6 @@ from timpy.wire.messages import (
     ChatMessage,
     MessageContent,
     SendResult,
-    pack_send_result,
-    unpack_send_result,
 )
 
 SEND_ATTEMPTS = 3  # tries at a conversation's owner while the ring is changing
