@@ -27,7 +27,7 @@ from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.store.repository import Store
-from timpy.store.rows import AccountRow, Copies
+from timpy.store.rows import Copies
 
 MAX_PASSWORD = 1024
 SYSTEM_USER = "system"  # the sender of operators' messages; nobody can log in as it
@@ -47,7 +47,7 @@ class Accounts:
         indexer: BlindIndexer,
         tokens: TokenAuthority,
         security: SecurityConfig,
-        limits: Limits,
+        limits: Callable[[], Limits],  # read each time: limits change at run time
         clock_ms: Callable[[], int],
         peers: Peers | None = None,
         replicator: Replicator | None = None,
@@ -80,9 +80,9 @@ class Accounts:
         return hash_password(password, self._security.password_opslimit, self._security.password_memlimit)
 
     def _check_password_shape(self, password: str) -> None:
-        if not isinstance(password, str) or len(password) < self._limits.min_password_length:
+        if not isinstance(password, str) or len(password) < self._limits().min_password_length:
             raise RequestError(
-                f"a password has at least {self._limits.min_password_length} characters",
+                f"a password has at least {self._limits().min_password_length} characters",
                 Code.WEAK_PASSWORD,
             )
         if len(password) > MAX_PASSWORD:

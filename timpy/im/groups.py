@@ -74,7 +74,7 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
 
 class Groups:
     def __init__(
-        self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
+        self, store: Store, indexer: BlindIndexer, limits: Callable[[], Limits], peers: Peers,
         replicator: Replicator, messenger: Messenger, writer: Writer, events: EventSink = NO_EVENTS,
     ) -> None:
         self._events = events
@@ -132,7 +132,7 @@ class Groups:
                 chosen = JoinPolicy(a.policy or JoinPolicy.APPROVAL)
             except ValueError:
                 raise RequestError(f"unknown join policy {a.policy!r}: open, approval or invite", Code.BAD_REQUEST) from None
-            group = rules.create(ids.conversation_text(gid), actor, a.name, chosen, a.users, self._limits.max_group_size)
+            group = rules.create(ids.conversation_text(gid), actor, a.name, chosen, a.users, self._limits().max_group_size)
             version = 0
         else:
             group, version = await self._load(gid)

@@ -40,7 +40,7 @@ UNREAD_SCAN = 10_000  # inbox entries counted for unread counts (the newest)
 class Receipts:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, writer: Writer,
-        signals: Signals, limits: Limits,
+        signals: Signals, limits: Callable[[], Limits],
     ) -> None:
         self._store = store
         self._indexer = indexer
@@ -79,7 +79,7 @@ class Receipts:
             if direct:
                 await self._burn(conv, text, members, user_id, name, max(before, seq - BURN_SCAN), seq)
             await self._peers.ask(ops.RECEIPT_MARK, ops.ReadMark(user_id, conv, seq))
-        if len(members) <= self._limits.receipt_push_max_members:
+        if len(members) <= self._limits().receipt_push_max_members:
             self._signals.push(members, Receipt(text, seq, bool(read), str(name)), skip=(user_id, device_id))
 
     async def _burn(

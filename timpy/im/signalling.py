@@ -12,6 +12,7 @@ at most ``receipt_push_max_members`` members.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from timpy.cluster import catalog as ops
 from timpy.config import Limits
@@ -34,7 +35,7 @@ _KIND_RE = re.compile(r"^[a-z0-9_.\-]{1,32}$")
 class Signalling:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, records: Records,
-        messenger: Messenger, signals: Signals, limits: Limits,
+        messenger: Messenger, signals: Signals, limits: Callable[[], Limits],
     ) -> None:
         self._store = store
         self._indexer = indexer
@@ -73,5 +74,5 @@ class Signalling:
         members = await self._store.run(self._store.repo.conversation_members, a.conv_id)
         if a.sender_id not in members:
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
-        if len(members) <= self._limits.receipt_push_max_members:
+        if len(members) <= self._limits().receipt_push_max_members:
             self._signals.push(members, a.signal, skip=(a.sender_id, a.device_id))

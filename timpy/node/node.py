@@ -63,8 +63,8 @@ from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
-from timpy.im.webhooks import Webhooks
 from timpy.im.threads import Threads
+from timpy.im.webhooks import Webhooks
 from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
@@ -75,6 +75,7 @@ from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
 from timpy.store.outbox import Outbox
 from timpy.store.repository import Repository, Store
+from timpy.store.rows import InboxItem
 from timpy.store.sharded import ShardedRepository
 from timpy.wire.messages import KIND_NORMAL, SendResult
 
@@ -252,14 +253,17 @@ class Node:
             self.backends = BackendCoordinator(self.store, self.peers, self.node_id, c.storage.backends)
             await self.backends.load()
             store_where = "shared backends " + ", ".join(b.name for b in self.store.repo.map.backends)
-        self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
+        # Repair puts an inbox entry that lost its slot back through the user's owner's writer (built below).
+        self.replicator = Replicator(
+            self.store, self.peers, self._restore_inbox_entry, c.cluster.anti_entropy_interval, shared=shared
+        )
         ask_on_start = True
         if not shared:  # with no account held here this node owned no one before it started
             ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
         self.webhooks = await self._open_webhooks(keys)
         events: EventSink = self.webhooks if self.webhooks is not None else NO_EVENTS
         self.accounts = Accounts(
-            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
+            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, self._limits, self._now_ms,
             self.peers, self.replicator, events,
         )
         await self.accounts.start()
@@ -269,7 +273,6 @@ class Node:
             self.store, self.peers, self.replicator, self.indexer, limits, self._now_ms,
             checks=[BlockedSenders(self.records), ActingKinds(self.store, limits, self._now_ms), Replies(self.store)],
         )
-        self.replicator.restore_inbox_entry = self.writer.restore_inbox_entry  # repair puts entries back through it
         self.deliverer = Deliverer(
             self.store, self.peers, self.replicator, self.terminals, self.writer, self.tasks, limits, self._now_ms,
             ask_on_start=ask_on_start,
@@ -279,7 +282,7 @@ class Node:
         self.routes = self.deliverer.routes
         self.messenger = Messenger(self.store, self.indexer, limits, self.peers, self.replicator, self.writer)
         self.groups = Groups(
-            self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger, self.writer, events
+            self.store, self.indexer, limits, self.peers, self.replicator, self.messenger, self.writer, events
         )
         # Integrations: the webhook check before a send is queued (in the sender's task, not the
         # writer's: a slow endpoint must not stall other senders), events handed off after the commit
@@ -300,7 +303,7 @@ class Node:
         )
         self.routes.watch_presence(self.presence.terminals_changed)
         self.receipts = Receipts(
-            self.store, self.indexer, self.peers, self.replicator, self.writer, self.signals, c.limits
+            self.store, self.indexer, self.peers, self.replicator, self.writer, self.signals, limits
         )
         self.conversations = Conversations(
             self.store, self.indexer, self.peers, self.records, self.signals, self.routes, self._now_ms,
@@ -319,7 +322,7 @@ class Node:
             self.groups.check_sender,
         )
         self.signalling = Signalling(
-            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, limits
         )
         self.rooms = Rooms(
             self.indexer, self.peers, self.signals, limits, trio.current_time, self.tasks.spawn
@@ -541,6 +544,9 @@ class Node:
         """Writer listener: messages this node numbered and stored (metrics, status)."""
         self.stored_count += sum(1 for c in committed if c.numbered_here)
 
+    async def _restore_inbox_entry(self, item: InboxItem) -> None:
+        await self.writer.restore_inbox_entry(item)
+
     def _limits(self) -> Limits:
         return self.config.limits  # read each time: set_limits replaces the config
 
@@ -664,11 +670,7 @@ class Node:
         from timpy.gateway.admin import checked_limits
 
         limits = checked_limits(self.config.limits, changes)
-        self.config = self.config.replace(limits=limits)
-        self.accounts._limits = limits
-        self.groups._limits = limits
-        self.receipts._limits = limits
-        self.signalling._limits = limits
+        self.config = self.config.replace(limits=limits)  # every feature reads it through _limits
         log.info("limits changed: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
         return limits
 
