@@ -28,11 +28,11 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import conversation_rules as rules
 from timpy.im import ids, kinds
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.routes import Routes
 from timpy.im.signals import Signals
+from timpy.im.users import Identity
 from timpy.im.writer import Committed
 from timpy.store.repository import Store
 from timpy.store.rows import ConversationRows

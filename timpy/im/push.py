@@ -29,11 +29,11 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids, kinds
 from timpy.im import push_rules as rules
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
+from timpy.im.ratelimit import retry_delay
 from timpy.im.records import Records
 from timpy.im.routes import Routes
-from timpy.im.webhook_rules import retry_delay
+from timpy.im.users import Identity
 from timpy.wire.messages import ChatMessage
 
 if TYPE_CHECKING:

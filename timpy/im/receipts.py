@@ -24,10 +24,10 @@ from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids, kinds
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
+from timpy.im.users import Identity
 from timpy.im.writer import Writer
 from timpy.store.repository import Store
 from timpy.store.rows import Copies, NewMessage

@@ -18,7 +18,7 @@ Only tokens travel between nodes, never the query's words. Results are
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import msgpack
 import trio
@@ -29,10 +29,9 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids
 from timpy.im import search_rules as rules
-from timpy.im.accounts import Identity
-from timpy.im.conversations import Conversations
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.users import Identity
 from timpy.im.writer import Committed
 from timpy.store.features.search import IndexPlan
 from timpy.store.repository import Store
@@ -74,13 +73,13 @@ def plan_for(conversation_key: bytes) -> IndexPlan:
 class Search:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator,
-        conversations: Conversations, spawn: Callable[..., bool],
+        conversations_of: Callable[[Identity], Awaitable[list[bytes]]], spawn: Callable[..., bool],
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._replicator = replicator
-        self._conversations = conversations
+        self._conversations_of = conversations_of  # what a user may search (the conversation list)
         self._spawn = spawn
         self._lock = trio.Lock()  # one indexing at a time on this node
         self._dirty: set[bytes] = set()
@@ -152,7 +151,7 @@ class Search:
         if conversation:
             convs = [ids.parse_conversation(conversation)]
         else:
-            convs = await self._conversations.conversation_ids(who)
+            convs = await self._conversations_of(who)
         asks = {c: rules.tokens(self.conversation_key(c), terms) for c in convs}
         hits: list[tuple[str, int, int]] = []
         failed: list[TimpyError] = []

@@ -19,12 +19,11 @@ from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids
-from timpy.im.accounts import Identity
-from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
+from timpy.im.users import Identity, Users
 from timpy.store.repository import Store
 from timpy.wire.messages import Signal
 
@@ -35,14 +34,14 @@ _KIND_RE = re.compile(r"^[a-z0-9_.\-]{1,32}$")
 class Signalling:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, records: Records,
-        messenger: Messenger, signals: Signals, limits: Callable[[], Limits],
+        users: Users, signals: Signals, limits: Callable[[], Limits],
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._replicator = replicator
         self._records = records
-        self._messenger = messenger
+        self._users = users
         self._signals = signals
         self._limits = limits
         peers.serve(ops.SIGNAL_DIRECT, self._direct_here)
@@ -54,7 +53,7 @@ class Signalling:
         if len(data) > MAX_SIGNAL_DATA:
             raise RequestError(f"signal data of {len(data)} bytes exceeds {MAX_SIGNAL_DATA}", Code.BODY_TOO_LARGE)
         if to:
-            peer, pid, pair = await self._messenger.peer_of(who, to)
+            peer, pid, pair = await self._users.peer_of(who, to)
             signal = Signal(kind, who.name, data, to=peer)
             await self._peers.ask(ops.SIGNAL_DIRECT, ops.SignalDirect(pair, who.user_id, device_id, pid, signal))
         elif conversation:

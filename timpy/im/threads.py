@@ -22,12 +22,12 @@ from timpy.cluster import catalog as ops
 from timpy.cluster.rpc import NotOwner
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
-from timpy.im import ids, kinds, reply_rules
-from timpy.im.accounts import Identity
-from timpy.im.messaging import Messenger
+from timpy.im import ids, kinds
 from timpy.im.peers import Peers
 from timpy.im.records import Records
+from timpy.im.references import check_reply_target
 from timpy.im.replication import Replicator
+from timpy.im.users import Identity, Users
 from timpy.im.writer import Writer
 from timpy.store.repository import Store
 from timpy.wire.messages import KIND_BURN, SendResult, unpack_content
@@ -50,7 +50,7 @@ def root_of(ext: dict[str, str]) -> int:
 class Threads:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, records: Records,
-        messenger: Messenger, writer: Writer,
+        users: Users, writer: Writer,
         check_group_sender: Callable[[bytes, str], Awaitable[None]],
     ) -> None:
         self._store = store
@@ -58,7 +58,7 @@ class Threads:
         self._peers = peers
         self._replicator = replicator
         self._records = records
-        self._messenger = messenger
+        self._users = users
         self._writer = writer
         self._check_group_sender = check_group_sender  # at a group's owner: may this user send to it now?
         peers.serve(ops.THREAD_ROOT, self._root_here, replicator)
@@ -68,7 +68,7 @@ class Threads:
     async def _parent(self, who: Identity, recipient: str, conversation: str) -> tuple[bytes, str]:
         """(parent conversation id, the recipient field of its messages)."""
         if recipient:
-            peer, _pid, conv = await self._messenger.peer_of(who, recipient)
+            peer, _pid, conv = await self._users.peer_of(who, recipient)
             return conv, peer
         if conversation:
             return ids.parse_conversation(conversation), "#" + conversation
@@ -89,7 +89,7 @@ class Threads:
         new, content = self._writer.prepare(
             who.user_id, who.name, thread, tuple(members), to, client_id, kind, body, ext
         )
-        return await self._messenger.append_at_owner(new, content, ids.conversation_text(thread))
+        return await self._writer.append_at_owner(new, content, ids.conversation_text(thread))
 
     async def _root_here(self, a: ops.ThreadRoot) -> list[bytes]:
         """At the parent's owner (caught up): may the sender write under this root? The parent's members."""
@@ -98,7 +98,7 @@ class Threads:
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
         row = await self._store.run(self._store.repo.get_message, parent, a.root)
         target = None if row is None or row.deleted else unpack_content("", row.seq, row.created_ms, row.content)
-        reply_rules.check_reply_target(row is not None, row is None or row.deleted,
+        check_reply_target(row is not None, row is None or row.deleted,
                                        target is not None and target.kind in kinds.ACTING)
         assert target is not None
         if target.recipient.startswith("#"):

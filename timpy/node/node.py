@@ -42,7 +42,7 @@ from timpy.errors import ConfigError
 from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
-from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
+from timpy.im.accounts import Accounts
 from timpy.im.attachments import Attachments
 from timpy.im.conversations import Conversations
 from timpy.im.delivery import Deliverer
@@ -64,6 +64,7 @@ from timpy.im.signals import Signals
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
 from timpy.im.threads import Threads
+from timpy.im.users import SYSTEM_USER, Identity, Users
 from timpy.im.webhooks import Webhooks
 from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
@@ -280,9 +281,10 @@ class Node:
         self.writer.listen(self.deliverer.on_commit)
         self.writer.listen(self._count_stored)
         self.routes = self.deliverer.routes
-        self.messenger = Messenger(self.store, self.indexer, limits, self.peers, self.replicator, self.writer)
+        self.users = Users(self.store, self.indexer, self.peers, self.replicator)
+        self.messenger = Messenger(self.store, self.indexer, limits, self.peers, self.replicator, self.writer, self.users)
         self.groups = Groups(
-            self.store, self.indexer, limits, self.peers, self.replicator, self.messenger, self.writer, events
+            self.store, self.indexer, limits, self.peers, self.replicator, self.users, self.writer, events
         )
         # Integrations: the webhook check before a send is queued (in the sender's task, not the
         # writer's: a slow endpoint must not stall other senders), events handed off after the commit
@@ -296,9 +298,9 @@ class Node:
             self.writer.listen(self.push.on_commit)
         self.routes.watch_terminals(self._terminal_changed)
         self.signals = Signals(self.peers, self.terminals, self.routes)
-        self.roster = Roster(self.indexer, self.peers, self.records, self.messenger, self.signals)
+        self.roster = Roster(self.indexer, self.peers, self.records, self.users, self.signals)
         self.presence = Presence(
-            self.store, self.indexer, self.peers, self.records, self.routes, self.roster, self.signals, self._now_ms,
+            self.store, self.indexer, self.peers, self.records, self.routes, self.roster.friends_of, self.signals, self._now_ms,
             self.tasks.spawn,
         )
         self.routes.watch_presence(self.presence.terminals_changed)
@@ -310,7 +312,7 @@ class Node:
             self.tasks.spawn,
         )
         self.search = Search(
-            self.store, self.indexer, self.peers, self.replicator, self.conversations, self.tasks.spawn
+            self.store, self.indexer, self.peers, self.replicator, self.conversations.conversation_ids, self.tasks.spawn
         )
         self.writer.listen(self.conversations.committed)
         self.writer.listen(self.search.committed)
@@ -318,11 +320,11 @@ class Node:
         self.groups.changed.append(self.conversations.group_saved)
         self.groups.send_checks.append(Replies.check_group)
         self.threads = Threads(
-            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.writer,
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.users, self.writer,
             self.groups.check_sender,
         )
         self.signalling = Signalling(
-            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, limits
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.users, self.signals, limits
         )
         self.rooms = Rooms(
             self.indexer, self.peers, self.signals, limits, trio.current_time, self.tasks.spawn
