@@ -188,7 +188,7 @@ class Node:
             repo = ShardedRepository(
                 initial, Sealer(keys.storage), lambda spec: url_engine(spec.url, c.sqlite_synchronous), kinds.effect_of
             )
-            return Store(repo, c.storage.threads), "shared backends"
+            return Store(repo, c.storage.threads, self._observe_storage), "shared backends"
         if c.database_url:
             engine, where, threads = url_engine(c.database_url), "database (url)", 8
         elif c.memory:
@@ -196,7 +196,7 @@ class Node:
         else:
             path = c.data_dir / "timpy.sqlite3"
             engine, where, threads = sqlite_engine(path, c.sqlite_synchronous), str(path), 1
-        return Store(Repository(engine, Sealer(keys.storage), kinds.effect_of), threads), where
+        return Store(Repository(engine, Sealer(keys.storage), kinds.effect_of), threads, self._observe_storage), where
 
     async def _start(self, nursery: trio.Nursery) -> None:
         c = self.config
@@ -211,7 +211,6 @@ class Node:
         self.store, store_where = self._open_store(keys)
         if c.admin.listen:
             self.admin_token = self._load_admin_token()
-        self.store.observe = lambda op, seconds: self.metrics.storage_latency.labels(op).observe(seconds)
         shared = c.storage.shared
         if not shared:
             await self.store.run(self.store.repo.create_schema)
@@ -545,6 +544,9 @@ class Node:
     def _count_stored(self, committed: Sequence[Committed]) -> None:
         """Writer listener: messages this node numbered and stored (metrics, status)."""
         self.stored_count += sum(1 for c in committed if c.numbered_here)
+
+    def _observe_storage(self, op: str, seconds: float) -> None:
+        self.metrics.storage_latency.labels(op).observe(seconds)
 
     async def _restore_inbox_entry(self, item: InboxItem) -> None:
         await self.writer.restore_inbox_entry(item)
