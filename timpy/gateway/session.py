@@ -375,7 +375,8 @@ class ClientSession:
     ) -> None:
         device = claims.device
         terminal = LiveTerminal(
-            who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self, kind=kind
+            who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self, kind=kind,
+            on_gap=self.node.deliverer.resync,
         )
         cursor = await self.node.deliverer.open_terminal(terminal)
         self.identity, self.claims, self.terminal = who, claims, terminal
