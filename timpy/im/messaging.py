@@ -145,6 +145,11 @@ class Messenger:
         self._looking_up: dict[bytes, trio.Event] = {}  # users whose existence is being looked up
         self._peer_ids: dict[tuple[bytes, str], tuple[str, bytes, bytes, str]] = {}  # see _peer_of
         self._user_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
+        # Who may read a conversation: its members, unless a rule here decides
+        # otherwise for it (threads: the members of the thread's parent, now).
+        # Each rule answers True or False for the conversations it knows, None
+        # for the others.
+        self.read_rules: list[Callable[[bytes, bytes], Awaitable[bool | None]]] = []
         peers.serve(ops.CONV_HISTORY, self._history_here, replicator)
         peers.serve(ops.CONV_HISTORY_COPY, self._history_copy)
 
@@ -316,12 +321,20 @@ class Messenger:
 
     async def _history_here(self, a: ops.HistoryOf) -> ops.History:
         """At the conversation's owner (caught up by the operation), or at a replica (``_history_copy``)."""
-        if not await self._store.run(self._store.repo.is_member, a.conv_id, a.user_id):
+        if not await self.may_read(a.conv_id, a.user_id):
             return ops.History(False, [], False)
         rows, more = await self._store.run(
             self._store.repo.read_history, a.conv_id, a.before, None if a.after < 0 else a.after, a.limit
         )
         return ops.History(True, [ops.HistoryRow(r.seq, r.created_ms, r.content) for r in rows], more)
+
+    async def may_read(self, conv_id: bytes, user_id: bytes) -> bool:
+        """May the user read the conversation's history (here, where it is held)?"""
+        for rule in self.read_rules:
+            allowed = await rule(conv_id, user_id)
+            if allowed is not None:
+                return allowed
+        return bool(await self._store.run(self._store.repo.is_member, conv_id, user_id))
 
     async def _history_copy(self, a: ops.HistoryOf) -> ops.History:
         if not self._peers.placement.holds(a.conv_id):

@@ -11,7 +11,8 @@ Three mechanisms keep the copies whole:
   from the ring keeps the survivors in the new replica set, so the new owner
   continues the sequence with no gap and no reuse.
 * **Repair (anti-entropy).** After every ring change (and every ``interval``
-  seconds), each node walks the keys it holds in pages and compares their
+  seconds), each node walks the keys it holds (conversations, users and
+  attachments: every kind of the registry, ``timpy.store.tables``) in pages and compares their
   content with each other replica (``timpy.store.digest``): one digest per
   key for a page (the replica also names the keys of that range it holds
   and this node lacks), bucket digests for a key that differs, slot hashes
@@ -40,6 +41,7 @@ from timpy.im.peers import Peers
 from timpy.store import digest
 from timpy.store.repository import Store
 from timpy.store.rows import Copies, InboxItem
+from timpy.store.tables import KEYS
 
 log = logging.getLogger("timpy.replication")
 
@@ -346,7 +348,7 @@ class Replicator:
         if cleared:
             self.progress.conflicting_slots += cleared
             log.warning("catch-up: %s %s held %d slot(s) with values that lose to %s's (a higher epoch); replaced",
-                        "conversation" if kind == "conv" else "user", key.hex(), cleared, node)
+                        KEYS[kind].noun, key.hex(), cleared, node)
 
     # --- anti-entropy -------------------------------------------------------
 
@@ -379,7 +381,7 @@ class Replicator:
         before = (p.rows_repaired, p.conflicting_slots)
         checked = repaired = 0
         try:
-            for kind in ("conv", "user"):
+            for kind in KEYS:  # conversations, users, attachments
                 after = b""
                 for _ in range(10_000_000 // DIGEST_PAGE):  # bounded walk over the keys held here
                     page = await self._store.run(self._store.repo.repair_keys, kind, after, None, DIGEST_PAGE)
@@ -469,22 +471,29 @@ class Replicator:
         if kind == "user" and conflicts:
             losers = await self._inbox_losers(node, key, [i for i in slots.send if i in conflicts],
                                               [i for i in slots.fetch if i in conflicts])
-        if raw is not None and (slots.fetch or meta):
-            got = Copies.unpack(await self._peers.call(
-                node, ops.REPAIR_ROWS, ops.RepairRows(kind, key, slots.fetch, meta), timeout=10.0
-            ))
-            fetched, here = await self._store.run(
-                repo.apply_repair, kind, key, got, [i for i in slots.fetch if i in conflicts]
-            )
-            cleared += here
+        page = KEYS[kind].page  # big slots (an attachment's chunks) go a few at a time
+        if raw and (slots.fetch or meta):
+            for start in range(0, max(len(slots.fetch), 1), page):
+                wanted = slots.fetch[start : start + page]
+                got = Copies.unpack(await self._peers.call(
+                    node, ops.REPAIR_ROWS, ops.RepairRows(kind, key, wanted, meta and start == 0), timeout=10.0
+                ))
+                f, here = await self._store.run(
+                    repo.apply_repair, kind, key, got, [i for i in wanted if i in conflicts]
+                )
+                fetched += f
+                cleared += here
         sent = 0
         if mine is not None and (slots.send or meta):
-            copies = await self._store.run(repo.repair_rows, kind, key, slots.send, meta)
-            sent, there = await self._peers.call(
-                node, ops.REPAIR_APPLY, ops.RepairApply(kind, key, copies.pack(), [i for i in slots.send if i in conflicts]),
-                timeout=10.0,
-            )
-            cleared += there
+            for start in range(0, max(len(slots.send), 1), page):
+                wanted = slots.send[start : start + page]
+                copies = await self._store.run(repo.repair_rows, kind, key, wanted, meta and start == 0)
+                n, there = await self._peers.call(
+                    node, ops.REPAIR_APPLY,
+                    ops.RepairApply(kind, key, copies.pack(), [i for i in wanted if i in conflicts]), timeout=10.0,
+                )
+                sent += n
+                cleared += there
         if losers:  # put back once every replica of the page is merged
             self._losers.setdefault(key, []).extend(losers)
         p.rows_repaired += fetched + sent
@@ -494,7 +503,7 @@ class Replicator:
             log.warning(
                 "repair: %s %s held %d slot(s) with different values here and on %s (%s); "
                 "kept the value with the lowest hash on both",
-                "conversation" if kind == "conv" else "user", key.hex(), max(len(conflicts), cleared), node,
+                KEYS[kind].noun, key.hex(), max(len(conflicts), cleared), node,
                 ", ".join(str(i) for i in sorted(conflicts)[:10]) or "the same message in two slots",
             )
         return fetched
@@ -627,6 +636,6 @@ def _copies(raw: list) -> Copies:
 
 
 def _kind(kind: object) -> str:
-    if kind not in ("conv", "user"):
+    if kind not in KEYS:
         raise TimpyError(f"unknown kind of key {kind!r}", Code.BAD_REQUEST)
     return str(kind)

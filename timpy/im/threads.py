@@ -12,10 +12,18 @@ thread's owner stores the message in their inboxes, so it reaches every
 member's terminals, live or on their next sync, with ``ext["thread_of"]`` set
 to the parent. History reads a thread by its id; ``summaries`` gives the
 thread id and message count of given root messages.
+
+Who may read a thread is who may read its parent, now (a rule of the
+messenger's ``read_rules``): a member who joined a group later reads the
+threads started before, as they read the group's earlier messages, and one
+who left reads neither. The thread's owner learns the parent from a stored
+message of the thread (``ext["thread_of"]`` and ``ext["thread"]``), trusted
+only when the thread's id is the one those two give.
 """
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable
 
 from timpy.cluster import catalog as ops
@@ -33,6 +41,8 @@ from timpy.store.repository import Store
 from timpy.wire.messages import KIND_BURN, SendResult, unpack_content
 
 MAX_ROOTS = 200  # roots per summary request
+_PARENTS_MAX = 10_000  # threads whose parent a node remembers
+_PARENT_SCAN = 200  # messages read to find a thread's parent (past recalled ones)
 
 
 def thread_of(indexer: BlindIndexer, parent: bytes, root_seq: int) -> bytes:
@@ -64,6 +74,7 @@ class Threads:
         peers.serve(ops.THREAD_ROOT, self._root_here, replicator)
         peers.serve(ops.THREAD_MEMBER, self._member_here, replicator)
         peers.serve(ops.THREAD_HEADS, self._heads)
+        self._parents: OrderedDict[bytes, bytes | None] = OrderedDict()  # conversation -> its parent (None: no thread)
 
     async def _parent(self, who: Identity, recipient: str, conversation: str) -> tuple[bytes, str]:
         """(parent conversation id, the recipient field of its messages)."""
@@ -111,6 +122,39 @@ class Threads:
 
     async def _member_here(self, a: ops.ThreadMember) -> bool:
         return await self._store.run(self._store.repo.is_member, a.conv_id, a.user_id)
+
+    async def may_read(self, conv: bytes, user_id: bytes) -> bool | None:
+        """For a thread: is the user in its parent now? None for any other conversation.
+        (A rule for ``Messenger.read_rules``; the node adds it.)"""
+        parent = await self._parent_of(conv)
+        if parent is None:
+            return None
+        return bool(await self._peers.ask(ops.THREAD_MEMBER, ops.ThreadMember(parent, user_id)))
+
+    async def _parent_of(self, conv: bytes) -> bytes | None:
+        """The parent of a thread held here, from its stored messages; None
+        for a conversation that is not a thread (or has nothing readable yet)."""
+        if conv in self._parents:
+            self._parents.move_to_end(conv)
+            return self._parents[conv]
+        rows, more = await self._store.run(self._store.repo.read_history, conv, 0, 0, 1)  # its first message
+        if rows and not rows[0].content and more:  # taken back: the next ones
+            rows, _ = await self._store.run(self._store.repo.read_history, conv, 0, rows[0].seq, _PARENT_SCAN)
+        first = next((r for r in rows if r.content), None)
+        if first is None:
+            return None  # nothing to read, or every message taken back: decided by membership
+        parent: bytes | None = None
+        ext = unpack_content("", first.seq, first.created_ms, first.content).ext
+        try:
+            candidate = ids.parse_conversation(ext.get("thread_of", ""))
+            if thread_of(self._indexer, candidate, root_of(ext)) == conv:
+                parent = candidate
+        except RequestError:
+            parent = None  # not a thread message (a client's ext says nothing the id does not prove)
+        self._parents[conv] = parent
+        while len(self._parents) > _PARENTS_MAX:
+            self._parents.popitem(last=False)
+        return parent
 
     async def summaries(
         self, who: Identity, recipient: str, conversation: str, roots: list[int]

@@ -322,6 +322,7 @@ class Node:
             self.store, self.indexer, self.peers, self.replicator, self.records, self.users, self.writer,
             self.groups.check_sender,
         )
+        self.messenger.read_rules.append(self.threads.may_read)  # a thread is read by its parent's members now
         self.signalling = Signalling(
             self.store, self.indexer, self.peers, self.replicator, self.records, self.users, self.signals, limits
         )
