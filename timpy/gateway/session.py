@@ -23,11 +23,11 @@ from timpy.cluster.rpc import PeerUnavailable
 from timpy.crypto.tokens import TokenClaims
 from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyError
 from timpy.im import ids
-from timpy.im.accounts import Identity
 from timpy.im.attachments import AttachmentInfo
 from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
+from timpy.im.users import Identity
 from timpy.wire import protocol as wp
 from timpy.wire.messages import (
     ChatMessage,
@@ -411,7 +411,8 @@ class ClientSession:
     ) -> None:
         device = claims.device
         terminal = LiveTerminal(
-            who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self, kind=kind
+            who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self, kind=kind,
+            on_gap=self.node.deliverer.resync,
         )
         cursor = await self.node.deliverer.open_terminal(terminal)
         self.identity, self.claims, self.terminal = who, claims, terminal

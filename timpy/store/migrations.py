@@ -62,6 +62,12 @@ def _add_attachments(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _add_attachment_tombstones(conn: Connection) -> None:
+    columns = {c["name"] for c in inspect(conn).get_columns("attachments")}
+    if "deleted" not in columns:
+        conn.execute(text("ALTER TABLE attachments ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
 # (version reached, what it does, the step)
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "index inbox entries by message", _add_inbox_message_index),
@@ -71,6 +77,7 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "ring epochs on message and inbox rows", _add_row_epochs),
     (7, "conversation list index, search index", _add_conversation_list_and_search),
     (8, "attachments", _add_attachments),
+    (9, "attachment tombstones", _add_attachment_tombstones),
 ]
 
 assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"

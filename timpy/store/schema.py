@@ -17,10 +17,11 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 8  # bump with a step in migrations.py
+SCHEMA_VERSION = 9  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -185,7 +186,7 @@ search_heads = Table(
 )
 
 # schema 8: attachments (timpy/store/features/attachments.py), placed by the attachment id
-# like any key. The metadata (name, type, size, hash, uploader) and every
+# like any key (its own kind of key in the registry, "att"). The metadata (name, type, size, hash, uploader) and every
 # chunk are sealed; AD binds (attachments, att_id, "meta") and
 # (attachment_chunks, att_id, index).
 attachments = Table(
@@ -198,6 +199,9 @@ attachments = Table(
     Column("chunks", BigInteger, nullable=False),
     Column("complete", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
+    # schema 9: a deleted attachment keeps this row, its meta emptied, as a
+    # tombstone: repair and late copies cannot bring the file back
+    Column("deleted", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 attachment_chunks = Table(
