@@ -41,8 +41,8 @@ from timpy.config import FilesConfig
 from timpy.crypto.file_urls import check_file_url, file_url
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids, kinds
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
+from timpy.im.users import Identity
 from timpy.im.writer import Append, Committed
 from timpy.store.features.attachments import AttachmentRow
 from timpy.store.repository import Store
