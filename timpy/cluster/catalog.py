@@ -744,6 +744,7 @@ class EpochArgs:
 class Granted:
     granted: bool
     epoch: Epoch  # the answerer's
+    established: bool = False  # the answerer knows a majority accepted ``epoch``
 
 
 OWN_GRANT = op(41, "own.grant", Grant, Granted, THIS_NODE, timeout=1.0)
