@@ -100,6 +100,7 @@ class OwnershipService:
         self.lease_lost_at: float | None = None  # when this node last stopped holding a lease
         self._unfounded_since: float | None = None
         self._alone_since: float | None = None  # since when this node, with no ring, sees members alive
+        self._ring_heard_at: float | None = None  # when a member last said it has a ring
         rpc.serve(ops.OWN_GRANT, self._on_grant)
         rpc.serve(ops.OWN_ACCEPT, self._on_accept)
         rpc.serve(ops.OWN_ESTABLISHED, self._on_established)
@@ -285,6 +286,8 @@ class OwnershipService:
             self._alone_since = now
         if now - self._alone_since < FOUND_AFTER:
             return  # an existing cluster adds a new node well within this: do not disturb it
+        if self._ring_heard_at is not None and now - self._ring_heard_at < FOUND_AFTER:
+            return  # a member has a ring: it adds this node in its own time (asking each round costs N² calls)
         answers: dict[str, int] = {}
 
         async def ask(name: str, address: str) -> None:
@@ -300,6 +303,8 @@ class OwnershipService:
                 if address:
                     nursery.start_soon(ask, name, address)
         now = trio.current_time()
+        if any(answers.values()):
+            self._ring_heard_at = now
         if self.core.epoch.number != 0 or len(answers) < len(others) or any(answers.values()):
             self._unfounded_since = None
             return
