@@ -11,7 +11,9 @@ a majority. Measured from the split:
 - how long until every minority node refuses writes (its lease ran out);
 - how long until the majority serves a conversation whose owner was on the
   minority side (a send through a majority node is acknowledged);
-- how long after the heal until every node holds its lease on the full ring.
+- how long after the heal until every node holds its lease on the full ring;
+- whether the message acknowledged before the split kept its seq (the one
+  sent during the split was numbered after it).
 """
 
 from __future__ import annotations
@@ -56,7 +58,7 @@ async def _split_in(n: int, seed: int, data_dir: Path) -> dict[str, Any]:
             raise click.ClickException("found no conversation owned on the minority side")
         await cluster.register(min(majority), recipient, password)
         async with cluster.client(min(majority), sender, password) as c:
-            await c.send(recipient, "before", client_id="before")
+            before = await c.send(recipient, "before", client_id="before")
         split = trio.current_time()
         cluster.partition(minority, majority)
         refused_at = moved_at = None
@@ -70,7 +72,7 @@ async def _split_in(n: int, seed: int, data_dir: Path) -> dict[str, Any]:
                 attempt += 1
                 try:
                     async with cluster.client(max(majority), sender, password) as c:
-                        await c.send(recipient, "during", client_id="during")
+                        during = await c.send(recipient, "during", client_id="during")
                     moved_at = trio.current_time() - split
                 except TimpyError:
                     await trio.sleep(0.1)
@@ -82,6 +84,9 @@ async def _split_in(n: int, seed: int, data_dir: Path) -> dict[str, Any]:
         f"minority_refuses_{n}_nodes_s": round(refused_at, 2),
         f"majority_serves_moved_key_{n}_nodes_s": round(moved_at, 2),
         f"whole_again_after_heal_{n}_nodes_s": round(whole_at, 2),
+        # The promise, checked on the way: the moved conversation's new owner
+        # numbered after the message acknowledged before the split.
+        f"acknowledged_message_kept_{n}_nodes": during.seq > before.seq,
     }
 
 
