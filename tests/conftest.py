@@ -137,10 +137,46 @@ _settings.load_profile("timpy-ci" if os.environ.get("CI", "").lower() in ("true"
 @pytest.hookimpl(tryfirst=True)
 def pytest_configure(config: pytest.Config) -> None:
     # tryfirst: before hypothesis's own pytest_configure, which applies --hypothesis-seed.
-    if config.getoption("hypothesis_seed", None) is None:
+    worker = getattr(config, "workerinput", None)  # under pytest-xdist: the seed the controller drew
+    if worker is not None and "hypothesis_seed" in worker:
+        config.option.hypothesis_seed = worker["hypothesis_seed"]
+    elif config.getoption("hypothesis_seed", None) is None:
         config.option.hypothesis_seed = str(random.SystemRandom().randrange(2**32))
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_configure_node(node) -> None:  # noqa: ANN001 - xdist's WorkerController
+    """Every xdist worker explores with the controller's seed, so the printed one reproduces the run."""
+    node.workerinput["hypothesis_seed"] = node.config.getoption("hypothesis_seed")
+
+
+def pytest_terminal_summary(terminalreporter, config: pytest.Config) -> None:  # noqa: ANN001
+    # Printed under -q too (pytest drops the header then), so every CI log names its seed.
+    if getattr(config, "workerinput", None) is None:
+        seed = config.getoption("hypothesis_seed", None)
+        terminalreporter.write_line(f"hypothesis seed {seed} (rerun with --hypothesis-seed={seed})")
 
 
 def pytest_report_header(config: pytest.Config) -> str:
     seed = config.getoption("hypothesis_seed", None)
     return f"hypothesis profile {_settings.get_current_profile_name()!r}, seed {seed} (rerun with --hypothesis-seed={seed})"
+
+
+# pytest-xdist (the README's test command runs two workers, ``--dist loadgroup``).
+# Tests that build network namespaces run one at a time on one worker: they are the
+# most timing-sensitive (leases, NAT bindings) and each runs several node processes.
+# Shared database servers need no group: each worker has its own databases
+# (tests/store/backends.py); the default ports have their own cross-process lock.
+SERIAL_GROUPS = {
+    "tests/e2e/test_nat.py": "netns",
+    "tests/e2e/test_partition_processes.py": "netns",
+    "tests/cluster/test_nat.py": "netns",
+}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    root = Path(str(config.rootpath))
+    for item in items:
+        group = SERIAL_GROUPS.get(Path(str(item.path)).relative_to(root).as_posix())
+        if group:
+            item.add_marker(pytest.mark.xdist_group(group))

@@ -64,3 +64,11 @@ def test_local_runs_randomize_too(two_ci_runs, tmp_path):
     seed, local = run(tmp_path, "local", ci=False)
     assert local[0].startswith("profile timpy False ")
     assert seed not in (two_ci_runs[0][0], two_ci_runs[1][0]) and local[1:] != two_ci_runs[0][1][1:]
+
+
+def test_xdist_workers_explore_with_the_printed_seed_and_quiet_runs_print_it(two_ci_runs, tmp_path):
+    # The README's test command runs `-q -n 2`: pytest drops its header under -q, and each
+    # xdist worker would otherwise draw a seed of its own that no log shows.
+    seed, first = two_ci_runs[0]
+    again_seed, again = run(tmp_path, "workers", "-q", "-n", "2", f"--hypothesis-seed={seed}")
+    assert again_seed == seed and sorted(again) == sorted(first)

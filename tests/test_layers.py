@@ -5,6 +5,11 @@ base (errors, concurrency, logs, files) < wire < crypto < config < cluster <
 store < im < gateway < node; client may import base and wire only; cli,
 timpy/__init__, timpy/__main__ and timpy/testing are on top. Imports under
 ``if TYPE_CHECKING:`` count: a type is a dependency.
+
+Inside ``im``, features never import each other (DESIGN.md): each feature
+(its module and its pure rules) may import the core and itself only; what
+two features share lives in the core (``users``, ``references``,
+``ratelimit``, ...) or is handed in at construction by the node.
 """
 
 from __future__ import annotations
@@ -86,7 +91,13 @@ def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple
                 # "from timpy import errors", "from . import session": each name is a module.
                 found += [(node.lineno, f"{target}.{alias.name}") for alias in node.names]
             else:
-                found.append((node.lineno, target))
+                # "from timpy.im import kinds": a name that is a module of the package counts as that module.
+                folder = PACKAGE.parent.joinpath(*target.split("."))
+                names = [a.name for a in node.names]
+                submodules = [n for n in names if (folder / f"{n}.py").is_file() or (folder / n).is_dir()]
+                found += [(node.lineno, f"{target}.{n}") for n in submodules]
+                if len(submodules) < len(names):
+                    found.append((node.lineno, target))
     return found
 
 
@@ -143,3 +154,80 @@ def test_the_checker_sees_type_checking_and_relative_imports() -> None:
     assert found == ["timpy.gateway.session", "timpy.node.node", "timpy.cli.main"]
     rules = [may_import("gateway", layer_of(name)) for name in found]
     assert rules[0] is None and rules[1] is not None and rules[2] is not None
+
+
+# --- features of im -----------------------------------------------------------------
+
+# Each feature of timpy/im/ and its modules (the feature, its pure rules). A
+# module of im/ that is in no feature is core. A new feature adds a line here.
+FEATURES: dict[str, set[str]] = {
+    "accounts": {"accounts"},
+    "attachments": {"attachments"},
+    "conversations": {"conversations", "conversation_rules"},
+    "groups": {"groups", "group_rules"},
+    "messaging": {"messaging"},
+    "presence": {"presence"},
+    "push": {"push", "push_rules"},
+    "receipts": {"receipts"},
+    "replies": {"replies", "reply_rules"},
+    "rooms": {"rooms"},
+    "roster": {"roster", "roster_rules"},
+    "search": {"search", "search_rules"},
+    "signalling": {"signalling"},
+    "threads": {"threads"},
+    "webhooks": {"webhooks", "webhook_rules"},
+}
+CORE = {
+    "__init__", "batches", "delivery", "events", "fields", "ids", "kinds", "peers", "ratelimit", "records",
+    "references", "replication", "routes", "signals", "tasks", "terminals", "users", "writer",
+}
+
+
+def feature_of(module: str) -> str | None:
+    """The feature a timpy.im module belongs to; None for the core (and for modules outside im)."""
+    parts = module.split(".")
+    if parts[:2] != ["timpy", "im"] or len(parts) < 3:
+        return None
+    for feature, modules in FEATURES.items():
+        if parts[2] in modules:
+            return feature
+    return None
+
+
+def feature_violations() -> list[str]:
+    problems = []
+    for path in sorted((PACKAGE / "im").rglob("*.py")):
+        importer = module_name(path)
+        mine = feature_of(importer)
+        if mine is None:
+            continue
+        for line, imported in imports_of(path.read_text(encoding="utf-8"), importer, path.name == "__init__.py"):
+            theirs = feature_of(imported)
+            if theirs is not None and theirs != mine:
+                problems.append(
+                    f"{path.relative_to(PACKAGE.parent)}:{line}: the {mine} feature imports {imported} "
+                    f"(the {theirs} feature): move what they share into the im core, or have the node pass it in"
+                )
+    return problems
+
+
+def test_every_module_of_im_is_core_or_in_one_feature() -> None:
+    found = {p.stem for p in (PACKAGE / "im").glob("*.py")}
+    listed = [m for modules in FEATURES.values() for m in modules]
+    assert len(listed) == len(set(listed)) and not set(listed) & CORE, "a module is listed twice"
+    unknown = sorted(found - CORE - set(listed))
+    assert not unknown, f"timpy/im/ modules in no feature and not core: {unknown}: add them to FEATURES or CORE"
+    assert not (CORE | set(listed)) - found, "FEATURES or CORE names a module that is gone"
+
+
+def test_features_never_import_each_other() -> None:
+    problems = feature_violations()
+    assert not problems, "features importing each other:\n" + "\n".join(problems)
+
+
+def test_the_feature_checker_sees_an_import_of_another_feature() -> None:
+    source = "from timpy.im.messaging import Messenger\nfrom timpy.im import roster_rules as rules\nfrom timpy.im.users import Users\n"
+    found = [feature_of(name) for _, name in imports_of(source, "timpy.im.groups")]
+    assert found == ["messaging", "roster", None]
+    assert feature_of("timpy.im.group_rules") == feature_of("timpy.im.groups") == "groups"
+

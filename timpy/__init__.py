@@ -26,6 +26,7 @@ from timpy.client import (
     connect,
     register,
 )
+from timpy.client.files import Attachment, HashMismatch
 from timpy.config import (
     ClusterConfig,
     Limits,
@@ -49,7 +50,6 @@ from timpy.wire.messages import (
     ChatMessage,
     FileRef,
 )
-from timpy.client.files import Attachment, HashMismatch
 
 __version__ = "0.1.0"
 

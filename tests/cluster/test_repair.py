@@ -1,18 +1,22 @@
 """Repair by content digests (issue 15): three real nodes in one trio
 program; one replica's rows are deleted in the middle and slots changed under
-it; one repair pass makes the three copies equal again."""
+it; one repair pass makes the three copies equal again. Attachments too
+(issue 18): missing chunks come back, a missed deletion arrives."""
 
 from __future__ import annotations
 
 import os
+from contextlib import AsyncExitStack
 
 import pytest
 import trio
 from sqlalchemy import delete, func, select, update
 
 import timpy
-from tests.cluster.test_routing import cluster
-from tests.conftest import PASSWORD
+from tests.cluster.test_routing import FAST_CLUSTER, cluster, wait_for_ring
+from tests.conftest import PASSWORD, node_config
+from timpy.config import ClusterConfig, FilesConfig
+from timpy.crypto.keys import ClusterKeys
 from timpy.im import ids
 from timpy.store import schema as s
 
@@ -115,4 +119,70 @@ async def test_one_repair_pass_restores_equal_copies_after_holes_and_swapped_slo
         # A second pass finds nothing left to do.
         rows = p.rows_repaired
         await node.replicator.repair_pass()
+        assert p.rows_repaired == rows and p.keys_repaired == 0
+
+
+def file_rows(node: timpy.Node, att: bytes) -> tuple[object, ...]:
+    """What a node holds of one attachment: its row's state, chunk indexes, readers."""
+    a, c, r = s.attachments, s.attachment_chunks, s.attachment_readers
+    with node.store.repo.engine.connect() as conn:
+        row = conn.execute(select(a.c.complete, a.c.deleted).where(a.c.att_id == att)).first()
+        chunks = sorted(i for i in conn.execute(select(c.c.idx).where(c.c.att_id == att)).scalars())
+        readers = sorted(bytes(u) for u in conn.execute(select(r.c.user_id).where(r.c.att_id == att)).scalars())
+    return (None if row is None else tuple(row)), chunks, readers
+
+
+async def test_repair_carries_an_attachment_s_missing_chunks_and_its_deletion() -> None:
+    """Attachments are keys of the registry: a replica that lost chunks (or
+    the whole file) gets them back from one repair pass, and a deletion it
+    missed reaches it the same way instead of the file coming back."""
+    keys = ClusterKeys.generate()
+    async with AsyncExitStack() as stack:
+        nodes: list[timpy.Node] = []
+        for _ in range(3):
+            join = (nodes[0].peer_address,) if nodes else ()
+            cfg = node_config(
+                cluster=ClusterConfig(join=join, **{**FAST_CLUSTER, "replicas": 3, "write_quorum": 2,
+                                                    "anti_entropy_interval": 3600.0}),
+                files=FilesConfig(chunk_size=1024),
+            )
+            nodes.append(await stack.enter_async_context(timpy.open_node(cfg, keys=keys)))
+        await wait_for_ring(nodes)
+        for name in ("ann", "bob"):
+            await timpy.register(nodes[0].tcp_url, name, PASSWORD)
+        data = os.urandom(10 * 1024 + 5)
+        async with timpy.connect(nodes[0].tcp_url, "ann", PASSWORD) as ann:
+            kept = await ann.upload(data, name="kept.bin")
+            gone = await ann.upload(b"to be deleted" * 100, name="gone.bin")
+            await ann.send_file(kept, to="bob")
+        kept_id, gone_id = bytes.fromhex(kept.id), bytes.fromhex(gone.id)
+        # Every copy of the write quorum's third replica is in: wait for it.
+        with trio.fail_after(10):
+            while len({repr(await n.store.run(file_rows, n, kept_id)) for n in nodes}) > 1:
+                await trio.sleep(0.05)
+        whole = await nodes[0].store.run(file_rows, nodes[0], kept_id)
+        assert whole[0] == (True, False) and whole[1] == list(range(11)) and len(whole[2]) == 2
+        damaged, other = nodes[2], nodes[1]
+
+        def damage() -> None:
+            c = s.attachment_chunks
+            with damaged.store.repo.engine.begin() as conn:
+                conn.execute(delete(c).where(c.c.att_id == kept_id, c.c.idx.in_([0, 4, 10])))
+            # ``gone`` is deleted on the other two while this replica is away
+            other.store.repo.delete_attachment(gone_id)
+            nodes[0].store.repo.delete_attachment(gone_id)
+
+        await damaged.store.run(damage)
+        assert (await damaged.store.run(file_rows, damaged, kept_id))[1] == [1, 2, 3, 5, 6, 7, 8, 9]
+        assert (await damaged.store.run(file_rows, damaged, gone_id))[0] == (True, False)
+        await nodes[0].replicator.repair_pass()
+        for n in nodes:
+            assert await n.store.run(file_rows, n, kept_id) == whole
+            assert await n.store.run(file_rows, n, gone_id) == ((False, True), [], [])
+        async with timpy.connect(damaged.tcp_url, "bob", PASSWORD) as bob:
+            assert await bob.download(kept.id) == data
+        # A second pass finds nothing left to do.
+        p = nodes[0].replicator.progress
+        rows = p.rows_repaired
+        await nodes[0].replicator.repair_pass()
         assert p.rows_repaired == rows and p.keys_repaired == 0

@@ -9,6 +9,7 @@ import trio
 from hypothesis import given
 from hypothesis import strategies as st
 
+from timpy.cluster import catalog as ops
 from timpy.cluster.rpc import PeerUnavailable, Rpc, holds
 from timpy.cluster.transport import MemoryNetwork, MemoryTransport
 from timpy.errors import Code
@@ -46,7 +47,7 @@ async def test_a_call_nobody_answers_fails_unavailable_in_plain_words():
     rpc = Rpc(MemoryTransport(network, "127.0.0.1:1"))
     try:
         with trio.fail_after(5):
-            await rpc.call("127.0.0.1:2", "acct.get", b"id", timeout=0.05)
+            await rpc.call("127.0.0.1:2", ops.ACCT_GET, ops.AccountGet(b"id", False), timeout=0.05)
     except PeerUnavailable as exc:
         assert exc.method == "acct.get" and exc.address == "127.0.0.1:2"
         assert "acct.get" not in exc.text and "the account" in exc.text

@@ -171,6 +171,64 @@ async def test_oversize_websocket_message_closes():
                     await ws.get_message()
 
 
+async def test_websocket_protocol_ping_fragments_close_and_plain_http(node):
+    """The node's own WebSocket server (wsproto over the socket): pings are
+    answered, a message in several frames is one message, a close is
+    answered with the same code, an oversize message or a session that
+    closes sends its code, and a request that is not a WebSocket upgrade gets
+    400 (the listener goes on)."""
+    from wsproto import ConnectionType, WSConnection
+    from wsproto.events import AcceptConnection, BytesMessage, CloseConnection, Ping, Pong, Request
+
+    host, port = node.ws_address
+
+    async def open_raw() -> tuple[trio.SocketStream, WSConnection]:
+        stream = await trio.open_tcp_stream(host, port)
+        ws = WSConnection(ConnectionType.CLIENT)
+        await stream.send_all(ws.send(Request(host="localhost", target="/")))
+        return stream, ws
+
+    async def events(stream: trio.SocketStream, ws: WSConnection, until: type) -> list:
+        got: list = []
+        with trio.fail_after(5):
+            while not any(isinstance(e, until) for e in got):
+                data = await stream.receive_some(65536)
+                ws.receive_data(data or None)
+                got += list(ws.events())
+        return got
+
+    stream, ws = await open_raw()
+    assert any(isinstance(e, AcceptConnection) for e in await events(stream, ws, AcceptConnection))
+    await stream.send_all(ws.send(Ping(b"p1")))
+    assert [e.payload for e in await events(stream, ws, Pong) if isinstance(e, Pong)] == [b"p1"]
+    hello = wp.encode(wp.make_frame("hello", rid=7, version=1, agent="raw"))
+    await stream.send_all(ws.send(BytesMessage(hello[:5], message_finished=False)) + ws.send(BytesMessage(hello[5:])))
+    got = await events(stream, ws, BytesMessage)
+    reply = wp.decode(b"".join(e.data for e in got if isinstance(e, BytesMessage)))
+    assert reply.welcome is not None and reply.rid == 7
+    await stream.send_all(ws.send(CloseConnection(code=1000, reason="bye")))
+    assert [e.code for e in await events(stream, ws, CloseConnection) if isinstance(e, CloseConnection)] == [1000]
+    with trio.fail_after(5):
+        assert await stream.receive_some(100) == b""  # and the node hangs up
+    await stream.aclose()
+
+    stream, ws = await open_raw()  # a session that closes the connection: 1008 with its reason
+    await events(stream, ws, AcceptConnection)
+    await stream.send_all(ws.send(BytesMessage(b"\x00" * 3)) * 60)  # bad frames until the node gives up
+    closes = [e for e in await events(stream, ws, CloseConnection) if isinstance(e, CloseConnection)]
+    assert closes[0].code == 1008 and closes[0].reason
+    await stream.aclose()
+
+    stream = await trio.open_tcp_stream(host, port)
+    await stream.send_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+    with trio.fail_after(5):
+        assert (await stream.receive_some(100)).startswith(b"HTTP/1.1 400")
+    await stream.aclose()
+    async with trio_websocket.open_websocket_url(node.ws_url) as w:  # the listener goes on
+        await w.send_message(hello)
+        assert wp.decode(await w.get_message()).welcome is not None
+
+
 _mutations = st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), max_size=6)
 
 

@@ -380,3 +380,38 @@ async def test_list_and_search_after_the_users_owner_dies_and_the_ring_moves(aut
         async with cluster.client(alive[0], "hua", PASSWORD) as hua:
             assert summary(await hua.conversations()) == before
             assert sorted((h.conversation, h.seq) for h in (await hua.search("comet")).hits) == found
+
+
+@WHERE
+async def test_a_member_who_joins_later_reads_earlier_threads_and_files_and_one_who_left_does_not(where, clock):
+    """Threads and files follow the rule group history follows: whoever is in
+    the group now reads all of it, earlier threads and files included; one
+    who left reads none of it; and a client's ``thread_of`` in a plain message
+    opens nothing (the thread's id must be the one its parent and root give)."""
+    async with place(where) as at, clients(at, "hal", "ivy", "jon", "kim") as (hal, ivy, jon, kim):
+        g = await hal.create_group("early", ["ivy"], policy="invite")
+        root = await hal.send_group(g.group, "plans?")
+        reply = await ivy.send_group(g.group, "in the thread", thread=root.seq)
+        photo = await hal.upload(b"an earlier photo" * 50, name="early.png")
+        await hal.send_file(photo, group=g.group)
+        in_thread = await hal.upload(b"a file in the thread" * 50, name="thread.txt")
+        await hal.send_file(in_thread, group=g.group, thread=root.seq)
+        # jon is not in the group: nothing of it.
+        assert await code_of(jon.history(conversation=reply.conversation)) == timpy.Code.NOT_A_MEMBER
+        assert await code_of(jon.download(photo.id)) == timpy.Code.NOT_ALLOWED
+        assert await code_of(jon.download(in_thread.id)) == timpy.Code.NOT_ALLOWED
+        await hal.group("invite", g.group, users=["jon"])
+        # Now jon reads the group's history, its earlier thread and files.
+        assert [m.body for m in (await jon.history(conversation=g.group)).messages][0] == b"plans?"
+        thread = await jon.history(conversation=reply.conversation)
+        assert [m.body for m in thread.messages][0] == b"in the thread" and len(thread.messages) == 2
+        assert await jon.download(photo.id) == b"an earlier photo" * 50
+        assert await jon.download(in_thread.id) == b"a file in the thread" * 50
+        # ivy leaves: the thread is closed to her as the group is.
+        await ivy.group("leave", g.group)
+        assert await code_of(ivy.history(conversation=g.group)) == timpy.Code.NOT_A_MEMBER
+        assert await code_of(ivy.history(conversation=reply.conversation)) == timpy.Code.NOT_A_MEMBER
+        # A plain 1:1 message claiming to be in the group's thread opens the 1:1 conversation to no one else.
+        fake = await kim.send("hal", "private", ext={"thread_of": g.group})
+        assert await code_of(jon.history(conversation=fake.conversation)) == timpy.Code.NOT_A_MEMBER
+        assert [m.body for m in (await hal.history("kim")).messages] == [b"private"]

@@ -1,12 +1,15 @@
 """The catalog's framework (``timpy.im.peers.Peers``): owner routing, the one
 not-the-owner refusal and its bounded retry, catch-up, replication and
-per-key serializing as declared, malformed requests refused, and operations
-named by strings (the old way) still served beside the catalog's."""
+per-key serializing as declared, malformed requests refused, and an
+operation the catalog does not declare (a string name, an unknown number)
+refused as unknown."""
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import pytest
 import trio
@@ -24,6 +27,17 @@ from timpy.im import peers as peers_module
 from timpy.im.peers import Peers
 from timpy.store.rows import Copies
 from timpy.testing import open_cluster
+
+
+@dataclasses.dataclass(frozen=True)
+class Loose1:
+    a: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class Loose2:
+    a: Any
+    b: Any
 
 
 async def _pump(transport, rpc: Rpc) -> None:  # noqa: ANN001
@@ -131,19 +145,29 @@ async def test_a_malformed_request_is_refused_in_plain_words_and_reaches_no_hand
         asked: list[str] = []
         roster_of(b, "b", asked)
         assert a.rpc is not None and b.rpc is not None
-        for bad in ([b"k", 1], ["not bytes"], [None]):  # roster.get takes one bytes field
+        for bad in (Loose2(b"k", 1), Loose1("not bytes"), Loose1(None)):  # roster.get takes one bytes field
+            # The same number, sent with arguments of another shape (as a node of another version would).
+            impostor = ops.Op(ops.ROSTER_GET.number, "roster.get", type(bad), None, ops.THIS_NODE)
             with pytest.raises(TimpyError) as caught:
-                await a.rpc.start_call("b:1", ops.ROSTER_GET.number, *bad).result(5)  # type: ignore[arg-type]
+                await a.rpc.start_call("b:1", impostor, bad).result(5)
             assert caught.value.code == Code.BAD_REQUEST
             assert "roster" not in caught.value.text and "cannot read" in caught.value.text
         assert asked == [] and b.rpc.bad_frames == 3
 
 
-async def test_an_operation_named_by_a_string_is_still_served_beside_the_catalog():
+async def test_an_operation_the_catalog_does_not_declare_is_refused_as_unknown():
     async with two_nodes({"a", "b"}, {"a", "b"}) as (a, b):
-        assert b.rpc is not None
-        b.rpc.register("copies.sum", lambda x, y: int(x) + int(y))
-        assert await a.call("b", "copies.sum", 2, 3) == 5
+        assert a.rpc is not None and b.rpc is not None
+        asked: list[str] = []
+        roster_of(b, "b", asked)
+        for method in ("roster.get", "copies.apply", 99_999):  # old string names, a number from a newer version
+            impostor = ops.Op(0, str(method), Loose1, None, ops.THIS_NODE)
+            object.__setattr__(impostor, "number", method)
+            with pytest.raises(TimpyError) as caught:
+                await a.rpc.start_call("b:1", impostor, Loose1(b"k")).result(5)
+            assert caught.value.code == Code.UNKNOWN_OPERATION
+            assert "another version of timpy" in caught.value.text
+        assert asked == []
 
 
 async def test_a_call_to_this_node_runs_in_place_and_a_standalone_node_answers_itself():
@@ -231,4 +255,3 @@ async def test_every_operation_of_the_catalog_is_served_by_the_nodes_of_a_cluste
             missing = [op.name for op in ops.OPS.values()
                        if not node.cluster.rpc.serves(op) and not op.name.startswith("backend.") and op is not ops.ECHO]
             assert missing == []
-            assert node.cluster.rpc.serves("copies.apply")  # replication's, still named by a string

@@ -262,3 +262,98 @@ async def test_a_terminal_pushed_out_by_the_limit_is_a_logout() -> None:
     assert once_each(biz)["user.logout"] == 2
     by_device = Counter((e["data"]["device"], e["type"]) for e in biz.events if e["type"] in ("user.login", "user.logout"))
     assert len({d for d, _ in by_device}) == 2 and set(by_device.values()) == {1} and len(by_device) == 4
+
+
+async def test_events_of_a_node_stopped_for_good_are_delivered_by_the_survivors() -> None:
+    """The outbox is copied like messages: events emitted on node A while the
+    receiver is down survive A's loss (A is killed and never comes back, its
+    disk gone with it), and the key's next owner delivers each one, once,
+    under its event id."""
+    biz = BusinessServer(SECRET)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        biz.server.stop()
+        async with open_cluster(3, config=NodeConfig(security=FAST_SECURITY, webhooks=hooks(biz, max_attempts=1000)),
+                                seed=5) as cluster:
+            biz.clock = lambda: cluster.wall_clock_ms(0) / 1000
+            await cluster.wait_converged(30)
+            await users(cluster.connector(0), "alice", "bob")
+            async with timpy.connect(cluster.connector(0), "alice", PASSWORD) as alice:
+                first = await alice.send("bob", "order 0")
+            conv = ids.parse_conversation(first.conversation)
+            a = cluster.node_ids.index(cluster.nodes[0].peers.owner(conv))
+            other = next(i for i in range(3) if i != a)
+            async with timpy.connect(cluster.connector(other), "alice", PASSWORD) as alice:
+                acks = [first] + [await alice.send("bob", f"order {i}") for i in range(1, 12)]
+            emitted_on_a = await cluster.nodes[a].store.run(cluster.nodes[a].webhooks._outbox.counts)
+            assert emitted_on_a[("biz", "pending")] >= 12
+            await cluster.kill(a)  # for good: never started again
+            await cluster.wait_converged(60)
+            await biz.server.start(bg)  # the receiver comes up
+            wanted = {(ack.conversation, ack.seq) for ack in acks}
+            await biz.wait_for(lambda: wanted <= {(e["data"]["conversation"], e["data"]["seq"]) for e in biz.events
+                                                  if e["type"] == "message.stored"}
+                               and len(biz.ids("user.registered")) == 2, timeout=60)
+            await trio.sleep(1.0)  # anything sent twice would have arrived by now
+            survivors = {cluster.node_ids[i] for i in range(3) if i != a}
+        bg.cancel_scope.cancel()
+    kinds = once_each(biz)
+    assert kinds["message.stored"] == 12 and kinds["user.registered"] == 2
+    stored = [e for e in biz.events if e["type"] == "message.stored"]
+    assert {e["node"] for e in stored} == {cluster.node_ids[a]}  # emitted on A, whose copy is gone
+    assert [e["data"]["body"] for e in sorted(stored, key=lambda e: e["data"]["seq"])] == [
+        f"order {i}" for i in range(12)]
+    assert survivors and cluster.node_ids[a] not in survivors
+
+
+async def test_shared_backends_hold_the_outbox_and_another_node_delivers_it(tmp_path: Path) -> None:
+    """With shared backends the outbox rows are in the backend of each
+    event's key, not on the node, and move with the key when a backend is
+    added: a node whose disk is gone leaves its pending events to the node
+    that owns their keys next."""
+    import shutil
+
+    from sqlalchemy import select
+
+    from tests.store.backends import fresh_database
+    from timpy.config import ClusterConfig, StorageConfig
+    from timpy.store import schema
+    from timpy.store.backends import BackendSpec
+
+    b1, b2, b3 = (BackendSpec(f"b{i}", fresh_database("sqlite", f"wh{i}", tmp_path)) for i in (1, 2, 3))
+    backends = (b1, b2)
+    biz = BusinessServer(SECRET)
+
+    def config(name: str) -> NodeConfig:
+        return node_config(memory=False, data_dir=tmp_path / name, cluster=ClusterConfig(listen=None),
+                           cluster_key_file=tmp_path / "cluster.key",  # the operator's, kept apart from the node
+                           storage=StorageConfig(backends=backends), webhooks=hooks(biz, max_attempts=1000))
+
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        biz.server.stop()
+        async with timpy.open_node(config("first")) as node:
+            await users(node.tcp_url, "alice", "bob", "carol")
+            async with timpy.connect(node.tcp_url, "alice", PASSWORD) as alice:
+                acks = [await alice.send(peer, f"order {i}") for i in range(6) for peer in ("bob", "carol")]
+            assert node.backends is not None
+            await node.backends.add("b3", b3.url)  # the events' rows move with their keys
+            assert (await node.backends.wait_moved(60))["move"] is None
+            counts = await node.store.run(node.webhooks._outbox.counts)
+            assert counts[("biz", "pending")] >= 15
+            repo = node.store.repo
+            for name in ("b1", "b2", "b3"):
+                with repo.backend(name).engine.connect() as conn:
+                    held = [bytes(k) for k in conn.execute(select(schema.webhook_outbox.c.owner_key)).scalars()]
+                assert all(repo.map.place(k) == name for k in held) and held
+        assert not list((tmp_path / "first").rglob("outbox*"))
+        shutil.rmtree(tmp_path / "first")  # that node's disk is gone
+        await biz.server.start(bg)
+        async with timpy.open_node(config("second")) as node:
+            await biz.wait_for(lambda: len(biz.ids("message.stored")) == 12 and len(biz.ids("user.registered")) == 3)
+            await trio.sleep(0.5)
+        bg.cancel_scope.cancel()
+    kinds = once_each(biz)
+    assert kinds["message.stored"] == 12 and kinds["user.registered"] == 3
+    assert {(e["data"]["conversation"], e["data"]["seq"]) for e in biz.events if e["type"] == "message.stored"} == {
+        (a.conversation, a.seq) for a in acks}

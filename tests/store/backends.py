@@ -62,30 +62,56 @@ def clear(engine: Engine) -> None:
 
 
 def require_server(kind: str) -> str:
-    """The server's URL, or skip (fail in CI) when it is not reachable."""
+    """The server's URL, or skip (fail in CI) when it is not reachable.
+
+    Under pytest-xdist each worker gets a database of its own (``test_gw0``, …,
+    made on first use beside the configured one), because the store tests drop
+    and recreate every table of the database they use."""
     url = SERVERS[kind]
     problem = _reachable(url)
     if problem:
         if os.environ.get("CI") == "true":
             pytest.fail(f"{kind} at {url} is required in CI but unreachable: {problem}")
         pytest.skip(f"{kind} is not reachable at {url} ({problem}); set TIMPY_TEST_{kind.upper()} to test it")
-    return url
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if not worker:
+        return url
+    own = f"{url.rsplit('/', 1)[1]}_{worker}"
+    if (kind, own) not in _MADE:
+        _create_database(kind, url, own, drop=False)
+        _MADE.add((kind, own))
+    return url.rsplit("/", 1)[0] + "/" + own
 
 
-def fresh_database(kind: str, name: str, tmp_path: Path) -> str:
-    """The URL of an empty database called ``name`` (a new file for SQLite)."""
-    if kind.startswith("sqlite"):
-        return f"sqlite:///{tmp_path / (name + '.sqlite3')}"
-    base = require_server(kind)
-    admin = create_engine(base, isolation_level="AUTOCOMMIT")
+_MADE: set[tuple[str, str]] = set()
+
+
+def _create_database(kind: str, url: str, name: str, drop: bool) -> None:
+    admin = create_engine(url, isolation_level="AUTOCOMMIT")
     try:
         with admin.connect() as conn:
             if kind == "postgresql":
-                conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
-                conn.execute(text(f'CREATE DATABASE "{name}"'))
+                if drop:
+                    conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+                exists = conn.execute(text("SELECT 1 FROM pg_database WHERE datname = :n"), {"n": name}).first()
+                if not exists:
+                    conn.execute(text(f'CREATE DATABASE "{name}"'))
             else:
-                conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
-                conn.execute(text(f"CREATE DATABASE `{name}`"))
+                if drop:
+                    conn.execute(text(f"DROP DATABASE IF EXISTS `{name}`"))
+                conn.execute(text(f"CREATE DATABASE IF NOT EXISTS `{name}`"))
     finally:
         admin.dispose()
+
+
+def fresh_database(kind: str, name: str, tmp_path: Path) -> str:
+    """The URL of an empty database called ``name`` (a new file for SQLite;
+    under pytest-xdist the worker's name is appended, as for ``require_server``)."""
+    if kind.startswith("sqlite"):
+        return f"sqlite:///{tmp_path / (name + '.sqlite3')}"
+    base = require_server(kind)
+    worker = os.environ.get("PYTEST_XDIST_WORKER")
+    if worker:
+        name = f"{name}_{worker}"
+    _create_database(kind, base, name, drop=True)
     return base.rsplit("/", 1)[0] + "/" + name

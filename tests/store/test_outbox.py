@@ -51,9 +51,9 @@ def test_failures_wait_then_become_dead_letters_that_can_be_retried_or_dropped(t
     assert [(r.event_id, r.error, r.state) for r in dead] == [
         (f"{2:032x}", "no answer in time", DEAD), (f"{3:032x}", "HTTP status 500", DEAD)]
     assert o.dead("biz", dead[0].id, 10) == dead[1:]
-    assert o.retry("biz", [dead[0].id], 700) == 1
+    assert o.retry("biz", [dead[0].id], 700) == [("biz", f"{2:032x}")]
     assert [(r.event_id, r.attempts) for r in o.due("biz", 700, 10)] == [(f"{1:032x}", 1), (f"{2:032x}", 0)]
-    assert o.drop(None, None) == 1 and o.dead(None, 0, 10) == []
+    assert o.drop(None, None) == [("biz", f"{3:032x}")] and o.dead(None, 0, 10) == []
 
 
 def test_the_outbox_survives_a_reopen_and_shows_nothing_readable(tmp_path: Path) -> None:
@@ -86,3 +86,84 @@ def test_a_row_moved_to_another_event_does_not_open(tmp_path: Path) -> None:
             payload=conn.execute(webhook_outbox.select().where(webhook_outbox.c.id == first.id)).first().payload))
     with pytest.raises(StorageError):
         o.due("biz", 0, 10)
+
+
+def test_only_the_owner_of_an_events_key_delivers_it(tmp_path: Path) -> None:
+    o = outbox(tmp_path / "o.db")
+    mine, theirs = b"m" * 16, b"t" * 16
+    o.add([NewEvent("biz", f"{n:032x}", "message.stored", b"{}", "conv", theirs if n % 2 else mine)
+           for n in range(1200)] + [event(5000)], 10)  # one written before owner keys: delivered where it is
+    owns = lambda kind, key: key == mine  # noqa: E731
+    due = o.due("biz", 10, 1000, owns)
+    assert len(due) == 601 and {r.key for r in due} == {mine, b""}  # read past pages of rows owned elsewhere
+    assert o.next_due("biz", lambda kind, key: False) == 10  # the row with no owner key
+    o.settle([Outcome(r.id, True) for r in due], 20)
+    assert o.next_due("biz", owns) is None and o.next_due("biz", lambda kind, key: True) == 10
+
+
+def test_a_copy_keeps_the_newest_state_and_never_revives_a_delivered_event(tmp_path: Path) -> None:
+    """Two nodes holding one key's outbox rows: the owner's changes win by
+    version; at an equal version, delivered beats dead beats pending."""
+    from timpy.store.outbox import OUTBOX
+
+    owner, replica = outbox(tmp_path / "a.db"), outbox(tmp_path / "b.db")
+    key = b"k" * 16
+    owner.add([NewEvent("biz", f"{n:032x}", "message.stored", b"body %d" % n, "conv", key) for n in range(3)], 0)
+
+    def copy(src: Outbox, dst: Outbox) -> int:
+        with src.engine.connect() as conn:
+            rows = OUTBOX.rows_of(conn, "conv", key)
+        with dst.engine.begin() as conn:
+            return OUTBOX.apply(None, conn, [OUTBOX.unpack(r) for r in rows])  # type: ignore[arg-type]
+
+    assert copy(owner, replica) == 3 and copy(owner, replica) == 0
+    assert [r.body for r in replica.due("biz", 0, 10)] == [b"body 0", b"body 1", b"body 2"]
+    first, second, _ = owner.due("biz", 0, 10)
+    changed = owner.settle([Outcome(first.id, True), Outcome(second.id, False, 1, 500, False, "HTTP status 503")], 5)
+    assert changed == [("biz", first.event_id), ("biz", second.event_id)]
+    assert list(owner.copies(changed)) == [("conv", key)] and len(owner.copies(changed)[("conv", key)]) == 2
+    assert copy(owner, replica) == 2
+    assert [(r.event_id, r.attempts, r.error) for r in replica.due("biz", 500, 10)] == [
+        (f"{2:032x}", 0, ""), (second.event_id, 1, "HTTP status 503")]
+    # The replica, owner for a while, fails the first event's delivery at the same version as the owner's success:
+    [stale] = [r for r in replica.due("biz", 500, 10) if r.event_id == f"{2:032x}"]
+    replica.settle([Outcome(stale.id, False, 1, 900, False, "no answer in time")], 6)
+    owner.settle([Outcome(owner.due("biz", 0, 10)[0].id, True)], 6)
+    copy(replica, owner)
+    copy(owner, replica)
+    for side in (owner, replica):
+        assert side.counts() == {("biz", "done"): 2, ("biz", "pending"): 1}
+    assert [r.event_id for r in replica.due("biz", 10**6, 10)] == [second.event_id]
+
+
+def test_over_shared_backends_each_event_is_in_its_keys_backend(tmp_path: Path) -> None:
+    """``ShardedOutbox``: rows placed by their owner key; row ids name their
+    backend, so settling, dead letters, retries and drops reach the right one."""
+    from timpy.store.backends import BackendMap, BackendSpec
+    from timpy.store.outbox import ShardedOutbox
+    from timpy.store.sharded import ShardedRepository
+
+    specs = tuple(BackendSpec(f"b{i}", f"sqlite:///{tmp_path / f'b{i}.db'}") for i in range(2))
+    repo = ShardedRepository(BackendMap(1, specs), Sealer(KEY))
+    repo.create_schema()
+    o = ShardedOutbox(repo, Sealer(KEY))
+    keys = [bytes([n]) * 16 for n in range(8)]
+    placed = {k: repo.map.place(k) for k in keys}
+    assert set(placed.values()) == {"b0", "b1"}
+    o.add([NewEvent("biz", f"{n:032x}", "message.stored", b"body %d" % n, "conv", k) for n, k in enumerate(keys)], 0)
+    for name in ("b0", "b1"):
+        direct = Outbox(repo.backend(name).engine, Sealer(KEY))
+        assert {r.key for r in direct.due("biz", 0, 100)} == {k for k in keys if placed[k] == name}
+    mine = lambda kind, key: key in keys[:6]  # noqa: E731
+    due = o.due("biz", 0, 100, mine)
+    assert sorted(r.key for r in due) == keys[:6] and len({r.id for r in due}) == 6
+    o.settle([Outcome(r.id, True) if r.key in keys[:3] else Outcome(r.id, False, 9, 0, True, "HTTP status 500")
+              for r in due], 5)
+    assert o.counts() == {("biz", DONE): 3, ("biz", DEAD): 3, ("biz", PENDING): 2}
+    dead = o.dead("biz", 0, 10)
+    assert sorted(r.key for r in dead) == keys[3:6]
+    assert o.dead("biz", dead[0].id, 10) == dead[1:]
+    assert len(o.retry("biz", [dead[0].id], 10)) == 1 and [r.key for r in o.due("biz", 10, 10, mine)] == [dead[0].key]
+    assert len(o.drop(None, None, 10)) == 2 and o.dead(None, 0, 10) == []
+    assert o.next_due("biz", mine) == 10 and o.next_due("biz", lambda kind, key: key in keys[6:]) == 0
+    repo.close()

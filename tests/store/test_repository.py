@@ -110,6 +110,25 @@ def test_unknown_member_aborts_the_whole_batch(engine):
     assert r.read_history(CONV, 0, None, 10) == ([], False)
 
 
+def test_inbox_heads_kept_between_batches_give_way_to_the_stored_ones(engine):
+    """A store keeps the inbox heads its last batch committed instead of
+    reading them again; when they moved meanwhile (another writer on the same
+    database, or an undo), the batch is stored from the heads as stored:
+    gap-free, nothing placed twice."""
+    r = fresh(engine)
+    other = Repository(engine, Sealer(KEY))
+    accounts(r, A, B)
+    assert r.append_messages([msg(1)])[0].inbox == {A: 1, B: 1}
+    assert other.append_messages([msg(2)])[0].inbox == {A: 2, B: 2}  # r's kept heads are now behind
+    assert r.append_messages([msg(3)])[0].inbox == {A: 3, B: 3}
+    assert r.inbox_head(A) == 3
+    assert other.append_messages([msg(4)])[0].inbox == {A: 4, B: 4}
+    other.undo_writes([(CONV, 4, (4).to_bytes(16, "big"))], [(A, 4, CONV, 4), (B, 4, CONV, 4)])
+    assert r.append_messages([msg(5)])[0].inbox == {A: 4, B: 4}  # r had kept 3, stored was 4, then 3 again
+    assert [e.pos for e in r.read_inbox(A, 0, 10)] == [1, 2, 3, 4]
+    assert [(e.message.seq) for e in r.read_inbox(B, 0, 10)] == [1, 2, 3, 4]
+
+
 def test_duplicate_account_is_refused(engine):
     r = fresh(engine)
     accounts(r, A)

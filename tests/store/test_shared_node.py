@@ -8,6 +8,7 @@ servers run (always in CI)."""
 from __future__ import annotations
 
 import itertools
+import os
 from contextlib import AsyncExitStack
 
 import pytest
@@ -179,16 +180,14 @@ class Proxy:
 
 
 async def test_a_backend_that_is_down_fails_only_its_own_keys_and_service_resumes(tmp_path):
-    from tests.store.backends import require_server
     from timpy.im import ids
 
-    base = require_server("postgresql")
-    fresh_database("postgresql", "timpy_down", tmp_path)
+    down = fresh_database("postgresql", "timpy_down", tmp_path)
     proxy = Proxy(("127.0.0.1", 5432))
     names = [f"u{i}" for i in range(16)]
     async with trio.open_nursery() as outer:
         await outer.start(proxy.serve)
-        pg_url = base.replace("@127.0.0.1:5432/test", f"@127.0.0.1:{proxy.port}/timpy_down")
+        pg_url = down.replace("@127.0.0.1:5432/", f"@127.0.0.1:{proxy.port}/")
         b1 = BackendSpec("lite", fresh_database("sqlite", "lite", tmp_path))
         b2 = BackendSpec("pg", pg_url)
         async with timpy.open_node(shared_config(tmp_path / "node", b1, b2, cluster=ClusterConfig(listen=None))) as node:
@@ -366,3 +365,78 @@ async def test_a_group_changed_during_a_move_arrives_changed(tmp_path):
                 info = await p0.group("get", g.group)
                 assert info.name.endswith("(renamed)") and info.members == ["p0", "p1", "p2"]
                 assert [m.body for m in (await p0.history(conversation=g.group)).messages] == [b"before"]
+
+
+def attachments_held(url: str, key: bytes) -> dict[bytes, tuple[bool, int]]:
+    """Of one backend: each attachment id it holds, with (deleted, chunk rows)."""
+    from sqlalchemy import func, select
+
+    from timpy.store import schema as s
+    from timpy.store.engine import url_engine
+
+    engine = url_engine(url)
+    try:
+        with engine.connect() as conn:
+            a, c = s.attachments, s.attachment_chunks
+            chunks = dict(conn.execute(select(c.c.att_id, func.count()).group_by(c.c.att_id)).all())
+            return {bytes(r.att_id): (bool(r.deleted), int(chunks.get(r.att_id, 0)))
+                    for r in conn.execute(select(a.c.att_id, a.c.deleted))}
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("servers", ["sqlite", "mixed"])
+async def test_a_backend_move_moves_attachments_with_their_chunks(tmp_path, servers):
+    """Files are stored in the SQL backends and moved by rebalancing: after a
+    backend is added and another removed, every file (and a deleted file's
+    tombstone) lives only on the backend its id is placed on, and downloads whole."""
+    from timpy.config import FilesConfig
+
+    kinds = ["sqlite", "sqlite", "sqlite"] if servers == "sqlite" else ["postgresql", "mariadb", "sqlite"]
+    urls = [fresh_database(kind, f"timpy_files_{i}", tmp_path) for i, kind in enumerate(kinds)]
+    b1, b2, b3 = (BackendSpec(f"b{i + 1}", u) for i, u in enumerate(urls))
+    keys = ClusterKeys.generate()
+    cfg = shared_config(tmp_path / "node", b1, b2, cluster=ClusterConfig(listen=None)).replace(
+        files=FilesConfig(chunk_size=1024)
+    )
+    async with timpy.open_node(cfg, keys=keys) as node:
+        url = node.tcp_url
+        await timpy.register(url, "ann", PASSWORD)
+        await timpy.register(url, "bob", PASSWORD)
+        async with timpy.connect(url, "ann", PASSWORD, sync=False) as ann:
+            files = {}
+            for i in range(12):
+                data = os.urandom(3 * 1024 + 1 + i)  # 4 chunks each
+                att = await ann.upload(data, name=f"f{i}.bin")
+                await ann.send_file(att, to="bob")
+                files[att.id] = data
+            deleted = await ann.upload(b"recalled soon" * 10, name="gone.bin")
+            ack = await ann.send_file(deleted, to="bob")
+            await ann.recall(ack.seq, to="bob")
+            gone = bytes.fromhex(deleted.id)
+            with trio.fail_after(10):  # the last reference goes in the background
+                while not attachments_held(urls[0], keys.storage).get(gone, (False,))[0] and not (
+                    attachments_held(urls[1], keys.storage).get(gone, (False,))[0]
+                ):
+                    await trio.sleep(0.05)
+            assert node.backends is not None
+            for change in (lambda: node.backends.add("b3", b3.url), lambda: node.backends.remove("b1")):
+                await change()
+                with trio.fail_after(60):
+                    while node.store.repo.map.move is not None or not node.backends.rebalancer.progress.done:
+                        await trio.sleep(0.05)
+                m = node.store.repo.map
+                held = {b.name: attachments_held(b.url, keys.storage) for b in (b1, b2, b3)}
+                for att_id in [*files, deleted.id]:
+                    key = bytes.fromhex(att_id)
+                    where = [name for name, atts in held.items() if key in atts]
+                    assert where == [m.place(key)], (att_id, where)
+                    assert held[m.place(key)][key] == ((True, 0) if key == gone else (False, 4))
+            assert [b.name for b in node.store.repo.map.backends] == ["b2", "b3"]
+            assert attachments_held(b1.url, keys.storage) == {}
+        async with timpy.connect(url, "bob", PASSWORD, sync=False) as bob:
+            for att_id, data in files.items():
+                assert await bob.download(att_id) == data
+            with pytest.raises(timpy.RemoteError) as err:
+                await bob.download(deleted.id)
+            assert err.value.code == timpy.Code.NO_SUCH_FILE

@@ -316,3 +316,84 @@ def test_the_web_chat_sends_and_shows_an_image(browser, tmp_path):
         trio.run(check)
     finally:
         node.stop()
+
+
+def test_the_web_chat_searches_jumps_to_a_result_and_replies_in_a_thread(browser, tmp_path):
+    from playwright.sync_api import expect
+
+    node = NodeProcess(tmp_path).start()
+    try:
+        # An old message, 30 newer ones after it: a click on the search result
+        # loads older pages until it is there.
+        async def old_messages() -> None:
+            await timpy.register(node.tcp_url, "pam", PASSWORD)
+            await timpy.register(node.tcp_url, "ray", PASSWORD)
+            async with timpy.connect(node.tcp_url, "pam", PASSWORD) as pam:
+                await pam.send("ray", "the blue kayak is ready")
+                for i in range(30):
+                    await pam.send("ray", f"filler {i}")
+
+        trio.run(old_messages)
+        chat = f"http://{node.info['admin']}/chat/"
+        pam, ray = browser.new_page(), browser.new_page()
+        for page, name in ((pam, "pam"), (ray, "ray")):
+            page.goto(chat)
+            expect(page.locator("#status")).to_contain_text("connected to node")
+            page.fill("#name", name)
+            page.fill("#password", PASSWORD)
+            page.click("button[data-op=login]")
+            expect(page.locator("#me")).to_have_text(f"as {name}")
+        ray.fill("#search-text", "kayak")
+        ray.click("#search-form button")
+        expect(ray.locator("#search-count")).to_have_text("1 found")
+        result = ray.locator("#search-results li")
+        expect(result).to_have_text("pam #1: the blue kayak is ready")
+        result.click()
+        lit = ray.locator("#messages .msg.highlight")
+        expect(lit).to_have_count(1)
+        expect(lit).to_have_attribute("data-seq", "1")
+        expect(lit).to_contain_text("the blue kayak is ready")
+        expect(lit).to_be_in_viewport()
+        # Ray opens the message's thread and replies there; pam sees the count live, opens it, answers.
+        pam.locator("#contacts li", has_text="ray").click()
+        expect(pam.locator("#messages")).to_contain_text("filler 29")
+        pam.click("#older")  # back to the first message
+        expect(pam.locator("#messages .msg[data-seq='1']")).to_have_count(1)
+        ray.click(".reactions[data-seq='1'] .thread-link")
+        expect(ray.locator("#thread")).to_be_visible()
+        expect(ray.locator("#thread-root")).to_have_text("under #1")
+        ray.fill("#thread-text", "bring the paddles")
+        ray.click("#thread-send")
+        expect(ray.locator("#thread-messages")).to_contain_text("bring the paddles")
+        expect(ray.locator("#messages")).not_to_contain_text("bring the paddles")  # not in the conversation itself
+        link = pam.locator(".reactions[data-seq='1'] .thread-link")
+        expect(link).to_have_text("💬 1 in thread")
+        link.click()
+        expect(pam.locator("#thread-messages")).to_contain_text("bring the paddles")
+        pam.fill("#thread-text", "two paddles, got it")
+        pam.click("#thread-send")
+        expect(ray.locator("#thread-messages .msg")).to_have_count(2)
+        expect(ray.locator("#thread-messages")).to_contain_text("two paddles, got it")
+        ray.screenshot(path=str(SHOTS / "chat-thread.png"))
+        # A word said only in the thread: the result names the thread and opens it, highlighted.
+        pam.click("#thread-close")
+        expect(pam.locator("#thread")).to_be_hidden()
+        pam.fill("#search-text", "paddles")
+        pam.click("#search-form button")
+        expect(pam.locator("#search-count")).to_have_text("2 found")
+        hit = pam.locator("#search-results li", has_text="bring the paddles")
+        expect(hit).to_have_text("ray (thread) #1: bring the paddles")
+        hit.click()
+        expect(pam.locator("#thread")).to_be_visible()
+        expect(pam.locator("#thread-messages .msg.highlight")).to_contain_text("bring the paddles")
+        pam.screenshot(path=str(SHOTS / "chat-search.png"))
+
+        async def check() -> None:  # the same thread, through the client library
+            async with timpy.connect(node.tcp_url, "pam", PASSWORD, device="phone") as phone:
+                [info] = await phone.threads([1], peer="ray")
+                page = await phone.history(conversation=info.thread)
+                assert [m.body for m in page.messages] == [b"bring the paddles", b"two paddles, got it"]
+
+        trio.run(check)
+    finally:
+        node.stop()

@@ -39,6 +39,10 @@ from timpy.wire.framing import FrameDecoder, frame_bytes
 
 PASSWORD = "flood-password"
 _MAGIC = b"\x01flood;"  # starts every body: _MAGIC, recipient index, ";", send time
+# A delivery frame: rid (i64, field 1, 0 for a push), then Frame.delivery (struct, field 14).
+# Other frames can quote a message too (the conversation list's conversation_entry
+# notice carries the last message): they are not deliveries and are not counted.
+_DELIVERY_FIELD_AT_11 = b"\x0c\x00\x0e"
 _TICK = os.sysconf("SC_CLK_TCK")
 # The node is measured as it runs, not its per-connection rate limits (the
 # anchors run without any): the flood writes every message at once.
@@ -211,6 +215,8 @@ async def flood(host: str, port: int, clients: int, messages: int, timeout: floa
                     at += len(_MAGIC)
                     if body[at : at + 9] != me:
                         continue  # the echo of this client's own message to its own terminal
+                    if body[11:14] != _DELIVERY_FIELD_AT_11 and wp.decode(body).delivery is None:
+                        continue  # a notice quoting the message, not its delivery
                     latencies.append(now - pack_time.unpack_from(body, at + 9)[0])
                     last_delivery = now
                 got = len(latencies)

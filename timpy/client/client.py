@@ -893,15 +893,16 @@ class Client:
 
     async def send_file(
         self, attachment: files.Attachment, *, to: str = "", group: str = "", thumbnail: bytes = b"",
-        burn: bool = False, client_id: str | None = None,
+        burn: bool = False, client_id: str | None = None, thread: int | None = None,
     ) -> Ack:
-        """Send a file message referencing an uploaded file to ``to`` (or ``group``);
-        its members may download the file from then on."""
+        """Send a file message referencing an uploaded file to ``to`` (or ``group``;
+        ``thread``: into the thread under that root message); its members may
+        download the file from then on."""
         ref = FileRef(attachment.id, attachment.name, attachment.size, attachment.mime, attachment.sha256, thumbnail)
         kind, ext = (KIND_BURN, {"file": "1"}) if burn else (KIND_FILE, {})
         if group:
-            return await self.send_group(group, ref.pack(), kind=kind, ext=ext, client_id=client_id)
-        return await self.send(to, ref.pack(), kind=kind, ext=ext, client_id=client_id)
+            return await self.send_group(group, ref.pack(), kind=kind, ext=ext, client_id=client_id, thread=thread)
+        return await self.send(to, ref.pack(), kind=kind, ext=ext, client_id=client_id, thread=thread)
 
     # --- pushers (push to offline devices) --------------------------------------------
 

@@ -999,3 +999,188 @@ FILES_UNREF = op(63, "files.unref", FileUse, None, _FILE)
 FILES_APPLY = op(64, "files.apply", FileChanges, None, THIS_NODE)  # at each other replica
 FILES_STATE = op(65, "files.state", FileOf, list[Any] | None, THIS_NODE)  # [row, readers, refs] for a new owner
 FILES_READ = op(66, "files.read", FileRead, list[Any] | None, THIS_NODE)  # ["ok", row, chunk] / ["refused"] / None
+
+
+# --- replication and repair (timpy/im/replication.py) -------------------------------------------
+#
+# Copies travel as ``timpy.store.rows.Copies.pack()`` (one list of rows per
+# table, the store's layout): the store unpacks and checks them, since the
+# cluster layer does not know the tables. ``kind`` is "conv" or "user".
+
+@dataclass(frozen=True)
+class CopiesApply:
+    copies: list[Any]  # Copies.pack()
+    epoch: int  # the sender's ring epoch: a replica that accepted a newer one refuses the copy
+
+
+@dataclass(frozen=True)
+class CopiesUndo:
+    epoch: int
+    messages: list[tuple[bytes, int, bytes]]  # (conv, seq, dedup) of rows that missed their write quorum
+    inbox: list[tuple[bytes, int, bytes, int]]  # (user, pos, conv, seq)
+
+
+@dataclass(frozen=True)
+class CopiesAfter:
+    key: bytes
+    after: int  # the asker's head: rows beyond it
+    limit: int
+    epoch: Epoch | None  # the asker's (a new owner): the answerer refuses older writers from now on
+
+
+@dataclass(frozen=True)
+class RepairRange:
+    kind: str
+    after: bytes  # the range of keys (after, upto]
+    upto: bytes | None  # None: to the end
+    mine: list[tuple[bytes, bytes]]  # (key, content digest) the asker holds in the range
+    asker: str
+
+
+@dataclass(frozen=True)
+class RepairKey:
+    kind: str
+    key: bytes
+
+
+@dataclass(frozen=True)
+class Buckets:
+    meta: bytes  # the digest of the key's own row
+    buckets: list[tuple[int, bytes]]  # (bucket, digest), in bucket order
+
+
+@dataclass(frozen=True)
+class RepairSlots:
+    kind: str
+    key: bytes
+    buckets: list[int]
+
+
+@dataclass(frozen=True)
+class RepairRows:
+    kind: str
+    key: bytes
+    slots: list[int]
+    meta: bool  # the key's own row too
+
+
+@dataclass(frozen=True)
+class RepairApply:
+    kind: str
+    key: bytes
+    copies: list[Any]  # Copies.pack()
+    replace: list[int]  # slots held with another value here: the lowest hash wins
+
+
+COPIES_APPLY = op(67, "copies.apply", CopiesApply, int, THIS_NODE, timeout=3.0)
+COPIES_UNDO = op(68, "copies.undo", CopiesUndo, int, THIS_NODE, timeout=2.0)
+COPIES_CONV = op(69, "copies.conv", CopiesAfter, list[Any], THIS_NODE, timeout=2.0)
+COPIES_USER = op(70, "copies.user", CopiesAfter, list[Any], THIS_NODE, timeout=2.0)
+REPAIR_RANGE = op(71, "repair.range", RepairRange, list[bytes], THIS_NODE, timeout=10.0)
+REPAIR_BUCKETS = op(72, "repair.buckets", RepairKey, Buckets | None, THIS_NODE, timeout=10.0)
+REPAIR_SLOTS = op(73, "repair.slots", RepairSlots, list[tuple[int, bytes]], THIS_NODE, timeout=10.0)
+REPAIR_ROWS = op(74, "repair.rows", RepairRows, list[Any], THIS_NODE, timeout=10.0)
+REPAIR_APPLY = op(75, "repair.apply", RepairApply, tuple[int, int], THIS_NODE, timeout=10.0)  # (added, cleared)
+
+
+# --- the conversation list (timpy/im/conversations.py) -------------------------------------------
+
+@dataclass(frozen=True)
+class ConvsList:
+    user_id: bytes
+    name: str  # the user's name: entries say "peer" from it
+    offset: int
+    limit: int
+    archived: bool
+
+
+@dataclass(frozen=True)
+class ConvsPage:
+    entries: list[dict[str, Any]]
+    total: int
+
+
+@dataclass(frozen=True)
+class ConvsSet:
+    user_id: bytes
+    name: str
+    conv_id: bytes
+    muted: bool | None  # None: unchanged
+    pinned: bool | None
+    archived: bool | None
+
+
+@dataclass(frozen=True)
+class ConvsOf:
+    user_id: bytes
+
+
+@dataclass(frozen=True)
+class ConvsGroup:
+    user_id: bytes
+    group: str  # the group's conversation id (text)
+    name: str  # the group's name
+    member: bool  # False: left, removed, or the group was dissolved
+
+
+CONVS_LIST = op(76, "convs.list", ConvsList, ConvsPage, _USER)
+CONVS_SET = op(77, "convs.set", ConvsSet, dict[str, Any], _USER)
+CONVS_IDS = op(78, "convs.ids", ConvsOf, list[bytes], _USER)
+CONVS_GROUP = op(79, "convs.group", ConvsGroup, None, _USER)
+
+
+# --- threads (timpy/im/threads.py) -----------------------------------------------------------------
+
+@dataclass(frozen=True)
+class ThreadRoot:
+    conv_id: bytes  # the parent conversation
+    sender_id: bytes
+    sender: str
+    root: int  # the root message's seq
+
+
+@dataclass(frozen=True)
+class ThreadMember:
+    conv_id: bytes  # the parent conversation
+    user_id: bytes
+
+
+@dataclass(frozen=True)
+class ThreadHeads:
+    threads: list[bytes]  # every one owned by the node asked
+
+
+THREAD_ROOT = op(80, "thread.root", ThreadRoot, list[bytes], _CONV, timeout=15.0, catch_up=True)
+THREAD_MEMBER = op(81, "thread.member", ThreadMember, bool, _CONV, catch_up=True)
+THREAD_HEADS = op(82, "thread.heads", ThreadHeads, list[tuple[bytes, int]], THIS_NODE)  # each owner checked by the handler
+
+
+# --- push gateways and search (timpy/im/push.py, timpy/im/search.py) ------------------------------
+
+@dataclass(frozen=True)
+class Pusher:
+    """A push gateway registration (``timpy.im.push_rules.Pusher``)."""
+
+    device: bytes
+    app_id: str
+    pushkey: str
+    url: str
+    data: dict[str, str]
+    created_ms: int
+
+
+@dataclass(frozen=True)
+class PushersChange:
+    user_id: bytes
+    op: str  # "set", "remove" or "list"
+    pusher: Pusher  # the one to set or remove
+
+
+@dataclass(frozen=True)
+class SearchConvs:
+    user_id: bytes  # the reader: only conversations it is in are searched
+    wanted: list[tuple[bytes, list[bytes]]]  # (conversation, its query tokens); every one owned by the node asked
+
+
+PUSH_PUSHERS = op(83, "push.pushers", PushersChange, list[Pusher], _USER)  # the user's pushers after the change
+SEARCH_CONVS = op(84, "search.convs", SearchConvs, list[tuple[bytes, int, int]], THIS_NODE, timeout=15.0)  # (conv, seq, ms); seq -1: not a member

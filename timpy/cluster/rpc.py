@@ -6,10 +6,9 @@ A request is ``[REQUEST, rid, reply_to, method, args]`` and its reply
 key: the caller may retry once its ring has moved); a request with rid 0 is a
 notification and gets no reply. ``method`` is an operation's number in the
 catalog (``timpy.cluster.catalog``), whose codec packs ``args`` and the
-result and checks them on arrival; a string names an operation registered
-the old way (``register``), with untyped positional arguments, kept until
-every feature has moved to the catalog. Both travel in the
-same encrypted, authenticated channels as membership messages.
+result and checks them on arrival; any other method is refused as unknown.
+Both travel in the same encrypted, authenticated channels as membership
+messages.
 
 Handlers are plain functions called in arrival order, so a handler that
 queues work (the writer's queue, say) keeps the order in which one peer sent
@@ -24,7 +23,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import msgpack
 import trio
@@ -34,14 +33,16 @@ from timpy.errors import Code, TimpyError
 
 log = logging.getLogger("timpy.cluster")
 
+A = TypeVar("A")
+R = TypeVar("R")
+
 REQUEST = 10
 REPLY = 11
 DEFAULT_TIMEOUT = 5.0
 MAX_HANDLER_TASKS = 4096
 NOT_OWNER = 1  # the fifth element of a refusal from a node that does not own the key
 
-Handler = Callable[..., Any]
-Method = str | Op[Any, Any]
+Handler = Callable[[Any], Any]
 
 
 class _Sender(Protocol):
@@ -58,7 +59,8 @@ _HOLDS = {
     "group": "the group", "presence": "the user's presence", "roster": "the contact list",
     "room": "the room", "signal": "the recipient", "copies": "a copy of the data",
     "backend": "the storage map", "cluster": "the cluster status", "admin": "part of the cluster",
-    "files": "the file",
+    "files": "the file", "repair": "a copy of the data", "convs": "the conversation list",
+    "thread": "the conversation", "search": "the conversation", "push": "the account",
 }
 
 
@@ -108,10 +110,10 @@ GIVE_UP_CHECK = 0.2  # seconds between checks of a call's give_up while it waits
 class Call:
     """A request on its way; ``result`` waits for the answer."""
 
-    def __init__(self, rpc: Rpc, rid: int, address: str, method: Method) -> None:
+    def __init__(self, rpc: Rpc, rid: int, address: str, op: Op[Any, Any]) -> None:
         self._rpc, self._rid, self.address = rpc, rid, address
-        self.op = method if isinstance(method, Op) else None
-        self.method = method.name if isinstance(method, Op) else method
+        self.op = op
+        self.method = op.name
         self._event = trio.Event()
         self._box: list[Any] = []
 
@@ -144,8 +146,6 @@ class Call:
             if flag == NOT_OWNER:
                 raise NotOwner(str(result))
             raise TimpyError(str(result), Code(code) if code in Code._value2member_map_ else Code.INTERNAL)
-        if self.op is None:
-            return result
         try:
             return self.op.decode_result(result)
         except MalformedFrame as exc:
@@ -163,21 +163,16 @@ def is_rpc(raw: Any) -> bool:
 class Rpc:
     def __init__(self, transport: _Sender) -> None:
         self._transport = transport
-        self._handlers: dict[str | int, tuple[Op[Any, Any] | None, Handler]] = {}
+        self._handlers: dict[int, tuple[Op[Any, Any], Handler]] = {}
         self._waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._next_rid = 1
         self._tasks_send, self._tasks = trio.open_memory_channel[Awaitable[None]](math.inf)
         self._running = 0
         self.bad_frames = 0
 
-    def register(self, method: str, handler: Handler) -> None:
-        """Serve an operation named by a string, called as ``handler(*args)``
-        (the old way: see ``serve``)."""
-        self._handlers[method] = (None, handler)
-
-    def serves(self, method: Method) -> bool:
-        """Whether this node answers ``method`` (a catalog operation or a string-named one)."""
-        return (method.number if isinstance(method, Op) else method) in self._handlers
+    def serves(self, op: Op[Any, Any]) -> bool:
+        """Whether this node answers catalog operation ``op``."""
+        return op.number in self._handlers
 
     def serve(self, op: Op[Any, Any], handler: Handler) -> None:
         """Serve a catalog operation: ``handler(args)`` gets its checked
@@ -200,27 +195,25 @@ class Rpc:
 
     # --- calling ------------------------------------------------------------
 
-    async def call(self, address: str, method: Method, *args: Any, timeout: float | None = None) -> Any:
-        """Ask the node at ``address``; its ``TimpyError`` is raised here as
-        itself. A catalog operation takes one argument, its dataclass, and
-        waits its declared timeout unless told otherwise."""
-        if timeout is None:
-            timeout = method.timeout if isinstance(method, Op) else DEFAULT_TIMEOUT
-        return await self.start_call(address, method, *args).result(timeout)
+    async def call(self, address: str, op: Op[A, R], args: A, timeout: float | None = None) -> R:
+        """Ask the node at ``address`` to run ``op`` with its argument
+        dataclass; its ``TimpyError`` is raised here as itself. Waits the
+        operation's declared timeout unless told otherwise."""
+        return await self.start_call(address, op, args).result(op.timeout if timeout is None else timeout)
 
-    def start_call(self, address: str, method: Method, *args: Any) -> Call:
+    def start_call(self, address: str, op: Op[A, R], args: A) -> Call:
         """Send a request now (so requests leave in the order they are
         started) and return a handle to await its answer later."""
         rid = self._next_rid
         self._next_rid += 1
-        call = Call(self, rid, address, method)
+        call = Call(self, rid, address, op)
         self._waiting[rid] = (call._event, call._box)
-        self._transport.send(address, _pack([REQUEST, rid, self._transport.address, *_wire(method, args)]))
+        self._transport.send(address, _pack([REQUEST, rid, self._transport.address, op.number, op.encode_args(args)]))
         return call
 
-    def notify(self, address: str, method: Method, *args: Any) -> None:
+    def notify(self, address: str, op: Op[A, None], args: A) -> None:
         """Send without waiting for an answer (best effort)."""
-        self._transport.send(address, _pack([REQUEST, 0, self._transport.address, *_wire(method, args)]))
+        self._transport.send(address, _pack([REQUEST, 0, self._transport.address, op.number, op.encode_args(args)]))
 
     # --- receiving ----------------------------------------------------------
 
@@ -235,8 +228,8 @@ class Rpc:
                     waiting[0].set()
                 return
             _, rid, reply_to, method, args = raw
-            op, handler = self._handlers.get(method, (None, None))
-            if handler is None or not isinstance(args, list):
+            op, handler = self._handlers.get(method, (None, None)) if type(method) is int else (None, None)
+            if op is None or handler is None:
                 known = lookup(method) if isinstance(method, (str, int)) else None
                 log.warning("a peer asked for the unknown cluster method %r%s", method,
                             f" ({known.name}: not served here)" if known is not None else "")
@@ -244,17 +237,14 @@ class Rpc:
                                  "request; upgrade the nodes to one version", Code.UNKNOWN_OPERATION)
             if self._running >= MAX_HANDLER_TASKS:
                 raise TimpyError("this node is overloaded; retry", Code.UNAVAILABLE)
-            if op is None:
-                result = handler(*args)
-            else:
-                try:
-                    decoded = op.decode_args(args)
-                except MalformedFrame as exc:
-                    self.bad_frames += 1
-                    log.warning("refused a malformed cluster request: %s", exc)
-                    raise TimpyError("a node of the cluster sent a request this node cannot read; "
-                                     "the nodes may run different versions of timpy", Code.BAD_REQUEST) from None
-                result = handler(decoded)
+            try:
+                decoded = op.decode_args(args)
+            except MalformedFrame as exc:
+                self.bad_frames += 1
+                log.warning("refused a malformed cluster request: %s", exc)
+                raise TimpyError("a node of the cluster sent a request this node cannot read; "
+                                 "the nodes may run different versions of timpy", Code.BAD_REQUEST) from None
+            result = handler(decoded)
         except NotOwner as exc:
             self._answer(raw, exc.code, exc.text, NOT_OWNER)
             return
@@ -269,13 +259,11 @@ class Rpc:
         if hasattr(result, "__await__"):
             self._tasks_send.send_nowait(self._finish(raw, result, op))
         else:
-            self._answer(raw, 0, result if op is None else op.encode_result(result))
+            self._answer(raw, 0, op.encode_result(result))
 
-    async def _finish(self, raw: list[Any], pending: Awaitable[Any], op: Op[Any, Any] | None) -> None:
+    async def _finish(self, raw: list[Any], pending: Awaitable[Any], op: Op[Any, Any]) -> None:
         try:
-            result = await pending
-            if op is not None:
-                result = op.encode_result(result)
+            result = op.encode_result(await pending)
         except NotOwner as exc:
             self._answer(raw, exc.code, exc.text, NOT_OWNER)
             return
@@ -296,14 +284,6 @@ class Rpc:
             self._transport.send(str(raw[2]), _pack(reply))
         except Exception:  # pragma: no cover - unpackable result is a bug in a handler
             log.exception("could not send the reply to %r", raw[3])
-
-
-def _wire(method: Method, args: tuple[Any, ...]) -> tuple[str | int, list[Any]]:
-    """(method, args) as they travel: a catalog operation by its number, its one argument packed."""
-    if isinstance(method, Op):
-        (value,) = args
-        return method.number, method.encode_args(value)
-    return method, list(args)
 
 
 def _pack(value: Any) -> bytes:

@@ -33,8 +33,8 @@ if TYPE_CHECKING:
     from timpy.im.signalling import Signalling
     from timpy.im.tasks import TaskHost
     from timpy.im.terminals import TerminalRegistry
-    from timpy.im.webhooks import Webhooks
     from timpy.im.threads import Threads
+    from timpy.im.webhooks import Webhooks
     from timpy.wire.messages import SendResult
 
 

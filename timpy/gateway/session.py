@@ -23,11 +23,11 @@ from timpy.cluster.rpc import PeerUnavailable
 from timpy.crypto.tokens import TokenClaims
 from timpy.errors import AuthError, Code, ProtocolError, RequestError, TimpyError
 from timpy.im import ids
-from timpy.im.accounts import Identity
 from timpy.im.attachments import AttachmentInfo
 from timpy.im.messaging import SendTicket
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
+from timpy.im.users import Identity
 from timpy.wire import protocol as wp
 from timpy.wire.messages import (
     ChatMessage,
@@ -81,18 +81,44 @@ def in_users_words(exc: TimpyError, frame: TPayload) -> TimpyError:
     return TimpyError(text, exc.code)
 
 
+class _Body:
+    """One message's delivery, encoded once for all its terminals: the
+    frame's bytes before and after ``pos`` (which is fixed-width), with the
+    TCP length prefix kept apart."""
+
+    __slots__ = ("message", "prefix", "head", "tail")
+
+    def __init__(self, message: ChatMessage) -> None:
+        self.message = message
+        body = wp.encode(message_to_wire(message))
+        self.tail = _MESSAGE_FIELD + body + b"\x00\x00"
+        self.prefix = _LENGTH.pack(len(_DELIVERY_HEAD) + _POS.size + len(self.tail))
+        self.head = self.prefix + _DELIVERY_HEAD  # as it goes on a TCP stream
+
+
 class Encoded:
-    """An outbound frame encoded already (binary protocol); ``frame()`` builds
-    the frame itself for a transport that speaks the JSON mapping."""
+    """An outbound delivery encoded already (binary protocol); ``frame()``
+    builds the frame itself for a transport that speaks the JSON mapping."""
 
-    __slots__ = ("data", "_make")
+    __slots__ = ("pos", "_body")
 
-    def __init__(self, data: bytes, make: Callable[[], TPayload]) -> None:
-        self.data = data
-        self._make = make
+    def __init__(self, pos: int, body: _Body) -> None:
+        self.pos = pos
+        self._body = body
+
+    @property
+    def data(self) -> bytes:
+        """The frame's body (a WebSocket message)."""
+        b = self._body
+        return b"".join((_DELIVERY_HEAD, _POS.pack(self.pos), b.tail))
+
+    def wire(self) -> bytes:
+        """The frame as it goes on a TCP stream (length prefix and body)."""
+        b = self._body
+        return b"".join((b.head, _POS.pack(self.pos), b.tail))
 
     def frame(self) -> TPayload:
-        return self._make()
+        return wp.make_frame("delivery", pos=self.pos, message=message_to_wire(self._body.message))
 
 
 def encode_out(item: TPayload | Encoded) -> bytes:
@@ -111,19 +137,16 @@ def frame_out(item: TPayload | Encoded) -> TPayload:
 _DELIVERY_HEAD = b"\x0a\x00\x01" + bytes(8) + b"\x0c\x00\x0e\x0a\x00\x01"
 _MESSAGE_FIELD = b"\x0c\x00\x02"
 _POS = struct.Struct(">q")
-_last_encoded: tuple[ChatMessage | None, bytes] = (None, b"")
+_LENGTH = struct.Struct(">I")  # timpy.wire.framing's prefix
+_last_body: _Body | None = None
 
 
 def delivery_out(pos: int, message: ChatMessage) -> Encoded:
-    global _last_encoded
-    m, body = _last_encoded
-    if m is not message:  # the writer pushes one message to all its terminals in a row
-        body = wp.encode(message_to_wire(message))
-        _last_encoded = (message, body)
-    return Encoded(
-        _DELIVERY_HEAD + _POS.pack(pos) + _MESSAGE_FIELD + body + b"\x00\x00",
-        lambda: wp.make_frame("delivery", pos=pos, message=message_to_wire(message)),
-    )
+    global _last_body
+    body = _last_body
+    if body is None or body.message is not message:  # the writer pushes one message to all its terminals in a row
+        body = _last_body = _Body(message)
+    return Encoded(pos, body)
 
 
 def error_frame(rid: int, exc: TimpyError) -> TPayload:
@@ -151,6 +174,15 @@ class ClientSession:
         # Set by the transport: writes a frame at once when its writer is idle
         # (True), else the frame goes through ``outbound`` (False).
         self.direct: Callable[[TPayload | Encoded], bool] | None = None
+        # Set by a transport whose writer runs only while there is something
+        # to write: called after each frame is queued on ``outbound``.
+        self.wake: Callable[[], None] | None = None
+
+    def _queue(self, item: TPayload | Encoded | CloseAfter) -> None:
+        """Queue ``item`` for the transport's writer (raises as ``send_nowait``)."""
+        self.outbound_send.send_nowait(item)
+        if self.wake is not None:
+            self.wake()
 
     # --- TerminalLink ---------------------------------------------------
 
@@ -167,7 +199,7 @@ class ClientSession:
         try:
             frame = self._delivery_frame(delivery)
             if self.direct is None or not self.direct(frame):
-                self.outbound_send.send_nowait(frame)
+                self._queue(frame)
             return True
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
@@ -184,11 +216,13 @@ class ClientSession:
         try:
             await self.outbound_send.send(frame)
         except trio.ClosedResourceError:
-            pass
+            return
+        if self.wake is not None:
+            self.wake()
 
     def push_notice(self, notice: Notice) -> None:
         try:
-            self.outbound_send.send_nowait(notice_frame(notice))
+            self._queue(notice_frame(notice))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # not stored, not retried: a slow terminal misses it
         except Exception:
@@ -204,7 +238,7 @@ class ClientSession:
         is given); at once if the queue is full."""
         if code is not None and not self._closing:
             try:
-                self.outbound_send.send_nowait(error_frame(0, TimpyError(reason, code)))
+                self._queue(error_frame(0, TimpyError(reason, code)))
             except (trio.WouldBlock, trio.ClosedResourceError):
                 pass
         if self._closing:
@@ -212,26 +246,28 @@ class ClientSession:
         self._closing = True
         log.info("closing client %s: %s", self.peer, reason)
         try:
-            self.outbound_send.send_nowait(CloseAfter(reason))
+            self._queue(CloseAfter(reason))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self.cancel_scope.cancel()
 
     def fail(self, exc: TimpyError, rid: int = 0) -> None:
         """Send an error, then close: for a stream that cannot be trusted any more."""
         try:
-            self.outbound_send.send_nowait(error_frame(rid, exc))
+            self._queue(error_frame(rid, exc))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass
         self.close(exc.text)
 
     async def reply(self, frame: TPayload) -> None:
         try:
-            self.outbound_send.send_nowait(frame)  # no task switch while there is room
+            self._queue(frame)  # no task switch while there is room
         except trio.WouldBlock:
             try:
                 await self.outbound_send.send(frame)
             except trio.ClosedResourceError:
-                pass
+                return
+            if self.wake is not None:
+                self.wake()
         except trio.ClosedResourceError:
             pass
 
@@ -375,7 +411,8 @@ class ClientSession:
     ) -> None:
         device = claims.device
         terminal = LiveTerminal(
-            who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self, kind=kind
+            who.user_id, ids.device_index(self.node.indexer, who.user_id, device), device, self, kind=kind,
+            on_gap=self.node.deliverer.resync,
         )
         cursor = await self.node.deliverer.open_terminal(terminal)
         self.identity, self.claims, self.terminal = who, claims, terminal

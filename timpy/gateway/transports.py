@@ -7,6 +7,7 @@ alone, logged with the peer and user, never the listener or the node."""
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
@@ -17,7 +18,17 @@ from typing import TYPE_CHECKING, TypeVar
 
 import trio
 from thriftpy2.thrift import TPayload
-from trio_websocket import ConnectionClosed, WebSocketConnection, WebSocketRequest, serve_websocket
+from wsproto.connection import Connection, ConnectionState, ConnectionType
+from wsproto.events import (
+    AcceptConnection,
+    BytesMessage,
+    CloseConnection,
+    Ping,
+    Request,
+    TextMessage,
+)
+from wsproto.handshake import H11Handshake
+from wsproto.utilities import RemoteProtocolError
 
 from timpy.errors import Code, ProtocolError, TimpyError
 from timpy.gateway.session import (
@@ -67,7 +78,7 @@ async def _let_writer_close() -> None:
     await trio.sleep(CLOSE_GRACE)
 
 
-_PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError, ConnectionClosed)
+_PEER_GONE = (trio.BrokenResourceError, trio.ClosedResourceError)
 
 
 class _ends_connection:  # noqa: N801 - used as a context manager, like the function it was
@@ -217,15 +228,17 @@ async def serve_tcp_stream(node: NodeServices, stream: trio.abc.Stream) -> None:
     with _one_connection(node, lambda: describe(session) if session else peer):
         try:
             session = ClientSession(node, peer)
-            # Read in this task, write in one other: two tasks per connection
-            # (an idle connection's memory is mostly its tasks' frames), the
-            # handshake timeout a deadline on the reads, not a task of its own.
-            session.direct = _direct_writer(stream, session)
+            # Read in this task; write in another only while there is
+            # something queued (an idle connection is one task: its memory is
+            # mostly its tasks' frames), the handshake timeout a deadline on
+            # the reads, not a task of its own.
             deadline = trio.current_time() + node.config.limits.handshake_timeout
             try:
                 with session.cancel_scope:
                     async with trio.open_nursery() as nursery:
-                        nursery.start_soon(_write_tcp_frames, stream, session, nursery)
+                        out = _TcpWriter(stream, session, nursery)
+                        session.wake = out.wake
+                        session.direct = out.direct_writer()
                         with _ends_connection(nursery):
                             await _read_tcp_frames(node, stream, session, deadline)
             finally:
@@ -248,45 +261,98 @@ class _Rest:
         self.data = data
 
 
-def _direct_writer(stream: trio.abc.Stream, session: ClientSession) -> Callable[[object], bool] | None:
-    """For a plain TCP socket: a function that writes a frame straight to the
-    socket, in the caller's task, when this connection's writer is idle
-    (waiting for frames, none queued), and says whether it did.
+class _TcpWriter:
+    """A TCP connection's writing side. Its task runs only while frames wait
+    in ``session.outbound`` (``wake`` starts it; it ends once they are all
+    written): an idle connection is one task, not two.
 
-    A group message to 10,000 members was 10,000 channel hops and task
-    switches, each waking a writer for one frame; a member's socket almost
-    always has room, so the frame now goes out at once. When the writer is
-    busy, the socket full, or the stream not a plain socket (TLS, the
-    in-memory streams of ``timpy.testing``), the frame takes the usual way;
-    a frame the socket took only part of leaves its rest to the writer,
-    ahead of anything queued after it."""
-    if type(stream) is not trio.SocketStream:
-        return None
-    sock = stream.socket
-    statistics = session.outbound_send.statistics
-    queue = session.outbound_send
+    ``direct_writer`` writes a frame straight to the socket, in the caller's
+    task, when no writer task is running (nothing queued): a group message
+    to 10,000 members was 10,000 channel hops and task switches, each
+    waking a writer for one frame; a member's socket almost always has room,
+    so the frame goes out at once. When the writer is running, the socket
+    full, or the stream not a plain socket (TLS, the in-memory streams of
+    ``timpy.testing``), the frame is queued; a frame the socket took only
+    part of leaves its rest to the writer, ahead of anything queued after it."""
 
-    def write(item: object) -> bool:
-        st = statistics()
-        if st.current_buffer_used or st.tasks_waiting_receive != 1:
-            return False  # the writer is sending, or is about to: keep the order
-        fd = sock.fileno()
-        if fd < 0:
-            return False
-        data = frame_bytes(encode_out(item))  # type: ignore[arg-type]
+    __slots__ = ("_stream", "_session", "_nursery", "running")
+
+    def __init__(self, stream: trio.abc.Stream, session: ClientSession, nursery: trio.Nursery) -> None:
+        self._stream = stream
+        self._session = session
+        self._nursery = nursery
+        self.running = False
+
+    def wake(self) -> None:
+        if self.running:
+            return
+        self.running = True
         try:
-            sent = os.write(fd, data)
-        except OSError:
-            return False  # full (BlockingIOError) or broken: the writer meets it
-        if sent < len(data):
-            queue.send_nowait(_Rest(data[sent:]))  # type: ignore[arg-type]
-        return True
+            self._nursery.start_soon(self._write)
+        except RuntimeError:  # the connection is ending: nothing more is written
+            pass
 
-    return write
+    def direct_writer(self) -> Callable[[object], bool] | None:
+        stream = self._stream
+        if type(stream) is not trio.SocketStream:
+            return None
+        sock = stream.socket
+        queue = self._session.outbound_send
+
+        def write(item: object) -> bool:
+            if self.running:
+                return False  # frames are queued: keep the order
+            fd = sock.fileno()
+            if fd < 0:
+                return False
+            data = _wire_bytes(item)
+            try:
+                sent = os.write(fd, data)
+            except OSError:
+                return False  # full (BlockingIOError) or broken: the writer meets it
+            if sent < len(data):
+                queue.send_nowait(_Rest(data[sent:]))  # type: ignore[arg-type]
+                self.wake()
+            return True
+
+        return write
+
+    async def _write(self) -> None:
+        outbound = self._session.outbound
+        ending = False
+        try:
+            while not ending:
+                batch: list[object] = []
+                while len(batch) < _WRITE_BATCH:
+                    try:
+                        item = outbound.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        ending = True
+                        break
+                    if isinstance(item, CloseAfter):
+                        ending = True
+                        break
+                    batch.append(item)
+                if not batch and not ending:
+                    self.running = False  # all written: the task ends until the next frame
+                    return
+                data = b"".join([_wire_bytes(f) for f in batch])
+                batch = None  # type: ignore[assignment]  # nothing sent is kept
+                if data:
+                    await self._stream.send_all(data)
+                data = None  # type: ignore[assignment]
+        except _PEER_GONE:
+            pass
+        self._nursery.cancel_scope.cancel()  # closed by the session, or the peer went away
 
 
 def _wire_bytes(item: object) -> bytes:
-    return item.data if type(item) is _Rest else frame_bytes(encode_out(item))  # type: ignore[union-attr, arg-type]
+    kind = type(item)
+    if kind is Encoded:
+        return item.wire()  # type: ignore[union-attr]
+    return item.data if kind is _Rest else frame_bytes(encode_out(item))  # type: ignore[union-attr, arg-type]
 
 
 _NO_LOGIN = ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED)
@@ -333,29 +399,6 @@ async def _read_tcp_frames(node: NodeServices, stream: trio.abc.Stream, session:
         bodies = body = frame = None  # type: ignore[assignment]
 
 
-async def _write_tcp_frames(stream: trio.abc.Stream, session: ClientSession, nursery: trio.Nursery) -> None:
-    with _ends_connection(nursery):
-        outbound = session.outbound
-        while True:
-            try:
-                batch = [await outbound.receive()]
-            except trio.EndOfChannel:
-                return
-            while len(batch) < _WRITE_BATCH and not isinstance(batch[-1], CloseAfter):
-                try:
-                    batch.append(outbound.receive_nowait())
-                except (trio.WouldBlock, trio.EndOfChannel):
-                    break
-            data = b"".join(_wire_bytes(f) for f in batch if not isinstance(f, CloseAfter))
-            closing = isinstance(batch[-1], CloseAfter)
-            batch = None  # type: ignore[assignment]  # nothing sent is kept while idle
-            if data:
-                await stream.send_all(data)
-            data = None  # type: ignore[assignment]
-            if closing:
-                return
-
-
 async def run_tcp_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[list[trio.SocketListener]]) -> None:
     tls = client_tls(node)
 
@@ -374,57 +417,196 @@ def _encode_ws(frame: TPayload | Encoded, json_mode: bool) -> bytes | str:
     return jsonmap.encode_json(frame_out(frame)) if json_mode else encode_out(frame)
 
 
-async def serve_websocket_request(node: NodeServices, request: WebSocketRequest) -> None:
-    if not node.gate.admit():
-        ws = await request.accept()
+# --- WebSocket: wsproto over the connection's stream ---------------------------------
+#
+# Served straight on wsproto, as the TCP framing is: one task per idle
+# connection (trio-websocket kept three: its connection handler, its reader
+# and ours, with two memory channels and several events, about 14 KiB of an
+# idle connection's 32), the handshake's HTTP state dropped once it is done.
+
+_WS_CLOSE_TOO_MANY = 1013
+_WS_CLOSE_POLICY = 1008
+_WS_CLOSE_TOO_BIG = 1009
+
+
+class _Raw:
+    """Outbound marker: WebSocket bytes built already (a pong); ``last``: the
+    connection ends once they are written (a close frame)."""
+
+    __slots__ = ("data", "last")
+
+    def __init__(self, data: bytes, last: bool = False) -> None:
+        self.data = data
+        self.last = last
+
+
+class WebSocketServer:
+    """What ``run_ws_listener`` reports when it listens: its listeners, and
+    the port of the first."""
+
+    def __init__(self, listeners: list[trio.SocketListener]) -> None:
+        self.listeners = listeners
+
+    @property
+    def port(self) -> int:
+        return int(self.listeners[0].socket.getsockname()[1])
+
+
+async def _ws_handshake(stream: trio.abc.Stream, timeout: float) -> Connection | None:
+    """The server side of the opening handshake; the WebSocket connection, or
+    None when the client went away, took too long, or did not ask for a
+    WebSocket (it is answered 400)."""
+    handshake = H11Handshake(ConnectionType.SERVER)
+    with trio.move_on_after(timeout):
+        while True:
+            try:
+                data = await stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not data:
+                return None
+            try:
+                handshake.receive_data(data)
+                for event in handshake.events():
+                    if isinstance(event, Request):
+                        await stream.send_all(handshake.send(AcceptConnection()))
+                        return handshake.connection
+            except RemoteProtocolError as exc:
+                if exc.event_hint is not None:
+                    with contextlib.suppress(Exception):
+                        await stream.send_all(handshake.send(exc.event_hint))
+                return None
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+    return None
+
+
+class _WsStream:
+    """One WebSocket connection's reading side and its wsproto state."""
+
+    __slots__ = ("stream", "conn", "session", "max_message", "_parts", "_size")
+
+    def __init__(self, stream: trio.abc.Stream, conn: Connection, session: ClientSession, max_message: int) -> None:
+        self.stream = stream
+        self.conn = conn
+        self.session = session
+        self.max_message = max_message
+        self._parts: list[bytes | str] | None = None
+        self._size = 0
+
+    def _control(self, data: bytes, last: bool = False) -> bool:
+        """Hand WebSocket bytes to the writer, in order with the frames queued."""
         try:
-            await ws.send_message(wp.encode(error_frame(0, _FULL)))
-            await ws.aclose(code=1013, reason="too many connections")
-        except ConnectionClosed:
-            pass
-        return
-    ws: WebSocketConnection | None = None
-    session: ClientSession | None = None
-    with _one_connection(node, lambda: describe(session) if session else "a WebSocket client"):
+            self.session.outbound_send.send_nowait(_Raw(data, last))  # type: ignore[arg-type]
+        except (trio.WouldBlock, trio.ClosedResourceError):
+            if last:
+                self.session.cancel_scope.cancel()  # no room to say goodbye: close now
+            return False
+        if self.session.wake is not None:
+            self.session.wake()
+        return True
+
+    async def _close(self, code: int, reason: str) -> None:
+        """Send a close frame (after what is queued) and end the connection."""
+        if self.conn.state is ConnectionState.OPEN:
+            self._control(self.conn.send(CloseConnection(code=code, reason=reason)), last=True)
+            await _let_writer_close()
+
+    async def get_message(self) -> bytes | str | None:
+        """The next whole message; None once the connection is over."""
+        conn = self.conn
+        while True:
+            for event in conn.events():
+                kind = type(event)
+                if kind is BytesMessage or kind is TextMessage:
+                    self._size += len(event.data)
+                    if self._size > self.max_message:
+                        await self._close(_WS_CLOSE_TOO_BIG, f"Exceeded maximum message size: {self.max_message} bytes")
+                        return None
+                    if event.message_finished and self._parts is None:
+                        self._size = 0
+                        return event.data  # one frame: the common case
+                    if self._parts is None:
+                        self._parts = []
+                    self._parts.append(event.data)
+                    if event.message_finished:
+                        parts, self._parts, self._size = self._parts, None, 0
+                        return b"".join(parts) if kind is BytesMessage else "".join(parts)  # type: ignore[arg-type]
+                elif kind is Ping:
+                    self._control(conn.send(event.response()))
+                elif kind is CloseConnection:
+                    if conn.state is ConnectionState.REMOTE_CLOSING:  # the client closes: answer it
+                        self._control(conn.send(event.response()), last=True)
+                        await _let_writer_close()
+                    else:  # a frame wsproto refused (ParseFailed): say why, and close
+                        await self._close(event.code, event.reason or "")
+                    return None
+            try:
+                data = await self.stream.receive_some(65536)
+            except (trio.BrokenResourceError, trio.ClosedResourceError):
+                return None
+            if not data:
+                return None  # the peer went away without a close frame
+            if conn.state is ConnectionState.CLOSED:
+                return None
+            conn.receive_data(data)
+
+
+async def serve_ws_stream(node: NodeServices, stream: trio.abc.Stream) -> None:
+    """Serve one client over WebSocket on a byte stream (a socket, or TLS over one)."""
+    peer = _peer_of(stream)
+    try:
+        conn = await _ws_handshake(stream, node.config.limits.handshake_timeout)
+        if conn is None:
+            return
+        if not node.gate.admit():
+            with trio.move_on_after(CLOSE_GRACE), contextlib.suppress(*_PEER_GONE):
+                await stream.send_all(conn.send(BytesMessage(wp.encode(error_frame(0, _FULL))))
+                                      + conn.send(CloseConnection(_WS_CLOSE_TOO_MANY, "too many connections")))
+            return
+        session: ClientSession | None = None
         try:
-            ws = await request.accept()
-            remote = ws.remote
-            peer = f"{getattr(remote, 'address', '?')}:{getattr(remote, 'port', '?')}"
-            session = ClientSession(node, peer)
-            await _serve_ws_session(ws, session)
-        except Exception:
-            if ws is not None:
-                await _close_with_error(lambda: ws.send_message(wp.encode(error_frame(0, _INTERNAL))))
-            raise
+            with _one_connection(node, lambda: describe(session) if session else peer):
+                try:
+                    session = ClientSession(node, peer)
+                    await _serve_ws_session(_WsStream(stream, conn, session, node.config.limits.max_frame), session)
+                except Exception:
+                    if conn.state is ConnectionState.OPEN:
+                        await _close_with_error(lambda: stream.send_all(
+                            conn.send(BytesMessage(wp.encode(error_frame(0, _INTERNAL))))))
+                    raise
         finally:
             node.gate.leave()
-            if ws is not None:
-                with trio.CancelScope(shield=True):
-                    await ws.aclose()
+    finally:
+        with trio.CancelScope(shield=True):
+            await stream.aclose()
 
 
-async def _serve_ws_session(ws: WebSocketConnection, session: ClientSession) -> None:
-    """As a TCP connection (``serve_tcp_stream``): read in this task, write in one other."""
+async def _serve_ws_session(ws: _WsStream, session: ClientSession) -> None:
+    """As a TCP connection (``serve_tcp_stream``): read in this task, write in
+    another only while something is queued."""
     json_mode = [False]  # the last message's kind: the replies follow it
     deadline = trio.current_time() + session.node.config.limits.handshake_timeout
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
-                nursery.start_soon(_write_ws_messages, ws, session, json_mode, nursery)
+                out = _WsWriter(ws, json_mode, nursery)
+                session.wake = out.wake
+                session.direct = out.direct_writer()
                 with _ends_connection(nursery):
                     await _read_ws_messages(ws, session, json_mode, deadline)
     finally:
         session.finish()
 
 
-async def _read_ws_messages(ws: WebSocketConnection, session: ClientSession, json_mode: list[bool], deadline: float) -> None:
+async def _read_ws_messages(ws: _WsStream, session: ClientSession, json_mode: list[bool], deadline: float) -> None:
     while True:
         if session.identity is not None:
             message = await ws.get_message()
         else:
             message = await _until_logged_in(ws.get_message, session, deadline)
         if message is None:
-            return  # no login in time
+            return  # closed, or no login in time
         try:
             if isinstance(message, str):
                 json_mode[0] = True
@@ -441,36 +623,114 @@ async def _read_ws_messages(ws: WebSocketConnection, session: ClientSession, jso
         frame = None  # type: ignore[assignment]  # an idle connection keeps nothing of its last request
 
 
-async def _write_ws_messages(
-    ws: WebSocketConnection, session: ClientSession, json_mode: list[bool], nursery: trio.Nursery
-) -> None:
-    with _ends_connection(nursery):
-        outbound = session.outbound
-        while True:
+class _WsWriter:
+    """A WebSocket connection's writing side, run as ``_TcpWriter``'s: a task
+    only while frames wait in ``session.outbound``, and deliveries written
+    straight to a plain socket when none do. A frame goes as a binary
+    message, or as a JSON text message when the client's last message was
+    one."""
+
+    __slots__ = ("_ws", "_json_mode", "_nursery", "running")
+
+    def __init__(self, ws: _WsStream, json_mode: list[bool], nursery: trio.Nursery) -> None:
+        self._ws = ws
+        self._json_mode = json_mode
+        self._nursery = nursery
+        self.running = False
+
+    def wake(self) -> None:
+        if self.running:
+            return
+        self.running = True
+        try:
+            self._nursery.start_soon(self._write)
+        except RuntimeError:  # the connection is ending: nothing more is written
+            pass
+
+    def _bytes(self, item: object) -> bytes | None:
+        """An outbound frame as WebSocket bytes; None once closing (not sent)."""
+        conn = self._ws.conn
+        if conn.state is not ConnectionState.OPEN:
+            return None
+        data = _encode_ws(item, self._json_mode[0])  # type: ignore[arg-type]
+        return conn.send(TextMessage(data) if isinstance(data, str) else BytesMessage(data))
+
+    def direct_writer(self) -> Callable[[object], bool] | None:
+        stream = self._ws.stream
+        if type(stream) is not trio.SocketStream:
+            return None
+        sock = stream.socket
+        session = self._ws.session
+
+        def write(item: object) -> bool:
+            if self.running:
+                return False  # frames are queued: keep the order
+            fd = sock.fileno()
+            if fd < 0:
+                return False
+            data = self._bytes(item)
+            if data is None:
+                return True  # closing: dropped, as the writer would
             try:
-                item = await outbound.receive()
-            except trio.EndOfChannel:
-                return
-            if isinstance(item, CloseAfter):
-                await ws.aclose(code=1008, reason=item.reason[:120])
-                return
-            data = _encode_ws(item, json_mode[0])
-            item = None  # type: ignore[assignment]
-            await ws.send_message(data)
-            data = None  # type: ignore[assignment]
+                sent = os.write(fd, data)
+            except OSError:
+                sent = 0  # full (BlockingIOError) or broken: the writer meets it
+            if sent < len(data):
+                session.outbound_send.send_nowait(_Raw(data[sent:]))  # type: ignore[arg-type]
+                self.wake()
+            return True
+
+        return write
+
+    async def _write(self) -> None:
+        outbound = self._ws.session.outbound
+        stream = self._ws.stream
+        ending = False
+        try:
+            while not ending:
+                chunks: list[bytes] = []
+                while len(chunks) < _WRITE_BATCH:
+                    try:
+                        item = outbound.receive_nowait()
+                    except trio.WouldBlock:
+                        break
+                    except trio.EndOfChannel:
+                        ending = True
+                        break
+                    if isinstance(item, CloseAfter):
+                        if self._ws.conn.state is ConnectionState.OPEN:
+                            chunks.append(self._ws.conn.send(
+                                CloseConnection(code=_WS_CLOSE_POLICY, reason=item.reason[:120])))
+                        ending = True
+                        break
+                    if type(item) is _Raw:
+                        chunks.append(item.data)  # type: ignore[union-attr]
+                        if item.last:  # type: ignore[union-attr]
+                            ending = True
+                            break
+                        continue
+                    data = self._bytes(item)
+                    item = None  # type: ignore[assignment]
+                    if data is not None:
+                        chunks.append(data)
+                if not chunks and not ending:
+                    self.running = False  # all written: the task ends until the next frame
+                    return
+                data = b"".join(chunks)
+                chunks = None  # type: ignore[assignment]  # nothing sent is kept
+                if data:
+                    await stream.send_all(data)
+                data = None  # type: ignore[assignment]
+        except _PEER_GONE:
+            pass
+        self._nursery.cancel_scope.cancel()  # closed by the session or the client, or the peer went away
 
 
 async def run_ws_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[object]) -> None:
-    async def handler(request: WebSocketRequest) -> None:
-        await serve_websocket_request(node, request)
-
-    async with trio.open_nursery() as handlers:
-        await serve_websocket(
-            handler,
-            host,
-            port,
-            ssl_context=client_tls(node),
-            handler_nursery=handlers,
-            max_message_size=node.config.limits.max_frame,
-            task_status=task_status,
-        )
+    tls = client_tls(node)
+    listeners = await trio.open_tcp_listeners(port, host=host)
+    served: list[trio.abc.Listener[trio.abc.Stream]] = list(listeners)
+    if tls is not None:
+        served = [trio.SSLListener(listener, tls, https_compatible=True) for listener in listeners]
+    task_status.started(WebSocketServer(listeners))
+    await trio.serve_listeners(functools.partial(serve_ws_stream, node), served)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import secrets
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from typing import Any
 
 import msgpack
@@ -26,20 +25,11 @@ from timpy.im import fields, ids
 from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.users import RESERVED_NAMES, SYSTEM_USER, Identity
 from timpy.store.repository import Store
-from timpy.store.rows import AccountRow, Copies
+from timpy.store.rows import Copies
 
 MAX_PASSWORD = 1024
-SYSTEM_USER = "system"  # the sender of operators' messages; nobody can log in as it
-RESERVED_NAMES = frozenset({SYSTEM_USER})
-
-
-@dataclass(frozen=True)
-class Identity:
-    user_id: bytes
-    name: str
-
-
 class Accounts:
     def __init__(
         self,
@@ -47,7 +37,7 @@ class Accounts:
         indexer: BlindIndexer,
         tokens: TokenAuthority,
         security: SecurityConfig,
-        limits: Limits,
+        limits: Callable[[], Limits],  # read each time: limits change at run time
         clock_ms: Callable[[], int],
         peers: Peers | None = None,
         replicator: Replicator | None = None,
@@ -80,9 +70,9 @@ class Accounts:
         return hash_password(password, self._security.password_opslimit, self._security.password_memlimit)
 
     def _check_password_shape(self, password: str) -> None:
-        if not isinstance(password, str) or len(password) < self._limits.min_password_length:
+        if not isinstance(password, str) or len(password) < self._limits().min_password_length:
             raise RequestError(
-                f"a password has at least {self._limits.min_password_length} characters",
+                f"a password has at least {self._limits().min_password_length} characters",
                 Code.WEAK_PASSWORD,
             )
         if len(password) > MAX_PASSWORD:
@@ -103,7 +93,8 @@ class Accounts:
         await self._store.run(self._store.repo.create_account, a.user_id, a.secret, a.profile)
         if self._events.wants("user.registered"):  # hook: webhooks, at the user's owner
             name = msgpack.unpackb(a.profile).get("name", "")
-            await self._events.emit("user.registered", event_id("user.registered", a.user_id), {"user": name})
+            await self._events.emit("user.registered", event_id("user.registered", a.user_id), {"user": name},
+                                   ("user", a.user_id))
 
     def _account_copies(self, uid: bytes) -> Callable[[], Awaitable[Copies]]:
         return lambda: self._store.run(self._store.repo.user_copies, uid, 0, 0)

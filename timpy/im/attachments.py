@@ -6,9 +6,11 @@ key: its **owner** takes the upload (start, chunks in any order, finish with
 the SHA-256 checked over the stored chunks) and copies every change to the
 id's other replicas, acknowledging once the write quorum has it, as for
 messages. Reads go to any replica that holds the attachment (the owner
-first), so a download goes on when the owner is gone. In shared-backend mode
-the attachment's rows live on the backend its id is placed on, and nodes
-copy nothing.
+first), so a download goes on when the owner is gone. The attachment tables
+are in the registry of copied tables (the ``att`` kind of key), so the
+background repair carries what a replica lacks (``timpy.im.replication``). In
+shared-backend mode the attachment's rows live on the backend its id is
+placed on, nodes copy nothing, and backend moves carry them.
 
 A file message (``KIND_FILE``, or a burn-after-reading message with
 ``ext["file"] = "1"``) carries a ``FileRef``. A writer check at the
@@ -39,8 +41,8 @@ from timpy.config import FilesConfig
 from timpy.crypto.file_urls import check_file_url, file_url
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids, kinds
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
+from timpy.im.users import Identity
 from timpy.im.writer import Append, Committed
 from timpy.store.features.attachments import AttachmentRow
 from timpy.store.repository import Store
@@ -363,7 +365,7 @@ class Attachments:
         row = await self._store.run(self._store.repo.get_attachment, att)
         if row is None or not row.complete:
             return None  # not held here (or not whole yet): another replica may have it
-        if row.uploader_id != user_id and not await self._store.run(self._store.repo.may_read, att, user_id):
+        if not await self._may_read(row, user_id):
             return ["refused"]
         data = None
         if index >= 0:
@@ -373,6 +375,26 @@ class Attachments:
             if data is None:
                 return None
         return ["ok", _row_fields(row), data]
+
+    async def _may_read(self, row: AttachmentRow, user_id: bytes) -> bool:
+        """Its uploader, a user it was granted to, or a member now of a
+        conversation where it was sent (one who joined a group after the file
+        message reads it, as they read the group's earlier messages; the
+        conversation's owner decides, by the rules history reads follow)."""
+        att = row.att_id
+        if row.uploader_id == user_id or await self._store.run(self._store.repo.may_read, att, user_id):
+            return True
+        _, refs = await self._store.run(self._store.repo.attachment_links, att)
+        for conv in dict.fromkeys(c for c, _ in refs):
+            try:
+                found = await self._peers.ask(ops.CONV_HISTORY, ops.HistoryOf(conv, user_id, 0, -1, 0))
+            except TimpyError as exc:
+                log.debug("could not ask whether a user is in a conversation: %s", exc.text)
+                continue
+            if found.member:
+                await self._store.run(self._store.repo.add_readers, att, [user_id])  # asked once
+                return True
+        return False
 
     # --- file messages: the writer's check and listener ------------------------------------
 
@@ -427,7 +449,7 @@ class Attachments:
         if row is None or not row.complete:
             raise RequestError("no such file (finish its upload before sending it)", Code.NO_SUCH_FILE)
         sender_id = bytes(sender_id)
-        if row.uploader_id != sender_id and not await self._store.run(self._store.repo.may_read, att, sender_id):
+        if not await self._may_read(row, sender_id):
             raise RequestError("you may share only files you uploaded or received", Code.NOT_ALLOWED)
         info = info_of(row)
         if (info.size, info.sha256) != (int(size), str(sha256)):

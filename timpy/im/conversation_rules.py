@@ -19,7 +19,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-MENTION_ALL = "@all"
+from timpy.im.references import mentions_user
+
 MAX_FLAGGED = 10_000  # conversations with flags per user
 
 
@@ -101,17 +102,6 @@ def out_of_group(state: UserConversations, group: str) -> UserConversations:
     flags = dict(state.flags)
     flags.pop(group, None)
     return replace(state, groups=groups, flags=flags, left=state.left | {group})
-
-
-def mentions(ext: dict[str, str]) -> frozenset[str]:
-    """The names (and ``@all``) a message mentions: ``ext["mentions"]``, comma-separated."""
-    raw = ext.get("mentions", "")
-    return frozenset(n.strip().casefold() for n in raw.split(",") if n.strip())
-
-
-def mentions_user(ext: dict[str, str], name: str) -> bool:
-    named = mentions(ext)
-    return MENTION_ALL in named or name.casefold() in named
 
 
 @dataclass(frozen=True)

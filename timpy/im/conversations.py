@@ -23,15 +23,16 @@ from typing import Any
 
 import msgpack
 
+from timpy.cluster import catalog as ops
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import conversation_rules as rules
 from timpy.im import ids, kinds
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.routes import Routes
 from timpy.im.signals import Signals
+from timpy.im.users import Identity
 from timpy.im.writer import Committed
 from timpy.store.repository import Store
 from timpy.store.rows import ConversationRows
@@ -70,10 +71,10 @@ class Conversations:
         self._dirty: dict[bytes, set[bytes]] = {}
         self._flushing = False
         self.notices = 0  # entries pushed (tests, metrics)
-        peers.expose("convs.list", self._list_here, "user")
-        peers.expose("convs.set", self._set_here, "user")
-        peers.expose("convs.ids", self._ids_here, "user")
-        peers.expose("convs.group", self._group_here, "user")
+        peers.serve(ops.CONVS_LIST, self._list_here)
+        peers.serve(ops.CONVS_SET, self._set_here)
+        peers.serve(ops.CONVS_IDS, self._ids_here)
+        peers.serve(ops.CONVS_GROUP, self._group_here)
 
     # --- requests ----------------------------------------------------------
 
@@ -82,25 +83,20 @@ class Conversations:
         if offset < 0:
             raise RequestError("a conversation list offset is 0 or more", Code.BAD_REQUEST)
         limit = PAGE_MAX if limit <= 0 else min(limit, PAGE_MAX)
-        entries, total = await self._peers.at_owner(
-            who.user_id, "convs.list", self._list_here, who.name, int(offset), int(limit), bool(archived)
-        )
-        return [dict(e) for e in entries], int(total)
+        page = await self._peers.ask(ops.CONVS_LIST, ops.ConvsList(who.user_id, who.name, offset, limit, archived))
+        return page.entries, page.total
 
     async def set_flags(
         self, who: Identity, conversation: str, muted: bool | None, pinned: bool | None, archived: bool | None
     ) -> dict[str, Any]:
         """Set some of a conversation's flags (None: unchanged); returns its entry."""
         conv = ids.parse_conversation(conversation)
-        return dict(await self._peers.at_owner(
-            who.user_id, "convs.set", self._set_here, who.name, conv,
-            -1 if muted is None else int(muted), -1 if pinned is None else int(pinned),
-            -1 if archived is None else int(archived),
-        ))
+        flags = [None if v is None else bool(v) for v in (muted, pinned, archived)]
+        return await self._peers.ask(ops.CONVS_SET, ops.ConvsSet(who.user_id, who.name, conv, *flags))
 
     async def conversation_ids(self, who: Identity) -> list[bytes]:
         """Every conversation in the user's list (archived ones too): what the user may search."""
-        return [bytes(c) for c in await self._peers.at_owner(who.user_id, "convs.ids", self._ids_here)]
+        return await self._peers.ask(ops.CONVS_IDS, ops.ConvsOf(who.user_id))
 
     # --- at the user's owner -------------------------------------------------
 
@@ -117,23 +113,21 @@ class Conversations:
             inbox.append((ids.conversation_text(conv), pos, ms, parent))
         return rules.activities(inbox, state)
 
-    async def _list_here(
-        self, user_id: bytes, name: str, offset: int, limit: int, archived: bool
-    ) -> list[Any]:
-        state = await self._state(user_id)
-        found, _ = await self._activities(user_id, state)
-        page, total = rules.visible(list(found.values()), bool(archived), int(offset), int(limit))
-        entries = await self._entries(user_id, str(name), [a.conversation for a in page], state, found)
-        return [entries, total]
+    async def _list_here(self, a: ops.ConvsList) -> ops.ConvsPage:
+        state = await self._state(a.user_id)
+        found, _ = await self._activities(a.user_id, state)
+        page, total = rules.visible(list(found.values()), a.archived, a.offset, a.limit)
+        entries = await self._entries(a.user_id, a.name, [x.conversation for x in page], state, found)
+        return ops.ConvsPage(entries, total)
 
-    async def _ids_here(self, user_id: bytes) -> list[bytes]:
+    async def _ids_here(self, a: ops.ConvsOf) -> list[bytes]:
         """Every conversation of the list and every thread under them."""
-        state = await self._state(user_id)
-        found, threads = await self._activities(user_id, state)
+        state = await self._state(a.user_id)
+        found, threads = await self._activities(a.user_id, state)
         return [ids.parse_conversation(c) for c in [*found, *threads]]
 
-    async def _set_here(self, user_id: bytes, name: str, conv: bytes, muted: int, pinned: int, archived: int) -> dict:
-        text = ids.conversation_text(bytes(conv))
+    async def _set_here(self, a: ops.ConvsSet) -> dict[str, Any]:
+        user_id, text = a.user_id, ids.conversation_text(a.conv_id)
         listed, _ = await self._activities(user_id, await self._state(user_id))
         if text not in listed:
             raise RequestError("that conversation is not in your list", Code.NOT_A_MEMBER)
@@ -141,27 +135,27 @@ class Conversations:
         def change(raw: Any) -> Any:
             state = rules.UserConversations.unpack(raw)
             try:
-                state = rules.set_flags(state, text, *(None if v < 0 else bool(v) for v in (muted, pinned, archived)))
+                state = rules.set_flags(state, text, a.muted, a.pinned, a.archived)
             except ValueError as exc:
                 raise RequestError(str(exc), Code.LIMIT_REACHED) from None
             return state.pack()
 
         state = rules.UserConversations.unpack(await self._records.update(user_id, RECORD, "user", change))
         found, _ = await self._activities(user_id, state)
-        entry = (await self._entries(user_id, str(name), [text], state, found))[0]
+        entry = (await self._entries(user_id, a.name, [text], state, found))[0]
         self._signals.push([user_id], ConversationChanged(entry))
         self.notices += 1
         return entry
 
-    async def _group_here(self, user_id: bytes, group: str, name: str, member: bool) -> None:
+    async def _group_here(self, a: ops.ConvsGroup) -> None:
         def change(raw: Any) -> Any:
             state = rules.UserConversations.unpack(raw)
-            if member:
-                return rules.in_group(state, str(group), str(name), self._now()).pack()
-            return rules.out_of_group(state, str(group)).pack()
+            if a.member:
+                return rules.in_group(state, a.group, a.name, self._now()).pack()
+            return rules.out_of_group(state, a.group).pack()
 
-        await self._records.update(user_id, RECORD, "user", change)
-        self.inbox_changed(user_id, ids.parse_conversation(str(group)))
+        await self._records.update(a.user_id, RECORD, "user", change)
+        self.inbox_changed(a.user_id, ids.parse_conversation(a.group))
 
     async def _name_of(self, user_id: bytes) -> str:
         name = self._names.get(user_id)
@@ -288,15 +282,17 @@ class Conversations:
         recomputed for each member: the delivery itself tells each terminal,
         and the next list read is current. Only queues work (``_flush`` runs
         in the background)."""
-        entries: list[tuple[bytes, str]] = [(u, c.message.conversation) for c in committed for u in c.inbox]
         per_conv: dict[str, int] = {}
-        for _user_id, conv in entries:
-            per_conv[conv] = per_conv.get(conv, 0) + 1
+        for c in committed:
+            conv = c.message.conversation
+            per_conv[conv] = per_conv.get(conv, 0) + len(c.inbox)
         conv_ids: dict[str, bytes] = {}
-        for user_id, conv in entries:
-            if per_conv[conv] <= LIVE_MAX_MEMBERS:
+        for c in committed:
+            conv = c.message.conversation
+            if per_conv[conv] <= LIVE_MAX_MEMBERS:  # a large group's members are not even listed
                 conv_id = conv_ids.get(conv) or conv_ids.setdefault(conv, ids.parse_conversation(conv))
-                self.inbox_changed(user_id, conv_id)
+                for user_id in c.inbox:
+                    self.inbox_changed(user_id, conv_id)
 
     def group_saved(self, gid: bytes, before: Any, after: Any) -> None:
         """The groups' hook, at the group's owner: the state before (None: a new
@@ -318,4 +314,4 @@ class Conversations:
             changed |= set(before) | set(after)
         for user_id in sorted(changed):
             member = user_id in after and not dissolved
-            self._spawn(self._peers.at_owner, user_id, "convs.group", self._group_here, group, name, member)
+            self._spawn(self._peers.ask, ops.CONVS_GROUP, ops.ConvsGroup(user_id, group, name, member))

@@ -91,8 +91,8 @@ class Deliverer:
     # --- terminals -------------------------------------------------------------------
 
     async def open_terminal(self, terminal: LiveTerminal) -> int:
-        """Record the terminal with its user's owner; returns its delivery cursor."""
-        terminal.on_gap = self._resync
+        """Record the terminal with its user's owner; returns its delivery cursor.
+        (Its maker gives it ``resync`` as its ``on_gap``.)"""
         return await self._peers.ask(
             ops.TERM_OPEN, ops.TermOpen(terminal.user_id, terminal.device_id, self._peers.self_id, terminal.kind))
 
@@ -146,9 +146,11 @@ class Deliverer:
                     return  # closed meanwhile
         if not terminal.syncing:
             terminal.begin_sync()
-            self._resync(terminal)
+            self.resync(terminal)
 
-    def _resync(self, terminal: LiveTerminal) -> None:
+    def resync(self, terminal: LiveTerminal) -> None:
+        """Sync ``terminal`` from its last position in the background: a
+        delivery skipped positions (``LiveTerminal.on_gap``) or the ring moved."""
         self._tasks.spawn(self._run_resync, terminal)
 
     async def _run_resync(self, terminal: LiveTerminal) -> None:

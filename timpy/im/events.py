@@ -24,7 +24,7 @@ def event_id(*parts: bytes | str | int) -> str:
 
 class EventSink(Protocol):
     def wants(self, event_type: str) -> bool: ...
-    async def emit(self, event_type: str, event_id: str, data: dict[str, Any]) -> None: ...
+    async def emit(self, event_type: str, event_id: str, data: dict[str, Any], owner: tuple[str, bytes]) -> None: ...
 
 
 class NoEvents:
@@ -33,7 +33,7 @@ class NoEvents:
     def wants(self, event_type: str) -> bool:
         return False
 
-    async def emit(self, event_type: str, event_id: str, data: dict[str, Any]) -> None:
+    async def emit(self, event_type: str, event_id: str, data: dict[str, Any], owner: tuple[str, bytes]) -> None:
         return None
 
 

@@ -24,12 +24,11 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import group_rules as rules
 from timpy.im import ids
-from timpy.im.accounts import RESERVED_NAMES, SYSTEM_USER, Identity
 from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.group_rules import Group, JoinPolicy, Role
-from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.users import RESERVED_NAMES, SYSTEM_USER, Identity, Users
 from timpy.im.writer import GROUP_PREFIX, Writer
 from timpy.store.repository import Store
 from timpy.store.rows import Copies
@@ -74,8 +73,8 @@ def group_view(group: Group, viewer: str) -> dict[str, Any]:
 
 class Groups:
     def __init__(
-        self, store: Store, indexer: BlindIndexer, limits: Limits, peers: Peers,
-        replicator: Replicator, messenger: Messenger, writer: Writer, events: EventSink = NO_EVENTS,
+        self, store: Store, indexer: BlindIndexer, limits: Callable[[], Limits], peers: Peers,
+        replicator: Replicator, users: Users, writer: Writer, events: EventSink = NO_EVENTS,
     ) -> None:
         self._events = events
         self._store = store
@@ -83,7 +82,7 @@ class Groups:
         self._limits = limits
         self._peers = peers
         self._replicator = replicator
-        self._messenger = messenger  # whether a user exists
+        self._users = users  # whether a user exists
         self._writer = writer
         self.changed: list[Callable[[bytes, Group | None, Group], None]] = []  # (id, before, after), after a save
         self.send_checks: list[Callable[[Group, str, int, dict[str, str]], None]] = []  # may raise: refused
@@ -110,7 +109,7 @@ class Groups:
         else:
             gid = ids.parse_conversation(group)
         for u in users:
-            if u in RESERVED_NAMES or not await self._messenger.user_exists(ids.user_id(self._indexer, u)):
+            if u in RESERVED_NAMES or not await self._users.exists(ids.user_id(self._indexer, u)):
                 raise RequestError(f"no such user: {u}", Code.NO_SUCH_USER)
         return await self._peers.ask(ops.GROUP_REQUEST, ops.GroupRequest(
             gid, who.name, op, users, str(name), str(policy), bool(flag), dict(profile or {})))
@@ -132,7 +131,7 @@ class Groups:
                 chosen = JoinPolicy(a.policy or JoinPolicy.APPROVAL)
             except ValueError:
                 raise RequestError(f"unknown join policy {a.policy!r}: open, approval or invite", Code.BAD_REQUEST) from None
-            group = rules.create(ids.conversation_text(gid), actor, a.name, chosen, a.users, self._limits.max_group_size)
+            group = rules.create(ids.conversation_text(gid), actor, a.name, chosen, a.users, self._limits().max_group_size)
             version = 0
         else:
             group, version = await self._load(gid)
@@ -146,7 +145,8 @@ class Groups:
         if self._events.wants("group.changed"):  # hook: webhooks, at the group's owner
             await self._events.emit("group.changed", event_id("group.changed", gid, version + 1), {
                 "group": ids.conversation_text(gid), "op": op, "actor": actor, "users": a.users,
-                "version": version + 1, "members": [] if group.dissolved else sorted(group.members)})
+                "version": version + 1, "members": [] if group.dissolved else sorted(group.members)},
+                ("conv", gid))
         for listener in self.changed:
             listener(gid, before, group)
         return group_view(group, actor)

@@ -6,13 +6,13 @@ the node's one writer (``timpy.im.writer``): numbered, stored, replicated,
 pushed to live terminals (``timpy.im.delivery``) and acknowledged in commit
 order. When this node owns the conversation the send is queued at once and
 the caller gets a ``SendTicket``, so a connection may have many sends in
-flight; otherwise it is forwarded (``conv.append``), retried while the ring
-changes (the client id makes a retry safe).
+flight; otherwise it goes through the writer's ``append_at_owner``
+(``conv.append``), retried while the ring changes (the client id makes a
+retry safe). Whether the recipient exists is asked of ``timpy.im.users``.
 
-Its operations between nodes (``timpy.cluster.catalog``): ``conv.append``
-(a send, at the conversation's owner), ``conv.history`` (at the owner) and
-``conv.history_copy`` (at another replica when the owner does not answer),
-``acct.exists`` (at the user's owner).
+Its operations between nodes (``timpy.cluster.catalog``): ``conv.history``
+(at the owner) and ``conv.history_copy`` (at another replica when the owner
+does not answer).
 """
 
 from __future__ import annotations
@@ -23,29 +23,24 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 import trio
 
 from timpy.cluster import catalog as ops
-from timpy.cluster.rpc import NotOwner
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids, kinds
-from timpy.im.accounts import RESERVED_NAMES, Identity
 from timpy.im.delivery import stored_message
 from timpy.im.peers import Peers
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
-from timpy.im.writer import Append, Writer
+from timpy.im.users import Identity, Users
+from timpy.im.writer import SEND_ATTEMPTS, Append, Writer
 from timpy.store.repository import Store
 from timpy.store.rows import NewMessage
 from timpy.wire.messages import (
     ChatMessage,
     MessageContent,
     SendResult,
-    pack_send_result,
-    unpack_send_result,
 )
-
-SEND_ATTEMPTS = 3  # tries at a conversation's owner while the ring is changing
 
 
 class SendTicket:
@@ -136,6 +131,7 @@ class Messenger:
         peers: Peers,
         replicator: Replicator,
         writer: Writer,
+        users: Users,
     ) -> None:
         self._store = store
         self._indexer = indexer
@@ -144,14 +140,18 @@ class Messenger:
         self._cluster = peers.rpc is not None
         self._replicator = replicator
         self._writer = writer
+        self._users = users
         self._known_users: set[bytes] = set()
         self._looking_up: dict[bytes, trio.Event] = {}  # users whose existence is being looked up
         self._peer_ids: dict[tuple[bytes, str], tuple[str, bytes, bytes, str]] = {}  # see _peer_of
         self._user_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
-        peers.serve(ops.CONV_APPEND, self._append_here)
+        # Who may read a conversation: its members, unless a rule here decides
+        # otherwise for it (threads: the members of the thread's parent, now).
+        # Each rule answers True or False for the conversations it knows, None
+        # for the others.
+        self.read_rules: list[Callable[[bytes, bytes], Awaitable[bool | None]]] = []
         peers.serve(ops.CONV_HISTORY, self._history_here, replicator)
         peers.serve(ops.CONV_HISTORY_COPY, self._history_copy)
-        peers.serve(ops.ACCT_EXISTS, self._exists_here, replicator)
 
     def check_user_rate(self, user_id: bytes, now: float) -> None:
         """Messages per user on this node (``user_message_rate``); raises RATE_LIMITED."""
@@ -181,29 +181,13 @@ class Messenger:
         event = trio.Event()
         self._looking_up.setdefault(uid, event)
         try:
-            if not await self.user_exists(uid):
+            if not await self._users.exists(uid):
                 raise RequestError("no such user", Code.NO_SUCH_USER)
             self._known_users.add(uid)
         finally:
             if self._looking_up.get(uid) is event:
                 del self._looking_up[uid]
             event.set()
-
-    async def peer_of(self, who: Identity, name: str) -> tuple[str, bytes, bytes]:
-        """Another user, for a 1:1 operation: (normalized name, user id, the
-        key of the two users' conversation and relation); NO_SUCH_USER if absent."""
-        peer = ids.normalize_name(name)
-        pid = ids.user_id(self._indexer, peer)
-        if peer in RESERVED_NAMES or not await self.user_exists(pid):
-            raise RequestError(f"no such user: {peer}", Code.NO_SUCH_USER)
-        return peer, pid, ids.direct_conversation(self._indexer, who.user_id, pid)
-
-    async def user_exists(self, uid: bytes) -> bool:
-        return await self._peers.ask(ops.ACCT_EXISTS, ops.AccountExists(uid))
-
-    async def _exists_here(self, a: ops.AccountExists) -> bool:
-        """At the user's owner (caught up by the operation: the catalog declares it)."""
-        return a.user_id in await self._store.run(self._store.repo.existing_accounts, [a.user_id])
 
     async def send(
         self,
@@ -254,10 +238,10 @@ class Messenger:
                         raise
                 # The ring may be changing under us: the same client id makes a retry safe.
                 await trio.sleep(0.3)
-                return await self.append_at_owner(new, content, conversation, SEND_ATTEMPTS - 1)
+                return await self._writer.append_at_owner(new, content, conversation, SEND_ATTEMPTS - 1)
 
             return SendTicket(result, pending)
-        return SendTicket(lambda: self.append_at_owner(new, content, conversation, SEND_ATTEMPTS))
+        return SendTicket(lambda: self._writer.append_at_owner(new, content, conversation, SEND_ATTEMPTS))
 
     def _peer_of(self, sender_id: bytes, recipient: str) -> tuple[str, bytes, bytes, str]:
         """(normalized name, user id, 1:1 conversation id and text) of a
@@ -283,26 +267,6 @@ class Messenger:
             sender.user_id, sender.name, conv, members, recipient, client_id, kind, body, ext
         )
         return new, content, conversation
-
-    async def append_at_owner(
-        self, new: NewMessage, content: MessageContent, conversation: str, attempts: int = SEND_ATTEMPTS
-    ) -> SendResult:
-        """Store ``new`` (made by ``Writer.prepare``) through its conversation's
-        owner (``conv.append``), retried while the ring moves; any conversation
-        kind (threads use it for their own conversations)."""
-        args = ops.ConvAppend(new.conv_id, list(new.members), new.sender_id, new.dedup, new.created_ms, new.content)
-        for attempt in range(attempts):
-            try:
-                sent = await self._peers.ask(ops.CONV_APPEND, args)
-                return sent.result(conversation)
-            except NotOwner:
-                raise  # ``ask`` retried it as the ring moved already
-            except TimpyError as exc:
-                # The ring may be changing under us: the same client id makes a retry safe.
-                if exc.code != Code.UNAVAILABLE or attempt == attempts - 1:
-                    raise
-                await trio.sleep(0.3 * (attempt + 1))
-        raise AssertionError("unreachable")  # pragma: no cover
 
     # --- reading --------------------------------------------------------
 
@@ -357,32 +321,22 @@ class Messenger:
 
     async def _history_here(self, a: ops.HistoryOf) -> ops.History:
         """At the conversation's owner (caught up by the operation), or at a replica (``_history_copy``)."""
-        if not await self._store.run(self._store.repo.is_member, a.conv_id, a.user_id):
+        if not await self.may_read(a.conv_id, a.user_id):
             return ops.History(False, [], False)
         rows, more = await self._store.run(
             self._store.repo.read_history, a.conv_id, a.before, None if a.after < 0 else a.after, a.limit
         )
         return ops.History(True, [ops.HistoryRow(r.seq, r.created_ms, r.content) for r in rows], more)
 
+    async def may_read(self, conv_id: bytes, user_id: bytes) -> bool:
+        """May the user read the conversation's history (here, where it is held)?"""
+        for rule in self.read_rules:
+            allowed = await rule(conv_id, user_id)
+            if allowed is not None:
+                return allowed
+        return bool(await self._store.run(self._store.repo.is_member, conv_id, user_id))
+
     async def _history_copy(self, a: ops.HistoryOf) -> ops.History:
         if not self._peers.placement.holds(a.conv_id):
             raise TimpyError("this node holds no copy of that conversation", Code.UNAVAILABLE)
         return await self._history_here(a)
-
-    # --- what other nodes ask of this one ----------------------------------
-
-    def _append_here(self, a: ops.ConvAppend) -> Awaitable[ops.Sent]:
-        """At the conversation's owner: queued for the writer now, before
-        answering, so one sender's requests keep their order (sync: the
-        framework calls it as the request arrives)."""
-        new = NewMessage(a.conv_id, tuple(a.members), a.sender_id, a.dedup, a.created_ms, a.content)
-        try:
-            decoded = MessageContent.unpack(new.content)  # the one decode of this message on this node
-        except ValueError:
-            raise RequestError("a forwarded message did not decode", Code.BAD_REQUEST) from None
-        pending = Append(new, decoded, ids.conversation_text(new.conv_id))
-        self._writer.submit(pending)
-        return self._sent(pending)
-
-    async def _sent(self, pending: Append) -> ops.Sent:
-        return ops.Sent.of(await self._writer.finish(pending))

@@ -21,7 +21,7 @@ import trio
 from timpy.cluster.catalog import KeyOwner, Op
 from timpy.cluster.ownership import Epoch
 from timpy.cluster.placement import Placement, ReplicationConfig
-from timpy.cluster.rpc import Call, Method, NotOwner, Rpc
+from timpy.cluster.rpc import Call, NotOwner, Rpc
 from timpy.store.rows import Copies
 
 A = TypeVar("A")
@@ -98,35 +98,35 @@ class Peers:
         assert self.rpc is not None, "a standalone node has no peers"
         return self.rpc
 
-    async def call(self, node_id: str, method: Method, *args: Any, timeout: float | None = None) -> Any:
-        """Ask node ``node_id``: a catalog operation with its argument
-        dataclass (waiting its declared timeout; run here, now, when that
-        node is this one), or an operation named by a string with positional
-        arguments (5 s)."""
-        if isinstance(method, Op) and (node_id == self.self_id or self.rpc is None):
+    async def call(self, node_id: str, op: Op[A, R], args: A, timeout: float | None = None) -> R:
+        """Ask node ``node_id`` to run ``op`` with its argument dataclass
+        (waiting its declared timeout unless told otherwise; run here, now,
+        when that node is this one)."""
+        if node_id == self.self_id or self.rpc is None:
             await self.await_write()
-            return await self._run_here(method, *args)
+            return await self._run_here(op, args)
         if timeout is None:
-            timeout = method.timeout if isinstance(method, Op) else 5.0
+            timeout = op.timeout
         await self.await_write()  # a node cut off from the majority refuses at once rather than wait on peers
-        call = self._rpc().start_call(self.placement.address(node_id), method, *args)
+        call = self._rpc().start_call(self.placement.address(node_id), op, args)
         # ... and stops waiting as soon as it is cut off while the call is out
         # (a split mid-request: the lease runs out within its bound).
         return await call.result(timeout, self.ownership.cut_off if self.ownership is not None else None)
 
-    def start_call(self, node_id: str, method: Method, *args: Any) -> Call:
-        return self._rpc().start_call(self.placement.address(node_id), method, *args)
+    def start_call(self, node_id: str, op: Op[A, R], args: A) -> Call:
+        """Send ``op`` to another node now; ``.result(timeout)`` waits for its answer."""
+        return self._rpc().start_call(self.placement.address(node_id), op, args)
 
-    def notify(self, node_id: str, method: Method, *args: Any) -> None:
-        """Best effort, no answer. A catalog operation to this node runs here, now."""
-        if isinstance(method, Op) and (node_id == self.self_id or self.rpc is None):
-            result = self._served[method.number](*args)
+    def notify(self, node_id: str, op: Op[A, None], args: A) -> None:
+        """Best effort, no answer. To this node it runs here, now."""
+        if node_id == self.self_id or self.rpc is None:
+            result = self._served[op.number](args)
             if hasattr(result, "close"):  # a coroutine nobody would await: a handler to make sync
                 result.close()
-                raise TypeError(f"{method.name} is notified to this node: its handler must not wait")
+                raise TypeError(f"{op.name} is notified to this node: its handler must not wait")
             return
-        if self.rpc is not None and node_id in self.placement.addresses:
-            self.rpc.notify(self.placement.address(node_id), method, *args)
+        if node_id in self.placement.addresses:
+            self.rpc.notify(self.placement.address(node_id), op, args)
 
     def others(self) -> list[str]:
         return sorted(self.placement.members - {self.self_id})
@@ -244,33 +244,6 @@ class Peers:
     def tell(self, op: Op[A, None], args: A) -> None:
         """Send notification ``op`` to the owner of its key (run here when that is this node)."""
         self.notify(self.owner(op.key(args)), op, args)
-
-    # --- operations named by strings (not yet in the catalog) ----------------------
-    # conversations, threads and push (convsearch, hooks) still call these; the
-    # catalog merge removed them. Kept until those operations are declared there.
-
-    def expose(self, method: str, here: Callable[..., Any], what: str = "key") -> None:
-        """Serve ``method`` to other nodes as ``here(key, *args)``, at the key's
-        owner only (a node that is not the owner any more says so: retry)."""
-        if self.rpc is None:
-            return
-
-        def handler(key: bytes, *args: Any) -> Any:
-            key = bytes(key)
-            self.require_owner(key, what)
-            self.require_write()
-            return here(key, *args)
-
-        self.rpc.register(method, handler)
-
-    async def at_owner(self, key: bytes, method: str, here: Callable[..., Any], *args: Any, timeout: float = 5.0) -> Any:
-        """Run ``here(key, *args)`` on the key's owner: directly when that is
-        this node, else through ``method`` (see ``expose``)."""
-        owner = self.owner(key)
-        if owner == self.self_id or self.rpc is None:
-            await self.await_write()
-            return await here(key, *args)
-        return await self.call(owner, method, key, *args, timeout=timeout)
 
     def by_owner(self, keys: Any) -> dict[str, list[bytes]]:
         """Keys grouped by their owner node."""

@@ -15,7 +15,7 @@ client subscribes again when it reconnects).
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import msgpack
@@ -24,12 +24,11 @@ from timpy.cluster import catalog as ops
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
 from timpy.im.records import Records
-from timpy.im.roster import Roster
 from timpy.im.routes import Routes
 from timpy.im.signals import Signals
+from timpy.im.users import Identity
 from timpy.store.repository import Store
 from timpy.wire.messages import Presence as PresenceView
 from timpy.wire.messages import PresenceList
@@ -43,14 +42,14 @@ MAX_SUBSCRIBERS = 1000  # per watched user
 class Presence:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, records: Records, routes: Routes,
-        roster: Roster, signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., bool],
+        friends_of: Callable[[bytes], Awaitable[list[str]]], signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., bool],
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._records = records
         self._routes = routes
-        self._roster = roster
+        self._friends_of = friends_of  # at the user's owner: its friends' names (the roster feature)
         self._signals = signals
         self._now = clock_ms
         self._spawn = spawn
@@ -136,7 +135,7 @@ class Presence:
         name = name or await self._name_of(user_id)
         if not name:
             return
-        friends = await self._roster.friends_of(user_id)
+        friends = await self._friends_of(user_id)
         watchers = {ids.user_id(self._indexer, f) for f in friends} | self._subscribers.get(user_id, set())
         view = await self._view(user_id, name)
         if watchers:

@@ -23,16 +23,17 @@ import httpx
 import trio
 from prometheus_client import CollectorRegistry, Counter
 
+from timpy.cluster import catalog as ops
 from timpy.config import PushConfig
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids, kinds
 from timpy.im import push_rules as rules
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
+from timpy.im.ratelimit import retry_delay
 from timpy.im.records import Records
 from timpy.im.routes import Routes
-from timpy.im.webhook_rules import retry_delay
+from timpy.im.users import Identity
 from timpy.wire.messages import ChatMessage
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class Push:
             "timpy_push_notifications", "Notifications to push gateways by outcome (sent, failed: tried again, "
             "dropped: given up, rejected: push keys the gateway rejected and that were removed)", ["outcome"],
             registry=r)
-        peers.expose("push.pushers", self._change_here, "user")
+        peers.serve(ops.PUSH_PUSHERS, self._change_here)
 
     # --- pushers (client requests) -------------------------------------------
 
@@ -77,13 +78,14 @@ class Push:
                 raise RequestError("removing a pusher names its app id and push key", Code.BAD_REQUEST)
         elif op != "list":
             raise RequestError(f"unknown pusher operation {op!r}: set, remove or list", Code.BAD_REQUEST)
-        new = rules.Pusher(device_id, app_id, pushkey, url, dict(data), self._now()).pack()
-        raw = await self._peers.at_owner(who.user_id, "push.pushers", self._change_here, op, new)
+        new = ops.Pusher(device_id, app_id, pushkey, url, dict(data), self._now())
+        pushers = await self._peers.ask(ops.PUSH_PUSHERS, ops.PushersChange(who.user_id, op, new))
         return [{"app_id": p.app_id, "pushkey": p.pushkey, "url": p.url, "data": p.data,
-                 "this_device": p.device == device_id} for p in (rules.Pusher.unpack(x) for x in raw)]
+                 "this_device": p.device == device_id} for p in pushers]
 
-    async def _change_here(self, user_id: bytes, op: str, packed: list[Any]) -> list[Any]:
-        given = rules.Pusher.unpack(packed)
+    async def _change_here(self, a: ops.PushersChange) -> list[ops.Pusher]:
+        user_id, op, p = a.user_id, a.op, a.pusher
+        given = rules.Pusher(p.device, p.app_id, p.pushkey, p.url, p.data, p.created_ms)
 
         def change(old: Any) -> Any:
             pushers = [rules.Pusher.unpack(p) for p in old or []]
@@ -97,7 +99,7 @@ class Push:
             value = await self._records.get(user_id, KIND, "user")
         else:
             value = await self._records.update(user_id, KIND, "user", change)
-        return list(value or [])
+        return [ops.Pusher(*rules.Pusher.unpack(x).pack()) for x in value or []]
 
     # --- at the user's owner ---------------------------------------------------
 

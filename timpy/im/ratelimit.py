@@ -1,4 +1,5 @@
-"""A token bucket, pure: the caller passes the time."""
+"""Pacing, pure (the caller passes the time): a token bucket, and the delay
+before the next try of something that failed (webhooks, push gateways)."""
 
 from __future__ import annotations
 
@@ -18,3 +19,13 @@ class TokenBucket:
             self._tokens -= cost
             return True
         return False
+
+
+def retry_delay(attempts: int, base: float, cap: float, jitter: float = 1.0) -> float:
+    """Seconds before the next try after ``attempts`` failed ones: base, 2*base,
+    4*base ... never above ``cap``; ``jitter`` in [0.5, 1] spreads retries of
+    many events out (the caller draws it)."""
+    if attempts < 1:
+        return 0.0
+    delay = min(cap, base * 2.0 ** min(attempts - 1, 62))
+    return delay * min(1.0, max(0.5, jitter))

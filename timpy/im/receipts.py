@@ -24,10 +24,10 @@ from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids, kinds
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
+from timpy.im.users import Identity
 from timpy.im.writer import Writer
 from timpy.store.repository import Store
 from timpy.store.rows import Copies, NewMessage
@@ -40,7 +40,7 @@ UNREAD_SCAN = 10_000  # inbox entries counted for unread counts (the newest)
 class Receipts:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, writer: Writer,
-        signals: Signals, limits: Limits,
+        signals: Signals, limits: Callable[[], Limits],
     ) -> None:
         self._store = store
         self._indexer = indexer
@@ -79,7 +79,7 @@ class Receipts:
             if direct:
                 await self._burn(conv, text, members, user_id, name, max(before, seq - BURN_SCAN), seq)
             await self._peers.ask(ops.RECEIPT_MARK, ops.ReadMark(user_id, conv, seq))
-        if len(members) <= self._limits.receipt_push_max_members:
+        if len(members) <= self._limits().receipt_push_max_members:
             self._signals.push(members, Receipt(text, seq, bool(read), str(name)), skip=(user_id, device_id))
 
     async def _burn(

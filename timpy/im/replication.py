@@ -11,7 +11,8 @@ Three mechanisms keep the copies whole:
   from the ring keeps the survivors in the new replica set, so the new owner
   continues the sequence with no gap and no reuse.
 * **Repair (anti-entropy).** After every ring change (and every ``interval``
-  seconds), each node walks the keys it holds in pages and compares their
+  seconds), each node walks the keys it holds (conversations, users and
+  attachments: every kind of the registry, ``timpy.store.tables``) in pages and compares their
   content with each other replica (``timpy.store.digest``): one digest per
   key for a page (the replica also names the keys of that range it holds
   and this node lacks), bucket digests for a key that differs, slot hashes
@@ -33,12 +34,14 @@ from dataclasses import dataclass
 
 import trio
 
+from timpy.cluster import catalog as ops
 from timpy.cluster.ownership import Epoch
 from timpy.errors import Code, StorageError, TimpyError
 from timpy.im.peers import Peers
 from timpy.store import digest
 from timpy.store.repository import Store
 from timpy.store.rows import Copies, InboxItem
+from timpy.store.tables import KEYS
 
 log = logging.getLogger("timpy.replication")
 
@@ -74,7 +77,10 @@ class RepairProgress:
 
 
 class Replicator:
-    def __init__(self, store: Store, peers: Peers, interval: float = 60.0, shared: bool = False) -> None:
+    def __init__(
+        self, store: Store, peers: Peers, restore_inbox_entry: Callable[[InboxItem], Awaitable[None]] | None = None,
+        interval: float = 60.0, shared: bool = False,
+    ) -> None:
         # With shared backends every node reads and writes the same databases,
         # whose own replication keeps the data: there is nothing to copy.
         self.shared = shared
@@ -82,8 +88,9 @@ class Replicator:
         self._peers = peers
         self.interval = interval
         self.progress = RepairProgress()
-        # Set by the messenger: append an inbox entry through the user's owner's writer.
-        self.restore_inbox_entry: Callable[[InboxItem], Awaitable[None]] | None = None
+        # Appends an inbox entry through the user's owner's writer (repair puts
+        # back entries that lost their slot); None: nothing is put back.
+        self._restore_inbox_entry = restore_inbox_entry
         self._losers: dict[bytes, list[tuple[bytes, int, bytes, int, bytes, int]]] = {}
         self._warm_version = -1
         self._warm: set[tuple[str, bytes]] = set()
@@ -119,7 +126,8 @@ class Replicator:
             return
         self._peers.require_write()
         epoch = self._peers.epoch_number  # replicas that accepted a newer epoch refuse these copies
-        calls = {node: self._peers.start_call(node, "copies.apply", c.pack(), epoch) for node, c in copies.items()}
+        calls = {node: self._peers.start_call(node, ops.COPIES_APPLY, ops.CopiesApply(c.pack(), epoch))
+                 for node, c in copies.items()}
         acked: set[str] = set()
         done = trio.Event()
 
@@ -175,15 +183,12 @@ class Replicator:
         self._remember_undone(messages, inbox)
         await self._undo_here(epoch, messages, inbox)
         others = sorted(self._peers.placement.members - {self._peers.self_id})
-        raw_messages = [list(x) for x in messages]
-        raw_inbox = [list(x) for x in inbox]
+        undo = ops.CopiesUndo(epoch, messages, inbox)
 
         async def undo_at(node: str) -> None:
             for attempt in range(UNDO_ATTEMPTS):  # a lost request or answer is retried: undo is idempotent
                 try:
-                    await self._peers.start_call(node, "copies.undo", epoch, raw_messages, raw_inbox).result(
-                        CATCH_UP_TIMEOUT
-                    )
+                    await self._peers.start_call(node, ops.COPIES_UNDO, undo).result(CATCH_UP_TIMEOUT)
                     return
                 except TimpyError as exc:
                     if attempt == UNDO_ATTEMPTS - 1:
@@ -279,7 +284,8 @@ class Replicator:
         repo = self._store.repo
         head_fn = repo.conversation_head if kind == "conv" else repo.inbox_head
         mine = await self._store.run(head_fn, key)
-        epoch = self._peers.ownership.epoch.pack() if self._peers.ownership is not None else None
+        epoch = self._peers.ownership.epoch if self._peers.ownership is not None else None
+        copies_of = ops.COPIES_CONV if kind == "conv" else ops.COPIES_USER
         answered: set[str] = set()
 
         async def from_node(node: str) -> None:
@@ -287,7 +293,7 @@ class Replicator:
             try:
                 for _ in range(1000):  # bounded: COPY_PAGE rows a round
                     raw = await self._peers.call(
-                        node, f"copies.{kind}", key, after, COPY_PAGE, epoch, timeout=CATCH_UP_TIMEOUT
+                        node, copies_of, ops.CopiesAfter(key, after, COPY_PAGE, epoch), timeout=CATCH_UP_TIMEOUT
                     )
                     copies = Copies.unpack(raw)
                     if copies:
@@ -316,16 +322,17 @@ class Replicator:
         a catch-up that starts from the last slot both agree on, not the head."""
         repo = self._store.repo
         mine = await self._store.run(repo.repair_buckets, kind, key)
-        raw = await self._peers.call(node, "repair.buckets", kind, key, timeout=CATCH_UP_TIMEOUT)
-        if not raw:
+        raw = await self._peers.call(node, ops.REPAIR_BUCKETS, ops.RepairKey(kind, key), timeout=CATCH_UP_TIMEOUT)
+        if raw is None:
             return
-        theirs = {int(b): bytes(x) for b, x in raw[1]}
+        theirs = dict(raw.buckets)
         differ = digest.diff_buckets(mine[1] if mine is not None else {}, theirs)
         if not differ:
             return
         my_slots = await self._store.run(repo.repair_slots, kind, key, differ)
-        their_slots = await self._peers.call(node, "repair.slots", kind, key, differ, timeout=CATCH_UP_TIMEOUT)
-        slots = digest.diff_slots(my_slots, {int(i): bytes(h) for i, h in their_slots})
+        their_slots = await self._peers.call(node, ops.REPAIR_SLOTS, ops.RepairSlots(kind, key, differ),
+                                             timeout=CATCH_UP_TIMEOUT)
+        slots = digest.diff_slots(my_slots, dict(their_slots))
         if not slots.fetch:
             return
         conflicts = [i for i in slots.fetch if i in set(slots.conflicts)]
@@ -334,14 +341,14 @@ class Replicator:
             if losers:
                 self._losers.setdefault(key, []).extend(losers)
         got = Copies.unpack(await self._peers.call(
-            node, "repair.rows", kind, key, slots.fetch, False, timeout=CATCH_UP_TIMEOUT
+            node, ops.REPAIR_ROWS, ops.RepairRows(kind, key, slots.fetch, False), timeout=CATCH_UP_TIMEOUT
         ))
         fetched, cleared = await self._store.run(repo.apply_repair, kind, key, got, conflicts)
         self.progress.rows_repaired += fetched
         if cleared:
             self.progress.conflicting_slots += cleared
             log.warning("catch-up: %s %s held %d slot(s) with values that lose to %s's (a higher epoch); replaced",
-                        "conversation" if kind == "conv" else "user", key.hex(), cleared, node)
+                        KEYS[kind].noun, key.hex(), cleared, node)
 
     # --- anti-entropy -------------------------------------------------------
 
@@ -374,7 +381,7 @@ class Replicator:
         before = (p.rows_repaired, p.conflicting_slots)
         checked = repaired = 0
         try:
-            for kind in ("conv", "user"):
+            for kind in KEYS:  # conversations, users, attachments
                 after = b""
                 for _ in range(10_000_000 // DIGEST_PAGE):  # bounded walk over the keys held here
                     page = await self._store.run(self._store.repo.repair_keys, kind, after, None, DIGEST_PAGE)
@@ -424,7 +431,8 @@ class Replicator:
         mine = [(k, roots[k]) for k in page if k in roots and node in placement.replicas(k)]
         try:
             differing = await self._peers.call(
-                node, "repair.range", kind, after, upto, mine, self._peers.self_id, timeout=CATCH_UP_TIMEOUT * 5
+                node, ops.REPAIR_RANGE, ops.RepairRange(kind, after, upto, mine, self._peers.self_id),
+                timeout=CATCH_UP_TIMEOUT * 5,
             )
         except TimpyError as exc:
             log.debug("repair with %s: %s", node, exc.text)
@@ -433,7 +441,7 @@ class Replicator:
         repaired = fetched = 0
         for key in differing:
             try:
-                f = await self._repair_key(kind, node, bytes(key))
+                f = await self._repair_key(kind, node, key)
             except TimpyError as exc:
                 log.debug("repair of a key with %s: %s", node, exc.text)
                 return repaired, fetched
@@ -445,48 +453,57 @@ class Replicator:
         """Make this node's and ``node``'s copies of one key equal; returns the rows fetched."""
         repo, p = self._store.repo, self.progress
         mine = await self._store.run(repo.repair_buckets, kind, key)
-        raw = await self._peers.call(node, "repair.buckets", kind, key, timeout=CATCH_UP_TIMEOUT * 5)
+        raw = await self._peers.call(node, ops.REPAIR_BUCKETS, ops.RepairKey(kind, key), timeout=CATCH_UP_TIMEOUT * 5)
         my_meta, my_buckets = mine if mine is not None else (b"", {})
-        their_meta, their_buckets = (bytes(raw[0]), {int(b): bytes(x) for b, x in raw[1]}) if raw else (b"", {})
+        their_meta, their_buckets = (raw.meta, dict(raw.buckets)) if raw is not None else (b"", {})
         differ = digest.diff_buckets(my_buckets, their_buckets)
         p.ranges_compared += len(set(my_buckets) | set(their_buckets))
         meta = my_meta != their_meta
         slots = digest.SlotDiff()
         if differ:
             my_slots = await self._store.run(repo.repair_slots, kind, key, differ)
-            theirs = await self._peers.call(node, "repair.slots", kind, key, differ, timeout=CATCH_UP_TIMEOUT * 5)
-            slots = digest.diff_slots(my_slots, {int(i): bytes(h) for i, h in theirs})
+            theirs = await self._peers.call(node, ops.REPAIR_SLOTS, ops.RepairSlots(kind, key, differ),
+                                            timeout=CATCH_UP_TIMEOUT * 5)
+            slots = digest.diff_slots(my_slots, dict(theirs))
         conflicts = set(slots.conflicts)
         fetched = cleared = 0
         losers: list[tuple[bytes, int, bytes, int, bytes, int]] = []  # inbox entries that lost their slot, with messages
         if kind == "user" and conflicts:
             losers = await self._inbox_losers(node, key, [i for i in slots.send if i in conflicts],
                                               [i for i in slots.fetch if i in conflicts])
+        page = KEYS[kind].page  # big slots (an attachment's chunks) go a few at a time
         if raw and (slots.fetch or meta):
-            got = Copies.unpack(await self._peers.call(
-                node, "repair.rows", kind, key, slots.fetch, meta, timeout=10.0
-            ))
-            fetched, here = await self._store.run(
-                repo.apply_repair, kind, key, got, [i for i in slots.fetch if i in conflicts]
-            )
-            cleared += here
+            for start in range(0, max(len(slots.fetch), 1), page):
+                wanted = slots.fetch[start : start + page]
+                got = Copies.unpack(await self._peers.call(
+                    node, ops.REPAIR_ROWS, ops.RepairRows(kind, key, wanted, meta and start == 0), timeout=10.0
+                ))
+                f, here = await self._store.run(
+                    repo.apply_repair, kind, key, got, [i for i in wanted if i in conflicts]
+                )
+                fetched += f
+                cleared += here
         sent = 0
         if mine is not None and (slots.send or meta):
-            copies = await self._store.run(repo.repair_rows, kind, key, slots.send, meta)
-            sent, there = await self._peers.call(
-                node, "repair.apply", kind, key, copies.pack(), [i for i in slots.send if i in conflicts], timeout=10.0
-            )
-            cleared += int(there)
+            for start in range(0, max(len(slots.send), 1), page):
+                wanted = slots.send[start : start + page]
+                copies = await self._store.run(repo.repair_rows, kind, key, wanted, meta and start == 0)
+                n, there = await self._peers.call(
+                    node, ops.REPAIR_APPLY,
+                    ops.RepairApply(kind, key, copies.pack(), [i for i in wanted if i in conflicts]), timeout=10.0,
+                )
+                sent += n
+                cleared += there
         if losers:  # put back once every replica of the page is merged
             self._losers.setdefault(key, []).extend(losers)
-        p.rows_repaired += fetched + int(sent)
-        p.rows_sent += int(sent)
+        p.rows_repaired += fetched + sent
+        p.rows_sent += sent
         if conflicts or cleared:
             p.conflicting_slots += max(len(conflicts), cleared)
             log.warning(
                 "repair: %s %s held %d slot(s) with different values here and on %s (%s); "
                 "kept the value with the lowest hash on both",
-                "conversation" if kind == "conv" else "user", key.hex(), max(len(conflicts), cleared), node,
+                KEYS[kind].noun, key.hex(), max(len(conflicts), cleared), node,
                 ", ".join(str(i) for i in sorted(conflicts)[:10]) or "the same message in two slots",
             )
         return fetched
@@ -502,7 +519,7 @@ class Replicator:
             copies.merge(await self._store.run(self._store.repo.repair_rows, "user", user, mine_lose, False))
         if theirs_lose:
             copies.merge(Copies.unpack(await self._peers.call(
-                node, "repair.rows", "user", user, theirs_lose, False, timeout=10.0
+                node, ops.REPAIR_ROWS, ops.RepairRows("user", user, theirs_lose, False), timeout=10.0
             )))
         rows = {(r[0], r[1]): r for r in copies.messages}
         for _user, _pos, conv, seq, _epoch in copies.inbox:
@@ -524,10 +541,10 @@ class Replicator:
         message that lost its inbox slot and is in no other slot here."""
         held = await self._store.run(self._store.repo.inbox_holds, user, [(c, q) for c, q, *_ in losers])
         for conv, seq, dedup, created_ms, sealed, epoch in losers:
-            if (conv, seq) in held or self.restore_inbox_entry is None:
+            if (conv, seq) in held or self._restore_inbox_entry is None:
                 continue
             held.add((conv, seq))
-            await self.restore_inbox_entry(InboxItem(user, conv, seq, dedup, created_ms, sealed, epoch))
+            await self._restore_inbox_entry(InboxItem(user, conv, seq, dedup, created_ms, sealed, epoch))
             self.progress.inbox_entries_restored += 1
             log.warning("repair: message %s/%d lost its inbox slot of user %s to another; appended again",
                         conv.hex(), seq, user.hex())
@@ -535,92 +552,90 @@ class Replicator:
     # --- what peers ask of this node ---------------------------------------
 
     def _register(self) -> None:
-        rpc = self._peers.rpc
-        if rpc is None:
-            return
         repo = self._store.repo
-
         ownership = self._peers.ownership
+        serve = self._peers.serve
 
-        async def apply(raw: list, epoch: int = 0) -> int:
-            copies = self._without_undone(Copies.unpack(raw))
+        async def apply(a: ops.CopiesApply) -> int:
+            copies = self._without_undone(_copies(a.copies))
             if ownership is None:
                 return await self._store.run(repo.apply_copies, copies)
-            async with ownership.applying(int(epoch)):  # a stale writer's copy is refused
+            async with ownership.applying(a.epoch):  # a stale writer's copy is refused
                 return await self._store.run(repo.apply_copies, copies, True)
 
-        async def undo(epoch: int, messages: list, inbox: list) -> int:
-            rows = [(bytes(c), int(q), bytes(d)) for c, q, d in messages]
-            entries = [(bytes(u), int(p), bytes(c), int(q)) for u, p, c, q in inbox]
-            self._remember_undone(rows, entries)
-            return await self._undo_here(int(epoch), rows, entries)
+        async def undo(a: ops.CopiesUndo) -> int:
+            self._remember_undone(a.messages, a.inbox)
+            return await self._undo_here(a.epoch, a.messages, a.inbox)
 
-        async def fence(epoch: list | None) -> None:
+        async def fence(epoch: Epoch | None) -> None:
             # A new owner reads this copy: from now on refuse writes from older epochs.
             if ownership is not None and epoch is not None:
-                await ownership.fence(Epoch.unpack(epoch))
+                await ownership.fence(epoch)
 
-        async def conv(key: bytes, after: int, limit: int, epoch: list | None = None) -> list:
-            await fence(epoch)
-            return (await self._store.run(repo.conversation_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
+        async def conv(a: ops.CopiesAfter) -> list:
+            await fence(a.epoch)
+            return (await self._store.run(repo.conversation_copies, a.key, a.after, min(a.limit, COPY_PAGE))).pack()
 
-        async def user(key: bytes, after: int, limit: int, epoch: list | None = None) -> list:
-            await fence(epoch)
-            return (await self._store.run(repo.user_copies, key, int(after), min(int(limit), COPY_PAGE))).pack()
+        async def user(a: ops.CopiesAfter) -> list:
+            await fence(a.epoch)
+            return (await self._store.run(repo.user_copies, a.key, a.after, min(a.limit, COPY_PAGE))).pack()
 
-        async def repair_range(kind: str, after: bytes, upto: bytes | None, mine: list, asker: str) -> list[bytes]:
+        async def repair_range(a: ops.RepairRange) -> list[bytes]:
             # The keys of the asker's range whose content differs here, and
             # the keys of that range held here that the asker should hold too.
-            kind, asker = _kind(kind), str(asker)
-            theirs = {bytes(k): bytes(r) for k, r in mine}
+            kind = _kind(a.kind)
+            theirs = dict(a.mine)
             roots = await self._store.run(repo.repair_roots, kind, list(theirs))
             differing = [k for k, r in theirs.items() if roots.get(k) != r]
-            held = await self._store.run(
-                repo.repair_keys, kind, bytes(after), None if upto is None else bytes(upto), RANGE_LIMIT
-            )
+            held = await self._store.run(repo.repair_keys, kind, a.after, a.upto, RANGE_LIMIT)
             placement, me = self._peers.placement, self._peers.self_id
             for k in held:
                 if k not in theirs:
                     replicas = placement.replicas(k)
-                    if asker in replicas and me in replicas:
+                    if a.asker in replicas and me in replicas:
                         differing.append(k)
             return differing
 
-        async def repair_buckets(kind: str, key: bytes) -> list | None:
-            got = await self._store.run(repo.repair_buckets, _kind(kind), bytes(key))
-            return None if got is None else [got[0], [[b, x] for b, x in sorted(got[1].items())]]
+        async def repair_buckets(a: ops.RepairKey) -> ops.Buckets | None:
+            got = await self._store.run(repo.repair_buckets, _kind(a.kind), a.key)
+            return None if got is None else ops.Buckets(got[0], sorted(got[1].items()))
 
-        async def repair_slots(kind: str, key: bytes, buckets: list) -> list:
-            got = await self._store.run(repo.repair_slots, _kind(kind), bytes(key), [int(b) for b in buckets])
-            return [[i, h] for i, h in sorted(got.items())]
+        async def repair_slots(a: ops.RepairSlots) -> list[tuple[int, bytes]]:
+            return sorted((await self._store.run(repo.repair_slots, _kind(a.kind), a.key, a.buckets)).items())
 
-        async def repair_rows(kind: str, key: bytes, slots: list, meta: bool) -> list:
-            copies = await self._store.run(repo.repair_rows, _kind(kind), bytes(key), [int(i) for i in slots], bool(meta))
-            return copies.pack()
+        async def repair_rows(a: ops.RepairRows) -> list:
+            return (await self._store.run(repo.repair_rows, _kind(a.kind), a.key, a.slots, a.meta)).pack()
 
-        async def repair_apply(kind: str, key: bytes, raw: list, replace: list) -> list[int]:
-            added, cleared = await self._store.run(
-                repo.apply_repair, _kind(kind), bytes(key), Copies.unpack(raw), [int(i) for i in replace]
-            )
+        async def repair_apply(a: ops.RepairApply) -> tuple[int, int]:
+            added, cleared = await self._store.run(repo.apply_repair, _kind(a.kind), a.key, _copies(a.copies), a.replace)
             self.progress.rows_repaired += added
             if cleared:
                 self.progress.conflicting_slots += cleared
                 log.warning("repair: replaced %d conflicting slot(s) of %s with a replica's (lowest hash wins)",
-                            cleared, bytes(key).hex())
-            return [added, cleared]
+                            cleared, a.key.hex())
+            return added, cleared
 
-        rpc.register("copies.apply", apply)
-        rpc.register("copies.undo", undo)
-        rpc.register("copies.conv", conv)
-        rpc.register("copies.user", user)
-        rpc.register("repair.range", repair_range)
-        rpc.register("repair.buckets", repair_buckets)
-        rpc.register("repair.slots", repair_slots)
-        rpc.register("repair.rows", repair_rows)
-        rpc.register("repair.apply", repair_apply)
+        serve(ops.COPIES_APPLY, apply)
+        serve(ops.COPIES_UNDO, undo)
+        serve(ops.COPIES_CONV, conv)
+        serve(ops.COPIES_USER, user)
+        serve(ops.REPAIR_RANGE, repair_range)
+        serve(ops.REPAIR_BUCKETS, repair_buckets)
+        serve(ops.REPAIR_SLOTS, repair_slots)
+        serve(ops.REPAIR_ROWS, repair_rows)
+        serve(ops.REPAIR_APPLY, repair_apply)
+
+
+def _copies(raw: list) -> Copies:
+    """Rows another node sent (``Copies.pack()``): refused in plain words when they are not the tables' layout."""
+    try:
+        return Copies.unpack(raw)
+    except (ValueError, TypeError, IndexError) as exc:
+        raise TimpyError(f"a node of the cluster sent copies this node cannot read ({exc}); "
+                         "the nodes may run different versions of timpy", Code.BAD_REQUEST) from None
 
 
 def _kind(kind: object) -> str:
-    if kind not in ("conv", "user"):
+    if kind not in KEYS:
         raise TimpyError(f"unknown kind of key {kind!r}", Code.BAD_REQUEST)
     return str(kind)

@@ -25,11 +25,11 @@ from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
-from timpy.im.accounts import Identity
 from timpy.im.peers import Peers
 from timpy.im.ratelimit import TokenBucket
 from timpy.im.signals import Signals
 from timpy.im.terminals import LiveTerminal
+from timpy.im.users import Identity
 from timpy.wire.messages import StreamData
 
 MAX_ROOM_NAME = 64

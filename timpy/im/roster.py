@@ -18,11 +18,10 @@ from timpy.cluster import catalog as ops
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import roster_rules as rules
-from timpy.im.accounts import Identity
-from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.signals import Signals
+from timpy.im.users import Identity, Users
 from timpy.wire.messages import Roster as RosterNotice
 
 OPS = ("list", "request", "accept", "reject", "remove", "block", "unblock")
@@ -59,12 +58,12 @@ def roster_view(value: dict[str, Any] | None) -> dict[str, list[str]]:
 
 
 class Roster:
-    def __init__(self, indexer: BlindIndexer, peers: Peers, records: Records, messenger: Messenger,
+    def __init__(self, indexer: BlindIndexer, peers: Peers, records: Records, users: Users,
                  signals: Signals) -> None:
         self._indexer = indexer
         self._peers = peers
         self._records = records
-        self._messenger = messenger
+        self._users = users
         self._signals = signals
         peers.serve(ops.ROSTER_OP, self._op_here)
         peers.serve(ops.ROSTER_MIRROR, self._mirror_here)
@@ -75,7 +74,7 @@ class Roster:
             raise RequestError(f"unknown roster operation {op!r}; known: {', '.join(OPS)}", Code.BAD_REQUEST)
         if op == "list":
             return await self.get(who.user_id)
-        peer, pid, pair = await self._messenger.peer_of(who, user)
+        peer, pid, pair = await self._users.peer_of(who, user)
         if pid == who.user_id:
             raise RequestError("that is you", Code.BAD_REQUEST)
         await self._peers.ask(ops.ROSTER_OP, ops.RosterOp(pair, who.name, who.user_id, op, peer, pid))

@@ -202,9 +202,14 @@ class Routes:
         if not devices:
             return
         me = self._peers.self_id
-        nodes = {r.node for r in devices.values() if r.node != me}
-        if not nodes:
-            return
+        nodes: set[str] | None = None
+        for r in devices.values():
+            if r.node != me:
+                if nodes is None:
+                    nodes = set()
+                nodes.add(r.node)
+        if nodes is None:
+            return  # every terminal of the user is here (a cluster of one: always)
         m = delivery.message
         push = ops.Push(user_id, delivery.pos, m.conversation, m.seq, created_ms, content)
         for node in nodes:

@@ -18,20 +18,20 @@ Only tokens travel between nodes, never the query's words. Results are
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import msgpack
 import trio
 
+from timpy.cluster import catalog as ops
+from timpy.cluster.rpc import NotOwner
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids
 from timpy.im import search_rules as rules
-from timpy.im.accounts import Identity
-from timpy.im.conversations import Conversations
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
+from timpy.im.users import Identity
 from timpy.im.writer import Committed
 from timpy.store.features.search import IndexPlan
 from timpy.store.repository import Store
@@ -73,20 +73,19 @@ def plan_for(conversation_key: bytes) -> IndexPlan:
 class Search:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator,
-        conversations: Conversations, spawn: Callable[..., bool],
+        conversations_of: Callable[[Identity], Awaitable[list[bytes]]], spawn: Callable[..., bool],
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._replicator = replicator
-        self._conversations = conversations
+        self._conversations_of = conversations_of  # what a user may search (the conversation list)
         self._spawn = spawn
         self._lock = trio.Lock()  # one indexing at a time on this node
         self._dirty: set[bytes] = set()
         self._flushing = False
         self.indexed = 0  # index transactions run (tests, metrics)
-        if peers.rpc is not None:
-            peers.rpc.register("search.convs", self._on_search)
+        peers.serve(ops.SEARCH_CONVS, self._on_search)
 
     def conversation_key(self, conv_id: bytes) -> bytes:
         """The conversation's own token key: keyed BLAKE2b (the cluster's blind-index key) of its id."""
@@ -152,22 +151,19 @@ class Search:
         if conversation:
             convs = [ids.parse_conversation(conversation)]
         else:
-            convs = await self._conversations.conversation_ids(who)
+            convs = await self._conversations_of(who)
         asks = {c: rules.tokens(self.conversation_key(c), terms) for c in convs}
         hits: list[tuple[str, int, int]] = []
         failed: list[TimpyError] = []
 
         async def ask(owner: str, keys: list[bytes]) -> None:
-            wanted = [[k, asks[k]] for k in keys]
+            wanted = [(k, asks[k]) for k in keys]
             try:
-                if owner == self._peers.self_id or self._peers.rpc is None:
-                    found = await self._search_here(who.user_id, wanted)
-                else:
-                    found = await self._peers.call(owner, "search.convs", who.user_id, wanted, timeout=15.0)
+                found = await self._peers.call(owner, ops.SEARCH_CONVS, ops.SearchConvs(who.user_id, wanted))
             except TimpyError as exc:
                 failed.append(exc)
                 return
-            hits.extend((ids.conversation_text(bytes(c)), int(q), int(ms)) for c, q, ms, *_ in found)
+            hits.extend((ids.conversation_text(c), q, ms) for c, q, ms in found)
 
         async with trio.open_nursery() as nursery:  # every owner at once
             for owner, keys in self._peers.by_owner(convs).items():
@@ -181,24 +177,20 @@ class Search:
         members_only = members_only[:MAX_HITS]
         return members_only[offset: offset + limit], len(members_only)
 
-    async def _on_search(self, user_id: Any, wanted: Any) -> list[list[Any]]:
-        convs = [bytes(c) for c, _ in wanted]
-        if any(not self._peers.is_local(c) for c in convs):
-            raise TimpyError("this node does not own those conversations (the cluster is changing); retry",
-                             Code.UNAVAILABLE)
-        self._peers.require_write()
-        return await self._search_here(bytes(user_id), [[bytes(c), [bytes(t) for t in toks]] for c, toks in wanted])
-
-    async def _search_here(self, user_id: bytes, wanted: list[list[Any]]) -> list[list[Any]]:
-        """At the conversations' owner: hits as [conv, seq, ms]; a conversation
-        the user is not in gives [conv, -1, 0] (and nothing else)."""
+    async def _on_search(self, a: ops.SearchConvs) -> list[tuple[bytes, int, int]]:
+        """At the conversations' owner: hits as (conv, seq, ms); a conversation
+        the user is not in gives (conv, -1, 0) (and nothing else)."""
+        user_id, wanted = a.user_id, a.wanted
         convs = [c for c, _ in wanted]
+        if any(not self._peers.is_local(c) for c in convs):
+            raise NotOwner.of("conversation")
+        self._peers.require_write()
         for conv in convs:
             await self._replicator.ensure("conv", conv)
         members = await self._store.run(self._store.repo.search_members, user_id, convs)
         await self.bring_up_to_date([c for c in convs if c in members])
-        out: list[list[Any]] = [[conv, -1, 0] for conv, _ in wanted if conv not in members]
+        out: list[tuple[bytes, int, int]] = [(conv, -1, 0) for conv, _ in wanted if conv not in members]
         readable = [(conv, toks) for conv, toks in wanted if conv in members]
         for conv, seq, ms in await self._store.run(self._store.repo.search_conversations, readable, MAX_HITS):
-            out.append([conv, seq, ms])
+            out.append((conv, seq, ms))
         return out

@@ -12,18 +12,18 @@ at most ``receipt_push_max_members`` members.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 
 from timpy.cluster import catalog as ops
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids
-from timpy.im.accounts import Identity
-from timpy.im.messaging import Messenger
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.replication import Replicator
 from timpy.im.signals import Signals
+from timpy.im.users import Identity, Users
 from timpy.store.repository import Store
 from timpy.wire.messages import Signal
 
@@ -34,14 +34,14 @@ _KIND_RE = re.compile(r"^[a-z0-9_.\-]{1,32}$")
 class Signalling:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator, records: Records,
-        messenger: Messenger, signals: Signals, limits: Limits,
+        users: Users, signals: Signals, limits: Callable[[], Limits],
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._replicator = replicator
         self._records = records
-        self._messenger = messenger
+        self._users = users
         self._signals = signals
         self._limits = limits
         peers.serve(ops.SIGNAL_DIRECT, self._direct_here)
@@ -53,7 +53,7 @@ class Signalling:
         if len(data) > MAX_SIGNAL_DATA:
             raise RequestError(f"signal data of {len(data)} bytes exceeds {MAX_SIGNAL_DATA}", Code.BODY_TOO_LARGE)
         if to:
-            peer, pid, pair = await self._messenger.peer_of(who, to)
+            peer, pid, pair = await self._users.peer_of(who, to)
             signal = Signal(kind, who.name, data, to=peer)
             await self._peers.ask(ops.SIGNAL_DIRECT, ops.SignalDirect(pair, who.user_id, device_id, pid, signal))
         elif conversation:
@@ -73,5 +73,5 @@ class Signalling:
         members = await self._store.run(self._store.repo.conversation_members, a.conv_id)
         if a.sender_id not in members:
             raise RequestError("you are not in that conversation", Code.NOT_A_MEMBER)
-        if len(members) <= self._limits.receipt_push_max_members:
+        if len(members) <= self._limits().receipt_push_max_members:
             self._signals.push(members, a.signal, skip=(a.sender_id, a.device_id))

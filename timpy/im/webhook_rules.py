@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from timpy.im.events import event_id
+from timpy.im.ratelimit import retry_delay as retry_delay  # the webhooks retry as push does
 
 __all__ = ["event_id"]  # the events' idempotency keys (timpy.im.events), with the rest of the rules below
 SIGNATURE_HEADER = "X-Timpy-Signature"
@@ -55,16 +56,6 @@ def headers(secret: str, event_type: str, event_id: str, timestamp: int, body: b
         TIMESTAMP_HEADER: str(int(timestamp)),
         SIGNATURE_HEADER: signature(secret, timestamp, body),
     }
-
-
-def retry_delay(attempts: int, base: float, cap: float, jitter: float = 1.0) -> float:
-    """Seconds before the next try after ``attempts`` failed ones: base, 2*base,
-    4*base ... never above ``cap``; ``jitter`` in [0.5, 1] spreads retries of
-    many events out (the caller draws it)."""
-    if attempts < 1:
-        return 0.0
-    delay = min(cap, base * 2.0 ** min(attempts - 1, 62))
-    return delay * min(1.0, max(0.5, jitter))
 
 
 def envelope(event_type: str, event: str, time_ms: int, node: str, data: dict[str, Any]) -> bytes:

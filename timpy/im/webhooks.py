@@ -1,6 +1,6 @@
 """Webhooks to business servers: a check before a message is stored, and
 events after (message stored, group changed, user registered, login,
-logout), delivered at least once from the node's outbox.
+logout), delivered at least once from a durable outbox.
 
 The check (``message.before_send``) is a send check of the writer
 (``Writer.check_sends``): it runs where the send is served, in that
@@ -10,7 +10,11 @@ reason the sender sees) or rewrite (a new body), within its timeout; one
 that fails is passed over (``fail_open``) or refuses the message.
 
 Events are written to the outbox (``timpy.store.outbox``) by the node that
-owns them before they count as emitted. A message's event is handed off by a
+owns them, and copied to the replicas of the key that owns them (the
+conversation, or the user: ``EventSink.emit``'s ``owner``) with the write
+quorum of messages, before they count as emitted. Only the key's current
+owner delivers them; after a ring change (an owner stopped for good, say)
+the next owner delivers what is pending, under the same event id. A message's event is handed off by a
 writer listener (``on_commit``: no waiting in the writer task) to the
 recorder task, which writes each commit's events in one outbox transaction;
 the writer's ack hold (``hold``) waits for that before the sender is
@@ -20,7 +24,10 @@ same id, stored once).
 One delivery loop per endpoint posts due events, signed
 (``webhook_rules``), ``concurrency`` at a time; a failure is tried again
 after an exponential, bounded, jittered delay, and after ``max_attempts``
-becomes a dead letter the admin API lists, retries or drops.
+becomes a dead letter the admin API lists, retries or drops. Each change of
+an event's state is copied to the key's replicas (best effort: one that
+misses it gets it from repair; meanwhile a new owner may send the event
+again, which at least once allows and the event id lets receivers drop).
 """
 
 from __future__ import annotations
@@ -30,7 +37,7 @@ import math
 import random
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -41,8 +48,20 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from timpy.config import WebhookEndpoint, WebhooksConfig
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import webhook_rules as rules
-from timpy.store.outbox import DEAD, PENDING, NewEvent, Outbox, OutboxRow, Outcome
+from timpy.im.ids import parse_conversation
+from timpy.store.outbox import (
+    DEAD,
+    PENDING,
+    EventRef,
+    NewEvent,
+    Outbox,
+    OutboxRow,
+    Outcome,
+    Owns,
+    ShardedOutbox,
+)
 from timpy.store.repository import Store
+from timpy.store.rows import Copies
 from timpy.wire.messages import ChatMessage, MessageContent, SendResult
 
 if TYPE_CHECKING:
@@ -60,11 +79,17 @@ UNRECORDED_KEPT = 100_000  # ids of events whose recording failed, until their s
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
+#: An event to emit: type, id, data, and the key that owns it (kind, key).
+Item = tuple[str, str, dict[str, Any], tuple[str, bytes]]
+#: Copies rows to a key's replicas, returning once the write quorum has them (``Replicator.to_replicas``).
+ToReplicas = Callable[[bytes, Callable[[], Awaitable[Copies]]], Awaitable[None]]
+
+
 @dataclass(eq=False)
 class _Recording:
     """The ``message.stored`` events of one commit, on their way to the outbox."""
 
-    items: list[tuple[str, str, dict[str, Any]]]
+    items: list[Item]
     done: trio.Event = field(default_factory=trio.Event)
 
 
@@ -73,13 +98,20 @@ class Webhooks:
         self,
         config: WebhooksConfig,
         store: Store,
-        outbox: Outbox,
+        outbox: Outbox | ShardedOutbox,
         node_id: str,
         clock_ms: Callable[[], int],
         registry: CollectorRegistry | None = None,
         rng: random.Random | None = None,
+        owns: Owns | None = None,
+        to_replicas: ToReplicas | None = None,
     ) -> None:
+        """``owns``: whether this node delivers a key's events now (None: every
+        event here is this node's); ``to_replicas``: copies a key's outbox
+        rows to its replicas (None: no node copies, as with shared backends)."""
         self.config = config
+        self._owns = owns
+        self._to_replicas = to_replicas
         self._store = store
         self._outbox = outbox
         self._node_id = node_id
@@ -110,23 +142,65 @@ class Webhooks:
     def wants(self, event_type: str) -> bool:
         return any(event_type in e.events for e in self.config.endpoints)
 
-    def _events(self, event_type: str, event_id: str, data: dict[str, Any], now_ms: int) -> list[NewEvent]:
+    def _events(self, item: Item, now_ms: int) -> list[NewEvent]:
+        event_type, event_id, data, (kind, key) = item
         body = rules.envelope(event_type, event_id, now_ms, self._node_id, data)
-        return [NewEvent(e.name, event_id, event_type, body) for e in self.config.endpoints if event_type in e.events]
+        return [NewEvent(e.name, event_id, event_type, body, kind, key)
+                for e in self.config.endpoints if event_type in e.events]
 
-    async def emit(self, event_type: str, event_id: str, data: dict[str, Any]) -> None:
-        await self.emit_many([(event_type, event_id, data)])
+    async def emit(self, event_type: str, event_id: str, data: dict[str, Any], owner: tuple[str, bytes]) -> None:
+        await self.emit_many([(event_type, event_id, data, owner)])
 
-    async def emit_many(self, items: list[tuple[str, str, dict[str, Any]]]) -> None:
-        """Write the events to the outbox; returns once they are stored."""
+    async def emit_many(self, items: list[Item]) -> None:
+        """Write the events to the outbox and copy them to their keys'
+        replicas; returns once the write quorum holds them (raises when it
+        does not: they stay here, repair copies them, and emitting them
+        again, as a retried send does, stores them once)."""
         now = self._now()
-        events = [e for t, i, d in items for e in self._events(t, i, d, now)]
+        events = [e for item in items for e in self._events(item, now)]
         if not events:
             return
         await self._store.run(self._outbox.add, events, now)
         for name in {e.endpoint for e in events}:
             self.emitted.labels(name).inc(sum(1 for e in events if e.endpoint == name))
+        await self._copy_out([(e.endpoint, e.event_id) for e in events], must=True)
+        for name in {e.endpoint for e in events}:
             self._wake[name].set()
+
+    async def _copy_out(self, events: Iterable[EventRef], must: bool) -> None:
+        """Copy these events' rows, as they are now, to their keys' replicas,
+        one key at a time in parallel; ``must``: raise when a key's write
+        quorum is missed (else it is logged: repair copies them later)."""
+        if self._to_replicas is None:
+            return
+        by_key = await self._store.run(self._outbox.copies, list(events))
+        if not by_key:
+            return
+        missed: list[str] = []
+        to_replicas = self._to_replicas
+
+        async def one(key: bytes, rows: list[Any]) -> None:
+            async def fetch() -> Copies:
+                return Copies(outbox=rows)
+            try:
+                await to_replicas(key, fetch)
+            except TimpyError as exc:
+                missed.append(exc.text)
+
+        async with trio.open_nursery() as nursery:
+            for (_, key), rows in by_key.items():
+                nursery.start_soon(one, key, rows)
+        if missed:
+            if must:
+                raise TimpyError(f"the events could not be copied to enough nodes ({missed[0]}); retry",
+                                 Code.UNAVAILABLE)
+            log.debug("webhooks: a change of %d events' state reached too few replicas (%s); repair copies it",
+                      len(missed), missed[0])
+
+    def ring_changed(self) -> None:
+        """Keys changed owners: each loop looks for the events it now delivers."""
+        for event in self._wake.values():
+            event.set()
 
     # --- the hooks of the message writer -----------------------------------
 
@@ -175,12 +249,12 @@ class Webhooks:
         ``message.stored`` events to the recorder (no waiting here)."""
         if not self._stored_wanted:
             return
-        items = [("message.stored", message_event_id(c.message), message_data(c.message))
+        items = [("message.stored", message_event_id(c.message), message_data(c.message), message_owner(c.message))
                  for c in committed if c.numbered_here]
         if not items:
             return
         recording = _Recording(items)
-        for _, eid, _ in items:
+        for _, eid, _, _ in items:
             self._recording[eid] = recording
         try:
             self._record_send.send_nowait(recording)
@@ -201,12 +275,12 @@ class Webhooks:
         if recording is not None:
             await recording.done.wait()
         if result.duplicate or eid in self._unrecorded:
-            await self.emit_many([("message.stored", eid, message_data(m))])
+            await self.emit_many([("message.stored", eid, message_data(m), message_owner(m))])
             self._unrecorded.pop(eid, None)
 
     def _failed(self, recordings: list[_Recording]) -> None:
         for recording in recordings:
-            for _, eid, _ in recording.items:
+            for _, eid, _, _ in recording.items:
                 if self._recording.get(eid) is recording:
                     del self._recording[eid]
                 self._unrecorded[eid] = None
@@ -233,7 +307,7 @@ class Webhooks:
             finally:
                 if written:
                     for recording in batch:
-                        for _, eid, _ in recording.items:
+                        for _, eid, _, _ in recording.items:
                             if self._recording.get(eid) is recording:
                                 del self._recording[eid]
                         recording.done.set()
@@ -281,19 +355,20 @@ class Webhooks:
                 if trio.current_time() - last_purge > PURGE_EVERY:
                     last_purge = trio.current_time()
                     await self._store.run(self._outbox.purge, now - int(self.config.keep_delivered * 1000))
-                rows = await self._store.run(self._outbox.due, endpoint.name, now, BATCH)
+                rows = await self._store.run(self._outbox.due, endpoint.name, now, BATCH, self._owns)
                 if rows:
                     outcomes: list[Outcome] = []
                     async with trio.open_nursery() as nursery:
                         for row in rows:
                             nursery.start_soon(self._deliver_one, endpoint, row, limiter, outcomes)
-                    await self._store.run(self._outbox.settle, outcomes, self._now())
+                    changed = await self._store.run(self._outbox.settle, outcomes, self._now())
+                    await self._copy_out(changed, must=False)
                     if len(rows) == BATCH:
                         continue  # more are due
                     if not all(o.delivered for o in outcomes):
-                        retry_at = await self._store.run(self._outbox.next_due, endpoint.name)
+                        retry_at = await self._store.run(self._outbox.next_due, endpoint.name, self._owns)
                 else:
-                    retry_at = await self._store.run(self._outbox.next_due, endpoint.name)
+                    retry_at = await self._store.run(self._outbox.next_due, endpoint.name, self._owns)
             except TimpyError as exc:
                 log.warning("webhook %s: the outbox could not be read (%s); trying again", endpoint.name, exc.text)
             # Asleep until an event is emitted, a retry comes due, or the idle check.
@@ -359,18 +434,26 @@ class Webhooks:
 
     async def retry_dead(self, endpoint: str | None, ids: list[int] | None) -> int:
         self._known(endpoint)
-        n = await self._store.run(self._outbox.retry, endpoint, ids, self._now())
+        changed = await self._store.run(self._outbox.retry, endpoint, ids, self._now())
+        await self._copy_out(changed, must=False)  # the key's owner, maybe another node, delivers them
         for name in [endpoint] if endpoint else list(self._wake):
             self._wake[name].set()
-        return n
+        return len(changed)
 
     async def drop_dead(self, endpoint: str | None, ids: list[int] | None) -> int:
         self._known(endpoint)
-        return await self._store.run(self._outbox.drop, endpoint, ids)
+        changed = await self._store.run(self._outbox.drop, endpoint, ids, self._now())
+        await self._copy_out(changed, must=False)
+        return len(changed)
 
 
 def message_event_id(m: ChatMessage) -> str:
     return rules.event_id("message.stored", m.conversation, m.seq)
+
+
+def message_owner(m: ChatMessage) -> tuple[str, bytes]:
+    """A message's events belong to its conversation, as the message does."""
+    return ("conv", parse_conversation(m.conversation))
 
 
 def message_data(m: ChatMessage) -> dict[str, Any]:

@@ -27,6 +27,9 @@ batches), and **ack holds** (``AckHold``), awaited in ``finish`` before a
 send is acknowledged (what a listener handed off must be durable first:
 the webhook outbox).
 
+A message numbered at another node's conversation goes there through
+``append_at_owner`` (``conv.append``, served here at the owner).
+
 One writer per node makes sequences gap-free without locks and turns
 concurrent sends into one fsync. Features do not reach into this loop: they
 ``submit`` appends, and hook in through checks and listeners.
@@ -43,7 +46,7 @@ from typing import Protocol
 import trio
 
 from timpy.cluster import catalog as ops
-from timpy.cluster.rpc import Call
+from timpy.cluster.rpc import Call, NotOwner
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, StorageError, TimpyError
@@ -67,6 +70,7 @@ from timpy.wire.messages import (
 log = logging.getLogger("timpy.writer")
 
 MAX_BATCH = 512
+SEND_ATTEMPTS = 3  # tries at a conversation's owner while the ring is changing
 MAX_EXT_BYTES = 4096
 GROUP_PREFIX = "#"  # a group message's recipient: "#" and the group id (no user name starts with "#")
 
@@ -236,6 +240,7 @@ class Writer:
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
         self.listener_failures = 0  # listener calls that raised (logged)
         peers.serve(ops.INBOX_APPEND, self._inbox_here)
+        peers.serve(ops.CONV_APPEND, self._append_here)
 
     # --- hooks ------------------------------------------------------------------
 
@@ -330,6 +335,42 @@ class Writer:
                     Code.UNAVAILABLE,
                 ) from None
         return pending.result
+
+    async def append_at_owner(
+        self, new: NewMessage, content: MessageContent, conversation: str, attempts: int = SEND_ATTEMPTS
+    ) -> SendResult:
+        """Store ``new`` (made by ``prepare``) through its conversation's owner's
+        writer (``conv.append``), retried while the ring moves; any kind of
+        conversation (1:1 sends from another node, threads)."""
+        args = ops.ConvAppend(new.conv_id, list(new.members), new.sender_id, new.dedup, new.created_ms, new.content)
+        for attempt in range(attempts):
+            try:
+                sent = await self._peers.ask(ops.CONV_APPEND, args)
+                return sent.result(conversation)
+            except NotOwner:
+                raise  # ``ask`` retried it as the ring moved already
+            except TimpyError as exc:
+                # The ring may be changing under us: the same client id makes a retry safe.
+                if exc.code != Code.UNAVAILABLE or attempt == attempts - 1:
+                    raise
+                await trio.sleep(0.3 * (attempt + 1))
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _append_here(self, a: ops.ConvAppend) -> Awaitable[ops.Sent]:
+        """At the conversation's owner: queued now, before answering, so one
+        sender's requests keep their order (sync: the framework calls it as
+        the request arrives)."""
+        new = NewMessage(a.conv_id, tuple(a.members), a.sender_id, a.dedup, a.created_ms, a.content)
+        try:
+            decoded = MessageContent.unpack(new.content)  # the one decode of this message on this node
+        except ValueError:
+            raise RequestError("a forwarded message did not decode", Code.BAD_REQUEST) from None
+        pending = Append(new, decoded, ids.conversation_text(new.conv_id))
+        self.submit(pending)
+        return self._sent(pending)
+
+    async def _sent(self, pending: Append) -> ops.Sent:
+        return ops.Sent.of(await self.finish(pending))
 
     def acknowledge(self, user_id: bytes, device_id: bytes, pos: int) -> None:
         """At the user's owner: a terminal has everything up to ``pos``; stored with the next batch."""

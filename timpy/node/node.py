@@ -42,7 +42,7 @@ from timpy.errors import ConfigError
 from timpy.files import private_directory, tighten
 from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
-from timpy.im.accounts import SYSTEM_USER, Accounts, Identity
+from timpy.im.accounts import Accounts
 from timpy.im.attachments import Attachments
 from timpy.im.conversations import Conversations
 from timpy.im.delivery import Deliverer
@@ -63,8 +63,9 @@ from timpy.im.signalling import Signalling
 from timpy.im.signals import Signals
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
-from timpy.im.webhooks import Webhooks
 from timpy.im.threads import Threads
+from timpy.im.users import SYSTEM_USER, Identity, Users
+from timpy.im.webhooks import Webhooks
 from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
 from timpy.node.backends import BackendCoordinator
@@ -73,8 +74,9 @@ from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
 from timpy.store.engine import sqlite_engine, url_engine
-from timpy.store.outbox import Outbox
+from timpy.store.outbox import Outbox, ShardedOutbox
 from timpy.store.repository import Repository, Store
+from timpy.store.rows import InboxItem
 from timpy.store.sharded import ShardedRepository
 from timpy.wire.messages import KIND_NORMAL, SendResult
 
@@ -186,7 +188,7 @@ class Node:
             repo = ShardedRepository(
                 initial, Sealer(keys.storage), lambda spec: url_engine(spec.url, c.sqlite_synchronous), kinds.effect_of
             )
-            return Store(repo, c.storage.threads), "shared backends"
+            return Store(repo, c.storage.threads, self._observe_storage), "shared backends"
         if c.database_url:
             engine, where, threads = url_engine(c.database_url), "database (url)", 8
         elif c.memory:
@@ -194,7 +196,7 @@ class Node:
         else:
             path = c.data_dir / "timpy.sqlite3"
             engine, where, threads = sqlite_engine(path, c.sqlite_synchronous), str(path), 1
-        return Store(Repository(engine, Sealer(keys.storage), kinds.effect_of), threads), where
+        return Store(Repository(engine, Sealer(keys.storage), kinds.effect_of), threads, self._observe_storage), where
 
     async def _start(self, nursery: trio.Nursery) -> None:
         c = self.config
@@ -209,7 +211,6 @@ class Node:
         self.store, store_where = self._open_store(keys)
         if c.admin.listen:
             self.admin_token = self._load_admin_token()
-        self.store.observe = lambda op, seconds: self.metrics.storage_latency.labels(op).observe(seconds)
         shared = c.storage.shared
         if not shared:
             await self.store.run(self.store.repo.create_schema)
@@ -252,14 +253,17 @@ class Node:
             self.backends = BackendCoordinator(self.store, self.peers, self.node_id, c.storage.backends)
             await self.backends.load()
             store_where = "shared backends " + ", ".join(b.name for b in self.store.repo.map.backends)
-        self.replicator = Replicator(self.store, self.peers, c.cluster.anti_entropy_interval, shared=shared)
+        # Repair puts an inbox entry that lost its slot back through the user's owner's writer (built below).
+        self.replicator = Replicator(
+            self.store, self.peers, self._restore_inbox_entry, c.cluster.anti_entropy_interval, shared=shared
+        )
         ask_on_start = True
         if not shared:  # with no account held here this node owned no one before it started
             ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
         self.webhooks = await self._open_webhooks(keys)
         events: EventSink = self.webhooks if self.webhooks is not None else NO_EVENTS
         self.accounts = Accounts(
-            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, c.limits, self._now_ms,
+            self.store, self.indexer, TokenAuthority(keys.token_seed), c.security, self._limits, self._now_ms,
             self.peers, self.replicator, events,
         )
         await self.accounts.start()
@@ -269,7 +273,6 @@ class Node:
             self.store, self.peers, self.replicator, self.indexer, limits, self._now_ms,
             checks=[BlockedSenders(self.records), ActingKinds(self.store, limits, self._now_ms), Replies(self.store)],
         )
-        self.replicator.restore_inbox_entry = self.writer.restore_inbox_entry  # repair puts entries back through it
         self.deliverer = Deliverer(
             self.store, self.peers, self.replicator, self.terminals, self.writer, self.tasks, limits, self._now_ms,
             ask_on_start=ask_on_start,
@@ -277,9 +280,10 @@ class Node:
         self.writer.listen(self.deliverer.on_commit)
         self.writer.listen(self._count_stored)
         self.routes = self.deliverer.routes
-        self.messenger = Messenger(self.store, self.indexer, limits, self.peers, self.replicator, self.writer)
+        self.users = Users(self.store, self.indexer, self.peers, self.replicator)
+        self.messenger = Messenger(self.store, self.indexer, limits, self.peers, self.replicator, self.writer, self.users)
         self.groups = Groups(
-            self.store, self.indexer, c.limits, self.peers, self.replicator, self.messenger, self.writer, events
+            self.store, self.indexer, limits, self.peers, self.replicator, self.users, self.writer, events
         )
         # Integrations: the webhook check before a send is queued (in the sender's task, not the
         # writer's: a slow endpoint must not stall other senders), events handed off after the commit
@@ -293,21 +297,21 @@ class Node:
             self.writer.listen(self.push.on_commit)
         self.routes.watch_terminals(self._terminal_changed)
         self.signals = Signals(self.peers, self.terminals, self.routes)
-        self.roster = Roster(self.indexer, self.peers, self.records, self.messenger, self.signals)
+        self.roster = Roster(self.indexer, self.peers, self.records, self.users, self.signals)
         self.presence = Presence(
-            self.store, self.indexer, self.peers, self.records, self.routes, self.roster, self.signals, self._now_ms,
+            self.store, self.indexer, self.peers, self.records, self.routes, self.roster.friends_of, self.signals, self._now_ms,
             self.tasks.spawn,
         )
         self.routes.watch_presence(self.presence.terminals_changed)
         self.receipts = Receipts(
-            self.store, self.indexer, self.peers, self.replicator, self.writer, self.signals, c.limits
+            self.store, self.indexer, self.peers, self.replicator, self.writer, self.signals, limits
         )
         self.conversations = Conversations(
             self.store, self.indexer, self.peers, self.records, self.signals, self.routes, self._now_ms,
             self.tasks.spawn,
         )
         self.search = Search(
-            self.store, self.indexer, self.peers, self.replicator, self.conversations, self.tasks.spawn
+            self.store, self.indexer, self.peers, self.replicator, self.conversations.conversation_ids, self.tasks.spawn
         )
         self.writer.listen(self.conversations.committed)
         self.writer.listen(self.search.committed)
@@ -315,11 +319,12 @@ class Node:
         self.groups.changed.append(self.conversations.group_saved)
         self.groups.send_checks.append(Replies.check_group)
         self.threads = Threads(
-            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.writer,
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.users, self.writer,
             self.groups.check_sender,
         )
+        self.messenger.read_rules.append(self.threads.may_read)  # a thread is read by its parent's members now
         self.signalling = Signalling(
-            self.store, self.indexer, self.peers, self.replicator, self.records, self.messenger, self.signals, c.limits
+            self.store, self.indexer, self.peers, self.replicator, self.records, self.users, self.signals, limits
         )
         self.rooms = Rooms(
             self.indexer, self.peers, self.signals, limits, trio.current_time, self.tasks.spawn
@@ -352,20 +357,28 @@ class Node:
             self._write_ready_file(c.ready_file)
 
     async def _open_webhooks(self, keys: ClusterKeys) -> Webhooks | None:
-        """The webhooks and their outbox: a table of this node's store; in
-        shared-backend mode (no store of its own) a SQLite file beside it."""
+        """The webhooks and their outbox, in the store like every keyed row:
+        each event's rows belong to the key owning it, and only that key's
+        current owner delivers them. Embedded, the rows are copied to the
+        key's replicas; with shared backends, they are in the key's backend."""
         c = self.config
         if not c.webhooks.endpoints:
             return None
-        store = self.store
+        placement = self.peers.placement
+
+        def owns(_kind: str, key: bytes) -> bool:
+            try:
+                return placement.is_local(key)
+            except LookupError:  # no ring yet: the node has not joined
+                return False
+
         if c.storage.shared:
-            engine = sqlite_engine(None if c.memory else c.data_dir / "outbox.sqlite3", c.sqlite_synchronous)
-            store = Store(Outbox(engine, Sealer(keys.storage)), 1)
-            outbox = store.repo
-        else:
-            outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))
-        await store.run(outbox.create)
-        return Webhooks(c.webhooks, store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng)
+            sharded = ShardedOutbox(self.store.repo, Sealer(keys.storage))
+            return Webhooks(c.webhooks, self.store, sharded, self.node_id, self._now_ms, self.metrics.registry,
+                            self._rng, owns=owns)
+        outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))  # its table is in the store's schema
+        return Webhooks(c.webhooks, self.store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng,
+                        owns=owns, to_replicas=self.replicator.to_replicas)
 
     def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
         """At the user's owner: a device's terminal was recorded (a login) or went away (a logout)."""
@@ -380,7 +393,8 @@ class Node:
         account = await self.store.run(self.store.repo.get_account, user_id)
         name = msgpack.unpackb(account.profile).get("name", "") if account is not None else ""
         await self.webhooks.emit(event, event_id(event, user_id, device_id, node_id, at_ms),
-                                 {"user": name, "device": device_id.hex(), "node": node_id, "time": at_ms})
+                                 {"user": name, "device": device_id.hex(), "node": node_id, "time": at_ms},
+                                 ("user", user_id))
 
     async def _run_cluster(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         self._cluster_started = True
@@ -438,6 +452,8 @@ class Node:
         self.rooms.ring_changed(frozenset(placement.members))
         self.deliverer.reattach_terminals()
         self.replicator.trigger()
+        if self.webhooks is not None:
+            self.webhooks.ring_changed()
 
     def _live_metrics(self) -> Iterator[object]:
         """Values Prometheus reads at scrape time."""
@@ -540,6 +556,12 @@ class Node:
     def _count_stored(self, committed: Sequence[Committed]) -> None:
         """Writer listener: messages this node numbered and stored (metrics, status)."""
         self.stored_count += sum(1 for c in committed if c.numbered_here)
+
+    def _observe_storage(self, op: str, seconds: float) -> None:
+        self.metrics.storage_latency.labels(op).observe(seconds)
+
+    async def _restore_inbox_entry(self, item: InboxItem) -> None:
+        await self.writer.restore_inbox_entry(item)
 
     def _limits(self) -> Limits:
         return self.config.limits  # read each time: set_limits replaces the config
@@ -664,11 +686,7 @@ class Node:
         from timpy.gateway.admin import checked_limits
 
         limits = checked_limits(self.config.limits, changes)
-        self.config = self.config.replace(limits=limits)
-        self.accounts._limits = limits
-        self.groups._limits = limits
-        self.receipts._limits = limits
-        self.signalling._limits = limits
+        self.config = self.config.replace(limits=limits)  # every feature reads it through _limits
         log.info("limits changed: %s", ", ".join(f"{k}={v}" for k, v in changes.items()))
         return limits
 

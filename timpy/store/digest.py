@@ -66,6 +66,14 @@ def inbox_hash(conv_id: bytes, seq: int, dedup: bytes = b"", epoch: int = 0) -> 
     return _h(bytes(conv_id), int(seq).to_bytes(8, "big", signed=True), bytes(dedup)) + b"\x00" + int(epoch).to_bytes(8, "big")
 
 
+def chunk_hash(index: int) -> bytes:
+    """An attachment's chunk slot: held or not. A chunk's content is fixed
+    by the attachment's SHA-256 once its upload finished, and its sealed
+    bytes differ between replicas (each seals with its own nonce), so the
+    value says only that the slot is held."""
+    return _h(b"chunk", int(index).to_bytes(8, "big", signed=True)) + b"\x00" + bytes(8)
+
+
 def epoch_of(value: bytes) -> int:
     """The epoch stamp a slot value carries."""
     return int.from_bytes(value[HASH_SIZE + 1 : HASH_SIZE + 9], "big")

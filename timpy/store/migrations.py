@@ -62,6 +62,27 @@ def _add_attachments(conn: Connection) -> None:
         table.create(conn, checkfirst=True)
 
 
+def _add_attachment_tombstones(conn: Connection) -> None:
+    columns = {c["name"] for c in inspect(conn).get_columns("attachments")}
+    if "deleted" not in columns:
+        conn.execute(text("ALTER TABLE attachments ADD COLUMN deleted BOOLEAN NOT NULL DEFAULT FALSE"))
+
+
+def add_outbox_owners(conn: Connection) -> None:
+    """The webhook outbox with its owner key: created, or (a table made by an
+    older node, in its own store) given the new columns."""
+    if not inspect(conn).has_table("webhook_outbox"):
+        s.webhook_outbox.create(conn, checkfirst=True)
+        return
+    columns = {c["name"] for c in inspect(conn).get_columns("webhook_outbox")}
+    binary = "VARBINARY(16)" if conn.dialect.name in ("mysql", "mariadb") else "BYTEA" if conn.dialect.name == "postgresql" else "BLOB"
+    for name, sql in (("owner_kind", "VARCHAR(4)"), ("owner_key", binary), ("version", "BIGINT NOT NULL DEFAULT 0")):
+        if name not in columns:
+            conn.execute(text(f"ALTER TABLE webhook_outbox ADD COLUMN {name} {sql}"))
+    index = next(i for i in s.webhook_outbox.indexes if i.name == "ix_webhook_outbox_owner")
+    index.create(conn, checkfirst=True)
+
+
 # (version reached, what it does, the step)
 MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (2, "index inbox entries by message", _add_inbox_message_index),
@@ -71,6 +92,8 @@ MIGRATIONS: list[tuple[int, str, Callable[[Connection], None]]] = [
     (6, "ring epochs on message and inbox rows", _add_row_epochs),
     (7, "conversation list index, search index", _add_conversation_list_and_search),
     (8, "attachments", _add_attachments),
+    (9, "attachment tombstones", _add_attachment_tombstones),
+    (10, "webhook outbox rows owned by a key", add_outbox_owners),
 ]
 
 assert MIGRATIONS[-1][0] == s.SCHEMA_VERSION, "SCHEMA_VERSION and the last migration must agree"

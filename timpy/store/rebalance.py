@@ -8,7 +8,7 @@ every node routes by it before going on:
    their new backend (sealed rows as stored; copying is idempotent).
 2. ``freeze``: writes to moving keys wait; copy what changed since, then
    verify every moving key (same head, row counts and members or terminals
-   on both sides). Any failure here unfreezes (back to ``copy``).
+   on both sides; for an attachment, its state and chunk count). Any failure here unfreezes (back to ``copy``).
 3. ``cleanup``: the new places are current; delete the old copies.
 
 Every step can be run again: copies skip what is there, deletes find nothing
@@ -145,9 +145,12 @@ class Rebalancer:
         p.keys_scanned = 0
         moving = 0
         for source in [b.name for b in m.backends]:
-            for kind in KEYS:
+            for kind, k in KEYS.items():
                 async for dest, keys in self._moving_keys(m, source, kind):
                     moving += len(keys)
+                    if not k.in_order:
+                        await self._copy_differing(source, dest, kind, [key for key, _ in keys])
+                        continue
                     behind = dict(await self._store.run(self._repo._on, dest, Repository.behind, kind, keys))
                     for key, _head in keys:
                         if key in behind:
@@ -158,15 +161,27 @@ class Rebalancer:
                             await self._copy_key(source, dest, kind, key, _head)
         p.keys_moving = moving
 
+    async def _copy_differing(self, source: str, dest: str, kind: str, keys: list[bytes]) -> None:
+        """Keys whose slots come in any order (attachments' chunks): copy those
+        whose move statistics differ, from their first slot (the destination
+        keeps what it holds)."""
+        here = await self._store.run(self._repo._on, source, Repository.key_stats, kind, keys)
+        there = await self._store.run(self._repo._on, dest, Repository.key_stats, kind, keys)
+        for key in keys:
+            if here.get(key) != there.get(key):
+                await self._copy_key(source, dest, kind, key, -1)
+
     async def _copy_key(self, source: str, dest: str, kind: str, key: bytes, have: int) -> None:
         repo = self._repo
-        after = max(have, 0)
+        k = KEYS[kind]
+        after = max(have, 0) if k.in_order else -1
+        limit = min(ROWS, k.page)
         for _ in range(MAX_PAGES):
-            copies: Copies = await self._store.run(repo._on, source, Repository.key_copies, kind, key, after, ROWS)
+            copies: Copies = await self._store.run(repo._on, source, Repository.key_copies, kind, key, after, limit)
             if copies:
                 self.progress.rows_copied += await self._store.run(repo._on, dest, Repository.apply_copies, copies)
-            rows = getattr(copies, KEYS[kind].slots)
-            if len(rows) < ROWS:
+            rows = getattr(copies, k.slots)
+            if len(rows) < limit:
                 return
             after = rows[-1][1]
 
@@ -207,7 +222,9 @@ class Rebalancer:
                     p.keys_scanned += len(page)
                     gone = [k for k, _ in page if old.owner(k) == source and m.place(k) != source]
                     if gone:
-                        convs, users = (gone, []) if kind == "conv" else ([], gone)
+                        convs = gone if kind == "conv" else []
+                        users = gone if kind == "user" else []
+                        others = {kind: gone} if kind not in ("conv", "user") else None
                         p.rows_deleted += await self._store.run(
-                            self._repo._on, source, Repository.forget, convs, users, homed
+                            self._repo._on, source, Repository.forget, convs, users, homed, others
                         )

@@ -66,10 +66,12 @@ class Store:
     """The repository behind a capacity limiter: storage work runs in worker
     threads and never blocks the trio loop."""
 
-    def __init__(self, repo: RepositoryProtocol, threads: int) -> None:
+    def __init__(
+        self, repo: RepositoryProtocol, threads: int, observe: Callable[[str, float], None] | None = None
+    ) -> None:
         self.repo = repo
         self._limiter = trio.CapacityLimiter(threads)
-        self.observe: Callable[[str, float], None] | None = None  # (operation, seconds), for metrics
+        self.observe = observe  # (operation, seconds) of each storage call, for metrics
 
     @property
     def local(self) -> LocalRepository:

@@ -11,16 +11,18 @@ from sqlalchemy import (
     Boolean,
     Column,
     Index,
+    Integer,
     LargeBinary,
     MetaData,
     PrimaryKeyConstraint,
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import mysql
 
-SCHEMA_VERSION = 8  # bump with a step in migrations.py
+SCHEMA_VERSION = 10  # bump with a step in migrations.py
 
 # MySQL cannot index a BLOB: opaque ids are VARBINARY there.
 Id = LargeBinary(16).with_variant(mysql.VARBINARY(16), "mysql", "mariadb")
@@ -185,7 +187,7 @@ search_heads = Table(
 )
 
 # schema 8: attachments (timpy/store/features/attachments.py), placed by the attachment id
-# like any key. The metadata (name, type, size, hash, uploader) and every
+# like any key (its own kind of key in the registry, "att"). The metadata (name, type, size, hash, uploader) and every
 # chunk are sealed; AD binds (attachments, att_id, "meta") and
 # (attachment_chunks, att_id, index).
 attachments = Table(
@@ -198,6 +200,9 @@ attachments = Table(
     Column("chunks", BigInteger, nullable=False),
     Column("complete", Boolean, nullable=False, default=False),
     Column("created_ms", BigInteger, nullable=False),
+    # schema 9: a deleted attachment keeps this row, its meta emptied, as a
+    # tombstone: repair and late copies cannot bring the file back
+    Column("deleted", Boolean, nullable=False, default=False, server_default=false()),
 )
 
 attachment_chunks = Table(
@@ -228,4 +233,31 @@ attachment_refs = Table(
     Column("conv_id", Id, nullable=False),
     Column("seq", BigInteger, nullable=False),
     PrimaryKeyConstraint("att_id", "conv_id", "seq"),
+)
+
+# schema 10: the webhook outbox (``timpy.store.outbox``), one row per
+# (endpoint, event). A row belongs to the key that owns its event (a
+# conversation or a user: ``owner_kind``, ``owner_key``) and is copied to that
+# key's replicas like the key's other rows; ``version`` grows with every change
+# of its state by the key's owner, so the newest state wins a copy. Rows
+# written before schema 10 have no owner key: only the node holding them
+# delivers them. ``id`` is this database's own number (the admin API's).
+webhook_outbox = Table(
+    "webhook_outbox",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("endpoint", String(40), nullable=False),
+    Column("event_id", String(32), nullable=False),
+    Column("state", String(8), nullable=False),
+    Column("attempts", Integer, nullable=False),
+    Column("due_ms", BigInteger, nullable=False),
+    Column("created_ms", BigInteger, nullable=False),
+    Column("payload", Sealed, nullable=False),  # [event type, body]; AD: webhook_outbox, endpoint, event id
+    Column("error", Sealed, nullable=True),  # the last failure, for the dead-letter view
+    Column("owner_kind", String(4), nullable=True),
+    Column("owner_key", Id, nullable=True),
+    Column("version", BigInteger, nullable=False, default=0, server_default="0"),
+    UniqueConstraint("endpoint", "event_id", name="uq_webhook_outbox_event"),
+    Index("ix_webhook_outbox_due", "endpoint", "state", "due_ms"),
+    Index("ix_webhook_outbox_owner", "owner_key"),
 )

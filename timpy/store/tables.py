@@ -21,6 +21,12 @@ from sqlalchemy import Table
 
 from timpy.store import schema as s
 from timpy.store.features.accounts import ACCOUNTS
+from timpy.store.features.attachments import (
+    ATTACHMENT_CHUNKS,
+    ATTACHMENT_READERS,
+    ATTACHMENT_REFS,
+    ATTACHMENTS,
+)
 from timpy.store.features.base import CopiedTable
 from timpy.store.features.conversations import CONVERSATIONS
 from timpy.store.features.groups import GROUPS
@@ -30,24 +36,21 @@ from timpy.store.features.receipts import READ_MARKS
 from timpy.store.features.records import RECORDS
 from timpy.store.features.search import SEARCH_INDEX
 from timpy.store.features.terminals import TERMINALS
+from timpy.store.outbox import OUTBOX
 
 TABLES: tuple[CopiedTable, ...] = (
-    ACCOUNTS, GROUPS, MESSAGES, CONVERSATIONS, INBOX, TERMINALS, RECORDS, READ_MARKS, SEARCH_INDEX
+    ACCOUNTS, GROUPS, MESSAGES, CONVERSATIONS, INBOX, TERMINALS, RECORDS, READ_MARKS, SEARCH_INDEX,
+    ATTACHMENTS, ATTACHMENT_CHUNKS, ATTACHMENT_READERS, ATTACHMENT_REFS,  # the row (a tombstone) before the rest
+    OUTBOX,  # webhook events, with the key that owns them
 )
 
-#: Tables that belong to no key: never copied, digested or moved. The
-#: attachment tables are placed by the attachment id (neither a conversation
-#: nor a user) and the files feature copies every change to that id's
-#: replicas itself (``files.apply`` in ``timpy.im.attachments``); repair and
-#: backend moves do not carry them (docs/features.md, "Files and media").
-LOCAL_TABLES: tuple[Table, ...] = (
-    s.meta, s.revoked_tokens, s.attachments, s.attachment_chunks, s.attachment_readers, s.attachment_refs
-)
+#: Tables that belong to no key: never copied, digested or moved.
+LOCAL_TABLES: tuple[Table, ...] = (s.meta, s.revoked_tokens)
 
 
 @dataclass(frozen=True)
 class KeyKind:
-    """A kind of key rows belong to: a conversation or a user."""
+    """A kind of key rows belong to: a conversation, a user or an attachment."""
 
     name: str
     table: Table  # one row per key held here
@@ -55,6 +58,13 @@ class KeyKind:
     head: str  # its column saying where the key's numbered slots end
     slots: str  # the ``Copies`` list of its numbered slots
     anchor: str | None = None  # a ``Copies`` list that travels with the slots even without the key's state
+    # Its slots fill up in order with no gap below the head (messages, inbox),
+    # so a copy of what a side lacks starts after that side's head. Otherwise
+    # (chunks, uploaded in any order) a copy starts at the first slot and the
+    # side keeps the slots it holds.
+    in_order: bool = True
+    page: int = 2000  # slots in one copy (node to node, backend to backend)
+    noun: str = ""  # the key in a user's words, for logs and errors
 
     def slot_table(self) -> CopiedTable:
         return next(t for t in TABLES if t.slots_of == self.name)
@@ -68,9 +78,12 @@ class KeyKind:
 
 
 KEYS: dict[str, KeyKind] = {
-    "conv": KeyKind("conv", s.conversations, "conv_id", "last_seq", "messages"),
+    "conv": KeyKind("conv", s.conversations, "conv_id", "last_seq", "messages", noun="conversation"),
     # an inbox lands only beside its account: the account travels with it
-    "user": KeyKind("user", s.accounts, "user_id", "inbox_head", "inbox", anchor="accounts"),
+    "user": KeyKind("user", s.accounts, "user_id", "inbox_head", "inbox", anchor="accounts", noun="account"),
+    # an attachment's chunks are big: a few at a time (a peer frame is at most 16 MiB)
+    "att": KeyKind("att", s.attachments, "att_id", "chunks", "attachment_chunks", in_order=False, page=4,
+                   noun="file"),
 }
 
 

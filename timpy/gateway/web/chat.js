@@ -3,8 +3,10 @@
 // delivery, history scroll-back, delivery acknowledgements, friends with
 // presence, read receipts, typing, recalled and edited messages, reactions,
 // files and images (uploaded in chunks, shown through signed download URLs),
-// and the node's conversation list (order, unread and mention counts, kept
-// current by conversation_entry pushes).
+// the node's conversation list (order, unread and mention counts, kept
+// current by conversation_entry pushes), search (results listed; a click opens
+// the conversation or thread and highlights the message), and threads (a
+// message's thread opened under the conversation, read and replied to).
 // A conversation is keyed by the peer's name, or by "#" + group id.
 "use strict";
 const enc = new TextEncoder(), dec = new TextDecoder();
@@ -99,6 +101,10 @@ const RECALL = 1, EDIT = 2, BURNED = 4, DELETED = 5, REACT = 6, FILE = 7;
 const PICK = ["👍", "❤️", "😂", "🎉", "😮"];  // the reactions offered under each message
 let typingTimer = null, lastTyping = 0;
 const entries = new Map();          // contact key -> ConversationEntry (the node's conversation list)
+const threadMessages = new Map();   // thread id -> its messages, by seq
+const threadInfo = new Map();       // contact key + ":" + root seq -> {thread, count}
+let openThread = null;              // {key, root, thread} of the thread shown
+let highlight = null;               // {conversation, seq} of the message a search result jumped to
 
 function request(op, body) {
   const id = ++rid;
@@ -196,6 +202,7 @@ function remember(m, prepend) {
   if (seen.has(key)) return false;
   seen.add(key);
   if (m.kind === DELETED) return false;
+  if ((m.ext || {}).thread_of) { rememberThread(m); return true; }
   if (m.kind === RECALL || m.kind === EDIT || m.kind === BURNED) { applyActing(m); return false; }
   if (m.kind === REACT) { applyReaction(m); return false; }
   const name = peerOf(m);
@@ -207,6 +214,112 @@ function remember(m, prepend) {
   showContacts();
   if (name === peer) showMessages(!prepend);
   return true;
+}
+
+function rememberThread(m) {
+  // A message of a thread: kept with its thread, counted on its root, shown if the thread is open.
+  const ext = m.ext || {}, key = peerOf(m), root = Number(ext.thread);
+  const list = threadMessages.get(m.conversation) || [];
+  if (m.kind === RECALL || m.kind === EDIT) {
+    const i = list.findIndex(x => x.seq === Number(ext.target));
+    if (i >= 0) m.kind === EDIT ? list[i] = {...list[i], body: m.body, ext: {...(list[i].ext || {}), edited: "1"}} : list.splice(i, 1);
+  } else if (m.kind !== REACT && m.kind !== BURNED) {
+    list.push(m);
+    list.sort((a, b) => a.seq - b.seq);
+  }
+  threadMessages.set(m.conversation, list);
+  const info = threadInfo.get(key + ":" + root) || {thread: m.conversation, count: 0};
+  threadInfo.set(key + ":" + root, {thread: m.conversation, count: Math.max(info.count, m.seq)});
+  if (openThread && openThread.thread === m.conversation) showThread();
+  if (key === peer) showMessages(false);
+}
+
+const whereOf = key => isGroup(key) ? {conversation: key.slice(1)} : {peer: key};
+
+function messageDiv(m) {
+  const div = document.createElement("div");
+  div.className = "msg" + (m.sender === me ? " mine" : "");
+  if (highlight && highlight.conversation === m.conversation && highlight.seq === m.seq) div.classList.add("highlight");
+  div.dataset.seq = m.seq;
+  const who = document.createElement("div"); who.className = "who"; who.textContent = `${m.sender} #${m.seq}`;
+  div.append(who);
+  if (m.kind === FILE) showFile(div, m);
+  else { const text = document.createElement("span"); text.className = "text"; text.textContent = dec.decode(unb64(m.body)); div.append(text); }
+  if ((m.ext || {}).edited) { const e = document.createElement("span"); e.className = "muted"; e.textContent = " (edited)"; div.append(e); }
+  return div;
+}
+
+async function openThreadOf(root) {
+  // The thread under message ``root`` of the open conversation: its id and count, then its messages.
+  const key = peer;
+  let info = threadInfo.get(key + ":" + root);
+  if (!info) {
+    const found = await request("thread_request", {...whereOf(key), roots: [root]});
+    const t = (found.threads || [])[0] || {};
+    info = {thread: t.thread, count: t.count || 0};
+    threadInfo.set(key + ":" + root, info);
+  }
+  openThread = {key, root, thread: info.thread};
+  document.getElementById("thread").hidden = false;
+  document.getElementById("thread-root").textContent = "under #" + root;
+  if (info.count) {
+    const page = await request("history", {conversation: info.thread, after_seq: 0, limit: 200});
+    for (const m of page.messages || []) remember(m, false);
+  }
+  showThread();
+  document.getElementById("thread-text").focus();
+}
+
+function showThread() {
+  const box = document.getElementById("thread-messages");
+  box.replaceChildren();
+  if (!openThread) return;
+  for (const m of threadMessages.get(openThread.thread) || []) box.append(messageDiv(m));
+  const lit = box.querySelector(".highlight");
+  lit ? lit.scrollIntoView({block: "center"}) : box.scrollTop = box.scrollHeight;
+}
+
+function closeThread() {
+  openThread = null;
+  document.getElementById("thread").hidden = true;
+}
+
+async function search(query) {
+  // Results newest first; each names its conversation (a thread's: its parent) and shows the message.
+  const ul = document.getElementById("search-results"), count = document.getElementById("search-count");
+  ul.replaceChildren();
+  const found = await request("search", {query, limit: 50});
+  count.textContent = `${found.count} found` + (found.more ? " (the newest 50 shown)" : "");
+  for (const hit of found.hits || []) {
+    const li = document.createElement("li");
+    li.dataset.conversation = hit.conversation; li.dataset.seq = hit.seq;
+    li.textContent = `#${hit.seq} …`;
+    ul.append(li);
+    request("history", {conversation: hit.conversation, after_seq: hit.seq - 1, limit: 1}).then(page => {
+      const m = (page.messages || [])[0];
+      if (!m) { li.textContent = `#${hit.seq} (gone)`; return; }
+      const ext = m.ext || {}, key = peerOf(m), inThread = !!ext.thread_of;
+      const text = m.kind === FILE ? "(a file)" : dec.decode(unb64(m.body));
+      li.textContent = `${label(key)}${inThread ? " (thread)" : ""} #${m.seq}: ${text}`;
+      li.onclick = () => jumpTo(m, key, inThread ? Number(ext.thread) : 0)
+        .catch(err => { document.getElementById("chat-error").textContent = err.message; });
+    }).catch(err => { li.textContent = `#${hit.seq}: ${err.message}`; });
+  }
+}
+
+async function jumpTo(m, key, root) {
+  // Open the message's conversation (and its thread), older pages until it is there, and highlight it.
+  highlight = {conversation: m.conversation, seq: m.seq};
+  await openPeer(key);
+  if (root) { await openThreadOf(root); return; }
+  for (let i = 0; i < 100; i++) {
+    const list = conversations.get(key) || [];
+    if (list.some(x => x.seq === m.seq) || document.getElementById("older").hidden) break;
+    await loadPage(oldest);
+  }
+  showMessages(false);
+  const lit = document.querySelector("#messages .highlight");
+  if (lit) lit.scrollIntoView({block: "center"});
 }
 
 function entryKey(e) { return e.group ? "#" + e.conversation : (e.peer || ""); }
@@ -244,18 +357,18 @@ function showMessages(scrollDown) {
   const box = document.getElementById("messages");
   box.replaceChildren();
   for (const m of conversations.get(peer) || []) {
-    const div = document.createElement("div");
-    div.className = "msg" + (m.sender === me ? " mine" : "");
-    div.dataset.seq = m.seq;
-    const who = document.createElement("div"); who.className = "who"; who.textContent = `${m.sender} #${m.seq}`;
-    div.append(who);
-    if (m.kind === FILE) showFile(div, m);
-    else { const text = document.createElement("span"); text.className = "text"; text.textContent = dec.decode(unb64(m.body)); div.append(text); }
-    if ((m.ext || {}).edited) { const e = document.createElement("span"); e.className = "muted"; e.textContent = " (edited)"; div.append(e); }
+    const div = messageDiv(m);
+    const info = threadInfo.get(peer + ":" + m.seq);
+    const link = document.createElement("button");
+    link.type = "button"; link.className = "thread-link muted"; link.dataset.seq = m.seq;
+    link.textContent = info && info.count ? `💬 ${info.count} in thread` : "💬 thread";
+    link.onclick = () => openThreadOf(m.seq).catch(err => { document.getElementById("chat-error").textContent = err.message; });
     if (m.sender === me && !isGroup(peer) && (readUpTo.get(m.conversation) || 0) >= m.seq) {
       const r = document.createElement("span"); r.className = "read muted"; r.textContent = " ✓ read"; div.append(r);
     }
-    box.append(div, reactionRow(m));
+    const row = reactionRow(m);
+    row.prepend(link, " ");  // under the message, before its reactions
+    box.append(div, row);
   }
   if (scrollDown) box.scrollTop = box.scrollHeight;
   markRead();
@@ -320,9 +433,17 @@ async function loadPage(before) {
   oldest = messages.length ? messages[0].seq : oldest;
   document.getElementById("older").hidden = !page.more;
   showMessages(before === 0);
+  const key = peer, roots = messages.map(m => m.seq).slice(-200);
+  if (roots.length) {
+    request("thread_request", {...whereOf(key), roots}).then(found => {
+      for (const x of found.threads || []) if (x.count) threadInfo.set(key + ":" + x.root, {thread: x.thread, count: x.count});
+      if (key === peer) showMessages(false);
+    }).catch(() => { /* counts are a hint */ });
+  }
 }
 
 async function openPeer(name) {
+  if (peer !== name) closeThread();
   peer = name; oldest = 0;
   if (!conversations.has(name)) conversations.set(name, []);
   document.getElementById("peer-title").textContent = isGroup(name) ? label(name) : "with " + name;
@@ -494,6 +615,27 @@ document.getElementById("file").addEventListener("change", async e => {
     document.getElementById("chat-error").textContent = "";
   } catch (err) { progress.textContent = ""; document.getElementById("chat-error").textContent = err.message; }
   e.target.value = "";
+});
+document.getElementById("search-form").addEventListener("submit", async e => {
+  e.preventDefault();
+  try { await search(document.getElementById("search-text").value.trim()); document.getElementById("chat-error").textContent = ""; }
+  catch (err) { document.getElementById("chat-error").textContent = err.message; }
+});
+document.getElementById("thread-close").addEventListener("click", closeThread);
+document.getElementById("thread-form").addEventListener("submit", async e => {
+  e.preventDefault();
+  const input = document.getElementById("thread-text"), text = input.value, t = openThread;
+  if (!text || !t) return;
+  input.value = "";
+  const body = b64(enc.encode(text)), ext = {thread: String(t.root)};
+  const clientId = "web-" + Date.now() + "-" + Math.random().toString(36).slice(2, 8);
+  const to = isGroup(t.key) ? {conversation: t.key.slice(1)} : {recipient: t.key};
+  try {
+    const ack = await request("send", {message: {...to, client_id: clientId, body, ext}});
+    remember({sender: me, recipient: t.key, conversation: ack.conversation, seq: ack.seq, body,
+              ext: {...ext, thread_of: "sent"}, server_time: ack.server_time}, false);
+    document.getElementById("chat-error").textContent = "";
+  } catch (err) { document.getElementById("chat-error").textContent = err.message; }
 });
 document.getElementById("logout").addEventListener("click", async () => {
   try { await request("logout", {}); } finally { location.reload(); }

@@ -23,6 +23,10 @@ class StoreBase:
         self.engine = engine
         self._sealer = sealer
         self._effect_of = effect_of
+        # Inbox heads as this store's last write batch committed them
+        # (``MessagesStore.write_batch``): a hint, checked by that batch's
+        # compare-and-set, so a large group's batch need not read them.
+        self._inbox_heads: dict[bytes, int] = {}
 
     def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
         if not sealed:

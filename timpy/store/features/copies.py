@@ -33,6 +33,8 @@ class CopiesProtocol(Protocol):
 
     def user_copies(self, user_id: bytes, after_pos: int, limit: int) -> Copies: ...
 
+    def attachment_copies(self, att_id: bytes, after_idx: int, limit: int) -> Copies: ...
+
     def key_copies(self, kind: str, key: bytes, after: int, limit: int) -> Copies: ...
 
     def conversation_digest(self, after: bytes, limit: int) -> list[tuple[bytes, int]]: ...
@@ -110,10 +112,27 @@ class CopiesStore(StoreBase):
             copies.inbox = [(user_id, int(r.pos), bytes(r.conv_id), int(r.seq), int(r.epoch)) for r in inbox]
         return copies
 
+    def attachment_copies(self, att_id: bytes, after_idx: int, limit: int) -> Copies:
+        """An attachment's row (or tombstone), readers and references, and
+        its chunks after index ``after_idx`` (``limit`` at most)."""
+        c = s.attachment_chunks
+        copies = Copies()
+        with self.engine.connect() as conn:
+            for table in KEYS["att"].state_tables():
+                setattr(copies, table.name, table.rows_of(conn, "att", att_id))
+            rows = conn.execute(
+                select(c.c.idx, c.c.content).where(and_(c.c.att_id == att_id, c.c.idx > after_idx))
+                .order_by(c.c.idx.asc()).limit(limit)
+            )
+            copies.attachment_chunks = [(att_id, int(r.idx), bytes(r.content)) for r in rows]
+        return copies
+
     def key_copies(self, kind: str, key: bytes, after: int, limit: int) -> Copies:
-        """``conversation_copies`` or ``user_copies``; the slots after ``after``."""
+        """``conversation_copies``, ``user_copies`` or ``attachment_copies``; the slots after ``after``."""
         if kind == "conv":
             return self.conversation_copies(key, after, limit)
+        if kind == "att":
+            return self.attachment_copies(key, after, limit)
         return self.user_copies(key, after, limit)
 
     def key_digest(self, kind: str, after: bytes, limit: int) -> list[tuple[bytes, int]]:

@@ -5,7 +5,7 @@ and how its rows go (``timpy.store.tables``)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 from sqlalchemy import and_, func, select
@@ -20,7 +20,10 @@ class MovesProtocol(Protocol):
 
     def key_stats(self, kind: str, keys: Sequence[bytes]) -> dict[bytes, tuple[int, ...]]: ...
 
-    def forget(self, conv_ids: Sequence[bytes], user_ids: Sequence[bytes], homed: Callable[[bytes], bool]) -> int: ...
+    def forget(
+        self, conv_ids: Sequence[bytes], user_ids: Sequence[bytes], homed: Callable[[bytes], bool],
+        other_keys: Mapping[str, Sequence[bytes]] | None = None,
+    ) -> int: ...
 
 
 class MovesStore(StoreBase):
@@ -48,12 +51,15 @@ class MovesStore(StoreBase):
             out[kk] = (top, *(column.get(kk, 0) for column in columns))
         return out
 
-    def forget(self, conv_ids: Sequence[bytes], user_ids: Sequence[bytes], homed: Callable[[bytes], bool]) -> int:
+    def forget(
+        self, conv_ids: Sequence[bytes], user_ids: Sequence[bytes], homed: Callable[[bytes], bool],
+        other_keys: Mapping[str, Sequence[bytes]] | None = None,
+    ) -> int:
         """Delete the copies of keys that moved to another backend, in one
         transaction: every registered table's rows of those users and
-        conversations, and every message row that neither a conversation
-        homed here (``homed``) nor a remaining inbox entry needs. Returns the
-        number of rows deleted."""
+        conversations (and of ``other_keys``, by kind: attachments), and
+        every message row that neither a conversation homed here (``homed``)
+        nor a remaining inbox entry needs. Returns the number of rows deleted."""
         i, m = s.inbox, s.messages
         deleted = 0
         users, convs = list(user_ids), list(conv_ids)
@@ -63,7 +69,7 @@ class MovesStore(StoreBase):
                 candidates |= {
                     bytes(r[0]) for r in conn.execute(select(i.c.conv_id).where(i.c.user_id.in_(users)).distinct())
                 }
-            for kind, gone in (("user", users), ("conv", convs)):
+            for kind, gone in (("user", users), ("conv", convs), *((k, list(v)) for k, v in (other_keys or {}).items())):
                 if gone:
                     for table in KEYS[kind].tables():
                         deleted += table.forget(conn, kind, gone)

@@ -3,8 +3,8 @@
 slots, and applying rows that replace a slot held with another value.
 
 A key is ``("conv", conversation id)``, whose slots are its messages by
-sequence number, or ``("user", user id)``, whose slots are its inbox by
-position. Terminal cursors are left out of the digests: they move forward
+sequence number, ``("user", user id)``, whose slots are its inbox by
+position, or ``("att", attachment id)``, whose slots are its chunks by index. Terminal cursors are left out of the digests: they move forward
 with every acknowledgement at the owner and only a stale one costs a
 terminal a message it drops as already seen.
 """
@@ -110,6 +110,18 @@ class RepairStore(CopiesStore):
         """The rows of a key's given slots as ``Copies`` (for an inbox, with the
         message rows its entries point to), and its state when ``with_meta``."""
         wanted = sorted(set(int(x) for x in slots))
+        if kind == "att":
+            copies = self.attachment_copies(key, _PAST_THE_END, 0)
+            if not with_meta:
+                _without_state(copies, kind)
+            c = s.attachment_chunks
+            with self.engine.connect() as conn:
+                for start in range(0, len(wanted), _IN_CHUNK):
+                    rows = conn.execute(select(c.c.idx, c.c.content).where(
+                        and_(c.c.att_id == key, c.c.idx.in_(wanted[start : start + _IN_CHUNK]))
+                    ))
+                    copies.attachment_chunks += [(key, int(r.idx), bytes(r.content)) for r in rows]
+            return copies
         if kind == "conv":
             copies = self.conversation_copies(key, _PAST_THE_END, 0)
             if not with_meta:
@@ -194,6 +206,8 @@ class RepairStore(CopiesStore):
         way to the earlier one. Returns (rows added, conflicting slots cleared)."""
         replace = {int(x) for x in replace}
         cleared = 0
+        if kind == "att":  # a chunk slot is held or not: nothing to replace
+            return self.apply_copies(copies), 0
         if kind == "conv":
             with self.engine.begin() as conn:
                 cleared, changed = self._clear_message_slots(conn, key, copies, replace)
