@@ -67,6 +67,8 @@ import trio
 import trio.testing
 
 from timpy.client import Client, Connector, connect, register
+from timpy.cluster.ownership import Epoch
+from timpy.cluster.ownership_service import save_members
 from timpy.cluster.transport.memory import MemoryNetwork, MemoryTransport
 from timpy.concurrency import inline_workers, unwrap_single_error
 from timpy.config import NodeConfig, SecurityConfig
@@ -305,6 +307,7 @@ async def open_cluster(
     network: MemoryNetwork | None = None,
     seed: int = 0,
     converge: bool = True,
+    formed: bool = False,
 ) -> AsyncIterator[Cluster]:
     """Run ``n`` nodes over an in-memory network for the duration of the block.
 
@@ -315,11 +318,17 @@ async def open_cluster(
     your own (lossy, slow; default a lossless one seeded with ``seed``).
     ``seed`` fixes the cluster key, the node identities (so the ring and every
     key's owner), and membership's random choices. With ``converge`` the block
-    starts once every node has all n on its ring. Leaving the block stops the
-    running nodes gracefully.
+    starts once every node has all n on its ring. ``formed`` (needs
+    ``data_dir``): the nodes start as a cluster that ran before, every one a
+    voter (each data directory holds the members file a node keeps), instead
+    of joining one voter at a time, a lease apart (about 2 s a node: minutes of
+    protocol traffic for 50 nodes). Leaving the block stops the running nodes
+    gracefully.
     """
     if n < 1:
         raise ValueError(f"a cluster needs at least one node, got {n}")
+    if formed and data_dir is None:
+        raise ValueError("formed=True starts the nodes from their kept members files: give a data_dir")
     # NORMAL: a commit survives the process (all a kill here is), without an fsync each time.
     base = config or NodeConfig(security=FAST_SECURITY, sqlite_synchronous="NORMAL")
     if base.database_url or base.storage.shared:
@@ -327,6 +336,14 @@ async def open_cluster(
     with unwrap_single_error(), inline_workers():
         async with trio.open_nursery() as nursery:
             cluster = Cluster(n, base, network or MemoryNetwork(seed=seed), data_dir, seed, nursery)
+            if formed:
+                assert data_dir is not None
+                everyone = frozenset(cluster.node_ids)
+                addresses = dict(zip(cluster.node_ids, cluster.addresses, strict=True))
+                for i in range(n):
+                    (data_dir / f"node-{i}").mkdir(parents=True, exist_ok=True)
+                    (data_dir / f"node-{i}").chmod(0o700)
+                    save_members(data_dir / f"node-{i}", Epoch(1, everyone, everyone), addresses)
             try:
                 for i in range(n):
                     await cluster.start(i)

@@ -330,3 +330,24 @@ async def test_a_restart_faster_than_any_suspicion_brings_the_same_node_back(aut
         await cluster.wait_converged()
         async with cluster.client(1, "hal", PASSWORD) as hal:
             assert hal.user == "hal"
+
+
+async def test_a_formed_cluster_starts_with_every_node_a_voter(autojump_clock, tmp_path: Path):
+    """``formed=True``: the nodes start from kept members files, as a cluster
+    that ran before, instead of joining one voter per epoch (five nodes would
+    need epochs 1 to 5)."""
+    with pytest.raises(ValueError, match="data_dir"):
+        async with open_cluster(3, formed=True):
+            pass  # pragma: no cover
+    async with open_cluster(5, data_dir=tmp_path, formed=True) as cluster:
+        for node in cluster.nodes:
+            e = node.ownership.epoch
+            assert e.voters == frozenset(cluster.node_ids) and e.members == e.voters
+            assert e.number < 5, e.number  # not built one voter at a time
+        await cluster.register(0, "ann", PASSWORD)
+        await cluster.register(3, "ben", PASSWORD)
+        async with cluster.client(4, "ann", PASSWORD) as ann:
+            await ann.send("ben", "formed")
+        async with cluster.client(1, "ben", PASSWORD) as ben:
+            page = await ben.history("ann", limit=5)
+        assert [m.body for m in page.messages] == [b"formed"]

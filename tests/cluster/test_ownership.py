@@ -172,6 +172,81 @@ def test_a_proposal_made_again_still_needs_the_voters_of_the_last_established_ep
     assert not a.proposal_passed(p)  # a alone is not a majority of {a, b}
 
 
+def test_a_ring_of_one_heard_in_lease_requests_is_never_taken_nor_passed():
+    """Issue 15's chaos run, 29 s after a heal: the nodes learned rings of 3, 1
+    and 2 of 5 members that no majority had accepted ("ring epoch 8: 5 voters,
+    1 ring members"), and a send was answered NO_SUCH_USER by a ring of one.
+    The path, message by message: e, cut off and still counting the others
+    dead after the heal, is refused, numbers past the conflict, and asks for
+    its lease under its ring of one; the others took that ring from the lease
+    request (so routed every key to e) and then answered yes to e's next
+    proposal of it, as to an epoch they held: a ring of one passed."""
+    five = {n: node(n, epoch(5)) for n in "abcde"}
+    for o in five.values():
+        o.established(0.0, o.epoch)
+    a, e = five["a"], five["e"]
+    # The split: a, b, c, d see e dead and move it off the ring; e sees them dead.
+    four = a.next_epoch(10.0, frozenset("abcd"), frozenset())
+    assert four is not None and four.members == frozenset("abcd")
+    p = a.propose(10.0, four)
+    for n in "bcd":
+        if five[n].accept_proposal(10.0, four, "abcd"):
+            p.accepted.add(n)
+    assert a.proposal_passed(p)
+    for n in "abcd":
+        five[n].learn(10.1, four, established=True)
+    alone = e.next_epoch(10.0, frozenset("e"), frozenset())
+    assert alone is not None and alone.members == frozenset("e")
+    e.propose(10.0, alone)  # nobody hears it
+    # The heal: e's view lags (the others still dead), the network works.
+    now = 20.0
+    for _ in range(4):
+        mine = e.next_epoch(now, frozenset("e"), frozenset())
+        if mine is not None:
+            p = e.propose(now, mine)
+            for n in "abcd":
+                o = five[n]
+                if o.accept_proposal(now, mine, "abcde"):
+                    p.accepted.add(n)
+                else:
+                    e.conflict(o.epoch)
+                    e.learn(now, o.epoch, o.established_at is not None)
+            if e.proposal_passed(p):
+                e.established(now, mine)
+                for n in "abcd":
+                    five[n].learn(now, mine, established=True)
+        rnd = e.start_round(now)
+        for n in "abcd":  # e asks every voter for its lease, under its ring
+            o = five[n]
+            o.learn(now, rnd.epoch, rnd.established)
+            e.round_answer(now, rnd, n, o.grant(now, "e", rnd.epoch, False, rnd.established))
+        now += CFG.propose_interval + 0.1
+    assert e.epoch.number > four.number and e.epoch.members == frozenset("e")  # e tried, numbering past 6
+    for o in five.values():
+        if o.established_at is not None:  # no ring without a majority of its voters passed anywhere
+            assert len(o.epoch.members) >= majority(o.epoch.voters), (o.self_id, o.epoch)
+    for n in "abcd":
+        assert five[n].epoch == four, n  # nobody took e's ring for its own
+    assert not e.has_lease(now)
+    # Once the others see e alive, a (the lowest live voter) proposes a ring
+    # with everyone, numbered past every number it heard, which e accepts.
+    healed = a.next_epoch(now, FIVE, frozenset())
+    assert healed is not None and healed.members == FIVE and healed.number == e.epoch.number + 1
+    assert e.accept_proposal(now, healed, "e")
+
+
+def test_an_established_epoch_replaces_another_proposal_of_its_number():
+    b = node("b", epoch(5))
+    b.established(0.0, b.epoch)
+    assert b.accept_proposal(1.0, epoch(6, members="ab"), "ab")  # proposed, never passed
+    winner = epoch(6, members="abcd")
+    assert not b.accept_proposal(1.5, winner, "abcd")  # one epoch per number, as an acceptor
+    assert b.learn(2.0, winner, established=False) is False  # heard of: noted, not taken
+    assert b.epoch == epoch(6, members="ab")
+    assert b.learn(2.0, winner, established=True)  # a majority took it: ours can never pass
+    assert b.epoch == winner and b.established_at == 2.0
+
+
 def test_a_dead_member_leaves_the_ring_but_still_votes():
     a = Ownership("a", CFG, epoch(3, "abc"), 0.0)
     a.established(0.0, a.epoch)
@@ -259,8 +334,8 @@ class Leases(RuleBasedStateMachine):
         self.accepted_by: dict[Epoch, set[str]] = {}
         self.passed: dict[int, set[Epoch]] = {}
 
-    def accept(self, name: str, e: Epoch) -> bool:
-        ok = self.nodes[name].accept(self.now(name), e) or self.nodes[name].epoch == e
+    def accept(self, name: str, e: Epoch, alive: frozenset[str]) -> bool:
+        ok = self.nodes[name].accept_proposal(self.now(name), e, alive | {name})
         if ok:
             self.accepted_by.setdefault(e, set()).add(name)
         return ok
@@ -314,7 +389,7 @@ class Leases(RuleBasedStateMachine):
     def _grant_request(self, i, granter, dead):
         holder, rnd = self.rounds[i]
         if granter in self.nodes and granter != holder:
-            self.accept(granter, rnd.epoch)  # a request teaches the epoch it carries
+            self.nodes[granter].learn(self.now(granter), rnd.epoch, rnd.established)  # taken if established
             g = self.nodes[granter]
             self.grant_answers.append((i, granter, g.grant(self.now(granter), holder, rnd.epoch, dead, rnd.established)))
 
@@ -350,15 +425,15 @@ class Leases(RuleBasedStateMachine):
         if n.epoch == nxt:
             self.accepted_by.setdefault(nxt, set()).add(who)
         for acceptor in sorted(reach):
-            self._proposal(len(self.proposals) - 1, acceptor)
+            self._proposal(len(self.proposals) - 1, acceptor, data.draw(st.sets(st.sampled_from(NAMES))))
         if answers_now:
             while self.accept_answers:
                 self._accept_answer(0)
 
-    def _proposal(self, i, acceptor):
+    def _proposal(self, i, acceptor, alive=frozenset()):
         who, p = self.proposals[i]
         if acceptor in self.nodes and acceptor != who:
-            self.accept_answers.append((i, acceptor, self.accept(acceptor, p.epoch)))
+            self.accept_answers.append((i, acceptor, self.accept(acceptor, p.epoch, frozenset(alive))))
 
     def _accept_answer(self, j):
         i, acceptor, ok = self.accept_answers.pop(j)
@@ -376,7 +451,8 @@ class Leases(RuleBasedStateMachine):
     @precondition(lambda self: self.proposals)
     @rule(data=st.data(), acceptor=st.sampled_from(NAMES))
     def deliver_a_late_proposal(self, data, acceptor):
-        self._proposal(data.draw(st.integers(0, len(self.proposals) - 1)), acceptor)
+        alive = data.draw(st.sets(st.sampled_from(NAMES)))  # the acceptor's view then
+        self._proposal(data.draw(st.integers(0, len(self.proposals) - 1)), acceptor, alive)
 
     @precondition(lambda self: self.accept_answers)
     @rule(data=st.data())
@@ -391,6 +467,16 @@ class Leases(RuleBasedStateMachine):
     @invariant()
     def at_most_one_ring_per_epoch_number_passes(self):
         assert all(len(v) == 1 for v in self.passed.values()), self.passed
+
+    @invariant()
+    def a_ring_that_passed_holds_a_majority_of_its_voters(self):
+        # every acceptor is on the ring it accepts (it sees itself alive), and
+        # no node takes a ring it merely heard of: issue 15's ring of one
+        for e in set().union(*self.passed.values()) if self.passed else ():
+            assert has_majority(e.members, e.voters), e
+        for n in self.nodes.values():
+            if n.established_at is not None and n.epoch.voters:
+                assert has_majority(n.epoch.members, n.epoch.voters), (n.self_id, n.epoch)
 
 
 Leases.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)

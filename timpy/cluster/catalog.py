@@ -24,6 +24,7 @@ each other; a retired operation keeps its number (never reused).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import types
 import typing
 from collections.abc import Callable
@@ -181,9 +182,54 @@ def codec_of(tp: Any) -> tuple[Encode, Decode]:
         if kenc is _same and venc is _same:
             return _same, decode_map
         return (lambda v: {kenc(k): venc(x) for k, x in v.items()}), decode_map
+    if tp is Epoch:
+        return _epoch_codec()
     if dataclasses.is_dataclass(tp) and isinstance(tp, type):
         return _dataclass_codec(tp)
     raise TypeError(f"no node-to-node codec for {tp!r}")
+
+
+EPOCHS_KEPT = 64  # distinct ring epochs whose wire form is kept (a cluster has one or two in use)
+
+
+@functools.cache  # one pair for every operation: an epoch decoded in any of them is the same object
+def _epoch_codec() -> tuple[Encode, Decode]:
+    """An epoch as any dataclass travels, but each distinct one encoded and
+    decoded once: every lease request and answer carries one (N nodes ask N
+    voters every 0.4 s), and sorting and rebuilding its member sets each time
+    was most of a large cluster's lease traffic. A decoded epoch is the same
+    object as the last one decoded with equal fields, so the ownership core
+    compares it by identity."""
+    encode_fields, decode_fields = _dataclass_codec(Epoch)
+    encoded: dict[Epoch, list] = {}
+    decoded: dict[tuple, Epoch] = {}
+
+    def encode(e: Epoch) -> list:
+        raw = encoded.get(e)
+        if raw is None:
+            if len(encoded) >= EPOCHS_KEPT:
+                encoded.clear()
+            raw = encoded[e] = encode_fields(e)
+        return raw
+
+    def decode(value: Any) -> Epoch:
+        key: tuple | None = None
+        if type(value) is list and value and type(value[0]) is int:  # (True == 1: a bool number is no key)
+            try:
+                key = tuple(tuple(x) if type(x) is list else x for x in value)
+                found = decoded.get(key)
+            except TypeError:  # not hashable: a malformed frame, which the decoder below names
+                key = found = None
+            if found is not None:
+                return found
+        e = decode_fields(value)
+        if key is not None:
+            if len(decoded) >= EPOCHS_KEPT:
+                decoded.clear()
+            decoded[key] = e
+        return e
+
+    return encode, decode
 
 
 def _fixed_tuple(args: tuple) -> tuple[Encode, Decode]:
@@ -744,6 +790,7 @@ class EpochArgs:
 class Granted:
     granted: bool
     epoch: Epoch  # the answerer's
+    established: bool = False  # the answerer knows a majority accepted ``epoch``
 
 
 OWN_GRANT = op(41, "own.grant", Grant, Granted, THIS_NODE, timeout=1.0)

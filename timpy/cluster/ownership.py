@@ -145,6 +145,7 @@ class Ownership:
         self._grants: dict[str, tuple[int, float]] = {}
         self._next_propose = now
         self._conflict = False
+        self._seen = epoch.number  # the highest epoch number heard of (ours to number past)
 
     # --- acceptor -----------------------------------------------------------
 
@@ -152,6 +153,10 @@ class Ownership:
         """A proposed (or learned) epoch: accepted if newer than ours."""
         if epoch.number <= self.epoch.number:
             return epoch == self.epoch
+        self._take(epoch)
+        return True
+
+    def _take(self, epoch: Epoch) -> None:
         self.epoch = epoch
         self.established_at = None
         mine = self._grants.get(self.self_id)
@@ -159,7 +164,43 @@ class Ownership:
             del self._grants[self.self_id]  # our own lease under the old epoch ends here
         if self.lease_epoch is not None and self.lease_epoch != epoch:
             self.lease_until, self.lease_epoch = -1.0, None  # a lease is bound to its epoch
-        return True
+
+    def learn(self, now: float, epoch: Epoch, established: bool) -> bool:
+        """An epoch heard of outside a proposal: in a lease request or its
+        answer, a fence, the proposer's word. Adopted only when the sender
+        knows a majority accepted it (``established``); otherwise only its
+        number is noted, for this node's next proposal to number past it.
+
+        Adopting an epoch merely proposed would skip the acceptor's check
+        (``accept_proposal``): a node that heard a lone node's ring of one in
+        a lease request held it as its ring, and then answered yes to the
+        same ring proposed again, as to one it had accepted, so a ring of one
+        member of five passed without any acceptor checking it (issue 15's
+        chaos run, "ring epoch 8: 5 voters, 1 ring members"). True when
+        ``epoch`` is (now) this node's."""
+        self._seen = max(self._seen, epoch.number)
+        if not established:
+            return epoch == self.epoch
+        if epoch.number == self.epoch.number and epoch != self.epoch and self.established_at is None:
+            # Ours is another proposal of the same number: it can never pass
+            # (a majority accepted the other one, and an acceptor accepts one
+            # epoch per number), so the established one replaces it.
+            self._take(epoch)
+        self.established(now, epoch)
+        return epoch == self.epoch
+
+    def accept_proposal(self, now: float, epoch: Epoch, alive: Iterable[str]) -> bool:
+        """A proposal (``own.accept``), from a node that sees ``alive``
+        (SWIM alive, this node included): accepted if newer than ours and it
+        leaves out no voter seen alive here (``leaves_out_alive``). Our own
+        epoch again is accepted without a second look only once it is known
+        established; until then it is checked like any proposal."""
+        if epoch == self.epoch and self.established_at is not None:
+            return True
+        self._seen = max(self._seen, epoch.number)
+        if leaves_out_alive(epoch, alive):
+            return False
+        return self.accept(now, epoch)
 
     def _settle(self, now: float, epoch: Epoch) -> None:
         """``epoch`` (ours) is known to be established."""
@@ -276,8 +317,8 @@ class Ownership:
             # that left out members they see alive): confirm it again, or
             # move past it with the next number and the ring as seen now.
             fresh = frozenset(live & cur.voters) | {self.self_id}
-            if self._conflict or fresh != cur.members:
-                return Epoch(cur.number + 1, cur.voters, fresh, cur.previous)
+            if self._conflict or fresh != cur.members or self._seen > cur.number:
+                return Epoch(max(cur.number, self._seen) + 1, cur.voters, fresh, cur.previous)
             return cur
         voters = cur.voters
         settled = self.established_at is not None and now - self.established_at >= self.config.lease_duration * (
@@ -293,10 +334,11 @@ class Ownership:
         members = frozenset(live & voters) | {self.self_id}
         if voters == cur.voters and members == cur.members:
             return None
-        return Epoch(cur.number + 1, frozenset(voters), frozenset(members), cur.members)
+        return Epoch(max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), cur.members)
 
     def conflict(self, theirs: Epoch) -> None:
         """An acceptor refused our proposal holding ``theirs``."""
+        self._seen = max(self._seen, theirs.number)
         if theirs.number >= self.epoch.number and theirs != self.epoch:
             self._conflict = True
 

@@ -99,7 +99,8 @@ class OwnershipService:
         self._saved: tuple[Epoch, dict[str, str]] | None = None
         self.lease_lost_at: float | None = None  # when this node last stopped holding a lease
         self._unfounded_since: float | None = None
-        self._alone_since: float | None = None  # since when this node, with no ring, sees members alive  # since when every member seen alive had no ring either
+        self._alone_since: float | None = None  # since when this node, with no ring, sees members alive
+        self._ring_heard_at: float | None = None  # when a member last said it has a ring
         rpc.serve(ops.OWN_GRANT, self._on_grant)
         rpc.serve(ops.OWN_ACCEPT, self._on_accept)
         rpc.serve(ops.OWN_ESTABLISHED, self._on_established)
@@ -186,8 +187,9 @@ class OwnershipService:
             self._drained = trio.Event()
 
     async def fence(self, epoch: Epoch) -> None:
-        """Accept ``epoch`` and wait until no copy from an older epoch is being stored."""
-        self._learn(epoch)
+        """Accept ``epoch`` and wait until no copy from an older epoch is being stored.
+        The fencer holds a lease under ``epoch`` (it catches up only then), so a majority accepted it."""
+        self._learn(epoch, established=True)
         for _ in range(10_000):  # bounded: each pass waits for one copy to finish
             if not any(n < self.core.epoch.number for n in self._applying):
                 return
@@ -204,10 +206,11 @@ class OwnershipService:
             nursery.start_soon(self._propose_loop)
             task_status.started()
 
-    def _learn(self, epoch: Epoch) -> bool:
-        """Accept ``epoch`` if it is newer; True when it was (or already is) ours."""
+    def _learn(self, epoch: Epoch, established: bool) -> bool:
+        """Take ``epoch`` if it is newer and known established (``Ownership.learn``);
+        True when it is ours."""
         before = self.core.epoch
-        accepted = self.core.accept(trio.current_time(), epoch)
+        accepted = self.core.learn(trio.current_time(), epoch, established)
         if self.core.epoch != before:
             self._epoch_changed()
         return accepted
@@ -283,6 +286,8 @@ class OwnershipService:
             self._alone_since = now
         if now - self._alone_since < FOUND_AFTER:
             return  # an existing cluster adds a new node well within this: do not disturb it
+        if self._ring_heard_at is not None and now - self._ring_heard_at < FOUND_AFTER:
+            return  # a member has a ring: it adds this node in its own time (asking each round costs N² calls)
         answers: dict[str, int] = {}
 
         async def ask(name: str, address: str) -> None:
@@ -298,6 +303,8 @@ class OwnershipService:
                 if address:
                     nursery.start_soon(ask, name, address)
         now = trio.current_time()
+        if any(answers.values()):
+            self._ring_heard_at = now
         if self.core.epoch.number != 0 or len(answers) < len(others) or any(answers.values()):
             self._unfounded_since = None
             return
@@ -323,7 +330,7 @@ class OwnershipService:
                 answer = await self._rpc.call(address, ops.OWN_GRANT, grant, timeout=self.config.holder_lease / 2)
             except TimpyError:
                 return
-            self._learn(answer.epoch)
+            self._learn(answer.epoch, answer.established)
             self.core.round_answer(trio.current_time(), rnd, voter, answer.granted)
 
         async with trio.open_nursery() as nursery:
@@ -333,12 +340,15 @@ class OwnershipService:
                     nursery.start_soon(ask, voter, address)
         self.core.finish_round(trio.current_time(), rnd)
 
+    def _answer(self, granted: bool) -> ops.Granted:
+        return ops.Granted(granted, self.core.epoch, self.core.established_at is not None)
+
     def _on_grant(self, a: ops.Grant) -> ops.Granted:
-        self._learn(a.epoch)
+        self._learn(a.epoch, a.established)
         m = self._membership()
         dead = m is not None and m.state_of(a.holder) in (State.DEAD, State.LEFT)
         granted = self.core.grant(trio.current_time(), a.holder, a.epoch, dead, a.established)
-        return ops.Granted(granted, self.core.epoch)
+        return self._answer(granted)
 
     # --- epochs -------------------------------------------------------------
 
@@ -374,7 +384,7 @@ class OwnershipService:
                 proposal.accepted.add(voter)
             else:
                 self.core.conflict(answer.epoch)
-                self._learn(answer.epoch)
+                self._learn(answer.epoch, answer.established)
 
         async with trio.open_nursery() as nursery:
             for voter in sorted((epoch.voters | proposal.previous.voters) - {self.self_id}):
@@ -394,18 +404,20 @@ class OwnershipService:
     def _on_accept(self, a: ops.EpochArgs) -> ops.Granted:
         epoch = a.epoch
         m = self._membership()
-        if m is not None and epoch != self.core.epoch:
-            alive = {n for n, mem in m.members.items() if mem.state == State.ALIVE} | {self.self_id}
-            missing = leaves_out_alive(epoch, alive)
-            if missing:
-                log.info("refused ring epoch %d: it leaves out %s, seen alive here", epoch.number,
-                         ", ".join(sorted(missing)))
-                return ops.Granted(False, self.core.epoch)
-        return ops.Granted(self._learn(epoch), self.core.epoch)
+        alive = {n for n, mem in (m.members.items() if m is not None else ()) if mem.state == State.ALIVE}
+        alive.add(self.self_id)
+        before = self.core.epoch
+        accepted = self.core.accept_proposal(trio.current_time(), epoch, alive)
+        if self.core.epoch != before:
+            self._epoch_changed()
+        missing = leaves_out_alive(epoch, alive)
+        if not accepted and missing:
+            log.info("refused ring epoch %d: it leaves out %s, seen alive here", epoch.number,
+                     ", ".join(sorted(missing)))
+        return self._answer(accepted)
 
     def _on_established(self, a: ops.EpochArgs) -> None:
-        self._learn(a.epoch)
-        self.core.established(trio.current_time(), a.epoch)
+        self._learn(a.epoch, established=True)
 
     async def _on_fence(self, a: ops.EpochArgs) -> Epoch:
         await self.fence(a.epoch)

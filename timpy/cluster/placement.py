@@ -89,3 +89,8 @@ class Placement:
     @property
     def single(self) -> bool:
         return len(self.ring) == 1
+
+    @property
+    def alone(self) -> bool:
+        """A ring of one that replaced no ring with other members: no other node ever held its keys."""
+        return self.single and (self.previous is None or self.previous.members <= {self.self_id})

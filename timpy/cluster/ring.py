@@ -10,6 +10,7 @@ the next distinct members clockwise.
 from __future__ import annotations
 
 import bisect
+import functools
 import hashlib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -20,6 +21,13 @@ _SPACE = 1 << 64
 
 def _hash(data: bytes) -> int:
     return int.from_bytes(hashlib.blake2b(data, digest_size=8, person=b"timpy-ring-v1").digest(), "big")
+
+
+@functools.lru_cache(maxsize=4096)
+def _points_of(member: str, count: int) -> tuple[int, ...]:
+    """A member's points on the circle: hashed once, not on every ring built
+    (each ring change builds two rings on every node, 128 points a member)."""
+    return tuple(_hash(f"v{member}#{i}".encode()) for i in range(count))
 
 
 def key_point(key: bytes) -> int:
@@ -42,7 +50,7 @@ class HashRing:
             if weight <= 0:
                 raise ValueError(f"member {member!r} has weight {weight}; weights are positive")
             count = max(1, round(self.vnodes * weight))
-            pairs.extend((_hash(f"v{member}#{i}".encode()), member) for i in range(count))
+            pairs.extend((point, member) for point in _points_of(member, count))
         pairs.sort()
         object.__setattr__(self, "_points", tuple(p for p, _ in pairs))
         object.__setattr__(self, "_owners", tuple(m for _, m in pairs))

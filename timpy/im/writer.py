@@ -429,11 +429,14 @@ class Writer:
             return  # everything was refused: nothing to store
         local_users: frozenset[bytes] | None = None
         # A cluster of one holds every replica of every key: there is nothing
-        # to catch up from, nobody to copy to and no other inbox to ask.
+        # to catch up from, nobody to copy to and no other inbox to ask. A
+        # ring of one that replaced a bigger ring still catches up from the
+        # nodes that held its keys before: else it answers from its own copy
+        # alone (NO_SUCH_USER for an account it never had).
         replicated = self._cluster and not self._peers.placement.single
         try:
             if self._cluster:
-                if replicated:
+                if not self._peers.placement.alone:
                     await self._catch_up(news, inbox)
                 else:
                     await self._peers.await_write()  # a ring of one still needs its lease (a node not yet joined has none)
