@@ -379,9 +379,9 @@ class Ownership:
                 return None
             # The ring is the same, but rings of the history may be settled:
             # an epoch without them frees catch-up from waiting on their nodes.
-            rings = carried_rings(cur, repaired, self.settled)
-            if len(rings) == len([r for r in cur.rings if r != cur.members]):
+            if not any(self.settled(r, repaired) for r in cur.rings if r != cur.members):
                 return None
+            rings = carried_rings(cur, repaired, self.settled)
             return Epoch(max(cur.number, self._seen) + 1, voters, members, cur.members, rings)
         return Epoch(
             max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), cur.members,

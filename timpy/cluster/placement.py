@@ -39,6 +39,8 @@ class Placement:
         # Every ring catch-up reads besides the current one: ``previous`` and
         # the ones before it back to the last settled ring (``Epoch.rings``).
         self.history: tuple[HashRing, ...] = ()
+        self._settled: dict[tuple[frozenset[str], frozenset[str]], bool] = {}
+        self._replica_sets: dict[frozenset[str], list[frozenset[str]]] = {}  # a ring's every replica set
         self.version = 0
 
     def update(self, members: Iterable[Member]) -> bool:
@@ -90,10 +92,27 @@ class Placement:
         R - W that are such members. An acknowledged write is on W of them, so
         one of these held it and its pass copied it to the key's current
         replicas (docs/consistency.md, "Catch-up across several rings")."""
-        old = HashRing.of(ring, self.config.vnodes)
-        r = self.config.replicas
-        need = min(r, len(old)) - min(self.config.write_quorum, len(old)) + 1
-        return all(len(set(s) & repaired) >= need for s in old.replica_sets(r))
+        repaired = repaired & ring
+        key = (ring, repaired)
+        found = self._settled.get(key)
+        if found is None:  # asked again and again by the proposer (every 0.1 s): computed once per answer
+            r = self.config.replicas
+            need = min(r, len(ring)) - min(self.config.write_quorum, len(ring)) + 1
+            if len(repaired) < need:
+                found = False
+            else:
+                sets = self._replica_sets.get(ring)
+                if sets is None:
+                    if len(self._replica_sets) >= 32:
+                        self._replica_sets.clear()
+                    sets = self._replica_sets[ring] = [
+                        frozenset(s) for s in HashRing.of(ring, self.config.vnodes).replica_sets(r)
+                    ]
+                found = all(len(s & repaired) >= need for s in sets)
+            if len(self._settled) >= 256:
+                self._settled.clear()
+            self._settled[key] = found
+        return found
 
     @property
     def members(self) -> frozenset[str]:
