@@ -513,8 +513,9 @@ def check_timpy_command(text: str) -> str | None:
         if not isinstance(command, click.Group) or word.startswith("-"):
             break
         names = word.split("/")  # `timpy backend add/remove/resume` names several
-        if all(n in command.commands for n in names):
-            command = command.commands[names[0]]
+        ctx = click.Context(command)
+        if all(command.get_command(ctx, n) is not None for n in names):
+            command = command.get_command(ctx, names[0])  # type: ignore[assignment]
             path.append(word)
         elif word.isidentifier() or re.fullmatch(r"[a-z][\w-]*", word):
             return f"`{' '.join(path)}` has no command '{word}'"

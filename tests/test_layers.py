@@ -179,7 +179,7 @@ FEATURES: dict[str, set[str]] = {
 }
 CORE = {
     "__init__", "batches", "delivery", "events", "fields", "ids", "kinds", "peers", "ratelimit", "records",
-    "references", "replication", "routes", "signals", "tasks", "terminals", "users", "writer",
+    "references", "replication", "routes", "signal_routes", "tasks", "terminals", "users", "writer",
 }
 
 

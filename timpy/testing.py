@@ -73,7 +73,7 @@ from timpy.cluster.transport.memory import MemoryNetwork, MemoryTransport
 from timpy.concurrency import inline_workers, unwrap_single_error
 from timpy.config import NodeConfig, SecurityConfig
 from timpy.crypto.keys import ClusterKeys
-from timpy.gateway.transports import serve_tcp_stream
+from timpy.gateway.listeners import serve_tcp_stream
 from timpy.node.identity import node_id_of
 from timpy.node.node import Node
 

@@ -342,10 +342,15 @@ async def test_shared_backends_hold_the_outbox_and_another_node_delivers_it(tmp_
             counts = await node.store.run(node.webhooks._outbox.counts)
             assert counts[("biz", "pending")] >= 15
             repo = node.store.repo
+            holding = []
             for name in ("b1", "b2", "b3"):
                 with repo.backend(name).engine.connect() as conn:
                     held = [bytes(k) for k in conn.execute(select(schema.webhook_outbox.c.owner_key)).scalars()]
-                assert all(repo.map.place(k) == name for k in held) and held
+                assert all(repo.map.place(k) == name for k in held)
+                holding += [name] * bool(held)
+            # Keys are placed by keyed hashes (a new cluster key each run): with ~15 keys one of
+            # three backends holds none about once in 150 runs; all in one, never in practice.
+            assert len(holding) >= 2
         assert not list((tmp_path / "first").rglob("outbox*"))
         shutil.rmtree(tmp_path / "first")  # that node's disk is gone
         await biz.server.start(bg)

@@ -32,7 +32,7 @@ from timpy.cli.bench import (
 from timpy.crypto.keys import ClusterKeys
 from timpy.crypto.seal import Sealer
 from timpy.im.peers import Peers
-from timpy.node.backends import BackendCoordinator
+from timpy.node.coordinator import BackendCoordinator
 from timpy.store import schema
 from timpy.store.backends import BackendMap, BackendSpec, redact_url
 from timpy.store.engine import url_engine

@@ -25,7 +25,31 @@ def _setup_logging(verbose: bool, as_json: bool = False) -> None:
     setup_logging(verbose, as_json)
 
 
-@click.group()
+class _LazyGroup(click.Group):
+    """The top-level command: its command groups are imported when named, so
+    ``timpy chat`` does not load the benchmarks, nor ``timpy cluster status``
+    the whole node (several seconds of start-up on a busy machine)."""
+
+    LAZY = {
+        "chat": "timpy.cli.chat:chat",
+        "cluster": "timpy.cli.cluster:cluster",
+        "backend": "timpy.cli.backend:backend",
+        "bench": "timpy.cli.bench:bench",
+    }
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.LAZY})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY and cmd_name not in self.commands:
+            import importlib
+
+            module, _, attr = self.LAZY[cmd_name].partition(":")
+            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_LazyGroup)
 @click.version_option(package_name="timpy")
 def cli() -> None:
     """timpy: a decentralized peer-to-peer instant-messaging engine."""
@@ -222,15 +246,6 @@ def keys_new(path: Path) -> None:
     click.echo(f"wrote cluster key {k.fingerprint} to {path}")
 
 
-from timpy.cli.backend import backend  # noqa: E402
-from timpy.cli.bench import bench  # noqa: E402
-from timpy.cli.chat import chat  # noqa: E402
-from timpy.cli.cluster import cluster  # noqa: E402
-
-cli.add_command(chat)
-cli.add_command(cluster)
-cli.add_command(backend)
-cli.add_command(bench)
 
 
 def main() -> None:

@@ -682,7 +682,7 @@ ROOM_RESERVE = op(25, "room.reserve", RoomReserve, None, _ROOMS_OF)
 ROOM_RELEASE = op(26, "room.release", RoomRelease, None, _ROOMS_OF)
 
 
-# --- routing records and pushes (timpy/im/routes.py, timpy/im/signals.py) ----------------------
+# --- routing records and pushes (timpy/im/routes.py, timpy/im/signal_routes.py) ----------------------
 
 @dataclass(frozen=True)
 class RouteResend:
@@ -745,7 +745,7 @@ SIGNAL_DELIVER = op(33, "signal.deliver", SignalRoute, None, THIS_NODE, reply=Fa
 SIGNAL_TERMINALS = op(34, "signal.terminals", SignalTerminals, None, THIS_NODE, reply=False)
 
 
-# --- shared backends (timpy/node/backends.py) --------------------------------------------------
+# --- shared backends (timpy/node/coordinator.py) --------------------------------------------------
 
 @dataclass(frozen=True)
 class BackendMapArgs:

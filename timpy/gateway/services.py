@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
     from timpy.config import Limits, NodeConfig
     from timpy.crypto.blind import BlindIndexer
-    from timpy.gateway.transports import ConnectionGate
+    from timpy.gateway.listeners import ConnectionGate
     from timpy.im.accounts import Accounts
     from timpy.im.attachments import Attachments
     from timpy.im.conversations import Conversations

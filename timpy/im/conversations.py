@@ -31,7 +31,7 @@ from timpy.im import ids, kinds
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.routes import Routes
-from timpy.im.signals import Signals
+from timpy.im.signal_routes import Signals
 from timpy.im.users import Identity
 from timpy.im.writer import Committed
 from timpy.store.repository import Store

@@ -27,7 +27,7 @@ from timpy.im import ids
 from timpy.im.peers import Peers
 from timpy.im.records import Records
 from timpy.im.routes import Routes
-from timpy.im.signals import Signals
+from timpy.im.signal_routes import Signals
 from timpy.im.users import Identity
 from timpy.store.repository import Store
 from timpy.wire.messages import Presence as PresenceView

@@ -26,7 +26,7 @@ from timpy.errors import Code, RequestError
 from timpy.im import ids, kinds
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
-from timpy.im.signals import Signals
+from timpy.im.signal_routes import Signals
 from timpy.im.users import Identity
 from timpy.im.writer import Writer
 from timpy.store.repository import Store

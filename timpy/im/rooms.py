@@ -27,7 +27,7 @@ from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im.peers import Peers
 from timpy.im.ratelimit import TokenBucket
-from timpy.im.signals import Signals
+from timpy.im.signal_routes import Signals
 from timpy.im.terminals import LiveTerminal
 from timpy.im.users import Identity
 from timpy.wire.messages import StreamData

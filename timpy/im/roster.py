@@ -20,7 +20,7 @@ from timpy.errors import Code, RequestError
 from timpy.im import roster_rules as rules
 from timpy.im.peers import Peers
 from timpy.im.records import Records
-from timpy.im.signals import Signals
+from timpy.im.signal_routes import Signals
 from timpy.im.users import Identity, Users
 from timpy.wire.messages import Roster as RosterNotice
 

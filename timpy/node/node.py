@@ -40,7 +40,7 @@ from timpy.crypto.seal import Sealer
 from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import ConfigError
 from timpy.files import private_directory, tighten
-from timpy.gateway.transports import ConnectionGate, run_tcp_listener, run_ws_listener
+from timpy.gateway.listeners import ConnectionGate, run_tcp_listener, run_ws_listener
 from timpy.im import ids, kinds
 from timpy.im.accounts import Accounts
 from timpy.im.attachments import Attachments
@@ -59,8 +59,8 @@ from timpy.im.replies import Replies
 from timpy.im.rooms import Rooms
 from timpy.im.roster import Roster
 from timpy.im.search import Search
+from timpy.im.signal_routes import Signals
 from timpy.im.signalling import Signalling
-from timpy.im.signals import Signals
 from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
 from timpy.im.threads import Threads
@@ -68,7 +68,7 @@ from timpy.im.users import SYSTEM_USER, Identity, Users
 from timpy.im.webhooks import Webhooks
 from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
-from timpy.node.backends import BackendCoordinator
+from timpy.node.coordinator import BackendCoordinator
 from timpy.node.datadir import DataDirLock
 from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
