@@ -112,3 +112,33 @@ def test_slow_terminal_is_closed_not_blocking():
     for pos in range(1, 4):
         t.deliver(_d(pos))
     assert link.got == [1, 2] and link.closed
+
+
+def _page(held: list[int], before: int, after: int | None, limit: int) -> list[int]:
+    """The model of a history read (``read_history``): oldest first, the
+    oldest ``limit`` after ``after``, else the newest ``limit`` below ``before`` (0 = all)."""
+    if after is not None:
+        return [s for s in held if s > after][:limit]
+    below = [s for s in held if before <= 0 or s < before]
+    return below[len(below) - limit:] if len(below) > limit else below
+
+
+@given(
+    st.integers(1, 40), st.data(), st.integers(1, 12), st.one_of(st.none(), st.integers(0, 45)), st.integers(0, 45)
+)
+def test_a_replica_page_is_shown_only_when_it_is_the_owners_up_to_the_replicas_head(n, data, limit, after, before):
+    """``copy_page_is_whole`` against the owner's copy 1..n: a replica
+    holding any subset passes a page only if that page and the row beyond
+    it are the owner's as far as the replica's head (a replica may be
+    behind, never show a hole); a replica holding 1..h always passes."""
+    from timpy.im.messaging import copy_page_is_whole
+
+    held = sorted(data.draw(st.sets(st.integers(1, n), min_size=1)))
+    head = held[-1]
+    owner = list(range(1, head + 1))  # the owner's copy, as far as this replica's head
+    got = _page(held, before, after, limit + 1)
+    whole = copy_page_is_whole(got, head, before, after, limit)
+    if whole:
+        assert got == _page(owner, before, after, limit + 1)
+    if held == owner:
+        assert whole

@@ -179,6 +179,11 @@ class Rpc:
         argument dataclass and returns its result (or a coroutine of it)."""
         self._handlers[op.number] = (op, handler)
 
+    def handler(self, op: Op[Any, Any]) -> Handler | None:
+        """What serves ``op`` here now (a test wraps it to make this node refuse for a while)."""
+        served = self._handlers.get(op.number)
+        return served[1] if served is not None else None
+
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the handlers that wait, each in its own task, until cancelled."""
         async with trio.open_nursery() as nursery:

@@ -12,17 +12,20 @@ retry safe). Whether the recipient exists is asked of ``timpy.im.users``.
 
 Its operations between nodes (``timpy.cluster.catalog``): ``conv.history``
 (at the owner) and ``conv.history_copy`` (at another replica when the owner
-does not answer).
+does not answer or keeps refusing; a copy with a hole is not shown).
 """
 
 from __future__ import annotations
 
+import itertools
+import logging
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 
 import trio
 
 from timpy.cluster import catalog as ops
+from timpy.cluster.rpc import PeerUnavailable
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
@@ -41,6 +44,13 @@ from timpy.wire.messages import (
     MessageContent,
     SendResult,
 )
+
+log = logging.getLogger("timpy.messaging")
+
+# Waits before asking again an owner that answered but could not serve a
+# read (its lease renewing under a new ring): 3 s in all, as long as a write
+# waits for the lease at its owner.
+OWNER_RETRY_DELAYS = (0.2, 0.4, 0.8, 1.6)
 
 
 class SendTicket:
@@ -301,15 +311,33 @@ class Messenger:
         return text, [m for m in shown if m.kind not in kinds.ACTING], found.more
 
     async def _read_history(self, args: ops.HistoryOf) -> ops.History:
-        """From the conversation's owner; if it does not answer, from another
-        replica that has the conversation (which may lack the newest messages)."""
+        """From the conversation's owner, the one copy caught up after a ring
+        change. An owner that answers but cannot serve now (most often its
+        lease is renewing under a new ring, for a second or two) is asked
+        again for up to ``OWNER_RETRY_DELAYS``; an owner that does not answer,
+        or still refuses, gives way to another replica's copy (``_history_copy``:
+        it may lack the newest messages, never one below them)."""
         others = self._peers.placement.replicas(args.conv_id)[1:] if self._cluster else []
-        try:
-            return await self._peers.ask(ops.CONV_HISTORY, args)
-        except TimpyError as exc:
-            if exc.code != Code.UNAVAILABLE or not others:
-                raise
-            last = exc
+        ownership = self._peers.ownership
+        last: TimpyError | None = None
+        for delay in (*OWNER_RETRY_DELAYS, None):
+            try:
+                return await self._peers.ask(ops.CONV_HISTORY, args)
+            except PeerUnavailable as exc:  # no answer: waiting longer would not help
+                last = exc
+                break
+            except TimpyError as exc:
+                if exc.code != Code.UNAVAILABLE:
+                    raise
+                last = exc
+            if delay is None or (ownership is not None and ownership.cut_off()):
+                break  # a node cut off from the majority refuses at once
+            await trio.sleep(delay)
+        assert last is not None
+        if not others:
+            raise last
+        log.info("history of %s read from another replica: the owner %s (%s)",
+                 args.conv_id.hex(), "did not answer" if isinstance(last, PeerUnavailable) else "refused", last.text)
         for node in others:
             try:
                 return await self._peers.call(node, ops.CONV_HISTORY_COPY, args)
@@ -337,6 +365,49 @@ class Messenger:
         return bool(await self._store.run(self._store.repo.is_member, conv_id, user_id))
 
     async def _history_copy(self, a: ops.HistoryOf) -> ops.History:
+        """At a replica, when the owner could not serve the read: this node's
+        copy, if the page shows no hole. A replica is not caught up the way
+        a new owner is: its copy may lack messages whose copies, or the
+        repair that brings them, have not reached it yet (write quorum W of
+        R; a node that became a replica at the last ring change holds only
+        what was written since until repair has run). Lacking the newest is
+        shown as such; a page with a hole below them is refused, and the
+        reader asks the next replica."""
         if not self._peers.placement.holds(a.conv_id):
             raise TimpyError("this node holds no copy of that conversation", Code.UNAVAILABLE)
-        return await self._history_here(a)
+        head = await self._store.run(self._store.repo.conversation_head, a.conv_id)
+        if head == 0:
+            raise TimpyError("this node holds no message of that conversation yet", Code.UNAVAILABLE)
+        if not await self.may_read(a.conv_id, a.user_id):
+            return ops.History(False, [], False)
+        after = None if a.after < 0 else a.after
+        # One row beyond the page on the side the reader pages towards: the
+        # next page must continue where this one ends.
+        rows, _ = await self._store.run(self._store.repo.read_history, a.conv_id, a.before, after, a.limit + 1)
+        if not copy_page_is_whole([r.seq for r in rows], head, a.before, after, a.limit):
+            raise TimpyError("this node's copy of that conversation lacks messages here (its repair has not "
+                             "finished); retry in a few seconds", Code.UNAVAILABLE)
+        more = len(rows) > a.limit
+        page = rows[: a.limit] if after is not None else rows[len(rows) - a.limit:] if more else rows
+        return ops.History(True, [ops.HistoryRow(r.seq, r.created_ms, r.content) for r in page], more)
+
+
+def copy_page_is_whole(seqs: Sequence[int], head: int, before: int, after: int | None, limit: int) -> bool:
+    """Whether a replica's page of history shows every message it should.
+
+    ``seqs``: the page's sequence numbers, oldest first, read with one row
+    more than ``limit`` on the side the reader pages towards (older for a
+    page before ``before``, 0 = the latest; newer for one after ``after``);
+    ``head``: the replica's highest seq. A conversation's sequence has no
+    gap, so the page must be consecutive and start where it should: right
+    after ``after``; or end at the newest this replica holds below
+    ``before`` and reach back to seq 1 unless the extra row continues it.
+    Lacking messages above ``head`` is allowed: the replica is behind."""
+    if any(b != a + 1 for a, b in itertools.pairwise(seqs)):
+        return False
+    if after is not None:
+        return not seqs or seqs[0] == after + 1
+    top = head if before <= 0 else min(before - 1, head)
+    if not seqs:
+        return top <= 0
+    return seqs[-1] == top and (seqs[0] == 1 or len(seqs) > limit)
