@@ -315,8 +315,9 @@ class Messenger:
         change. An owner that answers but cannot serve now (most often its
         lease is renewing under a new ring, for a second or two) is asked
         again for up to ``OWNER_RETRY_DELAYS``; an owner that does not answer,
-        or still refuses, gives way to another replica's copy (``_history_copy``:
-        it may lack the newest messages, never one below them)."""
+        or still refuses, gives way to the other replicas' copies
+        (``_history_copy``: each may lack the newest messages, never one below
+        them) and the one that reaches furthest is shown."""
         others = self._peers.placement.replicas(args.conv_id)[1:] if self._cluster else []
         ownership = self._peers.ownership
         last: TimpyError | None = None
@@ -336,16 +337,26 @@ class Messenger:
         assert last is not None
         if not others:
             raise last
-        log.info("history of %s read from another replica: the owner %s (%s)",
+        log.info("history of %s read from the other replicas: the owner %s (%s)",
                  args.conv_id.hex(), "did not answer" if isinstance(last, PeerUnavailable) else "refused", last.text)
-        for node in others:
+        # Every other replica's copy, and the one that reaches furthest: an
+        # acknowledged message is on W replicas, so (W >= 2) on one of these
+        # unless the ring changed since; each copy is gap-free up to its head.
+        copies: list[ops.History] = []
+        errors: list[TimpyError] = []
+
+        async def copy_at(node: str) -> None:
             try:
-                return await self._peers.call(node, ops.CONV_HISTORY_COPY, args)
+                copies.append(await self._peers.call(node, ops.CONV_HISTORY_COPY, args))
             except TimpyError as exc:
-                if exc.code != Code.UNAVAILABLE:
-                    raise
-                last = exc
-        raise last
+                errors.append(exc)
+
+        async with trio.open_nursery() as nursery:
+            for node in others:
+                nursery.start_soon(copy_at, node)
+        if not copies:
+            raise next((e for e in errors if e.code != Code.UNAVAILABLE), last)
+        return max(copies, key=lambda h: (h.member, h.rows[-1].seq if h.rows else 0))
 
     async def _history_here(self, a: ops.HistoryOf) -> ops.History:
         """At the conversation's owner (caught up by the operation), or at a replica (``_history_copy``)."""
