@@ -39,7 +39,7 @@ from timpy.store.rows import StoredMessage
 from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 REATTACH_ATTEMPTS = 15  # tries to record a live terminal with its user's new owner (about 25 s)
-RESYNC_ATTEMPTS = 8  # tries to sync a live terminal refused by its user's owner (about 9 s) before closing it
+RESYNC_ATTEMPTS = 8  # tries to sync a live terminal while the cluster answers "unavailable" (about 9 s)
 
 
 def stored_message(conversation: str, seq: int, created_ms: int, content: bytes) -> ChatMessage:
@@ -155,10 +155,9 @@ class Deliverer:
         self._tasks.spawn(self._run_resync, terminal)
 
     async def _run_resync(self, terminal: LiveTerminal) -> None:
-        # The user's owner refuses for a moment while the ring changes (its
-        # lease renewing under the new epoch, its catch-up waiting on a node
-        # that just left): try again while the terminal lives, rather than
-        # close a connection whose client did nothing wrong.
+        # A ring change on its way makes the owner answer "unavailable" for a
+        # moment (each epoch revokes the leases): try again while the
+        # terminal lives, and close it only when that lasts.
         for attempt in range(RESYNC_ATTEMPTS):
             try:
                 await self.sync(terminal, terminal.last_pos)
