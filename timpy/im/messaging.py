@@ -359,7 +359,7 @@ class Messenger:
         return max(copies, key=lambda h: (h.member, h.rows[-1].seq if h.rows else 0))
 
     async def _history_here(self, a: ops.HistoryOf) -> ops.History:
-        """At the conversation's owner (caught up by the operation), or at a replica (``_history_copy``)."""
+        """At the conversation's owner (caught up by the operation); a replica answers with ``_history_copy``."""
         if not await self.may_read(a.conv_id, a.user_id):
             return ops.History(False, [], False)
         rows, more = await self._store.run(
