@@ -105,6 +105,7 @@ PINNED: dict[int, tuple[str, tuple[str, ...]]] = {
     82: ('thread.heads', ('threads',)),
     83: ('push.pushers', ('user_id', 'op', 'pusher')),
     84: ('search.convs', ('user_id', 'wanted')),
+    86: ('webhooks.dead', ('endpoint', 'after_id', 'limit')),
 }
 
 

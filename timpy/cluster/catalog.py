@@ -1184,3 +1184,30 @@ class SearchConvs:
 
 PUSH_PUSHERS = op(83, "push.pushers", PushersChange, list[Pusher], _USER)  # the user's pushers after the change
 SEARCH_CONVS = op(84, "search.convs", SearchConvs, list[tuple[bytes, int, int]], THIS_NODE, timeout=15.0)  # (conv, seq, ms); seq -1: not a member
+
+
+# --- webhooks (timpy/im/webhooks.py) ---------------------------------------------------------
+# 85 is reserved (taken on another branch): the next operation here is 87.
+
+@dataclass(frozen=True)
+class DeadLettersOf:
+    endpoint: str  # "": every endpoint
+    after_id: int  # the asked node's own row id: the last one seen
+    limit: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter as the node delivering it holds it (ids are that node's)."""
+
+    id: int
+    endpoint: str
+    event_id: str
+    event_type: str
+    attempts: int
+    created_ms: int
+    error: str
+    body: bytes  # the event as it was sent
+
+
+WEBHOOKS_DEAD = op(86, "webhooks.dead", DeadLettersOf, list[DeadLetter], THIS_NODE, timeout=10.0)  # the asked node's dead letters of keys it delivers
