@@ -247,9 +247,9 @@ class Webhooks:
         return len(missed)
 
     @property
-    def uncopied(self) -> int:
+    def uncopied(self) -> list[EventRef]:
         """Events whose copy to their replicas is still to be made again."""
-        return len(self._uncopied)
+        return list(self._uncopied)
 
     async def _copy_loop(self) -> None:
         """Copy again the events whose copy missed the write quorum, waiting
