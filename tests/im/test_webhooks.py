@@ -214,6 +214,13 @@ async def test_unverified_deliveries_become_dead_letters_the_admin_api_retries_a
                 status = (await http.get(api)).json()["endpoints"][0]
                 assert (status["name"], status["dead"], status["pending"]) == ("biz", 6, 0)
                 assert (await http.get(f"{api}/dead", params={"endpoint": "nope"})).status_code == 400
+                cluster = (await http.get(f"{api}/dead", params={"scope": "cluster", "limit": 4})).json()
+                assert [d["node"] for d in cluster["dead"]] == [node.node_id] * 4 and cluster["unanswered"] == {}
+                rest = (await http.get(f"{api}/dead", params={"scope": "cluster", "cursor": cluster["next"]})).json()
+                assert sorted(d["id"] for d in cluster["dead"] + rest["dead"]) == sorted(d["id"] for d in dead)
+                assert rest["next"] is None
+                assert (await http.get(f"{api}/dead", params={"scope": "all"})).status_code == 400
+                assert (await http.get(f"{api}/dead", params={"scope": "cluster", "cursor": "x"})).status_code == 400
                 assert (await http.get(f"{api}/dead", headers={"Authorization": "Bearer wrong"})).status_code == 401
                 bad = await http.post(f"{api}/dead/retry", json={"ids": ["x"]})
                 assert bad.status_code == 400 and len((await http.get(f"{api}/dead")).json()["dead"]) == 6
@@ -508,3 +515,63 @@ async def test_an_earlier_versions_outbox_file_is_drained_once(tmp_path: Path, s
     assert sorted(e["id"] for e in new) == [rows[0][0], rows[1][0], rows[2][0]]
     stored = next(e for e in new if e["type"] == "message.stored")
     assert (stored["data"]["body"], stored["data"]["conversation"]) == ("from the old outbox", ack.conversation)
+
+
+async def test_the_clusters_dead_letters_are_gathered_from_every_member() -> None:
+    """Three nodes, a receiver that takes nothing: each event becomes a dead
+    letter at the node owning its key, and copies of it sit on the other
+    replicas. The cluster's view, asked of any member, lists each dead
+    letter once, from the node that delivers it, page by page."""
+    receiver = BusinessServer("the-receivers-own-secret")  # every signature fails
+    async with trio.open_nursery() as bg:
+        await receiver.server.start(bg)
+        config = NodeConfig(security=FAST_SECURITY, webhooks=hooks(receiver, max_attempts=1))
+        async with open_cluster(3, config=config, seed=3) as cluster:
+            receiver.clock = lambda: cluster.wall_clock_ms(0) / 1000
+            await cluster.wait_converged(30)
+            at, running = [cluster.connector(i) for i in range(3)], cluster.nodes
+            names = [f"user{i}" for i in range(6)]
+            await users(at[0], *names)
+            async with timpy.connect(at[1], "user0", PASSWORD) as user0:
+                for name in names[1:]:
+                    await user0.send(name, f"hello {name}")
+            wanted = len(names) + 1 + 1 + len(names) - 1  # registered, user0's login and logout, messages
+
+            async def gathered(asked: int, limit: int) -> list[dict[str, Any]]:
+                webhooks = running[asked].webhooks
+                assert webhooks is not None
+                rows: list[dict[str, Any]] = []
+                cursor = ""
+                for _ in range(50):
+                    page = await webhooks.cluster_dead_letters(None, cursor, limit)
+                    assert page["unanswered"] == {}
+                    rows += page["dead"]
+                    if page["next"] is None:
+                        return rows
+                    cursor = page["next"]
+                raise AssertionError("the pages never ended")
+
+            def rings() -> list[int]:
+                return [n.peers.placement.version for n in running]
+
+            with trio.fail_after(60):
+                while True:  # every event a dead letter, gathered while no ring changed
+                    before = rings()
+                    everything = await gathered(2, 100)
+                    paged = await gathered(1, 2)
+                    if len(everything) == wanted and rings() == before:
+                        break
+                    await trio.sleep(0.2)
+            owner = owner_of(running[0])
+            owners = {d["event_id"]: owner(httpx.Response(200, content=d["event"]).json()) for d in everything}
+            held = [d for node in running for d in await node.webhooks.dead_letters(None)]  # type: ignore[union-attr]
+        bg.cancel_scope.cancel()
+    assert receiver.events == []
+    assert len({d["event_id"] for d in everything}) == wanted == len(everything)
+    assert sorted((d["node"], d["id"]) for d in paged) == sorted((d["node"], d["id"]) for d in everything)
+    for d in everything:  # from the node owning the event's key, with that node's id for its retry and drop
+        assert d["node"] == owners[d["event_id"]]
+        assert d["last_error"] == "HTTP status 401" and d["attempts"] == 1
+    assert len(held) > wanted  # each node's own view also shows its copies of other owners' dead letters
+    assert {d["event_id"] for d in held} == {d["event_id"] for d in everything}
+    assert len({d["node"] for d in everything}) >= 2
