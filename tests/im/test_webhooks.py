@@ -407,6 +407,10 @@ async def test_an_event_that_misses_the_write_quorum_fails_nothing_and_is_copied
                 await timpy.register(cluster.connector(o), zed, PASSWORD)
             assert refused.value.code == Code.UNAVAILABLE
             assert "events" not in str(refused.value)
+            # the registration's own copy, what the quorum missed, carries its event with the account
+            carried = await owner.store.run(owner.store.repo.user_copies, owner.user_id_of(zed), 0, 0)
+            assert carried.accounts and [row[3] for row in carried.outbox] == [
+                event_id("user.registered", owner.user_id_of(zed))]
             cluster.heal()
 
             async def held_by_away() -> bool:

@@ -551,8 +551,10 @@ class Webhooks:
 
         async def ask(member: str) -> None:
             assert peers is not None
-            try:
-                found = await peers.call(member, ops.WEBHOOKS_DEAD, ops.DeadLettersOf(endpoint or "", after.get(member, 0), limit))
+            args = ops.DeadLettersOf(endpoint or "", after.get(member, 0), limit)
+            try:  # this node's own answer even when it is cut off from the majority
+                found = await (self._dead_here(args) if member == peers.self_id
+                               else peers.call(member, ops.WEBHOOKS_DEAD, args))
             except TimpyError as exc:
                 unanswered[member] = exc.text
                 return
