@@ -481,3 +481,56 @@ class Leases(RuleBasedStateMachine):
 
 Leases.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
 TestLeases = Leases.TestCase
+
+
+def test_each_ring_change_carries_the_rings_before_it_until_their_keys_left_them():
+    """A ring stays in the epochs' history (catch-up reads it) until the
+    members that finished a repair pass under the current ring say, through
+    ``settled``, that every key of it has left it; older epochs saved without
+    a history read as having none."""
+    seven = "abcdefg"
+    a = Ownership("a", CFG, epoch(3, seven), 0.0)
+    a.established(0.0, a.epoch)
+    e4 = a.next_epoch(10.0, frozenset("abcdef"), frozenset())
+    assert e4 is not None and e4.previous == frozenset(seven) and e4.earlier == ()
+    a.established(10.0, e4)
+    e5 = a.next_epoch(20.0, frozenset("abcde"), frozenset())
+    assert e5 is not None and e5.rings == (frozenset("abcdef"), frozenset(seven))
+    assert Epoch.unpack(e5.pack()) == e5
+    assert Epoch.unpack(e5.pack()[:4]).earlier == ()  # saved before histories existed
+
+    asked: list[tuple[frozenset[str], frozenset[str]]] = []
+
+    def settled(ring: frozenset[str], repaired: frozenset[str]) -> bool:
+        asked.append((ring, repaired))
+        return ring == frozenset(seven) and repaired >= frozenset("abcde")
+
+    a.settled = settled
+    a.established(20.0, e5)
+    for m in "abcd":
+        a.note_repaired(m, e5.number)
+    a.note_repaired("e", e5.number - 1)  # a pass under an older epoch does not count
+    e6 = a.next_epoch(30.0, frozenset("abcd"), frozenset())
+    assert e6 is not None and e6.rings == (frozenset("abcde"), frozenset("abcdef"), frozenset(seven))
+    assert asked[-1][1] == frozenset("abcd")
+    a.established(30.0, e6)
+    for m in "abcde":
+        a.note_repaired(m, e6.number)
+    a.forget("e")  # another change (voters too), with every member repaired
+    e7 = a.next_epoch(40.0, frozenset("abcd"), frozenset())
+    assert e7 is not None and e7.rings == (frozenset("abcd"), frozenset("abcde"), frozenset("abcdef"))
+
+
+def test_an_epoch_of_the_same_ring_drops_the_settled_rings_of_the_history_once():
+    a = Ownership("a", CFG, Epoch(5, frozenset("abcde"), frozenset("abcd"), frozenset("abcde"), (frozenset("abcdef"),)), 0.0)
+    a.established(0.0, a.epoch)
+    a.settled = lambda ring, repaired: repaired >= frozenset("abcd")
+    assert a.next_epoch(10.0, frozenset("abcd"), frozenset()) is None  # nobody finished a repair pass yet
+    for m in "abcd":
+        a.note_repaired(m, 5)
+    e6 = a.next_epoch(10.0, frozenset("abcd"), frozenset())
+    assert e6 is not None and e6.members == frozenset("abcd") and e6.rings == (frozenset("abcd"),)
+    a.established(10.0, e6)
+    for m in "abcd":
+        a.note_repaired(m, 6)
+    assert a.next_epoch(20.0, frozenset("abcd"), frozenset()) is None  # nothing left to drop

@@ -29,7 +29,7 @@ they accepted (``check_copy``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -70,19 +70,47 @@ class Epoch:
     voters: frozenset[str]
     members: frozenset[str]
     previous: frozenset[str] = frozenset()  # the ring members of the epoch this one replaced
+    # The ring members of the epochs before ``previous``, newest first, back
+    # to the last ring under which every key's data is known to have been
+    # settled (docs/consistency.md, "Catch-up across several rings"): a
+    # key untouched since then may still be only on its replicas there.
+    earlier: tuple[frozenset[str], ...] = ()
+
+    @property
+    def rings(self) -> tuple[frozenset[str], ...]:
+        """The rings catch-up reads besides this one: ``previous``, then ``earlier``."""
+        return ((self.previous,) if self.previous else ()) + self.earlier
 
     def pack(self) -> list:
-        return [self.number, sorted(self.voters), sorted(self.members), sorted(self.previous)]
+        return [self.number, sorted(self.voters), sorted(self.members), sorted(self.previous),
+                [sorted(r) for r in self.earlier]]
 
     @classmethod
     def unpack(cls, raw: list) -> Epoch:
-        number, voters, members, previous = raw
+        number, voters, members, previous, *rest = raw  # saved before ``earlier`` existed: none
+        earlier = tuple(frozenset(map(str, r)) for r in rest[0]) if rest else ()
         return cls(
-            int(number), frozenset(map(str, voters)), frozenset(map(str, members)), frozenset(map(str, previous))
+            int(number), frozenset(map(str, voters)), frozenset(map(str, members)), frozenset(map(str, previous)),
+            earlier,
         )
 
 
 NO_EPOCH = Epoch(0, frozenset(), frozenset())
+
+
+MAX_RINGS = 16  # rings an epoch carries at most besides its own (docs/consistency.md, "Limits")
+
+
+def carried_rings(
+    current: Epoch, repaired: frozenset[str], settled: Callable[[frozenset[str], frozenset[str]], bool]
+) -> tuple[frozenset[str], ...]:
+    """The rings the epoch after ``current`` carries besides ``current``'s own
+    members (which become its ``previous``): ``current.rings``, less each ring
+    ``settled`` says every key of has left for the current ring (given the
+    members ``repaired`` that finished a full repair pass under ``current``),
+    and at most ``MAX_RINGS - 1`` of them (the oldest go first)."""
+    kept = tuple(r for r in current.rings if r != current.members and not settled(r, repaired))
+    return kept[: MAX_RINGS - 1]
 
 
 def leaves_out_alive(proposed: Epoch, alive: Iterable[str]) -> frozenset[str]:
@@ -146,6 +174,14 @@ class Ownership:
         self._next_propose = now
         self._conflict = False
         self._seen = epoch.number  # the highest epoch number heard of (ours to number past)
+        # member -> the epoch number under which it last finished a full
+        # repair pass (its lease requests say so)
+        self.repaired: dict[str, int] = {}
+        # Whether every key's data left a ring for the current one, given the
+        # members that finished a repair pass under it (the shell sets
+        # ``Placement.settled``); by default a ring is never settled, and
+        # leaves the history only past ``MAX_RINGS``.
+        self.settled: Callable[[frozenset[str], frozenset[str]], bool] = lambda ring, repaired: False
 
     # --- acceptor -----------------------------------------------------------
 
@@ -219,6 +255,11 @@ class Ownership:
         """When the last promise given under an epoch older than ours ends (our clock)."""
         ends = [until for number, until in self._grants.values() if number < self.epoch.number and until > now]
         return max(ends, default=now)
+
+    def note_repaired(self, member: str, epoch_number: int) -> None:
+        """``member`` finished a full repair pass under ``epoch_number``."""
+        if epoch_number > self.repaired.get(member, 0):
+            self.repaired[member] = epoch_number
 
     def grant(self, now: float, holder: str, epoch: Epoch, holder_dead: bool, established: bool = False) -> bool:
         """Grant ``holder`` a lease under ``epoch``; the promise lasts
@@ -318,7 +359,7 @@ class Ownership:
             # move past it with the next number and the ring as seen now.
             fresh = frozenset(live & cur.voters) | {self.self_id}
             if self._conflict or fresh != cur.members or self._seen > cur.number:
-                return Epoch(max(cur.number, self._seen) + 1, cur.voters, fresh, cur.previous)
+                return Epoch(max(cur.number, self._seen) + 1, cur.voters, fresh, cur.previous, cur.earlier)
             return cur
         voters = cur.voters
         settled = self.established_at is not None and now - self.established_at >= self.config.lease_duration * (
@@ -332,9 +373,20 @@ class Ownership:
             elif newcomers:
                 voters = voters | {newcomers[0]}
         members = frozenset(live & voters) | {self.self_id}
+        repaired = frozenset(n for n, e in self.repaired.items() if e >= cur.number)
         if voters == cur.voters and members == cur.members:
-            return None
-        return Epoch(max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), cur.members)
+            if not settled or all(r == cur.members for r in cur.rings):
+                return None
+            # The ring is the same, but rings of the history may be settled:
+            # an epoch without them frees catch-up from waiting on their nodes.
+            if not any(self.settled(r, repaired) for r in cur.rings if r != cur.members):
+                return None
+            rings = carried_rings(cur, repaired, self.settled)
+            return Epoch(max(cur.number, self._seen) + 1, voters, members, cur.members, rings)
+        return Epoch(
+            max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), cur.members,
+            carried_rings(cur, repaired, self.settled),
+        )
 
     def conflict(self, theirs: Epoch) -> None:
         """An acceptor refused our proposal holding ``theirs``."""
