@@ -39,6 +39,10 @@ class OwnershipConfig:
     max_drift: float = 0.02  # clocks run at 1 +- max_drift of real time (2 %)
     renew_interval: float = 0.4  # a lease is renewed this often
     propose_interval: float = 1.0  # a proposal that did not pass is retried after this
+    # Voters holding a higher epoch number than the established one for this
+    # long are stuck on a proposal that never passed: the proposer moves them
+    # past it with the same ring (``Ownership.next_epoch``).
+    stuck_after: float = 3.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_drift < 0.5:
@@ -174,6 +178,7 @@ class Ownership:
         self._next_propose = now
         self._conflict = False
         self._seen = epoch.number  # the highest epoch number heard of (ours to number past)
+        self._stuck_since: float | None = None  # since when a number above our established epoch is heard of
         # member -> the epoch number under which it last finished a full
         # repair pass (its lease requests say so)
         self.repaired: dict[str, int] = {}
@@ -195,6 +200,7 @@ class Ownership:
     def _take(self, epoch: Epoch) -> None:
         self.epoch = epoch
         self.established_at = None
+        self._stuck_since = None
         mine = self._grants.get(self.self_id)
         if mine is not None and mine[0] < epoch.number:
             del self._grants[self.self_id]  # our own lease under the old epoch ends here
@@ -214,7 +220,7 @@ class Ownership:
         member of five passed without any acceptor checking it (issue 15's
         chaos run, "ring epoch 8: 5 voters, 1 ring members"). True when
         ``epoch`` is (now) this node's."""
-        self._seen = max(self._seen, epoch.number)
+        self._note_seen(now, epoch.number)
         if not established:
             return epoch == self.epoch
         if epoch.number == self.epoch.number and epoch != self.epoch and self.established_at is None:
@@ -233,14 +239,25 @@ class Ownership:
         established; until then it is checked like any proposal."""
         if epoch == self.epoch and self.established_at is not None:
             return True
-        self._seen = max(self._seen, epoch.number)
+        self._note_seen(now, epoch.number)
         if leaves_out_alive(epoch, alive):
             return False
         return self.accept(now, epoch)
 
+    def _note_seen(self, now: float, number: int) -> None:
+        """An epoch number heard of: ours to number past, and, above an
+        established epoch of ours, the sign of voters stuck on a proposal."""
+        self._seen = max(self._seen, number)
+        if self._seen > self.epoch.number and self.established_at is not None:
+            if self._stuck_since is None:
+                self._stuck_since = now
+        else:
+            self._stuck_since = None
+
     def _settle(self, now: float, epoch: Epoch) -> None:
         """``epoch`` (ours) is known to be established."""
         self.established_at, self._base = now, epoch
+        self._stuck_since = now if self._seen > epoch.number else None
         # Names an operator forgot are done once an established epoch left
         # them out (not before: the proposal removing them counts on them).
         self.forgotten &= epoch.voters
@@ -373,16 +390,25 @@ class Ownership:
             elif newcomers:
                 voters = voters | {newcomers[0]}
         members = frozenset(live & voters) | {self.self_id}
-        repaired = frozenset(n for n, e in self.repaired.items() if e >= cur.number)
         if voters == cur.voters and members == cur.members:
-            if not settled or all(r == cur.members for r in cur.rings):
-                return None
-            # The ring is the same, but rings of the history may be settled:
-            # an epoch without them frees catch-up from waiting on their nodes.
-            if not any(self.settled(r, repaired) for r in cur.rings if r != cur.members):
-                return None
-            rings = carried_rings(cur, repaired, self.settled)
-            return Epoch(max(cur.number, self._seen) + 1, voters, members, cur.members, rings)
+            if self._stuck_since is not None and now - self._stuck_since >= self.config.stuck_after:
+                # Voters hold a higher number than ours that never passed (a
+                # proposal of another proposer, or ours before a restart):
+                # they refuse our grants and hold no lease under theirs. The
+                # same ring again, under a number past theirs, brings them back.
+                return self._successor(voters, members)
+            # No new epoch only to drop settled rings from the history: each
+            # epoch revokes every lease, and the ring is the same. They are
+            # dropped with the next change of the ring.
+            return None
+        return self._successor(voters, members)
+
+    def _successor(self, voters: frozenset[str], members: frozenset[str]) -> Epoch:
+        """The epoch after ours with these voters and ring members: its
+        history is ours less the rings every key has left
+        (``carried_rings``, given who finished a repair pass under ours)."""
+        cur = self.epoch
+        repaired = frozenset(n for n, e in self.repaired.items() if e >= cur.number)
         return Epoch(
             max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), cur.members,
             carried_rings(cur, repaired, self.settled),
