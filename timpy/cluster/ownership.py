@@ -86,8 +86,10 @@ class Epoch:
         return ((self.previous,) if self.previous else ()) + self.earlier
 
     def pack(self) -> list:
-        return [self.number, sorted(self.voters), sorted(self.members), sorted(self.previous),
-                [sorted(r) for r in self.earlier]]
+        raw = [self.number, sorted(self.voters), sorted(self.members), sorted(self.previous)]
+        if self.earlier:  # without a history, in the form nodes from before histories read
+            raw.append([sorted(r) for r in self.earlier])
+        return raw
 
     @classmethod
     def unpack(cls, raw: list) -> Epoch:
