@@ -88,3 +88,46 @@ def test_bench_connections_logs_every_client_in_and_reads_the_node_memory():
         result = json.loads(r.output.strip().splitlines()[-1])
         assert result["logins_per_s"] > 0 and result["node_rss_after_mib"] > 0
         assert result["argon2id_default_cost"] == "opslimit=2, memlimit=64 MiB"
+
+
+async def test_chat_tries_again_while_the_cluster_answers_unavailable(autojump_clock, capsys) -> None:
+    """A one-shot `timpy chat` command right after a node started (still
+    joining its cluster, or a ring change on its way) is answered
+    UNAVAILABLE for a moment: it tries again, says so once on stderr, and
+    gives up after READY_WAIT; any other error is raised at once."""
+    import pytest
+    import trio
+
+    from timpy.cli import chat
+    from timpy.errors import Code, RemoteError
+
+    answers = [RemoteError("this node has not joined a cluster yet", Code.UNAVAILABLE)] * 3 + ["done"]
+    calls: list[float] = []
+
+    async def call() -> str:
+        calls.append(trio.current_time())
+        a = answers.pop(0)
+        if isinstance(a, Exception):
+            raise a
+        return a
+
+    assert await chat._when_ready(call) == "done"
+    assert len(calls) == 4
+    assert capsys.readouterr().err.count("trying again") == 1
+
+    async def never() -> None:
+        raise RemoteError("this node reaches 1 of 3 cluster members", Code.UNAVAILABLE)
+
+    started = trio.current_time()
+    with pytest.raises(RemoteError):
+        await chat._when_ready(never)
+    assert chat.READY_WAIT - 2.5 <= trio.current_time() - started <= chat.READY_WAIT
+
+    async def refused() -> None:
+        calls.append(trio.current_time())
+        raise RemoteError("wrong password", Code.BAD_CREDENTIALS)
+
+    calls.clear()
+    with pytest.raises(RemoteError):
+        await chat._when_ready(refused)
+    assert len(calls) == 1

@@ -10,15 +10,19 @@ over to the next when its connection closes, and says so on screen.
 
 from __future__ import annotations
 
+import secrets
 import sys
+from collections.abc import Awaitable, Callable
+from contextlib import AsyncExitStack
 from datetime import datetime
+from typing import TypeVar
 
 import click
 import trio
 
 import timpy
 from timpy.client.client import TlsError, UrlError, parse_url
-from timpy.errors import RemoteError
+from timpy.errors import Code, RemoteError
 from timpy.wire.messages import ChatMessage
 
 
@@ -52,26 +56,51 @@ def chat(urls: tuple[str, ...], ca: str | None, user: str, password: str, do_reg
         raise click.ClickException(f"cannot reach {', '.join(urls)}: {exc}; is the node running?") from None
 
 
+T = TypeVar("T")
+READY_WAIT = 20.0  # seconds a one-shot command retries while the cluster answers "unavailable"
+
+
+async def _when_ready(call: Callable[[], Awaitable[T]]) -> T:
+    """``call()``, again while the node answers UNAVAILABLE (a node still
+    joining its cluster, a ring change on its way), for up to READY_WAIT
+    seconds; the first such answer is shown on stderr."""
+    deadline, delay, told = trio.current_time() + READY_WAIT, 0.25, False
+    while True:
+        try:
+            return await call()
+        except RemoteError as exc:
+            if exc.code != Code.UNAVAILABLE or trio.current_time() + delay > deadline:
+                raise
+            if not told:
+                click.echo(f"{exc.text}; trying again for up to {READY_WAIT:.0f} s", err=True)
+                told = True
+        await trio.sleep(delay)
+        delay = min(delay * 2, 2.0)
+
+
 async def _chat(urls: list[str], ca: str | None, user: str, password: str, do_register: bool, device: str,
                 peer: str | None, text: str | None, history: int | None, listen_for: float | None) -> None:
     if do_register:
-        await timpy.register(urls, user, password, ca=ca)
+        await _when_ready(lambda: timpy.register(urls, user, password, ca=ca))
         click.echo(f"registered {user}")
         if peer is None and text is None and history is None and listen_for is None:
             return
     interactive = text is None and history is None and listen_for is None
-    async with timpy.connect(urls, user, password, device=device, ca=ca, failover=interactive or None,
-                             on_status=lambda line: click.echo(f"\r*** {line}")) as client:
+    async with AsyncExitStack() as stack:
+        client = await _when_ready(lambda: stack.enter_async_context(timpy.connect(
+            urls, user, password, device=device, ca=ca, failover=interactive or None,
+            on_status=lambda line: click.echo(f"\r*** {line}"))))
         if text is not None or history is not None or listen_for is not None:
             if text is not None:
                 if not peer:
                     raise click.UsageError("--send needs --to")
-                ack = await client.send(peer, text)
+                client_id = secrets.token_hex(8)  # the same id on every try: stored once
+                ack = await _when_ready(lambda: client.send(peer, text, client_id=client_id))
                 click.echo(f"sent #{ack.seq}")
             if history is not None:
                 if not peer:
                     raise click.UsageError("--history needs --to")
-                page = await client.history(peer, limit=history)
+                page = await _when_ready(lambda: client.history(peer, limit=history))
                 for m in page.messages:
                     click.echo(_line(m))
             if listen_for is not None:

@@ -189,6 +189,11 @@ def codec_of(tp: Any) -> tuple[Encode, Decode]:
     raise TypeError(f"no node-to-node codec for {tp!r}")
 
 
+def _frozen(x: Any) -> Any:
+    """A decoded value as a hashable key: lists (nested ones too) as tuples."""
+    return tuple(_frozen(y) for y in x) if type(x) is list else x
+
+
 EPOCHS_KEPT = 64  # distinct ring epochs whose wire form is kept (a cluster has one or two in use)
 
 
@@ -216,7 +221,7 @@ def _epoch_codec() -> tuple[Encode, Decode]:
         key: tuple | None = None
         if type(value) is list and value and type(value[0]) is int:  # (True == 1: a bool number is no key)
             try:
-                key = tuple(tuple(x) if type(x) is list else x for x in value)
+                key = tuple(_frozen(x) for x in value)
                 found = decoded.get(key)
             except TypeError:  # not hashable: a malformed frame, which the decoder below names
                 key = found = None
@@ -1184,3 +1189,40 @@ class SearchConvs:
 
 PUSH_PUSHERS = op(83, "push.pushers", PushersChange, list[Pusher], _USER)  # the user's pushers after the change
 SEARCH_CONVS = op(84, "search.convs", SearchConvs, list[tuple[bytes, int, int]], THIS_NODE, timeout=15.0)  # (conv, seq, ms); seq -1: not a member
+
+
+@dataclass(frozen=True)
+class Repaired:
+    member: str
+    epoch: int  # the epoch number under which ``member`` last finished a full repair pass
+
+
+# A member finished a full repair pass (timpy/cluster/ownership_service.py): told to the voters, whose
+# proposer drops the rings every key has left from the next epoch's history (docs/consistency.md).
+OWN_REPAIRED = op(85, "own.repaired", Repaired, None, THIS_NODE, reply=False)
+
+
+# --- webhooks (timpy/im/webhooks.py) ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeadLettersOf:
+    endpoint: str  # "": every endpoint
+    after_id: int  # the asked node's own row id: the last one seen
+    limit: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter as the node delivering it holds it (ids are that node's)."""
+
+    id: int
+    endpoint: str
+    event_id: str
+    event_type: str
+    attempts: int
+    created_ms: int
+    error: str
+    body: bytes  # the event as it was sent
+
+
+WEBHOOKS_DEAD = op(86, "webhooks.dead", DeadLettersOf, list[DeadLetter], THIS_NODE, timeout=10.0)  # the asked node's dead letters of keys it delivers

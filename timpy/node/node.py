@@ -65,7 +65,7 @@ from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
 from timpy.im.threads import Threads
 from timpy.im.users import SYSTEM_USER, Identity, Users
-from timpy.im.webhooks import Webhooks
+from timpy.im.webhooks import LEGACY_OUTBOX, Webhooks
 from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
 from timpy.node.coordinator import BackendCoordinator
@@ -242,6 +242,7 @@ class Node:
                 cc.replicas, cc.write_quorum, cc.vnodes
             )
             placement = Placement(self.node_id, "", replication)
+            self.ownership.core.settled = placement.settled  # which rings the next epoch may drop
             self.peers = Peers(placement, self.cluster.rpc, self.ownership)
             self.peers.serve(ops.CLUSTER_STATUS, lambda _: self.cluster_status())
             self.peers.serve(ops.CLUSTER_FORGET, lambda a: self._forget(a.node_id))
@@ -362,7 +363,12 @@ class Node:
         current owner delivers them. Embedded, the rows are copied to the
         key's replicas; with shared backends, they are in the key's backend."""
         c = self.config
+        legacy = None if c.memory else c.data_dir / LEGACY_OUTBOX
         if not c.webhooks.endpoints:
+            self.peers.serve(ops.WEBHOOKS_DEAD, lambda _: [])  # the cluster's dead-letter view: none here
+            if legacy is not None and legacy.exists():
+                log.warning("%s holds webhook events of an earlier version; they are delivered once this node has "
+                            "[webhooks] endpoints again", legacy)
             return None
         placement = self.peers.placement
 
@@ -375,10 +381,11 @@ class Node:
         if c.storage.shared:
             sharded = ShardedOutbox(self.store.repo, Sealer(keys.storage))
             return Webhooks(c.webhooks, self.store, sharded, self.node_id, self._now_ms, self.metrics.registry,
-                            self._rng, owns=owns)
+                            self._rng, owns=owns, peers=self.peers, legacy_outbox=legacy, user_id_of=self.user_id_of)
         outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))  # its table is in the store's schema
         return Webhooks(c.webhooks, self.store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng,
-                        owns=owns, to_replicas=self.replicator.to_replicas)
+                        owns=owns, to_replicas=self.replicator.to_replicas, peers=self.peers, legacy_outbox=legacy,
+                        user_id_of=self.user_id_of)
 
     def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
         """At the user's owner: a device's terminal was recorded (a login) or went away (a logout)."""
@@ -440,11 +447,14 @@ class Node:
 
     def _epoch_changed(self, epoch: Epoch) -> None:
         placement = self.peers.placement
-        for name in epoch.members | epoch.previous:
+        for name in epoch.members.union(*epoch.rings):
             address = self.ownership.address_of(name)
             if address:
                 placement.addresses.setdefault(name, address)
-        if not placement.set_members(epoch.members, epoch.previous):
+        before = placement.members
+        if not placement.set_members(epoch.members, epoch.previous, epoch.earlier):
+            return
+        if placement.members == before:  # only the rings catch-up reads changed (docs/consistency.md)
             return
         log.info("ring changed (version %d): %d nodes", placement.version, len(placement.members))
         self.routes.keep_only(placement.members)
