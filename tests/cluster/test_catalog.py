@@ -105,6 +105,7 @@ PINNED: dict[int, tuple[str, tuple[str, ...]]] = {
     82: ('thread.heads', ('threads',)),
     83: ('push.pushers', ('user_id', 'op', 'pusher')),
     84: ('search.convs', ('user_id', 'wanted')),
+    85: ('own.repaired', ('member', 'epoch')),
 }
 
 
@@ -283,12 +284,13 @@ def test_an_epoch_travels_as_its_fields_and_decodes_to_one_object():
     """Epochs are encoded and decoded once each (lease traffic carries one in
     every message): the wire form stays the dataclass's, a second decode of
     equal fields gives the same object, and a malformed copy is still refused."""
-    e = Epoch(7, frozenset("abc"), frozenset("ab"), frozenset("abc"))
+    e = Epoch(7, frozenset("abc"), frozenset("ab"), frozenset("abc"), (frozenset("abcd"),))
     raw = catalog.OWN_ACCEPT.encode_args(catalog.EpochArgs(e))
-    assert raw == [[7, ["a", "b", "c"], ["a", "b"], ["a", "b", "c"]]]
+    assert raw == [[7, ["a", "b", "c"], ["a", "b"], ["a", "b", "c"], [["a", "b", "c", "d"]]]]
     first = catalog.OWN_ACCEPT.decode_args(msgpack.unpackb(msgpack.packb(raw)))
     again = catalog.OWN_ACCEPT.decode_args(msgpack.unpackb(msgpack.packb(raw)))
     assert first.epoch == e and again.epoch is first.epoch
-    for bad in ([[True, ["a", "b", "c"], ["a", "b"], ["a", "b", "c"]]], [[7, ["a", {}], [], []]], [[7, "abc", [], []]]):
+    for bad in ([[True, ["a", "b", "c"], ["a", "b"], ["a", "b", "c"], []]], [[7, ["a", {}], [], [], []]],
+                [[7, "abc", [], [], []]], [[7, [], [], [], [{}]]]):
         with pytest.raises(MalformedFrame):
             catalog.OWN_ACCEPT.decode_args(bad)

@@ -54,10 +54,6 @@ async def test_live_terminal_keeps_receiving_across_an_instant_restart_of_its_us
             assert cluster.nodes[gateway].routes.resend_requests >= 1
 
 
-@pytest.mark.xfail(strict=False, reason=(
-    "issue 15, open: after the owner returns, the cluster sometimes does not converge (about 1 run in 3): "
-    "nodes that accepted a proposal that never passed hold its higher epoch number without a lease, and the "
-    "proposer, whose established ring is unchanged, proposes nothing past it; wait_converged times out"))
 @pytest.mark.parametrize("seed", range(int(os.environ.get("OWNER_SEEDS", "2"))))
 async def test_live_terminal_keeps_receiving_when_its_users_owner_was_declared_dead_and_returns(
     autojump_clock, tmp_path: Path, seed: int

@@ -481,3 +481,80 @@ class Leases(RuleBasedStateMachine):
 
 Leases.TestCase.settings = settings(max_examples=400, stateful_step_count=50, deadline=None)
 TestLeases = Leases.TestCase
+
+
+def test_each_ring_change_carries_the_rings_before_it_until_their_keys_left_them():
+    """A ring stays in the epochs' history (catch-up reads it) until the
+    members that finished a repair pass under the current ring say, through
+    ``settled``, that every key of it has left it; older epochs saved without
+    a history read as having none."""
+    seven = "abcdefg"
+    a = Ownership("a", CFG, epoch(3, seven), 0.0)
+    a.established(0.0, a.epoch)
+    e4 = a.next_epoch(10.0, frozenset("abcdef"), frozenset())
+    assert e4 is not None and e4.previous == frozenset(seven) and e4.earlier == ()
+    a.established(10.0, e4)
+    e5 = a.next_epoch(20.0, frozenset("abcde"), frozenset())
+    assert e5 is not None and e5.rings == (frozenset("abcdef"), frozenset(seven))
+    assert Epoch.unpack(e5.pack()) == e5
+    assert Epoch.unpack(e5.pack()[:4]).earlier == ()  # saved before histories existed
+
+    asked: list[tuple[frozenset[str], frozenset[str]]] = []
+
+    def settled(ring: frozenset[str], repaired: frozenset[str]) -> bool:
+        asked.append((ring, repaired))
+        return ring == frozenset(seven) and repaired >= frozenset("abcde")
+
+    a.settled = settled
+    a.established(20.0, e5)
+    for m in "abcd":
+        a.note_repaired(m, e5.number)
+    a.note_repaired("e", e5.number - 1)  # a pass under an older epoch does not count
+    e6 = a.next_epoch(30.0, frozenset("abcd"), frozenset())
+    assert e6 is not None and e6.rings == (frozenset("abcde"), frozenset("abcdef"), frozenset(seven))
+    assert asked[-1][1] == frozenset("abcd")
+    a.established(30.0, e6)
+    for m in "abcde":
+        a.note_repaired(m, e6.number)
+    a.forget("e")  # another change (voters too), with every member repaired
+    e7 = a.next_epoch(40.0, frozenset("abcd"), frozenset())
+    assert e7 is not None and e7.rings == (frozenset("abcd"), frozenset("abcde"), frozenset("abcdef"))
+
+
+def test_settled_rings_leave_the_history_only_with_the_next_change_of_the_ring():
+    """An epoch revokes every lease: none is made only to drop settled rings
+    (in a full CI run such epochs refused writes in steady state). The next
+    real change of the ring drops them."""
+    a = Ownership("a", CFG, Epoch(5, frozenset("abcde"), frozenset("abcd"), frozenset("abcde"), (frozenset("abcdef"),)), 0.0)
+    a.established(0.0, a.epoch)
+    a.settled = lambda ring, repaired: repaired >= frozenset("abcd")
+    for m in "abcd":
+        a.note_repaired(m, 5)
+    assert a.next_epoch(10.0, frozenset("abcd"), frozenset()) is None  # the same ring: no epoch for the history alone
+    e6 = a.next_epoch(10.0, frozenset("abcde"), frozenset())  # e is back: a real change
+    assert e6 is not None and e6.members == frozenset("abcde") and e6.rings == (frozenset("abcd"),)
+
+
+def test_voters_stuck_on_a_higher_number_that_never_passed_are_moved_past_it_with_the_same_ring():
+    """A proposal that never passed leaves the voters that accepted it on its
+    number, without a lease (they refuse grants under ours, ours refuse
+    theirs). The proposer, whose ring is unchanged, proposes the same ring
+    past that number once it has been heard of for ``stuck_after``; not at
+    once, so a proposal of another proposer on its way is not raced."""
+    ring = frozenset("abcde")
+    a = Ownership("a", CFG, epoch(4, "abcde"), 0.0)
+    a.established(0.0, a.epoch)
+    assert a.next_epoch(10.0, ring, frozenset()) is None
+    stuck = Epoch(5, ring, frozenset("abcd"), ring)  # b's proposal without e, accepted by c and d only
+    assert not a.learn(10.0, stuck, established=False)  # heard in c's lease request
+    assert a.epoch.number == 4
+    assert a.next_epoch(10.5, ring, frozenset()) is None
+    e6 = a.next_epoch(10.0 + CFG.stuck_after, ring, frozenset())
+    assert e6 is not None and e6.number == 6 and e6.members == ring and e6.voters == ring
+    c = Ownership("c", CFG, epoch(4, "abcde"), 0.0)
+    c.established(0.0, c.epoch)
+    assert c.accept_proposal(10.0, stuck, ring - {"e"})
+    assert c.accept_proposal(13.0, e6, ring)  # the stuck voter takes the same ring past its number
+    a.propose(13.0, e6)
+    a.established(13.5, e6)
+    assert a.next_epoch(30.0, ring, frozenset()) is None  # moved past: nothing more

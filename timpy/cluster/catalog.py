@@ -189,6 +189,11 @@ def codec_of(tp: Any) -> tuple[Encode, Decode]:
     raise TypeError(f"no node-to-node codec for {tp!r}")
 
 
+def _frozen(x: Any) -> Any:
+    """A decoded value as a hashable key: lists (nested ones too) as tuples."""
+    return tuple(_frozen(y) for y in x) if type(x) is list else x
+
+
 EPOCHS_KEPT = 64  # distinct ring epochs whose wire form is kept (a cluster has one or two in use)
 
 
@@ -216,7 +221,7 @@ def _epoch_codec() -> tuple[Encode, Decode]:
         key: tuple | None = None
         if type(value) is list and value and type(value[0]) is int:  # (True == 1: a bool number is no key)
             try:
-                key = tuple(tuple(x) if type(x) is list else x for x in value)
+                key = tuple(_frozen(x) for x in value)
                 found = decoded.get(key)
             except TypeError:  # not hashable: a malformed frame, which the decoder below names
                 key = found = None
@@ -1183,4 +1188,13 @@ class SearchConvs:
 
 
 PUSH_PUSHERS = op(83, "push.pushers", PushersChange, list[Pusher], _USER)  # the user's pushers after the change
+@dataclass(frozen=True)
+class Repaired:
+    member: str
+    epoch: int  # the epoch number under which ``member`` last finished a full repair pass
+
+
 SEARCH_CONVS = op(84, "search.convs", SearchConvs, list[tuple[bytes, int, int]], THIS_NODE, timeout=15.0)  # (conv, seq, ms); seq -1: not a member
+# A member finished a full repair pass (timpy/cluster/ownership_service.py): told to the voters, whose
+# proposer drops the rings every key has left from the next epoch's history (docs/consistency.md).
+OWN_REPAIRED = op(85, "own.repaired", Repaired, None, THIS_NODE, reply=False)

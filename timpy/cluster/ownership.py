@@ -29,7 +29,7 @@ they accepted (``check_copy``).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 
@@ -39,6 +39,10 @@ class OwnershipConfig:
     max_drift: float = 0.02  # clocks run at 1 +- max_drift of real time (2 %)
     renew_interval: float = 0.4  # a lease is renewed this often
     propose_interval: float = 1.0  # a proposal that did not pass is retried after this
+    # Voters holding a higher epoch number than the established one for this
+    # long are stuck on a proposal that never passed: the proposer moves them
+    # past it with the same ring (``Ownership.next_epoch``).
+    stuck_after: float = 3.0
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_drift < 0.5:
@@ -70,19 +74,49 @@ class Epoch:
     voters: frozenset[str]
     members: frozenset[str]
     previous: frozenset[str] = frozenset()  # the ring members of the epoch this one replaced
+    # The ring members of the epochs before ``previous``, newest first, back
+    # to the last ring under which every key's data is known to have been
+    # settled (docs/consistency.md, "Catch-up across several rings"): a
+    # key untouched since then may still be only on its replicas there.
+    earlier: tuple[frozenset[str], ...] = ()
+
+    @property
+    def rings(self) -> tuple[frozenset[str], ...]:
+        """The rings catch-up reads besides this one: ``previous``, then ``earlier``."""
+        return ((self.previous,) if self.previous else ()) + self.earlier
 
     def pack(self) -> list:
-        return [self.number, sorted(self.voters), sorted(self.members), sorted(self.previous)]
+        raw = [self.number, sorted(self.voters), sorted(self.members), sorted(self.previous)]
+        if self.earlier:  # without a history, in the form nodes from before histories read
+            raw.append([sorted(r) for r in self.earlier])
+        return raw
 
     @classmethod
     def unpack(cls, raw: list) -> Epoch:
-        number, voters, members, previous = raw
+        number, voters, members, previous, *rest = raw  # saved before ``earlier`` existed: none
+        earlier = tuple(frozenset(map(str, r)) for r in rest[0]) if rest else ()
         return cls(
-            int(number), frozenset(map(str, voters)), frozenset(map(str, members)), frozenset(map(str, previous))
+            int(number), frozenset(map(str, voters)), frozenset(map(str, members)), frozenset(map(str, previous)),
+            earlier,
         )
 
 
 NO_EPOCH = Epoch(0, frozenset(), frozenset())
+
+
+MAX_RINGS = 16  # rings an epoch carries at most besides its own (docs/consistency.md, "Limits")
+
+
+def carried_rings(
+    current: Epoch, repaired: frozenset[str], settled: Callable[[frozenset[str], frozenset[str]], bool]
+) -> tuple[frozenset[str], ...]:
+    """The rings the epoch after ``current`` carries besides ``current``'s own
+    members (which become its ``previous``): ``current.rings``, less each ring
+    ``settled`` says every key of has left for the current ring (given the
+    members ``repaired`` that finished a full repair pass under ``current``),
+    and at most ``MAX_RINGS - 1`` of them (the oldest go first)."""
+    kept = tuple(r for r in current.rings if r != current.members and not settled(r, repaired))
+    return kept[: MAX_RINGS - 1]
 
 
 def leaves_out_alive(proposed: Epoch, alive: Iterable[str]) -> frozenset[str]:
@@ -146,6 +180,15 @@ class Ownership:
         self._next_propose = now
         self._conflict = False
         self._seen = epoch.number  # the highest epoch number heard of (ours to number past)
+        self._stuck_since: float | None = None  # since when a number above our established epoch is heard of
+        # member -> the epoch number under which it last finished a full
+        # repair pass (its lease requests say so)
+        self.repaired: dict[str, int] = {}
+        # Whether every key's data left a ring for the current one, given the
+        # members that finished a repair pass under it (the shell sets
+        # ``Placement.settled``); by default a ring is never settled, and
+        # leaves the history only past ``MAX_RINGS``.
+        self.settled: Callable[[frozenset[str], frozenset[str]], bool] = lambda ring, repaired: False
 
     # --- acceptor -----------------------------------------------------------
 
@@ -159,6 +202,7 @@ class Ownership:
     def _take(self, epoch: Epoch) -> None:
         self.epoch = epoch
         self.established_at = None
+        self._stuck_since = None
         mine = self._grants.get(self.self_id)
         if mine is not None and mine[0] < epoch.number:
             del self._grants[self.self_id]  # our own lease under the old epoch ends here
@@ -178,7 +222,7 @@ class Ownership:
         member of five passed without any acceptor checking it (issue 15's
         chaos run, "ring epoch 8: 5 voters, 1 ring members"). True when
         ``epoch`` is (now) this node's."""
-        self._seen = max(self._seen, epoch.number)
+        self._note_seen(now, epoch.number)
         if not established:
             return epoch == self.epoch
         if epoch.number == self.epoch.number and epoch != self.epoch and self.established_at is None:
@@ -197,14 +241,25 @@ class Ownership:
         established; until then it is checked like any proposal."""
         if epoch == self.epoch and self.established_at is not None:
             return True
-        self._seen = max(self._seen, epoch.number)
+        self._note_seen(now, epoch.number)
         if leaves_out_alive(epoch, alive):
             return False
         return self.accept(now, epoch)
 
+    def _note_seen(self, now: float, number: int) -> None:
+        """An epoch number heard of: ours to number past, and, above an
+        established epoch of ours, the sign of voters stuck on a proposal."""
+        self._seen = max(self._seen, number)
+        if self._seen > self.epoch.number and self.established_at is not None:
+            if self._stuck_since is None:
+                self._stuck_since = now
+        else:
+            self._stuck_since = None
+
     def _settle(self, now: float, epoch: Epoch) -> None:
         """``epoch`` (ours) is known to be established."""
         self.established_at, self._base = now, epoch
+        self._stuck_since = now if self._seen > epoch.number else None
         # Names an operator forgot are done once an established epoch left
         # them out (not before: the proposal removing them counts on them).
         self.forgotten &= epoch.voters
@@ -219,6 +274,11 @@ class Ownership:
         """When the last promise given under an epoch older than ours ends (our clock)."""
         ends = [until for number, until in self._grants.values() if number < self.epoch.number and until > now]
         return max(ends, default=now)
+
+    def note_repaired(self, member: str, epoch_number: int) -> None:
+        """``member`` finished a full repair pass under ``epoch_number``."""
+        if epoch_number > self.repaired.get(member, 0):
+            self.repaired[member] = epoch_number
 
     def grant(self, now: float, holder: str, epoch: Epoch, holder_dead: bool, established: bool = False) -> bool:
         """Grant ``holder`` a lease under ``epoch``; the promise lasts
@@ -318,7 +378,7 @@ class Ownership:
             # move past it with the next number and the ring as seen now.
             fresh = frozenset(live & cur.voters) | {self.self_id}
             if self._conflict or fresh != cur.members or self._seen > cur.number:
-                return Epoch(max(cur.number, self._seen) + 1, cur.voters, fresh, cur.previous)
+                return Epoch(max(cur.number, self._seen) + 1, cur.voters, fresh, cur.previous, cur.earlier)
             return cur
         voters = cur.voters
         settled = self.established_at is not None and now - self.established_at >= self.config.lease_duration * (
@@ -333,8 +393,28 @@ class Ownership:
                 voters = voters | {newcomers[0]}
         members = frozenset(live & voters) | {self.self_id}
         if voters == cur.voters and members == cur.members:
+            if self._stuck_since is not None and now - self._stuck_since >= self.config.stuck_after:
+                # Voters hold a higher number than ours that never passed (a
+                # proposal of another proposer, or ours before a restart):
+                # they refuse our grants and hold no lease under theirs. The
+                # same ring again, under a number past theirs, brings them back.
+                return self._successor(voters, members)
+            # No new epoch only to drop settled rings from the history: each
+            # epoch revokes every lease, and the ring is the same. They are
+            # dropped with the next change of the ring.
             return None
-        return Epoch(max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), cur.members)
+        return self._successor(voters, members)
+
+    def _successor(self, voters: frozenset[str], members: frozenset[str]) -> Epoch:
+        """The epoch after ours with these voters and ring members: its
+        history is ours less the rings every key has left
+        (``carried_rings``, given who finished a repair pass under ours)."""
+        cur = self.epoch
+        repaired = frozenset(n for n, e in self.repaired.items() if e >= cur.number)
+        return Epoch(
+            max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), cur.members,
+            carried_rings(cur, repaired, self.settled),
+        )
 
     def conflict(self, theirs: Epoch) -> None:
         """An acceptor refused our proposal holding ``theirs``."""

@@ -37,6 +37,7 @@ log = logging.getLogger("timpy.cluster")
 MEMBERS_FILE = "cluster-members.json"
 FOUND_AFTER = 10.0  # seconds seeing members alive without being added, before asking whether anyone has a ring
 BOOTSTRAP_GRACE = 3.0  # seconds every member seen alive must have had no ring before the lowest id founds one
+REPAIRED_RETELL = 5.0  # seconds between tellings of the same finished repair pass (one-way notices)
 
 
 class QuorumLost(TimpyError):
@@ -98,6 +99,7 @@ class OwnershipService:
         self._drained = trio.Event()
         self._saved: tuple[Epoch, dict[str, str]] | None = None
         self.lease_lost_at: float | None = None  # when this node last stopped holding a lease
+        self._repaired_told, self._repaired_told_at = 0, 0.0  # the repair pass last told to the voters, and when
         self._unfounded_since: float | None = None
         self._alone_since: float | None = None  # since when this node, with no ring, sees members alive
         self._ring_heard_at: float | None = None  # when a member last said it has a ring
@@ -105,6 +107,7 @@ class OwnershipService:
         rpc.serve(ops.OWN_ACCEPT, self._on_accept)
         rpc.serve(ops.OWN_ESTABLISHED, self._on_established)
         rpc.serve(ops.OWN_FENCE, self._on_fence)
+        rpc.serve(ops.OWN_REPAIRED, self._on_repaired)
 
     # --- what the node asks -------------------------------------------------
 
@@ -324,6 +327,14 @@ class OwnershipService:
         if self.self_id in rnd.epoch.voters:
             self.core.round_answer(now, rnd, self.self_id, self.core.grant(now, self.self_id, rnd.epoch, False))
         grant = ops.Grant(rnd.epoch, self.self_id, rnd.established)
+        repaired = self.core.repaired.get(self.self_id, 0)
+        if repaired and (repaired != self._repaired_told or now - self._repaired_told_at >= REPAIRED_RETELL):
+            # One-way, so told again now and then: a lost notice only delays the history's trim.
+            self._repaired_told, self._repaired_told_at = repaired, now
+            for voter in sorted(rnd.epoch.voters - {self.self_id}):
+                address = self.address_of(voter)
+                if address:
+                    self._rpc.notify(address, ops.OWN_REPAIRED, ops.Repaired(self.self_id, repaired))
 
         async def ask(voter: str, address: str) -> None:
             try:
@@ -342,6 +353,15 @@ class OwnershipService:
 
     def _answer(self, granted: bool) -> ops.Granted:
         return ops.Granted(granted, self.core.epoch, self.core.established_at is not None)
+
+    def note_repaired(self, epoch_number: int) -> None:
+        """This node finished a full repair pass under ``epoch_number``: its
+        lease requests say so, and the proposer drops rings whose keys have
+        all left them (``Ownership.next_epoch``)."""
+        self.core.note_repaired(self.self_id, epoch_number)
+
+    def _on_repaired(self, a: ops.Repaired) -> None:
+        self.core.note_repaired(a.member, a.epoch)
 
     def _on_grant(self, a: ops.Grant) -> ops.Granted:
         self._learn(a.epoch, a.established)

@@ -36,6 +36,11 @@ class Placement:
         self.addresses: dict[str, str] = {self_id: self_address}
         self.ring = HashRing.of([self_id], config.vnodes)
         self.previous: HashRing | None = None  # the ring before the last change (where keys were)
+        # Every ring catch-up reads besides the current one: ``previous`` and
+        # the ones before it back to the last settled ring (``Epoch.rings``).
+        self.history: tuple[HashRing, ...] = ()
+        self._settled: dict[tuple[frozenset[str], frozenset[str]], bool] = {}
+        self._replica_sets: dict[frozenset[str], list[frozenset[str]]] = {}  # a ring's every replica set
         self.version = 0
 
     def update(self, members: Iterable[Member]) -> bool:
@@ -45,21 +50,69 @@ class Placement:
         self.addresses.update(live)
         return self.set_members(live)
 
-    def set_members(self, members: Iterable[str], previous: Iterable[str] | None = None) -> bool:
+    def set_members(
+        self, members: Iterable[str], previous: Iterable[str] | None = None,
+        earlier: Iterable[Iterable[str]] = (),
+    ) -> bool:
         """Place keys on exactly these nodes (a ring epoch a majority accepted);
-        ``previous``: the members of the ring it replaced. True when the ring changed."""
+        ``previous``: the members of the ring it replaced; ``earlier``: the
+        rings before that one catch-up must still read (``Epoch.earlier``).
+        True when the ring or its history changed."""
         names = frozenset(members) or frozenset({self.self_id})
-        if names == self.ring.members:
-            return False
+        if previous is None and names == self.ring.members:
+            return False  # no epoch says otherwise: the ring it replaced is the one it replaced before
         before = frozenset(previous) if previous is not None else self.ring.members
-        self.previous = HashRing.of(before, self.config.vnodes) if before else None
-        self.ring = HashRing.of(names, self.config.vnodes)
+        rings = tuple(frozenset(r) for r in ((before,) if before else ()) + tuple(earlier) if r)
+        if names == self.ring.members and rings == tuple(r.members for r in self.history):
+            return False
+        old = {r.members: r for r in self.history}
+        self.history = tuple(old.get(r) or HashRing.of(r, self.config.vnodes) for r in rings)
+        self.previous = self.history[0] if before and self.history else None
+        if names != self.ring.members:
+            self.ring = HashRing.of(names, self.config.vnodes)
         self.version += 1
         return True
 
     def previous_replicas(self, key: bytes) -> list[str]:
         """The key's replicas before the last ring change (empty if none)."""
         return self.previous.replicas(key, self.config.replicas) if self.previous is not None else []
+
+    def history_replicas(self, key: bytes) -> list[list[str]]:
+        """The key's replicas in each ring of the history, newest first."""
+        return [r.replicas(key, self.config.replicas) for r in self.history]
+
+    def held_before(self, key: bytes) -> bool:
+        """Whether this node is one of the key's replicas in a ring of the history."""
+        return any(self.self_id in r for r in self.history_replicas(key))
+
+    def settled(self, ring: frozenset[str], repaired: frozenset[str]) -> bool:
+        """Whether every key's data has left ``ring`` for the current one, given
+        the members ``repaired`` that finished a full repair pass under the
+        current ring: every key has, among its replicas in ``ring``, more than
+        R - W that are such members. An acknowledged write is on W of them, so
+        one of these held it and its pass copied it to the key's current
+        replicas (docs/consistency.md, "Catch-up across several rings")."""
+        repaired = repaired & ring
+        key = (ring, repaired)
+        found = self._settled.get(key)
+        if found is None:  # asked again and again by the proposer (every 0.1 s): computed once per answer
+            r = self.config.replicas
+            need = min(r, len(ring)) - min(self.config.write_quorum, len(ring)) + 1
+            if len(repaired) < need:
+                found = False
+            else:
+                sets = self._replica_sets.get(ring)
+                if sets is None:
+                    if len(self._replica_sets) >= 32:
+                        self._replica_sets.clear()
+                    sets = self._replica_sets[ring] = [
+                        frozenset(s) for s in HashRing.of(ring, self.config.vnodes).replica_sets(r)
+                    ]
+                found = all(len(s & repaired) >= need for s in sets)
+            if len(self._settled) >= 256:
+                self._settled.clear()
+            self._settled[key] = found
+        return found
 
     @property
     def members(self) -> frozenset[str]:
@@ -93,4 +146,4 @@ class Placement:
     @property
     def alone(self) -> bool:
         """A ring of one that replaced no ring with other members: no other node ever held its keys."""
-        return self.single and (self.previous is None or self.previous.members <= {self.self_id})
+        return self.single and all(r.members <= {self.self_id} for r in self.history)

@@ -89,6 +89,25 @@ class HashRing:
                     break
         return out
 
+    def replica_sets(self, count: int) -> set[tuple[str, ...]]:
+        """Every distinct replica set (owner first) some key of the circle has:
+        one per arc between two points."""
+        if not self._points:
+            return set()
+        want = min(count, len(self.weights))
+        n = len(self._points)
+        out: set[tuple[str, ...]] = set()
+        for start in range(n):
+            got: list[str] = []
+            for step in range(n):
+                member = self._owners[(start + step) % n]
+                if member not in got:
+                    got.append(member)
+                    if len(got) == want:
+                        break
+            out.add(tuple(got))
+        return out
+
     def with_member(self, member: str, weight: float = 1.0) -> HashRing:
         return HashRing({**self.weights, member: weight}, self.vnodes)
 

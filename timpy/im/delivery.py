@@ -25,7 +25,7 @@ import trio
 
 from timpy.cluster import catalog as ops
 from timpy.config import Limits
-from timpy.errors import TimpyError
+from timpy.errors import Code, TimpyError
 from timpy.im import ids, kinds
 from timpy.im.batches import BatchedCalls
 from timpy.im.peers import Peers
@@ -39,6 +39,7 @@ from timpy.store.rows import StoredMessage
 from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 REATTACH_ATTEMPTS = 15  # tries to record a live terminal with its user's new owner (about 25 s)
+RESYNC_ATTEMPTS = 8  # tries to sync a live terminal while the cluster answers "unavailable" (about 9 s)
 
 
 def stored_message(conversation: str, seq: int, created_ms: int, content: bytes) -> ChatMessage:
@@ -154,10 +155,20 @@ class Deliverer:
         self._tasks.spawn(self._run_resync, terminal)
 
     async def _run_resync(self, terminal: LiveTerminal) -> None:
-        try:
-            await self.sync(terminal, terminal.last_pos)
-        except TimpyError as exc:
-            terminal.link.close(f"could not catch up on missed messages ({exc.text}); reconnect", exc.code)
+        # A ring change on its way makes the owner answer "unavailable" for a
+        # moment (each epoch revokes the leases): try again while the
+        # terminal lives, and close it only when that lasts.
+        for attempt in range(RESYNC_ATTEMPTS):
+            try:
+                await self.sync(terminal, terminal.last_pos)
+                return
+            except TimpyError as exc:
+                if exc.code != Code.UNAVAILABLE or attempt == RESYNC_ATTEMPTS - 1:
+                    terminal.link.close(f"could not catch up on missed messages ({exc.text}); reconnect", exc.code)
+                    return
+            await trio.sleep(min(0.2 * 2**attempt, 2.0))
+            if self._registry.find(terminal.user_id, terminal.device_id) is not terminal:
+                return  # closed meanwhile
 
     # --- sync and acknowledgements ----------------------------------------------------
 

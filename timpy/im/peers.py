@@ -54,6 +54,8 @@ class _Ownership(Protocol):
 
     async def fence(self, epoch: Epoch) -> None: ...
 
+    def note_repaired(self, epoch_number: int) -> None: ...
+
 
 class Peers:
     def __init__(self, placement: Placement, rpc: Rpc | None, ownership: _Ownership | None = None) -> None:

@@ -97,6 +97,7 @@ class Replicator:
         self._locks: dict[tuple[str, bytes], trio.Lock] = {}
         self._wake_send, self._wake = trio.open_memory_channel[None](1)
         self._undone: dict[tuple, float] = {}  # rows undone lately -> until when late copies of them are dropped
+        self._pass_missed = False  # a comparison of the running repair pass failed: it is not a full pass
         self._register()
 
     # --- write quorum -------------------------------------------------------
@@ -256,23 +257,29 @@ class Replicator:
                 return
             placement = self._peers.placement
             version = placement.version
-            previous = placement.previous_replicas(key) or placement.replicas(key)
-            others = sorted(set(previous + placement.replicas(key)) - {self._peers.self_id})
-            # An acknowledged write is on W of the key's previous replicas: hear
-            # from enough of them (this node counts if it was one) that any W
-            # of them include one that answered, else refuse the key.
-            need = len(previous) - min(self._peers.placement.config.write_quorum, len(previous)) + 1
-            need -= self._peers.self_id in previous
+            me = self._peers.self_id
+            current = placement.replicas(key)
+            # An acknowledged write is on W of the key's replicas in the ring
+            # it was written under, and a key untouched since is still only
+            # there: for every ring of the history (back to the last one its
+            # data is known to have left), hear from enough of the key's
+            # replicas in it (this node counts if it was one) that any W of
+            # them include one that answered, else refuse the key
+            # (docs/consistency.md, "Catch-up across several rings").
+            rings = placement.history_replicas(key) or [current]
+            others = sorted(set(current).union(*rings) - {me})
             if others:
                 answered = await self._pull(kind, key, others)
-                got = len(answered & set(previous))
-                if got < need:
-                    raise CopiesOutOfReach(
-                        f"this node could reach only {got} of the {len(previous) - (self._peers.self_id in previous)} "
-                        f"other nodes that held this {'conversation' if kind == 'conv' else 'account'}; "
-                        f"it needs {need} to be sure it has every message: retry later",
-                        Code.UNAVAILABLE,
-                    )
+                for replicas in rings:
+                    need = len(replicas) - min(placement.config.write_quorum, len(replicas)) + 1 - (me in replicas)
+                    got = len(answered & set(replicas))
+                    if got < need:
+                        raise CopiesOutOfReach(
+                            f"this node could reach only {got} of the {len(replicas) - (me in replicas)} "
+                            f"other nodes that held this {'conversation' if kind == 'conv' else 'account'}; "
+                            f"it needs {need} to be sure it has every message: retry later",
+                            Code.UNAVAILABLE,
+                        )
             if self._peers.placement.version == version:
                 self._warm.add((kind, key))
         if not lock.locked():
@@ -378,6 +385,8 @@ class Replicator:
             return
         p = self.progress
         p.running, started = True, time.monotonic()
+        epoch, version = self._peers.epoch_number, self._peers.placement.version
+        self._pass_missed = False
         before = (p.rows_repaired, p.conflicting_slots)
         checked = repaired = 0
         try:
@@ -404,15 +413,19 @@ class Replicator:
                         break
                     after = upto
             placement = self._peers.placement
-            me = self._peers.self_id
             dropped = await self._store.run(  # catch-up may still read a previous replica's copy
                 self._store.local.drop_unreferenced_messages,
-                lambda k: placement.holds(k) or me in placement.previous_replicas(k),
+                lambda k: placement.holds(k) or placement.held_before(k),
             )
         finally:
             p.running = False
             p.passes += 1
             p.last_pass_s = round(time.monotonic() - started, 3)
+        own = self._peers.ownership
+        if not self._pass_missed and placement.version == version and own is not None:
+            # Every key held here reached each of its replicas under this
+            # ring: rings whose keys all have such a holder can leave the history.
+            own.note_repaired(epoch)
         rows, conflicts = p.rows_repaired - before[0], p.conflicting_slots - before[1]
         if dropped:
             log.info("repair: dropped %d message row(s) of conversations this node holds no copy of", dropped)
@@ -436,6 +449,7 @@ class Replicator:
             )
         except TimpyError as exc:
             log.debug("repair with %s: %s", node, exc.text)
+            self._pass_missed = True
             return 0, 0
         self.progress.ranges_compared += 1
         repaired = fetched = 0
@@ -444,6 +458,7 @@ class Replicator:
                 f = await self._repair_key(kind, node, key)
             except TimpyError as exc:
                 log.debug("repair of a key with %s: %s", node, exc.text)
+                self._pass_missed = True
                 return repaired, fetched
             repaired += 1
             fetched += f

@@ -242,6 +242,7 @@ class Node:
                 cc.replicas, cc.write_quorum, cc.vnodes
             )
             placement = Placement(self.node_id, "", replication)
+            self.ownership.core.settled = placement.settled  # which rings the next epoch may drop
             self.peers = Peers(placement, self.cluster.rpc, self.ownership)
             self.peers.serve(ops.CLUSTER_STATUS, lambda _: self.cluster_status())
             self.peers.serve(ops.CLUSTER_FORGET, lambda a: self._forget(a.node_id))
@@ -440,11 +441,14 @@ class Node:
 
     def _epoch_changed(self, epoch: Epoch) -> None:
         placement = self.peers.placement
-        for name in epoch.members | epoch.previous:
+        for name in epoch.members.union(*epoch.rings):
             address = self.ownership.address_of(name)
             if address:
                 placement.addresses.setdefault(name, address)
-        if not placement.set_members(epoch.members, epoch.previous):
+        before = placement.members
+        if not placement.set_members(epoch.members, epoch.previous, epoch.earlier):
+            return
+        if placement.members == before:  # only the rings catch-up reads changed (docs/consistency.md)
             return
         log.info("ring changed (version %d): %d nodes", placement.version, len(placement.members))
         self.routes.keep_only(placement.members)

@@ -45,15 +45,23 @@ async def _split_in(n: int, seed: int, data_dir: Path) -> dict[str, Any]:
         minority = set(range((n - 1) // 2))
         majority = set(range(n)) - minority
         minority_ids = {cluster.node_ids[i] for i in minority}
-        # Two users whose conversation is owned on the minority side.
-        await cluster.register(min(majority), "u0", password)
-        sender = "u0"
+        # Two users whose conversation is owned on the minority side. Each key
+        # a send writes (the conversation, both inboxes) has two of its three
+        # replicas on the majority's side: a key most of whose replicas are
+        # across the split is refused until it heals (docs/consistency.md).
+        placement, idx = nodes[0].peers.placement, nodes[0].indexer
+
+        def servable(key: bytes) -> bool:
+            return len(set(placement.replicas(key)) - minority_ids) >= 2
+
+        sender = next((f"s{j}" for j in range(200) if servable(ids.user_id(idx, f"s{j}"))), "u0")
+        await cluster.register(min(majority), sender, password)
         recipient = ""
-        for k in range(1, 200):
+        for k in range(1, 400):
             name = f"u{k}"
-            uid = ids.user_id(nodes[0].indexer, name)
-            conv = ids.direct_conversation(nodes[0].indexer, ids.user_id(nodes[0].indexer, sender), uid)
-            if nodes[0].peers.placement.owner(conv) in minority_ids:
+            uid = ids.user_id(idx, name)
+            conv = ids.direct_conversation(idx, ids.user_id(idx, sender), uid)
+            if placement.owner(conv) in minority_ids and servable(conv) and servable(uid):
                 recipient = name
                 break
         if not recipient:

@@ -1,0 +1,144 @@
+"""Catch-up hears from the key's replicas in every ring since the key was
+last known settled, not only the previous ring (docs/consistency.md).
+
+Seven whole nodes over ``timpy.testing``'s memory network, under a mock
+clock, R = 3, W = 2. A message is acknowledged on two of its conversation's
+three replicas (the third missed the copy). Then the two that hold it are cut
+off, one ring epoch at a time, and repair does not get to the key in between
+(it is switched off: in a large cluster the next ring change comes before
+repair reaches the key), then a third node. After the third change, the key's replicas in the
+current ring and in the previous one are nodes that never held the message:
+catching up from the previous ring alone, the new owner heard "enough"
+replicas, numbered from an empty copy, and put a new message at the
+acknowledged one's seq (what ``timpy bench partition --sizes 50`` showed).
+The new owner must refuse instead."""
+
+from __future__ import annotations
+
+import trio
+from sqlalchemy import select
+
+import timpy
+from tests.cluster.test_owner_restart import send_until_acked
+from tests.conftest import PASSWORD
+from timpy.im import ids
+from timpy.im.replication import Replicator
+from timpy.store import schema as s
+from timpy.testing import open_cluster
+
+
+def has_seq(node, conv: bytes, seq: int) -> bool:  # noqa: ANN001 - a timpy Node
+    m = s.messages
+    with node.store.repo.engine.connect() as conn:
+        return conn.execute(select(m.c.seq).where(m.c.conv_id == conv, m.c.seq == seq)).first() is not None
+
+
+def dedup_at(node, conv: bytes, seq: int) -> bytes:  # noqa: ANN001 - a timpy Node
+    m = s.messages
+    with node.store.repo.engine.connect() as conn:
+        return bytes(conn.execute(select(m.c.dedup).where(m.c.conv_id == conv, m.c.seq == seq)).scalar_one())
+
+
+async def wait_off_ring(cluster, majority: list[int], gone: int) -> None:  # noqa: ANN001
+    name = cluster.node_ids[gone]
+    with trio.fail_after(300):
+        while not all(
+            name not in cluster.nodes[i].peers.placement.members and cluster.nodes[i].ownership.has_lease()
+            for i in majority
+        ):
+            await trio.sleep(0.1)
+
+
+async def test_an_acknowledged_message_survives_its_holders_leaving_the_ring_one_epoch_at_a_time(
+    autojump_clock, monkeypatch
+):
+    async def no_repair(self) -> None:  # noqa: ANN001
+        return None
+
+    monkeypatch.setattr(Replicator, "repair_pass", no_repair)
+    async with open_cluster(7, seed=11) as cluster:
+        await cluster.wait_converged(300)
+        await cluster.register(0, "ann", PASSWORD)
+        await cluster.register(0, "ben", PASSWORD)
+        idx = cluster.nodes[0].indexer
+        ann, ben = ids.user_id(idx, "ann"), ids.user_id(idx, "ben")
+        conv = ids.direct_conversation(idx, ann, ben)
+        owner, second, third = (cluster.node_ids.index(n) for n in cluster.nodes[0].peers.placement.replicas(conv))
+        rest = [i for i in range(7) if i not in (owner, second)]
+        via = next(i for i in rest if i != third)
+
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "before", "c0")
+        # The third replica missed the copy (the write is acknowledged on W = 2).
+        dedup = await cluster.nodes[owner].store.run(dedup_at, cluster.nodes[owner], conv, 1)
+        third_repo = cluster.nodes[third].store.repo
+        await cluster.nodes[third].store.run(third_repo.undo_writes, [(conv, 1, dedup)], [])
+        assert has_seq(cluster.nodes[owner], conv, 1) and has_seq(cluster.nodes[second], conv, 1)
+        assert not has_seq(cluster.nodes[third], conv, 1)
+
+        cluster.partition([owner], [second, *rest])
+        await wait_off_ring(cluster, [second, *rest], owner)
+        cluster.partition([owner], [second], rest)
+        await wait_off_ring(cluster, rest, second)
+        extra = next(i for i in rest if i not in (via, third))  # one more change: 4 of the 7 voters remain
+        majority = [i for i in rest if i != extra]
+        cluster.partition([owner], [second], [extra], majority)
+        await wait_off_ring(cluster, majority, extra)
+        placement = cluster.nodes[via].peers.placement
+        held = {cluster.node_ids[owner], cluster.node_ids[second]}
+        assert not held & set(placement.replicas(conv))
+        assert not held & set(placement.previous_replicas(conv))  # the previous ring does not know them either
+
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            try:
+                await a.send("ben", "during", client_id="c1")
+            except timpy.RemoteError as exc:
+                assert exc.code == timpy.Code.UNAVAILABLE  # the holders are out of reach: refused
+            else:
+                raise AssertionError("numbered a message while the acknowledged one was out of reach")
+
+        # Nothing was numbered over it on the majority's side.
+        for i in rest:
+            assert not has_seq(cluster.nodes[i], conv, 1) or dedup_at(cluster.nodes[i], conv, 1) == dedup
+
+        # The split heals: the next send follows the acknowledged message.
+        cluster.heal()
+        await cluster.wait_converged(300)
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "after", "c2")
+            history = (await a.history("ben")).messages
+        assert [m.body for m in history][:1] == [b"before"], history
+        assert [m.seq for m in history] == list(range(1, len(history) + 1))
+        assert b"after" in [m.body for m in history]
+
+
+async def test_rings_leave_the_history_with_the_next_ring_change_once_every_member_finished_a_repair_pass(
+    autojump_clock,
+):
+    """The members tell the voters of their finished repair passes; the
+    proposer then leaves the rings every key has left out of the next epoch,
+    and catch-up no longer waits on them. No epoch is made for that alone
+    (each revokes every lease): it waits for the next change of the ring."""
+    async with open_cluster(5, seed=5) as cluster:
+        await cluster.wait_converged(300)
+        await cluster.kill(4)
+        await cluster.wait_converged(300)
+        live = [cluster.node_ids[i] for i in range(4)]
+        everyone = frozenset(cluster.node_ids)
+        for i in range(4):
+            assert everyone in [r.members for r in cluster.nodes[i].peers.placement.history]
+        number = cluster.nodes[0].ownership.core.epoch.number
+        with trio.fail_after(300):  # every member finished a pass under this epoch, and the voters know it
+            while not all(
+                cluster.nodes[i].ownership.core.repaired.get(m, 0) >= number for i in range(4) for m in live
+            ):
+                await trio.sleep(0.5)
+        await trio.sleep(10)
+        for i in range(4):  # the ring did not change: no epoch only to drop the history
+            assert cluster.nodes[i].ownership.core.epoch.number == number
+        await cluster.kill(3)
+        await cluster.wait_converged(300)
+        for i in range(3):
+            placement = cluster.nodes[i].peers.placement
+            assert placement.members == frozenset(live[:3])
+            assert [r.members for r in placement.history] == [frozenset(live)]  # the ring of five is gone
