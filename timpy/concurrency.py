@@ -64,3 +64,13 @@ async def to_worker(fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimi
         return fn(*args)
     finally:
         await trio.lowlevel.cancel_shielded_checkpoint()
+
+
+async def yield_share(started: float, share: float, longest: float) -> None:
+    """Pause a background loop whose round began at ``started`` (trio time)
+    so that its rounds take at most ``share`` of the time, and never longer
+    than ``longest`` seconds: work that coalesces (a conversation list's
+    notices, search indexing) then leaves the loop and the store thread to
+    the writer under load, and does more per round instead of more rounds."""
+    spent = trio.current_time() - started
+    await trio.sleep(min(spent * (1 - share) / share, longest))

@@ -106,6 +106,7 @@ PINNED: dict[int, tuple[str, tuple[str, ...]]] = {
     83: ('push.pushers', ('user_id', 'op', 'pusher')),
     84: ('search.convs', ('user_id', 'wanted')),
     85: ('own.repaired', ('member', 'epoch')),
+    86: ('webhooks.dead', ('endpoint', 'after_id', 'limit')),
 }
 
 

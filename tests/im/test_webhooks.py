@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import msgpack
 import pytest
 import trio
 
@@ -19,9 +20,10 @@ import timpy
 from tests.conftest import FAST_SECURITY, PASSWORD, node_config, users
 from tests.support.http_receivers import BusinessServer
 from timpy.client import Connector
-from timpy.config import Limits, NodeConfig, WebhookEndpoint, WebhooksConfig
+from timpy.config import ClusterConfig, Limits, NodeConfig, WebhookEndpoint, WebhooksConfig
 from timpy.errors import Code, RemoteError
 from timpy.im import ids
+from timpy.im.events import event_id
 from timpy.testing import open_cluster
 
 SECRET = "shared-secret-0123456789"
@@ -212,6 +214,13 @@ async def test_unverified_deliveries_become_dead_letters_the_admin_api_retries_a
                 status = (await http.get(api)).json()["endpoints"][0]
                 assert (status["name"], status["dead"], status["pending"]) == ("biz", 6, 0)
                 assert (await http.get(f"{api}/dead", params={"endpoint": "nope"})).status_code == 400
+                cluster = (await http.get(f"{api}/dead", params={"scope": "cluster", "limit": 4})).json()
+                assert [d["node"] for d in cluster["dead"]] == [node.node_id] * 4 and cluster["unanswered"] == {}
+                rest = (await http.get(f"{api}/dead", params={"scope": "cluster", "cursor": cluster["next"]})).json()
+                assert sorted(d["id"] for d in cluster["dead"] + rest["dead"]) == sorted(d["id"] for d in dead)
+                assert rest["next"] is None
+                assert (await http.get(f"{api}/dead", params={"scope": "all"})).status_code == 400
+                assert (await http.get(f"{api}/dead", params={"scope": "cluster", "cursor": "x"})).status_code == 400
                 assert (await http.get(f"{api}/dead", headers={"Authorization": "Bearer wrong"})).status_code == 401
                 bad = await http.post(f"{api}/dead/retry", json={"ids": ["x"]})
                 assert bad.status_code == 400 and len((await http.get(f"{api}/dead")).json()["dead"]) == 6
@@ -362,3 +371,209 @@ async def test_shared_backends_hold_the_outbox_and_another_node_delivers_it(tmp_
     assert kinds["message.stored"] == 12 and kinds["user.registered"] == 3
     assert {(e["data"]["conversation"], e["data"]["seq"]) for e in biz.events if e["type"] == "message.stored"} == {
         (a.conversation, a.seq) for a in acks}
+
+
+async def test_an_event_that_misses_the_write_quorum_fails_nothing_and_is_copied_later() -> None:
+    """W = 3 of 3 and one replica unreachable from a key's owner: emitting an
+    event there does not fail (it is in the owner's outbox, which delivers
+    it), and it reaches that replica once the replica is back. A registration
+    at that owner fails only for its own write, and its event is delivered
+    all the same (the account is stored there and repair carries it)."""
+    biz = BusinessServer(SECRET)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)
+        config = NodeConfig(security=FAST_SECURITY, webhooks=hooks(biz, max_attempts=1000),
+                            cluster=ClusterConfig(write_quorum=3))
+        async with open_cluster(3, config=config, seed=7) as cluster:
+            biz.clock = lambda: cluster.wall_clock_ms(0) / 1000
+            await cluster.wait_converged(30)
+            await users(cluster.connector(0), "alice")
+            first = cluster.nodes[0]
+            uid = first.user_id_of("alice")
+            o = cluster.node_ids.index(first.peers.owner(uid))
+            x = (o + 1) % 3
+            owner, away = cluster.nodes[o], cluster.nodes[x]
+            assert owner.webhooks is not None and away.webhooks is not None
+            names = (f"zed{i}" for i in range(500))
+            zed = next(n for n in names if owner.peers.owner(owner.user_id_of(n)) == owner.node_id)
+
+            cluster.cut(o, x)  # x hears nothing from the owner; the third node still does
+            eid = event_id("test.copy", uid)
+            await owner.webhooks.emit("user.login", eid, {"user": "alice", "device": "d", "node": owner.node_id,
+                                                          "time": 0}, ("user", uid))
+            assert ("biz", eid) in owner.webhooks.uncopied
+            await biz.wait_for(lambda: eid in biz.ids())  # the owner delivers it meanwhile
+            with pytest.raises(RemoteError) as refused:  # the registration's own write misses the quorum
+                await timpy.register(cluster.connector(o), zed, PASSWORD)
+            assert refused.value.code == Code.UNAVAILABLE
+            assert "events" not in str(refused.value)
+            # the registration's own copy, what the quorum missed, carries its event with the account
+            carried = await owner.store.run(owner.store.repo.user_copies, owner.user_id_of(zed), 0, 0)
+            assert carried.accounts and [row[3] for row in carried.outbox] == [
+                event_id("user.registered", owner.user_id_of(zed))]
+            cluster.heal()
+
+            async def held_by_away() -> bool:
+                rows = await away.store.run(away.webhooks._outbox.copies, [("biz", eid)])
+                return bool(rows) and owner.webhooks.uncopied == []
+
+            with trio.fail_after(60):
+                while not await held_by_away():
+                    await trio.sleep(0.2)
+            await biz.wait_for(lambda: any(e["data"].get("user") == zed for e in biz.events
+                                           if e["type"] == "user.registered"), timeout=30)
+            await trio.sleep(0.5)  # anything sent twice would have arrived by now
+        bg.cancel_scope.cancel()
+    kinds = once_each(biz)
+    assert kinds["user.registered"] == 2 and biz.ids().count(eid) == 1
+
+
+def write_old_outbox(path: Path, sealer: Any, rows: list[tuple[str, str, str, dict[str, Any], int, str]]) -> None:
+    """An outbox file as the earlier version kept it (``outbox.sqlite3`` in the
+    data directory: its own table, no owner keys), written with SQL of its own.
+    ``rows``: (event id, event type, state, data, attempts, last error)."""
+    import sqlite3
+
+    from timpy.crypto.seal import row_ad
+    from timpy.im import webhook_rules
+
+    with sqlite3.connect(path) as db:
+        db.execute("CREATE TABLE webhook_outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, endpoint VARCHAR(40) NOT NULL, "
+                   "event_id VARCHAR(32) NOT NULL, state VARCHAR(8) NOT NULL, attempts INTEGER NOT NULL, "
+                   "due_ms BIGINT NOT NULL, created_ms BIGINT NOT NULL, payload BLOB NOT NULL, error BLOB, "
+                   "CONSTRAINT uq_webhook_outbox_event UNIQUE (endpoint, event_id))")
+        db.execute("CREATE INDEX ix_webhook_outbox_due ON webhook_outbox (endpoint, state, due_ms)")
+        for eid, event_type, state, data, attempts, error in rows:
+            body = webhook_rules.envelope(event_type, eid, 1_700_000_000_000, "an-earlier-node", data)
+            payload = sealer.seal(msgpack.packb([event_type, body]), row_ad("webhook_outbox", "biz", eid, ""))
+            sealed_error = sealer.seal(error.encode(), row_ad("webhook_outbox", "biz", eid, "error")) if error else None
+            db.execute("INSERT INTO webhook_outbox (endpoint, event_id, state, attempts, due_ms, created_ms, payload, "
+                       "error) VALUES ('biz', ?, ?, ?, 1700000000000, 1700000000000, ?, ?)",
+                       (eid, state, attempts, payload, sealed_error))
+
+
+@pytest.mark.parametrize("storage", ["embedded", "shared"])
+async def test_an_earlier_versions_outbox_file_is_drained_once(tmp_path: Path, storage: str) -> None:
+    """A node upgraded from the version that kept its outbox in
+    ``outbox.sqlite3`` delivers that file's pending events (to a real
+    receiver), keeps its dead letters, skips what was delivered, deletes the
+    file; the same file found again (a crash before it was deleted) sends
+    nothing twice."""
+    from tests.store.backends import fresh_database
+    from timpy.config import StorageConfig
+    from timpy.crypto.keys import load_or_create_cluster_key
+    from timpy.crypto.seal import Sealer
+    from timpy.store.backends import BackendSpec
+
+    biz = BusinessServer(SECRET)
+    group = ids.conversation_text(b"\x07" * 16)
+    async with trio.open_nursery() as bg:
+        await biz.server.start(bg)  # on its port before the config names it
+        config = node_config(memory=False, data_dir=tmp_path / "data", webhooks=hooks(biz, max_attempts=1000))
+        if storage == "shared":
+            backends = tuple(BackendSpec(f"b{i}", fresh_database("sqlite", f"old{i}", tmp_path)) for i in (1, 2))
+            config = config.replace(cluster=ClusterConfig(listen=None), cluster_key_file=tmp_path / "cluster.key",
+                                    storage=StorageConfig(backends=backends))
+        old = config.data_dir / "outbox.sqlite3"
+        async with timpy.open_node(config) as node:
+            await users(node.tcp_url, "alice", "bob")
+            async with timpy.connect(node.tcp_url, "alice", PASSWORD) as alice:
+                ack = await alice.send("bob", "hello")
+            await biz.wait_for(lambda: len(biz.ids("user.logout")) == 1 and len(biz.ids("message.stored")) == 1)
+            registered = event_id("user.registered", node.user_id_of("alice"))  # delivered already
+        assert registered in biz.ids()
+        before = len(biz.events)
+        keys, _ = load_or_create_cluster_key(config.key_file, create=False)
+        rows = [
+            ("0" * 31 + "1", "message.stored", "pending", {"conversation": ack.conversation, "seq": 7, "sender": "alice",
+                                                         "recipient": "bob", "body": "from the old outbox"}, 3, "HTTP status 503"),
+            ("0" * 31 + "2", "group.changed", "pending", {"group": group, "op": "create", "actor": "alice"}, 0, ""),
+            ("0" * 31 + "3", "user.login", "pending", {"user": "bob", "device": "ab", "node": "x", "time": 1}, 1, ""),
+            ("0" * 31 + "4", "user.logout", "dead", {"user": "alice", "device": "ab", "node": "x", "time": 2}, 12,
+             "HTTP status 500"),
+            ("0" * 31 + "5", "user.login", "done", {"user": "alice", "device": "cd", "node": "x", "time": 3}, 1, ""),
+            (registered, "user.registered", "pending", {"user": "alice"}, 5, "no answer in time"),
+        ]
+        write_old_outbox(old, Sealer(keys.storage), rows)
+        async with timpy.open_node(config) as node:
+            await biz.wait_for(lambda: len(biz.events) == before + 3)
+            assert not old.exists()
+            assert node.webhooks is not None
+            dead = await node.webhooks.dead_letters(None)
+            assert [(d["event_id"], d["attempts"], d["last_error"]) for d in dead] == [
+                (rows[3][0], 12, "HTTP status 500")]
+            await trio.sleep(0.5)  # anything sent twice would have arrived by now
+        assert len(biz.events) == before + 3
+        write_old_outbox(old, Sealer(keys.storage), rows)  # found again: a crash before it was deleted
+        async with timpy.open_node(config) as node:
+            with trio.fail_after(10):
+                while old.exists():
+                    await trio.sleep(0.05)
+            assert len(await node.webhooks.dead_letters(None)) == 1
+            await trio.sleep(0.5)
+        bg.cancel_scope.cancel()
+    once_each(biz)
+    new = biz.events[before:]
+    assert sorted(e["id"] for e in new) == [rows[0][0], rows[1][0], rows[2][0]]
+    stored = next(e for e in new if e["type"] == "message.stored")
+    assert (stored["data"]["body"], stored["data"]["conversation"]) == ("from the old outbox", ack.conversation)
+
+
+async def test_the_clusters_dead_letters_are_gathered_from_every_member() -> None:
+    """Three nodes, a receiver that takes nothing: each event becomes a dead
+    letter at the node owning its key, and copies of it sit on the other
+    replicas. The cluster's view, asked of any member, lists each dead
+    letter once, from the node that delivers it, page by page."""
+    receiver = BusinessServer("the-receivers-own-secret")  # every signature fails
+    async with trio.open_nursery() as bg:
+        await receiver.server.start(bg)
+        config = NodeConfig(security=FAST_SECURITY, webhooks=hooks(receiver, max_attempts=1))
+        async with open_cluster(3, config=config, seed=3) as cluster:
+            receiver.clock = lambda: cluster.wall_clock_ms(0) / 1000
+            await cluster.wait_converged(30)
+            at, running = [cluster.connector(i) for i in range(3)], cluster.nodes
+            names = [f"user{i}" for i in range(6)]
+            await users(at[0], *names)
+            async with timpy.connect(at[1], "user0", PASSWORD) as user0:
+                for name in names[1:]:
+                    await user0.send(name, f"hello {name}")
+            wanted = len(names) + 1 + 1 + len(names) - 1  # registered, user0's login and logout, messages
+
+            async def gathered(asked: int, limit: int) -> list[dict[str, Any]]:
+                webhooks = running[asked].webhooks
+                assert webhooks is not None
+                rows: list[dict[str, Any]] = []
+                cursor = ""
+                for _ in range(50):
+                    page = await webhooks.cluster_dead_letters(None, cursor, limit)
+                    assert page["unanswered"] == {}
+                    rows += page["dead"]
+                    if page["next"] is None:
+                        return rows
+                    cursor = page["next"]
+                raise AssertionError("the pages never ended")
+
+            def rings() -> list[int]:
+                return [n.peers.placement.version for n in running]
+
+            with trio.fail_after(60):
+                while True:  # every event a dead letter, gathered while no ring changed
+                    before = rings()
+                    everything = await gathered(2, 100)
+                    paged = await gathered(1, 2)
+                    if len(everything) == wanted and rings() == before:
+                        break
+                    await trio.sleep(0.2)
+            owner = owner_of(running[0])
+            owners = {d["event_id"]: owner(httpx.Response(200, content=d["event"]).json()) for d in everything}
+            held = [d for node in running for d in await node.webhooks.dead_letters(None)]  # type: ignore[union-attr]
+        bg.cancel_scope.cancel()
+    assert receiver.events == []
+    assert len({d["event_id"] for d in everything}) == wanted == len(everything)
+    assert sorted((d["node"], d["id"]) for d in paged) == sorted((d["node"], d["id"]) for d in everything)
+    for d in everything:  # from the node owning the event's key, with that node's id for its retry and drop
+        assert d["node"] == owners[d["event_id"]]
+        assert d["last_error"] == "HTTP status 401" and d["attempts"] == 1
+    assert len(held) > wanted  # each node's own view also shows its copies of other owners' dead letters
+    assert {d["event_id"] for d in held} == {d["event_id"] for d in everything}
+    assert len({d["node"] for d in everything}) >= 2

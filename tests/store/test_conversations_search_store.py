@@ -110,3 +110,36 @@ def test_an_undone_write_that_was_indexed_leaves_the_index(repo):
         pass
     assert repo.search_behind([DIRECT]) == []
     assert found("plan") == [] and found("walrus") == [3, 2, 1] and found("three") == [3]
+
+
+def test_several_conversations_indexed_in_one_transaction_match_one_at_a_time(repo):
+    """``search_index_many`` (one commit for many conversations, bounded by a
+    message budget) leaves the same index as indexing each alone."""
+    for u in (ANN, BOB, CAL):
+        repo.create_account(u, b"secret", b"profile")
+    key = os.urandom(16)
+    plan = plan_for(key)
+    convs = [bytes([65 + k]) * 16 for k in range(6)]
+    n = 0
+    for round_ in range(3):
+        batch = []
+        for k, conv in enumerate(convs):
+            n += 1
+            batch.append(message(conv, (ANN, BOB), n, "ann", f"otter{k} round{round_} shared"))
+        repo.write_batch(batch)
+    left = repo.search_index_many([(c, plan) for c in convs], 4)  # 18 messages, 4 per transaction
+    rounds = 1
+    while left:
+        assert rounds < 20
+        left = repo.search_index_many([(c, plan) for c in left], 4)
+        rounds += 1
+    assert rounds >= 4  # the budget split the work
+    assert repo.search_behind(convs) == []
+
+    def found(conv: bytes, query: str) -> list[int]:
+        return [s for s, _ in repo.search_conversation(conv, rules.tokens(key, rules.query_terms(query)), 100)]
+
+    for k, conv in enumerate(convs):
+        assert found(conv, "shared") == [3, 2, 1]
+        assert found(conv, f"otter{k} round1") == [2]
+        assert found(conv, f"otter{(k + 1) % 6}") == []

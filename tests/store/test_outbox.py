@@ -167,3 +167,51 @@ def test_over_shared_backends_each_event_is_in_its_keys_backend(tmp_path: Path) 
     assert len(o.drop(None, None, 10)) == 2 and o.dead(None, 0, 10) == []
     assert o.next_due("biz", mine) == 10 and o.next_due("biz", lambda kind, key: key in keys[6:]) == 0
     repo.close()
+
+
+def test_the_dead_letters_of_owned_keys_are_found_past_pages_of_others(tmp_path: Path) -> None:
+    o = outbox(tmp_path / "o.db")
+    mine, theirs = b"m" * 16, b"t" * 16
+    o.add([NewEvent("biz", f"{n:032x}", "group.changed", b"{}", "conv", mine if n % 3 == 0 else theirs)
+           for n in range(1500)] + [event(5000)], 10)
+    rows = o.due("biz", 10, 2000)
+    o.settle([Outcome(r.id, False, 3, 0, True, "HTTP status 410") for r in rows], 20)
+    owns = lambda kind, key: key == mine  # noqa: E731
+    first = o.dead("biz", 0, 300, owns)
+    rest = o.dead("biz", first[-1].id, 1000, owns)
+    assert len(first) == 300 and len(rest) == 201  # 500 owned, and the one with no owner key
+    assert {r.key for r in first + rest} == {mine, b""}
+    assert len(o.dead("biz", 0, 2000)) == 1501 and o.dead("crm", 0, 10, owns) == []
+
+
+def test_an_earlier_versions_outbox_file_is_read_and_adopted_once(tmp_path: Path) -> None:
+    """The earlier version's own file (its table without owner keys) opens with
+    the same key; adopting its rows keeps their state and skips the known."""
+    from dataclasses import replace
+
+    from sqlalchemy import text
+
+    from timpy.store.outbox import read_legacy
+
+    old = outbox(tmp_path / "outbox.sqlite3")
+    old.add([event(1), event(2), event(3), event(4)], 5)
+    rows = old.due("biz", 5, 10)
+    old.settle([Outcome(rows[1].id, False, 12, 0, True, "HTTP status 500"), Outcome(rows[2].id, True),
+                Outcome(rows[3].id, False, 2, 900, False, "no answer in time")], 6)
+    with old.engine.begin() as conn:  # the earlier version's table had no owner columns
+        for column in ("owner_kind", "owner_key", "version"):
+            conn.execute(text("DROP INDEX IF EXISTS ix_webhook_outbox_owner"))
+            conn.execute(text(f"ALTER TABLE webhook_outbox DROP COLUMN {column}"))
+    old.engine.dispose()
+    found = read_legacy(tmp_path / "outbox.sqlite3", Sealer(KEY))
+    assert [(r.event_id, r.state, r.attempts, r.error) for r in found] == [
+        (f"{1:032x}", PENDING, 0, ""), (f"{2:032x}", DEAD, 12, "HTTP status 500"),
+        (f"{4:032x}", PENDING, 2, "no answer in time")]  # the delivered one is not taken
+    assert found[0].body == event(1).body
+    new = outbox(tmp_path / "store.db")
+    new.add([event(4)], 50)  # emitted again since: left alone
+    keyed = [replace(r, kind="user", key=b"u" * 16) for r in found]
+    assert new.adopt(keyed) == 2 and new.adopt(keyed) == 0
+    assert [(r.event_id, r.key) for r in new.due("biz", 1000, 10)] == [(f"{1:032x}", b"u" * 16), (f"{4:032x}", b"")]
+    assert [(r.event_id, r.attempts, r.error) for r in new.dead(None, 0, 10)] == [(f"{2:032x}", 12, "HTTP status 500")]
+    assert read_legacy(tmp_path / "empty.sqlite3", Sealer(KEY)) == []

@@ -1188,13 +1188,41 @@ class SearchConvs:
 
 
 PUSH_PUSHERS = op(83, "push.pushers", PushersChange, list[Pusher], _USER)  # the user's pushers after the change
+SEARCH_CONVS = op(84, "search.convs", SearchConvs, list[tuple[bytes, int, int]], THIS_NODE, timeout=15.0)  # (conv, seq, ms); seq -1: not a member
+
+
 @dataclass(frozen=True)
 class Repaired:
     member: str
     epoch: int  # the epoch number under which ``member`` last finished a full repair pass
 
 
-SEARCH_CONVS = op(84, "search.convs", SearchConvs, list[tuple[bytes, int, int]], THIS_NODE, timeout=15.0)  # (conv, seq, ms); seq -1: not a member
 # A member finished a full repair pass (timpy/cluster/ownership_service.py): told to the voters, whose
 # proposer drops the rings every key has left from the next epoch's history (docs/consistency.md).
 OWN_REPAIRED = op(85, "own.repaired", Repaired, None, THIS_NODE, reply=False)
+
+
+# --- webhooks (timpy/im/webhooks.py) ---------------------------------------------------------
+
+@dataclass(frozen=True)
+class DeadLettersOf:
+    endpoint: str  # "": every endpoint
+    after_id: int  # the asked node's own row id: the last one seen
+    limit: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead letter as the node delivering it holds it (ids are that node's)."""
+
+    id: int
+    endpoint: str
+    event_id: str
+    event_type: str
+    attempts: int
+    created_ms: int
+    error: str
+    body: bytes  # the event as it was sent
+
+
+WEBHOOKS_DEAD = op(86, "webhooks.dead", DeadLettersOf, list[DeadLetter], THIS_NODE, timeout=10.0)  # the asked node's dead letters of keys it delivers

@@ -71,8 +71,9 @@ API: list[tuple[str, str, str, bool, dict[str, str]]] = [
     ("PUT", "/api/v1/limits", "Change limits at run time (new connections get them; this node only)", True,
      {"<limit name>": "number"}),
     ("GET", "/api/v1/webhooks", "Webhook endpoints of this node with their pending events and dead letters", True, {}),
-    ("GET", "/api/v1/webhooks/dead", "Dead letters: events an endpoint did not take after every attempt "
-     "(query: endpoint, after = the last id seen, limit)", True, {}),
+    ("GET", "/api/v1/webhooks/dead", "Dead letters: events an endpoint did not take after every attempt, held by "
+     "this node (query: endpoint, after = the last id seen, limit); with scope=cluster, every member's, each from "
+     "the node that delivers it (query: endpoint, limit per member, cursor = the last answer's next)", True, {}),
     ("POST", "/api/v1/webhooks/dead/retry", "Deliver dead letters again (all, an endpoint's, or the ids given)", True,
      {"endpoint": "string", "ids": "list of integers"}),
     ("POST", "/api/v1/webhooks/dead/drop", "Delete dead letters (all, an endpoint's, or the ids given)", True,
@@ -255,6 +256,12 @@ def build_app(node: NodeServices, token: str) -> Starlette:
             after, limit = int(q.get("after", "0")), int(q.get("limit", "100"))
         except ValueError:
             raise RequestError("after and limit are whole numbers", Code.BAD_REQUEST) from None
+        scope = q.get("scope", "node")
+        if scope == "cluster":
+            return await webhooks().cluster_dead_letters(q.get("endpoint") or None, q.get("cursor", ""), limit)
+        if scope != "node":
+            raise RequestError("scope is node (this node's dead letters) or cluster (every member's)",
+                               Code.BAD_REQUEST)
         return {"dead": await webhooks().dead_letters(q.get("endpoint") or None, after, limit)}
 
     async def dead_selection(request: Request) -> tuple[str | None, list[int] | None]:

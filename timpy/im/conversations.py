@@ -22,8 +22,10 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import msgpack
+import trio
 
 from timpy.cluster import catalog as ops
+from timpy.concurrency import yield_share
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import conversation_rules as rules
@@ -44,6 +46,8 @@ RECORD = "convs"
 TAIL = 16  # newest messages read per entry to find the last one that is shown
 UNREAD_SCAN = 1000  # messages after the read mark read per entry: counts stop there ("999+")
 PAGE_MAX = 200
+NOTICE_SHARE = 0.25  # at most this share of the time goes to computing live notices
+NOTICE_PAUSE_MAX = 1.0  # seconds: the longest pause between two rounds of notices
 LIVE_MAX_MEMBERS = 500  # inbox entries of one conversation in one write batch pushed as changed entries
 GROUP_PREFIX = "#"
 
@@ -170,13 +174,18 @@ class Conversations:
 
     async def _entries(
         self, user_id: bytes, name: str, conversations: list[str], state: rules.UserConversations,
-        activity: dict[str, rules.Activity],
+        activity: dict[str, rules.Activity], read: dict[bytes, ConversationRows] | None = None,
     ) -> list[dict[str, Any]]:
+        """``read``: rows already read for some of them; the others are read here."""
         convs = [ids.parse_conversation(c) for c in conversations]
-        found: dict[bytes, ConversationRows] = {
-            r.conv_id: r for r in await self._store.run(self._store.repo.conversation_rows, user_id, convs, TAIL,
-                                                        UNREAD_SCAN)
-        }
+        read = read or {}
+        missing = [c for c in convs if c not in read]
+        found: dict[bytes, ConversationRows] = dict(read)
+        if missing:
+            found.update(
+                (r.conv_id, r) for r in await self._store.run(self._store.repo.conversation_rows, user_id, missing,
+                                                              TAIL, UNREAD_SCAN)
+            )
         out = []
         for conv in convs:
             entry = self._entry(name, conv, found.get(conv), state)
@@ -238,27 +247,38 @@ class Conversations:
         try:
             while self._dirty:
                 dirty, self._dirty = self._dirty, {}
-                for user_id, convs in dirty.items():
-                    try:
-                        name = await self._name_of(user_id)
-                        state = await self._state(user_id)
-                        shown, activity = await self._changed(user_id, sorted(convs), state)
-                        for entry in await self._entries(user_id, name, shown, state, activity):
-                            self._signals.push([user_id], ConversationChanged(entry))
-                            self.notices += 1
-                    except TimpyError as exc:
-                        log.info("a conversation list notice was dropped: %s", exc.text)
-                    except Exception:  # a bug must not end the node's background tasks: logged, the next change retries
-                        log.exception("computing a conversation list notice failed")
+                started = trio.current_time()
+                await self._notice_round(dirty)
+                # Under load the notices of one round come from many writer
+                # batches: fewer, larger rounds (at most NOTICE_SHARE of the
+                # time) leave the loop and the store thread to the writer.
+                await yield_share(started, NOTICE_SHARE, NOTICE_PAUSE_MAX)
         finally:
             self._flushing = False
 
+    async def _notice_round(self, dirty: dict[bytes, set[bytes]]) -> None:
+        """One user's changed entries after another, each told to its live terminals."""
+        for user_id, convs in dirty.items():
+            try:
+                name = await self._name_of(user_id)
+                state = await self._state(user_id)
+                shown, activity, rows = await self._changed(user_id, sorted(convs), state)
+                for entry in await self._entries(user_id, name, shown, state, activity, rows):
+                    self._signals.push([user_id], ConversationChanged(entry))
+                    self.notices += 1
+            except TimpyError as exc:
+                log.info("a conversation list notice was dropped: %s", exc.text)
+            except Exception:  # a bug must not end the node's background tasks: logged, the next change retries
+                log.exception("computing a conversation list notice failed")
+
     async def _changed(
         self, user_id: bytes, convs: list[bytes], state: rules.UserConversations
-    ) -> tuple[list[str], dict[str, rules.Activity]]:
+    ) -> tuple[list[str], dict[str, rules.Activity], dict[bytes, ConversationRows]]:
         """The entries that changed conversations show (a thread's is its
-        parent's, with the thread's newest time), without reading the whole inbox."""
-        rows = await self._store.run(self._store.repo.conversation_rows, user_id, convs, 1, 0)
+        parent's, with the thread's newest time), without reading the whole
+        inbox; and the rows read, which the entries of the conversations
+        themselves (not threads) are made of."""
+        rows = await self._store.run(self._store.repo.conversation_rows, user_id, convs, TAIL, UNREAD_SCAN)
         shown: set[str] = set()
         activity: dict[str, rules.Activity] = {}
         found = {r.conv_id: r for r in rows}
@@ -271,7 +291,7 @@ class Conversations:
                     activity[parent] = rules.Activity(parent, r.last_ms, r.last_pos, state.flags_of(parent))
                 text = parent
             shown.add(text)
-        return sorted(t for t in shown if t not in state.left), activity
+        return sorted(t for t in shown if t not in state.left), activity, found
 
     # --- group changes, from the group's owner -------------------------------------
 

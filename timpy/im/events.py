@@ -4,7 +4,9 @@ interface a feature is given, so it never imports the module that sends them.
 Each event is reported once, by the node that owns it: the conversation's
 owner for messages and group changes, the user's owner for registrations,
 logins and logouts. ``emit`` returns once the event is durable (it is in the
-outbox).
+outbox); it never fails because the event's copy to the key's replicas
+missed the write quorum (the change that emitted it is committed: the copy
+is made again later), only when the outbox itself could not be written.
 """
 
 from __future__ import annotations

@@ -25,6 +25,7 @@ import trio
 
 from timpy.cluster import catalog as ops
 from timpy.cluster.rpc import NotOwner
+from timpy.concurrency import yield_share
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids
@@ -39,7 +40,9 @@ from timpy.wire.messages import KIND_BURNED, KIND_EDIT, KIND_NORMAL, KIND_RECALL
 
 log = logging.getLogger("timpy.search")
 
-INDEX_BATCH = 500  # messages indexed per transaction
+INDEX_BATCH = 500  # messages indexed per transaction (of one conversation or of several)
+INDEX_SHARE = 0.25  # at most this share of the time goes to indexing in the background
+INDEX_PAUSE_MAX = 5.0  # seconds: the longest pause between two rounds of background indexing
 MAX_HITS = 10_000  # a search counts at most this many hits
 PAGE_MAX = 200
 
@@ -111,6 +114,7 @@ class Search:
         try:
             while self._dirty:
                 convs, self._dirty = sorted(self._dirty), set()
+                started = trio.current_time()
                 try:
                     await self.bring_up_to_date(convs)
                 except TimpyError as exc:
@@ -119,6 +123,11 @@ class Search:
                 except Exception:  # a bug must not end the node's background tasks; searches catch up themselves
                     log.exception("indexing for search failed")
                     return
+                # Background work: it takes at most INDEX_SHARE of the time
+                # (the store thread's included, which the writer needs), so
+                # under a flood the index falls behind and catches up after;
+                # a search first indexes what it reads (``search``).
+                await yield_share(started, INDEX_SHARE, INDEX_PAUSE_MAX)
         finally:
             self._flushing = False
 
@@ -126,12 +135,14 @@ class Search:
         """Index every message of these conversations stored here and not indexed yet."""
         async with self._lock:
             behind = await self._store.run(self._store.repo.search_behind, conv_ids)
-            for conv in behind:
-                plan = plan_for(self.conversation_key(conv))
-                more = True
-                while more:
-                    _, more = await self._store.run(self._store.repo.search_index, conv, plan, INDEX_BATCH)
-                    self.indexed += 1
+            plans = {conv: plan_for(self.conversation_key(conv)) for conv in behind}
+            for _ in range(1_000_000):  # bounded: each round indexes up to INDEX_BATCH messages
+                if not behind:
+                    break
+                behind = await self._store.run(
+                    self._store.repo.search_index_many, [(c, plans[c]) for c in behind], INDEX_BATCH
+                )
+                self.indexed += 1
 
     # --- searching --------------------------------------------------------------
 

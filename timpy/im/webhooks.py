@@ -10,41 +10,61 @@ reason the sender sees) or rewrite (a new body), within its timeout; one
 that fails is passed over (``fail_open``) or refuses the message.
 
 Events are written to the outbox (``timpy.store.outbox``) by the node that
-owns them, and copied to the replicas of the key that owns them (the
-conversation, or the user: ``EventSink.emit``'s ``owner``) with the write
-quorum of messages, before they count as emitted. Only the key's current
-owner delivers them; after a ring change (an owner stopped for good, say)
-the next owner delivers what is pending, under the same event id. A message's event is handed off by a
-writer listener (``on_commit``: no waiting in the writer task) to the
-recorder task, which writes each commit's events in one outbox transaction;
-the writer's ack hold (``hold``) waits for that before the sender is
-acknowledged, so an acknowledged message always has its event (a send
-retried after a failure is a duplicate: the hold emits it again under the
-same id, stored once).
+owns them, the owner of the key they belong to (the conversation, or the
+user: ``EventSink.emit``'s ``owner``): an event counts as emitted once it is
+there. They are copied to the key's replicas with the write quorum of
+messages; a copy that misses the quorum fails nothing: the operation that
+emitted the event has committed its change, so its event is kept to be
+copied again (``_copy_loop``, with backoff, until the quorum has it; repair
+copies it too), and meanwhile it is on the owner's disk, which delivers it.
+Where the operation itself replicates its key's state (a registration, a
+group change: the catalog's ``replicate``), the key's outbox rows are part
+of that state (``OUTBOX`` is a table of the registry), so the event reaches
+the replicas in the same quorum write as the change. Only the key's current
+owner delivers events; after a ring change (an owner stopped for good, say)
+the next owner delivers what is pending, under the same event id. A
+message's event is handed off by a writer listener (``on_commit``: no
+waiting in the writer task) to the recorder task, which writes each commit's
+events in one outbox transaction; the writer's ack hold (``hold``) waits for
+that before the sender is acknowledged, so an acknowledged message always
+has its event (a send retried after a failure is a duplicate: the hold
+emits it again under the same id, stored once).
 One delivery loop per endpoint posts due events, signed
 (``webhook_rules``), ``concurrency`` at a time; a failure is tried again
 after an exponential, bounded, jittered delay, and after ``max_attempts``
-becomes a dead letter the admin API lists, retries or drops. Each change of
-an event's state is copied to the key's replicas (best effort: one that
-misses it gets it from repair; meanwhile a new owner may send the event
-again, which at least once allows and the event id lets receivers drop).
+becomes a dead letter the admin API lists, retries or drops; the cluster's
+dead letters are gathered from every member (``cluster_dead_letters``, the
+catalog's ``webhooks.dead``), each listed by the node that delivers it. Each
+change of an event's state is copied to the key's replicas the same way
+(kept and copied again when the quorum was missed; meanwhile a new owner may
+send the event again, which at least once allows and the event id lets
+receivers drop).
+
+An outbox file of an earlier version (``outbox.sqlite3`` in the data
+directory) is drained into the outbox once, when the webhooks start: its
+pending events and dead letters are taken in under their event ids, each
+given the key its event belongs to, and the file is deleted.
 """
 
 from __future__ import annotations
 
+import base64
+import json
 import logging
 import math
 import random
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import httpx
 import trio
 from prometheus_client import CollectorRegistry, Counter, Histogram
 
+from timpy.cluster import catalog as ops
 from timpy.config import WebhookEndpoint, WebhooksConfig
 from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import webhook_rules as rules
@@ -65,6 +85,7 @@ from timpy.store.rows import Copies
 from timpy.wire.messages import ChatMessage, MessageContent, SendResult
 
 if TYPE_CHECKING:
+    from timpy.im.peers import Peers
     from timpy.im.writer import Committed
 
 log = logging.getLogger("timpy.webhooks")
@@ -76,6 +97,9 @@ GATHER = 0.01  # seconds a woken loop lets more events arrive before it reads th
 PURGE_EVERY = 60.0
 RECORD_QUEUE = 4096  # commits whose events wait for the recorder; more fail their acks (the retry emits them)
 UNRECORDED_KEPT = 100_000  # ids of events whose recording failed, until their sender's hold writes them
+UNCOPIED_KEPT = 100_000  # events whose copy missed the write quorum, to copy again (past it, repair copies them)
+COPY_RETRY = (0.5, 30.0)  # seconds before copying those again: the first wait, doubled after each miss up to the last
+LEGACY_OUTBOX = "outbox.sqlite3"  # an earlier version's outbox file in the data directory
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0)
 
 
@@ -105,13 +129,23 @@ class Webhooks:
         rng: random.Random | None = None,
         owns: Owns | None = None,
         to_replicas: ToReplicas | None = None,
+        peers: Peers | None = None,
+        legacy_outbox: Path | None = None,
+        user_id_of: Callable[[str], bytes] | None = None,
     ) -> None:
         """``owns``: whether this node delivers a key's events now (None: every
         event here is this node's); ``to_replicas``: copies a key's outbox
-        rows to its replicas (None: no node copies, as with shared backends)."""
+        rows to its replicas (None: no node copies, as with shared backends);
+        ``peers``: the members asked for the cluster's dead letters (this
+        node answers them too); ``legacy_outbox``: an earlier version's outbox
+        file, drained at start when it is there, its events given their keys
+        (a user's by ``user_id_of`` its name)."""
         self.config = config
         self._owns = owns
         self._to_replicas = to_replicas
+        self._peers = peers
+        self._legacy = legacy_outbox
+        self._user_id_of = user_id_of
         self._store = store
         self._outbox = outbox
         self._node_id = node_id
@@ -125,6 +159,8 @@ class Webhooks:
         self._recording: dict[str, _Recording] = {}
         self._unrecorded: OrderedDict[str, None] = OrderedDict()  # their recording failed: the hold writes them
         self._record_send, self._record_recv = trio.open_memory_channel[_Recording](RECORD_QUEUE)
+        self._uncopied: OrderedDict[EventRef, None] = OrderedDict()  # copies that missed the quorum, to try again
+        self._copy_wake = trio.Event()
         self._client: httpx.AsyncClient | None = None
         r = registry or CollectorRegistry()
         self.deliveries = Counter("timpy_webhook_deliveries", "Webhook event deliveries by endpoint and outcome "
@@ -136,6 +172,10 @@ class Webhooks:
                               "(allow, deny, rewrite, failed)", ["endpoint", "verdict"], registry=r)
         self.emitted = Counter("timpy_webhook_events", "Events emitted for each endpoint (one emitted again, as a retried send's, counts again; it is stored once)",
                                ["endpoint"], registry=r)
+        self.copy_misses = Counter("timpy_webhook_copy_misses", "Copies of outbox rows to their key's replicas that "
+                                   "missed the write quorum (each kept and copied again)", registry=r)
+        if peers is not None:
+            peers.serve(ops.WEBHOOKS_DEAD, self._dead_here)
 
     # --- emitting ----------------------------------------------------------
 
@@ -152,10 +192,11 @@ class Webhooks:
         await self.emit_many([(event_type, event_id, data, owner)])
 
     async def emit_many(self, items: list[Item]) -> None:
-        """Write the events to the outbox and copy them to their keys'
-        replicas; returns once the write quorum holds them (raises when it
-        does not: they stay here, repair copies them, and emitting them
-        again, as a retried send does, stores them once)."""
+        """Write the events to the outbox (they are emitted: raises only when
+        that write fails), then copy them to their keys' replicas, waiting for
+        the write quorum; a copy that misses it is kept and tried again in the
+        background (emitting them again, as a retried send does, stores them
+        once)."""
         now = self._now()
         events = [e for item in items for e in self._events(item, now)]
         if not events:
@@ -163,20 +204,22 @@ class Webhooks:
         await self._store.run(self._outbox.add, events, now)
         for name in {e.endpoint for e in events}:
             self.emitted.labels(name).inc(sum(1 for e in events if e.endpoint == name))
-        await self._copy_out([(e.endpoint, e.event_id) for e in events], must=True)
         for name in {e.endpoint for e in events}:
             self._wake[name].set()
+        await self._copy_out([(e.endpoint, e.event_id) for e in events])
 
-    async def _copy_out(self, events: Iterable[EventRef], must: bool) -> None:
+    async def _copy_out(self, events: Iterable[EventRef]) -> int:
         """Copy these events' rows, as they are now, to their keys' replicas,
-        one key at a time in parallel; ``must``: raise when a key's write
-        quorum is missed (else it is logged: repair copies them later)."""
+        one key at a time in parallel, each waiting for its write quorum; the
+        events of a key that missed it are kept for ``_copy_loop``. Returns
+        how many were kept."""
         if self._to_replicas is None:
-            return
+            return 0
         by_key = await self._store.run(self._outbox.copies, list(events))
         if not by_key:
-            return
-        missed: list[str] = []
+            return 0
+        missed: list[EventRef] = []
+        reasons: list[str] = []
         to_replicas = self._to_replicas
 
         async def one(key: bytes, rows: list[Any]) -> None:
@@ -184,18 +227,51 @@ class Webhooks:
                 return Copies(outbox=rows)
             try:
                 await to_replicas(key, fetch)
-            except TimpyError as exc:
-                missed.append(exc.text)
+            except (TimpyError, LookupError) as exc:  # LookupError: no ring yet (the node is joining)
+                missed.extend((row[2], row[3]) for row in rows)
+                reasons.append(exc.text if isinstance(exc, TimpyError) else "this node has no ring yet")
 
         async with trio.open_nursery() as nursery:
             for (_, key), rows in by_key.items():
                 nursery.start_soon(one, key, rows)
         if missed:
-            if must:
-                raise TimpyError(f"the events could not be copied to enough nodes ({missed[0]}); retry",
-                                 Code.UNAVAILABLE)
-            log.debug("webhooks: a change of %d events' state reached too few replicas (%s); repair copies it",
-                      len(missed), missed[0])
+            self.copy_misses.inc(len(missed))
+            log.info("webhooks: %d events reached fewer replicas than the write quorum (%s); they are delivered "
+                     "from here and copied again", len(missed), reasons[0])
+            for ref in missed:
+                self._uncopied[ref] = None
+                self._uncopied.move_to_end(ref)
+            while len(self._uncopied) > UNCOPIED_KEPT:
+                self._uncopied.popitem(last=False)  # repair copies it
+            self._copy_wake.set()
+        return len(missed)
+
+    @property
+    def uncopied(self) -> list[EventRef]:
+        """Events whose copy to their replicas is still to be made again."""
+        return list(self._uncopied)
+
+    async def _copy_loop(self) -> None:
+        """Copy again the events whose copy missed the write quorum, waiting
+        longer after each miss (a replica that is away for a while)."""
+        wait = COPY_RETRY[0]
+        while True:
+            if not self._uncopied:
+                wait = COPY_RETRY[0]
+                await self._copy_wake.wait()
+            self._copy_wake = trio.Event()
+            await trio.sleep(wait)
+            batch = list(self._uncopied)[:BATCH * 4]
+            for ref in batch:
+                self._uncopied.pop(ref, None)
+            try:
+                missed = await self._copy_out(batch)
+            except TimpyError as exc:  # the outbox could not be read: keep them
+                log.warning("webhooks: the outbox could not be read to copy events (%s); trying again", exc.text)
+                for ref in batch:
+                    self._uncopied.setdefault(ref, None)
+                missed = len(batch)
+            wait = min(wait * 2, COPY_RETRY[1]) if missed else COPY_RETRY[0]
 
     def ring_changed(self) -> None:
         """Keys changed owners: each loop looks for the events it now delivers."""
@@ -327,6 +403,9 @@ class Webhooks:
             async with trio.open_nursery() as nursery:
                 nursery.start_soon(trio.sleep_forever)  # the client of the checks lives as long
                 nursery.start_soon(self._record_loop)
+                nursery.start_soon(self._copy_loop)
+                if self._legacy is not None:
+                    nursery.start_soon(self._drain_legacy, self._legacy)
                 for endpoint in self.config.endpoints:
                     if any(e != BEFORE_SEND for e in endpoint.events):
                         nursery.start_soon(self._deliver_loop, endpoint)
@@ -362,7 +441,7 @@ class Webhooks:
                         for row in rows:
                             nursery.start_soon(self._deliver_one, endpoint, row, limiter, outcomes)
                     changed = await self._store.run(self._outbox.settle, outcomes, self._now())
-                    await self._copy_out(changed, must=False)
+                    await self._copy_out(changed)
                     if len(rows) == BATCH:
                         continue  # more are due
                     if not all(o.delivered for o in outcomes):
@@ -435,7 +514,7 @@ class Webhooks:
     async def retry_dead(self, endpoint: str | None, ids: list[int] | None) -> int:
         self._known(endpoint)
         changed = await self._store.run(self._outbox.retry, endpoint, ids, self._now())
-        await self._copy_out(changed, must=False)  # the key's owner, maybe another node, delivers them
+        await self._copy_out(changed)  # the key's owner, maybe another node, delivers them
         for name in [endpoint] if endpoint else list(self._wake):
             self._wake[name].set()
         return len(changed)
@@ -443,8 +522,99 @@ class Webhooks:
     async def drop_dead(self, endpoint: str | None, ids: list[int] | None) -> int:
         self._known(endpoint)
         changed = await self._store.run(self._outbox.drop, endpoint, ids, self._now())
-        await self._copy_out(changed, must=False)
+        await self._copy_out(changed)
         return len(changed)
+
+    async def _dead_here(self, a: ops.DeadLettersOf) -> list[ops.DeadLetter]:
+        """A member's answer for the cluster's view: its dead letters of the
+        keys it delivers (a replica's copy of another owner's is not listed:
+        each dead letter comes once, from its key's owner)."""
+        rows = await self._store.run(self._outbox.dead, a.endpoint or None, a.after_id, max(1, min(a.limit, 1000)),
+                                     self._owns)
+        return [ops.DeadLetter(r.id, r.endpoint, r.event_id, r.event_type, r.attempts, r.created_ms, r.error, r.body)
+                for r in rows]
+
+    async def cluster_dead_letters(self, endpoint: str | None, cursor: str = "", limit: int = 100) -> dict[str, Any]:
+        """The dead letters of every member, each from the node that delivers
+        it (``node``; ``id`` is that node's, for its retry and drop), up to
+        ``limit`` per member; ``next`` is the cursor of the members that
+        have more (None: none has), ``unanswered`` the members that did not
+        answer (their dead letters are missing from this page)."""
+        self._known(endpoint)
+        after = _read_cursor(cursor)
+        limit = max(1, min(limit, 1000))
+        peers = self._peers
+        members = sorted(peers.placement.members) if peers is not None else []
+        rows: list[dict[str, Any]] = []
+        unanswered: dict[str, str] = {}
+        more: dict[str, int] = {}
+
+        async def ask(member: str) -> None:
+            assert peers is not None
+            args = ops.DeadLettersOf(endpoint or "", after.get(member, 0), limit)
+            try:  # this node's own answer even when it is cut off from the majority
+                found = await (self._dead_here(args) if member == peers.self_id
+                               else peers.call(member, ops.WEBHOOKS_DEAD, args))
+            except TimpyError as exc:
+                unanswered[member] = exc.text
+                return
+            rows.extend({"node": member, **_dead_view(d)} for d in found)
+            if len(found) == limit:
+                more[member] = found[-1].id
+
+        async with trio.open_nursery() as nursery:
+            for member in members:
+                if member in after or not after:  # a cursor names only the members with more
+                    nursery.start_soon(ask, member)
+        rows.sort(key=lambda d: (d["created_ms"], d["node"], d["id"]))
+        return {"dead": rows, "next": _write_cursor(more) if more else None, "unanswered": unanswered}
+
+    # --- an earlier version's outbox file ----------------------------------------
+
+    async def _drain_legacy(self, path: Path) -> None:
+        """Take the pending events and dead letters of an earlier version's
+        outbox file into the outbox, each with the key its event belongs to,
+        then delete the file. Idempotent: stopped halfway, the next start
+        takes in the rest (an event here already is left alone)."""
+        if not path.exists():
+            return
+        try:
+            rows = await self._store.run(self._outbox.legacy, path)
+            adopted = [replace(r, kind=kind, key=key) for r in rows for kind, key in [self._legacy_owner(r)]]
+            added = await self._store.run(self._outbox.adopt, adopted)
+        except TimpyError as exc:
+            log.error("webhooks: the outbox file %s of an earlier version could not be taken in (%s); its events "
+                      "are not delivered yet. The file is kept and tried again at the next start; if it cannot "
+                      "be opened, check that this node has the cluster key it had then", path, exc.text)
+            return
+        unknown = sorted({r.endpoint for r in adopted} - set(self._endpoints))
+        log.warning("webhooks: %d events of an earlier version's outbox file %s taken in (%d new: %d pending, "
+                    "%d dead letters)%s; the file is deleted", len(adopted), path, added,
+                    sum(1 for r in adopted if r.state == PENDING), sum(1 for r in adopted if r.state == DEAD),
+                    f"; endpoints no longer configured: {', '.join(unknown)}" if unknown else "")
+        for r in adopted:  # copied to their keys' replicas in the background (the ring may not be formed yet)
+            if r.key:
+                self._uncopied[(r.endpoint, r.event_id)] = None
+        self._copy_wake.set()
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
+        for event in self._wake.values():
+            event.set()
+
+    def _legacy_owner(self, row: OutboxRow) -> tuple[str, bytes]:
+        """The key an event of the earlier version belongs to, from its body
+        (``("", b"")``, delivered by this node alone, when it names none)."""
+        try:
+            data = json.loads(row.body)["data"]
+            if row.event_type == "message.stored":
+                return message_owner_of(data["conversation"])
+            if row.event_type == "group.changed":
+                return message_owner_of(data["group"])
+            if row.event_type.startswith("user.") and self._user_id_of is not None:
+                return ("user", self._user_id_of(data["user"]))
+        except (ValueError, KeyError, TypeError, TimpyError):
+            pass
+        return ("", b"")
 
 
 def message_event_id(m: ChatMessage) -> str:
@@ -453,7 +623,33 @@ def message_event_id(m: ChatMessage) -> str:
 
 def message_owner(m: ChatMessage) -> tuple[str, bytes]:
     """A message's events belong to its conversation, as the message does."""
-    return ("conv", parse_conversation(m.conversation))
+    return message_owner_of(m.conversation)
+
+
+def message_owner_of(conversation: str) -> tuple[str, bytes]:
+    return ("conv", parse_conversation(conversation))
+
+
+def _dead_view(d: ops.DeadLetter) -> dict[str, Any]:
+    return {"id": d.id, "endpoint": d.endpoint, "event_id": d.event_id, "type": d.event_type, "attempts": d.attempts,
+            "created_ms": d.created_ms, "last_error": d.error, "event": d.body.decode("utf-8", "replace")}
+
+
+def _write_cursor(after: dict[str, int]) -> str:
+    return base64.urlsafe_b64encode(json.dumps(after, sort_keys=True).encode()).decode().rstrip("=")
+
+
+def _read_cursor(cursor: str) -> dict[str, int]:
+    """The cursor of ``cluster_dead_letters``: each member with more, and the last id seen of it."""
+    if not cursor:
+        return {}
+    try:
+        after = json.loads(base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)))
+        if isinstance(after, dict) and all(isinstance(k, str) and type(v) is int for k, v in after.items()):
+            return after
+    except ValueError:
+        pass
+    raise RequestError("cursor is the 'next' value of a previous answer, unchanged", Code.BAD_REQUEST)
 
 
 def message_data(m: ChatMessage) -> dict[str, Any]:

@@ -65,7 +65,7 @@ from timpy.im.tasks import TaskHost
 from timpy.im.terminals import TerminalRegistry
 from timpy.im.threads import Threads
 from timpy.im.users import SYSTEM_USER, Identity, Users
-from timpy.im.webhooks import Webhooks
+from timpy.im.webhooks import LEGACY_OUTBOX, Webhooks
 from timpy.im.writer import Committed, Writer
 from timpy.logs import set_node_id
 from timpy.node.coordinator import BackendCoordinator
@@ -363,7 +363,12 @@ class Node:
         current owner delivers them. Embedded, the rows are copied to the
         key's replicas; with shared backends, they are in the key's backend."""
         c = self.config
+        legacy = None if c.memory else c.data_dir / LEGACY_OUTBOX
         if not c.webhooks.endpoints:
+            self.peers.serve(ops.WEBHOOKS_DEAD, lambda _: [])  # the cluster's dead-letter view: none here
+            if legacy is not None and legacy.exists():
+                log.warning("%s holds webhook events of an earlier version; they are delivered once this node has "
+                            "[webhooks] endpoints again", legacy)
             return None
         placement = self.peers.placement
 
@@ -376,10 +381,11 @@ class Node:
         if c.storage.shared:
             sharded = ShardedOutbox(self.store.repo, Sealer(keys.storage))
             return Webhooks(c.webhooks, self.store, sharded, self.node_id, self._now_ms, self.metrics.registry,
-                            self._rng, owns=owns)
+                            self._rng, owns=owns, peers=self.peers, legacy_outbox=legacy, user_id_of=self.user_id_of)
         outbox = Outbox(self.store.repo.engine, Sealer(keys.storage))  # its table is in the store's schema
         return Webhooks(c.webhooks, self.store, outbox, self.node_id, self._now_ms, self.metrics.registry, self._rng,
-                        owns=owns, to_replicas=self.replicator.to_replicas)
+                        owns=owns, to_replicas=self.replicator.to_replicas, peers=self.peers, legacy_outbox=legacy,
+                        user_id_of=self.user_id_of)
 
     def _terminal_changed(self, user_id: bytes, device_id: bytes, node_id: str, attached: bool) -> None:
         """At the user's owner: a device's terminal was recorded (a login) or went away (a logout)."""

@@ -27,12 +27,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Any
 
 import msgpack
-from sqlalchemy import Engine, and_, delete, func, insert, or_, select, update
+from sqlalchemy import Engine, and_, delete, func, insert, inspect, or_, select, update
 
 from timpy.crypto.seal import Sealer, row_ad
+from timpy.store.engine import sqlite_engine
 from timpy.store.features.base import CopiedTable, StoreBase, insert_missing
 from timpy.store.migrations import add_outbox_owners
 from timpy.store.rows import Row
@@ -129,6 +131,10 @@ class Outbox:
                     added += len(rows)
         return added
 
+    def legacy(self, path: Path) -> list[OutboxRow]:
+        """``read_legacy`` with this outbox's key (the one that sealed the file's rows)."""
+        return read_legacy(path, self._sealer)
+
     def _row(self, r: object) -> OutboxRow:
         event_type, body = msgpack.unpackb(self._sealer.open(r.payload, self._ad(r.endpoint, r.event_id)))  # type: ignore[attr-defined]
         error = ""
@@ -207,14 +213,52 @@ class Outbox:
                         out.setdefault((r.owner_kind, bytes(r.owner_key)), []).append(_wire(r))
         return out
 
-    def dead(self, endpoint: str | None, after_id: int, limit: int) -> list[OutboxRow]:
+    def dead(self, endpoint: str | None, after_id: int, limit: int, owns: Owns | None = None) -> list[OutboxRow]:
+        """Dead letters after ``after_id``, by id; of keys this node owns
+        (``owns``: the ones it would deliver; None: every row held here)."""
         t = webhook_outbox
-        query = select(t).where(t.c.state == DEAD, t.c.id > after_id)
+        query = select(t).where(t.c.state == DEAD)
         if endpoint:
             query = query.where(t.c.endpoint == endpoint)
+        out: list[OutboxRow] = []
         with self.engine.connect() as conn:
-            rows = conn.execute(query.order_by(t.c.id).limit(limit)).all()
-        return [self._row(r) for r in rows]
+            while len(out) < limit:
+                rows = conn.execute(query.where(t.c.id > after_id).order_by(t.c.id).limit(_PAGE)).all()
+                out += [self._row(r) for r in rows if owns is None or _owned(owns, r)][: limit - len(out)]
+                if len(rows) < _PAGE:
+                    break
+                after_id = int(rows[-1].id)
+        return out
+
+    def adopt(self, rows: Iterable[OutboxRow]) -> int:
+        """Take in rows as they are (state, attempts, due time, last error),
+        each with the key it is given; a row whose (endpoint, event id) is
+        here already is left alone. Returns how many were new."""
+        t = webhook_outbox
+        wanted = list(rows)
+        added = 0
+        with self.engine.begin() as conn:
+            for i in range(0, len(wanted), 200):
+                chunk = wanted[i:i + 200]
+                have = {(r.endpoint, r.event_id) for r in conn.execute(select(t.c.endpoint, t.c.event_id).where(
+                    t.c.event_id.in_(list({r.event_id for r in chunk}))))}
+                fresh = []
+                for r in chunk:
+                    if (r.endpoint, r.event_id) in have:
+                        continue
+                    have.add((r.endpoint, r.event_id))
+                    error = None if not r.error else self._sealer.seal(
+                        r.error.encode(), self._ad(r.endpoint, r.event_id, "error"))
+                    fresh.append({
+                        "endpoint": r.endpoint, "event_id": r.event_id, "state": r.state, "attempts": r.attempts,
+                        "due_ms": r.due_ms, "created_ms": r.created_ms, "error": error, "version": 0,
+                        "payload": self._sealer.seal(msgpack.packb([r.event_type, r.body]),
+                                                     self._ad(r.endpoint, r.event_id)),
+                        "owner_kind": r.kind or None, "owner_key": r.key or None})
+                if fresh:
+                    conn.execute(insert(t), fresh)
+                    added += len(fresh)
+        return added
 
     def _dead(self, conn: Any, endpoint: str | None, ids: list[int] | None) -> list[tuple[int, str, str]]:
         t = webhook_outbox
@@ -263,6 +307,33 @@ class Outbox:
         with self.engine.connect() as conn:
             rows = conn.execute(select(t.c.endpoint, t.c.state, func.count()).group_by(t.c.endpoint, t.c.state)).all()
         return {(r[0], r[1]): int(r[2]) for r in rows}
+
+
+def read_legacy(path: Path, sealer: Sealer) -> list[OutboxRow]:
+    """The events still pending or dead in an outbox file of an earlier
+    version (``outbox.sqlite3``, which a shared-backend node kept in its data
+    directory: the table without owner keys), opened; none when the file has
+    no outbox table."""
+    engine = sqlite_engine(path)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("webhook_outbox"):
+                return []
+            t = webhook_outbox
+            rows = conn.execute(select(t.c.id, t.c.endpoint, t.c.event_id, t.c.state, t.c.attempts, t.c.due_ms,
+                                       t.c.created_ms, t.c.payload, t.c.error)
+                                .where(t.c.state != DONE).order_by(t.c.id)).all()
+    finally:
+        engine.dispose()
+    out = []
+    for r in rows:
+        ad = row_ad("webhook_outbox", r.endpoint, r.event_id, "")
+        event_type, body = msgpack.unpackb(sealer.open(r.payload, ad))
+        error = "" if r.error is None else sealer.open(
+            r.error, row_ad("webhook_outbox", r.endpoint, r.event_id, "error")).decode()
+        out.append(OutboxRow(int(r.id), r.endpoint, r.event_id, event_type, bytes(body), int(r.attempts), r.state,
+                             int(r.due_ms), int(r.created_ms), error))
+    return out
 
 
 def _owned(owns: Owns, r: Any) -> bool:
@@ -353,6 +424,9 @@ class ShardedOutbox:
     def create(self) -> None:
         """Nothing: the table is in every backend's schema."""
 
+    def legacy(self, path: Path) -> list[OutboxRow]:
+        return read_legacy(path, self._sealer)
+
     def _number(self, name: str) -> int:
         return self._numbers.setdefault(name, len(self._numbers))
 
@@ -415,14 +489,27 @@ class ShardedOutbox:
     def copies(self, events: Iterable[EventRef]) -> dict[tuple[str, bytes], list[Row]]:
         return {}  # the backends keep them: no node copies
 
-    def dead(self, endpoint: str | None, after_id: int, limit: int) -> list[OutboxRow]:
+    def dead(self, endpoint: str | None, after_id: int, limit: int, owns: Owns | None = None) -> list[OutboxRow]:
         rows: list[OutboxRow] = []
         for name in self._repo.names:
             base = self._number(name) << self._SHIFT
             if after_id >= base + (1 << self._SHIFT) - 1:
                 continue
-            rows += self._global(name, self._on(name, Outbox.dead, endpoint, max(0, after_id - base), limit))
+            rows += self._global(name, self._on(name, Outbox.dead, endpoint, max(0, after_id - base), limit,
+                                                None if owns is None else self._placed_here(name, owns)))
         return sorted(rows, key=lambda r: r.id)[:limit]
+
+    def adopt(self, rows: Iterable[OutboxRow]) -> int:
+        """``Outbox.adopt``, each row in the backend of its key."""
+        wanted = list(rows)
+        added = 0
+        with self._repo._writing(list({r.key for r in wanted if r.key})) as backend_map:
+            by_backend: dict[str, list[OutboxRow]] = {}
+            for r in wanted:
+                by_backend.setdefault(backend_map.place(r.key or r.event_id.encode()), []).append(r)
+            for name, group in by_backend.items():
+                added += self._on(name, Outbox.adopt, group)
+        return added
 
     def _each(self, ids: list[int] | None) -> dict[str, list[int] | None]:
         if ids is None:
