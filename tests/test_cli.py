@@ -1,10 +1,16 @@
 """The timpy command's small subcommands (node, chat: tests/e2e)."""
 
 import json
+import os
 import stat
+import subprocess
+import sys
+from pathlib import Path
 
+import pytest
 from click.testing import CliRunner
 
+from timpy.cli.bench import COMMANDS
 from timpy.cli.main import cli
 from timpy.crypto.keys import decode_key
 
@@ -88,6 +94,47 @@ def test_bench_connections_logs_every_client_in_and_reads_the_node_memory():
         result = json.loads(r.output.strip().splitlines()[-1])
         assert result["logins_per_s"] > 0 and result["node_rss_after_mib"] > 0
         assert result["argon2id_default_cost"] == "opslimit=2, memlimit=64 MiB"
+
+
+ROOT = Path(__file__).resolve().parent.parent
+BENCH_MODULES = sorted(p.stem for p in (ROOT / "timpy" / "cli" / "bench").glob("*.py") if p.stem != "__init__")
+
+
+def _fresh_python(program: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    return subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=120)
+
+
+@pytest.mark.parametrize("module", BENCH_MODULES)
+def test_each_bench_module_imports_on_its_own(module):
+    """In a fresh interpreter, so that an import cycle between the benches
+    (which one command's import order can hide) fails here."""
+    r = _fresh_python(f"import timpy.cli.bench.{module}")
+    assert r.returncode == 0, r.stderr
+
+
+def test_the_bench_group_imports_a_command_only_when_it_is_named():
+    r = _fresh_python(
+        "import sys\n"
+        "from timpy.cli.bench import bench\n"
+        "from timpy.cli.main import cli\n"
+        "loaded = lambda: sorted(m for m in sys.modules if m.startswith('timpy.cli.bench.'))\n"
+        "print(loaded())\n"
+        "bench.get_command(None, 'codec')\n"
+        "print(loaded())\n"
+    )
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines() == ["[]", "['timpy.cli.bench.codec', 'timpy.cli.bench.common']"]
+
+
+def test_every_bench_command_is_listed_and_found():
+    assert sorted(COMMANDS) == sorted(cli.get_command(None, "bench").list_commands(None))  # type: ignore[union-attr]
+    for name, target in COMMANDS.items():
+        module = target.partition(":")[0]
+        assert module.removeprefix("timpy.cli.bench.") in BENCH_MODULES
+        command = cli.get_command(None, "bench").get_command(None, name)  # type: ignore[union-attr]
+        assert command is not None and command.name == name
 
 
 async def test_chat_tries_again_while_the_cluster_answers_unavailable(autojump_clock, capsys) -> None:

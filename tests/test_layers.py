@@ -231,3 +231,27 @@ def test_the_feature_checker_sees_an_import_of_another_feature() -> None:
     assert found == ["messaging", "roster", None]
     assert feature_of("timpy.im.group_rules") == feature_of("timpy.im.groups") == "groups"
 
+
+
+# --- the benches ------------------------------------------------------------------
+
+
+def bench_violations() -> list[str]:
+    """``timpy.cli.bench``: a command's module imports ``common`` and no other
+    bench; ``common`` imports none; the group (``__init__``) names its
+    commands' modules as text and imports none, so one bench loads no other."""
+    problems = []
+    folder = PACKAGE / "cli" / "bench"
+    for path in sorted(folder.glob("*.py")):
+        importer = module_name(path)
+        allowed = {"timpy.cli.bench.common"} if path.stem not in {"__init__", "common"} else set()
+        for line, imported in imports_of(path.read_text(encoding="utf-8"), importer, path.name == "__init__.py"):
+            if imported.startswith("timpy.cli.bench") and imported not in allowed:
+                problems.append(f"{path.relative_to(PACKAGE.parent)}:{line}: {importer} imports {imported}: "
+                                "a bench imports only timpy.cli.bench.common; move what two benches share there")
+    return problems
+
+
+def test_benches_import_only_their_common_module() -> None:
+    problems = bench_violations()
+    assert not problems, "benches importing each other:\n" + "\n".join(problems)

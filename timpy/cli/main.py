@@ -13,6 +13,7 @@ from typing import NoReturn
 import click
 import trio
 
+from timpy.cli.lazy import LazyGroup
 from timpy.concurrency import unwrap_single_error
 from timpy.config import CLI_DEFAULTS, NodeConfig, parse_text_value, resolve_config
 from timpy.errors import ConfigError, TimpyError
@@ -25,31 +26,16 @@ def _setup_logging(verbose: bool, as_json: bool = False) -> None:
     setup_logging(verbose, as_json)
 
 
-class _LazyGroup(click.Group):
-    """The top-level command: its command groups are imported when named, so
-    ``timpy chat`` does not load the benchmarks, nor ``timpy cluster status``
-    the whole node (several seconds of start-up on a busy machine)."""
-
-    LAZY = {
-        "chat": "timpy.cli.chat:chat",
-        "cluster": "timpy.cli.cluster:cluster",
-        "backend": "timpy.cli.backend:backend",
-        "bench": "timpy.cli.bench:bench",
-    }
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self.LAZY})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        if cmd_name in self.LAZY and cmd_name not in self.commands:
-            import importlib
-
-            module, _, attr = self.LAZY[cmd_name].partition(":")
-            self.add_command(getattr(importlib.import_module(module), attr), cmd_name)
-        return super().get_command(ctx, cmd_name)
+# The command groups other than node and keys, imported when named (timpy.cli.lazy).
+COMMAND_GROUPS = {
+    "chat": "timpy.cli.chat:chat",
+    "cluster": "timpy.cli.cluster:cluster",
+    "backend": "timpy.cli.backend:backend",
+    "bench": "timpy.cli.bench:bench",
+}
 
 
-@click.group(cls=_LazyGroup)
+@click.group(cls=LazyGroup, lazy=COMMAND_GROUPS)
 @click.version_option(package_name="timpy")
 def cli() -> None:
     """timpy: a decentralized peer-to-peer instant-messaging engine."""

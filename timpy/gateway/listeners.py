@@ -236,9 +236,7 @@ async def serve_tcp_stream(node: NodeServices, stream: trio.abc.Stream) -> None:
             try:
                 with session.cancel_scope:
                     async with trio.open_nursery() as nursery:
-                        out = _TcpWriter(stream, session, nursery)
-                        session.wake = out.wake
-                        session.direct = out.direct_writer()
+                        session.attach_writer(_TcpWriter(stream, session, nursery))
                         with _ends_connection(nursery):
                             await _read_tcp_frames(node, stream, session, deadline)
             finally:
@@ -252,36 +250,50 @@ async def serve_tcp_stream(node: NodeServices, stream: trio.abc.Stream) -> None:
                 await stream.aclose()
 
 
-class _Rest:
-    """Outbound marker: the rest of a frame a direct write began (bytes as they go)."""
+class _Bytes:
+    """Outbound marker: bytes ready for the stream: the rest of a frame a
+    direct write began, a WebSocket pong or close frame; ``last``: the
+    connection ends once they are written."""
 
-    __slots__ = ("data",)
+    __slots__ = ("data", "last")
 
-    def __init__(self, data: bytes) -> None:
+    def __init__(self, data: bytes, last: bool = False) -> None:
         self.data = data
+        self.last = last
 
 
-class _TcpWriter:
-    """A TCP connection's writing side. Its task runs only while frames wait
-    in ``session.outbound`` (``wake`` starts it; it ends once they are all
-    written): an idle connection is one task, not two.
+class _Writer:
+    """A client connection's writing side, one per connection; ``_TcpWriter``
+    and ``_WsWriter`` say how a frame becomes bytes. Its task runs only while
+    frames wait in ``session.outbound`` (``wake`` starts it; it ends once they
+    are all written, up to ``_WRITE_BATCH`` frames a ``send_all``): an idle
+    connection is one task, not two.
 
-    ``direct_writer`` writes a frame straight to the socket, in the caller's
+    ``write_now`` writes a frame straight to the socket, in the caller's
     task, when no writer task is running (nothing queued): a group message
     to 10,000 members was 10,000 channel hops and task switches, each
     waking a writer for one frame; a member's socket almost always has room,
-    so the frame goes out at once. When the writer is running, the socket
-    full, or the stream not a plain socket (TLS, the in-memory streams of
-    ``timpy.testing``), the frame is queued; a frame the socket took only
-    part of leaves its rest to the writer, ahead of anything queued after it."""
+    so the frame goes out at once. When the writer is running, or the stream
+    is not a plain socket (TLS, the in-memory streams of ``timpy.testing``),
+    the frame is queued; bytes the socket did not take (all of them when it
+    is full) are queued for the writer, ahead of anything queued after them."""
 
-    __slots__ = ("_stream", "_session", "_nursery", "running")
+    __slots__ = ("_stream", "_session", "_nursery", "_socket", "running")
 
     def __init__(self, stream: trio.abc.Stream, session: ClientSession, nursery: trio.Nursery) -> None:
         self._stream = stream
         self._session = session
         self._nursery = nursery
+        self._socket = stream.socket if type(stream) is trio.SocketStream else None
         self.running = False
+
+    def _encode(self, item: object) -> bytes | None:
+        """A queued frame as the stream's bytes; None: not sent (closing)."""
+        raise NotImplementedError
+
+    def _goodbye(self, item: CloseAfter) -> bytes:
+        """The bytes that end the connection after what was queued, if any."""
+        return b""
 
     def wake(self) -> None:
         if self.running:
@@ -292,38 +304,32 @@ class _TcpWriter:
         except RuntimeError:  # the connection is ending: nothing more is written
             pass
 
-    def direct_writer(self) -> Callable[[object], bool] | None:
-        stream = self._stream
-        if type(stream) is not trio.SocketStream:
-            return None
-        sock = stream.socket
-        queue = self._session.outbound_send
-
-        def write(item: object) -> bool:
-            if self.running:
-                return False  # frames are queued: keep the order
-            fd = sock.fileno()
-            if fd < 0:
-                return False
-            data = _wire_bytes(item)
-            try:
-                sent = os.write(fd, data)
-            except OSError:
-                return False  # full (BlockingIOError) or broken: the writer meets it
-            if sent < len(data):
-                queue.send_nowait(_Rest(data[sent:]))  # type: ignore[arg-type]
-                self.wake()
-            return True
-
-        return write
+    def write_now(self, item: object) -> bool:
+        sock = self._socket
+        if sock is None or self.running:
+            return False  # not a plain socket, or frames are queued: keep the order
+        fd = sock.fileno()
+        if fd < 0:
+            return False
+        data = self._encode(item)
+        if data is None:
+            return True  # closing: dropped, as the writer would
+        try:
+            sent = os.write(fd, data)
+        except OSError:
+            sent = 0  # full (BlockingIOError) or broken: the writer meets it
+        if sent < len(data):
+            self._session.queue(_Bytes(data[sent:] if sent else data))
+        return True
 
     async def _write(self) -> None:
         outbound = self._session.outbound
+        encode = self._encode
         ending = False
         try:
             while not ending:
-                batch: list[object] = []
-                while len(batch) < _WRITE_BATCH:
+                chunks: list[bytes] = []
+                while len(chunks) < _WRITE_BATCH:
                     try:
                         item = outbound.receive_nowait()
                     except trio.WouldBlock:
@@ -331,28 +337,45 @@ class _TcpWriter:
                     except trio.EndOfChannel:
                         ending = True
                         break
-                    if isinstance(item, CloseAfter):
+                    kind = type(item)
+                    if kind is _Bytes:
+                        chunks.append(item.data)  # type: ignore[union-attr]
+                        if item.last:  # type: ignore[union-attr]
+                            ending = True
+                            break
+                        continue
+                    if kind is CloseAfter:
+                        goodbye = self._goodbye(item)  # type: ignore[arg-type]
+                        if goodbye:
+                            chunks.append(goodbye)
                         ending = True
                         break
-                    batch.append(item)
-                if not batch and not ending:
+                    data = encode(item)
+                    item = None  # type: ignore[assignment]
+                    if data is not None:
+                        chunks.append(data)
+                if not chunks and not ending:
                     self.running = False  # all written: the task ends until the next frame
                     return
-                data = b"".join([_wire_bytes(f) for f in batch])
-                batch = None  # type: ignore[assignment]  # nothing sent is kept
+                data = b"".join(chunks)
+                chunks = None  # type: ignore[assignment]  # nothing sent is kept
                 if data:
                     await self._stream.send_all(data)
-                data = None  # type: ignore[assignment]
+                data = None
         except _PEER_GONE:
             pass
-        self._nursery.cancel_scope.cancel()  # closed by the session, or the peer went away
+        self._nursery.cancel_scope.cancel()  # closed by the session or the client, or the peer went away
 
 
-def _wire_bytes(item: object) -> bytes:
-    kind = type(item)
-    if kind is Encoded:
-        return item.wire()  # type: ignore[union-attr]
-    return item.data if kind is _Rest else frame_bytes(encode_out(item))  # type: ignore[union-attr, arg-type]
+class _TcpWriter(_Writer):
+    """Frames in the TCP framing (length-prefixed thrift)."""
+
+    __slots__ = ()
+
+    def _encode(self, item: object) -> bytes:
+        if type(item) is Encoded:
+            return item.wire()  # type: ignore[union-attr]
+        return frame_bytes(encode_out(item))  # type: ignore[arg-type]
 
 
 _NO_LOGIN = ProtocolError("no login within the handshake timeout", Code.AUTH_REQUIRED)
@@ -429,17 +452,6 @@ _WS_CLOSE_POLICY = 1008
 _WS_CLOSE_TOO_BIG = 1009
 
 
-class _Raw:
-    """Outbound marker: WebSocket bytes built already (a pong); ``last``: the
-    connection ends once they are written (a close frame)."""
-
-    __slots__ = ("data", "last")
-
-    def __init__(self, data: bytes, last: bool = False) -> None:
-        self.data = data
-        self.last = last
-
-
 class WebSocketServer:
     """What ``run_ws_listener`` reports when it listens: its listeners, and
     the port of the first."""
@@ -497,13 +509,11 @@ class _WsStream:
     def _control(self, data: bytes, last: bool = False) -> bool:
         """Hand WebSocket bytes to the writer, in order with the frames queued."""
         try:
-            self.session.outbound_send.send_nowait(_Raw(data, last))  # type: ignore[arg-type]
+            self.session.queue(_Bytes(data, last))
         except (trio.WouldBlock, trio.ClosedResourceError):
             if last:
                 self.session.cancel_scope.cancel()  # no room to say goodbye: close now
             return False
-        if self.session.wake is not None:
-            self.session.wake()
         return True
 
     async def _close(self, code: int, reason: str) -> None:
@@ -590,9 +600,7 @@ async def _serve_ws_session(ws: _WsStream, session: ClientSession) -> None:
     try:
         with session.cancel_scope:
             async with trio.open_nursery() as nursery:
-                out = _WsWriter(ws, json_mode, nursery)
-                session.wake = out.wake
-                session.direct = out.direct_writer()
+                session.attach_writer(_WsWriter(ws, json_mode, nursery))
                 with _ends_connection(nursery):
                     await _read_ws_messages(ws, session, json_mode, deadline)
     finally:
@@ -623,107 +631,30 @@ async def _read_ws_messages(ws: _WsStream, session: ClientSession, json_mode: li
         frame = None  # type: ignore[assignment]  # an idle connection keeps nothing of its last request
 
 
-class _WsWriter:
-    """A WebSocket connection's writing side, run as ``_TcpWriter``'s: a task
-    only while frames wait in ``session.outbound``, and deliveries written
-    straight to a plain socket when none do. A frame goes as a binary
-    message, or as a JSON text message when the client's last message was
-    one."""
+class _WsWriter(_Writer):
+    """Frames as WebSocket messages: binary, or JSON text when the client's
+    last message was text; a session's close as a close frame (1008) with
+    its reason."""
 
-    __slots__ = ("_ws", "_json_mode", "_nursery", "running")
+    __slots__ = ("_ws", "_json_mode")
 
     def __init__(self, ws: _WsStream, json_mode: list[bool], nursery: trio.Nursery) -> None:
+        super().__init__(ws.stream, ws.session, nursery)
         self._ws = ws
         self._json_mode = json_mode
-        self._nursery = nursery
-        self.running = False
 
-    def wake(self) -> None:
-        if self.running:
-            return
-        self.running = True
-        try:
-            self._nursery.start_soon(self._write)
-        except RuntimeError:  # the connection is ending: nothing more is written
-            pass
-
-    def _bytes(self, item: object) -> bytes | None:
-        """An outbound frame as WebSocket bytes; None once closing (not sent)."""
+    def _encode(self, item: object) -> bytes | None:
         conn = self._ws.conn
         if conn.state is not ConnectionState.OPEN:
             return None
         data = _encode_ws(item, self._json_mode[0])  # type: ignore[arg-type]
         return conn.send(TextMessage(data) if isinstance(data, str) else BytesMessage(data))
 
-    def direct_writer(self) -> Callable[[object], bool] | None:
-        stream = self._ws.stream
-        if type(stream) is not trio.SocketStream:
-            return None
-        sock = stream.socket
-        session = self._ws.session
-
-        def write(item: object) -> bool:
-            if self.running:
-                return False  # frames are queued: keep the order
-            fd = sock.fileno()
-            if fd < 0:
-                return False
-            data = self._bytes(item)
-            if data is None:
-                return True  # closing: dropped, as the writer would
-            try:
-                sent = os.write(fd, data)
-            except OSError:
-                sent = 0  # full (BlockingIOError) or broken: the writer meets it
-            if sent < len(data):
-                session.outbound_send.send_nowait(_Raw(data[sent:]))  # type: ignore[arg-type]
-                self.wake()
-            return True
-
-        return write
-
-    async def _write(self) -> None:
-        outbound = self._ws.session.outbound
-        stream = self._ws.stream
-        ending = False
-        try:
-            while not ending:
-                chunks: list[bytes] = []
-                while len(chunks) < _WRITE_BATCH:
-                    try:
-                        item = outbound.receive_nowait()
-                    except trio.WouldBlock:
-                        break
-                    except trio.EndOfChannel:
-                        ending = True
-                        break
-                    if isinstance(item, CloseAfter):
-                        if self._ws.conn.state is ConnectionState.OPEN:
-                            chunks.append(self._ws.conn.send(
-                                CloseConnection(code=_WS_CLOSE_POLICY, reason=item.reason[:120])))
-                        ending = True
-                        break
-                    if type(item) is _Raw:
-                        chunks.append(item.data)  # type: ignore[union-attr]
-                        if item.last:  # type: ignore[union-attr]
-                            ending = True
-                            break
-                        continue
-                    data = self._bytes(item)
-                    item = None  # type: ignore[assignment]
-                    if data is not None:
-                        chunks.append(data)
-                if not chunks and not ending:
-                    self.running = False  # all written: the task ends until the next frame
-                    return
-                data = b"".join(chunks)
-                chunks = None  # type: ignore[assignment]  # nothing sent is kept
-                if data:
-                    await stream.send_all(data)
-                data = None  # type: ignore[assignment]
-        except _PEER_GONE:
-            pass
-        self._nursery.cancel_scope.cancel()  # closed by the session or the client, or the peer went away
+    def _goodbye(self, item: CloseAfter) -> bytes:
+        conn = self._ws.conn
+        if conn.state is not ConnectionState.OPEN:
+            return b""
+        return conn.send(CloseConnection(code=_WS_CLOSE_POLICY, reason=item.reason[:120]))
 
 
 async def run_ws_listener(node: NodeServices, host: str, port: int, task_status: trio.TaskStatus[object]) -> None:

@@ -14,7 +14,7 @@ import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import trio
 from thriftpy2.thrift import TPayload
@@ -153,6 +153,19 @@ def error_frame(rid: int, exc: TimpyError) -> TPayload:
     return wp.make_frame("error", rid=rid, code=int(exc.code), text=exc.text)
 
 
+class ConnectionWriter(Protocol):
+    """The writing side of one client connection (``gateway/listeners.py``),
+    which writes what the session queues on ``outbound``."""
+
+    def wake(self) -> None:
+        """Something was queued: write it (and what follows) soon."""
+
+    def write_now(self, frame: TPayload | Encoded) -> bool:
+        """Write ``frame`` at once in the caller's task; False when it must be
+        queued instead (frames wait already, or the stream cannot)."""
+        ...
+
+
 class ClientSession:
     def __init__(self, node: NodeServices, peer: str, clock: Callable[[], float] = trio.current_time) -> None:
         self.node = node
@@ -171,18 +184,24 @@ class ClientSession:
         self._closing = False
         self.cancel_scope = trio.CancelScope()
         self._acks: trio.MemorySendChannel | None = None  # sends in flight, acknowledged in order
-        # Set by the transport: writes a frame at once when its writer is idle
-        # (True), else the frame goes through ``outbound`` (False).
-        self.direct: Callable[[TPayload | Encoded], bool] | None = None
-        # Set by a transport whose writer runs only while there is something
-        # to write: called after each frame is queued on ``outbound``.
-        self.wake: Callable[[], None] | None = None
+        self._writer: ConnectionWriter | None = None  # attach_writer; without one, frames wait on outbound
 
-    def _queue(self, item: TPayload | Encoded | CloseAfter) -> None:
-        """Queue ``item`` for the transport's writer (raises as ``send_nowait``)."""
-        self.outbound_send.send_nowait(item)
-        if self.wake is not None:
-            self.wake()
+    def attach_writer(self, writer: ConnectionWriter) -> None:
+        """The connection's writing side, given by its listener before the
+        first frame is read: woken after each frame queued on ``outbound``,
+        and offered each delivery to write at once."""
+        self._writer = writer
+
+    def queue(self, item: object) -> None:
+        """Queue ``item`` on ``outbound`` for the connection's writer (raises
+        as ``send_nowait``): a frame, or a marker of the listener's own."""
+        self.outbound_send.send_nowait(item)  # type: ignore[arg-type]
+        if self._writer is not None:
+            self._writer.wake()
+
+    def _wake_writer(self) -> None:
+        if self._writer is not None:
+            self._writer.wake()
 
     # --- TerminalLink ---------------------------------------------------
 
@@ -198,8 +217,9 @@ class ClientSession:
     def push_nowait(self, delivery: Delivery) -> bool:
         try:
             frame = self._delivery_frame(delivery)
-            if self.direct is None or not self.direct(frame):
-                self._queue(frame)
+            writer = self._writer
+            if writer is None or not writer.write_now(frame):
+                self.queue(frame)
             return True
         except (trio.WouldBlock, trio.ClosedResourceError):
             return False
@@ -217,12 +237,11 @@ class ClientSession:
             await self.outbound_send.send(frame)
         except trio.ClosedResourceError:
             return
-        if self.wake is not None:
-            self.wake()
+        self._wake_writer()
 
     def push_notice(self, notice: Notice) -> None:
         try:
-            self._queue(notice_frame(notice))
+            self.queue(notice_frame(notice))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass  # not stored, not retried: a slow terminal misses it
         except Exception:
@@ -238,7 +257,7 @@ class ClientSession:
         is given); at once if the queue is full."""
         if code is not None and not self._closing:
             try:
-                self._queue(error_frame(0, TimpyError(reason, code)))
+                self.queue(error_frame(0, TimpyError(reason, code)))
             except (trio.WouldBlock, trio.ClosedResourceError):
                 pass
         if self._closing:
@@ -246,28 +265,27 @@ class ClientSession:
         self._closing = True
         log.info("closing client %s: %s", self.peer, reason)
         try:
-            self._queue(CloseAfter(reason))
+            self.queue(CloseAfter(reason))
         except (trio.WouldBlock, trio.ClosedResourceError):
             self.cancel_scope.cancel()
 
     def fail(self, exc: TimpyError, rid: int = 0) -> None:
         """Send an error, then close: for a stream that cannot be trusted any more."""
         try:
-            self._queue(error_frame(rid, exc))
+            self.queue(error_frame(rid, exc))
         except (trio.WouldBlock, trio.ClosedResourceError):
             pass
         self.close(exc.text)
 
     async def reply(self, frame: TPayload) -> None:
         try:
-            self._queue(frame)  # no task switch while there is room
+            self.queue(frame)  # no task switch while there is room
         except trio.WouldBlock:
             try:
                 await self.outbound_send.send(frame)
             except trio.ClosedResourceError:
                 return
-            if self.wake is not None:
-                self.wake()
+            self._wake_writer()
         except trio.ClosedResourceError:
             pass
 

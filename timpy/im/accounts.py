@@ -97,7 +97,7 @@ class Accounts:
                                    ("user", a.user_id))
 
     def _account_copies(self, uid: bytes) -> Callable[[], Awaitable[Copies]]:
-        return lambda: self._store.run(self._store.repo.user_copies, uid, 0, 0)
+        return lambda: self._store.run(self._store.local.user_copies, uid, 0, 0)
 
     async def _get_here(self, a: ops.AccountGet) -> ops.Account | None:
         account = await self._store.run(self._store.repo.get_account, a.user_id)

@@ -155,7 +155,7 @@ class Groups:
         """What a group operation wrote, for the replicas (a "get" wrote nothing)."""
         if a.op == "get":
             return None
-        return lambda: self._store.run(self._store.repo.conversation_copies, a.group_id, 1 << 62, 1)
+        return lambda: self._store.run(self._store.local.conversation_copies, a.group_id, 1 << 62, 1)
 
     @staticmethod
     def _run(

@@ -207,7 +207,7 @@ class Replicator:
             return 0
         try:
             async with ownership.applying(epoch):  # a fence from a newer epoch waits for it
-                return await self._store.run(self._store.repo.undo_writes, messages, inbox)
+                return await self._store.run(self._store.local.undo_writes, messages, inbox)
         except TimpyError:
             return 0
 
@@ -288,7 +288,7 @@ class Replicator:
     async def _pull(self, kind: str, key: bytes, others: list[str]) -> set[str]:
         """Fence each node at this node's epoch and copy what it has beyond
         our copy; returns the nodes that answered completely."""
-        repo = self._store.repo
+        repo = self._store.local
         head_fn = repo.conversation_head if kind == "conv" else repo.inbox_head
         mine = await self._store.run(head_fn, key)
         epoch = self._peers.ownership.epoch if self._peers.ownership is not None else None
@@ -327,7 +327,7 @@ class Replicator:
         """Make this node's copy of one key take every slot where ``node``'s
         value wins or this node has none (slot digests, as repair compares):
         a catch-up that starts from the last slot both agree on, not the head."""
-        repo = self._store.repo
+        repo = self._store.local
         mine = await self._store.run(repo.repair_buckets, kind, key)
         raw = await self._peers.call(node, ops.REPAIR_BUCKETS, ops.RepairKey(kind, key), timeout=CATCH_UP_TIMEOUT)
         if raw is None:
@@ -393,13 +393,13 @@ class Replicator:
             for kind in KEYS:  # conversations, users, attachments
                 after = b""
                 for _ in range(10_000_000 // DIGEST_PAGE):  # bounded walk over the keys held here
-                    page = await self._store.run(self._store.repo.repair_keys, kind, after, None, DIGEST_PAGE)
+                    page = await self._store.run(self._store.local.repair_keys, kind, after, None, DIGEST_PAGE)
                     upto = page[-1] if len(page) == DIGEST_PAGE else None
                     checked += len(page)
                     # Twice when the first sweep brought rows here: what one
                     # replica gave this node reaches the others in the same pass.
                     for _sweep in range(2):
-                        roots = await self._store.run(self._store.repo.repair_roots, kind, page)
+                        roots = await self._store.run(self._store.local.repair_roots, kind, page)
                         fetched = 0
                         for node in self._peers.others():
                             r, f = await self._compare_range(kind, node, after, upto, page, roots)
@@ -414,7 +414,7 @@ class Replicator:
                     after = upto
             placement = self._peers.placement
             dropped = await self._store.run(  # catch-up may still read a previous replica's copy
-                self._store.repo.drop_unreferenced_messages,
+                self._store.local.drop_unreferenced_messages,
                 lambda k: placement.holds(k) or placement.held_before(k),
             )
         finally:
@@ -466,7 +466,7 @@ class Replicator:
 
     async def _repair_key(self, kind: str, node: str, key: bytes) -> int:
         """Make this node's and ``node``'s copies of one key equal; returns the rows fetched."""
-        repo, p = self._store.repo, self.progress
+        repo, p = self._store.local, self.progress
         mine = await self._store.run(repo.repair_buckets, kind, key)
         raw = await self._peers.call(node, ops.REPAIR_BUCKETS, ops.RepairKey(kind, key), timeout=CATCH_UP_TIMEOUT * 5)
         my_meta, my_buckets = mine if mine is not None else (b"", {})
@@ -531,7 +531,7 @@ class Replicator:
         out: list[tuple[bytes, int, bytes, int, bytes, int]] = []
         copies = Copies()
         if mine_lose:
-            copies.merge(await self._store.run(self._store.repo.repair_rows, "user", user, mine_lose, False))
+            copies.merge(await self._store.run(self._store.local.repair_rows, "user", user, mine_lose, False))
         if theirs_lose:
             copies.merge(Copies.unpack(await self._peers.call(
                 node, ops.REPAIR_ROWS, ops.RepairRows("user", user, theirs_lose, False), timeout=10.0
@@ -554,7 +554,7 @@ class Replicator:
     async def _restore_losers(self, user: bytes, losers: list[tuple[bytes, int, bytes, int, bytes, int]]) -> None:
         """Put back at the head of the inbox (through the user's owner) each
         message that lost its inbox slot and is in no other slot here."""
-        held = await self._store.run(self._store.repo.inbox_holds, user, [(c, q) for c, q, *_ in losers])
+        held = await self._store.run(self._store.local.inbox_holds, user, [(c, q) for c, q, *_ in losers])
         for conv, seq, dedup, created_ms, sealed, epoch in losers:
             if (conv, seq) in held or self._restore_inbox_entry is None:
                 continue
@@ -567,16 +567,16 @@ class Replicator:
     # --- what peers ask of this node ---------------------------------------
 
     def _register(self) -> None:
-        repo = self._store.repo
+        # self._store.local per call: registered in shared-backend mode too, where no peer asks these.
         ownership = self._peers.ownership
         serve = self._peers.serve
 
         async def apply(a: ops.CopiesApply) -> int:
             copies = self._without_undone(_copies(a.copies))
             if ownership is None:
-                return await self._store.run(repo.apply_copies, copies)
+                return await self._store.run(self._store.local.apply_copies, copies)
             async with ownership.applying(a.epoch):  # a stale writer's copy is refused
-                return await self._store.run(repo.apply_copies, copies, True)
+                return await self._store.run(self._store.local.apply_copies, copies, True)
 
         async def undo(a: ops.CopiesUndo) -> int:
             self._remember_undone(a.messages, a.inbox)
@@ -589,20 +589,20 @@ class Replicator:
 
         async def conv(a: ops.CopiesAfter) -> list:
             await fence(a.epoch)
-            return (await self._store.run(repo.conversation_copies, a.key, a.after, min(a.limit, COPY_PAGE))).pack()
+            return (await self._store.run(self._store.local.conversation_copies, a.key, a.after, min(a.limit, COPY_PAGE))).pack()
 
         async def user(a: ops.CopiesAfter) -> list:
             await fence(a.epoch)
-            return (await self._store.run(repo.user_copies, a.key, a.after, min(a.limit, COPY_PAGE))).pack()
+            return (await self._store.run(self._store.local.user_copies, a.key, a.after, min(a.limit, COPY_PAGE))).pack()
 
         async def repair_range(a: ops.RepairRange) -> list[bytes]:
             # The keys of the asker's range whose content differs here, and
             # the keys of that range held here that the asker should hold too.
             kind = _kind(a.kind)
             theirs = dict(a.mine)
-            roots = await self._store.run(repo.repair_roots, kind, list(theirs))
+            roots = await self._store.run(self._store.local.repair_roots, kind, list(theirs))
             differing = [k for k, r in theirs.items() if roots.get(k) != r]
-            held = await self._store.run(repo.repair_keys, kind, a.after, a.upto, RANGE_LIMIT)
+            held = await self._store.run(self._store.local.repair_keys, kind, a.after, a.upto, RANGE_LIMIT)
             placement, me = self._peers.placement, self._peers.self_id
             for k in held:
                 if k not in theirs:
@@ -612,17 +612,17 @@ class Replicator:
             return differing
 
         async def repair_buckets(a: ops.RepairKey) -> ops.Buckets | None:
-            got = await self._store.run(repo.repair_buckets, _kind(a.kind), a.key)
+            got = await self._store.run(self._store.local.repair_buckets, _kind(a.kind), a.key)
             return None if got is None else ops.Buckets(got[0], sorted(got[1].items()))
 
         async def repair_slots(a: ops.RepairSlots) -> list[tuple[int, bytes]]:
-            return sorted((await self._store.run(repo.repair_slots, _kind(a.kind), a.key, a.buckets)).items())
+            return sorted((await self._store.run(self._store.local.repair_slots, _kind(a.kind), a.key, a.buckets)).items())
 
         async def repair_rows(a: ops.RepairRows) -> list:
-            return (await self._store.run(repo.repair_rows, _kind(a.kind), a.key, a.slots, a.meta)).pack()
+            return (await self._store.run(self._store.local.repair_rows, _kind(a.kind), a.key, a.slots, a.meta)).pack()
 
         async def repair_apply(a: ops.RepairApply) -> tuple[int, int]:
-            added, cleared = await self._store.run(repo.apply_repair, _kind(a.kind), a.key, _copies(a.copies), a.replace)
+            added, cleared = await self._store.run(self._store.local.apply_repair, _kind(a.kind), a.key, _copies(a.copies), a.replace)
             self.progress.rows_repaired += added
             if cleared:
                 self.progress.conflicting_slots += cleared

@@ -260,7 +260,7 @@ class Node:
         )
         ask_on_start = True
         if not shared:  # with no account held here this node owned no one before it started
-            ask_on_start = (await self.store.run(self.store.repo.key_count))[1] > 0
+            ask_on_start = (await self.store.run(self.store.local.key_count))[1] > 0
         self.webhooks = await self._open_webhooks(keys)
         events: EventSink = self.webhooks if self.webhooks is not None else NO_EVENTS
         self.accounts = Accounts(

@@ -23,7 +23,7 @@ from pathlib import Path
 import click
 from sqlalchemy import text
 
-from timpy.cli.bench import percentile, show
+from timpy.cli.bench.common import percentile, show
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys
 from timpy.crypto.seal import Sealer
@@ -134,16 +134,15 @@ def run(url: str | None, messages: int, conversations: int, words: int, queries:
     return result
 
 
-def register(bench: click.Group) -> None:
-    @bench.command("search")
-    @click.option("--url", help="SQLAlchemy URL of a database to use (its timpy tables are dropped); default a SQLite file.")
-    @click.option("--messages", default=100_000, show_default=True)
-    @click.option("--conversations", default=100, show_default=True)
-    @click.option("--words", default=10, show_default=True, help="Words per message.")
-    @click.option("--queries", default=5000, show_default=True)
-    @click.option("--seed", default=1, show_default=True)
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def search_cmd(url: str | None, messages: int, conversations: int, words: int, queries: int, seed: int,
-                   as_json: bool) -> None:
-        """The search index: messages indexed per second, its size per 100,000 messages, queries per second."""
-        show(run(url, messages, conversations, words, queries, seed), as_json)
+@click.command("search")
+@click.option("--url", help="SQLAlchemy URL of a database to use (its timpy tables are dropped); default a SQLite file.")
+@click.option("--messages", default=100_000, show_default=True)
+@click.option("--conversations", default=100, show_default=True)
+@click.option("--words", default=10, show_default=True, help="Words per message.")
+@click.option("--queries", default=5000, show_default=True)
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def search_cmd(url: str | None, messages: int, conversations: int, words: int, queries: int, seed: int,
+               as_json: bool) -> None:
+    """The search index: messages indexed per second, its size per 100,000 messages, queries per second."""
+    show(run(url, messages, conversations, words, queries, seed), as_json)

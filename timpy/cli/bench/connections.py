@@ -22,12 +22,23 @@ import os
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 import click
 import trio
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from timpy.cli.bench import console, show, start_node_process, stop_node_process
+from timpy.cli.bench.common import (
+    cpu_seconds,
+    loadavg,
+    log_in_all,
+    progress_bar,
+    raise_fd_limit,
+    register_users,
+    self_cpu,
+    show,
+    start_node_process,
+    stop_node_process,
+)
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
 
@@ -86,7 +97,7 @@ async def _tcp_login(host: str, port: int, name: str) -> trio.SocketStream:
                 return stream
 
 
-async def _ws_login(nursery: trio.Nursery, url: str, name: str) -> object:
+async def _ws_login(nursery: trio.Nursery, url: str, name: str) -> Any:
     from trio_websocket import connect_websocket_url
 
     ws = await connect_websocket_url(nursery, url)
@@ -100,12 +111,9 @@ async def _ws_login(nursery: trio.Nursery, url: str, name: str) -> object:
 
 
 async def run_connections(clients: int, ws: bool, concurrency: int) -> dict:
-    from timpy.cli.bench_flood import _cpu_seconds, _loadavg, _self_cpu
-    from timpy.cli.bench_group import _raise_fd_limit
-
-    _raise_fd_limit(clients + 300)
+    raise_fd_limit(clients + 300)
     names = [f"c{i}" for i in range(clients)]
-    load = _loadavg()
+    load = loadavg()
     argon_ms, argon_cost = _argon_default_ms()
     limits = (
         f"[limits]\nmax_connections = {clients + 100}\nhandshake_timeout = 300.0\n"
@@ -113,14 +121,12 @@ async def run_connections(clients: int, ws: bool, concurrency: int) -> dict:
     )
     with tempfile.TemporaryDirectory(prefix="timpy-conn-") as tmp:
         workdir = Path(tmp)
-        with Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        ) as progress:
+        with progress_bar() as progress:
             # Setup: the accounts, stored without an fsync each.
             proc, info = await start_node_process(workdir, False, 'sqlite_synchronous = "OFF"\n' + limits)
             try:
-                await _register_all_with(info["tcp"], names, progress)
+                host, _, port = info["tcp"].rpartition(":")
+                await register_users(host, int(port), names, PASSWORD, progress)
             finally:
                 await stop_node_process(proc)
             (workdir / "ready.json").unlink()
@@ -128,28 +134,22 @@ async def run_connections(clients: int, ws: bool, concurrency: int) -> dict:
             try:
                 await trio.sleep(1.0)
                 before = _rss_kib(proc.pid)
-                task = progress.add_task(f"logging in over {'WebSocket' if ws else 'TCP'}", total=clients)
-                held: list = []
-                gate = trio.Semaphore(concurrency)
                 host, _, port = info["tcp"].rpartition(":")
                 ws_url = f"ws://{info['ws']}" if ws else ""
                 async with trio.open_nursery() as holders:
 
-                    async def one(name: str) -> None:
-                        async with gate:
-                            if ws:
-                                held.append(await _ws_login(holders, ws_url, name))
-                            else:
-                                held.append(await _tcp_login(host, int(port), name))
-                        progress.advance(task)
+                    async def log_in(name: str) -> Any:
+                        if ws:
+                            return await _ws_login(holders, ws_url, name)
+                        return await _tcp_login(host, int(port), name)
 
                     started = time.perf_counter()
-                    node_cpu0, self_cpu0 = _cpu_seconds(proc.pid), _self_cpu()
-                    async with trio.open_nursery() as nursery:
-                        for name in names:
-                            nursery.start_soon(one, name)
+                    node_cpu0, self_cpu0 = cpu_seconds(proc.pid), self_cpu()
+                    held = await log_in_all(
+                        names, log_in, concurrency, progress, f"logging in over {'WebSocket' if ws else 'TCP'}"
+                    )
                     took = time.perf_counter() - started
-                    node_cpu, self_cpu = _cpu_seconds(proc.pid) - node_cpu0, _self_cpu() - self_cpu0
+                    node_cpu, own_cpu = cpu_seconds(proc.pid) - node_cpu0, self_cpu() - self_cpu0
                     await trio.sleep(3.0)  # idle: pushes of presence and the like settle
                     after = _rss_kib(proc.pid)
                     for conn in held:
@@ -163,7 +163,7 @@ async def run_connections(clients: int, ws: bool, concurrency: int) -> dict:
         "login_seconds": round(took, 2),
         "logins_per_s": round(clients / took, 1),
         "node_cpu_ms_per_login": round(1000 * node_cpu / clients, 2),
-        "bench_cpu_ms_per_login": round(1000 * self_cpu / clients, 2),
+        "bench_cpu_ms_per_login": round(1000 * own_cpu / clients, 2),
         "node_rss_before_mib": round(before / 1024, 1),
         "node_rss_after_mib": round(after / 1024, 1),
         "kib_per_idle_connection": round((after - before) / clients, 1),
@@ -175,37 +175,12 @@ async def run_connections(clients: int, ws: bool, concurrency: int) -> dict:
     }
 
 
-async def _register_all_with(address: str, names: list[str], progress: Progress) -> None:
-    """Register ``names`` with PASSWORD over 8 connections."""
-    from timpy.cli.bench_flood import _open
-    from timpy.errors import Code
 
-    host, _, port = address.rpartition(":")
-    task = progress.add_task("registering users", total=len(names))
-
-    async def some(chunk: list[str]) -> None:
-        conn = await _open(host, int(port))
-        try:
-            for name in chunk:
-                reply = await conn.request(wp.make_frame("register_", rid=2, name=name, password=PASSWORD))
-                if reply.error is not None and reply.error.code != Code.USER_EXISTS:
-                    raise click.ClickException(f"could not register {name}: {reply.error.text}")
-                progress.advance(task)
-        finally:
-            await conn.stream.aclose()
-
-    async with trio.open_nursery() as nursery:
-        for k in range(8):
-            nursery.start_soon(some, names[k::8])
-    progress.remove_task(task)
-
-
-def register(bench: click.Group) -> None:
-    @bench.command("connections")
-    @click.option("--clients", default=1000, show_default=True, help="Clients to log in, each a user on its own connection.")
-    @click.option("--ws", is_flag=True, help="Log in over WebSocket (binary frames) instead of TCP.")
-    @click.option("--concurrency", default=64, show_default=True, help="Logins under way at once.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def connections_cmd(clients: int, ws: bool, concurrency: int, as_json: bool) -> None:
-        """Logins per second, and the node's memory per idle logged-in connection."""
-        show(trio.run(run_connections, clients, ws, concurrency), as_json)
+@click.command("connections")
+@click.option("--clients", default=1000, show_default=True, help="Clients to log in, each a user on its own connection.")
+@click.option("--ws", is_flag=True, help="Log in over WebSocket (binary frames) instead of TCP.")
+@click.option("--concurrency", default=64, show_default=True, help="Logins under way at once.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def connections_cmd(clients: int, ws: bool, concurrency: int, as_json: bool) -> None:
+    """Logins per second, and the node's memory per idle logged-in connection."""
+    show(trio.run(run_connections, clients, ws, concurrency), as_json)

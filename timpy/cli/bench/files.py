@@ -15,6 +15,7 @@ import click
 import trio
 
 import timpy
+from timpy.cli.bench.common import show, start_node_process, stop_node_process, three_node_processes
 
 PASSWORD = "bench-password"
 
@@ -37,10 +38,6 @@ async def _transfer(upload_url: str, download_url: str, size: int) -> tuple[floa
 
 
 async def file_figures(size_mib: int, memory: bool) -> dict:
-    from timpy.cli.bench import start_node_process, stop_node_process
-    from timpy.cli.cluster import ask_node
-    from timpy.crypto.keys import ClusterKeys, encode_key, write_secret_file
-
     size = size_mib * 1024 * 1024
     result: dict = {"scenario": f"files of {size_mib} MiB, {'memory' if memory else 'SQLite files'}, loopback"}
     with tempfile.TemporaryDirectory(prefix="timpy-bench-files-") as tmp:
@@ -51,41 +48,17 @@ async def file_figures(size_mib: int, memory: bool) -> dict:
             await stop_node_process(proc)
         result["one node: upload MB/s"] = round(up, 1)
         result["one node: download MB/s"] = round(down, 1)
-        key = Path(tmp) / "cluster.key"
-        write_secret_file(key, encode_key(ClusterKeys.generate().root))
-        procs: list[trio.Process] = []
-        infos: list[dict] = []
-        try:
-            for i in range(3):
-                join = f'join = ["{infos[0]["peer"]}"]' if infos else ""
-                p, inf = await start_node_process(
-                    Path(tmp) / f"n{i}", memory, f'cluster_key_file = "{key}"', f"probe_interval = 0.5\n{join}"
-                )
-                procs.append(p)
-                infos.append(inf)
-            with trio.fail_after(60):
-                for inf in infos:
-                    while True:
-                        own = (await ask_node(inf["peer"], key)).get("ownership", {})
-                        if own.get("lease") and len(own.get("ring_members", ())) == 3:
-                            break
-                        await trio.sleep(0.1)
+        async with three_node_processes(Path(tmp), memory) as infos:
             up, down = await _transfer(f"tcp://{infos[0]['tcp']}", f"tcp://{infos[1]['tcp']}", size)
-        finally:
-            for p in procs:
-                await stop_node_process(p)
         result["three nodes (R=3, W=2): upload MB/s"] = round(up, 1)
         result["three nodes: download through another node MB/s"] = round(down, 1)
     return result
 
 
-def register(bench: click.Group) -> None:
-    from timpy.cli.bench import show
-
-    @bench.command("files")
-    @click.option("--size", "size_mib", default=20, show_default=True, help="MiB per file.")
-    @click.option("--memory", is_flag=True, help="Nodes keep everything in memory (default: SQLite files).")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def files_cmd(size_mib: int, memory: bool, as_json: bool) -> None:
-        """Upload and download MB/s of a file, through one node and across three."""
-        show(trio.run(file_figures, size_mib, memory), as_json)
+@click.command("files")
+@click.option("--size", "size_mib", default=20, show_default=True, help="MiB per file.")
+@click.option("--memory", is_flag=True, help="Nodes keep everything in memory (default: SQLite files).")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def files_cmd(size_mib: int, memory: bool, as_json: bool) -> None:
+    """Upload and download MB/s of a file, through one node and across three."""
+    show(trio.run(file_figures, size_mib, memory), as_json)

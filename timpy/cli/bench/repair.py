@@ -22,7 +22,7 @@ import trio
 from sqlalchemy import and_, delete, select
 
 import timpy
-from timpy.cli.bench import show
+from timpy.cli.bench.common import show
 from timpy.config import AdminConfig, ClusterConfig, NodeConfig, SecurityConfig
 from timpy.crypto.keys import ClusterKeys
 from timpy.store import schema as s
@@ -131,13 +131,12 @@ async def repair_figures(conversations: int, messages: int, damage: float, memor
             }
 
 
-def register(bench: click.Group) -> None:
-    @bench.command("repair")
-    @click.option("--conversations", default=1000, show_default=True, help="1:1 conversations stored.")
-    @click.option("--messages", default=20, show_default=True, help="Messages in each conversation.")
-    @click.option("--damage", default=0.01, show_default=True, help="Fraction of rows deleted on one replica.")
-    @click.option("--memory", is_flag=True, help="Keep the nodes' data in memory instead of SQLite files.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def repair_cmd(conversations: int, messages: int, damage: float, memory: bool, as_json: bool) -> None:
-        """One repair pass between three replicas: with equal copies, then after damage."""
-        show(trio.run(repair_figures, conversations, messages, damage, memory), as_json)
+@click.command("repair")
+@click.option("--conversations", default=1000, show_default=True, help="1:1 conversations stored.")
+@click.option("--messages", default=20, show_default=True, help="Messages in each conversation.")
+@click.option("--damage", default=0.01, show_default=True, help="Fraction of rows deleted on one replica.")
+@click.option("--memory", is_flag=True, help="Keep the nodes' data in memory instead of SQLite files.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def repair_cmd(conversations: int, messages: int, damage: float, memory: bool, as_json: bool) -> None:
+    """One repair pass between three replicas: with equal copies, then after damage."""
+    show(trio.run(repair_figures, conversations, messages, damage, memory), as_json)

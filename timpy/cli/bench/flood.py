@@ -26,14 +26,28 @@ import random
 import sys
 import tempfile
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import click
 import trio
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 
-from timpy.cli.bench import console, show, start_node_process, stop_node_process
-from timpy.errors import Code
+from timpy.cli.bench.common import (
+    RawConn,
+    console,
+    cpu_seconds,
+    loadavg,
+    log_in_all,
+    login_raw,
+    progress_bar,
+    raise_fd_limit,
+    register_users,
+    self_cpu,
+    show,
+    start_node_process,
+    stop_node_process,
+)
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
 
@@ -43,7 +57,6 @@ _MAGIC = b"\x01flood;"  # starts every body: _MAGIC, recipient index, ";", send 
 # Other frames can quote a message too (the conversation list's conversation_entry
 # notice carries the last message): they are not deliveries and are not counted.
 _DELIVERY_FIELD_AT_11 = b"\x0c\x00\x0e"
-_TICK = os.sysconf("SC_CLK_TCK")
 # The node is measured as it runs, not its per-connection rate limits (the
 # anchors run without any): the flood writes every message at once.
 _NODE_LIMITS = (
@@ -53,97 +66,14 @@ _NODE_LIMITS = (
 )
 
 
-def _cpu_seconds(pid: int) -> float:
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            fields = f.read().rsplit(")", 1)[1].split()
-        return (int(fields[11]) + int(fields[12])) / _TICK  # utime, stime
-    except (OSError, IndexError, ValueError):
-        return float("nan")
-
-
-def _self_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def _loadavg() -> str:
-    try:
-        with open("/proc/loadavg") as f:
-            return " ".join(f.read().split()[:3])
-    except OSError:
-        return "?"
-
-
 def _rank(ordered: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-class _Conn:
-    """One client connection on raw frames."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.decoder = FrameDecoder(16 * 1024 * 1024)
-        self.pending: list[bytes] = []
-
-    async def request(self, frame: object) -> object:
-        """Send a frame and return its answer (the frame with its request id), past any push."""
-        await self.stream.send_all(frame_bytes(wp.encode(frame)))
-        for _ in range(100_000):
-            while not self.pending:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    raise click.ClickException("the node closed a bench connection during login")
-                self.pending.extend(self.decoder.feed(data))
-            reply = wp.decode(self.pending.pop(0))
-            rid = getattr(frame, "rid", 0)
-            if rid and reply.rid == rid:  # the answer to this request (pushes carry rid 0)
-                return reply
-            if not rid and reply.rid and reply.delivery is None and reply.sync_done is None:
-                return reply
-        raise click.ClickException("no answer to a bench request")
-
-
-async def _open(host: str, port: int) -> _Conn:
-    conn = _Conn(await trio.open_tcp_stream(host, port))
-    reply = await conn.request(wp.make_frame("hello", rid=1, version=wp.PROTOCOL_VERSION, agent="timpy-flood"))
-    if reply.welcome is None:
-        raise click.ClickException(f"the node did not greet the bench client: {reply}")
-    return conn
-
-
-async def _register_all(host: str, port: int, names: list[str], progress: Progress) -> None:
-    task = progress.add_task("registering clients", total=len(names))
-
-    async def some(chunk: list[str]) -> None:
-        conn = await _open(host, port)
-        try:
-            for name in chunk:
-                reply = await conn.request(wp.make_frame("register_", rid=2, name=name, password=PASSWORD))
-                if reply.error is not None and reply.error.code != Code.USER_EXISTS:
-                    raise click.ClickException(f"could not register {name}: {reply.error.text}")
-                progress.advance(task)
-        finally:
-            await conn.stream.aclose()
-
-    async with trio.open_nursery() as nursery:
-        for k in range(4):
-            nursery.start_soon(some, names[k::4])
-    progress.remove_task(task)
-
-
-async def _login(host: str, port: int, name: str) -> _Conn:
-    conn = await _open(host, port)
-    reply = await conn.request(
-        wp.make_frame("login", rid=2, name=name, password=PASSWORD, device="flood", no_sync=True)
-    )
-    if reply.login_ok is None:
-        text = reply.error.text if reply.error is not None else str(reply)
-        raise click.ClickException(f"{name} could not log in: {text}")
-    return conn
+def _login_at(host: str, port: int) -> Callable[[str], Awaitable[RawConn]]:
+    return lambda name: login_raw(host, port, name, PASSWORD, "flood")
 
 
 def _send_template(rid: int, client_id: str, recipient: str, to: int) -> tuple[bytes, bytes]:
@@ -165,19 +95,11 @@ async def flood(host: str, port: int, clients: int, messages: int, timeout: floa
     first_send = last_delivery = 0.0
     done = trio.Event()
     pack_time = __import__("struct").Struct(">d")
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as progress:
-        await _register_all(host, port, names, progress)
-        login_task = progress.add_task("logging in", total=clients)
+    with progress_bar() as progress:
+        await register_users(host, port, names, PASSWORD, progress)
         login_started = time.perf_counter()
-        conns: list[_Conn] = []
-        for name in names:
-            conns.append(await _login(host, port, name))
-            progress.advance(login_task)
+        conns = await log_in_all(names, _login_at(host, port), 1, progress, "logging in")  # one at a time
         login_s = time.perf_counter() - login_started
-        progress.remove_task(login_task)
         # Every frame is built before the clock starts; the send time is spliced in.
         rnd = random.Random()
         plans: list[list[tuple[bytes, bytes]]] = []
@@ -192,7 +114,7 @@ async def flood(host: str, port: int, clients: int, messages: int, timeout: floa
         await trio.sleep(0.5)
         task = progress.add_task("messages delivered", total=total)
 
-        async def reader(i: int, conn: _Conn) -> None:
+        async def reader(i: int, conn: RawConn) -> None:
             nonlocal last_delivery
             me = b"%08d;" % i
             got = len(latencies)
@@ -224,7 +146,7 @@ async def flood(host: str, port: int, clients: int, messages: int, timeout: floa
                 if got >= total:
                     done.set()
 
-        async def writer(conn: _Conn, plan: list[tuple[bytes, bytes]]) -> None:
+        async def writer(conn: RawConn, plan: list[tuple[bytes, bytes]]) -> None:
             send_all, stamp = conn.stream.send_all, pack_time.pack
             try:
                 for head, tail in plan:
@@ -232,8 +154,8 @@ async def flood(host: str, port: int, clients: int, messages: int, timeout: floa
             except (trio.BrokenResourceError, trio.ClosedResourceError):
                 errors["the node closed the connection"] = errors.get("the node closed the connection", 0) + 1
 
-        node_cpu0 = _cpu_seconds(node_pid) if node_pid else float("nan")
-        self_cpu0 = _self_cpu()
+        node_cpu0 = cpu_seconds(node_pid) if node_pid else float("nan")
+        self_cpu0 = self_cpu()
         async with trio.open_nursery() as nursery:
             for i, conn in enumerate(conns):
                 nursery.start_soon(reader, i, conn)
@@ -243,8 +165,8 @@ async def flood(host: str, port: int, clients: int, messages: int, timeout: floa
             with trio.move_on_after(timeout):
                 await done.wait()
             nursery.cancel_scope.cancel()
-        node_cpu = (_cpu_seconds(node_pid) if node_pid else float("nan")) - node_cpu0
-        self_cpu = _self_cpu() - self_cpu0
+        node_cpu = (cpu_seconds(node_pid) if node_pid else float("nan")) - node_cpu0
+        own_cpu = self_cpu() - self_cpu0
         for conn in conns:
             await conn.stream.aclose()
     got = len(latencies)
@@ -259,9 +181,9 @@ async def flood(host: str, port: int, clients: int, messages: int, timeout: floa
         "p50_ms": round(_rank(latencies, 0.5) * 1000, 1),
         "p99_ms": round(_rank(latencies, 0.99) * 1000, 1),
         "node_cpu_ms_per_message": round(1000 * node_cpu / got, 3) if got and node_pid else None,
-        "generator_cpu_ms_per_message": round(1000 * self_cpu / got, 3) if got else None,
+        "generator_cpu_ms_per_message": round(1000 * own_cpu / got, 3) if got else None,
         "node_cpu_pct": round(100 * node_cpu / elapsed) if got and node_pid else None,
-        "generator_cpu_pct": round(100 * self_cpu / elapsed) if got else None,
+        "generator_cpu_pct": round(100 * own_cpu / elapsed) if got else None,
         "login_s": round(login_s, 2),
     }
     if errors:
@@ -288,10 +210,7 @@ async def _prefill(workdir: Path, count: int, clients: int) -> float:
     uids = [ids.user_id(indexer, n) for n in names]
     rnd = random.Random()
     started = time.perf_counter()
-    with Progress(
-        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-        console=console, transient=True,
-    ) as progress:
+    with progress_bar() as progress:
         task = progress.add_task("prefilling the store", total=count)
         done = 0
         while done < count:
@@ -322,8 +241,8 @@ async def run_flood(
         raise click.UsageError("--clients must be at least 2")
     if prefill and (memory or url or echo):
         raise click.UsageError("--prefill needs the bench's own node on SQLite (not --memory, --url or --echo)")
-    _raise_fd_limit(clients + 100)
-    load = _loadavg()
+    raise_fd_limit(clients + 100)
+    load = loadavg()
     scenario = "flood 1:1"
     if url:
         if not url.startswith("tcp://"):
@@ -346,7 +265,7 @@ async def run_flood(
             try:
                 if prefill:
                     with Progress(console=console, transient=True) as progress:  # the prefill needs the accounts
-                        await _register_all(host, int(port), [f"u{i}" for i in range(1, clients + 1)], progress)
+                        await register_users(host, int(port), [f"u{i}" for i in range(1, clients + 1)], PASSWORD, progress)
                     await stop_node_process(proc)
                     took = await _prefill(workdir, prefill, clients)
                     console.print(f"prefilled {prefill:,} messages in {took:.1f} s")
@@ -366,12 +285,6 @@ async def run_flood(
     }
 
 
-def _raise_fd_limit(need: int) -> None:
-    from timpy.cli.bench_group import _raise_fd_limit as raise_limit
-
-    raise_limit(need)
-
-
 # --- the generator's ceiling: a minimal echo server ---------------------------
 
 
@@ -379,7 +292,7 @@ async def _start_echo(workdir: Path) -> tuple[trio.Process, dict]:
     ready = workdir / "ready.json"
     log = open(workdir / "echo.log", "wb")  # noqa: SIM115 - closed with the process
     proc = await trio.lowlevel.open_process(
-        [sys.executable, "-c", f"import trio, timpy.cli.bench, timpy.cli.bench_flood as f; trio.run(f.serve_echo, {str(ready)!r})"],
+        [sys.executable, "-c", f"import trio, timpy.cli.bench.flood as f; trio.run(f.serve_echo, {str(ready)!r})"],
         stdout=log, stderr=log,
     )
     with trio.fail_after(30):
@@ -448,25 +361,24 @@ def _guard(handler):  # noqa: ANN001, ANN202
     return run
 
 
-def register(bench: click.Group) -> None:
-    @bench.command("flood")
-    @click.option("--clients", default=200, show_default=True, help="Client connections, each a user.")
-    @click.option("--messages", default=200, show_default=True, help="Messages each client writes, all at once.")
-    @click.option("--prefill", default=0, show_default=True,
-                  help="Messages stored (through the repository, in bulk, the node stopped) before the flood.")
-    @click.option("--memory", is_flag=True, help="Run the node with --memory instead of SQLite.")
-    @click.option("--standalone", is_flag=True, help="Run the node with its peer listener off.")
-    @click.option("--url", help="Flood a running node at tcp://HOST:PORT instead (users u1..uC, password flood-password).")
-    @click.option("--node-pid", type=int, help="With --url: the node's process id, to report its CPU use.")
-    @click.option("--echo", is_flag=True, help="Flood a minimal echo server instead: the generator's own ceiling.")
-    @click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait after the first send.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def flood_cmd(
-        clients: int, messages: int, prefill: int, memory: bool, standalone: bool, url: str | None,
-        node_pid: int | None, echo: bool, timeout: float, as_json: bool,
-    ) -> None:
-        """The anchors' flood: every client writes all its messages at once to random others."""
-        show(
-            trio.run(run_flood, clients, messages, prefill, memory, url, echo, timeout, not standalone, node_pid),
-            as_json,
-        )
+@click.command("flood")
+@click.option("--clients", default=200, show_default=True, help="Client connections, each a user.")
+@click.option("--messages", default=200, show_default=True, help="Messages each client writes, all at once.")
+@click.option("--prefill", default=0, show_default=True,
+              help="Messages stored (through the repository, in bulk, the node stopped) before the flood.")
+@click.option("--memory", is_flag=True, help="Run the node with --memory instead of SQLite.")
+@click.option("--standalone", is_flag=True, help="Run the node with its peer listener off.")
+@click.option("--url", help="Flood a running node at tcp://HOST:PORT instead (users u1..uC, password flood-password).")
+@click.option("--node-pid", type=int, help="With --url: the node's process id, to report its CPU use.")
+@click.option("--echo", is_flag=True, help="Flood a minimal echo server instead: the generator's own ceiling.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds to wait after the first send.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def flood_cmd(
+    clients: int, messages: int, prefill: int, memory: bool, standalone: bool, url: str | None,
+    node_pid: int | None, echo: bool, timeout: float, as_json: bool,
+) -> None:
+    """The anchors' flood: every client writes all its messages at once to random others."""
+    show(
+        trio.run(run_flood, clients, messages, prefill, memory, url, echo, timeout, not standalone, node_pid),
+        as_json,
+    )

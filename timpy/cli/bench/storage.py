@@ -17,13 +17,12 @@ from pathlib import Path
 
 import click
 import trio
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 import timpy
-from timpy.cli.bench import (
-    _check_pairs,
-    console,
+from timpy.cli.bench.common import (
+    check_pairs,
     percentile,
+    progress_bar,
     run_pairs,
     show,
     start_node_process,
@@ -95,7 +94,7 @@ async def history_pages(url: str, clients: int, pages: int, limit: int) -> dict:
 
 
 async def one_backend(url: str | None, clients: int, messages: int, pages: int) -> dict:
-    _check_pairs(clients)
+    check_pairs(clients)
     with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
         url = url or f"sqlite:///{Path(tmp) / 'backend.sqlite3'}"
         empty_database(url)
@@ -133,10 +132,7 @@ async def rebalance(urls: list[str], messages: int, per_conversation: int) -> di
             await coordinator.load()
             convs = max(1, messages // per_conversation)
             users = [os.urandom(16) for _ in range(max(2, convs // 2))]
-            with Progress(
-                TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                console=console, transient=True,
-            ) as progress:
+            with progress_bar() as progress:
                 task = progress.add_task("filling two backends", total=messages)
                 for start in range(0, len(users), 500):
                     for u in users[start : start + 500]:
@@ -182,22 +178,22 @@ async def rebalance(urls: list[str], messages: int, per_conversation: int) -> di
     }
 
 
-def register(bench: click.Group) -> None:
-    @bench.command("backend")
-    @click.option("--url", help="SQLAlchemy URL of the backend (emptied first); default a SQLite file.")
-    @click.option("--clients", default=20, show_default=True, help="Clients (even), paired to talk 1:1.")
-    @click.option("--messages", default=100, show_default=True, help="Messages each client sends.")
-    @click.option("--pages", default=100, show_default=True, help="History pages (of 50) each client reads.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def backend_cmd(url: str | None, clients: int, messages: int, pages: int, as_json: bool) -> None:
-        """One node on one SQL backend: messages stored per second and history pages read per second."""
-        show(trio.run(one_backend, url, clients, messages, pages), as_json)
+@click.command("backend")
+@click.option("--url", help="SQLAlchemy URL of the backend (emptied first); default a SQLite file.")
+@click.option("--clients", default=20, show_default=True, help="Clients (even), paired to talk 1:1.")
+@click.option("--messages", default=100, show_default=True, help="Messages each client sends.")
+@click.option("--pages", default=100, show_default=True, help="History pages (of 50) each client reads.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def backend_cmd(url: str | None, clients: int, messages: int, pages: int, as_json: bool) -> None:
+    """One node on one SQL backend: messages stored per second and history pages read per second."""
+    show(trio.run(one_backend, url, clients, messages, pages), as_json)
 
-    @bench.command("rebalance")
-    @click.option("--url", "urls", multiple=True, help="Three backend URLs (emptied first); default SQLite files.")
-    @click.option("--messages", default=100_000, show_default=True)
-    @click.option("--per-conversation", default=20, show_default=True, help="Messages per conversation.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def rebalance_cmd(urls: tuple[str, ...], messages: int, per_conversation: int, as_json: bool) -> None:
-        """Fill two backends, add a third: time, rows moved, moved fraction against 1/3."""
-        show(trio.run(rebalance, list(urls), messages, per_conversation), as_json)
+
+@click.command("rebalance")
+@click.option("--url", "urls", multiple=True, help="Three backend URLs (emptied first); default SQLite files.")
+@click.option("--messages", default=100_000, show_default=True)
+@click.option("--per-conversation", default=20, show_default=True, help="Messages per conversation.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def rebalance_cmd(urls: tuple[str, ...], messages: int, per_conversation: int, as_json: bool) -> None:
+    """Fill two backends, add a third: time, rows moved, moved fraction against 1/3."""
+    show(trio.run(rebalance, list(urls), messages, per_conversation), as_json)

@@ -17,6 +17,7 @@ import nacl.signing
 import trio
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
+from timpy.cli.bench.common import percentile, show
 from timpy.cluster import catalog, codec
 from timpy.cluster.rpc import Rpc, is_rpc
 from timpy.cluster.transport import NatSettings, TcpPeerTransport
@@ -31,8 +32,6 @@ async def _pump(transport: TcpPeerTransport, rpc: Rpc) -> None:
 
 
 async def _measure(rpc: Rpc, address: str, calls: int, size: int, window: int, progress: Progress, label: str) -> dict:
-    from timpy.cli.bench import percentile
-
     body = catalog.Echo(b"x" * size)
     await rpc.call(address, catalog.ECHO, catalog.Echo(b"warm-up"), timeout=15)
     task = progress.add_task(f"{label}: round trips", total=calls)
@@ -86,14 +85,11 @@ async def path_figures(calls: int, size: int, window: int) -> dict:
     return result
 
 
-def register(bench: click.Group) -> None:
-    from timpy.cli.bench import show
-
-    @bench.command("paths")
-    @click.option("--calls", default=2000, show_default=True, help="Requests per figure.")
-    @click.option("--size", default=1024, show_default=True, help="Bytes per pipelined request.")
-    @click.option("--window", default=64, show_default=True, help="Pipelined requests in flight.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def paths_cmd(calls: int, size: int, window: int, as_json: bool) -> None:
-        """Round trips and throughput over direct TCP and through a relay (loopback)."""
-        show(trio.run(path_figures, calls, size, window), as_json)
+@click.command("paths")
+@click.option("--calls", default=2000, show_default=True, help="Requests per figure.")
+@click.option("--size", default=1024, show_default=True, help="Bytes per pipelined request.")
+@click.option("--window", default=64, show_default=True, help="Pipelined requests in flight.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def paths_cmd(calls: int, size: int, window: int, as_json: bool) -> None:
+    """Round trips and throughput over direct TCP and through a relay (loopback)."""
+    show(trio.run(path_figures, calls, size, window), as_json)

@@ -15,7 +15,6 @@ delivery's bytes without decoding it. So 10,000 members cost this process a
 from __future__ import annotations
 
 import os
-import resource
 import select
 import socket
 import tempfile
@@ -24,41 +23,26 @@ from pathlib import Path
 
 import click
 import trio
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from timpy.cli.bench import console, percentile, show, start_node_process, stop_node_process
+from timpy.cli.bench.common import (
+    cpu_seconds,
+    loadavg,
+    log_in_all,
+    login_raw,
+    percentile,
+    progress_bar,
+    raise_fd_limit,
+    register_users,
+    self_cpu,
+    show,
+    start_node_process,
+    stop_node_process,
+)
 from timpy.wire import protocol as wp
 from timpy.wire.framing import FrameDecoder, frame_bytes
 
 _MAGIC = b"\x01group;"  # starts every body: _MAGIC and the message's number (8 digits)
-
-
-def _raise_fd_limit(need: int) -> None:
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < need:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, max(need, soft)), hard))
-    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < need:
-        raise click.ClickException(f"{need} open files are needed (ulimit -n {need}); the hard limit is {hard}")
-
-
-async def _logins(host: str, port: int, names: list[str], progress: Progress, what: str) -> list:
-    """Log every name in (64 at a time); the connections in ``names``' order."""
-    from timpy.cli.bench_flood import _login
-
-    task = progress.add_task(what, total=len(names))
-    conns: list = [None] * len(names)
-    gate = trio.Semaphore(64)
-
-    async def one(i: int) -> None:
-        async with gate:
-            conns[i] = await _login(host, port, names[i])
-        progress.advance(task)
-
-    async with trio.open_nursery() as nursery:
-        for i in range(len(names)):
-            nursery.start_soon(one, i)
-    progress.remove_task(task)
-    return conns
+PASSWORD = "group-password"
 
 
 def _fan_out_measured(sender: socket.socket, members: list[tuple[socket.socket, FrameDecoder]], group: str,
@@ -126,35 +110,24 @@ def _fan_out_measured(sender: socket.socket, members: list[tuple[socket.socket, 
     return last, middle
 
 
-def _cpu_seconds(pid: int) -> float:
-    from timpy.cli.bench_flood import _cpu_seconds as cpu
-
-    return cpu(pid)
-
-
 async def group_fanout(members: int, messages: int, memory: bool, timeout: float = 120.0) -> dict:
-    from timpy.cli.bench_flood import _loadavg, _login, _register_all
-
-    _raise_fd_limit(members + 300)
+    raise_fd_limit(members + 300)
     names = [f"g{i}" for i in range(members)]
-    load = _loadavg()
+    load = loadavg()
     with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
         extra = (
             f"[limits]\nmax_connections = {members + 100}\nmax_group_size = {members + 1}\n"
             "handshake_timeout = 300.0\n"  # thousands of logins queue up on two cores
             "rate_per_connection = 1000000.0\nburst_per_connection = 1000000\n"
         )
-        progress = Progress(
-            TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=console, transient=True,
-        )
+        progress = progress_bar()
         workdir = Path(tmp)
         if not memory:  # setup: the accounts, stored without an fsync each, then the node restarts at FULL
             proc, info = await start_node_process(workdir, memory, 'sqlite_synchronous = "OFF"\n' + extra)
             try:
                 host, _, port_text = info["tcp"].rpartition(":")
                 with progress:
-                    await _register_all(host, int(port_text), [*names, "sender"], progress)
+                    await register_users(host, int(port_text), [*names, "sender"], PASSWORD, progress)
             finally:
                 await stop_node_process(proc)
             (workdir / "ready.json").unlink()
@@ -165,8 +138,8 @@ async def group_fanout(members: int, messages: int, memory: bool, timeout: float
         try:
             with progress:
                 if memory:
-                    await _register_all(host, port, [*names, "sender"], progress)
-                sender = await _login(host, port, "sender")
+                    await register_users(host, port, [*names, "sender"], PASSWORD, progress)
+                sender = await login_raw(host, port, "sender", PASSWORD, "group")
                 reply = await sender.request(wp.make_frame("group_request", wp.thrift.GroupRequest(
                     op="create", name="bench", policy="invite", users=[]), rid=3))
                 if reply.group_info is None:
@@ -178,7 +151,10 @@ async def group_fanout(members: int, messages: int, memory: bool, timeout: float
                     if reply.group_info is None:
                         raise click.ClickException(f"could not invite members: {reply}")
                 login_started = time.perf_counter()
-                conns = await _logins(host, port, names, progress, "members logging in")
+                conns = await log_in_all(
+                    names, lambda name: login_raw(host, port, name, PASSWORD, "group"), 64, progress,
+                    "members logging in",
+                )
                 login_s = time.perf_counter() - login_started
                 await trio.sleep(0.5)
                 task = progress.add_task("messages fanned out", total=messages)
@@ -187,7 +163,7 @@ async def group_fanout(members: int, messages: int, memory: bool, timeout: float
                 # descriptors (detached, not closed, when it is done).
                 plain = [(socket.socket(fileno=s.fileno()), d) for s, d in socks]
                 plain_sender = socket.socket(fileno=sender.stream.socket.fileno())
-                node_cpu0, self_cpu0 = _cpu_seconds(proc.pid), _self_cpu()
+                node_cpu0, self_cpu0 = cpu_seconds(proc.pid), self_cpu()
                 try:
                     last, middle = await trio.to_thread.run_sync(
                         _fan_out_measured, plain_sender, plain, group, messages, timeout,
@@ -198,8 +174,8 @@ async def group_fanout(members: int, messages: int, memory: bool, timeout: float
                         s.detach()
                     plain_sender.setblocking(False)
                     plain_sender.detach()
-                node_cpu = _cpu_seconds(proc.pid) - node_cpu0
-                self_cpu = _self_cpu() - self_cpu0
+                node_cpu = cpu_seconds(proc.pid) - node_cpu0
+                own_cpu = self_cpu() - self_cpu0
                 for c in [*conns, sender]:
                     await c.stream.aclose()
         finally:
@@ -213,25 +189,19 @@ async def group_fanout(members: int, messages: int, memory: bool, timeout: float
         "max_ms": round(max(last) * 1000, 1),
         "median_member_p50_ms": round(percentile(middle, 50) * 1000, 1),
         "node_cpu_ms_per_message": round(1000 * node_cpu / messages, 1),
-        "bench_cpu_ms_per_message": round(1000 * self_cpu / messages, 1),
+        "bench_cpu_ms_per_message": round(1000 * own_cpu / messages, 1),
         "member_logins_s": round(login_s, 1),
         "loadavg_at_start": load,
         "machine": f"{os.cpu_count()} cores; the {members} members' connections end in this process, beside the node",
     }
 
 
-def _self_cpu() -> float:
-    t = os.times()
-    return t.user + t.system
-
-
-def register(bench: click.Group) -> None:
-    @bench.command("group")
-    @click.option("--members", default=1000, show_default=True, help="Members of the group, all online.")
-    @click.option("--messages", default=20, show_default=True, help="Messages sent to the group, one at a time.")
-    @click.option("--memory", is_flag=True, help="Run the node with --memory instead of SQLite.")
-    @click.option("--timeout", default=120.0, show_default=True, help="Seconds one message may take to reach all.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def group_cmd(members: int, messages: int, memory: bool, timeout: float, as_json: bool) -> None:
-        """Group fan-out: p50/p99 time until every member has a message."""
-        show(trio.run(group_fanout, members, messages, memory, timeout), as_json)
+@click.command("group")
+@click.option("--members", default=1000, show_default=True, help="Members of the group, all online.")
+@click.option("--messages", default=20, show_default=True, help="Messages sent to the group, one at a time.")
+@click.option("--memory", is_flag=True, help="Run the node with --memory instead of SQLite.")
+@click.option("--timeout", default=120.0, show_default=True, help="Seconds one message may take to reach all.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def group_cmd(members: int, messages: int, memory: bool, timeout: float, as_json: bool) -> None:
+    """Group fan-out: p50/p99 time until every member has a message."""
+    show(trio.run(group_fanout, members, messages, memory, timeout), as_json)

@@ -26,6 +26,8 @@ from typing import Any
 import click
 import trio
 
+from timpy.cli.bench.common import show
+
 
 async def _split(n: int, seed: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory(prefix="timpy-bench-partition-") as tmp:
@@ -109,13 +111,10 @@ def partition_figures(sizes: list[int], seed: int) -> dict[str, Any]:
     return result
 
 
-def register(bench: click.Group) -> None:
-    from timpy.cli.bench import show
-
-    @bench.command("partition")
-    @click.option("--sizes", default="5,9", show_default=True, help="Cluster sizes, comma-separated.")
-    @click.option("--seed", default=1, show_default=True)
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def partition_cmd(sizes: str, seed: int, as_json: bool) -> None:
-        """Time until a minority refuses and the majority serves moved keys, on whole in-process nodes."""
-        show(partition_figures([int(s) for s in sizes.split(",") if s], seed), as_json)
+@click.command("partition")
+@click.option("--sizes", default="5,9", show_default=True, help="Cluster sizes, comma-separated.")
+@click.option("--seed", default=1, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def partition_cmd(sizes: str, seed: int, as_json: bool) -> None:
+    """Time until a minority refuses and the majority serves moved keys, on whole in-process nodes."""
+    show(partition_figures([int(s) for s in sizes.split(",") if s], seed), as_json)

@@ -21,7 +21,7 @@ import click
 import trio
 
 import timpy
-from timpy.cli.bench import percentile, show, start_node_process, stop_node_process
+from timpy.cli.bench.common import percentile, show, start_node_process, stop_node_process
 
 PASSWORD = "bench-password"
 SECRET = "bench-webhook-secret"
@@ -153,12 +153,11 @@ async def webhooks_bench(messages: int, latency_sends: int, senders: int) -> dic
     return result
 
 
-def register(bench: click.Group) -> None:
-    @bench.command("webhooks")
-    @click.option("--messages", default=5000, show_default=True, help="Messages whose events are delivered.")
-    @click.option("--senders", default=8, show_default=True, help="Clients sending them at once.")
-    @click.option("--latency-sends", default=500, show_default=True, help="Sequential sends timed per node.")
-    @click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
-    def webhooks_cmd(messages: int, senders: int, latency_sends: int, as_json: bool) -> None:
-        """Webhook events delivered per second; latency a check before storing adds to a send."""
-        show(trio.run(webhooks_bench, messages, latency_sends, senders), as_json)
+@click.command("webhooks")
+@click.option("--messages", default=5000, show_default=True, help="Messages whose events are delivered.")
+@click.option("--senders", default=8, show_default=True, help="Clients sending them at once.")
+@click.option("--latency-sends", default=500, show_default=True, help="Sequential sends timed per node.")
+@click.option("--json", "as_json", is_flag=True, help="Print the result as JSON.")
+def webhooks_cmd(messages: int, senders: int, latency_sends: int, as_json: bool) -> None:
+    """Webhook events delivered per second; latency a check before storing adds to a send."""
+    show(trio.run(webhooks_bench, messages, latency_sends, senders), as_json)
