@@ -22,12 +22,13 @@ from timpy.crypto.passwords import hash_password, verify_password
 from timpy.crypto.tokens import TokenAuthority, TokenClaims
 from timpy.errors import AuthError, Code, RequestError
 from timpy.im import fields, ids
+from timpy.im.batches import BatchedCalls
 from timpy.im.events import NO_EVENTS, EventSink, event_id
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
 from timpy.im.users import RESERVED_NAMES, SYSTEM_USER, Identity
 from timpy.store.repository import Store
-from timpy.store.rows import Copies
+from timpy.store.rows import AccountRow, Copies
 
 MAX_PASSWORD = 1024
 class Accounts:
@@ -54,6 +55,11 @@ class Accounts:
         self._now = clock_ms
         self._revoked: dict[bytes, int] = {}
         self._dummy_hash: bytes | None = None
+        # Account reads at the owner that arrive together (logins) share one
+        # storage call and one statement.
+        self._account_reads: BatchedCalls[bytes, AccountRow | None] = BatchedCalls(
+            lambda uids: self._store.run(self._store.repo.get_accounts, uids)
+        )
         peers, keeper = self._peers, self._replicator
         peers.serve(ops.ACCT_CREATE, self._create_here, keeper, lambda a, _: self._account_copies(a.user_id))
         peers.serve(ops.ACCT_GET, self._get_here, keeper)
@@ -100,7 +106,7 @@ class Accounts:
         return lambda: self._store.run(self._store.local.user_copies, uid, 0, 0)
 
     async def _get_here(self, a: ops.AccountGet) -> ops.Account | None:
-        account = await self._store.run(self._store.repo.get_account, a.user_id)
+        account = await self._account_reads.call(a.user_id)
         if account is None:
             return None
         return ops.Account(account.secret, account.disabled, account.profile if a.full else b"", account.version)

@@ -35,7 +35,7 @@ from timpy.im.tasks import TaskHost
 from timpy.im.terminals import LiveTerminal, TerminalRegistry
 from timpy.im.writer import Committed, Writer
 from timpy.store.repository import Store
-from timpy.store.rows import StoredMessage
+from timpy.store.rows import InboxEntry, StoredMessage
 from timpy.wire.messages import ChatMessage, Delivery, MessageContent
 
 REATTACH_ATTEMPTS = 15  # tries to record a live terminal with its user's new owner (about 25 s)
@@ -75,6 +75,10 @@ class Deliverer:
         # Logins that arrive together open their terminals in one transaction.
         self._terminal_opens: BatchedCalls[tuple[bytes, bytes, int], int] = BatchedCalls(
             lambda items: self._store.run(self._store.repo.open_terminals, items)
+        )
+        # Inbox pages read together (the syncs of logins that arrive together) share one storage call.
+        self._inbox_reads: BatchedCalls[tuple[bytes, int, int], list[InboxEntry]] = BatchedCalls(
+            lambda reads: self._store.run(self._store.repo.read_inboxes, reads)
         )
         peers.serve(ops.TERM_OPEN, self._open_terminal_here, replicator)
         peers.serve(ops.INBOX_READ, self._inbox_here, replicator)
@@ -174,7 +178,7 @@ class Deliverer:
 
     async def _inbox_here(self, a: ops.InboxRead) -> list[ops.InboxEntry]:
         """At the user's owner (caught up by the operation): a page of the inbox after ``a.after``."""
-        entries = await self._store.run(self._store.repo.read_inbox, a.user_id, a.after, a.limit)
+        entries = await self._inbox_reads.call((a.user_id, a.after, a.limit))
         m: StoredMessage
         return [ops.InboxEntry(e.pos, (m := e.message).conv_id, m.seq, m.created_ms, m.content) for e in entries]
 

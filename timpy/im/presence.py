@@ -15,6 +15,7 @@ client subscribes again when it reconnects).
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -22,7 +23,7 @@ import msgpack
 
 from timpy.cluster import catalog as ops
 from timpy.crypto.blind import BlindIndexer
-from timpy.errors import Code, RequestError
+from timpy.errors import Code, RequestError, TimpyError
 from timpy.im import ids
 from timpy.im.peers import Peers
 from timpy.im.records import Records
@@ -42,20 +43,22 @@ MAX_SUBSCRIBERS = 1000  # per watched user
 class Presence:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, records: Records, routes: Routes,
-        friends_of: Callable[[bytes], Awaitable[list[str]]], signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., bool],
+        friends_of: Callable[[list[bytes]], Awaitable[dict[bytes, list[str]]]], signals: Signals, clock_ms: Callable[[], int], spawn: Callable[..., bool],
     ) -> None:
         self._store = store
         self._indexer = indexer
         self._peers = peers
         self._records = records
         self._routes = routes
-        self._friends_of = friends_of  # at the user's owner: its friends' names (the roster feature)
+        self._friends_of = friends_of  # at the users' owner: their friends' names (the roster feature)
         self._signals = signals
         self._now = clock_ms
         self._spawn = spawn
         self._since: dict[bytes, int] = {}
         self._names: dict[bytes, str] = {}
         self._subscribers: dict[bytes, set[bytes]] = {}
+        self._changed: dict[bytes, None] = {}  # users whose presence changed, not yet announced (in order)
+        self._announcing = False  # a round of announcements is under way
         peers.serve(ops.PRESENCE_SET, self._set_here)
         peers.serve(ops.PRESENCE_GET, self._get_here)
 
@@ -119,23 +122,59 @@ class Presence:
         return out
 
     def terminals_changed(self, user_id: bytes, online: bool) -> None:
-        """A user's first terminal came or last one went (the owner's routing records)."""
+        """A user's first terminal came or last one went (the owner's routing records).
+
+        Told in the background, off the login's path: the changes that come
+        while one round of announcements runs are announced together by the
+        next (each with the user's presence at that moment), their rosters,
+        names and statuses read in one storage call each."""
         self._since[user_id] = self._now()
-        self._spawn(self._announce, user_id, None)
+        self._changed[user_id] = None
+        if not self._announcing:
+            self._announcing = self._spawn(self._announce_changed)
 
-    async def _name_of(self, user_id: bytes) -> str | None:
-        if user_id not in self._names:
-            account = await self._store.run(self._store.repo.get_account, user_id)
-            if account is None:
-                return None
-            self._names[user_id] = str(msgpack.unpackb(account.profile).get("name", ""))
-        return self._names[user_id]
+    async def _announce_changed(self) -> None:
+        users, self._changed = list(self._changed), {}
+        try:
+            try:
+                await self._announce_together(users)
+            except TimpyError:
+                for uid in users:  # one whose records cannot be read now fails alone
+                    with contextlib.suppress(TimpyError):
+                        await self._announce_together([uid])
+        finally:
+            self._announcing = False
+            if self._changed:  # changes that came meanwhile: the next round
+                self._announcing = self._spawn(self._announce_changed)
 
-    async def _announce(self, user_id: bytes, name: str | None, to_self: bool = False) -> None:
-        name = name or await self._name_of(user_id)
-        if not name:
+    async def _announce_together(self, users: list[bytes]) -> None:
+        friends = await self._friends_of(users)
+        watched: dict[bytes, set[bytes]] = {}
+        for uid in users:
+            watchers = {ids.user_id(self._indexer, f) for f in friends[uid]} | self._subscribers.get(uid, set())
+            if watchers:  # nobody to tell: no name or status to read
+                watched[uid] = watchers
+        if not watched:
             return
-        friends = await self._friends_of(user_id)
+        names = await self._names_of(list(watched))
+        await self._records.get_each(list(watched), "presence", "user")  # the statuses, in one read
+        for uid, watchers in watched.items():
+            if names.get(uid):
+                view = await self._view(uid, names[uid])
+                self._signals.push(watchers, PresenceList([PresenceView(**view)]))
+
+    async def _names_of(self, user_ids: list[bytes]) -> dict[bytes, str]:
+        """The names of users (their accounts here, at their owner); missing ones are left out."""
+        missing = [u for u in user_ids if u not in self._names]
+        if missing:
+            accounts = await self._store.run(self._store.repo.get_accounts, missing)
+            for uid, account in zip(missing, accounts, strict=True):
+                if account is not None:
+                    self._names[uid] = str(msgpack.unpackb(account.profile).get("name", ""))
+        return {u: self._names[u] for u in user_ids if u in self._names}
+
+    async def _announce(self, user_id: bytes, name: str, to_self: bool = False) -> None:
+        friends = (await self._friends_of([user_id]))[user_id]
         watchers = {ids.user_id(self._indexer, f) for f in friends} | self._subscribers.get(user_id, set())
         view = await self._view(user_id, name)
         if watchers:

@@ -61,6 +61,14 @@ class Records:
                 self._remember((k, kind), None if raw is None else msgpack.unpackb(raw, raw=False))
         return {k: self._cache.get((k, kind)) for k in keys}
 
+    async def get_each(self, keys: list[bytes], kind: str, space: str) -> dict[bytes, Any]:
+        """At the keys' owner: ``get`` for many keys, the ones not cached read
+        in one storage call (each key caught up first, as ``get`` does)."""
+        for key in keys:
+            if (key, kind) not in self._cache:
+                await self._replicator.ensure(space, key)
+        return await self.get_many(keys, kind)
+
     def cached(self, key: bytes, kind: str) -> tuple[bool, Any]:
         """(known, value) without waiting."""
         if (key, kind) in self._cache:

@@ -86,9 +86,11 @@ class Roster:
     async def _get_here(self, a: ops.RosterGet) -> dict[str, list[str]]:
         return roster_view(await self._records.get(a.user_id, "roster", "user"))
 
-    async def friends_of(self, user_id: bytes) -> list[str]:
-        """At the user's owner: the user's friends' names."""
-        return (await self._get_here(ops.RosterGet(user_id)))["friends"]
+    async def friends_of(self, user_ids: list[bytes]) -> dict[bytes, list[str]]:
+        """At the users' owner: each user's friends' names (the rosters not
+        cached read in one storage call)."""
+        found = await self._records.get_each(user_ids, "roster", "user")
+        return {u: roster_view(found.get(u))["friends"] for u in user_ids}
 
     async def _op_here(self, a: ops.RosterOp) -> None:
         pair, actor, actor_id, op, peer, peer_id = a.pair, a.actor, a.actor_id, a.op, a.peer, a.peer_id

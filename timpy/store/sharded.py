@@ -232,6 +232,13 @@ class ShardedRepository(ShardedConversationListStore, ShardedSearchStore, Sharde
     def get_account(self, user_id: bytes) -> AccountRow | None:
         return self._on(self.map.place(user_id), Repository.get_account, user_id)
 
+    def get_accounts(self, user_ids: Sequence[bytes]) -> list[AccountRow | None]:
+        m = self.map
+        found: dict[bytes, AccountRow | None] = {}
+        for name, keys in _group(user_ids, m.place).items():
+            found.update(zip(keys, self._on(name, Repository.get_accounts, keys), strict=True))
+        return [found[u] for u in user_ids]
+
     def existing_accounts(self, user_ids: Sequence[bytes]) -> set[bytes]:
         m = self.map
         out: set[bytes] = set()
@@ -361,6 +368,17 @@ class ShardedRepository(ShardedConversationListStore, ShardedSearchStore, Sharde
 
     def read_inbox(self, user_id: bytes, after_pos: int, limit: int) -> list[InboxEntry]:
         return self._on(self.map.place(user_id), Repository.read_inbox, user_id, after_pos, limit)
+
+    def read_inboxes(self, reads: Sequence[tuple[bytes, int, int]]) -> list[list[InboxEntry]]:
+        """``read_inbox`` for many, one call per backend."""
+        out: dict[int, list[InboxEntry]] = {}
+        by_backend: dict[str, list[int]] = {}
+        for k, (u, _, _) in enumerate(reads):
+            by_backend.setdefault(self.map.place(u), []).append(k)
+        for name, ks in by_backend.items():
+            got = self._on(name, Repository.read_inboxes, [reads[k] for k in ks])
+            out.update(zip(ks, got, strict=True))
+        return [out[k] for k in range(len(reads))]
 
     # --- terminals --------------------------------------------------------------
 

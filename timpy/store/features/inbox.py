@@ -12,12 +12,14 @@ from sqlalchemy import and_, bindparam, select, update
 
 from timpy.store import digest as d
 from timpy.store import schema as s
-from timpy.store.features.base import CopiedTable, StoreBase, counts, insert_missing
+from timpy.store.features.base import CopiedTable, StoreBase, counts, driver_sql, insert_missing
 from timpy.store.rows import InboxEntry, Row, StoredMessage
 
 
 class InboxProtocol(Protocol):
     def read_inbox(self, user_id: bytes, after_pos: int, limit: int) -> list[InboxEntry]: ...
+
+    def read_inboxes(self, reads: Sequence[tuple[bytes, int, int]]) -> list[list[InboxEntry]]: ...
 
     def inbox_head(self, user_id: bytes) -> int: ...
 
@@ -42,6 +44,21 @@ class InboxStore(StoreBase):
             for r in rows
         ]
 
+    def read_inboxes(self, reads: Sequence[tuple[bytes, int, int]]) -> list[list[InboxEntry]]:
+        """``read_inbox`` for many (user id, after position, limit) at once
+        (terminals that sync together, as after logins): one connection,
+        fixed SQL through the DB-API."""
+        out: list[list[InboxEntry]] = []
+        with self.engine.connect() as conn:
+            sql = driver_sql(conn, _READ_INBOX)
+            for user_id, after_pos, limit in reads:
+                out.append([
+                    InboxEntry(pos, StoredMessage(
+                        conv_id := bytes(conv), seq, created_ms, self._open_message(conv_id, seq, bytes(content))))
+                    for pos, conv, seq, created_ms, content in conn.exec_driver_sql(sql, (user_id, after_pos, limit))
+                ])
+        return out
+
     def inbox_head(self, user_id: bytes) -> int:
         """Where this node's copy of the user's inbox ends; -1 without the account."""
         with self.engine.connect() as conn:
@@ -50,6 +67,13 @@ class InboxStore(StoreBase):
 
 
 _IN_CHUNK = 500
+
+# ``read_inbox`` in fixed SQL (``read_inboxes``, the path of logins' syncs).
+_READ_INBOX = (
+    "SELECT i.pos, i.conv_id, i.seq, m.created_ms, m.content FROM inbox i"
+    " JOIN messages m ON m.conv_id = i.conv_id AND m.seq = i.seq"
+    " WHERE i.user_id = ? AND i.pos > ? ORDER BY i.pos ASC LIMIT ?"
+)
 
 
 def merge_inbox_rows(
