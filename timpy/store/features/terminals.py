@@ -10,7 +10,7 @@ from sqlalchemy import and_, bindparam, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from timpy.store import schema as s
-from timpy.store.features.base import CopiedTable, StoreBase, counts
+from timpy.store.features.base import CopiedTable, StoreBase, counts, driver_in, driver_many
 from timpy.store.rows import Row
 
 
@@ -43,20 +43,20 @@ class TerminalsStore(StoreBase):
             return [self.open_terminal(*item) for item in items]
 
     def _open_terminals(self, items: Sequence[tuple[bytes, bytes, int]]) -> list[int]:
-        t = s.terminals
         users = list({u for u, _, _ in items})
         cursors: dict[tuple[bytes, bytes], int] = {}
         with self.engine.begin() as conn:
-            for start in range(0, len(users), 500):
-                for r in conn.execute(
-                    select(t.c.user_id, t.c.device_id, t.c.cursor).where(t.c.user_id.in_(users[start : start + 500]))
+            cursor = conn.dialect.identifier_preparer.quote("cursor")  # a reserved word in MySQL
+            for start in range(0, len(users), 500):  # fixed SQL through the DB-API: the login path
+                for u, d, c in driver_in(
+                    conn, f"SELECT user_id, device_id, {cursor} FROM terminals WHERE user_id IN", users[start : start + 500]
                 ):
-                    cursors[(bytes(r.user_id), bytes(r.device_id))] = int(r.cursor)
+                    cursors[(bytes(u), bytes(d))] = int(c)
             lowest: dict[bytes, int] = {}
             for (u, _), c in cursors.items():
                 lowest[u] = min(c, lowest.get(u, c))
             out: list[int] = []
-            new: list[dict[str, Any]] = []
+            new: list[tuple[bytes, bytes, int, int]] = []
             seen: dict[tuple[bytes, bytes], int] = {}
             for u, d, now_ms in items:
                 key = (u, d)
@@ -64,17 +64,13 @@ class TerminalsStore(StoreBase):
                     seen[key] = now_ms
                 else:
                     cursors[key] = lowest.get(u, 0)
-                    new.append(dict(user_id=u, device_id=d, cursor=cursors[key], last_seen_ms=now_ms))
+                    new.append((u, d, cursors[key], now_ms))
                 out.append(cursors[key])
             if new:
-                conn.execute(insert(t), new)
+                driver_many(conn, f"INSERT INTO terminals (user_id, device_id, {cursor}, last_seen_ms) VALUES (?, ?, ?, ?)", new)
             if seen:
-                conn.execute(
-                    update(t)
-                    .where(and_(t.c.user_id == bindparam("u"), t.c.device_id == bindparam("d")))
-                    .values(last_seen_ms=bindparam("seen")),
-                    [dict(u=u, d=d, seen=now_ms) for (u, d), now_ms in seen.items()],
-                )
+                driver_many(conn, "UPDATE terminals SET last_seen_ms = ? WHERE user_id = ? AND device_id = ?",
+                            [(now_ms, u, d) for (u, d), now_ms in seen.items()])
         return out
 
     def _open_terminal(self, user_id: bytes, device_id: bytes, now_ms: int) -> int:
