@@ -289,6 +289,16 @@ class ClientSession:
         except trio.ClosedResourceError:
             pass
 
+    async def reply_now(self, frame: TPayload) -> None:
+        """``reply``, written at once in this task while nothing waits to be
+        written: for the replies that come once per connection (welcome,
+        login, its sync done), no writer task to start for each. (Replies
+        that come in bursts, as acknowledgements, are queued: the writer
+        sends them together.)"""
+        writer = self._writer
+        if writer is None or self._closing or not writer.write_now(frame):
+            await self.reply(frame)
+
     # --- lifecycle ------------------------------------------------------
 
     def finish(self) -> None:
@@ -367,7 +377,7 @@ class ClientSession:
             )
             return
         self.greeted = True
-        await self.reply(
+        await self.reply_now(
             wp.make_frame(
                 "welcome",
                 rid=rid,
@@ -440,7 +450,7 @@ class ClientSession:
         if old is not None:
             old.link.close("logged in again from the same device elsewhere", Code.KICKED)
         log.info("user logged in from %s", self.peer)
-        await self.reply(
+        await self.reply_now(
             wp.make_frame("login_ok", rid=rid, user=who.name, token=token, expires_at=claims.expires_ms, device=device)
         )
         if not no_sync:
@@ -449,7 +459,7 @@ class ClientSession:
     async def _sync(self, rid: int, cursor: int) -> None:
         assert self.terminal is not None
         last, count = await self.node.deliverer.sync(self.terminal, cursor)
-        await self.reply(wp.make_frame("sync_done", rid=rid, pos=last, count=count))
+        await self.reply_now(wp.make_frame("sync_done", rid=rid, pos=last, count=count))
 
     async def _op_sync(self, rid: int, body: TPayload) -> None:
         assert self.terminal is not None
