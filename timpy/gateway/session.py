@@ -175,7 +175,11 @@ class ClientSession:
         self._clock = clock
         self._bucket = TokenBucket(limits.rate_per_connection, limits.burst_per_connection, clock())
         self._violations = 0
-        self.outbound_send, self.outbound = trio.open_memory_channel[TPayload | Encoded | CloseAfter](limits.push_queue)
+        # The outbound channel is made when the first frame is queued: the
+        # login's replies and most deliveries are written at once
+        # (``reply_now``, ``write_now``), so many connections never need one.
+        self._outbound: tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel] | None = None
+        self._finished = False
         self.greeted = False
         self.identity: Identity | None = None
         self.claims: TokenClaims | None = None
@@ -185,6 +189,23 @@ class ClientSession:
         self.cancel_scope = trio.CancelScope()
         self._acks: trio.MemorySendChannel | None = None  # sends in flight, acknowledged in order
         self._writer: ConnectionWriter | None = None  # attach_writer; without one, frames wait on outbound
+
+    def _channel(self) -> tuple[trio.MemorySendChannel, trio.MemoryReceiveChannel]:
+        if self._outbound is None:
+            self._outbound = trio.open_memory_channel[TPayload | Encoded | CloseAfter](self._limits.push_queue)
+            if self._finished:
+                self._outbound[0].close()
+        return self._outbound
+
+    @property
+    def outbound_send(self) -> trio.MemorySendChannel:
+        """Where frames for the connection's writer are queued."""
+        return self._channel()[0]
+
+    @property
+    def outbound(self) -> trio.MemoryReceiveChannel:
+        """What the connection's writer reads."""
+        return self._channel()[1]
 
     def attach_writer(self, writer: ConnectionWriter) -> None:
         """The connection's writing side, given by its listener before the
@@ -309,7 +330,9 @@ class ClientSession:
             self.terminal = None
         if self._acks is not None:
             self._acks.close()
-        self.outbound_send.close()
+        self._finished = True
+        if self._outbound is not None:
+            self._outbound[0].close()
 
     # --- frames ---------------------------------------------------------
 
