@@ -140,6 +140,11 @@ class OwnershipService:
                 await trio.sleep(0.05)
         self.require_lease()
 
+    def gone(self, name: str) -> bool:
+        """Whether SWIM holds ``name`` dead or left (a request to it would only time out)."""
+        m = self._membership()
+        return m is not None and m.state_of(name) in (State.DEAD, State.LEFT)
+
     def seeds(self) -> list[str]:
         """Addresses of the voters this node knew, to rejoin them after a restart."""
         return sorted(a for n, a in self.addresses.items() if n != self.self_id and a)
@@ -402,6 +407,8 @@ class OwnershipService:
                 return
             if answer.granted:
                 proposal.accepted.add(voter)
+                if self.core.proposal_passed(proposal):
+                    nursery.cancel_scope.cancel()  # passed: no need to wait on the voters yet to answer
             else:
                 self.core.conflict(answer.epoch)
                 self._learn(answer.epoch, answer.established)
@@ -409,7 +416,7 @@ class OwnershipService:
         async with trio.open_nursery() as nursery:
             for voter in sorted((epoch.voters | proposal.previous.voters) - {self.self_id}):
                 address = self.address_of(voter)
-                if address:
+                if address and not self.gone(voter):  # dead or left: it would not answer in time
                     nursery.start_soon(ask, voter, address)
         if not self.core.proposal_passed(proposal):
             log.info("ring epoch %d was not accepted by a majority (%d answered yes)", epoch.number, len(proposal.accepted))
