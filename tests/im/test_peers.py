@@ -284,9 +284,6 @@ class _LeaseOnItsWay:
     def cut_off(self) -> str | None:
         return "cut off" if self._cut and not self.has_lease() else None
 
-    def gone(self, name: str) -> bool:
-        return False
-
 
 async def test_an_owner_whose_lease_is_on_its_way_serves_another_nodes_request_after_it_comes(autojump_clock):
     """During a ring change the owner waits for its lease (as for its own

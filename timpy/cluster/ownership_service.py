@@ -140,11 +140,6 @@ class OwnershipService:
                 await trio.sleep(0.05)
         self.require_lease()
 
-    def gone(self, name: str) -> bool:
-        """Whether SWIM holds ``name`` dead or left (a request to it would only time out)."""
-        m = self._membership()
-        return m is not None and m.state_of(name) in (State.DEAD, State.LEFT)
-
     def seeds(self) -> list[str]:
         """Addresses of the voters this node knew, to rejoin them after a restart."""
         return sorted(a for n, a in self.addresses.items() if n != self.self_id and a)
@@ -416,7 +411,7 @@ class OwnershipService:
         async with trio.open_nursery() as nursery:
             for voter in sorted((epoch.voters | proposal.previous.voters) - {self.self_id}):
                 address = self.address_of(voter)
-                if address and not self.gone(voter):  # dead or left: it would not answer in time
+                if address:
                     nursery.start_soon(ask, voter, address)
         if not self.core.proposal_passed(proposal):
             log.info("ring epoch %d was not accepted by a majority (%d answered yes)", epoch.number, len(proposal.accepted))

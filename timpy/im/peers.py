@@ -46,8 +46,6 @@ class _Ownership(Protocol):
 
     def has_lease(self) -> bool: ...
 
-    def gone(self, name: str) -> bool: ...
-
     def require_lease(self) -> None: ...
 
     async def wait_for_lease(self, timeout: float = ...) -> None: ...
@@ -133,10 +131,6 @@ class Peers:
             return
         if node_id in self.placement.addresses:
             self.rpc.notify(self.placement.address(node_id), op, args)
-
-    def gone(self, node_id: str) -> bool:
-        """Whether the cluster holds ``node_id`` dead or left: asking it would only wait out a timeout."""
-        return self.ownership is not None and self.ownership.gone(node_id)
 
     def others(self) -> list[str]:
         return sorted(self.placement.members - {self.self_id})

@@ -320,8 +320,7 @@ class Replicator:
 
         async with trio.open_nursery() as nursery:
             for node in others:
-                if not self._peers.gone(node):  # dead or left: it would not answer (counted as not answering)
-                    nursery.start_soon(from_node, node)
+                nursery.start_soon(from_node, node)
         return answered
 
     async def _fetch_differences(self, kind: str, node: str, key: bytes) -> None:
