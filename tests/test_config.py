@@ -200,7 +200,7 @@ def test_a_bad_file_stops_a_real_node_process_with_the_one_error(tmp_path):
 
 async def test_the_admin_api_checks_limits_with_the_same_model():
     import timpy
-    from tests.gateway.test_admin import http
+    from tests.support.admin_http import http
 
     async with timpy.open_node(node_config()) as node:
         before = (await http(node, "GET", "/api/v1/limits"))[1]

@@ -10,6 +10,10 @@ Inside ``im``, features never import each other (DESIGN.md): each feature
 (its module and its pure rules) may import the core and itself only; what
 two features share lives in the core (``users``, ``references``,
 ``ratelimit``, ...) or is handed in at construction by the node.
+
+Under ``tests/``, no module imports a test module (``test_*.py``): what
+two test modules share lives in ``tests/support/`` (fixtures in a
+``conftest.py``).
 """
 
 from __future__ import annotations
@@ -255,3 +259,80 @@ def bench_violations() -> list[str]:
 def test_benches_import_only_their_common_module() -> None:
     problems = bench_violations()
     assert not problems, "benches importing each other:\n" + "\n".join(problems)
+
+
+# --- the tests ----------------------------------------------------------------------
+
+TESTS = PACKAGE.parent / "tests"
+
+
+def names_a_test_module(dotted: str) -> bool:
+    """A dotted name with a part pytest collects as a module (``test_*.py`` or ``*_test.py``)."""
+    return any(part.startswith("test_") or part.endswith("_test") for part in dotted.split("."))
+
+
+def imported_test_modules(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """Every test module that a module's text imports, in any form: ``import
+    tests.a.test_b``, ``from tests.a.test_b import x``, ``from tests.a import
+    test_b``, relative (``from .test_b import x``, ``from . import test_b``),
+    inside functions too."""
+    tree = ast.parse(source, filename=module)
+    package = module.split(".")
+    if not is_package:
+        package = package[:-1]
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if names_a_test_module(alias.name)]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package[: len(package) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if names_a_test_module(target):
+                found.append((node.lineno, target))
+            else:
+                found += [(node.lineno, f"{target}.{a.name}") for a in node.names if names_a_test_module(a.name)]
+    return found
+
+
+def cross_test_imports() -> list[str]:
+    problems = []
+    for path in sorted(TESTS.rglob("*.py")):
+        importer = module_name(path)
+        for line, imported in imported_test_modules(path.read_text(encoding="utf-8"), importer, path.name == "__init__.py"):
+            problems.append(
+                f"{path.relative_to(PACKAGE.parent)}:{line}: {importer} imports the test module {imported}: "
+                "move what they share into a module of tests/support/ (a fixture into the nearest conftest.py) "
+                "and import it from there in both"
+            )
+    return problems
+
+
+def test_no_test_module_imports_another() -> None:
+    """A helper or fixture two test modules share lives in tests/support/ or a
+    conftest.py: importing a test module runs its module body a second time,
+    shares its fixtures unseen, and breaks when its tests move."""
+    problems = cross_test_imports()
+    assert not problems, "test modules importing test modules:\n" + "\n".join(problems)
+
+
+def test_the_test_import_checker_sees_every_form() -> None:
+    source = (
+        "import tests.cluster.test_routing\n"
+        "from tests.cluster.test_owner_restart import send_until_acked\n"
+        "from tests.store import test_repository as r\n"
+        "from .test_bad_input import Raw\n"
+        "from . import test_admin, helpers\n"
+        "from tests.support.clients import clients\n"
+        "from tests.conftest import PASSWORD\n"
+        "import tests.store.backends\n"
+        "def later():\n"
+        "    from ..store.test_shared_node import shared_config\n"
+    )
+    found = [name for _, name in imported_test_modules(source, "tests.gateway.test_probe")]
+    assert found == [
+        "tests.cluster.test_routing", "tests.cluster.test_owner_restart", "tests.store.test_repository",
+        "tests.gateway.test_bad_input", "tests.gateway.test_admin", "tests.store.test_shared_node",
+    ]

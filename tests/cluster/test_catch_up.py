@@ -16,8 +16,8 @@ import os
 
 from sqlalchemy import select, update
 
-from tests.cluster.test_owner_restart import send_until_acked
 from tests.conftest import PASSWORD
+from tests.support.clients import send_until_acked
 from timpy.im import ids
 from timpy.store import digest
 from timpy.store import schema as s

@@ -19,8 +19,8 @@ import trio
 from sqlalchemy import select
 
 import timpy
-from tests.cluster.test_owner_restart import send_until_acked
 from tests.conftest import PASSWORD
+from tests.support.clients import send_until_acked
 from timpy.im import ids
 from timpy.im.replication import Replicator
 from timpy.store import schema as s

@@ -11,23 +11,9 @@ import pytest
 import trio
 
 from tests.conftest import PASSWORD
+from tests.support.clients import send_until_acked
 from timpy.im import ids
 from timpy.testing import open_cluster
-
-
-async def send_until_acked(client, to: str, body: str, client_id: str) -> None:  # noqa: ANN001
-    """Retry with the same client id while the owner is down (bounded)."""
-    import timpy
-
-    for _ in range(200):
-        try:
-            await client.send(to, body, client_id=client_id)
-            return
-        except timpy.RemoteError as exc:
-            if exc.code != timpy.Code.UNAVAILABLE:
-                raise
-            await trio.sleep(0.2)
-    raise AssertionError(f"{body} was never acknowledged")
 
 
 async def test_live_terminal_keeps_receiving_across_an_instant_restart_of_its_users_owner(autojump_clock, tmp_path: Path):

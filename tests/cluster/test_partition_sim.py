@@ -274,6 +274,18 @@ DEEP = bool(os.environ.get("TIMPY_SIM"))
     ],
     seed=62436,
 )
+@example(  # found by the generated schedules: catch-up that skipped the nodes SWIM held dead found, right after
+    # the heal, none of a conversation's replicas reachable ("could reach only 0 of the 3 other nodes")
+    plan=[
+        Event(0.3333333333333333, "kill", node=4),
+        Event(0.1, "restart", node=4),
+        Event(0.14041763693229783, "restart", node=2),
+        Event(3.9236309921223977, "restart", node=4),
+        Event(24.0, "split", split_of([1, 0, 4, 2, 3], 2)),
+        Event(21.124137000265772, "split", split_of([1, 2, 4, 0, 3], 2)),
+    ],
+    seed=151,
+)
 def test_no_acknowledged_message_is_lost_or_renumbered_under_splits_kills_and_loss(plan, seed):
     print(f"partition simulation: seed={seed} plan={plan}")
     with tempfile.TemporaryDirectory() as tmp:

@@ -13,8 +13,8 @@ import trio
 from sqlalchemy import delete, func, select, update
 
 import timpy
-from tests.cluster.test_routing import FAST_CLUSTER, cluster, wait_for_ring
 from tests.conftest import PASSWORD, node_config
+from tests.support.node_clusters import FAST_CLUSTER, cluster, wait_for_ring
 from timpy.config import ClusterConfig, FilesConfig
 from timpy.crypto.keys import ClusterKeys
 from timpy.im import ids

@@ -2,38 +2,12 @@
 
 from __future__ import annotations
 
-import json
-import urllib.error
-import urllib.request
-
 import pytest
 import trio
 
 import timpy
 from tests.conftest import PASSWORD, node_config, users
-
-
-async def http(node: timpy.Node, method: str, path: str, body: object = None, token: str | None = "") -> tuple[int, object]:
-    """One request to the node's admin listener (in a thread: urllib blocks)."""
-    host, port = node.admin_address
-    token = node.admin_token if token == "" else token
-    headers = {"Content-Type": "application/json"}
-    if token is not None:
-        headers["Authorization"] = f"Bearer {token}"
-    data = None if body is None else (body if isinstance(body, bytes) else json.dumps(body).encode())
-    request = urllib.request.Request(f"http://{host}:{port}{path}", data=data, method=method, headers=headers)
-
-    def call() -> tuple[int, object]:
-        try:
-            with urllib.request.urlopen(request, timeout=10) as r:
-                raw = r.read()
-                status = r.status
-                kind = r.headers.get("content-type", "")
-        except urllib.error.HTTPError as e:
-            raw, status, kind = e.read(), e.code, e.headers.get("content-type", "")
-        return status, json.loads(raw) if "json" in kind else raw.decode()
-
-    return await trio.to_thread.run_sync(call)
+from tests.support.admin_http import http
 
 
 async def test_health_ready_and_spec_need_no_token_everything_else_does(node):
@@ -153,7 +127,7 @@ async def test_limits_change_at_run_time_and_bad_changes_change_nothing(node):
 
 
 async def test_disabling_through_one_node_holds_on_every_node_of_a_cluster():
-    from tests.cluster.test_routing import cluster
+    from tests.support.node_clusters import cluster
 
     async with cluster(3) as (nodes, _, _):
         await users(nodes[0].tcp_url, "carol")
@@ -184,7 +158,7 @@ def test_the_admin_listener_stays_off_public_interfaces_unless_asked():
 
 
 async def test_a_broadcast_reaches_every_user_of_the_cluster_once():
-    from tests.cluster.test_routing import cluster
+    from tests.support.node_clusters import cluster
 
     async with cluster(3) as (nodes, _, _):
         names = [f"user{i}" for i in range(12)]
@@ -204,7 +178,7 @@ async def test_a_broadcast_reaches_every_user_of_the_cluster_once():
 
 async def test_a_broadcast_on_shared_backends_reaches_each_user_once(tmp_path):
     from tests.store.backends import fresh_database
-    from tests.store.test_shared_node import shared_config
+    from tests.support.shared_backends import shared_config
     from timpy.config import ClusterConfig
     from timpy.store.backends import BackendSpec
 
@@ -219,7 +193,7 @@ async def test_a_broadcast_on_shared_backends_reaches_each_user_once(tmp_path):
 
 
 async def test_group_lookup_and_a_system_message_to_a_group_across_nodes():
-    from tests.cluster.test_routing import cluster
+    from tests.support.node_clusters import cluster
 
     async with cluster(3) as (nodes, _, _):
         await users(nodes[0].tcp_url, "gus", "hal", "ida")

@@ -11,46 +11,11 @@ from hypothesis import strategies as st
 
 import timpy
 from tests.conftest import PASSWORD, node_config, users
+from tests.support.raw_frames import Raw
 from timpy.config import Limits
 from timpy.errors import Code
 from timpy.wire import protocol as wp
-from timpy.wire.framing import FrameDecoder, frame_bytes
-
-
-class Raw:
-    """A raw TCP client that speaks frames by hand."""
-
-    def __init__(self, stream: trio.SocketStream) -> None:
-        self.stream = stream
-        self.decoder = FrameDecoder(1 << 24)
-        self.ready: list[bytes] = []
-
-    @classmethod
-    async def open(cls, node: timpy.Node) -> "Raw":
-        return cls(await trio.open_tcp_stream(*node.tcp_address))
-
-    async def send(self, op: str, rid: int = 1, **fields: object) -> None:
-        await self.stream.send_all(frame_bytes(wp.encode(wp.make_frame(op, rid=rid, **fields))))
-
-    async def receive(self, timeout: float = 5) -> tuple[str, object] | None:
-        with trio.fail_after(timeout):
-            while not self.ready:
-                data = await self.stream.receive_some(65536)
-                if not data:
-                    return None
-                self.ready += self.decoder.feed(data)
-        return wp.operation_of(wp.decode(self.ready.pop(0)))
-
-    async def closed(self, timeout: float = 5) -> bool:
-        with trio.fail_after(timeout):
-            while True:
-                got = await self.receive(timeout)
-                if got is None:
-                    return True
-
-    async def hello(self) -> None:
-        await self.send("hello", version=wp.PROTOCOL_VERSION, agent="raw")
-        assert (await self.receive())[0] == "welcome"
+from timpy.wire.framing import frame_bytes
 
 
 async def expect_error(raw: Raw, code: Code) -> None:

@@ -8,7 +8,7 @@ import trio
 
 import timpy
 from tests.conftest import PASSWORD, node_config, users
-from tests.gateway.test_bad_input import Raw
+from tests.support.raw_frames import Raw
 from timpy.errors import Code
 from timpy.wire import protocol as wp
 

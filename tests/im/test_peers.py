@@ -255,3 +255,51 @@ async def test_every_operation_of_the_catalog_is_served_by_the_nodes_of_a_cluste
             missing = [op.name for op in ops.OPS.values()
                        if not node.cluster.rpc.serves(op) and not op.name.startswith("backend.") and op is not ops.ECHO]
             assert missing == []
+
+
+class _LeaseOnItsWay:
+    """The owner's side of ``OwnershipService`` as ``Peers`` sees it: no
+    lease until ``lease_at`` (trio time); meanwhile the ring is changing
+    (a majority answers) unless ``cut_off``. The waiting rule is
+    ``OwnershipService.wait_for_lease``'s: wait up to 3 s while the ring is
+    changing, refuse at once when cut off."""
+
+    def __init__(self, lease_at: float, cut_off: bool = False) -> None:
+        self.lease_at, self._cut = lease_at, cut_off
+        self.epoch = type("E", (), {"number": 1})()
+
+    def has_lease(self) -> bool:
+        return trio.current_time() >= self.lease_at
+
+    def require_lease(self) -> None:
+        if not self.has_lease():
+            raise TimpyError("this node reaches 1 of 3 cluster members; writes need 2", Code.UNAVAILABLE)
+
+    async def wait_for_lease(self, timeout: float = 3.0) -> None:
+        with trio.move_on_after(timeout):
+            while not self._cut and not self.has_lease():
+                await trio.sleep(0.05)
+        self.require_lease()
+
+    def cut_off(self) -> str | None:
+        return "cut off" if self._cut and not self.has_lease() else None
+
+
+async def test_an_owner_whose_lease_is_on_its_way_serves_another_nodes_request_after_it_comes(autojump_clock):
+    """During a ring change the owner waits for its lease (as for its own
+    requests) instead of refusing another node's request at once; an owner
+    cut off from the majority still refuses at once."""
+    key = key_owned({frozenset({"a", "b"}): "b"})
+    async with two_nodes({"a", "b"}, {"a", "b"}) as (a, b):
+        asked: list[str] = []
+        roster_of(b, "b", asked)
+        b.ownership = _LeaseOnItsWay(lease_at=trio.current_time() + 1.0)  # type: ignore[assignment]
+        started = trio.current_time()
+        assert await a.ask(ops.ROSTER_GET, ops.RosterGet(key)) == {"friends": ["b"]}
+        assert trio.current_time() - started >= 1.0 and asked == ["b"]
+        b.ownership = _LeaseOnItsWay(lease_at=trio.current_time() + 10.0, cut_off=True)  # type: ignore[assignment]
+        started = trio.current_time()
+        with pytest.raises(TimpyError) as refused:
+            await a.ask(ops.ROSTER_GET, ops.RosterGet(key))
+        assert refused.value.code == Code.UNAVAILABLE and trio.current_time() - started < 0.5
+        assert asked == ["b"]

@@ -4,12 +4,12 @@ they would one at a time (``open_terminal``), on every backend."""
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.store.test_repository import A, B, C, accounts, engine, fresh, msg  # noqa: F401 - engine is a fixture
+from tests.support.repositories import A, B, C, accounts, fresh, msg, repo
 
 DEVICES = [b"phone".ljust(16), b"laptop".ljust(16), b"tablet".ljust(16)]
 
 
-def test_a_batch_opens_new_and_known_terminals_at_their_cursors(engine):  # noqa: F811
+def test_a_batch_opens_new_and_known_terminals_at_their_cursors(engine):
     r = fresh(engine)
     accounts(r, A, B, C)
     r.append_messages([msg(i) for i in range(5)])
@@ -28,8 +28,6 @@ def test_a_batch_opens_new_and_known_terminals_at_their_cursors(engine):  # noqa
     batch=st.lists(st.tuples(st.sampled_from([A, B, C]), st.sampled_from(DEVICES)), min_size=1, max_size=8),
 )
 def test_a_batch_answers_as_one_at_a_time_would(tmp_path_factory, before, batch):
-    from tests.store.test_repository import repo
-
     one, many = repo(), repo()
     for r in (one, many):
         accounts(r, A, B, C)

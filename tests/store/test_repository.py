@@ -5,47 +5,12 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.store.backends import BACKENDS, clear, dump_tables, make_engine
+from tests.store.backends import dump_tables
+from tests.support.repositories import CONV, KEY, A, B, C, accounts, fresh, msg, repo
 from timpy.crypto.seal import Sealer
 from timpy.errors import Code, KeyMismatchError, RequestError, StorageError
-from timpy.store.engine import sqlite_engine
 from timpy.store.repository import Repository
 from timpy.store.rows import NewMessage
-
-KEY = bytes(range(32))
-A, B, C = b"a" * 16, b"b" * 16, b"c" * 16
-CONV = b"x" * 16
-
-
-@pytest.fixture(params=BACKENDS)
-def engine(request, tmp_path):
-    e = make_engine(request.param, tmp_path)
-    yield e
-    e.dispose()
-
-
-def repo(path=None, key=KEY) -> Repository:
-    r = Repository(sqlite_engine(path), Sealer(key))
-    r.create_schema()
-    return r
-
-
-def fresh(engine, key=KEY) -> Repository:
-    """A repository on ``engine`` with every table empty."""
-    r = Repository(engine, Sealer(key))
-    r.create_schema()
-    clear(engine)
-    r.create_schema()
-    return r
-
-
-def accounts(r: Repository, *ids: bytes) -> None:
-    for u in ids:
-        r.create_account(u, b"secret", b"profile")
-
-
-def msg(dedup: int, conv: bytes = CONV, members=(A, B), body: bytes = b"hi") -> NewMessage:
-    return NewMessage(conv, members, members[0], dedup.to_bytes(16, "big"), 1000 + dedup, body)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])

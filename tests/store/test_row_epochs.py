@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from tests.store.test_repair_same_message import CONV, A, B, one_pass, replica
+from tests.support.repair_replicas import CONV, A, B, one_pass, replica
 from timpy.store import schema as s
 from timpy.store.repository import Repository
 from timpy.store.rows import Copies, InboxItem, NewMessage

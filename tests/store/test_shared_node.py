@@ -15,21 +15,15 @@ import pytest
 import trio
 
 import timpy
-from tests.conftest import PASSWORD, node_config
+from tests.conftest import PASSWORD
 from tests.store.backends import fresh_database
-from timpy.config import ClusterConfig, StorageConfig
+from tests.support.shared_backends import shared_config
+from timpy.config import ClusterConfig
 from timpy.crypto.keys import ClusterKeys
 from timpy.store.backends import BackendSpec
 from timpy.store.repository import Repository
 
 PAIRS = 6
-
-
-def shared_config(data_dir, *specs: BackendSpec, cluster: ClusterConfig | None = None) -> timpy.NodeConfig:  # noqa: ANN001
-    """A node on shared backends; ``data_dir`` holds only its identity."""
-    return node_config(
-        memory=False, data_dir=data_dir, storage=StorageConfig(backends=specs), **({"cluster": cluster} if cluster else {})
-    )
 
 
 async def traffic(
@@ -288,7 +282,7 @@ async def test_a_move_interrupted_by_a_crash_resumes_when_the_node_restarts(tmp_
 
 
 async def test_two_nodes_share_the_backends_and_a_move_driven_from_the_cli_path_reaches_both(tmp_path):
-    from tests.cluster.test_routing import FAST_CLUSTER, wait_for_ring
+    from tests.support.node_clusters import FAST_CLUSTER, wait_for_ring
     from timpy.cli.cluster import ask_node
     from timpy.crypto.keys import load_or_create_cluster_key
 

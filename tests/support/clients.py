@@ -1,6 +1,7 @@
 """Logged-in clients for the feature tests: the users registered, then one
 client each, spread over the places given (a node's URL or an in-memory
-cluster's connectors), each synced before the test goes on."""
+cluster's connectors), each synced before the test goes on; the code a
+request is refused with; a send retried while its owner is down."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from contextlib import AsyncExitStack, asynccontextmanager
 from typing import Any
 
 import pytest
+import trio
 
 import timpy
 from tests.conftest import PASSWORD, users
@@ -32,3 +34,16 @@ async def code_of(call: Awaitable[object]) -> timpy.Code:
     with pytest.raises(timpy.RemoteError) as e:
         await call
     return e.value.code
+
+
+async def send_until_acked(client: timpy.Client, to: str, body: str, client_id: str) -> None:
+    """Retry with the same client id while the owner is down (bounded)."""
+    for _ in range(200):
+        try:
+            await client.send(to, body, client_id=client_id)
+            return
+        except timpy.RemoteError as exc:
+            if exc.code != timpy.Code.UNAVAILABLE:
+                raise
+            await trio.sleep(0.2)
+    raise AssertionError(f"{body} was never acknowledged")

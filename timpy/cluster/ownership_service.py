@@ -403,6 +403,8 @@ class OwnershipService:
                 return
             if answer.granted:
                 proposal.accepted.add(voter)
+                if self.core.proposal_passed(proposal):
+                    nursery.cancel_scope.cancel()  # passed: no need to wait on the voters yet to answer
             else:
                 self.core.conflict(answer.epoch)
                 self._learn(answer.epoch, answer.established)

@@ -44,6 +44,8 @@ class _Ownership(Protocol):
     @property
     def epoch(self) -> Epoch: ...
 
+    def has_lease(self) -> bool: ...
+
     def require_lease(self) -> None: ...
 
     async def wait_for_lease(self, timeout: float = ...) -> None: ...
@@ -169,9 +171,21 @@ class Peers:
             what = owner.what
 
             def guarded(args: A) -> Any:
-                self.require_owner(op.key(args), what)
-                self.require_write()
-                return run(args)
+                key = op.key(args)
+                self.require_owner(key, what)
+                if self.ownership is None or self.ownership.has_lease():
+                    return run(args)
+                return waited(key, args)
+
+            async def waited(key: bytes, args: A) -> Any:
+                # While the ring is changing (a majority answers, the lease is
+                # on its way) wait for it as this node's own requests do,
+                # rather than refuse and leave every caller to retry; a node
+                # cut off from the majority still refuses at once.
+                await self.await_write()
+                self.require_owner(key, what)  # the ring may have moved meanwhile
+                result = run(args)
+                return await result if hasattr(result, "__await__") else result
 
             self.rpc.serve(op, guarded)
         else:
