@@ -2,7 +2,7 @@
 ``read_inboxes``, ``get_records``: fixed SQL through the DB-API) answer as
 the one-at-a-time reads do, on every backend."""
 
-from tests.store.test_repository import CONV, A, B, C, accounts, engine, fresh, msg  # noqa: F401 - engine is a fixture
+from tests.support.repositories import CONV, A, B, C, accounts, fresh, msg
 
 
 def test_accounts_read_together_answer_as_one_at_a_time(engine):  # noqa: F811
