@@ -378,7 +378,8 @@ class Client:
                     break
                 self._dispatch(frame)
         except (trio.BrokenResourceError, trio.ClosedResourceError, trio_websocket.ConnectionClosed, TimpyError) as exc:
-            self.closed_reason = str(exc)
+            # The node's own reason (an error frame just before it closed) says more than the socket's end.
+            self.closed_reason = self.closed_reason or str(exc)
         finally:
             self.closed_reason = self.closed_reason or "the node closed the connection"
             waiting, self._waiting = self._waiting, {}
