@@ -262,11 +262,21 @@ def _live(a: Any, att_id: bytes) -> Any:
 
 
 def _deleted_here(conn: Any, att_ids: Sequence[bytes]) -> set[bytes]:
-    """Of ``att_ids``, those with a tombstone here."""
+    """Of ``att_ids``, those with a tombstone here; called by a transaction
+    about to write rows of them (chunks, readers, references).
+
+    The attachments' rows are locked first (a write that changes nothing:
+    the rows' locks on PostgreSQL and MariaDB, the database's write lock on
+    SQLite, whose driver otherwise begins the transaction only at the first
+    write), so a tombstone cannot commit between this check and the write
+    that follows it; ``_bury`` takes the same row first. Without it a copy
+    arriving as the attachment was deleted could leave a row beside the
+    tombstone that nothing removes."""
     a = s.attachments
-    keys = list(set(att_ids))
+    keys = sorted(set(att_ids))
     if not keys:
         return set()
+    conn.execute(update(a).where(a.c.att_id.in_(keys)).values(deleted=a.c.deleted))
     rows = conn.execute(select(a.c.att_id).where(and_(a.c.att_id.in_(keys), a.c.deleted == True)))  # noqa: E712
     return {bytes(r[0]) for r in rows}
 
@@ -274,13 +284,15 @@ def _deleted_here(conn: Any, att_ids: Sequence[bytes]) -> set[bytes]:
 def _bury(conn: Any, att_ids: list[bytes]) -> int:
     """Delete the content, readers and references of attachments and empty
     their rows into tombstones (rows not here are left to the caller)."""
-    deleted = 0
-    for table in (s.attachment_chunks, s.attachment_readers, s.attachment_refs):
-        deleted += int(conn.execute(delete(table).where(table.c.att_id.in_(att_ids))).rowcount)
+    # The row first: its lock makes a copy that checked for the tombstone
+    # (``_deleted_here``) finish before the rows below are deleted.
     a = s.attachments
     conn.execute(update(a).where(a.c.att_id.in_(att_ids)).values(
         deleted=True, meta=b"", uploader_id=b"", chunk_size=0, chunks=0, complete=False, created_ms=0,
     ))
+    deleted = 0
+    for table in (s.attachment_chunks, s.attachment_readers, s.attachment_refs):
+        deleted += int(conn.execute(delete(table).where(table.c.att_id.in_(att_ids))).rowcount)
     return deleted
 
 
