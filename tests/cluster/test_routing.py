@@ -217,6 +217,24 @@ async def _wait_heads(nodes: list[timpy.Node], conv: bytes, recipient: bytes, he
             await trio.sleep(1.5)
 
 
+async def _sent_ten(nodes: list[timpy.Node], sender: str, recipient: str) -> tuple[bytes, bytes, timpy.Node]:
+    """Register two users; ``sender`` sends m0..m9 to ``recipient`` through a
+    node other than their conversation's owner, and every replica holds them.
+    Returns (conversation id, recipient's id, the owner)."""
+    for name in (sender, recipient):
+        await timpy.register(nodes[0].tcp_url, name, PASSWORD)
+    idx = nodes[0].indexer
+    rid = ids.user_id(idx, recipient)
+    conv = ids.direct_conversation(idx, ids.user_id(idx, sender), rid)
+    owner = owner_of(nodes, conv)
+    gateway = next(n for n in nodes if n is not owner)
+    async with timpy.connect(gateway.tcp_url, sender, PASSWORD, sync=False) as c:
+        for i in range(10):
+            await c.send(recipient, f"m{i}")
+    await _wait_heads(nodes, conv, rid, 10)
+    return conv, rid, owner
+
+
 def _refuse(node: timpy.Node, op: ops.Op, times: float):
     """``node`` answers ``op`` with the refusal of a node whose lease is
     renewing under a new ring, ``times`` times, then as before."""
@@ -242,17 +260,9 @@ async def test_a_history_read_waits_for_an_owner_whose_ring_is_changing():
     lacks the newest acknowledged messages (W = 2 of R = 3: one replica may
     not have them yet)."""
     async with cluster(3, anti_entropy_interval=600.0) as (nodes, _, _):
-        for name in ("mia", "ned"):
-            await timpy.register(nodes[0].tcp_url, name, PASSWORD)
-        mia = ids.user_id(nodes[0].indexer, "mia")
-        ned = ids.user_id(nodes[0].indexer, "ned")
-        conv = ids.direct_conversation(nodes[0].indexer, mia, ned)
-        owner = owner_of(nodes, conv)
+        conv, _, owner = await _sent_ten(nodes, "mia", "ned")
         others = [n for n in nodes if n is not owner]
         async with timpy.connect(others[0].tcp_url, "mia", PASSWORD, sync=False) as m:
-            for i in range(10):
-                await m.send("ned", f"m{i}")
-            await _wait_heads(nodes, conv, ned, 10)
             for n in others:
                 await _forget_rows(n, conv, range(9, 11))
             refused = _refuse(owner, ops.CONV_HISTORY, 2)
@@ -266,17 +276,9 @@ async def test_a_replica_copy_with_a_hole_is_not_shown_as_history():
     only where it has no hole (here the first replica asked lacks older
     messages that the other has); a replica may lack only the newest."""
     async with cluster(3, anti_entropy_interval=600.0) as (nodes, _, _):
-        for name in ("oli", "pam"):
-            await timpy.register(nodes[0].tcp_url, name, PASSWORD)
-        oli = ids.user_id(nodes[0].indexer, "oli")
-        pam = ids.user_id(nodes[0].indexer, "pam")
-        conv = ids.direct_conversation(nodes[0].indexer, oli, pam)
-        owner = owner_of(nodes, conv)
+        conv, _, owner = await _sent_ten(nodes, "oli", "pam")
         gateway = next(n for n in nodes if n is not owner)
         async with timpy.connect(gateway.tcp_url, "oli", PASSWORD, sync=False) as o:
-            for i in range(10):
-                await o.send("pam", f"m{i}")
-            await _wait_heads(nodes, conv, pam, 10)
             first = next(n for n in nodes if n.node_id == gateway.peers.placement.replicas(conv)[1])
             await _forget_rows(first, conv, range(2, 6))
             _refuse(owner, ops.CONV_HISTORY, math.inf)
@@ -293,17 +295,9 @@ async def test_with_the_owner_silent_history_shows_every_acknowledged_message_fr
     may not have reached the third yet. With the owner silent, the read
     takes the copy that reaches furthest, not the first replica's."""
     async with cluster(3, anti_entropy_interval=600.0) as (nodes, _, _):
-        for name in ("sal", "tom"):
-            await timpy.register(nodes[0].tcp_url, name, PASSWORD)
-        sal = ids.user_id(nodes[0].indexer, "sal")
-        tom = ids.user_id(nodes[0].indexer, "tom")
-        conv = ids.direct_conversation(nodes[0].indexer, sal, tom)
-        owner = owner_of(nodes, conv)
+        conv, _, owner = await _sent_ten(nodes, "sal", "tom")
         gateway = next(n for n in nodes if n is not owner)
         async with timpy.connect(gateway.tcp_url, "sal", PASSWORD, sync=False) as c:
-            for i in range(10):
-                await c.send("tom", f"m{i}")
-            await _wait_heads(nodes, conv, tom, 10)
             first = next(n for n in nodes if n.node_id == gateway.peers.placement.replicas(conv)[1])
             await _forget_rows(first, conv, range(8, 11))
 
