@@ -237,6 +237,10 @@ class Replicator:
 
     # --- catch-up on takeover ----------------------------------------------
 
+    def is_warm(self, kind: str, key: bytes) -> bool:
+        """Whether ``ensure`` has nothing to do for this key (until the ring changes)."""
+        return self._peers.rpc is None or self.shared or self._is_warm(kind, key)
+
     def _is_warm(self, kind: str, key: bytes) -> bool:
         if self._warm_version != self._peers.placement.version:
             self._warm.clear()

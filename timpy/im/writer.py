@@ -528,6 +528,9 @@ class Writer:
         keys |= {("user", u) for p in news for u in p.new.members if self._peers.is_local(u)}
         keys |= {("user", p.item.user_id) for p in inbox}
         await self._peers.await_write()  # no lease (no majority): refuse before anything is stored
+        keys = {(kind, key) for kind, key in keys if not self._replicator.is_warm(kind, key)}
+        if not keys:
+            return  # every key caught up already under this ring: no task per key
         failed: list[TimpyError] = []
 
         async def ensure(kind: str, key: bytes) -> None:

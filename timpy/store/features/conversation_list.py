@@ -12,7 +12,7 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, select
 
 from timpy.store import schema as s
-from timpy.store.features.base import StoreBase, driver_sql
+from timpy.store.features.base import StoreBase, driver_rows
 from timpy.store.rows import ConversationRows
 
 
@@ -60,23 +60,26 @@ class ConversationListStore(StoreBase):
             marks: dict[bytes, int] = {}
             for k in range(0, len(conv_ids), 500):
                 chunk = list(conv_ids[k:k + 500])
-                sql = driver_sql(conn, f"{_MARKS} ({', '.join('?' * len(chunk))})")
-                for conv, seq in conn.exec_driver_sql(sql, (user_id, *chunk)):
+                for conv, seq in driver_rows(conn, f"{_MARKS} ({', '.join('?' * len(chunk))})", (user_id, *chunk)):
                     marks[bytes(conv)] = int(seq or 0)
-            newest_sql, after_sql = driver_sql(conn, _NEWEST), driver_sql(conn, _AFTER)
             for conv in conv_ids:
-                newest = list(conn.exec_driver_sql(newest_sql, (user_id, conv, tail)))
+                newest = driver_rows(conn, _NEWEST, (user_id, conv, tail))
                 if not newest:
                     continue
                 read_seq = marks.get(conv, 0)
-                after = list(conn.exec_driver_sql(after_sql, (user_id, conv, read_seq, unread_limit))) \
-                    if unread_limit > 0 else []
+                after = driver_rows(conn, _AFTER, (user_id, conv, read_seq, unread_limit)) if unread_limit > 0 else []
+                opened: dict[int, bytes] = {}  # the newest and the unread are mostly the same messages: open each once
+
+                def open_(seq: int, content: bytes, conv: bytes = conv, opened: dict[int, bytes] = opened) -> bytes:
+                    got = opened.get(seq)
+                    if got is None:
+                        got = opened[seq] = self._open_message(conv, seq, bytes(content))
+                    return got
+
                 out.append(ConversationRows(
                     conv, int(newest[0][0]), int(newest[0][2]), read_seq,
-                    [(int(seq), int(ms), self._open_message(conv, int(seq), bytes(content)))
-                     for _, seq, ms, content in newest],
-                    [(int(seq), int(ms), self._open_message(conv, int(seq), bytes(content)))
-                     for _, seq, ms, content in after],
+                    [(int(seq), int(ms), open_(int(seq), content)) for _, seq, ms, content in newest],
+                    [(int(seq), int(ms), open_(int(seq), content)) for _, seq, ms, content in after],
                 ))
         return out
 

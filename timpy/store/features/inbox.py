@@ -8,11 +8,19 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any, Protocol
 
-from sqlalchemy import and_, bindparam, select, update
+from sqlalchemy import and_, select
 
 from timpy.store import digest as d
 from timpy.store import schema as s
-from timpy.store.features.base import CopiedTable, StoreBase, counts, driver_sql, insert_missing
+from timpy.store.features.base import (
+    CopiedTable,
+    StoreBase,
+    counts,
+    driver_many,
+    driver_pairs,
+    driver_rows,
+    insert_missing,
+)
 from timpy.store.rows import InboxEntry, Row, StoredMessage
 
 
@@ -50,12 +58,11 @@ class InboxStore(StoreBase):
         fixed SQL through the DB-API."""
         out: list[list[InboxEntry]] = []
         with self.engine.connect() as conn:
-            sql = driver_sql(conn, _READ_INBOX)
             for user_id, after_pos, limit in reads:
                 out.append([
                     InboxEntry(pos, StoredMessage(
                         conv_id := bytes(conv), seq, created_ms, self._open_message(conv_id, seq, bytes(content))))
-                    for pos, conv, seq, created_ms, content in conn.exec_driver_sql(sql, (user_id, after_pos, limit))
+                    for pos, conv, seq, created_ms, content in driver_rows(conn, _READ_INBOX, (user_id, after_pos, limit))
                 ])
         return out
 
@@ -76,6 +83,9 @@ _READ_INBOX = (
 )
 
 
+_HELD_INBOX = "SELECT user_id, pos, conv_id, seq, epoch FROM inbox WHERE"
+
+
 def merge_inbox_rows(
     conn: Any, incoming: Sequence[tuple[bytes, int, bytes, int, int]], owner_write: bool = False
 ) -> list[dict[str, Any]]:
@@ -86,22 +96,24 @@ def merge_inbox_rows(
     merges each slot on its own). ``owner_write``: as for messages, the
     owner's new entries win an equal epoch at their position."""
     i = s.inbox
-    users = list({bytes(r[0]) for r in incoming})
     held: dict[tuple[bytes, int], tuple[bytes, int, int]] = {}  # (user, pos) -> (conv, seq, epoch)
     wanted = {(bytes(r[0]), bytes(r[2]), int(r[3])) for r in incoming}
-    for start in range(0, len(users), _IN_CHUNK):
-        chunk = users[start : start + _IN_CHUNK]
-        q = select(i.c.user_id, i.c.pos, i.c.conv_id, i.c.seq, i.c.epoch).where(i.c.user_id.in_(chunk))
-        low = min(int(x[1]) for x in incoming)
-        seqs = sorted({int(x[3]) for x in incoming})
-        found = list(conn.execute(q.where(i.c.pos >= low)))
-        for s_start in range(0, len(seqs), _IN_CHUNK):  # the same messages at earlier positions
-            found += [
-                r for r in conn.execute(q.where(and_(i.c.pos < low, i.c.seq.in_(seqs[s_start : s_start + _IN_CHUNK]))))
-                if (bytes(r.user_id), bytes(r.conv_id), int(r.seq)) in wanted
-            ]
-        for r in found:
-            held[(bytes(r.user_id), int(r.pos))] = (bytes(r.conv_id), int(r.seq), int(r.epoch))
+    spans: dict[bytes, tuple[int, int]] = {}  # user -> the lowest and highest position coming
+    for r in incoming:
+        user, pos = bytes(r[0]), int(r[1])
+        lo, hi = spans.get(user, (pos, pos))
+        spans[user] = (min(lo, pos), max(hi, pos))
+    # Only the entries a copy can meet: at its own positions, and its
+    # messages wherever they sit in these inboxes (ix_inbox_message). Reading
+    # from the lowest position coming for every user read whole inboxes.
+    found = driver_pairs(conn, _HELD_INBOX, "(user_id = ? AND pos >= ? AND pos <= ?)",
+                         [(u, lo, hi) for u, (lo, hi) in spans.items()])
+    found += [
+        r for r in driver_pairs(conn, _HELD_INBOX, "(conv_id = ? AND seq = ?)", list({(c, q) for _, c, q in wanted}))
+        if (bytes(r[0]), bytes(r[2]), int(r[3])) in wanted
+    ]
+    for user, pos, conv, seq, epoch in found:
+        held[(bytes(user), int(pos))] = (bytes(conv), int(seq), int(epoch))
     where = {(u, c, q): p for (u, p), (c, q, _e) in held.items()}
     rows: list[dict[str, Any]] = []
     for user, pos, conv, seq, epoch in incoming:
@@ -146,7 +158,7 @@ class InboxTable(CopiedTable):
         """Entries missing here, or winning their position over the entry
         here (``merge_inbox_rows``: the higher stamp); the users' inbox heads
         move up to them."""
-        i, a = s.inbox, s.accounts
+        i = s.inbox
         added = 0
         fresh = merge_inbox_rows(conn, rows, owner_write)
         tops: dict[bytes, int] = {}
@@ -155,12 +167,8 @@ class InboxTable(CopiedTable):
         if fresh:
             insert_missing(conn, i, fresh)
             added += len(fresh)
-        conn.execute(
-            update(a)
-            .where(and_(a.c.user_id == bindparam("k"), a.c.inbox_head < bindparam("v")))
-            .values(inbox_head=bindparam("v")),
-            [dict(k=u, v=v) for u, v in tops.items()],
-        )
+        driver_many(conn, "UPDATE accounts SET inbox_head = ? WHERE user_id = ? AND inbox_head < ?",
+                    [(v, u, v) for u, v in tops.items()])
         return added
 
     def slots(self, conn: Any, keys: list[bytes]) -> dict[bytes, dict[int, bytes]]:

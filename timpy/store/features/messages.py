@@ -7,9 +7,9 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from sqlalchemy import and_, bindparam, delete, func, insert, or_, select, text, update
+from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
 from timpy.crypto.seal import row_ad
@@ -22,6 +22,8 @@ from timpy.store.features.base import (
     counts,
     driver_in,
     driver_many,
+    driver_pairs,
+    driver_rows,
     insert_missing,
     lost_a_lock_race,
 )
@@ -143,7 +145,7 @@ class MessagesStore(StoreBase):
         """
         results: list[Appended] = []
         placed: list[InboxPlaced] = []
-        m, c = s.messages, s.conversations
+        m = s.messages
         with self.engine.begin() as conn:
             if cursors:
                 advance_cursors(conn, cursors)
@@ -250,11 +252,10 @@ class MessagesStore(StoreBase):
                     if where.new:
                         results[index] = replace(results[index], inbox={**results[index].inbox, it.user_id: where.pos})
             if new_convs:
-                conn.execute(insert(c), [dict(conv_id=k, last_seq=0) for k in new_convs])
-                conn.execute(
-                    insert(s.conv_members),
-                    [dict(conv_id=k, user_id=u) for k, item in new_convs.items() for u in sorted(set(item.members))],
-                )
+                driver_many(conn, "INSERT INTO conversations (conv_id, last_seq) VALUES (?, ?)",
+                            [(k, 0) for k in new_convs])
+                driver_many(conn, "INSERT INTO conv_members (conv_id, user_id) VALUES (?, ?)",
+                            [(k, u) for k, item in new_convs.items() for u in sorted(set(item.members))])
             # The hot statements go to the driver as fixed SQL, many rows each.
             if msg_rows:
                 driver_many(conn, _INSERT_MESSAGE, [
@@ -299,24 +300,25 @@ class MessagesStore(StoreBase):
         acknowledged (docs/consistency.md, "Epochs on rows"): the item's
         message replaces it (the conversation's owner numbers a slot again
         within an epoch only after undoing the first write)."""
-        i, m = s.inbox, s.messages
-        users = list({it.user_id for it in items})
-        convs = list({it.conv_id for it in items})
+        m = s.messages
+        users = {it.user_id for it in items}
+        # Pairs, each an equality on an index (ix_inbox_message; the messages'
+        # key and UNIQUE (conv_id, dedup)): an IN over each column let the
+        # database scan whole inboxes or conversations on every batch.
         already = {
-            (bytes(r.user_id), bytes(r.conv_id), int(r.seq)): int(r.pos)
-            for r in conn.execute(
-                select(i.c.user_id, i.c.conv_id, i.c.seq, i.c.pos).where(
-                    and_(i.c.user_id.in_(users), i.c.conv_id.in_(convs), i.c.seq.in_(list({it.seq for it in items})))
-                )
-            )
+            (bytes(u), bytes(c), int(q)): int(pos)
+            for u, c, q, pos in driver_pairs(
+                conn, "SELECT user_id, conv_id, seq, pos FROM inbox WHERE", "(conv_id = ? AND seq = ?)",
+                list({(it.conv_id, it.seq) for it in items}))
+            if bytes(u) in users
         }
         held = {  # (conv, seq) -> (dedup, epoch) of the rows here that the items may meet
-            (bytes(r.conv_id), int(r.seq)): (bytes(r.dedup), int(r.epoch))
-            for r in conn.execute(
-                select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(and_(m.c.conv_id.in_(convs), or_(
-                    m.c.seq.in_(list({it.seq for it in items})), m.c.dedup.in_(list({it.dedup for it in items})),
-                )))
-            )
+            (bytes(c), int(q)): (bytes(dd), int(e))
+            for c, q, dd, e in [
+                *driver_pairs(conn, _HELD_MESSAGES, "(conv_id = ? AND seq = ?)", list({(it.conv_id, it.seq) for it in items})),
+                *driver_pairs(conn, _HELD_MESSAGES, "(conv_id = ? AND dedup = ?)",
+                              list({(it.conv_id, it.dedup) for it in items})),
+            ]
         }
         wanted = {(it.conv_id, it.seq, it.dedup) for it in items}
         have_msgs = {(c, q) for (c, q), (dd, _e) in held.items() if (c, q, dd) in wanted}
@@ -469,10 +471,18 @@ _KEPT_HEADS = 200_000  # inbox heads kept between batches (about 30 MB at most);
 
 _DEDUP_CHUNK = 32  # (conversation, dedup) pairs per lookup statement; one fixed text, so it is compiled once
 
-_DEDUP_LOOKUP = text(
+_DEDUP_LOOKUP = (
     "SELECT conv_id, dedup, seq, created_ms, content FROM messages WHERE "
-    + " OR ".join(f"(conv_id = :c{k} AND dedup = :d{k})" for k in range(_DEDUP_CHUNK))
+    + " OR ".join("(conv_id = ? AND dedup = ?)" for _ in range(_DEDUP_CHUNK))
 )
+
+
+class _Stored(NamedTuple):
+    conv_id: bytes
+    dedup: bytes
+    seq: int
+    created_ms: int
+    content: bytes
 
 
 
@@ -488,11 +498,10 @@ def _stored_by_dedup(conn: Any, keys: set[tuple[bytes, bytes]]) -> dict[tuple[by
     for start in range(0, len(pairs), _DEDUP_CHUNK):
         chunk = pairs[start : start + _DEDUP_CHUNK]
         chunk += [chunk[-1]] * (_DEDUP_CHUNK - len(chunk))  # pad: the statement's text never changes
-        params: dict[str, bytes] = {}
-        for k, (conv_id, dedup) in enumerate(chunk):
-            params[f"c{k}"], params[f"d{k}"] = conv_id, dedup
-        for r in conn.execute(_DEDUP_LOOKUP, params):
-            found[(bytes(r.conv_id), bytes(r.dedup))] = r
+        params = [x for pair in chunk for x in pair]
+        for conv_id, dedup, seq, created_ms, content in driver_rows(conn, _DEDUP_LOOKUP, params):
+            found[(bytes(conv_id), bytes(dedup))] = _Stored(
+                bytes(conv_id), bytes(dedup), int(seq), int(created_ms), bytes(content))
     return found
 
 
@@ -504,6 +513,7 @@ def _stored_by_dedup(conn: Any, keys: set[tuple[bytes, bytes]]) -> dict[tuple[by
 # stamps what is here stays (repair settles those by ``digest.winner``).
 
 _IN_CHUNK = 500
+_HELD_MESSAGES = "SELECT conv_id, seq, dedup, epoch FROM messages WHERE"
 
 
 def merge_message_rows(
@@ -520,20 +530,20 @@ def merge_message_rows(
     missed this node must not make it keep the undone row and still count
     as a copy of the new one."""
     m = s.messages
-    convs = list({bytes(r[0]) for r in incoming})
     held: dict[tuple[bytes, int], tuple[bytes, int]] = {}  # (conv, seq) -> (dedup, epoch)
-    for start in range(0, len(convs), _IN_CHUNK):
-        chunk = convs[start : start + _IN_CHUNK]
-        q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(m.c.conv_id.in_(chunk))
-        for r in conn.execute(q.where(m.c.seq >= min(int(x[1]) for x in incoming))):
-            held[(bytes(r.conv_id), int(r.seq))] = (bytes(r.dedup), int(r.epoch))
-        dedups = list({bytes(x[2]) for x in incoming if bytes(x[0]) in chunk})
-        for d_start in range(0, len(dedups), _IN_CHUNK):
-            q = select(m.c.conv_id, m.c.seq, m.c.dedup, m.c.epoch).where(
-                and_(m.c.conv_id.in_(chunk), m.c.dedup.in_(dedups[d_start : d_start + _IN_CHUNK]))
-            )
-            for r in conn.execute(q):
-                held[(bytes(r.conv_id), int(r.seq))] = (bytes(r.dedup), int(r.epoch))
+    spans: dict[bytes, tuple[int, int]] = {}  # conv -> the lowest and highest seq coming
+    for r in incoming:
+        conv, seq = bytes(r[0]), int(r[1])
+        lo, hi = spans.get(conv, (seq, seq))
+        spans[conv] = (min(lo, seq), max(hi, seq))
+    # Only the rows a copy can meet: its own slots, and its messages wherever they sit here.
+    for conv, seq, dedup, epoch in [
+        *driver_pairs(conn, _HELD_MESSAGES, "(conv_id = ? AND seq >= ? AND seq <= ?)",
+                      [(c, lo, hi) for c, (lo, hi) in spans.items()]),
+        *driver_pairs(conn, _HELD_MESSAGES, "(conv_id = ? AND dedup = ?)",
+                      list({(bytes(x[0]), bytes(x[2])) for x in incoming})),
+    ]:
+        held[(bytes(conv), int(seq))] = (bytes(dedup), int(epoch))
     by_dedup = {(c, dd): q for (c, q), (dd, _e) in held.items()}
     rows: list[dict[str, Any]] = []
     for conv, seq, dedup, created, sealed, epoch in incoming:
@@ -576,7 +586,7 @@ class MessagesTable(CopiedTable):
         """Messages missing here, or winning their slot over the row here
         (``merge_message_rows``: the higher stamp), their effects applied;
         the conversations' numbering moves up to them."""
-        m, c = s.messages, s.conversations
+        m = s.messages
         added = 0
         fresh = merge_message_rows(conn, rows, owner_write)  # a slot's higher stamp wins
         if fresh:
@@ -586,12 +596,8 @@ class MessagesTable(CopiedTable):
         tops: dict[bytes, int] = {}
         for conv, seq, *_ in rows:
             tops[conv] = max(tops.get(conv, 0), seq)
-        conn.execute(
-            update(c)
-            .where(and_(c.c.conv_id == bindparam("k"), c.c.last_seq < bindparam("v")))
-            .values(last_seq=bindparam("v")),
-            [dict(k=k, v=v) for k, v in tops.items()],
-        )
+        driver_many(conn, "UPDATE conversations SET last_seq = ? WHERE conv_id = ? AND last_seq < ?",
+                    [(v, k, v) for k, v in tops.items()])
         return added
 
     def slots(self, conn: Any, keys: list[bytes]) -> dict[bytes, dict[int, bytes]]:

@@ -14,7 +14,13 @@ from sqlalchemy.exc import IntegrityError
 from timpy.crypto.seal import row_ad
 from timpy.errors import Code, RequestError
 from timpy.store import schema as s
-from timpy.store.features.base import CopiedTable, StoreBase, driver_sql, insert_missing
+from timpy.store.features.base import (
+    CopiedTable,
+    StoreBase,
+    driver_first,
+    driver_rows,
+    insert_missing,
+)
 from timpy.store.rows import Copies, Row
 
 
@@ -31,12 +37,11 @@ class RecordsProtocol(Protocol):
 class RecordsStore(StoreBase):
     def get_record(self, key_id: bytes, kind: str) -> tuple[bytes, int] | None:
         """A record's value (opened) and version."""
-        r = s.records
-        with self.engine.connect() as conn:
-            row = conn.execute(select(r.c.state, r.c.version).where(and_(r.c.key_id == key_id, r.c.kind == kind))).first()
+        with self.engine.connect() as conn:  # fixed SQL: read for every conversation list notice
+            row = driver_first(conn, "SELECT state, version FROM records WHERE key_id = ? AND kind = ?", (key_id, kind))
         if row is None:
             return None
-        return self._sealer.open(bytes(row.state), row_ad("records", key_id, kind)), int(row.version)
+        return self._sealer.open(bytes(row[0]), row_ad("records", key_id, kind)), int(row[1])
 
     def get_records(self, key_ids: Sequence[bytes], kind: str) -> dict[bytes, bytes]:
         """The values (opened) of one kind of record for many keys; absent keys are left out."""
@@ -47,9 +52,9 @@ class RecordsStore(StoreBase):
         with self.engine.connect() as conn:
             for start in range(0, len(keys), 500):  # fixed SQL through the DB-API: logins' presence reads these
                 chunk = keys[start : start + 500]
-                rows = conn.exec_driver_sql(driver_sql(
-                    conn, f"SELECT key_id, state FROM records WHERE kind = ? AND key_id IN ({', '.join('?' * len(chunk))})"
-                ), (kind, *chunk))
+                rows = driver_rows(
+                    conn, f"SELECT key_id, state FROM records WHERE kind = ? AND key_id IN ({', '.join('?' * len(chunk))})",
+                    (kind, *chunk))
                 for key_id, state in rows:
                     out[bytes(key_id)] = self._sealer.open(bytes(state), row_ad("records", bytes(key_id), kind))
         return out

@@ -19,7 +19,14 @@ from typing import Any, Protocol
 from sqlalchemy import and_, func, select
 
 from timpy.store import schema as s
-from timpy.store.features.base import CopiedTable, StoreBase, driver_many, driver_sql
+from timpy.store.features.base import (
+    CopiedTable,
+    StoreBase,
+    driver_first,
+    driver_in,
+    driver_many,
+    driver_rows,
+)
 from timpy.store.rows import Row
 
 TOKEN_SIZE = 8  # bytes of a token (``search_rules.TOKEN_SIZE``)
@@ -54,22 +61,21 @@ class SearchStore(StoreBase):
         whose head message is not the one indexed any more."""
         if not conv_ids:
             return []
-        m, h = s.messages, s.search_heads
         keys = list(conv_ids)
-        with self.engine.connect() as conn:
-            tops = {
-                bytes(r[0]): int(r[1])
-                for r in conn.execute(select(m.c.conv_id, func.max(m.c.seq)).where(m.c.conv_id.in_(keys))
-                                      .group_by(m.c.conv_id))
-            }
-            heads: dict[bytes, int] = {}
-            for r in conn.execute(
-                select(h.c.conv_id, h.c.seq, h.c.dedup, m.c.dedup.label("now"))
-                .select_from(h.outerjoin(m, and_(m.c.conv_id == h.c.conv_id, m.c.seq == h.c.seq)))
-                .where(h.c.conv_id.in_(keys))
-            ):
-                same = r.now is not None and bytes(r.now) == bytes(r.dedup)
-                heads[bytes(r.conv_id)] = int(r.seq) if same or int(r.seq) == 0 else -1
+        tops: dict[bytes, int] = {}
+        heads: dict[bytes, int] = {}
+        with self.engine.connect() as conn:  # fixed SQL: run after every writer batch under load
+            for start in range(0, len(keys), 500):
+                chunk = keys[start:start + 500]
+                for conv, top in driver_in(conn, "SELECT conv_id, MAX(seq) FROM messages WHERE conv_id IN", chunk,
+                                           "GROUP BY conv_id"):
+                    tops[bytes(conv)] = int(top)
+                for conv, seq, dedup, now in driver_in(
+                    conn, "SELECT h.conv_id, h.seq, h.dedup, m.dedup FROM search_heads h LEFT JOIN messages m"
+                          " ON m.conv_id = h.conv_id AND m.seq = h.seq WHERE h.conv_id IN", chunk,
+                ):
+                    same = now is not None and bytes(now) == bytes(dedup)
+                    heads[bytes(conv)] = int(seq) if same or int(seq) == 0 else -1
         return [k for k in keys if tops.get(k, 0) > heads.get(k, 0) or heads.get(k) == -1]
 
     def search_index(self, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool]:
@@ -249,12 +255,8 @@ def _many(conn: Any, sql: str, rows: list[tuple[Any, ...]]) -> None:
         driver_many(conn, sql, rows)
 
 
-def _all(conn: Any, sql: str, args: tuple[Any, ...]) -> list[tuple[Any, ...]]:
-    return list(conn.exec_driver_sql(driver_sql(conn, sql), args))
-
-
-def _one(conn: Any, sql: str, args: tuple[Any, ...]) -> tuple[Any, ...] | None:
-    return conn.exec_driver_sql(driver_sql(conn, sql), args).first()
+_all = driver_rows
+_one = driver_first
 
 
 _DEDUP_AT = "SELECT dedup FROM messages WHERE conv_id = ? AND seq = ?"
