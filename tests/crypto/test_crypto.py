@@ -8,7 +8,7 @@ from hypothesis import strategies as st
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, derive_key, encode_key, load_or_create_cluster_key
 from timpy.crypto.passwords import hash_password, verify_password
-from timpy.crypto.seal import Sealer, row_ad
+from timpy.crypto.seal import KEPT_SIZE_MAX, Sealer, message_ad, row_ad
 from timpy.crypto.tokens import TokenAuthority
 from timpy.errors import AuthError, Code, ConfigError, StorageError
 
@@ -43,6 +43,43 @@ def test_other_key_fails():
     sealed = Sealer(KEY).seal(b"x", b"ad")
     with pytest.raises(StorageError):
         Sealer(bytes(32)).open(sealed, b"ad")
+
+
+@given(st.binary(min_size=0, max_size=40), st.integers(-(2**63), 2**63 - 1))
+def test_message_ad_is_row_ad_of_a_message(conv_id, seq):
+    assert message_ad(conv_id, seq) == row_ad("messages", conv_id, seq)
+
+
+def test_kept_values_answer_only_the_same_bytes_under_the_same_row():
+    """What the sealer keeps in memory is looked up by the exact sealed bytes
+    and associated data: a moved, altered or foreign value still fails, and a
+    kept one opens to the same plaintext."""
+    s = Sealer(KEY)
+    ad = row_ad("messages", b"c" * 16, 1)
+    sealed = s.seal(b"hello", ad)
+    assert s.open(sealed, ad) == b"hello"  # kept when sealed
+    with pytest.raises(StorageError):
+        s.open(sealed, row_ad("messages", b"c" * 16, 2))
+    altered = bytearray(sealed)
+    altered[-1] ^= 1
+    with pytest.raises(StorageError):
+        s.open(bytes(altered), ad)
+    fresh = Sealer(KEY)  # nothing kept: opened and authenticated
+    assert fresh.open(sealed, ad) == b"hello"
+    assert fresh.open(sealed, ad) == b"hello"  # kept when opened
+
+
+def test_the_sealer_keeps_a_bounded_number_of_small_values():
+    s = Sealer(KEY, kept=8)
+    for i in range(50):
+        s.seal(b"x%d" % i, b"ad%d" % i)
+    assert len(s._opened) <= 9
+    big = b"y" * (KEPT_SIZE_MAX + 1)
+    s.open(s.seal(big, b"big"), b"big")
+    assert all(len(v) <= KEPT_SIZE_MAX for v in s._opened.values())
+    off = Sealer(KEY, kept=0)
+    assert off.open(off.seal(b"z", b"ad"), b"ad") == b"z"
+    assert not off._opened
 
 
 def test_row_ad_is_unambiguous():

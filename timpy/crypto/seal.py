@@ -34,6 +34,15 @@ OPENED_KEPT = 16_384  # recently sealed or opened values kept, in memory only (a
 KEPT_SIZE_MAX = 2048  # larger values (file chunks, large records) are never kept
 
 
+_MESSAGES = b"\x00\x08messages"
+
+
+def message_ad(conv_id: bytes, seq: int) -> bytes:
+    """``row_ad("messages", conv_id, seq)``, built without the general loop
+    (every message row opened or sealed builds one)."""
+    return b"".join((_MESSAGES, len(conv_id).to_bytes(2, "big"), conv_id, b"\x00\x08", seq.to_bytes(8, "big", signed=True)))
+
+
 class Sealer:
     """Seals and opens stored payloads. It keeps the last ``OPENED_KEPT``
     values of at most ``KEPT_SIZE_MAX`` bytes it sealed or opened, in memory, keyed by the exact sealed bytes

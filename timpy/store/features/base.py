@@ -12,7 +12,7 @@ from sqlalchemy import Engine, Table, func, insert, select
 from sqlalchemy.dialects.postgresql import insert as pg_insert
 from sqlalchemy.exc import DBAPIError, OperationalError
 
-from timpy.crypto.seal import Sealer, row_ad
+from timpy.crypto.seal import Sealer, message_ad
 from timpy.store.rows import EffectOf, Row
 
 
@@ -31,7 +31,7 @@ class StoreBase:
     def _open_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
         if not sealed:
             return b""  # recalled or burned: nothing is left of it
-        return self._sealer.open(sealed, row_ad("messages", conv_id, seq))
+        return self._sealer.open(sealed, message_ad(conv_id, seq))
 
 
 class CopiedTable:
@@ -198,8 +198,15 @@ def insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
         return
     dialect = conn.dialect.name
     columns = list(rows[0])
-    if all(len(r) == len(columns) for r in rows) and all(c in rows[-1] for c in columns):
-        names, marks = ", ".join(columns), ", ".join("?" * len(columns))
+    # Columns left out take their scalar default, as SQLAlchemy would give it
+    # (a callable default, or an unknown column, goes the general way).
+    defaults = {c.name: c.default.arg for c in table.columns
+                if c.name not in rows[0] and c.default is not None and getattr(c.default, "is_scalar", False)}
+    simple = all(c.name in rows[0] or c.name in defaults or c.default is None for c in table.columns)
+    if simple and all(len(r) == len(columns) for r in rows) and all(c in rows[-1] for c in columns):
+        names = ", ".join([*columns, *defaults])
+        marks = ", ".join("?" * (len(columns) + len(defaults)))
+        fill = tuple(defaults.values())
         if dialect == "postgresql":
             sql = f"INSERT INTO {table.name} ({names}) VALUES ({marks}) ON CONFLICT DO NOTHING"
         elif dialect in ("mysql", "mariadb"):
@@ -207,7 +214,7 @@ def insert_missing(conn: Any, table: Any, rows: list[dict[str, Any]]) -> None:
         else:
             sql = f"INSERT OR IGNORE INTO {table.name} ({names}) VALUES ({marks})"
         try:
-            driver_many(conn, sql, [tuple(r[c] for c in columns) for r in rows])
+            driver_many(conn, sql, [(*(r[c] for c in columns), *fill) for r in rows])
             return
         except KeyError:
             pass  # a row without one of the columns: SQLAlchemy fills in defaults below

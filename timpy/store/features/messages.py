@@ -12,7 +12,7 @@ from typing import Any, NamedTuple, Protocol
 from sqlalchemy import and_, delete, func, select, update
 from sqlalchemy.exc import IntegrityError, OperationalError
 
-from timpy.crypto.seal import row_ad
+from timpy.crypto.seal import message_ad, row_ad
 from timpy.errors import Code, RequestError, StorageError
 from timpy.store import digest as d
 from timpy.store import schema as s
@@ -221,7 +221,7 @@ class MessagesStore(StoreBase):
                     last_seq[item.conv_id] = 0
                 seq = last_seq[item.conv_id] + 1
                 last_seq[item.conv_id] = seq
-                sealed = self._sealer.seal(item.content, row_ad("messages", item.conv_id, seq))
+                sealed = self._sealer.seal(item.content, message_ad(item.conv_id, seq))
                 plain[(item.conv_id, seq)] = item.content
                 msg_rows.append(dict(
                     conv_id=item.conv_id, seq=seq, dedup=item.dedup, created_ms=item.created_ms, content=sealed,
