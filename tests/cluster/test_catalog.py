@@ -107,6 +107,7 @@ PINNED: dict[int, tuple[str, tuple[str, ...]]] = {
     84: ('search.convs', ('user_id', 'wanted')),
     85: ('own.repaired', ('member', 'epoch')),
     86: ('webhooks.dead', ('endpoint', 'after_id', 'limit')),
+    87: ('conv.history_stamped', ('conv_id', 'user_id', 'before', 'after', 'limit')),
 }
 
 

@@ -330,3 +330,44 @@ async def test_a_live_terminal_stays_connected_while_its_owner_refuses_a_resync_
             async with timpy.connect(owner.tcp_url, "qin", PASSWORD, sync=False) as q:
                 await q.send("rob", "still there?")
             assert (await r.next_message(timeout=10)).body == b"still there?"
+
+
+async def test_with_the_owner_silent_each_slot_shows_its_higher_stamp_and_too_few_copies_refuse():
+    """A replica may hold, at a slot, a row of a write that was undone there
+    too late (a lower stamp) where the acknowledged message now is: with the
+    owner silent, the read merges the other replicas' rows slot by slot, the
+    higher stamp winning. With a second replica silent too, what is left
+    cannot be sure to hold every acknowledged message (W = 2 of R = 3), and
+    the read is refused instead of shown."""
+    from timpy.crypto.seal import message_ad
+    from timpy.errors import Code, TimpyError
+
+    async with cluster(3, anti_entropy_interval=600.0) as (nodes, _, _):
+        conv, _, owner = await _sent_ten(nodes, "uma", "vic")
+        gateway = next(n for n in nodes if n is not owner)
+        first = next(n for n in nodes if n.node_id == gateway.peers.placement.replicas(conv)[1])
+
+        def undone_row_at_ten() -> None:  # m8's content at seq 10, one stamp below the row there
+            repo = first.store.repo
+            with repo.engine.begin() as c:
+                content, stamp = c.exec_driver_sql(
+                    "SELECT content, epoch FROM messages WHERE conv_id = ? AND seq = ?", (conv, 9)).first()
+                top = c.exec_driver_sql("SELECT epoch FROM messages WHERE conv_id = ? AND seq = ?", (conv, 10)).first()
+                opened = repo.open_sealed_message(conv, 9, bytes(content))
+                c.exec_driver_sql("UPDATE messages SET content = ?, epoch = ? WHERE conv_id = ? AND seq = ?",
+                                  (repo._sealer.seal(opened, message_ad(conv, 10)), int(top[0]) - 1, conv, 10))
+
+        await first.store.run(undone_row_at_ten)
+        async with timpy.connect(gateway.tcp_url, "uma", PASSWORD, sync=False) as u:
+            async def hang(*args):  # noqa: ANN002, ANN202 - stops answering reads
+                await trio.sleep_forever()
+
+            owner.cluster.rpc.serve(ops.CONV_HISTORY, lambda _args: hang())
+            with trio.fail_after(20):
+                page = await u.history("vic", limit=50)
+            assert [m.body for m in page.messages] == [f"m{i}".encode() for i in range(10)]
+            second = next(n for n in nodes if n is not owner and n is not first)
+            second.cluster.rpc.serve(ops.CONV_HISTORY_STAMPED, lambda _args: hang())
+            with trio.fail_after(40), pytest.raises(TimpyError) as refused:
+                await u.history("vic", limit=50)
+            assert refused.value.code == Code.UNAVAILABLE

@@ -142,3 +142,50 @@ def test_a_replica_page_is_shown_only_when_it_is_the_owners_up_to_the_replicas_h
         assert got == _page(owner, before, after, limit + 1)
     if held == owner:
         assert whole
+
+
+@given(st.integers(1, 30), st.data(), st.integers(1, 8), st.one_of(st.none(), st.integers(0, 32)), st.integers(0, 32))
+def test_replica_copies_merged_show_the_acknowledged_rows_or_nothing(n, data, limit, after, before):
+    """``merge_copies``: the acknowledged rows are 1..n (stamp 5 each), each
+    held by at least one of two replicas (W = 2 of R = 3, the owner silent);
+    a replica may also hold, at any slot, an undone row of a lower stamp. The
+    merged page is the acknowledged page, or None when the merged rows show a
+    hole (never a row of a lower stamp where an acknowledged one is)."""
+    from timpy.cluster import catalog as ops
+    from timpy.im.messaging import merge_copies
+
+    owner = list(range(1, n + 1))
+    in_a = data.draw(st.sets(st.sampled_from(owner)))
+    in_b = set(owner) - in_a | data.draw(st.sets(st.sampled_from(owner)))
+    undone = data.draw(st.sets(st.integers(1, n + 2)))  # lower-stamped rows the undo missed, on replica a
+
+    def row(seq: int, stamp: int) -> ops.StampedRow:
+        return ops.StampedRow(seq, seq, b"ack %d" % seq if stamp == 5 else b"undone", stamp)
+
+    def copy(held: dict[int, int]) -> ops.HistoryCopy:
+        seqs = _page(sorted(held), before, after, limit + 1)
+        return ops.HistoryCopy(True, [row(q, held[q]) for q in seqs], max(held, default=0))
+
+    a = {q: 5 for q in in_a} | {q: 4 for q in undone if q not in in_a}
+    b = {q: 5 for q in in_b}
+    merged = merge_copies([copy(a), copy(b)], before, after, limit)
+    if merged is None:
+        return
+    rows, _more = merged
+    for r in rows:
+        if r.seq <= n:
+            assert r.content == b"ack %d" % r.seq  # the acknowledged value wherever there is one
+    acked = [r.seq for r in rows if r.seq <= n]
+    assert acked == [q for q in _page(owner + sorted(q for q in undone if q > n), before, after, limit) if q <= n]
+
+
+def test_replica_copies_merged_refuse_a_hole():
+    from timpy.cluster import catalog as ops
+    from timpy.im.messaging import merge_copies
+
+    def copy(seqs: list[int]) -> ops.HistoryCopy:
+        return ops.HistoryCopy(True, [ops.StampedRow(q, q, b"m", 1) for q in seqs], max(seqs))
+
+    assert merge_copies([copy([1, 2, 4]), copy([1, 2])], 0, None, 10) is None
+    rows, more = merge_copies([copy([1, 2, 4]), copy([1, 3])], 0, None, 2)
+    assert [r.seq for r in rows] == [3, 4] and more

@@ -879,6 +879,23 @@ class History:
 
 
 @dataclass(frozen=True)
+class StampedRow:
+    seq: int
+    created_ms: int
+    content: bytes  # empty: recalled or burned
+    stamp: int  # the row's epoch stamp (``digest.row_stamp``): of two values of one slot the higher wins
+
+
+@dataclass(frozen=True)
+class HistoryCopy:
+    """A replica's page of a conversation, as it holds it (holes and all), with its highest seq."""
+
+    member: bool
+    rows: list[StampedRow]
+    head: int
+
+
+@dataclass(frozen=True)
 class AccountExists:
     user_id: bytes
 
@@ -1225,4 +1242,5 @@ class DeadLetter:
     body: bytes  # the event as it was sent
 
 
+CONV_HISTORY_STAMPED = op(87, "conv.history_stamped", HistoryOf, HistoryCopy, THIS_NODE)  # a replica's rows with their stamps, when the owner is out of reach
 WEBHOOKS_DEAD = op(86, "webhooks.dead", DeadLettersOf, list[DeadLetter], THIS_NODE, timeout=10.0)  # the asked node's dead letters of keys it delivers

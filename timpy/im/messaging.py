@@ -11,8 +11,11 @@ flight; otherwise it goes through the writer's ``append_at_owner``
 retry safe). Whether the recipient exists is asked of ``timpy.im.users``.
 
 Its operations between nodes (``timpy.cluster.catalog``): ``conv.history``
-(at the owner) and ``conv.history_copy`` (at another replica when the owner
-does not answer or keeps refusing; a copy with a hole is not shown).
+(at the owner) and ``conv.history_stamped`` (at the other replicas when the
+owner does not answer or keeps refusing: their rows with their stamps, merged
+by the reader only once enough of them answered that every acknowledged
+message is among them; ``conv.history_copy`` is still answered, for readers
+of an earlier version).
 """
 
 from __future__ import annotations
@@ -162,6 +165,7 @@ class Messenger:
         self.read_rules: list[Callable[[bytes, bytes], Awaitable[bool | None]]] = []
         peers.serve(ops.CONV_HISTORY, self._history_here, replicator)
         peers.serve(ops.CONV_HISTORY_COPY, self._history_copy)
+        peers.serve(ops.CONV_HISTORY_STAMPED, self._history_stamped)
 
     def check_user_rate(self, user_id: bytes, now: float) -> None:
         """Messages per user on this node (``user_message_rate``); raises RATE_LIMITED."""
@@ -339,24 +343,61 @@ class Messenger:
             raise last
         log.info("history of %s read from the other replicas: the owner %s (%s)",
                  args.conv_id.hex(), "did not answer" if isinstance(last, PeerUnavailable) else "refused", last.text)
-        # Every other replica's copy, and the one that reaches furthest: an
-        # acknowledged message is on W replicas, so (W >= 2) on one of these
-        # unless the ring changed since; each copy is gap-free up to its head.
-        copies: list[ops.History] = []
-        errors: list[TimpyError] = []
+        found = await self._history_from_replicas(args, last)
+        if found is None:
+            raise TimpyError(
+                "the node that holds this conversation does not answer, and too few of its other copies do to "
+                "be sure of every message; retry in a few seconds", Code.UNAVAILABLE)
+        return found
+
+    async def _history_from_replicas(self, args: ops.HistoryOf, owner_error: TimpyError) -> ops.History | None:
+        """The page from the key's other replicas, or None when they cannot
+        be sure to show every acknowledged message.
+
+        An acknowledged message is on W of the R replicas of the ring it was
+        written under: the current one, or one of the epoch's history (a key
+        untouched since is only there). So the replicas that answer must
+        include, in each of those rings, R − W + 1 of its replicas, the
+        owner counting as not answering, as catch-up asks of a new owner.
+        Their rows are merged slot by slot, the higher stamp winning (an
+        undo that missed one of them leaves a lower-stamped row where the
+        acknowledged one now is: docs/consistency.md, "Epochs on rows"), and
+        the page must have no hole."""
+        placement = self._peers.placement
+        me = self._peers.self_id
+        current = placement.replicas(args.conv_id)
+        # The current ring too: writes under the current epoch are on W of its replicas.
+        rings = [current, *placement.history_replicas(args.conv_id)]
+        owner = current[0]
+        asked = sorted(set(current).union(*rings) - {owner})
+        copies: dict[str, ops.HistoryCopy] = {}
 
         async def copy_at(node: str) -> None:
             try:
-                copies.append(await self._peers.call(node, ops.CONV_HISTORY_COPY, args))
+                if node == me:
+                    copies[node] = await self._history_stamped(args)
+                else:
+                    copies[node] = await self._peers.call(node, ops.CONV_HISTORY_STAMPED, args)
             except TimpyError as exc:
-                errors.append(exc)
+                log.info("a replica's copy of %s was not read: %s", args.conv_id.hex(), exc.text)
 
         async with trio.open_nursery() as nursery:
-            for node in others:
+            for node in asked:
                 nursery.start_soon(copy_at, node)
+        write_quorum = placement.config.write_quorum
+        for replicas in rings:
+            need = len(replicas) - min(write_quorum, len(replicas)) + 1
+            if len(set(copies) & set(replicas)) < need:
+                return None
         if not copies:
-            raise next((e for e in errors if e.code != Code.UNAVAILABLE), last)
-        return max(copies, key=lambda h: (h.member, h.rows[-1].seq if h.rows else 0))
+            return None
+        if not all(c.member for c in copies.values()):
+            return ops.History(False, [], False)
+        page = merge_copies(list(copies.values()), args.before, None if args.after < 0 else args.after, args.limit)
+        if page is None:
+            return None
+        rows, more = page
+        return ops.History(True, [ops.HistoryRow(r.seq, r.created_ms, r.content) for r in rows], more)
 
     async def _history_here(self, a: ops.HistoryOf) -> ops.History:
         """At the conversation's owner (caught up by the operation); a replica answers with ``_history_copy``."""
@@ -401,6 +442,49 @@ class Messenger:
         more = len(rows) > a.limit
         page = rows[: a.limit] if after is not None else rows[len(rows) - a.limit:] if more else rows
         return ops.History(True, [ops.HistoryRow(r.seq, r.created_ms, r.content) for r in page], more)
+
+
+    async def _history_stamped(self, a: ops.HistoryOf) -> ops.HistoryCopy:
+        """At a replica, when the owner could not serve the read: this node's
+        rows of the page with their stamps, and its highest seq, as held (the
+        reader merges several replicas' and checks the result)."""
+        placement = self._peers.placement
+        if not placement.holds(a.conv_id) and not placement.held_before(a.conv_id):
+            raise TimpyError("this node holds no copy of that conversation", Code.UNAVAILABLE)
+        if not await self.may_read(a.conv_id, a.user_id):
+            return ops.HistoryCopy(False, [], 0)
+        head = await self._store.run(self._store.repo.conversation_head, a.conv_id)
+        after = None if a.after < 0 else a.after
+        rows, _ = await self._store.run(self._store.repo.read_history, a.conv_id, a.before, after, a.limit + 1)
+        return ops.HistoryCopy(True, [ops.StampedRow(r.seq, r.created_ms, r.content, r.epoch) for r in rows], head)
+
+
+def merge_copies(
+    copies: Sequence[ops.HistoryCopy], before: int, after: int | None, limit: int
+) -> tuple[list[ops.StampedRow], bool] | None:
+    """Replicas' pages of one conversation merged: each slot's value with the
+    highest stamp (equal stamps: the first copy's), then the page asked for
+    (``limit`` rows after ``after``, or the newest before ``before``, 0 = the
+    latest) and whether more lie beyond it; None if the merged rows show a
+    hole there. Each copy holds ``limit`` + 1 rows on the side the reader
+    pages towards (``copy_page_is_whole``)."""
+    by_seq: dict[int, ops.StampedRow] = {}
+    for copy in copies:
+        for row in copy.rows:
+            held = by_seq.get(row.seq)
+            if held is None or row.stamp > held.stamp:
+                by_seq[row.seq] = row
+    head = max((c.head for c in copies), default=0)
+    seqs = sorted(by_seq)
+    if after is not None:
+        window = [q for q in seqs if q > after][: limit + 1]
+    else:
+        window = [q for q in seqs if before <= 0 or q < before][-(limit + 1):]
+    if not copy_page_is_whole(window, head, before, after, limit):
+        return None
+    more = len(window) > limit
+    page = window[:limit] if after is not None else window[len(window) - limit:] if more else window
+    return [by_seq[q] for q in page], more
 
 
 def copy_page_is_whole(seqs: Sequence[int], head: int, before: int, after: int | None, limit: int) -> bool:

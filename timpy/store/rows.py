@@ -78,6 +78,7 @@ class StoredMessage:
     seq: int
     created_ms: int
     content: bytes  # opened; empty for a message that was recalled or burned
+    epoch: int = 0  # the row's stamp (``digest.row_stamp``), where the read gives it
 
     @property
     def deleted(self) -> bool:

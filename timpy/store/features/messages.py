@@ -400,7 +400,7 @@ class MessagesStore(StoreBase):
         the newest before ``before_seq`` (0 = the latest).
         """
         m = s.messages
-        q = select(m.c.seq, m.c.created_ms, m.c.content).where(m.c.conv_id == conv_id)
+        q = select(m.c.seq, m.c.created_ms, m.c.content, m.c.epoch).where(m.c.conv_id == conv_id)
         forward = after_seq is not None
         if forward:
             q = q.where(m.c.seq > after_seq).order_by(m.c.seq.asc())
@@ -415,7 +415,7 @@ class MessagesStore(StoreBase):
         if not forward:
             rows.reverse()
         return [
-            StoredMessage(conv_id, r.seq, r.created_ms, self._open_message(conv_id, r.seq, r.content))
+            StoredMessage(conv_id, r.seq, r.created_ms, self._open_message(conv_id, r.seq, r.content), int(r.epoch))
             for r in rows
         ], more
 
