@@ -235,15 +235,17 @@ def driver_pairs(conn: Any, head: str, term: str, params: list[tuple[Any, ...]],
     index's columns, which every dialect looks up through that index (an
     ``IN`` over one column, or a range starting at the smallest of all,
     scanned rows of other keys: replicas read a user's whole inbox on every
-    copy). The last chunk is padded with its last term, so the statement's
-    text never changes. Rows may come twice."""
+    copy). A chunk is padded to a power of two by repeating its own terms
+    (so each statement's text is one of a few, which the drivers' statement
+    caches keep, and no term is looked up more than twice). Rows may come
+    twice."""
     out: list[tuple[Any, ...]] = []
-    if not params:
-        return out
-    sql = f"{head} " + " OR ".join([term] * chunk)
     for start in range(0, len(params), chunk):
         part = params[start:start + chunk]
-        part += [part[-1]] * (chunk - len(part))
-        out += driver_rows(conn, sql, [x for p in part for x in p])
+        size = 1
+        while size < len(part):
+            size *= 2
+        part += part[:size - len(part)]  # each term at most twice: a range is never scanned more than twice
+        out += driver_rows(conn, f"{head} " + " OR ".join([term] * size), [x for p in part for x in p])
     return out
 

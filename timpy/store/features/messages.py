@@ -23,7 +23,6 @@ from timpy.store.features.base import (
     driver_in,
     driver_many,
     driver_pairs,
-    driver_rows,
     insert_missing,
     lost_a_lock_race,
 )
@@ -469,21 +468,12 @@ _SET_INBOX_HEAD = "UPDATE accounts SET inbox_head = ? WHERE user_id = ? AND inbo
 _KEPT_HEADS = 200_000  # inbox heads kept between batches (about 30 MB at most); all are dropped beyond it
 
 
-_DEDUP_CHUNK = 32  # (conversation, dedup) pairs per lookup statement; one fixed text, so it is compiled once
-
-_DEDUP_LOOKUP = (
-    "SELECT conv_id, dedup, seq, created_ms, content FROM messages WHERE "
-    + " OR ".join("(conv_id = ? AND dedup = ?)" for _ in range(_DEDUP_CHUNK))
-)
-
-
 class _Stored(NamedTuple):
     conv_id: bytes
     dedup: bytes
     seq: int
     created_ms: int
     content: bytes
-
 
 
 def _stored_by_dedup(conn: Any, keys: set[tuple[bytes, bytes]]) -> dict[tuple[bytes, bytes], Any]:
@@ -494,14 +484,12 @@ def _stored_by_dedup(conn: Any, keys: set[tuple[bytes, bytes]]) -> dict[tuple[by
     whatever the table holds. (``dedup IN (...)`` alone cannot use that index
     and scanned the messages table on every batch.)"""
     found: dict[tuple[bytes, bytes], Any] = {}
-    pairs = list(keys)
-    for start in range(0, len(pairs), _DEDUP_CHUNK):
-        chunk = pairs[start : start + _DEDUP_CHUNK]
-        chunk += [chunk[-1]] * (_DEDUP_CHUNK - len(chunk))  # pad: the statement's text never changes
-        params = [x for pair in chunk for x in pair]
-        for conv_id, dedup, seq, created_ms, content in driver_rows(conn, _DEDUP_LOOKUP, params):
-            found[(bytes(conv_id), bytes(dedup))] = _Stored(
-                bytes(conv_id), bytes(dedup), int(seq), int(created_ms), bytes(content))
+    for conv_id, dedup, seq, created_ms, content in driver_pairs(
+        conn, "SELECT conv_id, dedup, seq, created_ms, content FROM messages WHERE", "(conv_id = ? AND dedup = ?)",
+        list(keys),
+    ):
+        found[(bytes(conv_id), bytes(dedup))] = _Stored(bytes(conv_id), bytes(dedup), int(seq), int(created_ms),
+                                                        bytes(content))
     return found
 
 
