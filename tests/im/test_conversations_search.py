@@ -415,3 +415,40 @@ async def test_a_member_who_joins_later_reads_earlier_threads_and_files_and_one_
         fake = await kim.send("hal", "private", ext={"thread_of": g.group})
         assert await code_of(jon.history(conversation=fake.conversation)) == timpy.Code.NOT_A_MEMBER
         assert [m.body for m in (await hal.history("kim")).messages] == [b"private"]
+
+
+async def _newest_entry(client: timpy.Client, conversation: str) -> timpy.ConversationEntry:
+    """The newest live notice of ``conversation`` queued for ``client`` (at least one must come)."""
+    newest = None
+    while True:
+        try:
+            e = await client.next_notice(timpy.ConversationEntry, timeout=0.5 if newest is not None else 10)
+        except trio.TooSlowError:
+            assert newest is not None
+            return newest
+        if e.conversation == conversation:
+            newest = e
+
+
+@WHERE
+async def test_live_unread_counts_agree_with_the_lists_after_every_round(where, clock):
+    """After own messages, mentions, a recall of an unread message, a read
+    mark moved and many rounds, the newest live notice of an entry has the
+    counts the list reads (a guard for any way of counting notices faster)."""
+    async with place(where) as at, clients(at, "sam", "tia") as (sam, tia):
+        sent = []
+        for round_ in range(8):
+            for k in range(5):
+                ext = {"mentions": "tia"} if k == 1 else None
+                sent.append(await sam.send("tia", f"r{round_} m{k}", ext=ext) if ext else await sam.send(
+                    "tia", f"r{round_} m{k}"))
+            await tia.send("sam", f"reply {round_}")  # the reader's own messages count for nothing
+            if round_ == 3:
+                await sam.recall(sent[-2].seq, to="tia")  # an unread message taken back
+            if round_ == 5:
+                await tia.receipt(sent[-3].conversation, sent[-3].seq)  # read up to there
+            await settle()
+            notice = await _newest_entry(tia, sent[0].conversation)
+            listed = next(e for e in (await tia.conversations()).entries if e.conversation == sent[0].conversation)
+            assert (notice.unread, notice.mentions) == (listed.unread, listed.mentions), round_
+        assert listed.unread == 2 + 2 * 5  # after the mark: round 5's last two, then rounds 6 and 7
