@@ -73,22 +73,34 @@ def module_name(path: Path) -> str:
     return ".".join(parts)
 
 
-def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
-    """Every timpy module imported anywhere in a module's text (TYPE_CHECKING blocks and functions too)."""
+def import_statements(source: str, module: str, is_package: bool = False) -> list[tuple[ast.AST, str]]:
+    """Every import statement anywhere in a module's text (TYPE_CHECKING
+    blocks and functions too), with what it imports from, made absolute
+    (``from .x import y`` -> the package's ``x``; "" for ``import a.b``)."""
     tree = ast.parse(source, filename=module)
     package = module.split(".")
     if not is_package:
         package = package[:-1]
-    found: list[tuple[int, str]] = []
+    found: list[tuple[ast.AST, str]] = []
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            found += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "timpy"]
+            found.append((node, ""))
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package[: len(package) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
+                found.append((node, ".".join(base + ([node.module] if node.module else []))))
             else:
-                target = node.module or ""
+                found.append((node, node.module or ""))
+    return found
+
+
+def imports_of(source: str, module: str, is_package: bool = False) -> list[tuple[int, str]]:
+    """Every timpy module imported anywhere in a module's text (TYPE_CHECKING blocks and functions too)."""
+    found: list[tuple[int, str]] = []
+    for node, target in import_statements(source, module, is_package):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names if alias.name.split(".")[0] == "timpy"]
+        elif isinstance(node, ast.ImportFrom):
             if target.split(".")[0] != "timpy":
                 continue
             if target == "timpy" or node.module is None:
@@ -276,20 +288,11 @@ def imported_test_modules(source: str, module: str, is_package: bool = False) ->
     tests.a.test_b``, ``from tests.a.test_b import x``, ``from tests.a import
     test_b``, relative (``from .test_b import x``, ``from . import test_b``),
     inside functions too."""
-    tree = ast.parse(source, filename=module)
-    package = module.split(".")
-    if not is_package:
-        package = package[:-1]
     found: list[tuple[int, str]] = []
-    for node in ast.walk(tree):
+    for node, target in import_statements(source, module, is_package):
         if isinstance(node, ast.Import):
             found += [(node.lineno, alias.name) for alias in node.names if names_a_test_module(alias.name)]
         elif isinstance(node, ast.ImportFrom):
-            if node.level:
-                base = package[: len(package) - (node.level - 1)]
-                target = ".".join(base + ([node.module] if node.module else []))
-            else:
-                target = node.module or ""
             if names_a_test_module(target):
                 found.append((node.lineno, target))
             else:
