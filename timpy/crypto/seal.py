@@ -7,6 +7,8 @@ two rows swapped, fail to open instead of showing the wrong data.
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import nacl.bindings as nb
 import nacl.exceptions
 import nacl.utils
@@ -56,15 +58,17 @@ class Sealer:
     def __init__(self, key: bytes, kept: int = OPENED_KEPT) -> None:
         self._key = key
         self._kept = kept
-        self._opened: dict[tuple[bytes, bytes], bytes] = {}
+        # An OrderedDict, not a dict: taking a plain dict's first key after many deletions from its front walks
+        # every deleted slot since its last resize (it was 9% of a node's CPU under the flood).
+        self._opened: OrderedDict[tuple[bytes, bytes], bytes] = OrderedDict()
 
     def _keep(self, sealed: bytes, ad: bytes, plaintext: bytes) -> None:
         opened = self._opened
         opened[(sealed, ad)] = plaintext
         if len(opened) > self._kept:
             try:  # the oldest goes (store threads share it: a race only keeps one more or one less)
-                del opened[next(iter(opened))]
-            except (KeyError, RuntimeError, StopIteration):
+                opened.popitem(last=False)
+            except KeyError:
                 pass
 
     def seal(self, plaintext: bytes, ad: bytes) -> bytes:

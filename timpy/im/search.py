@@ -18,6 +18,7 @@ Only tokens travel between nodes, never the query's words. Results are
 from __future__ import annotations
 
 import logging
+from collections import deque
 from collections.abc import Awaitable, Callable, Iterable, Sequence
 
 import msgpack
@@ -45,6 +46,7 @@ INDEX_SHARE = 0.25  # at most this share of the time goes to indexing in the bac
 INDEX_PAUSE_MAX = 5.0  # seconds: the longest pause between two rounds of background indexing
 MAX_HITS = 10_000  # a search counts at most this many hits
 PAGE_MAX = 200
+KEYS_KEPT = 65_536  # conversations' token keys kept in memory (about 10 MiB at most)
 
 
 def plan_for(conversation_key: bytes) -> IndexPlan:
@@ -86,13 +88,20 @@ class Search:
         self._spawn = spawn
         self._lock = trio.Lock()  # one indexing at a time on this node
         self._dirty: set[bytes] = set()
+        self._keys: dict[bytes, bytes] = {}  # conversation id -> its token key (conversation_key)
         self._flushing = False
         self.indexed = 0  # index transactions run (tests, metrics)
         peers.serve(ops.SEARCH_CONVS, self._on_search)
 
     def conversation_key(self, conv_id: bytes) -> bytes:
-        """The conversation's own token key: keyed BLAKE2b (the cluster's blind-index key) of its id."""
-        return self._indexer.index("search-conversation", conv_id)
+        """The conversation's own token key: keyed BLAKE2b (the cluster's blind-index key) of its id
+        (kept: indexing after every writer batch asks for thousands)."""
+        key = self._keys.get(conv_id)
+        if key is None:
+            if len(self._keys) >= KEYS_KEPT:
+                self._keys.clear()
+            key = self._keys[conv_id] = self._indexer.index("search-conversation", conv_id)
+        return key
 
     # --- indexing -------------------------------------------------------------
 
@@ -135,13 +144,23 @@ class Search:
         """Index every message of these conversations stored here and not indexed yet."""
         async with self._lock:
             behind = await self._store.run(self._store.repo.search_behind, conv_ids)
-            plans = {conv: plan_for(self.conversation_key(conv)) for conv in behind}
+            # A flood of 1:1 messages leaves thousands of conversations behind
+            # with a message or two each: each round hands the store one chunk
+            # of them (handing the whole list again every round made the rounds
+            # quadratic), and those with messages left go to the back.
+            work = deque(behind)
+            plans: dict[bytes, IndexPlan] = {}
             for _ in range(1_000_000):  # bounded: each round indexes up to INDEX_BATCH messages
-                if not behind:
+                if not work:
                     break
-                behind = await self._store.run(
-                    self._store.repo.search_index_many, [(c, plans[c]) for c in behind], INDEX_BATCH
-                )
+                wanted: list[tuple[bytes, IndexPlan]] = []
+                for _ in range(min(len(work), INDEX_BATCH)):
+                    conv = work.popleft()
+                    plan = plans.get(conv)
+                    if plan is None:
+                        plan = plans[conv] = plan_for(self.conversation_key(conv))
+                    wanted.append((conv, plan))
+                work.extend(await self._store.run(self._store.repo.search_index_many, wanted, INDEX_BATCH))
                 self.indexed += 1
 
     # --- searching --------------------------------------------------------------
