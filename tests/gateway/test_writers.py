@@ -1,6 +1,7 @@
 """The connection writers of gateway/listeners.py, over a real socket pair
 and a real session: frames written at once while the socket takes them,
-queued (with the rest of a partial write first) once it is full, all of
+held for the scheduling round and written together while the socket takes
+them, queued (with the rest of a partial write first) once it is full, all of
 them read back in order; the writer task ends when the queue is empty; a
 session's close ends a WebSocket with its reason."""
 
@@ -24,16 +25,26 @@ def frame(rid: int) -> object:
     return error_frame(rid, TimpyError(TEXT, Code.BAD_REQUEST))
 
 
-def offer_until_full(session: ClientSession, writer: object, extra: int = 50) -> int:
-    """Push frames as ``ClientSession.push_nowait`` does until the socket
-    refused one, then ``extra`` more; returns how many were pushed."""
-    queued_from = None
-    for rid in range(1, 20_000):
+def offer(session: ClientSession, writer: object, first: int, count: int) -> int:
+    """Push ``count`` frames as ``ClientSession.push_nowait`` does; returns the last rid."""
+    for rid in range(first, first + count):
         if not writer.write_now(frame(rid)):  # type: ignore[attr-defined]
             session.queue(frame(rid))
-            queued_from = queued_from or rid
-        if queued_from is not None and rid >= queued_from + extra:
-            return rid
+    return first + count - 1
+
+
+async def offer_until_full(session: ClientSession, writer: object, extra: int = 50) -> int:
+    """Push frames in one scheduling round (a plain socket's writer holds
+    them until the round ends, then writes them in one call) until the
+    socket pair cannot take them all, then ``extra`` more while the writer
+    task runs; returns how many were pushed."""
+    last = 0
+    for _ in range(40):
+        last = offer(session, writer, last + 1, 200)
+        await trio.sleep(0)  # the round ends: what was held is written
+        await trio.sleep(0)
+        if getattr(writer, "running", True):
+            return offer(session, writer, last + 1, extra)
     raise AssertionError("the socket pair never filled")
 
 
@@ -44,7 +55,7 @@ async def connection(session: ClientSession, make_writer: Callable[[trio.Nursery
     async with trio.open_nursery() as nursery:
         writer = make_writer(nursery)
         session.attach_writer(writer)  # type: ignore[arg-type]
-        task_status.started((writer, offer_until_full(session, writer)))
+        task_status.started((writer, await offer_until_full(session, writer)))
         await trio.sleep_forever()
 
 
@@ -62,9 +73,35 @@ async def test_tcp_writer_writes_at_once_then_queues_in_order(node):
             assert rids == list(range(1, pushed + 1))
             await trio.testing.wait_all_tasks_blocked()
             assert not writer.running  # all written: the writer task ended
-            assert writer.write_now(frame(pushed + 1))  # and the next frame goes at once again
+            assert writer.write_now(frame(pushed + 1))  # and the next frame is taken at once again (held for the round)
             assert [wp.decode(b).rid for b in decoder.feed(await client.receive_some(65536))] == [pushed + 1]
             session.close("bye")  # the writer ends the connection's nursery, so ``test`` ends
+    await client.aclose()
+    await server.aclose()
+
+
+async def test_frames_held_for_the_round_go_before_frames_queued_after_them(node):
+    client_sock, server_sock = trio.socket.socketpair()
+    client, server = trio.SocketStream(client_sock), trio.SocketStream(server_sock)
+    session = ClientSession(node, "socketpair")
+    with trio.fail_after(30):  # a bound on a hang, not a measurement
+        async with trio.open_nursery() as nursery:
+            writer = _TcpWriter(server, session, nursery)
+            session.attach_writer(writer)
+            assert writer.write_now(frame(1)) and writer.write_now(frame(2))  # held until the round ends
+            session.queue(frame(3))  # a reply: the writer task starts, and writes what was held first
+            assert not writer.write_now(frame(4))  # the writer runs: queued behind 3
+            session.queue(frame(4))
+            decoder, rids = FrameDecoder(1 << 20), []
+            while len(rids) < 4:
+                rids += [wp.decode(body).rid for body in decoder.feed(await client.receive_some(65536))]
+            assert rids == [1, 2, 3, 4]
+            await trio.testing.wait_all_tasks_blocked()
+            assert writer.write_now(frame(5)) and writer.write_now(frame(6))
+            while len(rids) < 6:  # the round's flush writes both
+                rids += [wp.decode(body).rid for body in decoder.feed(await client.receive_some(65536))]
+            assert rids == [1, 2, 3, 4, 5, 6]
+            nursery.cancel_scope.cancel()
     await client.aclose()
     await server.aclose()
 

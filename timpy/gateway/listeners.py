@@ -35,6 +35,7 @@ from timpy.gateway.session import (
     ClientSession,
     CloseAfter,
     Encoded,
+    Prebuilt,
     encode_out,
     error_frame,
     frame_out,
@@ -262,6 +263,50 @@ class _Bytes:
         self.last = last
 
 
+class _Corked:
+    """The plain-socket writers holding frames written "at once" during the
+    current scheduling round, written out together when it ends: a writer
+    batch's pushes and echoes to one connection leave in one system call
+    instead of one each (under a flood that was a call per message per
+    connection). One per trio run; its flush is a system task spawned when
+    the first frame of a round is held, so it runs after the tasks of the
+    round that held them, and never waits."""
+
+    __slots__ = ("writers", "scheduled")
+
+    def __init__(self) -> None:
+        self.writers: list[_Writer] = []
+        self.scheduled = False
+
+    def hold(self, writer: _Writer) -> None:
+        self.writers.append(writer)
+        if not self.scheduled:
+            self.scheduled = True
+            trio.lowlevel.spawn_system_task(self._flush, name="timpy.gateway.flush")
+
+    async def _flush(self) -> None:
+        writers, self.writers = self.writers, []
+        self.scheduled = False
+        for writer in writers:
+            try:
+                writer.flush_held()
+            except Exception:  # a system task must not raise: that connection ends, not the node
+                log.exception("writing to a client failed")
+                writer.give_up()
+
+
+_CORKED: trio.lowlevel.RunVar[_Corked] = trio.lowlevel.RunVar("timpy_corked")
+
+
+def _corked() -> _Corked:
+    try:
+        return _CORKED.get()
+    except LookupError:
+        corked = _Corked()
+        _CORKED.set(corked)
+        return corked
+
+
 class _Writer:
     """A client connection's writing side, one per connection; ``_TcpWriter``
     and ``_WsWriter`` say how a frame becomes bytes. Its task runs only while
@@ -269,16 +314,20 @@ class _Writer:
     are all written, up to ``_WRITE_BATCH`` frames a ``send_all``): an idle
     connection is one task, not two.
 
-    ``write_now`` writes a frame straight to the socket, in the caller's
-    task, when no writer task is running (nothing queued): a group message
-    to 10,000 members was 10,000 channel hops and task switches, each
-    waking a writer for one frame; a member's socket almost always has room,
-    so the frame goes out at once. When the writer is running, or the stream
-    is not a plain socket (TLS, the in-memory streams of ``timpy.testing``),
-    the frame is queued; bytes the socket did not take (all of them when it
-    is full) are queued for the writer, ahead of anything queued after them."""
+    ``write_now`` takes a frame for the socket in the caller's task, when no
+    writer task is running (nothing queued): a group message to 10,000
+    members was 10,000 channel hops and task switches, each waking a writer
+    for one frame. The frame's bytes are held until the current scheduling
+    round ends (``_Corked``) and then written straight to the socket, with
+    whatever else the round held for that connection; a member's socket
+    almost always has room, so they go out at once. When the writer is
+    running, or the stream is not a plain socket (TLS, the in-memory streams
+    of ``timpy.testing``), the frame is queued; bytes the socket did not take
+    (all of them when it is full) are queued for the writer, ahead of
+    anything queued after them, and a writer task that starts while bytes
+    are held writes those first."""
 
-    __slots__ = ("_stream", "_session", "_nursery", "_socket", "running")
+    __slots__ = ("_stream", "_session", "_nursery", "_socket", "running", "_held")
 
     def __init__(self, stream: trio.abc.Stream, session: ClientSession, nursery: trio.Nursery) -> None:
         self._stream = stream
@@ -286,6 +335,7 @@ class _Writer:
         self._nursery = nursery
         self._socket = stream.socket if type(stream) is trio.SocketStream else None
         self.running = False
+        self._held: list[bytes] = []
 
     def _encode(self, item: object) -> bytes | None:
         """A queued frame as the stream's bytes; None: not sent (closing)."""
@@ -308,19 +358,38 @@ class _Writer:
         sock = self._socket
         if sock is None or self.running:
             return False  # not a plain socket, or frames are queued: keep the order
-        fd = sock.fileno()
-        if fd < 0:
-            return False
         data = self._encode(item)
         if data is None:
             return True  # closing: dropped, as the writer would
+        held = self._held
+        held.append(data)
+        if len(held) == 1:
+            _corked().hold(self)
+        return True
+
+    def flush_held(self) -> None:
+        """Write the frames held this round (``_Corked``); what the socket does not take goes to the writer."""
+        held = self._held
+        if not held:
+            return  # a writer task took them first
+        data = held[0] if len(held) == 1 else b"".join(held)
+        held.clear()
+        sock = self._socket
+        fd = sock.fileno() if sock is not None else -1
+        if fd < 0:
+            return  # the connection is gone
         try:
             sent = os.write(fd, data)
         except OSError:
             sent = 0  # full (BlockingIOError) or broken: the writer meets it
         if sent < len(data):
-            self._session.queue(_Bytes(data[sent:] if sent else data))
-        return True
+            try:
+                self._session.queue(_Bytes(data[sent:] if sent else data))
+            except (trio.WouldBlock, trio.ClosedResourceError):
+                self.give_up()
+
+    def give_up(self) -> None:
+        self._session.close("too slow to receive messages; reconnect to sync", Code.TOO_SLOW)
 
     async def _write(self) -> None:
         outbound = self._session.outbound
@@ -329,6 +398,9 @@ class _Writer:
         try:
             while not ending:
                 chunks: list[bytes] = []
+                if self._held:  # held this round, before anything queued after them
+                    chunks.extend(self._held)
+                    self._held.clear()
                 while len(chunks) < _WRITE_BATCH:
                     try:
                         item = outbound.receive_nowait()
@@ -373,7 +445,7 @@ class _TcpWriter(_Writer):
     __slots__ = ()
 
     def _encode(self, item: object) -> bytes:
-        if type(item) is Encoded:
+        if type(item) is Encoded or type(item) is Prebuilt:
             return item.wire()  # type: ignore[union-attr]
         return frame_bytes(encode_out(item))  # type: ignore[arg-type]
 

@@ -7,6 +7,7 @@ cannot be trusted any more the session asks the transport to close.
 
 from __future__ import annotations
 
+import functools
 import logging
 import re
 import struct
@@ -29,6 +30,7 @@ from timpy.im.ratelimit import TokenBucket
 from timpy.im.terminals import LiveTerminal
 from timpy.im.users import Identity
 from timpy.wire import protocol as wp
+from timpy.wire.fast import ack_bytes
 from timpy.wire.messages import (
     ChatMessage,
     Delivery,
@@ -121,13 +123,35 @@ class Encoded:
         return wp.make_frame("delivery", pos=self.pos, message=message_to_wire(self._body.message))
 
 
-def encode_out(item: TPayload | Encoded) -> bytes:
+class Prebuilt:
+    """An outbound frame whose body is built already, in the binary protocol
+    (``timpy.wire.fast``); ``frame()`` builds the frame itself for a
+    transport that speaks the JSON mapping."""
+
+    __slots__ = ("data", "_make")
+
+    def __init__(self, data: bytes, make: Callable[[], TPayload]) -> None:
+        self.data = data
+        self._make = make
+
+    def wire(self) -> bytes:
+        """The frame as it goes on a TCP stream (length prefix and body)."""
+        return _LENGTH.pack(len(self.data)) + self.data
+
+    def frame(self) -> TPayload:
+        return self._make()
+
+
+_BUILT = (Encoded, Prebuilt)
+
+
+def encode_out(item: TPayload | Encoded | Prebuilt) -> bytes:
     """An outbound item's body in the binary protocol."""
-    return item.data if type(item) is Encoded else wp.encode(item)
+    return item.data if type(item) in _BUILT else wp.encode(item)  # type: ignore[union-attr,arg-type]
 
 
-def frame_out(item: TPayload | Encoded) -> TPayload:
-    return item.frame() if type(item) is Encoded else item
+def frame_out(item: TPayload | Encoded | Prebuilt) -> TPayload:
+    return item.frame() if type(item) in _BUILT else item  # type: ignore[union-attr]
 
 
 # A Delivery frame, in thrift's binary protocol, around the message's own
@@ -580,7 +604,7 @@ class ClientSession:
     async def _ack(self, rid: int, started: float, result: SendResult) -> None:
         self.node.metrics.messages_in.inc()
         self.node.metrics.delivery_latency.observe(time.perf_counter() - started)
-        await self.reply(ack_frame(rid, result))
+        await self.reply(Prebuilt(ack_bytes(rid, result), functools.partial(ack_frame, rid, result)))
 
     async def _op_history(self, rid: int, body: TPayload) -> None:
         assert self.identity is not None
