@@ -35,6 +35,7 @@ class MemoryRepository:
         self.inbox: dict[bytes, list[tuple[bytes, int]]] = {}
         self.cursors: dict[tuple[bytes, bytes], int] = {}
         self.batches: list[int] = []  # sizes of the batches written
+        self.stamps: list[int] = []  # the stamp each batch's rows carry
         self.fail_next: TimpyError | None = None
 
     def write_batch(
@@ -77,6 +78,7 @@ class MemoryRepository:
         for key, pos in (cursors or {}).items():
             self.cursors[key] = max(pos, self.cursors.get(key, 0))
         self.batches.append(len(batch))
+        self.stamps.append(epoch)
         return Written(appended, placed)
 
     def open_sealed_message(self, conv_id: bytes, seq: int, sealed: bytes) -> bytes:
@@ -374,3 +376,23 @@ async def test_a_slow_send_check_does_not_hold_up_other_senders():
             await trio.sleep(0.01)
         writer.close()
     assert results == {"fast": 1, "slow": 1}
+
+
+async def test_row_stamps_never_go_back_when_the_clock_does():
+    t = 1_800_000_000_000  # ms since the epoch (2027)
+    now = [t]
+    store = MemoryStore()
+    peers = Peers.standalone("n1")
+    writer = Writer(
+        store, peers, Replicator(store, peers), BlindIndexer(bytes(32)), Limits, lambda: now[0]  # type: ignore[arg-type]
+    )
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(writer.run)
+        for clock in (t, t - 1_000_000, t - 1_000_000, t + 1_000_000, t - 10**9):  # the machine's time stepped back, twice
+            now[0] = clock
+            a = send(writer, b"c1", f"at {clock}")
+            await a.done.wait()
+        writer.close()
+    stamps = store.repo.stamps
+    assert len(stamps) == 5 and stamps == sorted(set(stamps))  # each batch above the one before
+    assert stamps[3] > stamps[0] + 900_000  # the clock still counts once it is ahead again

@@ -238,6 +238,7 @@ class Writer:
         self._cursors: dict[tuple[bytes, bytes], int] = {}
         self._cursor_flush_queued = False
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
+        self._last_stamp = 0  # the newest row stamp this writer gave (``_stamp``)
         self.listener_failures = 0  # listener calls that raised (logged)
         peers.serve(ops.INBOX_APPEND, self._inbox_here)
         peers.serve(ops.CONV_APPEND, self._append_here)
@@ -445,7 +446,7 @@ class Writer:
                 )
             written: Written = await self._store.run(
                 self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users,
-                row_stamp(self._peers.epoch_number, self.now_ms()),  # docs/consistency.md, "Epochs on rows"
+                self._stamp(),  # docs/consistency.md, "Epochs on rows"
             )
         except TimpyError as exc:
             for key, pos in cursors.items():  # keep them for the next try
@@ -503,6 +504,15 @@ class Writer:
             p.done.set()
         for p in inbox:
             p.done.set()
+
+    def _stamp(self) -> int:
+        """The stamp of a batch's new rows: the ring epoch, then the clock;
+        never below one this writer gave before, so a clock set back (a time
+        step of the machine) cannot make a slot's new write rank below a write
+        of it that was undone in the same epoch."""
+        stamp = max(row_stamp(self._peers.epoch_number, self.now_ms()), self._last_stamp + 1)
+        self._last_stamp = stamp
+        return stamp
 
     async def _screen(self, news: list[Append]) -> list[Append]:
         """Run the checks in order; each sees what the ones before it let through."""
