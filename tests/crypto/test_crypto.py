@@ -151,3 +151,29 @@ def test_key_from_environment(tmp_path, monkeypatch):
     monkeypatch.setenv("TIMPY_CLUSTER_KEY", "too-short")
     with pytest.raises(ConfigError):
         load_or_create_cluster_key(tmp_path / "none.key")
+
+
+def test_kept_indexes_are_the_indexes_and_stay_bounded(monkeypatch):
+    import timpy.crypto.blind as blind
+    from timpy.errors import RequestError
+    from timpy.im import ids
+
+    monkeypatch.setattr(blind, "KEPT_MAX", 3)
+    indexer = blind.BlindIndexer(b"k" * 32)
+    made = []
+
+    def make(name):
+        made.append(name)
+        return indexer.index("user", ids.normalize_name(name))
+
+    assert ids.user_id(indexer, "Alice") == indexer.index("user", "alice") == ids.user_id(indexer, "alice")
+    assert ids.direct_conversation(indexer, b"a", b"b") == ids.direct_conversation(indexer, b"b", b"a")
+    assert ids.direct_conversation(indexer, b"a", b"b") == indexer.index("conv-direct", b"a", b"b")
+    assert indexer.kept("x", lambda: make("bob")) == indexer.kept("x", lambda: make("carol")) and made == ["bob"]
+    for n in range(10):  # never more than KEPT_MAX kept
+        indexer.kept(("n", n), lambda n=n: make(f"u{n}"))
+        assert len(indexer._kept) <= 3
+    with pytest.raises(RequestError):  # a refused name is refused every time, never kept
+        ids.user_id(indexer, "bad name!")
+    with pytest.raises(RequestError):
+        ids.user_id(indexer, "bad name!")

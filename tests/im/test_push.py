@@ -91,6 +91,29 @@ async def test_a_device_back_online_in_time_is_not_woken_and_content_can_be_sent
 
 
 @WHERE
+async def test_a_pusher_set_after_messages_without_one_is_woken(where: str) -> None:
+    # Messages to a user with no pusher are not noted at all (the records' cache says there is none);
+    # a pusher set afterwards must be seen by the next message.
+    gateway = PushGateway()
+    async with trio.open_nursery() as bg:
+        await gateway.server.start(bg)
+        async with nodes(where, PushConfig(coalesce=0.2)) as (at, _):
+            await users(at[0], "alice", "bob")
+            async with timpy.connect(at[0], "alice", PASSWORD) as alice:
+                await alice.send("bob", "before any pusher")
+                await trio.sleep(0.5)
+                assert gateway.notifications == []
+                async with timpy.connect(at[1], "bob", PASSWORD, device="phone") as phone:
+                    await phone.set_pusher(APP, "key-phone", gateway.url)
+                ack = await alice.send("bob", "after the pusher")
+                await until(lambda: len(gateway.notifications) == 1)
+        bg.cancel_scope.cancel()
+    [n] = gateway.notifications
+    assert [d["pushkey"] for d in n["devices"]] == ["key-phone"]
+    assert n["event_id"] == f"{ack.conversation}:{ack.seq}"
+
+
+@WHERE
 async def test_a_pushkey_the_gateway_rejects_is_removed(where: str) -> None:
     gateway = PushGateway(reject={"key-stale"})
     async with trio.open_nursery() as bg:

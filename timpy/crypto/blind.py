@@ -5,13 +5,29 @@ but equality."""
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Hashable
 
 INDEX_SIZE = 16
+KEPT_MAX = 65_536  # indexes kept in memory by ``kept`` (a few MiB at most)
 
 
 class BlindIndexer:
     def __init__(self, key: bytes) -> None:
         self._key = key
+        self._kept: dict[Hashable, bytes] = {}
+
+    def kept(self, key: Hashable, make: Callable[[], bytes]) -> bytes:
+        """``make()`` (an index), kept in memory under ``key``: for the few
+        values a node indexes again and again (user names, conversations'
+        pairs), each a keyed hash of a few microseconds asked several times
+        per message. Bounded; nothing of it is stored."""
+        got = self._kept.get(key)
+        if got is None:
+            got = make()
+            if len(self._kept) >= KEPT_MAX:
+                self._kept.clear()
+            self._kept[key] = got
+        return got
 
     def index(self, purpose: str, *parts: bytes | str) -> bytes:
         h = hashlib.blake2b(key=self._key, digest_size=INDEX_SIZE, person=b"timpy-blind-v1")

@@ -34,13 +34,13 @@ def normalize_name(name: str) -> str:
 
 
 def user_id(indexer: BlindIndexer, name: str) -> bytes:
-    return indexer.index("user", normalize_name(name))
+    return indexer.kept(("user", name), lambda: indexer.index("user", normalize_name(name)))
 
 
 def direct_conversation(indexer: BlindIndexer, a: bytes, b: bytes) -> bytes:
     """The id of the 1:1 conversation of two users (the same from either side)."""
-    lo, hi = sorted((a, b))
-    return indexer.index("conv-direct", lo, hi)
+    lo, hi = (a, b) if a <= b else (b, a)
+    return indexer.kept(("conv-direct", lo, hi), lambda: indexer.index("conv-direct", lo, hi))
 
 
 def dedup_index(indexer: BlindIndexer, sender: bytes, client_id: str) -> bytes:

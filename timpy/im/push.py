@@ -108,9 +108,13 @@ class Push:
         owns are noted for the push task (no waiting here; never fails a send)."""
         if not self.config.enabled:
             return
+        cached = self._records.cached
         for c in committed:
             if c.message.kind not in kinds.ACTING:
                 for user_id in c.inbox:
+                    known, pushers = cached(user_id, KIND)
+                    if known and not pushers:
+                        continue  # no pusher (what the push task would read): not a channel hop per entry
                     self._noted_send.send_nowait((user_id, c.message))
 
     def device_online(self, user_id: bytes, device_id: bytes) -> None:

@@ -46,7 +46,6 @@ INDEX_SHARE = 0.25  # at most this share of the time goes to indexing in the bac
 INDEX_PAUSE_MAX = 5.0  # seconds: the longest pause between two rounds of background indexing
 MAX_HITS = 10_000  # a search counts at most this many hits
 PAGE_MAX = 200
-KEYS_KEPT = 65_536  # conversations' token keys kept in memory (about 10 MiB at most)
 
 
 def plan_for(conversation_key: bytes) -> IndexPlan:
@@ -88,7 +87,6 @@ class Search:
         self._spawn = spawn
         self._lock = trio.Lock()  # one indexing at a time on this node
         self._dirty: set[bytes] = set()
-        self._keys: dict[bytes, bytes] = {}  # conversation id -> its token key (conversation_key)
         self._flushing = False
         self.indexed = 0  # index transactions run (tests, metrics)
         peers.serve(ops.SEARCH_CONVS, self._on_search)
@@ -96,12 +94,8 @@ class Search:
     def conversation_key(self, conv_id: bytes) -> bytes:
         """The conversation's own token key: keyed BLAKE2b (the cluster's blind-index key) of its id
         (kept: indexing after every writer batch asks for thousands)."""
-        key = self._keys.get(conv_id)
-        if key is None:
-            if len(self._keys) >= KEYS_KEPT:
-                self._keys.clear()
-            key = self._keys[conv_id] = self._indexer.index("search-conversation", conv_id)
-        return key
+        return self._indexer.kept(("search-conversation", conv_id),
+                                  lambda: self._indexer.index("search-conversation", conv_id))
 
     # --- indexing -------------------------------------------------------------
 
