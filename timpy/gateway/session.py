@@ -334,12 +334,13 @@ class ClientSession:
         except trio.ClosedResourceError:
             pass
 
-    async def reply_now(self, frame: TPayload) -> None:
-        """``reply``, written at once in this task while nothing waits to be
-        written: for the replies that come once per connection (welcome,
-        login, its sync done), no writer task to start for each. (Replies
-        that come in bursts, as acknowledgements, are queued: the writer
-        sends them together.)"""
+    async def reply_now(self, frame: TPayload | Prebuilt) -> None:
+        """``reply``, taken at once in this task while nothing waits to be
+        written (the connection's writer holds it until the scheduling round
+        ends, then writes what the round gave it in one call): no writer task
+        to start for a reply, nor a channel hop. The replies that come once
+        per connection (welcome, login, its sync done) and the
+        acknowledgements, which come in bursts, go this way."""
         writer = self._writer
         if writer is None or self._closing or not writer.write_now(frame):
             await self.reply(frame)
@@ -604,7 +605,7 @@ class ClientSession:
     async def _ack(self, rid: int, started: float, result: SendResult) -> None:
         self.node.metrics.messages_in.inc()
         self.node.metrics.delivery_latency.observe(time.perf_counter() - started)
-        await self.reply(Prebuilt(ack_bytes(rid, result), functools.partial(ack_frame, rid, result)))
+        await self.reply_now(Prebuilt(ack_bytes(rid, result), functools.partial(ack_frame, rid, result)))
 
     async def _op_history(self, rid: int, body: TPayload) -> None:
         assert self.identity is not None
