@@ -63,6 +63,7 @@ op = st.one_of(
     st.tuples(st.just("edit"), st.integers(0, 20), text),
     st.tuples(st.just("recall"), st.integers(0, 20)),
     st.tuples(st.just("index")),
+    st.tuples(st.just("undo")),  # the newest message, a send, taken back (its write missed its quorum)
 )
 
 ALICE, BOB, CONV = b"a" * 16, b"b" * 16, b"c" * 16
@@ -70,7 +71,7 @@ ALICE, BOB, CONV = b"a" * 16, b"b" * 16, b"c" * 16
 
 @settings(max_examples=60, deadline=None)
 @given(st.lists(op, max_size=25), st.lists(word, min_size=1, max_size=2).map(" ".join))
-def test_the_index_follows_sends_edits_and_recalls(ops, query):
+def test_the_index_follows_sends_edits_recalls_and_undone_sends(ops, query):
     repo = Repository(sqlite_engine(None), Sealer(os.urandom(32)), kinds.effect_of)
     repo.create_schema()
     for u in (ALICE, BOB):
@@ -80,13 +81,17 @@ def test_the_index_follows_sends_edits_and_recalls(ops, query):
     bodies: dict[int, str] = {}  # the model: seq -> current body of a shown message
     sent: list[int] = []
     n = 0
+    last: tuple[int, bytes, bool] | None = None  # the newest message: seq, dedup, a send
 
     def store(kind: int, body: str, ext: dict[str, str]) -> int:
         nonlocal n
         n += 1
+        nonlocal last
         new = NewMessage(CONV, (ALICE, BOB), ALICE, n.to_bytes(16, "big"), n,
                          pack_content(f"c{n}", "alice", "bob", kind, body.encode(), ext))
-        return repo.write_batch([new]).appended[0].seq
+        seq = repo.write_batch([new]).appended[0].seq
+        last = (seq, new.dedup, kind == KIND_NORMAL)
+        return seq
 
     for o in ops:
         if o[0] == "send":
@@ -104,9 +109,42 @@ def test_the_index_follows_sends_edits_and_recalls(ops, query):
             bodies.pop(target, None)
         elif o[0] == "index":
             repo.search_index(CONV, plan, 3)
+        elif o[0] == "undo" and last is not None and last[2]:
+            # its seq is given again to the next message: the index must not keep the old words there
+            repo.undo_writes([(CONV, last[0], last[1])], [])
+            bodies.pop(last[0], None)
+            sent.remove(last[0])
+            last = None
     more = True
     while more:
         _, more = repo.search_index(CONV, plan, 4)
     found = [seq for seq, _ in repo.search_conversation(CONV, rules.tokens(key, rules.query_terms(query)), 1000)]
     assert found == sorted((s for s, b in bodies.items() if rules.matches(query, b)), reverse=True)
+    assert repo.search_behind([CONV]) == []
+
+
+def test_an_indexed_send_taken_back_leaves_no_words_at_its_seq():
+    repo = Repository(sqlite_engine(None), Sealer(os.urandom(32)), kinds.effect_of)
+    repo.create_schema()
+    for u in (ALICE, BOB):
+        repo.create_account(u, b"secret", b"profile")
+    key = os.urandom(16)
+    plan = plan_for(key)
+
+    def store(n: int, body: str) -> tuple[int, bytes]:
+        new = NewMessage(CONV, (ALICE, BOB), ALICE, n.to_bytes(16, "big"), n,
+                         pack_content(f"c{n}", "alice", "bob", KIND_NORMAL, body.encode(), {}))
+        return repo.write_batch([new]).appended[0].seq, new.dedup
+
+    def found(query: str) -> list[int]:
+        return [q for q, _ in repo.search_conversation(CONV, rules.tokens(key, rules.query_terms(query)), 100)]
+
+    store(1, "hello there")
+    seq, dedup = store(2, "apple pie")
+    repo.search_index(CONV, plan, 10)
+    assert found("apple") == [2]
+    repo.undo_writes([(CONV, seq, dedup)], [])  # never acknowledged: seq 2 is given again
+    assert store(3, "banana split") == (2, (3).to_bytes(16, "big"))
+    repo.search_index(CONV, plan, 10)
+    assert found("apple") == [] and found("banana") == [2] and found("hello") == [1]
     assert repo.search_behind([CONV]) == []

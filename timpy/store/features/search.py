@@ -128,8 +128,12 @@ class SearchStore(StoreBase):
                     head_dedup = b"" if back is None else bytes(back[0])
         rows = _all(conn, "SELECT seq, dedup, content FROM messages WHERE conv_id = ? AND seq > ?"
                           " ORDER BY seq ASC LIMIT ?", (conv_id, head, limit + 1))
-        # Tokens of positions past the head: indexed before a rewind.
-        self._drop_docs(conn, conv_id, after=head)
+        if head != stored:
+            # Rewound: the tokens of positions past the new head were indexed
+            # before it. (Without a rewind there are none: a round stores
+            # tokens only up to the head it stores, in one transaction, and
+            # ``forget`` drops a conversation's index with its head.)
+            self._drop_docs(conn, conv_id, after=head)
         start = head
         fresh: dict[int, list[bytes]] = {}  # seq -> tokens, stored at the end
         for r_seq, r_dedup, r_content in rows[:limit]:
