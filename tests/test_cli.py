@@ -64,6 +64,45 @@ def test_bench_flood_prefill_stores_history_first():
     assert result["delivered"] == "15/15" and "300 messages stored before" in result["target"]
 
 
+def test_the_prefill_indexes_what_it_stores_for_search(tmp_path):
+    # A node indexes its history as it stores it: the prefilled history must not be left for the flood to index.
+    import trio
+
+    from timpy.cli.bench.flood import _prefill
+    from timpy.crypto.blind import BlindIndexer
+    from timpy.crypto.keys import load_or_create_cluster_key
+    from timpy.crypto.seal import Sealer
+    from timpy.im import ids, kinds
+    from timpy.im import search_rules as rules
+    from timpy.im.search import token_key
+    from timpy.store.engine import sqlite_engine
+    from timpy.store.repository import Repository
+
+    (tmp_path / "data").mkdir()
+    keys, _ = load_or_create_cluster_key(tmp_path / "data" / "cluster.key")
+
+    def repository() -> Repository:
+        return Repository(sqlite_engine(tmp_path / "data" / "timpy.sqlite3"), Sealer(keys.storage), kinds.effect_of)
+
+    indexer = BlindIndexer(keys.index)
+    uids = [ids.user_id(indexer, f"u{i}") for i in (1, 2, 3)]
+    repo = repository()
+    repo.create_schema()
+    for uid in uids:  # the bench registers its users first
+        repo.create_account(uid, b"secret", b"profile")
+    repo.close()
+    trio.run(_prefill, tmp_path, 300, 3)
+    convs = sorted({ids.direct_conversation(indexer, a, b) for a in uids for b in uids if a < b})
+    repo = repository()
+    try:
+        assert repo.search_behind(convs) == []
+        hits = sum(len(repo.search_conversation(c, rules.tokens(token_key(indexer, c), rules.query_terms("history")), 1000))
+                   for c in convs)
+        assert hits == 300
+    finally:
+        repo.close()
+
+
 def test_bench_flood_echo_measures_the_generator_alone():
     r = CliRunner().invoke(cli, ["bench", "flood", "--clients", "3", "--messages", "5", "--echo", "--json"])
     assert r.exit_code == 0, r.output

@@ -74,6 +74,11 @@ def plan_for(conversation_key: bytes) -> IndexPlan:
     return plan
 
 
+def token_key(indexer: BlindIndexer, conv_id: bytes) -> bytes:
+    """A conversation's own token key (``Search.conversation_key``, which keeps them)."""
+    return indexer.index("search-conversation", conv_id)
+
+
 class Search:
     def __init__(
         self, store: Store, indexer: BlindIndexer, peers: Peers, replicator: Replicator,
@@ -94,8 +99,7 @@ class Search:
     def conversation_key(self, conv_id: bytes) -> bytes:
         """The conversation's own token key: keyed BLAKE2b (the cluster's blind-index key) of its id
         (kept: indexing after every writer batch asks for thousands)."""
-        return self._indexer.kept(("search-conversation", conv_id),
-                                  lambda: self._indexer.index("search-conversation", conv_id))
+        return self._indexer.kept(("search-conversation", conv_id), lambda: token_key(self._indexer, conv_id))
 
     # --- indexing -------------------------------------------------------------
 

@@ -198,6 +198,7 @@ async def _prefill(workdir: Path, count: int, clients: int) -> float:
     from timpy.crypto.keys import load_or_create_cluster_key
     from timpy.crypto.seal import Sealer
     from timpy.im import ids, kinds
+    from timpy.im.search import plan_for, token_key
     from timpy.store.engine import sqlite_engine
     from timpy.store.repository import Repository
     from timpy.store.rows import NewMessage
@@ -229,6 +230,18 @@ async def _prefill(workdir: Path, count: int, clients: int) -> float:
             await trio.to_thread.run_sync(repo.write_batch, batch)
             done += len(batch)
             progress.update(task, completed=done)
+        # A node indexes what it stores for search as it goes (``Search``):
+        # history left unindexed would be indexed during the flood instead.
+        convs = sorted({ids.direct_conversation(indexer, a, b) for a in uids for b in uids if a < b})
+        task = progress.add_task("indexing it for search", total=len(convs))
+        for start in range(0, len(convs), 200):
+            chunk = [(c, plan_for(token_key(indexer, c))) for c in convs[start:start + 200]]
+            for _ in range(1_000_000):  # bounded: each round indexes up to 5,000 messages
+                left = set(await trio.to_thread.run_sync(repo.search_index_many, chunk, 5000))
+                if not left:
+                    break
+                chunk = [(c, p) for c, p in chunk if c in left]
+            progress.update(task, completed=min(len(convs), start + 200))
     repo.close()
     return time.perf_counter() - started
 
