@@ -203,3 +203,14 @@ def test_duplicates_are_found_per_conversation_in_batches_of_any_size(engine, ba
     for k, _conv in enumerate(convs):
         seqs = sorted(seq for (c, _), seq in first.items() if c == k)
         assert seqs == list(range(1, len(seqs) + 1))
+
+
+def test_a_sqlite_file_is_opened_in_wal_mode_with_a_memory_map_and_a_long_checkpoint_interval(tmp_path):
+    from timpy.store.engine import SQLITE_CHECKPOINT_PAGES, sqlite_engine
+
+    engine = sqlite_engine(tmp_path / "t.sqlite3")
+    with engine.connect() as conn:
+        pragma = lambda name: conn.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+        assert pragma("journal_mode") == "wal" and pragma("synchronous") == 2  # FULL
+        assert pragma("mmap_size") > 1 << 30 and pragma("wal_autocheckpoint") == SQLITE_CHECKPOINT_PAGES
+    engine.dispose()

@@ -15,6 +15,15 @@ CONNECT_TIMEOUT = 3  # seconds
 
 
 SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection to a SQLite file (SQLite's default: 2 MiB)
+# A long history spreads a batch's rows over many pages (each conversation's
+# messages, its search postings and each member's inbox index sit in their
+# own parts of the trees): with a million messages stored a 1:1 flood read
+# and wrote about 40 pages per message. Reading them through a memory map
+# instead of a read call each, and checkpointing the WAL every 64 MiB rather
+# than every 4 MiB (a page written in several commits goes to the database
+# file once), took about a sixth off that (docs/performance.md).
+SQLITE_MMAP_BYTES = 2 << 30  # address space only (SQLite caps it just below 2 GiB); pages are the OS cache's
+SQLITE_CHECKPOINT_PAGES = 16_384  # WAL pages between automatic checkpoints (SQLite's default: 1,000)
 
 
 def sqlite_engine(path: Path | None, synchronous: str = "FULL") -> Engine:
@@ -43,6 +52,8 @@ def sqlite_engine(path: Path | None, synchronous: str = "FULL") -> Engine:
             # 2 MiB default a 10,000-member message read most of those pages
             # back from the file cache. Taken as used, per connection.
             cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
+            cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
+            cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
         cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
