@@ -25,6 +25,19 @@ def frame(rid: int) -> object:
     return error_frame(rid, TimpyError(TEXT, Code.BAD_REQUEST))
 
 
+def socket_session(node: object) -> tuple[trio.SocketStream, trio.SocketStream, ClientSession]:
+    """Both ends of a socket pair (client, server) and a session for the server's."""
+    client_sock, server_sock = trio.socket.socketpair()
+    return trio.SocketStream(client_sock), trio.SocketStream(server_sock), ClientSession(node, "socketpair")  # type: ignore[arg-type]
+
+
+async def read_rids(client: trio.SocketStream, decoder: FrameDecoder, rids: list[int], until: int) -> list[int]:
+    """Read frames until ``until`` request ids are in ``rids``."""
+    while len(rids) < until:
+        rids += [wp.decode(body).rid for body in decoder.feed(await client.receive_some(65536))]
+    return rids
+
+
 def offer(session: ClientSession, writer: object, first: int, count: int) -> int:
     """Push ``count`` frames as ``ClientSession.push_nowait`` does; returns the last rid."""
     for rid in range(first, first + count):
@@ -60,17 +73,13 @@ async def connection(session: ClientSession, make_writer: Callable[[trio.Nursery
 
 
 async def test_tcp_writer_writes_at_once_then_queues_in_order(node):
-    client_sock, server_sock = trio.socket.socketpair()
-    client, server = trio.SocketStream(client_sock), trio.SocketStream(server_sock)
-    session = ClientSession(node, "socketpair")
+    client, server, session = socket_session(node)
     with trio.fail_after(30):  # a bound on a hang, not a measurement
         async with trio.open_nursery() as test:
             writer, pushed = await test.start(connection, session, lambda n: _TcpWriter(server, session, n))
             assert writer.running  # the socket is full: the writer task runs
             decoder, rids = FrameDecoder(1 << 20), []
-            while len(rids) < pushed:
-                rids += [wp.decode(body).rid for body in decoder.feed(await client.receive_some(65536))]
-            assert rids == list(range(1, pushed + 1))
+            assert await read_rids(client, decoder, rids, pushed) == list(range(1, pushed + 1))
             await trio.testing.wait_all_tasks_blocked()
             assert not writer.running  # all written: the writer task ended
             assert writer.write_now(frame(pushed + 1))  # and the next frame is taken at once again (held for the round)
@@ -81,9 +90,7 @@ async def test_tcp_writer_writes_at_once_then_queues_in_order(node):
 
 
 async def test_frames_held_for_the_round_go_before_frames_queued_after_them(node):
-    client_sock, server_sock = trio.socket.socketpair()
-    client, server = trio.SocketStream(client_sock), trio.SocketStream(server_sock)
-    session = ClientSession(node, "socketpair")
+    client, server, session = socket_session(node)
     with trio.fail_after(30):  # a bound on a hang, not a measurement
         async with trio.open_nursery() as nursery:
             writer = _TcpWriter(server, session, nursery)
@@ -93,14 +100,10 @@ async def test_frames_held_for_the_round_go_before_frames_queued_after_them(node
             assert not writer.write_now(frame(4))  # the writer runs: queued behind 3
             session.queue(frame(4))
             decoder, rids = FrameDecoder(1 << 20), []
-            while len(rids) < 4:
-                rids += [wp.decode(body).rid for body in decoder.feed(await client.receive_some(65536))]
-            assert rids == [1, 2, 3, 4]
+            assert await read_rids(client, decoder, rids, 4) == [1, 2, 3, 4]
             await trio.testing.wait_all_tasks_blocked()
             assert writer.write_now(frame(5)) and writer.write_now(frame(6))
-            while len(rids) < 6:  # the round's flush writes both
-                rids += [wp.decode(body).rid for body in decoder.feed(await client.receive_some(65536))]
-            assert rids == [1, 2, 3, 4, 5, 6]
+            assert await read_rids(client, decoder, rids, 6) == [1, 2, 3, 4, 5, 6]  # the round's flush writes both
             nursery.cancel_scope.cancel()
     await client.aclose()
     await server.aclose()

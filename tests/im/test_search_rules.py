@@ -69,15 +69,20 @@ op = st.one_of(
 ALICE, BOB, CONV = b"a" * 16, b"b" * 16, b"c" * 16
 
 
-@settings(max_examples=60, deadline=None)
-@given(st.lists(op, max_size=25), st.lists(word, min_size=1, max_size=2).map(" ".join))
-def test_the_index_follows_sends_edits_recalls_and_undone_sends(ops, query):
+def indexed_repository() -> tuple[Repository, bytes, object]:
+    """A fresh store with ALICE and BOB, a conversation token key and its index plan."""
     repo = Repository(sqlite_engine(None), Sealer(os.urandom(32)), kinds.effect_of)
     repo.create_schema()
     for u in (ALICE, BOB):
         repo.create_account(u, b"secret", b"profile")
     key = os.urandom(16)
-    plan = plan_for(key)
+    return repo, key, plan_for(key)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(op, max_size=25), st.lists(word, min_size=1, max_size=2).map(" ".join))
+def test_the_index_follows_sends_edits_recalls_and_undone_sends(ops, query):
+    repo, key, plan = indexed_repository()
     bodies: dict[int, str] = {}  # the model: seq -> current body of a shown message
     sent: list[int] = []
     n = 0
@@ -124,12 +129,7 @@ def test_the_index_follows_sends_edits_recalls_and_undone_sends(ops, query):
 
 
 def test_an_indexed_send_taken_back_leaves_no_words_at_its_seq():
-    repo = Repository(sqlite_engine(None), Sealer(os.urandom(32)), kinds.effect_of)
-    repo.create_schema()
-    for u in (ALICE, BOB):
-        repo.create_account(u, b"secret", b"profile")
-    key = os.urandom(16)
-    plan = plan_for(key)
+    repo, key, plan = indexed_repository()
 
     def store(n: int, body: str) -> tuple[int, bytes]:
         new = NewMessage(CONV, (ALICE, BOB), ALICE, n.to_bytes(16, "big"), n,
