@@ -213,24 +213,34 @@ async def test_list_and_search_in_shared_backend_mode_and_after_a_backend_is_add
     from tests.store.backends import fresh_database
     from timpy.config import ClusterConfig, StorageConfig
     from timpy.store import schema
-    from timpy.store.backends import BackendSpec
+    from timpy.store.backends import BackendSpec, backend_ring
 
     b1, b2, b3 = (BackendSpec(f"b{i}", fresh_database("sqlite", f"cs{i}", tmp_path)) for i in (1, 2, 3))
     config = node_config(memory=False, data_dir=tmp_path / "node", cluster=ClusterConfig(listen=None),
                          storage=StorageConfig(backends=(b1, b2)))
+    later = backend_ring((b1, b2, b3))  # where keys will be once b3 is added
     async with timpy.open_node(config) as node:
-        names = [f"u{i}" for i in range(8)]
+        names = [f"u{i}" for i in range(40)]
         await users(node.tcp_url, *names)
         async with timpy.connect(node.tcp_url, "u0", PASSWORD) as u0:
+            # Talk to at least seven peers, and on until a conversation will move to b3: conversation ids
+            # come from this node's own key, so which ones move differs from run to run.
+            sent = 0
+            moving = False
             for peer in names[1:]:
-                await u0.send(peer, f"pelican number {peer}")
+                a = await u0.send(peer, f"pelican number {peer}")
+                sent += 1
+                moving = moving or later.owner(bytes.fromhex(a.conversation)) == "b3"
+                if sent >= 7 and moving:
+                    break
+            assert moving, "no conversation of 39 places on the added backend"
             g = await u0.create_group("birds", names[1:4], policy="invite")
             await u0.send_group(g.group, "pelican flock overhead")
             await u0.set_conversation(g.group, pinned=True)
             await settle()
             before = summary(await u0.conversations())
             found = sorted((h.conversation, h.seq) for h in (await u0.search("pelican")).hits)
-            assert len(before) == 8 and before[0][0] == g.group and len(found) == 8
+            assert len(before) == sent + 1 and before[0][0] == g.group and len(found) == sent + 1
             assert node.backends is not None
             await node.backends.add("b3", b3.url)
             status = await node.backends.wait_moved(60)
