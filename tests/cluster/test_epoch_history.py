@@ -142,3 +142,84 @@ async def test_rings_leave_the_history_with_the_next_ring_change_once_every_memb
             placement = cluster.nodes[i].peers.placement
             assert placement.members == frozenset(live[:3])
             assert [r.members for r in placement.history] == [frozenset(live)]  # the ring of five is gone
+
+
+async def test_a_ring_change_that_would_drop_an_unsettled_ring_waits_and_the_message_is_kept(
+    autojump_clock, monkeypatch
+):
+    """The same steps with the history cap at one ring (``MAX_RINGS``, 16 in
+    a real cluster), once every member finished a repair pass (the rings of
+    the cluster's forming leave the history with the first change): once the
+    first holder is off the ring, the second one's leaving would drop the
+    ring of seven, where the acknowledged message is. Dropping it is what
+    lost messages before (the majority's next owner heard "enough" replicas,
+    none of which held it; this test fails so when the oldest ring is
+    dropped). The change waits instead (the proposer's status says so), the
+    key answers UNAVAILABLE, and after the heal the message is still first.
+    With repair back, the ring of seven settles and the ring changes again."""
+    from timpy.cluster import ownership
+
+    real_pass = Replicator.repair_pass
+
+    async def no_repair(self) -> None:  # noqa: ANN001
+        return None
+
+    async with open_cluster(7, seed=11) as cluster:
+        await cluster.wait_converged(300)
+        number = cluster.nodes[0].ownership.core.epoch.number
+        with trio.fail_after(300):  # every member finished a pass under this epoch, and the voters know it
+            while not all(
+                n.ownership.core.repaired.get(m, 0) >= number for n in cluster.nodes for m in cluster.node_ids
+            ):
+                await trio.sleep(0.5)
+        monkeypatch.setattr(Replicator, "repair_pass", no_repair)
+        monkeypatch.setattr(ownership, "MAX_RINGS", 1)
+        await trio.sleep(30)  # a pass under way ends
+        await cluster.register(0, "ann", PASSWORD)
+        await cluster.register(0, "ben", PASSWORD)
+        idx = cluster.nodes[0].indexer
+        ann, ben = ids.user_id(idx, "ann"), ids.user_id(idx, "ben")
+        conv = ids.direct_conversation(idx, ann, ben)
+        owner, second, third = (cluster.node_ids.index(n) for n in cluster.nodes[0].peers.placement.replicas(conv))
+        rest = [i for i in range(7) if i not in (owner, second)]
+        via = next(i for i in rest if i != third)
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "before", "c0")
+        dedup = await cluster.nodes[owner].store.run(dedup_at, cluster.nodes[owner], conv, 1)
+        third_repo = cluster.nodes[third].store.repo
+        await cluster.nodes[third].store.run(third_repo.undo_writes, [(conv, 1, dedup)], [])
+
+        cluster.partition([owner], [second, *rest])
+        await wait_off_ring(cluster, [second, *rest], owner)
+        seven = frozenset(cluster.node_ids)
+        assert [r.members for r in cluster.nodes[via].peers.placement.history] == [seven]
+        number = cluster.nodes[via].ownership.core.epoch.number
+        cluster.partition([owner], [second], rest)
+        proposer = min(rest, key=lambda i: cluster.node_ids[i])
+        with trio.fail_after(300):
+            while not cluster.nodes[proposer].ownership.status()["ring_change_held"]:
+                await trio.sleep(0.5)
+        await trio.sleep(30)
+        for i in rest:  # the second holder stays on the ring: the change waits
+            assert cluster.nodes[i].ownership.core.epoch.number == number
+            assert cluster.node_ids[second] in cluster.nodes[i].peers.placement.members
+        assert cluster.nodes[proposer].ownership.status()["earlier_rings"] == 1
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            try:
+                await a.send("ben", "during", client_id="c1")
+            except timpy.RemoteError as exc:
+                assert exc.code == timpy.Code.UNAVAILABLE
+            else:
+                raise AssertionError("numbered a message while the acknowledged one was out of reach")
+        for i in rest:
+            assert not has_seq(cluster.nodes[i], conv, 1) or dedup_at(cluster.nodes[i], conv, 1) == dedup
+
+        cluster.heal()
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "after", "c2")
+            history = (await a.history("ben")).messages
+        assert [m.body for m in history] == [b"before", b"after"], history
+        # Repair back: a pass on every member settles the ring of seven, and the ring takes everyone again.
+        monkeypatch.setattr(Replicator, "repair_pass", real_pass)
+        await cluster.wait_converged(600)
+        assert not cluster.nodes[proposer].ownership.status()["ring_change_held"]

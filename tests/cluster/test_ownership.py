@@ -13,6 +13,7 @@ from hypothesis import strategies as st
 from hypothesis.stateful import RuleBasedStateMachine, invariant, precondition, rule
 
 from timpy.cluster.ownership import (
+    MAX_RINGS,
     Epoch,
     Ownership,
     OwnershipConfig,
@@ -516,9 +517,11 @@ def test_each_ring_change_carries_the_rings_before_it_until_their_keys_left_them
     a.established(30.0, e6)
     for m in "abcde":
         a.note_repaired(m, e6.number)
-    a.forget("e")  # another change (voters too), with every member repaired
+    a.forget("e")  # a change of the voters only, with every member repaired
     e7 = a.next_epoch(40.0, frozenset("abcd"), frozenset())
-    assert e7 is not None and e7.rings == (frozenset("abcd"), frozenset("abcde"), frozenset("abcdef"))
+    # The ring stays abcd: no key moves, so it adds no ring to the history.
+    assert e7 is not None and e7.members == frozenset("abcd")
+    assert e7.rings == (frozenset("abcde"), frozenset("abcdef"))
 
 
 def test_settled_rings_leave_the_history_only_with_the_next_change_of_the_ring():
@@ -533,6 +536,44 @@ def test_settled_rings_leave_the_history_only_with_the_next_change_of_the_ring()
     assert a.next_epoch(10.0, frozenset("abcd"), frozenset()) is None  # the same ring: no epoch for the history alone
     e6 = a.next_epoch(10.0, frozenset("abcde"), frozenset())  # e is back: a real change
     assert e6 is not None and e6.members == frozenset("abcde") and e6.rings == (frozenset("abcd"),)
+
+
+def test_a_ring_change_that_would_drop_a_ring_not_yet_settled_waits_for_repair():
+    """Issue 15: the history once dropped its oldest ring past ``MAX_RINGS``,
+    settled or not, and a key untouched since lost its acknowledged messages.
+    Now the ring is held (its keys answer UNAVAILABLE where their owner is
+    gone) until repair settles a ring; the same ring past a stuck number adds
+    none; an operator's forget goes through carrying every ring."""
+    names = [f"n{i:02}" for i in range(MAX_RINGS + 3)]
+    history = tuple(frozenset(names[: len(names) - i]) for i in range(MAX_RINGS))  # 19 down to 4 members
+    ring = frozenset(names[:3])
+    full = Epoch(40, ring, ring, history[0], history[1:])
+    assert len(full.rings) == MAX_RINGS
+    a = Ownership("n00", CFG, full, 0.0)
+    a.established(0.0, full)
+    smaller = ring - {"n02"}
+    assert a.next_epoch(10.0, smaller, frozenset()) is None and a.history_full
+    # Voters stuck on a number above ours: the same ring past it, with the same history.
+    a.learn(10.0, Epoch(42, ring, smaller, ring), established=False)
+    same = a.next_epoch(10.0 + CFG.stuck_after + 1, ring, frozenset())
+    assert same is not None and same.members == ring and same.rings == full.rings and not a.history_full
+    a.propose(20.0, same)
+    a.established(20.0, same)
+    # Every member finished a pass: the oldest ring is settled, and the change goes.
+    oldest = history[-1]
+    a.settled = lambda r, repaired: r == oldest and repaired >= ring
+    for m in ring:
+        a.note_repaired(m, same.number)
+    e = a.next_epoch(30.0, smaller, frozenset())
+    assert e is not None and not a.history_full
+    assert e.rings == (ring, *history[:-1]) and len(e.rings) == MAX_RINGS
+    # Full again and nothing settles; a dead member the operator forgets leaves anyway.
+    b = Ownership("n00", CFG, full, 0.0)
+    b.established(0.0, full)
+    assert b.next_epoch(10.0, smaller, frozenset()) is None
+    b.forget("n02")
+    e = b.next_epoch(10.0, smaller, frozenset())
+    assert e is not None and e.voters == smaller and e.rings == (ring, *history)
 
 
 def test_voters_stuck_on_a_higher_number_that_never_passed_are_moved_past_it_with_the_same_ring():

@@ -139,6 +139,12 @@ def status(address: str, key_file: Path, as_json: bool) -> None:
                f"NO LEASE: this node reaches {own['reached']} of {len(own['voters'])} voters, "
                f"writes need {len(own['voters']) // 2 + 1}")
         )
+        if own.get("ring_change_held"):
+            console.print(
+                f"RING CHANGE WAITING: {own['earlier_rings']} earlier rings may still hold data that no repair pass "
+                "has copied to the current ring; the ring changes once every member finishes a repair pass. "
+                "If a member is gone for good, `timpy cluster forget` it."
+            )
 
 
 @cluster.command()

@@ -104,7 +104,7 @@ class Epoch:
 NO_EPOCH = Epoch(0, frozenset(), frozenset())
 
 
-MAX_RINGS = 16  # rings an epoch carries at most besides its own (docs/consistency.md, "Limits")
+MAX_RINGS = 16  # rings an epoch carries besides its own before ring changes wait (docs/consistency.md, "Limits")
 
 
 def carried_rings(
@@ -113,10 +113,11 @@ def carried_rings(
     """The rings the epoch after ``current`` carries besides ``current``'s own
     members (which become its ``previous``): ``current.rings``, less each ring
     ``settled`` says every key of has left for the current ring (given the
-    members ``repaired`` that finished a full repair pass under ``current``),
-    and at most ``MAX_RINGS - 1`` of them (the oldest go first)."""
-    kept = tuple(r for r in current.rings if r != current.members and not settled(r, repaired))
-    return kept[: MAX_RINGS - 1]
+    members ``repaired`` that finished a full repair pass under ``current``).
+    None is dropped for any other reason: a key untouched since a ring that is
+    not settled may still be only on its replicas there. ``next_epoch`` holds
+    the ring instead when the history would grow past ``MAX_RINGS``."""
+    return tuple(r for r in current.rings if r != current.members and not settled(r, repaired))
 
 
 def leaves_out_alive(proposed: Epoch, alive: Iterable[str]) -> frozenset[str]:
@@ -187,8 +188,11 @@ class Ownership:
         # Whether every key's data left a ring for the current one, given the
         # members that finished a repair pass under it (the shell sets
         # ``Placement.settled``); by default a ring is never settled, and
-        # leaves the history only past ``MAX_RINGS``.
+        # never leaves the history.
         self.settled: Callable[[frozenset[str], frozenset[str]], bool] = lambda ring, repaired: False
+        # The last proposal this node would have made was held: the history
+        # would have grown past ``MAX_RINGS`` (``timpy cluster status`` says so).
+        self.history_full = False
 
     # --- acceptor -----------------------------------------------------------
 
@@ -366,7 +370,10 @@ class Ownership:
         has been established for longer than a lease: then every lease under
         an epoch before it has run out (docs/consistency.md)."""
         cur = self.epoch
-        if self.self_id not in cur.voters or now < self._next_propose:
+        if now < self._next_propose:
+            return None
+        self.history_full = False  # set again below while a change waits on the history
+        if self.self_id not in cur.voters:
             return None
         live_voters = live & cur.voters
         if self.self_id != min(live_voters | {self.self_id}) and not self.forgotten:
@@ -403,18 +410,30 @@ class Ownership:
             # epoch revokes every lease, and the ring is the same. They are
             # dropped with the next change of the ring.
             return None
-        return self._successor(voters, members)
+        nxt = self._successor(voters, members)
+        if len(nxt.rings) > MAX_RINGS and not self.forgotten:
+            # Dropping a ring that is not settled could lose an acknowledged
+            # message of a key untouched since (docs/consistency.md,
+            # "Limits"). The ring stays as it is until repair passes settle
+            # one: keys whose owner is gone answer UNAVAILABLE meanwhile. An
+            # operator's forget goes through, carrying every ring.
+            self.history_full = True
+            return None
+        return nxt
 
     def _successor(self, voters: frozenset[str], members: frozenset[str]) -> Epoch:
         """The epoch after ours with these voters and ring members: its
         history is ours less the rings every key has left
-        (``carried_rings``, given who finished a repair pass under ours)."""
+        (``carried_rings``, given who finished a repair pass under ours),
+        with our ring as its ``previous`` when keys move."""
         cur = self.epoch
         repaired = frozenset(n for n, e in self.repaired.items() if e >= cur.number)
-        return Epoch(
-            max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), cur.members,
-            carried_rings(cur, repaired, self.settled),
-        )
+        kept = carried_rings(cur, repaired, self.settled)
+        if members == cur.members:  # the same ring past a stuck number: no key moves, no ring is added
+            previous, earlier = (kept[0], kept[1:]) if kept else (frozenset(), ())
+        else:
+            previous, earlier = cur.members, kept
+        return Epoch(max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), previous, earlier)
 
     def conflict(self, theirs: Epoch) -> None:
         """An acceptor refused our proposal holding ``theirs``."""

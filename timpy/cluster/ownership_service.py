@@ -167,6 +167,8 @@ class OwnershipService:
             "lease_left_s": round(max(0.0, self.core.lease_until - now), 3) if self.core.has_lease(now) else 0.0,
             "reached": self.core.reached,
             "forgotten": sorted(self.core.forgotten),
+            "earlier_rings": len(e.rings),
+            "ring_change_held": self.core.history_full,
         }
 
     # --- fencing at replicas ------------------------------------------------
@@ -385,7 +387,14 @@ class OwnershipService:
             left = frozenset(n for n, mem in m.members.items() if mem.state == State.LEFT)
             alive = frozenset(n for n, mem in m.members.items() if mem.state == State.ALIVE) | {self.self_id}
             now = trio.current_time()
+            held = self.core.history_full
             epoch = self.core.next_epoch(now, live, left, alive)
+            if self.core.history_full and not held:
+                log.warning(
+                    "the ring is not changed for now: %d earlier rings may still hold messages that no repair pass "
+                    "has copied to the current ring; it changes once every member finishes a repair pass "
+                    "(or forget a member that is gone for good: timpy cluster forget)", len(self.core.epoch.rings),
+                )
             if epoch is not None:
                 await self._propose(epoch)
 
