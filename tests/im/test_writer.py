@@ -396,3 +396,42 @@ async def test_row_stamps_never_go_back_when_the_clock_does():
     stamps = store.repo.stamps
     assert len(stamps) == 5 and stamps == sorted(set(stamps))  # each batch above the one before
     assert stamps[3] > stamps[0] + 900_000  # the clock still counts once it is ahead again
+
+
+async def test_row_stamps_stay_above_a_run_before_the_restart_when_the_clock_went_back(tmp_path):
+    """After a restart the writer starts above the floor it kept on disk: a
+    machine whose clock was set back meanwhile must not number a slot below a
+    write of it undone before the restart (docs/consistency.md, "Epochs on
+    rows"). The floor is written ahead, not once per batch."""
+    from timpy.store.stamp_floor import AHEAD_MS, FILE, StampFloor
+
+    t = 1_800_000_000_000
+    now = [t]
+    store = MemoryStore()
+    peers = Peers.standalone("n1")
+
+    async def run(clocks: list[int]) -> StampFloor:
+        floor = StampFloor(tmp_path / FILE)
+        writer = Writer(
+            store, peers, Replicator(store, peers), BlindIndexer(bytes(32)), Limits, lambda: now[0],  # type: ignore[arg-type]
+            floor=floor,
+        )
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(writer.run)
+            for clock in clocks:
+                now[0] = clock
+                a = send(writer, b"c1", f"at {clock}")
+                await a.done.wait()
+                assert a.error is None
+            writer.close()
+        return floor
+
+    first = await run([t + i * 1000 for i in range(20)])
+    assert first.writes == 1 and first.value >= store.repo.stamps[-1] + AHEAD_MS - 20_000
+    before = list(store.repo.stamps)
+    second = await run([t - 3_600_000, t - 3_600_000 + 1000])  # restarted an hour back
+    assert store.repo.stamps[len(before):] and min(store.repo.stamps[len(before):]) > max(before)
+    assert second.writes == 1  # once, for the first batch above the floor it started from
+    (tmp_path / FILE).write_text("not a number\n")
+    with pytest.raises(ValueError, match="does not hold a whole number"):
+        StampFloor(tmp_path / FILE)

@@ -58,3 +58,25 @@ async def test_two_nodes_in_one_process_on_one_directory(tmp_path: Path) -> None
         assert again.node_id == first.node_id
         async with timpy.connect(again.tcp_url, "alice", "correct-horse"):
             pass
+
+
+async def test_the_stamp_floor_is_kept_in_the_data_directory_above_every_stored_stamp(tmp_path: Path) -> None:
+    """docs/consistency.md, "Epochs on rows": a restarted node starts its row
+    stamps above every one it gave before, whatever its clock says."""
+    from sqlalchemy import func, select
+
+    from timpy.store import schema
+    from timpy.store.stamp_floor import FILE, StampFloor
+
+    config = node_config(memory=False, data_dir=tmp_path / "data")
+    for run in range(2):
+        async with timpy.open_node(config) as node:
+            if run == 0:
+                await timpy.register(node.tcp_url, "alice", "correct-horse")
+                await timpy.register(node.tcp_url, "bob", "correct-horse")
+            async with timpy.connect(node.tcp_url, "alice", "correct-horse") as alice:
+                await alice.send("bob", f"run {run}")
+            with node.store.repo.engine.connect() as conn:
+                top = conn.execute(select(func.max(schema.messages.c.epoch))).scalar_one()
+            floor = StampFloor(tmp_path / "data" / FILE).value
+            assert top and floor >= top

@@ -47,6 +47,7 @@ import trio
 
 from timpy.cluster import catalog as ops
 from timpy.cluster.rpc import Call, NotOwner
+from timpy.concurrency import to_worker
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, StorageError, TimpyError
@@ -56,6 +57,7 @@ from timpy.im.replication import Replicator
 from timpy.store.digest import row_stamp
 from timpy.store.repository import Store
 from timpy.store.rows import Copies, InboxItem, NewMessage, Written
+from timpy.store.stamp_floor import StampFloor
 from timpy.wire.messages import (
     KIND_BURNED,
     KIND_CUSTOM_MIN,
@@ -220,6 +222,7 @@ class Writer:
         send_checks: Iterable[SendCheck] = (),
         holds: Iterable[AckHold] = (),
         max_batch: int = MAX_BATCH,
+        floor: StampFloor | None = None,
     ) -> None:
         self._store = store
         self._peers = peers
@@ -238,7 +241,9 @@ class Writer:
         self._cursors: dict[tuple[bytes, bytes], int] = {}
         self._cursor_flush_queued = False
         self.fanout_requests = 0  # inbox.append requests sent to other nodes (one per node per message)
-        self._last_stamp = 0  # the newest row stamp this writer gave (``_stamp``)
+        # Stamps given before a restart are below the floor kept on disk (``timpy.store.stamp_floor``).
+        self._floor = floor if floor is not None else StampFloor(None)
+        self._last_stamp = self._floor.value  # the newest row stamp this writer gave (``_stamp``), or the floor
         self.listener_failures = 0  # listener calls that raised (logged)
         peers.serve(ops.INBOX_APPEND, self._inbox_here)
         peers.serve(ops.CONV_APPEND, self._append_here)
@@ -444,9 +449,12 @@ class Writer:
                 local_users = frozenset(
                     u for p in news for u in p.new.members if not replicated or self._peers.is_local(u)
                 )
+            stamp = self._stamp()  # docs/consistency.md, "Epochs on rows"
+            if self._floor.needs(stamp):
+                await self._raise_floor(stamp)
             written: Written = await self._store.run(
                 self._store.repo.write_batch, [p.new for p in news], [p.item for p in inbox], cursors, local_users,
-                self._stamp(),  # docs/consistency.md, "Epochs on rows"
+                stamp,
             )
         except TimpyError as exc:
             for key, pos in cursors.items():  # keep them for the next try
@@ -513,6 +521,16 @@ class Writer:
         stamp = max(row_stamp(self._peers.epoch_number, self.now_ms()), self._last_stamp + 1)
         self._last_stamp = stamp
         return stamp
+
+    async def _raise_floor(self, stamp: int) -> None:
+        """Keep the floor on disk above ``stamp`` before any row carries it."""
+        try:
+            await to_worker(self._floor.raise_to, stamp)
+        except OSError as exc:
+            raise StorageError(
+                f"could not write {self._floor.path} in the data directory ({exc.strerror or exc}); "
+                "nothing was stored: free disk space or fix the directory's permissions, then send again"
+            ) from None
 
     async def _screen(self, news: list[Append]) -> list[Append]:
         """Run the checks in order; each sees what the ones before it let through."""

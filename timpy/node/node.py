@@ -78,6 +78,8 @@ from timpy.store.outbox import Outbox, ShardedOutbox
 from timpy.store.repository import Repository, Store
 from timpy.store.rows import InboxItem
 from timpy.store.sharded import ShardedRepository
+from timpy.store.stamp_floor import FILE as STAMP_FLOOR_FILE
+from timpy.store.stamp_floor import StampFloor
 from timpy.wire.messages import KIND_NORMAL, SendResult
 
 log = logging.getLogger("timpy.node")
@@ -273,6 +275,7 @@ class Node:
         self.writer = Writer(
             self.store, self.peers, self.replicator, self.indexer, limits, self._now_ms,
             checks=[BlockedSenders(self.records), ActingKinds(self.store, limits, self._now_ms), Replies(self.store)],
+            floor=StampFloor(None if self.config.memory else self.config.data_dir / STAMP_FLOOR_FILE),
         )
         self.deliverer = Deliverer(
             self.store, self.peers, self.replicator, self.terminals, self.writer, self.tasks, limits, self._now_ms,
