@@ -223,3 +223,55 @@ async def test_a_ring_change_that_would_drop_an_unsettled_ring_waits_and_the_mes
         monkeypatch.setattr(Replicator, "repair_pass", real_pass)
         await cluster.wait_converged(600)
         assert not cluster.nodes[proposer].ownership.status()["ring_change_held"]
+
+
+async def test_after_an_operator_forgets_both_holders_the_key_is_served_again(autojump_clock, monkeypatch):
+    """The first test's case, with an operator: both nodes that held the
+    acknowledged message are gone for good, and catch-up waits for them (the
+    key answers UNAVAILABLE). ``timpy cluster forget`` of both gives up what
+    only they held (``Epoch.gone``): catch-up stops waiting for them and the
+    conversation takes messages again."""
+
+    async def no_repair(self) -> None:  # noqa: ANN001
+        return None
+
+    monkeypatch.setattr(Replicator, "repair_pass", no_repair)
+    async with open_cluster(7, seed=11) as cluster:
+        await cluster.wait_converged(300)
+        await cluster.register(0, "ann", PASSWORD)
+        await cluster.register(0, "ben", PASSWORD)
+        idx = cluster.nodes[0].indexer
+        ann, ben = ids.user_id(idx, "ann"), ids.user_id(idx, "ben")
+        conv = ids.direct_conversation(idx, ann, ben)
+        owner, second, third = (cluster.node_ids.index(n) for n in cluster.nodes[0].peers.placement.replicas(conv))
+        rest = [i for i in range(7) if i not in (owner, second)]
+        via = next(i for i in rest if i != third)
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "before", "c0")
+        dedup = await cluster.nodes[owner].store.run(dedup_at, cluster.nodes[owner], conv, 1)
+        third_repo = cluster.nodes[third].store.repo
+        await cluster.nodes[third].store.run(third_repo.undo_writes, [(conv, 1, dedup)], [])
+
+        cluster.partition([owner], [second], rest)
+        await wait_off_ring(cluster, rest, owner)
+        await wait_off_ring(cluster, rest, second)
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            try:
+                await a.send("ben", "during", client_id="c1")
+            except timpy.RemoteError as exc:
+                assert exc.code == timpy.Code.UNAVAILABLE
+            else:
+                raise AssertionError("numbered a message while the acknowledged one was out of reach")
+
+        proposer = min(rest, key=lambda i: cluster.node_ids[i])
+        gone = {cluster.node_ids[owner], cluster.node_ids[second]}
+        for name in sorted(gone):  # the operator, on any live member (voters change one at a time)
+            cluster.nodes[proposer].ownership.forget(name)
+            with trio.fail_after(300):
+                while name in cluster.nodes[via].ownership.core.epoch.voters:
+                    await trio.sleep(0.5)
+        assert cluster.nodes[via].peers.placement.gone == gone
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "after the forget", "c2")
+            history = (await a.history("ben")).messages
+        assert [m.body for m in history][-1:] == [b"after the forget"]

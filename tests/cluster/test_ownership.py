@@ -576,6 +576,35 @@ def test_a_ring_change_that_would_drop_a_ring_not_yet_settled_waits_for_repair()
     assert e is not None and e.voters == smaller and e.rings == (ring, *history)
 
 
+def test_a_forgotten_member_is_gone_while_a_ring_of_the_history_names_it_and_counts_as_repaired():
+    """``timpy cluster forget``: the member leaves the voters with the next
+    epoch, which names it in ``gone`` while a ring of its history holds it;
+    it counts as having finished a repair pass (nothing more will come from
+    it), so a ring whose other holders repaired settles and leaves."""
+    seven, six = frozenset("abcdefg"), frozenset("abcdef")
+    cur = Epoch(10, seven, six, seven)  # g died: off the ring, still a voter
+    a = Ownership("a", CFG, cur, 0.0)
+    a.established(0.0, cur)
+    asked: list[frozenset[str]] = []
+
+    def settled(ring: frozenset[str], repaired: frozenset[str]) -> bool:
+        asked.append(repaired)
+        return ring == seven and repaired >= seven
+
+    a.settled = settled
+    a.forget("g")
+    e = a.next_epoch(10.0, six, frozenset())
+    assert e is not None and e.voters == six and e.members == six
+    assert e.gone == frozenset("g") and e.rings == (seven,) and asked and "g" in asked[-1]
+    assert Epoch.unpack(e.pack()) == e
+    a.propose(10.0, e)
+    a.established(10.0, e)
+    for m in six:
+        a.note_repaired(m, e.number)
+    e2 = a.next_epoch(30.0, six - {"f"}, frozenset())  # f dies: the next change drops the settled ring of seven
+    assert e2 is not None and e2.rings == (six,) and e2.gone == frozenset()
+
+
 def test_voters_stuck_on_a_higher_number_that_never_passed_are_moved_past_it_with_the_same_ring():
     """A proposal that never passed leaves the voters that accepted it on its
     number, without a lease (they refuse grants under ours, ours refuse

@@ -42,3 +42,16 @@ def test_catch_up_reads_every_ring_of_the_history_and_a_ring_is_settled_once_eno
         # one holder missing leaves 2 of 3 on every key
         assert p.settled(seven, seven - {gone})
     assert all(len(s) == 3 for s in ring.replica_sets(3))
+
+
+def test_members_an_operator_forgot_count_as_answered_with_nothing():
+    """Catch-up hears R − W + 1 of a key's replicas in each ring; a member an
+    operator forgot (``Epoch.gone``) will never answer, and what only it held
+    is given up: it counts as answered."""
+    p = Placement("a", "", ReplicationConfig(replicas=3, write_quorum=2, vnodes=16))
+    assert p.answers_needed(["a", "b", "c"]) == 2
+    p.set_members("abc", "abcde", (), gone="de")
+    assert p.gone == frozenset("de") and p.answers_needed(["a", "d", "c"]) == 1
+    assert p.answers_needed(["d", "e", "c"]) == 0
+    assert p.answers_needed(["a"]) == 1  # a ring of one: its one replica
+    assert p.set_members("abc", "abcde", ()) and p.gone == frozenset()  # the next epoch names none

@@ -194,6 +194,7 @@ def _frozen(x: Any) -> Any:
     return tuple(_frozen(y) for y in x) if type(x) is list else x
 
 
+EPOCH_FIELDS_BEFORE_GONE = 5  # an epoch without ``gone`` travels without it
 EPOCHS_KEPT = 64  # distinct ring epochs whose wire form is kept (a cluster has one or two in use)
 
 
@@ -215,9 +216,13 @@ def _epoch_codec() -> tuple[Encode, Decode]:
             if len(encoded) >= EPOCHS_KEPT:
                 encoded.clear()
             raw = encoded[e] = encode_fields(e)
+            if not e.gone:  # in the form nodes from before ``gone`` read (and send)
+                raw = encoded[e] = raw[:EPOCH_FIELDS_BEFORE_GONE]
         return raw
 
     def decode(value: Any) -> Epoch:
+        if type(value) is list and len(value) == EPOCH_FIELDS_BEFORE_GONE:
+            value = [*value, []]
         key: tuple | None = None
         if type(value) is list and value and type(value[0]) is int:  # (True == 1: a bool number is no key)
             try:

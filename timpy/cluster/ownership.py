@@ -79,6 +79,11 @@ class Epoch:
     # settled (docs/consistency.md, "Catch-up across several rings"): a
     # key untouched since then may still be only on its replicas there.
     earlier: tuple[frozenset[str], ...] = ()
+    # Members of those rings an operator forgot (``timpy cluster forget``):
+    # gone for good with their data, so catch-up does not wait for them and
+    # they count as having finished their repair (what only they held is
+    # given up). Kept while a ring of the history names them.
+    gone: frozenset[str] = frozenset()
 
     @property
     def rings(self) -> tuple[frozenset[str], ...]:
@@ -87,17 +92,20 @@ class Epoch:
 
     def pack(self) -> list:
         raw = [self.number, sorted(self.voters), sorted(self.members), sorted(self.previous)]
-        if self.earlier:  # without a history, in the form nodes from before histories read
+        if self.earlier or self.gone:  # without either, in the form nodes from before histories read
             raw.append([sorted(r) for r in self.earlier])
+        if self.gone:
+            raw.append(sorted(self.gone))
         return raw
 
     @classmethod
     def unpack(cls, raw: list) -> Epoch:
-        number, voters, members, previous, *rest = raw  # saved before ``earlier`` existed: none
+        number, voters, members, previous, *rest = raw  # saved before ``earlier`` or ``gone`` existed: none
         earlier = tuple(frozenset(map(str, r)) for r in rest[0]) if rest else ()
+        gone = frozenset(map(str, rest[1])) if len(rest) > 1 else frozenset()
         return cls(
             int(number), frozenset(map(str, voters)), frozenset(map(str, members)), frozenset(map(str, previous)),
-            earlier,
+            earlier, gone,
         )
 
 
@@ -385,7 +393,7 @@ class Ownership:
             # move past it with the next number and the ring as seen now.
             fresh = frozenset(live & cur.voters) | {self.self_id}
             if self._conflict or fresh != cur.members or self._seen > cur.number:
-                return Epoch(max(cur.number, self._seen) + 1, cur.voters, fresh, cur.previous, cur.earlier)
+                return Epoch(max(cur.number, self._seen) + 1, cur.voters, fresh, cur.previous, cur.earlier, cur.gone)
             return cur
         voters = cur.voters
         settled = self.established_at is not None and now - self.established_at >= self.config.lease_duration * (
@@ -427,13 +435,19 @@ class Ownership:
         (``carried_rings``, given who finished a repair pass under ours),
         with our ring as its ``previous`` when keys move."""
         cur = self.epoch
-        repaired = frozenset(n for n, e in self.repaired.items() if e >= cur.number)
+        # Voters an operator forgot leave with this epoch: gone for good, they
+        # count as repaired (nothing more will come from them).
+        gone = cur.gone | (self.forgotten & (cur.voters - voters))
+        repaired = frozenset(n for n, e in self.repaired.items() if e >= cur.number) | gone
         kept = carried_rings(cur, repaired, self.settled)
         if members == cur.members:  # the same ring past a stuck number: no key moves, no ring is added
             previous, earlier = (kept[0], kept[1:]) if kept else (frozenset(), ())
         else:
             previous, earlier = cur.members, kept
-        return Epoch(max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), previous, earlier)
+        named = frozenset(previous).union(*earlier)
+        return Epoch(
+            max(cur.number, self._seen) + 1, frozenset(voters), frozenset(members), previous, earlier, gone & named
+        )
 
     def conflict(self, theirs: Epoch) -> None:
         """An acceptor refused our proposal holding ``theirs``."""

@@ -9,7 +9,7 @@ a new immutable ring and bumps ``version``; callers that cache decisions
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from timpy.cluster.membership import Member, State
@@ -39,6 +39,7 @@ class Placement:
         # Every ring catch-up reads besides the current one: ``previous`` and
         # the ones before it back to the last settled ring (``Epoch.rings``).
         self.history: tuple[HashRing, ...] = ()
+        self.gone: frozenset[str] = frozenset()  # members of those rings an operator forgot (``Epoch.gone``)
         self._settled: dict[tuple[frozenset[str], frozenset[str]], bool] = {}
         self._replica_sets: dict[frozenset[str], list[frozenset[str]]] = {}  # a ring's every replica set
         self.version = 0
@@ -52,19 +53,22 @@ class Placement:
 
     def set_members(
         self, members: Iterable[str], previous: Iterable[str] | None = None,
-        earlier: Iterable[Iterable[str]] = (),
+        earlier: Iterable[Iterable[str]] = (), gone: Iterable[str] = (),
     ) -> bool:
         """Place keys on exactly these nodes (a ring epoch a majority accepted);
         ``previous``: the members of the ring it replaced; ``earlier``: the
-        rings before that one catch-up must still read (``Epoch.earlier``).
+        rings before that one catch-up must still read (``Epoch.earlier``);
+        ``gone``: members of those an operator forgot (``Epoch.gone``).
         True when the ring or its history changed."""
         names = frozenset(members) or frozenset({self.self_id})
         if previous is None and names == self.ring.members:
             return False  # no epoch says otherwise: the ring it replaced is the one it replaced before
         before = frozenset(previous) if previous is not None else self.ring.members
         rings = tuple(frozenset(r) for r in ((before,) if before else ()) + tuple(earlier) if r)
-        if names == self.ring.members and rings == tuple(r.members for r in self.history):
+        gone = frozenset(gone)
+        if names == self.ring.members and rings == tuple(r.members for r in self.history) and gone == self.gone:
             return False
+        self.gone = gone
         old = {r.members: r for r in self.history}
         self.history = tuple(old.get(r) or HashRing.of(r, self.config.vnodes) for r in rings)
         self.previous = self.history[0] if before and self.history else None
@@ -80,6 +84,14 @@ class Placement:
     def history_replicas(self, key: bytes) -> list[list[str]]:
         """The key's replicas in each ring of the history, newest first."""
         return [r.replicas(key, self.config.replicas) for r in self.history]
+
+    def answers_needed(self, replicas: Sequence[str]) -> int:
+        """Of a key's ``replicas`` in one ring, how many must answer so that
+        any W of them include one that did (R − W + 1): an acknowledged write
+        there is then among the answers. Members an operator forgot count as
+        answered with nothing (what only they held is given up)."""
+        w = min(self.config.write_quorum, len(replicas))
+        return max(0, len(replicas) - w + 1 - len(self.gone.intersection(replicas)))
 
     def held_before(self, key: bytes) -> bool:
         """Whether this node is one of the key's replicas in a ring of the history."""

@@ -369,7 +369,7 @@ class Messenger:
         # The current ring too: writes under the current epoch are on W of its replicas.
         rings = [current, *placement.history_replicas(args.conv_id)]
         owner = current[0]
-        asked = sorted(set(current).union(*rings) - {owner})
+        asked = sorted(set(current).union(*rings) - {owner} - placement.gone)
         copies: dict[str, ops.HistoryCopy] = {}
 
         async def copy_at(node: str) -> None:
@@ -384,10 +384,8 @@ class Messenger:
         async with trio.open_nursery() as nursery:
             for node in asked:
                 nursery.start_soon(copy_at, node)
-        write_quorum = placement.config.write_quorum
         for replicas in rings:
-            need = len(replicas) - min(write_quorum, len(replicas)) + 1
-            if len(set(copies) & set(replicas)) < need:
+            if len(set(copies) & set(replicas)) < placement.answers_needed(replicas):
                 return None
         if not copies:
             return None

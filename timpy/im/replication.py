@@ -271,11 +271,11 @@ class Replicator:
             # them include one that answered, else refuse the key
             # (docs/consistency.md, "Catch-up across several rings").
             rings = placement.history_replicas(key) or [current]
-            others = sorted(set(current).union(*rings) - {me})
+            others = sorted(set(current).union(*rings) - {me} - placement.gone)
             if others:
                 answered = await self._pull(kind, key, others)
                 for replicas in rings:
-                    need = len(replicas) - min(placement.config.write_quorum, len(replicas)) + 1 - (me in replicas)
+                    need = max(0, placement.answers_needed(replicas) - (me in replicas))
                     got = len(answered & set(replicas))
                     if got < need:
                         raise CopiesOutOfReach(

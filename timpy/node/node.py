@@ -455,7 +455,7 @@ class Node:
             if address:
                 placement.addresses.setdefault(name, address)
         before = placement.members
-        if not placement.set_members(epoch.members, epoch.previous, epoch.earlier):
+        if not placement.set_members(epoch.members, epoch.previous, epoch.earlier, epoch.gone):
             return
         if placement.members == before:  # only the rings catch-up reads changed (docs/consistency.md)
             return
