@@ -15,7 +15,7 @@ from timpy.im import search_rules as rules
 from timpy.im.search import plan_for
 from timpy.store.repository import Repository
 from timpy.store.rows import NewMessage
-from timpy.wire.messages import KIND_EDIT, KIND_NORMAL, KIND_RECALL, pack_content
+from timpy.wire.messages import KIND_EDIT, KIND_NORMAL, KIND_RECALL, pack_content, unpack_content
 
 ANN, BOB, CAL = b"a" * 16, b"b" * 16, b"c" * 16
 DIRECT, GROUP = b"d" * 16, b"g" * 16
@@ -143,3 +143,61 @@ def test_several_conversations_indexed_in_one_transaction_match_one_at_a_time(re
         assert found(conv, "shared") == [3, 2, 1]
         assert found(conv, f"otter{k} round1") == [2]
         assert found(conv, f"otter{(k + 1) % 6}") == []
+
+
+def test_conversation_rows_read_only_the_messages_since_a_count_whose_rows_did_not_change(repo):
+    """The conversation list's notices count unread messages once: asked with
+    what was counted (read mark, newest seq, fingerprint), the rows hold only
+    the newer messages; a changed mark, a message taken back, a hole filled
+    or removed, or more than the bound reads them all again."""
+    for u in (ANN, BOB):
+        repo.create_account(u, b"secret", b"profile")
+    repo.write_batch([message(DIRECT, (ANN, BOB), n, "ann", f"m{n}") for n in range(1, 4)])
+
+    def rows(limit: int = 1000, known=None):  # noqa: ANN001, ANN202
+        return repo.conversation_rows(BOB, [DIRECT], 16, limit, known)[0]
+
+    def known_of(r):  # noqa: ANN001, ANN202
+        return {DIRECT: (r.read_seq, *r.counted)}
+
+    first = rows()
+    assert first.unread_after == 0 and [s for s, _, _ in first.unread] == [3, 2, 1] and first.counted[0] == 3
+    repo.write_batch([message(DIRECT, (ANN, BOB), 4, "ann", "m4")])
+    second = rows(known=known_of(first))
+    assert second.unread_after == 3 and [s for s, _, _ in second.unread] == [4]
+    assert second.counted == rows().counted  # the same as counting them all
+    assert [s for s, _, _ in second.tail] == [4, 3, 2, 1]  # the newest are read as before
+
+    repo.write_batch([message(DIRECT, (ANN, BOB), 5, "bob", "", KIND_RECALL, {"target": "2"})])
+    assert rows(known=known_of(second)).unread_after == 0  # message 2 emptied: read again
+    third = rows()
+    repo.mark_read(BOB, DIRECT, 1)
+    assert rows(known=known_of(third)).unread_after == 1  # the read mark moved: all after it
+    fourth = rows()
+    dedup = (3).to_bytes(16, "big")
+    repo.undo_writes([(DIRECT, 3, dedup)], [])
+    assert rows(known=known_of(fourth)).unread_after == 1  # a message gone from the middle
+    fifth = rows()
+    repo.write_batch([message(DIRECT, (ANN, BOB), n, "ann", f"m{n}") for n in range(6, 9)])
+    bounded = rows(limit=5, known=known_of(fifth))
+    assert bounded.unread_after == 1 and len(bounded.unread) == 5 and bounded.counted is None  # past the bound
+
+
+def test_the_newest_rows_are_opened_only_until_one_is_enough(repo):
+    """An entry shows its newest ordinary message: the newest rows are opened
+    in turn until one is (``enough``); older ones come unopened."""
+    for u in (ANN, BOB):
+        repo.create_account(u, b"secret", b"profile")
+    repo.write_batch([message(DIRECT, (ANN, BOB), n, "ann", f"m{n}") for n in range(1, 5)])
+    repo.write_batch([message(DIRECT, (ANN, BOB), 5, "bob", "", KIND_RECALL, {"target": "2"})])
+    opened: list[bytes] = []
+
+    def enough(content: bytes) -> bool:
+        opened.append(content)
+        return unpack_content("", 0, 0, content).kind != KIND_RECALL
+
+    r = repo.conversation_rows(BOB, [DIRECT], 16, 0, None, enough)[0]
+    assert [s for s, _, _ in r.tail] == [5, 4, 3, 2, 1] and len(opened) == 2  # the recall, then message 4
+    assert all(c for _, _, c in r.tail[:2]) and all(c == b"" for _, _, c in r.tail[2:])
+    every = repo.conversation_rows(BOB, [DIRECT], 16, 0)[0]
+    assert [bool(c) for _, _, c in every.tail] == [True, True, True, False, True]  # 2 was taken back

@@ -45,6 +45,9 @@ log = logging.getLogger("timpy.conversations")
 RECORD = "convs"
 TAIL = 16  # newest messages read per entry to find the last one that is shown
 UNREAD_SCAN = 1000  # messages after the read mark read per entry: counts stop there ("999+")
+# (read mark, newest seq counted, fingerprint of those after the mark, unread, mentions)
+Kept = tuple[int, int, tuple[int, int, int, int], int, int]
+COUNTS_KEPT = 50_000  # (user, conversation) unread counts kept for the next notice (about 0.5 KiB each)
 PAGE_MAX = 200
 NOTICE_SHARE = 0.25  # at most this share of the time goes to computing live notices
 NOTICE_PAUSE_MAX = 1.0  # seconds: the longest pause between two rounds of notices
@@ -56,6 +59,12 @@ def _fields(content: bytes) -> tuple[str, str, int, dict[str, str]]:
     """(sender, recipient, kind, ext) of an opened message content."""
     f = msgpack.unpackb(content, raw=False)
     return str(f[2]), str(f[3]), int(f[4]), dict(f[6])
+
+
+def _shows_last(content: bytes) -> bool:
+    """A message an entry shows as its last one: the newest rows are opened
+    until one is (``ConversationRows.tail``; the entry needs no older one)."""
+    return _fields(content)[2] not in kinds.ACTING
 
 
 class Conversations:
@@ -72,6 +81,7 @@ class Conversations:
         self._now = clock_ms
         self._spawn = spawn
         self._names: OrderedDict[bytes, str] = OrderedDict()
+        self._counted: OrderedDict[tuple[bytes, bytes], Kept] = OrderedDict()  # ``_keep_count``
         self._dirty: dict[bytes, set[bytes]] = {}
         self._flushing = False
         self.notices = 0  # entries pushed (tests, metrics)
@@ -175,8 +185,12 @@ class Conversations:
     async def _entries(
         self, user_id: bytes, name: str, conversations: list[str], state: rules.UserConversations,
         activity: dict[str, rules.Activity], read: dict[bytes, ConversationRows] | None = None,
+        priors: dict[bytes, Kept] | None = None,
     ) -> list[dict[str, Any]]:
-        """``read``: rows already read for some of them; the others are read here."""
+        """``read``: rows already read for some of them; the others are read
+        here. ``priors``: the kept counts the rows of ``read`` were asked
+        with; rows that hold only the messages after them add to them."""
+        priors = priors or {}
         convs = [ids.parse_conversation(c) for c in conversations]
         read = read or {}
         missing = [c for c in convs if c not in read]
@@ -184,19 +198,43 @@ class Conversations:
         if missing:
             found.update(
                 (r.conv_id, r) for r in await self._store.run(self._store.repo.conversation_rows, user_id, missing,
-                                                              TAIL, UNREAD_SCAN)
+                                                              TAIL, UNREAD_SCAN, None, _shows_last)
             )
         out = []
         for conv in convs:
-            entry = self._entry(name, conv, found.get(conv), state)
+            rows = found.get(conv)
+            prior = None
+            if rows is not None and rows.unread_after != rows.read_seq:
+                kept = priors.get(conv)
+                if kept is None or kept[1] != rows.unread_after:  # not the count it continues: read it as a whole
+                    rows = (await self._store.run(
+                        self._store.repo.conversation_rows, user_id, [conv], TAIL, UNREAD_SCAN, None, _shows_last
+                    ) or [None])[0]
+                else:
+                    prior = rules.Counted(kept[3], kept[4])
+            entry = self._entry(name, conv, rows, state, prior)
+            if rows is not None and rows.counted is not None:
+                self._keep_count(user_id, rows, entry)
             a = activity.get(entry["conversation"])
             if a is not None:  # a thread's newer activity counts for its parent
                 entry["last_time"] = max(entry["last_time"], a.last_ms)
             out.append(entry)
         return out
 
+    def _keep_count(self, user_id: bytes, rows: ConversationRows, entry: dict[str, Any]) -> None:
+        """What was counted of a conversation, for the next notice to count only newer messages."""
+        assert rows.counted is not None
+        key = (user_id, rows.conv_id)
+        self._counted[key] = (rows.read_seq, rows.counted[0], rows.counted[1], entry["unread"], entry["mentions"])
+        self._counted.move_to_end(key)
+        while len(self._counted) > COUNTS_KEPT:
+            self._counted.popitem(last=False)
+
     @staticmethod
-    def _entry(me: str, conv: bytes, rows: ConversationRows | None, state: rules.UserConversations) -> dict[str, Any]:
+    def _entry(
+        me: str, conv: bytes, rows: ConversationRows | None, state: rules.UserConversations,
+        prior: rules.Counted | None = None,
+    ) -> dict[str, Any]:
         text = ids.conversation_text(conv)
         flags = state.flags_of(text)
         group = state.groups.get(text)
@@ -228,6 +266,8 @@ class Conversations:
             else:
                 messages.append((seq, "", 0, {}, True))
         counted = rules.count_unread(me, rows.read_seq, messages, kinds.ACTING)
+        if prior is not None:  # ``rows.unread`` holds only the messages after those counted before
+            counted = rules.Counted(prior.unread + counted.unread, prior.mentions + counted.mentions)
         entry["unread"], entry["mentions"] = counted.unread, counted.mentions
         return entry
 
@@ -262,8 +302,8 @@ class Conversations:
             try:
                 name = await self._name_of(user_id)
                 state = await self._state(user_id)
-                shown, activity, rows = await self._changed(user_id, sorted(convs), state)
-                for entry in await self._entries(user_id, name, shown, state, activity, rows):
+                shown, activity, rows, priors = await self._changed(user_id, sorted(convs), state)
+                for entry in await self._entries(user_id, name, shown, state, activity, rows, priors):
                     self._signals.push([user_id], ConversationChanged(entry))
                     self.notices += 1
             except TimpyError as exc:
@@ -273,12 +313,35 @@ class Conversations:
 
     async def _changed(
         self, user_id: bytes, convs: list[bytes], state: rules.UserConversations
-    ) -> tuple[list[str], dict[str, rules.Activity], dict[bytes, ConversationRows]]:
+    ) -> tuple[list[str], dict[str, rules.Activity], dict[bytes, ConversationRows], dict[bytes, Kept]]:
         """The entries that changed conversations show (a thread's is its
         parent's, with the thread's newest time), without reading the whole
         inbox; and the rows read, which the entries of the conversations
         themselves (not threads) are made of."""
-        rows = await self._store.run(self._store.repo.conversation_rows, user_id, convs, TAIL, UNREAD_SCAN)
+        known: dict[bytes, Any] = {}
+        priors: dict[bytes, Kept] = {}
+        for conv in convs:
+            kept = self._counted.get((user_id, conv))
+            if kept is not None:
+                known[conv] = kept[:3]
+                priors[conv] = kept
+        rows = await self._store.run(
+            self._store.repo.conversation_rows, user_id, convs, TAIL, UNREAD_SCAN, known, _shows_last
+        )
+        # A recall, burn or edit among the new messages may have changed the
+        # ones counted before in a way their fingerprint does not show (an
+        # edit of the same length that changes who is mentioned): those are
+        # counted again as a whole.
+        again = [
+            r.conv_id for r in rows
+            if r.unread_after != r.read_seq and any(not c or _fields(c)[2] in kinds.ACTING for _, _, c in r.unread)
+        ]
+        if again:
+            for conv in again:
+                self._counted.pop((user_id, conv), None)
+            fresh = {r.conv_id: r for r in await self._store.run(
+                self._store.repo.conversation_rows, user_id, again, TAIL, UNREAD_SCAN, None, _shows_last)}
+            rows = [fresh.get(r.conv_id, r) for r in rows]
         shown: set[str] = set()
         activity: dict[str, rules.Activity] = {}
         found = {r.conv_id: r for r in rows}
@@ -291,7 +354,7 @@ class Conversations:
                     activity[parent] = rules.Activity(parent, r.last_ms, r.last_pos, state.flags_of(parent))
                 text = parent
             shown.add(text)
-        return sorted(t for t in shown if t not in state.left), activity, found
+        return sorted(t for t in shown if t not in state.left), activity, found, priors
 
     # --- group changes, from the group's owner -------------------------------------
 

@@ -190,4 +190,12 @@ class ConversationRows:
     last_ms: int  # and that message's time
     read_seq: int  # the user's read mark
     tail: list[tuple[int, int, bytes]]  # the newest messages (seq, ms, opened content; empty: gone), newest first
-    unread: list[tuple[int, int, bytes]]  # the messages after the read mark, newest first (bounded)
+    # The messages after ``unread_after``, newest first (bounded): the read
+    # mark, or (asked with ``known``) the newest seq the caller had counted
+    # with its fingerprint unchanged, so only the messages since are here.
+    unread: list[tuple[int, int, bytes]]
+    unread_after: int = 0
+    # What the messages after the read mark are now, to count only newer ones
+    # next time: (the newest seq among them, their fingerprint), or None when
+    # the unread ones were more than the bound (not all were read).
+    counted: tuple[int, tuple[int, int, int, int]] | None = None
