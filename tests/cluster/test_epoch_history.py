@@ -15,6 +15,7 @@ The new owner must refuse instead."""
 
 from __future__ import annotations
 
+import pytest
 import trio
 from sqlalchemy import select
 
@@ -49,32 +50,54 @@ async def wait_off_ring(cluster, majority: list[int], gone: int) -> None:  # noq
             await trio.sleep(0.1)
 
 
-async def test_an_acknowledged_message_survives_its_holders_leaving_the_ring_one_epoch_at_a_time(
-    autojump_clock, monkeypatch
-):
-    async def no_repair(self) -> None:  # noqa: ANN001
-        return None
+async def no_repair(self) -> None:  # noqa: ANN001 - in a large cluster the next ring change comes before repair
+    return None
 
+
+@pytest.fixture
+def repair_off(monkeypatch):  # noqa: ANN001, ANN201
     monkeypatch.setattr(Replicator, "repair_pass", no_repair)
+
+
+async def acknowledged_on_two(cluster) -> tuple[bytes, int, int, int, list[int], int, bytes]:  # noqa: ANN001
+    """ann's first message to ben, acknowledged on two of the conversation's
+    three replicas (the third missed the copy: W = 2). Returns the
+    conversation, its owner, second and third replicas, the other nodes, one
+    of them that is not the third (``via``), and the message's dedup index."""
+    await cluster.register(0, "ann", PASSWORD)
+    await cluster.register(0, "ben", PASSWORD)
+    idx = cluster.nodes[0].indexer
+    conv = ids.direct_conversation(idx, ids.user_id(idx, "ann"), ids.user_id(idx, "ben"))
+    owner, second, third = (cluster.node_ids.index(n) for n in cluster.nodes[0].peers.placement.replicas(conv))
+    rest = [i for i in range(len(cluster.node_ids)) if i not in (owner, second)]
+    via = next(i for i in rest if i != third)
+    async with cluster.client(via, "ann", PASSWORD) as a:
+        await send_until_acked(a, "ben", "before", "c0")
+    dedup = await cluster.nodes[owner].store.run(dedup_at, cluster.nodes[owner], conv, 1)
+    third_repo = cluster.nodes[third].store.repo
+    await cluster.nodes[third].store.run(third_repo.undo_writes, [(conv, 1, dedup)], [])
+    assert has_seq(cluster.nodes[owner], conv, 1) and has_seq(cluster.nodes[second], conv, 1)
+    assert not has_seq(cluster.nodes[third], conv, 1)
+    return conv, owner, second, third, rest, via, dedup
+
+
+async def refused(cluster, via: int) -> None:  # noqa: ANN001
+    """A send to the conversation is refused: its acknowledged message is out of reach."""
+    async with cluster.client(via, "ann", PASSWORD) as a:
+        try:
+            await a.send("ben", "during", client_id="c1")
+        except timpy.RemoteError as exc:
+            assert exc.code == timpy.Code.UNAVAILABLE
+        else:
+            raise AssertionError("numbered a message while the acknowledged one was out of reach")
+
+
+async def test_an_acknowledged_message_survives_its_holders_leaving_the_ring_one_epoch_at_a_time(
+    autojump_clock, repair_off
+):
     async with open_cluster(7, seed=11) as cluster:
         await cluster.wait_converged(300)
-        await cluster.register(0, "ann", PASSWORD)
-        await cluster.register(0, "ben", PASSWORD)
-        idx = cluster.nodes[0].indexer
-        ann, ben = ids.user_id(idx, "ann"), ids.user_id(idx, "ben")
-        conv = ids.direct_conversation(idx, ann, ben)
-        owner, second, third = (cluster.node_ids.index(n) for n in cluster.nodes[0].peers.placement.replicas(conv))
-        rest = [i for i in range(7) if i not in (owner, second)]
-        via = next(i for i in rest if i != third)
-
-        async with cluster.client(via, "ann", PASSWORD) as a:
-            await send_until_acked(a, "ben", "before", "c0")
-        # The third replica missed the copy (the write is acknowledged on W = 2).
-        dedup = await cluster.nodes[owner].store.run(dedup_at, cluster.nodes[owner], conv, 1)
-        third_repo = cluster.nodes[third].store.repo
-        await cluster.nodes[third].store.run(third_repo.undo_writes, [(conv, 1, dedup)], [])
-        assert has_seq(cluster.nodes[owner], conv, 1) and has_seq(cluster.nodes[second], conv, 1)
-        assert not has_seq(cluster.nodes[third], conv, 1)
+        conv, owner, second, third, rest, via, dedup = await acknowledged_on_two(cluster)
 
         cluster.partition([owner], [second, *rest])
         await wait_off_ring(cluster, [second, *rest], owner)
@@ -89,13 +112,7 @@ async def test_an_acknowledged_message_survives_its_holders_leaving_the_ring_one
         assert not held & set(placement.replicas(conv))
         assert not held & set(placement.previous_replicas(conv))  # the previous ring does not know them either
 
-        async with cluster.client(via, "ann", PASSWORD) as a:
-            try:
-                await a.send("ben", "during", client_id="c1")
-            except timpy.RemoteError as exc:
-                assert exc.code == timpy.Code.UNAVAILABLE  # the holders are out of reach: refused
-            else:
-                raise AssertionError("numbered a message while the acknowledged one was out of reach")
+        await refused(cluster, via)
 
         # Nothing was numbered over it on the majority's side.
         for i in rest:
@@ -160,10 +177,6 @@ async def test_a_ring_change_that_would_drop_an_unsettled_ring_waits_and_the_mes
     from timpy.cluster import ownership
 
     real_pass = Replicator.repair_pass
-
-    async def no_repair(self) -> None:  # noqa: ANN001
-        return None
-
     async with open_cluster(7, seed=11) as cluster:
         await cluster.wait_converged(300)
         number = cluster.nodes[0].ownership.core.epoch.number
@@ -175,19 +188,7 @@ async def test_a_ring_change_that_would_drop_an_unsettled_ring_waits_and_the_mes
         monkeypatch.setattr(Replicator, "repair_pass", no_repair)
         monkeypatch.setattr(ownership, "MAX_RINGS", 1)
         await trio.sleep(30)  # a pass under way ends
-        await cluster.register(0, "ann", PASSWORD)
-        await cluster.register(0, "ben", PASSWORD)
-        idx = cluster.nodes[0].indexer
-        ann, ben = ids.user_id(idx, "ann"), ids.user_id(idx, "ben")
-        conv = ids.direct_conversation(idx, ann, ben)
-        owner, second, third = (cluster.node_ids.index(n) for n in cluster.nodes[0].peers.placement.replicas(conv))
-        rest = [i for i in range(7) if i not in (owner, second)]
-        via = next(i for i in rest if i != third)
-        async with cluster.client(via, "ann", PASSWORD) as a:
-            await send_until_acked(a, "ben", "before", "c0")
-        dedup = await cluster.nodes[owner].store.run(dedup_at, cluster.nodes[owner], conv, 1)
-        third_repo = cluster.nodes[third].store.repo
-        await cluster.nodes[third].store.run(third_repo.undo_writes, [(conv, 1, dedup)], [])
+        conv, owner, second, third, rest, via, dedup = await acknowledged_on_two(cluster)
 
         cluster.partition([owner], [second, *rest])
         await wait_off_ring(cluster, [second, *rest], owner)
@@ -204,13 +205,7 @@ async def test_a_ring_change_that_would_drop_an_unsettled_ring_waits_and_the_mes
             assert cluster.nodes[i].ownership.core.epoch.number == number
             assert cluster.node_ids[second] in cluster.nodes[i].peers.placement.members
         assert cluster.nodes[proposer].ownership.status()["earlier_rings"] == 1
-        async with cluster.client(via, "ann", PASSWORD) as a:
-            try:
-                await a.send("ben", "during", client_id="c1")
-            except timpy.RemoteError as exc:
-                assert exc.code == timpy.Code.UNAVAILABLE
-            else:
-                raise AssertionError("numbered a message while the acknowledged one was out of reach")
+        await refused(cluster, via)
         for i in rest:
             assert not has_seq(cluster.nodes[i], conv, 1) or dedup_at(cluster.nodes[i], conv, 1) == dedup
 
@@ -225,43 +220,20 @@ async def test_a_ring_change_that_would_drop_an_unsettled_ring_waits_and_the_mes
         assert not cluster.nodes[proposer].ownership.status()["ring_change_held"]
 
 
-async def test_after_an_operator_forgets_both_holders_the_key_is_served_again(autojump_clock, monkeypatch):
+async def test_after_an_operator_forgets_both_holders_the_key_is_served_again(autojump_clock, repair_off):
     """The first test's case, with an operator: both nodes that held the
     acknowledged message are gone for good, and catch-up waits for them (the
     key answers UNAVAILABLE). ``timpy cluster forget`` of both gives up what
     only they held (``Epoch.gone``): catch-up stops waiting for them and the
     conversation takes messages again."""
-
-    async def no_repair(self) -> None:  # noqa: ANN001
-        return None
-
-    monkeypatch.setattr(Replicator, "repair_pass", no_repair)
     async with open_cluster(7, seed=11) as cluster:
         await cluster.wait_converged(300)
-        await cluster.register(0, "ann", PASSWORD)
-        await cluster.register(0, "ben", PASSWORD)
-        idx = cluster.nodes[0].indexer
-        ann, ben = ids.user_id(idx, "ann"), ids.user_id(idx, "ben")
-        conv = ids.direct_conversation(idx, ann, ben)
-        owner, second, third = (cluster.node_ids.index(n) for n in cluster.nodes[0].peers.placement.replicas(conv))
-        rest = [i for i in range(7) if i not in (owner, second)]
-        via = next(i for i in rest if i != third)
-        async with cluster.client(via, "ann", PASSWORD) as a:
-            await send_until_acked(a, "ben", "before", "c0")
-        dedup = await cluster.nodes[owner].store.run(dedup_at, cluster.nodes[owner], conv, 1)
-        third_repo = cluster.nodes[third].store.repo
-        await cluster.nodes[third].store.run(third_repo.undo_writes, [(conv, 1, dedup)], [])
+        conv, owner, second, third, rest, via, dedup = await acknowledged_on_two(cluster)
 
         cluster.partition([owner], [second], rest)
         await wait_off_ring(cluster, rest, owner)
         await wait_off_ring(cluster, rest, second)
-        async with cluster.client(via, "ann", PASSWORD) as a:
-            try:
-                await a.send("ben", "during", client_id="c1")
-            except timpy.RemoteError as exc:
-                assert exc.code == timpy.Code.UNAVAILABLE
-            else:
-                raise AssertionError("numbered a message while the acknowledged one was out of reach")
+        await refused(cluster, via)
 
         proposer = min(rest, key=lambda i: cluster.node_ids[i])
         gone = {cluster.node_ids[owner], cluster.node_ids[second]}
