@@ -53,3 +53,32 @@ async def test_a_call_nobody_answers_fails_unavailable_in_plain_words():
         assert "acct.get" not in exc.text and "the account" in exc.text
     else:
         raise AssertionError("a call nobody answers must fail")
+
+
+async def test_handlers_still_waiting_when_the_node_stops_are_closed_and_later_requests_refused():
+    """A request whose handler waits is queued for the request task; when the
+    node stops, the queued ones are closed (not left to the garbage
+    collector, which warns of coroutines never awaited), and a request that
+    arrives after answers UNAVAILABLE without running its handler."""
+    from timpy.cluster.rpc import REQUEST
+
+    network = MemoryNetwork()
+    rpc = Rpc(MemoryTransport(network, "127.0.0.1:1"))
+    made: list = []
+
+    def handler(args):  # noqa: ANN001, ANN202
+        async def answer():  # noqa: ANN202
+            await trio.sleep(1)
+        coroutine = answer()
+        made.append(coroutine)
+        return coroutine
+
+    rpc.serve(ops.ACCT_GET, handler)
+    args = ops.ACCT_GET.encode_args(ops.AccountGet(b"id", False))
+    rpc.receive([REQUEST, 7, "127.0.0.1:2", ops.ACCT_GET.number, args])  # queued: the request task is not running
+    with trio.CancelScope() as scope:
+        scope.cancel()
+        await rpc.run()  # stops at once, as at a node's shutdown
+    assert len(made) == 1 and made[0].cr_frame is None  # closed
+    rpc.receive([REQUEST, 8, "127.0.0.1:2", ops.ACCT_GET.number, args])
+    assert len(made) == 2 and made[1].cr_frame is None

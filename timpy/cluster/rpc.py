@@ -166,7 +166,11 @@ class Rpc:
         self._handlers: dict[int, tuple[Op[Any, Any], Handler]] = {}
         self._waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
         self._next_rid = 1
-        self._tasks_send, self._tasks = trio.open_memory_channel[Awaitable[None]](math.inf)
+        # Handlers' answers still to wait for: (request, the handler's awaitable, its operation).
+        self._tasks_send, self._tasks = trio.open_memory_channel[tuple[list[Any], Awaitable[Any], Op[Any, Any]]](
+            math.inf
+        )
+        self._stopped = False
         self._running = 0
         self.bad_frames = 0
 
@@ -186,15 +190,27 @@ class Rpc:
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Run the handlers that wait, each in its own task, until cancelled."""
-        async with trio.open_nursery() as nursery:
-            task_status.started()
-            async for job in self._tasks:
-                nursery.start_soon(self._run_job, job)
+        try:
+            async with trio.open_nursery() as nursery:
+                task_status.started()
+                async for raw, pending, op in self._tasks:
+                    nursery.start_soon(self._run_job, raw, pending, op)
+        finally:
+            # Stopped (the node is shutting down): the waiting handlers left
+            # in the queue never run; they are closed, not left to the
+            # garbage collector (which warns of coroutines never awaited).
+            self._stopped = True
+            while True:
+                try:
+                    _raw, pending, _op = self._tasks.receive_nowait()
+                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
+                    break
+                _close(pending)
 
-    async def _run_job(self, job: Awaitable[None]) -> None:
+    async def _run_job(self, raw: list[Any], pending: Awaitable[Any], op: Op[Any, Any]) -> None:
         self._running += 1
         try:
-            await job
+            await self._finish(raw, pending, op)
         finally:
             self._running -= 1
 
@@ -262,7 +278,11 @@ class Rpc:
             self._answer(raw, Code.INTERNAL, "internal error on another node of the cluster; it was logged there")
             return
         if hasattr(result, "__await__"):
-            self._tasks_send.send_nowait(self._finish(raw, result, op))
+            if self._stopped:
+                _close(result)
+                self._answer(raw, Code.UNAVAILABLE, "this node is shutting down; retry on another node")
+                return
+            self._tasks_send.send_nowait((raw, result, op))
         else:
             self._answer(raw, 0, op.encode_result(result))
 
@@ -289,6 +309,12 @@ class Rpc:
             self._transport.send(str(raw[2]), _pack(reply))
         except Exception:  # pragma: no cover - unpackable result is a bug in a handler
             log.exception("could not send the reply to %r", raw[3])
+
+
+def _close(pending: Awaitable[Any]) -> None:
+    close = getattr(pending, "close", None)
+    if close is not None:
+        close()
 
 
 def _pack(value: Any) -> bytes:
