@@ -54,4 +54,5 @@ def test_members_an_operator_forgot_count_as_answered_with_nothing():
     assert p.gone == frozenset("de") and p.answers_needed(["a", "d", "c"]) == 1
     assert p.answers_needed(["d", "e", "c"]) == 0
     assert p.answers_needed(["a"]) == 1  # a ring of one: its one replica
-    assert p.set_members("abc", "abcde", ()) and p.gone == frozenset()  # the next epoch names none
+    assert not p.set_members("abc", "abcde", ()) and p.gone == frozenset("de")  # not told: as before
+    assert p.set_members("abc", "abcde", (), ()) and p.gone == frozenset()  # the next epoch names none

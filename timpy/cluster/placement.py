@@ -53,19 +53,19 @@ class Placement:
 
     def set_members(
         self, members: Iterable[str], previous: Iterable[str] | None = None,
-        earlier: Iterable[Iterable[str]] = (), gone: Iterable[str] = (),
+        earlier: Iterable[Iterable[str]] = (), gone: Iterable[str] | None = None,
     ) -> bool:
         """Place keys on exactly these nodes (a ring epoch a majority accepted);
         ``previous``: the members of the ring it replaced; ``earlier``: the
         rings before that one catch-up must still read (``Epoch.earlier``);
-        ``gone``: members of those an operator forgot (``Epoch.gone``).
+        ``gone``: members of those an operator forgot (``Epoch.gone``; None: as before).
         True when the ring or its history changed."""
         names = frozenset(members) or frozenset({self.self_id})
         if previous is None and names == self.ring.members:
             return False  # no epoch says otherwise: the ring it replaced is the one it replaced before
         before = frozenset(previous) if previous is not None else self.ring.members
         rings = tuple(frozenset(r) for r in ((before,) if before else ()) + tuple(earlier) if r)
-        gone = frozenset(gone)
+        gone = self.gone if gone is None else frozenset(gone)
         if names == self.ring.members and rings == tuple(r.members for r in self.history) and gone == self.gone:
             return False
         self.gone = gone
