@@ -23,6 +23,15 @@ WHERE = pytest.mark.parametrize("where", ["one", "three"])
 
 
 @asynccontextmanager
+async def serving(gateway: PushGateway) -> AsyncIterator[None]:
+    """The push gateway answers while the block runs."""
+    async with trio.open_nursery() as bg:
+        await gateway.server.start(bg)
+        yield
+        bg.cancel_scope.cancel()
+
+
+@asynccontextmanager
 async def nodes(where: str, push: PushConfig) -> AsyncIterator[tuple[list[str | Connector], list[timpy.Node]]]:
     if where == "one":
         async with timpy.open_node(node_config(push=push)) as n:
@@ -41,8 +50,7 @@ async def until(predicate, timeout: float = 15.0) -> None:  # noqa: ANN001
 @WHERE
 async def test_an_offline_device_is_woken_an_online_one_is_not(where: str) -> None:
     gateway = PushGateway()
-    async with trio.open_nursery() as bg:
-        await gateway.server.start(bg)
+    async with serving(gateway):
         # The window must hold the three sends below on a loaded machine (0.3 s did not, under
         # the suite's two workers): coalescing is what is tested, not how short a window can be.
         async with nodes(where, PushConfig(coalesce=2.0)) as (at, _):
@@ -59,7 +67,6 @@ async def test_an_offline_device_is_woken_an_online_one_is_not(where: str) -> No
                         await desktop.next_message(timeout=10)
                     await until(lambda: len(gateway.notifications) >= 1)
                     await trio.sleep(1.0)  # a second notification, or one for the desktop, would be here by now
-        bg.cancel_scope.cancel()
     [n] = gateway.notifications  # three messages within the window: one notification, for the phone only
     assert [d["pushkey"] for d in n["devices"]] == ["key-phone"]
     assert n["devices"][0]["app_id"] == APP and n["devices"][0]["data"] == {"format": "event_id_only"}
@@ -70,8 +77,7 @@ async def test_an_offline_device_is_woken_an_online_one_is_not(where: str) -> No
 
 async def test_a_device_back_online_in_time_is_not_woken_and_content_can_be_sent() -> None:
     gateway = PushGateway()
-    async with trio.open_nursery() as bg:
-        await gateway.server.start(bg)
+    async with serving(gateway):
         async with nodes("one", PushConfig(coalesce=3.0, content="full")) as (at, _):
             await users(at[0], "alice", "bob")
             async with timpy.connect(at[0], "bob", PASSWORD, device="phone") as phone:
@@ -84,7 +90,6 @@ async def test_a_device_back_online_in_time_is_not_woken_and_content_can_be_sent
                     assert gateway.notifications == []
                 await alice.send("bob", "lunch at noon")
                 await until(lambda: len(gateway.notifications) == 1)
-        bg.cancel_scope.cancel()
     [n] = gateway.notifications
     assert n["sender"] == "alice" and n["content"] == {"msgtype": "m.text", "body": "lunch at noon"}
     assert n["counts"] == {"unread": 1}
@@ -95,8 +100,7 @@ async def test_a_pusher_set_after_messages_without_one_is_woken(where: str) -> N
     # Messages to a user with no pusher are not noted at all (the records' cache says there is none);
     # a pusher set afterwards must be seen by the next message.
     gateway = PushGateway()
-    async with trio.open_nursery() as bg:
-        await gateway.server.start(bg)
+    async with serving(gateway):
         async with nodes(where, PushConfig(coalesce=0.2)) as (at, _):
             await users(at[0], "alice", "bob")
             async with timpy.connect(at[0], "alice", PASSWORD) as alice:
@@ -107,7 +111,6 @@ async def test_a_pusher_set_after_messages_without_one_is_woken(where: str) -> N
                     await phone.set_pusher(APP, "key-phone", gateway.url)
                 ack = await alice.send("bob", "after the pusher")
                 await until(lambda: len(gateway.notifications) == 1)
-        bg.cancel_scope.cancel()
     [n] = gateway.notifications
     assert [d["pushkey"] for d in n["devices"]] == ["key-phone"]
     assert n["event_id"] == f"{ack.conversation}:{ack.seq}"
@@ -116,8 +119,7 @@ async def test_a_pusher_set_after_messages_without_one_is_woken(where: str) -> N
 @WHERE
 async def test_a_pushkey_the_gateway_rejects_is_removed(where: str) -> None:
     gateway = PushGateway(reject={"key-stale"})
-    async with trio.open_nursery() as bg:
-        await gateway.server.start(bg)
+    async with serving(gateway):
         async with nodes(where, PushConfig(coalesce=0.1)) as (at, _):
             await users(at[0], "alice", "bob")
             async with timpy.connect(at[1], "bob", PASSWORD, device="old-phone") as old:
@@ -135,7 +137,6 @@ async def test_a_pushkey_the_gateway_rejects_is_removed(where: str) -> None:
                 await alice.send("bob", "pong")
                 await until(lambda: len(gateway.notifications) == 3)
                 await trio.sleep(0.5)
-        bg.cancel_scope.cancel()
     assert sorted(n["devices"][0]["pushkey"] for n in gateway.notifications) == ["key-good", "key-good", "key-stale"]
 
 
@@ -161,8 +162,7 @@ async def test_pushers_are_checked_removed_and_limited() -> None:
 
 async def test_a_gateway_that_fails_is_tried_again() -> None:
     gateway = PushGateway(failing=2)
-    async with trio.open_nursery() as bg:
-        await gateway.server.start(bg)
+    async with serving(gateway):
         async with nodes("one", PushConfig(coalesce=0.1)) as (at, [node]):
             await users(at[0], "alice", "bob")
             async with timpy.connect(at[0], "bob", PASSWORD, device="phone") as phone:
@@ -173,4 +173,3 @@ async def test_a_gateway_that_fails_is_tried_again() -> None:
             assert gateway.refused == 2
             assert node.push.notifications.labels("failed")._value.get() == 2
             assert node.push.notifications.labels("sent")._value.get() == 1
-        bg.cancel_scope.cancel()
