@@ -1096,7 +1096,7 @@ class RepairApply:
     kind: str
     key: bytes
     copies: list[Any]  # Copies.pack()
-    replace: list[int]  # slots held with another value here: the lowest hash wins
+    replace: list[int]  # slots held with another value here: ``digest.winner`` decides
 
 
 COPIES_APPLY = op(67, "copies.apply", CopiesApply, int, THIS_NODE, timeout=3.0)

@@ -18,7 +18,8 @@ Three mechanisms keep the copies whole:
   and this node lacks), bucket digests for a key that differs, slot hashes
   for a bucket that differs; then exactly the differing rows are copied,
   both ways. A slot held with two different values keeps the one with the
-  lowest hash, on both sides (reported in the log and metrics). This moves
+  higher stamp (then the lower hash), on both sides (reported in the log and
+  metrics; ``digest.winner``). This moves
   ranges to nodes that became replicas, repairs a node that was down, and
   fills holes below the head.
 
@@ -521,7 +522,7 @@ class Replicator:
             p.conflicting_slots += max(len(conflicts), cleared)
             log.warning(
                 "repair: %s %s held %d slot(s) with different values here and on %s (%s); "
-                "kept the value with the lowest hash on both",
+                "kept the value with the higher stamp (then the lower hash) on both",
                 KEYS[kind].noun, key.hex(), max(len(conflicts), cleared), node,
                 ", ".join(str(i) for i in sorted(conflicts)[:10]) or "the same message in two slots",
             )
@@ -630,7 +631,7 @@ class Replicator:
             self.progress.rows_repaired += added
             if cleared:
                 self.progress.conflicting_slots += cleared
-                log.warning("repair: replaced %d conflicting slot(s) of %s with a replica's (lowest hash wins)",
+                log.warning("repair: replaced %d conflicting slot(s) of %s with a replica's (higher stamp wins)",
                             cleared, a.key.hex())
             return added, cleared
 

@@ -215,7 +215,7 @@ class RepairStore(CopiesStore):
         rows = [r for r in copies.inbox if r[0] == key]
         copies.inbox = [r for r in copies.inbox if r[0] != key]
         added = self.apply_copies(copies)  # the account (and messages) first
-        # Inbox slots merge slot by slot (the lowest hash wins), with no regard
+        # Inbox slots merge slot by slot (``digest.winner``), with no regard
         # to the same message in another slot: so the result is the same
         # whatever order replicas meet in. A message left in no slot is
         # appended again by the repairing node.
