@@ -679,7 +679,7 @@ async def wait_repair_passes(nodes: list[Node], v: Verdict) -> None:
 
 
 _CONFLICT = re.compile(
-    r"repair: (conversation|user) ([0-9a-f]+) held \d+ slot\(s\) with different values here and on \S+ \(([^)]*)\)"
+    r"repair: (conversation|account) ([0-9a-f]+) held \d+ slot\(s\) with different values here and on \S+ \(([^)]*)\)"
 )
 
 
