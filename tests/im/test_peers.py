@@ -303,3 +303,41 @@ async def test_an_owner_whose_lease_is_on_its_way_serves_another_nodes_request_a
             await a.ask(ops.ROSTER_GET, ops.RosterGet(key))
         assert refused.value.code == Code.UNAVAILABLE and trio.current_time() - started < 0.5
         assert asked == ["b"]
+
+
+async def test_a_send_waiting_on_an_owner_that_does_not_answer_follows_its_conversation_to_the_next_owner(
+    autojump_clock,
+):
+    """A forwarded send whose owner stops answering (the request lost, the
+    owner gone) is sent to the conversation's next owner as soon as this
+    node's ring moves it, not after the request's whole timeout (safe: the
+    client id makes a second copy of the send the same message)."""
+    from tests.conftest import PASSWORD
+    from timpy.im import ids
+
+    async with open_cluster(5, seed=4) as cluster:
+        await cluster.register(0, "ann", PASSWORD)
+        await cluster.register(0, "ben", PASSWORD)
+        idx = cluster.nodes[0].indexer
+        conv = ids.direct_conversation(idx, ids.user_id(idx, "ann"), ids.user_id(idx, "ben"))
+        owner = cluster.node_ids.index(cluster.nodes[0].peers.placement.owner(conv))
+        via = next(i for i in range(5) if i != owner)
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            assert (await a.send("ben", "before", client_id="c0")).seq == 1
+            cluster.cut(via, owner)  # the next forwarded send is lost on its way
+            started = trio.current_time()
+
+            async def owner_leaves() -> None:
+                await trio.sleep(0.5)
+                await cluster.stop(owner)
+
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(owner_leaves)
+                ack = await a.send("ben", "during", client_id="c1")
+            took = trio.current_time() - started  # virtual seconds (the mock clock)
+            assert cluster.nodes[via].peers.placement.owner(conv) != cluster.node_ids[owner]
+            assert took < ops.CONV_APPEND.timeout, f"the send waited {took:.1f} s on an owner that had left"
+            assert ack.seq == 2
+            again = await a.send("ben", "during", client_id="c1")  # the retry of the same send: the same message
+            assert (again.seq, again.duplicate) == (2, True)
+            assert [m.body for m in (await a.history("ben")).messages] == [b"before", b"during"]

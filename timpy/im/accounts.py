@@ -112,7 +112,7 @@ class Accounts:
         return ops.Account(account.secret, account.disabled, account.profile if a.full else b"", account.version)
 
     async def _get(self, uid: bytes, full: bool = False) -> ops.Account | None:
-        return await self._peers.ask(ops.ACCT_GET, ops.AccountGet(uid, full))
+        return await self._peers.ask(ops.ACCT_GET, ops.AccountGet(uid, full), follow_moves=True)  # a read
 
     async def login_password(self, name: str, password: str) -> Identity:
         try:

@@ -190,7 +190,8 @@ class Deliverer:
         terminal.begin_sync()
         last, count, page = cursor, 0, self._limits().sync_page
         for _ in range(100_000):  # bounded: each round reads a page or goes live
-            entries = await self._peers.ask(ops.INBOX_READ, ops.InboxRead(terminal.user_id, last, page))
+            entries = await self._peers.ask(  # a read: follows the inbox to its next owner
+                ops.INBOX_READ, ops.InboxRead(terminal.user_id, last, page), follow_moves=True)
             for e in entries:
                 message = stored_message(ids.conversation_text(e.conv_id), e.seq, e.created_ms, e.content)
                 await terminal.link.push(Delivery(e.pos, message))

@@ -327,7 +327,7 @@ class Messenger:
         last: TimpyError | None = None
         for delay in (*OWNER_RETRY_DELAYS, None):
             try:
-                return await self._peers.ask(ops.CONV_HISTORY, args)
+                return await self._peers.ask(ops.CONV_HISTORY, args, follow_moves=True)  # a read
             except PeerUnavailable as exc:  # no answer: waiting longer would not help
                 last = exc
                 break

@@ -22,6 +22,7 @@ from timpy.cluster.catalog import KeyOwner, Op
 from timpy.cluster.ownership import Epoch
 from timpy.cluster.placement import Placement, ReplicationConfig
 from timpy.cluster.rpc import Call, NotOwner, Rpc
+from timpy.errors import Code, TimpyError
 from timpy.store.rows import Copies
 
 A = TypeVar("A")
@@ -30,6 +31,15 @@ R = TypeVar("R")
 RING_RETRIES = 3  # tries of an operation whose owner said it is not the owner any more
 RING_RETRY_TIME = 3.0  # seconds, at most, spent on them
 RING_WAIT = 0.3  # seconds to wait for this node's ring to move after the first refusal (then 2x, ...)
+MOVES_FOLLOWED = 3  # times one ``ask`` follows its key to a new owner while waiting on the old one
+
+
+class OwnerMoved(TimpyError):
+    """While this node waited on a key's owner, its ring gave the key to
+    another node: ``ask`` asks that one at once (the operations it sends to
+    owners are idempotent, as after any unanswered request)."""
+
+    code = Code.UNAVAILABLE
 
 
 class Keeper(Protocol):
@@ -102,10 +112,14 @@ class Peers:
         assert self.rpc is not None, "a standalone node has no peers"
         return self.rpc
 
-    async def call(self, node_id: str, op: Op[A, R], args: A, timeout: float | None = None) -> R:
+    async def call(
+        self, node_id: str, op: Op[A, R], args: A, timeout: float | None = None,
+        moved: Callable[[], bool] | None = None,
+    ) -> R:
         """Ask node ``node_id`` to run ``op`` with its argument dataclass
         (waiting its declared timeout unless told otherwise; run here, now,
-        when that node is this one)."""
+        when that node is this one). ``moved``, asked while the answer is
+        awaited: true ends the wait with ``OwnerMoved``."""
         if node_id == self.self_id or self.rpc is None:
             await self.await_write()
             return await self._run_here(op, args)
@@ -115,7 +129,17 @@ class Peers:
         call = self._rpc().start_call(self.placement.address(node_id), op, args)
         # ... and stops waiting as soon as it is cut off while the call is out
         # (a split mid-request: the lease runs out within its bound).
-        return await call.result(timeout, self.ownership.cut_off if self.ownership is not None else None)
+        cut_off = self.ownership.cut_off if self.ownership is not None else None
+        if moved is None:
+            return await call.result(timeout, cut_off)
+
+        def give_up() -> str | None:
+            reason = cut_off() if cut_off is not None else None
+            if reason is None and moved():
+                raise OwnerMoved("the cluster gave this to another node while this one waited; retry")
+            return reason
+
+        return await call.result(timeout, give_up)
 
     def start_call(self, node_id: str, op: Op[A, R], args: A) -> Call:
         """Send ``op`` to another node now; ``.result(timeout)`` waits for its answer."""
@@ -225,27 +249,39 @@ class Peers:
 
         return run
 
-    async def ask(self, op: Op[A, R], args: A) -> R:
+    async def ask(self, op: Op[A, R], args: A, follow_moves: bool = False) -> R:
         """Run ``op`` at the owner of its key: here when that is this node,
         else at the owner. A refusal from a node that no longer owns the key
         is retried once this node's ring has moved, at most
-        ``RING_RETRIES`` times within ``RING_RETRY_TIME`` seconds."""
+        ``RING_RETRIES`` times within ``RING_RETRY_TIME`` seconds. With
+        ``follow_moves`` (for an operation that is safe to send twice, as a
+        send with its client id), a wait on an owner that does not answer
+        ends as soon as this node's ring gives the key to another node, which
+        is then asked (``MOVES_FOLLOWED`` times at most)."""
         key = op.key(args)
         give_up_at = trio.current_time() + RING_RETRY_TIME
-        for attempt in range(RING_RETRIES):
+        attempt = followed = 0
+        while True:
             owner = self.owner(key)
             if owner == self.self_id or self.rpc is None:
                 await self.await_write()
                 return await self._run_here(op, args)
             version = self.placement.version
             try:
-                return await self.call(owner, op, args)
-            except NotOwner:
-                left = give_up_at - trio.current_time()
-                if attempt == RING_RETRIES - 1 or left <= 0:
+                # An owner that stops answering (dead, or across a split) is
+                # waited on only until the ring gives the key to another node.
+                moved = (lambda owner=owner: self.owner(key) != owner) if follow_moves else None
+                return await self.call(owner, op, args, moved=moved)
+            except OwnerMoved:
+                followed += 1
+                if followed > MOVES_FOLLOWED:
                     raise
-                await self._ring_moves(version, min(left, RING_WAIT * (attempt + 1)))
-        raise AssertionError("unreachable")  # pragma: no cover
+            except NotOwner:
+                attempt += 1
+                left = give_up_at - trio.current_time()
+                if attempt >= RING_RETRIES or left <= 0:
+                    raise
+                await self._ring_moves(version, min(left, RING_WAIT * attempt))
 
     async def _run_here(self, op: Op[A, R], args: A) -> R:
         result = self._served[op.number](args)

@@ -38,7 +38,7 @@ class Users:
 
     async def exists(self, user_id: bytes) -> bool:
         """Whether the user has an account (asked of its owner)."""
-        return await self._peers.ask(ops.ACCT_EXISTS, ops.AccountExists(user_id))
+        return await self._peers.ask(ops.ACCT_EXISTS, ops.AccountExists(user_id), follow_moves=True)  # a read
 
     async def peer_of(self, who: Identity, name: str) -> tuple[str, bytes, bytes]:
         """Another user, for a 1:1 operation: (normalized name, user id, the
