@@ -86,3 +86,38 @@ async def test_a_new_owner_replaces_a_never_acknowledged_row_below_its_head_befo
         for i, n in enumerate(cluster.nodes):
             if i != owner and row_at(n, conv, 3) is not None:
                 assert row_at(n, conv, 3) == acked, f"node {i} holds another message at an acknowledged seq"
+
+
+async def test_catch_up_does_not_wait_out_a_previous_replica_that_cannot_answer(autojump_clock):
+    """A new owner needs R - W + 1 of the key's previous replicas (itself
+    counting): once enough have answered, one that is dead or across a split
+    gets a short grace, not the whole timeout of its request (which every
+    write to the key used to wait out)."""
+    import trio
+
+    from timpy.im.replication import CATCH_UP_GRACE, CATCH_UP_TIMEOUT
+
+    async with open_cluster(5, seed=4) as cluster:
+        await cluster.register(0, "ann", PASSWORD)
+        await cluster.register(0, "ben", PASSWORD)
+        idx = cluster.nodes[0].indexer
+        conv = ids.direct_conversation(idx, ids.user_id(idx, "ann"), ids.user_id(idx, "ben"))
+        replicas = cluster.nodes[0].peers.placement.replicas(conv)
+        owner, successor = (cluster.node_ids.index(n) for n in replicas[:2])
+        via = next(i for i in range(5) if i not in (owner, successor))
+        async with cluster.client(via, "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "before", "c0")
+        acked = row_at(cluster.nodes[owner], conv, 1)
+        await cluster.kill(owner)
+        await cluster.wait_converged()
+        new = cluster.nodes[successor]
+        assert new.peers.placement.owner(conv) == cluster.node_ids[successor]
+        assert cluster.node_ids[owner] in {n for r in new.peers.placement.history_replicas(conv) for n in r}
+        assert not new.replicator.is_warm("conv", conv)
+        started = trio.current_time()
+        await new.replicator.ensure("conv", conv)
+        took = trio.current_time() - started  # virtual seconds (the mock clock): what the protocol waited
+        assert took < CATCH_UP_TIMEOUT, f"catch-up waited {took:.2f} s for a dead replica"
+        assert took >= CATCH_UP_GRACE, took  # the live ones were given their grace
+        assert new.replicator.is_warm("conv", conv)
+        assert row_at(new, conv, 1) == acked

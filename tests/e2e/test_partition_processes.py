@@ -301,7 +301,7 @@ class Sender:
                 try:
                     with trio.fail_after(ATTEMPT_S):
                         self.client = await nursery.start(self._session)
-                except (OSError, timpy.RemoteError, trio.TooSlowError) as exc:
+                except (OSError, timpy.RemoteError, trio.TooSlowError, trio.BrokenResourceError) as exc:
                     code = getattr(exc, "code", None)
                     if code == timpy.Code.UNAVAILABLE:
                         self.rec.refusals.append((self.user, self.node, time.time(), str(exc)))
@@ -330,13 +330,17 @@ class Sender:
         return False
 
     async def _session(self, task_status=trio.TASK_STATUS_IGNORED) -> None:  # noqa: ANN001
+        started = False
         try:
             async with timpy.connect(connector(self.lan.ns(self.node)), self.user, PASSWORD, sync=False,
                                      device=f"load-{self.user}") as client:
                 task_status.started(client)
+                started = True
                 await trio.sleep_forever()
         except (OSError, timpy.RemoteError, trio.BrokenResourceError):
-            pass  # a killed node: the next send reconnects
+            if not started:
+                raise  # the login failed: send_one counts it and tries again
+            # a killed node after the login: the next send reconnects
 
     async def run(self, nursery: trio.Nursery, stop: trio.Event, limit: float) -> None:
         end = time.monotonic() + limit

@@ -112,3 +112,20 @@ def test_repair_keeps_the_higher_epoch_whichever_side_runs_it():
         assert one_pass(x, y) == [2]
         assert slots(a) == slots(b) == {1: (bytes([1]) * 16, 1), 2: (bytes([5]) * 16, 4)}
         assert one_pass(x, y) == []
+
+
+def test_a_retried_send_and_its_inbox_append_in_one_batch_place_the_message_once():
+    """A send's retry (stored already: a duplicate) and the inbox entry its
+    first try asked for reach one writer batch at a node that now owns the
+    recipient: the recipient's inbox gets the message at one position, not
+    two (two entries of one batch carry one stamp, and repair keeps both)."""
+    repo = replica()
+    sent = NewMessage(CONV, (A, B), A, b"\x01" * 16, 1, b"m1")
+    first = repo.write_batch([sent], epoch=5, local_users=frozenset({A})).appended[0]  # B lived elsewhere
+    assert inbox(repo, B) == {}
+    item = InboxItem(B, CONV, first.seq, sent.dedup, first.created_ms, first.sealed, 5)
+    for order in ((item,), ()):  # the entry asked for first, and the retry alone after it
+        written = repo.write_batch([sent], list(order), epoch=6, local_users=frozenset({A, B}))
+        assert written.appended[0].duplicate
+        assert inbox(repo, B) == {1: (1, 6)}
+        assert repo.inbox_head(B) == 1

