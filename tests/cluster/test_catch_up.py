@@ -121,3 +121,41 @@ async def test_catch_up_does_not_wait_out_a_previous_replica_that_cannot_answer(
         assert took >= CATCH_UP_GRACE, took  # the live ones were given their grace
         assert new.replicator.is_warm("conv", conv)
         assert row_at(new, conv, 1) == acked
+
+
+async def test_catch_up_refuses_at_once_when_too_few_of_the_previous_replicas_are_alive(autojump_clock):
+    """A 3/2 split that puts two of a key's three replicas on the minority:
+    on the majority no answer can be enough once the membership holds those
+    two dead, so catch-up refuses (UNAVAILABLE) without waiting out their
+    timeouts, as the writer would for every batch that touches the key."""
+    import pytest
+    import trio
+
+    from timpy.errors import TimpyError
+    from timpy.im.replication import CATCH_UP_TIMEOUT
+
+    async with open_cluster(5, seed=4) as cluster:
+        await cluster.register(0, "ann", PASSWORD)
+        await cluster.register(0, "ben", PASSWORD)
+        idx = cluster.nodes[0].indexer
+        conv = ids.direct_conversation(idx, ids.user_id(idx, "ann"), ids.user_id(idx, "ben"))
+        replicas = cluster.nodes[0].peers.placement.replicas(conv)
+        minority = [cluster.node_ids.index(n) for n in replicas[:2]]
+        majority = [i for i in range(5) if i not in minority]
+        async with cluster.client(majority[0], "ann", PASSWORD) as a:
+            await send_until_acked(a, "ben", "before", "c0")
+        cluster.partition(majority, minority)
+        live = cluster.nodes[majority[0]]
+        gone = {cluster.node_ids[i] for i in minority}
+        with trio.fail_after(120):
+            while gone & live.peers.placement.members or not live.peers.ownership.has_lease():
+                await trio.sleep(0.5)
+        owner = next(cluster.nodes[i] for i in majority if cluster.nodes[i].peers.placement.is_local(conv))
+        assert any(len(gone & set(r)) >= 2 for r in owner.peers.placement.history_replicas(conv))
+        owner.replicator._warm.clear()
+        started = trio.current_time()
+        with pytest.raises(TimpyError) as refused:
+            await owner.replicator.ensure("conv", conv)
+        assert trio.current_time() - started < CATCH_UP_TIMEOUT / 4
+        assert refused.value.code.name == "UNAVAILABLE" and "could reach only" in refused.value.text
+        assert owner.replicator.refused_early >= 1

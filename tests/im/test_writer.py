@@ -435,3 +435,46 @@ async def test_row_stamps_stay_above_a_run_before_the_restart_when_the_clock_wen
     (tmp_path / FILE).write_text("not a number\n")
     with pytest.raises(ValueError, match="does not hold a whole number"):
         StampFloor(tmp_path / FILE)
+
+
+async def test_a_key_out_of_reach_fails_only_its_sends_and_the_writer_waits_for_it_once(autojump_clock):
+    """Catch-up of a key whose copies are out of reach (a split) waits out its
+    timeout and fails. Only the sends that need that key fail; the rest of the
+    batch is stored with it. Before, the batch was stored request by request
+    and each send of that key waited out the timeout again while the writer
+    held every other send of the node."""
+    from types import SimpleNamespace
+
+    from timpy.im.replication import CopiesOutOfReach
+
+    asked: list[bytes] = []
+
+    class Replicas:
+        def is_warm(self, kind: str, key: bytes) -> bool:
+            return False
+
+        async def ensure(self, kind: str, key: bytes) -> None:
+            asked.append(key)
+            if key == b"split":
+                await trio.sleep(2.0)  # the copies across the split do not answer
+                raise CopiesOutOfReach("this node could reach only 1 of the 2 other nodes", Code.UNAVAILABLE)
+
+    async def lease() -> None:
+        return None
+
+    writer, store = make_writer()
+    writer._cluster = True
+    writer._replicator = Replicas()  # type: ignore[assignment]
+    writer._peers = SimpleNamespace(  # type: ignore[assignment]
+        placement=SimpleNamespace(single=True, alone=False), is_local=lambda key: False, await_write=lease,
+        epoch_number=1,
+    )
+    sends = [send(writer, b"split", "a"), send(writer, b"c1", "b"), send(writer, b"split", "c"),
+             send(writer, b"c1", "d")]
+    started = trio.current_time()
+    await run_until_settled(writer, sends)
+    assert trio.current_time() - started < 2.5  # one wait for the unreachable copies, not one per send
+    assert asked.count(b"split") == 1
+    assert [s.error.code for s in (sends[0], sends[2])] == [Code.UNAVAILABLE] * 2
+    assert [s.result.message.seq for s in (sends[1], sends[3])] == [1, 2]
+    assert store.repo.batches == [2]

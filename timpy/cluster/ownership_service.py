@@ -118,6 +118,14 @@ class OwnershipService:
     def has_lease(self) -> bool:
         return self.core.has_lease(trio.current_time())
 
+    def held_dead(self) -> frozenset[str]:
+        """The members this node's membership holds dead or gone (left): they
+        will not answer now. Suspects count as alive."""
+        m = self._membership()
+        if m is None:
+            return frozenset()
+        return frozenset(n for n, mem in m.members.items() if mem.state in (State.DEAD, State.LEFT))
+
     def require_lease(self) -> None:
         """Raise UNAVAILABLE, in words a user understands, unless a majority confirms this node's lease."""
         if not self.core.has_lease(trio.current_time()):

@@ -68,6 +68,8 @@ class _Ownership(Protocol):
 
     def note_repaired(self, epoch_number: int) -> None: ...
 
+    def held_dead(self) -> frozenset[str]: ...
+
 
 class Peers:
     def __init__(self, placement: Placement, rpc: Rpc | None, ownership: _Ownership | None = None) -> None:

@@ -93,6 +93,7 @@ class Replicator:
         self._peers = peers
         self.interval = interval
         self.progress = RepairProgress()
+        self.refused_early = 0  # catch-ups refused at once: too few of the replicas they need alive
         # Appends an inbox entry through the user's owner's writer (repair puts
         # back entries that lost their slot); None: nothing is put back.
         self._restore_inbox_entry = restore_inbox_entry
@@ -283,7 +284,15 @@ class Replicator:
                 return all(len(answered & replicas) >= need for replicas, need in needs)
 
             if others:
-                answered = await self._pull(kind, key, others, enough)
+                # Replicas the membership holds dead will not answer: when the
+                # others cannot be enough, refuse now instead of waiting out
+                # every timeout (the writer waits on catch-up).
+                dead = self._peers.ownership.held_dead() if self._peers.ownership is not None else frozenset()
+                if dead & set(others) and not enough(set(others) - dead):
+                    self.refused_early += 1
+                    answered = set(others) - dead
+                else:
+                    answered = await self._pull(kind, key, others, enough)
                 for replicas in rings:
                     need = max(0, placement.answers_needed(replicas) - (me in replicas))
                     got = len(answered & set(replicas))

@@ -445,7 +445,9 @@ class Writer:
         try:
             if self._cluster:
                 if not self._peers.placement.alone:
-                    await self._catch_up(news, inbox)
+                    news, inbox = await self._catch_up(news, inbox)
+                    if not news and not inbox and not cursors:
+                        return  # each was refused: its keys' copies are out of reach
                 else:
                     await self._peers.await_write()  # a ring of one still needs its lease (a node not yet joined has none)
                 local_users = frozenset(
@@ -552,28 +554,49 @@ class Writer:
                 break
         return news
 
-    async def _catch_up(self, news: list[Append], inbox: list[InboxAppend]) -> None:
-        """Before writing keys this node took over, pull what their replicas have."""
-        keys = {("conv", p.new.conv_id) for p in news}
-        keys |= {("user", u) for p in news for u in p.new.members if self._peers.is_local(u)}
-        keys |= {("user", p.item.user_id) for p in inbox}
+    async def _catch_up(
+        self, news: list[Append], inbox: list[InboxAppend]
+    ) -> tuple[list[Append], list[InboxAppend]]:
+        """Before writing keys this node took over, pull what their replicas
+        have. Returns the appends to store: one whose key could not be caught
+        up (too few of its copies in reach) is settled with that error here,
+        and the rest of the batch goes on without waiting for it again."""
+        def keys_of(p: Append | InboxAppend) -> set[tuple[str, bytes]]:
+            if type(p) is InboxAppend:
+                return {("user", p.item.user_id)}
+            assert type(p) is Append
+            return {("conv", p.new.conv_id)} | {("user", u) for u in p.new.members if self._peers.is_local(u)}
+
         await self._peers.await_write()  # no lease (no majority): refuse before anything is stored
-        keys = {(kind, key) for kind, key in keys if not self._replicator.is_warm(kind, key)}
+        keys = {k for p in [*news, *inbox] for k in keys_of(p) if not self._replicator.is_warm(*k)}
         if not keys:
-            return  # every key caught up already under this ring: no task per key
-        failed: list[TimpyError] = []
+            return news, inbox  # every key caught up already under this ring: no task per key
+        failed: dict[tuple[str, bytes], TimpyError] = {}
 
         async def ensure(kind: str, key: bytes) -> None:
             try:
                 await self._replicator.ensure(kind, key)
             except TimpyError as exc:
-                failed.append(exc)
+                failed[(kind, key)] = exc
 
         async with trio.open_nursery() as nursery:
             for kind, key in keys:
                 nursery.start_soon(ensure, kind, key)
-        if failed:
-            raise failed[0]  # a key's copies out of reach fails the batch, which is then stored request by request
+        if not failed:
+            return news, inbox
+        # Each request that needs a key out of reach fails alone: before, the
+        # batch was stored request by request, each catching up (and waiting
+        # out the unreachable copies) again, while the writer held every other send.
+        kept_news, kept_inbox = [], []
+        for p in [*news, *inbox]:
+            missed = [failed[k] for k in keys_of(p) if k in failed]
+            if missed:
+                p.settle(missed[0])
+            elif type(p) is Append:
+                kept_news.append(p)
+            else:
+                kept_inbox.append(p)
+        return kept_news, kept_inbox
 
     async def _replicate(self, news: list[Append], inbox: list[InboxAppend], written: Written) -> None:
         """Copy the batch's rows to each key's other replicas; wait for the write quorum."""
