@@ -129,3 +129,38 @@ def test_a_retried_send_and_its_inbox_append_in_one_batch_place_the_message_once
         assert written.appended[0].duplicate
         assert inbox(repo, B) == {1: (1, 6)}
         assert repo.inbox_head(B) == 1
+
+
+def test_one_message_held_under_two_stamps_takes_the_higher_and_the_digests_meet():
+    """The same message at the same slot under two stamps on two replicas (a
+    retry placed again, a copy of another epoch): repair gives both the higher
+    stamp, so the key's digests are equal after one pass and the next pass
+    finds nothing. Before, the slot was sent every pass and nothing changed."""
+    for runner in (0, 1):
+        a, b = replica(), replica()
+        a.apply_copies(Copies(conversations=[(CONV, [A, B])], messages=[message(1, 1, 3), message(2, 2, 3)]))
+        b.apply_copies(Copies(conversations=[(CONV, [A, B])], messages=[message(1, 1, 3), message(2, 2, 5)]))
+        x, y = (a, b) if runner == 0 else (b, a)
+        assert one_pass(x, y) == []  # no conflict: one message
+        assert slots(a) == slots(b) == {1: (bytes([1]) * 16, 3), 2: (bytes([2]) * 16, 5)}
+        assert a.repair_roots("conv", [CONV]) == b.repair_roots("conv", [CONV])
+
+
+def test_one_inbox_entry_held_under_two_stamps_takes_the_higher_and_the_digests_meet():
+    from timpy.store import digest as d
+
+    for runner in (0, 1):
+        a, b = replica(), replica()
+        a.apply_copies(Copies(messages=[message(1, 1, 2)], inbox=[(A, 1, CONV, 1, 2)]))
+        b.apply_copies(Copies(messages=[message(1, 1, 4)], inbox=[(A, 1, CONV, 1, 6)]))
+        x, y = (a, b) if runner == 0 else (b, a)
+        mine, theirs = x.repair_buckets("user", A), y.repair_buckets("user", A)
+        differ = d.diff_buckets(mine[1], theirs[1])
+        diff = d.diff_slots(x.repair_slots("user", A, differ), y.repair_slots("user", A, differ))
+        assert diff.conflicts == []
+        if diff.fetch:
+            x.apply_repair("user", A, y.repair_rows("user", A, diff.fetch, False), [])
+        if diff.send:
+            y.apply_repair("user", A, x.repair_rows("user", A, diff.send, False), [])
+        assert inbox(a, A) == inbox(b, A) == {1: (1, 6)}
+        assert a.repair_roots("user", [A]) == b.repair_roots("user", [A])

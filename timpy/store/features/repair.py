@@ -18,6 +18,7 @@ from sqlalchemy import and_, func, insert, or_, select, update
 
 from timpy.store import digest as d
 from timpy.store import schema as s
+from timpy.store.features.base import driver_many
 from timpy.store.features.copies import CopiesStore
 from timpy.store.rows import Copies
 from timpy.store.tables import KEYS
@@ -211,9 +212,11 @@ class RepairStore(CopiesStore):
         if kind == "conv":
             with self.engine.begin() as conn:
                 cleared, changed = self._clear_message_slots(conn, key, copies, replace)
-            return self.apply_copies(copies) + changed, cleared
+                raised = _raise_stamps(conn, copies.messages, [])
+            return self.apply_copies(copies) + changed + raised, cleared
         rows = [r for r in copies.inbox if r[0] == key]
         copies.inbox = [r for r in copies.inbox if r[0] != key]
+        beside = list(copies.messages)
         added = self.apply_copies(copies)  # the account (and messages) first
         # Inbox slots merge slot by slot (``digest.winner``), with no regard
         # to the same message in another slot: so the result is the same
@@ -235,6 +238,7 @@ class RepairStore(CopiesStore):
             if rows:
                 top = max(r[1] for r in rows)
                 conn.execute(update(a).where(and_(a.c.user_id == key, a.c.inbox_head < top)).values(inbox_head=top))
+            added += _raise_stamps(conn, beside, rows)
         return added, cleared
 
     @staticmethod
@@ -274,6 +278,31 @@ class RepairStore(CopiesStore):
                 keep.append((conv, seq))
         copies.messages = [row for row in copies.messages if row[0] != key or (row[0], row[1]) in keep]
         return cleared, changed
+
+
+def _raise_stamps(
+    conn: Any, messages: Sequence[tuple[bytes, int, bytes, int, bytes, int]], inbox: Sequence[tuple[bytes, int, bytes, int, int]]
+) -> int:
+    """The same message at the same slot, held here under a lower stamp than
+    the replica's: it takes the higher stamp, and a message row its time too
+    (``digest.winner`` joins one item to its higher stamp; without this the
+    two copies of one message kept their stamps, their digests never met and
+    the key was compared again on every pass; a message row kept beside an
+    inbox entry could keep another time than the conversation's). Which
+    message a slot holds does not change. Returns the rows changed."""
+    raised = 0
+    if messages:
+        raised += driver_many(
+            conn,
+            "UPDATE messages SET epoch = ?, created_ms = ? WHERE conv_id = ? AND seq = ? AND dedup = ? AND epoch < ?",
+            [(int(e), int(t), bytes(c), int(q), bytes(dd), int(e)) for c, q, dd, t, _content, e in messages],
+        )
+    if inbox:
+        raised += driver_many(
+            conn, "UPDATE inbox SET epoch = ? WHERE user_id = ? AND pos = ? AND conv_id = ? AND seq = ? AND epoch < ?",
+            [(int(e), bytes(u), int(p), bytes(c), int(q), int(e)) for u, p, c, q, e in inbox],
+        )
+    return raised
 
 
 def _without_state(copies: Copies, kind: str) -> None:
