@@ -108,6 +108,7 @@ PINNED: dict[int, tuple[str, tuple[str, ...]]] = {
     85: ('own.repaired', ('member', 'epoch')),
     86: ('webhooks.dead', ('endpoint', 'after_id', 'limit')),
     87: ('conv.history_stamped', ('conv_id', 'user_id', 'before', 'after', 'limit')),
+    88: ('copies.undo_at', ('epoch', 'messages', 'inbox', 'stamp')),
 }
 
 

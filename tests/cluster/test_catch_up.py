@@ -31,6 +31,15 @@ def row_at(node, conv: bytes, seq: int) -> tuple[bytes, int] | None:  # noqa: AN
     return None if r is None else (bytes(r.dedup), int(r.epoch))
 
 
+async def ann_and_ben(cluster) -> tuple[bytes, list[str]]:  # noqa: ANN001 - a timpy.testing Cluster
+    """Register ann and ben; their 1:1 conversation's id and its replicas."""
+    await cluster.register(0, "ann", PASSWORD)
+    await cluster.register(0, "ben", PASSWORD)
+    idx = cluster.nodes[0].indexer
+    conv = ids.direct_conversation(idx, ids.user_id(idx, "ann"), ids.user_id(idx, "ben"))
+    return conv, cluster.nodes[0].peers.placement.replicas(conv)
+
+
 async def test_a_new_owner_replaces_a_never_acknowledged_row_below_its_head_before_it_numbers(autojump_clock):
     async with open_cluster(5, seed=4) as cluster:
         await cluster.register(0, "ann", PASSWORD)
@@ -98,11 +107,7 @@ async def test_catch_up_does_not_wait_out_a_previous_replica_that_cannot_answer(
     from timpy.im.replication import CATCH_UP_GRACE, CATCH_UP_TIMEOUT
 
     async with open_cluster(5, seed=4) as cluster:
-        await cluster.register(0, "ann", PASSWORD)
-        await cluster.register(0, "ben", PASSWORD)
-        idx = cluster.nodes[0].indexer
-        conv = ids.direct_conversation(idx, ids.user_id(idx, "ann"), ids.user_id(idx, "ben"))
-        replicas = cluster.nodes[0].peers.placement.replicas(conv)
+        conv, replicas = await ann_and_ben(cluster)
         owner, successor = (cluster.node_ids.index(n) for n in replicas[:2])
         via = next(i for i in range(5) if i not in (owner, successor))
         async with cluster.client(via, "ann", PASSWORD) as a:
@@ -135,11 +140,7 @@ async def test_catch_up_refuses_at_once_when_too_few_of_the_previous_replicas_ar
     from timpy.im.replication import CATCH_UP_TIMEOUT
 
     async with open_cluster(5, seed=4) as cluster:
-        await cluster.register(0, "ann", PASSWORD)
-        await cluster.register(0, "ben", PASSWORD)
-        idx = cluster.nodes[0].indexer
-        conv = ids.direct_conversation(idx, ids.user_id(idx, "ann"), ids.user_id(idx, "ben"))
-        replicas = cluster.nodes[0].peers.placement.replicas(conv)
+        conv, replicas = await ann_and_ben(cluster)
         minority = [cluster.node_ids.index(n) for n in replicas[:2]]
         majority = [i for i in range(5) if i not in minority]
         async with cluster.client(majority[0], "ann", PASSWORD) as a:

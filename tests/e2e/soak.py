@@ -27,8 +27,8 @@ import trio
 
 import timpy
 from tests.conftest import PASSWORD
-from tests.e2e import test_partition_processes as tp
 from tests.e2e.netns import IP, IPTABLES, why_not_available
+from tests.support import split_cluster as tp
 from timpy.crypto.blind import BlindIndexer
 from timpy.crypto.keys import ClusterKeys, decode_key
 from timpy.crypto.seal import Sealer

@@ -164,3 +164,30 @@ def test_one_inbox_entry_held_under_two_stamps_takes_the_higher_and_the_digests_
             y.apply_repair("user", A, x.repair_rows("user", A, diff.send, False), [])
         assert inbox(a, A) == inbox(b, A) == {1: (1, 6)}
         assert a.repair_roots("user", [A]) == b.repair_roots("user", [A])
+
+
+def test_an_undo_removes_only_the_rows_of_its_own_write_not_a_later_write_of_the_same_slot():
+    """A write that missed its quorum is undone by its rows' stamp. The same
+    message placed again at the same slot by a later write (the retry, after
+    the undo moved the head back) has a higher stamp: an undo of the first
+    write that arrives late (a replica it reached only after the split healed)
+    must leave it, or an acknowledged message leaves its recipient's inbox."""
+    repo = replica()
+    repo.apply_copies(Copies(messages=[message(1, 1, 5)], inbox=[(A, 1, CONV, 1, 5)]))
+    late = repo.undo_writes([(CONV, 1, bytes([1]) * 16)], [(A, 1, CONV, 1)], stamp=3)  # the first try's stamp
+    assert late == 0
+    assert slots(repo) == {1: (bytes([1]) * 16, 5)} and inbox(repo, A) == {1: (1, 5)}
+    assert repo.undo_writes([(CONV, 1, bytes([1]) * 16)], [(A, 1, CONV, 1)], stamp=5) == 2
+    assert slots(repo) == {} and inbox(repo, A) == {}
+
+
+async def test_late_copies_of_an_undone_write_are_dropped_but_a_later_writes_copies_land():
+    from timpy.im.peers import Peers
+    from timpy.im.replication import Replicator
+
+    replicator = Replicator(None, Peers.standalone("n1"))  # type: ignore[arg-type]  # no storage is touched
+    replicator._remember_undone([(CONV, 1, bytes([1]) * 16)], [(A, 1, CONV, 1)], 3)
+    late = replicator._without_undone(Copies(messages=[message(1, 1, 3)], inbox=[(A, 1, CONV, 1, 3)]))
+    assert late.messages == [] and late.inbox == []
+    later = replicator._without_undone(Copies(messages=[message(1, 1, 5)], inbox=[(A, 1, CONV, 1, 5)]))
+    assert later.messages == [message(1, 1, 5)] and later.inbox == [(A, 1, CONV, 1, 5)]

@@ -1048,6 +1048,18 @@ class CopiesUndo:
 
 
 @dataclass(frozen=True)
+class CopiesUndoAt:
+    """``CopiesUndo`` of rows with one stamp (a writer batch gives all its rows
+    one): only rows with it are removed, so a late undo never removes a later
+    write of the same slot and message (a retry placed again)."""
+
+    epoch: int
+    messages: list[tuple[bytes, int, bytes]]  # (conv, seq, dedup)
+    inbox: list[tuple[bytes, int, bytes, int]]  # (user, pos, conv, seq)
+    stamp: int
+
+
+@dataclass(frozen=True)
 class CopiesAfter:
     key: bytes
     after: int  # the asker's head: rows beyond it
@@ -1249,3 +1261,4 @@ class DeadLetter:
 
 CONV_HISTORY_STAMPED = op(87, "conv.history_stamped", HistoryOf, HistoryCopy, THIS_NODE)  # a replica's rows with their stamps, when the owner is out of reach
 WEBHOOKS_DEAD = op(86, "webhooks.dead", DeadLettersOf, list[DeadLetter], THIS_NODE, timeout=10.0)  # the asked node's dead letters of keys it delivers
+COPIES_UNDO_AT = op(88, "copies.undo_at", CopiesUndoAt, int, THIS_NODE, timeout=2.0)  # copies.undo of one stamp

@@ -176,7 +176,8 @@ class Replicator:
     # --- undoing a write that missed its quorum --------------------------------
 
     async def undo(
-        self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+        self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]],
+        stamp: int = 0,
     ) -> None:
         """The rows of a write that did not reach its write quorum were never
         acknowledged: remove them here and on every node they may have reached,
@@ -184,18 +185,19 @@ class Replicator:
         same place. Only where the epoch is still ``epoch``: a node that
         accepted a newer one may have handed the rows to a new owner, who
         then keeps them. Best effort: a node that cannot be reached keeps its
-        copy (docs/consistency.md, "Limits")."""
+        copy (docs/consistency.md, "Limits"). Only rows with the write's
+        ``stamp`` go: a later write of the same slot and message stays."""
         if not messages and not inbox:
             return
-        self._remember_undone(messages, inbox)
-        await self._undo_here(epoch, messages, inbox)
+        self._remember_undone(messages, inbox, stamp)
+        await self._undo_here(epoch, messages, inbox, stamp)
         others = sorted(self._peers.placement.members - {self._peers.self_id})
-        undo = ops.CopiesUndo(epoch, messages, inbox)
+        undo = ops.CopiesUndoAt(epoch, messages, inbox, stamp)
 
         async def undo_at(node: str) -> None:
             for attempt in range(UNDO_ATTEMPTS):  # a lost request or answer is retried: undo is idempotent
                 try:
-                    await self._peers.start_call(node, ops.COPIES_UNDO, undo).result(CATCH_UP_TIMEOUT)
+                    await self._peers.start_call(node, ops.COPIES_UNDO_AT, undo).result(CATCH_UP_TIMEOUT)
                     return
                 except TimpyError as exc:
                     if attempt == UNDO_ATTEMPTS - 1:
@@ -206,26 +208,30 @@ class Replicator:
                 nursery.start_soon(undo_at, node)
 
     async def _undo_here(
-        self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+        self, epoch: int, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]],
+        stamp: int = 0,
     ) -> int:
         ownership = self._peers.ownership
         if ownership is None or ownership.epoch.number != epoch:
             return 0
         try:
             async with ownership.applying(epoch):  # a fence from a newer epoch waits for it
-                return await self._store.run(self._store.local.undo_writes, messages, inbox)
+                return await self._store.run(self._store.local.undo_writes, messages, inbox, stamp)
         except TimpyError:
             return 0
 
     def _remember_undone(
-        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]], stamp: int = 0
     ) -> None:
-        """A copy of an undone row may still be on its way: drop it when it comes."""
+        """A copy of an undone row may still be on its way: drop it when it
+        comes. Only a copy with the undone write's stamp (0: any): a retry that
+        places the same message at the same slot again is a later write, with
+        a higher stamp, and its copies must land."""
         expires = trio.current_time() + UNDONE_MEMORY
         for row in messages:
-            self._undone[("m", *row)] = expires
+            self._undone[("m", *row, stamp)] = expires
         for entry in inbox:
-            self._undone[("i", *entry)] = expires
+            self._undone[("i", *entry, stamp)] = expires
         if len(self._undone) > 100_000:
             now = trio.current_time()
             self._undone = {k: t for k, t in self._undone.items() if t > now}
@@ -235,9 +241,15 @@ class Replicator:
             return copies
         now = trio.current_time()
         live = {k for k, t in self._undone.items() if t > now}
-        copies.messages = [r for r in copies.messages if ("m", bytes(r[0]), int(r[1]), bytes(r[2])) not in live]
+        copies.messages = [
+            r for r in copies.messages
+            if ("m", bytes(r[0]), int(r[1]), bytes(r[2]), int(r[5])) not in live
+            and ("m", bytes(r[0]), int(r[1]), bytes(r[2]), 0) not in live
+        ]
         copies.inbox = [
-            e for e in copies.inbox if ("i", bytes(e[0]), int(e[1]), bytes(e[2]), int(e[3])) not in live
+            e for e in copies.inbox
+            if ("i", bytes(e[0]), int(e[1]), bytes(e[2]), int(e[3]), int(e[4])) not in live
+            and ("i", bytes(e[0]), int(e[1]), bytes(e[2]), int(e[3]), 0) not in live
         ]
         return copies
 
@@ -627,8 +639,12 @@ class Replicator:
                 return await self._store.run(self._store.local.apply_copies, copies, True)
 
         async def undo(a: ops.CopiesUndo) -> int:
-            self._remember_undone(a.messages, a.inbox)
+            self._remember_undone(a.messages, a.inbox)  # a node before stamps in undo: any stamp
             return await self._undo_here(a.epoch, a.messages, a.inbox)
+
+        async def undo_at(a: ops.CopiesUndoAt) -> int:
+            self._remember_undone(a.messages, a.inbox, a.stamp)
+            return await self._undo_here(a.epoch, a.messages, a.inbox, a.stamp)
 
         async def fence(epoch: Epoch | None) -> None:
             # A new owner reads this copy: from now on refuse writes from older epochs.
@@ -680,6 +696,7 @@ class Replicator:
 
         serve(ops.COPIES_APPLY, apply)
         serve(ops.COPIES_UNDO, undo)
+        serve(ops.COPIES_UNDO_AT, undo_at)
         serve(ops.COPIES_CONV, conv)
         serve(ops.COPIES_USER, user)
         serve(ops.REPAIR_RANGE, repair_range)

@@ -637,7 +637,7 @@ class Writer:
                           for u, pos in a.inbox.items()]
             undo_inbox += [(p.item.user_id, pl.pos, p.item.conv_id, p.item.seq)
                            for p, pl in zip(inbox, written.placed, strict=True) if pl.new]
-            await self._replicator.undo(epoch, undo_rows, undo_inbox)
+            await self._replicator.undo(epoch, undo_rows, undo_inbox, written.epoch)
             raise
 
     def _fan_out(self, new: NewMessage, seq: int, sealed: bytes, epoch: int = 0) -> list[Call]:

@@ -73,7 +73,7 @@ class UndoProtocol(Protocol):
     """Replicas only: taking back a write that never reached its quorum."""
 
     def undo_writes(
-        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]], stamp: int = 0
     ) -> int: ...
 
 
@@ -355,24 +355,25 @@ class MessagesStore(StoreBase):
         return placed
 
     def undo_writes(
-        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]]
+        self, messages: list[tuple[bytes, int, bytes]], inbox: list[tuple[bytes, int, bytes, int]], stamp: int = 0
     ) -> int:
         """Remove the rows of a write that never reached its write quorum (so
         was never acknowledged): exactly these (conversation, seq, dedup) and
-        (user, position, conversation, seq), and move the counters back to the
-        highest row left, so the next owner's numbering leaves no gap. Returns
-        the number of rows removed."""
+        (user, position, conversation, seq) with the write's ``stamp`` (0: any),
+        and move the counters back to the highest row left, so the next owner's
+        numbering leaves no gap. A row of the same slot and message written
+        later (a retry placed again, under a higher stamp) stays: an undo that
+        arrives late must not take back an acknowledged write. Returns the
+        number of rows removed."""
         m, c, a, i = s.messages, s.conversations, s.accounts, s.inbox
         removed = 0
         with self.engine.begin() as conn:
             for conv, seq, dedup in messages:
-                removed += conn.execute(
-                    delete(m).where(and_(m.c.conv_id == conv, m.c.seq == seq, m.c.dedup == dedup))
-                ).rowcount
+                where = and_(m.c.conv_id == conv, m.c.seq == seq, m.c.dedup == dedup)
+                removed += conn.execute(delete(m).where(and_(where, m.c.epoch == stamp) if stamp else where)).rowcount
             for user, pos, conv, seq in inbox:
-                removed += conn.execute(
-                    delete(i).where(and_(i.c.user_id == user, i.c.pos == pos, i.c.conv_id == conv, i.c.seq == seq))
-                ).rowcount
+                where = and_(i.c.user_id == user, i.c.pos == pos, i.c.conv_id == conv, i.c.seq == seq)
+                removed += conn.execute(delete(i).where(and_(where, i.c.epoch == stamp) if stamp else where)).rowcount
             for conv in {x[0] for x in messages}:
                 top = conn.execute(select(func.max(m.c.seq)).where(m.c.conv_id == conv)).scalar() or 0
                 conn.execute(update(c).where(and_(c.c.conv_id == conv, c.c.last_seq > top)).values(last_seq=top))
