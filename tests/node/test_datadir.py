@@ -80,3 +80,23 @@ async def test_the_stamp_floor_is_kept_in_the_data_directory_above_every_stored_
                 top = conn.execute(select(func.max(schema.messages.c.epoch))).scalar_one()
             floor = StampFloor(tmp_path / "data" / FILE).value
             assert top and floor >= top
+
+
+async def test_a_node_on_a_file_checkpoints_its_wal_in_the_background_and_stops_with_it(tmp_path: Path) -> None:
+    import trio
+
+    config = node_config(memory=False, data_dir=tmp_path / "data")
+    async with timpy.open_node(config) as node:
+        checkpointer = node.checkpointer
+        assert checkpointer is not None and checkpointer.path == tmp_path / "data" / "timpy.sqlite3"
+        await timpy.register(node.tcp_url, "alice", "correct-horse")
+        await timpy.register(node.tcp_url, "bob", "correct-horse")
+        async with timpy.connect(node.tcp_url, "alice", "correct-horse") as alice:
+            for n in range(5):
+                await alice.send("bob", f"hello {n}")
+        with trio.fail_after(20):  # bounded: a checkpoint every quarter of a second
+            while checkpointer.pages == 0:
+                await trio.sleep(0.05)
+    assert checkpointer._conn is None  # closed with the node, before its store
+    async with timpy.open_node(node_config()) as memory:
+        assert memory.checkpointer is None  # nothing to checkpoint in memory

@@ -214,3 +214,64 @@ def test_a_sqlite_file_is_opened_in_wal_mode_with_a_memory_map_and_a_long_checkp
         assert pragma("journal_mode") == "wal" and pragma("synchronous") == 2  # FULL
         assert pragma("mmap_size") > 1 << 30 and pragma("wal_autocheckpoint") == SQLITE_CHECKPOINT_PAGES
     engine.dispose()
+
+
+def test_with_background_checkpoints_the_writers_own_checkpoint_is_only_a_backstop(tmp_path):
+    from timpy.store.engine import SQLITE_BACKSTOP_PAGES, SQLITE_CHECKPOINT_PAGES, sqlite_engine
+
+    engine = sqlite_engine(tmp_path / "t.sqlite3", background_checkpoints=True)
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == SQLITE_BACKSTOP_PAGES
+    assert SQLITE_BACKSTOP_PAGES > SQLITE_CHECKPOINT_PAGES
+    engine.dispose()
+
+
+def _wal_state(path) -> tuple[int, int]:
+    """(frames in the WAL, frames of it copied into the file), read by a passive checkpoint of nothing new."""
+    conn = sqlite3.connect(path)
+    try:
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        _busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        return frames, done
+    finally:
+        conn.close()
+
+
+def test_the_background_checkpointer_copies_the_wal_into_the_file_beside_a_writer(tmp_path):
+    from timpy.store.engine import WalCheckpointer, sqlite_engine
+
+    path = tmp_path / "t.sqlite3"
+    r = Repository(sqlite_engine(path, background_checkpoints=True), Sealer(KEY))
+    r.create_schema()
+    accounts(r, A, B)
+    r.append_messages([msg(d) for d in range(40)])
+    checkpointer = WalCheckpointer(path)
+    try:
+        copied = checkpointer.checkpoint()
+        assert copied > 0 and checkpointer.runs == 1 and checkpointer.pages == copied
+        frames, done = _wal_state(path)
+        assert frames == done > 0  # every frame of the WAL is in the file now
+        assert checkpointer.checkpoint() == 0  # nothing new
+        # A writer in the middle of a transaction is neither waited for nor
+        # disturbed: a passive checkpoint copies what is committed only.
+        with r.engine.begin() as conn:
+            conn.exec_driver_sql("UPDATE accounts SET inbox_head = inbox_head WHERE user_id = ?", (A,))
+            checkpointer.checkpoint()
+        more = r.append_messages([msg(d) for d in range(40, 60)])
+        assert [m.seq for m in more] == list(range(41, 61))
+        assert checkpointer.checkpoint() > 0
+    finally:
+        checkpointer.close()
+        r.close()
+    # Everything reads back, in order, once reopened.
+    again = Repository(sqlite_engine(path), Sealer(KEY))
+    rows, more_left = again.read_history(CONV, 0, None, 100)
+    assert [m.seq for m in rows] == list(range(1, 61)) and not more_left
+    again.close()
+
+
+def test_the_checkpointer_refuses_an_unknown_sync_mode(tmp_path):
+    from timpy.store.engine import WalCheckpointer
+
+    with pytest.raises(ValueError, match="sqlite_synchronous"):
+        WalCheckpointer(tmp_path / "t.sqlite3", "SOMETIMES")

@@ -73,7 +73,7 @@ from timpy.node.datadir import DataDirLock
 from timpy.node.identity import load_or_create_identity, node_id_of
 from timpy.node.metrics import NodeMetrics, counters, gauge, gauges
 from timpy.store.backends import BackendMap
-from timpy.store.engine import sqlite_engine, url_engine
+from timpy.store.engine import WalCheckpointer, sqlite_engine, url_engine
 from timpy.store.outbox import Outbox, ShardedOutbox
 from timpy.store.repository import Repository, Store
 from timpy.store.rows import InboxItem
@@ -149,6 +149,7 @@ class Node:
         self.terminals = TerminalRegistry()
         self.stored_count = 0  # messages this node's writer numbered and stored since it started
         self.tasks = TaskHost()  # background work: kept until it runs, refused once it stopped
+        self.checkpointer: WalCheckpointer | None = None  # an embedded SQLite file's, started with the node
         self._tasks_scope = trio.CancelScope()
         self._tasks_done = trio.Event()
         self.gate = ConnectionGate(config.limits.max_connections)
@@ -197,7 +198,8 @@ class Node:
             engine, where, threads = sqlite_engine(None), "memory", 1
         else:
             path = c.data_dir / "timpy.sqlite3"
-            engine, where, threads = sqlite_engine(path, c.sqlite_synchronous), str(path), 1
+            engine, where, threads = sqlite_engine(path, c.sqlite_synchronous, background_checkpoints=True), str(path), 1
+            self.checkpointer = WalCheckpointer(path, c.sqlite_synchronous)
         return Store(Repository(engine, Sealer(keys.storage), kinds.effect_of), threads, self._observe_storage), where
 
     async def _start(self, nursery: trio.Nursery) -> None:
@@ -340,6 +342,8 @@ class Node:
         self.writer.add_check(self.attachments.check)
         self.writer.listen(self.attachments.on_commit)
         self.tasks.spawn(self.attachments.run)  # retention sweeps; stopped with the task host
+        if self.checkpointer is not None:
+            self.tasks.spawn(self.checkpointer.run)  # stopped with the task host, before the store closes
         await nursery.start(self._run_tasks)
         nursery.start_soon(self._run_writer)
         await nursery.start(self._run_cluster)

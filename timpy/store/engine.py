@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
+import logging
+import sqlite3
 from pathlib import Path
 
+import trio
 from sqlalchemy import Engine, create_engine, event, make_url
 from sqlalchemy.pool import StaticPool
 
+from timpy.concurrency import to_worker
 from timpy.errors import ConfigError
 from timpy.files import private_database
+
+log = logging.getLogger("timpy.store")
 
 _SYNC_MODES = {"OFF", "NORMAL", "FULL", "EXTRA"}
 CONNECT_TIMEOUT = 3  # seconds
@@ -24,10 +30,18 @@ SQLITE_CACHE_KIB = 32 * 1024  # page cache per connection to a SQLite file (SQLi
 # file once), took about a sixth off that (docs/performance.md).
 SQLITE_MMAP_BYTES = 2 << 30  # address space only (SQLite caps it just below 2 GiB); pages are the OS cache's
 SQLITE_CHECKPOINT_PAGES = 16_384  # WAL pages between automatic checkpoints (SQLite's default: 1,000)
+# A node checkpoints in the background (``WalCheckpointer``): the writer's
+# own automatic checkpoint is then a backstop, for a WAL the background one
+# could not keep up with.
+SQLITE_BACKSTOP_PAGES = 4 * SQLITE_CHECKPOINT_PAGES
+CHECKPOINT_INTERVAL = 0.25  # seconds between two background checkpoints
 
 
-def sqlite_engine(path: Path | None, synchronous: str = "FULL") -> Engine:
-    """An engine on a SQLite file in WAL mode, or on memory when ``path`` is None."""
+def sqlite_engine(path: Path | None, synchronous: str = "FULL", background_checkpoints: bool = False) -> Engine:
+    """An engine on a SQLite file in WAL mode, or on memory when ``path`` is None.
+
+    ``background_checkpoints``: a ``WalCheckpointer`` copies the WAL back
+    into the file, so the engine's connections checkpoint only as a backstop."""
     if synchronous.upper() not in _SYNC_MODES:
         raise ValueError(f"sqlite_synchronous must be one of {sorted(_SYNC_MODES)}")
     if path is None:
@@ -53,12 +67,70 @@ def sqlite_engine(path: Path | None, synchronous: str = "FULL") -> Engine:
             # back from the file cache. Taken as used, per connection.
             cur.execute(f"PRAGMA cache_size=-{SQLITE_CACHE_KIB}")
             cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
-            cur.execute(f"PRAGMA wal_autocheckpoint={SQLITE_CHECKPOINT_PAGES}")
+            pages = SQLITE_BACKSTOP_PAGES if background_checkpoints else SQLITE_CHECKPOINT_PAGES
+            cur.execute(f"PRAGMA wal_autocheckpoint={pages}")
         cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
 
     return engine
+
+
+class WalCheckpointer:
+    """Copies a SQLite file's WAL back into the file from a connection and a
+    thread of its own, beside the writer.
+
+    Left to the writer's connection, a checkpoint runs inside the commit that
+    crosses the threshold: with a long history each message dirties pages of
+    its own (its conversation's part of each index), so a quarter of a second
+    of writes is tens of megabytes to copy and sync while no batch commits.
+    Here it is a passive checkpoint (it never waits for the writer and never
+    holds it up) every ``CHECKPOINT_INTERVAL`` seconds, on the other core: the
+    sqlite3 module lets go of the interpreter lock while SQLite works."""
+
+    def __init__(self, path: Path, synchronous: str = "FULL") -> None:
+        if synchronous.upper() not in _SYNC_MODES:
+            raise ValueError(f"sqlite_synchronous must be one of {sorted(_SYNC_MODES)}")
+        self.path = path
+        self.synchronous = synchronous.upper()
+        self._conn: sqlite3.Connection | None = None
+        self._done = 0
+        self.runs = 0  # checkpoints that copied pages
+        self.pages = 0  # WAL frames copied, in all
+
+    def checkpoint(self) -> int:
+        """One passive checkpoint (blocking): the WAL frames it copied."""
+        if self._conn is None:
+            conn = sqlite3.connect(self.path, timeout=CONNECT_TIMEOUT, check_same_thread=False, isolation_level=None)
+            conn.execute(f"PRAGMA synchronous={self.synchronous}")
+            self._conn = conn
+        row = self._conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        _busy, _frames, done = (int(x) for x in row) if row is not None else (0, 0, 0)
+        # ``done``: frames of the WAL copied so far; it starts again at 0 when the WAL does.
+        copied = done - self._done if done >= self._done else done
+        self._done = done
+        if copied > 0:
+            self.runs += 1
+            self.pages += copied
+        return max(0, copied)
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    async def run(self, interval: float = CHECKPOINT_INTERVAL) -> None:
+        """Checkpoint every ``interval`` seconds until cancelled."""
+        limiter = trio.CapacityLimiter(1)  # its own thread: never behind the store's calls
+        try:
+            for _ in range(1 << 62):  # bounded by the node's life: cancelled when it stops
+                await trio.sleep(interval)
+                try:
+                    await to_worker(self.checkpoint, limiter=limiter)
+                except sqlite3.Error as exc:  # busy or locked: the writer's backstop keeps the WAL bounded
+                    log.debug("background checkpoint skipped: %s", exc)
+        finally:
+            self.close()
 
 
 def url_engine(url: str, synchronous: str = "FULL") -> Engine:
