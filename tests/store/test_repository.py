@@ -217,11 +217,12 @@ def test_a_sqlite_file_is_opened_in_wal_mode_with_a_memory_map_and_a_long_checkp
 
 
 def test_with_background_checkpoints_the_writers_own_checkpoint_is_only_a_backstop(tmp_path):
-    from timpy.store.engine import SQLITE_BACKSTOP_PAGES, SQLITE_CHECKPOINT_PAGES, sqlite_engine
+    from timpy.store.engine import SQLITE_BACKSTOP_PAGES, SQLITE_CHECKPOINT_PAGES, SQLITE_WAL_KEPT_BYTES, sqlite_engine
 
     engine = sqlite_engine(tmp_path / "t.sqlite3", background_checkpoints=True)
     with engine.connect() as conn:
         assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == SQLITE_BACKSTOP_PAGES
+        assert conn.exec_driver_sql("PRAGMA journal_size_limit").scalar() == SQLITE_WAL_KEPT_BYTES
     assert SQLITE_BACKSTOP_PAGES > SQLITE_CHECKPOINT_PAGES
     engine.dispose()
 
@@ -275,3 +276,24 @@ def test_the_checkpointer_refuses_an_unknown_sync_mode(tmp_path):
 
     with pytest.raises(ValueError, match="sqlite_synchronous"):
         WalCheckpointer(tmp_path / "t.sqlite3", "SOMETIMES")
+
+
+def test_a_wal_that_starts_again_is_cut_back_to_its_kept_size(tmp_path, monkeypatch):
+    from timpy.store import engine as e
+
+    monkeypatch.setattr(e, "SQLITE_WAL_KEPT_BYTES", 64 * 1024)
+    path = tmp_path / "t.sqlite3"
+    r = Repository(e.sqlite_engine(path, background_checkpoints=True), Sealer(KEY))
+    r.create_schema()
+    accounts(r, A, B)
+    r.append_messages([msg(d, body=bytes(600)) for d in range(400)])
+    wal = tmp_path / "t.sqlite3-wal"
+    assert wal.stat().st_size > 64 * 1024
+    checkpointer = e.WalCheckpointer(path)
+    try:
+        assert checkpointer.checkpoint() > 0
+        r.append_messages([msg(400)])  # the next write starts the WAL again from its beginning
+        assert wal.stat().st_size <= 64 * 1024
+    finally:
+        checkpointer.close()
+        r.close()

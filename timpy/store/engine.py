@@ -35,6 +35,9 @@ SQLITE_CHECKPOINT_PAGES = 16_384  # WAL pages between automatic checkpoints (SQL
 # could not keep up with.
 SQLITE_BACKSTOP_PAGES = 4 * SQLITE_CHECKPOINT_PAGES
 CHECKPOINT_INTERVAL = 0.25  # seconds between two background checkpoints
+# The WAL file keeps its largest size once written; when it starts again from
+# its beginning SQLite cuts it back to this (an idle node does not keep 256 MiB).
+SQLITE_WAL_KEPT_BYTES = SQLITE_CHECKPOINT_PAGES * 4096
 
 
 def sqlite_engine(path: Path | None, synchronous: str = "FULL", background_checkpoints: bool = False) -> Engine:
@@ -69,6 +72,7 @@ def sqlite_engine(path: Path | None, synchronous: str = "FULL", background_check
             cur.execute(f"PRAGMA mmap_size={SQLITE_MMAP_BYTES}")
             pages = SQLITE_BACKSTOP_PAGES if background_checkpoints else SQLITE_CHECKPOINT_PAGES
             cur.execute(f"PRAGMA wal_autocheckpoint={pages}")
+            cur.execute(f"PRAGMA journal_size_limit={SQLITE_WAL_KEPT_BYTES}")
         cur.execute(f"PRAGMA synchronous={synchronous.upper()}")
         cur.execute("PRAGMA foreign_keys=ON")
         cur.close()
