@@ -217,7 +217,12 @@ def test_a_sqlite_file_is_opened_in_wal_mode_with_a_memory_map_and_a_long_checkp
 
 
 def test_with_background_checkpoints_the_writers_own_checkpoint_is_only_a_backstop(tmp_path):
-    from timpy.store.engine import SQLITE_BACKSTOP_PAGES, SQLITE_CHECKPOINT_PAGES, SQLITE_WAL_KEPT_BYTES, sqlite_engine
+    from timpy.store.engine import (
+        SQLITE_BACKSTOP_PAGES,
+        SQLITE_CHECKPOINT_PAGES,
+        SQLITE_WAL_KEPT_BYTES,
+        sqlite_engine,
+    )
 
     engine = sqlite_engine(tmp_path / "t.sqlite3", background_checkpoints=True)
     with engine.connect() as conn:
