@@ -30,6 +30,7 @@ from timpy.store.features.base import (
 from timpy.store.rows import Row
 
 TOKEN_SIZE = 8  # bytes of a token (``search_rules.TOKEN_SIZE``)
+TOGETHER_MAX = 16  # messages after a conversation's head that ``search_index_many`` indexes with the others
 REWIND = 1024  # messages indexed again when the head's message was replaced (more than a writer batch)
 
 #: What a message (its opened content; empty when gone) does to the index:
@@ -94,6 +95,8 @@ class SearchStore(StoreBase):
         left: list[bytes] = []
         budget = limit
         with self.engine.begin() as conn:
+            wanted, read = self._index_together(conn, wanted, limit)
+            budget -= read
             for n, (conv_id, plan) in enumerate(wanted):
                 if budget <= 0:
                     left += [c for c, _ in wanted[n:]]
@@ -103,6 +106,100 @@ class SearchStore(StoreBase):
                     left.append(conv_id)
                 budget -= max(1, read)
         return left
+
+    def _index_together(
+        self, conn: Any, wanted: Sequence[tuple[bytes, IndexPlan]], limit: int,
+    ) -> tuple[list[tuple[bytes, IndexPlan]], int]:
+        """The common case of ``search_index_many``, for many conversations in
+        a few statements: a head whose message is still the one indexed, at
+        most ``TOGETHER_MAX`` messages after it, each one to index or to skip.
+        Under a flood of 1:1 messages each conversation gets a message or two
+        between two rounds, and six statements a conversation
+        (``_index_one``) were most of indexing's cost. Returns the
+        conversations left to ``_index_one`` (anything else: a head to
+        rewind, an edit, recall or burn to apply, a long way behind), in
+        their order, and the messages read here, at most ``limit``."""
+        if not wanted or limit <= 0:
+            return list(wanted), 0
+        convs = list(dict.fromkeys(c for c, _ in wanted))
+        heads: dict[bytes, tuple[int, bytes]] = {}
+        at_head: dict[bytes, bytes] = {}
+        tops: dict[bytes, int] = {}
+        for start in range(0, len(convs), 500):
+            chunk = convs[start:start + 500]
+            for conv, seq, dedup in driver_in(conn, "SELECT conv_id, seq, dedup FROM search_heads WHERE conv_id IN",
+                                              chunk, lock=True):
+                heads[bytes(conv)] = (int(seq), bytes(dedup))
+            for conv, dedup in driver_in(conn, "SELECT h.conv_id, m.dedup FROM search_heads h JOIN messages m"
+                                               " ON m.conv_id = h.conv_id AND m.seq = h.seq WHERE h.conv_id IN", chunk):
+                at_head[bytes(conv)] = bytes(dedup)
+            for conv, top in driver_in(conn, "SELECT conv_id, MAX(seq) FROM messages WHERE conv_id IN", chunk,
+                                       "GROUP BY conv_id"):
+                tops[bytes(conv)] = int(top)
+        quick: list[bytes] = []
+        done: set[bytes] = set()
+        room = limit
+        for conv in convs:
+            seq, dedup = heads.get(conv, (0, b""))
+            behind = tops.get(conv, 0) - seq
+            if seq and at_head.get(conv) != dedup:
+                continue  # the head's message was replaced: rewound one by one
+            if behind <= 0:
+                done.add(conv)  # nothing after the head
+            elif behind <= min(TOGETHER_MAX, room):
+                quick.append(conv)
+                room -= behind
+        rows: dict[bytes, list[tuple[Any, ...]]] = {c: [] for c in quick}
+        for start in range(0, len(quick), 100):
+            chunk = quick[start:start + 100]
+            for conv, seq, dedup, content in driver_rows(
+                conn,
+                "SELECT m.conv_id, m.seq, m.dedup, m.content FROM messages m LEFT JOIN search_heads h"
+                " ON h.conv_id = m.conv_id WHERE m.conv_id IN (" + ", ".join("?" * len(chunk)) + ")"
+                " AND m.seq > COALESCE(h.seq, 0) ORDER BY m.conv_id, m.seq",
+                tuple(chunk),
+            ):
+                rows[bytes(conv)].append((int(seq), bytes(dedup), content))
+        plans = dict(wanted)
+        read = 0
+        docs: list[tuple[bytes, int, bytes]] = []
+        postings: list[tuple[bytes, bytes, int]] = []
+        new_heads: list[tuple[bytes, int, bytes]] = []
+        moved_heads: list[tuple[int, bytes, bytes, int]] = []
+        for conv in quick:
+            stored, _ = heads.get(conv, (0, b""))
+            head, head_dedup = stored, b""
+            fresh: dict[int, list[bytes]] = {}
+            usual = True
+            for seq, dedup, content in rows[conv][:TOGETHER_MAX]:
+                if seq != head + 1:
+                    break  # a gap (a row not copied here yet): indexed when it is
+                action, _target, tokens = plans[conv](self._open_message(conv, seq, bytes(content)))
+                if action == "index":
+                    if tokens:
+                        fresh[seq] = tokens
+                elif action != "skip":
+                    usual = False  # acts on an earlier message: one by one
+                    break
+                head, head_dedup = seq, dedup
+            if not usual:
+                continue
+            done.add(conv)
+            read += len(rows[conv])
+            for q, t in fresh.items():
+                toks = sorted(set(t))
+                docs.append((conv, q, b"".join(toks)))
+                postings += [(conv, tok, q) for tok in toks]
+            if head != stored:
+                if conv in heads:
+                    moved_heads.append((head, head_dedup, conv, stored))
+                else:
+                    new_heads.append((conv, head, head_dedup))
+        _many(conn, "INSERT INTO search_docs (conv_id, seq, tokens) VALUES (?, ?, ?)", docs)
+        _many(conn, "INSERT INTO search_postings (conv_id, token, seq) VALUES (?, ?, ?)", postings)
+        _many(conn, "INSERT INTO search_heads (conv_id, seq, dedup) VALUES (?, ?, ?)", new_heads)
+        _many(conn, "UPDATE search_heads SET seq = ?, dedup = ? WHERE conv_id = ? AND seq = ?", moved_heads)
+        return [(c, p) for c, p in wanted if c not in done], read
 
     def _index_one(self, conn: Any, conv_id: bytes, plan: IndexPlan, limit: int) -> tuple[int, bool, int]:
         """Index up to ``limit`` messages after the head, in ``conn``'s
