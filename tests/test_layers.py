@@ -1,7 +1,7 @@
 """Layers only point down: every import in timpy/ is checked against one order.
 
 The order is DESIGN.md's (bottom to top), documented in docs/architecture.md:
-base (errors, concurrency, logs, files) < wire < crypto < config < cluster <
+base (errors, concurrency, logs, files, frozen) < wire < crypto < config < cluster <
 store < im < gateway < node; client may import base and wire only; cli,
 timpy/__init__, timpy/__main__ and timpy/testing are on top. Imports under
 ``if TYPE_CHECKING:`` count: a type is a dependency.
@@ -26,7 +26,7 @@ import pytest
 PACKAGE = Path(__file__).resolve().parent.parent / "timpy"
 
 ORDER = ["base", "wire", "crypto", "config", "cluster", "store", "im", "gateway", "node"]
-BASE = {"errors", "concurrency", "logs", "files"}
+BASE = {"errors", "concurrency", "logs", "files", "frozen"}
 TOP = {"cli", "__init__", "__main__", "testing"}
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import timpy
 from tests.conftest import node_config
 from timpy.gateway import services
-from timpy.gateway.services import GatewayMetrics, NodeServices
+from timpy.gateway.services import Counts, GatewayMetrics, NodeServices, Observes
 
 GATEWAY = Path(services.__file__).parent
 
@@ -45,7 +45,7 @@ def check_satisfies(obj: object, protocol: type, namespace: dict[str, object]) -
         value = getattr(obj, name)
         if isinstance(member, property):
             wanted = typing.get_type_hints(member.fget, localns=namespace)["return"]
-            if wanted in (GatewayMetrics,):
+            if wanted in (GatewayMetrics, Counts, Observes):
                 problems += check_satisfies(value, wanted, namespace)
             elif isinstance(wanted, type) and not isinstance(value, wanted):
                 problems.append(f"{name} is a {type(value).__name__}, {protocol.__name__} wants {wanted.__name__}")

@@ -20,6 +20,7 @@ from timpy.wire.messages import (
     KIND_NORMAL,
     KIND_RECALL,
     ChatMessage,
+    MessageContent,
     pack_content,
     unpack_content,
 )
@@ -113,3 +114,36 @@ def test_profile_changes_are_checked_and_applied():
     with pytest.raises(RequestError):
         apply_profile_changes({}, {f"f{i}": "v" for i in range(33)})
     assert msgpack.unpackb(msgpack.packb(p)) == p
+
+
+@given(
+    kind=st.integers(-(2**31), 2**31 - 1),
+    ext=st.dictionaries(st.sampled_from(["target", "at", "key", "on"]), st.text(max_size=6), max_size=4),
+)
+def test_the_quick_kind_agrees_with_the_whole_content(kind, ext):
+    """``effect_of`` reads only the kind of most messages (``kind_of``): it
+    must be what unpacking the whole content says, and decide nothing else."""
+    packed = pack_content("c1", "ann", "ben", kind, b"body", ext)
+    assert MessageContent.kind_of(packed) == MessageContent.unpack(packed).kind == kind
+    if kind not in kinds.ACTING:
+        assert kinds.effect_of(packed) is None
+
+
+@given(raw=st.one_of(st.binary(max_size=40), st.builds(lambda v: msgpack.packb(v), st.lists(
+    st.one_of(st.integers(-5, 5), st.text(max_size=3), st.binary(max_size=3), st.none(),
+              st.dictionaries(st.just("target"), st.sampled_from(["4", "x"]), max_size=1)), max_size=8))))
+def test_the_quick_kind_decides_what_the_whole_content_decides(raw):
+    """On any bytes: where the whole content unpacks, ``kind_of`` is its
+    kind or None; and ``effect_of`` finds an effect exactly where reading
+    the whole content does."""
+    try:
+        whole = MessageContent.unpack(raw)
+    except ValueError:
+        whole = None
+    got = MessageContent.kind_of(raw)
+    assert whole is None or got is None or got == whole.kind
+    effect = kinds.effect_of(raw)
+    if whole is None or whole.kind not in kinds.ACTING or not whole.ext.get("target", "").isdigit():
+        assert effect is None
+    else:
+        assert effect is not None and effect[0] == int(whole.ext["target"])

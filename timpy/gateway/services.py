@@ -12,7 +12,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Protocol
 
 if TYPE_CHECKING:
-    from prometheus_client import Counter, Histogram
+    from prometheus_client import Counter
 
     from timpy.config import Limits, NodeConfig
     from timpy.crypto.blind import BlindIndexer
@@ -38,6 +38,14 @@ if TYPE_CHECKING:
     from timpy.wire.messages import SendResult
 
 
+class Counts(Protocol):
+    def inc(self, amount: int = 1) -> None: ...
+
+
+class Observes(Protocol):
+    def observe(self, value: float) -> None: ...
+
+
 class GatewayMetrics(Protocol):
     """The node's metrics the gateway counts into, and the text of /metrics."""
 
@@ -46,9 +54,9 @@ class GatewayMetrics(Protocol):
     @property
     def login_failures(self) -> Counter: ...
     @property
-    def messages_in(self) -> Counter: ...
+    def messages_in(self) -> Counts: ...
     @property
-    def delivery_latency(self) -> Histogram: ...
+    def delivery_latency(self) -> Observes: ...
     @property
     def errors(self) -> Counter: ...
     def render(self) -> bytes: ...

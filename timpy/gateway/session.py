@@ -56,6 +56,7 @@ _CLIENT_OPS = frozenset(
      "search", "thread_request", "upload_start", "upload_chunk", "upload_finish", "attachment_request",
      "chunk_request"}
 )
+_HANDLERS = {op: f"_op_{op.rstrip('_')}" for op in _CLIENT_OPS}  # op -> the method serving it
 _DEVICE_KIND = re.compile(r"^[a-z0-9_\-]{1,16}$")
 _NO_AUTH_OPS = frozenset({"hello", "register_", "login", "token_login", "ping"})
 
@@ -389,14 +390,15 @@ class ClientSession:
         op = "an undecodable request"
         try:
             op, body = wp.operation_of(frame)
-            if op not in _CLIENT_OPS:
+            handler = _HANDLERS.get(op)
+            if handler is None:
                 raise ProtocolError(f"{op!r} is not an operation a client sends", Code.UNKNOWN_OPERATION)
             if not self.greeted and op != "hello":
                 self.fail(ProtocolError("the first frame must be hello", Code.HANDSHAKE_REQUIRED), rid)
                 return
             if self.identity is None and op not in _NO_AUTH_OPS:
                 raise ProtocolError("log in first", Code.AUTH_REQUIRED)
-            await getattr(self, f"_op_{op.rstrip('_')}")(rid, body)
+            await getattr(self, handler)(rid, body)
         except TimpyError as exc:
             if isinstance(exc, ProtocolError):
                 self._count_violation()

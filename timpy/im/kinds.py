@@ -96,6 +96,9 @@ def check_acting(
 def effect_of(content: bytes, seq: int = 0) -> tuple[int, Callable[[bytes], bytes | None]] | None:
     """What a stored message (its plaintext content, at ``seq``) does to its
     target: the store's hook (``Repository(effect_of=...)``)."""
+    kind = MessageContent.kind_of(content)
+    if kind is not None and kind not in ACTING:
+        return None  # most messages act on nothing: known without making a value of them
     try:
         acting = MessageContent.unpack(content)
     except ValueError:

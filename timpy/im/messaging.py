@@ -157,6 +157,7 @@ class Messenger:
         self._known_users: set[bytes] = set()
         self._looking_up: dict[bytes, trio.Event] = {}  # users whose existence is being looked up
         self._peer_ids: dict[tuple[bytes, str], tuple[str, bytes, bytes, str]] = {}  # see _peer_of
+        self._names: dict[str, tuple[str, bytes]] = {}  # a recipient as written -> (normalized name, user id)
         self._user_buckets: OrderedDict[bytes, TokenBucket] = OrderedDict()
         # Who may read a conversation: its members, unless a rule here decides
         # otherwise for it (threads: the members of the thread's parent, now).
@@ -260,8 +261,14 @@ class Messenger:
     def _peer_of(self, sender_id: bytes, recipient: str) -> tuple[str, bytes, bytes, str]:
         """(normalized name, user id, 1:1 conversation id and text) of a
         sender's recipient: keyed hashes, kept for the next send."""
-        name = ids.normalize_name(recipient)
-        rid = ids.user_id(self._indexer, name)
+        known = self._names.get(recipient)
+        if known is None:  # a sender meets most recipients for the first time: each name is checked once
+            name = ids.normalize_name(recipient)
+            known = (name, ids.user_id(self._indexer, name))
+            if len(self._names) >= 100_000:
+                self._names.clear()
+            self._names[recipient] = known
+        name, rid = known
         conv = ids.direct_conversation(self._indexer, sender_id, rid)
         if len(self._peer_ids) >= 100_000:
             self._peer_ids.clear()

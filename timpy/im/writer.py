@@ -51,6 +51,7 @@ from timpy.concurrency import to_worker
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, StorageError, TimpyError
+from timpy.frozen import quick_init
 from timpy.im import ids, kinds
 from timpy.im.peers import Peers
 from timpy.im.replication import Replicator
@@ -121,6 +122,7 @@ class InboxAppend:
         self.done.set()
 
 
+@quick_init
 @dataclass(frozen=True)
 class Committed:
     """A message the writer committed, as listeners see it.

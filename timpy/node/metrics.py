@@ -8,12 +8,14 @@ are read when Prometheus scrapes.
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily
 from prometheus_client.registry import Collector
+from prometheus_client.utils import floatToGoString
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
@@ -24,12 +26,12 @@ class NodeMetrics:
         r = self.registry
         self.logins = Counter("timpy_logins", "Successful logins (password or token)", ["method"], registry=r)
         self.login_failures = Counter("timpy_login_failures", "Refused logins", registry=r)
-        self.messages_in = Counter("timpy_messages_in", "Messages accepted from clients (sends acknowledged)", registry=r)
-        self.messages_out = Counter("timpy_messages_out", "Messages pushed to live terminals on this node", registry=r)
-        self.delivery_latency = Histogram(
+        # Counted once per message, on the loop: without prometheus_client's lock (``LoopCounter``).
+        self.messages_in = LoopCounter("timpy_messages_in", "Messages accepted from clients (sends acknowledged)", r)
+        self.delivery_latency = LoopHistogram(
             "timpy_send_latency_seconds",
             "From a send's arrival to its acknowledgement: stored, replicated, in every member's inbox",
-            buckets=LATENCY_BUCKETS, registry=r,
+            LATENCY_BUCKETS, r,
         )
         self.storage_latency = Histogram(
             "timpy_storage_seconds", "Storage calls (worker thread, transaction)", ["operation"],
@@ -43,6 +45,58 @@ class NodeMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class LoopCounter(Collector):
+    """A counter only the node's trio loop adds to, once per message: a plain
+    integer, read when Prometheus scrapes. prometheus_client's ``Counter``
+    takes a lock on every ``inc`` (it may be shared by threads): about 1.7 µs
+    against 0.1 µs, on a path that runs once per message."""
+
+    def __init__(self, name: str, doc: str, registry: CollectorRegistry) -> None:
+        self.name, self.doc = name, doc
+        self.value = 0
+        registry.register(self)
+
+    def inc(self, amount: int = 1) -> None:
+        self.value += amount
+
+    def collect(self) -> Iterator[Any]:
+        yield CounterMetricFamily(self.name, self.doc, value=self.value)
+
+    def describe(self) -> list[Any]:
+        return [CounterMetricFamily(self.name, self.doc)]
+
+
+class LoopHistogram(Collector):
+    """A histogram only the node's trio loop observes into (as ``LoopCounter``):
+    a count per bucket (a value falls in the first bucket whose bound is not
+    below it, Prometheus's ``le``), their sum, read when Prometheus scrapes."""
+
+    def __init__(self, name: str, doc: str, buckets: tuple[float, ...], registry: CollectorRegistry) -> None:
+        self.name, self.doc = name, doc
+        self.bounds = sorted(float(b) for b in buckets)
+        self.counts = [0] * (len(self.bounds) + 1)  # the last one: above every bound (+Inf)
+        self.sum = 0.0
+        registry.register(self)
+
+    def observe(self, value: float) -> None:
+        self.counts[bisect.bisect_left(self.bounds, value)] += 1
+        self.sum += value
+
+    @property
+    def count(self) -> int:
+        return sum(self.counts)
+
+    def collect(self) -> Iterator[Any]:
+        cumulative, running = [], 0
+        for bound, n in zip([*self.bounds, float("inf")], self.counts, strict=True):
+            running += n
+            cumulative.append(("+Inf" if bound == float("inf") else floatToGoString(bound), running))
+        yield HistogramMetricFamily(self.name, self.doc, buckets=cumulative, sum_value=self.sum)
+
+    def describe(self) -> list[Any]:
+        return [HistogramMetricFamily(self.name, self.doc)]
 
 
 class _Live(Collector):

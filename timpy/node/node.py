@@ -517,7 +517,7 @@ class Node:
     def traffic(self) -> dict[str, int]:
         """Counters the dashboard turns into rates."""
         return {
-            "messages_in": int(self.metrics.messages_in._value.get()),
+            "messages_in": self.metrics.messages_in.value,
             "deliveries": self.terminals.delivered,
             "connections": self.gate.open,
             "terminals": len(self.terminals),

@@ -11,6 +11,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from timpy.frozen import quick_init
+
 if TYPE_CHECKING:
     from timpy.store.features.base import CopiedTable
 
@@ -24,6 +26,7 @@ class AccountRow:
     version: int = 0
 
 
+@quick_init
 @dataclass(frozen=True)
 class NewMessage:
     """A message to append; ``content`` is plaintext, sealed by the store."""
@@ -36,6 +39,7 @@ class NewMessage:
     content: bytes
 
 
+@quick_init
 @dataclass(frozen=True)
 class Appended:
     seq: int
@@ -46,6 +50,7 @@ class Appended:
     sealed: bytes = b""  # the content as stored
 
 
+@quick_init
 @dataclass(frozen=True)
 class InboxItem:
     """An inbox entry for a message stored (and numbered) by its conversation's owner."""
@@ -59,12 +64,14 @@ class InboxItem:
     epoch: int = 0  # the stamp of the message's row (``digest.row_stamp``): ring epoch and owner's clock
 
 
+@quick_init
 @dataclass(frozen=True)
 class InboxPlaced:
     pos: int
     new: bool  # False: it was in the inbox already
 
 
+@quick_init
 @dataclass(frozen=True)
 class Written:
     appended: list[Appended]

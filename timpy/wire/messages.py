@@ -22,6 +22,7 @@ from typing import Any
 
 import msgpack
 
+from timpy.frozen import quick_init
 from timpy.wire import protocol as wp
 
 KIND_NORMAL = 0
@@ -43,6 +44,7 @@ MAX_REACTION_ENTRIES = 500  # (reaction, user) entries kept on one message, remo
 CONTENT_VERSION = 1  # the first field of a packed content
 
 
+@quick_init
 @dataclass(frozen=True)
 class ChatMessage:
     conversation: str
@@ -61,6 +63,7 @@ class ChatMessage:
         return reactions_of(self.ext)
 
 
+@quick_init
 @dataclass(frozen=True, slots=True)
 class MessageContent:
     """What a message says, without where it sits (conversation, seq, time)."""
@@ -87,6 +90,20 @@ class MessageContent:
         except (TypeError, KeyError, msgpack.UnpackException) as exc:
             raise ValueError(f"not a message content: {exc}") from None
 
+    @staticmethod
+    def kind_of(raw: bytes) -> int | None:
+        """The kind of a packed content, without making the rest of it a
+        value (the store asks it of every message it writes); None when the
+        bytes are not plainly one this version writes (``unpack`` then says
+        what they are)."""
+        try:
+            fields = msgpack.unpackb(raw, raw=False)
+        except (TypeError, ValueError, msgpack.UnpackException):
+            return None
+        if type(fields) is list and len(fields) == 7 and type(fields[4]) is int:
+            return fields[4]
+        return None
+
     def at(self, conversation: str, seq: int, server_time: int) -> ChatMessage:
         """The message as readers see it once it is numbered."""
         return ChatMessage(
@@ -99,12 +116,14 @@ class MessageContent:
         return MessageContent(m.client_id, m.sender, m.recipient, m.kind, m.body, m.ext)
 
 
+@quick_init
 @dataclass(frozen=True)
 class Delivery:
     pos: int  # position in the receiving user's inbox
     message: ChatMessage
 
 
+@quick_init
 @dataclass(frozen=True)
 class SendResult:
     message: ChatMessage
