@@ -19,7 +19,14 @@ from timpy.store import schema as s
 from timpy.store.engine import sqlite_engine
 from timpy.store.repository import Repository
 from timpy.store.rows import NewMessage
-from timpy.wire.messages import KIND_BURN, KIND_BURNED, KIND_EDIT, KIND_NORMAL, KIND_RECALL, pack_content
+from timpy.wire.messages import (
+    KIND_BURN,
+    KIND_BURNED,
+    KIND_EDIT,
+    KIND_NORMAL,
+    KIND_RECALL,
+    pack_content,
+)
 
 ANN, BOB = b"a" * 16, b"b" * 16
 CONVS = [bytes([65 + k]) * 16 for k in range(5)]
