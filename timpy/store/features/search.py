@@ -150,14 +150,20 @@ class SearchStore(StoreBase):
                 quick.append(conv)
                 room -= behind
         rows: dict[bytes, list[tuple[Any, ...]]] = {c: [] for c in quick}
+        # Each conversation's rows after its head, each found from the
+        # primary key: with a long history a join on the head scanned every
+        # message of each conversation (reading their rows' pages, cold) to
+        # keep the few after it.
         for start in range(0, len(quick), 100):
             chunk = quick[start:start + 100]
+            args: list[Any] = []
+            for conv in chunk:
+                args += (conv, heads.get(conv, (0, b""))[0])
             for conv, seq, dedup, content in driver_rows(
                 conn,
-                "SELECT m.conv_id, m.seq, m.dedup, m.content FROM messages m LEFT JOIN search_heads h"
-                " ON h.conv_id = m.conv_id WHERE m.conv_id IN (" + ", ".join("?" * len(chunk)) + ")"
-                " AND m.seq > COALESCE(h.seq, 0) ORDER BY m.conv_id, m.seq",
-                tuple(chunk),
+                "SELECT conv_id, seq, dedup, content FROM messages WHERE "
+                + " OR ".join(["(conv_id = ? AND seq > ?)"] * len(chunk)) + " ORDER BY conv_id, seq",
+                args,
             ):
                 rows[bytes(conv)].append((int(seq), bytes(dedup), content))
         plans = dict(wanted)
