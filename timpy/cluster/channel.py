@@ -30,6 +30,7 @@ import nacl.exceptions
 import nacl.public
 import nacl.signing
 
+from timpy.crypto import aead
 from timpy.crypto.keys import ClusterKeys, derive_key
 
 VERSION = 1
@@ -143,7 +144,7 @@ class SecureChannel:
         self._send_counter += 1
         counter = self._send_counter.to_bytes(8, "big")
         nonce = bytes(16) + counter
-        return counter + nb.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, counter, nonce, self._send_key)
+        return counter + aead.encrypt(plaintext, counter, nonce, self._send_key)
 
     def open(self, frame: bytes) -> bytes:
         if len(frame) < 8 + _TAG:
@@ -152,7 +153,7 @@ class SecureChannel:
         if counter == 0 or self._seen(counter):
             raise ChannelError(f"replayed frame (counter {counter})")
         try:
-            plain = nb.crypto_aead_xchacha20poly1305_ietf_decrypt(frame[8:], frame[:8], bytes(16) + frame[:8], self._receive_key)
+            plain = aead.decrypt(frame[8:], frame[:8], bytes(16) + frame[:8], self._receive_key)
         except nacl.exceptions.CryptoError:
             raise ChannelError("forged or corrupted frame") from None
         self._accept(counter)  # only after it authenticated

@@ -9,14 +9,14 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
-import nacl.bindings as nb
 import nacl.exceptions
 import nacl.utils
 
+from timpy.crypto import aead
 from timpy.errors import StorageError
 
-NONCE_SIZE = nb.crypto_aead_xchacha20poly1305_ietf_NPUBBYTES
-OVERHEAD = NONCE_SIZE + nb.crypto_aead_xchacha20poly1305_ietf_ABYTES
+NONCE_SIZE = aead.NONCE_SIZE
+OVERHEAD = NONCE_SIZE + aead.TAG_SIZE
 
 
 def row_ad(table: str, *key: bytes | int | str) -> bytes:
@@ -73,7 +73,7 @@ class Sealer:
 
     def seal(self, plaintext: bytes, ad: bytes) -> bytes:
         nonce = nacl.utils.random(NONCE_SIZE)  # random 192-bit nonces never repeat in practice
-        sealed = nonce + nb.crypto_aead_xchacha20poly1305_ietf_encrypt(plaintext, ad, nonce, self._key)
+        sealed = nonce + aead.encrypt(bytes(plaintext), ad, nonce, self._key)
         if self._kept and len(plaintext) <= KEPT_SIZE_MAX:
             self._keep(sealed, ad, bytes(plaintext))
         return sealed
@@ -84,9 +84,7 @@ class Sealer:
             if got is not None:
                 return got
         try:
-            plaintext = nb.crypto_aead_xchacha20poly1305_ietf_decrypt(
-                sealed[NONCE_SIZE:], ad, sealed[:NONCE_SIZE], self._key
-            )
+            plaintext = aead.decrypt(sealed[NONCE_SIZE:], ad, sealed[:NONCE_SIZE], self._key)
         except (nacl.exceptions.CryptoError, ValueError, TypeError):
             raise StorageError(
                 "a stored row failed to open: it was altered, moved, or sealed under another key"
