@@ -52,7 +52,23 @@ def _bad_steps(db: str, sql: str) -> list[str]:
         elif (words[:2] == ["SEARCH", "messages"] or (words[:1] == ["SEARCH"] and " m USING" in step)) \
                 and "COVERING" not in step and "seq" not in step and "dedup" not in step:
             bad.append(step)
+        elif (words[:2] == ["SEARCH", "inbox"] or (words[:1] == ["SEARCH"] and " i USING" in step)) \
+                and "conv_id=" not in step and "pos" not in step:
+            bad.append(step)  # a user's whole inbox, not one conversation's entries
     return bad
+
+
+def _traced(repo: Repository) -> list[str]:
+    statements: list[str] = []
+    event.listen(repo.engine, "checkout", lambda dbapi, _rec, _proxy: dbapi.set_trace_callback(statements.append))
+    return statements
+
+
+def _check(db: str, statements: list[str], must: str) -> None:
+    selects = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
+    assert any(must in q for q in selects), f"no statement on {must}: the trace caught nothing"
+    bad = {q: _bad_steps(db, q) for q in selects}
+    assert not {q: b for q, b in bad.items() if b}
 
 
 def test_a_write_batch_and_its_search_indexing_read_no_conversation_whole(tmp_path):
@@ -65,15 +81,34 @@ def test_a_write_batch_and_its_search_indexing_read_no_conversation_whole(tmp_pa
             repo.create_account(u, b"secret", b"profile")
         repo.write_batch(_batch(1, 40))  # a history
         assert repo.search_index_many(plans, 10_000) == []
-        statements: list[str] = []
-        event.listen(repo.engine, "checkout", lambda dbapi, _rec, _proxy: dbapi.set_trace_callback(statements.append))
+        statements = _traced(repo)
         repo.write_batch(_batch(100, 1))  # a flood's batch: one new message in each conversation
         assert repo.search_index_many(plans, 10_000) == []
         repo.write_batch(_batch(200, 2))
         assert repo.search_index_many(plans, 10_000) == []
     finally:
         repo.close()
-    selects = [q for q in statements if q.lstrip().upper().startswith("SELECT")]
-    assert any("search_heads" in q for q in selects), "indexing ran no statement: the trace caught nothing"
-    bad = {q: _bad_steps(db, q) for q in selects}
-    assert not {q: b for q, b in bad.items() if b}
+    _check(db, statements, "search_heads")
+
+
+def test_a_conversation_list_notice_reads_one_conversation_at_a_time(tmp_path):
+    """The live notices' reads (``conversation_rows``, run for about every
+    message a live user gets): each conversation's own entries, never the
+    user's whole inbox, however many conversations it has."""
+    db = str(tmp_path / "plans.sqlite3")
+    repo = Repository(sqlite_engine(tmp_path / "plans.sqlite3"), Sealer(os.urandom(32)), kinds.effect_of)
+    try:
+        repo.create_schema()
+        for u in (ANN, BOB):
+            repo.create_account(u, b"secret", b"profile")
+        repo.write_batch(_batch(1, 40))
+        statements = _traced(repo)
+        rows = repo.conversation_rows(BOB, CONVS, 16, 1000)
+        assert [len(r.unread) for r in rows] == [40, 40, 40]
+        known = {r.conv_id: (r.read_seq, *r.counted) for r in rows}
+        repo.write_batch(_batch(100, 1))
+        again = repo.conversation_rows(BOB, CONVS, 16, 1000, known)
+        assert [len(r.unread) for r in again] == [1, 1, 1]  # only the message after the count
+    finally:
+        repo.close()
+    _check(db, statements, "read_marks")
