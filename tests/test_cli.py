@@ -32,6 +32,23 @@ def test_bench_codec_reports_rates():
     assert result["binary_bytes"] > 0 and result["decode_binary_per_s"] > 0
 
 
+def test_bench_pages_names_the_pages_a_batch_dirties():
+    r = CliRunner().invoke(cli, ["bench", "pages", "--history", "400", "--users", "10", "--batch", "40", "--json"])
+    assert r.exit_code == 0, r.output
+    result = json.loads(r.output.strip().splitlines()[-1])
+    for label in ("write_batch", "search_indexing"):
+        by_tree = result[f"{label}_by_tree"]
+        assert sum(by_tree.values()) == result[f"{label}_pages"] > 0
+        assert result[f"{label}_pages_per_message"] == round(result[f"{label}_pages"] / 40, 2)
+    assert {"messages", "sqlite_autoindex_messages_1", "ix_inbox_user_conv"} <= set(result["write_batch_by_tree"])
+    assert "search_postings" in result["search_indexing_by_tree"]
+
+
+def test_bench_pages_refuses_a_batch_of_nothing():
+    r = CliRunner().invoke(cli, ["bench", "pages", "--history", "10", "--batch", "0"])
+    assert r.exit_code != 0 and "--batch must be at least 1" in r.output
+
+
 def test_bench_one_node_runs_end_to_end():
     r = CliRunner().invoke(cli, ["bench", "one-node", "--clients", "2", "--messages", "5", "--memory", "--json"])
     assert r.exit_code == 0, r.output

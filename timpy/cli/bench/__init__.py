@@ -28,6 +28,7 @@ COMMANDS = {
     "webhooks": "timpy.cli.bench.webhooks:webhooks_cmd",
     "search": "timpy.cli.bench.search:search_cmd",
     "failover": "timpy.cli.bench.failover:failover_cmd",
+    "pages": "timpy.cli.bench.pages:pages_cmd",
 }
 
 
