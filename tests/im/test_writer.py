@@ -179,6 +179,34 @@ async def test_listeners_see_each_committed_message_once_in_commit_order():
     assert sends[-1].result.duplicate and sends[-1].result.message.seq == 3
 
 
+async def test_a_batch_stops_at_its_bytes_and_its_inbox_entries_and_the_rest_goes_next_in_order():
+    from timpy.im.writer import _weight
+
+    # Bytes: each packed content is the same size here; three fit, the fourth starts the next batch.
+    writer, store = make_writer()
+    sends = [send(writer, b"c1", f"m{i}") for i in range(7)]
+    size = _weight(sends[0])[0]
+    assert all(_weight(a) == (size, 2) for a in sends)
+    writer._max_bytes = 3 * size + size // 2
+    await run_until_settled(writer, sends)
+    assert store.repo.batches == [3, 3, 1]
+    assert [a.result.message.seq for a in sends] == list(range(1, 8))  # nothing lost, order kept
+
+    # Inbox entries: two a 1:1 message; a bound of five takes two messages a batch.
+    writer, store = make_writer(max_entries=5)
+    sends = [send(writer, b"c2", f"n{i}") for i in range(5)]
+    await run_until_settled(writer, sends)
+    assert store.repo.batches == [2, 2, 1]
+    assert [a.result.message.seq for a in sends] == list(range(1, 6))
+
+    # One append over the bounds on its own still goes, alone.
+    writer, store = make_writer(max_bytes=1, max_entries=1)
+    sends = [send(writer, b"c3", f"o{i}") for i in range(3)]
+    await run_until_settled(writer, sends)
+    assert store.repo.batches == [1, 1, 1]
+    assert [a.result.message.seq for a in sends] == [1, 2, 3]
+
+
 async def test_an_inbox_entry_for_a_message_numbered_elsewhere_reaches_listeners_once():
     seen: list[Committed] = []
     writer, _ = make_writer(listeners=[seen.extend])
@@ -478,3 +506,37 @@ async def test_a_key_out_of_reach_fails_only_its_sends_and_the_writer_waits_for_
     assert [s.error.code for s in (sends[0], sends[2])] == [Code.UNAVAILABLE] * 2
     assert [s.result.message.seq for s in (sends[1], sends[3])] == [1, 2]
     assert store.repo.batches == [2]
+
+
+async def test_a_replica_gets_each_message_row_of_a_batch_once_whatever_keys_it_holds_it_for():
+    """A node holding a message's conversation and both its users is sent the
+    row once (three times before: a third of the bytes a replica is sent and
+    merges), with each inbox entry; a node holding only one key gets the row
+    with that key's rows."""
+    from types import SimpleNamespace
+
+    from timpy.store.rows import Copies
+
+    writer, _ = make_writer()
+    sends = [send(writer, b"c1", "m1"), send(writer, b"c1", "m2"), send(writer, b"c9", "m3", "cat", "dan")]
+    holders = {b"c1": ["n1", "n2", "n3"], b"ann": ["n1", "n2"], b"ben": ["n1", "n3"],
+               b"c9": ["n1", "n3"], b"cat": ["n1"], b"dan": ["n1", "n2"]}
+    sent: list[dict[str, Copies]] = []
+
+    class Capture:
+        async def replicate(self, copies: dict[str, Copies], groups: Any) -> None:
+            sent.append(copies)
+
+    placement = SimpleNamespace(replicas=lambda key: holders[key], acks_needed=lambda key: 1)
+    writer._peers = SimpleNamespace(placement=placement, self_id="n1", epoch_number=1)  # type: ignore[assignment]
+    writer._replicator = Capture()  # type: ignore[assignment]
+    members = [a.new.members for a in sends]
+    written = Written([
+        Appended(seq, 5, False, b"", {u: seq for u in m}, b"sealed%d" % seq) for seq, m in zip((1, 2, 1), members)
+    ], [], 7)
+    await writer._replicate(sends, [], written)
+    (copies,) = sent
+    rows = {node: [(r[0], r[1]) for r in c.messages] for node, c in copies.items()}
+    assert rows == {"n2": [(b"c1", 1), (b"c1", 2), (b"c9", 1)], "n3": [(b"c1", 1), (b"c1", 2), (b"c9", 1)]}
+    assert sorted((e[0], e[1]) for e in copies["n2"].inbox) == [(b"ann", 1), (b"ann", 2), (b"dan", 1)]
+    assert sorted((e[0], e[1]) for e in copies["n3"].inbox) == [(b"ben", 1), (b"ben", 2)]

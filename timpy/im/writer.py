@@ -2,7 +2,8 @@
 
 Every append a node makes (a message at its conversation's owner, an inbox
 entry at its user's owner) is queued here. The writer task takes everything
-waiting (up to ``MAX_BATCH``) and, in order:
+waiting (up to ``MAX_BATCH`` appends, ``MAX_BATCH_BYTES`` of contents and
+``MAX_BATCH_ENTRIES`` inbox entries) and, in order:
 
 1. runs the **checks** (``Check``), which may refuse single appends (a block,
    a recall out of its window); the rest of the batch goes on;
@@ -72,7 +73,19 @@ from timpy.wire.messages import (
 
 log = logging.getLogger("timpy.writer")
 
-MAX_BATCH = 512
+# A batch is everything waiting, up to these bounds (the first append always
+# goes, whatever its size). Under a flood each batch pays costs of its own
+# whatever its size (a wake and a write per connection for the acks and the
+# pushes, a search and a notice round, a commit): 4,096 appends a batch
+# instead of 512 took the node's CPU per message from 0.44 to 0.32 ms
+# (docs/performance.md, "Larger writer batches"). The bytes bound keeps a
+# batch's copies to one replica (each message row up to three times: its
+# conversation's and its two users' keys) well inside a peer frame
+# (``MAX_PEER_FRAME``, 16 MiB); the entries bound keeps a batch of large
+# groups' messages to one transaction of bounded size.
+MAX_BATCH = 4096  # appends
+MAX_BATCH_BYTES = 4 << 20  # packed contents and sealed copies
+MAX_BATCH_ENTRIES = 65_536  # inbox entries (a message has one per member)
 SEND_ATTEMPTS = 3  # tries at a conversation's owner while the ring is changing
 MAX_EXT_BYTES = 4096
 GROUP_PREFIX = "#"  # a group message's recipient: "#" and the group id (no user name starts with "#")
@@ -188,6 +201,15 @@ class AckHold(Protocol):
     async def __call__(self, result: SendResult) -> None: ...
 
 
+def _weight(work: Append | InboxAppend | None) -> tuple[int, int]:
+    """What one queued item adds to a batch: (bytes, inbox entries)."""
+    if type(work) is Append:
+        return len(work.new.content), len(work.new.members)
+    if type(work) is InboxAppend:
+        return len(work.item.sealed), 1
+    return 0, 0  # stored cursors only
+
+
 def check_message(limits: Limits, client_id: str, kind: int, body: bytes, ext: dict[str, str]) -> None:
     """What any message must be before it is queued (size, kind, client id, ext); raises INVALID_MESSAGE and kin."""
     if not isinstance(client_id, str) or not 0 < len(client_id) <= ids.MAX_CLIENT_ID:
@@ -225,6 +247,8 @@ class Writer:
         holds: Iterable[AckHold] = (),
         max_batch: int = MAX_BATCH,
         floor: StampFloor | None = None,
+        max_bytes: int = MAX_BATCH_BYTES,
+        max_entries: int = MAX_BATCH_ENTRIES,
     ) -> None:
         self._store = store
         self._peers = peers
@@ -237,6 +261,8 @@ class Writer:
         self.send_checks: tuple[SendCheck, ...] = tuple(send_checks)
         self.holds: tuple[AckHold, ...] = tuple(holds)
         self._max_batch = max_batch
+        self._max_bytes = max_bytes
+        self._max_entries = max_entries
         self._cluster = peers.rpc is not None
         self._send_q, self._recv_q = trio.open_memory_channel[Append | InboxAppend | None](math.inf)
         # Acknowledged positions not yet stored; written with the next batch.
@@ -414,14 +440,30 @@ class Writer:
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
         """Store and settle queued work until ``close`` is called and the queue is empty."""
         task_status.started()
+        carried: Append | InboxAppend | None = None  # taken from the queue but over the last batch's bounds
+        has_carried = False
         async with self._recv_q:
-            async for first in self._recv_q:
+            while True:
+                if has_carried:
+                    first, has_carried = carried, False
+                else:
+                    try:
+                        first = await self._recv_q.receive()
+                    except trio.EndOfChannel:
+                        break
                 batch = [first]
+                size, entries = _weight(first)
                 while len(batch) < self._max_batch:
                     try:
-                        batch.append(self._recv_q.receive_nowait())
+                        work = self._recv_q.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
                         break
+                    more, more_entries = _weight(work)
+                    if size + more > self._max_bytes or entries + more_entries > self._max_entries:
+                        carried, has_carried = work, True  # the first of the next batch
+                        break
+                    batch.append(work)
+                    size, entries = size + more, entries + more_entries
                 await self._write(batch)
         if self._cursors:
             await self._write([])
@@ -628,6 +670,13 @@ class Writer:
             row = (it.conv_id, it.seq, it.dedup, it.created_ms, it.sealed, it.epoch or written.epoch)
             entry = (it.user_id, placed.pos, it.conv_id, it.seq, written.epoch)
             add(it.user_id, lambda c, entry=entry, row=row: (c.inbox.append(entry), c.messages.append(row)))
+        for c in copies.values():
+            # A node that holds a message's conversation and its users gets the
+            # row once, not once per key: a third of the bytes and the merges.
+            rows = c.messages
+            if len(rows) > 1:
+                seen: set[tuple[bytes, int]] = set()
+                c.messages = [r for r in rows if (r[0], r[1]) not in seen and not seen.add((r[0], r[1]))]
         epoch = self._peers.epoch_number
         try:
             await self._replicator.replicate(copies, groups.values())
