@@ -532,7 +532,7 @@ async def test_a_replica_gets_each_message_row_of_a_batch_once_whatever_keys_it_
     writer._replicator = Capture()  # type: ignore[assignment]
     members = [a.new.members for a in sends]
     written = Written([
-        Appended(seq, 5, False, b"", {u: seq for u in m}, b"sealed%d" % seq) for seq, m in zip((1, 2, 1), members)
+        Appended(seq, 5, False, b"", {u: seq for u in m}, b"sealed%d" % seq) for seq, m in zip((1, 2, 1), members, strict=True)
     ], [], 7)
     await writer._replicate(sends, [], written)
     (copies,) = sent

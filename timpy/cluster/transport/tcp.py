@@ -45,6 +45,7 @@ from timpy.cluster.transport.relay import Relays, RelayStream
 from timpy.cluster.transport.upgrade import IceUpgrade
 from timpy.config import ClusterConfig, parse_hostport
 from timpy.crypto.keys import ClusterKeys
+from timpy.errors import ProtocolError
 from timpy.wire.framing import FrameDecoder, frame_bytes
 
 log = logging.getLogger("timpy.cluster")
@@ -335,7 +336,17 @@ class TcpPeerTransport:
                         batch.append(peer.receive.receive_nowait())
                     except trio.WouldBlock:
                         break
-                await stream.send_all(b"".join(frame_bytes(channel.seal(p)) for p in batch))
+                frames = []
+                for p in batch:
+                    sealed = channel.seal(p)
+                    if len(sealed) > MAX_PEER_FRAME:  # the peer would drop the channel: this one payload is lost
+                        self.stats.dropped += 1
+                        log.warning("a frame of %d bytes for peer %s is over the limit of %d; dropped",
+                                    len(sealed), remote, MAX_PEER_FRAME)
+                        continue
+                    frames.append(frame_bytes(sealed))
+                if frames:
+                    await stream.send_all(b"".join(frames))
 
         try:
             async with trio.open_nursery() as nursery:
@@ -409,7 +420,12 @@ class _FrameReader:
             data = await self._stream.receive_some(65536)
             if not data:
                 raise EOFError("connection closed")
-            self._ready.extend(self._decoder.feed(data))
+            try:
+                self._ready.extend(self._decoder.feed(data))
+            except ProtocolError as exc:
+                # A length over the limit, from anyone who reached the port (the
+                # handshake reads frames too): the end of this connection only.
+                raise ChannelError(exc.text) from None
         return self._ready.popleft()
 
 
