@@ -540,3 +540,25 @@ async def test_a_replica_gets_each_message_row_of_a_batch_once_whatever_keys_it_
     assert rows == {"n2": [(b"c1", 1), (b"c1", 2), (b"c9", 1)], "n3": [(b"c1", 1), (b"c1", 2), (b"c9", 1)]}
     assert sorted((e[0], e[1]) for e in copies["n2"].inbox) == [(b"ann", 1), (b"ann", 2), (b"dan", 1)]
     assert sorted((e[0], e[1]) for e in copies["n3"].inbox) == [(b"ben", 1), (b"ben", 2)]
+
+
+def test_a_batch_copied_to_replicas_keeps_the_smaller_bound():
+    """Replicas must store a batch within the quorum's time while their own
+    writers are busy: a node whose batches are copied takes at most
+    MAX_REPLICATED_BATCH appends a batch; a node alone (or a cluster of one),
+    MAX_BATCH."""
+    from types import SimpleNamespace
+
+    from timpy.im.writer import MAX_BATCH, MAX_REPLICATED_BATCH
+
+    writer, _ = make_writer()
+    assert writer.batch_bound() == MAX_BATCH > MAX_REPLICATED_BATCH
+    writer._cluster = True
+    writer._peers = SimpleNamespace(placement=SimpleNamespace(single=True))  # type: ignore[assignment]
+    assert writer.batch_bound() == MAX_BATCH
+    writer._peers = SimpleNamespace(placement=SimpleNamespace(single=False))  # type: ignore[assignment]
+    assert writer.batch_bound() == MAX_REPLICATED_BATCH
+    writer, _ = make_writer(max_batch=3)
+    writer._cluster = True
+    writer._peers = SimpleNamespace(placement=SimpleNamespace(single=False))  # type: ignore[assignment]
+    assert writer.batch_bound() == 3

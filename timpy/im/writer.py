@@ -84,6 +84,10 @@ log = logging.getLogger("timpy.writer")
 # (``MAX_PEER_FRAME``, 16 MiB); the entries bound keeps a batch of large
 # groups' messages to one transaction of bounded size.
 MAX_BATCH = 4096  # appends
+# A batch copied to replicas waits for them to store it, within the quorum's
+# time (``replication.QUORUM_TIMEOUT``), while their own writers are busy:
+# such a batch keeps the bound it had.
+MAX_REPLICATED_BATCH = 512
 MAX_BATCH_BYTES = 4 << 20  # packed contents and sealed copies
 MAX_BATCH_ENTRIES = 65_536  # inbox entries (a message has one per member)
 SEND_ATTEMPTS = 3  # tries at a conversation's owner while the ring is changing
@@ -453,7 +457,8 @@ class Writer:
                         break
                 batch = [first]
                 size, entries = _weight(first)
-                while len(batch) < self._max_batch:
+                bound = self.batch_bound()
+                while len(batch) < bound:
                     try:
                         work = self._recv_q.receive_nowait()
                     except (trio.WouldBlock, trio.EndOfChannel):
@@ -467,6 +472,12 @@ class Writer:
                 await self._write(batch)
         if self._cursors:
             await self._write([])
+
+    def batch_bound(self) -> int:
+        """The appends one batch may take now: fewer when the batch is copied to replicas."""
+        if self._cluster and not self._peers.placement.single:
+            return min(self._max_batch, MAX_REPLICATED_BATCH)
+        return self._max_batch
 
     async def _write(self, queued: Sequence[Append | InboxAppend | None], with_cursors: bool = True) -> None:
         news = [p for p in queued if type(p) is Append]
