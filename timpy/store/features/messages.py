@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import replace
+from operator import itemgetter
 from typing import Any, NamedTuple, Protocol
 
 from sqlalchemy import and_, delete, func, select, update
@@ -431,6 +432,9 @@ class MessagesStore(StoreBase):
 
 
 
+_BY_SLOT = itemgetter("conv_id", "seq")  # a row's (conversation, seq): in C, for every row a batch writes
+
+
 def apply_effects(
     store: StoreBase, conn: Any, rows: Sequence[dict[str, Any]], plain: dict[tuple[bytes, int], bytes]
 ) -> None:
@@ -439,7 +443,7 @@ def apply_effects(
     if store._effect_of is None:
         return
     m = s.messages
-    for row in sorted(rows, key=lambda r: (r["conv_id"], r["seq"])):
+    for row in sorted(rows, key=_BY_SLOT):
         conv, seq = row["conv_id"], row["seq"]
         content = plain.get((conv, seq))
         if content is None:
