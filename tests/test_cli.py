@@ -234,3 +234,26 @@ async def test_chat_tries_again_while_the_cluster_answers_unavailable(autojump_c
     with pytest.raises(RemoteError):
         await chat._when_ready(refused)
     assert len(calls) == 1
+
+
+_GC_BURST = """
+import gc, json
+from timpy.cli.main import _tune_gc
+{tune}
+seen = [0, 0, 0]
+gc.callbacks.append(lambda phase, info: phase == "start" and seen.__setitem__(info["generation"],
+                                                                               seen[info["generation"]] + 1))
+alive = [[i] for i in range(90_000)]  # objects of messages on their way: they outlive a young collection
+print(json.dumps({{"seen": seen, "frozen": gc.get_freeze_count()}}))
+"""
+
+
+def test_a_node_process_does_not_collect_while_a_burst_of_live_objects_is_made():
+    """``timpy node`` tunes its collector once started (``_tune_gc``): what the
+    start made is frozen, and 90,000 containers that stay alive (a flood's
+    messages in flight) cause no collection, where Python's defaults walk
+    them over a hundred times."""
+    tuned = json.loads(_fresh_python(_GC_BURST.format(tune="_tune_gc()")).stdout)
+    default = json.loads(_fresh_python(_GC_BURST.format(tune="")).stdout)
+    assert tuned["seen"] == [0, 0, 0] and tuned["frozen"] > 1000
+    assert default["seen"][0] > 100 and default["seen"][1] >= 5  # the burst is a real one
