@@ -54,6 +54,19 @@ def test_bench_one_node_runs_end_to_end():
     assert r.exit_code == 0, r.output
     result = json.loads(r.output.strip().splitlines()[-1])
     assert result["messages"] == 10 and result["p99_ms"] >= result["p50_ms"] > 0
+    # What bounds the figure: the node's and the bench's CPU per message, the machine's busy share.
+    assert isinstance(result["node_cpu_ms_per_message"], float) and result["node_cpu_ms_per_message"] >= 0
+    assert result["bench_cpu_ms_per_message"] >= 0
+    assert 0 <= result["machine_busy_pct"] <= 100
+
+
+def test_the_machines_busy_share_counts_every_core_and_leaves_out_idle_and_iowait():
+    from timpy.cli.bench.common import busy_pct, machine_ticks
+
+    now = machine_ticks()
+    assert now is not None and 0 < now[0] <= now[1]
+    assert busy_pct((100, 400), (250, 600)) == 75.0
+    assert busy_pct((100, 400), (100, 400)) is None and busy_pct(None, now) is None
 
 
 def test_bench_paths_measures_direct_and_relayed_channels():

@@ -24,7 +24,8 @@ async def three_nodes(clients: int, messages: int, memory: bool) -> dict:
     check_pairs(clients)
     with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
         async with three_node_processes(Path(tmp), memory) as infos:
-            figures = await run_pairs([f"tcp://{info['tcp']}" for info in infos], clients, messages)
+            figures = await run_pairs(
+                [f"tcp://{info['tcp']}" for info in infos], clients, messages, [info["pid"] for info in infos])
     return pairs_result("three nodes, cross-node 1:1 (R=3, W=2)", memory, clients, figures)
 
 

@@ -14,7 +14,7 @@ import resource
 import struct
 import sys
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import TypeVar
@@ -152,6 +152,24 @@ def self_cpu() -> float:
     return t.user + t.system
 
 
+def machine_ticks() -> tuple[int, int] | None:
+    """(busy, all) clock ticks of every core since boot, from /proc/stat."""
+    try:
+        with open("/proc/stat") as f:
+            fields = [int(x) for x in f.readline().split()[1:]]
+    except (OSError, ValueError):
+        return None
+    idle = fields[3] + (fields[4] if len(fields) > 4 else 0)  # idle, iowait
+    return sum(fields) - idle, sum(fields)
+
+
+def busy_pct(before: tuple[int, int] | None, after: tuple[int, int] | None) -> float | None:
+    """The share of all the machine's cores busy between two ``machine_ticks``."""
+    if before is None or after is None or after[1] <= before[1]:
+        return None
+    return round(100 * (after[0] - before[0]) / (after[1] - before[1]), 1)
+
+
 def loadavg() -> str:
     try:
         with open("/proc/loadavg") as f:
@@ -186,9 +204,14 @@ def pairs_result(scenario: str, memory: bool, clients: int, figures: dict) -> di
     }
 
 
-async def run_pairs(urls: list[str], clients: int, messages: int) -> dict:
+async def run_pairs(urls: list[str], clients: int, messages: int, node_pids: Sequence[int] = ()) -> dict:
     """Clients in pairs exchanging 1:1 messages; client i connects to
-    ``urls[i % len(urls)]``, so with several nodes each pair spans two."""
+    ``urls[i % len(urls)]``, so with several nodes each pair spans two.
+
+    Besides the rate and the latencies: the CPU the nodes (``node_pids``)
+    and this process used per delivered message, and how busy the machine's
+    cores were, from the first send to the last delivery (what bounds the
+    figure: on a machine whose cores are full, the CPU per message does)."""
     names = [f"bench{i}" for i in range(clients)]
     latencies: list[float] = []
     total = clients * messages
@@ -232,17 +255,24 @@ async def run_pairs(urls: list[str], clients: int, messages: int) -> dict:
                 ready = trio.Event()
                 nursery.start_soon(run_client, i, ready, go)
                 await ready.wait()
+            nodes_cpu0, own_cpu0, ticks0 = sum(cpu_seconds(p) for p in node_pids), self_cpu(), machine_ticks()
             start = time.perf_counter()
             go.set()
             with trio.fail_after(600):
                 await all_done.wait()
             elapsed = time.perf_counter() - start
+            nodes_cpu, own_cpu = sum(cpu_seconds(p) for p in node_pids) - nodes_cpu0, self_cpu() - own_cpu0
+            busy = busy_pct(ticks0, machine_ticks())
+    nodes_ms = 1000 * nodes_cpu / total if node_pids and nodes_cpu == nodes_cpu else None  # NaN: a node's /proc gone
     return {
         "messages": total,
         "seconds": round(elapsed, 3),
         "messages_per_s": round(total / elapsed, 1),
         "p50_ms": round(percentile(latencies, 50) * 1000, 2),
         "p99_ms": round(percentile(latencies, 99) * 1000, 2),
+        "node_cpu_ms_per_message": None if nodes_ms is None else round(nodes_ms, 3),
+        "bench_cpu_ms_per_message": round(1000 * own_cpu / total, 3),
+        "machine_busy_pct": busy,
     }
 
 

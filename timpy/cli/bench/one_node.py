@@ -23,7 +23,7 @@ async def one_node(clients: int, messages: int, memory: bool) -> dict:
     with tempfile.TemporaryDirectory(prefix="timpy-bench-") as tmp:
         proc, info = await start_node_process(Path(tmp), memory)
         try:
-            figures = await run_pairs([f"tcp://{info['tcp']}"], clients, messages)
+            figures = await run_pairs([f"tcp://{info['tcp']}"], clients, messages, [proc.pid])
         finally:
             await stop_node_process(proc)
     return pairs_result("one-node 1:1", memory, clients, figures)

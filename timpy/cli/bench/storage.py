@@ -102,7 +102,7 @@ async def one_backend(url: str | None, clients: int, messages: int, pages: int) 
         proc, info = await start_node_process(Path(tmp), False, extra)
         try:
             node_url = f"tcp://{info['tcp']}"
-            sends = await run_pairs([node_url], clients, messages)
+            sends = await run_pairs([node_url], clients, messages, [proc.pid])
             reads = await history_pages(node_url, clients, pages, 50)
         finally:
             await stop_node_process(proc)
