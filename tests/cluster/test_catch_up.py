@@ -160,3 +160,23 @@ async def test_catch_up_refuses_at_once_when_too_few_of_the_previous_replicas_ar
         assert trio.current_time() - started < CATCH_UP_TIMEOUT / 4
         assert refused.value.code.name == "UNAVAILABLE" and "could reach only" in refused.value.text
         assert owner.replicator.refused_early >= 1
+
+
+async def test_a_cluster_of_one_remembers_nothing_per_key_it_served(autojump_clock):
+    """A default node is a ring of one that no other node ever shared: there
+    is nothing to catch up from, so serving users and conversations leaves no
+    per-key record behind (it used to keep one per key for as long as the
+    ring stayed, a set that grew with every user and conversation served)."""
+    async with open_cluster(1, seed=3) as cluster:
+        node = cluster.nodes[0]
+        assert node.peers.placement.alone
+        for name in ("ann", "ben", "cat"):
+            await cluster.register(0, name, PASSWORD)
+        async with cluster.client(0, "ann", PASSWORD) as a:
+            for k, to in enumerate(("ben", "cat", "ben")):
+                await send_until_acked(a, to, f"m{k}", f"c{k}")
+        idx = node.indexer
+        conv = ids.direct_conversation(idx, ids.user_id(idx, "ann"), ids.user_id(idx, "ben"))
+        assert node.replicator.is_warm("conv", conv)
+        await node.replicator.ensure("conv", conv)
+        assert not node.replicator._warm and not node.replicator._locks

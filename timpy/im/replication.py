@@ -257,7 +257,7 @@ class Replicator:
 
     def is_warm(self, kind: str, key: bytes) -> bool:
         """Whether ``ensure`` has nothing to do for this key (until the ring changes)."""
-        return self._peers.rpc is None or self.shared or self._is_warm(kind, key)
+        return self._peers.rpc is None or self.shared or self._peers.placement.alone or self._is_warm(kind, key)
 
     def _is_warm(self, kind: str, key: bytes) -> bool:
         if self._warm_version != self._peers.placement.version:
@@ -271,6 +271,12 @@ class Replicator:
         if self._peers.rpc is None or self.shared:
             return
         await self._peers.await_write()
+        if self._peers.placement.alone:
+            # No other node ever held a key of this ring (a default `timpy
+            # node`, a cluster of one): nothing to pull, and nothing to
+            # remember per key (the warm set grew by every user and
+            # conversation the node ever served, as long as the ring stayed).
+            return
         if self._is_warm(kind, key):
             return
         lock = self._locks.setdefault((kind, key), trio.Lock())
