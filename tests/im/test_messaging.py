@@ -205,3 +205,19 @@ async def test_one_bad_send_in_a_group_commit_does_not_fail_the_others(node):
     assert good.error is None and good.result.message.seq == 1
     assert ghost.result is None and ghost.error.code == Code.NO_SUCH_USER
     assert [m.seq for m in (await node.messenger.history(alice, "", "bob", 0, None, 10))[1]] == [1]
+
+
+async def test_recipients_remembered_to_exist_are_bounded_and_looked_up_again(node, monkeypatch):
+    from timpy.im import messaging
+
+    monkeypatch.setattr(messaging, "KNOWN_USERS_KEPT", 2)
+    await users(node.tcp_url, "alice", "bob", "carol", "dave")
+    async with timpy.connect(node.tcp_url, "alice", PASSWORD) as a:
+        for to in ("bob", "carol", "dave", "bob", "carol"):
+            await a.send(to, f"to {to}")
+            assert len(node.messenger._known_users) <= 2
+        with pytest.raises(RemoteError) as err:
+            await a.send("nobody", "lost")
+        assert err.value.code == Code.NO_SUCH_USER
+        for to in ("bob", "carol", "dave"):
+            assert [m.body for m in (await a.history(to)).messages][-1] == f"to {to}".encode()

@@ -54,6 +54,7 @@ log = logging.getLogger("timpy.messaging")
 # read (its lease renewing under a new ring): 3 s in all, as long as a write
 # waits for the lease at its owner.
 OWNER_RETRY_DELAYS = (0.2, 0.4, 0.8, 1.6)
+KNOWN_USERS_KEPT = 100_000  # recipients remembered to exist, then forgotten all at once and looked up again
 
 
 class SendTicket:
@@ -154,7 +155,7 @@ class Messenger:
         self._replicator = replicator
         self._writer = writer
         self._users = users
-        self._known_users: set[bytes] = set()
+        self._known_users: set[bytes] = set()  # recipients found to exist (accounts are never deleted)
         self._looking_up: dict[bytes, trio.Event] = {}  # users whose existence is being looked up
         self._peer_ids: dict[tuple[bytes, str], tuple[str, bytes, bytes, str]] = {}  # see _peer_of
         self._names: dict[str, tuple[str, bytes]] = {}  # a recipient as written -> (normalized name, user id)
@@ -198,6 +199,8 @@ class Messenger:
         try:
             if not await self._users.exists(uid):
                 raise RequestError("no such user", Code.NO_SUCH_USER)
+            if len(self._known_users) >= KNOWN_USERS_KEPT:  # bounded, as the other id caches here
+                self._known_users.clear()
             self._known_users.add(uid)
         finally:
             if self._looking_up.get(uid) is event:
