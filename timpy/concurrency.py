@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
+from functools import partial
 from typing import Any, TypeVar
 
 import trio
@@ -56,14 +57,52 @@ def inline_workers() -> Iterator[None]:
 
 
 async def to_worker(fn: Callable[..., T], *args: Any, limiter: trio.CapacityLimiter | None = None) -> T:
-    """``trio.to_thread.run_sync``, or a plain call inside ``inline_workers``."""
-    if not _INLINE_WORKERS.get():
-        return await trio.to_thread.run_sync(fn, *args, limiter=limiter)
-    await trio.lowlevel.checkpoint_if_cancelled()
+    """Run ``fn(*args)`` in a worker thread (trio's thread cache, under
+    ``limiter`` or trio's default limiter) and wait for it, uncancellably as
+    ``trio.to_thread.run_sync`` does by default; or call it in this thread
+    inside ``inline_workers``.
+
+    ``trio.to_thread.run_sync`` does more per call than a node's storage
+    calls need: it names the worker thread after the calling task, in Python
+    and in the kernel (a string built and two ``pthread_setname_np`` calls a
+    call), copies the caller's context variables and sets up what
+    ``trio.from_thread`` needs. ``fn`` here gets none of that: it must not
+    call back into trio (``trio.from_thread``) nor read the caller's context
+    variables; the storage and password functions passed here do neither."""
+    if _INLINE_WORKERS.get():
+        await trio.lowlevel.checkpoint_if_cancelled()
+        try:
+            return fn(*args)
+        finally:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+    if limiter is None:
+        limiter = trio.to_thread.current_default_thread_limiter()
+    borrower = _Borrower()
+    await limiter.acquire_on_behalf_of(borrower)  # a checkpoint: a cancelled caller stops here
     try:
-        return fn(*args)
+        task = trio.lowlevel.current_task()
+        token = trio.lowlevel.current_trio_token()
+
+        def deliver(result: Any) -> None:  # an ``outcome.Outcome``
+            with suppress(trio.RunFinishedError):
+                token.run_sync_soon(trio.lowlevel.reschedule, task, result)
+
+        trio.lowlevel.start_thread_soon(partial(fn, *args) if args else fn, deliver)
+        # ``deliver`` reschedules this task with the call's outcome: its value comes back, its error is raised
+        result: T = await trio.lowlevel.wait_task_rescheduled(_no_abort)
     finally:
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        limiter.release_on_behalf_of(borrower)
+    return result
+
+
+class _Borrower:
+    """What holds a limiter's token while one worker call runs."""
+
+    __slots__ = ()
+
+
+def _no_abort(_raise_cancel: Any) -> trio.lowlevel.Abort:
+    return trio.lowlevel.Abort.FAILED  # the thread runs to its end; its caller waits for it
 
 
 async def yield_share(started: float, share: float, longest: float) -> None:

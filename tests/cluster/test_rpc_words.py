@@ -82,3 +82,93 @@ async def test_handlers_still_waiting_when_the_node_stops_are_closed_and_later_r
     assert len(made) == 1 and made[0].cr_frame is None  # closed
     rpc.receive([REQUEST, 8, "127.0.0.1:2", ops.ACCT_GET.number, args])
     assert len(made) == 2 and made[1].cr_frame is None
+
+
+class _Outbox:
+    """A transport that keeps what it is given to send."""
+
+    address = "127.0.0.1:1"
+
+    def __init__(self) -> None:
+        self.sent: list[tuple[str, list]] = []
+
+    def send(self, address: str, payload: bytes) -> None:
+        import msgpack
+
+        self.sent.append((address, msgpack.unpackb(payload, raw=False)))
+
+
+async def test_a_handler_that_waits_runs_in_a_task_of_its_own_and_its_answer_goes_back():
+    """Requests whose handlers wait are started as they arrive (one that came
+    before the request task ran, once it runs), each in a task of its own
+    (trio picks the order in which new tasks first run), and each answer
+    goes back to whoever asked."""
+    from timpy.cluster.rpc import REPLY, REQUEST
+
+    outbox = _Outbox()
+    rpc = Rpc(outbox)
+    started: list[bytes] = []
+
+    def handler(args):  # noqa: ANN001, ANN202
+        async def answer():  # noqa: ANN202
+            started.append(args.user_id)
+            await trio.sleep(0.01 if args.user_id == b"early" else 0)
+            return None
+        return answer()
+
+    rpc.serve(ops.ACCT_GET, handler)
+
+    def request(rid: int, who: bytes) -> list:
+        return [REQUEST, rid, "127.0.0.1:9", ops.ACCT_GET.number, ops.ACCT_GET.encode_args(ops.AccountGet(who, False))]
+
+    rpc.receive(request(1, b"early"))  # before the request task runs: kept, then started first
+    async with trio.open_nursery() as nursery:
+        await nursery.start(rpc.run)
+        for rid in range(2, 6):
+            rpc.receive(request(rid, b"u%d" % rid))
+        with trio.fail_after(5):
+            while len(outbox.sent) < 5:
+                await trio.sleep(0.001)
+        nursery.cancel_scope.cancel()
+    assert sorted(started) == [b"early", b"u2", b"u3", b"u4", b"u5"]
+    assert sorted(reply[1] for _, reply in outbox.sent) == [1, 2, 3, 4, 5]
+    assert all(address == "127.0.0.1:9" and reply[0] == REPLY and reply[2] == 0 for address, reply in outbox.sent)
+
+
+async def test_a_calls_answer_is_handed_to_then_once_and_read_by_outcome():
+    """``Call.then``: the callback gets the call when its answer is read, once
+    (a second answer to the same request is ignored); ``outcome`` gives the
+    result or raises the error the answer carries; after ``forget`` a late
+    answer reaches nobody."""
+    from timpy.cluster.rpc import REPLY
+    from timpy.errors import TimpyError
+
+    outbox = _Outbox()
+    rpc = Rpc(outbox)
+    seen: list = []
+    ok = rpc.start_call("127.0.0.1:2", ops.ACCT_EXISTS, ops.AccountExists(b"id"))
+    bad = rpc.start_call("127.0.0.1:3", ops.ACCT_EXISTS, ops.AccountExists(b"id"))
+    late = rpc.start_call("127.0.0.1:4", ops.ACCT_EXISTS, ops.AccountExists(b"id"))
+    for call in (ok, bad, late):
+        call.then(seen.append)
+    rids = [request[1] for _, request in outbox.sent]
+    assert not ok.answered()
+    rpc.receive([REPLY, rids[0], 0, ops.ACCT_EXISTS.encode_result(True)])
+    rpc.receive([REPLY, rids[0], 0, ops.ACCT_EXISTS.encode_result(False)])  # a duplicate: ignored
+    rpc.receive([REPLY, rids[1], int(Code.NO_SUCH_USER), "no such user"])
+    late.forget()
+    rpc.receive([REPLY, rids[2], 0, ops.ACCT_EXISTS.encode_result(True)])
+    assert seen == [ok, bad]
+    assert ok.answered() and ok.outcome(1.0) is True
+    try:
+        bad.outcome(1.0)
+    except TimpyError as exc:
+        assert exc.code == Code.NO_SUCH_USER and exc.text == "no such user"
+    else:
+        raise AssertionError("an error answer must raise")
+    try:
+        late.outcome(1.0)
+    except PeerUnavailable:
+        pass
+    else:
+        raise AssertionError("a forgotten call has no answer")

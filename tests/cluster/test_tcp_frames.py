@@ -51,3 +51,30 @@ async def test_an_oversize_length_from_a_stranger_or_a_peer_ends_that_connection
         assert b.stats.dropped == dropped + 1
         assert any("over the limit" in r.getMessage() for r in caplog.records)
         nursery.cancel_scope.cancel()
+
+
+async def test_frames_go_to_the_receiver_in_the_reading_task_in_the_order_sent():
+    """With ``on_receive`` set (as the cluster service sets it), each frame a
+    peer sends reaches it in that peer's order, and ``incoming`` stays empty;
+    unset again, frames come out of ``incoming`` as before."""
+    keys = ClusterKeys.generate()
+    a = TcpPeerTransport(keys, nacl.signing.SigningKey.generate())
+    b = TcpPeerTransport(keys, nacl.signing.SigningKey.generate())
+    got: list[bytes] = []
+    async with trio.open_nursery() as nursery:
+        await nursery.start(a.run)
+        await nursery.start(b.run)
+        a.on_receive = got.append
+        sent = [i.to_bytes(4, "big") for i in range(200)]  # within the queue of a peer still being dialled
+        for payload in sent:
+            b.send(a.address, payload)
+        with trio.fail_after(10):
+            while len(got) < len(sent):
+                await trio.sleep(0.01)
+        assert got == sent
+        assert a.incoming.statistics().current_buffer_used == 0
+        a.on_receive = None
+        b.send(a.address, b"through the channel")
+        assert await _receive(a) == b"through the channel"
+        assert len(got) == len(sent)
+        nursery.cancel_scope.cancel()

@@ -21,7 +21,6 @@ outcome": the operations they call are idempotent.
 from __future__ import annotations
 
 import logging
-import math
 from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
@@ -116,6 +115,7 @@ class Call:
         self.method = op.name
         self._event = trio.Event()
         self._box: list[Any] = []
+        self._then: Callable[[Call], None] | None = None
 
     async def result(
         self, timeout: float = DEFAULT_TIMEOUT, give_up: Callable[[], str | None] | None = None
@@ -138,6 +138,23 @@ class Call:
                         raise TimpyError(reason, Code.UNAVAILABLE)
         finally:
             self._rpc._waiting.pop(self._rid, None)
+        return self.outcome(timeout)
+
+    def then(self, callback: Callable[[Call], None]) -> None:
+        """Call ``callback(self)`` once the answer arrives (in the task that
+        reads it: no task of its own); ``outcome`` then reads it. The call
+        waits for its answer until ``forget``."""
+        self._then = callback
+
+    def answered(self) -> bool:
+        return bool(self._box)
+
+    def forget(self) -> None:
+        """Stop waiting for the answer (a ``then`` caller is done with it)."""
+        self._rpc._waiting.pop(self._rid, None)
+
+    def outcome(self, timeout: float) -> Any:
+        """The answer: its decoded result, or the error it carries (PeerUnavailable when none came)."""
         if not self._box:
             log.info("node %s did not answer %s within %g s", self.address, self.method, timeout)
             raise PeerUnavailable(self.address, self.method, timeout)
@@ -164,12 +181,10 @@ class Rpc:
     def __init__(self, transport: _Sender) -> None:
         self._transport = transport
         self._handlers: dict[int, tuple[Op[Any, Any], Handler]] = {}
-        self._waiting: dict[int, tuple[trio.Event, list[Any]]] = {}
+        self._waiting: dict[int, Call] = {}
         self._next_rid = 1
-        # Handlers' answers still to wait for: (request, the handler's awaitable, its operation).
-        self._tasks_send, self._tasks = trio.open_memory_channel[tuple[list[Any], Awaitable[Any], Op[Any, Any]]](
-            math.inf
-        )
+        self._nursery: trio.Nursery | None = None  # where handlers that wait run, once ``run`` started
+        self._early: list[tuple[list[Any], Awaitable[Any], Op[Any, Any]]] = []  # those that came before
         self._stopped = False
         self._running = 0
         self.bad_frames = 0
@@ -192,20 +207,19 @@ class Rpc:
         """Run the handlers that wait, each in its own task, until cancelled."""
         try:
             async with trio.open_nursery() as nursery:
+                await trio.lowlevel.checkpoint_if_cancelled()  # stopped at once: what came early is closed below
+                early, self._early = self._early, []
+                for job in early:
+                    nursery.start_soon(self._run_job, *job)
+                self._nursery = nursery
                 task_status.started()
-                async for raw, pending, op in self._tasks:
-                    nursery.start_soon(self._run_job, raw, pending, op)
+                await trio.sleep_forever()
         finally:
-            # Stopped (the node is shutting down): the waiting handlers left
-            # in the queue never run; they are closed, not left to the
-            # garbage collector (which warns of coroutines never awaited).
             self._stopped = True
-            while True:
-                try:
-                    _raw, pending, _op = self._tasks.receive_nowait()
-                except (trio.WouldBlock, trio.EndOfChannel, trio.ClosedResourceError):
-                    break
+            self._nursery = None
+            for _raw, pending, _op in self._early:
                 _close(pending)
+            self._early.clear()
 
     async def _run_job(self, raw: list[Any], pending: Awaitable[Any], op: Op[Any, Any]) -> None:
         self._running += 1
@@ -228,7 +242,7 @@ class Rpc:
         rid = self._next_rid
         self._next_rid += 1
         call = Call(self, rid, address, op)
-        self._waiting[rid] = (call._event, call._box)
+        self._waiting[rid] = call
         self._transport.send(address, _pack([REQUEST, rid, self._transport.address, op.number, op.encode_args(args)]))
         return call
 
@@ -244,9 +258,11 @@ class Rpc:
             if raw[0] == REPLY:
                 _, rid, code, result, *flag = raw
                 waiting = self._waiting.get(rid)
-                if waiting is not None:
-                    waiting[1].extend((int(code), result, flag[0] if flag else 0))
-                    waiting[0].set()
+                if waiting is not None and not waiting._box:
+                    waiting._box.extend((int(code), result, flag[0] if flag else 0))
+                    waiting._event.set()
+                    if waiting._then is not None:
+                        waiting._then(waiting)
                 return
             _, rid, reply_to, method, args = raw
             op, handler = self._handlers.get(method, (None, None)) if type(method) is int else (None, None)
@@ -279,10 +295,14 @@ class Rpc:
             return
         if hasattr(result, "__await__"):
             if self._stopped:
+                # The node is shutting down: the handler never runs; it is closed, not left to the
+                # garbage collector (which warns of coroutines never awaited).
                 _close(result)
                 self._answer(raw, Code.UNAVAILABLE, "this node is shutting down; retry on another node")
-                return
-            self._tasks_send.send_nowait((raw, result, op))
+            elif self._nursery is None:
+                self._early.append((raw, result, op))
+            else:
+                self._nursery.start_soon(self._run_job, raw, result, op)
         else:
             self._answer(raw, 0, op.encode_result(result))
 

@@ -57,15 +57,29 @@ class ClusterService:
                     self.on_change(action)
 
     async def run(self, task_status: trio.TaskStatus[None] = trio.TASK_STATUS_IGNORED) -> None:
-        async with trio.open_nursery() as nursery:
-            await nursery.start(self.transport.run)
-            await nursery.start(self.rpc.run)
-            now = trio.current_time()
-            self.membership = Membership(self.name, self.transport.address, self.config, self._rng, now)
-            self._act(self.membership.join(now, self.seeds))
-            nursery.start_soon(self._ticker)
-            nursery.start_soon(self._receiver)
-            task_status.started()
+        try:
+            async with trio.open_nursery() as nursery:
+                await nursery.start(self.transport.run)
+                await nursery.start(self.rpc.run)
+                now = trio.current_time()
+                self.membership = Membership(self.name, self.transport.address, self.config, self._rng, now)
+                self._act(self.membership.join(now, self.seeds))
+                nursery.start_soon(self._ticker)
+                if hasattr(self.transport, "on_receive"):
+                    # the transport hands each frame over in the task that read it: no hop through a channel
+                    # (what came before, while the service started, waits in ``incoming``: taken first)
+                    self.transport.on_receive = self._receive
+                    while True:
+                        try:
+                            self._receive(self.transport.incoming.receive_nowait())
+                        except trio.WouldBlock:
+                            break
+                else:
+                    nursery.start_soon(self._receiver)
+                task_status.started()
+        finally:
+            if getattr(self.transport, "on_receive", None) == self._receive:
+                self.transport.on_receive = None
 
     async def _ticker(self) -> None:
         assert self.membership is not None
@@ -82,18 +96,22 @@ class ClusterService:
             await trio.sleep(self.tick_interval)
 
     async def _receiver(self) -> None:
-        assert self.membership is not None
         async for payload in self.transport.incoming:
-            try:
-                raw = codec.unpack(payload)
-                if is_rpc(raw):
-                    self.rpc.receive(raw)
-                    continue
-                message = codec.from_raw(raw)
-            except codec.CodecError:
-                self.bad_messages += 1
-                continue
-            self._act(self.membership.receive(trio.current_time(), message))
+            self._receive(payload)
+
+    def _receive(self, payload: bytes) -> None:
+        """One frame from a peer: a request or reply for ``rpc``, or a membership message."""
+        assert self.membership is not None
+        try:
+            raw = codec.unpack(payload)
+            if is_rpc(raw):
+                self.rpc.receive(raw)
+                return
+            message = codec.from_raw(raw)
+        except codec.CodecError:
+            self.bad_messages += 1
+            return
+        self._act(self.membership.receive(trio.current_time(), message))
 
     async def leave(self, grace: float = 0.3) -> None:
         """Announce a graceful leave and give the announcement time to go out."""

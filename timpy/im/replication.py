@@ -32,11 +32,13 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
+from functools import partial
 
 import trio
 
 from timpy.cluster import catalog as ops
 from timpy.cluster.ownership import Epoch
+from timpy.cluster.rpc import Call
 from timpy.errors import Code, StorageError, TimpyError
 from timpy.im.peers import Peers
 from timpy.store import digest
@@ -137,36 +139,38 @@ class Replicator:
                  for node, c in copies.items()}
         acked: set[str] = set()
         done = trio.Event()
+        answered = 0
 
         def satisfied() -> bool:
             return all(len(acked & nodes) >= n for nodes, n in needs)
 
-        async def wait(node: str) -> None:
+        def answer(node: str, call: Call) -> None:  # run as each answer is read: no task per replica
+            nonlocal answered
+            answered += 1
             try:
-                await calls[node].result(QUORUM_TIMEOUT)
+                call.outcome(QUORUM_TIMEOUT)
             except TimpyError as exc:
                 self.progress.copy_failures += 1
                 log.debug("copy to %s failed: %s", node, exc)
-                return
-            acked.add(node)
-            if satisfied():
+            else:
+                acked.add(node)
+            if answered == len(calls) or satisfied():
                 done.set()
 
         if satisfied():
+            for call in calls.values():
+                call.forget()
             return
-        async with trio.open_nursery() as nursery:
-            for node in calls:
-                nursery.start_soon(wait, node)
-
-            async def stop_when_done() -> None:
+        for node, call in calls.items():
+            call.then(partial(answer, node))
+        try:
+            with trio.move_on_after(QUORUM_TIMEOUT):
                 await done.wait()
-                nursery.cancel_scope.cancel()
-
-            nursery.start_soon(stop_when_done)
-            with trio.move_on_after(QUORUM_TIMEOUT + 0.5):
-                await done.wait()
-            nursery.cancel_scope.cancel()
+        finally:
+            for call in calls.values():
+                call.forget()
         if not satisfied():
+            self.progress.copy_failures += sum(not call.answered() for call in calls.values())
             raise TimpyError(
                 "the write reached fewer replicas than the write quorum; it may be stored: send it again",
                 Code.UNAVAILABLE,

@@ -3,7 +3,9 @@
 A transport carries opaque, already-encoded frames between nodes named by
 address. Membership traffic is best effort (SWIM tolerates loss), so ``send``
 never waits: a frame that cannot go now is dropped and counted. Received
-frames come out of ``incoming`` in arrival order.
+frames come out of ``incoming`` in arrival order; ``TcpPeerTransport`` hands
+them to its ``on_receive`` instead, when one is set (``ClusterService``
+sets it), in the task that read them.
 
 Two implementations: ``TcpPeerTransport`` (authenticated, encrypted channels,
 relayed or upgraded to ICE behind NAT) and ``MemoryTransport`` (an in-process

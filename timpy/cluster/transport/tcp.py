@@ -14,6 +14,7 @@ import math
 import random
 import socket
 from collections import deque
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
 from functools import partial
@@ -128,6 +129,9 @@ class TcpPeerTransport:
     advertise: str | None = None
     nat: NatSettings | None = None
     stats: TransportStats = field(default_factory=TransportStats)
+    # Set by the cluster service: each frame received goes to it in the task that read it, in the
+    # order that peer sent them, instead of through ``incoming`` and a task of the service's.
+    on_receive: Callable[[bytes], None] | None = None
 
     def __post_init__(self) -> None:
         self._incoming_send, self.incoming = trio.open_memory_channel[bytes](4096)
@@ -321,6 +325,9 @@ class TcpPeerTransport:
                     raise ChannelError(f"dropping the channel: {exc}") from None
                 if payload[:1] == nat.CONTROL:
                     self._control(remote, payload)
+                    continue
+                if self.on_receive is not None:
+                    self.on_receive(payload)
                     continue
                 try:
                     self._incoming_send.send_nowait(payload)
