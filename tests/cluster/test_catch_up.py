@@ -180,3 +180,56 @@ async def test_a_cluster_of_one_remembers_nothing_per_key_it_served(autojump_clo
         assert node.replicator.is_warm("conv", conv)
         await node.replicator.ensure("conv", conv)
         assert not node.replicator._warm and not node.replicator._locks
+
+
+async def test_the_write_quorum_is_decided_as_the_replicas_answer(autojump_clock):
+    """``Replicator.replicate`` waits for each replica's answer, with no task
+    of its own per replica: it returns once enough replicas stored the copy
+    (one that never answers is not waited for), and fails with UNAVAILABLE as
+    soon as every replica has answered without enough of them storing it,
+    not after the quorum's timeout; each refusal is counted."""
+    import pytest
+    import trio
+
+    from timpy.cluster import catalog as ops
+    from timpy.errors import Code, TimpyError
+    from timpy.im.replication import QUORUM_TIMEOUT
+    from timpy.store.rows import Copies
+
+    async with open_cluster(3, seed=2) as cluster:
+        writer, b, c = cluster.nodes
+        both = frozenset({b.node_id, c.node_id})
+        copies = Copies(reads=[(b"user", b"conv", 1)])
+
+        def refuse(_args):  # noqa: ANN001, ANN202
+            raise TimpyError("this replica is not taking copies now", Code.UNAVAILABLE)
+
+        async def never(_args):  # noqa: ANN001, ANN202
+            await trio.sleep_forever()
+
+        def stored(_args):  # noqa: ANN001, ANN202
+            return 1
+
+        b.cluster.rpc.serve(ops.COPIES_APPLY, refuse)
+        c.cluster.rpc.serve(ops.COPIES_APPLY, refuse)
+        failures = writer.replicator.progress.copy_failures
+        started = trio.current_time()
+        with pytest.raises(TimpyError) as refused:
+            await writer.replicator.replicate({b.node_id: copies, c.node_id: copies}, [(both, 1)])
+        assert refused.value.code == Code.UNAVAILABLE and "write quorum" in refused.value.text
+        assert trio.current_time() - started < QUORUM_TIMEOUT / 10  # virtual seconds: not the timeout
+        assert writer.replicator.progress.copy_failures == failures + 2
+
+        c.cluster.rpc.serve(ops.COPIES_APPLY, stored)
+        b.cluster.rpc.serve(ops.COPIES_APPLY, never)
+        started = trio.current_time()
+        await writer.replicator.replicate({b.node_id: copies, c.node_id: copies}, [(both, 1)])
+        assert trio.current_time() - started < QUORUM_TIMEOUT / 10
+        assert writer.replicator.progress.copy_failures == failures + 2
+
+        c.cluster.rpc.serve(ops.COPIES_APPLY, never)  # nobody stores it: the quorum's timeout, then a failure
+        started = trio.current_time()
+        with pytest.raises(TimpyError):
+            await writer.replicator.replicate({b.node_id: copies, c.node_id: copies}, [(both, 1)])
+        assert trio.current_time() - started >= QUORUM_TIMEOUT
+        assert writer.replicator.progress.copy_failures == failures + 4
