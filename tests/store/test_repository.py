@@ -113,6 +113,10 @@ def test_terminal_cursors(engine):
     # a new device starts where the furthest-behind device is
     assert r.open_terminal(B, b"laptop".ljust(16), 3) == 3
     assert [e.pos for e in r.read_inbox(B, 3, 10)] == [4, 5]
+    # several cursors in one batch: each moves forward or stays, on its own
+    r.append_messages([], {(B, b"phone".ljust(16)): 5, (B, b"laptop".ljust(16)): 1, (A, b"none".ljust(16)): 4})
+    assert (r.open_terminal(B, b"phone".ljust(16), 4), r.open_terminal(B, b"laptop".ljust(16), 4)) == (5, 3)
+    assert r.count_terminals(A) == 0  # a cursor for a terminal that does not exist makes none
 
 
 def test_wrong_key_is_refused_clearly(tmp_path):
