@@ -256,7 +256,7 @@ from timpy.cli.main import _tune_gc
 seen = [0, 0, 0]
 gc.callbacks.append(lambda phase, info: phase == "start" and seen.__setitem__(info["generation"],
                                                                                seen[info["generation"]] + 1))
-alive = [[i] for i in range(90_000)]  # objects of messages on their way: they outlive a young collection
+alive = [[i] for i in range({burst})]  # objects of messages on their way: they outlive a young collection
 print(json.dumps({{"seen": seen, "frozen": gc.get_freeze_count()}}))
 """
 
@@ -266,7 +266,18 @@ def test_a_node_process_does_not_collect_while_a_burst_of_live_objects_is_made()
     start made is frozen, and 90,000 containers that stay alive (a flood's
     messages in flight) cause no collection, where Python's defaults walk
     them over a hundred times."""
-    tuned = json.loads(_fresh_python(_GC_BURST.format(tune="_tune_gc()")).stdout)
-    default = json.loads(_fresh_python(_GC_BURST.format(tune="")).stdout)
+    tuned = json.loads(_fresh_python(_GC_BURST.format(tune="_tune_gc()", burst=90_000)).stdout)
+    default = json.loads(_fresh_python(_GC_BURST.format(tune="", burst=90_000)).stdout)
     assert tuned["seen"] == [0, 0, 0] and tuned["frozen"] > 1000
     assert default["seen"][0] > 100 and default["seen"][1] >= 5  # the burst is a real one
+
+
+def test_a_long_burst_of_live_objects_makes_young_collections_only():
+    """1,500,000 containers that stay alive (a long flood's messages in
+    flight): young collections walk each of them once, and no middle
+    collection walks them all again (one would at Python's middle threshold)."""
+    tuned = json.loads(_fresh_python(_GC_BURST.format(tune="_tune_gc()", burst=1_500_000)).stdout)
+    assert tuned["seen"][0] >= 10 and tuned["seen"][1:] == [0, 0]
+    middle_at_ten = "import gc\n_tune_gc()\ngc.set_threshold(gc.get_threshold()[0], 10, 10)"
+    again = json.loads(_fresh_python(_GC_BURST.format(tune=middle_at_ten, burst=1_500_000)).stdout)
+    assert again["seen"][1] >= 1  # the same burst at Python's middle threshold
