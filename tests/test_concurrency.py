@@ -7,6 +7,7 @@ import threading
 
 import pytest
 import trio
+import trio.testing
 
 from timpy.concurrency import inline_workers, to_worker
 
@@ -71,3 +72,33 @@ async def test_the_worker_thread_keeps_its_name():
 async def test_inline_workers_call_in_this_thread():
     with inline_workers():
         assert await to_worker(threading.get_ident) == threading.get_ident()
+
+
+async def test_settled_is_an_event_made_only_for_a_waiter():
+    from timpy.concurrency import Settled
+
+    early = Settled()
+    early.set()
+    assert early.is_set()
+    with trio.testing.assert_checkpoints():
+        await early.wait()  # set already: no Event, but still a checkpoint
+    assert early._event is None
+
+    late = Settled()
+    woken: list[str] = []
+
+    async def waiter(name: str) -> None:
+        await late.wait()
+        woken.append(name)
+
+    async with trio.open_nursery() as nursery:
+        nursery.start_soon(waiter, "a")
+        nursery.start_soon(waiter, "b")
+        await trio.testing.wait_all_tasks_blocked()
+        assert not late.is_set() and woken == []
+        late.set()
+    assert sorted(woken) == ["a", "b"] and late.is_set()
+
+    with trio.move_on_after(0.01) as scope:  # an unset one waits (and can be cancelled)
+        await Settled().wait()
+    assert scope.cancelled_caught

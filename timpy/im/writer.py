@@ -48,7 +48,7 @@ import trio
 
 from timpy.cluster import catalog as ops
 from timpy.cluster.rpc import Call, NotOwner
-from timpy.concurrency import to_worker
+from timpy.concurrency import Settled, to_worker
 from timpy.config import Limits
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError, StorageError, TimpyError
@@ -108,7 +108,7 @@ class Append:
     content: MessageContent
     conversation: str  # the conversation's text id
     admin: bool = False  # the sender is an admin of the group (may recall others' messages)
-    done: trio.Event = field(default_factory=trio.Event)
+    done: Settled = field(default_factory=Settled)
     result: SendResult | None = None
     error: TimpyError | None = None
     fanout: list[Call] | None = None  # inbox appends at other owners, awaited before the ack
@@ -130,7 +130,7 @@ class InboxAppend:
 
     item: InboxItem
     conversation: str
-    done: trio.Event = field(default_factory=trio.Event)
+    done: Settled = field(default_factory=Settled)
     pos: int = 0
     error: TimpyError | None = None
 
