@@ -221,3 +221,40 @@ async def test_recipients_remembered_to_exist_are_bounded_and_looked_up_again(no
         assert err.value.code == Code.NO_SUCH_USER
         for to in ("bob", "carol", "dave"):
             assert [m.body for m in (await a.history(to)).messages][-1] == f"to {to}".encode()
+
+
+async def test_first_sends_to_many_new_recipients_look_them_up_together(node, monkeypatch):
+    """A flood's first messages each ask whether their recipient exists: the
+    lookups that wait together (from many connections) share a storage
+    call, and each still gets its own answer (a missing user fails only its
+    own send)."""
+    from contextlib import AsyncExitStack
+
+    names = [f"r{i}" for i in range(30)]
+    await users(node.tcp_url, *names)
+    repo = node.store.repo
+    calls: list[int] = []
+    real = repo.existing_accounts
+
+    def counted(user_ids):
+        calls.append(len(user_ids))
+        return real(user_ids)
+
+    monkeypatch.setattr(repo, "existing_accounts", counted)
+    plan = [(name, names[(i + 1) % len(names)]) for i, name in enumerate(names)] + [(names[0], "nobody")]
+    outcomes: dict[tuple[str, str], object] = {}
+    async with AsyncExitStack() as stack:
+        conns = {name: await stack.enter_async_context(timpy.connect(node.tcp_url, name, PASSWORD)) for name in names}
+
+        async def send(sender: str, to: str) -> None:
+            try:
+                outcomes[(sender, to)] = (await conns[sender].send(to, f"to {to}")).seq
+            except RemoteError as exc:
+                outcomes[(sender, to)] = exc.code
+
+        async with trio.open_nursery() as nursery:
+            for sender, to in plan:
+                nursery.start_soon(send, sender, to)
+    assert outcomes == {**{p: 1 for p in plan[:-1]}, plan[-1]: Code.NO_SUCH_USER}
+    assert sum(calls) == len(names) + 1  # each recipient looked up once
+    assert len(calls) < len(names) // 2, calls  # in a few storage calls, not one each

@@ -306,3 +306,22 @@ def test_a_wal_that_starts_again_is_cut_back_to_its_kept_size(tmp_path, monkeypa
     finally:
         checkpointer.close()
         r.close()
+
+
+def test_a_wal_below_the_backstop_is_rewritten_in_place_not_cut_back(tmp_path):
+    """SQLite cuts a WAL that starts again back to ``SQLITE_WAL_KEPT_BYTES``:
+    at the backstop's full size (header, then a 24-byte header and a page
+    per frame), a WAL the writer's backstop checkpoint keeps below it is
+    rewritten in place, never cut and grown again."""
+    from timpy.store import engine as e
+
+    path = tmp_path / "t.sqlite3"
+    r = Repository(e.sqlite_engine(path, background_checkpoints=True), Sealer(KEY))
+    try:
+        r.create_schema()
+        with r.engine.connect() as conn:
+            page = conn.exec_driver_sql("PRAGMA page_size").scalar()
+            assert conn.exec_driver_sql("PRAGMA wal_autocheckpoint").scalar() == e.SQLITE_BACKSTOP_PAGES
+        assert e.SQLITE_WAL_KEPT_BYTES >= 32 + e.SQLITE_BACKSTOP_PAGES * (page + 24)
+    finally:
+        r.close()

@@ -16,11 +16,13 @@ from timpy.cluster import catalog as ops
 from timpy.crypto.blind import BlindIndexer
 from timpy.errors import Code, RequestError
 from timpy.im import ids
+from timpy.im.batches import BatchedCalls
 from timpy.im.peers import Keeper, Peers
 from timpy.store.repository import Store
 
 SYSTEM_USER = "system"  # the sender of operators' messages; nobody can log in as it
 RESERVED_NAMES = frozenset({SYSTEM_USER})
+_LOOKUP_CHUNK = 500  # user ids one statement looks up at most
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,9 @@ class Users:
         self._store = store
         self._indexer = indexer
         self._peers = peers
+        # Lookups at the owner that arrive together (the first messages of a
+        # flood of new senders) share one storage call and one statement.
+        self._lookups: BatchedCalls[bytes, bool] = BatchedCalls(self._existing)
         peers.serve(ops.ACCT_EXISTS, self._exists_here, keeper)
 
     async def exists(self, user_id: bytes) -> bool:
@@ -51,4 +56,11 @@ class Users:
 
     async def _exists_here(self, a: ops.AccountExists) -> bool:
         """At the user's owner (caught up by the operation: the catalog declares it)."""
-        return a.user_id in await self._store.run(self._store.repo.existing_accounts, [a.user_id])
+        return await self._lookups.call(a.user_id)
+
+    async def _existing(self, user_ids: list[bytes]) -> list[bool]:
+        unique = list(dict.fromkeys(user_ids))
+        found: set[bytes] = set()
+        for start in range(0, len(unique), _LOOKUP_CHUNK):
+            found |= await self._store.run(self._store.repo.existing_accounts, unique[start:start + _LOOKUP_CHUNK])
+        return [u in found for u in user_ids]

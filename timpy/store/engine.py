@@ -36,8 +36,16 @@ SQLITE_CHECKPOINT_PAGES = 16_384  # WAL pages between automatic checkpoints (SQL
 SQLITE_BACKSTOP_PAGES = 4 * SQLITE_CHECKPOINT_PAGES
 CHECKPOINT_INTERVAL = 0.25  # seconds between two background checkpoints
 # The WAL file keeps its largest size once written; when it starts again from
-# its beginning SQLite cuts it back to this (an idle node does not keep 256 MiB).
-SQLITE_WAL_KEPT_BYTES = SQLITE_CHECKPOINT_PAGES * 4096
+# its beginning SQLite cuts it back to this: the backstop's size (a frame is a
+# page and a 24-byte header), so a WAL that stays below the backstop is never
+# cut. Frames are 4,120 bytes, not a multiple of the OS page: written past
+# the file's end, each makes the kernel allocate blocks and zero the rest of
+# the pages it touches, which under a flood at a million stored messages was
+# 9% of the node's CPU (a kernel memset under pwrite) when the WAL was cut
+# back to 64 MiB at every restart; rewritten in place it is a copy
+# (docs/performance.md). The price is disk: a node that was busy keeps a WAL
+# of up to this size (about 270 MB) until it stops.
+SQLITE_WAL_KEPT_BYTES = SQLITE_BACKSTOP_PAGES * (4096 + 24) + 32
 
 
 def sqlite_engine(path: Path | None, synchronous: str = "FULL", background_checkpoints: bool = False) -> Engine:
